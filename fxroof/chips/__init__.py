@@ -1,0 +1,94 @@
+"""The chip table: dense peaks, bandwidths and overheads of the chips fxroof knows, each sourced.
+
+    chip("h100")            -> Chip (names are case-insensitive; aliases allowed)
+    chip("my_chip.json")    -> Chip from a user's chip file (schema: chip.py)
+    chips()                 -> every Chip in table order
+"""
+from __future__ import annotations
+
+import difflib
+import functools
+import json
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Union
+
+from .chip import DTYPES, Chip, ChipError, chip_from_json
+
+__all__ = ["Chip", "ChipError", "DTYPES", "chip", "chips", "load_chip_file"]
+
+ChipSpec = Union[str, "os.PathLike[str]", Chip]
+
+
+def _key(name: str) -> str:
+    # "H100_SXM", "h100 sxm" and "h100-sxm" are the same name.
+    return name.strip().lower().replace("_", "-").replace(" ", "-")
+
+
+def _parse(text: str, where: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ChipError(f"{where}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+
+
+@functools.lru_cache(maxsize=None)
+def _table() -> tuple[tuple[Chip, ...], dict[str, Chip]]:
+    """The shipped chips, and an index of every name and alias; read once."""
+    where = "fxroof/chips/chips.json"
+    data = _parse(resources.files(__package__).joinpath("chips.json").read_text("utf-8"), where)
+    entries = data.get("chips") if isinstance(data, dict) else None
+    if not isinstance(entries, list):
+        raise ChipError(f"{where}: expected an object with a 'chips' list")
+    table = tuple(chip_from_json(e, where, require_sources=True) for e in entries)
+    index: dict[str, Chip] = {}
+    for c in table:
+        for name in (c.name, *c.aliases):
+            if _key(name) in index:
+                raise ChipError(f"{where}: name {name!r} is used twice")
+            index[_key(name)] = c
+    return table, index
+
+
+def chips() -> list[Chip]:
+    """Every chip in the shipped table, in table order."""
+    return list(_table()[0])
+
+
+def load_chip_file(path: Union[str, "os.PathLike[str]"]) -> Chip:
+    """A Chip from a JSON file holding one chip object (the schema of one chips.json entry)."""
+    p = Path(path)
+    try:
+        text = p.read_text("utf-8")
+    except FileNotFoundError:
+        raise ChipError(f"chip file {str(p)!r} not found") from None
+    except OSError as e:
+        raise ChipError(f"chip file {str(p)!r} cannot be read: {e.strerror or e}") from None
+    return chip_from_json(_parse(text, str(p)), str(p), require_sources=False)
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.lower().endswith(".json") or "/" in spec or os.sep in spec or os.path.isfile(spec)
+
+
+def chip(spec: ChipSpec) -> Chip:
+    """A Chip from a name or alias (case-insensitive), a chip file path, or a Chip (returned as is)."""
+    if isinstance(spec, Chip):
+        return spec
+    if isinstance(spec, os.PathLike):
+        return load_chip_file(spec)
+    if not isinstance(spec, str):
+        raise ChipError(f"chip must be a name, a chip file path or a Chip, not {type(spec).__name__}")
+    index = _table()[1]
+    if _key(spec) in index:
+        return index[_key(spec)]
+    if _looks_like_path(spec):
+        return load_chip_file(spec)
+    # Suggest table names, not aliases: "h100-sxm5" would only send the user round once more.
+    close = [index[k].name for k in difflib.get_close_matches(_key(spec), list(index), n=6, cutoff=0.6)]
+    close = list(dict.fromkeys(close))[:3]
+    if close:
+        raise ChipError(f"unknown chip {spec!r}; did you mean: {', '.join(close)}?")
+    names = ", ".join(c.name for c in _table()[0])
+    raise ChipError(f"unknown chip {spec!r}; known chips: {names} (or give a chip file path)")

@@ -1,0 +1,386 @@
+"""The chip table and chip files: figures checked against datasheet arithmetic, errors that name the cause."""
+import dataclasses
+import json
+import math
+import pickle
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fxroof.chips import DTYPES, Chip, ChipError, chip, chips, load_chip_file
+
+REQUIRED = ["t4", "a10", "l4", "l40s", "a100-40gb", "a100-80gb", "h100-pcie", "h100-sxm", "h200",
+            "b200", "mi300x", "tpu-v5e", "cpu"]
+FIGURES = ["peak_flops", "vector_flops", "mem_bw", "mem_bytes", "link_bw", "link_latency_s",
+           "launch_s", "dispatch_s"]
+
+
+def good_entry(**changes):
+    """A valid chip object in the file schema (natural units), with `changes` applied."""
+    entry = {
+        "name": "my-chip", "title": "My Chip", "kind": "accelerator",
+        "peak_TFLOPS": {"fp32": 10, "bf16": 100},
+        "vector_TFLOPS": 10, "mem_bw_GBps": 500, "mem_GB": 32, "link_bw_GBps": 25,
+        "link_latency_us": 8, "launch_us": 3, "dispatch_us": 12,
+        "sources": {"mem_bw": "vendor sheet"},
+    }
+    entry.update(changes)
+    return entry
+
+
+def write(tmp_path, obj, name="chip.json"):
+    path = tmp_path / name
+    path.write_text(obj if isinstance(obj, str) else json.dumps(obj, indent=2))
+    return path
+
+
+# --- ridge points: the blog post's half-precision ridges, from datasheet arithmetic ---
+
+@pytest.mark.parametrize("name, ridge", [
+    ("a10", 125e12 / 600e9),          # 125 TFLOP/s / 600 GB/s = 208.3
+    ("a100-80gb", 312e12 / 2039e9),   # 312 TFLOP/s / 2039 GB/s = 153.0
+    ("h100-sxm", 989.4e12 / 3.35e12), # 989.4 TFLOP/s / 3.35 TB/s = 295.3
+    ("h100-pcie", 756e12 / 2.0e12),   # 756 TFLOP/s / 2.0 TB/s = 378.0
+])
+def test_ridge_points(name, ridge):
+    assert chip(name).ridge("bf16") == pytest.approx(ridge, rel=1e-3)
+    assert chip(name).ridge() == pytest.approx(ridge, rel=1e-3)   # bf16 is the default
+
+
+def test_ridge_points_round_to_the_published_integers():
+    assert [round(chip(n).ridge()) for n in ("a10", "a100-80gb", "h100-sxm", "h100-pcie")] == \
+        [208, 153, 295, 378]
+
+
+def test_ridge_of_fp8_on_h100_is_twice_bf16():
+    # 1978.9 / 3.35 = 590.7 = 2 * 295.3 (fp8 tensor cores run at twice the half rate)
+    assert chip("h100-sxm").ridge("fp8") == pytest.approx(1978.9e12 / 3.35e12, rel=1e-3)
+
+
+# --- the table: complete, positive, sourced ---
+
+def test_table_has_the_required_chips_in_order():
+    names = [c.name for c in chips()]
+    assert names == REQUIRED
+    assert len(set(names)) == len(names)
+
+
+@pytest.mark.parametrize("c", chips(), ids=lambda c: c.name)
+def test_every_figure_is_positive_and_sourced(c):
+    assert c.kind in ("gpu", "tpu", "cpu", "accelerator")
+    assert c.title and c.name == c.name.lower()
+    assert "fp32" in c.peak_flops and ("bf16" in c.peak_flops or "fp16" in c.peak_flops)
+    for dtype, flops in c.peak_flops.items():
+        assert dtype in DTYPES and math.isfinite(flops) and flops > 0
+    for f in FIGURES[1:]:
+        value = getattr(c, f)
+        assert isinstance(value, float) and math.isfinite(value) and value > 0, f
+    for f in FIGURES:
+        src = c.sources[f]
+        assert src.strip() and src != "unsourced" and not src.startswith("chip file"), f
+        # A source is either a cited document (a URL) or an estimate that says so.
+        assert "http" in src or src.startswith("estimate"), (f, src)
+
+
+@pytest.mark.parametrize("c", chips(), ids=lambda c: c.name)
+def test_figures_are_in_plausible_si_ranges(c):
+    # Catches unit slips (TFLOP/s stored as FLOP/s, GiB vs GB by 1e3, us stored as s).
+    assert 1e12 <= c.peak_flops["fp32"] <= 1e15
+    assert 1e11 <= c.mem_bw <= 1e14
+    assert 1e9 <= c.mem_bytes <= 1e13
+    assert 1e9 <= c.link_bw <= 1e13
+    assert 1e-7 <= c.link_latency_s <= 1e-3
+    assert 1e-7 <= c.launch_s <= c.dispatch_s <= 1e-4
+    assert c.vector_flops <= max(c.peak_flops.values())
+
+
+@pytest.mark.parametrize("c", [c for c in chips() if c.kind == "gpu"], ids=lambda c: c.name)
+def test_tensor_rates_scale_by_two_per_halving_of_width(c):
+    # Matrix units double their rate each time the operand width halves: tf32 -> 16 bit -> 8 bit.
+    # A figure copied with sparsity (2x) into a dense column breaks this (2% slack: NVIDIA rounds).
+    p = c.peak_flops
+    half = p.get("bf16", p.get("fp16"))
+    if "bf16" in p and "fp16" in p:
+        assert p["bf16"] == p["fp16"]
+    if "tf32" in p:
+        assert p["tf32"] == pytest.approx(half / 2, rel=0.02)
+    for d in ("fp8", "int8"):
+        if d in p:
+            assert p[d] == pytest.approx(2 * half, rel=0.02)
+
+
+# --- dense, not sparse: datasheet sparse figures halved, by hand ---
+
+@pytest.mark.parametrize("name, dtype, dense", [
+    ("h100-sxm", "bf16", 1978.9e12 / 2),   # Hopper whitepaper: 1978.9 with sparsity -> 989.4
+    ("h100-sxm", "fp8", 3957.8e12 / 2),    # 3957.8 with sparsity -> 1978.9
+    ("h100-pcie", "bf16", 1513e12 / 2),    # datasheet 1,513* -> 756.5
+    ("h200", "bf16", 1979e12 / 2),         # same GH100 as H100 SXM
+    ("l4", "bf16", 242e12 / 2),            # datasheet 242* -> 121
+    ("l40s", "fp8", 1466e12 / 2),          # datasheet 733 | 1,466* -> 733
+    ("b200", "bf16", 36e15 / 8 / 2),       # HGX B200: 36 PFLOPS sparse for 8 GPUs -> 2.25 PFLOPS
+    ("mi300x", "bf16", 2614.9e12 / 2),     # AMD: 2,614.9 with sparsity -> 1,307.4
+    ("a100-80gb", "bf16", 624e12 / 2),     # datasheet 312 | 624* -> 312
+])
+def test_peaks_are_dense(name, dtype, dense):
+    assert chip(name).peak_flops[dtype] == pytest.approx(dense, rel=2e-3)
+
+
+def test_fp32_is_the_cuda_core_figure_not_tf32():
+    assert chip("h100-sxm").peak_flops["fp32"] == pytest.approx(67e12, rel=0.01)   # not 494.7e12
+    assert chip("a100-80gb").peak_flops["fp32"] == 19.5e12                          # not 156e12
+
+
+def test_memory_in_decimal_gigabytes():
+    assert chip("h100-sxm").mem_bytes == 80e9
+    assert chip("h200").mem_bytes == 141e9
+    assert chip("mi300x").mem_bytes == 192e9
+    assert chip("a100-40gb").mem_bw == 1555e9
+
+
+@pytest.mark.parametrize("name, one_way", [
+    ("h100-sxm", 900e9 / 2),    # NVLink 4: 900 GB/s bidirectional
+    ("a100-80gb", 600e9 / 2),   # NVLink 3: 600 GB/s bidirectional
+    ("b200", 1.8e12 / 2),       # NVLink 5: 1.8 TB/s bidirectional
+    ("h100-pcie", 128e9 / 2),   # PCIe Gen5 x16: 128 GB/s bidirectional
+    ("a10", 64e9 / 2),          # PCIe Gen4 x16: 64 GB/s bidirectional
+    ("tpu-v5e", 400e9 / 2),     # ICI: 400 GB/s bidirectional per chip
+])
+def test_link_bandwidth_is_one_direction(name, one_way):
+    assert chip(name).link_bw == pytest.approx(one_way)
+
+
+def test_overheads_have_the_expected_order():
+    h100 = chip("h100")
+    assert h100.launch_s == pytest.approx(2e-6) and h100.dispatch_s == pytest.approx(1e-5)
+    assert chip("cpu").launch_s == chip("cpu").dispatch_s      # no device launch on a CPU
+    assert chip("h100-sxm").link_latency_s < chip("h100-pcie").link_latency_s  # NVLink < PCIe
+
+
+# --- lookup ---
+
+def test_names_are_case_insensitive_and_aliases_resolve():
+    assert chip("H100-SXM") is chip("h100-sxm")
+    assert chip("h100_sxm") is chip("h100-sxm")
+    assert chip("h100") is chip("h100-sxm")
+    assert chip("a100") is chip("a100-80gb")
+    assert chip(" MI300X ") is chip("mi300x")
+
+
+def test_chip_object_is_returned_as_is():
+    c = chip("l4")
+    assert chip(c) is c
+    custom = dataclasses.replace(c, name="l4-custom", mem_bw=1e12)
+    assert chip(custom) is custom
+
+
+def test_misspelt_name_suggests_the_right_one():
+    with pytest.raises(ChipError, match=r"unknown chip 'h100sxm'; did you mean: h100-sxm"):
+        chip("h100sxm")
+    with pytest.raises(ChipError, match=r"did you mean: .*l40s"):
+        chip("l40")
+
+
+def test_name_with_nothing_close_lists_all_names():
+    with pytest.raises(ChipError) as e:
+        chip("quantum-abacus")
+    for name in REQUIRED:
+        assert name in str(e.value)
+
+
+def test_spec_of_wrong_type():
+    with pytest.raises(ChipError, match="not int"):
+        chip(42)
+
+
+# --- matrix_flops fallbacks ---
+
+def test_matrix_flops_direct():
+    assert chip("h100-sxm").matrix_flops("fp8") == pytest.approx(1978.9e12)
+    assert chip("h100-sxm").matrix_flops(torch.bfloat16) == pytest.approx(989.4e12)
+    assert chip("h100-sxm").matrix_flops("bfloat16") == pytest.approx(989.4e12)
+    assert chip("h100-sxm").matrix_flops(torch.float8_e4m3fn) == pytest.approx(1978.9e12)
+    assert chip("h100-sxm").matrix_flops(torch.float32) == pytest.approx(67e12)
+
+
+@pytest.mark.parametrize("name, dtype, used", [
+    ("a100-80gb", "fp8", "bf16"),     # no fp8 tensor cores: upcast to a bf16 GEMM, 312e12
+    ("t4", "bf16", "fp32"),           # Turing has no bf16 tensor cores
+    ("t4", "fp8", "fp16"),            # ... but fp8 can be upcast to fp16
+    ("t4", "tf32", "fp32"),           # no TF32 unit before Ampere
+    ("tpu-v5e", "fp16", "fp32"),      # the MXU has no fp16 path
+    ("cpu", "int8", "bf16"),          # no int8 figure kept: upcast to bf16
+    ("h100-sxm", "fp64", "fp32"),     # no fp64 figure kept: fp32 bounds the time from below
+    ("h100-sxm", "c64", "fp32"),
+    ("h100-sxm", torch.complex64, "fp32"),
+    ("h100-sxm", torch.int64, "fp32"),
+    ("h100-sxm", "no-such-dtype", "fp32"),
+])
+def test_matrix_flops_fallbacks(name, dtype, used):
+    c = chip(name)
+    assert c.matrix_dtype(dtype) == used
+    assert c.matrix_flops(dtype) == c.peak_flops[used]
+
+
+def test_fallback_values():
+    assert chip("a100-80gb").matrix_flops("fp8") == 312e12
+    assert chip("t4").matrix_flops("bf16") == 8.1e12
+    assert chip("t4").ridge("fp16") == pytest.approx(65e12 / 300e9)   # 216.7
+
+
+# --- the record ---
+
+def test_chip_is_frozen_hashable_and_picklable():
+    c = chip("h100-sxm")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.mem_bw = 1.0
+    with pytest.raises(TypeError):
+        c.peak_flops["bf16"] = 1.0
+    with pytest.raises(TypeError):
+        c.sources["mem_bw"] = "mine"
+    assert hash(c) == hash(pickle.loads(pickle.dumps(c)))
+    assert pickle.loads(pickle.dumps(c)) == c
+    assert {c: 1}[chip("h100")] == 1
+
+
+def test_to_dict_is_plain_json_in_si_units():
+    d = chip("h100-sxm").to_dict()
+    assert json.loads(json.dumps(d)) == d
+    assert d["name"] == "h100-sxm"
+    assert d["peak_flops"]["bf16"] == pytest.approx(989.4e12)
+    assert d["mem_bw"] == pytest.approx(3.35e12)
+    assert d["link_bw"] == pytest.approx(450e9)
+    assert d["dispatch_s"] == pytest.approx(1e-5)
+    assert type(d["peak_flops"]) is dict and type(d["sources"]) is dict
+    assert set(d["sources"]) >= set(FIGURES)
+
+
+def test_chip_made_in_code_is_validated():
+    base = chip("l4")
+    with pytest.raises(ChipError, match="mem_bw"):
+        dataclasses.replace(base, mem_bw=-1.0)
+    with pytest.raises(ChipError, match="fp32"):
+        dataclasses.replace(base, peak_flops={"bf16": 1e12})
+    with pytest.raises(ChipError, match="fp64"):
+        dataclasses.replace(base, peak_flops={"fp32": 1e12, "fp64": 1e12})
+    with pytest.raises(ChipError, match="kind"):
+        dataclasses.replace(base, kind="fpga")
+    bare = Chip("x", "X", "gpu", {"fp32": 1e12}, 1e12, 1e11, 1e9, 1e9, 1e-5, 1e-6, 1e-5)
+    assert bare.sources["mem_bw"] == "unsourced"      # said, not left as a hole
+
+
+# --- user chip files ---
+
+def test_user_chip_file_round_trip(tmp_path):
+    path = write(tmp_path, good_entry())
+    c = chip(str(path))
+    assert chip(path) == c and load_chip_file(path) == c
+    assert c.name == "my-chip" and c.kind == "accelerator"
+    assert c.peak_flops == {"fp32": 10e12, "bf16": 100e12}   # TFLOP/s -> FLOP/s
+    assert c.vector_flops == 10e12
+    assert c.mem_bw == 500e9 and c.mem_bytes == 32e9 and c.link_bw == 25e9
+    assert c.link_latency_s == pytest.approx(8e-6)
+    assert c.launch_s == pytest.approx(3e-6) and c.dispatch_s == pytest.approx(12e-6)
+    assert c.ridge() == pytest.approx(100e12 / 500e9)         # 200
+    assert c.sources["mem_bw"] == "vendor sheet"
+    assert str(path) in c.sources["link_bw"]                   # unsourced figures cite the file
+
+
+def table_entry_as_file(c: Chip) -> dict:
+    """A shipped chip written back in the file schema (SI -> natural units)."""
+    return {"name": c.name, "title": c.title, "kind": c.kind,
+            "peak_TFLOPS": {d: v / 1e12 for d, v in c.peak_flops.items()},
+            "vector_TFLOPS": c.vector_flops / 1e12, "mem_bw_GBps": c.mem_bw / 1e9,
+            "mem_GB": c.mem_bytes / 1e9, "link_bw_GBps": c.link_bw / 1e9,
+            "link_latency_us": c.link_latency_s * 1e6, "launch_us": c.launch_s * 1e6,
+            "dispatch_us": c.dispatch_s * 1e6, "sources": dict(c.sources)}
+
+
+@pytest.mark.parametrize("c", chips(), ids=lambda c: c.name)
+def test_table_chip_written_as_a_file_loads_back_equal(tmp_path, c):
+    loaded = chip(write(tmp_path, table_entry_as_file(c)))
+    for f in FIGURES[1:]:
+        assert getattr(loaded, f) == pytest.approx(getattr(c, f), rel=1e-12)
+    assert loaded.peak_flops.keys() == c.peak_flops.keys()
+    assert loaded.ridge() == pytest.approx(c.ridge(), rel=1e-12)
+
+
+@settings(max_examples=50, deadline=None)
+@given(bw=st.floats(1e-3, 1e6), flops=st.floats(1e-3, 1e6), lat=st.floats(1e-3, 1e3))
+def test_units_convert_for_any_positive_figure(tmp_path_factory, bw, flops, lat):
+    path = write(tmp_path_factory.mktemp("h"), good_entry(
+        mem_bw_GBps=bw, peak_TFLOPS={"fp32": flops}, link_latency_us=lat))
+    c = load_chip_file(path)
+    assert c.mem_bw == pytest.approx(bw * 1e9)
+    assert c.ridge("fp32") == pytest.approx(flops * 1e12 / (bw * 1e9))
+    assert c.link_latency_s == pytest.approx(lat * 1e-6)
+
+
+# --- bad chip files: one ChipError, naming the file and the field ---
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ChipError, match=r"chip file .*nope\.json.* not found"):
+        chip(str(tmp_path / "nope.json"))
+
+
+def test_invalid_json_names_file_and_line(tmp_path):
+    path = write(tmp_path, '{\n  "name": "x",\n  "title": oops\n}')
+    with pytest.raises(ChipError) as e:
+        chip(path)
+    assert str(path) in str(e.value) and "line 3" in str(e.value)
+
+
+@pytest.mark.parametrize("drop", ["mem_bw_GBps", "title", "peak_TFLOPS", "dispatch_us"])
+def test_missing_required_figure(tmp_path, drop):
+    entry = good_entry()
+    del entry[drop]
+    path = write(tmp_path, entry)
+    with pytest.raises(ChipError, match=f"missing required figure.*{drop}") as e:
+        chip(path)
+    assert str(path) in str(e.value)
+
+
+def test_missing_fp32_peak(tmp_path):
+    with pytest.raises(ChipError, match=r"peak_TFLOPS\.fp32"):
+        chip(write(tmp_path, good_entry(peak_TFLOPS={"bf16": 100})))
+
+
+@pytest.mark.parametrize("key, value", [
+    ("mem_bw_GBps", -500), ("mem_bw_GBps", 0), ("mem_GB", "lots"), ("launch_us", None),
+    ("link_bw_GBps", True), ("vector_TFLOPS", float("nan")), ("dispatch_us", [1]),
+])
+def test_bad_number_names_field_and_file(tmp_path, key, value):
+    path = write(tmp_path, good_entry(**{key: value}))
+    with pytest.raises(ChipError, match=f"{key} must be a positive number") as e:
+        chip(path)
+    assert str(path) in str(e.value)
+
+
+def test_bad_peak_names_dtype(tmp_path):
+    with pytest.raises(ChipError, match=r"peak_TFLOPS\.bf16 must be a positive number"):
+        chip(write(tmp_path, good_entry(peak_TFLOPS={"fp32": 10, "bf16": -1})))
+    with pytest.raises(ChipError, match="unknown dtype.*bfloat"):
+        chip(write(tmp_path, good_entry(peak_TFLOPS={"fp32": 10, "bfloat": 100})))
+
+
+def test_unknown_keys_are_named(tmp_path):
+    path = write(tmp_path, good_entry(mem_bw_GBs=500, lanch_us=2))
+    with pytest.raises(ChipError, match=r"unknown key\(s\) lanch_us, mem_bw_GBs") as e:
+        chip(path)
+    assert str(path) in str(e.value)
+
+
+def test_unknown_source_key_is_named(tmp_path):
+    with pytest.raises(ChipError, match="mem_bandwidth"):
+        chip(write(tmp_path, good_entry(sources={"mem_bandwidth": "sheet"})))
+
+
+def test_bad_kind_and_shape(tmp_path):
+    with pytest.raises(ChipError, match="kind must be one of"):
+        chip(write(tmp_path, good_entry(kind="fpga")))
+    with pytest.raises(ChipError, match="must be a JSON object"):
+        chip(write(tmp_path, [good_entry()]))
+    with pytest.raises(ChipError, match="one chip object"):
+        chip(write(tmp_path, {"chips": [good_entry()]}))

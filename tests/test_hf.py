@@ -1,0 +1,168 @@
+"""fxroof.hf.from_config: transformers models from small configs, on meta, with no network."""
+
+import json
+import socket
+import sys
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from fxroof.hf import from_config  # noqa: E402
+
+B, T = 2, 16
+SMALL = dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4, vocab_size=256)
+
+# family -> (config, model class name, output shape of the first output for (B, T) tokens)
+FAMILIES = {
+    "llama": (lambda: transformers.LlamaConfig(**SMALL, num_key_value_heads=2), "LlamaForCausalLM", (B, T, 256)),
+    "mistral": (lambda: transformers.MistralConfig(**SMALL, num_key_value_heads=2), "MistralForCausalLM", (B, T, 256)),
+    "qwen2": (lambda: transformers.Qwen2Config(**SMALL, num_key_value_heads=2), "Qwen2ForCausalLM", (B, T, 256)),
+    "gpt2": (lambda: transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=256, n_positions=64,
+                                             bos_token_id=0, eos_token_id=0), "GPT2LMHeadModel", (B, T, 256)),
+    "bert": (lambda: transformers.BertConfig(**SMALL), "BertModel", (B, T, 64)),  # encoder: last hidden state
+}
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    """No hub access: offline mode, and any socket connection fails the test."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+
+
+def write_json(tmp_path, data, name="config.json"):
+    path = tmp_path / name
+    path.write_text(json.dumps(data) if not isinstance(data, str) else data)
+    return path
+
+
+def first_output_shape(ep):
+    out = next(n for n in ep.graph.nodes if n.op == "output").args[0][0]
+    return tuple(out.meta["val"].shape)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_dict_config_builds_on_meta_and_exports(family):
+    make, cls_name, out_shape = FAMILIES[family]
+    model, args, kwargs = from_config(make().to_dict(), batch=B, seq=T)
+    assert type(model).__name__ == cls_name
+    assert not model.training
+    assert all(p.is_meta for p in model.parameters())
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    (input_ids,) = args
+    assert input_ids.is_meta and input_ids.shape == (B, T) and input_ids.dtype == torch.long
+    # The forward pass on meta, run as fxroof runs it: traced by torch.export on fake tensors.
+    ep = torch.export.export(model, args, kwargs, strict=False)
+    assert first_output_shape(ep) == out_shape
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_config_json_path_builds_the_same_model(family, tmp_path):
+    make, cls_name, _ = FAMILIES[family]
+    path = write_json(tmp_path, make().to_dict())
+    for source in (path, str(path)):
+        model, args, _ = from_config(source, seq=8)
+        assert type(model).__name__ == cls_name
+        assert all(p.is_meta for p in model.parameters())
+        assert args[0].shape == (1, 8)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cpu_forward_with_real_numbers(family):
+    make, _, out_shape = FAMILIES[family]
+    model, args, kwargs = from_config(make(), batch=B, seq=T, device="cpu")
+    with torch.no_grad():
+        out = model(*args, **kwargs)[0]
+    assert out.shape == out_shape and torch.isfinite(out).all()
+
+
+def test_encoder_forward_runs_eagerly_on_meta():
+    model, args, kwargs = from_config(FAMILIES["bert"][0](), batch=B, seq=T)
+    assert model(*args, **kwargs)[0].shape == (B, T, 64)
+
+
+def test_decoders_get_use_cache_false_and_encoders_nothing():
+    assert from_config(FAMILIES["llama"][0]())[2] == {"use_cache": False}
+    assert from_config(FAMILIES["bert"][0]())[2] == {}
+
+
+def test_architectures_field_decides_the_head():
+    config = FAMILIES["bert"][0]().to_dict()
+    assert type(from_config({**config, "architectures": ["BertForMaskedLM"]})[0]).__name__ == "BertModel"
+    assert type(from_config({**config, "architectures": ["BertLMHeadModel"]})[0]).__name__ == "BertLMHeadModel"
+
+
+@pytest.mark.parametrize("dtype, expected", [("bf16", torch.bfloat16), ("fp16", torch.float16),
+                                             (torch.bfloat16, torch.bfloat16)])
+def test_dtype(dtype, expected):
+    model, _, _ = from_config(FAMILIES["qwen2"][0](), dtype=dtype)
+    assert {p.dtype for p in model.parameters()} == {expected}
+
+
+def test_large_config_costs_nothing_on_meta():
+    # Llama-3-70B's shapes (meta-llama/Meta-Llama-3-70B config.json), built without allocating weights.
+    config = dict(model_type="llama", hidden_size=8192, num_hidden_layers=80, num_attention_heads=64,
+                  num_key_value_heads=8, intermediate_size=28672, vocab_size=128256, rope_theta=500000.0)
+    model, _, _ = from_config(config, dtype="bf16")
+    assert sum(p.numel() for p in model.parameters()) == 70_553_706_496
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+
+def test_missing_file(tmp_path):
+    path = tmp_path / "nope" / "config.json"
+    with pytest.raises(ValueError, match="does not exist") as info:
+        from_config(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("content, cause", [
+    ("{not json", "not valid JSON"),
+    ("[1, 2]", "not an object"),
+    ('{"hidden_size": 64}', "no \"model_type\""),
+    ('{"model_type": "no-such-model"}', "'no-such-model'"),
+])
+def test_bad_config_file(tmp_path, content, cause):
+    path = write_json(tmp_path, content)
+    with pytest.raises(ValueError, match=cause) as info:
+        from_config(path)
+    assert str(path) in str(info.value)
+
+
+def test_directory_instead_of_file(tmp_path):
+    with pytest.raises(ValueError, match="is a directory"):
+        from_config(tmp_path)
+
+
+def test_unknown_model_type_in_dict():
+    with pytest.raises(ValueError, match="config dict names model_type 'no-such-model'"):
+        from_config({"model_type": "no-such-model"})
+
+
+def test_wrong_config_type():
+    with pytest.raises(TypeError, match="PretrainedConfig"):
+        from_config(42)
+
+
+def test_unknown_dtype():
+    with pytest.raises(ValueError, match="unknown dtype"):
+        from_config(FAMILIES["llama"][0](), dtype="fp8")
+
+
+def test_sequence_longer_than_learned_positions():
+    with pytest.raises(ValueError, match="64 learned positions"):
+        from_config(FAMILIES["gpt2"][0](), seq=65)
+
+
+def test_missing_transformers_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)  # makes `import transformers` fail
+    with pytest.raises(ImportError, match=r"pip install fxroof\[hf\]"):
+        from_config({"model_type": "llama"})
