@@ -7,6 +7,8 @@ changed: export and make_fx work on fake copies of parameters, and module modes 
 from __future__ import annotations
 
 import contextlib
+import logging
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -53,7 +55,7 @@ def capture(model, args=(), kwargs=None) -> Captured:
         model = _Function(model)
 
     attempts: list[tuple[str, BaseException]] = []
-    with _preserved(model):
+    with _preserved(model), _quiet():
         for strategy, fn in (("torch.export", _export), ("make_fx", _make_fx),
                              ("symbolic_trace", _symbolic_trace)):
             try:
@@ -205,6 +207,26 @@ def _preserved(model: torch.nn.Module):
     finally:
         for m, training in modes:
             m.training = training
+
+
+# Loggers that print a full traceback at ERROR level for a failure we report in one line.
+_NOISY = ("torch._subclasses.fake_tensor", "torch.export", "torch._export",
+          "torch.fx.experimental.symbolic_shapes", "torch._dynamo")
+
+
+@contextlib.contextmanager
+def _quiet():
+    loggers = [logging.getLogger(name) for name in _NOISY]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for lg in loggers:
+            lg.setLevel(logging.CRITICAL)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
 
 
 def _cause(err: BaseException) -> str:

@@ -1,0 +1,43 @@
+"""Small shared helpers for tests: capture + annotate a model and read back per-op costs."""
+from __future__ import annotations
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from fxroof.annotate import annotate
+from fxroof.capture import capture
+from fxroof.cost import COST_KEY
+from fxroof.report import op_name
+
+
+def op_costs(model, *args, **kwargs):
+    """[(op name, Cost)] for every node that is not a view, in graph order."""
+    gm = annotate(capture(model, args, kwargs).gm)
+    return [(op_name(n), n.meta[COST_KEY]) for n in gm.graph.nodes
+            if n.op == "call_function" and n.meta[COST_KEY].category != "view"]
+
+
+def cost_of(model, op: str, *args):
+    """The Cost of the one node running `op`."""
+    found = [c for name, c in op_costs(model, *args) if name == op]
+    assert len(found) == 1, f"expected one {op}, got {len(found)}: {op_costs(model, *args)}"
+    return found[0]
+
+
+def flop_counter_total(model, *args, **kwargs) -> int:
+    """PyTorch's own count, run on the meta device so that scaled_dot_product_attention goes
+    through its math path (bmm) and is counted (on CPU tensors PyTorch counts it as 0)."""
+    def meta(x):
+        return x.to("meta") if isinstance(x, torch.Tensor) else x
+    if isinstance(model, torch.nn.Module):
+        model = model.to("meta")
+    with FlopCounterMode(display=False) as counter:
+        model(*[meta(a) for a in args], **{k: meta(v) for k, v in kwargs.items()})
+    return counter.get_total_flops()
+
+
+def fn_module(fn):
+    class Fn(torch.nn.Module):
+        def forward(self, *args):
+            return fn(*args)
+    return Fn()

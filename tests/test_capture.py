@@ -1,0 +1,142 @@
+"""Capture: real models, meta-device giants, clear errors, and the user's model left untouched."""
+import resource
+
+import pytest
+import torch
+
+from fxroof.annotate import annotate
+from fxroof.capture import CaptureError, capture
+from fxroof.cost import COST_KEY
+from helpers import flop_counter_total, fn_module
+
+transformers = pytest.importorskip("transformers")
+
+
+def tiny_hf(name):
+    t = transformers
+    if name == "gpt2":
+        return t.GPT2LMHeadModel(t.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=128,
+                                              n_positions=64))
+    if name == "llama":   # GQA: 4 query heads share 2 key/value heads
+        return t.LlamaForCausalLM(t.LlamaConfig(
+            num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=128, vocab_size=128))
+    return t.BertModel(t.BertConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4,
+                                    intermediate_size=128, vocab_size=128))
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama", "bert"])
+def test_transformers_models_capture_where_symbolic_trace_fails(name):
+    model = tiny_hf(name).eval()
+    ids = torch.randint(0, 128, (2, 16))
+    with pytest.raises(Exception):
+        torch.fx.symbolic_trace(model)          # the plain fx tracer cannot handle these
+    captured = capture(model, (ids,))
+    assert captured.strategy == "torch.export"
+    gm = annotate(captured.gm)
+    calls = [n for n in gm.graph.nodes if n.op == "call_function"]
+    assert all("val" in n.meta for n in calls)
+    unknown = {str(n.target) for n in calls if not n.meta[COST_KEY].known}
+    assert unknown == set()
+    ours = sum(n.meta[COST_KEY].flops for n in calls
+               if n.meta[COST_KEY].category in ("matmul", "attention", "conv"))
+    assert ours == flop_counter_total(model, ids)
+
+
+def llama_on_meta(**shape):
+    config = transformers.LlamaConfig(**shape)
+    with torch.device("meta"):
+        return transformers.LlamaForCausalLM(config).eval()
+
+
+def test_llama2_7b_shaped_on_meta_allocates_nothing():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    model = llama_on_meta(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                          num_attention_heads=32, num_key_value_heads=32, vocab_size=32000)
+    ids = torch.zeros(1, 32, dtype=torch.long, device="meta")
+    captured = capture(model, (ids,))
+    weights = [n.meta["val"] for n in captured.gm.graph.nodes
+               if n.op == "placeholder" and n.name in captured.weights]
+    # 6,738,415,616 parameters (Llama-2-7B model card: 32 layers of 4*4096^2 attention +
+    # 3*4096*11008 MLP + 2*4096 norms, two 32000x4096 embeddings, one final norm), plus the
+    # rotary buffers inv_freq and original_inv_freq of head_dim/2 = 64 each
+    assert sum(w.numel() for w in weights) == 32 * (4 * 4096**2 + 3 * 4096 * 11008 + 2 * 4096) \
+        + 2 * 32000 * 4096 + 4096 + 2 * 64
+    grown_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown_kb < 1_000_000     # 27 GB of fp32 weights would be far above 1 GB
+
+
+def test_llama3_70b_shaped_on_meta_captures():
+    model = llama_on_meta(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
+                          num_attention_heads=64, num_key_value_heads=8, vocab_size=128256,
+                          rope_theta=500000.0)
+    ids = torch.zeros(1, 16, dtype=torch.long, device="meta")
+    gm = annotate(capture(model, (ids,)).gm)
+    sdpa = [n for n in gm.graph.nodes if "scaled_dot_product" in str(n.target)]
+    assert len(sdpa) == 80
+    from fxroof.report import module_path
+    k_proj = [n for n in gm.graph.nodes if module_path(n) == "model.layers.0.self_attn.k_proj"]
+    assert k_proj[0].meta["val"].shape[-1] == 8 * 128         # GQA: 8 kv heads of 128
+
+
+def test_shape_mismatch_names_every_strategy_and_the_shapes():
+    with pytest.raises(CaptureError) as err:
+        capture(torch.nn.Linear(10, 20), (torch.randn(4, 11),))
+    text = str(err.value)
+    for strategy in ("torch.export", "make_fx", "symbolic_trace"):
+        assert strategy in text
+    assert "[4, 11]" in text and "[10, 20]" in text
+    assert len(text.splitlines()) == 4    # one headline, one line per strategy: no traceback
+
+
+def test_model_that_raises_is_a_capture_error():
+    class Broken(torch.nn.Module):
+        def forward(self, x):
+            raise ValueError("weights not loaded")
+    with pytest.raises(CaptureError, match="weights not loaded"):
+        capture(Broken(), (torch.randn(2),))
+
+
+def test_not_a_model_is_a_capture_error():
+    with pytest.raises(CaptureError, match="expected an nn.Module"):
+        capture(42, ())
+
+
+def test_exported_program_graph_module_function_and_fake_inputs():
+    model = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU())
+    x = torch.randn(3, 8)
+    assert capture(torch.export.export(model, (x,)), ()).strategy == "torch.export"
+    from torch.fx.experimental.proxy_tensor import make_fx
+    gm = make_fx(lambda t: torch.relu(t @ t.T), tracing_mode="fake")(x)
+    assert capture(gm, ()).strategy == "graph"
+    assert capture(lambda t: t.cos(), (x,)).name == "<lambda>"
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode():
+        fake = torch.randn(3, 8)
+    assert capture(model, (fake,)).strategy == "torch.export"
+
+
+def test_exported_program_meta_is_not_written():
+    ep = torch.export.export(fn_module(torch.cos), (torch.randn(4),))
+    annotate(capture(ep, ()).gm)
+    assert all(COST_KEY not in n.meta for n in ep.graph.nodes)
+
+
+def test_user_model_untouched_after_capture_and_after_error():
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 2))
+    model.train()
+    model[2].eval()
+    calls = []
+    model[0].register_forward_hook(lambda *a: calls.append(1))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    modes = [m.training for m in model.modules()]
+    hooks = [dict(m._forward_hooks) for m in model.modules()]
+    for x in (torch.randn(2, 8), torch.randn(2, 9)):       # the second one fails
+        try:
+            capture(model, (x,))
+        except CaptureError:
+            pass
+        assert [m.training for m in model.modules()] == modes
+        assert [dict(m._forward_hooks) for m in model.modules()] == hooks
+        assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+        assert all(p.device.type == "cpu" and not p.is_meta for p in model.parameters())

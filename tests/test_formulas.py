@@ -1,0 +1,198 @@
+"""Per-op FLOPs and bytes: hand arithmetic beside each expected value, PyTorch's counter as truth."""
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st
+
+from fxroof.cost import Cost
+from fxroof.formulas import register_formula
+from helpers import cost_of, flop_counter_total, fn_module, op_costs
+
+F32 = 4  # bytes per fp32 element
+
+
+def test_mm_flops_and_bytes():
+    c = cost_of(fn_module(torch.mm), "mm", torch.randn(4, 5), torch.randn(5, 6))
+    assert c.flops == 2 * 4 * 6 * 5                   # 2*M*N*K = 240
+    assert c.bytes_read == (4 * 5 + 5 * 6) * F32      # both operands once
+    assert c.bytes_written == 4 * 6 * F32
+    assert c.category == "matmul" and c.dtype == "fp32"
+
+
+def test_linear_ignores_bias_add_like_pytorch():
+    c = cost_of(torch.nn.Linear(8, 3), "linear", torch.randn(2, 5, 8))
+    assert c.flops == 2 * (2 * 5) * 3 * 8             # 2 * tokens * N * K = 480
+    assert c.bytes_read == (2 * 5 * 8 + 3 * 8 + 3) * F32   # x, weight, bias
+
+
+def test_bmm_baddbmm_matmul_einsum():
+    a, b = torch.randn(3, 4, 5), torch.randn(3, 5, 6)
+    assert cost_of(fn_module(torch.bmm), "bmm", a, b).flops == 2 * 3 * 4 * 6 * 5          # 720
+    bias = torch.randn(3, 4, 6)
+    assert cost_of(fn_module(torch.baddbmm), "baddbmm", bias, a, b).flops == 720
+    # matmul with broadcast batch: (2,1,4,5) @ (3,5,6) -> (2,3,4,6), K=5: 2*144*5 = 1440
+    m = op_costs(fn_module(torch.matmul), torch.randn(2, 1, 4, 5), torch.randn(3, 5, 6))
+    assert sum(c.flops for _, c in m) == 2 * (2 * 3 * 4 * 6) * 5
+    # einsum "bij,bjk->bik": every (b,i,j,k) point is one multiply-add: 2*3*4*5*6 = 720
+    e = op_costs(fn_module(lambda x, y: torch.einsum("bij,bjk->bik", x, y)), a, b)
+    assert sum(c.flops for _, c in e) == 720
+
+
+def test_matmul_family_agrees_with_flop_counter():
+    cases = [
+        (fn_module(torch.mm), (torch.randn(7, 9), torch.randn(9, 11))),
+        (torch.nn.Linear(16, 32), (torch.randn(3, 4, 16),)),
+        (fn_module(lambda x, y: torch.einsum("bhqd,bhkd->bhqk", x, y)),
+         (torch.randn(2, 3, 5, 8), torch.randn(2, 3, 7, 8))),
+        (fn_module(lambda x, y: x @ y), (torch.randn(2, 5, 6), torch.randn(6, 4))),
+    ]
+    for model, args in cases:
+        ours = sum(c.flops for _, c in op_costs(model, *args))
+        assert ours == flop_counter_total(model, *args), model
+
+
+@pytest.mark.parametrize("conv,x", [
+    (torch.nn.Conv1d(4, 8, 3, stride=2), torch.randn(2, 4, 17)),
+    (torch.nn.Conv2d(6, 12, 3, padding=1, groups=3), torch.randn(2, 6, 9, 9)),
+    (torch.nn.Conv3d(2, 4, (1, 3, 3), bias=False), torch.randn(1, 2, 4, 6, 6)),
+    (torch.nn.ConvTranspose2d(8, 4, 4, stride=2, padding=1), torch.randn(2, 8, 5, 5)),
+    (torch.nn.ConvTranspose1d(6, 6, 3, groups=2), torch.randn(1, 6, 10)),
+])
+def test_convolutions_agree_with_flop_counter(conv, x):
+    ours = [c for _, c in op_costs(conv, x)]
+    assert [c.category for c in ours] == ["conv"]
+    assert ours[0].flops == flop_counter_total(conv, x)
+
+
+def test_conv2d_by_hand():
+    # out (2, 8, 6, 6); weight (8, 3, 3, 3): 2 * batch * prod(w) * out positions
+    c = cost_of(torch.nn.Conv2d(3, 8, 3), "conv2d", torch.randn(2, 3, 8, 8))
+    assert c.flops == 2 * 2 * (8 * 3 * 3 * 3) * (6 * 6)       # 62208
+
+
+def sdpa(**kw):
+    return fn_module(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, **kw))
+
+
+def test_sdpa_on_cpu_is_counted_though_pytorch_says_zero():
+    q, k, v = torch.randn(2, 4, 16, 8), torch.randn(2, 4, 16, 8), torch.randn(2, 4, 16, 8)
+    with torch.utils.flop_counter.FlopCounterMode(display=False) as fc:
+        F.scaled_dot_product_attention(q, k, v)
+    assert fc.get_total_flops() == 0          # PyTorch's counter misses the CPU flash kernel
+    c = cost_of(sdpa(), "scaled_dot_product_attention", q, k, v)
+    assert c.flops == 2 * (2 * 4 * 16 * 16 * 8) * 2   # QK^T and PV: 2*B*H*Sq*Sk*D each = 32768
+    assert c.flops == flop_counter_total(sdpa(), q, k, v)
+    assert c.bytes_read == 3 * 2 * 4 * 16 * 8 * F32   # q, k, v once; no S x S matrix
+    assert c.bytes_written == 2 * 4 * 16 * 8 * F32
+
+
+@pytest.mark.parametrize("hq,hkv,sq,sk", [(8, 2, 16, 16), (8, 1, 16, 16), (8, 2, 1, 33)])
+def test_sdpa_gqa_mqa_and_decode_agree_with_flop_counter(hq, hkv, sq, sk):
+    q, k, v = torch.randn(1, hq, sq, 16), torch.randn(1, hkv, sk, 16), torch.randn(1, hkv, sk, 16)
+    model = sdpa(enable_gqa=True)
+    c = cost_of(model, "scaled_dot_product_attention", q, k, v)
+    assert c.flops == 4 * hq * sq * sk * 16            # every query head over all keys
+    assert c.flops == flop_counter_total(model, q, k, v)
+    assert "gqa" in c.note
+
+
+def test_causal_attention_is_counted_dense_and_says_so():
+    q = torch.randn(1, 2, 8, 4)
+    causal = cost_of(sdpa(is_causal=True), "scaled_dot_product_attention", q, q, q)
+    full = cost_of(sdpa(), "scaled_dot_product_attention", q, q, q)
+    assert causal.flops == full.flops == flop_counter_total(sdpa(is_causal=True), q, q, q)
+    assert "causal" in causal.note and "causal" not in full.note
+
+
+@pytest.mark.parametrize("dtype,size", [(torch.bfloat16, 2), (torch.int8, 1), (torch.bool, 1),
+                                        (torch.complex64, 8), (torch.float8_e4m3fn, 1)])
+def test_bytes_follow_the_dtype(dtype, size):
+    x = torch.zeros(10, 10).to(dtype)
+    c = cost_of(fn_module(lambda t: t.clone()), "clone", x)
+    assert c.bytes_read == c.bytes_written == 100 * size
+
+
+def test_input_used_twice_is_read_once():
+    c = cost_of(fn_module(lambda x: x * x), "mul", torch.randn(100))
+    assert c.bytes_read == 100 * F32 and c.bytes_written == 100 * F32
+
+
+def test_views_move_nothing():
+    costs = op_costs(fn_module(lambda x: x.view(4, 25).t().t().reshape(100)[:50].unsqueeze(0).expand(3, 50)),
+                     torch.randn(100))
+    assert costs == []    # every op is a view: no rows with bytes
+
+
+def test_copying_reshape_moves_bytes():
+    c = cost_of(fn_module(lambda x: x.t().reshape(-1)), "reshape", torch.randn(4, 6))
+    assert c.bytes_read == c.bytes_written == 24 * F32
+
+
+def test_broadcast_input_counts_at_real_size():
+    c = cost_of(fn_module(lambda x, b: x + b), "add", torch.randn(64, 32), torch.randn(32))
+    assert c.bytes_read == (64 * 32 + 32) * F32           # the bias once, not 64 times
+
+
+def test_embedding_reads_only_gathered_rows():
+    emb = torch.nn.Embedding(50000, 16)
+    idx = torch.zeros(2, 5, dtype=torch.long)
+    c = cost_of(emb, "embedding", idx)
+    assert c.bytes_read == 2 * 5 * 8 + 2 * 5 * 16 * F32   # int64 indices + 10 rows of 16 floats
+    assert c.bytes_written == 2 * 5 * 16 * F32
+
+
+def test_pointwise_via_tag_counts_one_flop_per_element():
+    c = cost_of(fn_module(torch.erf), "erf", torch.randn(7, 3))
+    assert c.flops == 21 and c.category == "pointwise" and c.known
+
+
+def test_kv_cache_write_counts_only_the_written_slot():
+    def write(cache, new, pos):
+        return cache.index_copy_(2, pos, new)
+    cache = torch.zeros(1, 2, 64, 8)
+    c = cost_of(fn_module(write), "index_copy_", cache, torch.randn(1, 2, 1, 8),
+                torch.tensor([5]))
+    assert c.bytes_written == 1 * 2 * 1 * 8 * F32        # one position of the cache, not 64
+    assert c.bytes_read == 2 * 8 * F32 + 8                # the new values and the int64 index
+
+
+def test_unknown_op_is_explicit_then_registrable():
+    lib = torch.library.Library("fxroof_test", "DEF")
+    lib.define("mystery(Tensor x) -> Tensor")
+    lib.impl("mystery", lambda x: x * 2, "CompositeExplicitAutograd")
+    lib.impl("mystery", lambda x: torch.empty_like(x), "Meta")
+    model = fn_module(lambda x: torch.ops.fxroof_test.mystery(x))
+    x = torch.randn(10)
+    before = cost_of(model, "mystery", x)
+    assert not before.known and before.bytes_read == 40       # bytes still seen; flops unknown
+    register_formula(torch.ops.fxroof_test.mystery, category="pointwise", fn=lambda call: 10)
+    after = cost_of(model, "mystery", x)
+    assert after.known and after.flops == 10 and after.category == "pointwise"
+    with pytest.raises(ValueError, match="already registered"):
+        register_formula(torch.ops.fxroof_test.mystery, category="pointwise", fn=lambda call: 1)
+
+
+def test_unknown_category_is_rejected():
+    with pytest.raises(ValueError, match="unknown category"):
+        Cost(category="matmult")
+
+
+@settings(max_examples=30, deadline=None)
+@given(m=st.integers(1, 9), k=st.integers(1, 9), n=st.integers(1, 9), batch=st.integers(1, 3),
+       bias=st.booleans())
+def test_linear_matches_flop_counter_for_any_shape(m, k, n, batch, bias):
+    model = torch.nn.Linear(k, n, bias=bias)
+    x = torch.randn(batch, m, k)
+    assert cost_of(model, "linear", x).flops == flop_counter_total(model, x) == 2 * batch * m * n * k
+
+
+@settings(max_examples=25, deadline=None)
+@given(shape=st.lists(st.integers(1, 6), min_size=1, max_size=4),
+       dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]))
+def test_pointwise_bytes_are_inputs_plus_output(shape, dtype):
+    a, b = torch.randn(shape).to(dtype), torch.randn(shape).to(dtype)
+    c = cost_of(fn_module(torch.add), "add", a, b)
+    elems = a.numel()
+    assert c.bytes_read == 2 * elems * a.element_size()
+    assert c.bytes_written == elems * a.element_size()
+    assert c.flops == elems
