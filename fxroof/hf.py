@@ -20,15 +20,16 @@ if TYPE_CHECKING:
 
 __all__ = ["from_config"]
 
-_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
+_DTYPES = {"fp32": torch.float32, "float32": torch.float32,
+           "fp16": torch.float16, "float16": torch.float16,
            "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
 # Architecture names that carry a next-token head; anything else is built as the bare AutoModel.
 _CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 _POSITION_TABLES = ("wpe", "position_embeddings", "embed_positions")
 
 
-def from_config(config: str | os.PathLike | Mapping[str, Any] | "PretrainedConfig", *, batch: int = 1, seq: int = 128,
-                dtype: str | torch.dtype = "fp32", device: str | torch.device = "meta"):
+def from_config(config: str | os.PathLike | Mapping[str, Any] | PretrainedConfig, *, batch: int = 1,
+                seq: int = 128, dtype: str | torch.dtype = "fp32", device: str | torch.device = "meta"):
     """Build a transformers model from its config and dummy inputs for one forward pass.
 
     config: a path to a ``config.json``, the same content as a dict, or a ``PretrainedConfig``.
@@ -68,7 +69,8 @@ def from_config(config: str | os.PathLike | Mapping[str, Any] | "PretrainedConfi
 
     limit = _learned_positions(model)
     if limit is not None and seq > limit:
-        raise ValueError(f"seq={seq} is longer than the {limit} learned positions of the model in {where}.")
+        raise ValueError(f"seq={seq} is longer than the {limit} learned positions of the model "
+                         f"in {where}.")
 
     input_ids = torch.zeros((batch, seq), dtype=torch.long, device=device)  # (B, T)
     kwargs = {"use_cache": False} if causal else {}

@@ -17,7 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in sys.path:  # loaded by path, not from a package: make _common.py beside it importable
+    sys.path.insert(0, _HERE)
 from _common import build, pick, token_ids  # noqa: E402
 
 
@@ -54,7 +56,8 @@ class Embeddings(nn.Module):
     def forward(self, input_ids, token_type_ids):
         T = input_ids.shape[1]
         pos = torch.arange(T, device=input_ids.device)  # (T,)
-        x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids) + self.position_embeddings(pos)
+        x = (self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
+             + self.position_embeddings(pos))
         return self.LayerNorm(x)                         # (B, T, C)
 
 

@@ -15,7 +15,6 @@ tokens, as ``transformers.StaticCache`` does. Decode writes position ``ctx`` and
 and every shape in it is static.
 """
 
-
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,7 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in sys.path:  # loaded by path, not from a package: make _common.py beside it importable
+    sys.path.insert(0, _HERE)
 from _common import build, pick, to_dtype, token_ids  # noqa: E402
 
 
@@ -78,7 +79,8 @@ class RMSNorm(nn.Module):
 
 def rope_cos_sin(pos: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
     """cos and sin tables (T, head_dim) for the positions `pos` (T,), computed once per forward."""
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=pos.device, dtype=torch.float32) / head_dim)
+    i = torch.arange(0, head_dim, 2, device=pos.device, dtype=torch.float32)
+    inv_freq = 1.0 / theta ** (i / head_dim)          # (hs/2,)
     freqs = pos.float()[:, None] * inv_freq[None, :]  # (T, hs/2)
     emb = torch.cat((freqs, freqs), dim=-1)           # (T, hs)
     return emb.cos().to(dtype), emb.sin().to(dtype)
@@ -163,7 +165,7 @@ class Llama(nn.Module):
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)  # not tied to the embedding
 
-    def forward(self, tokens: torch.Tensor, cache: list | None = None, start_pos: int = 0) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, cache: list | None = None, start_pos: int = 0):
         """tokens (B, T) at positions start_pos .. start_pos+T-1 -> logits (B, T, vocab).
 
         cache: one (k, v) pair per layer, each (B, n_kv_heads, max_len, head_dim), written in place.
@@ -180,8 +182,8 @@ class Llama(nn.Module):
 def new_cache(cfg: LlamaConfig, batch: int, max_len: int, dtype, device) -> list:
     """A zeroed KV cache: n_layers pairs of (B, n_kv_heads, max_len, head_dim)."""
     shape = (batch, cfg.n_kv_heads, max_len, cfg.head_dim)
-    return [(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
-            for _ in range(cfg.n_layers)]
+    zeros = lambda: torch.zeros(shape, dtype=dtype, device=device)  # noqa: E731
+    return [(zeros(), zeros()) for _ in range(cfg.n_layers)]
 
 
 def workload(preset: str = "llama2-7b", phase: str = "prefill", batch: int = 1, seq: int = 2048,

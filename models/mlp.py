@@ -15,7 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in sys.path:  # loaded by path, not from a package: make _common.py beside it importable
+    sys.path.insert(0, _HERE)
 from _common import build, pick, to_dtype  # noqa: E402
 
 

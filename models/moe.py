@@ -34,7 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in sys.path:  # loaded by path, not from a package: make _common.py beside it importable
+    sys.path.insert(0, _HERE)
 from _common import build, pick, token_ids  # noqa: E402
 
 
@@ -85,9 +87,11 @@ class RMSNorm(nn.Module):
 
 def rope_cos_sin(T: int, head_dim: int, theta: float, dtype: torch.dtype, device):
     """cos and sin tables (T, head_dim) for positions 0 .. T-1."""
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
-    freqs = torch.arange(T, device=device, dtype=torch.float32)[:, None] * inv_freq[None, :]  # (T, hs/2)
-    emb = torch.cat((freqs, freqs), dim=-1)                                                    # (T, hs)
+    i = torch.arange(0, head_dim, 2, device=device, dtype=torch.float32)
+    inv_freq = 1.0 / theta ** (i / head_dim)                           # (hs/2,)
+    pos = torch.arange(T, device=device, dtype=torch.float32)          # (T,)
+    freqs = pos[:, None] * inv_freq[None, :]                           # (T, hs/2)
+    emb = torch.cat((freqs, freqs), dim=-1)                            # (T, hs)
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
@@ -138,8 +142,9 @@ class SparseMoE(nn.Module):
         x = x.reshape(B * T, D)                                   # (N, D)
         logits = self.gate(x)                                     # (N, E)
         top_w, top_e = logits.topk(self.top_k, dim=-1)            # (N, k)
-        gates = torch.zeros_like(logits).scatter(1, top_e, top_w.softmax(dim=-1))  # (N, E), 0 if unchosen
-        E, N = gates.shape[1], gates.shape[0]
+        # (N, E): each token's weight for each expert, softmax over its k chosen logits, 0 elsewhere
+        gates = torch.zeros_like(logits).scatter(1, top_e, top_w.softmax(dim=-1))
+        N, E = gates.shape
 
         if self.dispatch == "dense":
             y = self.expert(x.expand(E, N, D))                    # (E, N, D)
@@ -178,7 +183,8 @@ class MoETransformer(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens (B, T) -> logits (B, T, vocab)."""
         x = self.tok_embeddings(tokens)  # (B, T, dim)
-        cos, sin = rope_cos_sin(tokens.shape[1], self.cfg.head_dim, self.cfg.rope_theta, x.dtype, x.device)
+        cfg = self.cfg
+        cos, sin = rope_cos_sin(tokens.shape[1], cfg.head_dim, cfg.rope_theta, x.dtype, x.device)
         for layer in self.layers:
             x = layer(x, cos, sin)
         return self.output(self.norm(x))  # (B, T, vocab)

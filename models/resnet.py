@@ -16,7 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in sys.path:  # loaded by path, not from a package: make _common.py beside it importable
+    sys.path.insert(0, _HERE)
 from _common import build, pick, to_dtype  # noqa: E402
 
 # Bottleneck blocks per stage, Table 1 of the paper (arXiv:1512.03385).
@@ -79,7 +81,7 @@ class ResNet(nn.Module):
 
 def workload(depth: int = 50, batch: int = 1, image: int = 224, dtype: str = "fp32", device: str = "meta"):
     """(model, (images,)) for one forward over batch images of image x image pixels."""
-    blocks = pick(DEPTHS, depth, "depth")
+    blocks = pick(DEPTHS, int(depth), "depth")
     model = build(lambda: ResNet(blocks), device, dtype)
     images = torch.randn(batch, 3, image, image, dtype=to_dtype(dtype), device=device)
     return model, (images,)

@@ -16,12 +16,16 @@ SMALL = dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_att
 
 # family -> (config, model class name, output shape of the first output for (B, T) tokens)
 FAMILIES = {
-    "llama": (lambda: transformers.LlamaConfig(**SMALL, num_key_value_heads=2), "LlamaForCausalLM", (B, T, 256)),
-    "mistral": (lambda: transformers.MistralConfig(**SMALL, num_key_value_heads=2), "MistralForCausalLM", (B, T, 256)),
-    "qwen2": (lambda: transformers.Qwen2Config(**SMALL, num_key_value_heads=2), "Qwen2ForCausalLM", (B, T, 256)),
+    "llama": (lambda: transformers.LlamaConfig(**SMALL, num_key_value_heads=2),
+              "LlamaForCausalLM", (B, T, 256)),
+    "mistral": (lambda: transformers.MistralConfig(**SMALL, num_key_value_heads=2),
+                "MistralForCausalLM", (B, T, 256)),
+    "qwen2": (lambda: transformers.Qwen2Config(**SMALL, num_key_value_heads=2),
+              "Qwen2ForCausalLM", (B, T, 256)),
     "gpt2": (lambda: transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=256, n_positions=64,
-                                             bos_token_id=0, eos_token_id=0), "GPT2LMHeadModel", (B, T, 256)),
-    "bert": (lambda: transformers.BertConfig(**SMALL), "BertModel", (B, T, 64)),  # encoder: last hidden state
+                                             bos_token_id=0, eos_token_id=0),
+             "GPT2LMHeadModel", (B, T, 256)),
+    "bert": (lambda: transformers.BertConfig(**SMALL), "BertModel", (B, T, 64)),  # last hidden state
 }
 
 
@@ -96,7 +100,8 @@ def test_decoders_get_use_cache_false_and_encoders_nothing():
 def test_architectures_field_decides_the_head():
     config = FAMILIES["bert"][0]().to_dict()
     assert type(from_config({**config, "architectures": ["BertForMaskedLM"]})[0]).__name__ == "BertModel"
-    assert type(from_config({**config, "architectures": ["BertLMHeadModel"]})[0]).__name__ == "BertLMHeadModel"
+    causal = from_config({**config, "architectures": ["BertLMHeadModel"]})[0]
+    assert type(causal).__name__ == "BertLMHeadModel"
 
 
 @pytest.mark.parametrize("dtype, expected", [("bf16", torch.bfloat16), ("fp16", torch.float16),

@@ -115,7 +115,8 @@ def test_loads_by_path_from_another_directory(tmp_path):
         model, args, kwargs = module.workload(preset="tiny", seq=4)
         print(tuple(model(*args, **kwargs).shape))
     """)
-    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "(1, 4, 512)"
 
@@ -198,7 +199,8 @@ def test_prefill_then_decode_matches_one_long_prefill():
     # decoded after a prefill of n tokens or is the last token of a prefill of n+1.
     llama = load("llama")
     n = 6
-    model, _, kwargs = llama.workload(preset="tiny", batch=2, seq=n, max_len=n + 1, device="cpu", dtype="fp32")
+    model, _, kwargs = llama.workload(preset="tiny", batch=2, seq=n, max_len=n + 1, device="cpu",
+                                      dtype="fp32")
     tokens = torch.randint(0, 512, (2, n + 1))
     with torch.no_grad():
         full = model(tokens)
@@ -301,7 +303,8 @@ def test_vit_b16_parameter_count():
     d, patches = 768, (224 // 16) ** 2
     # patch conv 3*16*16*768 + 768 = 590,592; cls 768; positions 197*768 = 151,296;
     # 12 layers 85,054,464; final LayerNorm 1,536; head 768*1000 + 1000 = 769,000
-    expected = (3 * 16 * 16 * d + d) + d + (patches + 1) * d + 12 * transformer_layer_params(d) + 2 * d + (d * 1000 + 1000)
+    expected = ((3 * 16 * 16 * d + d) + d + (patches + 1) * d + 12 * transformer_layer_params(d)
+                + 2 * d + (d * 1000 + 1000))
     assert expected == 86_567_656  # timm vit_base_patch16_224
     model, _ = load("vit").workload()
     assert n_params(model) == expected
