@@ -1,0 +1,334 @@
+"""Pass 2: group annotated nodes into the kernels a fusing compiler (torch.compile's Inductor)
+would emit, and count each kernel's bytes as that compiler would move them.
+
+Reads node.meta["fxroof.cost"] (annotate.py); writes node.meta["fxroof.kernel"] = the index of the
+node's kernel in the returned tuple, on every node that is not a view. Changes nothing else.
+
+Rules, as implemented (dataflow.py holds the graph facts, this file the decisions):
+
+- Views are transparent: view-category nodes never make a kernel and are not listed in
+  `Kernel.nodes`; a read through a view of a fused intermediate stays inside the kernel, and a read
+  through a view of anything else costs that view's real footprint (a broadcast bias: its own size).
+- Iteration space: the numel of a node's output; for reductions and norms, of their input. A
+  reduction also accepts work over its output's numel (`rsqrt(mean(x) + eps)`) as epilogue.
+- Vertical fusion, producer into consumer, in graph order: pointwise with pointwise of the same
+  space; a pointwise prologue into a reduction or norm whose space it matches; a pointwise epilogue
+  after a reduction over its input's or output's space; a reduction after a reduction over the same
+  space (softmax as amax, exp, sum, div). A pointwise producer read by one consumer only is inlined
+  into it whatever the spaces (Inductor computes it inside the consumer's loop). Creation ops
+  (full, arange, zeros_like: nothing read), and pointwise work on created values only (a rotary
+  table computed from arange), join a consumer whatever its space and are recomputed, not read,
+  by every other fusing consumer; only a library op reads them from memory.
+- Horizontal fusion: consumers of one tensor fuse when their spaces match.
+- Library ops stay alone: matmul, conv, attention, collectives, sort/topk, gathers and scatters
+  (embedding, index, index_select, gather), data-dependent ops, in-place writes and ops without a
+  formula. With `matmul_epilogues=True` a matmul takes pointwise epilogues over its output's space.
+- No merge creates a cycle: merging two groups is refused when a path joins them through a group
+  outside both. The groups form a networkx DiGraph that keeps a topological rank per group, so the
+  search for such a path stays between the two groups' ranks. Rounds of vertical then horizontal
+  fusion repeat until nothing more merges. Kernels come out in a topological order, ties broken
+  by graph order.
+- Bytes: a kernel reads each distinct outside tensor once, at the footprint of the views it reads
+  (capped at the tensor's footprint), and writes each tensor it makes that is used outside it or
+  returned by the graph, once. FLOPs are the sum of its nodes' (fusion never changes FLOPs). A
+  kernel of one library op keeps its op's own Cost (a gather reads only the rows it picks).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import networkx as nx
+import torch.fx as fx
+
+from .cost import KERNEL_KEY
+from .dataflow import Facts, Op, graph_facts
+
+__all__ = ["Kernel", "fuse", "unfused"]
+
+
+@dataclass(frozen=True)
+class Kernel:
+    nodes: tuple[str, ...]  # fx node names of its ops, in graph order (views are not listed)
+    category: str         # the main node's category
+    flops: int
+    bytes_read: int
+    bytes_written: int
+    dtype: str            # the main node's compute dtype
+    reason: str           # why the kernel ends where it ends
+    module: str = ""      # the main node's module path ("" for the top level)
+    known: bool = True    # every node has a cost formula
+
+    @property
+    def bytes(self) -> int:
+        return self.bytes_read + self.bytes_written
+
+
+def unfused(gm: fx.GraphModule) -> tuple[Kernel, ...]:
+    """Eager mode: one kernel per op that is not a view, FLOPs and bytes straight from its Cost.
+    Writes nothing into the graph (node.meta["fxroof.kernel"] is fuse()'s)."""
+    facts = graph_facts(gm)
+    kernels = []
+    for op in facts.ops:
+        c = op.cost
+        kernels.append(Kernel((op.node.name,), c.category, c.flops, c.bytes_read, c.bytes_written,
+                              c.dtype, "eager: one kernel per op", op.module, c.known))
+    return tuple(kernels)
+
+
+def fuse(gm: fx.GraphModule, *, matmul_epilogues: bool = False) -> tuple[Kernel, ...]:
+    """Compiled mode: the kernels a fusing compiler would emit, in graph (topological) order."""
+    facts = graph_facts(gm)
+    fuser = _Fuser(facts, matmul_epilogues)
+    fuser.run()
+    groups = fuser.ordered_groups()
+    _mark(facts, [g.ops for g in groups])
+    return tuple(fuser.kernel(g) for g in groups)
+
+
+def _mark(facts: Facts, groups: list[list[int]]) -> None:
+    for node in facts.gm.graph.nodes:
+        node.meta.pop(KERNEL_KEY, None)
+    for k, ops in enumerate(groups):
+        for i in ops:
+            facts.ops[i].node.meta[KERNEL_KEY] = k
+
+
+# -- grouping ------------------------------------------------------------------------------------
+
+# Which node names a kernel: library ops, then norms, reductions, pointwise, copies, creations.
+_RANK = {"solo": 0, "norm": 1, "reduction": 2, "pointwise": 3, "copy": 4, "create": 5}
+
+
+@dataclass
+class _Group:
+    ops: list                  # op indices, in graph order once finished
+    space: int                 # the iteration space of its loop
+    spaces: frozenset          # spaces it can absorb: {space}, or a reduction's input and output
+    red: bool = False          # holds a reduction or norm
+    lib: bool = False          # holds a library op (a matmul taking epilogues)
+    create: bool = False       # holds creation ops only
+    first: int = 0             # its first op's index
+
+
+class _Fuser:
+    ROUNDS = 10   # Inductor's fuse_nodes runs up to 10 rounds too
+
+    def __init__(self, facts: Facts, matmul_epilogues: bool):
+        self.f = facts
+        self.epilogues = matmul_epilogues
+        self.group_of = list(range(len(facts.ops)))     # op index -> group id (union-find)
+        self.groups = {op.index: self._seed(op) for op in facts.ops}
+        self.g = nx.DiGraph()                           # group graph, kept acyclic
+        self.g.add_nodes_from(self.groups)
+        self.g.add_edges_from(facts.deps.edges)
+        self.rank = {op.index: op.index for op in facts.ops}   # a topological rank per group
+
+    def _seed(self, op: Op) -> _Group:
+        lib = op.kind == "solo" and self.epilogues and op.cost.category == "matmul"
+        red = op.kind == "reduction"
+        spaces = frozenset({op.space, *op.out_spaces}) if red else frozenset({op.space})
+        return _Group([op.index], op.space, spaces, red=red, lib=lib,
+                      create=op.kind == "create", first=op.index)
+
+    def find(self, i: int) -> int:
+        while self.group_of[i] != i:
+            self.group_of[i] = self.group_of[self.group_of[i]]
+            i = self.group_of[i]
+        return i
+
+    # -- the passes --
+    def run(self) -> None:
+        for _ in range(self.ROUNDS):
+            merged = self._vertical() + self._horizontal()
+            if not merged:
+                break
+
+    def _vertical(self) -> int:
+        merged = 0
+        for op in self.f.ops:
+            for p in self.f.producers[op.index]:
+                a, b = self.find(p), self.find(op.index)
+                if a != b and self.why_not(a, b, op) is None:
+                    self._merge(a, b)
+                    merged += 1
+        return merged
+
+    def _horizontal(self) -> int:
+        merged = 0
+        f = self.f
+        for key, readers in f.readers.items():
+            if key in f.producer and f.ops[f.producer[key]].kind == "create":
+                continue    # recomputed by each reader: no shared read to save
+            gids = list(dict.fromkeys(self.find(r) for r in readers))
+            for i, a in enumerate(gids):
+                for b in gids[i + 1:]:
+                    a, b = self.find(a), self.find(b)
+                    if a != b and self._sibling_why_not(a, b) is None:
+                        self._merge(a, b)
+                        merged += 1
+        return merged
+
+    # -- the rules --
+    def _fusable(self, gid: int) -> bool:
+        g = self.groups[gid]
+        return g.lib or self.f.ops[g.ops[0]].kind != "solo"
+
+    def why_not(self, a: int, b: int, consumer: Op) -> str | None:
+        """None if producer group a may merge with consumer group b, else the reason it may not."""
+        ga, gb = self.groups[a], self.groups[b]
+        if not self._fusable(a):
+            return f"library {self.f.ops[ga.ops[0]].cost.category}"
+        if not self._fusable(b):
+            return f"feeds {consumer.node.name} ({consumer.solo_reason})"
+        if gb.lib:
+            return f"feeds {consumer.node.name} (a matmul with epilogues takes no prologue)"
+        if ga.lib:
+            if gb.red:
+                return f"reduction {consumer.node.name} cannot be a matmul epilogue"
+            if gb.space != ga.space:
+                return f"different iteration space ({ga.space} vs {gb.space} elements)"
+        elif not (ga.create or self._exclusive(a, b) or self._same_space(ga, gb)):
+            return self._mismatch(ga, gb, consumer)
+        return "would create a cycle" if self._cycle(a, b) else None
+
+    def _sibling_why_not(self, a: int, b: int) -> str | None:
+        ga, gb = self.groups[a], self.groups[b]
+        if ga.lib or gb.lib or not (self._fusable(a) and self._fusable(b)):
+            return "library op"
+        if ga.create or gb.create or not self._same_space(ga, gb):
+            return "different iteration space"
+        return "would create a cycle" if self._cycle(a, b) else None
+
+    @staticmethod
+    def _same_space(ga: _Group, gb: _Group) -> bool:
+        if ga.red and gb.red:
+            return ga.space == gb.space
+        if ga.red or gb.red:
+            red, pw = (ga, gb) if ga.red else (gb, ga)
+            return pw.space in red.spaces
+        return ga.space == gb.space
+
+    def _mismatch(self, ga: _Group, gb: _Group, consumer: Op) -> str:
+        if ga.red:
+            what = "reduction " if gb.red else ""
+            return (f"reduction output used by {what}{consumer.node.name} over a different "
+                    f"iteration space ({gb.space} vs {ga.space} elements)")
+        return f"different iteration space ({ga.space} vs {gb.space} elements)"
+
+    def _exclusive(self, a: int, b: int) -> bool:
+        """Group a is pointwise work read by group b alone: it can be inlined into b's loop."""
+        if self.groups[a].red:
+            return False
+        for i in self.groups[a].ops:
+            op = self.f.ops[i]
+            if op.outputs_returned:
+                return False
+            if any(self.find(r) not in (a, b) for r in self.f.consumers[i]):
+                return False
+        return True
+
+    def _cycle(self, a: int, b: int) -> bool:
+        """Merging a and b closes a cycle iff a path joins them through a third group."""
+        return self._between(a, b) is None
+
+    def _between(self, a: int, b: int):
+        """The groups that must move for a and b to sit side by side in topological order:
+        (b and its ancestors, a and its descendants) with ranks between a's and b's; None if a
+        path joins a and b through a third group (merging them would close a cycle).
+
+        The group graph keeps a valid topological rank per group, so a path from a to b can only
+        pass through groups ranked between them: the searches stay inside that window (the
+        dynamic topological order of Pearce and Kelly, with merging in place of a new edge).
+        """
+        rank, succ, pred = self.rank, self.g.succ, self.g.pred
+        if rank[a] > rank[b]:
+            a, b = b, a
+        lo, hi = rank[a], rank[b]
+        down, stack = {a}, [a]
+        while stack:
+            x = stack.pop()
+            for y in succ[x]:
+                if y == b:
+                    if x != a:
+                        return None
+                elif y not in down and rank[y] < hi:
+                    down.add(y)
+                    stack.append(y)
+        up, stack = {b}, [b]
+        while stack:
+            x = stack.pop()
+            for y in pred[x]:
+                if y != a and y not in up and rank[y] > lo:
+                    up.add(y)
+                    stack.append(y)
+        return a, b, up, down
+
+    def _merge(self, a: int, b: int) -> None:
+        first, last, up, down = self._between(a, b)
+        # Re-rank the window: b's ancestors, then the merged pair, then a's descendants.
+        slots = sorted(self.rank[x] for x in up | down)
+        moved = sorted(up, key=self.rank.get) + sorted(down, key=self.rank.get)
+        for x, r in zip(moved, slots):
+            self.rank[x] = r
+        self.rank[first] = self.rank[last]       # adjacent now: last ends `up`, first starts `down`
+        if first != a:
+            a, b = b, a
+        ga, gb = self.groups[a], self.groups.pop(b)
+        del self.rank[b]
+        if ga.red or gb.red:
+            space = max(g.space for g in (ga, gb) if g.red)
+        elif ga.lib or gb.lib:
+            space = ga.space if ga.lib else gb.space
+        elif ga.create:
+            space = gb.space
+        elif gb.create:
+            space = ga.space
+        else:   # pointwise: the later group's loop (an inlined producer runs inside it)
+            space = gb.space if gb.first > ga.first else ga.space
+        ga.spaces = (ga.spaces if ga.red else frozenset()) | (gb.spaces if gb.red else frozenset())
+        ga.spaces = ga.spaces or frozenset({space})
+        ga.ops += gb.ops
+        ga.space, ga.red, ga.lib = space, ga.red or gb.red, ga.lib or gb.lib
+        ga.create = ga.create and gb.create
+        ga.first = min(ga.first, gb.first)
+        self.group_of[b] = a
+        g = self.g
+        g.add_edges_from((p, a) for p in g.predecessors(b) if p != a)
+        g.add_edges_from((a, s) for s in g.successors(b) if s != a)
+        g.remove_node(b)
+
+    # -- results --
+    def ordered_groups(self) -> list[_Group]:
+        order = nx.lexicographical_topological_sort(self.g, key=lambda gid: self.groups[gid].first)
+        groups = [self.groups[gid] for gid in order]
+        for g in groups:
+            g.ops.sort()
+        return groups
+
+    def kernel(self, g: _Group) -> Kernel:
+        f = self.f
+        ops = [f.ops[i] for i in g.ops]
+        main = min(ops, key=lambda op: (_RANK[op.rank], op.index))
+        if len(ops) == 1 and main.kind == "solo":
+            read, written = main.cost.bytes_read, main.cost.bytes_written
+        else:
+            members = set(g.ops)
+            read = f.bytes_read(members)
+            written = f.bytes_written(members)
+        return Kernel(tuple(op.node.name for op in ops), main.cost.category,
+                      sum(op.cost.flops for op in ops), read, written, main.cost.dtype,
+                      self._reason(g, main), main.module, all(op.cost.known for op in ops))
+
+    def _reason(self, g: _Group, main: Op) -> str:
+        gid = self.find(g.ops[0])
+        if not self._fusable(gid):
+            return main.solo_reason
+        outside = sorted({c for i in g.ops for c in self.f.consumers[i]} - set(g.ops))
+        for c in outside:
+            why = self.why_not(gid, self.find(c), self.f.ops[c])
+            if why is not None:
+                return why
+        if any(self.f.ops[i].outputs_returned for i in g.ops):
+            return "output of graph"
+        return "single op" if len(g.ops) == 1 else "end of graph"
+

@@ -1,0 +1,383 @@
+"""fuse.py: the kernels a fusing compiler would emit, with hand arithmetic beside each expectation,
+and property tests on random pointwise/reduction graphs."""
+import operator
+
+import networkx as nx
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st
+from torch.fx.experimental.proxy_tensor import make_fx
+
+from fxroof.annotate import annotate
+from fxroof.capture import capture
+from fxroof.cost import COST_KEY, KERNEL_KEY
+from fxroof.fuse import Kernel, fuse, unfused
+
+F32 = 4  # bytes per fp32 element
+
+
+def graph(model, *args):
+    return annotate(capture(model, args).gm)
+
+
+def kernels(model, *args, **options):
+    return fuse(graph(model, *args), **options)
+
+
+def total(ks) -> int:
+    return sum(k.bytes for k in ks)
+
+
+def ops_of(gm):
+    return [n for n in gm.graph.nodes
+            if n.op == "call_function" and n.meta[COST_KEY].category != "view"]
+
+
+def check_invariants(gm, ks):
+    """What every fusion must keep: the checks the property tests run on random graphs."""
+    eager = unfused(gm)
+    ks = fuse(gm) if ks is None else ks
+    names = [n for k in ks for n in k.nodes]
+    ops = ops_of(gm)
+    # every op that is not a view in exactly one kernel, and meta says which
+    assert sorted(names) == sorted(n.name for n in ops)
+    assert all(ks[n.meta[KERNEL_KEY]].nodes.count(n.name) == 1 for n in ops)
+    assert all(KERNEL_KEY not in n.meta for n in gm.graph.nodes if n not in set(ops))
+    # fusion never changes FLOPs and never adds bytes
+    assert sum(k.flops for k in ks) == sum(n.meta[COST_KEY].flops for n in ops)
+    assert total(ks) <= total(eager)
+    # the kernel graph is acyclic and the kernels come in a topological order
+    edges = {(ks_of(p), n.meta[KERNEL_KEY]) for n in ops for p in producers(n)} - {
+        (i, i) for i in range(len(ks))}
+    kg = nx.DiGraph(list(edges))
+    kg.add_nodes_from(range(len(ks)))
+    assert nx.is_directed_acyclic_graph(kg)
+    assert all(a < b for a, b in edges)
+    return ks
+
+
+def ks_of(node):
+    return node.meta[KERNEL_KEY]
+
+
+def producers(node):
+    """The ops a node reads data from, looking through views (full_like reads a shape only)."""
+    if node.meta[COST_KEY].bytes_read == 0 and node.meta[COST_KEY].category == "pointwise":
+        return set()
+    found, stack = set(), list(node.all_input_nodes)
+    while stack:
+        n = stack.pop()
+        if KERNEL_KEY in n.meta:
+            found.add(n)
+        elif n.op == "call_function":
+            stack.extend(n.all_input_nodes)
+    return found
+
+
+class Bias(nn.Module):
+    def __init__(self, n):
+        super().__init__()
+        self.b = nn.Parameter(torch.randn(n))
+
+    def forward(self, x):
+        return torch.relu(x + self.b)
+
+
+# --- hand arithmetic -----------------------------------------------------------------------------
+
+def test_cos_cos_fuses_into_one_kernel():
+    n = 1000
+    gm = graph(lambda x: x.cos().cos(), torch.randn(n))
+    eager, ks = unfused(gm), check_invariants(gm, fuse(gm))
+    assert total(eager) == 4 * n * F32        # read x, write t, read t, write out = 16000
+    assert len(ks) == 1 and total(ks) == 2 * n * F32   # read x, write out = 8000
+    k = ks[0]
+    assert k.nodes == ("cos", "cos_1") and k.category == "pointwise" and k.flops == 2 * n
+    assert k.reason == "output of graph" and k.dtype == "fp32" and k.known
+    assert k.bytes == k.bytes_read + k.bytes_written
+
+
+def test_broadcast_bias_then_relu():
+    gm = graph(Bias(32).eval(), torch.randn(64, 32))
+    eager, ks = unfused(gm), check_invariants(gm, None)
+    # add: read x 64*32*4 = 8192 and b 32*4 = 128, write 8192; relu: read 8192, write 8192
+    assert total(eager) == 8192 + 128 + 8192 + 8192 + 8192
+    assert len(ks) == 1
+    assert ks[0].bytes_read == 8192 + 128 and ks[0].bytes_written == 8192
+
+
+def test_layer_norm_takes_its_pointwise_prologue():
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln = nn.LayerNorm(64)
+
+        def forward(self, x, r):
+            return self.ln(x + r)
+    gm = graph(Residual().eval(), torch.randn(8, 64), torch.randn(8, 64))
+    ks = check_invariants(gm, None)
+    assert len(ks) == 1 and ks[0].category == "norm" and ks[0].module == "ln"
+    # read x and r (2 * 8*64*4 = 4096), weight and bias (2 * 64*4 = 512), write 8*64*4 = 2048
+    assert ks[0].bytes_read == 4096 + 512 and ks[0].bytes_written == 2048
+
+
+def test_softmax_written_out_is_one_kernel():
+    def softmax(x):
+        e = (x - x.amax(-1, keepdim=True)).exp()
+        return e / e.sum(-1, keepdim=True)
+    gm = graph(softmax, torch.randn(16, 128))
+    eager, ks = unfused(gm), check_invariants(gm, None)
+    x = 16 * 128 * F32                               # 8192
+    row = 16 * F32                                   # 64: one value per row
+    # amax r x w row; sub r x+row w x; exp r x w x; sum r x w row; div r x+row w x
+    assert total(eager) == (x + row) + (2 * x + row) + 2 * x + (x + row) + (2 * x + row)
+    assert len(ks) == 1 and ks[0].category == "reduction"
+    assert ks[0].bytes == 2 * x                      # read x once, write the result once
+
+
+def test_aten_softmax_and_rms_chain():
+    ks = kernels(lambda x: torch.softmax(x, -1) * 2, torch.randn(16, 128))
+    assert len(ks) == 1 and ks[0].bytes == 2 * 16 * 128 * F32    # epilogue over the same space
+
+    def rms(x):   # mean over the row, an epilogue on the (8, 1) result, then on (8, 64) again
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+    ks = kernels(rms, torch.randn(8, 64))
+    assert len(ks) == 1 and ks[0].category == "reduction"
+    assert ks[0].bytes == 2 * 8 * 64 * F32
+
+
+def test_reduction_output_used_over_another_space_ends_the_kernel():
+    def f(x, y):
+        return x.sum(-1).unsqueeze(0) + y     # (8,) then (4, 8): 32 elements, neither 512 nor 8
+    gm = graph(f, torch.randn(8, 64), torch.randn(4, 8))
+    ks = check_invariants(gm, None)
+    assert len(ks) == 2
+    assert ks[0].reason.startswith("reduction output used by")
+    assert ks[0].bytes == 8 * 64 * F32 + 8 * F32    # read x, write the sums
+    assert ks[1].bytes == (8 + 32 + 32) * F32       # read sums and y, write out
+
+
+@pytest.mark.parametrize("epilogues", [False, True])
+def test_matmul_then_gelu(epilogues):
+    model = nn.Sequential(nn.Linear(32, 64, bias=False), nn.GELU()).eval()
+    gm = graph(model, torch.randn(8, 32))
+    ks = check_invariants(gm, fuse(gm, matmul_epilogues=epilogues))
+    x, w, y = 8 * 32 * F32, 32 * 64 * F32, 8 * 64 * F32      # 1024, 8192, 2048
+    if epilogues:   # cuBLASLt / Triton template: the gelu runs on the matmul's output tile
+        assert len(ks) == 1 and ks[0].category == "matmul" and ks[0].module == "0"
+        assert ks[0].bytes == x + w + y                      # 11264
+    else:
+        assert [k.category for k in ks] == ["matmul", "pointwise"]
+        assert ks[0].reason == "library matmul"
+        assert total(ks) == (x + w + y) + (y + y)            # 15360
+    assert sum(k.flops for k in ks) == 2 * 8 * 64 * 32 + 8 * 64
+
+
+def test_matmul_epilogue_bias_relu_residual():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(16, 16)
+
+        def forward(self, x):
+            return torch.relu(self.fc(x)) + x
+    gm = graph(M().eval(), torch.randn(4, 16))
+    assert len(check_invariants(gm, fuse(gm))) == 2
+    ks = check_invariants(gm, fuse(gm, matmul_epilogues=True))
+    assert len(ks) == 1
+    # read x 256 once (matmul and residual), weight 1024, bias 64; write 256
+    assert ks[0].bytes_read == 256 + 1024 + 64 and ks[0].bytes_written == 256
+
+
+def test_view_in_the_middle_of_a_chain_stays_inside():
+    n = 12 * 10
+    gm = graph(lambda x: x.cos().t().reshape(-1).sin(), torch.randn(12, 10))
+    ks = check_invariants(gm, None)
+    # reshape of a transposed tensor copies: a copy op fused like pointwise work
+    assert len(ks) == 1 and total(ks) == 2 * n * F32
+    gm = graph(lambda x: x.cos().view(10, 12).sin(), torch.randn(12, 10))
+    ks = check_invariants(gm, None)
+    assert len(ks) == 1 and ks[0].nodes == ("cos", "sin") and total(ks) == 2 * n * F32
+
+
+def test_view_of_an_input_reads_its_real_footprint():
+    ks = kernels(lambda x: x[:, :16].cos(), torch.randn(64, 32))
+    assert ks[0].bytes_read == 64 * 16 * F32        # the slice, not all of x
+    ks = kernels(lambda x, b: x * b.expand(64, 32), torch.randn(64, 32), torch.randn(32))
+    assert ks[0].bytes_read == (64 * 32 + 32) * F32  # the expanded bias at its own size
+    ks = kernels(lambda x: x.t().cos() + x.t(), torch.randn(64, 32))
+    assert ks[0].bytes_read == 64 * 32 * F32         # one tensor, read once through two views
+
+
+def test_siblings_reading_one_input_fuse():
+    n = 4096
+    gm = graph(lambda x: (x.sin(), x.cos()), torch.randn(n))
+    ks = check_invariants(gm, None)
+    assert total(unfused(gm)) == 4 * n * F32
+    assert len(ks) == 1 and total(ks) == 3 * n * F32    # read x once, write both
+
+
+def test_graph_output_used_inside_a_kernel_is_still_written():
+    n = 4096
+
+    def f(x):
+        c = x.cos()             # returned, and read by sin inside the same kernel
+        return c, c.sin()
+    gm = graph(f, torch.randn(n))
+    ks = check_invariants(gm, None)
+    assert len(ks) == 1
+    assert ks[0].bytes_read == n * F32 and ks[0].bytes_written == 2 * n * F32   # c and sin(c)
+
+
+def test_creation_ops_fuse_into_their_consumer():
+    gm = graph(lambda x: x + torch.arange(1024, dtype=torch.float32), torch.randn(8, 1024))
+    ks = check_invariants(gm, None)
+    assert len(ks) == 1 and ks[0].bytes == 2 * 8 * 1024 * F32   # arange never reaches memory
+    assert ks[0].nodes == ("arange", "add") and ks[0].category == "pointwise"
+
+
+def test_no_fusion_closes_a_cycle():
+    w = torch.randn(64, 64)
+
+    def f(x):
+        a = x.sin()           # a -> mm -> add and a -> add: fusing a with add would be a cycle
+        return a + a @ w
+    gm = graph(f, torch.randn(64, 64))
+    ks = check_invariants(gm, None)
+    assert len(ks) == 3
+    assert [k.category for k in ks] == ["pointwise", "matmul", "pointwise"]
+
+
+def test_in_place_ops_stay_alone():
+    def f(buf, idx, src, x):
+        buf.index_copy_(0, idx, src)
+        return buf.cos() + x
+    args = (torch.zeros(8, 4), torch.tensor([1, 3]), torch.ones(2, 4), torch.randn(8, 4))
+    gm = annotate(capture(make_fx(f, tracing_mode="fake")(*args)).gm)
+    ks = check_invariants(gm, None)
+    alone = [k for k in ks if "index_copy" in k.nodes[0]]
+    assert len(alone) == 1 and alone[0].nodes == ("index_copy_",)
+    assert alone[0].reason.startswith("in-place write")
+    assert [k.nodes for k in ks if k is not alone[0]] == [("cos", "add")]
+
+
+def test_gathers_stay_alone_and_keep_their_cost():
+    emb = nn.Embedding(1000, 16).eval()
+    gm = graph(emb, torch.tensor([[1, 2, 3]]))
+    ks = check_invariants(gm, None)
+    assert len(ks) == 1 and ks[0].category == "copy"
+    # reads the 3 ids (3*8) and the 3 rows it picks (3*16*4), not the whole table
+    assert ks[0].bytes_read == 3 * 8 + 3 * 16 * F32
+
+
+def test_kernel_is_a_frozen_record():
+    k = Kernel(("a",), "pointwise", 1, 2, 3, "fp32", "single op")
+    assert k.bytes == 5 and k.module == "" and k.known
+    with pytest.raises(Exception):
+        k.flops = 2
+
+
+def test_eager_mode_is_one_kernel_per_op():
+    gm = graph(Bias(8).eval(), torch.randn(4, 8))
+    eager = unfused(gm)
+    assert [k.nodes for k in eager] == [("add",), ("relu",)]
+    assert all(KERNEL_KEY not in n.meta for n in gm.graph.nodes)   # the key is fuse()'s
+    cost = ops_of(gm)[0].meta[COST_KEY]
+    assert (eager[0].bytes_read, eager[0].bytes_written, eager[0].flops) == (
+        cost.bytes_read, cost.bytes_written, cost.flops)
+
+
+def test_unannotated_graph_is_refused():
+    gm = capture(lambda x: x.cos(), (torch.randn(4),)).gm
+    with pytest.raises(ValueError, match="annotate"):
+        fuse(gm)
+
+
+def test_bundled_gpt2_block_structure():
+    """A GPT-2 block: the layer norms take the residual adds, matmuls and attention stay alone."""
+    class Block(nn.Module):
+        def __init__(self, dim=32, heads=2):
+            super().__init__()
+            self.heads = heads
+            self.ln_1, self.ln_2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+            self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+            self.fc, self.out = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
+
+        def forward(self, x):
+            B, T, C = x.shape
+            q, k, v = self.qkv(self.ln_1(x)).split(C, dim=2)
+            q, k, v = (t.view(B, T, self.heads, -1).transpose(1, 2) for t in (q, k, v))
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            x = x + self.proj(y.transpose(1, 2).reshape(B, T, C))
+            return x + self.out(F.gelu(self.fc(self.ln_2(x)), approximate="tanh"))
+    gm = graph(Block().eval(), torch.randn(1, 8, 32))
+    ks = check_invariants(gm, None)
+    # sdpa's output already lies as (B, T, nh, hs): the transpose + reshape after it is a view
+    assert [k.category for k in ks] == ["norm", "matmul", "attention", "matmul", "norm",
+                                        "matmul", "pointwise", "matmul", "pointwise"]
+    assert ks[4].nodes == ("add", "layer_norm_1")    # residual add + layer norm: one kernel
+    attn = ks[2]
+    assert attn.bytes_read == 8 * 96 * F32           # q, k, v: three views of one qkv tensor
+
+
+# --- properties on random graphs -----------------------------------------------------------------
+
+UNARY = {"relu": torch.relu, "exp": torch.exp, "neg": torch.neg,
+         "sum": lambda v: v.sum(-1, keepdim=True), "mean": lambda v: v.mean(-1, keepdim=True),
+         "amax": lambda v: v.amax(-1, keepdim=True), "view": lambda v: v.view(v.shape),
+         "clone": lambda v: v.clone(), "full": lambda v: torch.full_like(v, 2.0)}
+BINARY = {"add": torch.add, "mul": torch.mul}
+STEP = st.tuples(st.sampled_from(sorted(UNARY) + sorted(BINARY)), st.integers(0, 99),
+                 st.integers(0, 99))
+
+
+def random_program(steps, outputs):
+    """Values start as x (4, 8), y (4, 8) and b (8,); each step applies an op to earlier values
+    (reductions keep dims, so every pair still broadcasts)."""
+    def program(x, y, b):
+        values = [x, y, b]
+        for name, i, j in steps:
+            u, v = values[i % len(values)], values[j % len(values)]
+            values.append(UNARY[name](u) if name in UNARY else BINARY[name](u, v))
+        return tuple(values[3 + k % len(steps)] for k in outputs) + (values[-1],)
+    return program
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(STEP, min_size=1, max_size=12), st.lists(st.integers(0, 99), max_size=3),
+       st.booleans())
+def test_random_graphs_keep_the_invariants(steps, outputs, epilogues):
+    args = (torch.randn(4, 8), torch.randn(4, 8), torch.randn(8))
+    gm = graph(random_program(steps, outputs), *args)
+    check_invariants(gm, fuse(gm, matmul_epilogues=epilogues))
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.lists(STEP, min_size=1, max_size=10))
+def test_random_graphs_with_a_matmul_in_the_middle(steps):
+    w = torch.randn(8, 8)
+
+    def program(x, y, b):
+        values = [x, y, b]
+        for k, (name, i, j) in enumerate(steps):
+            u, v = values[i % len(values)], values[j % len(values)]
+            values.append(UNARY[name](u) if name in UNARY else BINARY[name](u, v))
+            if k == len(steps) // 2:
+                values.append(torch.relu(values[-1].expand(4, 8) @ w))
+        return values[-1], values[len(values) // 2]
+    gm = graph(program, torch.randn(4, 8), torch.randn(4, 8), torch.randn(8))
+    for epilogues in (False, True):
+        check_invariants(gm, fuse(gm, matmul_epilogues=epilogues))
+
+
+def test_getitem_of_tuple_outputs_reads_the_element():
+    def f(x):
+        values, idx = x.max(-1)
+        return values * 2
+    gm = graph(f, torch.randn(16, 32))
+    ks = check_invariants(gm, None)
+    assert any(n.target is operator.getitem for n in gm.graph.nodes)
+    # max reads x (2048) and the epilogue over its (16,) output fuses; idx is never used
+    assert len(ks) == 1 and ks[0].bytes == 16 * 32 * F32 + 16 * F32

@@ -1,0 +1,140 @@
+"""fxroof's fused bytes against torch.compile's Inductor on the same small models (CPU)."""
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from fxroof.inductor import Comparison, InductorKernel, compare, inductor_kernels
+
+MODELS = Path(__file__).resolve().parents[1] / "models"
+TOLERANCE = 0.10   # fxroof's fused bytes within 10% of Inductor's
+
+
+def workload(name: str, **options):
+    spec = importlib.util.spec_from_file_location(f"inductor_{name}", MODELS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model, args, *rest = module.workload(device="cpu", **options)
+    return model, args, (rest[0] if rest else None)
+
+
+class LayerNormResidual(nn.Module):
+    def __init__(self, dim=64):
+        super().__init__()
+        self.ln, self.fc = nn.LayerNorm(dim), nn.Linear(dim, dim)
+
+    def forward(self, x, r):
+        h = x + r
+        return h + self.fc(self.ln(h))
+
+
+class Block(nn.Module):
+    """A GPT-2 block written out by hand: attention as two matmuls around a masked softmax."""
+
+    def __init__(self, dim=64, heads=4, seq=16):
+        super().__init__()
+        self.heads = heads
+        self.ln_1, self.ln_2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.fc, self.out = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
+        self.register_buffer("mask", torch.tril(torch.ones(seq, seq, dtype=torch.bool)))
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.qkv(self.ln_1(x)).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.heads, C // self.heads).transpose(1, 2) for t in (q, k, v))
+        att = (q @ k.transpose(-2, -1)) / math.sqrt(C // self.heads)     # (B, nh, T, T)
+        att = att.masked_fill(~self.mask[:T, :T], float("-inf")).softmax(dim=-1)
+        y = (att @ v).transpose(1, 2).reshape(B, T, C)                    # (B, T, C)
+        x = x + self.proj(y)
+        return x + self.out(F.gelu(self.fc(self.ln_2(x)), approximate="tanh"))
+
+
+def pointwise_chain(x, b):
+    return ((x.cos() * b).relu() + 1).exp().sigmoid()
+
+
+def softmax(x):
+    return torch.softmax(x, -1)
+
+
+# (id, build) -> (model, args, kwargs); the tolerance is 10% unless a comment says why not.
+CASES = {
+    "pointwise chain": lambda: (pointwise_chain, (torch.randn(64, 128), torch.randn(128)), None),
+    "softmax": lambda: (softmax, (torch.randn(32, 128),), None),
+    "layer norm + residual": lambda: (LayerNormResidual().eval(),
+                                      (torch.randn(8, 16, 64), torch.randn(8, 16, 64)), None),
+    "gpt2 block by hand": lambda: (Block().eval(), (torch.randn(2, 16, 64),), None),
+    "mlp": lambda: workload("mlp", preset="tiny", batch=4),
+    "gpt2": lambda: workload("gpt2", size="tiny", seq=16),
+    "bert": lambda: workload("bert", size="tiny", seq=16),
+    "llama": lambda: workload("llama", preset="tiny", seq=16),
+    "moe": lambda: workload("moe", preset="tiny", seq=16),
+    "vit": lambda: workload("vit", size="tiny"),
+    "resnet": lambda: workload("resnet", image=32),
+}
+
+# Where fxroof cannot reach 10%, the reason, and the bound asserted instead.
+WIDER = {
+    # -10.6%: two things fxroof does not count. (1) q @ k.T on 4-D head-split views: aten.matmul
+    # copies q, k and v into contiguous 3-D tensors before bmm (in eager too; Inductor shows the
+    # copies as kernels), but the matmul formula counts no copy: 3 x (read + write) of 8 KiB.
+    # (2) Inductor's CPU backend splits this masked softmax in two kernels (the exp is written
+    # and read back); a GPU build, like fxroof, keeps it in one.
+    "gpt2 block by hand": 0.15,
+}
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def comparison(request):
+    model, args, kwargs = CASES[request.param]()
+    return request.param, compare(model, args, kwargs)
+
+
+def test_fused_bytes_match_inductor(comparison):
+    name, c = comparison
+    bound = WIDER.get(name, TOLERANCE)
+    assert abs(c.rel_diff) <= bound, f"{name}: {c.rel_diff:+.1%}\n{c}"
+
+
+def test_kernel_counts_are_comparable(comparison):
+    name, c = comparison
+    # fxroof keeps gathers alone (Inductor fuses them into the next kernel) and fuses a cat into
+    # its consumer (Inductor's CPU backend writes each cat input with a kernel of its own).
+    assert abs(c.fxroof_count - c.inductor_count) <= max(2, 0.3 * c.inductor_count), f"{name}\n{c}"
+
+
+def test_exact_agreement_on_simple_fusions(comparison):
+    name, c = comparison
+    if name in ("pointwise chain", "softmax", "layer norm + residual", "mlp"):
+        # x (64,128) and b (128,) read once, the result written once: (8192+128+8192)*4 = 66048
+        assert c.inductor_bytes == c.fxroof_bytes
+        assert c.inductor_count == c.fxroof_count
+
+
+def test_inductor_kernels_report_extern_matmuls():
+    model, args, _ = workload("mlp", preset="tiny", batch=4)
+    ks = inductor_kernels(model, args)
+    assert all(isinstance(k, InductorKernel) for k in ks)
+    externs = [k for k in ks if k.extern]
+    assert len(externs) == 2 and all("mm" in k.target for k in externs)   # addmm: Linear layers
+    # the first Linear reads x (4*16*4 = 256), weight (64*16*4 = 4096) and bias (64*4 = 256)
+    assert externs[0].bytes_read == 256 + 4096 + 256
+    assert externs[0].bytes_written == 4 * 64 * 4
+    assert [k.bytes for k in ks if not k.extern] == [2 * 4 * 64 * 4]        # the gelu
+
+
+def test_layout_optimization_is_what_separates_conv_models():
+    """With Inductor's default layout optimization on, it copies conv inputs and weights to
+    channels-last on every call; fxroof keeps the model's layout (as a frozen deployment would),
+    so the gap is those copies: here the 1x3x32x32 image and the 64x3x8x8 patch weight, each
+    read and written once."""
+    model, args, _ = workload("vit", size="tiny")
+    off = compare(model, args)
+    on = compare(model, args, layout_optimization=True)
+    assert on.inductor_bytes - off.inductor_bytes == 2 * (3 * 32 * 32 + 64 * 3 * 8 * 8) * 4
+    assert isinstance(on, Comparison) and on.fxroof_bytes == off.fxroof_bytes
