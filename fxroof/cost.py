@@ -25,6 +25,11 @@ class Cost:
     dtype: str = ""         # compute dtype short name ("bf16", "fp32", ...): picks the peak used
     known: bool = True      # False: no formula for this op; counted in coverage, never a silent zero
     note: str = ""          # e.g. "causal" for attention
+    # Collectives only: bytes each rank sends over its chip-to-chip link (the algorithm factor
+    # already applied, e.g. 2(n-1)/n of the buffer for a ring all-reduce) and the number of
+    # sequential latency-bound steps (2(n-1) for a ring all-reduce).
+    comm_bytes: int = 0
+    comm_steps: int = 0
 
     def __post_init__(self):
         if self.category not in CATEGORIES:
@@ -38,7 +43,8 @@ class Cost:
         # Sums keep FLOPs and bytes; category/dtype are only meaningful for single rows.
         return Cost(self.flops + other.flops, self.bytes_read + other.bytes_read,
                     self.bytes_written + other.bytes_written, "other",
-                    known=self.known and other.known)
+                    known=self.known and other.known, comm_bytes=self.comm_bytes + other.comm_bytes,
+                    comm_steps=self.comm_steps + other.comm_steps)
 
     def replace(self, **changes) -> "Cost":
         return dataclasses.replace(self, **changes)

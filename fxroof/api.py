@@ -1,0 +1,42 @@
+"""fxroof.analyze: capture -> annotate -> fuse -> roofline -> report, in one call."""
+from __future__ import annotations
+
+from .annotate import annotate
+from .capture import capture
+from .chips import Chip, chip as find_chip
+from .fuse import fuse, unfused
+from .report import ModeSummary, Report, kernel_rows, node_rows
+from .roofline import MODES
+from .tensors import footprint, tensors_in
+
+
+def analyze(model, example_inputs=(), example_kwargs=None, *, chip: "str | Chip" = "h100-sxm",
+            mode: str = "compiled", matmul_epilogues: bool = False, tp: int = 1) -> Report:
+    """Analyze `model` on `chip` from its real graph.
+
+    model: an nn.Module, fx.GraphModule or ExportedProgram; example inputs may be real, fake or
+    meta tensors (meta: nothing is allocated). chip: a name ("h100-sxm"), a chip JSON file or a
+    Chip. mode: "compiled" (fused kernels, as a deployment runs) or "eager" (one kernel per op).
+    tp: tensor-parallel degree; > 1 analyzes one rank of a copy of the model split Megatron-style
+    over tp ranks on a fake process group (fxroof.parallel); the model itself is not changed.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
+    target = find_chip(chip)            # a misspelt chip fails before a long capture
+    if tp != 1:
+        from .parallel import tensor_parallel   # parallel.py builds on analyze: imported here
+        with tensor_parallel(model, tp, example_inputs, example_kwargs) as (local, args, kwargs):
+            return analyze(local, args, kwargs, chip=target, mode=mode,
+                           matmul_epilogues=matmul_epilogues)
+    captured = capture(model, example_inputs, example_kwargs)
+    gm = annotate(captured.gm)
+    nodes = node_rows(gm)
+    compiled = fuse(gm, matmul_epilogues=matmul_epilogues)
+    eager = unfused(gm)
+    weights = sum(footprint(t) for n in gm.graph.nodes if n.op == "placeholder"
+                  and n.name in captured.weights for t in tensors_in(n.meta.get("val")))
+    return Report(
+        model=captured.name, capture=captured.strategy, chip=target, mode=mode, nodes=nodes,
+        eager=ModeSummary("eager", kernel_rows(eager, target, "eager", nodes)),
+        compiled=ModeSummary("compiled", kernel_rows(compiled, target, "compiled", nodes)),
+        weights_bytes=weights)

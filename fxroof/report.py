@@ -1,0 +1,269 @@
+"""Pass 3: the Report — every node and kernel on the chip's roofline, totals, regimes, tables.
+
+Built from the annotated graph and the kernel lists of both execution modes; frozen once built.
+`to_dict()` is the JSON schema (the CLI writes exactly this); `str(report)` is the terminal view.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import torch.fx as fx
+
+from . import tables
+from .chips import Chip
+from .cost import COST_KEY, MATRIX_CATEGORIES, Cost
+from .units import fold_layers
+from .roofline import REGIMES, Timing, intensity, kernel_timing, overhead_per_kernel
+
+SCHEMA = "fxroof.report/1"
+
+
+@dataclass(frozen=True)
+class NodeRow:
+    name: str
+    op: str
+    module: str
+    category: str
+    flops: int
+    bytes_read: int
+    bytes_written: int
+    dtype: str
+    known: bool
+    note: str
+    comm_bytes: int = 0
+    comm_steps: int = 0
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class KernelRow:
+    nodes: tuple
+    op: str               # the main node's op, what a reader recognises the kernel by
+    module: str
+    category: str
+    dtype: str
+    flops: int
+    bytes_read: int
+    bytes_written: int
+    reason: str
+    timing: Timing
+
+    @property
+    def bytes(self) -> int:
+        return self.bytes_read + self.bytes_written
+
+    @property
+    def time_s(self) -> float:
+        return self.timing.time_s
+
+    @property
+    def regime(self) -> str:
+        return self.timing.regime
+
+    @property
+    def intensity(self) -> float:
+        return intensity(self.flops, self.bytes)
+
+    def to_dict(self) -> dict:
+        t = self.timing
+        return {"nodes": list(self.nodes), "op": self.op, "module": self.module,
+                "category": self.category, "dtype": self.dtype, "flops": self.flops,
+                "bytes_read": self.bytes_read, "bytes_written": self.bytes_written,
+                "intensity": _finite(self.intensity), "time_s": self.time_s, "regime": self.regime,
+                "compute_s": t.compute_s, "memory_s": t.memory_s, "comm_s": t.comm_s,
+                "overhead_s": t.overhead_s, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class ModeSummary:
+    """One execution mode's kernels and what they add up to."""
+    mode: str
+    kernels: tuple
+
+    @property
+    def time_s(self) -> float:
+        return sum(k.time_s for k in self.kernels)
+
+    @property
+    def bytes(self) -> int:
+        return sum(k.bytes for k in self.kernels)
+
+    @property
+    def regime_share(self) -> dict:
+        total = self.time_s or 1.0
+        return {r: sum(k.time_s for k in self.kernels if k.regime == r) / total for r in REGIMES}
+
+    @property
+    def regime(self) -> str:
+        share = self.regime_share
+        return max(REGIMES, key=lambda r: share[r])
+
+
+@dataclass(frozen=True)
+class Report:
+    model: str
+    capture: str
+    chip: Chip
+    mode: str
+    nodes: tuple
+    eager: ModeSummary
+    compiled: ModeSummary
+    weights_bytes: int
+
+    # -- the chosen mode ---------------------------------------------------------------------
+    @property
+    def summary(self) -> ModeSummary:
+        return self.compiled if self.mode == "compiled" else self.eager
+
+    @property
+    def kernels(self) -> tuple:
+        return self.summary.kernels
+
+    @property
+    def time_s(self) -> float:
+        return self.summary.time_s
+
+    @property
+    def regime(self) -> str:
+        return self.summary.regime
+
+    @property
+    def regime_share(self) -> dict:
+        return self.summary.regime_share
+
+    # -- totals over nodes -------------------------------------------------------------------
+    @property
+    def flops(self) -> int:
+        return sum(n.flops for n in self.nodes)
+
+    @property
+    def bytes(self) -> int:
+        """Unfused bytes: every op reads its inputs from and writes its outputs to memory."""
+        return sum(n.bytes_read + n.bytes_written for n in self.nodes)
+
+    @property
+    def fused_bytes(self) -> int:
+        return self.compiled.bytes
+
+    @property
+    def intensity(self) -> float:
+        return intensity(self.flops, self.summary.bytes)
+
+    @property
+    def matrix_dtype(self) -> str:
+        """The dtype most matrix FLOPs run in: the one whose ridge point matters."""
+        flops: Counter = Counter()
+        for n in self.nodes:
+            if n.category in MATRIX_CATEGORIES:
+                flops[n.dtype] += n.flops
+        return flops.most_common(1)[0][0] if flops else "bf16"
+
+    @property
+    def coverage(self) -> float:
+        work = [n for n in self.nodes if n.category != "view"]
+        return sum(n.known for n in work) / len(work) if work else 1.0
+
+    @property
+    def unknown_ops(self) -> dict:
+        return dict(Counter(n.op for n in self.nodes if not n.known).most_common())
+
+    def to_dict(self) -> dict:
+        return {
+            "schema": SCHEMA, "model": self.model, "capture": self.capture,
+            "chip": self.chip.to_dict(), "mode": self.mode, "flops": self.flops,
+            "bytes": self.bytes, "fused_bytes": self.fused_bytes, "time_s": self.time_s,
+            "regime": self.regime, "regime_share": self.regime_share,
+            "intensity": _finite(self.intensity), "coverage": self.coverage,
+            "unknown_ops": self.unknown_ops, "weights_bytes": self.weights_bytes,
+            "compare": self.compare(),
+            "nodes": [n.to_dict() for n in self.nodes],
+            "kernels": [k.to_dict() for k in self.kernels],
+        }
+
+    def compare(self) -> dict:
+        """Before/after fusion: eager (one kernel per op) against compiled (fused kernels)."""
+        e, c = self.eager, self.compiled
+        return {
+            "eager": {"kernels": len(e.kernels), "bytes": e.bytes, "time_s": e.time_s,
+                      "regime": e.regime},
+            "compiled": {"kernels": len(c.kernels), "bytes": c.bytes, "time_s": c.time_s,
+                         "regime": c.regime},
+            "bytes_saved": 1 - c.bytes / e.bytes if e.bytes else 0.0,
+            "time_saved": 1 - c.time_s / e.time_s if e.time_s else 0.0,
+        }
+
+    def module_rollup(self) -> list[dict]:
+        """Time, FLOPs and bytes by module, repeated layers folded together (layers.* )."""
+        rows: dict[str, dict] = {}
+        for k in self.kernels:
+            key = fold_layers(k.module) or "(top level)"
+            row = rows.setdefault(key, {"module": key, "kernels": 0, "flops": 0, "bytes": 0,
+                                        "time_s": 0.0})
+            row["kernels"] += 1
+            row["flops"] += k.flops
+            row["bytes"] += k.bytes
+            row["time_s"] += k.time_s
+        return sorted(rows.values(), key=lambda r: -r["time_s"])
+
+    def __str__(self) -> str:
+        return tables.render(self)
+
+
+def _finite(x: float):
+    return None if x == float("inf") else x
+
+
+# -- building ------------------------------------------------------------------------------
+
+def node_rows(gm: fx.GraphModule) -> tuple:
+    rows = []
+    for node in gm.graph.nodes:
+        cost: Cost | None = node.meta.get(COST_KEY)
+        if node.op != "call_function" or cost is None or (cost.category == "view" and cost.known):
+            continue
+        rows.append(NodeRow(node.name, op_name(node), module_path(node), cost.category, cost.flops,
+                            cost.bytes_read, cost.bytes_written, cost.dtype, cost.known, cost.note,
+                            cost.comm_bytes, cost.comm_steps))
+    return tuple(rows)
+
+
+def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple) -> tuple:
+    by_name = {n.name: n for n in nodes}
+    overhead = overhead_per_kernel(chip, mode)
+    rows = []
+    for k in kernels:
+        members = [by_name[n] for n in k.nodes if n in by_name]
+        timing = kernel_timing(chip, flops=k.flops, bytes_moved=k.bytes_read + k.bytes_written,
+                               category=k.category, dtype=k.dtype, overhead_s=overhead,
+                               comm_bytes=sum(m.comm_bytes for m in members),
+                               comm_steps=sum(m.comm_steps for m in members))
+        rows.append(KernelRow(tuple(k.nodes), _main_op(k, by_name), k.module, k.category, k.dtype,
+                              k.flops, k.bytes_read, k.bytes_written, k.reason, timing))
+    return tuple(rows)
+
+
+def _main_op(kernel, by_name: dict) -> str:
+    """The kernel's op as a reader knows it: its main node's op, and how many others it holds."""
+    rows = [by_name[n] for n in kernel.nodes if n in by_name]
+    if not rows:
+        return kernel.category
+    main = next((r for r in rows if r.category == kernel.category), rows[0])
+    return main.op if len(rows) == 1 else f"{main.op} +{len(rows) - 1}"
+
+
+def op_name(node: fx.Node) -> str:
+    target = node.target
+    name = getattr(target, "__name__", str(target))
+    packet = getattr(target, "overloadpacket", None)
+    return getattr(packet, "__name__", name) if packet is not None else name
+
+
+def module_path(node: fx.Node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    path, _cls = list(stack.values())[-1]
+    return path

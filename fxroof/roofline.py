@@ -1,0 +1,83 @@
+"""Pure roofline math: how long one kernel takes on a chip, and what bounds it.
+
+A kernel's time is the largest of four costs, because each resource works in parallel with the
+others (the host launches the next kernel while the GPU runs this one; memory and math units
+overlap within a kernel):
+  compute   FLOPs / peak of the unit that runs it (matrix units at the kernel's dtype for matmul,
+            conv and attention; vector units otherwise)
+  memory    bytes / memory bandwidth
+  comm      collective latency + algorithm factor x bytes / link bandwidth
+  overhead  the fixed cost of getting the kernel onto the chip: eager dispatch from Python per op,
+            or a launch from a compiled program / CUDA graph
+The regime is whichever of the four is largest. "overhead" therefore means exactly what the seed
+says: the fixed launch/dispatch cost exceeds the work.
+
+On a CPU the host *is* the device: dispatching the next op cannot overlap with running this one,
+so there the overhead adds to the work instead of hiding behind it (`serial_overhead`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .chips import Chip
+from .cost import MATRIX_CATEGORIES
+
+REGIMES = ("compute", "memory", "communication", "overhead")
+MODES = ("compiled", "eager")
+
+
+@dataclass(frozen=True)
+class Timing:
+    compute_s: float
+    memory_s: float
+    comm_s: float
+    overhead_s: float
+    serial_overhead: bool = False
+
+    @property
+    def time_s(self) -> float:
+        work = max(self.compute_s, self.memory_s, self.comm_s)
+        return work + self.overhead_s if self.serial_overhead else max(work, self.overhead_s)
+
+    @property
+    def regime(self) -> str:
+        parts = (self.compute_s, self.memory_s, self.comm_s, self.overhead_s)
+        return REGIMES[parts.index(max(parts))]
+
+
+def overhead_per_kernel(chip: Chip, mode: str) -> float:
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+    return chip.dispatch_s if mode == "eager" else chip.launch_s
+
+
+def peak_for(chip: Chip, category: str, dtype: str) -> float:
+    """FLOP/s of the unit that runs work of this category and dtype."""
+    if category in MATRIX_CATEGORIES:
+        return chip.matrix_flops(dtype or "fp32")
+    return chip.vector_flops
+
+
+def comm_time(chip: Chip, comm_bytes: float, comm_steps: int) -> float:
+    """Latency per sequential step plus the bytes each rank sends over its link."""
+    if not comm_bytes and not comm_steps:
+        return 0.0
+    return comm_steps * chip.link_latency_s + comm_bytes / chip.link_bw
+
+
+def kernel_timing(chip: Chip, *, flops: float, bytes_moved: float, category: str, dtype: str,
+                  overhead_s: float, comm_bytes: float = 0, comm_steps: int = 0) -> Timing:
+    compute = flops / peak_for(chip, category, dtype) if flops else 0.0
+    memory = bytes_moved / chip.mem_bw
+    return Timing(compute, memory, comm_time(chip, comm_bytes, comm_steps), overhead_s,
+                  serial_overhead=chip.kind == "cpu")
+
+
+def intensity(flops: float, bytes_moved: float) -> float:
+    """Arithmetic intensity in FLOP/byte (inf for work that moves no bytes)."""
+    return flops / bytes_moved if bytes_moved else float("inf") if flops else 0.0
+
+
+def attainable_flops(chip: Chip, category: str, dtype: str, ai: float) -> float:
+    """The roofline itself: min(peak, intensity x bandwidth)."""
+    return min(peak_for(chip, category, dtype), ai * chip.mem_bw)

@@ -1,0 +1,118 @@
+"""The terminal view of a Report: a few tables that fit a 100-column terminal."""
+from __future__ import annotations
+
+import re
+
+import tabulate as _tabulate
+
+from .units import fold_layers, percent, ratio, seconds, si
+
+TOP = 10
+
+
+def _table(rows, headers, align=None) -> str:
+    # tabulate pads every header by 2 by default, which costs a 100-column terminal ~20 columns.
+    padding, _tabulate.MIN_PADDING = _tabulate.MIN_PADDING, 0
+    try:
+        return _tabulate.tabulate(rows, headers=headers, tablefmt="simple", colalign=align,
+                                  disable_numparse=True)
+    finally:
+        _tabulate.MIN_PADDING = padding
+
+
+def _cut(text: str, width: int, keep_end: bool = True) -> str:
+    """Shorten to `width`: module paths keep their end (the leaf), op names their start."""
+    if len(text) <= width:
+        return text
+    return "…" + text[-(width - 1):] if keep_end else text[:width - 1] + "…"
+
+
+# What to try first, by regime (the seed's point: the fix depends on the bottleneck).
+ADVICE = {
+    "compute": "fewer FLOPs or faster math: fp8/int8 matmuls, a chip with a higher peak",
+    "memory": "fewer bytes: fuse, quantize weights and KV cache, batch more per weight read",
+    "communication": "less traffic: lower tensor-parallel degree, overlap, faster links",
+    "overhead": "fewer launches: torch.compile, CUDA graphs, larger batches",
+}
+
+
+def header(r) -> str:
+    dtype = r.matrix_dtype
+    ridge = r.chip.ridge(dtype)
+    share = r.regime_share[r.regime]
+    lines = [
+        f"fxroof · {r.model} on {r.chip.title} · {r.mode} · captured with {r.capture}",
+        f"time {seconds(r.time_s)} · {r.regime}-bound ({percent(share)} of time)"
+        f" · {len(r.kernels)} kernels from {len(r.nodes)} ops",
+        f"{si(r.flops, 'FLOP')} · {si(r.summary.bytes, 'B')} moved · {ratio(r.intensity)} FLOP/B"
+        f" ({dtype} ridge {ratio(ridge)}) · weights {si(r.weights_bytes, 'B')}",
+        f"coverage {percent(r.coverage)}"
+        + (f" · no formula for: {', '.join(r.unknown_ops)}" if r.unknown_ops else ""),
+        f"to go faster: {ADVICE[r.regime]}",
+    ]
+    return "\n".join(lines)
+
+
+def regimes(r) -> str:
+    rows = []
+    for regime, share in sorted(r.regime_share.items(), key=lambda kv: -kv[1]):
+        ks = [k for k in r.kernels if k.regime == regime]
+        if ks:
+            rows.append([regime, len(ks), seconds(sum(k.time_s for k in ks)), percent(share)])
+    return _table(rows, ["regime", "kernels", "time", "share"], ("left", "right", "right", "right"))
+
+
+def top_kernels(r, n: int = TOP) -> str:
+    """The costliest kernels, repeated layers folded into one row (layers.*, xN)."""
+    total = r.time_s or 1.0
+    groups: dict[tuple, list] = {}
+    for k in r.kernels:
+        groups.setdefault((k.op, fold_layers(k.module), k.regime), []).append(k)
+    ranked = sorted(groups.items(), key=lambda kv: -sum(k.time_s for k in kv[1]))[:n]
+    rows = []
+    for (op, module, regime), ks in ranked:
+        one = ks[0]
+        rows.append([_cut(op, 18, keep_end=False), _cut(module or "-", 22), f"x{len(ks)}",
+                     si(one.flops, "F"),
+                     si(one.bytes, "B"), ratio(one.intensity), seconds(one.time_s),
+                     percent(sum(k.time_s for k in ks) / total), regime])
+    return _table(rows, ["kernel", "module", "n", "FLOPs", "bytes", "FLOP/B", "each", "share",
+                         "bound"],
+                  ("left", "left", "right", "right", "right", "right", "right", "right", "left"))
+
+
+def modules(r, n: int = TOP) -> str:
+    total = r.time_s or 1.0
+    rows = [[_cut(m["module"], 40), m["kernels"], si(m["flops"], "F"), si(m["bytes"], "B"),
+             seconds(m["time_s"]), percent(m["time_s"] / total)] for m in r.module_rollup()[:n]]
+    return _table(rows, ["module", "kernels", "FLOPs", "bytes", "time", "share"],
+                  ("left", "right", "right", "right", "right", "right"))
+
+
+def compare(r) -> str:
+    c = r.compare()
+    rows = [[mode, c[mode]["kernels"], si(c[mode]["bytes"], "B"), seconds(c[mode]["time_s"]),
+             c[mode]["regime"]] for mode in ("eager", "compiled")]
+    rows.append(["saved", "", percent(c["bytes_saved"]), percent(c["time_saved"]), ""])
+    return _table(rows, ["mode", "kernels", "bytes", "time", "regime"],
+                  ("left", "right", "right", "right", "left"))
+
+
+def render(r) -> str:
+    parts = [header(r), "", "Where the time goes", regimes(r), "", "Top kernels", top_kernels(r),
+             "", "By module", modules(r), "", "Eager (one kernel per op) vs compiled (fused)",
+             compare(r)]
+    return "\n".join(parts)
+
+
+def chip_table(chips) -> str:
+    rows = []
+    for c in chips:
+        half = max(("bf16", "fp16"), key=c.matrix_flops)   # T4 has fp16 tensor cores only
+        title = re.sub(r"\s*\(.*?\)", "", c.title)    # datasheet detail; `fxroof.chip()` has it
+        rows.append([c.name, _cut(title, 30, keep_end=False), si(c.matrix_flops(half), "FLOP/s"),
+                     si(c.mem_bw, "B/s"), ratio(c.ridge(half)), si(c.mem_bytes, "B"),
+                     si(c.link_bw, "B/s")])
+    return _table(rows, ["name", "chip", "16-bit dense", "memory bw", "ridge", "memory",
+                         "link, 1 way"], ("left", "left", "right", "right", "right", "right",
+                                          "right"))

@@ -1,0 +1,121 @@
+"""The report pass on real chips: the issue's must-holds, the JSON schema, the terminal view."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import fxroof
+from fxroof.workload import load
+from helpers import fn_module
+
+MODELS = Path(__file__).resolve().parent.parent / "models"
+
+
+def meta(*shape, dtype=torch.bfloat16):
+    return torch.empty(*shape, dtype=dtype, device="meta")
+
+
+def test_big_bf16_matmul_is_compute_bound_on_h100():
+    n = 8192
+    r = fxroof.analyze(fn_module(torch.mm), (meta(n, n), meta(n, n)), chip="h100-sxm")
+    assert r.regime == "compute"
+    # 2*8192^3 = 1.0995e12 FLOP at 989.4e12 FLOP/s = 1.111 ms
+    assert r.time_s == pytest.approx(2 * n**3 / 989.4e12, rel=1e-6)
+
+
+def test_large_bf16_add_is_memory_bound():
+    n = 1 << 28
+    r = fxroof.analyze(fn_module(torch.add), (meta(n), meta(n)), chip="h100-sxm")
+    assert r.regime == "memory"
+    assert r.time_s == pytest.approx(3 * n * 2 / 3.35e12, rel=1e-6)   # 2 reads + 1 write, bf16
+
+
+def test_tiny_mlp_at_batch_one_is_overhead_bound():
+    mlp = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.GELU(), torch.nn.Linear(256, 64))
+    for mode in ("eager", "compiled"):
+        r = fxroof.analyze(mlp, (torch.randn(1, 64),), chip="h100-sxm", mode=mode)
+        assert r.regime == "overhead", mode
+    assert r.regime_share["overhead"] == pytest.approx(1.0)
+
+
+def llama(**options):
+    return load(str(MODELS / "llama.py"), options)
+
+
+@pytest.fixture(scope="module")
+def decode_a100():
+    model, args, kwargs = llama(phase="decode", batch=1, ctx=2048)
+    return fxroof.analyze(model, args, kwargs, chip="a100-80gb")
+
+
+def test_llama2_7b_decode_is_memory_bound_near_bytes_over_bandwidth(decode_a100):
+    r = decode_a100
+    assert r.regime == "memory"
+    # weights 6.74e9 * 2 B = 13.5 GB, plus the 2048-token KV cache: 32 layers * 2 * 2048 * 4096 * 2 B
+    # = 1.07 GB; 14.55 GB / 2.039e12 B/s = 7.1 ms. Small kernels' launch costs add a little.
+    floor = r.fused_bytes / 2.039e12
+    assert r.fused_bytes == pytest.approx(6_738_415_616 * 2 + 32 * 2 * 2048 * 4096 * 2, rel=0.03)
+    assert floor <= r.time_s <= 1.15 * floor
+
+
+def test_llama2_7b_prefill_is_compute_bound_near_flops_over_peak():
+    model, args, kwargs = llama(phase="prefill", seq=2048)
+    r = fxroof.analyze(model, args, kwargs, chip="a100-80gb")
+    assert r.regime == "compute"
+    # linear layers: 2 * 2048 tokens * 6.48e9 non-embedding weights = 26.6 TFLOP, plus attention
+    floor = r.flops / 312e12
+    assert floor <= r.time_s <= 1.15 * floor
+
+
+def test_small_decode_is_overhead_bound_eager_and_memory_bound_compiled(decode_a100):
+    model, args, kwargs = llama(phase="decode", batch=1, ctx=2048)
+    eager = fxroof.analyze(model, args, kwargs, chip="h100-sxm", mode="eager")
+    assert eager.regime == "overhead"
+    assert eager.compare()["compiled"]["regime"] == "memory"
+
+
+def test_to_dict_is_the_documented_json_schema(decode_a100):
+    d = json.loads(json.dumps(decode_a100.to_dict()))
+    for key in ("schema", "capture", "chip", "mode", "flops", "bytes", "fused_bytes", "time_s",
+                "regime", "regime_share", "coverage", "unknown_ops", "nodes", "kernels"):
+        assert key in d
+    assert d["schema"] == "fxroof.report/1" and d["mode"] == "compiled"
+    assert set(d["regime_share"]) == {"compute", "memory", "communication", "overhead"}
+    assert sum(d["regime_share"].values()) == pytest.approx(1.0)
+    for key in ("name", "op", "module", "category", "flops", "bytes_read", "bytes_written"):
+        assert key in d["nodes"][0]
+    for key in ("nodes", "category", "flops", "bytes_read", "bytes_written", "time_s", "regime"):
+        assert key in d["kernels"][0]
+    assert sum(k["bytes_read"] + k["bytes_written"] for k in d["kernels"]) == d["fused_bytes"]
+    assert sum(k["flops"] for k in d["kernels"]) == d["flops"]
+    assert d["fused_bytes"] <= d["bytes"]
+
+
+def test_unknown_ops_are_rows_counted_in_coverage():
+    lib = torch.library.Library("fxroof_report", "DEF")
+    lib.define("opaque(Tensor x) -> Tensor")
+    lib.impl("opaque", lambda x: x + 1, "CompositeExplicitAutograd")
+    lib.impl("opaque", lambda x: torch.empty_like(x), "Meta")
+    model = fn_module(lambda x: torch.ops.fxroof_report.opaque(x).relu())
+    r = fxroof.analyze(model, (torch.randn(8),))
+    assert r.coverage == pytest.approx(0.5)                     # one of two ops has a formula
+    assert r.unknown_ops == {"fxroof_report.opaque": 1} or r.unknown_ops == {"opaque": 1}
+    assert "no formula for" in str(r)
+
+
+def test_terminal_view_fits_100_columns(decode_a100):
+    text = str(decode_a100)
+    assert max(len(line) for line in text.splitlines()) <= 100
+    for heading in ("Where the time goes", "Top kernels", "By module", "Eager"):
+        assert heading in text
+
+
+def test_misspelt_chip_fails_before_capture():
+    with pytest.raises(fxroof.ChipError, match="h100-sxm"):
+        fxroof.analyze(torch.nn.Linear(2, 2), (torch.randn(1, 2),), chip="h100sxm")
+
+
+def test_bad_mode_is_a_clear_error():
+    with pytest.raises(ValueError, match="compiled"):
+        fxroof.analyze(torch.nn.Linear(2, 2), (torch.randn(1, 2),), mode="fused")

@@ -1,0 +1,55 @@
+"""The time model's arithmetic, by hand, on real chip figures."""
+import pytest
+
+from fxroof.chips import chip
+from fxroof.roofline import Timing, attainable_flops, comm_time, intensity, kernel_timing
+
+H100 = chip("h100-sxm")     # 989.4e12 bf16 FLOP/s, 67e12 fp32 vector FLOP/s, 3.35e12 B/s
+
+
+def test_big_matmul_is_compute_bound_by_hand():
+    n = 8192
+    flops, moved = 2 * n**3, 3 * n * n * 2          # read A and B, write C, bf16
+    t = kernel_timing(H100, flops=flops, bytes_moved=moved, category="matmul", dtype="bf16",
+                      overhead_s=H100.launch_s)
+    assert t.compute_s == pytest.approx(flops / 989.4e12)     # 1.1e12 / 989.4e12 = 1.11 ms
+    assert t.memory_s == pytest.approx(moved / 3.35e12)       # 403 MB / 3.35 TB/s = 0.12 ms
+    assert t.regime == "compute" and t.time_s == t.compute_s
+
+
+def test_elementwise_runs_on_vector_units():
+    t = kernel_timing(H100, flops=1e9, bytes_moved=0, category="pointwise", dtype="bf16",
+                      overhead_s=0)
+    assert t.compute_s == pytest.approx(1e9 / 67e12)          # fp32 CUDA-core rate, not tensor cores
+
+
+def test_tiny_kernel_is_overhead_bound_and_overlaps_on_gpu():
+    t = kernel_timing(H100, flops=1000, bytes_moved=4000, category="pointwise", dtype="fp32",
+                      overhead_s=10e-6)
+    assert t.regime == "overhead" and t.time_s == 10e-6       # host dispatch hides the work
+
+
+def test_cpu_overhead_adds_to_the_work():
+    cpu = chip("cpu")
+    t = kernel_timing(cpu, flops=0, bytes_moved=cpu.mem_bw * 1e-3, category="copy", dtype="fp32",
+                      overhead_s=5e-6)
+    assert t.time_s == pytest.approx(1e-3 + 5e-6)             # no separate host: dispatch is serial
+
+
+def test_ring_all_reduce_time():
+    n, buffer = 8, 4096 * 8192 * 2
+    expected = 2 * (n - 1) * H100.link_latency_s + 2 * (n - 1) / n * buffer / 450e9
+    assert comm_time(H100, 2 * (n - 1) / n * buffer, 2 * (n - 1)) == pytest.approx(expected)
+
+
+def test_intensity_and_roofline():
+    assert intensity(100, 50) == 2.0
+    assert intensity(0, 0) == 0.0 and intensity(5, 0) == float("inf")
+    ridge = H100.ridge("bf16")                                  # 989.4 / 3.35 = 295.3 FLOP/B
+    assert attainable_flops(H100, "matmul", "bf16", ridge / 2) == pytest.approx(989.4e12 / 2)
+    assert attainable_flops(H100, "matmul", "bf16", ridge * 2) == pytest.approx(989.4e12)
+
+
+def test_regime_is_the_largest_part():
+    assert Timing(1, 2, 3, 0.5).regime == "communication"
+    assert Timing(1, 2, 0, 0.5).regime == "memory"
