@@ -109,6 +109,9 @@ def _tensor_leaves(obj, depth: int = 0) -> list[torch.Tensor]:
 
 
 def _export(model, args, kwargs):
+    if _is_dtensor_model(model):
+        raise RuntimeError("DTensor weights: torch.export records DTensor ops at global shapes; "
+                           "make_fx traces one rank's local ops")
     ep = torch.export.export(_TensorOutputs(model), args, kwargs, strict=False)
     sig = ep.graph_signature
     return ep.graph_module, frozenset(sig.inputs_to_parameters) | frozenset(sig.inputs_to_buffers)
@@ -118,14 +121,44 @@ def _make_fx(model, args, kwargs):
     params = dict(model.named_parameters(remove_duplicate=False))
     buffers = dict(model.named_buffers(remove_duplicate=False))
     wrapped = _TensorOutputs(model)
+    # DTensor weights (a model parallelized with DTensor) enter as their local shards and are
+    # wrapped back inside the trace, so the graph's placeholders have this rank's shapes.
+    (params, wrap_params), (buffers, wrap_buffers) = _local_shards(params), _local_shards(buffers)
 
     def run(params, buffers, args, kwargs):
+        params, buffers = wrap_params(params), wrap_buffers(buffers)
         state = {f"{WRAPPED}.{k}": v for k, v in {**params, **buffers}.items()}
         return torch.func.functional_call(wrapped, state, args, kwargs)
 
     gm = make_fx(run, tracing_mode="fake", record_module_stack=True)(params, buffers, args, kwargs)
     placeholders = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
     return gm, frozenset(placeholders[:len(params) + len(buffers)])
+
+
+def _local_shards(tensors: dict):
+    """DTensors replaced by their local shards, and the function that wraps shards back into
+    DTensors inside the trace (from_local without checks: no collective runs)."""
+    if not torch.distributed.is_available():
+        return tensors, lambda ts: ts
+    from torch.distributed.tensor import DTensor
+    specs = {k: (t.device_mesh, t.placements, t.shape, t.stride())
+             for k, t in tensors.items() if isinstance(t, DTensor)}
+    if not specs:
+        return tensors, lambda ts: ts
+    local = {k: t.to_local() if k in specs else t for k, t in tensors.items()}
+
+    def wrap(ts: dict) -> dict:
+        return {k: DTensor.from_local(t, *specs[k][:2], run_check=False, shape=specs[k][2],
+                                      stride=specs[k][3]) if k in specs else t
+                for k, t in ts.items()}
+    return local, wrap
+
+
+def _is_dtensor_model(model) -> bool:
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.tensor import DTensor
+    return any(isinstance(t, DTensor) for t in (*model.parameters(), *model.buffers()))
 
 
 def _symbolic_trace(model, args, kwargs):

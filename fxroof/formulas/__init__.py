@@ -1,5 +1,5 @@
 """Per-op cost formulas. Importing this package fills the one registry."""
-from . import attention, conv, elementwise, matmul, memory  # noqa: F401  (each registers its ops)
+from . import attention, collective, conv, elementwise, matmul, memory  # noqa: F401  (registers)
 from .elementwise import pointwise
 from .registry import FORMULAS, OpCall, lookup, register_formula
 

@@ -1,0 +1,238 @@
+"""Tensor parallelism: collective formulas by hand, the Megatron plan through DTensor on a fake
+process group, and the must-hold regimes of a TP-8 MLP on PCIe (L40S) and NVLink (H100 SXM)."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch import nn
+
+import fxroof.api as api
+from fxroof.capture import capture
+from fxroof.chips import chip as find_chip
+from fxroof.formulas import OpCall, lookup
+from fxroof.parallel import (fake_process_group, format_tp_scaling, megatron_plan,
+                             tensor_parallel, tp_scaling)
+
+c10d = torch.ops._c10d_functional
+BF16 = 2                                      # bytes per bf16 element
+D, FF, TOKENS = 8192, 28672, 4096             # a Llama-2-70B-sized MLP, 4096 tokens
+MODELS = Path(__file__).resolve().parents[1] / "models"
+
+
+def meta(*shape, dtype=torch.bfloat16):
+    return torch.empty(*shape, device="meta", dtype=dtype)
+
+
+def cost(op, *args, out):
+    return lookup(op).fn(OpCall(op, args, {}, out))
+
+
+def megatron_mlp(d=D, ff=FF, dtype=torch.bfloat16, device="meta", bias=False):
+    with torch.device(device):
+        return nn.Sequential(nn.Linear(d, ff, bias=bias), nn.GELU(),
+                             nn.Linear(ff, d, bias=bias)).to(dtype)
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"tp_workload_{name}", MODELS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# -- collective formulas, by hand ------------------------------------------------------------
+
+def test_all_gather_ring_by_hand():
+    shard, full = meta(512, 1024), meta(8 * 512, 1024)
+    c = cost(c10d.all_gather_into_tensor.default, shard, 8, "g", out=full)
+    buf = 8 * 512 * 1024 * BF16                  # the FULL gathered buffer: 8 MiB
+    assert c.category == "collective" and c.flops == 0
+    assert c.comm_bytes == 7 * buf // 8          # (n-1)/n of it: 7 shards of 1 MiB arrive
+    assert c.comm_steps == 7                     # n-1 ring steps
+    assert c.bytes_read == 512 * 1024 * BF16 and c.bytes_written == buf
+
+
+def test_reduce_scatter_ring_by_hand():
+    full, shard = meta(4 * 256, 1024), meta(256, 1024)
+    c = cost(c10d.reduce_scatter_tensor.default, full, "sum", 4, "g", out=shard)
+    buf = 4 * 256 * 1024 * BF16                  # the input is the full buffer: 2 MiB
+    assert c.comm_bytes == 3 * buf // 4          # (n-1)/n = 3/4 of it: 1.5 MiB
+    assert c.comm_steps == 3
+    assert c.flops == 3 * 256 * 1024             # (n-1)/n of the 4*256*1024 elements added
+    assert c.bytes_read == buf and c.bytes_written == buf // 4
+
+
+def test_all_reduce_all_to_all_broadcast_need_the_live_group():
+    x = meta(64, 1024)
+    buf = 64 * 1024 * BF16
+    with fake_process_group(4) as group:
+        name = group.group_name
+        ar = cost(c10d.all_reduce.default, x, "sum", name, out=meta(64, 1024))
+        a2a = cost(c10d.all_to_all_single.default, x, [16] * 4, [16] * 4, name, out=meta(64, 1024))
+        bc = cost(c10d.broadcast.default, x, 0, name, out=meta(64, 1024))
+    assert ar.comm_bytes == 2 * 3 * buf // 4 and ar.comm_steps == 2 * 3   # 2(n-1)/n, 2(n-1)
+    assert ar.flops == 3 * 64 * 1024 // 4                                   # (n-1)/n adds
+    assert a2a.comm_bytes == 3 * buf // 4 and a2a.comm_steps == 3           # (n-1)/n
+    assert bc.comm_bytes == buf and bc.comm_steps == 3                      # the buffer
+    # After the group is gone its size is unknown: marked unknown, never a guessed n.
+    gone = cost(c10d.all_reduce.default, x, "sum", name, out=meta(64, 1024))
+    assert not gone.known and gone.comm_bytes == 0
+    assert lookup(c10d.wait_tensor.default).category == "view"
+
+
+# -- the must-holds: a TP-8 Megatron MLP ------------------------------------------------------
+
+def tp8_mlp(chip):
+    return api.analyze(megatron_mlp(), (meta(TOKENS, D),), chip=chip, tp=8)
+
+
+@pytest.fixture(scope="module")
+def l40s():
+    return tp8_mlp("l40s")
+
+
+def test_tp8_mlp_is_communication_bound_on_pcie_not_on_nvlink(l40s):
+    assert l40s.regime == "communication"
+    h100 = tp8_mlp("h100-sxm")
+    assert h100.regime != "communication"
+    assert h100.regime == "compute"
+
+
+def test_tp8_all_reduce_follows_the_ring_formula(l40s):
+    (ar,) = [k for k in l40s.kernels if k.category == "collective"]
+    chip = find_chip("l40s")                 # PCIe Gen4: 32 GB/s one direction, 10 us per step
+    buf = TOKENS * D * BF16                  # 4096*8192*2 = 67,108,864 bytes
+    sent = 2 * (8 - 1) / 8 * buf             # 117,440,512 bytes
+    expected = sent / chip.link_bw + 2 * (8 - 1) * chip.link_latency_s   # 3.670 ms + 0.140 ms
+    assert ar.op == "all_reduce" and ar.regime == "communication"
+    assert ar.timing.comm_s == pytest.approx(expected)
+    assert ar.timing.comm_s == pytest.approx(117_440_512 / 32e9 + 14 * 10e-6)
+    # Per rank: two matmuls of 2*4096*8192*(28672/8) FLOPs each = 2 * 240.5 GFLOP.
+    mm = [k for k in l40s.kernels if k.category == "matmul"]
+    assert sum(k.flops for k in mm) == 2 * 2 * TOKENS * D * (FF // 8)
+
+
+def test_per_rank_graph_has_local_shapes():
+    with tensor_parallel(megatron_mlp(), 8, (meta(TOKENS, D),)) as (local, args, kwargs):
+        gm = capture(local, args, kwargs).gm
+    vals = {n.name: n.meta["val"] for n in gm.graph.nodes if n.op != "output"}
+    mms = [n for n in gm.graph.nodes if n.op == "call_function" and "mm" in str(n.target)]
+    assert tuple(vals[mms[0].name].shape) == (TOKENS, FF // 8)     # colwise: 28672/8 = 3584
+    assert tuple(vals[mms[1].name].shape) == (TOKENS, D)           # rowwise: partial sums
+    weights = [tuple(n.meta["val"].shape) for n in gm.graph.nodes if n.op == "placeholder"][:2]
+    assert weights == [(FF // 8, D), (D, FF // 8)]                 # the local shards
+    assert [str(n.target) for n in gm.graph.nodes if "c10d" in str(n.target)] == [
+        "_c10d_functional.all_reduce.default", "_c10d_functional.wait_tensor.default"]
+    assert not dist.is_initialized()                               # the fake group is torn down
+
+
+# -- the user's model ------------------------------------------------------------------------
+
+def test_users_model_is_untouched_and_calls_repeat():
+    model = megatron_mlp(64, 256, torch.float32, "cpu", bias=True)
+    before = {k: (v, v.detach().clone()) for k, v in model.named_parameters()}
+    model.train()
+    for _ in range(2):                                             # the fake group is rebuilt
+        r = api.analyze(model, (torch.randn(16, 64),), tp=4)
+        assert [k.op for k in r.kernels if k.category == "collective"] == ["all_reduce"]
+        assert not dist.is_initialized()
+    after = dict(model.named_parameters())
+    assert after.keys() == before.keys()
+    for k, (param, values) in before.items():
+        assert after[k] is param and type(param) is nn.Parameter
+        assert torch.equal(param.detach(), values)
+    assert all(m.training for m in model.modules())
+    for m in model.modules():
+        assert not (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks)
+
+
+def test_model_parallelized_by_the_user_on_a_fake_group():
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor.parallel import (ColwiseParallel, RowwiseParallel,
+                                                   parallelize_module)
+    model = megatron_mlp(512, 2048)
+    with fake_process_group(4):
+        mesh = init_device_mesh("cpu", (4,))
+        parallelize_module(model, mesh, {"0": ColwiseParallel(), "2": RowwiseParallel()})
+        r = api.analyze(model, (meta(128, 512),), chip="h100-sxm")
+    (ar,) = [n for n in r.nodes if n.category == "collective"]
+    assert ar.op == "all_reduce" and ar.known
+    assert ar.comm_bytes == 2 * 3 * (128 * 512 * BF16) // 4        # ring, n = 4
+    assert r.weights_bytes == 2 * (512 * 2048 // 4) * BF16         # local shards only
+    assert sum(n.flops for n in r.nodes if n.category == "matmul") == 2 * 2 * 128 * 512 * 512
+
+
+# -- the plan ----------------------------------------------------------------------------------
+
+def test_unsupported_layout_names_the_linear_layers():
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8), nn.Linear(8, 8))
+    with pytest.raises(ValueError, match=r"Linear layers found: 0, 2, 3"):
+        megatron_plan(model, 2)
+    with pytest.raises(ValueError, match="does not divide by tp=3"):
+        megatron_plan(megatron_mlp(64, 256), 3)
+
+
+def test_bundled_models_plan_or_refuse_clearly():
+    llama = load("llama")
+    model, args, kwargs = llama.workload(preset="tiny")             # 4 heads, 2 k/v heads
+    plan = megatron_plan(model, 2)
+    assert plan.styles["layers.0.attention.wq"] == "colwise"
+    assert plan.styles["layers.0.feed_forward.w2"] == "rowwise"
+    assert plan.styles["tok_embeddings"] == "embedding" and plan.styles["output"] == "lm_head"
+    assert plan.attrs["layers.0.attention"] == {"n_heads": 2, "n_kv_heads": 1}
+    with pytest.raises(ValueError, match="n_kv_heads=2 does not divide by tp=4"):
+        megatron_plan(model, 4)
+    with pytest.raises(ValueError, match="fused q/k/v projection 'c_attn'"):
+        megatron_plan(load("gpt2").workload(size="tiny")[0], 2)
+    with pytest.raises(ValueError, match="already initialised"):
+        with fake_process_group(2):
+            api.analyze(model, args, kwargs, tp=2)
+
+
+def test_llama_cache_and_heads_are_cut_per_rank():
+    model, args, kwargs = load("llama").workload(preset="tiny", seq=32)   # dim 128, hs 32
+    with tensor_parallel(model, 2, args, kwargs) as (local, largs, lkwargs):
+        assert local.layers[0].attention.n_heads == 2
+        assert tuple(lkwargs["cache"][0][0].shape) == (1, 1, 32, 32)      # 2 k/v heads / 2
+        gm = capture(local, largs, lkwargs).gm
+    assert model.layers[0].attention.n_heads == 4                         # the original keeps 4
+    attn = [n for n in gm.graph.nodes if "scaled_dot_product" in str(n.target)]
+    q = attn[0].args[0].meta["val"]
+    assert tuple(q.shape) == (1, 2, 32, 32)                               # (B, nh/tp, T, hs)
+
+
+# -- the report section -----------------------------------------------------------------------
+
+def test_tp_scaling_llama_layers():
+    model, args, kwargs = load("llama").workload(layers=2, seq=512)     # Llama-2-7B shapes
+    rows = tp_scaling(model, args, kwargs, chip="l40s", degrees=(1, 2, 8))
+    assert [r["tp"] for r in rows] == [1, 2, 8]
+    assert rows[0]["comm_bytes"] == 0 and rows[0]["comm_share"] == 0
+    assert rows[1]["weights_bytes"] == pytest.approx(rows[0]["weights_bytes"] / 2, rel=0.01)
+    assert rows[2]["comm_share"] > rows[1]["comm_share"] > 0
+    assert rows[2]["regime"] == "communication"                        # PCIe: 8 ranks starve
+    # 2 layers x (attention + MLP) all-reduces, the embedding's all-reduce, the logits' gather
+    assert rows[2]["collectives"] == 6
+    table = format_tp_scaling(rows)
+    assert all(len(line) <= 100 for line in table.splitlines())
+    assert "communication" in table
+
+
+def test_hugging_face_llama_and_gpt2():
+    transformers = pytest.importorskip("transformers")
+    from fxroof.hf import from_config
+    small = dict(num_hidden_layers=1, hidden_size=256, num_attention_heads=8, vocab_size=512)
+    for cfg in (transformers.LlamaConfig(**small, intermediate_size=512, num_key_value_heads=4),
+                transformers.GPT2Config(n_layer=1, n_embd=256, n_head=8, vocab_size=512,
+                                        n_positions=64, bos_token_id=0, eos_token_id=0)):
+        model, args, kwargs = from_config(cfg.to_dict(), batch=2, seq=16)
+        r = api.analyze(model, args, kwargs, tp=4)
+        ops = [k.op for k in r.kernels if k.category == "collective"]
+        # embedding, attention, MLP all-reduces; the logits' all-gather
+        assert ops.count("all_reduce") == 3 and ops.count("all_gather_into_tensor") == 1
+        (attn,) = [n for n in r.nodes if n.category == "attention"]
+        # (B, nh/tp, T, hs): 2*2*2*16*16*32 for Q@K^T and again for P@V
+        assert attn.flops == 2 * (2 * 2 * 16 * 16 * 32) * 2
