@@ -5,9 +5,9 @@ from .annotate import annotate
 from .capture import capture
 from .chips import Chip, chip as find_chip
 from .fuse import fuse, unfused
+from .memory import footprint
 from .report import ModeSummary, Report, kernel_rows, node_rows
 from .roofline import MODES
-from .tensors import footprint, tensors_in
 
 
 def analyze(model, example_inputs=(), example_kwargs=None, *, chip: "str | Chip" = "h100-sxm",
@@ -33,10 +33,8 @@ def analyze(model, example_inputs=(), example_kwargs=None, *, chip: "str | Chip"
     nodes = node_rows(gm)
     compiled = fuse(gm, matmul_epilogues=matmul_epilogues)
     eager = unfused(gm)
-    weights = sum(footprint(t) for n in gm.graph.nodes if n.op == "placeholder"
-                  and n.name in captured.weights for t in tensors_in(n.meta.get("val")))
     return Report(
         model=captured.name, capture=captured.strategy, chip=target, mode=mode, nodes=nodes,
         eager=ModeSummary("eager", kernel_rows(eager, target, "eager", nodes)),
         compiled=ModeSummary("compiled", kernel_rows(compiled, target, "compiled", nodes)),
-        weights_bytes=weights)
+        memory=footprint(gm, captured.weights))

@@ -32,7 +32,7 @@ class CaptureError(RuntimeError):
 class Captured:
     gm: fx.GraphModule
     strategy: str                 # "torch.export", "make_fx", "symbolic_trace" or "graph"
-    weights: frozenset            # placeholder names holding parameters and buffers
+    weights: frozenset            # placeholder names holding parameters, buffers and constants
     name: str                     # the model's class name, for reports
 
 
@@ -41,7 +41,7 @@ def capture(model, args=(), kwargs=None) -> Captured:
     kwargs = dict(kwargs or {})
     if isinstance(model, torch.export.ExportedProgram):
         sig = model.graph_signature
-        weights = frozenset(sig.inputs_to_parameters) | frozenset(sig.inputs_to_buffers)
+        weights = _weight_names(sig)
         return _finish(model.graph_module, "torch.export", weights, "ExportedProgram")
     if isinstance(model, fx.GraphModule) and _is_aten_graph(model):
         weights = frozenset(n.name for n in model.graph.nodes if n.op == "get_attr")
@@ -114,7 +114,13 @@ def _export(model, args, kwargs):
                            "make_fx traces one rank's local ops")
     ep = torch.export.export(_TensorOutputs(model), args, kwargs, strict=False)
     sig = ep.graph_signature
-    return ep.graph_module, frozenset(sig.inputs_to_parameters) | frozenset(sig.inputs_to_buffers)
+    return ep.graph_module, _weight_names(sig)
+
+
+def _weight_names(sig) -> frozenset:
+    """Placeholders that hold the model's own state: parameters, buffers and tensor constants."""
+    return (frozenset(sig.inputs_to_parameters) | frozenset(sig.inputs_to_buffers)
+            | frozenset(sig.inputs_to_lifted_tensor_constants))
 
 
 def _make_fx(model, args, kwargs):

@@ -1,92 +1,189 @@
-"""The `fxroof` command: analyze a workload on a chip and print or write the report."""
+"""The `fxroof` command: analyze, compare, check, diff and list chips.
+
+Exit codes: 0 success (all checks hold), 1 a check failed, 2 a usage, input or capture error.
+Errors print one line on stderr; --debug shows the traceback instead.
+"""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
 
+from . import tables
 from .api import analyze
 from .capture import CaptureError
 from .chips import ChipError, chips
-from .roofline import MODES
-from .tables import chip_table
-from .workload import DEFAULT_SPEC, WorkloadError, load, parse_sets
+from .roofline import MODES, REGIMES
+from .workload import DEFAULT_SPEC, WorkloadError, load, parse_sets, parse_value
 
 USAGE_ERRORS = (CaptureError, ChipError, WorkloadError, ValueError, TypeError, ImportError,
-                FileNotFoundError)
+                OSError)
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fxroof", description="Where a PyTorch model's time goes on "
-                                "a given chip, and why.")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = p.add_subparsers(dest="command", required=True)
+class UsageError(ValueError):
+    """A command-line value that does not parse."""
 
-    a = sub.add_parser("analyze", help="analyze a workload on a chip")
-    a.add_argument("spec", nargs="?", default=DEFAULT_SPEC,
+
+# -- arguments ------------------------------------------------------------------------------
+
+def _workload_args() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("spec", nargs="?", default=DEFAULT_SPEC,
                    help="path/to/file.py[:FUNC] returning (model, args[, kwargs]); "
                         "default: the bundled Llama-2-7B")
-    a.add_argument("--hf", metavar="CONFIG", help="a transformers config.json to build the model "
-                   "from (on the meta device, no weights); --set batch=, seq=, dtype= apply")
-    a.add_argument("--chip", default="h100-sxm", help="chip name or chip JSON file")
-    a.add_argument("--mode", default="compiled", choices=MODES)
-    a.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--hf", metavar="CONFIG", help="a transformers config.json to build the model "
+                   "from (meta device, no weights); --set batch=, seq=, dtype= apply")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="keyword argument for the workload function (repeatable)")
-    a.add_argument("--json", metavar="PATH", help="write the report as JSON ('-' for stdout)")
-    a.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
-
-    c = sub.add_parser("chips", help="list the chip table")
-    c.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--chip", default="h100-sxm", help="chip name or chip JSON file")
+    p.add_argument("--mode", default="compiled", choices=MODES)
+    p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (one rank analyzed)")
+    p.add_argument("--json", metavar="PATH", help="write the report as JSON ('-': stdout)")
     return p
 
 
+def _debug_arg() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fxroof", description="Where a PyTorch model's time goes "
+                                "on a given chip, and why.", parents=[_debug_arg()])
+    sub = p.add_subparsers(dest="command", required=True)
+    common = [_workload_args(), _debug_arg()]
+    sub.add_parser("analyze", parents=common, help="analyze a workload on a chip")
+    sub.add_parser("compare", parents=common, help="eager vs compiled: what fusion saves")
+    c = sub.add_parser("check", parents=common, help="pre-deployment checks (exit 1 on failure)")
+    c.add_argument("--max-time-ms", type=float, help="fail above this predicted time")
+    c.add_argument("--min-coverage", type=float, help="fail below this share of ops with formulas")
+    c.add_argument("--max-regime-share", action="append", default=[], metavar="REGIME=SHARE",
+                   help="e.g. overhead=0.2 (repeatable)")
+    c.add_argument("--no-memory-fit", action="store_true", help="skip the memory-fit check")
+    c.add_argument("--lint", choices=("off", "warn", "fail"), default="warn",
+                   help="dtype lint: warn (default), fail, or off")
+    sub.add_parser("chips", parents=[_debug_arg()], help="list the chip table")
+    d = sub.add_parser("diff", parents=[_debug_arg()], help="compare two --json reports")
+    d.add_argument("a", help="report JSON (before)")
+    d.add_argument("b", help="report JSON (after)")
+    return p
+
+
+# -- commands -------------------------------------------------------------------------------
+
 def _progress(message: str) -> None:
+    """Progress for people at a terminal; CI logs and pipes stay clean."""
     if sys.stderr.isatty():
         print(message, file=sys.stderr, flush=True)
 
 
-def _workload(ns):
+def _report(ns):
     options = parse_sets(ns.set)
     if ns.hf:
         from .hf import from_config
         _progress(f"building {ns.hf} on the meta device ...")
-        return from_config(ns.hf, **options)
-    _progress(f"loading {ns.spec} ...")
-    return load(ns.spec, options)
+        model, args, kwargs = from_config(ns.hf, **options)
+    else:
+        _progress(f"loading {ns.spec} ...")
+        model, args, kwargs = load(ns.spec, options)
+    _progress("capturing and analyzing (a 70B model takes about ten seconds) ...")
+    report = analyze(model, args, kwargs, chip=ns.chip, mode=ns.mode, tp=ns.tp)
+    if ns.json:
+        text = json.dumps(report.to_dict(), indent=1)
+        if ns.json == "-":
+            print(text)
+        else:
+            with open(ns.json, "w") as f:
+                f.write(text + "\n")
+    return report
 
 
 def cmd_analyze(ns) -> int:
-    model, args, kwargs = _workload(ns)
-    _progress("capturing and analyzing (large models take a few seconds) ...")
-    report = analyze(model, args, kwargs, chip=ns.chip, mode=ns.mode)
-    if ns.json == "-":
-        json.dump(report.to_dict(), sys.stdout, indent=1)
-        print()
-        return 0
-    if ns.json:
-        with open(ns.json, "w") as f:
-            json.dump(report.to_dict(), f, indent=1)
-    print(report)
+    report = _report(ns)
+    if ns.json != "-":
+        print(report)
     return 0
+
+
+def cmd_compare(ns) -> int:
+    report = _report(ns)
+    if ns.json != "-":
+        print(tables.comparison(report))
+    return 0
+
+
+def _regime_limits(pairs) -> dict:
+    limits = {}
+    for pair in pairs:
+        regime, eq, value = pair.partition("=")
+        if not eq or regime not in REGIMES or not isinstance(parse_value(value), (int, float)):
+            raise UsageError(f"--max-regime-share expects REGIME=SHARE with REGIME one of "
+                             f"{', '.join(REGIMES)}, got {pair!r}")
+        limits[regime] = float(value)
+    return limits
+
+
+def cmd_check(ns) -> int:
+    limits = _regime_limits(ns.max_regime_share)     # parse before the long capture
+    report = _report(ns)
+    result = report.check(max_time_ms=ns.max_time_ms, min_coverage=ns.min_coverage,
+                          memory_fit=not ns.no_memory_fit, max_regime_share=limits, lint=ns.lint)
+    if ns.json != "-":
+        print(tables.header(report))
+        print()
+        print(result)
+    return 0 if result.ok else 1
 
 
 def cmd_chips(ns) -> int:
-    print(chip_table(chips()))
+    print(tables.chip_table(chips()))
     return 0
 
 
-def main(argv=None) -> int:
-    ns = _parser().parse_args(argv)
+def _read_report(path: str) -> dict:
     try:
-        return {"analyze": cmd_analyze, "chips": cmd_chips}[ns.command](ns)
+        with open(path) as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{path} is not JSON: {e}") from e
+    if not isinstance(data, dict) or not str(data.get("schema", "")).startswith("fxroof.report/"):
+        raise UsageError(f"{path} is not an fxroof report (no 'schema': 'fxroof.report/1')")
+    return data
+
+
+def cmd_diff(ns) -> int:
+    print(tables.diff(_read_report(ns.a), _read_report(ns.b)))
+    return 0
+
+
+COMMANDS = {"analyze": cmd_analyze, "compare": cmd_compare, "check": cmd_check,
+            "chips": cmd_chips, "diff": cmd_diff}
+
+
+def main(argv=None) -> int:
+    parser = _parser()
+    try:
+        ns = parser.parse_args(argv)
+    except SystemExit as e:          # argparse already printed its one-line usage error
+        return 0 if e.code == 0 else 2
+    try:
+        return COMMANDS[ns.command](ns)
     except USAGE_ERRORS as e:
         if ns.debug:
             raise
-        print(f"fxroof: {e}", file=sys.stderr)
+        print(f"fxroof: {_one_line(e)}", file=sys.stderr)
         return 2
-    except BrokenPipeError:      # `fxroof analyze | head`: the reader left; not an error
+    except BrokenPipeError:          # `fxroof analyze | head`: the reader left; not an error
         sys.stderr.close()
         return 0
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e) or type(e).__name__
+    if isinstance(e, OSError) and e.filename:
+        text = f"{e.strerror}: {e.filename}"
+    return text
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ import torch.fx as fx
 
 from . import tables
 from .chips import Chip
+from .checks import CheckResult, run_checks
+from .memory import Footprint
 from .cost import COST_KEY, MATRIX_CATEGORIES, Cost
 from .units import fold_layers
 from .roofline import REGIMES, Timing, intensity, kernel_timing, overhead_per_kernel
@@ -111,7 +113,11 @@ class Report:
     nodes: tuple
     eager: ModeSummary
     compiled: ModeSummary
-    weights_bytes: int
+    memory: Footprint
+
+    @property
+    def weights_bytes(self) -> int:
+        return self.memory.weights
 
     # -- the chosen mode ---------------------------------------------------------------------
     @property
@@ -178,6 +184,7 @@ class Report:
             "regime": self.regime, "regime_share": self.regime_share,
             "intensity": _finite(self.intensity), "coverage": self.coverage,
             "unknown_ops": self.unknown_ops, "weights_bytes": self.weights_bytes,
+            "memory": self.memory.to_dict(),
             "compare": self.compare(),
             "nodes": [n.to_dict() for n in self.nodes],
             "kernels": [k.to_dict() for k in self.kernels],
@@ -207,6 +214,24 @@ class Report:
             row["bytes"] += k.bytes
             row["time_s"] += k.time_s
         return sorted(rows.values(), key=lambda r: -r["time_s"])
+
+    def check(self, **budgets) -> CheckResult:
+        """Pre-deployment checks (fxroof.checks.run_checks): max_time_ms, min_coverage,
+        memory_fit (on by default), max_regime_share={"overhead": 0.2}, lint="warn"|"fail"|"off"."""
+        return run_checks(self, **budgets)
+
+    def fusion_savings(self, n: int = 10) -> list[dict]:
+        """The fused kernels that save the most bytes against running their ops one by one."""
+        by_name = {r.name: r for r in self.nodes}
+        rows = []
+        for k in self.compiled.kernels:
+            eager = sum(by_name[m].bytes_read + by_name[m].bytes_written
+                        for m in k.nodes if m in by_name)
+            if len(k.nodes) > 1 and eager > k.bytes:
+                rows.append({"kernel": k.op, "module": k.module, "ops": len(k.nodes),
+                             "eager_bytes": eager, "fused_bytes": k.bytes,
+                             "saved_bytes": eager - k.bytes})
+        return sorted(rows, key=lambda r: -r["saved_bytes"])[:n]
 
     def __str__(self) -> str:
         return tables.render(self)

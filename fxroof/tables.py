@@ -116,3 +116,39 @@ def chip_table(chips) -> str:
     return _table(rows, ["name", "chip", "16-bit dense", "memory bw", "ridge", "memory",
                          "link, 1 way"], ("left", "left", "right", "right", "right", "right",
                                           "right"))
+
+
+def savings(r, n: int = TOP) -> str:
+    """Fused kernels that save the most bytes, repeated layers folded."""
+    groups: dict[tuple, list] = {}
+    for row in r.fusion_savings(n=len(r.compiled.kernels)):
+        groups.setdefault((row["kernel"], fold_layers(row["module"])), []).append(row)
+    ranked = sorted(groups.items(), key=lambda kv: -sum(x["saved_bytes"] for x in kv[1]))[:n]
+    rows = [[_cut(op, 20, keep_end=False), _cut(module or "-", 28), f"x{len(xs)}", xs[0]["ops"],
+             si(xs[0]["eager_bytes"], "B"), si(xs[0]["fused_bytes"], "B"),
+             si(sum(x["saved_bytes"] for x in xs), "B")] for (op, module), xs in ranked]
+    return _table(rows, ["fused kernel", "module", "n", "ops", "eager", "fused", "saved, all"],
+                  ("left", "left", "right", "right", "right", "right", "right"))
+
+
+def comparison(r) -> str:
+    return "\n".join([header(r), "", "Eager (one kernel per op) vs compiled (fused)", compare(r),
+                      "", "Fusions that save the most bytes", savings(r)])
+
+
+def diff(a: dict, b: dict) -> str:
+    """Two report dicts (to_dict / --json files) side by side."""
+    def row(label, key, fmt):
+        va, vb = a.get(key), b.get(key)
+        change = "" if not va or vb is None else f"{(vb - va) / va:+.1%}"
+        return [label, fmt(va), fmt(vb), change]
+    rows = [row("time", "time_s", seconds), row("FLOPs", "flops", lambda v: si(v, "FLOP")),
+            row("bytes, unfused", "bytes", lambda v: si(v, "B")),
+            row("bytes, fused", "fused_bytes", lambda v: si(v, "B")),
+            ["kernels", str(len(a["kernels"])), str(len(b["kernels"])), ""],
+            ["regime", a["regime"], b["regime"], "" if a["regime"] == b["regime"] else "changed"],
+            ["memory", si(a["memory"]["total"], "B"), si(b["memory"]["total"], "B"), ""],
+            ["coverage", percent(a["coverage"]), percent(b["coverage"]), ""],
+            ["chip", a["chip"]["name"], b["chip"]["name"], ""],
+            ["mode", a["mode"], b["mode"], ""]]
+    return _table(rows, ["", "A", "B", "change"], ("left", "right", "right", "right"))
