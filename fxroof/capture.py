@@ -136,6 +136,7 @@ def _make_fx(model, args, kwargs):
         state = {f"{WRAPPED}.{k}": v for k, v in {**params, **buffers}.items()}
         return torch.func.functional_call(wrapped, state, args, kwargs)
 
+    run._orig_mod = wrapped    # make_fx records module paths relative to `_orig_mod`
     gm = make_fx(run, tracing_mode="fake", record_module_stack=True)(params, buffers, args, kwargs)
     placeholders = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
     return gm, frozenset(placeholders[:len(params) + len(buffers)])

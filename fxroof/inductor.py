@@ -29,8 +29,8 @@ bundled tiny models, one hand-written block at 11%):
   splits some masked softmaxes in two kernels; a GPU build, like fxroof, keeps a softmax whole.
 - Copies inside ops: `q @ k.transpose(-2, -1)` on 4-D head-split views copies q, k and v to
   contiguous 3-D tensors before bmm (eager does the same); Inductor shows the copies as kernels,
-  fxroof's matmul formula counts none. sdpa on the CPU may likewise copy its inputs to the
-  strides the flash kernel requires.
+  fxroof's matmul formula counts them inside the matmul kernel (same bytes, fewer kernels).
+  sdpa on the CPU may likewise copy its inputs to the strides the flash kernel requires.
 """
 from __future__ import annotations
 

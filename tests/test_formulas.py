@@ -196,3 +196,19 @@ def test_pointwise_bytes_are_inputs_plus_output(shape, dtype):
     assert c.bytes_read == 2 * elems * a.element_size()
     assert c.bytes_written == elems * a.element_size()
     assert c.flops == elems
+
+
+def test_matmul_counts_the_copies_it_makes_to_fold_the_batch():
+    # q from a head split (B,T,H,D) -> (B,H,T,D) is not viewable as (B*H, T, D): matmul copies it,
+    # and k.transpose(-2, -1) too. Each copy: written once, read once by bmm.
+    def scores(x):
+        q = x.view(2, 8, 4, 16).transpose(1, 2)                 # (2, 4, 8, 16), strided
+        return q @ q.transpose(-2, -1)
+    c = cost_of(fn_module(scores), "matmul", torch.randn(2, 8, 64))
+    copy = 2 * 4 * 8 * 16 * F32                                 # one operand's copy: 4096 B
+    assert c.bytes_read == 2 * copy + 2 * copy                  # each operand into its copy, then
+                                                                # bmm reads both copies: 16384 B
+    assert c.bytes_written == 2 * 4 * 8 * 8 * F32 + 2 * copy    # scores, plus two copies written
+    contiguous = cost_of(fn_module(lambda a, b: a @ b), "matmul", torch.randn(2, 4, 8, 16),
+                         torch.randn(2, 4, 16, 8))
+    assert contiguous.bytes_written == 2 * 4 * 8 * 8 * F32      # views suffice: no copies

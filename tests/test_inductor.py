@@ -78,17 +78,6 @@ CASES = {
     "resnet": lambda: workload("resnet", image=32),
 }
 
-# Where fxroof cannot reach 10%, the reason, and the bound asserted instead.
-WIDER = {
-    # -10.6%: two things fxroof does not count. (1) q @ k.T on 4-D head-split views: aten.matmul
-    # copies q, k and v into contiguous 3-D tensors before bmm (in eager too; Inductor shows the
-    # copies as kernels), but the matmul formula counts no copy: 3 x (read + write) of 8 KiB.
-    # (2) Inductor's CPU backend splits this masked softmax in two kernels (the exp is written
-    # and read back); a GPU build, like fxroof, keeps it in one.
-    "gpt2 block by hand": 0.15,
-}
-
-
 @pytest.fixture(scope="module", params=sorted(CASES))
 def comparison(request):
     model, args, kwargs = CASES[request.param]()
@@ -97,8 +86,7 @@ def comparison(request):
 
 def test_fused_bytes_match_inductor(comparison):
     name, c = comparison
-    bound = WIDER.get(name, TOLERANCE)
-    assert abs(c.rel_diff) <= bound, f"{name}: {c.rel_diff:+.1%}\n{c}"
+    assert abs(c.rel_diff) <= TOLERANCE, f"{name}: {c.rel_diff:+.1%}\n{c}"
 
 
 def test_kernel_counts_are_comparable(comparison):

@@ -51,11 +51,33 @@ def linear(call: OpCall):
     return _matmul_cost(call, 2 * numel(call.out) * x.shape[-1], x)
 
 
+def _fold_copy_bytes(t: torch.Tensor, batch=None) -> int:
+    """Bytes of the contiguous copy torch.matmul makes when a view cannot fold `t` for mm/bmm
+    (a transposed head split, a broadcast batch). batch=None: fold (..., M, K) into (B*M, K)."""
+    target = t if batch is None else t.expand(*batch, *t.shape[-2:])
+    try:
+        target.view(-1, t.shape[-1]) if batch is None else target.view(-1, *t.shape[-2:])
+        return 0
+    except (RuntimeError, ValueError):   # fake tensors raise ValueError, real ones RuntimeError
+        return numel(target) * t.element_size()
+
+
 @formula(aten.matmul, category="matmul")
 def matmul(call: OpCall):
-    a = call.args[0]
+    """torch.matmul folds batched operands into mm/bmm; where a view cannot do that, it copies."""
+    a, b = call.args[0], call.args[1]
     k = a.shape[-1]
-    return _matmul_cost(call, 2 * max(numel(call.out), 1) * k, a)
+    cost = _matmul_cost(call, 2 * max(numel(call.out), 1) * k, a)
+    if a.dim() > 2 and b.dim() > 2:
+        batch = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+        copies = _fold_copy_bytes(a, batch) + _fold_copy_bytes(b, batch)
+    elif a.dim() > 2:
+        copies = _fold_copy_bytes(a)
+    else:
+        copies = 0
+    return cost.replace(bytes_read=cost.bytes_read + copies,
+                        bytes_written=cost.bytes_written + copies,
+                        note="copies operands to fold the batch" if copies else "")
 
 
 @formula(aten.mv, aten.addmv, aten.dot, aten.vdot, category="matmul")
