@@ -7,13 +7,17 @@ changed: export and make_fx work on fake copies of parameters, and module modes 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.fx as fx
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.fx.experimental.proxy_tensor import make_fx
+
+from .tensors import tensors_in
 
 WRAPPED = "model"   # attribute under which capture nests the user's model
 
@@ -55,6 +59,10 @@ def capture(model, args=(), kwargs=None) -> Captured:
         model = _Function(model)
 
     attempts: list[tuple[str, BaseException]] = []
+    if _on_meta(model, args, kwargs):
+        # Capture a copy whose meta tensors are fake CPU tensors (FakeCopier says why).
+        fake = FakeCopier()
+        model, args, kwargs = fake.copy(model), fake.inputs(args), fake.inputs(kwargs)
     with _preserved(model), _quiet():
         for strategy, fn in (("torch.export", _export), ("make_fx", _make_fx),
                              ("symbolic_trace", _symbolic_trace)):
@@ -64,6 +72,47 @@ def capture(model, args=(), kwargs=None) -> Captured:
             except Exception as e:   # each strategy's failure is reported, not raised alone
                 attempts.append((strategy, e))
     raise CaptureError(name, attempts)
+
+
+class FakeCopier:
+    """Fake tensors (shapes, no data) standing for the model's weights and the inputs, all in one
+    FakeTensorMode. Meta tensors become fake CPU tensors: on the meta device PyTorch computes
+    scaled_dot_product_attention by its unfused math path, on a CPU by a fused kernel, which is
+    what a deployment runs."""
+
+    def __init__(self):
+        self.mode = FakeTensorMode(allow_non_fake_inputs=True)
+
+    def tensor(self, t: torch.Tensor) -> torch.Tensor:
+        if isinstance(t, FakeTensor):
+            return t
+        device = "cpu" if t.device.type == "meta" else t.device
+        with self.mode:
+            f = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=device)
+        if isinstance(t, torch.nn.Parameter):
+            return torch.nn.Parameter(f, requires_grad=t.requires_grad)
+        return f
+
+    def copy(self, model: torch.nn.Module) -> torch.nn.Module:
+        """A deep copy whose weights are fake: no weight is copied, whatever the device."""
+        memo = {id(t): self.tensor(t) for t in (*model.parameters(), *model.buffers())}
+        return copy.deepcopy(model, memo)
+
+    def inputs(self, obj):
+        if isinstance(obj, torch.Tensor):
+            return self.tensor(obj)
+        if isinstance(obj, (list, tuple)):
+            return type(obj)(self.inputs(x) for x in obj)
+        if isinstance(obj, dict):
+            return {k: self.inputs(v) for k, v in obj.items()}
+        return obj
+
+
+def _on_meta(model, args, kwargs) -> bool:
+    """Meta tensors anywhere, in a model whose weights are plain tensors (DTensor weights keep
+    their own device handling in _make_fx)."""
+    tensors = [*model.parameters(), *model.buffers(), *tensors_in((args, kwargs))]
+    return any(t.device.type == "meta" for t in tensors) and not _is_dtensor_model(model)
 
 
 # --- strategies -----------------------------------------------------------------------------

@@ -52,7 +52,6 @@ Limits:
 from __future__ import annotations
 
 import contextlib
-import copy
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -63,6 +62,7 @@ import torch.distributed as dist
 from tabulate import tabulate
 from torch import nn
 
+from .capture import FakeCopier
 from .units import percent, seconds, si
 
 __all__ = ["Plan", "fake_process_group", "format_tp_scaling", "megatron_plan", "tensor_parallel",
@@ -251,7 +251,7 @@ def tensor_parallel(model: nn.Module, tp: int, args=(), kwargs=None):
         raise ValueError(f"tp= needs an nn.Module to split, got {type(model).__name__}")
     plan = megatron_plan(model, tp)
     args = tuple(args) if isinstance(args, (tuple, list)) else (args,)
-    fake = _Faker()
+    fake = FakeCopier()
     with fake_process_group(tp):
         local = fake.copy(model)
         device = next((t.device.type for t in local.parameters()), "cpu")
@@ -263,39 +263,6 @@ def tensor_parallel(model: nn.Module, tp: int, args=(), kwargs=None):
         parallelize_module(local, mesh, {p: _style(s, modules[p]) for p, s in plan.styles.items()},
                            src_data_rank=None)   # each rank cuts its shard: nothing is sent
         yield local, fake.inputs(args), _local_kwargs(fake.inputs(dict(kwargs or {})), plan)
-
-
-class _Faker:
-    """Fake tensors (shapes, no data) standing for the model's weights and the inputs, all in one
-    FakeTensorMode. Meta tensors become fake CPU tensors: on the meta device PyTorch computes
-    scaled_dot_product_attention by its unfused math path, on a CPU by a fused kernel, which is
-    what a deployment runs."""
-
-    def __init__(self):
-        from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
-        self.mode, self.fake_type = FakeTensorMode(allow_non_fake_inputs=True), FakeTensor
-
-    def tensor(self, t: torch.Tensor) -> torch.Tensor:
-        if isinstance(t, self.fake_type):
-            return t
-        device = "cpu" if t.device.type == "meta" else t.device
-        with self.mode:
-            f = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=device)
-        return nn.Parameter(f, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else f
-
-    def copy(self, model: nn.Module) -> nn.Module:
-        """A deep copy whose weights are fake: no weight is copied, whatever the device."""
-        memo = {id(t): self.tensor(t) for t in (*model.parameters(), *model.buffers())}
-        return copy.deepcopy(model, memo)
-
-    def inputs(self, obj):
-        if isinstance(obj, torch.Tensor):
-            return self.tensor(obj)
-        if isinstance(obj, (list, tuple)):
-            return type(obj)(self.inputs(x) for x in obj)
-        if isinstance(obj, dict):
-            return {k: self.inputs(v) for k, v in obj.items()}
-        return obj
 
 
 def _style(style: str, module: nn.Module):
