@@ -80,12 +80,14 @@ def run_checks(report, *, max_time_ms: float | None = None, min_coverage: float 
 
 def _memory(report) -> Check:
     m, capacity = report.memory, report.chip.mem_bytes
-    parts = (f"weights {si(m.weights, 'B')}, KV cache {si(m.kv_cache, 'B')}, "
-             f"activations {si(m.activations, 'B')}, inputs {si(m.inputs, 'B')}")
-    verb = "fits" if m.total <= capacity else "does not fit"
+    parts = [f"weights {si(m.weights, 'B')}", f"KV {si(m.kv_cache, 'B')}",
+             f"activations {si(m.activations, 'B')}"]
+    if m.inputs > 0.01 * m.total:
+        parts.append(f"inputs {si(m.inputs, 'B')}")
+    sign = "<=" if m.total <= capacity else ">"
     return Check("memory fit", m.total <= capacity,
-                 f"needs {si(m.total, 'B')} ({parts}): {verb} in {report.chip.name}'s "
-                 f"{si(capacity, 'B')}")
+                 f"{si(m.total, 'B')} {sign} {si(capacity, 'B')} on {report.chip.name} "
+                 f"({', '.join(parts)})")
 
 
 def _dtype_lint(report) -> list:

@@ -98,7 +98,7 @@ def test_memory_fit_fails_for_70b_on_one_a100(capsys):
     code = main(["check", spec, "--set", "preset=llama3-70b", "--set", "seq=16",
                  "--chip", "a100-80gb"])
     out = capsys.readouterr().out
-    assert code == 1 and "FAIL memory fit" in out and "does not fit" in out
+    assert code == 1 and "FAIL memory fit" in out and "> 80 GB on a100-80gb" in out
 
 
 def test_compare_and_diff(workload, tmp_path, capsys):
