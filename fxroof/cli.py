@@ -1,4 +1,4 @@
-"""The `fxroof` command: analyze, compare, check, diff and list chips.
+"""The `fxroof` command: analyze, compare, check, measure, calibrate, diff and list chips.
 
 Exit codes: 0 success (all checks hold), 1 a check failed, 2 a usage, input or capture error.
 Errors print one line on stderr; --debug shows the traceback instead.
@@ -11,6 +11,7 @@ import sys
 
 from . import tables
 from .api import analyze
+from .calibrate import cmd_calibrate, configure_parser as configure_calibrate
 from .capture import CaptureError
 from .chips import ChipError, chips
 from .roofline import MODES, REGIMES
@@ -63,6 +64,18 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--no-memory-fit", action="store_true", help="skip the memory-fit check")
     c.add_argument("--lint", choices=("off", "warn", "fail"), default="warn",
                    help="dtype lint: warn (default), fail, or off")
+    m = sub.add_parser("measure", parents=[_debug_arg()],
+                       help="run a workload for real here and put predicted beside measured")
+    m.add_argument("spec", help="path/to/file.py[:FUNC]; it must build real tensors "
+                   "(e.g. --set device=cpu --set preset=tiny for the bundled models)")
+    m.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    m.add_argument("--chip", help="chip to predict with (default: calibrate this machine)")
+    m.add_argument("--repeat", type=int, default=20)
+    m.add_argument("--threads", type=int, help="CPU threads while measuring")
+    m.add_argument("--json", metavar="PATH", help="write the measurement as JSON")
+    k = sub.add_parser("calibrate", parents=[_debug_arg()],
+                       help="measure this machine and write a chip file")
+    configure_calibrate(k)
     sub.add_parser("chips", parents=[_debug_arg()], help="list the chip table")
     d = sub.add_parser("diff", parents=[_debug_arg()], help="compare two --json reports")
     d.add_argument("a", help="report JSON (before)")
@@ -136,6 +149,18 @@ def cmd_check(ns) -> int:
     return 0 if result.ok else 1
 
 
+def cmd_measure(ns) -> int:
+    from .measure import measure      # runs models for real: only loaded when asked
+    model, args, kwargs = load(ns.spec, parse_sets(ns.set))
+    _progress("capturing, calibrating and timing ...")
+    result = measure(model, args, kwargs, chip=ns.chip, repeat=ns.repeat, threads=ns.threads)
+    if ns.json:
+        with open(ns.json, "w") as f:
+            json.dump(result.to_dict(), f, indent=1)
+    print(result)
+    return 0
+
+
 def cmd_chips(ns) -> int:
     print(tables.chip_table(chips()))
     return 0
@@ -158,7 +183,8 @@ def cmd_diff(ns) -> int:
 
 
 COMMANDS = {"analyze": cmd_analyze, "compare": cmd_compare, "check": cmd_check,
-            "chips": cmd_chips, "diff": cmd_diff}
+            "measure": cmd_measure, "calibrate": cmd_calibrate, "chips": cmd_chips,
+            "diff": cmd_diff}
 
 
 def main(argv=None) -> int:

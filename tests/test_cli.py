@@ -127,3 +127,13 @@ def test_real_subprocess_and_quiet_when_not_a_tty():
     assert "NVIDIA L4" in done.stdout
     assert "capturing" not in done.stderr        # progress only on a terminal
     assert max(len(line) for line in done.stdout.splitlines()) <= 100
+
+
+def test_calibrate_then_measure_with_the_written_chip(tmp_path, capsys):
+    out = tmp_path / "here.json"
+    assert main(["calibrate", "--quick", "--threads", "1", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["name"] == "calibrated-cpu"
+    assert main(["measure", MLP, "--set", "preset=tiny", "--set", "device=cpu",
+                 "--chip", str(out), "--repeat", "3", "--threads", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "predicted" in text.lower() and "measured" in text.lower()

@@ -1,0 +1,160 @@
+"""How close fxroof's eager-mode prediction comes to the measured time, on this machine's CPU.
+
+Calibrates the CPU once (fxroof.calibrate), then for every bundled workload at a CPU-sized preset
+and two small test models (an MLP, a conv net) runs `fxroof.measure.measure`: the model's eager
+forward timed for real (median), beside fxroof's eager prediction on the calibrated chip.
+Prints the table (error against the median run, and against the fastest: other work on a shared
+machine only adds time, so the spread column says how far to trust a row), the error pooled by op
+category, and the median |error|. Under a minute on 2 cores.
+
+    python bench/bench_accuracy.py                  # torch's thread count
+    python bench/bench_accuracy.py --threads 1      # calibrate and measure on one thread
+    python bench/bench_accuracy.py --chip my.json   # predict on a chip file instead
+    python bench/bench_accuracy.py --only gpt2 --detail   # per-regime and per-node misses
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tabulate import tabulate
+from torch import nn
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from fxroof.calibrate import calibrate, cpu_threads, summary, threads_label  # noqa: E402
+from fxroof.chips import chip as find_chip  # noqa: E402
+from fxroof.measure import measure, relative_error  # noqa: E402
+from fxroof.workload import load  # noqa: E402
+
+MODELS = ROOT / "models"
+CPU = {"device": "cpu"}
+
+# (name, workload file, options): tiny presets, sequences and images cut to CPU size.
+WORKLOADS = [
+    ("mlp tiny", "mlp.py", {"preset": "tiny"}),
+    ("gpt2 tiny T=256", "gpt2.py", {"size": "tiny", "seq": 256}),
+    ("bert tiny T=128", "bert.py", {"size": "tiny", "seq": 128}),
+    ("llama tiny prefill T=256", "llama.py", {"preset": "tiny", "seq": 256, "dtype": "fp32"}),
+    ("llama tiny decode ctx=256", "llama.py", {"preset": "tiny", "phase": "decode", "ctx": 256,
+                                                "dtype": "fp32"}),
+    ("llama tiny prefill bf16", "llama.py", {"preset": "tiny", "seq": 256, "dtype": "bf16"}),
+    ("moe tiny T=128", "moe.py", {"preset": "tiny", "seq": 128, "dtype": "fp32"}),
+    ("vit tiny 32px", "vit.py", {"size": "tiny"}),
+    ("resnet50 128px", "resnet.py", {"depth": 50, "image": 128}),
+]
+
+
+class SmallMLP(nn.Module):
+    """Four Linear layers, 512 wide, ReLU between: a batch of 64 is compute-bound."""
+
+    def __init__(self, dim: int = 512, layers: int = 4):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(dim, dim) for _ in range(layers))
+
+    def forward(self, x):                      # (B, dim)
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            x = F.relu(x) if i < len(self.layers) - 1 else x
+        return x
+
+
+class SmallConvNet(nn.Module):
+    """Three conv-BN-ReLU-pool stages and a classifier, for 64 x 64 images."""
+
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        chans = (3, 32, 64, 128)
+        self.stages = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(a, b, 3, padding=1, bias=False), nn.BatchNorm2d(b), nn.ReLU(),
+                          nn.MaxPool2d(2)) for a, b in zip(chans, chans[1:]))
+        self.head = nn.Linear(chans[-1], classes)
+
+    def forward(self, x):                      # (B, 3, 64, 64)
+        for stage in self.stages:
+            x = stage(x)                       # halves H and W
+        return self.head(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def small_models():
+    torch.manual_seed(0)
+    return [("small MLP B=64", SmallMLP().eval(), (torch.randn(64, 512),), {}),
+            ("small convnet 64px", SmallConvNet().eval(), (torch.randn(1, 3, 64, 64),), {})]
+
+
+def cases(only):
+    for name, file, options in WORKLOADS:
+        if not only or any(o in name for o in only):
+            model, args, kwargs = load(str(MODELS / file), {**options, **CPU})
+            yield name, model, args, kwargs
+    for name, model, args, kwargs in small_models():
+        if not only or any(o in name for o in only):
+            yield name, model, args, kwargs
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--chip", help="predict on this chip (name or file) instead of calibrating")
+    p.add_argument("--repeat", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--only", nargs="*", default=[], help="workloads whose name contains these")
+    p.add_argument("--detail", action="store_true", help="print each measurement in full")
+    ns = p.parse_args(argv)
+    t0 = time.perf_counter()
+    with cpu_threads(ns.threads):
+        threads = threads_label()
+        if ns.chip:
+            chip = find_chip(ns.chip)
+            print(chip.title, end="\n\n")
+        else:
+            chip = calibrate("cpu")
+            print(f"calibrated in {time.perf_counter() - t0:.0f} s: {summary(chip)}", end="\n\n")
+        rows, errors, best_errors, pooled = [], [], [], {}
+        for name, model, args, kwargs in cases(ns.only):
+            m = measure(model, args, kwargs, chip=chip, warmup=ns.warmup, repeat=ns.repeat)
+            share = {k: v["predicted_s"] for k, v in m.by_regime().items()}
+            regime = max(share, key=share.get)
+            errors.append(m.error)
+            best_errors.append(relative_error(m.predicted_s, m.best_s))
+            rows.append([name, len(m.rows), f"{m.predicted_s * 1e3:.3f}",
+                         f"{m.measured_s * 1e3:.3f}", _pct(m.error), f"{m.best_s * 1e3:.3f}",
+                         _pct(best_errors[-1]), f"{100 * m.spread:.0f}%",
+                         f"{regime} {100 * share[regime] / m.predicted_s:.0f}%"])
+            for category, g in m.by_category().items():
+                acc = pooled.setdefault(category, [0, 0.0, 0.0])
+                acc[0] += g["nodes"]
+                acc[1] += g["predicted_s"]
+                acc[2] += g["measured_s"]
+            if ns.detail:
+                print(m, end="\n\n")
+    print(tabulate(rows, headers=["workload", "ops", "predicted ms", "measured ms", "error",
+                                  "best ms", "vs best", "spread", "predicted regime"],
+                   colalign=("left",) + ("right",) * 7 + ("left",), disable_numparse=True))
+    print("\nAll workloads, node by node, by op category (measured: per-node medians)")
+    print(tabulate([[c, n, f"{p * 1e3:.3f}", f"{m * 1e3:.3f}", _pct(relative_error(p, m))]
+                    for c, (n, p, m) in sorted(pooled.items(), key=lambda kv: -kv[1][2])],
+                   headers=["category", "nodes", "predicted ms", "measured ms", "error"],
+                   colalign=("left", "right", "right", "right", "right"), disable_numparse=True))
+    print(f"\nmedian |error| {_abs_median(errors)} (vs best run {_abs_median(best_errors)}) · "
+          f"worst {100 * max(map(abs, errors)):.0f}% · {len(errors)} workloads · {threads} · "
+          f"{time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:+.0f}%"
+
+
+def _abs_median(errors) -> str:
+    return f"{100 * statistics.median(abs(e) for e in errors):.0f}%"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

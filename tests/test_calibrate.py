@@ -1,0 +1,104 @@
+"""Calibration: a quick run on this machine's CPU gives a sane chip that a chip file round-trips.
+
+Figures are checked against sanity bounds only: tests never assert on wall-clock speed.
+"""
+import json
+
+import pytest
+import torch
+
+from fxroof.calibrate import (calibrate, calibrate_main, chip_json, cpu_threads, summary,
+                              write_chip)
+from fxroof.chips import Chip, chip as find_chip, load_chip_file
+from fxroof.chips.chip import FILE_KEYS
+
+
+@pytest.fixture(scope="module")
+def quick_chip():
+    # One thread: a couple of seconds, and steady on a small machine shared with other work.
+    return calibrate("cpu", quick=True, threads=1)
+
+
+def test_quick_calibration_measures_sane_figures(quick_chip):
+    c = quick_chip
+    assert c.kind == "cpu" and c.name == "calibrated-cpu" and "calibrated" in c.title
+    assert {"fp32", "bf16"} <= set(c.peak_flops)
+    for dtype, rate in c.peak_flops.items():
+        assert 1e8 < rate < 1e15, dtype                 # 0.1 GFLOP/s .. 1 PFLOP/s
+    assert 1e9 < c.mem_bw < 1e12                        # 1 GB/s .. 1 TB/s
+    assert 1e7 < c.vector_flops < 1e14
+    assert 1e-7 < c.dispatch_s < 1e-3                   # 0.1 us .. 1 ms per eager op
+    assert c.launch_s == c.dispatch_s                   # a CPU has no device launch
+    assert c.mem_bytes > 1e8
+
+
+def test_sources_say_how_where_and_when(quick_chip):
+    src = quick_chip.sources
+    for figure in ("peak_flops", "vector_flops", "mem_bw", "mem_bytes", "dispatch_s", "launch_s"):
+        assert src[figure].startswith("measured by fxroof calibrate on "), figure
+    for figure in ("link_bw", "link_latency_s"):
+        assert src[figure].startswith("estimate, not measured"), figure
+
+
+def test_chip_file_round_trips(quick_chip, tmp_path):
+    path = write_chip(quick_chip, tmp_path / "here.json")
+    entry = json.loads(path.read_text())
+    assert set(entry) <= FILE_KEYS
+    for loaded in (load_chip_file(path), find_chip(str(path))):
+        assert loaded.name == quick_chip.name and loaded.kind == "cpu"
+        assert set(loaded.peak_flops) == set(quick_chip.peak_flops)
+        for dtype, rate in quick_chip.peak_flops.items():
+            assert loaded.peak_flops[dtype] == pytest.approx(rate, rel=1e-3)   # 4 figures kept
+        for figure in ("vector_flops", "mem_bw", "mem_bytes", "dispatch_s", "launch_s"):
+            assert getattr(loaded, figure) == pytest.approx(getattr(quick_chip, figure), rel=1e-3)
+        assert loaded.sources["mem_bw"] == quick_chip.sources["mem_bw"]
+
+
+def test_chip_json_uses_the_file_units():
+    c = Chip(name="x", title="X", kind="cpu", peak_flops={"fp32": 2e11, "bf16": 4e11},
+             vector_flops=5e9, mem_bw=2.5e10, mem_bytes=3.2e10, link_bw=1.25e10,
+             link_latency_s=2e-5, launch_s=7e-6, dispatch_s=7e-6)
+    e = chip_json(c)
+    # 2e11 FLOP/s = 0.2 TFLOP/s; 2.5e10 B/s = 25 GB/s; 7e-6 s = 7 us
+    assert e["peak_TFLOPS"] == {"fp32": 0.2, "bf16": 0.4}
+    assert (e["vector_TFLOPS"], e["mem_bw_GBps"], e["mem_GB"]) == (0.005, 25.0, 32.0)
+    assert (e["dispatch_us"], e["launch_us"], e["link_latency_us"]) == (7.0, 7.0, 20.0)
+    assert summary(c).splitlines()[0] == "X" and "25 GB/s" in summary(c)
+
+
+def test_command_line_writes_a_loadable_chip_file(tmp_path, capsys):
+    out = tmp_path / "chip.json"
+    assert calibrate_main(["--quick", "--threads", "1", "--out", str(out)]) == 0
+    assert find_chip(str(out)).kind == "cpu"
+    printed = capsys.readouterr().out
+    assert "1 thread" in printed and str(out) in printed
+
+
+def test_command_line_refuses_an_unknown_device(tmp_path, capsys):
+    assert calibrate_main(["--device", "tpu", "--out", str(tmp_path / "x.json")]) == 2
+    assert "cpu" in capsys.readouterr().err
+
+
+def test_cpu_threads_restores_the_thread_count():
+    before = torch.get_num_threads()
+    with cpu_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError):
+        with cpu_threads(0):
+            pass
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_calibration_measures_sane_figures():
+    c = calibrate("cuda", quick=True)
+    assert c.kind == "gpu" and "fp32" in c.peak_flops
+    assert 1e10 < c.mem_bw < 1e14
+    assert 0 < c.launch_s < 1e-3 and 0 < c.dispatch_s < 1e-3
+
+
+def test_cuda_without_a_device_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    with pytest.raises(ValueError, match="CUDA"):
+        calibrate("cuda", quick=True)
