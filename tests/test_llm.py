@@ -1,0 +1,75 @@
+"""LLM phases: generation totals against explicit per-step analyses, decode intensity and the
+critical batch against hand arithmetic."""
+import pytest
+import torch
+
+import fxroof
+from fxroof.llm import critical_batch, generation
+from fxroof.workload import load
+
+LLAMA = "models/llama.py"
+
+
+def test_decode_linear_intensity_is_about_the_batch():
+    # One 4096 x 4096 bf16 linear at batch B: 2*B*K*N FLOPs over 2*K*N (weights) + 2*B*K (input)
+    # + 2*B*N (output) bytes. At B=1: 33,554,432 / 33,570,816 = 0.9995 FLOP/byte.
+    k = n = 4096
+    with torch.device("meta"):
+        lin = torch.nn.Linear(k, n, bias=False).to(torch.bfloat16)
+    for b in (1, 8, 64):
+        r = fxroof.analyze(lin, (torch.empty(b, k, dtype=torch.bfloat16, device="meta"),))
+        (kern,) = r.kernels
+        expected = 2 * b * k * n / (2 * k * n + 2 * b * k + 2 * b * n)
+        assert kern.intensity == pytest.approx(expected, rel=1e-12)
+        assert kern.intensity == pytest.approx(b, rel=0.04)   # B(1 - 2B/4096) ~ B while B << K
+
+
+def test_generation_total_is_prefill_plus_every_decode_step():
+    # Tiny Llama, 1 layer, batch 64 over a 2000-token prompt: the KV cache read grows 1 key a
+    # step, enough to make attention memory-bound and the steps measurably different.
+    options = dict(preset="tiny", layers=1)
+    prompt, n, batch = 2000, 5, 64
+    g = generation(LLAMA, prompt=prompt, new_tokens=n, batch=batch, chip="a100-80gb",
+                   options=options)
+    assert g.method.startswith("each kernel's")       # affinity held: 3 decode steps evaluated
+
+    def analyze(**kw):
+        model, args, kwargs = load(LLAMA, dict(options, batch=batch, **kw))
+        return fxroof.analyze(model, args, kwargs, chip="a100-80gb")
+
+    prefill = analyze(phase="prefill", seq=prompt)
+    steps = [analyze(phase="decode", ctx=prompt + j).time_s for j in range(n)]
+    assert g.prefill_s == pytest.approx(prefill.time_s, rel=1e-9)
+    assert list(g.step_s) == pytest.approx(steps, rel=1e-9)
+    assert g.total_s == pytest.approx(prefill.time_s + sum(steps), rel=1e-9)
+    assert steps[-1] > steps[0]                       # the context did grow
+    assert g.tokens_per_s == pytest.approx(batch * n / g.total_s)
+    assert g.last.memory.kv_cache > g.first.memory.kv_cache
+    text = str(g)
+    assert max(len(line) for line in text.splitlines()) <= 100
+    d = g.to_dict()
+    assert d["schema"] == "fxroof.generation/1" and len(d["step_s"]) == n
+
+
+def test_prefill_is_compute_bound_and_decode_memory_bound():
+    # Llama-2-7B shapes, 1 layer: prefill of 2048 tokens vs one decode step, on an A100
+    g = generation(LLAMA, prompt=2048, new_tokens=1, batch=1, chip="a100-80gb",
+                   options=dict(layers=1))
+    assert g.prefill.regime == "compute" and g.first.regime == "memory"
+    assert g.method == "every step reported"
+
+
+def test_critical_batch_by_hand():
+    # A100 bf16 ridge: 312e12 / 2.039e12 = 153.02 FLOP/byte. A decode linear (K, N) turns
+    # compute-bound when B*K*N / (K*N + B*K + B*N) >= R, i.e. B >= R / (1 - R*(1/K + 1/N)):
+    #   wq, wk, wv, wo  4096 x 4096:   153.02 / (1 - 153.02*2/4096)            = 165.4 -> 166
+    #   w1, w3, w2      4096 x 11008:  153.02 / (1 - 153.02*(1/4096 + 1/11008)) = 161.3 -> 162
+    #   output head     4096 x 32000:  153.02 / (1 - 153.02*(1/4096 + 1/32000)) = 159.7 -> 160
+    # so every linear is compute-bound from batch 166.
+    c = critical_batch(LLAMA, chip="a100-80gb", ctx=64, options=dict(layers=1), max_batch=512)
+    assert c.ridge == pytest.approx(153.016, rel=1e-4)
+    assert c.linear_batch == 166
+    values = [p.value for p in c.sweep.points]
+    assert 165 in values and 166 in values            # the bisection looked either side
+    assert c.sweep.method == "symbolic"
+    assert max(len(line) for line in str(c).splitlines()) <= 100

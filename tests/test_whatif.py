@@ -1,0 +1,135 @@
+"""Quantization what-ifs: bytes and peaks rewritten on the captured graph, the model untouched.
+Every expectation is worked out by hand beside it."""
+import pytest
+import torch
+
+import fxroof
+from fxroof.whatif import Quantization, parse
+from fxroof.workload import load
+
+K = N = 4096
+W = K * N                    # 16,777,216 weights in one 4096 x 4096 linear
+
+
+def linear(batch: int = 1, bias: bool = False):
+    with torch.device("meta"):
+        model = torch.nn.Linear(K, N, bias=bias).to(torch.bfloat16)
+    return model, (torch.empty(batch, K, dtype=torch.bfloat16, device="meta"),)
+
+
+def matmul_row(report):
+    (row,) = [n for n in report.nodes if n.category == "matmul"]
+    return row
+
+
+def test_int4_group128_weight_bytes_for_one_linear():
+    model, args = linear()
+    r = fxroof.analyze(model, args, quantize="w4")
+    # int4: W/2 = 8,388,608 bytes; one fp16 scale per 128 weights: W/128*2 = 262,144 bytes
+    weights = W // 2 + W // 128 * 2
+    assert weights == 8_650_752
+    row = matmul_row(r)
+    assert row.bytes_read == weights + 1 * K * 2         # + the bf16 input, 8,192 bytes
+    assert row.bytes_written == 1 * N * 2                # the bf16 output is unchanged
+    assert row.dtype == "bf16"                           # weight-only: dequantized in the kernel
+    assert r.memory.weights == weights                   # the footprint shrinks with it
+    assert fxroof.analyze(model, args).memory.weights == W * 2 == 33_554_432
+
+
+def test_int8_per_row_and_custom_group():
+    model, args = linear()
+    r8 = fxroof.analyze(model, args, quantize="w8")
+    # int8: W bytes, one fp16 scale per output channel (row of the (N, K) weight): N*2
+    assert matmul_row(r8).bytes_read == W + N * 2 + K * 2 == 16_793_600
+    r4 = fxroof.analyze(model, args, quantize=Quantization(weights="int4", group=64))
+    # group 64: W/2 + W/64*2 = 8,388,608 + 524,288
+    assert r4.memory.weights == 8_912_896
+
+
+def test_fp8_matmul_runs_at_the_fp8_peak_with_8_bit_operands():
+    model, args = linear(batch=8192)
+    r = fxroof.analyze(model, args, chip="h100-sxm", quantize="fp8")
+    row = matmul_row(r)
+    assert row.dtype == "fp8"
+    # operands at 1 byte: x 8192*4096 + w 4096*4096; the bf16 output keeps 2 bytes
+    assert row.bytes_read == 8192 * K + W
+    assert row.bytes_written == 8192 * N * 2
+    # 2*8192*4096*4096 = 2.749e11 FLOP at H100 SXM's dense fp8 peak, 1978.9 TFLOP/s: 0.139 ms
+    flops = 2 * 8192 * K * N
+    assert r.regime == "compute"
+    assert r.time_s == pytest.approx(flops / 1978.9e12, rel=1e-6)
+    assert fxroof.analyze(model, args, chip="h100-sxm").time_s == pytest.approx(
+        flops / 989.4e12, rel=1e-6)                      # bf16: twice as long
+    # An A100 has no fp8 tensor cores: the GEMM runs at its bf16 peak, 312 TFLOP/s
+    a100 = fxroof.analyze(model, args, chip="a100-80gb", quantize="fp8")
+    assert a100.time_s == pytest.approx(flops / 312e12, rel=1e-6)
+
+
+def tiny_decode(**options):
+    return load("models/llama.py", dict(preset="tiny", phase="decode", batch=2, ctx=63, **options))
+
+
+def test_kv_cache_dtype_halves_cache_bytes():
+    model, args, kwargs = tiny_decode()
+    base = fxroof.analyze(model, args, kwargs)
+    # tiny: 2 layers x (k, v), each (B=2, kv heads=2, ctx+1=64, head dim=32) bf16 = 16 kB
+    cache = 2 * 2 * (2 * 2 * 64 * 32 * 2)
+    assert base.memory.kv_cache == cache == 65_536
+    fp8 = fxroof.analyze(model, args, kwargs, quantize="kv-fp8")
+    assert fp8.memory.kv_cache == cache // 2
+    # int8 adds one fp16 scale per 128 values: each 8,192-value tensor gets 64 scales, 128 bytes
+    int8 = fxroof.analyze(model, args, kwargs, quantize="kv8")
+    assert int8.memory.kv_cache == cache // 2 + 4 * 128
+    assert fp8.memory.weights == base.memory.weights      # weights untouched by a KV what-if
+    # Attention reads the whole cache (ctx+1 = 64 keys): k and v at 1 byte instead of 2
+    att = [n for n in base.nodes if n.category == "attention"]
+    att8 = [n for n in fp8.nodes if n.category == "attention"]
+    for a, b in zip(att, att8):
+        assert a.bytes_read - b.bytes_read == 2 * (2 * 2 * 64 * 32)
+
+
+def test_weight_quantization_speeds_up_a_memory_bound_decode():
+    model, args, kwargs = load("models/llama.py", dict(phase="decode", ctx=512, layers=1))
+    times = {q: fxroof.analyze(model, args, kwargs, chip="a100-80gb", quantize=q)
+             for q in (None, "w8", "w4")}
+    assert all(r.regime == "memory" for r in times.values())
+    assert times["w4"].time_s < times["w8"].time_s < times[None].time_s
+    # matmuls move ~1 byte (w8) and ~0.52 bytes (w4) per weight instead of 2
+    mm = lambda r: sum(k.bytes for k in r.kernels if k.category == "matmul")  # noqa: E731
+    assert mm(times["w8"]) / mm(times[None]) == pytest.approx(0.5, abs=0.01)
+    assert mm(times["w4"]) / mm(times[None]) == pytest.approx(0.5156 / 2, abs=0.01)
+
+
+def test_the_model_is_not_changed():
+    model, args, kwargs = load("models/llama.py", dict(preset="tiny", phase="decode", batch=1,
+                                                       ctx=7, device="cpu"))
+    before = {k: (v.dtype, v.clone()) for k, v in model.state_dict().items()}
+    cache = [t.clone() for pair in kwargs["cache"] for t in pair]
+    fxroof.analyze(model, args, kwargs, quantize="w4+kv8")
+    fxroof.analyze(model, args, kwargs, quantize="fp8")
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    for k, (dtype, value) in before.items():
+        assert after[k].dtype == dtype and torch.equal(after[k], value)
+    assert all(torch.equal(a, b) for a, b in zip(cache, [t for p in kwargs["cache"] for t in p]))
+
+
+def test_specs():
+    assert parse("w4") == Quantization(weights="int4", group=128)
+    assert parse("w8") == Quantization(weights="int8", group=0)
+    assert parse("w4g64+kv-fp8") == Quantization(weights="int4", group=64, kv_cache="fp8")
+    assert parse("fp8").matmul == "fp8" and parse("w8a8").matmul == "int8"
+    assert parse(None) is None
+    assert parse("w4+kv8").label == "int4 weights (g128) + int8 KV cache"
+    with pytest.raises(ValueError, match="unknown quantization"):
+        parse("w3")
+    with pytest.raises(ValueError, match="already store weights"):
+        parse("w4+fp8")
+
+
+def test_misspelt_what_if_fails_before_capture_and_epilogues_are_refused():
+    model, args = linear()
+    with pytest.raises(ValueError, match="unknown quantization"):
+        fxroof.analyze(model, args, quantize="int3")
+    with pytest.raises(ValueError, match="matmul_epilogues"):
+        fxroof.analyze(model, args, quantize="w4", matmul_epilogues=True)
