@@ -1,4 +1,5 @@
-"""The `fxroof` command: analyze, compare, check, measure, calibrate, diff and list chips.
+"""The `fxroof` command: analyze, compare, check, sweep, generate, critical-batch, measure,
+calibrate, diff and chips.
 
 Exit codes: 0 success (all checks hold), 1 a check failed, 2 a usage, input or capture error.
 Errors print one line on stderr; --debug shows the traceback instead.
@@ -9,12 +10,13 @@ import argparse
 import json
 import sys
 
-from . import tables
+from . import llm, tables
 from .api import analyze
 from .calibrate import cmd_calibrate, configure_parser as configure_calibrate
 from .capture import CaptureError
 from .chips import ChipError, chips
 from .roofline import MODES, REGIMES
+from .sweep import sweep
 from .workload import DEFAULT_SPEC, WorkloadError, load, parse_sets, parse_value
 
 USAGE_ERRORS = (CaptureError, ChipError, WorkloadError, ValueError, TypeError, ImportError,
@@ -39,6 +41,8 @@ def _workload_args() -> argparse.ArgumentParser:
     p.add_argument("--chip", default="h100-sxm", help="chip name or chip JSON file")
     p.add_argument("--mode", default="compiled", choices=MODES)
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (one rank analyzed)")
+    p.add_argument("--quantize", metavar="SPEC", help="what-if: w8, w4, w4g64, kv8, kv-fp8, fp8, "
+                   "w8a8, joined with + (e.g. w4+kv8); the model is not changed")
     p.add_argument("--json", metavar="PATH", help="write the report as JSON ('-': stdout)")
     return p
 
@@ -64,6 +68,18 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--no-memory-fit", action="store_true", help="skip the memory-fit check")
     c.add_argument("--lint", choices=("off", "warn", "fail"), default="warn",
                    help="dtype lint: warn (default), fail, or off")
+    s = sub.add_parser("sweep", parents=common, help="one workload option over several values")
+    s.add_argument("--over", required=True, metavar="KEY=V1,V2,...",
+                   help="the option and its values, e.g. batch=1,2,4,8")
+    g = sub.add_parser("generate", parents=common,
+                       help="an LLM generation: prefill then decode steps, the time split")
+    g.add_argument("--prompt", type=int, default=2048, help="prompt tokens (default 2048)")
+    g.add_argument("--new-tokens", type=int, default=256, help="generated tokens (default 256)")
+    g.add_argument("--batch", type=int, default=1)
+    b = sub.add_parser("critical-batch", parents=common,
+                       help="the decode batch at which linears, then the step, turn compute-bound")
+    b.add_argument("--ctx", type=int, default=512, help="KV-cache length (default 512)")
+    b.add_argument("--max-batch", type=int, default=4096)
     m = sub.add_parser("measure", parents=[_debug_arg()],
                        help="run a workload for real here and put predicted beside measured")
     m.add_argument("spec", help="path/to/file.py[:FUNC]; it must build real tensors "
@@ -91,24 +107,31 @@ def _progress(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def _report(ns):
-    options = parse_sets(ns.set)
+def _workload(ns):
+    """The workload as a function of its options: a spec file's, or a transformers config's."""
     if ns.hf:
         from .hf import from_config
-        _progress(f"building {ns.hf} on the meta device ...")
-        model, args, kwargs = from_config(ns.hf, **options)
-    else:
-        _progress(f"loading {ns.spec} ...")
-        model, args, kwargs = load(ns.spec, options)
-    _progress("capturing and analyzing (a 70B model takes about ten seconds) ...")
-    report = analyze(model, args, kwargs, chip=ns.chip, mode=ns.mode, tp=ns.tp)
+        return lambda **options: from_config(ns.hf, **options)
+    return lambda **options: load(ns.spec, options)
+
+
+def _write_json(ns, result) -> None:
     if ns.json:
-        text = json.dumps(report.to_dict(), indent=1)
+        text = json.dumps(result.to_dict(), indent=1)
         if ns.json == "-":
             print(text)
         else:
             with open(ns.json, "w") as f:
                 f.write(text + "\n")
+
+
+def _report(ns):
+    _progress(f"loading {ns.hf or ns.spec} ...")
+    model, args, kwargs = _workload(ns)(**parse_sets(ns.set))
+    _progress("capturing and analyzing (a 70B model takes about ten seconds) ...")
+    report = analyze(model, args, kwargs, chip=ns.chip, mode=ns.mode, tp=ns.tp,
+                     quantize=ns.quantize)
+    _write_json(ns, report)
     return report
 
 
@@ -149,6 +172,46 @@ def cmd_check(ns) -> int:
     return 0 if result.ok else 1
 
 
+def _no_tp(ns, command: str) -> None:
+    if ns.tp != 1:
+        raise UsageError(f"fxroof {command} does not take --tp yet; use fxroof analyze --tp")
+
+
+def cmd_sweep(ns) -> int:
+    _no_tp(ns, "sweep")
+    _progress(f"capturing {ns.hf or ns.spec} once, then each value of {ns.over} ...")
+    result = sweep(_workload(ns), ns.over, chip=ns.chip, mode=ns.mode,
+                   options=parse_sets(ns.set), quantize=ns.quantize)
+    _write_json(ns, result)
+    if ns.json != "-":
+        print(result)
+    return 0
+
+
+def cmd_generate(ns) -> int:
+    _no_tp(ns, "generate")
+    _progress("analyzing prefill and decode ...")
+    result = llm.generation(_workload(ns), prompt=ns.prompt, new_tokens=ns.new_tokens,
+                            batch=ns.batch, chip=ns.chip, mode=ns.mode,
+                            options=parse_sets(ns.set), quantize=ns.quantize)
+    _write_json(ns, result)
+    if ns.json != "-":
+        print(result)
+    return 0
+
+
+def cmd_critical_batch(ns) -> int:
+    _no_tp(ns, "critical-batch")
+    _progress("searching batch sizes ...")
+    result = llm.critical_batch(_workload(ns), chip=ns.chip, ctx=ns.ctx, mode=ns.mode,
+                                options=parse_sets(ns.set), quantize=ns.quantize,
+                                max_batch=ns.max_batch)
+    _write_json(ns, result)
+    if ns.json != "-":
+        print(result)
+    return 0
+
+
 def cmd_measure(ns) -> int:
     from .measure import measure      # runs models for real: only loaded when asked
     model, args, kwargs = load(ns.spec, parse_sets(ns.set))
@@ -183,6 +246,7 @@ def cmd_diff(ns) -> int:
 
 
 COMMANDS = {"analyze": cmd_analyze, "compare": cmd_compare, "check": cmd_check,
+            "sweep": cmd_sweep, "generate": cmd_generate, "critical-batch": cmd_critical_batch,
             "measure": cmd_measure, "calibrate": cmd_calibrate, "chips": cmd_chips,
             "diff": cmd_diff}
 

@@ -114,6 +114,8 @@ class Report:
     eager: ModeSummary
     compiled: ModeSummary
     memory: Footprint
+    whatif: str = ""        # the quantization what-if applied (fxroof.whatif), "" for none
+    notes: tuple = ()       # caveats of the what-if
 
     @property
     def weights_bytes(self) -> int:
@@ -179,6 +181,7 @@ class Report:
     def to_dict(self) -> dict:
         return {
             "schema": SCHEMA, "model": self.model, "capture": self.capture,
+            "whatif": self.whatif, "notes": list(self.notes),
             "chip": self.chip.to_dict(), "mode": self.mode, "flops": self.flops,
             "bytes": self.bytes, "fused_bytes": self.fused_bytes, "time_s": self.time_s,
             "regime": self.regime, "regime_share": self.regime_share,

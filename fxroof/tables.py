@@ -10,7 +10,7 @@ from .units import fold_layers, percent, ratio, seconds, si
 TOP = 10
 
 
-def _table(rows, headers, align=None) -> str:
+def table(rows, headers, align=None) -> str:
     # tabulate pads every header by 2 by default, which costs a 100-column terminal ~20 columns.
     padding, _tabulate.MIN_PADDING = _tabulate.MIN_PADDING, 0
     try:
@@ -47,7 +47,8 @@ def header(r) -> str:
         f"{si(r.flops, 'FLOP')} · {si(r.summary.bytes, 'B')} moved · {ratio(r.intensity)} FLOP/B"
         f" ({dtype} ridge {ratio(ridge)}) · weights {si(r.weights_bytes, 'B')}",
         f"coverage {percent(r.coverage)}"
-        + (f" · no formula for: {', '.join(r.unknown_ops)}" if r.unknown_ops else ""),
+        + (f" · no formula for: {', '.join(r.unknown_ops)}" if r.unknown_ops else "")
+        + (f" · what-if: {r.whatif}" if r.whatif else ""),
         f"to go faster: {ADVICE[r.regime]}",
     ]
     return "\n".join(lines)
@@ -59,7 +60,7 @@ def regimes(r) -> str:
         ks = [k for k in r.kernels if k.regime == regime]
         if ks:
             rows.append([regime, len(ks), seconds(sum(k.time_s for k in ks)), percent(share)])
-    return _table(rows, ["regime", "kernels", "time", "share"], ("left", "right", "right", "right"))
+    return table(rows, ["regime", "kernels", "time", "share"], ("left", "right", "right", "right"))
 
 
 def top_kernels(r, n: int = TOP) -> str:
@@ -76,7 +77,7 @@ def top_kernels(r, n: int = TOP) -> str:
                      si(one.flops, "F"),
                      si(one.bytes, "B"), ratio(one.intensity), seconds(one.time_s),
                      percent(sum(k.time_s for k in ks) / total), regime])
-    return _table(rows, ["kernel", "module", "n", "FLOPs", "bytes", "FLOP/B", "each", "share",
+    return table(rows, ["kernel", "module", "n", "FLOPs", "bytes", "FLOP/B", "each", "share",
                          "bound"],
                   ("left", "left", "right", "right", "right", "right", "right", "right", "left"))
 
@@ -85,7 +86,7 @@ def modules(r, n: int = TOP) -> str:
     total = r.time_s or 1.0
     rows = [[_cut(m["module"], 40), m["kernels"], si(m["flops"], "F"), si(m["bytes"], "B"),
              seconds(m["time_s"]), percent(m["time_s"] / total)] for m in r.module_rollup()[:n]]
-    return _table(rows, ["module", "kernels", "FLOPs", "bytes", "time", "share"],
+    return table(rows, ["module", "kernels", "FLOPs", "bytes", "time", "share"],
                   ("left", "right", "right", "right", "right", "right"))
 
 
@@ -94,7 +95,7 @@ def compare(r) -> str:
     rows = [[mode, c[mode]["kernels"], si(c[mode]["bytes"], "B"), seconds(c[mode]["time_s"]),
              c[mode]["regime"]] for mode in ("eager", "compiled")]
     rows.append(["saved", "", percent(c["bytes_saved"]), percent(c["time_saved"]), ""])
-    return _table(rows, ["mode", "kernels", "bytes", "time", "regime"],
+    return table(rows, ["mode", "kernels", "bytes", "time", "regime"],
                   ("left", "right", "right", "right", "left"))
 
 
@@ -113,7 +114,7 @@ def chip_table(chips) -> str:
         rows.append([c.name, _cut(title, 30, keep_end=False), si(c.matrix_flops(half), "FLOP/s"),
                      si(c.mem_bw, "B/s"), ratio(c.ridge(half)), si(c.mem_bytes, "B"),
                      si(c.link_bw, "B/s")])
-    return _table(rows, ["name", "chip", "16-bit dense", "memory bw", "ridge", "memory",
+    return table(rows, ["name", "chip", "16-bit dense", "memory bw", "ridge", "memory",
                          "link, 1 way"], ("left", "left", "right", "right", "right", "right",
                                           "right"))
 
@@ -127,7 +128,7 @@ def savings(r, n: int = TOP) -> str:
     rows = [[_cut(op, 20, keep_end=False), _cut(module or "-", 28), f"x{len(xs)}", xs[0]["ops"],
              si(xs[0]["eager_bytes"], "B"), si(xs[0]["fused_bytes"], "B"),
              si(sum(x["saved_bytes"] for x in xs), "B")] for (op, module), xs in ranked]
-    return _table(rows, ["fused kernel", "module", "n", "ops", "eager", "fused", "saved, all"],
+    return table(rows, ["fused kernel", "module", "n", "ops", "eager", "fused", "saved, all"],
                   ("left", "left", "right", "right", "right", "right", "right"))
 
 
@@ -151,4 +152,4 @@ def diff(a: dict, b: dict) -> str:
             ["coverage", percent(a["coverage"]), percent(b["coverage"]), ""],
             ["chip", a["chip"]["name"], b["chip"]["name"], ""],
             ["mode", a["mode"], b["mode"], ""]]
-    return _table(rows, ["", "A", "B", "change"], ("left", "right", "right", "right"))
+    return table(rows, ["", "A", "B", "change"], ("left", "right", "right", "right"))

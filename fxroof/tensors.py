@@ -46,19 +46,21 @@ def numel(t: torch.Tensor) -> int:
 
 def tensors_in(obj) -> list[torch.Tensor]:
     """Every tensor in a nested args structure, in order, each object once."""
-    found, seen = [], set()
-
-    def walk(x):
-        if isinstance(x, torch.Tensor):
-            if id(x) not in seen:
-                seen.add(id(x))
-                found.append(x)
-        elif isinstance(x, (list, tuple)):
-            for y in x:
-                walk(y)
-        elif isinstance(x, dict):
-            for y in x.values():
-                walk(y)
-
-    walk(obj)
+    found: list = []
+    _walk(obj, found, set())
     return found
+
+
+def _walk(x, found: list, seen: set) -> None:
+    # Module-level rather than a closure: a nested recursive function is a reference cycle per
+    # call, which left ~20k cycles per 7B report for the garbage collector.
+    if isinstance(x, torch.Tensor):
+        if id(x) not in seen:
+            seen.add(id(x))
+            found.append(x)
+    elif isinstance(x, (list, tuple)):
+        for y in x:
+            _walk(y, found, seen)
+    elif isinstance(x, dict):
+        for y in x.values():
+            _walk(y, found, seen)

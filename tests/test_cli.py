@@ -137,3 +137,21 @@ def test_calibrate_then_measure_with_the_written_chip(tmp_path, capsys):
                  "--chip", str(out), "--repeat", "3", "--threads", "1"]) == 0
     text = capsys.readouterr().out
     assert "predicted" in text.lower() and "measured" in text.lower()
+
+
+LLAMA = str(ROOT / "models" / "llama.py")
+
+
+def test_sweep_generate_and_critical_batch_commands(tmp_path, capsys):
+    tiny = ["--set", "preset=tiny", "--chip", "a100-80gb"]
+    out = tmp_path / "sweep.json"
+    assert main(["sweep", LLAMA, *tiny, "--set", "phase=decode", "--over", "batch=1,4",
+                 "--json", str(out)]) == 0
+    assert [p["value"] for p in json.loads(out.read_text())["points"]] == [1, 4]
+    assert main(["generate", LLAMA, *tiny, "--prompt", "32", "--new-tokens", "4",
+                 "--quantize", "w4"]) == 0
+    assert "what-if int4 weights" in capsys.readouterr().out
+    assert main(["critical-batch", LLAMA, *tiny, "--ctx", "64", "--max-batch", "64"]) == 0
+    assert "whole step" in capsys.readouterr().out
+    assert main(["sweep", LLAMA, "--over", "batch"]) == 2            # no values: one-line error
+    assert main(["analyze", LLAMA, *tiny, "--quantize", "w3"]) == 2   # unknown what-if

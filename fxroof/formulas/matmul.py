@@ -46,7 +46,7 @@ def baddbmm(call: OpCall):
 
 @formula(aten.linear, category="matmul")
 def linear(call: OpCall):
-    x, w = call.args[0], call.args[1]
+    x = call.args[0]
     # x (..., K) @ w.T (K, N): every output element is a K-long dot product.
     return _matmul_cost(call, 2 * numel(call.out) * x.shape[-1], x)
 
