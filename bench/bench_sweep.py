@@ -25,6 +25,7 @@ sys.path.insert(0, {root!r})
 import fxroof
 from fxroof.workload import load
 sw = importlib.import_module("fxroof.sweep")   # the module, whatever fxroof.sweep names
+engine = importlib.import_module("fxroof.symbolic")
 options = dict(phase="decode", ctx={ctx}, layers={layers})
 model, args, kwargs = load({spec!r}, dict(options, batch=8))
 parts = {{}}
@@ -41,10 +42,10 @@ else:
             finally:
                 parts[name] = parts.get(name, 0.0) + time.perf_counter() - t
         return g
-    sw._symbolic_capture = timed("capture once", sw._symbolic_capture)
-    sw.report_of = timed("annotate+fuse+report, every value", sw.report_of)
-    sw.Evaluator._substitute = timed("shapes by substitution", sw.Evaluator._substitute)
-    sw.Evaluator._propagate = timed("shapes by FakeTensorProp", sw.Evaluator._propagate)
+    engine._symbolic_capture = timed("capture once", engine._symbolic_capture)
+    engine.report_of = timed("annotate+fuse+report, every value", engine.report_of)
+    engine.Evaluator._substitute = timed("shapes by substitution", engine.Evaluator._substitute)
+    engine.Evaluator._propagate = timed("shapes by FakeTensorProp", engine.Evaluator._propagate)
     start = time.perf_counter()
     s = sw.sweep({spec!r}, {{"batch": {batches}}}, options=options, chip="a100-80gb")
     t = time.perf_counter()

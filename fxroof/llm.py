@@ -26,7 +26,8 @@ from . import tables
 from .chips import Chip, chip as find_chip
 from .report import Report
 from .roofline import Timing
-from .sweep import Evaluator, Point, Sweep, builder, no_full_gc
+from .sweep import Sweep
+from .symbolic import Evaluator, Point, builder, no_full_gc
 from .units import percent, ratio, seconds, si
 from .whatif import parse as parse_quantization
 
