@@ -125,28 +125,29 @@ def _write_json(ns, result) -> None:
                 f.write(text + "\n")
 
 
+def _emit(ns, result, text=None) -> int:
+    """Write the JSON if asked; print the tables unless the JSON went to stdout."""
+    _write_json(ns, result)
+    if ns.json != "-":
+        print(result if text is None else text)
+    return 0
+
+
 def _report(ns):
     _progress(f"loading {ns.hf or ns.spec} ...")
     model, args, kwargs = _workload(ns)(**parse_sets(ns.set))
     _progress("capturing and analyzing (a 70B model takes about ten seconds) ...")
-    report = analyze(model, args, kwargs, chip=ns.chip, mode=ns.mode, tp=ns.tp,
-                     quantize=ns.quantize)
-    _write_json(ns, report)
-    return report
+    return analyze(model, args, kwargs, chip=ns.chip, mode=ns.mode, tp=ns.tp,
+                   quantize=ns.quantize)
 
 
 def cmd_analyze(ns) -> int:
-    report = _report(ns)
-    if ns.json != "-":
-        print(report)
-    return 0
+    return _emit(ns, _report(ns))
 
 
 def cmd_compare(ns) -> int:
     report = _report(ns)
-    if ns.json != "-":
-        print(tables.comparison(report))
-    return 0
+    return _emit(ns, report, tables.comparison(report))
 
 
 def _regime_limits(pairs) -> dict:
@@ -165,10 +166,7 @@ def cmd_check(ns) -> int:
     report = _report(ns)
     result = report.check(max_time_ms=ns.max_time_ms, min_coverage=ns.min_coverage,
                           memory_fit=not ns.no_memory_fit, max_regime_share=limits, lint=ns.lint)
-    if ns.json != "-":
-        print(tables.header(report))
-        print()
-        print(result)
+    _emit(ns, report, f"{tables.header(report)}\n\n{result}")
     return 0 if result.ok else 1
 
 
@@ -182,10 +180,7 @@ def cmd_sweep(ns) -> int:
     _progress(f"capturing {ns.hf or ns.spec} once, then each value of {ns.over} ...")
     result = sweep(_workload(ns), ns.over, chip=ns.chip, mode=ns.mode,
                    options=parse_sets(ns.set), quantize=ns.quantize)
-    _write_json(ns, result)
-    if ns.json != "-":
-        print(result)
-    return 0
+    return _emit(ns, result)
 
 
 def cmd_generate(ns) -> int:
@@ -194,10 +189,7 @@ def cmd_generate(ns) -> int:
     result = llm.generation(_workload(ns), prompt=ns.prompt, new_tokens=ns.new_tokens,
                             batch=ns.batch, chip=ns.chip, mode=ns.mode,
                             options=parse_sets(ns.set), quantize=ns.quantize)
-    _write_json(ns, result)
-    if ns.json != "-":
-        print(result)
-    return 0
+    return _emit(ns, result)
 
 
 def cmd_critical_batch(ns) -> int:
@@ -206,10 +198,7 @@ def cmd_critical_batch(ns) -> int:
     result = llm.critical_batch(_workload(ns), chip=ns.chip, ctx=ns.ctx, mode=ns.mode,
                                 options=parse_sets(ns.set), quantize=ns.quantize,
                                 max_batch=ns.max_batch)
-    _write_json(ns, result)
-    if ns.json != "-":
-        print(result)
-    return 0
+    return _emit(ns, result)
 
 
 def cmd_measure(ns) -> int:
