@@ -73,7 +73,7 @@ def top_kernels(r, n: int = TOP) -> str:
     rows = []
     for (op, module, regime), ks in ranked:
         one = ks[0]
-        rows.append([_cut(op, 18, keep_end=False), _cut(module or "-", 22), f"x{len(ks)}",
+        rows.append([_cut(op, 16, keep_end=False), _cut(module or "-", 24), f"x{len(ks)}",
                      si(one.flops, "F"),
                      si(one.bytes, "B"), ratio(one.intensity), seconds(one.time_s),
                      percent(sum(k.time_s for k in ks) / total), regime])
