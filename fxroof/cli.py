@@ -58,7 +58,8 @@ def _parser() -> argparse.ArgumentParser:
                                 "on a given chip, and why.", parents=[_debug_arg()])
     sub = p.add_subparsers(dest="command", required=True)
     common = [_workload_args(), _debug_arg()]
-    sub.add_parser("analyze", parents=common, help="analyze a workload on a chip")
+    a = sub.add_parser("analyze", parents=common, help="analyze a workload on a chip")
+    a.add_argument("--plot", metavar="PATH", help="also draw the roofline to a .png or .svg")
     sub.add_parser("compare", parents=common, help="eager vs compiled: what fusion saves")
     c = sub.add_parser("check", parents=common, help="pre-deployment checks (exit 1 on failure)")
     c.add_argument("--max-time-ms", type=float, help="fail above this predicted time")
@@ -142,7 +143,10 @@ def _report(ns):
 
 
 def cmd_analyze(ns) -> int:
-    return _emit(ns, _report(ns))
+    report = _report(ns)
+    if ns.plot:
+        report.plot_roofline(ns.plot)
+    return _emit(ns, report)
 
 
 def cmd_compare(ns) -> int:

@@ -69,12 +69,20 @@ class KernelRow:
     def intensity(self) -> float:
         return intensity(self.flops, self.bytes)
 
+    @property
+    def roofline_fraction(self) -> float:
+        """Share of the roofline attained: the roofline's own time (compute or memory, whichever
+        is larger) over the predicted time, which launch overhead or communication can stretch."""
+        t = self.timing
+        return max(t.compute_s, t.memory_s) / t.time_s if t.time_s else 1.0
+
     def to_dict(self) -> dict:
         t = self.timing
         return {"nodes": list(self.nodes), "op": self.op, "module": self.module,
                 "category": self.category, "dtype": self.dtype, "flops": self.flops,
                 "bytes_read": self.bytes_read, "bytes_written": self.bytes_written,
                 "intensity": _finite(self.intensity), "time_s": self.time_s, "regime": self.regime,
+                "roofline_fraction": self.roofline_fraction,
                 "compute_s": t.compute_s, "memory_s": t.memory_s, "comm_s": t.comm_s,
                 "overhead_s": t.overhead_s, "reason": self.reason}
 
@@ -102,6 +110,11 @@ class ModeSummary:
     def regime(self) -> str:
         share = self.regime_share
         return max(REGIMES, key=lambda r: share[r])
+
+    @property
+    def roofline_fraction(self) -> float:
+        total = self.time_s
+        return sum(k.roofline_fraction * k.time_s for k in self.kernels) / total if total else 1.0
 
 
 @dataclass(frozen=True)
@@ -185,7 +198,8 @@ class Report:
             "chip": self.chip.to_dict(), "mode": self.mode, "flops": self.flops,
             "bytes": self.bytes, "fused_bytes": self.fused_bytes, "time_s": self.time_s,
             "regime": self.regime, "regime_share": self.regime_share,
-            "intensity": _finite(self.intensity), "coverage": self.coverage,
+            "intensity": _finite(self.intensity),
+            "roofline_fraction": self.summary.roofline_fraction, "coverage": self.coverage,
             "unknown_ops": self.unknown_ops, "weights_bytes": self.weights_bytes,
             "memory": self.memory.to_dict(),
             "compare": self.compare(),
@@ -235,6 +249,11 @@ class Report:
                              "eager_bytes": eager, "fused_bytes": k.bytes,
                              "saved_bytes": eager - k.bytes})
         return sorted(rows, key=lambda r: -r["saved_bytes"])[:n]
+
+    def plot_roofline(self, path, **options):
+        """The chip's roofline with every kernel on it, to a .png or .svg (matplotlib extra)."""
+        from .plot import plot_roofline   # a thin layer over Report, loaded only when asked
+        return plot_roofline(self, path, **options)
 
     def __str__(self) -> str:
         return tables.render(self)

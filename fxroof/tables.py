@@ -46,7 +46,8 @@ def header(r) -> str:
         f" · {len(r.kernels)} kernels from {len(r.nodes)} ops",
         f"{si(r.flops, 'FLOP')} · {si(r.summary.bytes, 'B')} moved · {ratio(r.intensity)} FLOP/B"
         f" ({dtype} ridge {ratio(ridge)}) · weights {si(r.weights_bytes, 'B')}",
-        f"coverage {percent(r.coverage)}"
+        f"{percent(r.summary.roofline_fraction)} of the roofline attained"
+        f" · coverage {percent(r.coverage)}"
         + (f" · no formula for: {', '.join(r.unknown_ops)}" if r.unknown_ops else "")
         + (f" · what-if: {r.whatif}" if r.whatif else ""),
         f"to go faster: {ADVICE[r.regime]}",

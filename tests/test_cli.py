@@ -155,3 +155,9 @@ def test_sweep_generate_and_critical_batch_commands(tmp_path, capsys):
     assert "whole step" in capsys.readouterr().out
     assert main(["sweep", LLAMA, "--over", "batch"]) == 2            # no values: one-line error
     assert main(["analyze", LLAMA, *tiny, "--quantize", "w3"]) == 2   # unknown what-if
+
+
+def test_analyze_can_draw_the_roofline(workload, tmp_path):
+    pytest.importorskip("matplotlib")
+    assert main(["analyze", workload, "--plot", str(tmp_path / "r.svg")]) == 0
+    assert "<svg" in (tmp_path / "r.svg").read_text()

@@ -31,6 +31,15 @@ def test_large_bf16_add_is_memory_bound():
     assert r.time_s == pytest.approx(3 * n * 2 / 3.35e12, rel=1e-6)   # 2 reads + 1 write, bf16
 
 
+def test_roofline_fraction_is_one_on_the_roof_and_less_under_overhead():
+    n = 8192
+    big = fxroof.analyze(fn_module(torch.mm), (meta(n, n), meta(n, n)), chip="h100-sxm")
+    assert big.to_dict()["roofline_fraction"] == pytest.approx(1.0)
+    tiny = fxroof.analyze(fn_module(torch.cos), (meta(1024),), chip="h100-sxm")
+    # 1024 bf16 in and out: 4096 B / 3.35e12 B/s = 1.22 ns against a 2 µs launch
+    assert tiny.to_dict()["roofline_fraction"] == pytest.approx(4096 / 3.35e12 / 2e-6)
+
+
 def test_tiny_mlp_at_batch_one_is_overhead_bound():
     mlp = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.GELU(), torch.nn.Linear(256, 64))
     for mode in ("eager", "compiled"):

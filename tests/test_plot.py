@@ -1,0 +1,25 @@
+"""The roofline plot writes real PNG and SVG files."""
+import pytest
+import torch
+
+import fxroof
+from helpers import fn_module
+
+pytest.importorskip("matplotlib")
+
+
+def test_png_and_svg(tmp_path):
+    mlp = torch.nn.Sequential(torch.nn.Linear(256, 1024), torch.nn.GELU(), torch.nn.Linear(1024, 256))
+    r = fxroof.analyze(mlp, (torch.randn(64, 256),), chip="a100-80gb")
+    png = r.plot_roofline(tmp_path / "roof.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    svg = r.plot_roofline(tmp_path / "roof.svg")
+    text = svg.read_text()
+    # 3 kernels of a few µs on an A100: the launch cost dominates each
+    assert text.lstrip().startswith("<?xml") and "<svg" in text and "overhead-bound (3)" in text
+
+
+def test_wrong_suffix_is_a_clear_error(tmp_path):
+    r = fxroof.analyze(fn_module(torch.cos), (torch.randn(8),))
+    with pytest.raises(ValueError, match=".png or .svg"):
+        r.plot_roofline(tmp_path / "roof.pdf")
