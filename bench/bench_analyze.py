@@ -23,8 +23,8 @@ from fxroof.workload import load
 model, args, kwargs = load({spec!r}, dict(preset="llama3-70b", layers={layers}, seq={seq}))
 start = time.perf_counter()
 if {what!r} == "export":
-    from fxroof.capture import _TensorOutputs
-    torch.export.export(_TensorOutputs(model), args, kwargs, strict=False)
+    from fxroof.capture import TensorOutputs
+    torch.export.export(TensorOutputs(model), args, kwargs, strict=False)
 else:
     import fxroof
     fxroof.analyze(model, args, kwargs, chip="h100-sxm")

@@ -46,29 +46,29 @@ def capture(model, args=(), kwargs=None) -> Captured:
     if isinstance(model, torch.export.ExportedProgram):
         sig = model.graph_signature
         weights = _weight_names(sig)
-        return _finish(model.graph_module, "torch.export", weights, "ExportedProgram")
-    if isinstance(model, fx.GraphModule) and _is_aten_graph(model):
+        return finish_graph(model.graph_module, "torch.export", weights, "ExportedProgram")
+    if isinstance(model, fx.GraphModule) and is_aten_graph(model):
         weights = frozenset(n.name for n in model.graph.nodes if n.op == "get_attr")
-        return _finish(model, "graph", weights, type(model).__name__)
+        return finish_graph(model, "graph", weights, type(model).__name__)
     name = type(model).__name__
     if not isinstance(model, torch.nn.Module):
         if not callable(model):
             raise CaptureError(name, [("input", TypeError(
                 "expected an nn.Module, an fx.GraphModule, an ExportedProgram or a callable"))])
         name = getattr(model, "__name__", name)
-        model = _Function(model)
+        model = FunctionModule(model)
 
     attempts: list[tuple[str, BaseException]] = []
     if _on_meta(model, args, kwargs):
         # Capture a copy whose meta tensors are fake CPU tensors (FakeCopier says why).
         fake = FakeCopier()
         model, args, kwargs = fake.copy(model), fake.inputs(args), fake.inputs(kwargs)
-    with _preserved(model), _quiet():
+    with preserved_modes(model), quiet_torch():
         for strategy, fn in (("torch.export", _export), ("make_fx", _make_fx),
                              ("symbolic_trace", _symbolic_trace)):
             try:
                 gm, weights = fn(model, args, kwargs)
-                return _finish(gm, strategy, weights, name)
+                return finish_graph(gm, strategy, weights, name)
             except Exception as e:   # each strategy's failure is reported, not raised alone
                 attempts.append((strategy, e))
     raise CaptureError(name, attempts)
@@ -117,7 +117,7 @@ def _on_meta(model, args, kwargs) -> bool:
 
 # --- strategies -----------------------------------------------------------------------------
 
-class _TensorOutputs(torch.nn.Module):
+class TensorOutputs(torch.nn.Module):
     """Wraps the user's model so the output is a flat tuple of tensors.
 
     Hugging Face models return ModelOutput objects holding caches of custom classes that
@@ -132,7 +132,7 @@ class _TensorOutputs(torch.nn.Module):
         return tuple(_tensor_leaves(getattr(self, WRAPPED)(*args, **kwargs)))
 
 
-class _Function(torch.nn.Module):
+class FunctionModule(torch.nn.Module):
     def __init__(self, fn):
         super().__init__()
         self.fn = fn
@@ -161,7 +161,7 @@ def _export(model, args, kwargs):
     if _is_dtensor_model(model):
         raise RuntimeError("DTensor weights: torch.export records DTensor ops at global shapes; "
                            "make_fx traces one rank's local ops")
-    ep = torch.export.export(_TensorOutputs(model), args, kwargs, strict=False)
+    ep = torch.export.export(TensorOutputs(model), args, kwargs, strict=False)
     sig = ep.graph_signature
     return ep.graph_module, _weight_names(sig)
 
@@ -175,7 +175,7 @@ def _weight_names(sig) -> frozenset:
 def _make_fx(model, args, kwargs):
     params = dict(model.named_parameters(remove_duplicate=False))
     buffers = dict(model.named_buffers(remove_duplicate=False))
-    wrapped = _TensorOutputs(model)
+    wrapped = TensorOutputs(model)
     # DTensor weights (a model parallelized with DTensor) enter as their local shards and are
     # wrapped back inside the trace, so the graph's placeholders have this rank's shapes.
     (params, wrap_params), (buffers, wrap_buffers) = _local_shards(params), _local_shards(buffers)
@@ -223,7 +223,7 @@ def _symbolic_trace(model, args, kwargs):
 
 # --- finishing ------------------------------------------------------------------------------
 
-def _finish(gm: fx.GraphModule, strategy: str, weights: frozenset, name: str) -> Captured:
+def finish_graph(gm: fx.GraphModule, strategy: str, weights: frozenset, name: str) -> Captured:
     """Copy the graph (so annotations never touch the caller's), inline wrapper subgraphs and
     make module paths read as the user's own (no wrapper prefix)."""
     graph = fx.Graph()
@@ -281,14 +281,14 @@ def _inline_subgraphs(gm: fx.GraphModule) -> None:
     gm.recompile()
 
 
-def _is_aten_graph(gm: fx.GraphModule) -> bool:
+def is_aten_graph(gm: fx.GraphModule) -> bool:
     calls = [n for n in gm.graph.nodes if n.op in ("call_function", "call_module", "call_method")]
     return bool(calls) and all(
         n.op == "call_function" and "val" in n.meta for n in calls)
 
 
 @contextlib.contextmanager
-def _preserved(model: torch.nn.Module):
+def preserved_modes(model: torch.nn.Module):
     """Restore every submodule's training flag, whatever a strategy did."""
     modes = [(m, m.training) for m in model.modules()]
     try:
@@ -304,7 +304,7 @@ _NOISY = ("torch._subclasses.fake_tensor", "torch.export", "torch._export",
 
 
 @contextlib.contextmanager
-def _quiet():
+def quiet_torch():
     loggers = [logging.getLogger(name) for name in _NOISY]
     levels = [lg.level for lg in loggers]
     with warnings.catch_warnings():

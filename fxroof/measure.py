@@ -41,7 +41,7 @@ import torch.utils._pytree as pytree
 from tabulate import tabulate
 
 from .api import analyze
-from .capture import _Function, _is_aten_graph, _preserved, _quiet, _TensorOutputs, capture
+from .capture import FunctionModule, is_aten_graph, preserved_modes, quiet_torch, TensorOutputs, capture
 from .calibrate import calibrate, cpu_threads, device_name, threads_label
 from .chips import Chip, chip as find_chip
 from .report import Report
@@ -243,16 +243,16 @@ def program(model, args: tuple, kwargs: dict):
     """(GraphModule fxroof analyzes, real placeholder values, capture strategy, model name)."""
     if isinstance(model, torch.export.ExportedProgram):
         return _from_program(model, args, kwargs, "ExportedProgram")
-    if isinstance(model, fx.GraphModule) and _is_aten_graph(model):
+    if isinstance(model, fx.GraphModule) and is_aten_graph(model):
         gm = capture(model).gm   # an aten graph already: its placeholders are the inputs
         return gm, _check(gm, pytree.tree_leaves((args, kwargs))), "graph", type(model).__name__
     name = type(model).__name__
     if not isinstance(model, torch.nn.Module) and callable(model):
-        name, model = getattr(model, "__name__", name), _Function(model)
+        name, model = getattr(model, "__name__", name), FunctionModule(model)
     if isinstance(model, torch.nn.Module):
         try:
-            with _preserved(model), _quiet():
-                ep = torch.export.export(_TensorOutputs(model), args, kwargs, strict=False)
+            with preserved_modes(model), quiet_torch():
+                ep = torch.export.export(TensorOutputs(model), args, kwargs, strict=False)
         except Exception:   # capture() below tries export again and then its fallbacks
             ep = None
         if ep is not None:

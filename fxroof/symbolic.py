@@ -37,7 +37,7 @@ from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 from torch.multiprocessing.reductions import StorageWeakRef
 
 from .api import analyze, report_of
-from .capture import Captured, _finish, _preserved, _quiet, _TensorOutputs
+from .capture import Captured, finish_graph, preserved_modes, quiet_torch, TensorOutputs
 from .chips import chip as find_chip
 from .report import Report
 from .roofline import MODES
@@ -157,7 +157,7 @@ class _Symbolic:
 def _symbolic_capture(model, args, kwargs, swept: set) -> _Symbolic:
     env = ShapeEnv(specialize_zero_one=False)   # a size-1 question becomes a guard, not a given
     mode = FakeTensorMode(shape_env=env, allow_non_fake_inputs=True)
-    wrapped = _TensorOutputs(model)
+    wrapped = TensorOutputs(model)
     params = dict(wrapped.named_parameters(remove_duplicate=False))
     buffers = dict(wrapped.named_buffers(remove_duplicate=False))
     leaves, spec = pytree.tree_flatten((args, kwargs))
@@ -185,12 +185,12 @@ def _symbolic_capture(model, args, kwargs, swept: set) -> _Symbolic:
     def run(params, buffers, args, kwargs):
         return torch.func.functional_call(wrapped, {**params, **buffers}, args, kwargs)
 
-    with _preserved(model), _quiet(), enable_python_dispatcher(), mode:
+    with preserved_modes(model), quiet_torch(), enable_python_dispatcher(), mode:
         gm = make_fx(run, record_module_stack=True, pre_dispatch=True)(
             dict(zip(params, weights)), dict(zip(buffers, weights[len(params):])),
             fake_args, fake_kwargs)
     names = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
-    captured = _finish(gm, "make_fx", frozenset(names[:len(params) + len(buffers)]),
+    captured = finish_graph(gm, "make_fx", frozenset(names[:len(params) + len(buffers)]),
                        type(model).__name__)
     guards = [(g.expr, g.sloc) for g in env.guards]
     guards += [(a.expr, "runtime assert") for asserts in env.deferred_runtime_asserts.values()
@@ -394,7 +394,7 @@ class Evaluator:
             self._prop = (mode, _fakes(mode, self.sym.weights))
         mode, weights = self._prop
         inputs = _fakes(mode, pytree.tree_leaves((args, kwargs)))
-        with _quiet(), enable_python_dispatcher():
+        with quiet_torch(), enable_python_dispatcher():
             FakeTensorProp(self.sym.captured.gm, mode).propagate_dont_convert_inputs(
                 *weights, *inputs)
 
