@@ -55,13 +55,16 @@ class Sweep:
         rows = [[p.value, seconds(p.time_s), f"{p.regime} {share(p)}",
                  ratio(p.report.intensity), si(p.throughput, f"{self.unit[0]}/s"),
                  si(p.report.memory.weights, "B"), si(p.report.memory.kv_cache, "B"),
-                 si(p.report.memory.activations, "B"), "*" if p.note else ""]
+                 si(p.report.memory.activations, "B"), _flags(p, self.chip)]
                 for p in self.points]
         table = tables.table(rows, [self.variable, "time", "regime", "FLOP/B", self.unit + "/s",
                                      "weights", "KV cache", "activ.", ""],
                               ("right", "right", "left", "right", "right", "right", "right",
                                "right", "left"))
         notes = [f"* {self.variable}={p.value}: {p.note}" for p in self.points if p.note]
+        if any(p.report.memory.total > self.chip.mem_bytes for p in self.points):
+            notes.append(f"! needs more than {self.chip.name}'s {si(self.chip.mem_bytes, 'B')} "
+                         f"of memory")
         notes += list(self.notes)
         def wrap(lines):   # prose folded to the 100 columns the tables keep to
             return [part for line in lines
@@ -69,7 +72,9 @@ class Sweep:
         return "\n".join(wrap(head) + ["", table] + ([""] + wrap(notes) if notes else []))
 
 
-# -- building the workload at a value --------------------------------------------------------------
+def _flags(point, chip: Chip) -> str:
+    """'*' captured on its own (a note says why), '!' does not fit in the chip's memory."""
+    return ("*" if point.note else "") + ("!" if point.report.memory.total > chip.mem_bytes else "")
 
 
 def sweep(workload, over, *, chip: "str | Chip" = "h100-sxm", mode: str = "compiled",

@@ -109,3 +109,14 @@ def test_a_what_if_applies_at_every_value():
     for p in s.points:
         same(p, independent(LLAMA, options, "batch", p.value, quantize="w4+kv8"))
     assert max(len(line) for line in str(s).splitlines()) <= 100
+
+
+def test_points_that_do_not_fit_are_flagged():
+    from pathlib import Path
+    spec = str(Path(__file__).resolve().parent.parent / "models" / "llama.py")
+    # Llama-2-7B decode, ctx 2048: 13.5 GB of weights + 1.07 GB of KV cache per sequence
+    # (32 layers * 2 * 2048 * 4096 * 2 B): batch 1 fits in 80 GB, batch 64 (68.7 GB of KV) does not
+    s = sweep(spec, "batch=1,64", options={"phase": "decode", "ctx": 2048}, chip="a100-80gb")
+    rows = [line for line in str(s).splitlines() if line.strip().startswith(("1 ", "64 "))]
+    assert not rows[0].rstrip().endswith("!") and rows[1].rstrip().endswith("!")
+    assert "needs more than a100-80gb's 80 GB" in str(s)
