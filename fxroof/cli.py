@@ -60,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     common = [_workload_args(), _debug_arg()]
     a = sub.add_parser("analyze", parents=common, help="analyze a workload on a chip")
     a.add_argument("--plot", metavar="PATH", help="also draw the roofline to a .png or .svg")
+    a.add_argument("--tp-scaling", action="store_true",
+                   help="with --tp N: also one rank's time at tp = 1, 2, 4, ... N")
     sub.add_parser("compare", parents=common, help="eager vs compiled: what fusion saves")
     c = sub.add_parser("check", parents=common, help="pre-deployment checks (exit 1 on failure)")
     c.add_argument("--max-time-ms", type=float, help="fail above this predicted time")
@@ -146,7 +148,22 @@ def cmd_analyze(ns) -> int:
     report = _report(ns)
     if ns.plot:
         report.plot_roofline(ns.plot)
-    return _emit(ns, report)
+    text = str(report)
+    if ns.tp_scaling:
+        text += "\n\n" + _tp_scaling(ns)
+    return _emit(ns, report, text)
+
+
+def _tp_scaling(ns) -> str:
+    """One rank's time and where it goes as the tensor-parallel degree doubles up to --tp."""
+    from .parallel import format_tp_scaling, tp_scaling
+    if ns.tp < 2:
+        raise UsageError("--tp-scaling needs --tp N with N >= 2")
+    degrees = [d for d in (1, 2, 4, 8, 16, 32, 64) if d <= ns.tp]
+    _progress(f"tensor-parallel degrees {degrees} ...")
+    model, args, kwargs = _workload(ns)(**parse_sets(ns.set))
+    rows = tp_scaling(model, args, kwargs, chip=ns.chip, degrees=degrees, mode=ns.mode)
+    return "Tensor parallelism: one rank at each degree\n" + format_tp_scaling(rows)
 
 
 def cmd_compare(ns) -> int:

@@ -161,3 +161,11 @@ def test_analyze_can_draw_the_roofline(workload, tmp_path):
     pytest.importorskip("matplotlib")
     assert main(["analyze", workload, "--plot", str(tmp_path / "r.svg")]) == 0
     assert "<svg" in (tmp_path / "r.svg").read_text()
+
+
+def test_tensor_parallel_report_and_scaling(capsys):
+    assert main(["analyze", LLAMA, "--set", "preset=tiny", "--tp", "2", "--tp-scaling",
+                 "--chip", "l40s"]) == 0
+    out = capsys.readouterr().out
+    assert "Tensor parallelism: one rank at each degree" in out and "all_reduce" in out
+    assert main(["analyze", LLAMA, "--set", "preset=tiny", "--tp-scaling"]) == 2
