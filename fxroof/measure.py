@@ -41,7 +41,8 @@ import torch.utils._pytree as pytree
 from tabulate import tabulate
 
 from .api import analyze
-from .capture import FunctionModule, is_aten_graph, preserved_modes, quiet_torch, TensorOutputs, capture
+from .capture import (FunctionModule, TensorOutputs, capture, is_aten_graph, preserved_modes,
+                      quiet_torch)
 from .calibrate import calibrate, cpu_threads, device_name, threads_label
 from .chips import Chip, chip as find_chip
 from .report import Report

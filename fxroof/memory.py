@@ -54,6 +54,15 @@ def _mutated_args(node: fx.Node) -> list:
     return found
 
 
+def written_inputs(gm: fx.GraphModule, weights: frozenset) -> set:
+    """Storages of inputs (not weights) the graph writes in place: a preallocated KV cache.
+    The one definition of "KV cache" that the footprint and the what-ifs share."""
+    inputs = {s for n in gm.graph.nodes if n.op == "placeholder" and n.name not in weights
+              for s in _storages(n.meta.get("val"))}
+    return {s for n in gm.graph.nodes for arg in _mutated_args(n)
+            for s in _storages(arg.meta.get("val")) if s in inputs}
+
+
 def footprint(gm: fx.GraphModule, weights: frozenset) -> Footprint:
     nodes = list(gm.graph.nodes)
     placeholder_storage: dict = {}      # storage -> (bytes, is_weight)
@@ -65,7 +74,6 @@ def footprint(gm: fx.GraphModule, weights: frozenset) -> Footprint:
     # The storages each node touches: what it makes and what it reads (views included).
     made: list[dict] = []
     last_use: dict = {}
-    written_inputs: set = set()
     for i, n in enumerate(nodes):
         outs = _storages(n.meta.get("val")) if n.op == "call_function" else {}
         made.append(outs)
@@ -74,9 +82,6 @@ def footprint(gm: fx.GraphModule, weights: frozenset) -> Footprint:
         for arg in n.all_input_nodes:
             for s in _storages(arg.meta.get("val")):
                 last_use[s] = i
-        for arg in _mutated_args(n):
-            written_inputs.update(s for s in _storages(arg.meta.get("val"))
-                                  if s in placeholder_storage)
         if n.op == "output":
             for arg in n.all_input_nodes:
                 for s in _storages(arg.meta.get("val")):
@@ -93,7 +98,8 @@ def footprint(gm: fx.GraphModule, weights: frozenset) -> Footprint:
             del live[s]
 
     weight_bytes = sum(size for size, is_w in placeholder_storage.values() if is_w)
-    cache = sum(placeholder_storage[s][0] for s in written_inputs if not placeholder_storage[s][1])
+    written = written_inputs(gm, weights)
+    cache = sum(placeholder_storage[s][0] for s in written)
     other = sum(size for s, (size, is_w) in placeholder_storage.items()
-                if not is_w and s not in written_inputs)
+                if not is_w and s not in written)
     return Footprint(weight_bytes, cache, other, peak)

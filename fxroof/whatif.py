@@ -37,7 +37,7 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from .cost import COST_KEY, Cost
 from .dataflow import GATHERS, SCATTERS, SOLO_CATEGORIES
 from .formulas import OpCall, lookup, pointwise
-from .memory import Footprint
+from .memory import Footprint, written_inputs
 from .tensors import tensors_in
 
 __all__ = ["Quantization", "WhatIf", "parse", "quantize_graph"]
@@ -177,6 +177,7 @@ def quantize_graph(gm: fx.GraphModule, weights: frozenset, spec, *,
         if n.op == "placeholder" and isinstance(n.meta.get("val"), torch.Tensor):
             owner.setdefault(_storage(n.meta["val"]), n)
     calls = [n for n in nodes if n.op == "call_function" and COST_KEY in n.meta]
+    cache = written_inputs(gm, weights)
 
     # Which storages are quantized: weights a matmul reads, inputs written in place (the cache).
     quantized: dict = {}                              # storage -> ("weight" | "kv", placeholder)
@@ -188,7 +189,7 @@ def quantize_graph(gm: fx.GraphModule, weights: frozenset, spec, *,
                 continue
             if ph.name in weights and cost.category == "matmul" and (q.weights or q.matmul):
                 quantized[_storage(t)] = ("weight", ph)
-            elif ph.name not in weights and q.kv_cache and _writes(n):
+            elif q.kv_cache and _storage(t) in cache:
                 quantized[_storage(t)] = ("kv", ph)
 
     fusable = 0
