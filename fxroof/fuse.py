@@ -38,9 +38,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import networkx as nx
+import torch
 import torch.fx as fx
 
-from .cost import KERNEL_KEY
+from .cost import COST_KEY, FREE_CATEGORIES, KERNEL_KEY
 from .dataflow import Facts, Op, graph_facts
 
 __all__ = ["Kernel", "fuse", "unfused"]
@@ -57,6 +58,8 @@ class Kernel:
     reason: str           # why the kernel ends where it ends
     module: str = ""      # the main node's module path ("" for the top level)
     known: bool = True    # every node has a cost formula
+    views: int = 0        # eager only: view ops the model calls just before this one (no kernel,
+                          # but each is a dispatch from Python)
 
     @property
     def bytes(self) -> int:
@@ -67,12 +70,37 @@ def unfused(gm: fx.GraphModule) -> tuple[Kernel, ...]:
     """Eager mode: one kernel per op that is not a view, FLOPs and bytes straight from its Cost.
     Writes nothing into the graph (node.meta["fxroof.kernel"] is fuse()'s)."""
     facts = graph_facts(gm)
+    views = _views_before(gm)
     kernels = []
     for op in facts.ops:
         c = op.cost
         kernels.append(Kernel((op.node.name,), c.category, c.flops, c.bytes_read, c.bytes_written,
-                              c.dtype, "eager: one kernel per op", op.module, c.known))
+                              c.dtype, "eager: one kernel per op", op.module, c.known,
+                              views.get(op.node.name, 0)))
     return tuple(kernels)
+
+
+# Graph nodes that stand for no call in the model's code: export's own checks and aliases.
+_NOT_CALLED = frozenset({"_assert_tensor_metadata", "_assert_scalar", "alias", "lift_fresh_copy"})
+
+
+def _views_before(gm: fx.GraphModule) -> dict[str, int]:
+    """{op node name: aten view ops run since the op before it, in graph order}; views after the
+    last op count with it. Python's getitem on an op's tuple of outputs is no call of its own."""
+    counts: dict[str, int] = {}
+    pending, last = 0, None
+    for node in gm.graph.nodes:
+        cost = node.meta.get(COST_KEY) if node.op == "call_function" else None
+        if cost is None:
+            continue
+        if cost.category not in FREE_CATEGORIES:
+            counts[node.name], pending, last = pending, 0, node.name
+        elif isinstance(node.target, torch._ops.OpOverload) and \
+                node.target.overloadpacket.__name__ not in _NOT_CALLED:
+            pending += 1
+    if pending and last is not None:
+        counts[last] += pending
+    return counts
 
 
 def fuse(gm: fx.GraphModule, *, matmul_epilogues: bool = False) -> tuple[Kernel, ...]:

@@ -43,7 +43,8 @@ from tabulate import tabulate
 from .api import analyze
 from .capture import (FunctionModule, TensorOutputs, capture, is_aten_graph, preserved_modes,
                       quiet_torch)
-from .calibrate import calibrate, cpu_threads, device_name, threads_label
+from .calibrate import calibrate
+from .machine import cpu_threads, device_name, threads_label
 from .chips import Chip, chip as find_chip
 from .report import Report
 from .roofline import REGIMES

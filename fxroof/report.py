@@ -279,14 +279,16 @@ def node_rows(gm: fx.GraphModule) -> tuple:
 
 def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple) -> tuple:
     by_name = {n.name: n for n in nodes}
-    overhead = overhead_per_kernel(chip, mode)
     rows = []
     for k in kernels:
         members = [by_name[n] for n in k.nodes if n in by_name]
+        # An eager kernel is one op; a chip measured op by op knows that op's own costs.
+        op = members[0].op if mode == "eager" and len(members) == 1 else ""
         timing = kernel_timing(chip, flops=k.flops, bytes_moved=k.bytes_read + k.bytes_written,
-                               category=k.category, dtype=k.dtype, overhead_s=overhead,
+                               category=k.category, dtype=k.dtype,
+                               overhead_s=overhead_per_kernel(chip, mode, op, k.views),
                                comm_bytes=sum(m.comm_bytes for m in members),
-                               comm_steps=sum(m.comm_steps for m in members))
+                               comm_steps=sum(m.comm_steps for m in members), eager_op=op)
         rows.append(KernelRow(tuple(k.nodes), _main_op(k, by_name), k.module, k.category, k.dtype,
                               k.flops, k.bytes_read, k.bytes_written, k.reason, timing))
     return tuple(rows)
@@ -301,11 +303,18 @@ def _main_op(kernel, by_name: dict) -> str:
     return main.op if len(rows) == 1 else f"{main.op} +{len(rows) - 1}"
 
 
+# Ops whose keyword picks a different kernel: the name carries it ("gelu(tanh)"), so that tables
+# tell them apart and a chip measured op by op can cost each (a CPU's tanh GELU is 3x the erf's).
+_VARIANTS = {"gelu": "approximate"}
+
+
 def op_name(node: fx.Node) -> str:
     target = node.target
     name = getattr(target, "__name__", str(target))
     packet = getattr(target, "overloadpacket", None)
-    return getattr(packet, "__name__", name) if packet is not None else name
+    name = getattr(packet, "__name__", name) if packet is not None else name
+    variant = node.kwargs.get(_VARIANTS[name]) if name in _VARIANTS else None
+    return f"{name}({variant})" if isinstance(variant, str) and variant != "none" else name
 
 
 def module_path(node: fx.Node) -> str:

@@ -5,7 +5,7 @@ others (the host launches the next kernel while the GPU runs this one; memory an
 overlap within a kernel):
   compute   FLOPs / peak of the unit that runs it (matrix units at the kernel's dtype for matmul,
             conv and attention; vector units otherwise)
-  memory    bytes / memory bandwidth
+  memory    bytes / memory bandwidth (the cache's, on a chip that models one, when they fit in it)
   comm      collective latency + algorithm factor x bytes / link bandwidth
   overhead  the fixed cost of getting the kernel onto the chip: eager dispatch from Python per op,
             or a launch from a compiled program / CUDA graph
@@ -45,17 +45,22 @@ class Timing:
         return REGIMES[parts.index(max(parts))]
 
 
-def overhead_per_kernel(chip: Chip, mode: str) -> float:
+def overhead_per_kernel(chip: Chip, mode: str, op: str = "", views: int = 0) -> float:
+    """Fixed cost of one kernel: an eager op's dispatch (per op where the chip was measured op by
+    op) and that of the view ops called before it, or a launch from a compiled program."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
-    return chip.dispatch_s if mode == "eager" else chip.launch_s
+    if mode == "compiled":
+        return chip.launch_s
+    return chip.eager_dispatch(op) + views * chip.view_dispatch_s
 
 
-def peak_for(chip: Chip, category: str, dtype: str) -> float:
-    """FLOP/s of the unit that runs work of this category and dtype."""
+def peak_for(chip: Chip, category: str, dtype: str, op: str = "") -> float:
+    """FLOP/s of the unit that runs work of this category and dtype. `op` names an eager op:
+    PyTorch's own kernel for it may run at a rate of its own (compiled code does not use it)."""
     if category in MATRIX_CATEGORIES:
-        return chip.matrix_flops(dtype or "fp32")
-    return chip.vector_flops
+        return chip.eager_matrix_flops(op, dtype or "fp32") if op else chip.matrix_flops(dtype or "fp32")
+    return chip.eager_vector_flops(op) if op else chip.vector_flops
 
 
 def comm_time(chip: Chip, comm_bytes: float, comm_steps: int) -> float:
@@ -66,9 +71,11 @@ def comm_time(chip: Chip, comm_bytes: float, comm_steps: int) -> float:
 
 
 def kernel_timing(chip: Chip, *, flops: float, bytes_moved: float, category: str, dtype: str,
-                  overhead_s: float, comm_bytes: float = 0, comm_steps: int = 0) -> Timing:
-    compute = flops / peak_for(chip, category, dtype) if flops else 0.0
-    memory = bytes_moved / chip.mem_bw
+                  overhead_s: float, comm_bytes: float = 0, comm_steps: int = 0,
+                  eager_op: str = "") -> Timing:
+    """eager_op: the op an eager kernel runs, for chips measured op by op (Chip.op_flops)."""
+    compute = flops / peak_for(chip, category, dtype, eager_op) if flops else 0.0
+    memory = bytes_moved / chip.bandwidth(bytes_moved)
     return Timing(compute, memory, comm_time(chip, comm_bytes, comm_steps), overhead_s,
                   serial_overhead=chip.kind == "cpu")
 

@@ -22,10 +22,22 @@ pages print the with-sparsity figure, which is twice the dense one.
       "dispatch_us": 10,                        per op in PyTorch eager, from Python on the host
       "sources": {"peak_flops": "...", "mem_bw": "...", ...}
                     keyed by Chip field name (peak_flops, vector_flops, mem_bw, mem_bytes, link_bw,
-                    link_latency_s, launch_s, dispatch_s), plus "peak_flops.<dtype>" where one dtype
-                    has its own source. Each value is a datasheet title and URL, or
-                    "estimate: <reason>". Required for every figure in the shipped table; in a user's
-                    file a missing source defaults to the file itself.
+                    link_latency_s, launch_s, dispatch_s, and the optional figures below), plus
+                    "peak_flops.<dtype>" where one dtype has its own source. Each value is a
+                    datasheet title and URL, or "estimate: <reason>". Required for every figure in
+                    the shipped table; in a user's file a missing source defaults to the file itself.
+
+      Optional figures, written by `fxroof calibrate` (the shipped table has none):
+      "cache_MB": 32, "cache_bw_GBps": 90       a kernel whose bytes moved fit in the last-level
+                                                cache moves them at cache_bw instead of mem_bw
+      "view_dispatch_us": 1.1                   eager cost of a view op (reshape, transpose, ...):
+                                                no kernel, but a call from Python all the same
+      "op_dispatch_us": {"gelu": 9.1, ...}      eager cost of one call of an op, by the op name
+                                                reports print; other ops cost dispatch_us
+      "op_TFLOPS": {"max_pool2d": 0.0002, ...}  eager rate of an op's work, by op name; other ops
+                                                run at vector_TFLOPS (matrix ops: at peak_TFLOPS;
+                                                a matrix op's entry is its fp32 rate, and other
+                                                dtypes scale it as peak_TFLOPS does)
     }
 """
 from __future__ import annotations
@@ -49,9 +61,21 @@ SCALARS = {
     "launch_s": ("launch_us", 1e-6),
     "dispatch_s": ("dispatch_us", 1e-6),
 }
+# Optional scalar figures (0: not modelled) and optional per-op tables: field -> (key, factor).
+OPTIONAL_SCALARS = {
+    "cache_bytes": ("cache_MB", 1e6),
+    "cache_bw": ("cache_bw_GBps", 1e9),
+    "view_dispatch_s": ("view_dispatch_us", 1e-6),
+}
+OP_TABLES = {
+    "op_dispatch_s": ("op_dispatch_us", 1e-6),
+    "op_flops": ("op_TFLOPS", 1e12),
+}
 PEAK_KEY, PEAK_UNIT = "peak_TFLOPS", 1e12
 FIGURES = ("peak_flops", *SCALARS)            # every field that must carry a source
-FILE_KEYS = {"name", "title", "kind", "aliases", PEAK_KEY, "sources"} | {k for k, _ in SCALARS.values()}
+OPTIONAL_FIGURES = (*OPTIONAL_SCALARS, *OP_TABLES)    # carry a source when present
+FILE_KEYS = ({"name", "title", "kind", "aliases", PEAK_KEY, "sources"}
+             | {k for k, _ in (*SCALARS.values(), *OPTIONAL_SCALARS.values(), *OP_TABLES.values())})
 
 # Names a dtype may arrive under (torch.dtype, its str, or fxroof's short names) -> DTYPES entry.
 _DTYPE_ALIASES = {"float32": "fp32", "float": "fp32", "bfloat16": "bf16", "float16": "fp16",
@@ -115,6 +139,12 @@ class Chip:
     vector_flops is the rate for non-matrix work. On NVIDIA GPUs it is the fp32 CUDA-core figure:
     PyTorch's elementwise and reduction kernels compute in fp32 ("opmath") even on half-precision
     tensors, so packed half-precision rates would flatter them.
+
+    The optional figures come from measuring a machine (fxroof calibrate). Eager ops differ more
+    than one dispatch figure and one vector rate can hold: on a CPU a tiny gelu costs 6x a tiny
+    add, and max_pool2d runs 25x below the pointwise rate. op_dispatch_s and op_flops hold those
+    per op; cache_bytes/cache_bw let the small tensors of a CPU-sized model move at the speed of
+    the cache they live in rather than of DRAM.
     """
     name: str
     title: str
@@ -129,6 +159,11 @@ class Chip:
     dispatch_s: float         # per op of PyTorch eager dispatch from Python
     sources: Mapping[str, str] = field(default_factory=dict, hash=False, compare=False)
     aliases: tuple[str, ...] = field(default=(), compare=False)
+    cache_bytes: float = 0.0  # last-level cache; 0: not modelled (every byte at mem_bw)
+    cache_bw: float = 0.0     # bytes/s of a kernel whose bytes fit in cache_bytes
+    view_dispatch_s: float = 0.0  # eager: per view op the model calls (no kernel); 0: free
+    op_dispatch_s: Mapping[str, float] = field(default_factory=dict, hash=False)  # op -> s
+    op_flops: Mapping[str, float] = field(default_factory=dict, hash=False)       # op -> FLOP/s
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name.strip():
@@ -152,12 +187,26 @@ class Chip:
         object.__setattr__(self, "peak_flops", FrozenMap(peaks))
         for f in SCALARS:
             object.__setattr__(self, f, positive(getattr(self, f), f"chip {self.name!r}: {f}"))
+        if (self.cache_bytes > 0) != (self.cache_bw > 0):
+            raise ChipError(f"chip {self.name!r}: cache_bytes and cache_bw go together "
+                            f"(got {self.cache_bytes!r} and {self.cache_bw!r})")
+        for f in OPTIONAL_SCALARS:
+            if getattr(self, f):
+                object.__setattr__(self, f, positive(getattr(self, f), f"chip {self.name!r}: {f}"))
+        for f in OP_TABLES:
+            table = getattr(self, f)
+            if not isinstance(table, Mapping) or not all(isinstance(k, str) and k for k in table):
+                raise ChipError(f"chip {self.name!r}: {f} must be a mapping op name -> number")
+            object.__setattr__(self, f, FrozenMap(
+                {op: positive(v, f"chip {self.name!r}: {f}[{op!r}]") for op, v in table.items()}))
         sources = dict(self.sources)
-        extra = sorted(set(sources) - set(FIGURES) - {f"peak_flops.{d}" for d in DTYPES})
+        known = set(FIGURES) | set(OPTIONAL_FIGURES) | {f"peak_flops.{d}" for d in DTYPES}
+        extra = sorted(set(sources) - known)
         if extra:
             raise ChipError(f"chip {self.name!r}: sources has unknown key(s) {', '.join(extra)}; "
-                            f"expected among {', '.join(FIGURES)} or peak_flops.<dtype>")
-        for f in FIGURES:
+                            f"expected among {', '.join((*FIGURES, *OPTIONAL_FIGURES))} or "
+                            f"peak_flops.<dtype>")
+        for f in (*FIGURES, *(f for f in OPTIONAL_FIGURES if getattr(self, f))):
             # A Chip made in code may omit sources; say so rather than leave a hole.
             sources.setdefault(f, "unsourced")
         object.__setattr__(self, "sources", FrozenMap(sources))
@@ -189,6 +238,26 @@ class Chip:
         """Dense matrix-unit peak FLOP/s for `dtype`, with the fallbacks of `matrix_dtype`."""
         return self.peak_flops[self.matrix_dtype(dtype)]
 
+    def bandwidth(self, nbytes: float) -> float:
+        """Bytes/s for a kernel that moves `nbytes`: the cache's when they fit in it."""
+        return self.cache_bw if self.cache_bytes and nbytes <= self.cache_bytes else self.mem_bw
+
+    def eager_dispatch(self, op: str) -> float:
+        """Seconds of eager overhead for one call of `op` (an op name as reports print it)."""
+        return self.op_dispatch_s.get(op, self.dispatch_s)
+
+    def eager_vector_flops(self, op: str) -> float:
+        """FLOP/s of `op`'s non-matrix work when eager PyTorch runs it."""
+        return self.op_flops.get(op, self.vector_flops)
+
+    def eager_matrix_flops(self, op: str, dtype: Any) -> float:
+        """FLOP/s of matrix op `op` in `dtype` when eager PyTorch runs it. A matrix op's entry in
+        op_flops is its fp32 rate; other dtypes scale it by the chip's own dtype ratio."""
+        rate = self.matrix_flops(dtype)
+        if op in self.op_flops:
+            rate *= self.op_flops[op] / self.peak_flops["fp32"]
+        return rate
+
     def ridge(self, dtype: Any = "bf16") -> float:
         """Arithmetic intensity (FLOP/byte) where matrix work in `dtype` turns compute-bound."""
         return self.matrix_flops(dtype) / self.mem_bw
@@ -199,6 +268,8 @@ class Chip:
             "name": self.name, "title": self.title, "kind": self.kind,
             "peak_flops": dict(self.peak_flops),
             **{f: getattr(self, f) for f in SCALARS},
+            **{f: getattr(self, f) for f in OPTIONAL_SCALARS if getattr(self, f)},
+            **{f: dict(getattr(self, f)) for f in OP_TABLES if getattr(self, f)},
             "sources": dict(self.sources),
         }
 
@@ -229,15 +300,24 @@ def chip_from_json(entry: Any, where: str, *, require_sources: bool) -> Chip:
         raise ChipError(f"{label}: missing required figure {PEAK_KEY}.fp32")
     peak_flops = {d: positive(v, f"{label}: {PEAK_KEY}.{d}") * PEAK_UNIT for d, v in peaks.items()}
     scalars = {f: positive(entry[key], f"{label}: {key}") * unit for f, (key, unit) in SCALARS.items()}
+    scalars |= {f: positive(entry[key], f"{label}: {key}") * unit
+                for f, (key, unit) in OPTIONAL_SCALARS.items() if key in entry}
+    present = [f for f, (key, _u) in (*OPTIONAL_SCALARS.items(), *OP_TABLES.items()) if key in entry]
+    for f, (key, unit) in OP_TABLES.items():
+        if key in entry:
+            table = entry[key]
+            if not isinstance(table, dict):
+                raise ChipError(f"{label}: {key} must be an object op name -> number")
+            scalars[f] = {op: positive(v, f"{label}: {key}.{op}") * unit for op, v in table.items()}
     sources = entry.get("sources", {})
     if not isinstance(sources, dict) or not all(
             isinstance(v, str) and v.strip() for v in sources.values()):
         raise ChipError(f"{label}: sources must be an object of non-empty strings")
     if require_sources:
-        unsourced = [f for f in FIGURES if f not in sources]
+        unsourced = [f for f in (*FIGURES, *present) if f not in sources]
         if unsourced:
             raise ChipError(f"{label}: no source for {', '.join(unsourced)}")
-    sources = {f: sources.get(f, f"chip file {where}") for f in FIGURES} | sources
+    sources = {f: sources.get(f, f"chip file {where}") for f in (*FIGURES, *present)} | sources
     aliases = entry.get("aliases", [])
     if not isinstance(aliases, list) or not all(isinstance(a, str) and a for a in aliases):
         raise ChipError(f"{label}: aliases must be a list of names")
