@@ -200,7 +200,7 @@ def summary(chip: Chip) -> str:
         f"  dispatch      {seconds(chip.dispatch_s)} per eager op; launch {seconds(chip.launch_s)}",
         *([f"  per op        {_spread(chip.op_dispatch_s, seconds)} fixed cost over "
            f"{len(chip.op_dispatch_s)} ops"] if chip.op_dispatch_s else []),
-        *([f"                {_spread(chip.op_flops, lambda r: si(r, 'FLOP/s'))} vector rate over "
+        *([f"                {_spread(chip.op_flops, lambda r: si(r, 'FLOP/s'))} work rate over "
            f"{len(chip.op_flops)} ops"] if chip.op_flops else []),
         f"  memory        {si(chip.mem_bytes, 'B')}"])
 

@@ -10,7 +10,10 @@ import torch
 from fxroof.calibrate import (calibrate, calibrate_main, chip_json, cpu_threads, summary,
                               write_chip)
 from fxroof.chips import Chip, chip as find_chip, load_chip_file
+from fxroof.api import analyze
 from fxroof.chips.chip import FILE_KEYS
+from fxroof.machine import last_level_cache
+from fxroof.probes import TransformerBlock
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +55,41 @@ def test_chip_file_round_trips(quick_chip, tmp_path):
         for figure in ("vector_flops", "mem_bw", "mem_bytes", "dispatch_s", "launch_s"):
             assert getattr(loaded, figure) == pytest.approx(getattr(quick_chip, figure), rel=1e-3)
         assert loaded.sources["mem_bw"] == quick_chip.sources["mem_bw"]
+        for table in ("op_dispatch_s", "op_flops"):
+            mine, theirs = getattr(quick_chip, table), getattr(loaded, table)
+            assert set(theirs) == set(mine)
+            assert all(theirs[op] == pytest.approx(mine[op], rel=1e-3) for op in mine)
+        assert loaded.view_dispatch_s == pytest.approx(quick_chip.view_dispatch_s, rel=1e-3)
+        assert loaded.cache_bytes == pytest.approx(quick_chip.cache_bytes, rel=1e-3)
+
+
+def test_ops_are_measured_one_by_one_under_the_names_reports_use(quick_chip):
+    c = quick_chip
+    ops = set(c.op_dispatch_s)
+    assert {"add", "mul", "gelu", "gelu(tanh)", "silu", "layer_norm", "softmax", "batch_norm",
+            "mean", "max_pool2d", "cat", "embedding", "linear", "matmul", "conv2d",
+            "scaled_dot_product_attention"} <= ops
+    # a transformer block's eager ops are all in the table: the probes' names are capture's
+    block = analyze(TransformerBlock(), (torch.randn(1, 8, 64),), chip=c, mode="eager")
+    assert {k.op for k in block.kernels} <= ops
+    for op, fixed in c.op_dispatch_s.items():
+        assert c.view_dispatch_s < fixed < 1e-3, op     # an op costs more than a bare view call
+    assert 1e-8 < c.view_dispatch_s < 1e-4
+    # work rates: every non-matrix probe with FLOPs, and the layer-shaped matrix ops
+    assert {"relu", "gelu", "max_pool2d", "layer_norm", "linear", "conv2d"} <= set(c.op_flops)
+    for op, rate in c.op_flops.items():
+        assert 1e6 < rate < 1e15, op
+    assert min(c.op_flops.values()) <= c.vector_flops <= max(c.op_flops.values())   # a median
+    for figure in ("op_dispatch_s", "op_flops", "view_dispatch_s"):
+        assert c.sources[figure].startswith("measured by fxroof calibrate on "), figure
+
+
+def test_cache_is_the_reported_last_level_cache(quick_chip):
+    size = last_level_cache(torch.device("cpu"))
+    if not size:
+        pytest.skip("this system reports no cache sizes")
+    assert quick_chip.cache_bytes == size
+    assert 1e9 < quick_chip.cache_bw < 1e13
 
 
 def test_chip_json_uses_the_file_units():

@@ -3,6 +3,7 @@ import dataclasses
 import json
 import math
 import pickle
+import re
 
 import pytest
 import torch
@@ -384,3 +385,67 @@ def test_bad_kind_and_shape(tmp_path):
         chip(write(tmp_path, [good_entry()]))
     with pytest.raises(ChipError, match="one chip object"):
         chip(write(tmp_path, {"chips": [good_entry()]}))
+
+
+# --- optional figures of a measured chip (fxroof calibrate writes them) ---
+
+def measured_entry(**changes):
+    return good_entry(kind="cpu", cache_MB=32, cache_bw_GBps=100, view_dispatch_us=1.5,
+                      op_dispatch_us={"gelu": 9, "add": 4}, op_TFLOPS={"max_pool2d": 0.0002},
+                      **changes)
+
+
+def test_optional_figures_load_in_si_units(tmp_path):
+    c = chip(str(write(tmp_path, measured_entry())))
+    assert c.cache_bytes == 32e6 and c.cache_bw == 100e9          # MB, GB/s -> B, B/s
+    assert c.view_dispatch_s == pytest.approx(1.5e-6)
+    assert c.op_dispatch_s == {"gelu": pytest.approx(9e-6), "add": pytest.approx(4e-6)}
+    assert c.op_flops == {"max_pool2d": pytest.approx(2e8)}       # 0.0002 TFLOP/s = 0.2 GFLOP/s
+    assert c.eager_dispatch("gelu") == pytest.approx(9e-6)
+    assert c.eager_dispatch("conv2d") == c.dispatch_s == pytest.approx(12e-6)   # not listed
+    assert c.eager_vector_flops("max_pool2d") == pytest.approx(2e8)
+    assert c.eager_vector_flops("relu") == c.vector_flops
+    assert c.bandwidth(32e6) == 100e9 and c.bandwidth(32e6 + 1) == c.mem_bw    # fits, or not
+    assert c.to_dict()["op_dispatch_s"]["gelu"] == pytest.approx(9e-6)
+    assert str(tmp_path) in c.sources["op_flops"]                 # unsourced: cites the file
+
+
+def test_a_chip_without_optional_figures_is_unchanged():
+    h100 = chip("h100-sxm")
+    assert (h100.cache_bytes, h100.view_dispatch_s, dict(h100.op_dispatch_s)) == (0, 0, {})
+    assert h100.bandwidth(1) == h100.mem_bw and h100.eager_dispatch("gelu") == h100.dispatch_s
+    assert "op_dispatch_s" not in h100.to_dict() and "cache_bytes" not in h100.to_dict()
+
+
+def test_matrix_op_rate_scales_with_the_dtype(tmp_path):
+    # linear's entry is its fp32 rate, 0.8 of the fp32 peak; bf16 runs at 0.8 of the bf16 peak
+    c = chip(str(write(tmp_path, good_entry(op_TFLOPS={"linear": 8}))))
+    assert c.eager_matrix_flops("linear", "fp32") == pytest.approx(8e12)
+    assert c.eager_matrix_flops("linear", "bf16") == pytest.approx(100e12 * 8 / 10)
+    assert c.eager_matrix_flops("conv2d", "bf16") == pytest.approx(100e12)   # not listed
+
+
+def test_cache_needs_both_figures(tmp_path):
+    with pytest.raises(ChipError, match="cache_bytes and cache_bw go together"):
+        chip(str(write(tmp_path, good_entry(cache_MB=32))))
+
+
+@pytest.mark.parametrize("key, value, named", [
+    ("op_dispatch_us", {"gelu": "fast"}, "op_dispatch_us.gelu"),
+    ("op_dispatch_us", [1, 2], "op_dispatch_us must be an object"),
+    ("op_TFLOPS", {"relu": -1}, "op_TFLOPS.relu"),
+    ("view_dispatch_us", 0, "view_dispatch_us"),
+])
+def test_bad_optional_figure_is_named(tmp_path, key, value, named):
+    with pytest.raises(ChipError, match=re.escape(named)):
+        chip(str(write(tmp_path, good_entry(**{key: value}))))
+
+
+def test_shipped_table_would_need_sources_for_optional_figures():
+    from fxroof.chips.chip import chip_from_json
+    entry = measured_entry(sources={f: "x" for f in (
+        "peak_flops", "vector_flops", "mem_bw", "mem_bytes", "link_bw", "link_latency_s",
+        "launch_s", "dispatch_s")})
+    with pytest.raises(ChipError, match="no source for cache_bytes, cache_bw, view_dispatch_s, "
+                                        "op_dispatch_s, op_flops"):
+        chip_from_json(entry, "table", require_sources=True)

@@ -14,6 +14,7 @@ from fxroof.annotate import annotate
 from fxroof.capture import capture
 from fxroof.cost import COST_KEY, KERNEL_KEY
 from fxroof.fuse import Kernel, fuse, unfused
+from helpers import fn_module
 
 F32 = 4  # bytes per fp32 element
 
@@ -381,3 +382,14 @@ def test_getitem_of_tuple_outputs_reads_the_element():
     assert any(n.target is operator.getitem for n in gm.graph.nodes)
     # max reads x (2048) and the epilogue over its (16,) output fuses; idx is never used
     assert len(ks) == 1 and ks[0].bytes == 16 * 32 * F32 + 16 * F32
+
+
+def test_eager_kernels_carry_the_view_calls_made_before_them():
+    def f(x):
+        q, k = x.split(4, dim=-1)                 # split: one view call; getitem is no call
+        q = q.transpose(0, 1).reshape(-1)         # transpose: a view call; this reshape copies
+        return q.sum() + k.t().sum()              # t: one view call, made before the second sum
+    ks = unfused(graph(fn_module(f), torch.randn(8, 8)))
+    assert [(k.category, k.views) for k in ks] == [
+        ("copy", 2), ("reduction", 0), ("reduction", 1), ("pointwise", 0)]
+    assert all(k.views == 0 for k in fuse(graph(fn_module(f), torch.randn(8, 8))))

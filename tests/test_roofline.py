@@ -53,3 +53,33 @@ def test_intensity_and_roofline():
 def test_regime_is_the_largest_part():
     assert Timing(1, 2, 3, 0.5).regime == "communication"
     assert Timing(1, 2, 0, 0.5).regime == "memory"
+
+
+def test_a_measured_chip_costs_each_eager_op_by_hand():
+    import torch
+    import torch.nn.functional as F
+
+    import fxroof
+    from fxroof.capture import FunctionModule
+    from fxroof.chips import Chip
+    measured = Chip("m", "Measured", "cpu", {"fp32": 1e11}, vector_flops=4e9, mem_bw=1e10,
+                    mem_bytes=1e10, link_bw=1e9, link_latency_s=1e-5, launch_s=5e-6,
+                    dispatch_s=5e-6, cache_bytes=1e6, cache_bw=1e11, view_dispatch_s=1e-6,
+                    op_dispatch_s={"gelu": 9e-6}, op_flops={"gelu": 1e9})
+    model = FunctionModule(lambda x: F.gelu(x.view(-1)) + 1)
+    x = torch.randn(256, 4)                                   # 1024 fp32 elements, 4 KiB
+    eager = fxroof.analyze(model, (x,), chip=measured, mode="eager")
+    gelu, add = eager.kernels
+    assert (gelu.op, add.op) == ("gelu", "add")
+    # gelu: its own 9 us + the view before it 1 us, serial with its work on a CPU;
+    # 1024 FLOPs at its own 1 GFLOP/s = 1.024 us; 8 KiB moved fit in the cache: 8192 / 1e11 s
+    assert gelu.timing.overhead_s == pytest.approx(10e-6)
+    assert gelu.timing.compute_s == pytest.approx(1.024e-6)
+    assert gelu.timing.memory_s == pytest.approx(8192 / 1e11)
+    assert gelu.time_s == pytest.approx(11.024e-6)
+    # add: not measured one by one: dispatch_s 5 us + 1024 FLOPs at vector_flops 4e9 = 0.256 us
+    assert add.time_s == pytest.approx(5.256e-6)
+    # compiled: one fused kernel, a launch + 2048 FLOPs at the vector rate; no per-op figures
+    compiled = fxroof.analyze(model, (x,), chip=measured, mode="compiled")
+    (fused,) = compiled.kernels
+    assert fused.time_s == pytest.approx(5e-6 + 2048 / 4e9)
