@@ -5,7 +5,7 @@ and two small test models (an MLP, a conv net) runs `fxroof.measure.measure`: th
 forward timed for real (median), beside fxroof's eager prediction on the calibrated chip.
 Prints the table (error against the median run, and against the fastest: other work on a shared
 machine only adds time, so the spread column says how far to trust a row), the error pooled by op
-category, and the median |error|. Under a minute on 2 cores.
+category, and the median |error|. About a minute on one core (two passes).
 
     python bench/bench_accuracy.py                  # torch's thread count
     python bench/bench_accuracy.py --threads 1      # calibrate and measure on one thread
@@ -47,7 +47,9 @@ WORKLOADS = [
     ("llama tiny prefill bf16", "llama.py", {"preset": "tiny", "seq": 256, "dtype": "bf16"}),
     ("moe tiny T=128", "moe.py", {"preset": "tiny", "seq": 128, "dtype": "fp32"}),
     ("vit tiny 32px", "vit.py", {"size": "tiny"}),
-    ("resnet50 128px", "resnet.py", {"depth": 50, "image": 128}),
+    # Real sizes, at their native 224 px: a forward takes 0.1-0.5 s on one core, so fewer repeats.
+    ("vit base 224px", "vit.py", {"size": "base"}, 5),
+    ("resnet50 224px", "resnet.py", {"depth": 50, "image": 224}, 8),
 ]
 
 
@@ -89,13 +91,14 @@ def small_models():
 
 
 def cases(only):
-    for name, file, options in WORKLOADS:
+    """(name, model, args, kwargs, repeats or None for the command line's)."""
+    for name, file, options, *repeat in WORKLOADS:
         if not only or any(o in name for o in only):
             model, args, kwargs = load(str(MODELS / file), {**options, **CPU})
-            yield name, model, args, kwargs
+            yield name, model, args, kwargs, (repeat or [None])[0]
     for name, model, args, kwargs in small_models():
         if not only or any(o in name for o in only):
-            yield name, model, args, kwargs
+            yield name, model, args, kwargs, None
 
 
 def main(argv=None) -> int:
@@ -104,6 +107,8 @@ def main(argv=None) -> int:
     p.add_argument("--chip", help="predict on this chip (name or file) instead of calibrating")
     p.add_argument("--repeat", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--passes", type=int, default=2,
+                   help="measure every workload this many times, keep each one's quietest pass")
     p.add_argument("--only", nargs="*", default=[], help="workloads whose name contains these")
     p.add_argument("--detail", action="store_true", help="print each measurement in full")
     ns = p.parse_args(argv)
@@ -116,9 +121,17 @@ def main(argv=None) -> int:
         else:
             chip = calibrate("cpu")
             print(f"calibrated in {time.perf_counter() - t0:.0f} s: {summary(chip)}", end="\n\n")
+        kept: dict = {}
+        for _ in range(ns.passes):
+            # Other work on a shared machine slows everything for seconds at a time; a later
+            # pass meets other moments, and each workload keeps its quieter pass.
+            for name, model, args, kwargs, repeat in cases(ns.only):
+                m = measure(model, args, kwargs, chip=chip, warmup=ns.warmup,
+                            repeat=min(ns.repeat, repeat or ns.repeat))
+                if name not in kept or m.measured_s < kept[name].measured_s:
+                    kept[name] = m
         rows, errors, best_errors, pooled = [], [], [], {}
-        for name, model, args, kwargs in cases(ns.only):
-            m = measure(model, args, kwargs, chip=chip, warmup=ns.warmup, repeat=ns.repeat)
+        for name, m in kept.items():
             share = {k: v["predicted_s"] for k, v in m.by_regime().items()}
             regime = max(share, key=share.get)
             errors.append(m.error)
