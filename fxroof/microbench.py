@@ -108,15 +108,16 @@ def copy_bandwidth(clock: Clock) -> tuple[float, str]:
 
 def cache_bandwidth(clock: Clock) -> tuple[float, float, str]:
     """(cache bytes, cache bandwidth, source): a copy whose bytes fill a quarter of the
-    last-level cache (0, 0 where its size is unknown)."""
-    size = last_level_cache(clock.dev)
+    last-level cache (0, 0 where its size is unknown). A GPU's L2 is not modelled: a copy that
+    fits in it lasts a few microseconds, the size of a launch, so its rate could not be told from
+    the launch cost."""
+    size = 0 if clock.cuda else last_level_cache(clock.dev)
     if not size:
         return 0.0, 0.0, ""
     nbytes = size // 8                                   # read + written = a quarter of the cache
     t = _copy_time(clock, nbytes, min_samples=7)
-    where = "L2 cache" if clock.cuda else "last-level cache"
     return float(size), 2 * nbytes / t, (
-        f"{where} {size >> 20} MiB as the {'device' if clock.cuda else 'system'} reports it; "
+        f"last-level cache {size >> 20} MiB as the system reports it; "
         f"bandwidth: dst.copy_(src) over {nbytes >> 10} KiB fp32 (a quarter of the cache moved), "
         f"best of several, bytes read + bytes written")
 
@@ -226,7 +227,8 @@ def _each(per_op: dict) -> str:
 
 
 def each_rate(rates: dict) -> str:
-    return ", ".join(f"{op} {si(r, 'FLOP/s')}" for op, r in sorted(rates.items(), key=lambda kv: -kv[1]))
+    fastest_first = sorted(rates.items(), key=lambda kv: -kv[1])
+    return ", ".join(f"{op} {si(r, 'FLOP/s')}" for op, r in fastest_first)
 
 
 def glue(clock: Clock, chip: Chip) -> tuple[float, int]:
@@ -283,8 +285,8 @@ def graph_launch(clock: Clock) -> tuple[float, str]:
     return t, f"per kernel of a CUDA graph of {k} tiny adds, replayed (CUDA events)"
 
 
-def measured_chip(dev, title, peaks, vector, mem_bw, cache=(0.0, 0.0), view=0.0, dispatch=1e-9,
-          launch=1e-9, ops=({}, {}), sources=None) -> Chip:
+def measured_chip(dev, title, peaks, vector, mem_bw, cache=(0.0, 0.0), view=0.0,
+                  dispatch=1e-9, launch=1e-9, ops=({}, {}), sources=None) -> Chip:
     """A Chip of measured figures (provisional ones, while calibrating, take the defaults)."""
     link_bw, link_latency = (12.5e9, 20e-6) if dev.type == "cpu" else (25e9, 10e-6)
     return Chip(name=f"calibrated-{dev.type}", title=title,
