@@ -7,7 +7,7 @@ Memory fit is on by default; the dtype lint warns unless asked to fail.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .cost import MATRIX_CATEGORIES
 from .roofline import REGIMES
@@ -36,6 +36,7 @@ class Check:
 @dataclass(frozen=True)
 class CheckResult:
     checks: tuple
+    report: object = field(default=None, repr=False, compare=False)   # the Report checked
 
     @property
     def ok(self) -> bool:
@@ -45,7 +46,13 @@ class CheckResult:
         return "\n".join(str(c) for c in self.checks)
 
     def to_dict(self) -> dict:
-        return {"ok": self.ok, "checks": [c.__dict__ for c in self.checks]}
+        """Schema "fxroof.check/1": the verdict, each check, and the report they were run on,
+        so that a CI job keeps one file."""
+        out = {"schema": "fxroof.check/1", "ok": self.ok,
+               "checks": [{**c.__dict__, "failed": c.failed} for c in self.checks]}
+        if self.report is not None:
+            out["report"] = self.report.to_dict()
+        return out
 
 
 def run_checks(report, *, max_time_ms: float | None = None, min_coverage: float | None = None,
@@ -75,7 +82,7 @@ def run_checks(report, *, max_time_ms: float | None = None, min_coverage: float 
     if lint != "off":
         checks += [c.__class__(c.name, c.ok, c.message, "fail" if lint == "fail" else "warn")
                    for c in _dtype_lint(report)]
-    return CheckResult(tuple(checks))
+    return CheckResult(tuple(checks), report)
 
 
 def _memory(report) -> Check:

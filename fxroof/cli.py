@@ -187,7 +187,7 @@ def cmd_check(ns) -> int:
     report = _report(ns)
     result = report.check(max_time_ms=ns.max_time_ms, min_coverage=ns.min_coverage,
                           memory_fit=not ns.no_memory_fit, max_regime_share=limits, lint=ns.lint)
-    _emit(ns, report, f"{tables.header(report)}\n\n{result}")
+    _emit(ns, result, f"{tables.header(report)}\n\n{result}")
     return 0 if result.ok else 1
 
 

@@ -169,3 +169,12 @@ def test_tensor_parallel_report_and_scaling(capsys):
     out = capsys.readouterr().out
     assert "Tensor parallelism: one rank at each degree" in out and "all_reduce" in out
     assert main(["analyze", LLAMA, "--set", "preset=tiny", "--tp-scaling"]) == 2
+
+
+def test_check_json_holds_the_verdict_each_check_and_the_report(workload, capsys):
+    assert main(["check", workload, "--max-regime-share", "overhead=0.1", "--json", "-"]) == 1
+    out = json.loads(capsys.readouterr().out)              # stdout is the JSON alone
+    assert out["schema"] == "fxroof.check/1" and out["ok"] is False
+    by_name = {c["name"]: c for c in out["checks"]}
+    assert by_name["overhead share"]["failed"] is True and by_name["memory fit"]["ok"] is True
+    assert out["report"]["schema"] == "fxroof.report/1"
