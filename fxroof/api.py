@@ -1,6 +1,8 @@
 """fxroof.analyze: capture -> annotate -> fuse -> roofline -> report, in one call."""
 from __future__ import annotations
 
+import dataclasses
+
 from .annotate import annotate
 from .capture import Captured, capture
 from .chips import Chip, chip as find_chip
@@ -31,8 +33,9 @@ def analyze(model, example_inputs=(), example_kwargs=None, *, chip: "str | Chip"
     if tp != 1:
         from .parallel import tensor_parallel   # parallel.py builds on analyze: imported here
         with tensor_parallel(model, tp, example_inputs, example_kwargs) as (local, args, kwargs):
-            return analyze(local, args, kwargs, chip=target, mode=mode,
-                           matmul_epilogues=matmul_epilogues, quantize=quantize)
+            report = analyze(local, args, kwargs, chip=target, mode=mode,
+                             matmul_epilogues=matmul_epilogues, quantize=quantize)
+        return dataclasses.replace(report, tp=tp)
     captured = capture(model, example_inputs, example_kwargs)
     return report_of(captured, target, mode, matmul_epilogues, quantize)
 

@@ -191,34 +191,27 @@ def cmd_check(ns) -> int:
     return 0 if result.ok else 1
 
 
-def _no_tp(ns, command: str) -> None:
-    if ns.tp != 1:
-        raise UsageError(f"fxroof {command} does not take --tp yet; use fxroof analyze --tp")
-
-
 def cmd_sweep(ns) -> int:
-    _no_tp(ns, "sweep")
-    _progress(f"capturing {ns.hf or ns.spec} once, then each value of {ns.over} ...")
+    _progress(f"capturing {ns.hf or ns.spec} once, then each value of {ns.over} ..."
+              if ns.tp == 1 else f"analyzing one rank of tp={ns.tp} at each value of {ns.over} ...")
     result = sweep(_workload(ns), ns.over, chip=ns.chip, mode=ns.mode,
-                   options=parse_sets(ns.set), quantize=ns.quantize)
+                   options=parse_sets(ns.set), quantize=ns.quantize, tp=ns.tp)
     return _emit(ns, result)
 
 
 def cmd_generate(ns) -> int:
-    _no_tp(ns, "generate")
     _progress("analyzing prefill and decode ...")
     result = llm.generation(_workload(ns), prompt=ns.prompt, new_tokens=ns.new_tokens,
                             batch=ns.batch, chip=ns.chip, mode=ns.mode,
-                            options=parse_sets(ns.set), quantize=ns.quantize)
+                            options=parse_sets(ns.set), quantize=ns.quantize, tp=ns.tp)
     return _emit(ns, result)
 
 
 def cmd_critical_batch(ns) -> int:
-    _no_tp(ns, "critical-batch")
     _progress("searching batch sizes ...")
     result = llm.critical_batch(_workload(ns), chip=ns.chip, ctx=ns.ctx, mode=ns.mode,
                                 options=parse_sets(ns.set), quantize=ns.quantize,
-                                max_batch=ns.max_batch)
+                                max_batch=ns.max_batch, tp=ns.tp)
     return _emit(ns, result)
 
 

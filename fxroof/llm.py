@@ -105,7 +105,8 @@ class Generation:
         table = tables.table(rows, ["", "prefill", "decode, step 1", f"decode, step {n}"],
                               ("left", "right", "right", "right"))
         share = self.decode_s / self.total_s if self.total_s else 0.0
-        lines = [f"fxroof generation · {p.model} on {p.chip.title} · {p.mode} · batch "
+        lines = [f"fxroof generation · {p.model} on {p.chip.title}{tables.rank_label(p)} · "
+                 f"{p.mode} · batch "
                  f"{self.batch}, prompt {self.prompt} + {n} new tokens"
                  + (f" · what-if {self.whatif}" if self.whatif else ""), "", table, "",
                  f"total {seconds(self.total_s)} = prefill {seconds(self.prefill_s)} "
@@ -119,31 +120,33 @@ class Generation:
 
 def generation(workload="", *, prompt: int, new_tokens: int, batch: int = 1,
                chip: "str | Chip" = "h100-sxm", mode: str = "compiled",
-               options: dict | None = None, quantize=None) -> Generation:
+               options: dict | None = None, quantize=None, tp: int = 1) -> Generation:
     """Prefill of `prompt` tokens then `new_tokens` decode steps, for `batch` sequences.
 
     workload: a workload spec or function following models/llama.py's options (default: the
     bundled Llama-2-7B). quantize: a what-if (fxroof.whatif) applied to every phase.
+    tp: tensor-parallel degree; the times are one rank's (fxroof.parallel).
     """
     if prompt < 1 or new_tokens < 1 or batch < 1:
         raise ValueError("prompt, new_tokens and batch must be >= 1")
     with no_full_gc():
-        return _generation(workload, prompt, new_tokens, batch, chip, mode, options, quantize)
+        return _generation(workload, prompt, new_tokens, batch, chip, mode, options, quantize, tp)
 
 
-def _generation(workload, prompt, new_tokens, batch, chip, mode, options, quantize) -> Generation:
+def _generation(workload, prompt, new_tokens, batch, chip, mode, options, quantize,
+                tp) -> Generation:
     workload = workload or _default()
     q = parse_quantization(quantize)
     target = find_chip(chip)
     common = {**(options or {}), "batch": batch}
     prefill = Evaluator(builder(workload, "seq", {**common, "phase": "prefill"}), "seq", [prompt],
-                        chip=target, mode=mode, quantize=q).point(prompt).report
+                        chip=target, mode=mode, quantize=q, tp=tp).point(prompt).report
     last = prompt + new_tokens - 1
     mid = prompt + (new_tokens - 1) // 2
     steps = list(dict.fromkeys([prompt, last, mid])) if new_tokens > 3 else list(
         range(prompt, last + 1))
     decode = Evaluator(builder(workload, "ctx", {**common, "phase": "decode"}), "ctx", steps,
-                       chip=target, mode=mode, quantize=q)
+                       chip=target, mode=mode, quantize=q, tp=tp)
     at = {ctx: decode.point(ctx) for ctx in steps}
     notes = [f"note: {decode.why_not}"] if decode.why_not else []
     notes += [f"note: ctx={p.value}: {p.note}" for p in at.values() if p.note]
@@ -248,7 +251,8 @@ class CriticalBatch:
         first = s.points[0].report
         never = f"none up to batch {self.max_batch}"
         lines = [f"fxroof critical batch · {first.model} decode at ctx {self.ctx} on "
-                 f"{s.chip.title} · {s.mode}" + (f" · what-if {s.whatif}" if s.whatif else ""),
+                 f"{s.chip.title}{tables.rank_label(first)} · {s.mode}"
+                 + (f" · what-if {s.whatif}" if s.whatif else ""),
                  f"{self.dtype} ridge point {ratio(self.ridge)} FLOP/B; a decode linear's "
                  f"intensity is about the batch", "", table, "",
                  f"every linear layer compute-bound from batch: {self.linear_batch or never}",
@@ -288,23 +292,25 @@ def linear_regime(r: Report) -> str:
 
 def critical_batch(workload="", *, chip: "str | Chip" = "h100-sxm", ctx: int = 512,
                    mode: str = "compiled", options: dict | None = None, quantize=None,
-                   max_batch: int = 4096) -> CriticalBatch:
+                   max_batch: int = 4096, tp: int = 1) -> CriticalBatch:
     """Smallest batches at which decode's linear layers, then the whole step, are compute-bound.
 
     Batches double from 1 until each turns (or max_batch), then a bisection finds the first one;
-    each predicate is taken to be monotone in batch (more rows per weight read).
+    each predicate is taken to be monotone in batch (more rows per weight read). tp: one rank of
+    a tensor-parallel split is searched.
     """
     with no_full_gc():
-        return _critical_batch(workload, chip, ctx, mode, options, quantize, max_batch)
+        return _critical_batch(workload, chip, ctx, mode, options, quantize, max_batch, tp)
 
 
-def _critical_batch(workload, chip, ctx, mode, options, quantize, max_batch) -> CriticalBatch:
+def _critical_batch(workload, chip, ctx, mode, options, quantize, max_batch,
+                    tp) -> CriticalBatch:
     workload = workload or _default()
     q = parse_quantization(quantize)
     target = find_chip(chip)
     ladder = [1 << i for i in range(max_batch.bit_length()) if 1 << i <= max_batch]
     ev = Evaluator(builder(workload, "batch", {**(options or {}), "phase": "decode", "ctx": ctx}),
-                   "batch", ladder[:3], chip=target, mode=mode, quantize=q)
+                   "batch", ladder[:3], chip=target, mode=mode, quantize=q, tp=tp)
     points: dict = {}
 
     def at(b: int) -> Point:

@@ -129,6 +129,7 @@ class Report:
     memory: Footprint
     whatif: str = ""        # the quantization what-if applied (fxroof.whatif), "" for none
     notes: tuple = ()       # caveats of the what-if
+    tp: int = 1             # tensor-parallel degree: > 1, the report is one rank's
 
     @property
     def weights_bytes(self) -> int:
@@ -194,7 +195,7 @@ class Report:
     def to_dict(self) -> dict:
         return {
             "schema": SCHEMA, "model": self.model, "capture": self.capture,
-            "whatif": self.whatif, "notes": list(self.notes),
+            "whatif": self.whatif, "notes": list(self.notes), "tp": self.tp,
             "chip": self.chip.to_dict(), "mode": self.mode, "flops": self.flops,
             "bytes": self.bytes, "fused_bytes": self.fused_bytes, "time_s": self.time_s,
             "regime": self.regime, "regime_share": self.regime_share,

@@ -46,7 +46,8 @@ class Sweep:
     def __str__(self) -> str:
         first = self.points[0].report
         dtype = first.matrix_dtype
-        head = [f"fxroof sweep · {first.model} on {self.chip.title} · {self.mode} · over "
+        head = [f"fxroof sweep · {first.model} on {self.chip.title}{tables.rank_label(first)} · "
+                f"{self.mode} · over "
                 f"{self.variable} · {self.method} capture"
                 + (f" · what-if {self.whatif}" if self.whatif else ""),
                 f"{dtype} ridge {ratio(self.chip.ridge(dtype))} FLOP/B: kernels above it are "
@@ -79,7 +80,7 @@ def _flags(point, chip: Chip) -> str:
 
 def sweep(workload, over, *, chip: "str | Chip" = "h100-sxm", mode: str = "compiled",
           options: dict | None = None, quantize=None, matmul_epilogues: bool = False,
-          symbolic: bool = True) -> Sweep:
+          symbolic: bool = True, tp: int = 1) -> Sweep:
     """Report `workload` at each value of one option, captured once where that is sound.
 
     workload: a workload spec ("path/to/file.py[:FUNC]") or a function returning
@@ -87,6 +88,8 @@ def sweep(workload, over, *, chip: "str | Chip" = "h100-sxm", mode: str = "compi
     over: {"batch": [1, 2, 4]}, ("batch", [1, 2, 4]) or "batch=1,2,4".
     quantize: a what-if (fxroof.whatif) applied at every value.
     symbolic=False captures each value on its own (the reference the fast path is tested against).
+    tp: tensor-parallel degree, one rank analyzed at each value (fxroof.parallel); each value is
+    then captured on its own.
     """
     variable, values = parse_over(over)
     build = builder(workload, variable, options)
@@ -95,7 +98,7 @@ def sweep(workload, over, *, chip: "str | Chip" = "h100-sxm", mode: str = "compi
     if symbolic:
         with no_full_gc():
             ev = Evaluator(build, variable, values, chip=target, mode=mode,
-                           matmul_epilogues=matmul_epilogues, quantize=q)
+                           matmul_epilogues=matmul_epilogues, quantize=q, tp=tp)
             points = tuple(ev.point(v) for v in values)
         method, unit, notes = ev.method, ev.unit, tuple(filter(None, [ev.why_not]))
     else:
@@ -103,7 +106,7 @@ def sweep(workload, over, *, chip: "str | Chip" = "h100-sxm", mode: str = "compi
         for v in values:
             model, args, kwargs = build(v)
             report = analyze(model, args, kwargs, chip=target, mode=mode,
-                             matmul_epilogues=matmul_epilogues, quantize=q)
+                             matmul_epilogues=matmul_epilogues, quantize=q, tp=tp)
             points.append(Point(v, report, items_of(args, kwargs)[0]))
             unit = items_of(args, kwargs)[1]
         points, method, notes = tuple(points), "per-point", ()

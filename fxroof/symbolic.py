@@ -263,17 +263,25 @@ class Evaluator:
     """
 
     def __init__(self, build: Build, variable: str, probes, *, chip="h100-sxm",
-                 mode: str = "compiled", matmul_epilogues: bool = False, quantize=None):
+                 mode: str = "compiled", matmul_epilogues: bool = False, quantize=None,
+                 tp: int = 1):
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
         self.build, self.variable, self.chip, self.mode = build, variable, find_chip(chip), mode
         self.matmul_epilogues, self.quantize = matmul_epilogues, parse_quantization(quantize)
+        self.tp = tp
         self.built: dict = {}
         self.why_not = ""                # why symbolic capture was not used
         self._prop = None                # (fake mode, weight fakes) for re-propagation
         probes = list(dict.fromkeys(probes))
         for v in probes:
             self.built[v] = build(v)
+        if tp != 1:
+            # One rank of a split model is traced inside a fake process group, with DTensors
+            # the symbolic tracer does not take: each value is analyzed on its own.
+            self.sym = None
+            self.why_not = f"tensor parallel (tp={tp}): each value captured on its own"
+            return
         try:
             self.sym = self._capture(probes)
         except Exception as e:   # every value is then captured on its own, and we say why
@@ -316,7 +324,8 @@ class Evaluator:
                     why = f"re-evaluation failed ({_one_line(e)})"
             note = f"captured on its own: {why}"
         report = analyze(model, args, kwargs, chip=self.chip, mode=self.mode,
-                         matmul_epilogues=self.matmul_epilogues, quantize=self.quantize)
+                         matmul_epilogues=self.matmul_epilogues, quantize=self.quantize,
+                         tp=self.tp)
         return Point(value, report, items, note)
 
     def _fits(self, model, args, kwargs):

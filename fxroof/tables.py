@@ -36,12 +36,18 @@ ADVICE = {
 }
 
 
+def rank_label(r) -> str:
+    """' · one rank of tp=N' for a tensor-parallel report, '' otherwise."""
+    return f" · one rank of tp={r.tp}" if r.tp != 1 else ""
+
+
 def header(r) -> str:
     dtype = r.matrix_dtype
     ridge = r.chip.ridge(dtype)
     share = r.regime_share[r.regime]
     lines = [
-        f"fxroof · {r.model} on {r.chip.title} · {r.mode} · captured with {r.capture}",
+        f"fxroof · {r.model} on {r.chip.title}{rank_label(r)} · {r.mode} · captured with "
+        f"{r.capture}",
         f"time {seconds(r.time_s)} · {r.regime}-bound ({percent(share)} of time)"
         f" · {len(r.kernels)} kernels from {len(r.nodes)} ops",
         f"{si(r.flops, 'FLOP')} · {si(r.summary.bytes, 'B')} moved · {ratio(r.intensity)} FLOP/B"

@@ -73,3 +73,18 @@ def test_critical_batch_by_hand():
     assert 165 in values and 166 in values            # the bisection looked either side
     assert c.sweep.method == "symbolic"
     assert max(len(line) for line in str(c).splitlines()) <= 100
+
+
+def test_generation_with_tensor_parallelism_reports_one_rank():
+    options = dict(preset="tiny")
+    g = generation(LLAMA, prompt=16, new_tokens=2, chip="l40s", options=options, tp=2)
+
+    def rank(**kw):
+        model, args, kwargs = load(LLAMA, dict(options, **kw))
+        return fxroof.analyze(model, args, kwargs, chip="l40s", tp=2)
+
+    assert g.prefill_s == pytest.approx(rank(phase="prefill", seq=16).time_s, rel=1e-9)
+    assert list(g.step_s) == pytest.approx(
+        [rank(phase="decode", ctx=c).time_s for c in (16, 17)], rel=1e-9)
+    assert g.prefill.tp == 2 and "one rank of tp=2" in str(g).splitlines()[0]
+    assert g.prefill.regime_share["communication"] > 0      # its all-reduces cross PCIe

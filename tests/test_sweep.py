@@ -120,3 +120,16 @@ def test_points_that_do_not_fit_are_flagged():
     rows = [line for line in str(s).splitlines() if line.strip().startswith(("1 ", "64 "))]
     assert not rows[0].rstrip().endswith("!") and rows[1].rstrip().endswith("!")
     assert "needs more than a100-80gb's 80 GB" in str(s)
+
+
+def test_a_tensor_parallel_sweep_is_one_rank_at_each_value():
+    options = dict(preset="tiny", phase="decode", ctx=16)
+    s = sweep(LLAMA, {"batch": [1, 4]}, options=options, chip="l40s", tp=2)
+    assert s.method == "per-point" and "tensor parallel (tp=2)" in s.notes[0]
+    for p in s.points:
+        assert p.report.tp == 2
+        same(p, independent(LLAMA, options, "batch", p.value, chip="l40s", tp=2))
+    # one rank holds half the split weights: less than the whole model's, more than half
+    whole = independent(LLAMA, options, "batch", 1, chip="l40s")
+    assert whole.memory.weights / 2 < s.points[0].report.memory.weights < whole.memory.weights
+    assert "one rank of tp=2" in str(s).splitlines()[0]
