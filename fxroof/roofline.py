@@ -6,7 +6,8 @@ overlap within a kernel):
   compute   FLOPs / peak of the unit that runs it (matrix units at the kernel's dtype for matmul,
             conv and attention; vector units otherwise)
   memory    bytes / memory bandwidth (the cache's, on a chip that models one, when they fit in it)
-  comm      collective latency + algorithm factor x bytes / link bandwidth
+  comm      collective latency + algorithm factor x bytes / link bandwidth (GPUs: NCCL's faster
+            protocol, low-latency for small messages)
   overhead  the fixed cost of getting the kernel onto the chip: eager dispatch from Python per op,
             or a launch from a compiled program / CUDA graph
 The regime is whichever of the four is largest. "overhead" therefore means exactly what the seed
@@ -63,11 +64,27 @@ def peak_for(chip: Chip, category: str, dtype: str, op: str = "") -> float:
     return chip.eager_vector_flops(op) if op else chip.vector_flops
 
 
+# NCCL (and RCCL) pick, per collective, the protocol its own cost model says finishes first
+# (NVIDIA/nccl src/graph/tuning.cc). A chip's link_latency_s is the per-step latency of the Simple
+# protocol, which moves data at the link's full bandwidth. The LL protocol cuts the per-step
+# latency to about 0.18x (NCCL's table: 0.6 vs 3.4 us per ring step over NVLink, 1.0 vs 5.7 us
+# over PCIe) at half the bandwidth (each 8-byte store carries 4 bytes of data and a 4-byte flag):
+# it wins the small all-reduces of decode with tensor parallelism, Simple the large ones.
+LL_LATENCY = 0.18
+LL_BANDWIDTH = 0.5
+
+
 def comm_time(chip: Chip, comm_bytes: float, comm_steps: int) -> float:
-    """Latency per sequential step plus the bytes each rank sends over its link."""
+    """Latency per sequential step plus the bytes each rank sends over its link; on a GPU, the
+    faster of NCCL's Simple and LL protocols."""
     if not comm_bytes and not comm_steps:
         return 0.0
-    return comm_steps * chip.link_latency_s + comm_bytes / chip.link_bw
+    simple = comm_steps * chip.link_latency_s + comm_bytes / chip.link_bw
+    if chip.kind != "gpu":           # gloo (CPUs) and ICI (TPUs) have no LL protocol
+        return simple
+    low_latency = (comm_steps * chip.link_latency_s * LL_LATENCY
+                   + comm_bytes / (chip.link_bw * LL_BANDWIDTH))
+    return min(simple, low_latency)
 
 
 def kernel_timing(chip: Chip, *, flops: float, bytes_moved: float, category: str, dtype: str,

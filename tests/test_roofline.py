@@ -37,9 +37,20 @@ def test_cpu_overhead_adds_to_the_work():
 
 
 def test_ring_all_reduce_time():
+    # large message: NCCL's Simple protocol, the link's full 450 GB/s and 5 us per step
     n, buffer = 8, 4096 * 8192 * 2
     expected = 2 * (n - 1) * H100.link_latency_s + 2 * (n - 1) / n * buffer / 450e9
     assert comm_time(H100, 2 * (n - 1) / n * buffer, 2 * (n - 1)) == pytest.approx(expected)
+
+
+def test_small_all_reduce_takes_the_low_latency_protocol():
+    # decode's all-reduce of one token's hidden state, 8192 bf16 = 16 KiB, over 8 ranks:
+    # Simple: 14 steps x 5 us + 28,672 B / 450 GB/s = 70.06 us
+    # LL:     14 steps x 0.9 us + 28,672 B / 225 GB/s = 12.73 us  (NCCL's own model: ~15 us)
+    sent = 2 * 7 / 8 * 8192 * 2
+    assert sent == 28_672
+    assert comm_time(H100, sent, 14) == pytest.approx(14 * 0.9e-6 + 28_672 / 225e9)
+    assert comm_time(chip("cpu"), sent, 14) == pytest.approx(14 * 20e-6 + 28_672 / 12.5e9)  # gloo
 
 
 def test_intensity_and_roofline():
