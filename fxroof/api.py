@@ -7,7 +7,7 @@ from .annotate import annotate
 from .capture import Captured, capture
 from .chips import Chip, chip as find_chip
 from .fuse import fuse, unfused
-from .memory import footprint
+from .memory import footprint, state_reads
 from .report import ModeSummary, Report, kernel_rows, node_rows
 from .roofline import MODES
 from .whatif import Quantization, parse as parse_quantization, quantize_graph
@@ -49,9 +49,12 @@ def report_of(captured: Captured, chip: Chip, mode: str, matmul_epilogues: bool 
     nodes = node_rows(gm)
     compiled = fuse(gm, matmul_epilogues=matmul_epilogues)
     eager = unfused(gm)
+    memory = whatif.memory(footprint(gm, captured.weights))
+    # A cache holds the weights and KV cache between passes only if everything fits in it.
+    streamed = (state_reads(gm, captured.weights)
+                if chip.cache_bytes and memory.total > chip.cache_bytes else {})
     return Report(
         model=captured.name, capture=captured.strategy, chip=chip, mode=mode, nodes=nodes,
-        eager=ModeSummary("eager", kernel_rows(eager, chip, "eager", nodes)),
-        compiled=ModeSummary("compiled", kernel_rows(compiled, chip, "compiled", nodes)),
-        memory=whatif.memory(footprint(gm, captured.weights)),
-        whatif=quantize.label if quantize else "", notes=whatif.notes)
+        eager=ModeSummary("eager", kernel_rows(eager, chip, "eager", nodes, streamed)),
+        compiled=ModeSummary("compiled", kernel_rows(compiled, chip, "compiled", nodes, streamed)),
+        memory=memory, whatif=quantize.label if quantize else "", notes=whatif.notes)

@@ -40,7 +40,7 @@ import torch.fx as fx
 import torch.utils._pytree as pytree
 from tabulate import tabulate
 
-from .api import analyze
+from .api import report_of
 from .capture import (FunctionModule, TensorOutputs, capture, is_aten_graph, preserved_modes,
                       quiet_torch)
 from .calibrate import calibrate
@@ -187,15 +187,16 @@ def measure(model, args=(), kwargs=None, *, chip: "str | Chip | None" = None, wa
     args = tuple(args) if isinstance(args, (tuple, list)) else (args,)
     kwargs = dict(kwargs or {})
     with cpu_threads(threads):
-        gm, values, strategy, name = program(model, args, kwargs)
+        captured, values, strategy, name = program(model, args, kwargs)
         device = _device_of(values)
         if chip is not None:
             target = find_chip(chip)
         else:
             threads_now = torch.get_num_threads() if device.type == "cpu" else None
             target = local_chip(device.type, threads_now)
-        report = analyze(gm, chip=target, mode="eager")
-        walls, runs = timed_runs(gm, values, device, _forward(model, args, kwargs), warmup, repeat)
+        report = report_of(captured, target, "eager")
+        walls, runs = timed_runs(captured.gm, values, device, _forward(model, args, kwargs),
+                                 warmup, repeat)
         where = _device_name(device)
     medians = {n: statistics.median(run[n] for run in runs) for n in runs[0]} if runs else {}
 
@@ -242,12 +243,14 @@ def timed_runs(gm: fx.GraphModule, values: list, device: torch.device, forward=N
 # -- the graph and the real value of each placeholder -----------------------------------------
 
 def program(model, args: tuple, kwargs: dict):
-    """(GraphModule fxroof analyzes, real placeholder values, capture strategy, model name)."""
+    """(Captured graph fxroof analyzes, which knows its weights; real placeholder values, capture
+    strategy, model name)."""
     if isinstance(model, torch.export.ExportedProgram):
         return _from_program(model, args, kwargs, "ExportedProgram")
     if isinstance(model, fx.GraphModule) and is_aten_graph(model):
-        gm = capture(model).gm   # an aten graph already: its placeholders are the inputs
-        return gm, _check(gm, pytree.tree_leaves((args, kwargs))), "graph", type(model).__name__
+        captured = capture(model)   # an aten graph already: its placeholders are the inputs
+        return (captured, _check(captured.gm, pytree.tree_leaves((args, kwargs))), "graph",
+                type(model).__name__)
     name = type(model).__name__
     if not isinstance(model, torch.nn.Module) and callable(model):
         name, model = getattr(model, "__name__", name), FunctionModule(model)
@@ -266,12 +269,12 @@ def program(model, args: tuple, kwargs: dict):
     params = dict(traced.named_parameters(remove_duplicate=False))
     buffers = dict(traced.named_buffers(remove_duplicate=False))
     values = pytree.tree_leaves((params, buffers, args, kwargs))
-    return captured.gm, _check(captured.gm, values), captured.strategy, name
+    return captured, _check(captured.gm, values), captured.strategy, name
 
 
 def _from_program(ep, args, kwargs, name):
     from torch.export.graph_signature import InputKind
-    gm = capture(ep).gm
+    captured = capture(ep)
     user = iter(pytree.tree_leaves((args, kwargs)))
     values = []
     for spec in ep.graph_signature.input_specs:
@@ -287,7 +290,7 @@ def _from_program(ep, args, kwargs, name):
             values.append(ep.constants[spec.target])
         else:
             raise MeasureError(f"no real value for placeholder {spec.arg.name} ({spec.kind.name})")
-    return gm, _check(gm, values), "torch.export", name
+    return captured, _check(captured.gm, values), "torch.export", name
 
 
 def _check(gm: fx.GraphModule, values: list) -> list:

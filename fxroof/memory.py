@@ -103,3 +103,25 @@ def footprint(gm: fx.GraphModule, weights: frozenset) -> Footprint:
     other = sum(size for s, (size, is_w) in placeholder_storage.items()
                 if not is_w and s not in written)
     return Footprint(weight_bytes, cache, other, peak)
+
+
+def state_reads(gm: fx.GraphModule, weights: frozenset) -> dict[str, dict]:
+    """{node name: {storage: bytes}} of the model's state each op reads, views looked through:
+    its weights and its KV cache, the storages that outlive one forward pass. On a chip with a
+    cache they stay there between passes only when the whole footprint fits in it; otherwise
+    every pass streams them from memory again."""
+    state = {s: size for n in gm.graph.nodes if n.op == "placeholder" and n.name in weights
+             for s, size in _storages(n.meta.get("val")).items()}
+    written = written_inputs(gm, weights)
+    state |= {s: size for n in gm.graph.nodes if n.op == "placeholder"
+              for s, size in _storages(n.meta.get("val")).items() if s in written}
+    reads: dict = {}
+    for n in gm.graph.nodes:
+        if n.op != "call_function":
+            continue
+        found = {s: state[s] for arg in n.all_input_nodes
+                 for s in _storages(arg.meta.get("val")) if s in state}
+        if found:
+            reads[n.name] = found
+    return reads
+

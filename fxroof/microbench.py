@@ -202,11 +202,11 @@ def _node_rates(clock: Clock, module: nn.Module, x: torch.Tensor, chip: Chip,
     """{op: (FLOPs as fxroof counts them, seconds)} of `module` run node by node with
     fxroof.measure's interpreter: each node's best time over the repeats, less the op's tiny-call
     cost."""
-    from .api import analyze
+    from .api import report_of
     from .measure import program, timed_runs
-    gm, values, _strategy, _name = program(module.to(clock.dev).eval(), (x,), {})
-    report = analyze(gm, chip=chip, mode="eager")
-    _walls, runs = timed_runs(gm, values, clock.dev, None, 3, 8 if clock.quick else 25)
+    captured, values, _strategy, _name = program(module.to(clock.dev).eval(), (x,), {})
+    report = report_of(captured, chip, "eager")
+    _walls, runs = timed_runs(captured.gm, values, clock.dev, None, 3, 8 if clock.quick else 25)
     fixed = statistics.median(bare.values())
     out: dict = {}
     for node in report.nodes:

@@ -278,18 +278,26 @@ def node_rows(gm: fx.GraphModule) -> tuple:
     return tuple(rows)
 
 
-def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple) -> tuple:
+def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple, streamed: dict | None = None
+                ) -> tuple:
+    """streamed: {node name: {storage: bytes}} of state the node reads from memory on every pass
+    (memory.state_reads, where the footprint outgrows the chip's cache); none by default."""
     by_name = {n.name: n for n in nodes}
+    streamed = streamed or {}
     rows = []
     for k in kernels:
         members = [by_name[n] for n in k.nodes if n in by_name]
+        state: dict = {}
+        for n in k.nodes:
+            state.update(streamed.get(n, {}))
         # An eager kernel is one op; a chip measured op by op knows that op's own costs.
         op = members[0].op if mode == "eager" and len(members) == 1 else ""
         timing = kernel_timing(chip, flops=k.flops, bytes_moved=k.bytes_read + k.bytes_written,
                                category=k.category, dtype=k.dtype,
                                overhead_s=overhead_per_kernel(chip, mode, op, k.views),
                                comm_bytes=sum(m.comm_bytes for m in members),
-                               comm_steps=sum(m.comm_steps for m in members), eager_op=op)
+                               comm_steps=sum(m.comm_steps for m in members), eager_op=op,
+                               streamed_bytes=min(sum(state.values()), k.bytes_read))
         rows.append(KernelRow(tuple(k.nodes), _main_op(k, by_name), k.module, k.category, k.dtype,
                               k.flops, k.bytes_read, k.bytes_written, k.reason, timing))
     return tuple(rows)

@@ -89,10 +89,13 @@ def comm_time(chip: Chip, comm_bytes: float, comm_steps: int) -> float:
 
 def kernel_timing(chip: Chip, *, flops: float, bytes_moved: float, category: str, dtype: str,
                   overhead_s: float, comm_bytes: float = 0, comm_steps: int = 0,
-                  eager_op: str = "") -> Timing:
-    """eager_op: the op an eager kernel runs, for chips measured op by op (Chip.op_flops)."""
+                  eager_op: str = "", streamed_bytes: float = 0) -> Timing:
+    """eager_op: the op an eager kernel runs, for chips measured op by op (Chip.op_flops).
+    streamed_bytes: the part of bytes_moved that comes from memory whatever the chip's cache
+    (the weights of a model too large to stay cached between passes)."""
     compute = flops / peak_for(chip, category, dtype, eager_op) if flops else 0.0
-    memory = bytes_moved / chip.bandwidth(bytes_moved)
+    rest = bytes_moved - streamed_bytes
+    memory = streamed_bytes / chip.mem_bw + rest / chip.bandwidth(rest)
     return Timing(compute, memory, comm_time(chip, comm_bytes, comm_steps), overhead_s,
                   serial_overhead=chip.kind == "cpu")
 

@@ -104,8 +104,8 @@ def test_make_fx_fallback_maps_parameters_in_order(monkeypatch):
         raise RuntimeError("export disabled for this test")
     monkeypatch.setattr(torch.export, "export", no_export)
     model, x = mlp()
-    gm, values, strategy, _ = program(model, (x,), {})
-    assert strategy == "make_fx"
+    captured, values, strategy, _ = program(model, (x,), {})
+    assert strategy == "make_fx" and len(captured.weights) == len(list(model.parameters()))
     params = list(model.parameters())
     assert all(v is p for v, p in zip(values, params)) and values[-1] is x
     m = measure(model, (x,), chip=CHIP, warmup=0, repeat=2)
@@ -122,9 +122,9 @@ def test_a_plain_function_is_measured():
 
 def test_a_value_that_does_not_fit_its_placeholder_is_named():
     model, x = mlp()
-    gm, values, _, _ = program(model, (x,), {})
+    captured, values, _, _ = program(model, (x,), {})
     with pytest.raises(MeasureError, match="placeholder"):
-        measure_module._check(gm, values[:-1] + [torch.randn(5, 32)])
+        measure_module._check(captured.gm, values[:-1] + [torch.randn(5, 32)])
 
 
 def test_default_chip_is_calibrated_on_this_machine(monkeypatch):

@@ -94,3 +94,30 @@ def test_a_measured_chip_costs_each_eager_op_by_hand():
     compiled = fxroof.analyze(model, (x,), chip=measured, mode="compiled")
     (fused,) = compiled.kernels
     assert fused.time_s == pytest.approx(5e-6 + 2048 / 4e9)
+
+
+def test_weights_come_from_memory_once_the_model_outgrows_the_cache():
+    import torch
+    from torch import nn
+
+    import fxroof
+    from fxroof.chips import Chip
+    cached = Chip("c", "Cache", "cpu", {"fp32": 1e11}, vector_flops=1e10, mem_bw=1e10,
+                  mem_bytes=1e10, link_bw=1e9, link_latency_s=1e-5, launch_s=1e-6,
+                  dispatch_s=1e-6, cache_bytes=4e6, cache_bw=1e11)
+    x = torch.randn(1, 256)
+    w, act = 256 * 256 * 4, 256 * 4            # 262,144 B of weight; 1 KiB in, 1 KiB out
+    # one layer, 264 KiB in all: it stays in the cache between passes, every byte at 100 GB/s
+    small = fxroof.analyze(nn.Linear(256, 256, bias=False), (x,), chip=cached, mode="eager")
+    (k,) = small.kernels
+    assert k.timing.memory_s == pytest.approx((w + 2 * act) / 1e11)
+    # twenty layers, 5.2 MB of weights > 4 MB of cache: each pass streams every weight from
+    # memory at 10 GB/s, while the activations a layer reads and writes stay in the cache
+    big = fxroof.analyze(nn.Sequential(*[nn.Linear(256, 256, bias=False) for _ in range(20)]),
+                         (x,), chip=cached, mode="eager")
+    assert big.memory.weights == 20 * w
+    for k in big.kernels:
+        assert k.timing.memory_s == pytest.approx(w / 1e10 + 2 * act / 1e11)
+    # a chip without a cache figure charges every byte at mem_bw, as before
+    plain = fxroof.analyze(nn.Linear(256, 256, bias=False), (x,), chip="cpu", mode="eager")
+    assert plain.kernels[0].timing.memory_s == pytest.approx((w + 2 * act) / chip("cpu").mem_bw)
