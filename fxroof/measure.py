@@ -31,6 +31,7 @@ which only exercise the CPU; it needs a CUDA build of torch and a model and inpu
 from __future__ import annotations
 
 import functools
+import re
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -126,6 +127,10 @@ class Measurement:
                 f" spread {percent(self.spread)}) · error {_signed(self.error)}"
                 f"\nnodes run one by one: {seconds(self.nodes_s)} in {len(self.rows)} ops"
                 f" + {seconds(self.views_s)} in {self.views} views")
+        mismatch = _thread_mismatch(self.device, self.chip.title)
+        if mismatch:
+            head += f"\nnote: {mismatch}"
+
         def groups(by):
             return [[k, v["nodes"], seconds(v["predicted_s"]), seconds(v["measured_s"]),
                      _signed(v["error"])] for k, v in by.items()]
@@ -142,6 +147,16 @@ class Measurement:
             "", "Largest misses",
             tabulate(nodes, ["node", "op", "regime", "predicted", "measured", "error"],
                      disable_numparse=True)])
+
+
+def _thread_mismatch(device: str, chip_title: str) -> str:
+    """Why a CPU prediction may be off: the chip was calibrated on another thread count."""
+    ran, calibrated = (re.search(r"(\d+) threads?\b", text) for text in (device, chip_title))
+    if ran and calibrated and ran.group(1) != calibrated.group(1):
+        return (f"the chip was calibrated on {calibrated.group(0)} and this ran on "
+                f"{ran.group(0)}: measure with --threads {calibrated.group(1)}, or calibrate "
+                f"with --threads {ran.group(1)}")
+    return ""
 
 
 def _grouped(rows, key: str, order) -> dict:

@@ -145,3 +145,11 @@ def test_cuda_measurement_times_with_events():
     model, x = mlp()
     m = measure(model.cuda(), (x.cuda(),), chip="h100-sxm", warmup=1, repeat=3)
     assert all(r.measured_s > 0 for r in m.rows) and m.measured_s > 0
+
+
+def test_a_chip_calibrated_on_other_threads_is_pointed_out():
+    from fxroof.measure import _thread_mismatch
+    note = _thread_mismatch("AMD EPYC, 2 threads", "AMD EPYC, 1 thread (calibrated)")
+    assert "calibrated on 1 thread and this ran on 2 threads" in note and "--threads 1" in note
+    assert _thread_mismatch("AMD EPYC, 1 thread", "AMD EPYC, 1 thread (calibrated)") == ""
+    assert _thread_mismatch("NVIDIA H100", "NVIDIA H100 SXM5 80GB") == ""
