@@ -1,6 +1,6 @@
 """Calibrate: measure the chip this runs on and write it as a chip file.
 
-    chip = calibrate("cpu")                   # a Chip: ~15 s on one core (quick=True: ~5 s)
+    chip = calibrate("cpu")                   # a Chip: ~12 s on one core (quick=True: ~4 s)
     write_chip(chip, "this_machine.json")     # fxroof.chips.chip("this_machine.json") reads it
 
 Every figure is what the time model should charge for eager PyTorch on this device, counted the
