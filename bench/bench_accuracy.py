@@ -11,6 +11,7 @@ category, and the median |error|. About a minute on one core (two passes).
     python bench/bench_accuracy.py --threads 1      # calibrate and measure on one thread
     python bench/bench_accuracy.py --chip my.json   # predict on a chip file instead
     python bench/bench_accuracy.py --only gpt2 --detail   # per-regime and per-node misses
+    python bench/bench_accuracy.py --threads 1 --mode compiled   # under torch.compile
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 from fxroof.calibrate import calibrate, cpu_threads, summary, threads_label  # noqa: E402
 from fxroof.chips import chip as find_chip  # noqa: E402
 from fxroof.measure import measure, relative_error  # noqa: E402
+from fxroof.measure_compiled import measure_compiled  # noqa: E402
 from fxroof.workload import load  # noqa: E402
 
 MODELS = ROOT / "models"
@@ -111,6 +113,8 @@ def main(argv=None) -> int:
     p.add_argument("--chip", help="predict on this chip (name or file) instead of calibrating")
     p.add_argument("--repeat", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--mode", choices=("eager", "compiled"), default="eager",
+                   help="compiled: each model under torch.compile against the compiled prediction")
     p.add_argument("--passes", type=int, default=2,
                    help="measure every workload this many times, keep each one's quietest pass")
     p.add_argument("--only", nargs="*", default=[], help="workloads whose name contains these")
@@ -130,35 +134,38 @@ def main(argv=None) -> int:
             # Other work on a shared machine slows everything for seconds at a time; a later
             # pass meets other moments, and each workload keeps its quieter pass.
             for name, model, args, kwargs, repeat in cases(ns.only):
-                m = measure(model, args, kwargs, chip=chip, warmup=ns.warmup,
-                            repeat=min(ns.repeat, repeat or ns.repeat))
+                how = measure if ns.mode == "eager" else measure_compiled
+                m = how(model, args, kwargs, chip=chip, warmup=ns.warmup,
+                        repeat=min(ns.repeat, repeat or ns.repeat))
                 if name not in kept or m.measured_s < kept[name].measured_s:
                     kept[name] = m
         rows, errors, best_errors, pooled = [], [], [], {}
         for name, m in kept.items():
-            share = {k: v["predicted_s"] for k, v in m.by_regime().items()}
+            share = m.report.regime_share
             regime = max(share, key=share.get)
             errors.append(m.error)
             best_errors.append(relative_error(m.predicted_s, m.best_s))
-            rows.append([name, len(m.rows), f"{m.predicted_s * 1e3:.3f}",
+            rows.append([name, len(m.report.kernels), f"{m.predicted_s * 1e3:.3f}",
                          f"{m.measured_s * 1e3:.3f}", _pct(m.error), f"{m.best_s * 1e3:.3f}",
                          _pct(best_errors[-1]), f"{100 * m.spread:.0f}%",
-                         f"{regime} {100 * share[regime] / m.predicted_s:.0f}%"])
-            for category, g in m.by_category().items():
+                         f"{regime} {100 * share[regime]:.0f}%"])
+            for category, g in (m.by_category() if ns.mode == "eager" else {}).items():
                 acc = pooled.setdefault(category, [0, 0.0, 0.0])
                 acc[0] += g["nodes"]
                 acc[1] += g["predicted_s"]
                 acc[2] += g["measured_s"]
             if ns.detail:
                 print(m, end="\n\n")
-    print(tabulate(rows, headers=["workload", "ops", "predicted ms", "measured ms", "error",
+    print(tabulate(rows, headers=["workload", "kernels", "predicted ms", "measured ms", "error",
                                   "best ms", "vs best", "spread", "predicted regime"],
                    colalign=("left",) + ("right",) * 7 + ("left",), disable_numparse=True))
-    print("\nAll workloads, node by node, by op category (measured: per-node medians)")
-    print(tabulate([[c, n, f"{p * 1e3:.3f}", f"{m * 1e3:.3f}", _pct(relative_error(p, m))]
-                    for c, (n, p, m) in sorted(pooled.items(), key=lambda kv: -kv[1][2])],
-                   headers=["category", "nodes", "predicted ms", "measured ms", "error"],
-                   colalign=("left", "right", "right", "right", "right"), disable_numparse=True))
+    if pooled:
+        print("\nAll workloads, node by node, by op category (measured: per-node medians)")
+        print(tabulate([[c, n, f"{p * 1e3:.3f}", f"{m * 1e3:.3f}", _pct(relative_error(p, m))]
+                        for c, (n, p, m) in sorted(pooled.items(), key=lambda kv: -kv[1][2])],
+                       headers=["category", "nodes", "predicted ms", "measured ms", "error"],
+                       colalign=("left", "right", "right", "right", "right"),
+                       disable_numparse=True))
     print(f"\nmedian |error| {_abs_median(errors)} (vs best run {_abs_median(best_errors)}) · "
           f"worst {100 * max(map(abs, errors)):.0f}% · {len(errors)} workloads · {threads} · "
           f"{time.perf_counter() - t0:.0f} s")

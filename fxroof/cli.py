@@ -91,6 +91,9 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--chip", help="chip to predict with (default: calibrate this machine)")
     m.add_argument("--repeat", type=int, default=20)
     m.add_argument("--threads", type=int, help="CPU threads while measuring")
+    m.add_argument("--mode", default="eager", choices=MODES,
+                   help="eager: node by node beside the eager prediction (default); compiled: "
+                        "the model under torch.compile beside the compiled prediction")
     m.add_argument("--json", metavar="PATH", help="write the measurement as JSON")
     k = sub.add_parser("calibrate", parents=[_debug_arg()],
                        help="measure this machine and write a chip file")
@@ -217,9 +220,12 @@ def cmd_critical_batch(ns) -> int:
 
 def cmd_measure(ns) -> int:
     from .measure import measure      # runs models for real: only loaded when asked
+    from .measure_compiled import measure_compiled
     model, args, kwargs = load(ns.spec, parse_sets(ns.set))
-    _progress("capturing, calibrating and timing ...")
-    result = measure(model, args, kwargs, chip=ns.chip, repeat=ns.repeat, threads=ns.threads)
+    how = measure if ns.mode == "eager" else measure_compiled
+    _progress("capturing, calibrating" + (", compiling" if ns.mode == "compiled" else "")
+              + " and timing ...")
+    result = how(model, args, kwargs, chip=ns.chip, repeat=ns.repeat, threads=ns.threads)
     if ns.json:
         with open(ns.json, "w") as f:
             json.dump(result.to_dict(), f, indent=1)

@@ -290,13 +290,16 @@ def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple, streamed: dict | N
         state: dict = {}
         for n in k.nodes:
             state.update(streamed.get(n, {}))
-        # An eager kernel is one op; a chip measured op by op knows that op's own costs.
+        # An eager kernel is one op; a chip measured op by op knows that op's own costs. A
+        # compiled program still calls the library for a matrix op, at that op's own rate.
         op = members[0].op if mode == "eager" and len(members) == 1 else ""
+        library = next((m.op for m in members if m.category == k.category), "") \
+            if mode == "compiled" and k.category in MATRIX_CATEGORIES else op
         timing = kernel_timing(chip, flops=k.flops, bytes_moved=k.bytes_read + k.bytes_written,
                                category=k.category, dtype=k.dtype,
                                overhead_s=overhead_per_kernel(chip, mode, op, k.views),
                                comm_bytes=sum(m.comm_bytes for m in members),
-                               comm_steps=sum(m.comm_steps for m in members), eager_op=op,
+                               comm_steps=sum(m.comm_steps for m in members), rate_op=library,
                                streamed_bytes=min(sum(state.values()), k.bytes_read))
         rows.append(KernelRow(tuple(k.nodes), _main_op(k, by_name), k.module, k.category, k.dtype,
                               k.flops, k.bytes_read, k.bytes_written, k.reason, timing))

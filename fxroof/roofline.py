@@ -57,8 +57,9 @@ def overhead_per_kernel(chip: Chip, mode: str, op: str = "", views: int = 0) -> 
 
 
 def peak_for(chip: Chip, category: str, dtype: str, op: str = "") -> float:
-    """FLOP/s of the unit that runs work of this category and dtype. `op` names an eager op:
-    PyTorch's own kernel for it may run at a rate of its own (compiled code does not use it)."""
+    """FLOP/s of the unit that runs work of this category and dtype. `op` names the PyTorch op
+    whose own kernel runs it (eager ops; a compiled program's library calls), which may have a
+    rate of its own on a chip measured op by op."""
     if category in MATRIX_CATEGORIES:
         return chip.eager_matrix_flops(op, dtype or "fp32") if op else chip.matrix_flops(dtype or "fp32")
     return chip.eager_vector_flops(op) if op else chip.vector_flops
@@ -89,11 +90,12 @@ def comm_time(chip: Chip, comm_bytes: float, comm_steps: int) -> float:
 
 def kernel_timing(chip: Chip, *, flops: float, bytes_moved: float, category: str, dtype: str,
                   overhead_s: float, comm_bytes: float = 0, comm_steps: int = 0,
-                  eager_op: str = "", streamed_bytes: float = 0) -> Timing:
-    """eager_op: the op an eager kernel runs, for chips measured op by op (Chip.op_flops).
+                  rate_op: str = "", streamed_bytes: float = 0) -> Timing:
+    """rate_op: the op whose own rate a chip measured op by op applies (Chip.op_flops): an eager
+    kernel's op, or the library op a compiled matrix kernel calls.
     streamed_bytes: the part of bytes_moved that comes from memory whatever the chip's cache
     (the weights of a model too large to stay cached between passes)."""
-    compute = flops / peak_for(chip, category, dtype, eager_op) if flops else 0.0
+    compute = flops / peak_for(chip, category, dtype, rate_op) if flops else 0.0
     rest = bytes_moved - streamed_bytes
     memory = streamed_bytes / chip.mem_bw + rest / chip.bandwidth(rest)
     return Timing(compute, memory, comm_time(chip, comm_bytes, comm_steps), overhead_s,

@@ -153,3 +153,19 @@ def test_a_chip_calibrated_on_other_threads_is_pointed_out():
     assert "calibrated on 1 thread and this ran on 2 threads" in note and "--threads 1" in note
     assert _thread_mismatch("AMD EPYC, 1 thread", "AMD EPYC, 1 thread (calibrated)") == ""
     assert _thread_mismatch("NVIDIA H100", "NVIDIA H100 SXM5 80GB") == ""
+
+
+def test_compiled_mode_times_torch_compile_against_the_compiled_prediction():
+    from fxroof.measure_compiled import measure_compiled
+    model, x = mlp()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    m = measure_compiled(model, (x,), chip=CHIP, warmup=1, repeat=3)
+    expected = fxroof.analyze(model, (x,), chip=CHIP, mode="compiled")
+    assert m.predicted_s == pytest.approx(expected.time_s, rel=1e-9)
+    assert m.report.mode == "compiled" and len(m.report.kernels) == len(expected.kernels)
+    assert 0 < m.best_s <= m.measured_s and m.compile_s > m.measured_s
+    assert m.error == pytest.approx((m.predicted_s - m.measured_s) / m.measured_s)
+    d = m.to_dict()
+    assert d["schema"] == "fxroof.measurement.compiled/1" and d["kernels"] == len(m.report.kernels)
+    assert "(compiled)" in str(m).splitlines()[0]
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())   # untouched
