@@ -25,6 +25,8 @@ way fxroof counts work; each source says how it was measured, on which device an
   time - fxroof's prediction) / ops over small modules of the usual kinds. Every op's entry in
   op_dispatch_s includes it too.
 - view_dispatch_s: a view op (reshape, transpose, ...) runs no kernel but is a call all the same.
+- program_call_s: entering a torch.compile'd module (guards, wrapper), charged once per compiled
+  call: a compiled Linear + ReLU's wall time less fxroof's compiled prediction of it.
 - mem_bw: a large copy, bytes read plus written. cache_bytes, cache_bw: the last-level cache's
   size as the system reports it, and a copy that fills a quarter of it.
 - launch_s: CPU: dispatch_s (no device launch; compiled CPU code still calls kernels one by one
@@ -53,7 +55,7 @@ from .chips.chip import OP_TABLES, OPTIONAL_SCALARS, PEAK_KEY, PEAK_UNIT, SCALAR
 from .machine import Clock, cpu_name, cpu_threads, device_name, threads_label
 from .microbench import (cache_bandwidth, copy_bandwidth, dispatch_sources, each_rate, glue,
                          graph_launch, layer_rates, link_sources, matmul_peaks, measured_chip,
-                         op_table, vector_rate, view_dispatch)
+                         op_table, program_call, vector_rate, view_dispatch)
 from .probes import VIEW_PROBES
 from .units import seconds, si
 
@@ -108,10 +110,14 @@ def calibrate(device: str = "cpu", *, quick: bool = False, threads: int | None =
         launch, launch_note = graph_launch(clock) if clock.cuda else (dispatch, (
             "same as dispatch_s: a CPU has no device launch; compiled CPU code still calls its "
             "kernels one by one from the host"))
+        say("entering a compiled program ...")
+        figures["program_call"], program_note = program_call(clock, measured_chip(
+            dev, title, **figures, dispatch=dispatch, launch=launch, ops=(op_dispatch, op_rates)))
     sources = {
         "peak_flops": peak_note, "vector_flops": vector_note, "mem_bw": mem_note,
         "mem_bytes": "device memory" if clock.cuda else "total RAM as the system reports it",
         "launch_s": launch_note, **dispatch_sources(bare, glue_s, glue_ops),
+        "program_call_s": program_note,
         "view_dispatch_s": "median host time of a tiny call of each of " + ", ".join(
             label for label, _fn in VIEW_PROBES) + " (best loop of many)",
     }

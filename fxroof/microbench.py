@@ -286,7 +286,8 @@ def graph_launch(clock: Clock) -> tuple[float, str]:
 
 
 def measured_chip(dev, title, peaks, vector, mem_bw, cache=(0.0, 0.0), view=0.0,
-                  dispatch=1e-9, launch=1e-9, ops=({}, {}), sources=None) -> Chip:
+                  dispatch=1e-9, launch=1e-9, ops=({}, {}), sources=None,
+                  program_call=0.0) -> Chip:
     """A Chip of measured figures (provisional ones, while calibrating, take the defaults)."""
     link_bw, link_latency = (12.5e9, 20e-6) if dev.type == "cpu" else (25e9, 10e-6)
     return Chip(name=f"calibrated-{dev.type}", title=title,
@@ -294,7 +295,8 @@ def measured_chip(dev, title, peaks, vector, mem_bw, cache=(0.0, 0.0), view=0.0,
                 mem_bw=mem_bw, mem_bytes=memory_bytes(dev), link_bw=link_bw,
                 link_latency_s=link_latency, launch_s=launch, dispatch_s=dispatch,
                 sources=sources or {}, cache_bytes=cache[0], cache_bw=cache[1],
-                view_dispatch_s=view, op_dispatch_s=ops[0], op_flops=ops[1])
+                view_dispatch_s=view, op_dispatch_s=ops[0], op_flops=ops[1],
+                program_call_s=program_call)
 
 
 def link_sources(dev) -> dict:
@@ -306,3 +308,22 @@ def link_sources(dev) -> dict:
     return {"link_bw": "estimate, not measured (one device): PCIe 4.0 x16 carries ~25 GB/s each "
                        "way in practice; use a table chip's NVLink figure for NVLink systems",
             "link_latency_s": "estimate, not measured (one device): ~10 us per collective step"}
+
+
+def program_call(clock: Clock, chip: Chip) -> tuple[float, str]:
+    """What entering a torch.compile'd module costs beyond its kernels: (wall time of a compiled
+    Linear + ReLU module - fxroof's compiled prediction of it). Dynamo checks its guards (the
+    module's parameters among them) and the wrapper runs before the first kernel."""
+    from .api import analyze
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Linear(64, 64), nn.ReLU()).to(clock.dev).eval()
+    x = torch.randn(4, 64, device=clock.dev)
+    predicted = analyze(module, (x,), chip=chip, mode="compiled").time_s
+    compiled = torch.compile(module)
+    compiled(x)                                   # compiles
+    wall = host_time(clock, lambda: compiled(x), n=50 if clock.quick else 200)
+    return max(wall - predicted, 0.0), (
+        f"a torch.compile'd Linear(64, 64) + ReLU on 4 rows: wall time per call "
+        f"{seconds(wall)} - fxroof's compiled prediction {seconds(predicted)} (best loop of "
+        f"many)")
+

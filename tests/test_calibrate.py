@@ -80,7 +80,8 @@ def test_ops_are_measured_one_by_one_under_the_names_reports_use(quick_chip):
     for op, rate in c.op_flops.items():
         assert 1e6 < rate < 1e15, op
     assert min(c.op_flops.values()) <= c.vector_flops <= max(c.op_flops.values())   # a median
-    for figure in ("op_dispatch_s", "op_flops", "view_dispatch_s"):
+    assert 0 <= c.program_call_s < 1e-3                # entering a compiled module
+    for figure in ("op_dispatch_s", "op_flops", "view_dispatch_s", "program_call_s"):
         assert c.sources[figure].startswith("measured by fxroof calibrate on "), figure
 
 

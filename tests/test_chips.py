@@ -391,6 +391,7 @@ def test_bad_kind_and_shape(tmp_path):
 
 def measured_entry(**changes):
     return good_entry(kind="cpu", cache_MB=32, cache_bw_GBps=100, view_dispatch_us=1.5,
+                      program_call_us=18,
                       op_dispatch_us={"gelu": 9, "add": 4}, op_TFLOPS={"max_pool2d": 0.0002},
                       **changes)
 
@@ -399,6 +400,7 @@ def test_optional_figures_load_in_si_units(tmp_path):
     c = chip(str(write(tmp_path, measured_entry())))
     assert c.cache_bytes == 32e6 and c.cache_bw == 100e9          # MB, GB/s -> B, B/s
     assert c.view_dispatch_s == pytest.approx(1.5e-6)
+    assert c.program_call_s == pytest.approx(18e-6)
     assert c.op_dispatch_s == {"gelu": pytest.approx(9e-6), "add": pytest.approx(4e-6)}
     assert c.op_flops == {"max_pool2d": pytest.approx(2e8)}       # 0.0002 TFLOP/s = 0.2 GFLOP/s
     assert c.eager_dispatch("gelu") == pytest.approx(9e-6)
@@ -447,5 +449,5 @@ def test_shipped_table_would_need_sources_for_optional_figures():
         "peak_flops", "vector_flops", "mem_bw", "mem_bytes", "link_bw", "link_latency_s",
         "launch_s", "dispatch_s")})
     with pytest.raises(ChipError, match="no source for cache_bytes, cache_bw, view_dispatch_s, "
-                                        "op_dispatch_s, op_flops"):
+                                        "program_call_s, op_dispatch_s, op_flops"):
         chip_from_json(entry, "table", require_sources=True)

@@ -76,7 +76,7 @@ def test_a_measured_chip_costs_each_eager_op_by_hand():
     measured = Chip("m", "Measured", "cpu", {"fp32": 1e11}, vector_flops=4e9, mem_bw=1e10,
                     mem_bytes=1e10, link_bw=1e9, link_latency_s=1e-5, launch_s=5e-6,
                     dispatch_s=5e-6, cache_bytes=1e6, cache_bw=1e11, view_dispatch_s=1e-6,
-                    op_dispatch_s={"gelu": 9e-6}, op_flops={"gelu": 1e9})
+                    op_dispatch_s={"gelu": 9e-6}, op_flops={"gelu": 1e9}, program_call_s=20e-6)
     model = FunctionModule(lambda x: F.gelu(x.view(-1)) + 1)
     x = torch.randn(256, 4)                                   # 1024 fp32 elements, 4 KiB
     eager = fxroof.analyze(model, (x,), chip=measured, mode="eager")
@@ -90,10 +90,11 @@ def test_a_measured_chip_costs_each_eager_op_by_hand():
     assert gelu.time_s == pytest.approx(11.024e-6)
     # add: not measured one by one: dispatch_s 5 us + 1024 FLOPs at vector_flops 4e9 = 0.256 us
     assert add.time_s == pytest.approx(5.256e-6)
-    # compiled: one fused kernel, a launch + 2048 FLOPs at the vector rate; no per-op figures
+    # compiled: entering the program 20 us, then one fused kernel, a launch + 2048 FLOPs at the
+    # vector rate; no per-op figures
     compiled = fxroof.analyze(model, (x,), chip=measured, mode="compiled")
     (fused,) = compiled.kernels
-    assert fused.time_s == pytest.approx(5e-6 + 2048 / 4e9)
+    assert fused.time_s == pytest.approx(20e-6 + 5e-6 + 2048 / 4e9)
 
 
 def test_weights_come_from_memory_once_the_model_outgrows_the_cache():

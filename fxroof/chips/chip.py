@@ -32,6 +32,8 @@ pages print the with-sparsity figure, which is twice the dense one.
                                                 cache moves them at cache_bw instead of mem_bw
       "view_dispatch_us": 1.1                   eager cost of a view op (reshape, transpose, ...):
                                                 no kernel, but a call from Python all the same
+      "program_call_us": 18                     compiled: entering the compiled program (guards,
+                                                wrapper), once per call, before its first kernel
       "op_dispatch_us": {"gelu": 9.1, ...}      eager cost of one call of an op, by the op name
                                                 reports print; other ops cost dispatch_us
       "op_TFLOPS": {"max_pool2d": 0.0002, ...}  eager rate of an op's work, by op name; other ops
@@ -66,6 +68,7 @@ OPTIONAL_SCALARS = {
     "cache_bytes": ("cache_MB", 1e6),
     "cache_bw": ("cache_bw_GBps", 1e9),
     "view_dispatch_s": ("view_dispatch_us", 1e-6),
+    "program_call_s": ("program_call_us", 1e-6),
 }
 OP_TABLES = {
     "op_dispatch_s": ("op_dispatch_us", 1e-6),
@@ -162,6 +165,7 @@ class Chip:
     cache_bytes: float = 0.0  # last-level cache; 0: not modelled (every byte at mem_bw)
     cache_bw: float = 0.0     # bytes/s of a kernel whose bytes fit in cache_bytes
     view_dispatch_s: float = 0.0  # eager: per view op the model calls (no kernel); 0: free
+    program_call_s: float = 0.0   # compiled: per call of the program, before its first kernel
     op_dispatch_s: Mapping[str, float] = field(default_factory=dict, hash=False)  # op -> s
     op_flops: Mapping[str, float] = field(default_factory=dict, hash=False)       # op -> FLOP/s
 
