@@ -1,17 +1,20 @@
-"""How close fxroof's eager-mode prediction comes to the measured time, on this machine's CPU.
+"""How close fxroof's predictions come to the measured time, on this machine (its CPU by default).
 
-Calibrates the CPU once (fxroof.calibrate), then for every bundled workload at a CPU-sized preset
-and two small test models (an MLP, a conv net) runs `fxroof.measure.measure`: the model's eager
-forward timed for real (median), beside fxroof's eager prediction on the calibrated chip.
-Prints the table (error against the median run, and against the fastest: other work on a shared
-machine only adds time, so the spread column says how far to trust a row), the error pooled by op
-category, and the median |error|. About a minute on one core (two passes).
+Calibrates the device once (fxroof.calibrate), then for every bundled workload at a CPU-sized preset,
+two real models at 224 px, one memory-bound decode step and two small test models, runs
+`fxroof.measure.measure` (eager: the model's forward timed for real, median, beside fxroof's
+eager prediction on the calibrated chip) or, with --mode compiled, `measure_compiled` (the model
+under torch.compile beside the compiled prediction). Each workload is measured in two passes and
+keeps its quieter one. Prints the table (error against the median run, and against the fastest:
+other work on a shared machine only adds time, so the spread column says how far to trust a row),
+the error pooled by op category (eager), and the median |error|. About a minute on one core.
 
     python bench/bench_accuracy.py                  # torch's thread count
     python bench/bench_accuracy.py --threads 1      # calibrate and measure on one thread
     python bench/bench_accuracy.py --chip my.json   # predict on a chip file instead
     python bench/bench_accuracy.py --only gpt2 --detail   # per-regime and per-node misses
     python bench/bench_accuracy.py --threads 1 --mode compiled   # under torch.compile
+    python bench/bench_accuracy.py --device cuda --mode compiled # on a GPU (CUDA events)
 """
 from __future__ import annotations
 
@@ -36,7 +39,6 @@ from fxroof.measure_compiled import measure_compiled  # noqa: E402
 from fxroof.workload import load  # noqa: E402
 
 MODELS = ROOT / "models"
-CPU = {"device": "cpu"}
 
 # (name, workload file, options): tiny presets, sequences and images cut to CPU size.
 WORKLOADS = [
@@ -90,19 +92,21 @@ class SmallConvNet(nn.Module):
         return self.head(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-def small_models():
+def small_models(device: str = "cpu"):
     torch.manual_seed(0)
-    return [("small MLP B=64", SmallMLP().eval(), (torch.randn(64, 512),), {}),
-            ("small convnet 64px", SmallConvNet().eval(), (torch.randn(1, 3, 64, 64),), {})]
+    return [("small MLP B=64", SmallMLP().eval().to(device),
+             (torch.randn(64, 512, device=device),), {}),
+            ("small convnet 64px", SmallConvNet().eval().to(device),
+             (torch.randn(1, 3, 64, 64, device=device),), {})]
 
 
-def cases(only):
+def cases(only, device: str = "cpu"):
     """(name, model, args, kwargs, repeats or None for the command line's)."""
     for name, file, options, *repeat in WORKLOADS:
         if not only or any(o in name for o in only):
-            model, args, kwargs = load(str(MODELS / file), {**options, **CPU})
+            model, args, kwargs = load(str(MODELS / file), {**options, "device": device})
             yield name, model, args, kwargs, (repeat or [None])[0]
-    for name, model, args, kwargs in small_models():
+    for name, model, args, kwargs in small_models(device):
         if not only or any(o in name for o in only):
             yield name, model, args, kwargs, None
 
@@ -111,6 +115,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--chip", help="predict on this chip (name or file) instead of calibrating")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda: where models run")
     p.add_argument("--repeat", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--mode", choices=("eager", "compiled"), default="eager",
@@ -127,13 +132,13 @@ def main(argv=None) -> int:
             chip = find_chip(ns.chip)
             print(chip.title, end="\n\n")
         else:
-            chip = calibrate("cpu")
+            chip = calibrate(ns.device)
             print(f"calibrated in {time.perf_counter() - t0:.0f} s: {summary(chip)}", end="\n\n")
         kept: dict = {}
         for _ in range(ns.passes):
             # Other work on a shared machine slows everything for seconds at a time; a later
             # pass meets other moments, and each workload keeps its quieter pass.
-            for name, model, args, kwargs, repeat in cases(ns.only):
+            for name, model, args, kwargs, repeat in cases(ns.only, ns.device):
                 how = measure if ns.mode == "eager" else measure_compiled
                 m = how(model, args, kwargs, chip=chip, warmup=ns.warmup,
                         repeat=min(ns.repeat, repeat or ns.repeat))
