@@ -1,7 +1,7 @@
 """How close fxroof's predictions come to the measured time, on this machine (its CPU by default).
 
-Calibrates the device once (fxroof.calibrate), then for every bundled workload at a CPU-sized preset,
-two real models at 224 px, one memory-bound decode step and two small test models, runs
+Calibrates the device once (fxroof.calibrate), then for every bundled workload at a CPU-sized
+preset, two real models at 224 px, one memory-bound decode step and two small test models, runs
 `fxroof.measure.measure` (eager: the model's forward timed for real, median, beside fxroof's
 eager prediction on the calibrated chip) or, with --mode compiled, `measure_compiled` (the model
 under torch.compile beside the compiled prediction). Each workload is measured in two passes and
