@@ -56,8 +56,8 @@ WORKLOADS = [
     ("resnet50 224px", "resnet.py", {"depth": 50, "image": 224}, 8),
     # Memory-bound: one Llama-2-7B layer with its embeddings and head, 1.9 GB of fp32 weights
     # streamed from DRAM at every decode step.
-    ("llama-7b 1 layer decode fp32", "llama.py", {"preset": "llama2-7b", "layers": 1,
-                                                  "phase": "decode", "ctx": 256, "dtype": "fp32"}, 5),
+    ("llama-7b 1 layer decode fp32", "llama.py",
+     {"preset": "llama2-7b", "layers": 1, "phase": "decode", "ctx": 256, "dtype": "fp32"}, 5),
 ]
 
 

@@ -1,4 +1,4 @@
-"""What `fxroof calibrate` runs: single ops at two sizes, and small modules written as model code is.
+"""What `fxroof calibrate` runs: single ops at two sizes, and small modules written as models are.
 
 OP_PROBES    one aten op each, called as model code calls it, on a tiny input (its fixed cost:
              dispatch, allocation, the library's set-up) and on a cache-resident mid-sized one
@@ -202,7 +202,8 @@ class ConvBlock(nn.Module):
         return F.max_pool2d(F.relu(self.bn2(self.conv2(y)) + x), 2)
 
 
-BLOCK_PROBES = ((TransformerBlock, (1, 64, 64)), (GatedMLP, (1, 64, 64)), (ConvBlock, (1, 16, 16, 16)))
+BLOCK_PROBES = ((TransformerBlock, (1, 64, 64)), (GatedMLP, (1, 64, 64)),
+                (ConvBlock, (1, 16, 16, 16)))
 
 
 class MatrixProbe(nn.Module):

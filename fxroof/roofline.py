@@ -61,7 +61,8 @@ def peak_for(chip: Chip, category: str, dtype: str, op: str = "") -> float:
     whose own kernel runs it (eager ops; a compiled program's library calls), which may have a
     rate of its own on a chip measured op by op."""
     if category in MATRIX_CATEGORIES:
-        return chip.eager_matrix_flops(op, dtype or "fp32") if op else chip.matrix_flops(dtype or "fp32")
+        dtype = dtype or "fp32"
+        return chip.eager_matrix_flops(op, dtype) if op else chip.matrix_flops(dtype)
     return chip.eager_vector_flops(op) if op else chip.vector_flops
 
 
