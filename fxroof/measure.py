@@ -197,22 +197,13 @@ def measure(model, args=(), kwargs=None, *, chip: "str | Chip | None" = None, wa
     chip calibrated on this machine for the model's device and thread count (calibrated once per
     process, then cached). threads: CPU threads torch uses while measuring (default: unchanged).
     """
-    if repeat < 1 or warmup < 0:
-        raise ValueError(f"need repeat >= 1 and warmup >= 0, got repeat={repeat}, warmup={warmup}")
-    args = tuple(args) if isinstance(args, (tuple, list)) else (args,)
-    kwargs = dict(kwargs or {})
+    args, kwargs = checked_call(args, kwargs, warmup, repeat)
     with cpu_threads(threads):
-        captured, values, strategy, name = program(model, args, kwargs)
-        device = _device_of(values)
-        if chip is not None:
-            target = find_chip(chip)
-        else:
-            threads_now = torch.get_num_threads() if device.type == "cpu" else None
-            target = local_chip(device.type, threads_now)
-        report = report_of(captured, target, "eager")
-        walls, runs = timed_runs(captured.gm, values, device, _forward(model, args, kwargs),
-                                 warmup, repeat)
-        where = _device_name(device)
+        p = predicted(model, args, kwargs, chip, "eager")
+        walls, runs = timed_runs(p.captured.gm, p.values, p.device,
+                                 _forward(model, args, kwargs), warmup, repeat)
+        where = _device_name(p.device)
+    report = p.report
     medians = {n: statistics.median(run[n] for run in runs) for n in runs[0]} if runs else {}
 
     kernels = {k.nodes[0]: k for k in report.kernels}
@@ -220,16 +211,52 @@ def measure(model, args=(), kwargs=None, *, chip: "str | Chip | None" = None, wa
                             kernels[n.name].time_s, medians.get(n.name, 0.0))
                  for n in report.nodes if n.name in kernels)
     counted = {r.name for r in rows}
-    wall = statistics.median(walls)
-    quartiles = statistics.quantiles(walls, n=4) if len(walls) > 1 else [wall, wall, wall]
+    wall, best, spread = wall_stats(walls)
     return Measurement(
-        model=name, capture=strategy, chip=target, device=where, warmup=warmup,
+        model=p.name, capture=p.strategy, chip=report.chip, device=where, warmup=warmup,
         repeat=repeat, rows=rows, predicted_s=report.time_s, measured_s=wall,
         nodes_s=sum(r.measured_s for r in rows),
         views_s=sum(t for n, t in medians.items() if n not in counted),
         views=sum(1 for n in medians if n not in counted),
-        best_s=min(walls), spread=(quartiles[2] - quartiles[0]) / wall if wall else 0.0,
-        report=report)
+        best_s=best, spread=spread, report=report)
+
+
+def checked_call(args, kwargs, warmup: int, repeat: int) -> tuple[tuple, dict]:
+    """(args as a tuple, kwargs as a dict); repeat and warmup checked."""
+    if repeat < 1 or warmup < 0:
+        raise ValueError(f"need repeat >= 1 and warmup >= 0, got repeat={repeat}, warmup={warmup}")
+    return (tuple(args) if isinstance(args, (tuple, list)) else (args,)), dict(kwargs or {})
+
+
+@dataclass(frozen=True)
+class Predicted:
+    """The graph a measurement runs, its real placeholder values, and fxroof's prediction."""
+    captured: object
+    values: list
+    strategy: str
+    name: str
+    device: torch.device
+    report: Report
+
+
+def predicted(model, args: tuple, kwargs: dict, chip, mode: str) -> Predicted:
+    """Capture `model`, find the real value of each placeholder and predict it in `mode` on
+    `chip` (None: this machine's device calibrated, for the thread count in use)."""
+    captured, values, strategy, name = program(model, args, kwargs)
+    device = _device_of(values)
+    if chip is not None:
+        target = find_chip(chip)
+    else:
+        threads_now = torch.get_num_threads() if device.type == "cpu" else None
+        target = local_chip(device.type, threads_now)
+    return Predicted(captured, values, strategy, name, device, report_of(captured, target, mode))
+
+
+def wall_stats(walls: list) -> tuple[float, float, float]:
+    """(median, fastest, interquartile range / median) of wall times."""
+    wall = statistics.median(walls)
+    quartiles = statistics.quantiles(walls, n=4) if len(walls) > 1 else [wall, wall, wall]
+    return wall, min(walls), (quartiles[2] - quartiles[0]) / wall if wall else 0.0
 
 
 def timed_runs(gm: fx.GraphModule, values: list, device: torch.device, forward=None,

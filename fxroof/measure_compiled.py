@@ -15,16 +15,15 @@ which run on CPU only.
 """
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import dataclass, field
 
 import torch
 
-from .api import report_of
-from .chips import Chip, chip as find_chip
+from .chips import Chip
 from .machine import cpu_threads
-from .measure import _device_name, _device_of, _sync, local_chip, program, relative_error
+from .measure import (_device_name, _sync, checked_call, predicted, relative_error,
+                      wall_stats)
 from .report import Report
 from .units import percent, seconds
 
@@ -82,21 +81,12 @@ def measure_compiled(model, args=(), kwargs=None, *, chip: "str | Chip | None" =
     """Time `model` under torch.compile on its own device and compare with fxroof's compiled-mode
     prediction. Arguments as fxroof.measure.measure; the model must be an nn.Module or a
     function with real tensors. The model itself is not changed (torch.compile wraps it)."""
-    if repeat < 1 or warmup < 0:
-        raise ValueError(f"need repeat >= 1 and warmup >= 0, got repeat={repeat}, warmup={warmup}")
-    args = tuple(args) if isinstance(args, (tuple, list)) else (args,)
-    kwargs = dict(kwargs or {})
+    args, kwargs = checked_call(args, kwargs, warmup, repeat)
     if not callable(model) or isinstance(model, torch.export.ExportedProgram):
         raise ValueError("measure_compiled needs an nn.Module or a function to compile")
     with cpu_threads(threads):
-        captured, values, strategy, name = program(model, args, kwargs)
-        device = _device_of(values)
-        if chip is not None:
-            target = find_chip(chip)
-        else:
-            threads_now = torch.get_num_threads() if device.type == "cpu" else None
-            target = local_chip(device.type, threads_now)
-        report = report_of(captured, target, "compiled")
+        p = predicted(model, args, kwargs, chip, "compiled")
+        device = p.device
         compiled = torch.compile(model)
         walls = []
         with torch.no_grad():
@@ -113,10 +103,8 @@ def measure_compiled(model, args=(), kwargs=None, *, chip: "str | Chip | None" =
                 _sync(device)
                 walls.append(time.perf_counter() - t0)
         where = _device_name(device)
-    wall = statistics.median(walls)
-    quartiles = statistics.quantiles(walls, n=4) if len(walls) > 1 else [wall, wall, wall]
+    wall, best, spread = wall_stats(walls)
     return CompiledMeasurement(
-        model=name, capture=strategy, chip=target, device=where, warmup=warmup, repeat=repeat,
-        predicted_s=report.time_s, measured_s=wall, best_s=min(walls),
-        spread=(quartiles[2] - quartiles[0]) / wall if wall else 0.0, compile_s=compile_s,
-        report=report)
+        model=p.name, capture=p.strategy, chip=p.report.chip, device=where, warmup=warmup,
+        repeat=repeat, predicted_s=p.report.time_s, measured_s=wall, best_s=best, spread=spread,
+        compile_s=compile_s, report=p.report)
