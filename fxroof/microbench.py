@@ -22,6 +22,8 @@ _DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16,
 SLOW = 0.25     # a dtype below this fraction of fp32's rate has no fast matrix path
 
 
+# -- matrix rates ----------------------------------------------------------------------------------
+
 def matmul_peaks(clock: Clock) -> tuple[dict, str]:
     if clock.cuda:
         names = ("fp32", "tf32", "bf16", "fp16")
@@ -98,6 +100,8 @@ def _tf32(clock, on: bool):
         torch.backends.cuda.matmul.allow_tf32 = before
 
 
+# -- memory ----------------------------------------------------------------------------------------
+
 def copy_bandwidth(clock: Clock) -> tuple[float, str]:
     # CPU: 256 MiB, well past any last-level cache; GPU: 1 GiB, well past L2.
     nbytes = ((256 if clock.quick else 1024) if clock.cuda else (64 if clock.quick else 256)) << 20
@@ -128,6 +132,8 @@ def _copy_time(clock: Clock, nbytes: int, min_samples: int) -> float:
     dst.copy_(src)                                     # pages mapped before timing
     return clock.per_call(lambda: dst.copy_(src), min_samples=min_samples)
 
+
+# -- ops one by one --------------------------------------------------------------------------------
 
 def op_table(clock: Clock, chip: Chip) -> tuple[dict, dict, dict]:
     """Each probe op (probes.OP_PROBES) as model code calls it: ({op: seconds per tiny call},
@@ -231,6 +237,8 @@ def each_rate(rates: dict) -> str:
     return ", ".join(f"{op} {si(r, 'FLOP/s')}" for op, r in fastest_first)
 
 
+# -- overheads -------------------------------------------------------------------------------------
+
 def glue(clock: Clock, chip: Chip) -> tuple[float, int]:
     """Per op, what eager model code costs beyond its ops' own calls (module calls, views, Python
     between ops): (wall time of the BLOCK_PROBES modules - fxroof's prediction of them with each
@@ -285,6 +293,26 @@ def graph_launch(clock: Clock) -> tuple[float, str]:
     return t, f"per kernel of a CUDA graph of {k} tiny adds, replayed (CUDA events)"
 
 
+def program_call(clock: Clock, chip: Chip) -> tuple[float, str]:
+    """What entering a torch.compile'd module costs beyond its kernels: (wall time of a compiled
+    Linear + ReLU module - fxroof's compiled prediction of it). Dynamo checks its guards (the
+    module's parameters among them) and the wrapper runs before the first kernel."""
+    from .api import analyze
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Linear(64, 64), nn.ReLU()).to(clock.dev).eval()
+    x = torch.randn(4, 64, device=clock.dev)
+    predicted = analyze(module, (x,), chip=chip, mode="compiled").time_s
+    compiled = torch.compile(module)
+    compiled(x)                                   # compiles
+    wall = host_time(clock, lambda: compiled(x), n=50 if clock.quick else 200)
+    return max(wall - predicted, 0.0), (
+        f"a torch.compile'd Linear(64, 64) + ReLU on 4 rows: wall time per call "
+        f"{seconds(wall)} - fxroof's compiled prediction {seconds(predicted)} (best loop of "
+        f"many)")
+
+
+# -- the chip --------------------------------------------------------------------------------------
+
 def measured_chip(dev, title, peaks, vector, mem_bw, cache=(0.0, 0.0), view=0.0,
                   dispatch=1e-9, launch=1e-9, ops=({}, {}), sources=None,
                   program_call=0.0) -> Chip:
@@ -308,22 +336,3 @@ def link_sources(dev) -> dict:
     return {"link_bw": "estimate, not measured (one device): PCIe 4.0 x16 carries ~25 GB/s each "
                        "way in practice; use a table chip's NVLink figure for NVLink systems",
             "link_latency_s": "estimate, not measured (one device): ~10 us per collective step"}
-
-
-def program_call(clock: Clock, chip: Chip) -> tuple[float, str]:
-    """What entering a torch.compile'd module costs beyond its kernels: (wall time of a compiled
-    Linear + ReLU module - fxroof's compiled prediction of it). Dynamo checks its guards (the
-    module's parameters among them) and the wrapper runs before the first kernel."""
-    from .api import analyze
-    torch.manual_seed(0)
-    module = nn.Sequential(nn.Linear(64, 64), nn.ReLU()).to(clock.dev).eval()
-    x = torch.randn(4, 64, device=clock.dev)
-    predicted = analyze(module, (x,), chip=chip, mode="compiled").time_s
-    compiled = torch.compile(module)
-    compiled(x)                                   # compiles
-    wall = host_time(clock, lambda: compiled(x), n=50 if clock.quick else 200)
-    return max(wall - predicted, 0.0), (
-        f"a torch.compile'd Linear(64, 64) + ReLU on 4 rows: wall time per call "
-        f"{seconds(wall)} - fxroof's compiled prediction {seconds(predicted)} (best loop of "
-        f"many)")
-
