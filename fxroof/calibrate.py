@@ -203,10 +203,10 @@ def summary(chip: Chip) -> str:
         f"  memory bw     {si(chip.mem_bw, 'B/s')}",
         *([f"  cache         {si(chip.cache_bw, 'B/s')} within {si(chip.cache_bytes, 'B')}"]
           if chip.cache_bytes else []),
-        f"  dispatch      {seconds(chip.dispatch_s)} per eager op; launch {seconds(chip.launch_s)}"
-        + (f"; {seconds(chip.view_dispatch_s)} per view" if chip.view_dispatch_s else "")
-        + (f"; {seconds(chip.program_call_s)} to enter a compiled program"
-           if chip.program_call_s else ""),
+        f"  dispatch      {seconds(chip.dispatch_s)} per eager op; launch {seconds(chip.launch_s)}",
+        *([f"                {seconds(chip.view_dispatch_s)} per view call; "
+           f"{seconds(chip.program_call_s)} to enter a compiled program"]
+          if chip.view_dispatch_s or chip.program_call_s else []),
         *([f"  per op        {_spread(chip.op_dispatch_s, seconds)} fixed cost over "
            f"{len(chip.op_dispatch_s)} ops"] if chip.op_dispatch_s else []),
         *([f"                {_spread(chip.op_flops, lambda r: si(r, 'FLOP/s'))} work rate over "
