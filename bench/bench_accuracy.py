@@ -55,9 +55,11 @@ WORKLOADS = [
     ("vit base 224px", "vit.py", {"size": "base"}, 5),
     ("resnet50 224px", "resnet.py", {"depth": 50, "image": 224}, 8),
     # Memory-bound: one Llama-2-7B layer with its embeddings and head, 1.9 GB of fp32 weights
-    # streamed from DRAM at every decode step.
+    # (0.9 GB in bf16) streamed from DRAM at every decode step.
     ("llama-7b 1 layer decode fp32", "llama.py",
      {"preset": "llama2-7b", "layers": 1, "phase": "decode", "ctx": 256, "dtype": "fp32"}, 5),
+    ("llama-7b 1 layer decode bf16", "llama.py",
+     {"preset": "llama2-7b", "layers": 1, "phase": "decode", "ctx": 256, "dtype": "bf16"}, 5),
 ]
 
 

@@ -27,6 +27,8 @@ way fxroof counts work; each source says how it was measured, on which device an
 - view_dispatch_s: a view op (reshape, transpose, ...) runs no kernel but is a call all the same.
 - program_call_s: entering a torch.compile'd module (guards, wrapper), charged once per compiled
   call: a compiled Linear + ReLU's wall time less fxroof's compiled prediction of it.
+- matrix_bw_fraction (CPU): the share of mem_bw a one-row F.linear attains streaming weights no
+  cache holds, per dtype: a CPU's matrix-vector product (decode) reads below the copy bandwidth.
 - mem_bw: a large copy, bytes read plus written. cache_bytes, cache_bw: the last-level cache's
   size as the system reports it, and a copy that fills a quarter of it.
 - launch_s: CPU: dispatch_s (no device launch; compiled CPU code still calls kernels one by one
@@ -54,8 +56,8 @@ from .chips import Chip
 from .chips.chip import OP_TABLES, OPTIONAL_SCALARS, PEAK_KEY, PEAK_UNIT, SCALARS
 from .machine import Clock, cpu_name, cpu_threads, device_name, threads_label
 from .microbench import (cache_bandwidth, copy_bandwidth, dispatch_sources, each_rate, glue,
-                         graph_launch, layer_rates, link_sources, matmul_peaks, measured_chip,
-                         op_table, program_call, vector_rate, view_dispatch)
+                         graph_launch, layer_rates, link_sources, matmul_peaks, matrix_bandwidth,
+                         measured_chip, op_table, program_call, vector_rate, view_dispatch)
 from .probes import VIEW_PROBES
 from .units import seconds, si
 
@@ -100,6 +102,8 @@ def calibrate(device: str = "cpu", *, quick: bool = False, threads: int | None =
             figures["peaks"], matrix_rates, layer_note = layer_rates(clock, peaks, bare)
             rates = {**rates, **matrix_rates}
             peak_note = f"{layer_note}. Peak: {peak_note}"
+            say("matrix-vector products streaming weights ...")
+            figures["matrix_bw"], matrix_bw_note = matrix_bandwidth(clock, peaks, mem_bw)
         op_rates = {} if clock.cuda else rates
         say("eager glue between ops ...")
         fixed = statistics.median(bare.values())
@@ -123,6 +127,8 @@ def calibrate(device: str = "cpu", *, quick: bool = False, threads: int | None =
     }
     if cache_bytes:
         sources |= {"cache_bytes": cache_note, "cache_bw": cache_note}
+    if figures.get("matrix_bw"):
+        sources["matrix_bw_fraction"] = matrix_bw_note
     if op_rates:
         sources["op_flops"] = (
             "per op: FLOPs as fxroof counts them / (time on a cache-resident 256 Ki-element fp32 "

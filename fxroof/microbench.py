@@ -9,6 +9,7 @@ import contextlib
 import statistics
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .chips import Chip
@@ -85,6 +86,31 @@ def layer_rates(clock: Clock, squares: dict, bare: dict) -> tuple[dict, dict, st
         "charged: the rate layers attain as eager runs them, total FLOPs / total time over "
         "layer-shaped linears, 3x3 and 1x1 convolutions and causal attention run one op at a "
         "time, each op's own tiny-call cost taken off: " + "; ".join(notes))
+
+
+def matrix_bandwidth(clock: Clock, peaks: dict, mem_bw: float) -> tuple[dict, str]:
+    """CPU: per dtype with a fast path, the share of the copy bandwidth that F.linear on one row
+    attains while streaming its weights from memory: a cycle of 2048 x 2048 weight matrices four
+    times the last-level cache, so none is cached. A matrix-vector product is how decode runs."""
+    cache = last_level_cache(clock.dev) or (32 << 20)
+    shares, notes = {}, []
+    for dtype, rate in peaks.items():
+        if dtype != "fp32" and rate < SLOW * peaks["fp32"]:
+            continue
+        dt = _DTYPES[dtype]
+        size = 2048 * 2048 * torch.empty((), dtype=dt).element_size()
+        weights = [torch.randn(2048, 2048, device=clock.dev).to(dt)
+                   for _ in range(max(2, -(-(4 if not clock.quick else 2) * cache // size)))]
+        x = torch.randn(1, 2048, device=clock.dev).to(dt)
+
+        def stream():
+            for w in weights:
+                F.linear(x, w)
+        t = clock.per_call(stream, budget_s=clock.budget_s / 2, min_samples=3) / len(weights)
+        shares[dtype] = min(1.0, size / t / mem_bw)
+        notes.append(f"{dtype} {si(size / t, 'B/s')}")
+    return shares, ("F.linear on one row over a cycle of 2048 x 2048 weight matrices that no "
+                    "cache holds, weight bytes / time, over mem_bw: " + ", ".join(notes))
 
 
 @contextlib.contextmanager
@@ -315,7 +341,7 @@ def program_call(clock: Clock, chip: Chip) -> tuple[float, str]:
 
 def measured_chip(dev, title, peaks, vector, mem_bw, cache=(0.0, 0.0), view=0.0,
                   dispatch=1e-9, launch=1e-9, ops=({}, {}), sources=None,
-                  program_call=0.0) -> Chip:
+                  program_call=0.0, matrix_bw=None) -> Chip:
     """A Chip of measured figures (provisional ones, while calibrating, take the defaults)."""
     link_bw, link_latency = (12.5e9, 20e-6) if dev.type == "cpu" else (25e9, 10e-6)
     return Chip(name=f"calibrated-{dev.type}", title=title,
@@ -324,7 +350,7 @@ def measured_chip(dev, title, peaks, vector, mem_bw, cache=(0.0, 0.0), view=0.0,
                 link_latency_s=link_latency, launch_s=launch, dispatch_s=dispatch,
                 sources=sources or {}, cache_bytes=cache[0], cache_bw=cache[1],
                 view_dispatch_s=view, op_dispatch_s=ops[0], op_flops=ops[1],
-                program_call_s=program_call)
+                program_call_s=program_call, matrix_bw_fraction=matrix_bw or {})
 
 
 def link_sources(dev) -> dict:

@@ -99,6 +99,10 @@ def kernel_timing(chip: Chip, *, flops: float, bytes_moved: float, category: str
     compute = flops / peak_for(chip, category, dtype, rate_op) if flops else 0.0
     rest = bytes_moved - streamed_bytes
     memory = streamed_bytes / chip.mem_bw + rest / chip.bandwidth(rest)
+    if rate_op and category in MATRIX_CATEGORIES:
+        # a library matrix product streams its weights below the copy bandwidth (a CPU's
+        # matrix-vector product: 40-70% of it), where the chip measured that
+        memory /= chip.matrix_bandwidth_share(dtype or "fp32")
     return Timing(compute, memory, comm_time(chip, comm_bytes, comm_steps), overhead_s,
                   serial_overhead=chip.kind == "cpu")
 

@@ -55,7 +55,7 @@ def test_chip_file_round_trips(quick_chip, tmp_path):
         for figure in ("vector_flops", "mem_bw", "mem_bytes", "dispatch_s", "launch_s"):
             assert getattr(loaded, figure) == pytest.approx(getattr(quick_chip, figure), rel=1e-3)
         assert loaded.sources["mem_bw"] == quick_chip.sources["mem_bw"]
-        for table in ("op_dispatch_s", "op_flops"):
+        for table in ("op_dispatch_s", "op_flops", "matrix_bw_fraction"):
             mine, theirs = getattr(quick_chip, table), getattr(loaded, table)
             assert set(theirs) == set(mine)
             assert all(theirs[op] == pytest.approx(mine[op], rel=1e-3) for op in mine)
@@ -81,7 +81,9 @@ def test_ops_are_measured_one_by_one_under_the_names_reports_use(quick_chip):
         assert 1e6 < rate < 1e15, op
     assert min(c.op_flops.values()) <= c.vector_flops <= max(c.op_flops.values())   # a median
     assert 0 <= c.program_call_s < 1e-3                # entering a compiled module
-    for figure in ("op_dispatch_s", "op_flops", "view_dispatch_s", "program_call_s"):
+    assert 0.05 < c.matrix_bw_fraction["fp32"] <= 1     # a one-row linear streaming its weights
+    for figure in ("op_dispatch_s", "op_flops", "view_dispatch_s", "program_call_s",
+                   "matrix_bw_fraction"):
         assert c.sources[figure].startswith("measured by fxroof calibrate on "), figure
 
 

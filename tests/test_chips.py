@@ -393,6 +393,7 @@ def measured_entry(**changes):
     return good_entry(kind="cpu", cache_MB=32, cache_bw_GBps=100, view_dispatch_us=1.5,
                       program_call_us=18,
                       op_dispatch_us={"gelu": 9, "add": 4}, op_TFLOPS={"max_pool2d": 0.0002},
+                      matrix_bw_fraction={"fp32": 0.7, "bf16": 0.4},
                       **changes)
 
 
@@ -408,6 +409,8 @@ def test_optional_figures_load_in_si_units(tmp_path):
     assert c.eager_vector_flops("max_pool2d") == pytest.approx(2e8)
     assert c.eager_vector_flops("relu") == c.vector_flops
     assert c.bandwidth(32e6) == 100e9 and c.bandwidth(32e6 + 1) == c.mem_bw    # fits, or not
+    assert c.matrix_bandwidth_share("fp32") == 0.7 and c.matrix_bandwidth_share("fp8") == 0.4
+    assert chip("h100-sxm").matrix_bandwidth_share("bf16") == 1.0               # not measured
     assert c.to_dict()["op_dispatch_s"]["gelu"] == pytest.approx(9e-6)
     assert str(tmp_path) in c.sources["op_flops"]                 # unsourced: cites the file
 
@@ -437,6 +440,8 @@ def test_cache_needs_both_figures(tmp_path):
     ("op_dispatch_us", [1, 2], "op_dispatch_us must be an object"),
     ("op_TFLOPS", {"relu": -1}, "op_TFLOPS.relu"),
     ("view_dispatch_us", 0, "view_dispatch_us"),
+    ("matrix_bw_fraction", {"fp32": 1.5}, "at most 1"),
+    ("matrix_bw_fraction", {"float": 0.5}, "per dtype"),
 ])
 def test_bad_optional_figure_is_named(tmp_path, key, value, named):
     with pytest.raises(ChipError, match=re.escape(named)):
@@ -449,5 +454,6 @@ def test_shipped_table_would_need_sources_for_optional_figures():
         "peak_flops", "vector_flops", "mem_bw", "mem_bytes", "link_bw", "link_latency_s",
         "launch_s", "dispatch_s")})
     with pytest.raises(ChipError, match="no source for cache_bytes, cache_bw, view_dispatch_s, "
-                                        "program_call_s, op_dispatch_s, op_flops"):
+                                        "program_call_s, op_dispatch_s, op_flops, "
+                                        "matrix_bw_fraction"):
         chip_from_json(entry, "table", require_sources=True)

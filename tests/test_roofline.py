@@ -122,3 +122,25 @@ def test_weights_come_from_memory_once_the_model_outgrows_the_cache():
     # a chip without a cache figure charges every byte at mem_bw, as before
     plain = fxroof.analyze(nn.Linear(256, 256, bias=False), (x,), chip="cpu", mode="eager")
     assert plain.kernels[0].timing.memory_s == pytest.approx((w + 2 * act) / chip("cpu").mem_bw)
+
+
+def test_a_library_matrix_product_streams_at_its_measured_share_of_bandwidth():
+    import torch
+    from torch import nn
+
+    import fxroof
+    from fxroof.chips import Chip
+    slow_gemv = Chip("g", "GEMV", "cpu", {"fp32": 1e11}, vector_flops=1e10, mem_bw=1e10,
+                     mem_bytes=1e10, link_bw=1e9, link_latency_s=1e-5, launch_s=1e-6,
+                     dispatch_s=1e-6, matrix_bw_fraction={"fp32": 0.5})
+    model = nn.Sequential(nn.Linear(1024, 1024, bias=False), nn.ReLU())
+    x = torch.randn(1, 1024)
+    moved = 1024 * 1024 * 4 + 2 * 1024 * 4            # the weight, one row in, one row out
+    for mode in ("eager", "compiled"):                # compiled code calls the library too
+        r = fxroof.analyze(model, (x,), chip=slow_gemv, mode=mode)
+        linear = next(k for k in r.kernels if k.category == "matmul")
+        assert linear.timing.memory_s == pytest.approx(moved / (1e10 * 0.5))
+        assert linear.regime == "memory"
+    relu = fxroof.analyze(model, (x,), chip=slow_gemv, mode="eager").kernels[1]
+    assert relu.timing.memory_s == pytest.approx(2 * 1024 * 4 / 1e10)   # not a matrix product
+

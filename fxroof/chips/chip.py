@@ -36,6 +36,9 @@ pages print the with-sparsity figure, which is twice the dense one.
                                                 wrapper), once per call, before its first kernel
       "op_dispatch_us": {"gelu": 9.1, ...}      eager cost of one call of an op, by the op name
                                                 reports print; other ops cost dispatch_us
+      "matrix_bw_fraction": {"fp32": 0.7, ...}  per dtype: the share of the memory bandwidth a
+                                                library matrix product streaming its weights
+                                                attains (a CPU's matrix-vector product: 40-70%)
       "op_TFLOPS": {"max_pool2d": 0.0002, ...}  eager rate of an op's work, by op name; other ops
                                                 run at vector_TFLOPS (matrix ops: at peak_TFLOPS;
                                                 a matrix op's entry is its fp32 rate, and other
@@ -73,6 +76,7 @@ OPTIONAL_SCALARS = {
 OP_TABLES = {
     "op_dispatch_s": ("op_dispatch_us", 1e-6),
     "op_flops": ("op_TFLOPS", 1e12),
+    "matrix_bw_fraction": ("matrix_bw_fraction", 1.0),
 }
 PEAK_KEY, PEAK_UNIT = "peak_TFLOPS", 1e12
 FIGURES = ("peak_flops", *SCALARS)            # every field that must carry a source
@@ -168,6 +172,7 @@ class Chip:
     program_call_s: float = 0.0   # compiled: per call of the program, before its first kernel
     op_dispatch_s: Mapping[str, float] = field(default_factory=dict, hash=False)  # op -> s
     op_flops: Mapping[str, float] = field(default_factory=dict, hash=False)       # op -> FLOP/s
+    matrix_bw_fraction: Mapping[str, float] = field(default_factory=dict, hash=False)  # dtype ->
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name.strip():
@@ -203,6 +208,10 @@ class Chip:
                 raise ChipError(f"chip {self.name!r}: {f} must be a mapping op name -> number")
             object.__setattr__(self, f, FrozenMap(
                 {op: positive(v, f"chip {self.name!r}: {f}[{op!r}]") for op, v in table.items()}))
+        bad = {d: v for d, v in self.matrix_bw_fraction.items() if d not in DTYPES or v > 1}
+        if bad:
+            raise ChipError(f"chip {self.name!r}: matrix_bw_fraction holds a share (at most 1) "
+                            f"per dtype among {', '.join(DTYPES)}; got {bad}")
         sources = dict(self.sources)
         known = set(FIGURES) | set(OPTIONAL_FIGURES) | {f"peak_flops.{d}" for d in DTYPES}
         extra = sorted(set(sources) - known)
@@ -253,6 +262,11 @@ class Chip:
     def eager_vector_flops(self, op: str) -> float:
         """FLOP/s of `op`'s non-matrix work when eager PyTorch runs it."""
         return self.op_flops.get(op, self.vector_flops)
+
+    def matrix_bandwidth_share(self, dtype: Any) -> float:
+        """Share of the memory bandwidth a library matrix product in `dtype` attains when it
+        streams its operands (1 where not measured)."""
+        return self.matrix_bw_fraction.get(self.matrix_dtype(dtype), 1.0)
 
     def eager_matrix_flops(self, op: str, dtype: Any) -> float:
         """FLOP/s of matrix op `op` in `dtype` when eager PyTorch runs it. A matrix op's entry in
