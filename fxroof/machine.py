@@ -79,10 +79,8 @@ def host_time(clock: Clock, fn, n: int | None = None, loops: int | None = None) 
     return min(samples)
 
 
-def last_level_cache(dev: torch.device) -> int:
-    """Bytes of the device's last-level cache: a GPU's L2, a CPU's largest cache (0: unknown)."""
-    if dev.type == "cuda":
-        return int(getattr(torch.cuda.get_device_properties(dev), "L2_cache_size", 0) or 0)
+def last_level_cache() -> int:
+    """Bytes of this CPU's largest data cache, as the system reports it (0: unknown)."""
     best = 0
     base = Path("/sys/devices/system/cpu/cpu0/cache")
     for index in base.glob("index*"):

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .api import analyze, report_of
+from .capture import FunctionModule
 from .chips import Chip
 from .cost import MATRIX_CATEGORIES
 from .machine import Clock, host_time, last_level_cache, memory_bytes
@@ -92,7 +94,7 @@ def matrix_bandwidth(clock: Clock, peaks: dict, mem_bw: float) -> tuple[dict, st
     """CPU: per dtype with a fast path, the share of the copy bandwidth that F.linear on one row
     attains while streaming its weights from memory: a cycle of 2048 x 2048 weight matrices four
     times the last-level cache, so none is cached. A matrix-vector product is how decode runs."""
-    cache = last_level_cache(clock.dev) or (32 << 20)
+    cache = last_level_cache() or (32 << 20)
     shares, notes = {}, []
     for dtype, rate in peaks.items():
         if dtype != "fp32" and rate < SLOW * peaks["fp32"]:
@@ -141,7 +143,7 @@ def cache_bandwidth(clock: Clock) -> tuple[float, float, str]:
     last-level cache (0, 0 where its size is unknown). A GPU's L2 is not modelled: a copy that
     fits in it lasts a few microseconds, the size of a launch, so its rate could not be told from
     the launch cost."""
-    size = 0 if clock.cuda else last_level_cache(clock.dev)
+    size = 0 if clock.cuda else last_level_cache()
     if not size:
         return 0.0, 0.0, ""
     nbytes = size // 8                                   # read + written = a quarter of the cache
@@ -161,11 +163,11 @@ def _copy_time(clock: Clock, nbytes: int, min_samples: int) -> float:
 
 # -- ops one by one --------------------------------------------------------------------------------
 
-def op_table(clock: Clock, chip: Chip) -> tuple[dict, dict, dict]:
+def op_table(clock: Clock, chip: Chip) -> tuple[dict, dict]:
     """Each probe op (probes.OP_PROBES) as model code calls it: ({op: seconds per tiny call},
-    {op: FLOP/s past the fixed cost on a cache-resident input}, {op: FLOPs of that input}).
-    GPU: no rates (a mid-sized op there is launch-bound; vector_flops keeps the aggregate)."""
-    fixed, rates, flops = {}, {}, {}
+    {op: FLOP/s past the fixed cost on a cache-resident input}). GPU: the rates of larger inputs
+    (a mid-sized op there is launch-bound), for vector_flops only."""
+    fixed, rates = {}, {}
     for probe in OP_PROBES:
         tiny = probe.inputs(TINY, clock.dev)
         op, work, category = _probe_op(probe, tiny, chip)
@@ -180,22 +182,23 @@ def op_table(clock: Clock, chip: Chip) -> tuple[dict, dict, dict]:
         t_mid = clock.per_call(lambda: probe.fn(*mid), budget_s=clock.budget_s / 3)
         if work:
             rates[op] = work / max(t_mid - t, 0.1 * t_mid)
-            flops[op] = work
     if clock.cuda:
-        rates, flops = _gpu_vector_rates(clock, chip)
-    return {op: statistics.median(ts) for op, ts in fixed.items()}, rates, flops
+        rates = _gpu_vector_rates(clock, chip)
+    return {op: statistics.median(ts) for op, ts in fixed.items()}, rates
 
 
-def view_dispatch(clock: Clock) -> float:
+def view_dispatch(clock: Clock) -> tuple[float, str]:
     """Median host time of the view ops models call most, on a tiny tensor."""
     x = torch.randn(4, 16, device=clock.dev)
-    return statistics.median(host_time(clock, lambda fn=fn: fn(x)) for _label, fn in VIEW_PROBES)
+    t = statistics.median(host_time(clock, lambda fn=fn: fn(x)) for _label, fn in VIEW_PROBES)
+    return t, ("median host time of a tiny call of each of "
+               + ", ".join(label for label, _fn in VIEW_PROBES) + " (best loop of many)")
 
 
-def _gpu_vector_rates(clock: Clock, chip: Chip) -> tuple[dict, dict]:
+def _gpu_vector_rates(clock: Clock, chip: Chip) -> dict:
     """GPU: the pointwise and norm probes at 4 Mi elements (16 MiB, past launch cost), as the
     aggregate vector rate; not filed per op."""
-    rates, flops = {}, {}
+    rates = {}
     for probe in OP_PROBES:
         if not probe.rate:
             continue
@@ -203,15 +206,13 @@ def _gpu_vector_rates(clock: Clock, chip: Chip) -> tuple[dict, dict]:
         op, work, _ = _probe_op(probe, args, chip)
         t = clock.per_call(lambda: probe.fn(*args), budget_s=clock.budget_s / 3)
         if work:
-            rates[op], flops[op] = work / t, work
-    return rates, flops
+            rates[op] = work / t
+    return rates
 
 
 def _probe_op(probe: OpProbe, args: tuple, chip: Chip) -> tuple[str, int, str]:
     """(op name as fxroof's capture calls it, FLOPs as fxroof counts them, category) of one
     probe call."""
-    from .api import analyze
-    from .capture import FunctionModule
     kernels = analyze(FunctionModule(probe.fn), args, chip=chip, mode="eager").kernels
     if len(kernels) != 1:
         raise RuntimeError(f"calibration probe {probe.label} should be one op; fxroof captured "
@@ -219,7 +220,7 @@ def _probe_op(probe: OpProbe, args: tuple, chip: Chip) -> tuple[str, int, str]:
     return kernels[0].op, kernels[0].flops, kernels[0].category
 
 
-def vector_rate(rates: dict, flops: dict) -> tuple[float, str]:
+def vector_rate(rates: dict) -> tuple[float, str]:
     # The median, not a pooled rate: a few slow ops (a CPU's tanh, max-pooling) would otherwise
     # set the rate of every op not measured one by one.
     return statistics.median(rates.values()), (
@@ -234,8 +235,7 @@ def _node_rates(clock: Clock, module: nn.Module, x: torch.Tensor, chip: Chip,
     """{op: (FLOPs as fxroof counts them, seconds)} of `module` run node by node with
     fxroof.measure's interpreter: each node's best time over the repeats, less the op's tiny-call
     cost."""
-    from .api import report_of
-    from .measure import program, timed_runs
+    from .measure import program, timed_runs   # measure -> calibrate -> here: imported late
     captured, values, _strategy, _name = program(module.to(clock.dev).eval(), (x,), {})
     report = report_of(captured, chip, "eager")
     _walls, runs = timed_runs(captured.gm, values, clock.dev, None, 3, 8 if clock.quick else 25)
@@ -270,7 +270,6 @@ def glue(clock: Clock, chip: Chip) -> tuple[float, int]:
     between ops): (wall time of the BLOCK_PROBES modules - fxroof's prediction of them with each
     op at its tiny-call cost) / their ops, and the op count. The modules take turns, so a burst of
     other work on the machine cannot spoil all of one."""
-    from .api import analyze      # the probes are costed exactly as a user's model is
     predicted = ops = 0.0
     calls = []
     for make, shape in BLOCK_PROBES:
@@ -323,7 +322,6 @@ def program_call(clock: Clock, chip: Chip) -> tuple[float, str]:
     """What entering a torch.compile'd module costs beyond its kernels: (wall time of a compiled
     Linear + ReLU module - fxroof's compiled prediction of it). Dynamo checks its guards (the
     module's parameters among them) and the wrapper runs before the first kernel."""
-    from .api import analyze
     torch.manual_seed(0)
     module = nn.Sequential(nn.Linear(64, 64), nn.ReLU()).to(clock.dev).eval()
     x = torch.randn(4, 64, device=clock.dev)

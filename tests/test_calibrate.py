@@ -73,7 +73,7 @@ def test_ops_are_measured_one_by_one_under_the_names_reports_use(quick_chip):
     block = analyze(TransformerBlock(), (torch.randn(1, 8, 64),), chip=c, mode="eager")
     assert {k.op for k in block.kernels} <= ops
     for op, fixed in c.op_dispatch_s.items():
-        assert c.view_dispatch_s < fixed < 1e-3, op     # an op costs more than a bare view call
+        assert 1e-8 < fixed < 1e-3, op                  # 10 ns .. 1 ms per eager call
     assert 1e-8 < c.view_dispatch_s < 1e-4
     # work rates: every non-matrix probe with FLOPs, and the layer-shaped matrix ops
     assert {"relu", "gelu", "max_pool2d", "layer_norm", "linear", "conv2d"} <= set(c.op_flops)
@@ -88,7 +88,7 @@ def test_ops_are_measured_one_by_one_under_the_names_reports_use(quick_chip):
 
 
 def test_cache_is_the_reported_last_level_cache(quick_chip):
-    size = last_level_cache(torch.device("cpu"))
+    size = last_level_cache()
     if not size:
         pytest.skip("this system reports no cache sizes")
     assert quick_chip.cache_bytes == size

@@ -163,7 +163,7 @@ def test_compiled_mode_times_torch_compile_against_the_compiled_prediction():
     expected = fxroof.analyze(model, (x,), chip=CHIP, mode="compiled")
     assert m.predicted_s == pytest.approx(expected.time_s, rel=1e-9)
     assert m.report.mode == "compiled" and len(m.report.kernels) == len(expected.kernels)
-    assert 0 < m.best_s <= m.measured_s and m.compile_s > m.measured_s
+    assert 0 < m.best_s <= m.measured_s and m.compile_s > 0   # fastest <= median; compiled once
     assert m.error == pytest.approx((m.predicted_s - m.measured_s) / m.measured_s)
     d = m.to_dict()
     assert d["schema"] == "fxroof.measurement.compiled/1" and d["kernels"] == len(m.report.kernels)
