@@ -185,6 +185,7 @@ def _symbolic_capture(model, args, kwargs, swept: set) -> _Symbolic:
     def run(params, buffers, args, kwargs):
         return torch.func.functional_call(wrapped, {**params, **buffers}, args, kwargs)
 
+    run._orig_mod = wrapped    # make_fx records module paths relative to `_orig_mod`
     with preserved_modes(model), quiet_torch(), enable_python_dispatcher(), mode:
         gm = make_fx(run, record_module_stack=True, pre_dispatch=True)(
             dict(zip(params, weights)), dict(zip(buffers, weights[len(params):])),

@@ -18,6 +18,7 @@ def same(point, report):
         x, y = getattr(a, mode), getattr(report, mode)
         assert len(x.kernels) == len(y.kernels)
         assert [k.bytes for k in x.kernels] == [k.bytes for k in y.kernels]
+        assert [k.module for k in x.kernels] == [k.module for k in y.kernels]
         assert x.time_s == pytest.approx(y.time_s, rel=1e-9)
         assert x.regime == y.regime
     assert a.memory == report.memory
