@@ -19,7 +19,6 @@ interpolated between 9 of them, and the result says so).
 """
 from __future__ import annotations
 
-import textwrap
 from dataclasses import dataclass
 
 from . import tables
@@ -30,6 +29,7 @@ from .sweep import Sweep
 from .symbolic import Evaluator, Point, builder, no_full_gc
 from .units import percent, ratio, seconds, si
 from .whatif import parse as parse_quantization
+from .workload import DEFAULT_SPEC
 
 __all__ = ["CriticalBatch", "Generation", "critical_batch", "generation"]
 
@@ -115,7 +115,7 @@ class Generation:
                  f"first token after {seconds(self.prefill_s)} · then one every "
                  f"{seconds(self.per_token_s)} · {si(self.tokens_per_s, 'tokens/s')} overall",
                  f"decode steps: {self.method}"]
-        return "\n".join(_wrap(lines + list(self.notes)))
+        return "\n".join(tables.wrap(lines + list(self.notes)))
 
 
 def generation(workload="", *, prompt: int, new_tokens: int, batch: int = 1,
@@ -135,7 +135,7 @@ def generation(workload="", *, prompt: int, new_tokens: int, batch: int = 1,
 
 def _generation(workload, prompt, new_tokens, batch, chip, mode, options, quantize,
                 tp) -> Generation:
-    workload = workload or _default()
+    workload = workload or DEFAULT_SPEC
     q = parse_quantization(quantize)
     target = find_chip(chip)
     common = {**(options or {}), "batch": batch}
@@ -166,11 +166,6 @@ def _generation(workload, prompt, new_tokens, batch, chip, mode, options, quanti
                 f"ctx here): approximate")
     return Generation(prompt, new_tokens, batch, prefill, at[prompt].report, at[last].report,
                       tuple(step_s), method, q.label if q else "", tuple(notes))
-
-
-def _default() -> str:
-    from .workload import DEFAULT_SPEC
-    return DEFAULT_SPEC
 
 
 def _affine_steps(first: Report, mid: Report, last: Report, j_mid: int, n: int):
@@ -260,14 +255,7 @@ class CriticalBatch:
                  + ("" if self.step_batch else
                     " (attention reads each sequence's own KV cache: its intensity does not "
                     "grow with batch)")]
-        return "\n".join(_wrap(lines))
-
-
-def _wrap(lines: list, width: int = 100) -> list:
-    """Prose lines folded to the terminal width tables keep to (tables are left as they are)."""
-    return [part for line in lines for part in (
-        textwrap.wrap(line, width, subsequent_indent="  ")
-        if len(line) > width and "\n" not in line else [line])]
+        return "\n".join(tables.wrap(lines))
 
 
 def linear_intensity(r: Report) -> float:
@@ -305,7 +293,7 @@ def critical_batch(workload="", *, chip: "str | Chip" = "h100-sxm", ctx: int = 5
 
 def _critical_batch(workload, chip, ctx, mode, options, quantize, max_batch,
                     tp) -> CriticalBatch:
-    workload = workload or _default()
+    workload = workload or DEFAULT_SPEC
     q = parse_quantization(quantize)
     target = find_chip(chip)
     ladder = [1 << i for i in range(max_batch.bit_length()) if 1 << i <= max_batch]

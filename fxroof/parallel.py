@@ -52,7 +52,6 @@ Limits:
 from __future__ import annotations
 
 import contextlib
-import re
 from collections import Counter
 from dataclasses import dataclass
 from functools import partial
@@ -63,7 +62,7 @@ from tabulate import tabulate
 from torch import nn
 
 from .capture import FakeCopier
-from .units import percent, seconds, si
+from .units import fold_layers, percent, seconds, si
 
 __all__ = ["Plan", "fake_process_group", "format_tp_scaling", "megatron_plan", "tensor_parallel",
            "tp_scaling"]
@@ -129,7 +128,7 @@ def megatron_plan(model: nn.Module, tp: int) -> Plan:
     if not styles:
         styles = _two_linear_blocks(model, linears)
     if not styles:
-        folded = Counter(re.sub(r"\.\d+(?=\.|$)", ".*", n) for n in linears)   # layers.* x32
+        folded = Counter(fold_layers(n) for n in linears)   # layers.* x32
         found = ", ".join(n if k == 1 else f"{n} x{k}" for n, k in folded.items())
         raise ValueError(
             f"no tensor-parallel layout recognised in {type(model).__name__}: expected Llama-style "

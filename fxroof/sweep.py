@@ -8,7 +8,6 @@ Captured once with symbolic sizes where that is sound: fxroof/symbolic.py says h
 """
 from __future__ import annotations
 
-import textwrap
 from dataclasses import dataclass
 
 from . import tables
@@ -67,10 +66,8 @@ class Sweep:
             notes.append(f"! needs more than {self.chip.name}'s {si(self.chip.mem_bytes, 'B')} "
                          f"of memory")
         notes += list(self.notes)
-        def wrap(lines):   # prose folded to the 100 columns the tables keep to
-            return [part for line in lines
-                    for part in textwrap.wrap(line, 100, subsequent_indent="  ")]
-        return "\n".join(wrap(head) + ["", table] + ([""] + wrap(notes) if notes else []))
+        return "\n".join(tables.wrap(head) + ["", table]
+                         + ([""] + tables.wrap(notes) if notes else []))
 
 
 def _flags(point, chip: Chip) -> str:

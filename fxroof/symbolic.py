@@ -173,7 +173,7 @@ def _symbolic_capture(model, args, kwargs, swept: set) -> _Symbolic:
                 fake = mode.from_tensor(leaf, source=source, symbolic_context=context)
                 symbols.update({(i, d): fake.shape[d].node.expr for d in range(leaf.dim())
                                 if (i, d) in swept})
-                fakes.append(_on_cpu(mode, fake))
+                fakes.append(_fakes(mode, [fake])[0])
             elif (i, None) in swept:
                 symbols[(i, None)] = env.create_symbol(leaf, source, dynamic_dim=DimDynamic.DUCK)
                 fakes.append(env.create_symintnode(symbols[(i, None)], hint=leaf, source=source))
@@ -206,16 +206,10 @@ def _symbolic_capture(model, args, kwargs, swept: set) -> _Symbolic:
 # takes other paths (scaled_dot_product_attention's unfused math path, another output layout).
 
 
-def _on_cpu(mode: FakeTensorMode, fake: torch.Tensor) -> torch.Tensor:
-    """A fresh fake with the same sizes and strides, its storage sized by them (a fake made from
-    a real tensor has a storage size of its own, a symbol no swept value fixes)."""
-    with mode:
-        return torch.empty_strided(fake.shape, fake.stride(), dtype=fake.dtype,
-                                   device="cpu" if fake.device.type == "meta" else fake.device)
-
-
 def _fakes(mode: FakeTensorMode, tensors: list) -> list:
-    """Static fake tensors for `tensors` (meta ones on the CPU); one fake per tensor object."""
+    """Fresh fakes with the sizes and strides of `tensors` (meta ones on the CPU), one per tensor
+    object, each storage sized by its strides (a fake made from a real tensor has a storage size
+    of its own, a symbol no swept value fixes)."""
     memo: dict = {}
     with mode:
         for t in tensors:
@@ -429,6 +423,3 @@ def no_full_gc():
 def _one_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0][:200] if text else ''}"
-
-
-# -- the public function -------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import textwrap
 
 import tabulate as _tabulate
 
@@ -160,3 +161,10 @@ def diff(a: dict, b: dict) -> str:
             ["chip", a["chip"]["name"], b["chip"]["name"], ""],
             ["mode", a["mode"], b["mode"], ""]]
     return table(rows, ["", "A", "B", "change"], ("left", "right", "right", "right"))
+
+
+def wrap(lines: list, width: int = 100) -> list:
+    """Prose lines folded to the terminal width tables keep to (tables are left as they are)."""
+    return [part for line in lines for part in (
+        textwrap.wrap(line, width, subsequent_indent="  ")
+        if len(line) > width and "\n" not in line else [line])]
