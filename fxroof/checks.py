@@ -14,7 +14,6 @@ from .roofline import REGIMES
 from .units import percent, seconds, si
 
 LINT_LEVELS = ("off", "warn", "fail")
-HALF = {"bf16", "fp16"}
 
 
 @dataclass(frozen=True)
@@ -100,7 +99,7 @@ def _memory(report) -> Check:
 def _dtype_lint(report) -> list:
     """fp32 matmuls where the chip has faster half-precision matrix units; large upcasts."""
     chip, found = report.chip, []
-    half = max(HALF, key=chip.matrix_flops)
+    half = chip.half_dtype()
     speedup = chip.matrix_flops(half) / chip.matrix_flops("fp32")
     fp32 = [k for k in report.kernels if k.category in MATRIX_CATEGORIES and k.dtype == "fp32"]
     if speedup >= 2:

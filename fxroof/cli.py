@@ -47,15 +47,18 @@ def _workload_args() -> argparse.ArgumentParser:
     return p
 
 
-def _debug_arg() -> argparse.ArgumentParser:
+def _debug_arg(top: bool = False) -> argparse.ArgumentParser:
+    """--debug, before the command or after it. A subcommand's copy leaves the attribute alone
+    when not given, so that `fxroof --debug chips` keeps the top-level value."""
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--debug", action="store_true", help="show tracebacks",
+                   default=False if top else argparse.SUPPRESS)
     return p
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fxroof", description="Where a PyTorch model's time goes "
-                                "on a given chip, and why.", parents=[_debug_arg()])
+                                "on a given chip, and why.", parents=[_debug_arg(top=True)])
     sub = p.add_subparsers(dest="command", required=True)
     common = [_workload_args(), _debug_arg()]
     a = sub.add_parser("analyze", parents=common, help="analyze a workload on a chip")
@@ -268,14 +271,14 @@ def main(argv=None) -> int:
         return 0 if e.code == 0 else 2
     try:
         return COMMANDS[ns.command](ns)
+    except BrokenPipeError:          # `fxroof analyze | head`: the reader left; not an error
+        sys.stderr.close()           # (an OSError: it must come before USAGE_ERRORS)
+        return 0
     except USAGE_ERRORS as e:
         if ns.debug:
             raise
         print(f"fxroof: {_one_line(e)}", file=sys.stderr)
         return 2
-    except BrokenPipeError:          # `fxroof analyze | head`: the reader left; not an error
-        sys.stderr.close()
-        return 0
 
 
 def _one_line(e: BaseException) -> str:

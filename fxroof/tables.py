@@ -117,7 +117,7 @@ def render(r) -> str:
 def chip_table(chips) -> str:
     rows = []
     for c in chips:
-        half = max(("bf16", "fp16"), key=c.matrix_flops)   # T4 has fp16 tensor cores only
+        half = c.half_dtype()
         title = re.sub(r"\s*\(.*?\)", "", c.title)    # datasheet detail; `fxroof.chip()` has it
         rows.append([c.name, _cut(title, 30, keep_end=False), si(c.matrix_flops(half), "FLOP/s"),
                      si(c.mem_bw, "B/s"), ratio(c.ridge(half)), si(c.mem_bytes, "B"),

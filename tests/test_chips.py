@@ -457,3 +457,8 @@ def test_shipped_table_would_need_sources_for_optional_figures():
                                         "program_call_s, op_dispatch_s, op_flops, "
                                         "matrix_bw_fraction"):
         chip_from_json(entry, "table", require_sources=True)
+
+
+def test_the_half_precision_dtype_is_the_faster_one_bf16_on_a_tie():
+    assert chip("h100-sxm").half_dtype() == "bf16"      # 989.4 TFLOP/s each: the tie goes to bf16
+    assert chip("t4").half_dtype() == "fp16"            # fp16 tensor cores only

@@ -178,3 +178,9 @@ def test_check_json_holds_the_verdict_each_check_and_the_report(workload, capsys
     by_name = {c["name"]: c for c in out["checks"]}
     assert by_name["overhead share"]["failed"] is True and by_name["memory fit"]["ok"] is True
     assert out["report"]["schema"] == "fxroof.report/1"
+
+
+def test_debug_before_the_command_shows_the_traceback_too(workload):
+    from fxroof.workload import WorkloadError
+    with pytest.raises(WorkloadError, match="checkpoint missing"):     # raised, not printed
+        main(["--debug", "analyze", workload + ":broken"])

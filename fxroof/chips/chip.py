@@ -276,6 +276,11 @@ class Chip:
             rate *= self.op_flops[op] / self.peak_flops["fp32"]
         return rate
 
+    def half_dtype(self) -> str:
+        """The 16-bit dtype with the faster matrix peak here (bf16 on a tie): the one a user
+        moving off fp32 would pick (a T4 has fp16 tensor cores only)."""
+        return max(HALF, key=self.matrix_flops)
+
     def ridge(self, dtype: Any = "bf16") -> float:
         """Arithmetic intensity (FLOP/byte) where matrix work in `dtype` turns compute-bound."""
         return self.matrix_flops(dtype) / self.mem_bw
