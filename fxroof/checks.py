@@ -7,6 +7,7 @@ Memory fit is on by default; the dtype lint warns unless asked to fail.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from .cost import MATRIX_CATEGORIES
@@ -79,7 +80,7 @@ def run_checks(report, *, max_time_ms: float | None = None, min_coverage: float 
         checks.append(Check(f"{regime} share", share <= limit,
                             f"{percent(share)} of time is {regime}-bound, budget {percent(limit)}"))
     if lint != "off":
-        checks += [c.__class__(c.name, c.ok, c.message, "fail" if lint == "fail" else "warn")
+        checks += [dataclasses.replace(c, level="fail" if lint == "fail" else "warn")
                    for c in _dtype_lint(report)]
     return CheckResult(tuple(checks), report)
 

@@ -14,6 +14,7 @@ from . import llm, tables
 from .api import analyze
 from .calibrate import cmd_calibrate, configure_parser as configure_calibrate
 from .capture import CaptureError
+from .checks import LINT_LEVELS
 from .chips import ChipError, chips
 from .roofline import MODES, REGIMES
 from .sweep import sweep
@@ -72,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--max-regime-share", action="append", default=[], metavar="REGIME=SHARE",
                    help="e.g. overhead=0.2 (repeatable)")
     c.add_argument("--no-memory-fit", action="store_true", help="skip the memory-fit check")
-    c.add_argument("--lint", choices=("off", "warn", "fail"), default="warn",
+    c.add_argument("--lint", choices=LINT_LEVELS, default="warn",
                    help="dtype lint: warn (default), fail, or off")
     s = sub.add_parser("sweep", parents=common, help="one workload option over several values")
     s.add_argument("--over", required=True, metavar="KEY=V1,V2,...",

@@ -199,7 +199,7 @@ def _op(index: int, node: fx.Node, cost: Cost) -> Op:
         space = max((numel(t) for t in ins), default=0)
     else:
         space = max(out_spaces, default=0)
-    return Op(index, node, cost, kind, rank, space, out_spaces, _module(node), reason)
+    return Op(index, node, cost, kind, rank, space, out_spaces, module_path(node), reason)
 
 
 def _classify(node: fx.Node, cost: Cost, packet) -> tuple[str, str, str]:
@@ -229,7 +229,8 @@ def _mutates(node: fx.Node) -> bool:
         a.alias_info is not None and a.alias_info.is_write for a in schema.arguments)
 
 
-def _module(node: fx.Node) -> str:
+def module_path(node: fx.Node) -> str:
+    """The path of the innermost module that made `node` ("" for the top level)."""
     stack = node.meta.get("nn_module_stack") or {}
     return list(stack.values())[-1][0] if stack else ""
 

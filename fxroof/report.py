@@ -13,10 +13,11 @@ import torch.fx as fx
 from . import tables
 from .chips import Chip
 from .checks import CheckResult, run_checks
+from .dataflow import module_path
 from .memory import Footprint
 from .cost import COST_KEY, MATRIX_CATEGORIES, Cost
 from .units import fold_layers
-from .roofline import REGIMES, Timing, intensity, kernel_timing, overhead_per_kernel
+from .roofline import REGIMES, Timing, intensity, kernel_timing, overhead_per_kernel, rate_op
 
 SCHEMA = "fxroof.report/1"
 
@@ -287,34 +288,25 @@ def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple, streamed: dict | N
     rows = []
     for i, k in enumerate(kernels):
         members = [by_name[n] for n in k.nodes if n in by_name]
-        # Entering a compiled program (guards, wrapper) comes before its first kernel.
-        entry = chip.program_call_s if mode == "compiled" and i == 0 else 0.0
+        # The main node names the kernel (an eager kernel is its one op).
+        main = next((m for m in members if m.category == k.category),
+                    members[0] if members else None)
+        op = main.op if main else ""
         state: dict = {}
         for n in k.nodes:
             state.update(streamed.get(n, {}))
-        # An eager kernel is one op; a chip measured op by op knows that op's own costs. A
-        # compiled program still calls the library for a matrix op, at that op's own rate.
-        op = members[0].op if mode == "eager" and len(members) == 1 else ""
-        library = next((m.op for m in members if m.category == k.category), "") \
-            if mode == "compiled" and k.category in MATRIX_CATEGORIES else op
-        timing = kernel_timing(chip, flops=k.flops, bytes_moved=k.bytes_read + k.bytes_written,
-                               category=k.category, dtype=k.dtype,
-                               overhead_s=overhead_per_kernel(chip, mode, op, k.views) + entry,
+        timing = kernel_timing(chip, flops=k.flops, bytes_moved=k.bytes, category=k.category,
+                               dtype=k.dtype,
+                               overhead_s=overhead_per_kernel(chip, mode, op, k.views, i == 0),
                                comm_bytes=sum(m.comm_bytes for m in members),
-                               comm_steps=sum(m.comm_steps for m in members), rate_op=library,
+                               comm_steps=sum(m.comm_steps for m in members),
+                               rate_op=rate_op(mode, k.category, op),
                                streamed_bytes=min(sum(state.values()), k.bytes_read))
-        rows.append(KernelRow(tuple(k.nodes), _main_op(k, by_name), k.module, k.category, k.dtype,
+        label = (op if len(members) == 1 else f"{op} +{len(members) - 1}") if main \
+            else k.category
+        rows.append(KernelRow(tuple(k.nodes), label, k.module, k.category, k.dtype,
                               k.flops, k.bytes_read, k.bytes_written, k.reason, timing))
     return tuple(rows)
-
-
-def _main_op(kernel, by_name: dict) -> str:
-    """The kernel's op as a reader knows it: its main node's op, and how many others it holds."""
-    rows = [by_name[n] for n in kernel.nodes if n in by_name]
-    if not rows:
-        return kernel.category
-    main = next((r for r in rows if r.category == kernel.category), rows[0])
-    return main.op if len(rows) == 1 else f"{main.op} +{len(rows) - 1}"
 
 
 # Ops whose keyword picks a different kernel: the name carries it ("gelu(tanh)"), so that tables
@@ -331,9 +323,3 @@ def op_name(node: fx.Node) -> str:
     return f"{name}({variant})" if isinstance(variant, str) and variant != "none" else name
 
 
-def module_path(node: fx.Node) -> str:
-    stack = node.meta.get("nn_module_stack") or {}
-    if not stack:
-        return ""
-    path, _cls = list(stack.values())[-1]
-    return path

@@ -46,14 +46,22 @@ class Timing:
         return REGIMES[parts.index(max(parts))]
 
 
-def overhead_per_kernel(chip: Chip, mode: str, op: str = "", views: int = 0) -> float:
+def overhead_per_kernel(chip: Chip, mode: str, op: str = "", views: int = 0,
+                        first: bool = False) -> float:
     """Fixed cost of one kernel: an eager op's dispatch (per op where the chip was measured op by
-    op) and that of the view ops called before it, or a launch from a compiled program."""
+    op) and that of the view ops called before it, or a launch from a compiled program; the
+    first kernel of a compiled program also pays for entering it (guards, wrapper)."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
     if mode == "compiled":
-        return chip.launch_s
+        return chip.launch_s + (chip.program_call_s if first else 0.0)
     return chip.eager_dispatch(op) + views * chip.view_dispatch_s
+
+
+def rate_op(mode: str, category: str, main_op: str) -> str:
+    """The op whose own measured rate a kernel runs at: an eager kernel's op; in a compiled
+    program only a matrix kernel's, which still calls the library (fused code has no such op)."""
+    return main_op if mode == "eager" or category in MATRIX_CATEGORIES else ""
 
 
 def peak_for(chip: Chip, category: str, dtype: str, op: str = "") -> float:

@@ -77,7 +77,7 @@ def test_llama2_7b_prefill_is_compute_bound_near_flops_over_peak():
     assert floor <= r.time_s <= 1.15 * floor
 
 
-def test_small_decode_is_overhead_bound_eager_and_memory_bound_compiled(decode_a100):
+def test_small_decode_is_overhead_bound_eager_and_memory_bound_compiled():
     model, args, kwargs = llama(phase="decode", batch=1, ctx=2048)
     eager = fxroof.analyze(model, args, kwargs, chip="h100-sxm", mode="eager")
     assert eager.regime == "overhead"
@@ -109,7 +109,7 @@ def test_unknown_ops_are_rows_counted_in_coverage():
     model = fn_module(lambda x: torch.ops.fxroof_report.opaque(x).relu())
     r = fxroof.analyze(model, (torch.randn(8),))
     assert r.coverage == pytest.approx(0.5)                     # one of two ops has a formula
-    assert r.unknown_ops == {"fxroof_report.opaque": 1} or r.unknown_ops == {"opaque": 1}
+    assert r.unknown_ops == {"opaque": 1}
     assert "no formula for" in str(r)
 
 
