@@ -8,10 +8,9 @@ peak RSS <= 1 GB.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
 from pathlib import Path
+
+from _child import run_child
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,8 +35,7 @@ print(json.dumps(dict(seconds=elapsed, rss_gb=resource.getrusage(resource.RUSAGE
 def run(what: str, layers: int, seq: int) -> dict:
     code = CHILD.format(root=str(ROOT), spec=str(ROOT / "models" / "llama.py"), layers=layers,
                         seq=seq, what=what)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_child(code)
 
 
 def main() -> None:

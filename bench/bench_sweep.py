@@ -11,10 +11,9 @@ workload has been built once; the sweep's own 11 builds are counted in its time.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
 from pathlib import Path
+
+from _child import run_child
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCHES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
@@ -68,10 +67,7 @@ print(json.dumps(dict(seconds=elapsed, parts=parts)))
 def run(what: str, ns) -> dict:
     code = CHILD.format(root=str(ROOT), spec=str(ROOT / "models" / "llama.py"), ctx=ns.ctx,
                         layers=ns.layers, what=what, batches=BATCHES, check=ns.check)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    if out.returncode:
-        raise SystemExit(out.stderr[-3000:])
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_child(code)
 
 
 def main() -> None:
