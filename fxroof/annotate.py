@@ -12,7 +12,7 @@ from torch.multiprocessing.reductions import StorageWeakRef
 
 from .cost import COST_KEY, Cost
 from .formulas import OpCall, lookup, pointwise
-from .tensors import dtype_name, tensors_in
+from .tensors import tensors_in
 
 
 class AnnotationError(RuntimeError):
@@ -47,7 +47,7 @@ def node_cost(node: fx.Node) -> Cost:
             if isinstance(result, Cost):
                 return result
             return Cost(int(result), call.bytes_read(), call.bytes_written(), entry.category,
-                        _dtype(call))
+                        call.dtype)
         if torch.Tag.pointwise in target.tags:
             return pointwise(call)
     except Exception as e:  # a formula bug must name the node, not surface as a bare traceback
@@ -66,13 +66,8 @@ def _makes_tensors(node: fx.Node) -> bool:
 
 def _unknown(node: fx.Node, call: OpCall) -> Cost:
     """No formula: keep the bytes we can see, count no FLOPs, and say so."""
-    return Cost(0, call.bytes_read(), call.bytes_written(), "other", _dtype(call), known=False,
+    return Cost(0, call.bytes_read(), call.bytes_written(), "other", call.dtype, known=False,
                 note="no cost formula")
-
-
-def _dtype(call: OpCall) -> str:
-    tensors = call.inputs or call.outputs
-    return dtype_name(tensors[0].dtype) if tensors else ""
 
 
 def _aliases_input(call: OpCall) -> bool:

@@ -143,7 +143,7 @@ def graph_facts(gm: fx.GraphModule) -> Facts:
                     consumers[p].add(op.index)
                     if p not in producers[op.index]:
                         producers[op.index].append(p)
-        if _mutates(op.node):
+        if mutates(op.node):
             for key, _ in op.reads[:1]:   # earlier readers read it before this write
                 for r in readers.get(key, ()):
                     if r != op.index:
@@ -184,9 +184,8 @@ def _through_view(node: fx.Node, roots: dict) -> list:
     sources = [r for arg in node.all_input_nodes for r in roots.get(arg, ())]
     if not sources:
         return []
-    views = tensors_in(val)
     key = sources[0][0]
-    return [(key, t) for t in views] if len(views) != 1 else [(key, views[0])]
+    return [(key, t) for t in tensors_in(val)]
 
 
 def _op(index: int, node: fx.Node, cost: Cost) -> Op:
@@ -207,7 +206,7 @@ def _classify(node: fx.Node, cost: Cost, packet) -> tuple[str, str, str]:
     name = getattr(packet, "__name__", str(node.target))
     if cost.note == "allocation only" or (cost.category == "pointwise" and cost.bytes_read == 0):
         return "create", "create", ""   # full, arange, zeros_like: the input gives a shape only
-    if _mutates(node):
+    if mutates(node):
         return "solo", "solo", f"in-place write ({name})"
     if not cost.known:
         return "solo", "solo", f"no cost formula ({name})"
@@ -223,7 +222,8 @@ def _classify(node: fx.Node, cost: Cost, packet) -> tuple[str, str, str]:
     return "pointwise", "copy" if cost.category == "copy" else "pointwise", ""
 
 
-def _mutates(node: fx.Node) -> bool:
+def mutates(node: fx.Node) -> bool:
+    """The op writes one of its arguments in place (its schema says so)."""
     schema = getattr(node.target, "_schema", None)
     return schema is not None and any(
         a.alias_info is not None and a.alias_info.is_write for a in schema.arguments)

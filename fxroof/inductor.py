@@ -34,7 +34,6 @@ bundled tiny models, one hand-written block at 11%):
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -126,8 +125,7 @@ def inductor_kernels(model, args=(), kwargs=None, *,
         with inductor_config.patch(_post_fusion_custom_pass=snapshot, fx_graph_cache=False,
                                    fx_graph_remote_cache=False,
                                    layout_optimization=layout_optimization), \
-                functorch_config.patch(enable_autograd_cache=False), torch.no_grad(), \
-                contextlib.suppress(_Stop):
+                functorch_config.patch(enable_autograd_cache=False), torch.no_grad():
             try:
                 compiled(*args, **(kwargs or {}))
             except Exception as e:   # Inductor wraps what the hook raised

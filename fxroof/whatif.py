@@ -35,7 +35,7 @@ import torch.fx as fx
 from torch.multiprocessing.reductions import StorageWeakRef
 
 from .cost import COST_KEY, Cost
-from .dataflow import GATHERS, SCATTERS, SOLO_CATEGORIES
+from .dataflow import GATHERS, SCATTERS, SOLO_CATEGORIES, mutates
 from .formulas import OpCall, lookup, pointwise
 from .memory import Footprint, written_inputs
 from .tensors import tensors_in
@@ -152,12 +152,6 @@ def _storage(t: torch.Tensor):
         return None
 
 
-def _writes(node: fx.Node) -> bool:
-    schema = getattr(node.target, "_schema", None)
-    return schema is not None and any(
-        a.alias_info is not None and a.alias_info.is_write for a in schema.arguments)
-
-
 def _inputs(node: fx.Node) -> list[torch.Tensor]:
     return tensors_in(fx.node.map_arg((node.args, node.kwargs), lambda n: n.meta.get("val")))
 
@@ -229,7 +223,7 @@ def _row(placeholder: fx.Node) -> int:
 
 def _solo(node: fx.Node, cost: Cost) -> bool:
     packet = getattr(node.target, "overloadpacket", None)
-    return (cost.category in SOLO_CATEGORIES or _writes(node) or packet in GATHERS
+    return (cost.category in SOLO_CATEGORIES or mutates(node) or packet in GATHERS
             or packet in SCATTERS)
 
 

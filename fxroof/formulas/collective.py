@@ -36,7 +36,7 @@ from __future__ import annotations
 import torch
 
 from ..cost import Cost
-from ..tensors import dtype_name, footprint, numel
+from ..tensors import footprint, numel
 from .registry import OpCall, formula
 
 
@@ -74,21 +74,16 @@ def _buffers(call: OpCall) -> list[torch.Tensor]:
     return list(x) if isinstance(x, (list, tuple)) else [x]
 
 
-def _dtype(call: OpCall) -> str:
-    tensors = call.inputs or call.outputs
-    return dtype_name(tensors[0].dtype) if tensors else ""
-
-
 def _local(call: OpCall, n: int | None) -> Cost:
     """A collective whose group size is unknown (marked unknown) or 1 (nothing to send)."""
     if n is None:
-        return Cost(0, call.bytes_read(), call.bytes_written(), "collective", _dtype(call),
+        return Cost(0, call.bytes_read(), call.bytes_written(), "collective", call.dtype,
                     known=False, note=f"group {call.get('group_name')!r} not alive: size unknown")
-    return Cost(0, call.bytes_read(), call.bytes_written(), "collective", _dtype(call), note="n=1")
+    return Cost(0, call.bytes_read(), call.bytes_written(), "collective", call.dtype, note="n=1")
 
 
 def _ring(call: OpCall, n: int, *, comm_bytes: float, steps: int, adds: int = 0) -> Cost:
-    return Cost(adds, call.bytes_read(), call.bytes_written(), "collective", _dtype(call),
+    return Cost(adds, call.bytes_read(), call.bytes_written(), "collective", call.dtype,
                 note=f"ring n={n}", comm_bytes=round(comm_bytes), comm_steps=steps)
 
 
@@ -148,7 +143,7 @@ def point_to_point(call: OpCall):
     """One buffer over one link, one latency: the sender's outgoing and the receiver's incoming
     direction each carry it once."""
     x = call.get("tensor")
-    return Cost(0, call.bytes_read(), call.bytes_written(), "collective", _dtype(call),
+    return Cost(0, call.bytes_read(), call.bytes_written(), "collective", call.dtype,
                 note="point to point", comm_bytes=footprint(x), comm_steps=1)
 
 

@@ -13,7 +13,7 @@ from typing import Any, Callable, Union
 import torch
 
 from ..cost import CATEGORIES, Cost
-from ..tensors import footprint, tensors_in
+from ..tensors import dtype_name, footprint, tensors_in
 
 Formula = Callable[["OpCall"], Union[int, Cost]]
 
@@ -55,6 +55,12 @@ class OpCall:
     @property
     def outputs(self) -> list[torch.Tensor]:
         return tensors_in(self.out)
+
+    @property
+    def dtype(self) -> str:
+        """Short name of the first input's dtype (of the first output for ops with no input)."""
+        tensors = self.inputs or self.outputs
+        return dtype_name(tensors[0].dtype) if tensors else ""
 
     def bytes_read(self) -> int:
         return sum(footprint(t) for t in self.inputs)
