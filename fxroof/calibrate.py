@@ -29,8 +29,10 @@ way fxroof counts work; each source says how it was measured, on which device an
   call: a compiled Linear + ReLU's wall time less fxroof's compiled prediction of it.
 - matrix_bw_fraction (CPU): the share of mem_bw a one-row F.linear attains streaming weights no
   cache holds, per dtype: a CPU's matrix-vector product (decode) reads below the copy bandwidth.
-- mem_bw: a large copy, bytes read plus written. cache_bytes, cache_bw: the last-level cache's
-  size as the system reports it, and a copy that fills a quarter of it.
+- mem_bw: a large copy, bytes read plus written. cache_bytes, cache_bw: the largest of a ladder
+  of copies (1 MiB moved, x4 each step, up to the last-level cache the system reports) that
+  still runs 1.5x faster than memory: a VM's share of a shared cache can be far below what the
+  system reports.
 - launch_s: CPU: dispatch_s (no device launch; compiled CPU code still calls kernels one by one
   from the host). CUDA: per kernel replayed from a CUDA graph.
 - mem_bytes: RAM or GPU memory. link_bw, link_latency_s: not measured (one device), estimates.
@@ -90,7 +92,7 @@ def calibrate(device: str = "cpu", *, quick: bool = False, threads: int | None =
         peaks, peak_note = matmul_peaks(clock)
         say("memory and cache bandwidth ...")
         mem_bw, mem_note = copy_bandwidth(clock)
-        cache_bytes, cache_bw, cache_note = cache_bandwidth(clock)
+        cache_bytes, cache_bw, cache_note = cache_bandwidth(clock, mem_bw)
         figures = dict(peaks=peaks, vector=1e12, mem_bw=mem_bw, cache=(cache_bytes, cache_bw))
         say("ops one by one ...")
         bare, rates = op_table(clock, measured_chip(dev, title, **figures))

@@ -25,6 +25,10 @@ class Cost:
     dtype: str = ""         # compute dtype short name ("bf16", "fp32", ...): picks the peak used
     known: bool = True      # False: no formula for this op; counted in coverage, never a silent zero
     note: str = ""          # e.g. "causal" for attention
+    # Which of the op's implementations a CPU build of PyTorch runs, where the call's shapes pick
+    # it: a convolution goes through oneDNN or PyTorch's own code, whose fixed costs differ 5x.
+    # "" where there is no choice. A chip measured op by op may cost each apart.
+    variant: str = ""
     # Collectives only: bytes each rank sends over its chip-to-chip link (the algorithm factor
     # already applied, e.g. 2(n-1)/n of the buffer for a ring all-reduce) and the number of
     # sequential latency-bound steps (2(n-1) for a ring all-reduce).

@@ -87,9 +87,9 @@ def _batched(size, dev):
     return torch.randn(2, 4, 16, device=dev), torch.randn(2, 16, 4, device=dev)
 
 
-def _conv(c_in, c_out, k, image=8):
+def _conv(c_in, c_out, k, image=8, batch=1):
     def inputs(size, dev):
-        return (torch.randn(1, c_in, image, image, device=dev),
+        return (torch.randn(batch, c_in, image, image, device=dev),
                 torch.randn(c_out, c_in, k, k, device=dev))
     return inputs
 
@@ -130,9 +130,11 @@ OP_PROBES = (
     OpProbe("torch.mm", lambda x, w, _b: torch.mm(x, w), _linear_args, rate=False),
     OpProbe("torch.matmul", torch.matmul, _batched, rate=False),
     OpProbe("torch.bmm", torch.bmm, _batched, rate=False),
-    # A convolution's fixed cost depends on the algorithm oneDNN / cuDNN picks for its shape (on
-    # a CPU, 6-45 us for the same work); the table keeps the median over the layer kinds models
-    # have: 3x3, 1x1 and 2x2/2 in a network's body, a 7x7/2 stem and an 8x8/8 patch embedding.
+    # A CPU build runs a convolution through oneDNN or its own im2col code, by a rule on the
+    # call's shapes (formulas.conv.cpu_library); entering oneDNN costs several times more. Each
+    # is filed apart ("conv2d(onednn)", "conv2d(native)"), as the median over the layer kinds
+    # that take it in models: 3x3, 1x1 and 2x2/2 in a small network's body (native); a 7x7/2
+    # stem, an 8x8/8 patch embedding and a 3x3 on a batch of two (oneDNN).
     OpProbe("F.conv2d 3x3", lambda x, w: F.conv2d(x, w, padding=1), _conv(8, 8, 3), rate=False),
     OpProbe("F.conv2d 1x1", F.conv2d, _conv(16, 32, 1), rate=False),
     OpProbe("F.conv2d 2x2/2", lambda x, w: F.conv2d(x, w, stride=2), _conv(16, 16, 2), rate=False),
@@ -140,6 +142,8 @@ OP_PROBES = (
             _conv(3, 16, 7, image=16), rate=False),
     OpProbe("F.conv2d 8x8/8 patches", lambda x, w: F.conv2d(x, w, stride=8),
             _conv(3, 64, 8, image=32), rate=False),
+    OpProbe("F.conv2d 3x3, batch of 2", lambda x, w: F.conv2d(x, w, padding=1),
+            _conv(8, 8, 3, batch=2), rate=False),
     OpProbe("F.scaled_dot_product_attention (causal)",
             lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
             _attention_args, rate=False),

@@ -36,6 +36,13 @@ class NodeRow:
     note: str
     comm_bytes: int = 0
     comm_steps: int = 0
+    variant: str = ""     # the implementation a CPU build runs (Cost.variant): "onednn", ...
+
+    @property
+    def cost_key(self) -> str:
+        """The name a chip measured op by op files this call's costs under: the op, and the
+        implementation where the call's shapes pick one ("convolution(onednn)")."""
+        return f"{self.op}({self.variant})" if self.variant else self.op
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -275,7 +282,7 @@ def node_rows(gm: fx.GraphModule) -> tuple:
             continue
         rows.append(NodeRow(node.name, op_name(node), module_path(node), cost.category, cost.flops,
                             cost.bytes_read, cost.bytes_written, cost.dtype, cost.known, cost.note,
-                            cost.comm_bytes, cost.comm_steps))
+                            cost.comm_bytes, cost.comm_steps, cost.variant))
     return tuple(rows)
 
 
@@ -292,15 +299,18 @@ def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple, streamed: dict | N
         main = next((m for m in members if m.category == k.category),
                     members[0] if members else None)
         op = main.op if main else ""
+        # the op whose own call runs the kernel (eager ops; a compiled program's library
+        # calls): a chip measured op by op costs it as that op
+        key = rate_op(mode, k.category, main.cost_key) if main else ""
         state: dict = {}
         for n in k.nodes:
             state.update(streamed.get(n, {}))
         timing = kernel_timing(chip, flops=k.flops, bytes_moved=k.bytes, category=k.category,
                                dtype=k.dtype,
-                               overhead_s=overhead_per_kernel(chip, mode, op, k.views, i == 0),
+                               overhead_s=overhead_per_kernel(chip, mode, key, k.views, i == 0),
                                comm_bytes=sum(m.comm_bytes for m in members),
                                comm_steps=sum(m.comm_steps for m in members),
-                               rate_op=rate_op(mode, k.category, op),
+                               rate_op=key,
                                streamed_bytes=min(sum(state.values()), k.bytes_read))
         label = (op if len(members) == 1 else f"{op} +{len(members) - 1}") if main \
             else k.category

@@ -50,11 +50,17 @@ def overhead_per_kernel(chip: Chip, mode: str, op: str = "", views: int = 0,
                         first: bool = False) -> float:
     """Fixed cost of one kernel: an eager op's dispatch (per op where the chip was measured op by
     op) and that of the view ops called before it, or a launch from a compiled program; the
-    first kernel of a compiled program also pays for entering it (guards, wrapper)."""
+    first kernel of a compiled program also pays for entering it (guards, wrapper).
+    op: the op whose own call runs the kernel (`rate_op`): every eager kernel's; in a compiled
+    program a library call's (a matrix kernel), which on a CPU costs what that op's call costs
+    (entering oneDNN for a convolution: several launches' worth)."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
     if mode == "compiled":
-        return chip.launch_s + (chip.program_call_s if first else 0.0)
+        # on a CPU a launch is a call from the host, so a library op's measured call is its launch
+        call = chip.eager_dispatch(op) if op and chip.kind == "cpu" and chip.op_dispatch_s \
+            else chip.launch_s
+        return call + (chip.program_call_s if first else 0.0)
     return chip.eager_dispatch(op) + views * chip.view_dispatch_s
 
 

@@ -70,6 +70,58 @@ def test_conv2d_by_hand():
     assert c.flops == 2 * 2 * (8 * 3 * 3 * 3) * (6 * 6)       # 62208
 
 
+# (input shape, conv): small enough for PyTorch's own im2col code, or taken by oneDNN for one of
+# the reasons its rule lists (kernel over 3x3, batch over 1, input over 20480 elements, groups,
+# half precision).
+_CONV_CASES = [
+    ((1, 8, 8, 8), torch.nn.Conv2d(8, 8, 3, padding=1)),                 # small 3x3: native
+    ((1, 16, 8, 8), torch.nn.Conv2d(16, 32, 1)),                         # small 1x1: native
+    ((1, 16, 8, 8), torch.nn.Conv2d(16, 16, 2, stride=2)),               # small 2x2/2: native
+    ((2, 16, 8, 8), torch.nn.Conv2d(16, 32, 1)),                         # 1x1, batch 2: native
+    ((1, 3, 32, 32), torch.nn.Conv2d(3, 64, 8, stride=8)),               # 8x8 patches: oneDNN
+    ((2, 8, 8, 8), torch.nn.Conv2d(8, 8, 3, padding=1)),                 # batch 2: oneDNN
+    ((1, 32, 32, 32), torch.nn.Conv2d(32, 32, 3, padding=1)),            # 32768 elements: oneDNN
+    ((1, 16, 8, 8), torch.nn.Conv2d(16, 16, 3, padding=1, groups=16)),   # depthwise: oneDNN
+    ((1, 4, 40), torch.nn.Conv1d(4, 8, 5)),                              # conv1d as 2-d: native
+    ((1, 8, 8, 8), torch.nn.Conv2d(8, 8, 3, padding=1).to(torch.bfloat16)),  # bf16: oneDNN
+]
+
+
+def _library_pytorch_runs(conv, x) -> str:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof, \
+            torch.no_grad():
+        conv(x)
+    names = {e.name for e in prof.events()}
+    assert "aten::mkldnn_convolution" in names or "aten::_slow_conv2d_forward" in names \
+        or "aten::thnn_conv2d" in names, names
+    return "onednn" if "aten::mkldnn_convolution" in names else "native"
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape,conv", _CONV_CASES)
+def test_conv_variant_is_the_library_pytorch_runs(shape, conv, threads):
+    """The truth: which kernel torch's profiler sees the CPU build call for the same conv."""
+    dtype = conv.weight.dtype
+    if dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        pytest.skip("this CPU has no oneDNN bf16 path")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x = torch.randn(shape, dtype=dtype)
+        expected = _library_pytorch_runs(conv, x)
+        (c,) = [c for _, c in op_costs(conv, x)]
+    finally:
+        torch.set_num_threads(before)
+    assert c.variant == expected
+
+
+def test_conv_variant_on_the_meta_device_follows_the_cpu_rule():
+    # meta models are analyzed for CPU chips too: the rule reads shapes only
+    conv = torch.nn.Conv2d(3, 64, 8, stride=8).to("meta")
+    (c,) = [c for _, c in op_costs(conv, torch.empty(1, 3, 32, 32, device="meta"))]
+    assert c.variant == "onednn"
+
+
 def sdpa(**kw):
     return fn_module(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, **kw))
 

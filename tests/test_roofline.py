@@ -96,6 +96,38 @@ def test_a_measured_chip_costs_each_eager_op_by_hand():
     assert fused.time_s == pytest.approx(20e-6 + 5e-6 + 2048 / 4e9)
 
 
+def test_a_measured_chip_costs_each_convolution_library_apart():
+    import torch
+    from torch import nn
+
+    import fxroof
+    from fxroof.chips import Chip
+    measured = Chip("m", "Measured", "cpu", {"fp32": 1e11}, vector_flops=4e9, mem_bw=1e10,
+                    mem_bytes=1e10, link_bw=1e9, link_latency_s=1e-5, launch_s=5e-6,
+                    dispatch_s=5e-6, op_dispatch_s={"conv2d(onednn)": 50e-6,
+                                                    "conv2d(native)": 8e-6},
+                    op_flops={"conv2d": 5e10})
+    model = nn.Sequential(nn.Conv2d(3, 64, 8, stride=8, bias=False),   # 8x8 kernel: oneDNN
+                          nn.Conv2d(64, 64, 1, bias=False))            # small 1x1: native
+    patches, pointwise = fxroof.analyze(model, (torch.randn(1, 3, 32, 32),), chip=measured,
+                                        mode="eager").kernels
+    # patches: 50 us to enter oneDNN + 2 * 64*3*8*8 * 4*4 = 393216 FLOPs at 50 GFLOP/s
+    assert patches.timing.overhead_s == pytest.approx(50e-6)
+    assert patches.time_s == pytest.approx(50e-6 + 393216 / 5e10)
+    # 1x1: 8 us for the native code + 2 * 64*64 * 16 = 131072 FLOPs at the same rate
+    assert pointwise.time_s == pytest.approx(8e-6 + 131072 / 5e10)
+    # compiled, a CPU program calls the same two library convolutions at the same costs
+    compiled = fxroof.analyze(model, (torch.randn(1, 3, 32, 32),), chip=measured,
+                              mode="compiled").kernels
+    assert [k.timing.overhead_s for k in compiled] == pytest.approx([50e-6, 8e-6])
+    # a chip without per-library figures costs both as the plain op
+    plain = Chip("p", "Plain", "cpu", {"fp32": 1e11}, vector_flops=4e9, mem_bw=1e10,
+                 mem_bytes=1e10, link_bw=1e9, link_latency_s=1e-5, launch_s=5e-6,
+                 dispatch_s=5e-6, op_dispatch_s={"conv2d": 20e-6})
+    assert plain.eager_dispatch("conv2d(onednn)") == plain.eager_dispatch("conv2d") == 20e-6
+    assert plain.eager_dispatch("linear") == 5e-6
+
+
 def test_weights_come_from_memory_once_the_model_outgrows_the_cache():
     import torch
     from torch import nn

@@ -35,7 +35,11 @@ pages print the with-sparsity figure, which is twice the dense one.
       "program_call_us": 18                     compiled: entering the compiled program (guards,
                                                 wrapper), once per call, before its first kernel
       "op_dispatch_us": {"gelu": 9.1, ...}      eager cost of one call of an op, by the op name
-                                                reports print; other ops cost dispatch_us
+                                                reports print; other ops cost dispatch_us. A
+                                                name may carry the implementation a CPU build
+                                                picks by shape, "conv2d(onednn)" and
+                                                "conv2d(native)"; without its own entry it
+                                                costs as the plain name
       "matrix_bw_fraction": {"fp32": 0.7, ...}  per dtype: the share of the memory bandwidth a
                                                 library matrix product streaming its weights
                                                 attains (a CPU's matrix-vector product: 40-70%)
@@ -256,12 +260,14 @@ class Chip:
         return self.cache_bw if self.cache_bytes and nbytes <= self.cache_bytes else self.mem_bw
 
     def eager_dispatch(self, op: str) -> float:
-        """Seconds of eager overhead for one call of `op` (an op name as reports print it)."""
-        return self.op_dispatch_s.get(op, self.dispatch_s)
+        """Seconds of eager overhead for one call of `op` (an op name as reports print it, or
+        with the implementation that runs it: "convolution(onednn)", which falls back to
+        "convolution" where the chip has no figure of its own for it)."""
+        return _per_op(self.op_dispatch_s, op, self.dispatch_s)
 
     def eager_vector_flops(self, op: str) -> float:
         """FLOP/s of `op`'s non-matrix work when eager PyTorch runs it."""
-        return self.op_flops.get(op, self.vector_flops)
+        return _per_op(self.op_flops, op, self.vector_flops)
 
     def matrix_bandwidth_share(self, dtype: Any) -> float:
         """Share of the memory bandwidth a library matrix product in `dtype` attains when it
@@ -272,9 +278,8 @@ class Chip:
         """FLOP/s of matrix op `op` in `dtype` when eager PyTorch runs it. A matrix op's entry in
         op_flops is its fp32 rate; other dtypes scale it by the chip's own dtype ratio."""
         rate = self.matrix_flops(dtype)
-        if op in self.op_flops:
-            rate *= self.op_flops[op] / self.peak_flops["fp32"]
-        return rate
+        own = _per_op(self.op_flops, op, None)
+        return rate * own / self.peak_flops["fp32"] if own else rate
 
     def half_dtype(self) -> str:
         """The 16-bit dtype with the faster matrix peak here (bf16 on a tie): the one a user
@@ -295,6 +300,13 @@ class Chip:
             **{f: dict(getattr(self, f)) for f in OP_TABLES if getattr(self, f)},
             "sources": dict(self.sources),
         }
+
+
+def _per_op(table: Mapping, op: str, default):
+    """table[op]; for "op(variant)" without an entry of its own, table["op"]; else default."""
+    if op in table:
+        return table[op]
+    return table.get(op.split("(", 1)[0], default)
 
 
 def chip_from_json(entry: Any, where: str, *, require_sources: bool) -> Chip:
