@@ -15,7 +15,9 @@ way fxroof counts work; each source says how it was measured, on which device an
   rate (fp16 on a CPU without an fp16 matrix unit runs at a few % of fp32).
 - op_dispatch_s, op_flops: eager ops differ more than one figure holds (on a CPU a tiny gelu
   costs 6x a tiny add; max-pooling runs 40x slower than relu). Each common op is called as model
-  code calls it on a tiny input (its fixed cost) and, for non-matrix ops on a CPU, on a 1 MiB one
+  code calls it on a tiny input (its fixed cost; on a CPU timed call by call as all the probes
+  take turns, since a model calls an op between others, never in a tight loop, and a cold call
+  costs 2-4x a hot one) and, for non-matrix ops on a CPU, on a 1 MiB one
   (its rate past the fixed cost); matrix ops take their rate from the layer-shaped probe. The
   op names are the ones fxroof's capture gives, so they match a user's report.
 - vector_flops: the median of the per-op rates; what ops not measured one by one, and compiled
@@ -121,7 +123,7 @@ def calibrate(device: str = "cpu", *, quick: bool = False, threads: int | None =
     sources = {
         "peak_flops": peak_note, "vector_flops": vector_note, "mem_bw": mem_note,
         "mem_bytes": "device memory" if clock.cuda else "total RAM as the system reports it",
-        "launch_s": launch_note, **dispatch_sources(bare, glue_s, glue_ops),
+        "launch_s": launch_note, **dispatch_sources(bare, glue_s, glue_ops, clock),
         "program_call_s": program_note, "view_dispatch_s": view_note,
     }
     if cache_bytes:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import statistics
+import time
 
 import torch
 import torch.nn.functional as F
@@ -186,10 +187,13 @@ def op_table(clock: Clock, chip: Chip) -> tuple[dict, dict]:
     {op: FLOP/s past the fixed cost on a cache-resident input}). GPU: the rates of larger inputs
     (a mid-sized op there is launch-bound), for vector_flops only."""
     fixed, rates = {}, {}
-    for probe in OP_PROBES:
-        tiny = probe.inputs(TINY, clock.dev)
+    tinies = [probe.inputs(TINY, clock.dev) for probe in OP_PROBES]
+    calls = [lambda probe=probe, args=args: probe.fn(*args)
+             for probe, args in zip(OP_PROBES, tinies)]
+    times = (taking_turns(clock, calls) if not clock.cuda
+             else [host_time(clock, call) for call in calls])
+    for probe, tiny, t in zip(OP_PROBES, tinies, times):
         op, work, category = _probe_op(probe, tiny, chip)
-        t = host_time(clock, lambda: probe.fn(*tiny))
         if category in MATRIX_CATEGORIES:   # a small matrix op still has some work: not fixed
             t = max(t - work / chip.matrix_flops("fp32"), 0.5 * t)
         fixed.setdefault(op, []).append(t)
@@ -208,9 +212,32 @@ def op_table(clock: Clock, chip: Chip) -> tuple[dict, dict]:
 def view_dispatch(clock: Clock) -> tuple[float, str]:
     """Median host time of the view ops models call most, on a tiny tensor."""
     x = torch.randn(4, 16, device=clock.dev)
-    t = statistics.median(host_time(clock, lambda fn=fn: fn(x)) for _label, fn in VIEW_PROBES)
+    calls = [lambda fn=fn: fn(x) for _label, fn in VIEW_PROBES]
+    t = statistics.median(taking_turns(clock, calls) if not clock.cuda
+                          else [host_time(clock, call) for call in calls])
     return t, ("median host time of a tiny call of each of "
-               + ", ".join(label for label, _fn in VIEW_PROBES) + " (best loop of many)")
+               + ", ".join(label for label, _fn in VIEW_PROBES)
+               + (" (best loop of many)" if clock.cuda else " (" + TURNS + ")"))
+
+
+TURNS = ("each timed on its own as the probes take turns, the lower quartile of many rounds: a "
+         "model calls an op between others, never in a tight loop, so its code and data come "
+         "back from further out (an 8x8 oneDNN convolution: 57 us in a loop, 116 us in a model)")
+
+
+def taking_turns(clock: Clock, calls: list) -> list[float]:
+    """CPU: seconds of each call, timed one by one as the calls take turns round after round;
+    per call, the lower quartile over the rounds (other work on the machine only adds time)."""
+    for _ in range(3):
+        for call in calls:
+            call()
+    samples: list[list[float]] = [[] for _ in calls]
+    for _ in range(40 if clock.quick else 200):
+        for i, call in enumerate(calls):
+            t0 = time.perf_counter()
+            call()
+            samples[i].append(time.perf_counter() - t0)
+    return [statistics.quantiles(ts, n=4)[0] for ts in samples]
 
 
 def _gpu_vector_rates(clock: Clock, chip: Chip) -> dict:
@@ -309,10 +336,11 @@ def glue(clock: Clock, chip: Chip) -> tuple[float, int]:
     return max((walls - predicted) / ops, 0.0), int(ops)
 
 
-def dispatch_sources(bare: dict, glue: float, ops: int) -> dict:
+def dispatch_sources(bare: dict, glue: float, ops: int, clock: Clock) -> dict:
     fixed = ", ".join(f"{op} {seconds(t)}" for op, t in sorted(bare.items(), key=lambda kv: kv[1]))
-    how = (f"each op's tiny call (4 x 16 elements, as model code calls it; best loop of "
-           f"many) plus {seconds(glue)} of glue per op: (wall time - prediction) / ops over "
+    timed = "best loop of many" if clock.cuda else TURNS
+    how = (f"each op's tiny call (4 x 16 elements, as model code calls it; {timed}) "
+           f"plus {seconds(glue)} of glue per op: (wall time - prediction) / ops over "
            f"small modules (a pre-norm transformer block, a gated RMS-norm MLP, a conv-BN-ReLU "
            f"block; {ops} ops), the module calls, views and Python between ops")
     return {"op_dispatch_s": f"per op: {how}. Tiny calls: {fixed}",
