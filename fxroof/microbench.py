@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +16,8 @@ from .api import analyze, report_of
 from .capture import FunctionModule
 from .chips import Chip
 from .cost import MATRIX_CATEGORIES
-from .machine import Clock, host_time, last_level_cache, memory_bytes
+from .machine import (Clock, host_time, last_level_cache, memory_bytes, tiny_call_timing,
+                      tiny_call_times)
 from .probes import BLOCK_PROBES, MID, OP_PROBES, TINY, VIEW_PROBES, MatrixProbe, OpProbe
 from .units import seconds, si
 
@@ -190,8 +190,7 @@ def op_table(clock: Clock, chip: Chip) -> tuple[dict, dict]:
     tinies = [probe.inputs(TINY, clock.dev) for probe in OP_PROBES]
     calls = [lambda probe=probe, args=args: probe.fn(*args)
              for probe, args in zip(OP_PROBES, tinies)]
-    times = (taking_turns(clock, calls) if not clock.cuda
-             else [host_time(clock, call) for call in calls])
+    times = tiny_call_times(clock, calls)
     for probe, tiny, t in zip(OP_PROBES, tinies, times):
         op, work, category = _probe_op(probe, tiny, chip)
         if category in MATRIX_CATEGORIES:   # a small matrix op still has some work: not fixed
@@ -213,31 +212,10 @@ def view_dispatch(clock: Clock) -> tuple[float, str]:
     """Median host time of the view ops models call most, on a tiny tensor."""
     x = torch.randn(4, 16, device=clock.dev)
     calls = [lambda fn=fn: fn(x) for _label, fn in VIEW_PROBES]
-    t = statistics.median(taking_turns(clock, calls) if not clock.cuda
-                          else [host_time(clock, call) for call in calls])
+    t = statistics.median(tiny_call_times(clock, calls))
     return t, ("median host time of a tiny call of each of "
                + ", ".join(label for label, _fn in VIEW_PROBES)
-               + (" (best loop of many)" if clock.cuda else " (" + TURNS + ")"))
-
-
-TURNS = ("each timed on its own as the probes take turns, the lower quartile of many rounds: a "
-         "model calls an op between others, never in a tight loop, so its code and data come "
-         "back from further out (an 8x8 oneDNN convolution: 57 us in a loop, 116 us in a model)")
-
-
-def taking_turns(clock: Clock, calls: list) -> list[float]:
-    """CPU: seconds of each call, timed one by one as the calls take turns round after round;
-    per call, the lower quartile over the rounds (other work on the machine only adds time)."""
-    for _ in range(3):
-        for call in calls:
-            call()
-    samples: list[list[float]] = [[] for _ in calls]
-    for _ in range(40 if clock.quick else 200):
-        for i, call in enumerate(calls):
-            t0 = time.perf_counter()
-            call()
-            samples[i].append(time.perf_counter() - t0)
-    return [statistics.quantiles(ts, n=4)[0] for ts in samples]
+               + f" ({tiny_call_timing(clock)})")
 
 
 def _gpu_vector_rates(clock: Clock, chip: Chip) -> dict:
@@ -338,8 +316,8 @@ def glue(clock: Clock, chip: Chip) -> tuple[float, int]:
 
 def dispatch_sources(bare: dict, glue: float, ops: int, clock: Clock) -> dict:
     fixed = ", ".join(f"{op} {seconds(t)}" for op, t in sorted(bare.items(), key=lambda kv: kv[1]))
-    timed = "best loop of many" if clock.cuda else TURNS
-    how = (f"each op's tiny call (4 x 16 elements, as model code calls it; {timed}) "
+    how = (f"each op's tiny call (4 x 16 elements, as model code calls it; "
+           f"{tiny_call_timing(clock)}) "
            f"plus {seconds(glue)} of glue per op: (wall time - prediction) / ops over "
            f"small modules (a pre-norm transformer block, a gated RMS-norm MLP, a conv-BN-ReLU "
            f"block; {ops} ops), the module calls, views and Python between ops")

@@ -48,6 +48,8 @@ def cpu_library(call: OpCall) -> str:
     groups = int(call.get("groups", 1) or 1)
     shape = tuple(int(s) for s in x.shape) if batched else (1, *(int(s) for s in x.shape))
     size = math.prod(shape[:4])                     # PyTorch's rule multiplies the first four
+    # the one clause that reads the process, not the call: a 1x1 stride-1 convolution on a
+    # batch under 16 goes to oneDNN only when torch runs on several threads
     worth_it = (strided or dilated or batch >= 16 or (kh, kw) != (1, 1)
                 or torch.get_num_threads() > 1)
     large = groups > 1 or (kh > 3 and kw > 3) or batch > 1 or size > 20480
