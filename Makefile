@@ -17,6 +17,7 @@ run: $(VENV)/.ready
 	$(VENV)/bin/fxroof analyze
 
 test: $(VENV)/.ready
+	$(VENV)/bin/lint-imports --no-cache   # the stages' layering (pyproject.toml), then the tests
 	$(PY) -m pytest
 
 bench: $(VENV)/.ready

@@ -1,13 +1,14 @@
 """How close fxroof's predictions come to the measured time, on this machine (its CPU by default).
 
-Calibrates the device once (fxroof.calibrate), then for every bundled workload at a CPU-sized
-preset, two real models at 224 px, one memory-bound decode step and two small test models, runs
-`fxroof.measure.measure` (eager: the model's forward timed for real, median, beside fxroof's
-eager prediction on the calibrated chip) or, with --mode compiled, `measure_compiled` (the model
-under torch.compile beside the compiled prediction). Each workload is measured in two passes and
-keeps its quieter one. Prints the table (error against the median run, and against the fastest:
-other work on a shared machine only adds time, so the spread column says how far to trust a row),
-the error pooled by op category (eager), and the median |error|. About a minute on one core.
+Calibrates the device once (fxroof.measure.calibrate), then for every bundled workload at a
+CPU-sized preset, two real models at 224 px, two memory-bound decode steps and two small test
+models, runs `fxroof.measure.nodes.measure` (eager: the model's forward timed for real, median,
+beside fxroof's eager prediction on the calibrated chip) or, with --mode compiled,
+`fxroof.measure.compiled.measure_compiled` (the model under torch.compile beside the compiled
+prediction). Each workload is measured in two passes and keeps its quieter one. Prints the table
+(error against the median run, and against the fastest: other work on a shared machine only adds
+time, so the spread column says how far to trust a row), the error pooled by op category (eager),
+and the median |error|. bench/README.md has its output on one machine.
 
     python bench/bench_accuracy.py                  # torch's thread count
     python bench/bench_accuracy.py --threads 1      # calibrate and measure on one thread
@@ -32,11 +33,12 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fxroof.calibrate import calibrate, cpu_threads, summary, threads_label  # noqa: E402
 from fxroof.chips import chip as find_chip  # noqa: E402
-from fxroof.measure import measure, relative_error  # noqa: E402
-from fxroof.measure_compiled import measure_compiled  # noqa: E402
-from fxroof.workload import load  # noqa: E402
+from fxroof.measure.calibrate import calibrate, summary  # noqa: E402
+from fxroof.measure.compiled import measure_compiled  # noqa: E402
+from fxroof.measure.machine import cpu_threads, threads_label  # noqa: E402
+from fxroof.measure.nodes import measure, relative_error  # noqa: E402
+from fxroof.studies.workload import load  # noqa: E402
 
 MODELS = ROOT / "models"
 
@@ -51,7 +53,7 @@ WORKLOADS = [
     ("llama tiny prefill bf16", "llama.py", {"preset": "tiny", "seq": 256, "dtype": "bf16"}),
     ("moe tiny T=128", "moe.py", {"preset": "tiny", "seq": 128, "dtype": "fp32"}),
     ("vit tiny 32px", "vit.py", {"size": "tiny"}),
-    # Real sizes, at their native 224 px: a forward takes 0.1-0.5 s on one core, so fewer repeats.
+    # Real sizes, at their native 224 px: a forward is slow on one core, so fewer repeats.
     ("vit base 224px", "vit.py", {"size": "base"}, 5),
     ("resnet50 224px", "resnet.py", {"depth": 50, "image": 224}, 8),
     # Memory-bound: one Llama-2-7B layer with its embeddings and head, 1.9 GB of fp32 weights

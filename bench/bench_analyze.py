@@ -18,11 +18,11 @@ CHILD = r"""
 import json, resource, sys, time
 sys.path.insert(0, {root!r})
 import torch
-from fxroof.workload import load
+from fxroof.studies.workload import load
 model, args, kwargs = load({spec!r}, dict(preset="llama3-70b", layers={layers}, seq={seq}))
 start = time.perf_counter()
 if {what!r} == "export":
-    from fxroof.capture import TensorOutputs
+    from fxroof.graph.capture import TensorOutputs
     torch.export.export(TensorOutputs(model), args, kwargs, strict=False)
 else:
     import fxroof

@@ -3,7 +3,7 @@
 For each model: the time of capture + annotate + fuse, the time of torch.compile (Inductor, CPU)
 compiling it (first call, fresh dynamo state, no compiled-graph cache; "cold": the C++ kernels
 built too, "warm": found in the kernel cache the cold compile filled), the speedups, and fused
-bytes from fxroof and from Inductor's scheduler (fxroof.inductor).
+bytes from fxroof and from Inductor's scheduler (fxroof.measure.inductor).
 
     python bench/bench_fusion.py
 """
@@ -22,10 +22,10 @@ from tabulate import tabulate
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fxroof.annotate import annotate  # noqa: E402
-from fxroof.capture import capture  # noqa: E402
-from fxroof.fuse import fuse  # noqa: E402
-from fxroof.inductor import inductor_kernels  # noqa: E402
+from fxroof.cost.annotate import annotate  # noqa: E402
+from fxroof.fuse.fuser import fuse  # noqa: E402
+from fxroof.graph.capture import capture  # noqa: E402
+from fxroof.measure.inductor import inductor_kernels  # noqa: E402
 
 
 def load(name: str):

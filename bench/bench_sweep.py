@@ -22,9 +22,9 @@ CHILD = r"""
 import gc, importlib, json, sys, time
 sys.path.insert(0, {root!r})
 import fxroof
-from fxroof.workload import load
-sw = importlib.import_module("fxroof.sweep")   # the module, whatever fxroof.sweep names
-engine = importlib.import_module("fxroof.symbolic")
+from fxroof.studies.workload import load
+sw = importlib.import_module("fxroof.studies.sweep")
+engine = importlib.import_module("fxroof.studies.evaluator")
 options = dict(phase="decode", ctx={ctx}, layers={layers})
 model, args, kwargs = load({spec!r}, dict(options, batch=8))
 parts = {{}}
@@ -41,7 +41,7 @@ else:
             finally:
                 parts[name] = parts.get(name, 0.0) + time.perf_counter() - t
         return g
-    engine._symbolic_capture = timed("capture once", engine._symbolic_capture)
+    engine.symbolic_capture = timed("capture once", engine.symbolic_capture)
     engine.report_of = timed("annotate+fuse+report, every value", engine.report_of)
     engine.Evaluator._substitute = timed("shapes by substitution", engine.Evaluator._substitute)
     engine.Evaluator._propagate = timed("shapes by FakeTensorProp", engine.Evaluator._propagate)

@@ -4,10 +4,10 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from fxroof.annotate import annotate
-from fxroof.capture import capture
-from fxroof.cost import COST_KEY
-from fxroof.report import op_name
+from fxroof.cost.annotate import annotate
+from fxroof.cost.record import COST_KEY
+from fxroof.graph.capture import capture
+from fxroof.report.build import op_name
 
 
 def op_costs(model, *args, **kwargs):

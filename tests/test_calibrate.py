@@ -1,39 +1,43 @@
-"""Calibration: a quick run on this machine's CPU gives a sane chip that a chip file round-trips.
+"""Calibration: a quick run on this machine's CPU gives a chip that a chip file round-trips.
 
-Figures are checked against sanity bounds only: tests never assert on wall-clock speed.
+Figures are checked for presence, op names and provenance, and against what the system reports;
+never against the speed of the machine the tests run on.
 """
 import json
+import os
 import types
 
 import pytest
 import torch
 
-from fxroof.calibrate import (calibrate, calibrate_main, chip_json, cpu_threads, summary,
-                              write_chip)
-from fxroof.chips import Chip, chip as find_chip, load_chip_file
-from fxroof.api import analyze
+from fxroof.chips import Chip, load_chip_file
+from fxroof.chips import chip as find_chip
 from fxroof.chips.chip import FILE_KEYS
-from fxroof.machine import last_level_cache
-from fxroof.probes import TransformerBlock
+from fxroof.cli.main import main
+from fxroof.measure.calibrate import calibrate, chip_json, summary, write_chip
+from fxroof.measure.machine import cpu_threads, last_level_cache
+from fxroof.measure.probes import TransformerBlock
+from fxroof.pipeline import analyze
 
 
 @pytest.fixture(scope="module")
 def quick_chip():
-    # One thread: a couple of seconds, and steady on a small machine shared with other work.
+    # One thread: steady on a small machine shared with other work.
     return calibrate("cpu", quick=True, threads=1)
 
 
-def test_quick_calibration_measures_sane_figures(quick_chip):
+def test_quick_calibration_names_this_machine(quick_chip):
     c = quick_chip
-    assert c.kind == "cpu" and c.name == "calibrated-cpu" and "calibrated" in c.title
+    assert c.kind == "cpu" and c.name == "calibrated-cpu"
+    assert c.title.endswith(", 1 thread (calibrated)")      # calibrated on the thread count asked
     assert {"fp32", "bf16"} <= set(c.peak_flops)
-    for dtype, rate in c.peak_flops.items():
-        assert 1e8 < rate < 1e15, dtype                 # 0.1 GFLOP/s .. 1 PFLOP/s
-    assert 1e9 < c.mem_bw < 1e12                        # 1 GB/s .. 1 TB/s
-    assert 1e7 < c.vector_flops < 1e14
-    assert 1e-7 < c.dispatch_s < 1e-3                   # 0.1 us .. 1 ms per eager op
-    assert c.launch_s == c.dispatch_s                   # a CPU has no device launch
-    assert c.mem_bytes > 1e8
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/meminfo"), reason="needs /proc/meminfo")
+def test_memory_is_what_the_system_reports(quick_chip):
+    with open("/proc/meminfo") as f:
+        total_kib = next(int(line.split()[1]) for line in f if line.startswith("MemTotal:"))
+    assert quick_chip.mem_bytes == pytest.approx(total_kib * 1024, rel=0.01)
 
 
 def test_sources_say_how_where_and_when(quick_chip):
@@ -76,16 +80,9 @@ def test_ops_are_measured_one_by_one_under_the_names_reports_use(quick_chip):
     stem = analyze(torch.nn.Conv2d(3, 8, 7, stride=2), (torch.randn(1, 3, 16, 16),), chip=c,
                    mode="eager")
     assert {n.cost_key for n in block.nodes + stem.nodes} <= ops
-    for op, fixed in c.op_dispatch_s.items():
-        assert 1e-8 < fixed < 1e-3, op                  # 10 ns .. 1 ms per eager call
-    assert 1e-8 < c.view_dispatch_s < 1e-4
     # work rates: every non-matrix probe with FLOPs, and the layer-shaped matrix ops
     assert {"relu", "gelu", "max_pool2d", "layer_norm", "linear", "conv2d"} <= set(c.op_flops)
-    for op, rate in c.op_flops.items():
-        assert 1e6 < rate < 1e15, op
-    assert min(c.op_flops.values()) <= c.vector_flops <= max(c.op_flops.values())   # a median
-    assert 0 <= c.program_call_s < 1e-3                # entering a compiled module
-    assert 0.05 < c.matrix_bw_fraction["fp32"] <= 1     # a one-row linear streaming its weights
+    assert "fp32" in c.matrix_bw_fraction         # a one-row linear streaming its weights
     for figure in ("op_dispatch_s", "op_flops", "view_dispatch_s", "program_call_s",
                    "matrix_bw_fraction"):
         assert c.sources[figure].startswith("measured by fxroof calibrate on "), figure
@@ -96,13 +93,12 @@ def test_cache_is_a_size_a_copy_runs_faster_at(quick_chip):
     if not size or not quick_chip.cache_bytes:
         pytest.skip("this system reports no cache sizes, or no copy ran faster than memory")
     assert quick_chip.cache_bytes <= size
-    assert quick_chip.cache_bw >= 1.5 * quick_chip.mem_bw
 
 
 def test_cache_is_the_largest_copy_faster_than_memory(monkeypatch):
     """A machine reporting 480 MiB of cache whose copies run at 80 GB/s up to 4 MiB moved, 30 GB/s
     up to 16 MiB and at memory speed (12 GB/s) past it: the cache is 16 MiB at 30 GB/s."""
-    from fxroof import microbench
+    from fxroof.measure import microbench
 
     def copy_time(_clock, nbytes, min_samples):
         moved = 2 * nbytes
@@ -132,14 +128,14 @@ def test_chip_json_uses_the_file_units():
 
 def test_command_line_writes_a_loadable_chip_file(tmp_path, capsys):
     out = tmp_path / "chip.json"
-    assert calibrate_main(["--quick", "--threads", "1", "--out", str(out)]) == 0
+    assert main(["calibrate", "--quick", "--threads", "1", "--out", str(out)]) == 0
     assert find_chip(str(out)).kind == "cpu"
     printed = capsys.readouterr().out
     assert "1 thread" in printed and str(out) in printed
 
 
 def test_command_line_refuses_an_unknown_device(tmp_path, capsys):
-    assert calibrate_main(["--device", "tpu", "--out", str(tmp_path / "x.json")]) == 2
+    assert main(["calibrate", "--device", "tpu", "--out", str(tmp_path / "x.json")]) == 2
     assert "cpu" in capsys.readouterr().err
 
 
@@ -154,11 +150,11 @@ def test_cpu_threads_restores_the_thread_count():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_calibration_measures_sane_figures():
+def test_cuda_calibration_names_the_gpu():
     c = calibrate("cuda", quick=True)
-    assert c.kind == "gpu" and "fp32" in c.peak_flops
-    assert 1e10 < c.mem_bw < 1e14
-    assert 0 < c.launch_s < 1e-3 and 0 < c.dispatch_s < 1e-3
+    assert c.kind == "gpu" and "fp32" in c.peak_flops and not c.op_flops
+    assert c.title == f"{torch.cuda.get_device_name()} (calibrated)"
+    assert "CUDA graph" in c.sources["launch_s"] and not c.cache_bytes   # L2 is not modelled
 
 
 def test_cuda_without_a_device_is_a_clear_error():

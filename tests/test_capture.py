@@ -3,11 +3,11 @@ import resource
 
 import pytest
 import torch
-
-from fxroof.annotate import annotate
-from fxroof.capture import CaptureError, capture
-from fxroof.cost import COST_KEY
 from helpers import flop_counter_total, fn_module
+
+from fxroof.cost.annotate import annotate
+from fxroof.cost.record import COST_KEY
+from fxroof.graph.capture import CaptureError, capture
 
 transformers = pytest.importorskip("transformers")
 
@@ -74,7 +74,7 @@ def test_llama3_70b_shaped_on_meta_captures():
     gm = annotate(capture(model, (ids,)).gm)
     sdpa = [n for n in gm.graph.nodes if "scaled_dot_product" in str(n.target)]
     assert len(sdpa) == 80
-    from fxroof.dataflow import module_path
+    from fxroof.graph.nodes import module_path
     k_proj = [n for n in gm.graph.nodes if module_path(n) == "model.layers.0.self_attn.k_proj"]
     assert k_proj[0].meta["val"].shape[-1] == 8 * 128         # GQA: 8 kv heads of 128
 

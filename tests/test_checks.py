@@ -3,9 +3,11 @@ import json
 
 import pytest
 import torch
+from helpers import fn_module
 
 import fxroof
-from helpers import fn_module
+from fxroof.report.tables import top_kernels
+from fxroof.report.units import share
 
 
 def test_footprint_by_hand():
@@ -59,3 +61,44 @@ def test_budgets_and_lint_levels():
     assert r.check(lint="off").checks[-1].name == "memory fit"
     with pytest.raises(ValueError, match="unknown regime"):
         r.check(max_regime_share={"overhed": 0.1})
+
+
+@pytest.mark.parametrize("budget, message", [
+    ({"min_coverage": 95}, "min_coverage must be a share from 0 to 1, got 95"),   # 95 meant 95%?
+    ({"max_time_ms": -1.0}, "max_time_ms must be a number >= 0"),
+    ({"max_time_ms": float("nan")}, "max_time_ms must be a number >= 0"),
+    ({"max_regime_share": {"overhead": 1.5}}, "the overhead share must be a share from 0 to 1"),
+])
+def test_a_budget_that_cannot_be_meant_is_a_usage_error(budget, message):
+    r = fxroof.analyze(fn_module(torch.cos), (torch.randn(8),))
+    with pytest.raises(ValueError, match=message):
+        r.check(**budget)
+
+
+def test_coverage_just_short_of_full_never_prints_as_100_percent():
+    assert share(0.9973) == "99.7%" and share(0.99999) == "99.9%" and share(1.0) == "100%"
+    assert share(0.00001) == "0.1%" and share(0.0) == "0%" and share(0.25) == "25%"
+
+
+def test_the_header_says_when_the_model_does_not_fit():
+    # two 65536^2 bf16 operands and the product: 3 x 8.59 GB = 25.8 GB on a 16 GB T4
+    big = torch.empty(65536, 65536, dtype=torch.bfloat16, device="meta")
+    r = fxroof.analyze(fn_module(torch.mm), (big, big), chip="t4")
+    assert "needs 25.8 GB, more than t4's 16 GB" in " ".join(str(r).split())   # lines wrap
+    fits = fxroof.analyze(fn_module(torch.mm), (big, big), chip="h200")
+    assert "more than" not in str(fits)
+
+
+def test_top_kernels_keep_different_shapes_apart():
+    class TwoShapes(torch.nn.Module):       # one module, two linears of other shapes
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Parameter(torch.randn(64, 32)), torch.nn.Parameter(torch.randn(8, 64))
+
+        def forward(self, x):
+            return torch.nn.functional.linear(torch.nn.functional.linear(x, self.a), self.b)
+
+    r = fxroof.analyze(TwoShapes(), (torch.randn(4, 32),), mode="eager")
+    rows = [line for line in top_kernels(r).splitlines() if line.startswith("linear")]
+    # 2*4*32*64 = 16,384 and 2*4*64*8 = 4,096 FLOPs: two rows, not one "x2"
+    assert len(rows) == 2 and "16.4 kF" in rows[0] and "4.1 kF" in rows[1]

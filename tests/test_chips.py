@@ -12,8 +12,13 @@ from hypothesis import strategies as st
 
 from fxroof.chips import DTYPES, Chip, ChipError, chip, chips, load_chip_file
 
-REQUIRED = ["t4", "a10", "l4", "l40s", "a100-40gb", "a100-80gb", "h100-pcie", "h100-sxm", "h200",
-            "b200", "mi300x", "tpu-v5e", "cpu"]
+REQUIRED = ["t4", "a10", "l4", "l40s", "rtx-3090", "rtx-5090", "a100-40gb", "a100-80gb",
+            "h100-pcie", "h100-sxm", "h200", "b200", "mi300x", "tpu-v5e", "cpu"]
+# GeForce cards print FP16/BF16 tensor rates with FP16 accumulate and half of it with FP32
+# accumulate, the path PyTorch takes; int8 (int32 accumulate) keeps the full rate.
+FP32_ACCUMULATE_AT_HALF_RATE = {"rtx-3090", "rtx-5090"}
+EXPECTED_FIGURES = ["sm_count", "matmul_efficiency", "bw_efficiency", "collective_efficiency",
+                    "kernel_floor_s"]
 FIGURES = ["peak_flops", "vector_flops", "mem_bw", "mem_bytes", "link_bw", "link_latency_s",
            "launch_s", "dispatch_s"]
 
@@ -109,7 +114,8 @@ def test_tensor_rates_scale_by_two_per_halving_of_width(c):
         assert p["tf32"] == pytest.approx(half / 2, rel=0.02)
     for d in ("fp8", "int8"):
         if d in p:
-            assert p[d] == pytest.approx(2 * half, rel=0.02)
+            full_rate = d == "int8" and c.name in FP32_ACCUMULATE_AT_HALF_RATE
+            assert p[d] == pytest.approx((4 if full_rate else 2) * half, rel=0.02)
 
 
 # --- dense, not sparse: datasheet sparse figures halved, by hand ---
@@ -124,9 +130,51 @@ def test_tensor_rates_scale_by_two_per_halving_of_width(c):
     ("b200", "bf16", 36e15 / 8 / 2),       # HGX B200: 36 PFLOPS sparse for 8 GPUs -> 2.25 PFLOPS
     ("mi300x", "bf16", 2614.9e12 / 2),     # AMD: 2,614.9 with sparsity -> 1,307.4
     ("a100-80gb", "bf16", 624e12 / 2),     # datasheet 312 | 624* -> 312
+    ("rtx-3090", "fp16", 142e12 / 2),      # GA102: 142 dense with FP16 accumulate; FP32: 71
+    ("rtx-3090", "int8", 568e12 / 2),      # 284 | 568*
+    ("rtx-5090", "bf16", 419e12 / 2),      # GB202: 209.5 | 419* with FP32 accumulate
+    ("rtx-5090", "fp8", 838e12 / 2),       # 419 | 838* with FP32 accumulate
 ])
 def test_peaks_are_dense(name, dtype, dense):
     assert chip(name).peak_flops[dtype] == pytest.approx(dense, rel=2e-3)
+
+
+def test_geforce_fp32_is_its_cuda_cores_times_two_flops_per_clock():
+    assert chip("rtx-3090").peak_flops["fp32"] == pytest.approx(10496 * 2 * 1.695e9, rel=1e-3)
+    assert chip("rtx-5090").peak_flops["fp32"] == pytest.approx(21760 * 2 * 2.407e9, rel=1e-3)
+    assert (chip("rtx-3090").sm_count, chip("rtx-5090").sm_count) == (82, 170)  # 128 cores per SM
+
+
+# --- the expected-time model's figures: shares of a peak, each sourced ---
+
+@pytest.mark.parametrize("c", chips(), ids=lambda c: c.name)
+def test_expected_model_figures_are_shares_and_sourced(c):
+    for f in EXPECTED_FIGURES:
+        value = getattr(c, f)
+        if not value:
+            continue                  # not modelled: no gap of that kind
+        src = c.sources[f]
+        assert "http" in src or src.startswith("estimate"), (f, src)
+        if f.endswith("efficiency"):
+            assert 0.3 < value <= 1, f
+    if c.kernel_floor_s:
+        assert 1e-7 <= c.kernel_floor_s <= 1e-4
+    assert c.kind == "gpu" or not any(getattr(c, f) for f in EXPECTED_FIGURES)   # CPU, TPU: none
+
+
+def test_expected_model_figures_come_from_their_measurements():
+    # maximum achievable matmul FLOPS / dense peak: A100 SXM 271.2 / 312, H100 SXM 794.5 / 989
+    assert chip("a100-80gb").matmul_efficiency == pytest.approx(271.2 / 312, abs=1e-3)
+    assert chip("h100-sxm").matmul_efficiency == pytest.approx(794.5 / 989, abs=1e-3)
+    # gpt-fast's A100 80GB copy: 1700 of 2039 GB/s; nccl-tests ring on 8 H200: 365.6 of 450 GB/s
+    assert chip("a100-80gb").bw_efficiency == pytest.approx(1700 / 2039, abs=1e-3)
+    assert chip("h200").collective_efficiency == pytest.approx(365.6 / 450, abs=5e-3)
+    assert (chip("a100-80gb").sm_count, chip("h100-sxm").sm_count) == (108, 132)
+
+
+def test_an_efficiency_above_one_is_refused(tmp_path):
+    with pytest.raises(ChipError, match="bw_efficiency is a share, at most 1"):
+        chip(str(write(tmp_path, good_entry(bw_efficiency=1.2))))
 
 
 def test_fp32_is_the_cuda_core_figure_not_tf32():
@@ -420,6 +468,7 @@ def test_a_chip_without_optional_figures_is_unchanged():
     assert (h100.cache_bytes, h100.view_dispatch_s, dict(h100.op_dispatch_s)) == (0, 0, {})
     assert h100.bandwidth(1) == h100.mem_bw and h100.eager_dispatch("gelu") == h100.dispatch_s
     assert "op_dispatch_s" not in h100.to_dict() and "cache_bytes" not in h100.to_dict()
+    assert (chip("cpu").sm_count, chip("cpu").kernel_floor_s) == (0, 0)   # no expected-time gap
 
 
 def test_matrix_op_rate_scales_with_the_dtype(tmp_path):

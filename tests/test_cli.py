@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fxroof.cli import main
+from fxroof.cli.main import main
 
 ROOT = Path(__file__).resolve().parent.parent
 MLP = str(ROOT / "models" / "mlp.py")
@@ -181,6 +181,6 @@ def test_check_json_holds_the_verdict_each_check_and_the_report(workload, capsys
 
 
 def test_debug_before_the_command_shows_the_traceback_too(workload):
-    from fxroof.workload import WorkloadError
+    from fxroof.studies.workload import WorkloadError
     with pytest.raises(WorkloadError, match="checkpoint missing"):     # raised, not printed
         main(["--debug", "analyze", workload + ":broken"])

@@ -2,11 +2,12 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings, strategies as st
-
-from fxroof.cost import Cost
-from fxroof.formulas import register_formula
 from helpers import cost_of, flop_counter_total, fn_module, op_costs
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fxroof.cost.formulas import FORMULAS, register_formula
+from fxroof.cost.record import Cost
 
 F32 = 4  # bytes per fp32 element
 
@@ -208,20 +209,34 @@ def test_kv_cache_write_counts_only_the_written_slot():
     assert c.bytes_read == 2 * 8 * F32 + 8                # the new values and the int64 index
 
 
-def test_unknown_op_is_explicit_then_registrable():
+@pytest.fixture
+def mystery():
+    """A custom op without a formula; the op and any formula registered for it go afterwards."""
     lib = torch.library.Library("fxroof_test", "DEF")
     lib.define("mystery(Tensor x) -> Tensor")
     lib.impl("mystery", lambda x: x * 2, "CompositeExplicitAutograd")
     lib.impl("mystery", lambda x: torch.empty_like(x), "Meta")
-    model = fn_module(lambda x: torch.ops.fxroof_test.mystery(x))
+    op = torch.ops.fxroof_test.mystery
+    try:
+        yield op
+    finally:
+        FORMULAS.pop(op, None)
+        lib._destroy()
+
+
+def test_unknown_op_is_explicit_then_registrable(mystery):
+    model = fn_module(lambda x: mystery(x))
     x = torch.randn(10)
     before = cost_of(model, "mystery", x)
-    assert not before.known and before.bytes_read == 40       # bytes still seen; flops unknown
-    register_formula(torch.ops.fxroof_test.mystery, category="pointwise", fn=lambda call: 10)
+    assert not before.known and before.flops == 0             # no formula: no FLOPs, and says so
+    assert before.bytes_read == before.bytes_written == 10 * F32   # bytes still seen
+    register_formula(mystery, category="reduction", fn=lambda call: 3 * call.inputs[0].numel())
     after = cost_of(model, "mystery", x)
-    assert after.known and after.flops == 10 and after.category == "pointwise"
+    assert after.known and after.flops == 3 * 10
+    assert after.category == "reduction"                      # an int result takes the op's category
+    assert after.bytes_read == after.bytes_written == 10 * F32
     with pytest.raises(ValueError, match="already registered"):
-        register_formula(torch.ops.fxroof_test.mystery, category="pointwise", fn=lambda call: 1)
+        register_formula(mystery, category="pointwise", fn=lambda call: 1)
 
 
 def test_unknown_category_is_rejected():

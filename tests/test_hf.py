@@ -1,4 +1,4 @@
-"""fxroof.hf.from_config: transformers models from small configs, on meta, with no network."""
+"""fxroof.cli.hf.from_config: transformers models from small configs, on meta, with no network."""
 
 import json
 import socket
@@ -9,7 +9,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from fxroof.hf import from_config  # noqa: E402
+from fxroof.cli.hf import from_config  # noqa: E402
 
 B, T = 2, 16
 SMALL = dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4, vocab_size=256)
@@ -158,8 +158,8 @@ def test_wrong_config_type():
 
 
 def test_unknown_dtype():
-    with pytest.raises(ValueError, match="unknown dtype"):
-        from_config(FAMILIES["llama"][0](), dtype="fp8")
+    with pytest.raises(ValueError, match="unknown dtype 'fp7'"):
+        from_config(FAMILIES["llama"][0](), dtype="fp7")
 
 
 def test_sequence_longer_than_learned_positions():

@@ -40,7 +40,7 @@ def n_params(model) -> int:
     return sum(p.numel() for p in model.parameters())  # a tied parameter is counted once
 
 
-# Small options per workload: enough to run on CPU with real numbers and to export in well under a second.
+# Small options per workload: enough to run on CPU with real numbers and to export quickly.
 TINY = {
     "mlp": dict(preset="tiny"),
     "gpt2": dict(size="tiny", seq=16),

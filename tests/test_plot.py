@@ -1,21 +1,21 @@
 """The roofline plot writes real PNG and SVG files."""
 import pytest
 import torch
+from helpers import fn_module
 
 import fxroof
-from helpers import fn_module
 
 pytest.importorskip("matplotlib")
 
 
 def test_png_and_svg(tmp_path):
     mlp = torch.nn.Sequential(torch.nn.Linear(256, 1024), torch.nn.GELU(), torch.nn.Linear(1024, 256))
-    r = fxroof.analyze(mlp, (torch.randn(64, 256),), chip="a100-80gb")
+    r = fxroof.analyze(mlp, (torch.randn(8, 256),), chip="a100-80gb")
     png = r.plot_roofline(tmp_path / "roof.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     svg = r.plot_roofline(tmp_path / "roof.svg")
     text = svg.read_text()
-    # 3 kernels of a few µs on an A100: the launch cost dominates each
+    # 3 kernels of 8 rows on an A100: each well under its 2 us launch
     assert text.lstrip().startswith("<?xml") and "<svg" in text and "overhead-bound (3)" in text
 
 

@@ -2,7 +2,7 @@
 import pytest
 
 from fxroof.chips import chip
-from fxroof.roofline import Timing, attainable_flops, comm_time, intensity, kernel_timing
+from fxroof.chips.timing import Timing, attainable_flops, comm_time, intensity, kernel_timing
 
 H100 = chip("h100-sxm")     # 989.4e12 bf16 FLOP/s, 67e12 fp32 vector FLOP/s, 3.35e12 B/s
 
@@ -70,8 +70,8 @@ def test_a_measured_chip_costs_each_eager_op_by_hand():
     import torch.nn.functional as F
 
     import fxroof
-    from fxroof.capture import FunctionModule
     from fxroof.chips import Chip
+    from fxroof.graph.capture import FunctionModule
     measured = Chip("m", "Measured", "cpu", {"fp32": 1e11}, vector_flops=4e9, mem_bw=1e10,
                     mem_bytes=1e10, link_bw=1e9, link_latency_s=1e-5, launch_s=5e-6,
                     dispatch_s=5e-6, cache_bytes=1e6, cache_bw=1e11, view_dispatch_s=1e-6,

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 import fxroof
-from fxroof.sweep import parse_over, sweep
-from fxroof.workload import load
+from fxroof.studies.sweep import parse_over, sweep
+from fxroof.studies.workload import load
 
 LLAMA, MLP = "models/llama.py", "models/mlp.py"
 
@@ -83,11 +83,18 @@ def test_a_model_that_changes_with_the_value_is_captured_at_each():
         same(p, fxroof.analyze(*workload(p.value)))
 
 
+def test_symbolic_false_captures_each_value_on_its_own():
+    options = dict(preset="tiny")
+    s = sweep(MLP, "batch=1,4", options=options, symbolic=False)
+    assert s.method == "per-point" and s.notes == () and not any(p.note for p in s.points)
+    for p in s.points:
+        same(p, independent(MLP, options, "batch", p.value))
+
+
 def test_throughput_counts_tokens_and_the_table_fits():
     s = sweep(LLAMA, "batch=1,4", options=dict(preset="tiny", phase="decode", ctx=15))
     assert s.unit == "tokens"
-    p = s.points[1]
-    assert p.items == 4 and p.throughput == pytest.approx(4 / p.time_s)   # 4 tokens a step
+    assert s.points[1].items == 4                     # batch 4, one new token each: 4 tokens
     text = str(s)
     assert max(len(line) for line in text.splitlines()) <= 100
     d = s.to_dict()

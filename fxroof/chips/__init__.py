@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Union
 
-from .chip import DTYPES, Chip, ChipError, chip_from_json
+from fxroof.chips.chip import DTYPES, Chip, ChipError, chip_from_json
 
 __all__ = ["Chip", "ChipError", "DTYPES", "chip", "chips", "load_chip_file"]
 

@@ -47,6 +47,18 @@ pages print the with-sparsity figure, which is twice the dense one.
                                                 run at vector_TFLOPS (matrix ops: at peak_TFLOPS;
                                                 a matrix op's entry is its fp32 rate, and other
                                                 dtypes scale it as peak_TFLOPS does)
+
+      Optional figures of the expected-time model (fxroof/chips/expected.py; docs/time-model.md),
+      in the shipped table for GPUs; a chip without one has no gap of that kind:
+      "sm_count": 132                           streaming multiprocessors (compute units): the
+                                                waves a kernel's tiles make
+      "matmul_efficiency": 0.80                 share of the dense matrix peak a large library
+                                                GEMM reaches (maximum achievable matmul FLOPS)
+      "bw_efficiency": 0.83                     share of mem_bw a streaming copy reaches
+      "collective_efficiency": 0.81             share of link_bw a large ring all-reduce's bus
+                                                bandwidth reaches (nccl-tests busbw)
+      "kernel_floor_us": 1                      time every kernel takes on the chip on top of
+                                                its work (start, first loads, drain)
     }
 """
 from __future__ import annotations
@@ -55,6 +67,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Iterator
+
+from fxroof.graph.tensors import dtype_name
 
 KINDS = ("gpu", "tpu", "cpu", "accelerator")
 DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8")
@@ -76,7 +90,13 @@ OPTIONAL_SCALARS = {
     "cache_bw": ("cache_bw_GBps", 1e9),
     "view_dispatch_s": ("view_dispatch_us", 1e-6),
     "program_call_s": ("program_call_us", 1e-6),
+    "sm_count": ("sm_count", 1.0),
+    "matmul_efficiency": ("matmul_efficiency", 1.0),
+    "bw_efficiency": ("bw_efficiency", 1.0),
+    "collective_efficiency": ("collective_efficiency", 1.0),
+    "kernel_floor_s": ("kernel_floor_us", 1e-6),
 }
+EFFICIENCIES = ("matmul_efficiency", "bw_efficiency", "collective_efficiency")  # shares, <= 1
 OP_TABLES = {
     "op_dispatch_s": ("op_dispatch_us", 1e-6),
     "op_flops": ("op_TFLOPS", 1e12),
@@ -87,11 +107,6 @@ FIGURES = ("peak_flops", *SCALARS)            # every field that must carry a so
 OPTIONAL_FIGURES = (*OPTIONAL_SCALARS, *OP_TABLES)    # carry a source when present
 FILE_KEYS = ({"name", "title", "kind", "aliases", PEAK_KEY, "sources"}
              | {k for k, _ in (*SCALARS.values(), *OPTIONAL_SCALARS.values(), *OP_TABLES.values())})
-
-# Names a dtype may arrive under (torch.dtype, its str, or fxroof's short names) -> DTYPES entry.
-_DTYPE_ALIASES = {"float32": "fp32", "float": "fp32", "bfloat16": "bf16", "float16": "fp16",
-                  "half": "fp16", "uint8": "int8"}
-
 
 class ChipError(ValueError):
     """A chip that cannot be found or a chip file that cannot be used; the message names the cause."""
@@ -126,19 +141,10 @@ class FrozenMap(Mapping):
         return f"FrozenMap({self._d!r})"
 
 
-def short_dtype(dtype: Any) -> str:
-    """'bf16' for "bf16", "bfloat16", torch.bfloat16; other dtypes keep a lower-case name."""
-    name = str(dtype).lower().removeprefix("torch.")
-    if name.startswith("float8"):
-        return "fp8"
-    return _DTYPE_ALIASES.get(name, name)
-
-
 def positive(value: Any, what: str) -> float:
     """value as a float, or ChipError naming `what` when it is not a positive finite number."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ChipError(f"{what} must be a positive number, got {value!r}")
-    if not (math.isfinite(value) and value > 0):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not (math.isfinite(value) and value > 0):
         raise ChipError(f"{what} must be a positive number, got {value!r}")
     return float(value)
 
@@ -151,11 +157,11 @@ class Chip:
     PyTorch's elementwise and reduction kernels compute in fp32 ("opmath") even on half-precision
     tensors, so packed half-precision rates would flatter them.
 
-    The optional figures come from measuring a machine (fxroof calibrate). Eager ops differ more
-    than one dispatch figure and one vector rate can hold: on a CPU a tiny gelu costs 6x a tiny
-    add, and max_pool2d runs 25x below the pointwise rate. op_dispatch_s and op_flops hold those
-    per op; cache_bytes/cache_bw let the small tensors of a CPU-sized model move at the speed of
-    the cache they live in rather than of DRAM.
+    The optional figures come from measuring a machine (fxroof calibrate, docs/calibration.md):
+    eager ops differ more than one dispatch figure and one vector rate can hold, so
+    op_dispatch_s and op_flops hold them per op; cache_bytes/cache_bw let the small tensors of a
+    CPU-sized model move at the speed of the cache they live in rather than of DRAM. The
+    expected-time figures (sm_count, the efficiencies, kernel_floor_s) are docs/time-model.md's.
     """
     name: str
     title: str
@@ -174,6 +180,12 @@ class Chip:
     cache_bw: float = 0.0     # bytes/s of a kernel whose bytes fit in cache_bytes
     view_dispatch_s: float = 0.0  # eager: per view op the model calls (no kernel); 0: free
     program_call_s: float = 0.0   # compiled: per call of the program, before its first kernel
+    # the expected-time model's figures (expected.py); 0: not modelled, no gap of that kind
+    sm_count: float = 0.0
+    matmul_efficiency: float = 0.0
+    bw_efficiency: float = 0.0
+    collective_efficiency: float = 0.0
+    kernel_floor_s: float = 0.0
     op_dispatch_s: Mapping[str, float] = field(default_factory=dict, hash=False)  # op -> s
     op_flops: Mapping[str, float] = field(default_factory=dict, hash=False)       # op -> FLOP/s
     matrix_bw_fraction: Mapping[str, float] = field(default_factory=dict, hash=False)  # dtype ->
@@ -212,6 +224,9 @@ class Chip:
                 raise ChipError(f"chip {self.name!r}: {f} must be a mapping op name -> number")
             object.__setattr__(self, f, FrozenMap(
                 {op: positive(v, f"chip {self.name!r}: {f}[{op!r}]") for op, v in table.items()}))
+        over = [f for f in EFFICIENCIES if getattr(self, f) > 1]
+        if over:
+            raise ChipError(f"chip {self.name!r}: {', '.join(over)} is a share, at most 1")
         bad = {d: v for d, v in self.matrix_bw_fraction.items() if d not in DTYPES or v > 1}
         if bad:
             raise ChipError(f"chip {self.name!r}: matrix_bw_fraction holds a share (at most 1) "
@@ -242,7 +257,7 @@ class Chip:
         - anything else (fp64, complex, integer types, unknown names) -> fp32. There is no fp64
           figure: fp32 gives a lower bound on the time of fp64 work.
         """
-        name = short_dtype(dtype)
+        name = dtype_name(dtype)
         if name in self.peak_flops:
             return name
         if name in ("fp8", "int8"):

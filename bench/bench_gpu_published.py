@@ -1,0 +1,391 @@
+"""fxroof's GPU times against published measurements: the roofline floor and the expected time.
+
+Nothing is timed here: each published case is rebuilt in fxroof on the meta device and predicted
+for the GPU it was measured on, and the prediction is set beside the published figure. Sources,
+read from ../shared/reference/measured/ (relative to the repository root; skipped with a message
+when absent; their README says how each was measured):
+
+    timm RTX 3090 eager, RTX 5090 eager, RTX 5090 compiled
+        whole-model inference (timm's benchmark.py: AMP fp16, NCHW, batch 256-1024), for a
+        subset of models timm builds on meta; needs `pip install timm` (skipped without it).
+        Predicted: the report's time (eager or compiled) of the model in fp16 with its
+        LayerNorm/GroupNorm in fp32 (AMP's casts around them included), batch and size as
+        published. Every published size of each model in the subset is a case.
+    Vidur A100 linear, other ops; Vidur H100 linear, other ops
+        one transformer layer's non-attention ops, fp16, timed as the sum of their CUDA kernels
+        (launch gaps excluded): predicted as the sum of the kernels' times on the chip, host
+        dispatch left out. Linear layers, the residual add and the embedding gather run as
+        one op each (eager); SiLU-and-multiply, RMSNorm and rotary run in vLLM as one fused
+        kernel each, so fxroof's compiled mode (one fused kernel) builds them. Sampled: each
+        (model, tensor-parallel degree) at num_tokens 1, 16, 128, 512, 2048 and 8192; rows
+        measured more than once give their median. The four linear layers (cuBLAS GEMMs) are
+        one source, the other six ops (vLLM's own kernels, PyTorch's add and gather) another.
+    Vidur all-reduce
+        fxroof's ring all-reduce formula (cost/formulas/collective.py) at the published size and
+        group, fp16, on the chip's links. Only groups whose links the chip's one link figure
+        describes: DGX A100 within one server (NVSwitch), and the NVLink pairs (2 GPUs, NVLink
+        bridge 600 GB/s both ways: 300 GB/s each way on A100 and H100 alike); groups spanning
+        servers or NVLink pairs joined over PCIe are counted out. Sampled: 12 sizes per group,
+        evenly spaced in log size.
+
+Prints per source: cases, median |error|, share within +-25%, geometric-mean ratio
+predicted/measured, for the floor and for the expected time, and the worst expected case with
+what its time is made of. Error = (predicted - measured) / measured. About a minute.
+
+    .venv/bin/python bench/bench_gpu_published.py              # every source
+    .venv/bin/python bench/bench_gpu_published.py --only vidur # sources whose name holds 'vidur'
+    .venv/bin/python bench/bench_gpu_published.py --cases      # every case, one line each
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import math
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tabulate import tabulate
+from torch import nn
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from fxroof.chips import chip as find_chip  # noqa: E402
+from fxroof.chips.expected import expected  # noqa: E402
+from fxroof.chips.timing import kernel_timing  # noqa: E402
+from fxroof.cost.formulas.registry import FORMULAS, OpCall  # noqa: E402
+from fxroof.graph.capture import FunctionModule, capture  # noqa: E402
+from fxroof.pipeline import Target, report_of  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "reference" / "measured"
+
+TIMM_FILES = {"timm RTX 3090 eager": ("timm-amp-nchw-pt240-cu124-rtx3090.csv", "rtx-3090", "eager"),
+              "timm RTX 5090 eager": ("timm-amp-nchw-pt291-cu130-5090.csv", "rtx-5090", "eager"),
+              "timm RTX 5090 compiled": ("timm-amp-nchw-pt291-cu130-5090-dynamo.csv", "rtx-5090",
+                                         "compiled")}
+# Families timm's tables hold at several sizes: residual CNNs, ConvNeXt, vision transformers,
+# EfficientNet/MobileNet (depthwise convs), RegNet, DenseNet, MLP-Mixer, Swin, VGG, Inception.
+TIMM_MODELS = ("resnet18", "resnet50", "resnet101", "resnext50_32x4d", "wide_resnet50_2",
+               "convnext_tiny", "convnext_base", "vit_small_patch16_224", "vit_base_patch16_224",
+               "vit_large_patch16_224", "beit_base_patch16_224", "efficientnet_b0",
+               "efficientnet_b3", "mobilenetv3_large_100", "mobilenetv2_100", "regnety_040",
+               "densenet121", "mixer_b16_224", "swin_tiny_patch4_window7_224", "vgg16",
+               "inception_v3")
+VIDUR_CHIPS = {"a100": "a100-80gb", "h100": "h100-sxm"}
+VIDUR_TOKENS = (1, 16, 128, 512, 2048, 8192)
+VIDUR_OPS = ("emb", "input_layernorm", "attn_pre_proj", "attn_rope", "attn_post_proj",
+             "post_attention_layernorm", "mlp_up_proj", "mlp_act", "mlp_down_proj", "add")
+NVLINK_BRIDGE = 300e9     # bytes/s each way: NVLink bridge pairs, 600 GB/s both ways
+SIZES_PER_GROUP = 12
+
+
+@dataclasses.dataclass
+class Case:
+    source: str
+    label: str
+    measured_s: float
+    floor_s: float
+    expected_s: float
+    why: str              # what the expected time is made of
+
+
+def read_csv(name: str) -> list[dict]:
+    with open(DATA / name) as f:
+        return list(csv.DictReader(line for line in f if not line.startswith("#")))
+
+
+def device_regime(e) -> str:
+    """The largest part of a kernel's time on the chip, host dispatch left out."""
+    parts = {"compute": e.compute_s, "memory": e.memory_s, "communication": e.comm_s,
+             "kernel floor": e.latency_s}
+    return max(parts, key=parts.get)
+
+
+def made_of(kernels, device_only: bool = False) -> str:
+    """Where the expected time goes: regime shares and the op taking most of it."""
+    times = [(k.expected.device_s if device_only else k.time_s, k) for k in kernels]
+    total = sum(t for t, _ in times) or 1.0
+    share: dict = defaultdict(float)
+    by_op: dict = defaultdict(float)
+    for t, k in times:
+        share[device_regime(k.expected) if device_only else k.regime] += t / total
+        by_op[k.op.split(" ")[0]] += t / total
+    regimes = ", ".join(f"{r} {s:.0%}" for r, s in sorted(share.items(), key=lambda x: -x[1])[:2])
+    op, s = max(by_op.items(), key=lambda x: x[1])
+    return f"{regimes}; {op} {s:.0%}"
+
+
+# -- timm ----------------------------------------------------------------------------------------
+
+class Fp32Norm(nn.Module):
+    """AMP runs layer_norm and group_norm in fp32: cast in, normalise, cast back."""
+
+    def __init__(self, norm: nn.Module):
+        super().__init__()
+        self.norm = norm.float()
+
+    def forward(self, x):
+        return self.norm(x.float()).to(x.dtype)
+
+
+def fp32_norms(module: nn.Module) -> nn.Module:
+    for name, child in module.named_children():
+        if isinstance(child, (nn.LayerNorm, nn.GroupNorm)):
+            setattr(module, name, Fp32Norm(child))
+        else:
+            fp32_norms(child)
+    return module
+
+
+def timm_cases(only: str) -> list[Case]:
+    sources = {s: v for s, v in TIMM_FILES.items() if only in s}
+    if not sources:
+        return []
+    try:
+        import timm
+    except Exception as e:     # timm itself, or torchvision under it
+        print(f"skipped timm sources: timm cannot be imported ({type(e).__name__}: {e})")
+        return []
+    rows = {s: [r for r in read_csv(f) if r["model"] in TIMM_MODELS]
+            for s, (f, _, _) in sources.items()}
+    captured: dict = {}
+    cases = []
+    for source, (_, chip_name, mode) in sources.items():
+        target = Target(chip=chip_name, mode=mode)
+        for r in rows[source]:
+            size, batch = int(r["infer_img_size"]), int(r["infer_batch_size"])
+            key = (r["model"], size, batch)
+            if key not in captured:
+                with torch.device("meta"):
+                    model = fp32_norms(timm.create_model(r["model"]).half().eval())
+                x = torch.empty(batch, 3, size, size, dtype=torch.float16, device="meta")
+                captured[key] = capture(model, (x,))
+            report = report_of(captured[key], target)
+            cases.append(Case(source, f"{r['model']} {size}px b{batch}",
+                              float(r["infer_step_time"]) / 1e3, report.summary.floor_s,
+                              report.time_s, made_of(report.kernels)))
+    return cases
+
+
+# -- Vidur per-op profiles -----------------------------------------------------------------------
+
+def rms_norm(x, w):
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-6)).to(x.dtype) * w
+
+
+def rotate_half(x):
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def rope(q, k, cos, sin):
+    # cos/sin: (T, 1, d), gathered from the cache by position, as vLLM's kernel does
+    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+
+
+def vidur_op(op: str, cfg: dict, t: int):
+    """(module, inputs, mode) of one profiled op at t tokens."""
+    h, tp, nh, nkv = cfg["h"], cfg["tp"], cfg["n_head"], cfg["n_kv_head"]
+    d, ff = h // nh, cfg["ff"]
+    half = dict(dtype=torch.float16, device="meta")
+
+    def linear(n_in, n_out):
+        with torch.device("meta"):
+            return nn.Linear(n_in, n_out, bias=False).half(), (torch.empty(t, n_in, **half),), "eager"
+    if op == "attn_pre_proj":
+        return linear(h, (nh + 2 * nkv) * d // tp)
+    if op == "attn_post_proj":
+        return linear(nh * d // tp, h)
+    if op == "mlp_up_proj":
+        return linear(h, (2 if cfg["gated"] else 1) * ff // tp)
+    if op == "mlp_down_proj":
+        return linear(ff // tp, h)
+    if op == "mlp_act":
+        n = ff // tp
+        if cfg["gated"]:
+            return (FunctionModule(lambda x: F.silu(x[:, :n]) * x[:, n:]),
+                    (torch.empty(t, 2 * n, **half),), "compiled")
+        return (FunctionModule(lambda x: F.gelu(x, approximate="tanh")),
+                (torch.empty(t, n, **half),), "compiled")
+    if op in ("input_layernorm", "post_attention_layernorm"):
+        x, w = torch.empty(t, h, **half), torch.empty(h, **half)
+        if cfg["layer_norm"]:
+            return FunctionModule(lambda x, w: F.layer_norm(x, (h,), w, w)), (x, w), "compiled"
+        return FunctionModule(rms_norm), (x, w), "compiled"
+    if op == "attn_rope":
+        return (FunctionModule(rope), (torch.empty(t, nh // tp, d, **half),
+                                       torch.empty(t, max(nkv // tp, 1), d, **half),
+                                       torch.empty(t, 1, d, **half), torch.empty(t, 1, d, **half)),
+                "compiled")
+    if op == "add":
+        return FunctionModule(torch.add), (torch.empty(t, h, **half),) * 2, "eager"
+    if op == "emb":
+        with torch.device("meta"):
+            table = nn.Embedding(cfg["vocab"] // tp, h).half()
+        return table, (torch.empty(t, dtype=torch.int64, device="meta"),), "eager"
+    raise ValueError(op)
+
+
+def device_times(report) -> tuple[float, float]:
+    """(floor, expected) time on the chip of a report's kernels, host dispatch left out."""
+    floor = sum(max(k.timing.compute_s, k.timing.memory_s, k.timing.comm_s) for k in report.kernels)
+    return floor, sum(k.expected.device_s for k in report.kernels)
+
+
+def vidur_source(gpu: str, op: str) -> str:
+    """Library GEMMs apart from vLLM's own small kernels: they miss for different reasons."""
+    return f"Vidur {gpu.upper()} " + ("linear" if op.endswith("proj") else "other ops")
+
+
+def vidur_cases(only: str) -> list[Case]:
+    sources = {g for g in VIDUR_CHIPS for op in ("proj", "") if only in vidur_source(g, op)}
+    if not sources:
+        return []
+    groups: dict = defaultdict(list)
+    for r in read_csv("vidur-mlp-medians.csv"):
+        if r["gpu"] in sources and int(r["num_tokens"]) in VIDUR_TOKENS:
+            groups[(r["gpu"], r["model"], int(r["num_tensor_parallel_workers"]),
+                    int(r["num_tokens"]))].append(r)
+    captured: dict = {}
+    cases = []
+    for (gpu, model, tp, t), rows in sorted(groups.items()):
+        r0 = rows[0]
+        cfg = {"h": int(r0["n_embd"]), "n_head": int(r0["n_head"]), "tp": tp,
+               "n_kv_head": int(r0["n_kv_head"]), "ff": int(r0["n_expanded_embd"]),
+               "vocab": int(r0["vocab_size"]), "gated": r0["use_gated_mlp"] == "True",
+               "layer_norm": "phi" in model}
+        for op in (op for op in VIDUR_OPS if only in vidur_source(gpu, op)):
+            values = [float(r[f"{op}_ms"]) for r in rows if r[f"{op}_ms"]]
+            if not values:      # not profiled for this model (e.g. no rotary)
+                continue
+            measured = statistics.median(values) / 1e3
+            module, inputs, mode = vidur_op(op, cfg, t)
+            key = (op, cfg["gated"], cfg["layer_norm"], *(tuple(x.shape) for x in inputs),
+                   *(tuple(p.shape) for p in module.parameters()))
+            if key not in captured:
+                captured[key] = capture(module, inputs)
+            report = report_of(captured[key], Target(chip=VIDUR_CHIPS[gpu], mode=mode))
+            floor, exp = device_times(report)
+            cases.append(Case(vidur_source(gpu, op), f"{model.split('/')[-1]} tp{tp} T={t} {op}",
+                              measured,
+                              floor, exp, made_of(report.kernels, device_only=True)))
+    return cases
+
+
+# -- Vidur all-reduce ----------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """A process group as the collective formula asks it: its size."""
+    n: int
+
+    def size(self) -> int:
+        return self.n
+
+
+ALL_REDUCE = {"vidur-a100_dgx-all_reduce.csv": ("a100-80gb", None),
+              "vidur-a100_pairwise_nvlink-all_reduce.csv": ("a100-80gb", NVLINK_BRIDGE),
+              "vidur-h100_pairwise_nvlink-all_reduce.csv": ("h100-sxm", NVLINK_BRIDGE)}
+
+
+def all_reduce_time(chip, size: int, n: int) -> tuple[float, float]:
+    """(floor, expected) of one all-reduce of `size` bytes of fp16 over n ranks."""
+    buffer = torch.empty(size // 2, dtype=torch.float16, device="meta")
+    op = torch.ops._c10d_functional.all_reduce.default
+    call = OpCall(op, (buffer, "sum", Group(n)), {}, buffer)
+    cost = FORMULAS[op.overloadpacket].fn(call)
+    t = kernel_timing(chip, flops=cost.flops, bytes_moved=cost.bytes, category="collective",
+                      dtype="fp16", overhead_s=0.0, comm_bytes=cost.comm_bytes,
+                      comm_steps=cost.comm_steps)
+    e = expected(chip, t, "collective", comm_bytes=cost.comm_bytes, comm_steps=cost.comm_steps)
+    return max(t.compute_s, t.memory_s, t.comm_s), e.device_s
+
+
+def all_reduce_cases(only: str) -> list[Case]:
+    source = "Vidur all-reduce"
+    if only not in source:
+        return []
+    cases, out = [], 0
+    for name, (chip_name, bridge) in ALL_REDUCE.items():
+        chip = find_chip(chip_name)
+        if bridge:
+            chip = dataclasses.replace(chip, link_bw=bridge)
+        groups: dict = defaultdict(dict)
+        for r in read_csv(name):
+            n, per_node = int(r["num_workers"]), int(r["devices_per_node"])
+            # one server of NVSwitch, or one NVLink pair: the links the chip's figure describes
+            if (n > per_node) or (bridge and n != 2):
+                out += 1
+                continue
+            groups[n][int(r["size"])] = float(r["time_stats.all_reduce.median"]) / 1e3
+        for n, by_size in sorted(groups.items()):
+            sizes = sorted(by_size)
+            lo, hi = math.log(sizes[0]), math.log(sizes[-1])
+            picked = {min(sizes, key=lambda s: abs(math.log(s) - (lo + (hi - lo) * i
+                                                                  / (SIZES_PER_GROUP - 1))))
+                      for i in range(SIZES_PER_GROUP)}
+            for size in sorted(picked):
+                floor, exp = all_reduce_time(chip, size, n)
+                cases.append(Case(source, f"{name.split('-')[1]} n={n} {size:,} B",
+                                  by_size[size], floor, exp, "ring all-reduce"))
+    print(f"Vidur all-reduce: {out} rows counted out (groups spanning servers, or NVLink pairs "
+          f"joined over PCIe)")
+    return cases
+
+
+# -- summary -------------------------------------------------------------------------------------
+
+def stats(cases: list[Case], attr: str) -> tuple:
+    ratios = [getattr(c, attr) / c.measured_s for c in cases]
+    errors = [abs(r - 1) for r in ratios]
+    geo = math.exp(statistics.fmean(math.log(r) for r in ratios))
+    return statistics.median(errors), sum(e <= 0.25 for e in errors) / len(errors), geo
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", default="", help="sources whose name holds this text")
+    ap.add_argument("--cases", action="store_true", help="print every case")
+    args = ap.parse_args(argv)
+    if not DATA.is_dir():
+        print(f"skipped: no published measurements at {DATA} (see shared/reference/measured)")
+        return 0
+    start = time.perf_counter()
+    cases = timm_cases(args.only) + vidur_cases(args.only) + all_reduce_cases(args.only)
+    if not cases:
+        print("no cases to compare")
+        return 0
+    by_source: dict = defaultdict(list)
+    for c in cases:
+        by_source[c.source].append(c)
+    rows = []
+    for source, cs in by_source.items():
+        f_med, f_in, f_geo = stats(cs, "floor_s")
+        e_med, e_in, e_geo = stats(cs, "expected_s")
+        worst = max(cs, key=lambda c: abs(math.log(c.expected_s / c.measured_s)))
+        rows.append([source, len(cs), f"{f_med:.0%}", f"{f_in:.0%}", f"{f_geo:.2f}",
+                     f"{e_med:.0%}", f"{e_in:.0%}", f"{e_geo:.2f}",
+                     f"{worst.label}: {worst.expected_s / worst.measured_s:.2f}x ({worst.why})"])
+        if args.cases:
+            for c in cs:
+                print(f"{source:24s} {c.label:55s} measured {c.measured_s * 1e3:9.3f} ms  floor "
+                      f"{c.floor_s / c.measured_s:5.2f}x  expected {c.expected_s / c.measured_s:5.2f}x"
+                      f"  {c.why}")
+    print(tabulate(rows, headers=["source", "cases", "floor\nmedian|err|", "floor\n±25%",
+                                  "floor\ngeomean", "expected\nmedian|err|", "expected\n±25%",
+                                  "expected\ngeomean", "worst expected case (what its time is)"],
+                   colalign=("left", "right", "right", "right", "right", "right", "right", "right",
+                             "left")))
+    print(f"ratio = predicted / measured · {len(cases)} cases · {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""The expected time of one kernel on a real chip, beside its roofline floor (timing.Timing).
+
+The floor prices FLOPs at the dense peak and bytes at the datasheet bandwidth, with compute and
+memory overlapping perfectly. A real kernel takes longer. The gap is named part by part, each
+part from a physical figure of the chip (Chip: sm_count, matmul_efficiency, bw_efficiency,
+collective_efficiency, kernel_floor_s) or from the design of the libraries that run the kernel
+(cuBLAS tile shapes, NCCL's latencies, XLA's overlap). A chip without a figure has no gap of that
+kind, so a CPU's expected time is its floor. docs/time-model.md gives each figure's source.
+
+    tiles       a matrix kernel computes whole tiles, in whole waves over the SMs
+    matmul      library GEMMs reach matmul_efficiency of the dense peak
+    bandwidth   streaming kernels reach bw_efficiency of the memory bandwidth
+    collective  NCCL's base latency per collective; rings reach collective_efficiency of the link
+    overlap     compute and memory overlap imperfectly on a GPU (XLA's factor)
+    latency     every kernel's fixed time on the chip, kernel_floor_s, on top of its work
+
+Each part is the time it adds when applied after those before it: the parts sum to expected
+minus floor exactly.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from fxroof.chips.chip import Chip
+from fxroof.chips.timing import REGIMES, Timing, comm_time
+from fxroof.cost.record import MATRIX_CATEGORIES
+
+GAP_PARTS = ("tiles", "matmul", "bandwidth", "collective", "overlap", "latency")
+
+# The tiles cuBLAS picks among for a GEMM's output (NVIDIA, "Matrix Multiplication Background
+# User's Guide", 2.3 "Typical Tile Dimensions in cuBLAS"); a library takes the one that wastes
+# least, so the smallest padded work among them is charged. A dim shorter than a tile gets a tile
+# of the next power of two, down to 8 (cuBLASLt's tiles run from 8x8, cublasLtMatmulTile_t): a
+# matrix-vector product is not padded to 64 rows.
+GEMM_TILES = ((256, 128), (128, 256), (128, 128), (256, 64), (64, 256), (128, 64), (64, 128),
+              (64, 64))
+SMALLEST_TILE = 8
+# The reduction is split in blocks of 64 (CUTLASS's Ampere tensor-op threadblock, GemmShape<...,
+# 64>, cutlass/gemm/device/default_gemm_configuration.h) that the SMs share out when the output
+# tiles alone would leave SMs idle (split-K and stream-K decompositions, as cuBLAS and CUTLASS
+# run them; Osama et al., "Stream-K", PPoPP 2023): the waves are of tile x k-block units.
+K_BLOCK = 64
+# FlashAttention-2 blocks 128 or 64 query rows per thread block; each block covers a whole head.
+ATTENTION_ROWS = (128, 64)
+# XLA's GPU cost model: time = compute + memory - 0.95 min(compute, memory)
+# (memory_compute_parallelism, xla/service/gpu/model/gpu_performance_model_base.h).
+OVERLAP = 0.95
+# NCCL's base latency of one ring collective, Simple and LL protocols (src/graph/tuning.cc,
+# baseLat; as torch/_inductor/comm_analysis.py copies it): 8.4 us and 6.6 us.
+NCCL_BASE_S = (8.4e-6, 6.6e-6)
+
+
+@dataclass(frozen=True)
+class Expected:
+    """A kernel's expected time, in the parts Timing has, plus the chip's fixed time per kernel
+    and how well compute and memory overlap (1: perfectly, the roofline's max)."""
+    compute_s: float
+    memory_s: float
+    comm_s: float
+    overhead_s: float
+    latency_s: float = 0.0
+    overlap: float = 1.0
+    serial_overhead: bool = False
+    gap: tuple = ()          # ((part, seconds), ...) in GAP_PARTS order; sums to time - floor
+
+    @property
+    def device_s(self) -> float:
+        """Time on the chip: the work, then the kernel's fixed time."""
+        c, m = self.compute_s, self.memory_s
+        work = max(c, m) if self.overlap == 1 else c + m - self.overlap * min(c, m)
+        return max(work, self.comm_s) + self.latency_s
+
+    @property
+    def time_s(self) -> float:
+        device = self.device_s
+        return device + self.overhead_s if self.serial_overhead else max(device, self.overhead_s)
+
+    @property
+    def regime(self) -> str:
+        """The largest part; a kernel's fixed time on the chip counts as overhead."""
+        parts = (self.compute_s, self.memory_s, self.comm_s, max(self.overhead_s, self.latency_s))
+        return REGIMES[parts.index(max(parts))]
+
+    def between(self, other: Expected, f: float) -> Expected:
+        """The kernel a fraction f of the way to `other` (work linear in a size, such as the
+        context of a decode step): compute, memory and communication interpolated."""
+        def lerp(name):
+            return getattr(self, name) + (getattr(other, name) - getattr(self, name)) * f
+        return dataclasses.replace(self, compute_s=lerp("compute_s"), memory_s=lerp("memory_s"),
+                                   comm_s=lerp("comm_s"), gap=())
+
+
+def tile_factor(grid: tuple, sms: float, category: str) -> float:
+    """The tensor work a matrix kernel's tiles occupy over the work it asks for: whole tiles of
+    its (batch, M, N) output by whole k-blocks of its reduction K, in whole waves over `sms` SMs
+    (1 where either is unknown)."""
+    if len(grid) != 4 or not sms or not math.prod(grid):
+        return 1.0
+    batch, m, n, k = grid
+    tiles = [(rows, n) for rows in ATTENTION_ROWS] if category == "attention" else GEMM_TILES
+    blocks = math.ceil(k / K_BLOCK)
+    occupied = math.inf
+    for tm, tn in tiles:
+        tm, tn = min(tm, _pow2(m)), min(tn, _pow2(n))
+        waves = math.ceil(batch * math.ceil(m / tm) * math.ceil(n / tn) * blocks / sms)
+        occupied = min(occupied, waves * sms * tm * tn * K_BLOCK)
+    return occupied / (batch * m * n * k)
+
+
+def _pow2(x: int) -> int:
+    """The power of two at or above x, at least the smallest tile."""
+    return max(SMALLEST_TILE, 1 << (int(x) - 1).bit_length())
+
+
+def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_bytes: float = 0,
+             comm_steps: int = 0) -> Expected:
+    """The expected time of a kernel whose floor is `floor`. grid: a matrix kernel's output and
+    reduction as (batch, M, N, K); comm_bytes/comm_steps: a collective's (Cost)."""
+    matrix = category in MATRIX_CATEGORIES
+    gpu = chip.kind == "gpu"
+    compute = floor.compute_s * (tile_factor(grid, chip.sm_count, category) if matrix else 1.0)
+    comm = floor.comm_s
+    if gpu and (comm_bytes or comm_steps):
+        comm = comm_time(chip, comm_bytes, comm_steps, NCCL_BASE_S,
+                         chip.collective_efficiency or 1.0)
+    steps = (("tiles", {"compute_s": compute}),
+             ("matmul", {"compute_s": compute / (chip.matmul_efficiency or 1.0) if matrix
+                         else compute}),
+             ("bandwidth", {"memory_s": floor.memory_s / (chip.bw_efficiency or 1.0)}),
+             ("collective", {"comm_s": comm}),
+             ("overlap", {"overlap": OVERLAP if gpu else 1.0}),
+             # a collective's fixed time is NCCL's base latency, already in comm
+             ("latency", {"latency_s": 0.0 if comm_bytes or comm_steps else chip.kernel_floor_s}))
+    e = Expected(floor.compute_s, floor.memory_s, floor.comm_s, floor.overhead_s,
+                 serial_overhead=floor.serial_overhead)
+    gap = []
+    for part, change in steps:
+        after = dataclasses.replace(e, **change)
+        gap.append((part, after.time_s - e.time_s))
+        e = after
+    return dataclasses.replace(e, gap=tuple(gap))

@@ -1,0 +1,136 @@
+"""Pure roofline math: how long one kernel takes on a chip at the least, and what bounds it.
+This is the floor; expected.py adds what a real run adds to it (docs/time-model.md).
+
+A kernel's time is the largest of four costs, because each resource works in parallel with the
+others (the host launches the next kernel while the GPU runs this one; memory and math units
+overlap within a kernel):
+  compute   FLOPs / peak of the unit that runs it (matrix units at the kernel's dtype for matmul,
+            conv and attention; vector units otherwise)
+  memory    bytes / memory bandwidth (the cache's, on a chip that models one, when they fit in it)
+  comm      collective latency + algorithm factor x bytes / link bandwidth (GPUs: NCCL's faster
+            protocol, low-latency for small messages)
+  overhead  the fixed cost of getting the kernel onto the chip: eager dispatch from Python per op,
+            or a launch from a compiled program / CUDA graph
+The regime is whichever of the four is largest. "overhead" therefore means exactly what the seed
+says: the fixed launch/dispatch cost exceeds the work.
+
+On a CPU the host *is* the device: dispatching the next op cannot overlap with running this one,
+so there the overhead adds to the work instead of hiding behind it (`serial_overhead`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fxroof.chips import Chip
+from fxroof.cost.record import MATRIX_CATEGORIES
+
+REGIMES = ("compute", "memory", "communication", "overhead")
+MODES = ("compiled", "eager")
+
+
+@dataclass(frozen=True)
+class Timing:
+    compute_s: float
+    memory_s: float
+    comm_s: float
+    overhead_s: float
+    serial_overhead: bool = False
+
+    @property
+    def time_s(self) -> float:
+        work = max(self.compute_s, self.memory_s, self.comm_s)
+        return work + self.overhead_s if self.serial_overhead else max(work, self.overhead_s)
+
+    @property
+    def regime(self) -> str:
+        parts = (self.compute_s, self.memory_s, self.comm_s, self.overhead_s)
+        return REGIMES[parts.index(max(parts))]
+
+
+def overhead_per_kernel(chip: Chip, mode: str, op: str = "", views: int = 0,
+                        first: bool = False) -> float:
+    """Fixed cost of one kernel: an eager op's dispatch (per op where the chip was measured op by
+    op) and that of the view ops called before it, or a launch from a compiled program; the
+    first kernel of a compiled program also pays for entering it (guards, wrapper).
+    op: the op whose own call runs the kernel (`rate_op`): every eager kernel's; in a compiled
+    program a library call's (a matrix kernel), which on a CPU costs what that op's call costs
+    (entering oneDNN for a convolution: several launches' worth)."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+    if mode == "compiled":
+        # on a CPU a launch is a call from the host, so a library op's measured call is its launch
+        call = chip.eager_dispatch(op) if op and chip.kind == "cpu" and chip.op_dispatch_s \
+            else chip.launch_s
+        return call + (chip.program_call_s if first else 0.0)
+    return chip.eager_dispatch(op) + views * chip.view_dispatch_s
+
+
+def rate_op(mode: str, category: str, main_op: str) -> str:
+    """The op whose own measured rate a kernel runs at: an eager kernel's op; in a compiled
+    program only a matrix kernel's, which still calls the library (fused code has no such op)."""
+    return main_op if mode == "eager" or category in MATRIX_CATEGORIES else ""
+
+
+def peak_for(chip: Chip, category: str, dtype: str, op: str = "") -> float:
+    """FLOP/s of the unit that runs work of this category and dtype. `op` names the PyTorch op
+    whose own kernel runs it (eager ops; a compiled program's library calls), which may have a
+    rate of its own on a chip measured op by op."""
+    if category in MATRIX_CATEGORIES:
+        dtype = dtype or "fp32"
+        return chip.eager_matrix_flops(op, dtype) if op else chip.matrix_flops(dtype)
+    return chip.eager_vector_flops(op) if op else chip.vector_flops
+
+
+# NCCL (and RCCL) pick, per collective, the protocol its own cost model says finishes first
+# (NVIDIA/nccl src/graph/tuning.cc). A chip's link_latency_s is the per-step latency of the Simple
+# protocol, which moves data at the link's full bandwidth. The LL protocol cuts the per-step
+# latency to about 0.18x (NCCL's table: 0.6 vs 3.4 us per ring step over NVLink, 1.0 vs 5.7 us
+# over PCIe) at half the bandwidth (each 8-byte store carries 4 bytes of data and a 4-byte flag):
+# it wins the small all-reduces of decode with tensor parallelism, Simple the large ones.
+LL_LATENCY = 0.18
+LL_BANDWIDTH = 0.5
+
+
+def comm_time(chip: Chip, comm_bytes: float, comm_steps: int, base_s: tuple = (0.0, 0.0),
+              efficiency: float = 1.0) -> float:
+    """Latency per sequential step plus the bytes each rank sends over its link; on a GPU, the
+    faster of NCCL's Simple and LL protocols. The expected time (expected.py) adds each
+    protocol's per-collective base latency, base_s = (Simple, LL), and the share of the link's
+    bandwidth a ring reaches; the floor has neither."""
+    if not comm_bytes and not comm_steps:
+        return 0.0
+    bw = chip.link_bw * efficiency
+    simple = base_s[0] + comm_steps * chip.link_latency_s + comm_bytes / bw
+    if chip.kind != "gpu":           # gloo (CPUs) and ICI (TPUs) have no LL protocol
+        return simple
+    low_latency = (base_s[1] + comm_steps * chip.link_latency_s * LL_LATENCY
+                   + comm_bytes / (bw * LL_BANDWIDTH))
+    return min(simple, low_latency)
+
+
+def kernel_timing(chip: Chip, *, flops: float, bytes_moved: float, category: str, dtype: str,
+                  overhead_s: float, comm_bytes: float = 0, comm_steps: int = 0,
+                  rate_op: str = "", streamed_bytes: float = 0) -> Timing:
+    """rate_op: the op whose own rate a chip measured op by op applies (Chip.op_flops): an eager
+    kernel's op, or the library op a compiled matrix kernel calls.
+    streamed_bytes: the part of bytes_moved that comes from memory whatever the chip's cache
+    (the weights of a model too large to stay cached between passes)."""
+    compute = flops / peak_for(chip, category, dtype, rate_op) if flops else 0.0
+    rest = bytes_moved - streamed_bytes
+    memory = streamed_bytes / chip.mem_bw + rest / chip.bandwidth(rest)
+    if rate_op and category in MATRIX_CATEGORIES:
+        # a library matrix product streams its weights below the copy bandwidth (a CPU's
+        # matrix-vector product: 40-70% of it), where the chip measured that
+        memory /= chip.matrix_bandwidth_share(dtype or "fp32")
+    return Timing(compute, memory, comm_time(chip, comm_bytes, comm_steps), overhead_s,
+                  serial_overhead=chip.kind == "cpu")
+
+
+def intensity(flops: float, bytes_moved: float) -> float:
+    """Arithmetic intensity in FLOP/byte (inf for work that moves no bytes)."""
+    return flops / bytes_moved if bytes_moved else float("inf") if flops else 0.0
+
+
+def attainable_flops(chip: Chip, category: str, dtype: str, ai: float) -> float:
+    """The roofline itself: min(peak, intensity x bandwidth)."""
+    return min(peak_for(chip, category, dtype), ai * chip.mem_bw)

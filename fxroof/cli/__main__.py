@@ -1,0 +1,4 @@
+"""python -m fxroof.cli"""
+from fxroof.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,134 @@
+"""Hugging Face models from a config alone: no download, no weights, ready for ``fxroof.analyze``.
+
+    model, args, kwargs = from_config("config.json", batch=8, seq=2048, dtype="bf16")
+    report = fxroof.analyze(model, args, kwargs, chip="h100")
+
+The model is built on the meta device by default, so a 70B config costs no memory and no time.
+transformers is an optional dependency (``pip install fxroof[hf]``), imported only when called.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import TYPE_CHECKING, Any, Mapping
+
+import torch
+
+from fxroof.errors import one_line
+from fxroof.graph.tensors import torch_dtype
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
+__all__ = ["from_config"]
+
+# Architecture names that carry a next-token head; anything else is built as the bare AutoModel.
+_CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+_POSITION_TABLES = ("wpe", "position_embeddings", "embed_positions")
+
+
+def from_config(config: str | os.PathLike | Mapping[str, Any] | PretrainedConfig, *,
+                batch: int = 1, seq: int = 128, dtype: str | torch.dtype = "fp32",
+                device: str | torch.device = "meta"):
+    """Build a transformers model from its config and dummy inputs for one forward pass.
+
+    config: a path to a ``config.json``, the same content as a dict, or a ``PretrainedConfig``.
+    Returns ``(model, args, kwargs)``: the model in eval mode on `device` with `dtype` weights,
+    ``args = (input_ids,)`` with input_ids (batch, seq) of zeros, and ``kwargs``
+    (``use_cache=False`` for decoders, so the graph holds no cache object).
+
+    Decoders (an ``architectures`` entry ending in ForCausalLM / LMHeadModel, or with no
+    ``architectures``, a model type that has a causal-LM class and no masked-LM class) are built
+    with ``AutoModelForCausalLM``; the rest (BERT and other encoders) with ``AutoModel``.
+
+    On meta, run the model through ``torch.export`` (as ``fxroof.analyze`` does), not eagerly:
+    transformers 5 decoders inspect position ids with ``.item()`` when not tracing, which no meta
+    tensor can answer. ``device="cpu"`` gives real, randomly initialised weights.
+    """
+    try:
+        import transformers
+        from transformers.models.auto import modeling_auto
+    except ImportError as e:
+        raise ImportError("fxroof --hf needs transformers; install it with: "
+                          "pip install fxroof[hf]") from e
+
+    dtype = torch_dtype(dtype)
+    cfg, where = _load_config(config, transformers)
+    causal = _is_causal(cfg, modeling_auto)
+
+    # transformers 5 renamed from_config's torch_dtype argument to dtype.
+    dtype_kw = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
+    auto = transformers.AutoModelForCausalLM if causal else transformers.AutoModel
+    try:
+        with torch.device(device):
+            model = auto.from_config(cfg, **{dtype_kw: dtype}).eval()
+    except ValueError as e:
+        raise ValueError(f"transformers cannot build a model for {where}: {one_line(e)}") from e
+
+    limit = _learned_positions(model)
+    if limit is not None and seq > limit:
+        raise ValueError(f"seq={seq} is longer than the {limit} learned positions of the model "
+                         f"in {where}.")
+
+    input_ids = torch.zeros((batch, seq), dtype=torch.long, device=device)  # (B, T)
+    kwargs = {"use_cache": False} if causal else {}
+    return model, (input_ids,), kwargs
+
+
+def _load_config(config, transformers) -> tuple:
+    """(a PretrainedConfig, where it came from) from a path, a dict or a PretrainedConfig;
+    ValueError naming the source."""
+    if isinstance(config, transformers.PretrainedConfig):
+        return config, type(config).__name__
+    if isinstance(config, (str, os.PathLike)):
+        where = f"config file {os.fspath(config)!r}"
+        try:
+            with open(config, encoding="utf-8") as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            raise ValueError(f"{where} does not exist.") from None
+        except IsADirectoryError:
+            raise ValueError(f"{where} is a directory; pass the config.json inside it.") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{where} is not valid JSON: {one_line(e)}.") from None
+        except OSError as e:
+            raise ValueError(f"{where} cannot be read: {one_line(e)}.") from None
+    elif isinstance(config, Mapping):
+        data, where = dict(config), "the config dict"
+    else:
+        raise TypeError(f"config must be a path to config.json, a dict or a PretrainedConfig, "
+                        f"not {type(config).__name__}")
+
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} holds a JSON {type(data).__name__}, not an object.")
+    model_type = data.pop("model_type", None)     # data is this function's own copy
+    if not model_type:
+        raise ValueError(f"{where} has no \"model_type\" key, so the model family is unknown.")
+    try:
+        return transformers.AutoConfig.for_model(model_type, **data), where
+    except ValueError:
+        raise ValueError(f"{where} names model_type {model_type!r}, which the installed "
+                         f"transformers does not know.") from None
+
+
+def _is_causal(cfg, modeling_auto) -> bool:
+    if archs := getattr(cfg, "architectures", None):
+        return any(a.endswith(_CAUSAL_SUFFIXES) for a in archs)
+    return (cfg.model_type in modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+            and cfg.model_type not in modeling_auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+
+
+def _learned_positions(model) -> int | None:
+    """The longest sequence a model with a learned position table accepts; None when it has none.
+
+    Checked here because on meta an out-of-range lookup does not fail: it would give a plausible but
+    wrong graph. Found by module name (GPT-2 "wpe", BERT "position_embeddings", OPT
+    "embed_positions").
+    """
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Embedding) and name.endswith(_POSITION_TABLES):
+            # RoBERTa counts positions from padding_idx + 1, so that many rows are never reached.
+            pad = module.padding_idx
+            return module.num_embeddings - (0 if pad is None else pad + 1)
+    return None

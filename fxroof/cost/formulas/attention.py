@@ -1,0 +1,40 @@
+"""Fused attention (scaled_dot_product_attention and the kernels it dispatches to).
+
+FLOPs follow PyTorch's dense convention: Q@K^T plus P@V, 2 FLOPs per multiply-add, and a causal
+mask does not halve the count (the row says "causal" so readers know). With GQA/MQA every query
+head still attends over all keys, so the count uses the query heads. Bytes are those of a fused
+(flash-style) kernel: Q, K, V and the mask read once, the output written once; the S x S score
+matrix never reaches memory.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from fxroof.cost.formulas.registry import OpCall, formula
+from fxroof.cost.record import Cost
+from fxroof.graph.tensors import dtype_name, footprint
+
+aten = torch.ops.aten
+
+
+@formula(aten.scaled_dot_product_attention, aten._scaled_dot_product_flash_attention,
+         aten._scaled_dot_product_efficient_attention, aten._scaled_dot_product_cudnn_attention,
+         aten._scaled_dot_product_flash_attention_for_cpu, aten._scaled_dot_product_attention_math,
+         category="attention")
+def sdpa(call: OpCall) -> Cost:
+    q, k, v = call.args[0], call.args[1], call.args[2]
+    note = []
+    if call.get("is_causal", False):
+        note.append("causal")
+    if call.get("attn_mask") is not None or call.get("attn_bias") is not None:
+        note.append("masked")
+    if q.dim() >= 3 and k.dim() >= 3 and int(k.shape[-3]) != int(q.shape[-3]):
+        note.append(f"gqa {int(q.shape[-3])}q/{int(k.shape[-3])}kv")
+    queries = math.prod(int(s) for s in q.shape[:-1])       # of every head: B * Hq * Sq
+    # Q @ K^T and P @ V: each query against every key, over q's and v's head dims
+    flops = 2 * queries * int(k.shape[-2]) * (int(q.shape[-1]) + int(v.shape[-1]))
+    out = call.outputs[0]   # auxiliary outputs (logsumexp, seeds) are small; count the main one
+    return Cost(flops, call.bytes_read(), footprint(out), "attention", dtype_name(q.dtype),
+                note=", ".join(note))

@@ -1,0 +1,58 @@
+"""Convolutions, 1/2/3-d, grouped and transposed; bias adds not counted (PyTorch's convention)."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from fxroof.cost.formulas.registry import OpCall, formula
+from fxroof.cost.record import Cost
+
+aten = torch.ops.aten
+
+
+def cpu_library(call: OpCall) -> str:
+    """"onednn" or "native": the implementation a CPU build of PyTorch runs this convolution
+    with ("" on a GPU). PyTorch's own rule (ConvParams::use_mkldnn, aten/src/ATen/native/
+    Convolution.cpp): half precision always goes to oneDNN; fp32 does unless the call is small
+    and simple, where PyTorch's im2col code is faster, entering oneDNN costing several times more
+    (the README's time model)."""
+    x, w = call.args[0], call.args[1]
+    if x.device.type not in ("cpu", "meta"):
+        return ""
+    if x.dtype in (torch.bfloat16, torch.float16):
+        return "onednn"
+    if x.dtype != torch.float32:
+        return "native"
+    if w.dim() == 3:                 # conv1d runs as a 2-d convolution of height 1
+        x, w = x.unsqueeze(-2), w.unsqueeze(-2)
+    batched = x.dim() == w.dim()
+    batch = int(x.shape[0]) if batched else 1
+    kh, kw = int(w.shape[-2]), int(w.shape[-1])
+    strided = any(int(s) != 1 for s in call.get("stride", [1]))
+    dilated = any(int(d) != 1 for d in call.get("dilation", [1]))
+    groups = int(call.get("groups", 1) or 1)
+    shape = tuple(int(s) for s in x.shape) if batched else (1, *(int(s) for s in x.shape))
+    size = math.prod(shape[:4])                     # PyTorch's rule multiplies the first four
+    # the one clause that reads the process, not the call: a 1x1 stride-1 convolution on a
+    # batch under 16 goes to oneDNN only when torch runs on several threads
+    worth_it = (strided or dilated or batch >= 16 or (kh, kw) != (1, 1)
+                or torch.get_num_threads() > 1)
+    large = groups > 1 or (kh > 3 and kw > 3) or batch > 1 or size > 20480
+    return "onednn" if worth_it and large else "native"
+
+
+@formula(aten.convolution, aten._convolution, aten.conv1d, aten.conv2d, aten.conv3d,
+         aten.cudnn_convolution, aten.mkldnn_convolution, aten.conv_transpose1d,
+         aten.conv_transpose2d, aten.conv_transpose3d, aten.cudnn_convolution_transpose,
+         category="conv")
+def conv(call: OpCall) -> Cost:
+    """2 * batch * prod(weight shape) * prod(spatial positions the weight is applied at): a
+    convolution's weight (C_out, C_in/g, *k) at every output position, a transposed one's
+    (C_in, C_out/g, *k) at every input position."""
+    x, w = call.args[0], call.args[1]
+    transposed = bool(call.get("transposed", False)) or "transpose" in call.op.__name__
+    batch = int(x.shape[0]) if x.dim() == w.dim() else 1
+    positions = (x if transposed else call.outputs[0]).shape[2 - w.dim():]
+    flops = 2 * batch * math.prod(int(s) for s in (*w.shape, *positions))
+    return call.cost(flops, "conv", variant=cpu_library(call))

@@ -1,0 +1,104 @@
+"""Vector work: pointwise ops, reductions, softmax, norms, scans, sorts, pooling, resampling.
+
+These run on vector units and are almost always memory-bound, so their FLOP counts only need to be
+the right order: one FLOP per output element for pointwise ops, one per input element for
+reductions, a handful per element for softmax and norms (counts written beside each).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from fxroof.cost.formulas.registry import OpCall, formula
+from fxroof.cost.record import Cost
+from fxroof.graph.tensors import numel
+
+aten = torch.ops.aten
+
+
+def pointwise(call: OpCall) -> Cost:
+    """The formula for any op tagged torch.Tag.pointwise: one FLOP per output element."""
+    return call.cost(sum(numel(t) for t in call.outputs), "pointwise", call.out_dtype)
+
+
+# Pointwise in effect, but not tagged so in aten.
+formula(aten.dropout, aten.native_dropout, aten.feature_dropout, aten.alpha_dropout,
+        aten.gelu, aten.silu, aten.mish, aten.hardswish, aten.hardsigmoid, aten.softplus,
+        aten.elu, aten.leaky_relu, aten.relu6, aten.hardtanh, aten.celu, aten.selu,
+        aten.masked_fill, aten.where, aten.clamp, aten.tril, aten.triu,
+        aten.lerp, aten.threshold, aten.prelu, aten.glu,
+        category="pointwise", fn=pointwise)
+
+
+def _per_input_element(flops: int, category: str):
+    """The formula of a family that does `flops` operations per element of its first input."""
+    def per_element(call: OpCall) -> Cost:
+        return call.cost(flops * numel(call.inputs[0]), category)
+    return per_element
+
+
+for _ops, _flops, _category in (
+        # one op per element read
+        ((aten.sum, aten.mean, aten.amax, aten.amin, aten.max, aten.min, aten.prod, aten.argmax,
+          aten.argmin, aten.all, aten.any, aten.count_nonzero, aten.norm, aten.linalg_vector_norm,
+          aten.logsumexp, aten.nansum, aten.aminmax, aten.cumsum, aten.cumprod,
+          aten.logcumsumexp, aten.cummax, aten.cummin, aten.adaptive_avg_pool1d,
+          aten.adaptive_avg_pool2d, aten.adaptive_avg_pool3d, aten._adaptive_avg_pool2d,
+          aten._adaptive_avg_pool3d, aten.adaptive_max_pool1d, aten.adaptive_max_pool2d,
+          aten.adaptive_max_pool3d), 1, "reduction"),
+        # sum, centre, square-sum
+        ((aten.var, aten.std, aten.var_mean, aten.std_mean), 3, "reduction"),
+        # max, subtract, exp, sum, divide
+        ((aten.softmax, aten._softmax, aten.log_softmax, aten._log_softmax, aten._safe_softmax),
+         5, "reduction"),
+        # mean, centre, square, sum, scale by rsqrt, affine multiply-add: about 5
+        ((aten.layer_norm, aten.native_layer_norm, aten.rms_norm, aten._fused_rms_norm,
+          aten.group_norm, aten.native_group_norm, aten.instance_norm), 5, "norm"),
+        # inference batch norm, (x - mean) * rsqrt(var + eps) * w + b
+        ((aten.batch_norm, aten.native_batch_norm, aten._native_batch_norm_legit,
+          aten._native_batch_norm_legit_no_training, aten._native_batch_norm_legit_functional,
+          aten.cudnn_batch_norm, aten._batch_norm_with_update, aten._batch_norm_no_update),
+         4, "norm")):
+    formula(*_ops, category=_category, fn=_per_input_element(_flops, _category))
+
+
+@formula(aten.sort, aten.argsort, aten.topk, aten.kthvalue, aten.msort, aten.median,
+         aten.nanmedian, aten.mode, aten.unique_consecutive, aten._unique2, category="other")
+def sort(call: OpCall):
+    x = call.inputs[0]
+    dim = call.get("dim", -1)
+    n = int(x.shape[dim]) if x.dim() and isinstance(dim, int) else numel(x)
+    # a comparison sort touches each element about log2(n) times
+    return call.cost(numel(x) * max(1, math.ceil(math.log2(max(n, 2)))), "other")
+
+
+def _window(call: OpCall) -> int:
+    """Taps in one pooling window; an int kernel_size means the same size in every dim."""
+    dims = int(next(c for c in call.op.__name__ if c.isdigit()))   # max_pool2d -> 2
+    kernel = call.get("kernel_size", 1)
+    kernel = list(kernel) if isinstance(kernel, (list, tuple)) else [kernel]
+    return math.prod(kernel * dims if len(kernel) == 1 else kernel)
+
+
+@formula(aten.max_pool1d, aten.max_pool2d, aten.max_pool3d, aten.max_pool2d_with_indices,
+         aten.max_pool3d_with_indices, aten.avg_pool1d, aten.avg_pool2d, aten.avg_pool3d,
+         category="reduction")
+def pool(call: OpCall):
+    out = call.outputs[0]
+    return call.cost(numel(out) * _window(call), "reduction")  # one op per window tap
+
+
+_TAPS = {"nearest": 1, "linear": 2, "bilinear": 4, "bicubic": 16, "trilinear": 8}
+
+
+@formula(aten.upsample_nearest1d, aten.upsample_nearest2d, aten.upsample_nearest3d,
+         aten._upsample_nearest_exact1d, aten._upsample_nearest_exact2d,
+         aten._upsample_nearest_exact3d, aten.upsample_linear1d, aten.upsample_bilinear2d,
+         aten._upsample_bilinear2d_aa, aten.upsample_bicubic2d, aten._upsample_bicubic2d_aa,
+         aten.upsample_trilinear3d, category="pointwise")
+def upsample(call: OpCall):
+    name = call.op.__name__
+    taps = next((n for key, n in _TAPS.items() if key in name), 1)
+    # each output element blends `taps` inputs: a multiply-add each
+    return call.cost(2 * taps * numel(call.outputs[0]), "pointwise")

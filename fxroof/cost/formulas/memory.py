@@ -1,0 +1,112 @@
+"""Data movement without arithmetic: copies, concatenation, gathers, scatters, in-place writes,
+tensor creation, and metadata-only ops.
+
+Views are not here: annotate.py recognises any op whose output aliases an input and gives it zero
+bytes, whatever the op is.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from fxroof.cost.formulas.registry import OpCall, formula
+from fxroof.cost.record import Cost
+from fxroof.graph.tensors import dtype_name, footprint, numel
+
+aten = torch.ops.aten
+
+
+@formula(aten.clone, aten._to_copy, aten.contiguous, aten.to, aten.lift_fresh_copy, aten.cat,
+         aten.stack, aten.flip, aten.roll, aten.repeat, aten.tile, aten.repeat_interleave,
+         aten.constant_pad_nd, aten.pad, aten.reflection_pad1d, aten.reflection_pad2d,
+         aten.replication_pad1d, aten.replication_pad2d, aten.masked_select, aten.nonzero,
+         aten._local_scalar_dense, aten.item, aten.im2col, aten.col2im, aten.pixel_shuffle,
+         aten.pixel_unshuffle, aten.channel_shuffle, aten.native_channel_shuffle,
+         # reached only when they copy: annotate.py gives their aliasing calls zero bytes
+         aten.reshape, aten.flatten, aten.unflatten, aten._unsafe_view, aten.reshape_as,
+         # functional forms of the in-place writes below: they copy self, then write
+         aten.index_put, aten._unsafe_index_put, aten.index_copy, aten.index_add, aten.index_fill,
+         aten.scatter, aten.scatter_add, aten.scatter_reduce, aten.masked_scatter,
+         aten.slice_scatter, aten.select_scatter, aten.diagonal_scatter, aten.as_strided_scatter,
+         aten.copy, category="copy")
+def copy(call: OpCall):
+    return call.cost(0, "copy", call.out_dtype)
+
+
+# Indirect reads; fusion keeps them as library kernels too (fuse/policy.py).
+GATHERS = frozenset({aten.embedding, aten.embedding_bag, aten._embedding_bag, aten.index_select,
+                     aten.gather, aten.take_along_dim, aten.index})
+
+
+@formula(*GATHERS, category="copy")
+def gather(call: OpCall):
+    """A gather reads only the rows it picks: its indices (and offsets) plus as many source
+    bytes as it writes."""
+    source, *indices = call.inputs
+    read = sum(footprint(t) for t in indices) + numel(call.outputs[0]) * source.element_size()
+    return Cost(0, read, call.bytes_written(), "copy", call.out_dtype)
+
+
+def _indexed_elements(self: torch.Tensor, indices, values: torch.Tensor) -> int:
+    """Elements an index_put touches: the broadcast index shape times the un-indexed dims."""
+    shapes = [t.shape for t in indices if isinstance(t, torch.Tensor)]
+    if not shapes or any(t.dtype == torch.bool for t in indices if isinstance(t, torch.Tensor)):
+        return numel(values)
+    picked = math.prod(int(s) for s in torch.broadcast_shapes(*shapes))
+    rest = math.prod(int(s) for s in self.shape[len(indices):])
+    return max(picked * rest, numel(values))
+
+
+def _scatter_into(call: OpCall, self: torch.Tensor, reads: list, elements: int) -> Cost:
+    """An in-place write of `elements` into self: reads its sources, writes only what it touches."""
+    read = sum(footprint(t) for t in reads if isinstance(t, torch.Tensor))
+    return Cost(0, read, elements * self.element_size(), "copy", dtype_name(self.dtype))
+
+
+@formula(aten.index_put_, aten._index_put_impl_, category="copy")
+def index_put(call: OpCall):
+    self, indices, values = call.args[0], call.args[1], call.args[2]
+    return _scatter_into(call, self, [values, *indices], _indexed_elements(self, indices, values))
+
+
+@formula(aten.index_copy_, aten.index_add_, aten.index_fill_, aten.scatter_, aten.scatter_add_,
+         aten.scatter_reduce_, aten.masked_scatter_, category="copy")
+def scatter(call: OpCall):
+    src = call.get("source", call.get("src"))
+    elements = numel(src) if isinstance(src, torch.Tensor) else numel(call.get("index"))
+    return _scatter_into(call, call.args[0], call.inputs[1:], elements)
+
+
+@formula(aten.copy_, category="copy")
+def copy_into(call: OpCall):
+    dst, src = call.args[0], call.args[1]
+    return Cost(0, footprint(src), footprint(dst), "copy", dtype_name(dst.dtype))
+
+
+@formula(aten.fill_, aten.zero_, aten.fill, aten.zeros, aten.ones, aten.full, aten.arange,
+         aten.zeros_like, aten.ones_like, aten.full_like, aten.new_zeros, aten.new_ones,
+         aten.new_full, aten.scalar_tensor, aten.linspace, aten.eye, aten.rand, aten.randn,
+         aten.randint, aten.rand_like, aten.randn_like, aten.randint_like, aten.bernoulli,
+         aten.normal, aten.uniform_, aten.normal_, aten.bernoulli_, aten.lift_fresh,
+         category="pointwise")
+def fill(call: OpCall):
+    # Generated values: nothing read, the output written. One op per element.
+    return Cost(sum(numel(t) for t in call.outputs), 0, call.bytes_written(), "pointwise",
+                call.out_dtype)
+
+
+@formula(aten.empty, aten.empty_like, aten.new_empty, aten.empty_strided, aten.new_empty_strided,
+         aten.empty_permuted, aten.resize_, category="other")
+def allocate(call: OpCall):
+    return Cost(0, 0, 0, "other", note="allocation only")
+
+
+@formula(aten._assert_tensor_metadata, aten._assert_async, aten._assert_scalar,
+         aten.sym_constrain_range, aten.sym_constrain_range_for_size,
+         aten._functional_assert_async, aten._functional_sym_constrain_range,
+         aten._functional_sym_constrain_range_for_size, aten.sym_size, aten.sym_stride,
+         aten.sym_numel, aten.sym_storage_offset, aten.detach, aten.detach_, aten.alias,
+         aten.set_, aten._make_dep_token, category="view")
+def metadata(call: OpCall):
+    return Cost(category="view")   # checks and bookkeeping: no kernel, no bytes

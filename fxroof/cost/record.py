@@ -1,0 +1,50 @@
+"""The cost record every pass reads and writes: FLOPs and bytes of one node or one kernel."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Matrix categories run on tensor/matrix units; the rest on vector units.
+CATEGORIES = ("matmul", "conv", "attention", "pointwise", "reduction", "norm", "view", "copy",
+              "collective", "other")
+MATRIX_CATEGORIES = frozenset({"matmul", "conv", "attention"})
+# Categories that never launch a kernel of their own: metadata-only ops.
+FREE_CATEGORIES = frozenset({"view"})
+
+COST_KEY = "fxroof.cost"      # node.meta key written by annotate.py
+KERNEL_KEY = "fxroof.kernel"  # node.meta key written by fuse() (index into the kernel list)
+
+
+@dataclass(frozen=True)
+class Cost:
+    """FLOPs count 2 per multiply-add (PyTorch's convention); bytes are bytes."""
+    flops: int = 0
+    bytes_read: int = 0
+    bytes_written: int = 0
+    category: str = "other"
+    dtype: str = ""         # compute dtype short name ("bf16", "fp32", ...): picks the peak used
+    known: bool = True      # False: no formula for this op; counted in coverage, never a silent zero
+    note: str = ""          # e.g. "causal" for attention
+    # Which of the op's implementations a CPU build of PyTorch runs, where the call's shapes pick
+    # it: a convolution goes through oneDNN or PyTorch's own code, whose fixed costs differ.
+    # "" where there is no choice. A chip measured op by op may cost each apart.
+    variant: str = ""
+    # Collectives only: bytes each rank sends over its chip-to-chip link (the algorithm factor
+    # already applied, e.g. 2(n-1)/n of the buffer for a ring all-reduce) and the number of
+    # sequential latency-bound steps (2(n-1) for a ring all-reduce).
+    comm_bytes: int = 0
+    comm_steps: int = 0
+
+    def __post_init__(self):
+        if self.category not in CATEGORIES:
+            raise ValueError(f"unknown category {self.category!r}; expected one of {CATEGORIES}")
+
+    @property
+    def bytes(self) -> int:
+        return self.bytes_read + self.bytes_written
+
+    def __add__(self, other: "Cost") -> "Cost":
+        # Sums keep FLOPs and bytes; category/dtype are only meaningful for single rows.
+        return Cost(self.flops + other.flops, self.bytes_read + other.bytes_read,
+                    self.bytes_written + other.bytes_written, "other",
+                    known=self.known and other.known, comm_bytes=self.comm_bytes + other.comm_bytes,
+                    comm_steps=self.comm_steps + other.comm_steps)

@@ -1,0 +1,198 @@
+"""Quantization what-ifs: the bytes and the peak a quantized deployment would see, on the graph
+captured from the 16-bit model, without touching the model.
+
+    fxroof.analyze(model, args, kwargs, quantize="w4")          # int4 weights, group 128
+    fxroof.analyze(model, args, kwargs, quantize="w8+kv8")      # int8 weights, int8 KV cache
+    fxroof.analyze(model, args, kwargs, quantize="fp8")         # fp8 matmuls (W8A8, fp8 peak)
+
+A pass between annotate and fuse: it rewrites the Cost record of every node that touches a
+quantized tensor (weights read by matmuls, the KV cache, 8-bit matmul operands), and nothing
+else, each op's formula telling how many of those elements it moves. What is quantized, the byte
+arithmetic and the caveats: docs/whatif-and-parallel.md.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+
+from fxroof.cost.annotate import formula_cost
+from fxroof.cost.formulas import OpCall
+from fxroof.cost.record import COST_KEY, Cost
+from fxroof.graph.memory import Footprint, written_inputs
+from fxroof.graph.tensors import storage, tensors_in
+
+__all__ = ["Quantization", "WhatIf", "parse", "quantize_graph"]
+
+FORMATS = {"int8": 8, "fp8": 8, "int4": 4}      # bits an element
+EIGHT_BIT = ("fp8", "int8")                     # the KV cache's and the matmuls' formats
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """One what-if. Empty fields leave that part 16-bit."""
+    weights: str = ""        # weight-only storage: "int8", "int4" or "fp8"
+    group: int = 128         # weights per scale; 0: one scale per row (output channel)
+    scale_bytes: int = 2     # fp16 scales
+    kv_cache: str = ""       # "int8" (one fp16 scale per `kv_group` values) or "fp8" (no scales)
+    kv_group: int = 128      # a head_dim of 128: one scale per head per token
+    matmul: str = ""         # "fp8" or "int8": matmul operands in 8 bits, run at that peak
+
+    def __post_init__(self):
+        for name, allowed in (("weights", FORMATS), ("kv_cache", EIGHT_BIT), ("matmul", EIGHT_BIT)):
+            if getattr(self, name) and getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, "
+                                 f"got {getattr(self, name)!r}")
+        if self.matmul and self.weights:
+            raise ValueError(f"{self.matmul} matmuls already store weights in 8 bits; "
+                             f"drop weights={self.weights!r}")
+        if self.group < 0 or self.kv_group <= 0 or self.scale_bytes < 0:
+            raise ValueError("group must be >= 0, kv_group > 0 and scale_bytes >= 0")
+
+    @property
+    def label(self) -> str:
+        group = f"g{self.group}" if self.group else "per row"
+        scales = "" if self.weights == "fp8" else f" ({group})"
+        parts = (self.weights and f"{self.weights} weights{scales}",
+                 self.matmul and f"{self.matmul} matmuls",
+                 self.kv_cache and f"{self.kv_cache} KV cache")
+        return " + ".join(filter(None, parts)) or "none"
+
+    def stored_bytes(self, kind: str, elements: float, row: int = 0) -> float:
+        """Bytes of `elements` values of a quantized tensor: a "weight" (`row`: its last dim, as
+        stored), the "kv" cache, or an 8-bit matmul "operand"; scales included."""
+        if kind == "weight" and self.weights in ("int8", "int4"):
+            scales = math.ceil(elements / (self.group or row)) * self.scale_bytes
+            return elements * FORMATS[self.weights] / 8 + scales
+        if kind == "kv" and self.kv_cache == "int8":
+            return elements + math.ceil(elements / self.kv_group) * self.scale_bytes
+        return elements        # fp8 weights or cache, 8-bit matmul operands: a byte, no scales
+
+
+_SPEC = re.compile(r"^(?:(?P<w>w8|w4|int8|int4|wfp8)(?:g(?P<g>\d+))?|(?P<kv>kv8|kv-int8|kvint8|"
+                   r"kv-fp8|kvfp8)|(?P<mm>fp8|w8a8))$")
+
+
+def parse(spec) -> Quantization | None:
+    """A Quantization from None, a Quantization, or a spec string of "+"-joined parts:
+    w8 (int8 weights, a scale per row), w4 / w4g64 (int4 weights, group 128 / 64), wfp8,
+    kv8 / kv-fp8 (KV cache), fp8 / w8a8 (8-bit matmuls)."""
+    if spec is None or isinstance(spec, Quantization):
+        return spec
+    if not isinstance(spec, str):
+        raise TypeError(f"quantize must be a spec string or a Quantization, "
+                        f"not {type(spec).__name__}")
+    fields: dict = {}
+    for part in filter(None, (p.strip().lower() for p in re.split(r"[+,]", spec))):
+        m = _SPEC.match(part)
+        if m is None:
+            raise ValueError(f"unknown quantization {part!r}; expected w8, w4, w4g<N>, wfp8, "
+                             f"kv8, kv-fp8, fp8 or w8a8, joined by '+'")
+        if m["w"]:
+            fields["weights"] = {"w8": "int8", "w4": "int4", "wfp8": "fp8"}.get(m["w"], m["w"])
+            fields["group"] = int(m["g"]) if m["g"] else (0 if fields["weights"] == "int8" else 128)
+        elif m["kv"]:
+            fields["kv_cache"] = "fp8" if "fp8" in m["kv"] else "int8"
+        else:
+            fields["matmul"] = "fp8" if m["mm"] == "fp8" else "int8"
+    return Quantization(**fields) if fields else None
+
+
+@dataclass(frozen=True)
+class WhatIf:
+    """What quantize_graph changed: storage sizes, for the memory footprint, and caveats."""
+    quantization: Quantization | None = None
+    weight_saved: int = 0        # bytes fewer in weights
+    kv_saved: int = 0            # bytes fewer in the KV cache
+    requantized: frozenset = frozenset()   # nodes whose Cost was rewritten
+
+    def memory(self, fp: Footprint) -> Footprint:
+        if self.quantization is None:
+            return fp
+        return Footprint(fp.weights - self.weight_saved, fp.kv_cache - self.kv_saved, fp.inputs,
+                         fp.activations)
+
+
+def _row(t: torch.Tensor) -> int:
+    """A weight's last dim as stored (nn.Linear: (out, in), so one scale a row is one an output
+    channel), whatever view of it an op reads."""
+    return int(t.shape[-1]) if t.dim() else 1
+
+
+def quantize_graph(gm: fx.GraphModule, weights: frozenset, spec) -> WhatIf:
+    """Rewrite the annotated graph's Cost records for the what-if `spec`; None changes nothing."""
+    q = parse(spec)
+    if q is None:
+        return WhatIf()
+    owner: dict = {}                                  # storage -> the placeholder holding it
+    for n in gm.graph.nodes:
+        if n.op == "placeholder" and isinstance(n.meta.get("val"), torch.Tensor):
+            owner.setdefault(storage(n.meta["val"]), n)
+    calls = [n for n in gm.graph.nodes if n.op == "call_function" and COST_KEY in n.meta]
+    cache = written_inputs(gm, weights)
+
+    # Which storages are quantized: weights a matmul reads, inputs written in place (the cache).
+    quantized: dict = {}                              # storage -> (kind, the input's last dim)
+    for n in calls:
+        for s in map(storage, OpCall.of(n).inputs):   # owner has every input's, the cache's too
+            if (s in owner and owner[s].name in weights and n.meta[COST_KEY].category == "matmul"
+                    and (q.weights or q.matmul)):
+                quantized[s] = ("weight", _row(owner[s].meta["val"]))
+            elif q.kv_cache and s in cache:
+                quantized[s] = ("kv", 0)
+
+    requantized = set()
+    for n in calls:
+        cost = n.meta[COST_KEY]
+        if cost.category == "view" or not cost.known:
+            continue
+        mm8 = bool(q.matmul) and cost.category == "matmul"
+        ins = OpCall.of(n).inputs
+        touched = {id(t): t for t in ins + tensors_in(n.meta.get("val"))
+                   if storage(t) in quantized}
+        if mm8:   # 2-D+ float operands (activations and weights); a bias stays 16-bit
+            touched.update({id(t): t for t in ins if t.dim() >= 2 and t.is_floating_point()})
+        if touched:
+            n.meta[COST_KEY] = _requantized(n, cost, touched.values(), quantized, q, mm8)
+            requantized.add(n.name)
+
+    saved = {"weight": 0, "kv": 0}
+    for s, (kind, row) in quantized.items():
+        t = owner[s].meta["val"]
+        size = t.untyped_storage().nbytes()
+        saved[kind] += size - round(q.stored_bytes(kind, size // t.element_size(), row))
+    return WhatIf(q, saved["weight"], saved["kv"], frozenset(requantized))
+
+
+def _stand_in(t: torch.Tensor) -> torch.Tensor:
+    """A 1-byte tensor addressing the same elements (shape and strides) as t."""
+    return torch.empty_strided(tuple(int(s) for s in t.shape), tuple(int(s) for s in t.stride()),
+                               dtype=torch.int8, device="meta")
+
+
+def _requantized(node: fx.Node, cost: Cost, touched, quantized: dict, q: Quantization,
+                 mm8: bool) -> Cost:
+    """Charge the quantized tensors' elements this node moves at their quantized size.
+
+    Bytes are linear in the element size of a tensor, so one recount by the op's own formula with
+    a 1-byte stand-in gives how many of its elements the node reads and writes:
+    (bytes at e - bytes at 1) / (e - 1).
+    """
+    read, written = cost.bytes_read, cost.bytes_written
+    for t in touched:
+        size = t.element_size()
+        if size <= 1:
+            continue
+        ones = formula_cost(OpCall.of(node, {id(t): _stand_in(t)}))
+        kind, row = quantized.get(storage(t), ("operand", 0))
+        moved_read = (cost.bytes_read - ones.bytes_read) / (size - 1)
+        moved_written = (cost.bytes_written - ones.bytes_written) / (size - 1)
+        read += round(q.stored_bytes(kind, moved_read, row) - moved_read * size)
+        written += round(q.stored_bytes(kind, moved_written, row) - moved_written * size)
+    note = ", ".join(filter(None, (cost.note, f"what-if {q.label}")))
+    return dataclasses.replace(cost, bytes_read=read, bytes_written=written,
+                               dtype=q.matmul if mm8 else cost.dtype, note=note)

@@ -1,0 +1,300 @@
+"""Pass 2: group annotated nodes into the kernels a fusing compiler (torch.compile's Inductor)
+would emit, and count each kernel's bytes as that compiler would move them.
+
+Reads node.meta["fxroof.cost"] (annotate.py); writes node.meta["fxroof.kernel"] = the index of the
+node's kernel in the returned tuple, on every node that is not a view. Changes nothing else.
+dataflow.py holds the graph facts, policy.py what stays a kernel of its own, this file the
+decisions. The rules, and where they differ from Inductor's: docs/fusion.md.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import networkx as nx
+import torch
+import torch.fx as fx
+
+from fxroof.cost.record import COST_KEY, FREE_CATEGORIES, KERNEL_KEY
+from fxroof.fuse.dataflow import Facts, Op, graph_facts
+
+__all__ = ["Kernel", "fuse", "unfused"]
+
+
+@dataclass(frozen=True)
+class Kernel:
+    nodes: tuple[str, ...]  # fx node names of its ops, in graph order (views are not listed)
+    category: str         # the main node's category
+    flops: int
+    bytes_read: int
+    bytes_written: int
+    dtype: str            # the main node's compute dtype
+    reason: str           # why the kernel ends where it ends
+    module: str = ""      # the main node's module path ("" for the top level)
+    known: bool = True    # every node has a cost formula
+    views: int = 0        # eager only: view ops the model calls just before this one (no kernel,
+                          # but each is a dispatch from Python)
+
+    @property
+    def bytes(self) -> int:
+        return self.bytes_read + self.bytes_written
+
+
+def unfused(gm: fx.GraphModule) -> tuple[Kernel, ...]:
+    """Eager mode: one kernel per op that is not a view, FLOPs and bytes straight from its Cost.
+    Writes nothing into the graph (node.meta["fxroof.kernel"] is fuse()'s)."""
+    ops, views = graph_facts(gm).ops, _views_before(gm)
+    return tuple(Kernel((op.node.name,), op.cost.category, op.cost.flops, op.cost.bytes_read,
+                        op.cost.bytes_written, op.cost.dtype, "eager: one kernel per op",
+                        op.module, op.cost.known, views.get(op.node.name, 0)) for op in ops)
+
+
+# Graph nodes that stand for no call in the model's code: export's own checks and aliases.
+_NOT_CALLED = frozenset({"_assert_tensor_metadata", "_assert_scalar", "alias", "lift_fresh_copy"})
+
+
+def _views_before(gm: fx.GraphModule) -> dict[str, int]:
+    """{op node name: aten view ops run since the op before it, in graph order}; views after the
+    last op count with it. Python's getitem on an op's tuple of outputs is no call of its own."""
+    counts, pending, last = {}, 0, None
+    for node in gm.graph.nodes:
+        cost = node.meta.get(COST_KEY) if node.op == "call_function" else None
+        if cost is None:
+            continue
+        if cost.category not in FREE_CATEGORIES:
+            counts[node.name], pending, last = pending, 0, node.name
+        elif isinstance(node.target, torch._ops.OpOverload) and \
+                node.target.overloadpacket.__name__ not in _NOT_CALLED:
+            pending += 1
+    if pending and last is not None:
+        counts[last] += pending
+    return counts
+
+
+def fuse(gm: fx.GraphModule, *, matmul_epilogues: bool = False) -> tuple[Kernel, ...]:
+    """Compiled mode: the kernels a fusing compiler would emit, in graph (topological) order."""
+    facts = graph_facts(gm)
+    fuser = _Fuser(facts, matmul_epilogues)
+    fuser.run()
+    groups = fuser.ordered_groups()
+    for node in gm.graph.nodes:
+        node.meta.pop(KERNEL_KEY, None)
+    for k, g in enumerate(groups):
+        for i in g.ops:
+            facts.ops[i].node.meta[KERNEL_KEY] = k
+    return tuple(fuser.kernel(g) for g in groups)
+
+
+# -- grouping ------------------------------------------------------------------------------------
+
+# Which node names a kernel: library ops, then norms, reductions, pointwise, copies, creations.
+_RANK = {"solo": 0, "norm": 1, "reduction": 2, "pointwise": 3, "copy": 4, "create": 5}
+
+
+@dataclass
+class _Group:
+    ops: list                  # op indices, in graph order once finished
+    space: int                 # the iteration space of its loop
+    spaces: frozenset          # spaces it can absorb: {space}, or a reduction's input and output
+    red: bool = False          # holds a reduction or norm
+    lib: bool = False          # holds a library op (a matmul taking epilogues)
+    create: bool = False       # holds creation ops only
+    first: int = 0             # its first op's index
+
+
+class _Fuser:
+    ROUNDS = 10   # Inductor's fuse_nodes runs up to 10 rounds too
+
+    def __init__(self, facts: Facts, matmul_epilogues: bool):
+        self.f = facts
+        self.epilogues = matmul_epilogues
+        self.group_of = list(range(len(facts.ops)))     # op index -> group id (its first seed)
+        self.groups = {op.index: self._seed(op) for op in facts.ops}
+        self.g = nx.DiGraph(facts.deps)                 # group graph, kept acyclic
+        self.rank = {op.index: op.index for op in facts.ops}   # a topological rank per group
+
+    def _seed(self, op: Op) -> _Group:
+        lib = op.kind == "solo" and self.epilogues and op.cost.category == "matmul"
+        red = op.kind == "reduction"
+        spaces = frozenset({op.space, *op.out_spaces}) if red else frozenset({op.space})
+        return _Group([op.index], op.space, spaces, red=red, lib=lib,
+                      create=op.kind == "create", first=op.index)
+
+    # -- the passes --
+    def run(self) -> None:
+        for _ in range(self.ROUNDS):
+            if not self._vertical() + self._horizontal():
+                break
+
+    def _vertical(self) -> int:
+        merged = 0
+        for op in self.f.ops:
+            for p in self.f.deps.pred[op.index]:
+                a, b = self.group_of[p], self.group_of[op.index]
+                if a != b and self.why_not(a, b, op) is None:
+                    self._merge(a, b)
+                    merged += 1
+        return merged
+
+    def _horizontal(self) -> int:
+        merged = 0
+        f = self.f
+        for key, readers in f.readers.items():
+            if key in f.producer and f.ops[f.producer[key]].kind == "create":
+                continue    # recomputed by each reader: no shared read to save
+            gids = list(dict.fromkeys(self.group_of[r] for r in readers))
+            for i, a in enumerate(gids):
+                for b in gids[i + 1:]:
+                    a, b = self.group_of[a], self.group_of[b]
+                    if a != b and self._sibling_why_not(a, b) is None:
+                        self._merge(a, b)
+                        merged += 1
+        return merged
+
+    # -- the rules --
+    def _fusable(self, gid: int) -> bool:
+        g = self.groups[gid]
+        return g.lib or self.f.ops[g.ops[0]].kind != "solo"
+
+    def why_not(self, a: int, b: int, consumer: Op) -> str | None:
+        """None if producer group a may merge with consumer group b, else the reason it may not."""
+        ga, gb = self.groups[a], self.groups[b]
+        if not self._fusable(a):
+            return f"library {self.f.ops[ga.ops[0]].cost.category}"
+        if not self._fusable(b):
+            return f"feeds {consumer.node.name} ({consumer.solo_reason})"
+        if gb.lib:
+            return f"feeds {consumer.node.name} (a matmul with epilogues takes no prologue)"
+        if ga.lib:
+            if gb.red:
+                return f"reduction {consumer.node.name} cannot be a matmul epilogue"
+            if gb.space != ga.space:
+                return f"different iteration space ({ga.space} vs {gb.space} elements)"
+        elif not (ga.create or self._exclusive(a, b) or self._same_space(ga, gb)):
+            return self._mismatch(ga, gb, consumer)
+        return "would create a cycle" if self._between(a, b) is None else None
+
+    def _sibling_why_not(self, a: int, b: int) -> str | None:
+        ga, gb = self.groups[a], self.groups[b]
+        if ga.lib or gb.lib or not (self._fusable(a) and self._fusable(b)):
+            return "library op"
+        if ga.create or gb.create or not self._same_space(ga, gb):
+            return "different iteration space"
+        return "would create a cycle" if self._between(a, b) is None else None
+
+    @staticmethod
+    def _same_space(ga: _Group, gb: _Group) -> bool:
+        if ga.red != gb.red:    # a reduction also takes work over its output's space
+            red, pw = (ga, gb) if ga.red else (gb, ga)
+            return pw.space in red.spaces
+        return ga.space == gb.space
+
+    def _mismatch(self, ga: _Group, gb: _Group, consumer: Op) -> str:
+        if ga.red:
+            what = "reduction " if gb.red else ""
+            return (f"reduction output used by {what}{consumer.node.name} over a different "
+                    f"iteration space ({gb.space} vs {ga.space} elements)")
+        return f"different iteration space ({ga.space} vs {gb.space} elements)"
+
+    def _exclusive(self, a: int, b: int) -> bool:
+        """Group a is pointwise work read by group b alone: it can be inlined into b's loop."""
+        return not self.groups[a].red and not any(
+            self.f.ops[i].outputs_returned or any(self.group_of[r] not in (a, b)
+                                                  for r in self.f.deps.succ[i])
+            for i in self.groups[a].ops)
+
+    def _between(self, a: int, b: int):
+        """The groups that must move for a and b to sit side by side in topological order:
+        (b and its ancestors, a and its descendants) with ranks between a's and b's; None if a
+        path joins a and b through a third group (merging them would close a cycle).
+
+        The group graph keeps a valid topological rank per group, so a path from a to b can only
+        pass through groups ranked between them: the searches stay inside that window (the
+        dynamic topological order of Pearce and Kelly, with merging in place of a new edge).
+        """
+        rank, succ, pred = self.rank, self.g.succ, self.g.pred
+        if rank[a] > rank[b]:
+            a, b = b, a
+        lo, hi = rank[a], rank[b]
+        down, stack = {a}, [a]
+        while stack:
+            x = stack.pop()
+            for y in succ[x]:
+                if y == b:
+                    if x != a:
+                        return None
+                elif y not in down and rank[y] < hi:
+                    down.add(y)
+                    stack.append(y)
+        up, stack = {b}, [b]
+        while stack:
+            x = stack.pop()
+            for y in pred[x]:
+                if y != a and y not in up and rank[y] > lo:
+                    up.add(y)
+                    stack.append(y)
+        return a, b, up, down
+
+    def _merge(self, a: int, b: int) -> None:
+        first, last, up, down = self._between(a, b)
+        # Re-rank the window: b's ancestors, then the merged pair, then a's descendants.
+        slots = sorted(self.rank[x] for x in up | down)
+        moved = sorted(up, key=self.rank.get) + sorted(down, key=self.rank.get)
+        for x, r in zip(moved, slots):
+            self.rank[x] = r
+        self.rank[first] = self.rank[last]       # adjacent now: last ends `up`, first starts `down`
+        if first != a:
+            a, b = b, a
+        ga, gb = self.groups[a], self.groups.pop(b)
+        del self.rank[b]
+        # The merged loop: a reduction's, a library op's, the one not recomputing created values,
+        # or for pointwise work the later group's (an inlined producer runs inside it).
+        if ga.red or gb.red:
+            space = max(g.space for g in (ga, gb) if g.red)
+        elif ga.lib or gb.lib:
+            space = ga.space if ga.lib else gb.space
+        elif ga.create or gb.create:
+            space = gb.space if ga.create else ga.space
+        else:
+            space = gb.space if gb.first > ga.first else ga.space
+        ga.spaces = (ga.spaces if ga.red else frozenset()) | (gb.spaces if gb.red else frozenset())
+        ga.spaces = ga.spaces or frozenset({space})
+        ga.ops += gb.ops
+        ga.space, ga.red, ga.lib = space, ga.red or gb.red, ga.lib or gb.lib
+        ga.create, ga.first = ga.create and gb.create, min(ga.first, gb.first)
+        for i in gb.ops:
+            self.group_of[i] = a
+        g = self.g
+        g.add_edges_from((p, a) for p in g.predecessors(b) if p != a)
+        g.add_edges_from((a, s) for s in g.successors(b) if s != a)
+        g.remove_node(b)
+
+    # -- results --
+    def ordered_groups(self) -> list[_Group]:
+        order = nx.lexicographical_topological_sort(self.g, key=lambda gid: self.groups[gid].first)
+        groups = [self.groups[gid] for gid in order]
+        for g in groups:
+            g.ops.sort()
+        return groups
+
+    def kernel(self, g: _Group) -> Kernel:
+        f = self.f
+        ops = [f.ops[i] for i in g.ops]
+        main = min(ops, key=lambda op: (_RANK[op.rank], op.index))
+        read, written = (main.cost.bytes_read, main.cost.bytes_written) if len(ops) == 1 and \
+            main.kind == "solo" else (f.bytes_read(set(g.ops)), f.bytes_written(set(g.ops)))
+        return Kernel(tuple(op.node.name for op in ops), main.cost.category,
+                      sum(op.cost.flops for op in ops), read, written, main.cost.dtype,
+                      self._reason(g, main), main.module, all(op.cost.known for op in ops))
+
+    def _reason(self, g: _Group, main: Op) -> str:
+        gid = self.group_of[g.ops[0]]
+        if not self._fusable(gid):
+            return main.solo_reason
+        outside = sorted({c for i in g.ops for c in self.f.deps.succ[i]} - set(g.ops))
+        if why := next(filter(None, (self.why_not(gid, self.group_of[c], self.f.ops[c])
+                                     for c in outside)), None):
+            return why
+        if any(self.f.ops[i].outputs_returned for i in g.ops):
+            return "output of graph"
+        return "single op" if len(g.ops) == 1 else "end of graph"
+

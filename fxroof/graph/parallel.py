@@ -1,0 +1,249 @@
+"""Tensor parallelism: one rank of a model split Megatron-style over `tp` ranks.
+
+    fxroof.analyze(model, args, tp=8)       # one rank of an 8-way split
+    megatron_plan(model, tp=8)              # the plan alone: which layer is split how
+
+PyTorch itself splits a fake copy of the model (DTensor's `parallelize_module` on a fake process
+group: one rank, nothing sent), so the captured graph holds the local shard shapes and the real
+collectives DTensor emits. The user's model is never touched. Which layouts the plan recognises,
+what it refuses (with a ValueError naming the module) and what stays replicated:
+docs/whatif-and-parallel.md.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from fxroof.graph.capture import FakeCopier
+from fxroof.graph.nodes import fold_layers
+
+__all__ = ["Plan", "fake_process_group", "megatron_plan", "tensor_parallel"]
+
+# Leaf names of the layouts the plan recognises (docs/whatif-and-parallel.md).
+COLWISE = frozenset({"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj",   # Hugging Face Llama...
+                     "wq", "wk", "wv", "w1", "w3",                           # models/llama.py
+                     "c_attn", "c_fc"})                                      # GPT-2
+ROWWISE = frozenset({"o_proj", "down_proj", "wo", "w2", "c_proj"})
+QKV = frozenset({"q_proj", "k_proj", "v_proj", "wq", "wk", "wv", "c_attn"})  # marks an attention
+FUSED_QKV = frozenset({"c_attn", "qkv", "query_key_value", "Wqkv"})
+EMBEDDINGS = frozenset({"embed_tokens", "tok_embeddings", "wte"})
+LM_HEADS = frozenset({"lm_head", "output"})
+HEAD_ATTRS = ("n_heads", "n_kv_heads", "num_heads", "num_key_value_heads", "n_head",
+              "num_attention_heads")
+SPLIT_ATTRS = ("split_size",)   # Hugging Face GPT-2: width of each of q, k, v in c_attn's output
+REPLICATE = " (Megatron would replicate k/v heads; not modelled)"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What `tensor_parallel` does to a copy of the model.
+
+    styles: module path -> "colwise" | "rowwise" | "embedding" | "lm_head"
+    attrs:  module path -> {attribute: per-rank value} (head counts, GPT-2's split_size)
+    kv_heads: k/v heads of the full model (for cutting a KV cache), or None when unknown
+    """
+    tp: int
+    styles: dict
+    attrs: dict
+    kv_heads: int | None = None
+
+
+# -- the plan ------------------------------------------------------------------------------------
+
+def _is_linear(m: nn.Module) -> bool:
+    # Hugging Face's Conv1D (GPT-2) is a Linear with its weight stored (in, out).
+    return isinstance(m, nn.Linear) or _is_conv1d(m)
+
+
+def _is_conv1d(m: nn.Module) -> bool:
+    return type(m).__name__ == "Conv1D" and hasattr(m, "nf") and hasattr(m, "weight")
+
+
+def _features(m: nn.Module) -> tuple[int, int]:
+    """(in, out) features of a Linear or Conv1D."""
+    return tuple(m.weight.shape) if _is_conv1d(m) else tuple(m.weight.shape)[::-1]
+
+
+def megatron_plan(model: nn.Module, tp: int) -> Plan:
+    """The Megatron-style split of `model` over `tp` ranks, or a ValueError saying why not."""
+    if not isinstance(tp, int) or isinstance(tp, bool) or tp < 1:
+        raise ValueError(f"tp must be a positive integer, got {tp!r}")
+    linears = {name: m for name, m in model.named_modules() if _is_linear(m)}
+    styles: dict[str, str] = {}
+    parents: dict[str, set] = {}   # module path -> the leaf names of its split projections
+    for name in linears:
+        parent, _, leaf = name.rpartition(".")
+        if leaf in COLWISE | ROWWISE:
+            styles[name] = "colwise" if leaf in COLWISE else "rowwise"
+            parents.setdefault(parent, set()).add(leaf)
+    styles = styles or _two_linear_blocks(model, linears)
+    if not styles:
+        folded = Counter(fold_layers(n) for n in linears)   # layers.* x32
+        found = ", ".join(n if k == 1 else f"{n} x{k}" for n, k in folded.items())
+        raise ValueError(
+            f"no tensor-parallel layout recognised in {type(model).__name__}: expected Llama-style "
+            f"q/k/v/o_proj and gate/up/down_proj, models/llama.py's wq/wk/wv/wo and w1/w3/w2, "
+            f"GPT-2's c_attn/c_fc/c_proj, or modules with exactly two Linear children; Linear "
+            f"layers found: {found or 'none'}")
+    for name, style in styles.items():
+        d_in, d_out = _features(linears[name])
+        side, split = ("out", d_out) if style == "colwise" else ("in", d_in)
+        _per_rank(split, tp, f"{name}: {side}_features={split}")
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Embedding) and name.rpartition(".")[2] in EMBEDDINGS:
+            styles[name] = "embedding"
+        elif name in LM_HEADS and isinstance(m, nn.Linear):   # top-level only
+            styles[name] = "lm_head"
+    attrs, kv_heads = _blocks(model, parents, linears, tp)
+    return Plan(tp, styles, attrs, kv_heads)
+
+
+def _per_rank(value: int, tp: int, what: str, why: str = "") -> int:
+    if value % tp:
+        raise ValueError(f"{what} does not divide by tp={tp}{why}")
+    return value // tp
+
+
+def _two_linear_blocks(model: nn.Module, linears: dict) -> dict:
+    """The plain-MLP fallback: every module with exactly two Linear children, first colwise and
+    second rowwise, when those cover every Linear layer of the model."""
+    styles = {}
+    for name, m in model.named_modules():
+        children = [f"{name}.{c}".lstrip(".") for c, sub in m.named_children() if _is_linear(sub)]
+        if len(children) == 2:
+            if any(hasattr(m, a) for a in HEAD_ATTRS):
+                raise ValueError(
+                    f"{name or type(model).__name__}: attention with a fused q/k/v projection "
+                    f"{children[0]!r} whose forward splits by the input's width, which a shard "
+                    f"does not have; not supported by tp=")
+            styles.update({children[0]: "colwise", children[1]: "rowwise"})
+    return styles if set(styles) == set(linears) else {}
+
+
+def _blocks(model: nn.Module, parents: dict, linears: dict, tp: int):
+    """Each block checked; per-rank head counts for each attention, the model's k/v head count."""
+    attrs, kv_heads = {}, None
+    for parent, leaves in parents.items():
+        if not leaves & COLWISE or not leaves & ROWWISE:
+            raise ValueError(f"module {parent or type(model).__name__!r} has {sorted(leaves)}: a "
+                             f"Megatron block needs a column-split (e.g. up_proj) and a row-split "
+                             f"(e.g. down_proj) projection")
+        if not leaves & QKV:
+            continue
+        m = model.get_submodule(parent)
+        where = parent or type(model).__name__
+        fused = leaves & FUSED_QKV
+        if fused and not any(hasattr(m, a) for a in SPLIT_ATTRS):
+            raise ValueError(
+                f"{where}: fused q/k/v projection {sorted(fused)[0]!r} is split in the forward by "
+                f"the input's width, which a shard does not have; only a forward that splits by "
+                f"an attribute (Hugging Face GPT-2's split_size) can be analyzed with tp=")
+        if not fused and not any(isinstance(getattr(m, a, None), int)
+                                 for a in (*HEAD_ATTRS, "head_dim")):
+            raise ValueError(f"{where}: attention without head_dim or a head-count attribute "
+                             f"({', '.join(HEAD_ATTRS)}): cannot tell how its heads split")
+        values = {a: getattr(m, a, None) for a in HEAD_ATTRS + SPLIT_ATTRS}
+        if local := {a: _per_rank(v, tp, f"{where}.{a}={v}", REPLICATE)
+                     for a, v in values.items() if type(v) is int}:
+            attrs[parent] = local
+        head_dim = getattr(m, "head_dim", None)
+        for leaf in leaves & QKV - fused if isinstance(head_dim, int) and head_dim else ():
+            heads = _features(linears[f"{parent}.{leaf}" if parent else leaf])[1] // head_dim
+            _per_rank(heads, tp, f"{where}.{leaf}: heads={heads}", REPLICATE)
+            kv_heads = heads if leaf in ("k_proj", "wk") else kv_heads
+    return attrs, kv_heads
+
+
+# -- applying it ---------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def fake_process_group(world_size: int):
+    """A default process group of `world_size` ranks, this process rank 0, that sends nothing
+    (PyTorch's fake backend); destroyed on exit so the next call can make its own."""
+    # Importing it registers PyTorch's "fake" backend.
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+    if dist.is_initialized():
+        raise ValueError("a default process group is already initialised in this process; tp= "
+                         "brings its own fake one. Parallelize the model yourself "
+                         "(parallelize_module) and call analyze without tp=")
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world_size)
+    try:
+        yield dist.group.WORLD
+    finally:
+        dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def tensor_parallel(model: nn.Module, tp: int, args=(), kwargs=None):
+    """Yields (rank-0 copy of `model` split by `megatron_plan`, args, kwargs) inside a fake process
+    group of `tp` ranks, which stays alive until the block ends (collective formulas read the group
+    size from it). `model` is not changed."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor.parallel import parallelize_module
+
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"tp= needs an nn.Module to split, got {type(model).__name__}")
+    plan = megatron_plan(model, tp)
+    args = tuple(args) if isinstance(args, (tuple, list)) else (args,)
+    fake = FakeCopier()
+    with fake_process_group(tp):
+        local = fake.copy(model)
+        mesh = init_device_mesh(next((t.device.type for t in local.parameters()), "cpu"), (tp,))
+        modules = dict(local.named_modules())
+        for path, values in plan.attrs.items():
+            for attr, value in values.items():
+                setattr(modules[path], attr, value)
+        parallelize_module(local, mesh, {p: _style(s, modules[p]) for p, s in plan.styles.items()},
+                           src_data_rank=None)   # each rank cuts its shard: nothing is sent
+        yield local, fake.inputs(args), _local_kwargs(fake.inputs(dict(kwargs or {})), plan)
+
+
+def _style(style: str, module: nn.Module):
+    from torch.distributed.tensor import Replicate, Shard, distribute_module, distribute_tensor
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
+    if style == "embedding":
+        return RowwiseParallel(input_layouts=Replicate())
+    if style == "lm_head":
+        return ColwiseParallel(output_layouts=Replicate())
+    colwise = style == "colwise"
+    if not _is_conv1d(module):
+        return ColwiseParallel() if colwise else RowwiseParallel()
+    # Hugging Face's Conv1D stores its weight (in, out), the transpose of a Linear's: the shard
+    # dims swap. Inputs and outputs are handled as for a Linear.
+    placements = {"weight": Shard(1), "bias": Shard(0)} if colwise else \
+        {"weight": Shard(0), "bias": Replicate()}
+
+    def partition(name, module, mesh):
+        for pname, param in list(module.named_parameters(recurse=False)):
+            module.register_parameter(pname, nn.Parameter(
+                distribute_tensor(param, mesh, [placements[pname]], src_data_rank=None),
+                requires_grad=param.requires_grad))
+
+    class Conv1DParallel(ColwiseParallel if colwise else RowwiseParallel):
+        def _apply(self, module, mesh):
+            if not colwise:
+                self.desired_input_layouts = (Shard(-1),)
+            inputs = partial(self._prepare_input_fn, self.input_layouts, self.desired_input_layouts)
+            outputs = partial(self._prepare_output_fn, self.output_layouts, self.use_local_output)
+            return distribute_module(module, mesh, partition, inputs, outputs)
+
+    return Conv1DParallel()
+
+
+def _local_kwargs(kwargs: dict, plan: Plan) -> dict:
+    """A `cache` keyword of (k, v) pairs with the k/v heads on dim 1, cut to this rank's heads."""
+    kv, cache = plan.kv_heads, kwargs.get("cache")
+    if kv is None or not isinstance(cache, (list, tuple)):
+        return kwargs
+
+    def cut(t):
+        return t[:, : kv // plan.tp].clone() if isinstance(t, torch.Tensor) and t.dim() > 1 \
+            and t.shape[1] == kv else t
+    return {**kwargs, "cache": [tuple(map(cut, pair)) if isinstance(pair, (list, tuple)) else pair
+                                for pair in cache]}

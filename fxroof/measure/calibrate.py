@@ -1,0 +1,179 @@
+"""Calibrate: measure the chip this runs on and write it as a chip file.
+
+    chip = calibrate("cpu")                   # a Chip
+    write_chip(chip, "this_machine.json")     # fxroof.chips.chip("this_machine.json") reads it
+
+Every figure is what the time model should charge for eager PyTorch on this device, counted the
+way fxroof counts work; each source says how it was measured, on which device and when.
+microbench.py measures, probes.py holds what it runs, docs/calibration.md says what each figure
+is and why it is measured so. CPU figures hold for the thread count torch uses (`threads=` sets
+it while calibrating): measure with the same count. The CUDA path has not been run by fxroof's
+tests, which run on CPU only.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from fxroof.chips import Chip
+from fxroof.chips.chip import OP_TABLES, OPTIONAL_SCALARS, PEAK_KEY, PEAK_UNIT, SCALARS
+from fxroof.measure.machine import Clock, cpu_threads, device_label, device_name, memory_bytes
+from fxroof.measure.microbench import (cache_bandwidth, copy_bandwidth, each_rate, glue,
+                                       graph_launch, layer_rates, matmul_peaks, matrix_bandwidth,
+                                       op_table, program_call, vector_rate, view_dispatch)
+from fxroof.report.units import seconds, si
+
+__all__ = ["calibrate", "chip_json", "cmd_calibrate", "configure_parser", "summary", "write_chip"]
+
+# Not measured (one device): estimates of the links, (figure, why) per device type.
+LINKS = {"cpu": {"link_bw": (12.5e9, "gloo over a 100 Gb/s host network: 12.5 GB/s each way"),
+                 "link_latency_s": (20e-6, "TCP over a data-centre network, ~20 us per step")},
+         "cuda": {"link_bw": (25e9, "PCIe 4.0 x16, ~25 GB/s each way in practice; for NVLink "
+                                    "systems use a table chip's NVLink figure"),
+                  "link_latency_s": (10e-6, "~10 us per collective step")}}
+
+
+def calibrate(device: str = "cpu", *, quick: bool = False, threads: int | None = None,
+              log=None) -> Chip:
+    """Measure this machine's `device` ("cpu" or "cuda[:N]") and return it as a Chip.
+
+    quick: smaller sizes and fewer repeats (rougher figures, for tests).
+    threads: CPU threads torch uses while calibrating (default: its current setting).
+    log: optional callable(str) told what is being measured.
+    """
+    dev = None
+    with contextlib.suppress(RuntimeError):
+        dev = torch.device(device)
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"calibrate measures a 'cpu' or 'cuda' device, not {device!r}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("calibrate --device cuda: this torch build sees no CUDA device")
+    say, src, cpu, links = log or (lambda _msg: None), {}, dev.type == "cpu", LINKS[dev.type]
+    with cpu_threads(threads), torch.no_grad():
+        clock = Clock(dev, quick)
+        say("matmul peaks, memory and cache bandwidth ...")
+        peaks, src["peak_flops"] = matmul_peaks(clock)
+        mem_bw, src["mem_bw"] = copy_bandwidth(clock)
+        cache_bytes, cache_bw, cache_note = cache_bandwidth(clock, mem_bw)
+        chip = Chip(name=f"calibrated-{dev.type}", title=f"{device_label(dev)} (calibrated)",
+                    kind="cpu" if cpu else "gpu", peak_flops=peaks, vector_flops=1e12,
+                    mem_bw=mem_bw, mem_bytes=memory_bytes(dev), launch_s=1e-9, dispatch_s=1e-9,
+                    cache_bytes=cache_bytes, cache_bw=cache_bw,
+                    **{f: figure for f, (figure, _why) in links.items()})
+        say("ops one by one ...")
+        bare, rates = op_table(clock, chip)
+        view, src["view_dispatch_s"] = view_dispatch(clock)
+        vector, src["vector_flops"] = vector_rate(rates)
+        chip = dataclasses.replace(chip, vector_flops=vector, view_dispatch_s=view)
+        if cpu:
+            say("matrix ops as layers run them, and streaming their weights ...")
+            layer_peaks, matrix_rates, layer_note = layer_rates(clock, chip, bare)
+            src["peak_flops"] = f"{layer_note}. Peak: {src['peak_flops']}"
+            shares, src["matrix_bw_fraction"] = matrix_bandwidth(clock, peaks, mem_bw)
+            chip = dataclasses.replace(chip, peak_flops=layer_peaks, matrix_bw_fraction=shares,
+                                       op_flops={**rates, **matrix_rates})
+        say("eager glue between ops, entering a compiled program ...")
+        fixed = statistics.median(bare.values())
+        glue_s, glue_sources = glue(clock, dataclasses.replace(chip, dispatch_s=fixed,
+                                                               op_dispatch_s=bare))
+        dispatch = fixed + glue_s
+        launch, src["launch_s"] = (dispatch, (
+            "same as dispatch_s: a CPU has no device launch; compiled CPU code still calls its "
+            "kernels one by one from the host")) if cpu else graph_launch(clock)
+        chip = dataclasses.replace(chip, dispatch_s=dispatch, launch_s=launch,
+                                   op_dispatch_s={op: t + glue_s for op, t in bare.items()})
+        program_s, src["program_call_s"] = program_call(clock, chip)
+    src |= glue_sources
+    src["mem_bytes"] = "total RAM as the system reports it" if cpu else "device memory"
+    if cache_bytes:
+        src |= {"cache_bytes": cache_note, "cache_bw": cache_note}
+    if chip.op_flops:
+        src["op_flops"] = (
+            "per op: FLOPs as fxroof counts them / (time on a cache-resident 256 Ki-element fp32 "
+            "input - its tiny-call time); matrix ops: their fp32 rate in the layer-shaped probe "
+            "(see peak_flops): " + each_rate(chip.op_flops))
+    stamp = f"measured by fxroof calibrate on {device_name(dev)}, {datetime.date.today()}"
+    return dataclasses.replace(chip, program_call_s=program_s, sources={
+        **{k: f"{stamp}: {v}" for k, v in src.items()},
+        **{f: f"estimate, not measured (one device): {why}" for f, (_, why) in links.items()}})
+
+
+# -- the chip file ---------------------------------------------------------------------------
+
+def chip_json(chip: Chip) -> dict:
+    """The chip as one object of the chip-file schema (fxroof/chips/chip.py), 4 significant
+    figures, so that `fxroof.chips.load_chip_file` reads it back."""
+    def fig(x: float) -> float:
+        return float(f"{x:.4g}")
+    entry = {"name": chip.name, "title": chip.title, "kind": chip.kind,
+             PEAK_KEY: {d: fig(v / PEAK_UNIT) for d, v in chip.peak_flops.items()}}
+    entry.update({key: fig(getattr(chip, f) / unit) for f, (key, unit) in SCALARS.items()})
+    entry.update({key: fig(getattr(chip, f) / unit)
+                  for f, (key, unit) in OPTIONAL_SCALARS.items() if getattr(chip, f)})
+    entry.update({key: {op: fig(v / unit) for op, v in getattr(chip, f).items()}
+                  for f, (key, unit) in OP_TABLES.items() if getattr(chip, f)})
+    return entry | {"sources": dict(chip.sources)}
+
+
+def write_chip(chip: Chip, path) -> Path:
+    """Write `chip` as a chip file at `path` (the schema `fxroof.chips.chip(path)` reads)."""
+    path = Path(path)
+    path.write_text(json.dumps(chip_json(chip), indent=1) + "\n", encoding="utf-8")
+    return path
+
+
+def summary(chip: Chip) -> str:
+    def spread(table, fmt) -> str:
+        lo, hi = min(table, key=table.get), max(table, key=table.get)
+        return f"{fmt(table[lo])} ({lo}) to {fmt(table[hi])} ({hi})"
+
+    def flops(rate) -> str:
+        return si(rate, "FLOP/s")
+    rows = [  # (label, text); a figure the chip leaves at 0 has no row
+        ("matmul peak", ", ".join(f"{d} {flops(v)}" for d, v in chip.peak_flops.items())),
+        ("pointwise", f"{flops(chip.vector_flops)} (one FLOP per element)"),
+        ("memory bw", si(chip.mem_bw, "B/s")),
+        ("cache", chip.cache_bytes and f"{si(chip.cache_bw, 'B/s')} within "
+                                       f"{si(chip.cache_bytes, 'B')}"),
+        ("dispatch", f"{seconds(chip.dispatch_s)} per eager op; launch {seconds(chip.launch_s)}"),
+        ("", (chip.view_dispatch_s or chip.program_call_s) and (
+            f"{seconds(chip.view_dispatch_s)} per view call; {seconds(chip.program_call_s)} to "
+            f"enter a compiled program")),
+        ("per op", chip.op_dispatch_s and f"{spread(chip.op_dispatch_s, seconds)} fixed cost over "
+                                          f"{len(chip.op_dispatch_s)} ops"),
+        ("", chip.op_flops and f"{spread(chip.op_flops, flops)} work rate over "
+                               f"{len(chip.op_flops)} ops"),
+        ("memory", si(chip.mem_bytes, "B"))]
+    return "\n".join([chip.title, *(f"  {label:<14}{text}" for label, text in rows if text)])
+
+
+# -- command line: `fxroof calibrate` ----------------------------------------------------------
+
+def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument("--out", required=True, metavar="PATH", help="chip JSON file to write")
+    p.add_argument("--quick", action="store_true", help="fewer repeats, rougher figures")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads torch uses while measuring (default: torch's setting)")
+    return p
+
+
+def cmd_calibrate(ns) -> int:
+    """Run a calibration from parsed arguments, print the figures, write the chip file."""
+    t0, tty = time.perf_counter(), sys.stderr.isatty()     # progress only on a terminal
+    chip = calibrate(ns.device, quick=ns.quick, threads=ns.threads,
+                     log=(lambda msg: print(msg, file=sys.stderr, flush=True)) if tty else None)
+    path = write_chip(chip, ns.out)
+    print(summary(chip))
+    print(f"wrote {path} in {time.perf_counter() - t0:.0f} s; use it with --chip {path}")
+    return 0
+

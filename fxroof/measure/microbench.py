@@ -1,0 +1,300 @@
+"""The measurements behind each figure of a calibrated chip: one function per figure, each
+returning the figure and its source (how it was measured, for the chip file).
+
+calibrate.py runs them in order and assembles the Chip; probes.py holds what they run;
+docs/calibration.md says why each is measured as it is.
+"""
+from __future__ import annotations
+
+import statistics
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fxroof.chips import Chip
+from fxroof.cost.record import MATRIX_CATEGORIES
+from fxroof.graph.capture import FunctionModule
+from fxroof.graph.tensors import torch_dtype
+from fxroof.measure.machine import (Clock, elapsed, host_time, last_level_cache, tiny_call_times,
+                                    tiny_call_timing)
+from fxroof.measure.probes import BLOCK_PROBES, MID, OP_PROBES, TINY, VIEW_PROBES, MatrixProbe
+from fxroof.measure.runner import program, timed_runs
+from fxroof.pipeline import Target, analyze, report_of
+from fxroof.report.units import seconds, si
+
+SLOW = 0.25           # a dtype below this fraction of fp32's rate has no fast matrix path
+CACHE_SPEEDUP = 1.5   # a copy at least this much faster than one from memory runs from a cache
+
+
+def fast_dtypes(peaks) -> list[str]:
+    """The dtypes of `peaks` with a fast matrix path (fp32 first)."""
+    return [d for d, rate in peaks.items() if d == "fp32" or rate >= SLOW * peaks["fp32"]]
+
+
+# -- matrix rates ----------------------------------------------------------------------------------
+
+def matmul_peaks(clock: Clock) -> tuple[dict, str]:
+    names = ("fp32", "tf32", "bf16", "fp16") if clock.cuda else ("fp32", "bf16", "fp16")
+    sizes = (((2048, 4096) if clock.quick else (4096, 8192)) if clock.cuda
+             else (128, 256) if clock.quick else (256, 512, 1024))
+    peaks, notes, before = {}, [], torch.backends.cuda.matmul.allow_tf32
+    try:
+        for dtype in names:
+            torch.backends.cuda.matmul.allow_tf32 = dtype == "tf32"
+            rate, size = _matmul_rate(clock, dtype, sizes, peaks.get("fp32"))
+            if rate is None:
+                notes.append(f"{dtype}: not supported by this build, left out (runs at fp32's "
+                             f"rate)")
+                continue
+            peaks[dtype] = rate
+            slow = "" if dtype in fast_dtypes(peaks) else " (no fast matrix path)"
+            notes.append(f"{dtype} {si(rate, 'FLOP/s')} at {size}^3{slow}")
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+    tf32 = "; fp32 with TF32 off, tf32 with it on; fp8/int8 not measured" if clock.cuda else ""
+    return peaks, (f"best rate of square torch.mm over sizes {', '.join(map(str, sizes))}{tf32}: "
+                   + "; ".join(notes))
+
+
+def _matmul_rate(clock, dtype: str, sizes, fp32_rate):
+    """(Best rate, its size) of square torch.mm in `dtype`; (None, None) if this build has none."""
+    rates = []
+    for n in sizes:
+        try:
+            a, b = (torch.randn(n, n, device=clock.dev).to(torch_dtype(dtype)) for _ in range(2))
+            mm = partial(torch.mm, a, b)
+            t = elapsed(mm, clock.dev)           # absurdly slow: one more timing is enough
+            t = elapsed(mm, clock.dev) if t > 1.0 else clock.per_call(
+                mm, budget_s=clock.budget_s / 2)
+        except (RuntimeError, NotImplementedError, TypeError):
+            break
+        rates.append((2 * n ** 3 / t, n))
+        if fp32_rate and rates[-1][0] < SLOW * fp32_rate:
+            break                        # a slow path: larger sizes only cost time
+    return max(rates, default=(None, None))
+
+
+def layer_rates(clock: Clock, chip: Chip, bare: dict) -> tuple[dict, dict, str]:
+    """CPU: per dtype with a fast path, the rate layers attain as eager runs them (MatrixProbe);
+    and the fp32 rate of each of its ops. `bare`: each op's tiny-call cost (op_table)."""
+    peaks, notes, op_rates = dict(chip.peak_flops), [], {}
+    for dtype in fast_dtypes(chip.peak_flops):
+        per_op = _node_rates(clock, torch_dtype(dtype), chip, bare)
+        peaks[dtype] = sum(f for f, _t in per_op.values()) / sum(t for _f, t in per_op.values())
+        op_rates[dtype] = {op: f / t for op, (f, t) in per_op.items()}
+        notes.append(f"{dtype} {si(peaks[dtype], 'FLOP/s')} ({each_rate(op_rates[dtype])})")
+    return peaks, op_rates["fp32"], (
+        "charged: the rate layers attain as eager runs them, total FLOPs / total time over "
+        "layer-shaped linears, 3x3 and 1x1 convolutions and causal attention run one op at a "
+        "time, each op's own tiny-call cost taken off: " + "; ".join(notes))
+
+
+def _node_rates(clock: Clock, dtype: torch.dtype, chip: Chip, bare: dict) -> dict:
+    """{op: (FLOPs as fxroof counts them, seconds)} of MatrixProbe in `dtype` run node by node:
+    each node's best time over the runs, less the op's tiny-call cost."""
+    x = torch.randn(1, 64, 32, 32, device=clock.dev).to(dtype)
+    captured, values = program(MatrixProbe().to(clock.dev, dtype).eval(), (x,), {})
+    report = report_of(captured, Target(chip=chip, mode="eager"))
+    _walls, runs = timed_runs(clock.dev, 3, 8 if clock.quick else 25, gm=captured.gm,
+                              values=values)
+    fixed = statistics.median(bare.values())
+    out: dict = {}
+    for node in (n for n in report.nodes if n.flops):
+        best = min(run[node.name] for run in runs)
+        flops, secs = out.get(node.op, (0, 0.0))
+        out[node.op] = (flops + node.flops,
+                        secs + max(best - bare.get(node.cost_key, fixed), 0.1 * best))
+    return out
+
+
+def matrix_bandwidth(clock: Clock, peaks: dict, mem_bw: float) -> tuple[dict, str]:
+    """CPU: per dtype with a fast path, the share of the copy bandwidth that F.linear on one row
+    (how decode runs) attains streaming weights that no cache holds: a cycle of 2048 x 2048
+    weight matrices four times the last-level cache."""
+    cache = last_level_cache() or (32 << 20)
+    shares, notes = {}, []
+    for dtype in fast_dtypes(peaks):
+        dt = torch_dtype(dtype)
+        size = 2048 * 2048 * dt.itemsize
+        count = max(2, -(-(2 if clock.quick else 4) * cache // size))
+        weights = [torch.randn(2048, 2048, device=clock.dev).to(dt) for _ in range(count)]
+        x = torch.randn(1, 2048, device=clock.dev).to(dt)
+
+        def stream(weights=weights, x=x):
+            for w in weights:
+                F.linear(x, w)
+        t = clock.per_call(stream, budget_s=clock.budget_s / 2, min_samples=3) / count
+        shares[dtype] = min(1.0, size / t / mem_bw)
+        notes.append(f"{dtype} {si(size / t, 'B/s')}")
+    return shares, ("F.linear on one row over a cycle of 2048 x 2048 weight matrices that no "
+                    "cache holds, weight bytes / time, over mem_bw: " + ", ".join(notes))
+
+
+# -- memory ----------------------------------------------------------------------------------------
+
+def copy_bandwidth(clock: Clock) -> tuple[float, str]:
+    # CPU: 256 MiB, well past any last-level cache; GPU: 1 GiB, well past L2.
+    nbytes = ((256 if clock.quick else 1024) if clock.cuda else (64 if clock.quick else 256)) << 20
+    return 2 * nbytes / _copy_time(clock, nbytes, min_samples=7), (
+        f"dst.copy_(src) over {nbytes >> 20} MiB fp32, best of several, bytes read + bytes written")
+
+
+def cache_bandwidth(clock: Clock, mem_bw: float) -> tuple[float, float, str]:
+    """(cache bytes, cache bandwidth, source), found by measuring: copies of 1 MiB moved, 4x
+    larger each step up to the last-level cache the system reports; the largest that still runs
+    CACHE_SPEEDUP x faster than memory gives both figures (0, 0 where none does, or no size is
+    reported; always on a GPU, whose L2 is not modelled)."""
+    reported = 0 if clock.cuda else last_level_cache()
+    if not reported:
+        return 0.0, 0.0, ""
+    ladder, moved = [], 1 << 20
+    # up the ladder until a copy runs at memory speed: past the cache, larger is only slower
+    while moved <= reported and (not ladder or ladder[-1][1] >= CACHE_SPEEDUP * mem_bw):
+        ladder.append((moved, moved / _copy_time(clock, moved // 2, min_samples=5)))
+        moved *= 4
+    fast = [(size, rate) for size, rate in ladder if rate >= CACHE_SPEEDUP * mem_bw]
+    steps = ", ".join(f"{size >> 20} MiB {si(rate, 'B/s')}" for size, rate in ladder)
+    how = (f"dst.copy_(src) moving 1 MiB, x4 each step up to the last-level cache the system "
+           f"reports ({reported >> 20} MiB), best of several, bytes read + bytes written: "
+           f"{steps}; memory {si(mem_bw, 'B/s')}")
+    if not fast:
+        return 0.0, 0.0, how
+    size, rate = fast[-1]
+    return float(size), rate, (f"the largest copy at least {CACHE_SPEEDUP}x faster than memory: "
+                               f"{size >> 20} MiB moved at {si(rate, 'B/s')}; {how}")
+
+
+def _copy_time(clock: Clock, nbytes: int, min_samples: int) -> float:
+    src = torch.ones(nbytes // 4, device=clock.dev)
+    dst = torch.empty_like(src)
+    dst.copy_(src)                                     # pages mapped before timing
+    return clock.per_call(lambda: dst.copy_(src), min_samples=min_samples)
+
+
+# -- ops one by one --------------------------------------------------------------------------------
+
+def op_table(clock: Clock, chip: Chip) -> tuple[dict, dict]:
+    """Each probe op (probes.OP_PROBES) as model code calls it: ({op: seconds per tiny call},
+    {op: FLOP/s past the fixed cost on a cache-resident input}). GPU: the rates of 16x larger
+    inputs, whole (a mid-sized op there is launch-bound), for vector_flops only."""
+    fixed, rates = {}, {}
+    tinies = [probe.inputs(TINY, clock.dev) for probe in OP_PROBES]
+    times = tiny_call_times(clock, [partial(p.fn, *args) for p, args in zip(OP_PROBES, tinies)])
+    for probe, tiny, t in zip(OP_PROBES, tinies, times):
+        op, work, category = _probe_op(probe, tiny, chip)
+        if category in MATRIX_CATEGORIES:   # a small matrix op still has some work: not fixed
+            t = max(t - work / chip.matrix_flops("fp32"), 0.5 * t)
+        elif work:   # a work rate; a matrix op's is the layer rate (layer_rates)
+            mid = probe.inputs(MID, clock.dev)
+            if clock.cuda:
+                mid = tuple(a.repeat(16, 1) if a.dim() == 2 else a for a in mid)
+            _, work, _ = _probe_op(probe, mid, chip)
+            t_mid = clock.per_call(partial(probe.fn, *mid), budget_s=clock.budget_s / 3)
+            rates[op] = work / (t_mid if clock.cuda else max(t_mid - t, 0.1 * t_mid))
+        fixed.setdefault(op, []).append(t)
+    return {op: statistics.median(ts) for op, ts in fixed.items()}, rates
+
+
+def _probe_op(probe, args: tuple, chip: Chip) -> tuple[str, int, str]:
+    """(op name as fxroof's capture calls it, with the implementation where the call's shapes
+    pick one (NodeRow.cost_key); FLOPs as fxroof counts them; category) of one probe call."""
+    report = analyze(FunctionModule(probe.fn), args, chip=chip, mode="eager")
+    if len(kernels := report.kernels) != 1:
+        raise RuntimeError(f"calibration probe {probe.label} should be one op; fxroof captured "
+                           f"{', '.join(k.op for k in kernels) or 'none'}")
+    (node,) = (n for n in report.nodes if n.name in kernels[0].nodes)
+    return node.cost_key, kernels[0].flops, kernels[0].category
+
+
+def view_dispatch(clock: Clock) -> tuple[float, str]:
+    """Median host time of the view ops models call most, on a tiny tensor."""
+    x = torch.randn(4, 16, device=clock.dev)
+    t = statistics.median(tiny_call_times(clock, [partial(fn, x) for _, fn in VIEW_PROBES]))
+    return t, (f"median host time of a tiny call of each of "
+               f"{', '.join(label for label, _fn in VIEW_PROBES)} ({tiny_call_timing(clock)})")
+
+
+def vector_rate(rates: dict) -> tuple[float, str]:
+    # The median, not a pooled rate: a few slow ops (a CPU's tanh, max-pooling) would otherwise
+    # set the rate of every op not measured one by one.
+    return statistics.median(rates.values()), (
+        "median over the probe ops (pointwise, norms, softmax, reductions, pooling) of FLOPs as "
+        "fxroof counts them / time past the op's fixed cost, on a cache-resident 256 Ki-element "
+        "input (GPU: 4 Mi elements); the rate of ops not measured one by one, and of compiled "
+        "kernels")
+
+
+def each_rate(rates: dict) -> str:
+    return ", ".join(f"{op} {si(r, 'FLOP/s')}" for op, r in sorted(rates.items(),
+                                                                  key=lambda kv: -kv[1]))
+
+
+# -- overheads -------------------------------------------------------------------------------------
+
+def _beside_prediction(clock: Clock, chip: Chip, probes, mode: str, n: int) -> tuple:
+    """(Wall seconds per call of the `probes` modules (maker, input shape), summed; fxroof's
+    prediction of them in `mode`; their kernels). Each is timed as the best loop of `n` calls,
+    the modules taking turns, so a burst of other work on the machine cannot spoil all of one."""
+    predicted, kernels, calls = 0.0, 0, []
+    for make, shape in probes:
+        torch.manual_seed(0)
+        model = make().to(clock.dev).eval()
+        x = torch.randn(*shape, device=clock.dev)
+        report = analyze(model, (x,), chip=chip, mode=mode)
+        predicted, kernels = predicted + report.time_s, kernels + len(report.kernels)
+        run = torch.compile(model) if mode == "compiled" else model
+        run(x)                                        # warm (compiled: compiles)
+        calls.append(partial(run, x))
+    rounds = [[host_time(clock, call, n=n, loops=1) for call in calls]
+              for _ in range(5 if clock.quick else 9)]
+    return sum(map(min, zip(*rounds))), predicted, kernels
+
+
+def glue(clock: Clock, chip: Chip) -> tuple[float, dict]:
+    """Per op, what eager model code costs beyond its ops' own calls (module calls, views, Python
+    between ops): (wall time of the BLOCK_PROBES modules - fxroof's prediction of them on `chip`,
+    which holds each op's tiny-call cost in op_dispatch_s and their median in dispatch_s) / their
+    ops. Also the sources of op_dispatch_s and dispatch_s: the tiny calls plus this glue."""
+    wall, predicted, ops = _beside_prediction(clock, chip, BLOCK_PROBES, "eager",
+                                              25 if clock.quick else 100)
+    per_op = max((wall - predicted) / ops, 0.0)
+    bare = chip.op_dispatch_s
+    fixed = ", ".join(f"{op} {seconds(t)}" for op, t in sorted(bare.items(), key=lambda kv: kv[1]))
+    how = (f"each op's tiny call (4 x 16 elements, as model code calls it; "
+           f"{tiny_call_timing(clock)}) plus {seconds(per_op)} of glue per op: (wall time - "
+           f"prediction) / ops over small modules (a pre-norm transformer block, a gated RMS-norm "
+           f"MLP, a conv-BN-ReLU block; {ops} ops), the module calls, views and Python between ops")
+    return per_op, {"op_dispatch_s": f"per op: {how}. Tiny calls: {fixed}",
+                    "dispatch_s": f"ops not measured one by one: the median tiny call "
+                                  f"{seconds(chip.dispatch_s)} plus the glue; {how}"}
+
+
+def graph_launch(clock: Clock) -> tuple[float, str]:
+    """Per kernel replayed from a CUDA graph of tiny kernels."""
+    k, x = 200, torch.zeros(1, device=clock.dev)
+    side = torch.cuda.Stream(clock.dev)
+    side.wait_stream(torch.cuda.current_stream(clock.dev))
+    with torch.cuda.stream(side):             # warm up outside the capture, as CUDA graphs need
+        for _ in range(3):
+            x.add_(1)
+    torch.cuda.current_stream(clock.dev).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(k):
+            x.add_(1)
+    return clock.per_call(graph.replay) / k, (
+        f"per kernel of a CUDA graph of {k} tiny adds, replayed (CUDA events)")
+
+
+def program_call(clock: Clock, chip: Chip) -> tuple[float, str]:
+    """What entering a torch.compile'd module costs beyond its kernels (Dynamo's guards, the
+    module's parameters among them, and the wrapper): wall time of a compiled Linear + ReLU
+    module - fxroof's compiled prediction of it."""
+    wall, predicted, _ = _beside_prediction(
+        clock, chip, [(lambda: nn.Sequential(nn.Linear(64, 64), nn.ReLU()), (4, 64))],
+        "compiled", 50 if clock.quick else 200)
+    return max(wall - predicted, 0.0), (
+        f"a torch.compile'd Linear(64, 64) + ReLU on 4 rows: wall time per call {seconds(wall)} "
+        f"- fxroof's compiled prediction {seconds(predicted)} (best loop of many)")

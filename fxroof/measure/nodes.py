@@ -1,0 +1,230 @@
+"""Measured truth, eager mode: run the captured graph for real, node by node, and put fxroof's
+eager-mode prediction beside what the clock says.
+
+    m = measure(model, args, kwargs)          # chip: calibrated on this machine (cached)
+    print(m)                                  # total, per regime, the nodes that miss most
+    m.error                                   # (predicted - measured) / measured
+
+The total is the model's own eager forward, timed in turns with the graph run node by node
+(runner.py): its median is `measured_s`, its fastest run `best_s`, the spread of the runs
+`spread` (other work on a shared machine shows there first). Each node's figure is its median.
+The prediction is `analyze(..., mode="eager")` of the same graph: one kernel per op.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+import statistics
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from tabulate import tabulate
+
+from fxroof.chips import Chip
+from fxroof.chips.timing import REGIMES
+from fxroof.graph.capture import Captured
+from fxroof.measure.calibrate import calibrate
+from fxroof.measure.machine import cpu_threads, device_label
+from fxroof.measure.runner import (MeasureError, checked_call, device_of, forward_of, program,
+                                   timed_runs)
+from fxroof.pipeline import Target, report_of
+from fxroof.report.records import Report
+from fxroof.report.units import percent, seconds
+
+__all__ = ["MeasureError", "Measured", "Measurement", "NodeTiming", "local_chip", "measure",
+           "predicted", "relative_error"]
+
+
+def relative_error(predicted: float, measured: float) -> float:
+    """(predicted - measured) / measured; 0 when both are 0, inf when only measured is."""
+    if measured == 0:
+        return 0.0 if predicted == 0 else float("inf")
+    return (predicted - measured) / measured
+
+
+def _beside(predicted_s: float, measured_s: float) -> list[str]:
+    return [seconds(predicted_s), seconds(measured_s),
+            f"{relative_error(predicted_s, measured_s):+.0%}"]
+
+
+@dataclass(frozen=True)
+class NodeTiming:
+    """One node that is not a view: fxroof's eager kernel time beside the measured median."""
+    name: str
+    op: str
+    module: str
+    category: str
+    regime: str           # the predicted regime of the node's eager kernel
+    predicted_s: float
+    measured_s: float
+
+    @property
+    def error(self) -> float:
+        return relative_error(self.predicted_s, self.measured_s)
+
+    def to_dict(self) -> dict:
+        return {**self.__dict__, "error": self.error}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Measured:
+    """A model's forward timed for real beside fxroof's prediction of it, in either mode (each
+    names its JSON form's SCHEMA)."""
+    model: str
+    capture: str
+    chip: Chip
+    device: str
+    warmup: int
+    repeat: int
+    predicted_s: float    # fxroof's time of the whole graph
+    measured_s: float     # median wall time of the forward
+    best_s: float = 0.0   # fastest wall time: what the machine does undisturbed
+    spread: float = 0.0   # interquartile range of the wall times / their median: the noise
+    report: Report | None = field(default=None, compare=False, repr=False)  # the prediction
+
+    @property
+    def error(self) -> float:
+        """(predicted - measured) / measured for the whole forward: +0.2 = predicted 20% slow."""
+        return relative_error(self.predicted_s, self.measured_s)
+
+    def to_dict(self) -> dict:
+        plain = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                 if f.name not in ("chip", "report", "rows")}
+        return {"schema": self.SCHEMA, **plain, "chip": self.chip.to_dict(), "error": self.error}
+
+    def _head(self, mode: str, how: str = "") -> list[str]:
+        """The first lines of the printed form: what ran where, and the totals."""
+        mismatch = _thread_mismatch(self.device, self.chip.title)
+        return [f"fxroof measure · {self.model} on {self.device} · predicted on "
+                f"{self.chip.title} ({mode})",
+                f"predicted {seconds(self.predicted_s)} · measured {seconds(self.measured_s)} "
+                f"({how}median of {self.repeat}, best {seconds(self.best_s)}, spread "
+                f"{percent(self.spread)}) · error {self.error:+.0%}",
+                *([f"note: {mismatch}"] if mismatch else [])]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Measurement(Measured):
+    SCHEMA: ClassVar[str] = "fxroof.measurement/1"
+    rows: tuple           # NodeTiming, graph order
+    nodes_s: float        # sum of the per-node medians of `rows`
+    views_s: float        # sum of the per-node medians of view nodes (fxroof counts them free)
+    views: int = 0        # view nodes run (getitem, view, transpose...): free in fxroof's model
+
+    def by_regime(self) -> dict:
+        """Per predicted regime: predicted and measured time of its nodes, and the error.
+        Measured figures here are per-node medians, so they add up to `nodes_s`."""
+        return _grouped(self.rows, "regime", REGIMES)
+
+    def by_category(self) -> dict:
+        """Per op category (matmul, attention, pointwise, ...), like `by_regime`."""
+        return _grouped(self.rows, "category", sorted({r.category for r in self.rows}))
+
+    def to_dict(self) -> dict:
+        return super().to_dict() | {"by_regime": self.by_regime(),
+                                    "by_category": self.by_category(),
+                                    "nodes": [r.to_dict() for r in self.rows]}
+
+    def __str__(self) -> str:
+        def groups(key, by):
+            return tabulate([[k, v["nodes"], *_beside(v["predicted_s"], v["measured_s"])]
+                             for k, v in by.items()],
+                            [key, "nodes", "predicted", "measured", "error"], disable_numparse=True)
+        worst = sorted(self.rows, key=lambda r: -abs(r.predicted_s - r.measured_s))[:10]
+        nodes = [[r.name, r.op, r.regime, *_beside(r.predicted_s, r.measured_s)] for r in worst]
+        return "\n".join([
+            *self._head("eager"),
+            f"nodes run one by one: {seconds(self.nodes_s)} in {len(self.rows)} ops"
+            f" + {seconds(self.views_s)} in {self.views} views",
+            "", "By predicted regime", groups("regime", self.by_regime()),
+            "", "By op category", groups("category", self.by_category()),
+            "", "Largest misses",
+            tabulate(nodes, ["node", "op", "regime", "predicted", "measured", "error"],
+                     disable_numparse=True)])
+
+
+def _thread_mismatch(device: str, chip_title: str) -> str:
+    """Why a CPU prediction may be off: the chip was calibrated on another thread count."""
+    ran, calibrated = (re.search(r"(\d+) threads?\b", text) for text in (device, chip_title))
+    if ran and calibrated and ran.group(1) != calibrated.group(1):
+        return (f"the chip was calibrated on {calibrated.group(0)} and this ran on "
+                f"{ran.group(0)}: measure with --threads {calibrated.group(1)}, or calibrate "
+                f"with --threads {ran.group(1)}")
+    return ""
+
+
+def _grouped(rows, key: str, order) -> dict:
+    out = {}
+    for value in order:
+        group = [r for r in rows if getattr(r, key) == value]
+        if group:
+            p, m = sum(r.predicted_s for r in group), sum(r.measured_s for r in group)
+            out[value] = {"nodes": len(group), "predicted_s": p, "measured_s": m,
+                          "error": relative_error(p, m)}
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def local_chip(device: str = "cpu", threads: int | None = None) -> Chip:
+    """A chip calibrated on this machine for `device` at `threads` CPU threads, measured once
+    per process."""
+    return calibrate(device, threads=threads)
+
+
+@dataclass(frozen=True)
+class Predicted:
+    """The graph a measurement runs (named after the model), its real placeholder values, their
+    device as a measured run names it, and fxroof's prediction."""
+    captured: Captured
+    values: list
+    device: torch.device
+    where: str
+    report: Report
+
+    def measured(self, kind: type, walls: list, warmup: int, repeat: int, **fields):
+        """A `kind` of Measured: these wall times beside this prediction."""
+        wall = statistics.median(walls)
+        quartiles = statistics.quantiles(walls, n=4) if len(walls) > 1 else [wall] * 3
+        return kind(model=self.captured.name, capture=self.captured.strategy,
+                    chip=self.report.chip, device=self.where, warmup=warmup, repeat=repeat,
+                    predicted_s=self.report.time_s, measured_s=wall, best_s=min(walls),
+                    spread=(quartiles[2] - quartiles[0]) / wall if wall else 0.0,
+                    report=self.report, **fields)
+
+
+def predicted(model, args: tuple, kwargs: dict, chip, mode: str) -> Predicted:
+    """Capture `model`, find the real value of each placeholder and predict it in `mode` on
+    `chip` (None: this machine's device calibrated, for the thread count in use)."""
+    captured, values = program(model, args, kwargs)
+    device = device_of(values)
+    if chip is None:
+        chip = local_chip(device.type, torch.get_num_threads() if device.type == "cpu" else None)
+    return Predicted(captured, values, device, device_label(device),
+                     report_of(captured, Target(chip=chip, mode=mode)))
+
+
+def measure(model, args=(), kwargs=None, *, chip: str | Chip | None = None, warmup: int = 3,
+            repeat: int = 20, threads: int | None = None) -> Measurement:
+    """Run `model` for real on its own device and compare with fxroof's eager prediction.
+
+    model: an nn.Module (or an ExportedProgram / aten GraphModule) with real tensors on the device
+    it should run on; args, kwargs: its real inputs. chip: what the prediction uses; by default a
+    chip calibrated on this machine for the model's device and thread count (calibrated once per
+    process, then cached). threads: CPU threads torch uses while measuring (default: unchanged).
+    """
+    args, kwargs = checked_call(args, kwargs, warmup, repeat)
+    with cpu_threads(threads):
+        p = predicted(model, args, kwargs, chip, "eager")
+        walls, runs = timed_runs(p.device, warmup, repeat, forward=forward_of(model, args, kwargs),
+                                 gm=p.captured.gm, values=p.values)
+    medians = {n: statistics.median(run[n] for run in runs) for n in runs[0]}
+    kernels = {k.nodes[0]: k for k in p.report.kernels}
+    rows = tuple(NodeTiming(n.name, n.op, n.module, n.category, kernels[n.name].regime,
+                            kernels[n.name].time_s, medians.get(n.name, 0.0))
+                 for n in p.report.nodes if n.name in kernels)
+    views = {n: t for n, t in medians.items() if n not in {r.name for r in rows}}
+    return p.measured(Measurement, walls, warmup, repeat, rows=rows,
+                      nodes_s=sum(r.measured_s for r in rows), views_s=sum(views.values()),
+                      views=len(views))

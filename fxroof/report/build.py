@@ -1,0 +1,110 @@
+"""Report rows from an annotated graph and a kernel list: each node's cost, each kernel timed
+on the chip, its roofline floor and its expected time."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.fx as fx
+
+from fxroof.chips import Chip
+from fxroof.chips.expected import expected
+from fxroof.chips.timing import kernel_timing, overhead_per_kernel, rate_op
+from fxroof.cost import COST_KEY, Cost
+from fxroof.cost.record import MATRIX_CATEGORIES
+from fxroof.graph.nodes import module_path
+from fxroof.report.records import KernelRow, NodeRow
+
+
+def node_rows(gm: fx.GraphModule) -> tuple:
+    rows = []
+    for node in gm.graph.nodes:
+        cost: Cost | None = node.meta.get(COST_KEY)
+        if node.op != "call_function" or cost is None or (cost.category == "view" and cost.known):
+            continue
+        rows.append(NodeRow(node.name, op_name(node), module_path(node), cost.category, cost.flops,
+                            cost.bytes_read, cost.bytes_written, cost.dtype, cost.known, cost.note,
+                            cost.comm_bytes, cost.comm_steps, cost.variant,
+                            grid(node, cost)))
+    return tuple(rows)
+
+
+def grid(node: fx.Node, cost: Cost) -> tuple:
+    """A matrix op as the (batch, M, N, K) a library tiles: its output (a batched product's
+    batch; an attention's batch x heads by queries by head size; a convolution's implicit GEMM,
+    images x pixels by channels, () for grouped ones, which do not run as one GEMM; else the
+    output folded to rows by its last dim) and K, the multiply-adds per output element.
+    () where the shapes are not plain ints."""
+    out = node.meta.get("val")
+    out = out[0] if isinstance(out, (tuple, list)) and out else out
+    if cost.category not in MATRIX_CATEGORIES or not isinstance(out, torch.Tensor) \
+            or out.dim() < 2 or not cost.flops:
+        return ()
+    try:
+        shape = [int(d) for d in out.shape]
+        name = getattr(getattr(node.target, "overloadpacket", None), "__name__", "")
+        if cost.category == "attention" and len(shape) == 4:
+            bmn = (shape[0] * shape[1], shape[2], shape[3])
+        elif cost.category == "conv":
+            weight = node.args[1].meta["val"]
+            if int(node.args[0].meta["val"].shape[1]) != int(weight.shape[1]):
+                return ()
+            bmn = (1, shape[0] * math.prod(shape[2:]), shape[1])
+        elif name in ("bmm", "baddbmm") and len(shape) == 3:
+            bmn = tuple(shape)
+        else:
+            bmn = (1, math.prod(shape) // shape[-1], shape[-1])
+        return (*bmn, max(1, round(cost.flops / (2 * math.prod(bmn)))))
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError):   # symbolic, or no meta
+        return ()
+
+
+def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple, streamed: dict | None = None
+                ) -> tuple:
+    """streamed: {node name: {storage: bytes}} of state the node reads from memory on every pass
+    (memory.state_reads, where the footprint outgrows the chip's cache); none by default."""
+    by_name = {n.name: n for n in nodes}
+    streamed = streamed or {}
+    rows = []
+    for i, k in enumerate(kernels):
+        members = [by_name[n] for n in k.nodes if n in by_name]
+        # The main node names the kernel (an eager kernel is its one op).
+        main = next((m for m in members if m.category == k.category),
+                    members[0] if members else None)
+        op = main.op if main else ""
+        # the op whose own call runs the kernel (eager ops; a compiled program's library
+        # calls): a chip measured op by op costs it as that op
+        key = rate_op(mode, k.category, main.cost_key) if main else ""
+        state: dict = {}
+        for n in k.nodes:
+            state.update(streamed.get(n, {}))
+        comm = {"comm_bytes": sum(m.comm_bytes for m in members),
+                "comm_steps": sum(m.comm_steps for m in members)}
+        timing = kernel_timing(chip, flops=k.flops, bytes_moved=k.bytes, category=k.category,
+                               dtype=k.dtype,
+                               overhead_s=overhead_per_kernel(chip, mode, key, k.views, i == 0),
+                               rate_op=key, streamed_bytes=min(sum(state.values()), k.bytes_read),
+                               **comm)
+        label = (op if len(members) == 1 else f"{op} +{len(members) - 1}") if main \
+            else k.category
+        rows.append(KernelRow(tuple(k.nodes), label, k.module, k.category, k.dtype,
+                              k.flops, k.bytes_read, k.bytes_written, k.reason, timing,
+                              expected(chip, timing, k.category, main.grid if main else (),
+                                       **comm)))
+    return tuple(rows)
+
+
+# Ops whose keyword picks a different kernel: the name carries it ("gelu(tanh)"), so that tables
+# tell them apart and a chip measured op by op can cost each (a CPU's tanh GELU is 3x the erf's).
+_VARIANTS = {"gelu": "approximate"}
+
+
+def op_name(node: fx.Node) -> str:
+    target = node.target
+    name = getattr(target, "__name__", str(target))
+    packet = getattr(target, "overloadpacket", None)
+    name = getattr(packet, "__name__", name) if packet is not None else name
+    variant = node.kwargs.get(_VARIANTS[name]) if name in _VARIANTS else None
+    return f"{name}({variant})" if isinstance(variant, str) and variant != "none" else name
+
+

@@ -1,0 +1,242 @@
+"""Pass 3: the Report — every node and kernel on the chip's roofline, totals, regimes, tables.
+
+Built from the annotated graph and the kernel lists of both execution modes; frozen once built.
+`to_dict()` is the JSON schema (the CLI writes exactly this); `str(report)` is the terminal view.
+Every kernel has two times (docs/time-model.md): its roofline floor (`timing`, `floor_s`) and the
+expected time of a real run (`expected`), the gap between them named part by part. Times,
+regimes and totals are the expected ones; `roofline_fraction` is floor over expected.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from fxroof.chips import Chip
+from fxroof.chips.expected import GAP_PARTS, Expected
+from fxroof.chips.timing import REGIMES, Timing, intensity
+from fxroof.cost.record import MATRIX_CATEGORIES
+from fxroof.graph.memory import Footprint
+from fxroof.graph.nodes import fold_layers
+
+SCHEMA = "fxroof.report/1"
+
+
+@dataclass(frozen=True)
+class NodeRow:
+    name: str
+    op: str
+    module: str
+    category: str
+    flops: int
+    bytes_read: int
+    bytes_written: int
+    dtype: str
+    known: bool
+    note: str
+    comm_bytes: int = 0
+    comm_steps: int = 0
+    variant: str = ""     # the implementation a CPU build runs (Cost.variant): "onednn", ...
+    grid: tuple = ()      # a matrix op as (batch, M, N, K): the tiles a library computes
+
+    @property
+    def cost_key(self) -> str:
+        """The name a chip measured op by op files this call's costs under: the op, and the
+        implementation where the call's shapes pick one ("convolution(onednn)")."""
+        return f"{self.op}({self.variant})" if self.variant else self.op
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if k == "grid" else v for k, v in self.__dict__.items()
+                if k != "grid" or v}
+
+
+@dataclass(frozen=True)
+class KernelRow:
+    nodes: tuple
+    op: str               # the main node's op, what a reader recognises the kernel by
+    module: str
+    category: str
+    dtype: str
+    flops: int
+    bytes_read: int
+    bytes_written: int
+    reason: str
+    timing: Timing        # the roofline floor
+    expected: Expected    # the time of a real run, its gap to the floor named
+
+    bytes = property(lambda self: self.bytes_read + self.bytes_written)
+    intensity = property(lambda self: intensity(self.flops, self.bytes))   # FLOP per byte
+    time_s = property(lambda self: self.expected.time_s)       # expected, seconds
+    regime = property(lambda self: self.expected.regime)
+    floor_s = property(lambda self: self.timing.time_s)        # the roofline floor, seconds
+
+    @property
+    def roofline_fraction(self) -> float:
+        """Share of the roofline attained: the floor over the expected time."""
+        return self.floor_s / self.time_s if self.time_s else 1.0
+
+    def to_dict(self) -> dict:
+        t, e = self.timing, self.expected
+        return {"nodes": list(self.nodes), "op": self.op, "module": self.module,
+                "category": self.category, "dtype": self.dtype, "flops": self.flops,
+                "bytes_read": self.bytes_read, "bytes_written": self.bytes_written,
+                "intensity": _finite(self.intensity), "time_s": self.time_s, "regime": self.regime,
+                "roofline_fraction": self.roofline_fraction,
+                "compute_s": e.compute_s, "memory_s": e.memory_s, "comm_s": e.comm_s,
+                "overhead_s": e.overhead_s, "latency_s": e.latency_s, "reason": self.reason,
+                "floor_s": self.floor_s, "gap": dict(e.gap),
+                "floor": {"compute_s": t.compute_s, "memory_s": t.memory_s, "comm_s": t.comm_s,
+                          "overhead_s": t.overhead_s, "regime": t.regime}}
+
+
+@dataclass(frozen=True)
+class ModeSummary:
+    """One execution mode's kernels and what they add up to."""
+    mode: str
+    kernels: tuple
+
+    time_s = property(lambda self: sum(k.time_s for k in self.kernels))
+    floor_s = property(lambda self: sum(k.floor_s for k in self.kernels))   # at the roofline
+    bytes = property(lambda self: sum(k.bytes for k in self.kernels))
+
+    @property
+    def regime_share(self) -> dict:
+        total = self.time_s or 1.0
+        return {r: sum(k.time_s for k in self.kernels if k.regime == r) / total for r in REGIMES}
+
+    @property
+    def regime(self) -> str:
+        share = self.regime_share
+        return max(REGIMES, key=lambda r: share[r])
+
+    @property
+    def gap(self) -> dict:
+        """Seconds each part of the gap adds, over all kernels: time_s - floor_s in parts."""
+        return {p: sum(dict(k.expected.gap).get(p, 0.0) for k in self.kernels) for p in GAP_PARTS}
+
+    @property
+    def roofline_fraction(self) -> float:
+        return self.floor_s / self.time_s if self.time_s else 1.0
+
+
+@dataclass(frozen=True)
+class Report:
+    model: str
+    capture: str
+    chip: Chip
+    mode: str
+    nodes: tuple
+    eager: ModeSummary
+    compiled: ModeSummary
+    memory: Footprint
+    whatif: str = ""        # the quantization what-if applied (fxroof.whatif), "" for none
+    notes: tuple = ()       # caveats of the what-if
+    tp: int = 1             # tensor-parallel degree: > 1, the report is one rank's
+
+    weights_bytes = property(lambda self: self.memory.weights)
+
+    # -- the chosen mode ---------------------------------------------------------------------
+    @property
+    def summary(self) -> ModeSummary:
+        return self.compiled if self.mode == "compiled" else self.eager
+
+    # the chosen mode's kernels, expected time (seconds), regime and share of time per regime
+    kernels = property(lambda self: self.summary.kernels)
+    time_s = property(lambda self: self.summary.time_s)
+    regime = property(lambda self: self.summary.regime)
+    regime_share = property(lambda self: self.summary.regime_share)
+
+    # -- totals over nodes -------------------------------------------------------------------
+    flops = property(lambda self: sum(n.flops for n in self.nodes))
+    # unfused bytes: every op reads its inputs from and writes its outputs to memory
+    bytes = property(lambda self: sum(n.bytes_read + n.bytes_written for n in self.nodes))
+    fused_bytes = property(lambda self: self.compiled.bytes)
+    intensity = property(lambda self: intensity(self.flops, self.summary.bytes))  # in the mode
+
+    @property
+    def matrix_dtype(self) -> str:
+        """The dtype most matrix FLOPs run in: the one whose ridge point matters."""
+        flops: Counter = Counter()
+        for n in self.nodes:
+            if n.category in MATRIX_CATEGORIES:
+                flops[n.dtype] += n.flops
+        return flops.most_common(1)[0][0] if flops else "bf16"
+
+    @property
+    def coverage(self) -> float:
+        work = [n for n in self.nodes if n.category != "view"]
+        return sum(n.known for n in work) / len(work) if work else 1.0
+
+    @property
+    def unknown_ops(self) -> dict:
+        return dict(Counter(n.op for n in self.nodes if not n.known).most_common())
+
+    def to_dict(self) -> dict:
+        return {
+            "schema": SCHEMA, "model": self.model, "capture": self.capture,
+            "whatif": self.whatif, "notes": list(self.notes), "tp": self.tp,
+            "chip": self.chip.to_dict(), "mode": self.mode, "flops": self.flops,
+            "bytes": self.bytes, "fused_bytes": self.fused_bytes, "time_s": self.time_s,
+            "floor_s": self.summary.floor_s, "gap": self.summary.gap,
+            "regime": self.regime, "regime_share": self.regime_share,
+            "intensity": _finite(self.intensity),
+            "roofline_fraction": self.summary.roofline_fraction, "coverage": self.coverage,
+            "unknown_ops": self.unknown_ops, "weights_bytes": self.weights_bytes,
+            "memory": self.memory.to_dict(),
+            "compare": self.compare(),
+            "nodes": [n.to_dict() for n in self.nodes],
+            "kernels": [k.to_dict() for k in self.kernels],
+        }
+
+    def compare(self) -> dict:
+        """Before/after fusion: eager (one kernel per op) against compiled (fused kernels)."""
+        e, c = self.eager, self.compiled
+        return {
+            **{m.mode: {"kernels": len(m.kernels), "bytes": m.bytes, "time_s": m.time_s,
+                        "regime": m.regime} for m in (e, c)},
+            "bytes_saved": 1 - c.bytes / e.bytes if e.bytes else 0.0,
+            "time_saved": 1 - c.time_s / e.time_s if e.time_s else 0.0,
+        }
+
+    def module_rollup(self) -> list[dict]:
+        """Time, FLOPs and bytes by module, repeated layers folded together (layers.* )."""
+        rows: dict[str, dict] = {}
+        for k in self.kernels:
+            key = fold_layers(k.module) or "(top level)"
+            row = rows.setdefault(key, {"module": key, "kernels": 0, "flops": 0, "bytes": 0,
+                                        "time_s": 0.0})
+            for name, value in (("kernels", 1), ("flops", k.flops), ("bytes", k.bytes),
+                                 ("time_s", k.time_s)):
+                row[name] += value
+        return sorted(rows.values(), key=lambda r: -r["time_s"])
+
+    def check(self, **budgets):
+        """Pre-deployment checks (fxroof.report.checks.run_checks): max_time_ms, min_coverage,
+        memory_fit (on by default), max_regime_share={"overhead": 0.2}, lint="warn"|"fail"|"off"."""
+        from fxroof.report.checks import run_checks  # a view of the report, loaded when asked
+        return run_checks(self, **budgets)
+
+    def fusion_savings(self, n: int = 10) -> list[dict]:
+        """The fused kernels that save the most bytes against running their ops one by one."""
+        by_name = {r.name: r for r in self.nodes}
+        rows = []
+        for k in self.compiled.kernels:
+            eager = sum(by_name[m].bytes_read + by_name[m].bytes_written
+                        for m in k.nodes if m in by_name)
+            if len(k.nodes) > 1 and eager > k.bytes:
+                rows.append({"kernel": k.op, "module": k.module, "ops": len(k.nodes),
+                             "eager_bytes": eager, "fused_bytes": k.bytes,
+                             "saved_bytes": eager - k.bytes})
+        return sorted(rows, key=lambda r: -r["saved_bytes"])[:n]
+
+    def plot_roofline(self, path, **options):
+        """The chip's roofline with every kernel on it, to a .png or .svg (matplotlib extra)."""
+        from fxroof.report.plot import plot_roofline
+        return plot_roofline(self, path, **options)
+
+    def __str__(self) -> str:
+        from fxroof.report.tables import render
+        return render(self)
+
+
+def _finite(x: float):
+    return None if x == float("inf") else x

@@ -1,0 +1,192 @@
+"""The terminal view of a Report: a few tables that fit a 100-column terminal."""
+from __future__ import annotations
+
+import re
+import textwrap
+
+import tabulate as _tabulate
+
+from fxroof.graph.nodes import fold_layers
+from fxroof.report.units import percent, ratio, seconds, share, si
+
+TOP = 10
+
+
+_ALIGN = {"l": "left", "r": "right", "c": "center"}
+
+
+def table(rows, headers, align=None) -> str:
+    """align: a letter per column, "l", "r" or "c" ("lrr"), or tabulate's names."""
+    if isinstance(align, str):
+        align = tuple(_ALIGN[a] for a in align)
+    # tabulate pads every header by 2 by default, which costs a 100-column terminal ~20 columns.
+    padding, _tabulate.MIN_PADDING = _tabulate.MIN_PADDING, 0
+    try:
+        return _tabulate.tabulate(rows, headers=headers, tablefmt="simple", colalign=align,
+                                  disable_numparse=True)
+    finally:
+        _tabulate.MIN_PADDING = padding
+
+
+def _cut(text: str, width: int, keep_end: bool = True) -> str:
+    """Shorten to `width`: module paths keep their end (the leaf), op names their start."""
+    if len(text) <= width:
+        return text
+    return "…" + text[-(width - 1):] if keep_end else text[:width - 1] + "…"
+
+
+# What to try first, by regime (the seed's point: the fix depends on the bottleneck).
+ADVICE = {
+    "compute": "fewer FLOPs or faster math: fp8/int8 matmuls, a chip with a higher peak",
+    "memory": "fewer bytes: fuse, quantize weights and KV cache, batch more per weight read",
+    "communication": "less traffic: lower tensor-parallel degree, overlap, faster links",
+    "overhead": "fewer launches: torch.compile, CUDA graphs, larger batches",
+}
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("s" if n != 1 else "")
+
+
+def rank_label(r) -> str:
+    """' · one rank of tp=N' for a tensor-parallel report, '' otherwise."""
+    return f" · one rank of tp={r.tp}" if r.tp != 1 else ""
+
+
+def header(r) -> str:
+    dtype = r.matrix_dtype
+    ridge = r.chip.ridge(dtype)
+    bound = r.regime_share[r.regime]
+    lines = [
+        f"fxroof · {r.model} on {r.chip.title}{rank_label(r)} · {r.mode} · captured with "
+        f"{r.capture}",
+        f"time {seconds(r.time_s)} · {r.regime}-bound ({percent(bound)} of time)"
+        f" · {plural(len(r.kernels), 'kernel')} from {plural(len(r.nodes), 'op')}",
+        f"{si(r.flops, 'FLOP')} · {si(r.summary.bytes, 'B')} moved · {ratio(r.intensity)} FLOP/B"
+        f" ({dtype} ridge {ratio(ridge)}) · weights {si(r.weights_bytes, 'B')}" + fit(r),
+        f"roofline floor {seconds(r.summary.floor_s)} ({percent(r.summary.roofline_fraction)} of "
+        f"the time){gap(r.summary)} · coverage {share(r.coverage)}"
+        + (f" · no formula for: {', '.join(r.unknown_ops)}" if r.unknown_ops else "")
+        + (f" · what-if: {r.whatif}" if r.whatif else ""),
+        f"to go faster: {ADVICE[r.regime]}",
+    ]
+    return "\n".join(wrap(lines))
+
+
+def fit(r) -> str:
+    """' · needs 290 GB, more than a100-80gb's 80 GB' when the footprint outgrows the chip."""
+    need, have = r.memory.total, r.chip.mem_bytes
+    return (f" · needs {si(need, 'B')}, more than {r.chip.name}'s {si(have, 'B')}"
+            if need > have else "")
+
+
+def gap(summary) -> str:
+    """' · above it: matmul 1.2 ms, bandwidth 0.4 ms': where the expected time exceeds the floor."""
+    parts = sorted(((t, p) for p, t in summary.gap.items() if t > 0.005 * summary.time_s),
+                   reverse=True)
+    return (" · above it: " + ", ".join(f"{p} {seconds(t)}" for t, p in parts)) if parts else ""
+
+
+def regimes(r) -> str:
+    rows = []
+    for regime, part in sorted(r.regime_share.items(), key=lambda kv: -kv[1]):
+        ks = [k for k in r.kernels if k.regime == regime]
+        if ks:
+            rows.append([regime, len(ks), seconds(sum(k.time_s for k in ks)), percent(part)])
+    return table(rows, ["regime", "kernels", "time", "share"], "lrrr")
+
+
+def top_kernels(r, n: int = TOP) -> str:
+    """The costliest kernels, repeated layers folded into one row (layers.*, xN)."""
+    total = r.time_s or 1.0
+    groups: dict[tuple, list] = {}
+    for k in r.kernels:
+        # one row per op, module, shape and regime: "each" is then every member's
+        groups.setdefault((k.op, fold_layers(k.module), k.regime, k.flops, k.bytes), []).append(k)
+    ranked = sorted(groups.items(), key=lambda kv: -sum(k.time_s for k in kv[1]))[:n]
+    rows = []
+    for (op, module, regime, *_), ks in ranked:
+        one = ks[0]
+        rows.append([_cut(op, 16, keep_end=False), _cut(module or "-", 24), f"x{len(ks)}",
+                     si(one.flops, "F"), si(one.bytes, "B"), ratio(one.intensity),
+                     seconds(one.time_s),
+                     percent(sum(k.time_s for k in ks) / total), regime])
+    return table(rows, ["kernel", "module", "n", "FLOPs", "bytes", "FLOP/B", "each", "share",
+                         "bound"], "llrrrrrrl")
+
+
+def modules(r, n: int = TOP) -> str:
+    total = r.time_s or 1.0
+    rows = [[_cut(m["module"], 40), m["kernels"], si(m["flops"], "F"), si(m["bytes"], "B"),
+             seconds(m["time_s"]), percent(m["time_s"] / total)] for m in r.module_rollup()[:n]]
+    return table(rows, ["module", "kernels", "FLOPs", "bytes", "time", "share"], "lrrrrr")
+
+
+def compare(r) -> str:
+    c = r.compare()
+    rows = [[mode, c[mode]["kernels"], si(c[mode]["bytes"], "B"), seconds(c[mode]["time_s"]),
+             c[mode]["regime"]] for mode in ("eager", "compiled")]
+    rows.append(["saved", "", percent(c["bytes_saved"]), percent(c["time_saved"]), ""])
+    return table(rows, ["mode", "kernels", "bytes", "time", "regime"], "lrrrl")
+
+
+def render(r) -> str:
+    parts = [header(r), "", "Where the time goes", regimes(r), "", "Top kernels", top_kernels(r),
+             "", "By module", modules(r), "", "Eager (one kernel per op) vs compiled (fused)",
+             compare(r)]
+    return "\n".join(parts)
+
+
+def chip_table(chips) -> str:
+    rows = []
+    for c in chips:
+        half = c.half_dtype()
+        title = re.sub(r"\s*\(.*?\)", "", c.title)    # datasheet detail; `fxroof.chip()` has it
+        rows.append([c.name, _cut(title, 30, keep_end=False), si(c.matrix_flops(half), "FLOP/s"),
+                     si(c.mem_bw, "B/s"), ratio(c.ridge(half)), si(c.mem_bytes, "B"),
+                     si(c.link_bw, "B/s")])
+    return table(rows, ["name", "chip", "16-bit dense", "memory bw", "ridge", "memory",
+                         "link, 1 way"], "llrrrrr")
+
+
+def savings(r, n: int = TOP) -> str:
+    """Fused kernels that save the most bytes, repeated layers folded."""
+    groups: dict[tuple, list] = {}
+    for row in r.fusion_savings(n=len(r.compiled.kernels)):
+        groups.setdefault((row["kernel"], fold_layers(row["module"])), []).append(row)
+    ranked = sorted(groups.items(), key=lambda kv: -sum(x["saved_bytes"] for x in kv[1]))[:n]
+    rows = [[_cut(op, 20, keep_end=False), _cut(module or "-", 28), f"x{len(xs)}", xs[0]["ops"],
+             si(xs[0]["eager_bytes"], "B"), si(xs[0]["fused_bytes"], "B"),
+             si(sum(x["saved_bytes"] for x in xs), "B")] for (op, module), xs in ranked]
+    return table(rows, ["fused kernel", "module", "n", "ops", "eager", "fused", "saved, all"],
+                  "llrrrrr")
+
+
+def comparison(r) -> str:
+    return "\n".join([header(r), "", "Eager (one kernel per op) vs compiled (fused)", compare(r),
+                      "", "Fusions that save the most bytes", savings(r)])
+
+
+def diff(a: dict, b: dict) -> str:
+    """Two report dicts (to_dict / --json files) side by side."""
+    def row(label, key, fmt):
+        va, vb = a.get(key), b.get(key)
+        change = "" if not va or vb is None else f"{(vb - va) / va:+.1%}"
+        return [label, fmt(va), fmt(vb), change]
+    rows = [row("time", "time_s", seconds), row("FLOPs", "flops", lambda v: si(v, "FLOP")),
+            row("bytes, unfused", "bytes", lambda v: si(v, "B")),
+            row("bytes, fused", "fused_bytes", lambda v: si(v, "B")),
+            ["kernels", str(len(a["kernels"])), str(len(b["kernels"])), ""],
+            ["regime", a["regime"], b["regime"], "" if a["regime"] == b["regime"] else "changed"],
+            ["memory", si(a["memory"]["total"], "B"), si(b["memory"]["total"], "B"), ""],
+            ["coverage", share(a["coverage"]), share(b["coverage"]), ""],
+            ["chip", a["chip"]["name"], b["chip"]["name"], ""],
+            ["mode", a["mode"], b["mode"], ""]]
+    return table(rows, ["", "A", "B", "change"], "lrrr")
+
+
+def wrap(lines: list, width: int = 100) -> list:
+    """Prose lines folded to the terminal width tables keep to (tables are left as they are)."""
+    return [part for line in lines for part in (
+        textwrap.wrap(line, width, subsequent_indent="  ")
+        if len(line) > width and "\n" not in line else [line])]

@@ -1,0 +1,1 @@
+"""Studies built on analyze: sweeps, LLM phases, tensor-parallel scaling."""

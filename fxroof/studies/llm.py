@@ -1,0 +1,245 @@
+"""LLM inference: prefill and decode side by side, a whole generation, the critical batch.
+
+    g = fxroof.generation("models/llama.py", prompt=512, new_tokens=128, batch=1, chip="a100")
+    print(g)                  # prefill | first decode step | last decode step, then the totals
+    c = fxroof.critical_batch("models/llama.py", chip="a100", ctx=512)
+    print(c)                  # where decode's linear layers, and the whole step, turn compute-bound
+
+Workloads follow models/llama.py's convention: keyword options phase ("prefill" | "decode"),
+batch, seq (prompt tokens, prefill) and ctx (tokens already cached, decode), plus any `options`.
+Every decode step's time comes from the first and last steps, each kernel being affine in ctx,
+checked at a third (docs/sweeps.md says why); where that fails, from the steps themselves.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fxroof.chips.timing import REGIMES, intensity
+from fxroof.pipeline import Target, target_of
+from fxroof.report import tables
+from fxroof.report.records import Report
+from fxroof.report.units import percent, ratio, seconds, si
+from fxroof.studies.evaluator import Evaluator, builder, no_full_gc, totals
+from fxroof.studies.sweep import Sweep, cells, title
+from fxroof.studies.workload import DEFAULT_SPEC
+
+__all__ = ["CriticalBatch", "Generation", "critical_batch", "generation"]
+
+EVERY_STEP_UP_TO = 64      # steps reported one by one when affinity fails
+INTERPOLATION_POINTS = 9
+
+
+@dataclass(frozen=True)
+class Generation:
+    prompt: int
+    new_tokens: int
+    batch: int
+    prefill: Report
+    first: Report                # decode step 0 (ctx = prompt)
+    last: Report                 # decode step new_tokens - 1 (ctx = prompt + new_tokens - 1)
+    step_s: tuple                # every decode step's time
+    method: str                  # "affine in ctx", "every step" or "interpolated"
+    whatif: str = ""
+    notes: tuple = ()
+
+    prefill_s = property(lambda self: self.prefill.time_s)
+    decode_s = property(lambda self: sum(self.step_s))
+    total_s = property(lambda self: self.prefill_s + self.decode_s)
+
+    # new tokens a second over the whole generation, every sequence of the batch counted
+    tokens_per_s = property(lambda self: self.batch * self.new_tokens / self.total_s
+                            if self.total_s else 0.0)
+    # the mean decode step: the time between two tokens of one sequence
+    per_token_s = property(lambda self: self.decode_s / self.new_tokens if self.new_tokens else 0.0)
+
+    def to_dict(self) -> dict:
+        named = ("prompt", "new_tokens", "batch", "whatif", "method", "prefill_s", "decode_s",
+                 "total_s", "tokens_per_s", "per_token_s")
+        return {"schema": "fxroof.generation/1", "chip": self.prefill.chip.name,
+                "mode": self.prefill.mode, **{k: getattr(self, k) for k in named},
+                "prefill": totals(self.prefill), "decode_first": totals(self.first),
+                "decode_last": totals(self.last), "step_s": list(self.step_s),
+                "notes": list(self.notes)}
+
+    def __str__(self) -> str:
+        b, n, prompt = self.batch, self.new_tokens, self.prompt
+        figures = [cells(r) for r in (self.prefill, self.first, self.last)]
+        rows = [["tokens/step", f"{b}x{prompt}", f"{b}x1", f"{b}x1"],
+                ["keys read", f"≤{prompt}", f"{prompt + 1}", f"{prompt + n}"],
+                *([name, *(f[name] for f in figures)] for name in figures[0])]
+        table = tables.table(rows, ["", "prefill", "decode, step 1", f"decode, step {n}"], "lrrr")
+        share = self.decode_s / self.total_s if self.total_s else 0.0
+        lines = [title("generation", self.prefill, f"batch {b}, prompt {prompt} + {n} new tokens"),
+                 "", table, "",
+                 f"total {seconds(self.total_s)} = prefill {seconds(self.prefill_s)} "
+                 f"({percent(1 - share)}) + {n} decode steps {seconds(self.decode_s)} "
+                 f"({percent(share)})",
+                 f"first token after {seconds(self.prefill_s)} · then one every "
+                 f"{seconds(self.per_token_s)} · {si(self.tokens_per_s, 'tokens/s')} overall",
+                 f"decode steps: {self.method}"]
+        return "\n".join(tables.wrap(lines + list(self.notes)))
+
+
+@no_full_gc()
+def generation(workload="", *, prompt: int, new_tokens: int, batch: int = 1,
+               options: dict | None = None, target: Target | None = None,
+               **fields) -> Generation:
+    """Prefill of `prompt` tokens then `new_tokens` decode steps, for `batch` sequences.
+
+    workload: a workload spec or function following models/llama.py's options (default: the
+    bundled Llama-2-7B). target: the Target, or its fields as keywords (chip=, mode=,
+    quantize=, tp=, ...), for every phase; with tp > 1 the times are one rank's.
+    """
+    if prompt < 1 or new_tokens < 1 or batch < 1:
+        raise ValueError("prompt, new_tokens and batch must be >= 1")
+    workload, target = workload or DEFAULT_SPEC, target_of(target, **fields)
+
+    def phase(name: str, variable: str, probes) -> Evaluator:
+        options_at = {**(options or {}), "batch": batch, "phase": name}
+        return Evaluator(builder(workload, variable, options_at), variable, probes, target)
+
+    prefill = phase("prefill", "seq", [prompt]).point(prompt).report
+    last, mid = prompt + new_tokens - 1, prompt + (new_tokens - 1) // 2
+    steps = [prompt, mid, last] if new_tokens > 3 else range(prompt, last + 1)
+    decode = phase("decode", "ctx", steps)
+    notes = [f"note: {decode.why_not}"] if decode.why_not else []
+    notes += [f"note: ctx={p.value}: {p.note}" for p in map(decode.point, steps) if p.note]
+    first, middle, final = (decode.point(c).report for c in (prompt, mid, last))
+    step_s = new_tokens > 3 and _affine_steps(first, middle, final, mid - prompt, new_tokens)
+    method = ("each kernel's compute, memory and overhead time affine in ctx, from the first "
+              f"and last steps; checked at ctx={mid}")
+    if not step_s and new_tokens <= EVERY_STEP_UP_TO:
+        step_s = [decode.point(c).time_s for c in range(prompt, last + 1)]
+        method = "every step reported" + (
+            " (kernels are not affine in ctx here)" if new_tokens > 3 else "")
+    elif not step_s:
+        step_s = _interpolated(decode, prompt, last)
+        method = (f"interpolated between {INTERPOLATION_POINTS} steps (kernels are not affine in "
+                  f"ctx here): approximate")
+    return Generation(prompt, new_tokens, batch, prefill, first, final, tuple(step_s), method,
+                      target.whatif, tuple(notes))
+
+
+def _affine_steps(first: Report, mid: Report, last: Report, j_mid: int, n: int):
+    """Each decode step's time from per-kernel affinity in ctx, or None if it does not hold."""
+    if not len(first.kernels) == len(mid.kernels) == len(last.kernels):
+        return None
+    varying, constant = [], 0.0
+    for a, m, b in zip(first.kernels, mid.kernels, last.kernels):
+        if not (a.nodes == m.nodes == b.nodes and a.category == b.category and a.dtype == b.dtype):
+            return None
+        for f in ("flops", "bytes_read", "bytes_written"):   # integers: the check is exact
+            if (getattr(m, f) - getattr(a, f)) * (n - 1) != (getattr(b, f) - getattr(a, f)) * j_mid:
+                return None
+        if (a.flops, a.bytes, a.expected.comm_s) == (b.flops, b.bytes, b.expected.comm_s):
+            constant += a.time_s
+        else:
+            varying.append((a.expected, b.expected))
+    # compute, memory and link times are affine in ctx, the kernel's time (their bound) is not
+    return [sum((a.between(b, j / (n - 1)).time_s for a, b in varying), constant)
+            for j in range(n)]
+
+
+def _interpolated(decode: Evaluator, first: int, last: int) -> list:
+    at = sorted({first + round(i * (last - first) / (INTERPOLATION_POINTS - 1))
+                 for i in range(INTERPOLATION_POINTS)})
+    times = [decode.point(c).time_s for c in at]
+    steps = []
+    for lo, hi, t_lo, t_hi in zip(at, at[1:], times, times[1:]):
+        steps += [t_lo + (t_hi - t_lo) * (c - lo) / (hi - lo) for c in range(lo, hi)]
+    return steps + [times[-1]]
+
+
+# -- critical batch -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CriticalBatch:
+    """Where batching turns decode compute-bound on a chip: a decode linear reads its weights
+    once for the whole batch, so its intensity is about the batch (docs/sweeps.md).
+    Regimes are the roofline floor's (KernelRow.timing): tile padding would move the turn."""
+    ctx: int
+    ridge: float                 # FLOP/B where the decode matmuls' dtype turns compute-bound
+    dtype: str
+    linear_batch: int | None     # smallest batch where every linear layer is compute-bound
+    step_batch: int | None       # smallest batch where the whole step is, None: not up to max
+    max_batch: int
+    sweep: Sweep                 # every batch evaluated on the way, in batch order
+
+    def to_dict(self) -> dict:
+        return {"schema": "fxroof.critical_batch/1", "ctx": self.ctx, "ridge": self.ridge,
+                "dtype": self.dtype, "linear_batch": self.linear_batch,
+                "step_batch": self.step_batch, "max_batch": self.max_batch,
+                "points": [{**p.to_dict(), "linear_intensity": linear_intensity(p.report),
+                            "linear_regime": linear_regime(p.report)} for p in self.sweep.points]}
+
+    def __str__(self) -> str:
+        rows = [[p.value, seconds(p.time_s), si(p.throughput, "tok/s"),
+                 ratio(linear_intensity(p.report)), linear_regime(p.report),
+                 _floor_regime(p.report.kernels)] for p in self.sweep.points]
+        table = tables.table(rows, ["batch", "step time", "throughput", "linear FLOP/B",
+                                     "linears", "whole step"], "rrrrll")
+        never = f"none up to batch {self.max_batch}"
+        lines = [title("critical batch", self.sweep.points[0].report,
+                       subject=f" decode at ctx {self.ctx}"),
+                 f"{self.dtype} ridge point {ratio(self.ridge)} FLOP/B; a decode linear's "
+                 f"intensity is about the batch", "", table, "",
+                 f"every linear layer compute-bound from batch: {self.linear_batch or never}",
+                 f"the whole step compute-bound from batch: {self.step_batch or never}"
+                 + ("" if self.step_batch else
+                    " (attention reads each sequence's own KV cache: its intensity does not "
+                    "grow with batch)")]
+        return "\n".join(tables.wrap(lines))
+
+
+def _matmuls(r: Report) -> list:
+    return [k for k in r.kernels if k.category == "matmul"]
+
+
+def linear_intensity(r: Report) -> float:
+    ks = _matmuls(r)
+    return intensity(sum(k.flops for k in ks), sum(k.bytes for k in ks))
+
+
+def _floor_regime(kernels) -> str:
+    """The roofline regime that holds the most of these kernels' floor time."""
+    time = {g: sum(k.timing.time_s for k in kernels if k.timing.regime == g) for g in REGIMES}
+    return max(REGIMES, key=time.get) if kernels else "-"
+
+
+def linear_regime(r: Report) -> str:
+    """On the roofline: "compute" when every matmul kernel is compute-bound, "mixed" when some
+    are, else the regime of most matmul floor time."""
+    regimes = {k.timing.regime for k in _matmuls(r)}
+    if "compute" in regimes:
+        return "compute" if regimes == {"compute"} else "mixed"
+    return _floor_regime(_matmuls(r))
+
+
+@no_full_gc()
+def critical_batch(workload="", *, ctx: int = 512, options: dict | None = None,
+                   max_batch: int = 4096, target: Target | None = None,
+                   **fields) -> CriticalBatch:
+    """Smallest batches at which decode's linear layers, then the whole step, are compute-bound.
+
+    Batches double from 1 until each turns (or max_batch), then a bisection finds the first one;
+    each predicate is taken to be monotone in batch (more rows per weight read). target: the
+    Target or its fields as keywords; with tp > 1 one rank of the split is searched.
+    """
+    workload, target = workload or DEFAULT_SPEC, target_of(target, **fields)
+    ladder = [1 << i for i in range(max_batch.bit_length())]       # powers of 2 up to max_batch
+    ev = Evaluator(builder(workload, "batch", {**(options or {}), "phase": "decode", "ctx": ctx}),
+                   "batch", ladder[:3], target)
+
+    def first(holds) -> int | None:
+        hi = next((b for b in ladder if holds(ev.point(b).report)), None)
+        lo = (hi or 0) // 2          # the ladder's step before hi: it does not hold there
+        while hi is not None and hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if holds(ev.point(mid).report) else (mid, hi)
+        return hi
+
+    linear = first(lambda r: linear_regime(r) == "compute")
+    step = first(lambda r: _floor_regime(r.kernels) == "compute")
+    dtype = ev.point(1).report.matrix_dtype
+    return CriticalBatch(ctx, target.chip.ridge(dtype), dtype, linear, step, max_batch,
+                         Sweep.of(ev, sorted(ev.points)))

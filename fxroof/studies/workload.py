@@ -1,0 +1,67 @@
+"""Load a workload: `path/to/file.py[:FUNC]` whose FUNC (default `workload`) returns
+(model, args) or (model, args, kwargs), called with the options as keywords."""
+from __future__ import annotations
+
+import contextlib
+import runpy
+from pathlib import Path
+
+from fxroof.errors import one_line
+
+DEFAULT_SPEC = str(Path(__file__).resolve().parents[2] / "models" / "llama.py")   # Llama-2-7B
+
+
+class WorkloadError(ValueError):
+    """A workload file or function could not be loaded or did not return a model."""
+
+
+def parse_value(text: str):
+    """--set values: ints, floats, booleans and None are parsed; anything else stays a string."""
+    words = {"true": True, "false": False, "none": None}
+    if text.lower() in words:
+        return words[text.lower()]
+    for kind in (int, float):
+        with contextlib.suppress(ValueError):
+            return kind(text)
+    return text
+
+
+def parse_sets(pairs) -> dict:
+    options = {}
+    for pair in pairs or ():
+        key, eq, value = pair.partition("=")
+        if not eq or not key.strip().isidentifier():
+            raise WorkloadError(f"--set expects KEY=VALUE with KEY a Python name, got {pair!r}")
+        options[key.strip()] = parse_value(value.strip())
+    return options
+
+
+def load(spec: str, options: dict | None = None):
+    """(model, args, kwargs) from a workload spec, called with `options` as keyword arguments."""
+    path_text, _, func_name = spec.partition(":") if not Path(spec).exists() else (spec, "", "")
+    func_name = func_name or "workload"
+    path = Path(path_text)
+    if not path.is_file():
+        raise WorkloadError(f"no workload file {path_text!r}")
+    try:
+        namespace = runpy.run_path(str(path), run_name=f"fxroof_workload_{path.stem}")
+    except Exception as e:
+        raise WorkloadError(f"{path}: could not be imported: {one_line(e, name=True)}") from e
+    func = namespace.get(func_name)
+    if not callable(func):
+        raise WorkloadError(f"{path} has no function {func_name!r}")
+    try:
+        result = func(**(options or {}))
+    except Exception as e:
+        shown = ", ".join(f"{k}={v!r}" for k, v in (options or {}).items())
+        raise WorkloadError(f"{path}:{func_name}({shown}) raised {one_line(e, name=True)}") from e
+    return unpack(result, f"{path}:{func_name}")
+
+
+def unpack(result, where: str) -> tuple:
+    """(model, args as a tuple, kwargs as a dict) from what a workload function returned."""
+    if not isinstance(result, tuple) or len(result) not in (2, 3):
+        raise WorkloadError(f"{where} must return (model, args) or (model, args, kwargs), got "
+                            f"{type(result).__name__}")
+    model, args, kwargs = (*result, {}) if len(result) == 2 else result
+    return model, tuple(args) if isinstance(args, (tuple, list)) else (args,), dict(kwargs or {})

@@ -1,0 +1,181 @@
+"""The expected-time model beside the roofline floor: each part of the gap by hand arithmetic."""
+import pytest
+import torch
+from helpers import fn_module
+
+import fxroof
+from fxroof.chips import Chip, chip
+from fxroof.chips.expected import expected, tile_factor
+from fxroof.chips.timing import Timing, comm_time
+
+H100 = chip("h100-sxm")     # 132 SMs, 989.4 TFLOP/s bf16, 3.35 TB/s
+
+
+def meta(*shape, dtype=torch.bfloat16):
+    return torch.empty(*shape, dtype=dtype, device="meta")
+
+
+def gpu(**figures) -> Chip:
+    """A GPU made in code: 1 TFLOP/s matrix and vector, 1 GB/s, with the given figures."""
+    return Chip("g", "Test GPU", "gpu", {"fp32": 1e12, "bf16": 1e12}, vector_flops=1e12,
+                mem_bw=1e9, mem_bytes=1e10, link_bw=1e9, link_latency_s=5e-6, launch_s=2e-6,
+                dispatch_s=10e-6, **figures)
+
+
+# --- tile and wave quantization: whole tiles by whole k-blocks, in whole waves over the SMs ---
+
+def test_waves_of_a_square_gemm_by_hand():
+    # 1024 x 1024 x K=64 (one k-block) on 108 SMs. 128x128 tiles: 64 tiles, one wave of 108:
+    # 108 / 64 = 1.6875. 64x64 tiles: 256 tiles, ceil(256 / 108) = 3 waves: 3 * 108 / 256
+    # = 1.2656, the least of the library's tiles.
+    assert tile_factor((1, 1024, 1024, 64), 108, "matmul") == pytest.approx(3 * 108 / 256)
+    # K = 1024: 16 k-blocks share out over the SMs. 64x64: 256 x 16 = 4096 units, ceil(37.9)
+    # = 38 waves: 38 * 108 / 4096 = 1.0020
+    assert tile_factor((1, 1024, 1024, 1024), 108, "matmul") == pytest.approx(38 * 108 / 4096)
+
+
+def test_a_small_output_with_a_long_reduction_splits_it():
+    # 64 x 256 x K=1024 on 108 SMs: 4 tiles of 64x64 alone would fill 4 SMs (27x the work);
+    # split into 16 k-blocks, 64 units run in one wave: 108 / 64 = 1.6875
+    assert tile_factor((1, 64, 256, 1024), 108, "matmul") == pytest.approx(108 / 64)
+
+
+def test_a_matrix_vector_product_is_padded_to_8_rows_not_64():
+    # M = 1, N = K = 4096 on 108 SMs: 8-row tiles; 8x64: 64 tiles x 64 k-blocks = 4096 units,
+    # 38 waves: 38 * 108 * 8 * 64 * 64 / (4096 * 4096) = 8.016 (a 64-row tile: 64x)
+    assert tile_factor((1, 1, 4096, 4096), 108, "matmul") == pytest.approx(
+        38 * 108 * 8 * 64 * 64 / 4096**2)
+
+
+def test_attention_tiles_query_rows_over_whole_heads():
+    # 192 (batch x heads) x 197 queries x head size 64, K = 2 x 197 keys = 394 (7 k-blocks), on
+    # 132 SMs. 64-row blocks: 192 x 4 x 7 = 5376 units, ceil(40.7) = 41 waves:
+    # 41 * 132 * 64 * 64 * 64 / (192 * 197 * 64 * 394) = 1.5105
+    assert tile_factor((192, 197, 64, 394), 132, "attention") == pytest.approx(
+        41 * 132 * 64 * 64 * 64 / (192 * 197 * 64 * 394))
+
+
+def test_no_sms_or_no_grid_no_quantization():
+    assert tile_factor((1, 100, 100, 100), 0, "matmul") == 1.0
+    assert tile_factor((), 108, "matmul") == 1.0
+
+
+# --- each part of the gap ---
+
+def test_matmul_efficiency_and_tiles_on_a_compute_bound_kernel_by_hand():
+    c = gpu(sm_count=108, matmul_efficiency=0.8)
+    floor = Timing(compute_s=1e-3, memory_s=1e-4, comm_s=0, overhead_s=2e-6)
+    e = expected(c, floor, "matmul", grid=(1, 1024, 1024, 64))
+    q = 3 * 108 / 256                                    # 1.2656, as above
+    assert e.compute_s == pytest.approx(1e-3 * q / 0.8)  # 1.582 ms
+    gap = dict(e.gap)
+    assert gap["tiles"] == pytest.approx(1e-3 * (q - 1))            # 0.2656 ms
+    assert gap["matmul"] == pytest.approx(1e-3 * q * (1 / 0.8 - 1))  # 0.3164 ms
+    # overlap: 1.582 + 0.1 - 0.95 * 0.1 = 1.587 ms; no kernel floor figure: nothing more
+    assert e.time_s == pytest.approx(1e-3 * q / 0.8 + 1e-4 * 0.05)
+    assert e.regime == "compute"
+
+
+def test_overlap_near_the_ridge_by_hand():
+    # compute and memory 10 us each: XLA's 0.95 overlap gives 10 + 10 - 9.5 = 10.5 us
+    e = expected(gpu(), Timing(10e-6, 10e-6, 0, 0), "pointwise")
+    assert e.time_s == pytest.approx(10.5e-6)
+    assert dict(e.gap)["overlap"] == pytest.approx(0.5e-6)
+
+
+def test_bandwidth_efficiency_by_hand():
+    # 1 MB at 1 GB/s = 1 ms floor; at 0.8 of the bandwidth 1.25 ms
+    e = expected(gpu(bw_efficiency=0.8), Timing(0, 1e-3, 0, 2e-6), "pointwise")
+    assert e.time_s == pytest.approx(1.25e-3)
+    assert e.regime == "memory"
+
+
+def test_the_latency_floor_adds_to_the_work_and_reads_as_overhead():
+    # a 0.2 us copy on a chip whose kernels take 3 us more: 3.2 us, above the 2 us launch
+    e = expected(gpu(kernel_floor_s=3e-6), Timing(0, 0.2e-6, 0, 2e-6), "copy")
+    assert e.time_s == pytest.approx(3.2e-6)
+    assert e.regime == "overhead"                  # its fixed time, not its bytes, dominates
+    # behind a 10 us eager dispatch the device's 3.2 us are hidden
+    hidden = expected(gpu(kernel_floor_s=3e-6), Timing(0, 0.2e-6, 0, 10e-6), "copy")
+    assert hidden.time_s == pytest.approx(10e-6)
+
+
+def test_a_small_all_reduce_pays_nccls_base_latency():
+    # 16 KiB over 8 ranks on an H100: 28,672 B sent, 14 steps. LL protocol: 6.6 us base
+    # + 14 x 0.9 us + 28,672 B / (450e9 x 0.81 x 0.5) = 6.6 + 12.6 + 0.157 = 19.36 us
+    sent, steps = 28_672, 14
+    floor = Timing(0, 0, comm_time(H100, sent, steps), 0)
+    e = expected(H100, floor, "collective", comm_bytes=sent, comm_steps=steps)
+    assert e.comm_s == pytest.approx(6.6e-6 + 14 * 0.9e-6 + sent / (450e9 * 0.81 * 0.5))
+    assert e.latency_s == 0                       # NCCL's base latency is the kernel's fixed time
+    assert comm_time(H100, sent, steps) == pytest.approx(14 * 0.9e-6 + sent / 225e9)  # the floor
+
+
+def test_between_interpolates_the_parts_of_a_kernel_affine_in_a_size():
+    # a memory-bound kernel whose bytes grow: halfway between, the expected time is that of
+    # the kernel with the halfway bytes
+    c = chip("a100-80gb")
+    a, b = (expected(c, Timing(1e-6, m, 0, 2e-6), "pointwise") for m in (10e-6, 30e-6))
+    mid = expected(c, Timing(1e-6, 20e-6, 0, 2e-6), "pointwise")
+    assert a.between(b, 0.5).time_s == pytest.approx(mid.time_s)
+
+
+# --- on real chips, through analyze ---
+
+def test_a_big_bf16_matmul_on_h100_by_hand():
+    n = 8192
+    r = fxroof.analyze(fn_module(torch.mm), (meta(n, n), meta(n, n)), chip="h100-sxm")
+    assert len(r.kernels) == 1
+    c, m = 2 * n**3 / 989.4e12, 3 * n * n * 2 / 3.35e12    # 1.1113 ms, 0.1202 ms: the floor
+    assert r.summary.floor_s == pytest.approx(c)
+    # 128x128 tiles: 4096 tiles x 128 k-blocks = 524,288 units, 3972 waves of 132 (1.00003);
+    # 0.803 of the peak; memory at 0.834 of 3.35 TB/s, overlapped at 0.95; the 1 us kernel
+    # floor: 1.3840 + 0.0072 + 0.001 = 1.3922 ms
+    q = 3972 * 132 / 524_288
+    c_e, m_e = c * q / 0.803, m / 0.834
+    assert r.time_s == pytest.approx(c_e + m_e - 0.95 * m_e + 1e-6)
+    assert r.summary.roofline_fraction == pytest.approx(c / r.time_s)   # 0.80 of the roofline
+    d = r.to_dict()
+    assert d["floor_s"] == pytest.approx(c) and d["time_s"] == pytest.approx(r.time_s)
+    assert d["gap"]["matmul"] == pytest.approx(c * q * (1 / 0.803 - 1))
+    kd = d["kernels"][0]
+    assert kd["floor"]["compute_s"] == pytest.approx(c) and kd["compute_s"] == pytest.approx(c_e)
+    assert kd["regime"] == kd["floor"]["regime"] == "compute"
+
+
+def test_cpu_chips_keep_expected_equal_to_the_floor():
+    mlp = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.GELU(), torch.nn.Linear(256, 64))
+    for mode in ("eager", "compiled"):
+        r = fxroof.analyze(mlp, (torch.randn(8, 64),), chip="cpu", mode=mode)
+        for k in r.kernels:
+            assert k.time_s == k.floor_s and k.regime == k.timing.regime
+            assert all(s == 0 for _, s in k.expected.gap)
+        assert r.summary.roofline_fraction == 1.0
+
+
+def test_the_floor_is_the_roofline_unchanged():
+    # a large bf16 add on H100: 2 reads + 1 write of 2^28 bf16 at 3.35 TB/s = 480.8 us floor;
+    # expected at 0.834 of the bandwidth, plus 1 us: 577.5 us
+    n = 1 << 28
+    r = fxroof.analyze(fn_module(torch.add), (meta(n), meta(n)), chip="h100-sxm")
+    (k,) = r.kernels
+    assert k.floor_s == pytest.approx(3 * n * 2 / 3.35e12)
+    assert k.timing.memory_s == pytest.approx(3 * n * 2 / 3.35e12)
+    compute = n / 67e12                          # 2^28 adds on the fp32 CUDA cores
+    memory = 3 * n * 2 / 3.35e12 / 0.834
+    assert r.time_s == pytest.approx(memory + 0.05 * compute + 1e-6)
+    assert r.regime == "memory"
+
+
+def test_grids_of_matrix_ops_in_the_node_rows():
+    x = meta(4, 16, 64)
+    r = fxroof.analyze(torch.nn.Sequential(torch.nn.Linear(64, 48)), (x,), chip="h100-sxm")
+    assert [n.grid for n in r.nodes if n.category == "matmul"] == [(1, 64, 48, 64)]  # 4*16 rows
+    conv = torch.nn.Conv2d(3, 32, 3, padding=1).to(torch.bfloat16)
+    r = fxroof.analyze(conv, (meta(2, 3, 8, 8),), chip="h100-sxm")
+    # implicit GEMM: 2 images x 64 pixels by 32 channels, K = 3 channels x 3 x 3 = 27
+    assert [n.grid for n in r.nodes if n.category == "conv"] == [(1, 2 * 8 * 8, 32, 27)]
+    depthwise = torch.nn.Conv2d(8, 8, 3, groups=8).to(torch.bfloat16)
+    r = fxroof.analyze(depthwise, (meta(2, 8, 8, 8),), chip="h100-sxm")
+    assert [n.grid for n in r.nodes if n.category == "conv"] == [()]   # not one GEMM
+    assert "grid" not in r.to_dict()["nodes"][0]
