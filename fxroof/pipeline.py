@@ -49,9 +49,8 @@ class Target:
             raise ValueError("quantization what-ifs need matmul_epilogues=False: a matmul fused "
                              "with its epilogues counts its bytes from tensor sizes, not its Cost")
 
-    @property
-    def whatif(self) -> str:
-        return self.quantize.label if self.quantize else ""
+    # the what-if's label, as reports print it; "" for none
+    whatif = property(lambda self: self.quantize.label if self.quantize else "")
 
 
 def target_of(target: Target | None = None, **fields) -> Target:

@@ -75,6 +75,14 @@ def test_a_budget_that_cannot_be_meant_is_a_usage_error(budget, message):
         r.check(**budget)
 
 
+def test_every_budget_at_once():
+    r = fxroof.analyze(fn_module(torch.cos), (torch.randn(8),))
+    result = r.check(max_time_ms=1, min_coverage=1, max_regime_share={"overhead": 1.0}, lint="fail")
+    assert [c.name for c in result.checks] == ["time", "coverage", "memory fit", "overhead share",
+                                               "dtype: fp32 matmuls", "dtype: upcasts"]
+    assert result.ok          # a 2 us cos of 8 fp32 numbers on an H100: within every budget
+
+
 def test_coverage_just_short_of_full_never_prints_as_100_percent():
     assert share(0.9973) == "99.7%" and share(0.99999) == "99.9%" and share(1.0) == "100%"
     assert share(0.00001) == "0.1%" and share(0.0) == "0%" and share(0.25) == "25%"

@@ -68,10 +68,6 @@ def load_chip_file(path: Union[str, "os.PathLike[str]"]) -> Chip:
     return chip_from_json(_parse(text, str(p)), str(p), require_sources=False)
 
 
-def _looks_like_path(spec: str) -> bool:
-    return spec.lower().endswith(".json") or "/" in spec or os.sep in spec or os.path.isfile(spec)
-
-
 def chip(spec: ChipSpec) -> Chip:
     """A Chip from a name or alias (case-insensitive), a chip file path, or a Chip (returned as is)."""
     if isinstance(spec, Chip):
@@ -83,11 +79,11 @@ def chip(spec: ChipSpec) -> Chip:
     index = _table()[1]
     if _key(spec) in index:
         return index[_key(spec)]
-    if _looks_like_path(spec):
-        return load_chip_file(spec)
+    if spec.lower().endswith(".json") or "/" in spec or os.sep in spec or os.path.isfile(spec):
+        return load_chip_file(spec)     # a path, not a misspelt name
     # Suggest table names, not aliases: "h100-sxm5" would only send the user round once more.
-    close = [index[k].name for k in difflib.get_close_matches(_key(spec), list(index), n=6, cutoff=0.6)]
-    close = list(dict.fromkeys(close))[:3]
+    close = list(dict.fromkeys(index[k].name for k in difflib.get_close_matches(
+        _key(spec), list(index), n=6, cutoff=0.6)))[:3]
     if close:
         raise ChipError(f"unknown chip {spec!r}; did you mean: {', '.join(close)}?")
     names = ", ".join(c.name for c in _table()[0])

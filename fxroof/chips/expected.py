@@ -63,19 +63,30 @@ class Expected:
     latency_s: float = 0.0
     overlap: float = 1.0
     serial_overhead: bool = False
-    gap: tuple = ()          # ((part, seconds), ...) in GAP_PARTS order; sums to time - floor
+    floor: Timing | None = None     # the floor it was built from (None: interpolated)
+    tiled_s: float = 0.0            # the floor's compute over whole tiles and waves
 
     @property
-    def device_s(self) -> float:
-        """Time on the chip: the work, then the kernel's fixed time."""
-        c, m = self.compute_s, self.memory_s
-        work = max(c, m) if self.overlap == 1 else c + m - self.overlap * min(c, m)
-        return max(work, self.comm_s) + self.latency_s
+    def gap(self) -> tuple:
+        """((part, seconds), ...) in GAP_PARTS order, summing to time - floor: each part the time
+        it adds when applied after those before it. Worked out when asked: a sweep builds
+        thousands of kernels and reads none of their gaps."""
+        if self.floor is None:
+            return ()
+        f = self.floor
+        state = [f.compute_s, f.memory_s, f.comm_s, 1.0, 0.0]
+        steps = ((0, self.tiled_s), (0, self.compute_s), (1, self.memory_s), (2, self.comm_s),
+                 (3, self.overlap), (4, self.latency_s))
+        times = [_seconds(*state, f.overhead_s, f.serial_overhead)]
+        for i, value in steps:
+            state[i] = value
+            times.append(_seconds(*state, f.overhead_s, f.serial_overhead))
+        return tuple(zip(GAP_PARTS, (after - before for before, after in zip(times, times[1:]))))
 
     @property
     def time_s(self) -> float:
-        device = self.device_s
-        return device + self.overhead_s if self.serial_overhead else max(device, self.overhead_s)
+        return _seconds(self.compute_s, self.memory_s, self.comm_s, self.overlap, self.latency_s,
+                        self.overhead_s, self.serial_overhead)
 
     @property
     def regime(self) -> str:
@@ -86,10 +97,9 @@ class Expected:
     def between(self, other: Expected, f: float) -> Expected:
         """The kernel a fraction f of the way to `other` (work linear in a size, such as the
         context of a decode step): compute, memory and communication interpolated."""
-        def lerp(name):
-            return getattr(self, name) + (getattr(other, name) - getattr(self, name)) * f
-        return dataclasses.replace(self, compute_s=lerp("compute_s"), memory_s=lerp("memory_s"),
-                                   comm_s=lerp("comm_s"), gap=())
+        return dataclasses.replace(self, floor=None, **{
+            p: getattr(self, p) + (getattr(other, p) - getattr(self, p)) * f
+            for p in ("compute_s", "memory_s", "comm_s")})
 
 
 def tile_factor(grid: tuple, sms: float, category: str) -> float:
@@ -120,24 +130,21 @@ def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_by
     reduction as (batch, M, N, K); comm_bytes/comm_steps: a collective's (Cost)."""
     matrix = category in MATRIX_CATEGORIES
     gpu = chip.kind == "gpu"
-    compute = floor.compute_s * (tile_factor(grid, chip.sm_count, category) if matrix else 1.0)
+    collective = bool(comm_bytes or comm_steps)
+    tiled = floor.compute_s * (tile_factor(grid, chip.sm_count, category) if matrix else 1.0)
     comm = floor.comm_s
-    if gpu and (comm_bytes or comm_steps):
+    if gpu and collective:
         comm = comm_time(chip, comm_bytes, comm_steps, NCCL_BASE_S,
                          chip.collective_efficiency or 1.0)
-    steps = (("tiles", {"compute_s": compute}),
-             ("matmul", {"compute_s": compute / (chip.matmul_efficiency or 1.0) if matrix
-                         else compute}),
-             ("bandwidth", {"memory_s": floor.memory_s / (chip.bw_efficiency or 1.0)}),
-             ("collective", {"comm_s": comm}),
-             ("overlap", {"overlap": OVERLAP if gpu else 1.0}),
-             # a collective's fixed time is NCCL's base latency, already in comm
-             ("latency", {"latency_s": 0.0 if comm_bytes or comm_steps else chip.kernel_floor_s}))
-    e = Expected(floor.compute_s, floor.memory_s, floor.comm_s, floor.overhead_s,
-                 serial_overhead=floor.serial_overhead)
-    gap = []
-    for part, change in steps:
-        after = dataclasses.replace(e, **change)
-        gap.append((part, after.time_s - e.time_s))
-        e = after
-    return dataclasses.replace(e, gap=tuple(gap))
+    return Expected(tiled / (chip.matmul_efficiency or 1.0) if matrix else tiled,
+                    floor.memory_s / (chip.bw_efficiency or 1.0), comm, floor.overhead_s,
+                    0.0 if collective else chip.kernel_floor_s,   # a collective's is NCCL's base
+                    OVERLAP if gpu else 1.0, floor.serial_overhead, floor, tiled)
+
+
+def _seconds(compute, memory, comm, overlap, latency, overhead, serial) -> float:
+    """On the chip: the work (compute and memory overlapped as far as `overlap` says), then the
+    kernel's fixed time; the host's overhead hides behind it, or adds to it on a CPU."""
+    work = compute + memory - overlap * min(compute, memory)   # overlap 1: the roofline's max
+    device = max(work, comm) + latency
+    return device + overhead if serial else max(device, overhead)

@@ -80,9 +80,9 @@ def run_checks(report, *, max_time_ms: float | None = None, min_coverage: float 
     if memory_fit:
         checks.append(_memory(report))
     for regime, limit in (max_regime_share or {}).items():
-        share = report.regime_share[regime]
-        checks.append(Check(f"{regime} share", share <= limit,
-                            f"{percent(share)} of time is {regime}-bound, budget {percent(limit)}"))
+        part = report.regime_share[regime]
+        checks.append(Check(f"{regime} share", part <= limit,
+                            f"{percent(part)} of time is {regime}-bound, budget {percent(limit)}"))
     if lint != "off":
         checks += [dataclasses.replace(c, level="fail" if lint == "fail" else "warn")
                    for c in _dtype_lint(report)]
@@ -94,8 +94,8 @@ def _budget(name: str, value, most: float) -> None:
     meaning 95%?), a negative or NaN time."""
     if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                               or not 0 <= value <= most):
-        bound = "a share from 0 to 1" if most == 1.0 else "a number >= 0"
-        raise ValueError(f"{name} must be {bound}, got {value!r}")
+        raise ValueError(f"{name} must be "
+                         f"{'a share from 0 to 1' if most == 1.0 else 'a number >= 0'}, got {value!r}")
 
 
 def _memory(report) -> Check:
@@ -117,16 +117,16 @@ def _dtype_lint(report) -> list:
     speedup = chip.matrix_flops(half) / chip.matrix_flops("fp32")
     fp32 = [k for k in report.kernels if k.category in MATRIX_CATEGORIES and k.dtype == "fp32"]
     if speedup >= 2:
-        share = sum(k.time_s for k in fp32) / (report.time_s or 1.0)
+        part = sum(k.time_s for k in fp32) / (report.time_s or 1.0)
         found.append(Check("dtype: fp32 matmuls", not fp32,
-                           f"{len(fp32)} fp32 matrix kernels ({percent(share)} of time) run at "
+                           f"{len(fp32)} fp32 matrix kernels ({percent(part)} of time) run at "
                            f"{chip.name}'s fp32 rate; {half} peak is {speedup:.0f}x higher"
                            if fp32 else "no fp32 matrix kernels"))
     upcasts = [n for n in report.nodes if n.op in ("_to_copy", "to") and n.dtype == "fp32"
                and n.bytes_read and n.bytes_written >= 2 * n.bytes_read]
     moved = sum(n.bytes_read + n.bytes_written for n in upcasts)
-    share = moved / (report.bytes or 1)
-    found.append(Check("dtype: upcasts", share <= 0.05,
+    part = moved / (report.bytes or 1)
+    found.append(Check("dtype: upcasts", part <= 0.05,
                        f"{len(upcasts)} half-to-fp32 copies move {si(moved, 'B')} "
-                       f"({percent(share)} of unfused bytes; limit 5%)"))
+                       f"({percent(part)} of unfused bytes; limit 5%)"))
     return found

@@ -65,12 +65,13 @@ def header(r) -> str:
         f"{si(r.flops, 'FLOP')} · {si(r.summary.bytes, 'B')} moved · {ratio(r.intensity)} FLOP/B"
         f" ({dtype} ridge {ratio(ridge)}) · weights {si(r.weights_bytes, 'B')}" + fit(r),
         f"roofline floor {seconds(r.summary.floor_s)} ({percent(r.summary.roofline_fraction)} of "
-        f"the time){gap(r.summary)} · coverage {share(r.coverage)}"
+        f"the time) · coverage {share(r.coverage)}"
         + (f" · no formula for: {', '.join(r.unknown_ops)}" if r.unknown_ops else "")
         + (f" · what-if: {r.whatif}" if r.whatif else ""),
+        gap(r.summary),
         f"to go faster: {ADVICE[r.regime]}",
     ]
-    return "\n".join(wrap(lines))
+    return "\n".join(wrap(list(filter(None, lines))))
 
 
 def fit(r) -> str:
@@ -81,10 +82,11 @@ def fit(r) -> str:
 
 
 def gap(summary) -> str:
-    """' · above it: matmul 1.2 ms, bandwidth 0.4 ms': where the expected time exceeds the floor."""
+    """'above the floor: matmul 1.2 ms, bandwidth 0.4 ms': where the expected time exceeds the
+    floor (docs/time-model.md names the parts); '' where it does not."""
     parts = sorted(((t, p) for p, t in summary.gap.items() if t > 0.005 * summary.time_s),
                    reverse=True)
-    return (" · above it: " + ", ".join(f"{p} {seconds(t)}" for t, p in parts)) if parts else ""
+    return ("above the floor: " + ", ".join(f"{p} {seconds(t)}" for t, p in parts)) if parts else ""
 
 
 def regimes(r) -> str:
