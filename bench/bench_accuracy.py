@@ -2,9 +2,9 @@
 
 Calibrates the device once (fxroof.measure.calibrate), then for every bundled workload at a
 CPU-sized preset, two real models at 224 px, two memory-bound decode steps and two small test
-models, runs `fxroof.measure.nodes.measure` (eager: the model's forward timed for real, median,
+models, runs `fxroof.measure.runs.measure` (eager: the model's forward timed for real, median,
 beside fxroof's eager prediction on the calibrated chip) or, with --mode compiled,
-`fxroof.measure.compiled.measure_compiled` (the model under torch.compile beside the compiled
+`fxroof.measure.runs.measure_compiled` (the model under torch.compile beside the compiled
 prediction). Each workload is measured in two passes and keeps its quieter one. Prints the table
 (error against the median run, and against the fastest: other work on a shared machine only adds
 time, so the spread column says how far to trust a row), the error pooled by op category (eager),
@@ -35,9 +35,9 @@ sys.path.insert(0, str(ROOT))
 
 from fxroof.chips import chip as find_chip  # noqa: E402
 from fxroof.measure.calibrate import calibrate, summary  # noqa: E402
-from fxroof.measure.compiled import measure_compiled  # noqa: E402
+from fxroof.measure.runs import measure_compiled  # noqa: E402
 from fxroof.measure.machine import cpu_threads, threads_label  # noqa: E402
-from fxroof.measure.nodes import measure, relative_error  # noqa: E402
+from fxroof.measure.runs import measure, relative_error  # noqa: E402
 from fxroof.studies.workload import load  # noqa: E402
 
 MODELS = ROOT / "models"

@@ -101,13 +101,18 @@ def report_of(captured: Captured, target: Target) -> Report:
         model=captured.name, capture=captured.strategy, chip=chip, mode=target.mode, nodes=nodes,
         eager=ModeSummary("eager", kernel_rows(eager, chip, "eager", nodes, streamed)),
         compiled=ModeSummary("compiled", kernel_rows(compiled, chip, "compiled", nodes, streamed)),
-        memory=memory, whatif=target.whatif, notes=_whatif_notes(gm, whatif.requantized))
+        memory=memory, whatif=target.whatif, notes=_whatif_notes(gm, whatif.requantized, target))
 
 
-def _whatif_notes(gm, requantized: frozenset) -> tuple:
+def _whatif_notes(gm, requantized: frozenset, target: Target) -> tuple:
     """Fused kernels count their bytes from tensor sizes, not from the ops' Cost records: a
     quantized tensor read by an op that fuses keeps its unquantized size in compiled mode."""
     fusable = sum(1 for n in gm.graph.nodes if n.name in requantized and classify(
         n, n.meta[COST_KEY], getattr(n.target, "overloadpacket", None))[0] != "solo")
-    return (f"{fusable} fusable ops read quantized tensors: in compiled mode their fused kernels "
-            f"count those reads at the unquantized size",) if fusable else ()
+    notes = [f"{fusable} fusable ops read quantized tensors: in compiled mode their fused kernels "
+             f"count those reads at the unquantized size"] if fusable else []
+    dtype = target.quantize.matmul if target.quantize else ""
+    if dtype and target.chip.matrix_dtype(dtype) != dtype:    # the bytes shrink all the same
+        notes.append(f"{target.chip.name} has no {dtype} matrix units: {dtype} matmuls run at its "
+                     f"{target.chip.matrix_dtype(dtype)} peak")
+    return tuple(notes)

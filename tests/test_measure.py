@@ -9,8 +9,8 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 import fxroof
 from fxroof.chips import Chip
-from fxroof.measure import nodes
-from fxroof.measure.nodes import MeasureError, Measurement, NodeTiming, measure, relative_error
+from fxroof.measure import runs
+from fxroof.measure.runs import MeasureError, Measurement, NodeTiming, measure, relative_error
 from fxroof.measure.runner import check_values, program
 
 # A fixed chip: no calibration needed to check the plumbing.
@@ -128,7 +128,7 @@ def test_default_chip_is_calibrated_on_this_machine(monkeypatch):
     def fake_local_chip(device, threads=None):
         calls.append((device, threads))
         return CHIP
-    monkeypatch.setattr(nodes, "local_chip", fake_local_chip)
+    monkeypatch.setattr(runs, "local_chip", fake_local_chip)
     model, x = mlp()
     m = measure(model, (x,), warmup=0, repeat=1, threads=1)
     assert m.chip is CHIP and calls == [("cpu", 1)]
@@ -143,14 +143,14 @@ def test_cuda_measurement_times_with_events():
 
 
 def test_a_chip_calibrated_on_other_threads_is_pointed_out():
-    note = nodes._thread_mismatch("AMD EPYC, 2 threads", "AMD EPYC, 1 thread (calibrated)")
+    note = runs._thread_mismatch("AMD EPYC, 2 threads", "AMD EPYC, 1 thread (calibrated)")
     assert "calibrated on 1 thread and this ran on 2 threads" in note and "--threads 1" in note
-    assert nodes._thread_mismatch("AMD EPYC, 1 thread", "AMD EPYC, 1 thread (calibrated)") == ""
-    assert nodes._thread_mismatch("NVIDIA H100", "NVIDIA H100 SXM5 80GB") == ""
+    assert runs._thread_mismatch("AMD EPYC, 1 thread", "AMD EPYC, 1 thread (calibrated)") == ""
+    assert runs._thread_mismatch("NVIDIA H100", "NVIDIA H100 SXM5 80GB") == ""
 
 
 def test_compiled_mode_times_torch_compile_against_the_compiled_prediction():
-    from fxroof.measure.compiled import measure_compiled
+    from fxroof.measure.runs import measure_compiled
     model, x = mlp()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     m = measure_compiled(model, (x,), chip=CHIP, warmup=1, repeat=3)

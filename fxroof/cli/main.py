@@ -118,6 +118,8 @@ def _progress(message: str) -> None:
 
 def _workload(ns):
     """The workload as a function of its options: a spec file's, or a transformers config's."""
+    if ns.hf and ns.spec != DEFAULT_SPEC:
+        raise UsageError(f"give a workload file or --hf CONFIG, not both ({ns.spec}, {ns.hf})")
     if ns.hf:
         from fxroof.cli.hf import from_config
         return lambda **options: from_config(ns.hf, **options)
@@ -205,8 +207,7 @@ def cmd_study(ns) -> None:
 
 
 def cmd_measure(ns) -> None:
-    from fxroof.measure.compiled import measure_compiled
-    from fxroof.measure.nodes import measure  # runs models for real: only loaded when asked
+    from fxroof.measure.runs import measure, measure_compiled   # loaded only when asked
     model, args, kwargs = load(ns.spec, parse_sets(ns.set))
     how = measure if ns.mode == "eager" else measure_compiled
     _progress("capturing, calibrating" + (", compiling" if ns.mode == "compiled" else "")

@@ -92,6 +92,9 @@ def parse(spec) -> Quantization | None:
         if m is None:
             raise ValueError(f"unknown quantization {part!r}; expected w8, w4, w4g<N>, wfp8, "
                              f"kv8, kv-fp8, fp8 or w8a8, joined by '+'")
+        key = "weights" if m["w"] else "kv_cache" if m["kv"] else "matmul"
+        if key in fields:          # "w4+w8": which one was meant? say so, never keep the last
+            raise ValueError(f"{spec!r} sets the {key.replace('_', ' ')} twice; give one")
         if m["w"]:
             fields["weights"] = {"w8": "int8", "w4": "int4", "wfp8": "fp8"}.get(m["w"], m["w"])
             fields["group"] = int(m["g"]) if m["g"] else (0 if fields["weights"] == "int8" else 128)

@@ -1,7 +1,7 @@
 """Running a captured graph for real: the graph fxroof analyzes, the real value of each of its
 placeholders, and timed runs of it node by node beside a forward timed whole.
 
-Calibration (microbench.py) and measured runs (nodes.py, compiled.py) share this, so that a probe
+Calibration (microbench.py) and measured runs (runs.py) share this, so that a probe
 and a user's model run and are timed the same way.
 - Placeholders: for torch.export, the graph signature says which real tensor each stands for
   (parameters and persistent buffers from `ep.state_dict`, lifted constants and non-persistent
@@ -27,15 +27,23 @@ from torch.export.graph_signature import ConstantArgument, InputKind
 from fxroof.errors import one_line
 from fxroof.graph.capture import (FunctionModule, TensorOutputs, capture, is_aten_graph,
                                   preserved_modes, quiet_torch)
+from fxroof.graph.tensors import tensors_in
 from fxroof.measure.machine import elapsed, marker, span
 
 
-class MeasureError(RuntimeError):
-    """The graph could not be run for real; the message names the placeholder or node."""
+class MeasureError(ValueError):
+    """The graph cannot be run for real as given; the message names the placeholder, node or
+    tensor (a ValueError: the command line reports it in one line)."""
 
 
-def checked_call(args, kwargs, warmup: int = 0, repeat: int = 1) -> tuple[tuple, dict]:
-    """(args as a tuple, kwargs as a dict), once repeat and warmup are checked."""
+def checked_call(args, kwargs, warmup: int = 0, repeat: int = 1, model=None
+                 ) -> tuple[tuple, dict]:
+    """(args as a tuple, kwargs as a dict), once repeat, warmup and the tensors are checked: a
+    meta tensor has no data, so a run on it would time nothing and call that a measurement."""
+    state = list(model.state_dict().values()) if isinstance(model, torch.nn.Module) else []
+    if model is not None and any(t.is_meta for t in tensors_in([args, kwargs, state])):
+        raise MeasureError("the model or its inputs are on the meta device: there is nothing to "
+                           "run; build them with real tensors (bundled models: --set device=cpu)")
     if repeat < 1 or warmup < 0:
         raise ValueError(f"need repeat >= 1 and warmup >= 0, got repeat={repeat}, warmup={warmup}")
     return (tuple(args) if isinstance(args, (tuple, list)) else (args,)), dict(kwargs or {})

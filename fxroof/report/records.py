@@ -103,10 +103,7 @@ class ModeSummary:
         total = self.time_s or 1.0
         return {r: sum(k.time_s for k in self.kernels if k.regime == r) / total for r in REGIMES}
 
-    @property
-    def regime(self) -> str:
-        share = self.regime_share
-        return max(REGIMES, key=lambda r: share[r])
+    regime = property(lambda self: max(REGIMES, key=self.regime_share.__getitem__))  # largest
 
     @property
     def gap(self) -> dict:
@@ -135,9 +132,7 @@ class Report:
     weights_bytes = property(lambda self: self.memory.weights)
 
     # -- the chosen mode ---------------------------------------------------------------------
-    @property
-    def summary(self) -> ModeSummary:
-        return self.compiled if self.mode == "compiled" else self.eager
+    summary = property(lambda self: self.compiled if self.mode == "compiled" else self.eager)
 
     # the chosen mode's kernels, expected time (seconds), regime and share of time per regime
     kernels = property(lambda self: self.summary.kernels)

@@ -54,7 +54,7 @@ def rank_label(r) -> str:
 
 
 def header(r) -> str:
-    dtype = r.matrix_dtype
+    dtype = r.chip.matrix_dtype(r.matrix_dtype)     # the peak it runs at: fp8 on an A100 is bf16
     ridge = r.chip.ridge(dtype)
     bound = r.regime_share[r.regime]
     lines = [
@@ -69,6 +69,7 @@ def header(r) -> str:
         + (f" · no formula for: {', '.join(r.unknown_ops)}" if r.unknown_ops else "")
         + (f" · what-if: {r.whatif}" if r.whatif else ""),
         gap(r.summary),
+        *(f"note: {note}" for note in r.notes),
         f"to go faster: {ADVICE[r.regime]}",
     ]
     return "\n".join(wrap(list(filter(None, lines))))

@@ -1,14 +1,18 @@
-"""Measured truth, eager mode: run the captured graph for real, node by node, and put fxroof's
-eager-mode prediction beside what the clock says.
+"""Measured truth: a model run for real beside fxroof's prediction of the same graph.
 
-    m = measure(model, args, kwargs)          # chip: calibrated on this machine (cached)
+    m = measure(model, args, kwargs)          # eager: node by node, beside the eager prediction
+    m = measure_compiled(model, args, kwargs) # the model under torch.compile, beside the compiled
     print(m)                                  # total, per regime, the nodes that miss most
-    m.error                                   # (predicted - measured) / measured
 
-The total is the model's own eager forward, timed in turns with the graph run node by node
+Eager: the total is the model's own eager forward, timed in turns with the graph run node by node
 (runner.py): its median is `measured_s`, its fastest run `best_s`, the spread of the runs
 `spread` (other work on a shared machine shows there first). Each node's figure is its median.
 The prediction is `analyze(..., mode="eager")` of the same graph: one kernel per op.
+
+Compiled: a compiled program runs its fused kernels without stopping between them, so the whole
+forward is timed, the first call (which compiles) apart. The prediction is fxroof's own fusion of
+the captured graph, not Inductor's; inductor.py cross-checks the two. Either way the chip is, by
+default, calibrated on this machine (once per process).
 """
 from __future__ import annotations
 
@@ -26,15 +30,15 @@ from fxroof.chips import Chip
 from fxroof.chips.timing import REGIMES
 from fxroof.graph.capture import Captured
 from fxroof.measure.calibrate import calibrate
-from fxroof.measure.machine import cpu_threads, device_label
+from fxroof.measure.machine import cpu_threads, device_label, elapsed
 from fxroof.measure.runner import (MeasureError, checked_call, device_of, forward_of, program,
                                    timed_runs)
 from fxroof.pipeline import Target, report_of
 from fxroof.report.records import Report
 from fxroof.report.units import percent, seconds
 
-__all__ = ["MeasureError", "Measured", "Measurement", "NodeTiming", "local_chip", "measure",
-           "predicted", "relative_error"]
+__all__ = ["CompiledMeasurement", "MeasureError", "Measured", "Measurement", "NodeTiming",
+           "local_chip", "measure", "measure_compiled", "predicted", "relative_error"]
 
 
 def relative_error(predicted: float, measured: float) -> float:
@@ -214,7 +218,7 @@ def measure(model, args=(), kwargs=None, *, chip: str | Chip | None = None, warm
     chip calibrated on this machine for the model's device and thread count (calibrated once per
     process, then cached). threads: CPU threads torch uses while measuring (default: unchanged).
     """
-    args, kwargs = checked_call(args, kwargs, warmup, repeat)
+    args, kwargs = checked_call(args, kwargs, warmup, repeat, model)
     with cpu_threads(threads):
         p = predicted(model, args, kwargs, chip, "eager")
         walls, runs = timed_runs(p.device, warmup, repeat, forward=forward_of(model, args, kwargs),
@@ -228,3 +232,41 @@ def measure(model, args=(), kwargs=None, *, chip: str | Chip | None = None, warm
     return p.measured(Measurement, walls, warmup, repeat, rows=rows,
                       nodes_s=sum(r.measured_s for r in rows), views_s=sum(views.values()),
                       views=len(views))
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompiledMeasurement(Measured):
+    SCHEMA: ClassVar[str] = "fxroof.measurement.compiled/1"
+    compile_s: float      # the first call: compiling and one run
+
+    def to_dict(self) -> dict:
+        r = self.report
+        return super().to_dict() | {"kernels": len(r.kernels) if r is not None else None,
+                                    "regime_share": r.regime_share if r is not None else {}}
+
+    def __str__(self) -> str:
+        r, lines = self.report, [*self._head("compiled", "torch.compile, "),
+                                 f"compiled in {seconds(self.compile_s)}"]
+        if r is not None:
+            parts = ", ".join(f"{k} {percent(v)}" for k, v in r.regime_share.items() if v)
+            lines.append(f"predicted: {len(r.kernels)} fused kernels from {len(r.nodes)} ops; "
+                         f"{parts}")
+        return "\n".join(lines)
+
+
+def measure_compiled(model, args=(), kwargs=None, *, chip: str | Chip | None = None,
+                     warmup: int = 3, repeat: int = 20, threads: int | None = None
+                     ) -> CompiledMeasurement:
+    """Time `model` under torch.compile on its own device and compare with fxroof's compiled-mode
+    prediction. Arguments as `measure`; the model must be an nn.Module or a
+    function with real tensors. The model itself is not changed (torch.compile wraps it)."""
+    args, kwargs = checked_call(args, kwargs, warmup, repeat, model)
+    if not callable(model) or isinstance(model, torch.export.ExportedProgram):
+        raise ValueError("measure_compiled needs an nn.Module or a function to compile")
+    with cpu_threads(threads):
+        p = predicted(model, args, kwargs, chip, "compiled")
+        forward = functools.partial(torch.compile(model), *args, **kwargs)
+        with torch.no_grad():
+            compile_s = elapsed(forward, p.device)
+        walls, _runs = timed_runs(p.device, warmup, repeat, forward=forward)
+    return p.measured(CompiledMeasurement, walls, warmup, repeat, compile_s=compile_s)
