@@ -12,25 +12,11 @@ from typing import Callable, Mapping, TypeVar
 import torch
 from torch import nn
 
-__all__ = ["DTYPES", "to_dtype", "pick", "build", "token_ids"]
+from fxroof.graph.tensors import torch_dtype as to_dtype   # "bf16" -> torch.bfloat16: one table
 
-DTYPES: Mapping[str, torch.dtype] = {
-    "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
-    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
-    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-}
+__all__ = ["to_dtype", "pick", "build", "token_ids"]
 
 T = TypeVar("T")
-
-
-def to_dtype(name: str | torch.dtype) -> torch.dtype:
-    """'bf16' -> torch.bfloat16; a torch.dtype passes through."""
-    if isinstance(name, torch.dtype):
-        return name
-    try:
-        return DTYPES[str(name).lower()]
-    except KeyError:
-        raise ValueError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPES)}") from None
 
 
 def pick(presets: Mapping[str, T], name: str, what: str = "preset") -> T:

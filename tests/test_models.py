@@ -95,7 +95,7 @@ def test_workload_dtype_option():
     assert {p.dtype for p in model.parameters()} == {torch.float16}
     assert kwargs["cache"][0][0].dtype == torch.float16 and out.dtype == torch.float16
     with pytest.raises(ValueError, match="unknown dtype"):
-        load("mlp").workload(dtype="fp8")
+        load("mlp").workload(dtype="fp7")
 
 
 def test_unknown_preset_lists_the_choices():
