@@ -6,6 +6,7 @@ from helpers import cost_of, flop_counter_total, fn_module, op_costs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import fxroof
 from fxroof.cost.formulas import FORMULAS, register_formula
 from fxroof.cost.record import Cost
 
@@ -279,3 +280,17 @@ def test_matmul_counts_the_copies_it_makes_to_fold_the_batch():
     contiguous = cost_of(fn_module(lambda a, b: a @ b), "matmul", torch.randn(2, 4, 8, 16),
                          torch.randn(2, 4, 16, 8))
     assert contiguous.bytes_written == 2 * 4 * 8 * 8 * F32      # views suffice: no copies
+
+
+def test_eval_dropout_is_free_and_in_place_ops_take_their_functional_formula():
+    m = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Dropout(0.1),
+                            torch.nn.Hardswish(inplace=True))
+    x = torch.randn(8, 64)
+    ops = lambda r: {k.op: k for k in r.kernels}   # noqa: E731
+    # eval: dropout returns its input, no kernel; hardswish_ is hardswish's work written in place:
+    # 8 x 64 = 512 elements, one FLOP each, 2 KB read and 2 KB written (fp32)
+    evaluated = ops(fxroof.analyze(m.eval(), (x,), mode="eager"))
+    assert "dropout" not in evaluated
+    assert (evaluated["hardswish_"].flops, evaluated["hardswish_"].bytes) == (512, 4096)
+    trained = ops(fxroof.analyze(m.train(), (x,), mode="eager"))
+    assert trained["dropout"].bytes == 2 * 512 * 4          # train: reads x, writes the result

@@ -98,10 +98,8 @@ def parse(spec) -> Quantization | None:
         if m["w"]:
             fields["weights"] = {"w8": "int8", "w4": "int4", "wfp8": "fp8"}.get(m["w"], m["w"])
             fields["group"] = int(m["g"]) if m["g"] else (0 if fields["weights"] == "int8" else 128)
-        elif m["kv"]:
-            fields["kv_cache"] = "fp8" if "fp8" in m["kv"] else "int8"
-        else:
-            fields["matmul"] = "fp8" if m["mm"] == "fp8" else "int8"
+        else:                      # kv8, kv-fp8, ...; fp8 or w8a8 (int8) matmuls
+            fields[key] = "fp8" if "fp8" in part else "int8"
     return Quantization(**fields) if fields else None
 
 

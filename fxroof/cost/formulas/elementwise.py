@@ -23,12 +23,16 @@ def pointwise(call: OpCall) -> Cost:
 
 
 # Pointwise in effect, but not tagged so in aten.
-formula(aten.dropout, aten.native_dropout, aten.feature_dropout, aten.alpha_dropout,
-        aten.gelu, aten.silu, aten.mish, aten.hardswish, aten.hardsigmoid, aten.softplus,
-        aten.elu, aten.leaky_relu, aten.relu6, aten.hardtanh, aten.celu, aten.selu,
-        aten.masked_fill, aten.where, aten.clamp, aten.tril, aten.triu,
-        aten.lerp, aten.threshold, aten.prelu, aten.glu,
-        category="pointwise", fn=pointwise)
+formula(aten.native_dropout, aten.gelu, aten.silu, aten.mish, aten.hardswish, aten.hardsigmoid,
+        aten.softplus, aten.elu, aten.leaky_relu, aten.relu6, aten.hardtanh, aten.celu, aten.selu,
+        aten.masked_fill, aten.where, aten.clamp, aten.tril, aten.triu, aten.lerp, aten.threshold,
+        aten.prelu, aten.glu, category="pointwise", fn=pointwise)
+
+
+@formula(aten.dropout, aten.feature_dropout, aten.alpha_dropout, category="pointwise")
+def dropout(call: OpCall) -> Cost:
+    """In eval mode (train=False) a dropout returns its input: no kernel, nothing moved."""
+    return pointwise(call) if call.get("train") else Cost(category="view")
 
 
 def _per_input_element(flops: int, category: str):

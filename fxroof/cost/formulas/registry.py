@@ -116,4 +116,8 @@ formula = register_formula  # the short name the built-in formula files use
 
 
 def lookup(op) -> Entry | None:
-    return FORMULAS.get(_packet(op))
+    """op's formula; an in-place op ("hardswish_") without one of its own takes its functional
+    op's: the same work, written over its input."""
+    packet, name = _packet(op), getattr(_packet(op), "__name__", "")
+    return FORMULAS.get(packet) or (FORMULAS.get(getattr(torch.ops.aten, name[:-1], None))
+                                    if name.endswith("_") and not name.startswith("_") else None)
