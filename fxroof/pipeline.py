@@ -75,7 +75,7 @@ def analyze(model, example_inputs=(), example_kwargs=None, *, target: Target | N
     """
     target = target_of(target, **fields)
     if target.tp != 1:
-        from fxroof.graph.parallel import tensor_parallel
+        from fxroof.graph.parallel import tensor_parallel   # torch.distributed: only for tp
         with tensor_parallel(model, target.tp, example_inputs, example_kwargs) as (local, a, kw):
             report = analyze(local, a, kw, target=dataclasses.replace(target, tp=1))
         return dataclasses.replace(report, tp=target.tp)

@@ -4,13 +4,15 @@ Reads only node.meta["val"] (fake tensors) and the formula registry; changes not
 """
 from __future__ import annotations
 
+import dataclasses
+import math
 import operator
 
 import torch
 import torch.fx as fx
 
 from fxroof.cost.formulas import OpCall, lookup, pointwise
-from fxroof.cost.record import COST_KEY, Cost
+from fxroof.cost.record import COST_KEY, MATRIX_CATEGORIES, Cost
 from fxroof.graph.tensors import storage, tensors_in
 
 
@@ -38,7 +40,38 @@ def node_cost(node: fx.Node) -> Cost:
     except Exception as e:  # a formula bug must name the node, not surface as a bare traceback
         raise AnnotationError(f"cost formula for {node.target} failed on node "
                               f"{node.format_node()}: {type(e).__name__}: {e}") from e
-    return _unknown(call) if cost is None else cost
+    return _unknown(call) if cost is None else with_grid(node, cost)
+
+
+def with_grid(node: fx.Node, cost: Cost) -> Cost:
+    """`cost` with, for a matrix op, the GEMM a library tiles (chips/expected.py reads it):
+    (batch, M, N, K) of its output (a batched product's batch; attention's batch x heads by
+    queries by head size; a convolution's implicit GEMM, images x pixels by channels, none for
+    grouped ones, which do not run as one GEMM; else the output folded to rows by its last dim)
+    and K, the multiply-adds per output element. None where the shapes are not plain ints."""
+    out = node.meta.get("val")
+    out = out[0] if isinstance(out, (tuple, list)) and out else out
+    if cost.category not in MATRIX_CATEGORIES or not isinstance(out, torch.Tensor) \
+            or out.dim() < 2 or not cost.flops:
+        return cost
+    try:
+        shape = [int(d) for d in out.shape]
+        name = getattr(getattr(node.target, "overloadpacket", None), "__name__", "")
+        if cost.category == "attention" and len(shape) == 4:
+            bmn = (shape[0] * shape[1], shape[2], shape[3])
+        elif cost.category == "conv":
+            weight = node.args[1].meta["val"]
+            if int(node.args[0].meta["val"].shape[1]) != int(weight.shape[1]):
+                return cost   # grouped: no single GEMM
+            bmn = (1, shape[0] * math.prod(shape[2:]), shape[1])
+        elif name in ("bmm", "baddbmm") and len(shape) == 3:
+            bmn = tuple(shape)
+        else:
+            bmn = (1, math.prod(shape) // shape[-1], shape[-1])
+        k = max(1, round(cost.flops / (2 * math.prod(bmn))))
+        return dataclasses.replace(cost, grid=(*bmn, k))
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError):   # symbolic, or no meta
+        return cost
 
 
 def formula_cost(call: OpCall) -> Cost | None:

@@ -2,16 +2,12 @@
 on the chip, its roofline floor and its expected time."""
 from __future__ import annotations
 
-import math
-
-import torch
 import torch.fx as fx
 
 from fxroof.chips import Chip
 from fxroof.chips.expected import expected
 from fxroof.chips.timing import kernel_timing, overhead_per_kernel, rate_op
 from fxroof.cost import COST_KEY, Cost
-from fxroof.cost.record import MATRIX_CATEGORIES
 from fxroof.graph.nodes import module_path
 from fxroof.report.records import KernelRow, NodeRow
 
@@ -24,39 +20,8 @@ def node_rows(gm: fx.GraphModule) -> tuple:
             continue
         rows.append(NodeRow(node.name, op_name(node), module_path(node), cost.category, cost.flops,
                             cost.bytes_read, cost.bytes_written, cost.dtype, cost.known, cost.note,
-                            cost.comm_bytes, cost.comm_steps, cost.variant,
-                            grid(node, cost)))
+                            cost.comm_bytes, cost.comm_steps, cost.variant, cost.grid))
     return tuple(rows)
-
-
-def grid(node: fx.Node, cost: Cost) -> tuple:
-    """A matrix op as the (batch, M, N, K) a library tiles: its output (a batched product's
-    batch; an attention's batch x heads by queries by head size; a convolution's implicit GEMM,
-    images x pixels by channels, () for grouped ones, which do not run as one GEMM; else the
-    output folded to rows by its last dim) and K, the multiply-adds per output element.
-    () where the shapes are not plain ints."""
-    out = node.meta.get("val")
-    out = out[0] if isinstance(out, (tuple, list)) and out else out
-    if cost.category not in MATRIX_CATEGORIES or not isinstance(out, torch.Tensor) \
-            or out.dim() < 2 or not cost.flops:
-        return ()
-    try:
-        shape = [int(d) for d in out.shape]
-        name = getattr(getattr(node.target, "overloadpacket", None), "__name__", "")
-        if cost.category == "attention" and len(shape) == 4:
-            bmn = (shape[0] * shape[1], shape[2], shape[3])
-        elif cost.category == "conv":
-            weight = node.args[1].meta["val"]
-            if int(node.args[0].meta["val"].shape[1]) != int(weight.shape[1]):
-                return ()
-            bmn = (1, shape[0] * math.prod(shape[2:]), shape[1])
-        elif name in ("bmm", "baddbmm") and len(shape) == 3:
-            bmn = tuple(shape)
-        else:
-            bmn = (1, math.prod(shape) // shape[-1], shape[-1])
-        return (*bmn, max(1, round(cost.flops / (2 * math.prod(bmn)))))
-    except (TypeError, ValueError, AttributeError, KeyError, IndexError):   # symbolic, or no meta
-        return ()
 
 
 def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple, streamed: dict | None = None
