@@ -89,6 +89,12 @@ class Expected:
                         self.overhead_s, self.serial_overhead)
 
     @property
+    def device_s(self) -> float:
+        """The time on the chip alone, host dispatch left out: what a profiler's kernel rows sum."""
+        return _seconds(self.compute_s, self.memory_s, self.comm_s, self.overlap, self.latency_s,
+                        0.0, False)
+
+    @property
     def regime(self) -> str:
         """The largest part; a kernel's fixed time on the chip counts as overhead."""
         parts = (self.compute_s, self.memory_s, self.comm_s, max(self.overhead_s, self.latency_s))
