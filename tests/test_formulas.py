@@ -5,9 +5,10 @@ import torch.nn.functional as F
 from helpers import cost_of, flop_counter_total, fn_module, op_costs
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch.utils.flop_counter import FlopCounterMode
 
 import fxroof
-from fxroof.cost.formulas import FORMULAS, register_formula
+from fxroof.cost.formulas import FORMULAS, OpCall, call_cost, register_formula
 from fxroof.cost.record import Cost
 
 F32 = 4  # bytes per fp32 element
@@ -294,3 +295,66 @@ def test_eval_dropout_is_free_and_in_place_ops_take_their_functional_formula():
     assert (evaluated["hardswish_"].flops, evaluated["hardswish_"].bytes) == (512, 4096)
     trained = ops(fxroof.analyze(m.train(), (x,), mode="eager"))
     assert trained["dropout"].bytes == 2 * 512 * 4          # train: reads x, writes the result
+
+
+def _lstm_gru_cases():
+    # (layer, input, matrix FLOPs by hand, gate FLOPs by hand); tokens = 3 x 5 = 15 throughout
+    return [
+        # 2 layers x 2 directions, 4 gates of 16: layer 0 weights (64, 8) and (64, 16), layer 1
+        # (64, 32) and (64, 16): 2*15*(64*8 + 64*16)*2 + 2*15*(64*32 + 64*16)*2 = 276480;
+        # gates 13 per token, hidden unit, layer and direction: 13*15*16*4 = 12480
+        (torch.nn.LSTM(8, 16, num_layers=2, bidirectional=True, batch_first=True),
+         torch.randn(3, 5, 8), 276480, 12480),
+        # 3 gates of 16: 2*15*(48*8 + 48*16) = 34560; gates 11*15*16 = 2640
+        (torch.nn.GRU(8, 16), torch.randn(5, 3, 8), 34560, 2640),
+        # projection to 4: (64, 8), (64, 4), (4, 16): 2*15*(512 + 256 + 64) = 24960; 13*15*16
+        (torch.nn.LSTM(8, 16, proj_size=4), torch.randn(5, 3, 8), 24960, 3120),
+        # tanh RNN, 1 gate block: 2*15*(16*8 + 16*16) = 11520; add and tanh: 2*15*16
+        (torch.nn.RNN(8, 16), torch.randn(5, 3, 8), 11520, 480),
+    ]
+
+
+@pytest.mark.parametrize("layer,x,matrix,gates", _lstm_gru_cases())
+def test_recurrent_layers_are_their_matmuls_plus_gate_work(layer, x, matrix, gates):
+    layer.eval()
+    name = {torch.nn.LSTM: "lstm", torch.nn.GRU: "gru", torch.nn.RNN: "rnn_tanh"}[type(layer)]
+    c = cost_of(layer, name, x)
+    assert (c.flops, c.category) == (matrix + gates, "matmul")
+    # PyTorch's counter sees the per-step products of the native (non-oneDNN) kernel
+    with torch.backends.mkldnn.flags(enabled=False), FlopCounterMode(display=False) as fc:
+        layer(x)
+    assert fc.get_total_flops() == matrix
+
+
+def test_convolution_backward_agrees_with_flop_counter():
+    x, w = torch.randn(2, 4, 9, 9), torch.randn(6, 4, 3, 3)
+    grad = torch.randn(2, 6, 4, 4)
+    args = (grad, x, w, [6], [2, 2], [0, 0], [1, 1], False, [0, 0], 1, [True, True, False])
+    op = torch.ops.aten.convolution_backward.default
+    with FlopCounterMode(display=False) as fc:
+        out = op(*args)
+    c = call_cost(OpCall(op, args, {}, out))
+    assert c.flops == fc.get_total_flops() == 2 * (2 * 2 * (6 * 4 * 3 * 3) * (4 * 4))   # 27648
+
+
+def test_spectral_sampling_and_distance_ops_by_hand():
+    fft = cost_of(fn_module(torch.fft.rfft), "fft_rfft", torch.randn(2, 64))
+    assert (fft.flops, fft.category) == (2.5 * 128 * 6, "other")   # 2.5 N log2 N, twice
+    sample = cost_of(fn_module(lambda x, g: F.grid_sample(x, g, align_corners=False)),
+                     "grid_sampler", torch.randn(1, 3, 8, 8), torch.rand(1, 4, 5, 2))
+    assert sample.flops == 2 * 4 * (3 * 4 * 5)       # 4 bilinear taps per output element
+    dist = cost_of(fn_module(torch.cdist), "cdist", torch.randn(2, 5, 3), torch.randn(2, 7, 3))
+    assert dist.flops == 3 * (2 * 5 * 7) * 3         # difference, power, sum per coordinate
+
+
+def test_packed_sequence_counts_only_its_tokens():
+    gru = torch.nn.GRU(8, 16)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(torch.randn(5, 3, 8), [5, 4, 2])
+    args = (packed.data, packed.batch_sizes, torch.zeros(1, 3, 16), list(gru._flat_weights),
+            True, 1, 0.0, False, False)
+    with torch.backends.mkldnn.flags(enabled=False), FlopCounterMode(display=False) as fc:
+        out = torch.ops.aten.gru.data(*args)
+    c = call_cost(OpCall(torch.ops.aten.gru.data, args, {}, out))
+    # 5 + 4 + 2 = 11 tokens, not 15: 2*11*(48*8 + 48*16) = 25344 of products, 11*11*16 of gates
+    assert fc.get_total_flops() == 25344
+    assert c.flops == 25344 + 1936

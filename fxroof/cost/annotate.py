@@ -11,7 +11,8 @@ import operator
 import torch
 import torch.fx as fx
 
-from fxroof.cost.formulas import OpCall, lookup, pointwise
+from fxroof.cost.formulas import OpCall
+from fxroof.cost.formulas import call_cost as formula_cost
 from fxroof.cost.record import COST_KEY, MATRIX_CATEGORIES, Cost
 from fxroof.graph.tensors import storage, tensors_in
 
@@ -72,16 +73,6 @@ def with_grid(node: fx.Node, cost: Cost) -> Cost:
         return dataclasses.replace(cost, grid=(*bmn, k))
     except (TypeError, ValueError, AttributeError, KeyError, IndexError):   # symbolic, or no meta
         return cost
-
-
-def formula_cost(call: OpCall) -> Cost | None:
-    """The call's Cost by its op's registered formula, or as pointwise work where the op's tags
-    say it is; None without either."""
-    entry = lookup(call.op)
-    if entry is not None:
-        result = entry.fn(call)
-        return result if isinstance(result, Cost) else call.cost(int(result), entry.category)
-    return pointwise(call) if torch.Tag.pointwise in call.op.tags else None
 
 
 def _makes_tensors(node: fx.Node) -> bool:

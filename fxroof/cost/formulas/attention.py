@@ -22,7 +22,7 @@ aten = torch.ops.aten
 @formula(aten.scaled_dot_product_attention, aten._scaled_dot_product_flash_attention,
          aten._scaled_dot_product_efficient_attention, aten._scaled_dot_product_cudnn_attention,
          aten._scaled_dot_product_flash_attention_for_cpu, aten._scaled_dot_product_attention_math,
-         category="attention")
+         aten._scaled_dot_product_fused_attention_overrideable, category="attention")
 def sdpa(call: OpCall) -> Cost:
     q, k, v = call.args[0], call.args[1], call.args[2]
     note = []

@@ -45,6 +45,9 @@ def cpu_library(call: OpCall) -> str:
 @formula(aten.convolution, aten._convolution, aten.conv1d, aten.conv2d, aten.conv3d,
          aten.cudnn_convolution, aten.mkldnn_convolution, aten.conv_transpose1d,
          aten.conv_transpose2d, aten.conv_transpose3d, aten.cudnn_convolution_transpose,
+         aten.convolution_overrideable, aten._conv_depthwise2d, aten.conv_depthwise3d,
+         aten._slow_conv2d_forward, aten.slow_conv3d_forward, aten.slow_conv_dilated2d,
+         aten.slow_conv_dilated3d, aten.slow_conv_transpose2d, aten.slow_conv_transpose3d,
          category="conv")
 def conv(call: OpCall) -> Cost:
     """2 * batch * prod(weight shape) * prod(spatial positions the weight is applied at): a
@@ -56,3 +59,13 @@ def conv(call: OpCall) -> Cost:
     positions = (x if transposed else call.outputs[0]).shape[2 - w.dim():]
     flops = 2 * batch * math.prod(int(s) for s in (*w.shape, *positions))
     return call.cost(flops, "conv", variant=cpu_library(call))
+
+
+@formula(aten.convolution_backward, category="conv")
+def conv_backward(call: OpCall) -> Cost:
+    """Each gradient asked for (output_mask) of the input and of the weight is the forward's
+    multiply-adds again; the bias's is a sum, not counted (PyTorch's convention)."""
+    grad_out, x, w = call.args[:3]
+    forward = conv(OpCall(aten.convolution.default, (x, w, None, *call.args[4:10]), out=grad_out))
+    wanted = sum(bool(m) for m in call.get("output_mask")[:2])
+    return call.cost(forward.flops * wanted, "conv", variant=forward.variant)

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from fxroof.cost.formulas.registry import OpCall, formula
+from fxroof.cost.formulas.registry import RULES, Entry, OpCall, formula
 from fxroof.cost.record import Cost
 from fxroof.graph.tensors import numel
 
@@ -22,11 +22,20 @@ def pointwise(call: OpCall) -> Cost:
     return call.cost(sum(numel(t) for t in call.outputs), "pointwise", call.out_dtype)
 
 
+_POINTWISE = Entry(pointwise, "pointwise")
+RULES.append(lambda op: _POINTWISE if torch.Tag.pointwise in op.tags else None)
+
 # Pointwise in effect, but not tagged so in aten.
 formula(aten.native_dropout, aten.gelu, aten.silu, aten.mish, aten.hardswish, aten.hardsigmoid,
         aten.softplus, aten.elu, aten.leaky_relu, aten.relu6, aten.hardtanh, aten.celu, aten.selu,
         aten.masked_fill, aten.where, aten.clamp, aten.tril, aten.triu, aten.lerp, aten.threshold,
-        aten.prelu, aten.glu, category="pointwise", fn=pointwise)
+        aten.prelu, aten.glu, aten.floor_divide, aten.polar, aten.complex, aten.rsub,
+        aten._add_relu, aten._prelu_kernel, aten.log_sigmoid_forward, aten.rrelu_with_noise,
+        aten._fused_dropout, aten.affine_grid_generator,
+        # pooling's gradient: each incoming element spread back into its window
+        aten.max_pool2d_with_indices_backward, aten.max_pool3d_with_indices_backward,
+        aten.avg_pool2d_backward, aten.avg_pool3d_backward, aten._adaptive_avg_pool2d_backward,
+        aten._adaptive_avg_pool3d_backward, category="pointwise", fn=pointwise)
 
 
 @formula(aten.dropout, aten.feature_dropout, aten.alpha_dropout, category="pointwise")
@@ -50,9 +59,18 @@ for _ops, _flops, _category in (
           aten.logcumsumexp, aten.cummax, aten.cummin, aten.adaptive_avg_pool1d,
           aten.adaptive_avg_pool2d, aten.adaptive_avg_pool3d, aten._adaptive_avg_pool2d,
           aten._adaptive_avg_pool3d, aten.adaptive_max_pool1d, aten.adaptive_max_pool2d,
-          aten.adaptive_max_pool3d), 1, "reduction"),
+          aten.adaptive_max_pool3d, aten.histc, aten.bincount, aten.histogram, aten.trace,
+          aten._aminmax, aten._logcumsumexp, aten._cummin_helper, aten.hash_tensor), 1,
+         "reduction"),
+        # losses: the difference or log term, its transform, the mean: about 4 per element
+        ((aten.binary_cross_entropy, aten.binary_cross_entropy_with_logits, aten.huber_loss,
+          aten.smooth_l1_loss, aten.soft_margin_loss, aten.multi_margin_loss,
+          aten.multilabel_margin_loss_forward), 4, "reduction"),
         # sum, centre, square-sum
-        ((aten.var, aten.std, aten.var_mean, aten.std_mean), 3, "reduction"),
+        ((aten.var, aten.std, aten.var_mean, aten.std_mean, aten.dist, aten.native_norm),
+         3, "reduction"),
+        # weight norm, g * v / |v|: square and sum for the norm, then the scale
+        ((aten._weight_norm_interface, aten.renorm), 3, "norm"),
         # max, subtract, exp, sum, divide
         ((aten.softmax, aten._softmax, aten.log_softmax, aten._log_softmax, aten._safe_softmax),
          5, "reduction"),
@@ -63,12 +81,17 @@ for _ops, _flops, _category in (
         ((aten.batch_norm, aten.native_batch_norm, aten._native_batch_norm_legit,
           aten._native_batch_norm_legit_no_training, aten._native_batch_norm_legit_functional,
           aten.cudnn_batch_norm, aten._batch_norm_with_update, aten._batch_norm_no_update),
-         4, "norm")):
+         4, "norm"),
+        # per gradient element: x-hat again, two sums over the row, the affine terms
+        ((aten.native_layer_norm_backward, aten.native_batch_norm_backward,
+          aten.native_group_norm_backward), 8, "norm")):
     formula(*_ops, category=_category, fn=_per_input_element(_flops, _category))
 
 
 @formula(aten.sort, aten.argsort, aten.topk, aten.kthvalue, aten.msort, aten.median,
-         aten.nanmedian, aten.mode, aten.unique_consecutive, aten._unique2, category="other")
+         aten.nanmedian, aten.mode, aten.unique_consecutive, aten._unique2, aten._unique,
+         aten.unique_dim, aten.unique_dim_consecutive, aten.bucketize, aten.searchsorted,
+         aten.isin, category="other")
 def sort(call: OpCall):
     x = call.inputs[0]
     dim = call.get("dim", -1)
@@ -87,7 +110,7 @@ def _window(call: OpCall) -> int:
 
 @formula(aten.max_pool1d, aten.max_pool2d, aten.max_pool3d, aten.max_pool2d_with_indices,
          aten.max_pool3d_with_indices, aten.avg_pool1d, aten.avg_pool2d, aten.avg_pool3d,
-         category="reduction")
+         aten.fractional_max_pool2d, aten.fractional_max_pool3d, category="reduction")
 def pool(call: OpCall):
     out = call.outputs[0]
     return call.cost(numel(out) * _window(call), "reduction")  # one op per window tap
@@ -96,11 +119,31 @@ def pool(call: OpCall):
 _TAPS = {"nearest": 1, "linear": 2, "bilinear": 4, "bicubic": 16, "trilinear": 8}
 
 
+@formula(aten.grid_sampler_2d, aten.grid_sampler_3d, aten._grid_sampler_2d_cpu_fallback,
+         category="pointwise")
+def grid_sample(call: OpCall):
+    # interpolation_mode 0 bilinear (trilinear in 3-d), 1 nearest, 2 bicubic: taps per output
+    corners = 2 ** (call.inputs[0].dim() - 2)
+    taps = {0: corners, 1: 1, 2: 16}.get(int(call.get("interpolation_mode", 0)), corners)
+    return call.cost(2 * taps * numel(call.outputs[0]), "pointwise")
+
+
+@formula(aten._fft_r2c, aten._fft_c2r, aten._fft_c2c, category="other")
+def fft(call: OpCall):
+    """5 N log2 N FLOPs per complex transform of N points (Cooley-Tukey's count), half that
+    when the signal side is real; a library kernel."""
+    x = call.inputs[0]
+    signal = x if "c2r" not in call.op.__name__ else call.outputs[0]
+    n = math.prod(int(signal.shape[d]) for d in call.get("dim"))
+    per_point = 5 if "c2c" in call.op.__name__ else 2.5
+    return call.cost(round(per_point * numel(signal) * math.log2(max(n, 2))), "other")
+
+
 @formula(aten.upsample_nearest1d, aten.upsample_nearest2d, aten.upsample_nearest3d,
          aten._upsample_nearest_exact1d, aten._upsample_nearest_exact2d,
          aten._upsample_nearest_exact3d, aten.upsample_linear1d, aten.upsample_bilinear2d,
          aten._upsample_bilinear2d_aa, aten.upsample_bicubic2d, aten._upsample_bicubic2d_aa,
-         aten.upsample_trilinear3d, category="pointwise")
+         aten.upsample_trilinear3d, aten._upsample_lanczos2d_aa, category="pointwise")
 def upsample(call: OpCall):
     name = call.op.__name__
     taps = next((n for key, n in _TAPS.items() if key in name), 1)

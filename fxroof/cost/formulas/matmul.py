@@ -12,16 +12,43 @@ from fxroof.graph.tensors import dtype_name, numel
 aten = torch.ops.aten
 
 
-_ADDED_TO = frozenset({aten.addmm, aten.baddbmm, aten.addmv})   # args[0] is the term added
+# args[0] is the term added
+_ADDED_TO = frozenset({aten.addmm, aten.baddbmm, aten.addmv, aten._addmm_activation})
 
 
-@formula(aten.mm, aten._int_mm, aten._scaled_mm, aten.addmm, aten.bmm, aten.baddbmm, aten.linear,
-         aten.mv, aten.addmv, aten.dot, aten.vdot, category="matmul")
+@formula(aten.mm, aten._int_mm, aten._scaled_mm, aten._scaled_mm_v2, aten.addmm, aten.bmm,
+         aten.baddbmm, aten.linear, aten.mv, aten.addmv, aten.dot, aten.vdot,
+         aten._addmm_activation, aten._mixed_dtypes_linear,
+         # weight-only quantized products: x (M, K) by packed weights, out (M, N)
+         aten._weight_int8pack_mm, aten._weight_int4pack_mm, aten._weight_int4pack_mm_for_cpu,
+         aten._weight_int4pack_mm_with_scales_and_zeros, aten._dyn_quant_matmul_4bit,
+         category="matmul")
 def product(call: OpCall):
     """Every output element is a dot product along the first operand's last dim, K long:
     (M, K) @ (K, N), batched, a vector, x (..., K) @ w.T alike."""
     a = call.args[1] if getattr(call.op, "overloadpacket", None) in _ADDED_TO else call.args[0]
     return call.cost(2 * numel(call.outputs[0]) * int(a.shape[-1]), "matmul", dtype_name(a.dtype))
+
+
+@formula(aten.addbmm, category="matmul")
+def addbmm(call: OpCall):
+    """The batch of products (B, M, K) @ (B, K, N) summed into one (M, N)."""
+    a, b = call.args[1], call.args[2]
+    return call.cost(2 * numel(a) * int(b.shape[-1]), "matmul", dtype_name(a.dtype))
+
+
+@formula(aten.addr, category="pointwise")
+def outer(call: OpCall):
+    return call.cost(2 * numel(call.outputs[0]), "pointwise")   # a multiply-add per element
+
+
+@formula(aten._cdist_forward, aten._pdist_forward, category="other")
+def distances(call: OpCall):
+    """Pairwise p-norm distances: per pair and coordinate a difference, a power and a sum.
+    cdist (B, P, M) x (B, R, M): B*P*R pairs; pdist (N, M): N(N-1)/2."""
+    x = call.inputs[0]
+    pairs = numel(call.outputs[0])
+    return call.cost(3 * pairs * int(x.shape[-1]), "other")
 
 
 def _fold_copy_bytes(t: torch.Tensor, batch=None) -> int:

@@ -3,7 +3,9 @@
 A formula sees shapes only (fake or meta tensors) and returns either the FLOPs of the op, in which
 case bytes are counted the default way (each distinct input read once at its real footprint, each
 output written once), or a full Cost when the op moves bytes differently (views, gathers, in-place
-writes).
+writes). Coverage is by construction, not by list: an op with no formula of its own takes the
+formula of the op it is a form of (in-place, operator alias, out=), or one a rule gives it
+(its aten tags, its schema, its decomposition): see lookup.
 """
 from __future__ import annotations
 
@@ -58,7 +60,10 @@ class OpCall:
 
     @property
     def inputs(self) -> list[torch.Tensor]:
-        return tensors_in((self.args, self.kwargs))
+        """The tensors the call reads: its arguments but an out= buffer, which it only writes."""
+        schema = getattr(self.op, "_schema", None)
+        outs = {a.name for a in schema.arguments if a.is_out} if schema is not None else ()
+        return tensors_in((self.args, {k: v for k, v in self.kwargs.items() if k not in outs}))
 
     @property
     def outputs(self) -> list[torch.Tensor]:
@@ -115,9 +120,49 @@ def register_formula(*ops, category: str, fn: Formula | None = None):
 formula = register_formula  # the short name the built-in formula files use
 
 
+# Formulas by construction for ops with none registered, tried in order on the op and on each
+# op it is a form of: (overload) -> Entry or None. The formula modules add them (pointwise by
+# aten tag, views by schema, cost by decomposition); formulas/__init__.py fixes their order.
+RULES: list[Callable[[torch._ops.OpOverload], Union[Entry, None]]] = []
+
+
+def _functional(name: str) -> list[str]:
+    """Names of the ops `name` is a form of, nearest first: an in-place op ("mul_", "__iand__")
+    does its functional op's work written over its input; an operator alias ("__and__",
+    "__lshift__") is its named op ("bitwise_and", "bitwise_left_shift")."""
+    if name.startswith("__") and name.endswith("__"):
+        word = name[2:-2]
+        bare = word[1:] if word.startswith("i") and hasattr(torch.ops.aten, f"__{word[1:]}__") \
+            else word
+        named = {"lshift": "left_shift", "rshift": "right_shift"}.get(bare, bare)
+        return [f"__{bare}__", f"bitwise_{named}"]
+    return [name[:-1]] if name.endswith("_") else []
+
+
 def lookup(op) -> Entry | None:
-    """op's formula; an in-place op ("hardswish_") without one of its own takes its functional
-    op's: the same work, written over its input."""
-    packet, name = _packet(op), getattr(_packet(op), "__name__", "")
-    return FORMULAS.get(packet) or (FORMULAS.get(getattr(torch.ops.aten, name[:-1], None))
-                                    if name.endswith("_") and not name.startswith("_") else None)
+    """op's formula: the one registered for it or, first, for an op it is a form of
+    (_functional); else the first a rule gives it or one of those ops, in its own overload or the
+    functional overload of an out= variant."""
+    packet = _packet(op)
+    overload = getattr(op, "_overloadname", "default")
+    namespace, _, name = getattr(packet, "_qualified_op_name", "").partition("::")
+    forms = [packet, *(f for n in _functional(name)
+                       if (f := getattr(getattr(torch.ops, namespace), n, None)) is not None)]
+    registered = next((FORMULAS[f] for f in forms if f in FORMULAS), None)
+    if registered is not None:
+        return registered
+    # an out= overload ("out", "Tensor_out") is its functional one's work ("default", "Tensor")
+    names = dict.fromkeys([overload, "default" if overload == "out"
+                           else overload.removesuffix("_out")])
+    overloads = [o for f in forms for n in names
+                 if isinstance(o := getattr(f, n, None), torch._ops.OpOverload)]
+    # each rule over every form before the next rule: a tag beats a decomposition
+    return next((e for rule in RULES for o in overloads if (e := rule(o)) is not None), None)
+
+
+def call_cost(call: OpCall) -> Cost | None:
+    """The call's Cost by its op's formula; None without one."""
+    entry = lookup(call.op)
+    result = entry.fn(call) if entry is not None else None
+    return result if result is None or isinstance(result, Cost) else \
+        call.cost(int(result), entry.category)

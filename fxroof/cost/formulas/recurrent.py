@@ -1,0 +1,39 @@
+"""Recurrent layers (aten.lstm, gru, rnn_tanh, rnn_relu: every layer, direction and time step in
+one op), costed as the matrix products they run plus the gates' pointwise work.
+
+Each weight matrix of `params` (per layer and direction: the input projection (gates*H, in), the
+hidden one (gates*H, H or proj_size), and with proj_size the projection (proj_size, H)) multiplies
+one vector per token: 2 * tokens * rows * cols FLOPs, biases not counted (PyTorch's convention).
+On top, per token, layer, direction and hidden unit, the gate work (counts beside _GATES).
+Tokens: batch * steps for padded input, the packed length for a PackedSequence (the .data form).
+"""
+from __future__ import annotations
+
+import torch
+
+from fxroof.cost.formulas.registry import OpCall, formula
+from fxroof.graph.tensors import numel
+
+aten = torch.ops.aten
+
+# (gate blocks in the stacked weights, gate FLOPs per token and hidden unit)
+_GATES = {
+    # sum the two projections (4 gates), 3 sigmoids + 1 tanh, c = f*c + i*g (3), h = o*tanh(c) (2)
+    "lstm": (4, 13),
+    # sum the projections of r and z (2), 2 sigmoids, n = tanh(x_n + r*h_n) (3),
+    # h = (1 - z)*n + z*h (4)
+    "gru": (3, 11),
+    # sum the two projections, the activation
+    "rnn_tanh": (1, 2), "rnn_relu": (1, 2),
+}
+
+
+@formula(aten.lstm, aten.gru, aten.rnn_tanh, aten.rnn_relu, category="matmul")
+def recurrent(call: OpCall):
+    x = call.args[0]
+    tokens = numel(x) // int(x.shape[-1])
+    matrices = [w for w in call.get("params") if w.dim() == 2]
+    blocks, per_unit = _GATES[call.op.overloadpacket.__name__]
+    hidden = int(matrices[1].shape[0]) // blocks     # the first hidden-to-hidden weight
+    runs = int(call.get("num_layers")) * (2 if call.get("bidirectional") else 1)
+    return 2 * tokens * sum(numel(w) for w in matrices) + per_unit * tokens * hidden * runs
