@@ -1,0 +1,152 @@
+"""Mixture-of-experts routing as a stated assumption: which experts each token's top-k picks.
+
+On fake tensors a router's scores have no values, so which experts run, and how many tokens each
+gets, is data fxroof cannot know. It assumes it instead, and says so in the report:
+
+    balanced      the T*k token-expert pairs of a step spread evenly over the experts a uniformly
+                  random top-k router touches on average, E*(1-(1-k/E)^T) rounded (all E once T
+                  is large; k at decode with one token)
+    skew=s        a share s of the tokens send their first choice to one hot expert; the rest
+                  are balanced as above
+
+Every `torch.topk` whose values are unknown gets that assignment as its indices' value; the few
+tensors computed from it (masks, counts, offsets) get values by PyTorch's real-tensor propagation,
+so data-dependent sizes (an expert loop's `nonzero`) take them. FLOPs of batched or grouped
+experts (every pair once) do not depend on it; the bytes of expert weights a step reads do.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+from dataclasses import dataclass
+
+import torch
+import torch.utils._pytree as pytree
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+from torch.fx.experimental.symbolic_shapes import ShapeEnv
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import _disable_current_modes
+
+from fxroof.graph.tensors import tensors_in
+
+
+@dataclass(frozen=True)
+class Routing:
+    skew: float = 0.0       # share of tokens whose first choice is one hot expert
+
+    def __post_init__(self):
+        if not 0 <= self.skew <= 1:
+            raise ValueError(f"routing skew must be in [0, 1], got {self.skew!r}")
+
+    @property
+    def label(self) -> str:
+        return f"skew={self.skew:g}" if self.skew else "balanced"
+
+    def experts_touched(self, tokens: int, k: int, experts: int) -> int:
+        """Balanced routing's count of experts a step of `tokens` tokens touches."""
+        expected = experts * (1 - (1 - k / experts) ** tokens)
+        return max(k, min(experts, tokens * k, round(expected)))
+
+    def assign(self, tokens: int, k: int, experts: int) -> torch.Tensor:
+        """(tokens, k) expert indices, each token's k distinct: pairs dealt in turn over the
+        experts balanced routing touches; under skew the first `skew` share of the tokens pick
+        expert 0 and deal their other picks over the rest."""
+        n, hot = self.experts_touched(tokens, k, experts), math.ceil(self.skew * tokens)
+        cold = torch.arange(hot * k, tokens * k).view(tokens - hot, k) % n
+        others = 1 + torch.arange(hot * (k - 1)).view(hot, k - 1) % max(n - 1, 1)
+        return torch.cat([torch.cat([torch.zeros(hot, 1, dtype=torch.long), others], 1), cold])
+
+
+_SPEC = re.compile(r"^(balanced|skew=(?P<s>[0-9]*\.?[0-9]+))$")
+
+
+def parse(spec) -> Routing:
+    """A Routing from None ("balanced"), a Routing, or "balanced" / "skew=0.5"."""
+    if spec is None or isinstance(spec, Routing):
+        return spec or Routing()
+    if not isinstance(spec, str):
+        raise TypeError(f"routing must be a string or a Routing, not {type(spec).__name__}")
+    m = _SPEC.match(spec.strip().lower())
+    if m is None:
+        raise ValueError(f"unknown routing {spec!r}; expected 'balanced' or 'skew=<0..1>'")
+    return Routing(float(m["s"])) if m["s"] else Routing()
+
+
+class _AssumedSizes(ShapeEnv):
+    """Sizes that follow from the routing values: each later use of one (every pass reads
+    sizes) is the assumption at work, not news to log."""
+
+    def _log_real_tensor_propagation(self, orig_expr, unsound_result) -> None:
+        pass
+
+
+class RoutedFakeMode(FakeTensorMode):
+    """Fake tensors whose ShapeEnv takes sizes from values. A value is kept only where every
+    tensor an op reads has one (an op writing a tensor in place from one without drops that
+    tensor's value); a factory makes one only up to VALUE_LIMIT elements, so no large real
+    buffer (a cache, a mask) is allocated."""
+
+    VALUE_LIMIT = 1 << 24
+
+    def __init__(self):
+        super().__init__(allow_non_fake_inputs=True, shape_env=_AssumedSizes(), static_shapes=True)
+
+    def _dispatch_impl(self, func, types, args, kwargs):
+        fakes = [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, FakeTensor)]
+        if not fakes and self.propagate_real_tensors:
+            with _propagating(self, False):
+                out = super()._dispatch_impl(func, types, args, kwargs)
+            if sum(t.numel() for t in tensors_in(out)) > self.VALUE_LIMIT:
+                return out
+        out = super()._dispatch_impl(func, types, args, kwargs)
+        if any(t.real_tensor is None for t in fakes):
+            for t in tensors_in(out):
+                t.real_tensor = None
+        return out
+
+
+class _AssumedTopK(TorchFunctionMode):
+    """Gives every top-k whose scores have no value the routing's indices as their value."""
+
+    def __init__(self, routing: Routing):
+        super().__init__()
+        self.routing, self.used = routing, False
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func not in (torch.topk, torch.Tensor.topk) or out.indices.real_tensor is not None:
+            return out
+        scores = args[0] if args else kwargs["input"]
+        dim = kwargs.get("dim", args[2] if len(args) > 2 else -1)
+        if dim % scores.dim() == scores.dim() - 1:     # a router's: over the experts, per token
+            shape, k = out.indices.shape, int(out.indices.shape[-1])
+            tokens, experts = math.prod(int(s) for s in shape[:-1]), int(scores.shape[-1])
+            with _disable_current_modes():     # a value of our own: neither faked nor traced
+                out.indices.real_tensor = self.routing.assign(tokens, k, experts).view(shape)
+            self.used = True
+        return out
+
+
+@contextlib.contextmanager
+def _propagating(fake_mode: FakeTensorMode, on: bool):
+    before = fake_mode.propagate_real_tensors
+    fake_mode.propagate_real_tensors = on
+    try:
+        yield
+    finally:
+        fake_mode.propagate_real_tensors = before
+
+
+@contextlib.contextmanager
+def assumed_routing(routing: Routing, fake_mode: RoutedFakeMode):
+    """While tracing in `fake_mode`: top-k indices valued by `routing`, and values propagated
+    from them. Yields the mode, whose `used` says whether any top-k was assumed."""
+    cached = fake_mode.cache_enabled
+    fake_mode.cache_enabled = False     # a cached output would come back without its value
+    try:
+        with _propagating(fake_mode, True), _AssumedTopK(routing) as topk:
+            yield topk
+    finally:
+        fake_mode.cache_enabled = cached
