@@ -1,9 +1,12 @@
-"""How much device memory a captured graph needs: weights, KV cache, inputs, peak activations.
+"""How much device memory a captured graph needs: weights, KV cache, inputs, peak activations,
+and for a training step (fxroof.graph.training) gradients and optimizer state.
 
 Works on storages, not tensors, so views cost nothing and an in-place write (a KV cache update)
 allocates nothing. Activations are walked in graph order, as eager runs them: a storage is live from
 the op that makes it to the last op that reads it (through any view) or to the end if the graph
 returns it. A fusing compiler keeps fewer intermediates alive, so this is an upper bound there.
+A training step's gradients are intermediates that live to its end, as `.grad` does until the next
+zero_grad; the peak of all intermediates counts them, and `activations` is that peak beyond them.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import torch.fx as fx
 
 from fxroof.graph.nodes import written_args
 from fxroof.graph.tensors import storage, tensors_in
+from fxroof.graph.training import PHASE_KEY
 
 
 @dataclass(frozen=True)
@@ -20,14 +24,18 @@ class Footprint:
     weights: int        # parameters and buffers
     kv_cache: int       # inputs the graph writes in place (a preallocated KV cache)
     inputs: int         # other inputs
-    activations: int    # peak of live intermediate storages
+    activations: int    # peak of live intermediate storages (beyond the gradients)
+    gradients: int = 0  # a training step's gradients
+    optimizer: int = 0  # a training step's optimizer state (and fp32 master weights)
 
     @property
     def total(self) -> int:
-        return self.weights + self.kv_cache + self.inputs + self.activations
+        return (self.weights + self.kv_cache + self.inputs + self.activations + self.gradients
+                + self.optimizer)
 
     def to_dict(self) -> dict:
-        return {**self.__dict__, "total": self.total}
+        return {**{k: v for k, v in self.__dict__.items()
+                   if v or k not in ("gradients", "optimizer")}, "total": self.total}
 
 
 def _storages(value) -> dict:
@@ -37,15 +45,19 @@ def _storages(value) -> dict:
 
 
 def _held(gm: fx.GraphModule, weights: frozenset) -> dict:
-    """{storage: (bytes, is a weight)} of the graph's inputs."""
-    return {s: (size, n.name in weights) for n in gm.graph.nodes if n.op == "placeholder"
+    """{storage: (bytes, role)} of the graph's inputs, role "weights", "optimizer" (the state a
+    training step's optimizer keeps) or "inputs"."""
+    return {s: (size, "weights" if n.name in weights else "optimizer"
+                if n.meta.get(PHASE_KEY) == "optimizer" else "inputs")
+            for n in gm.graph.nodes if n.op == "placeholder"
             for s, size in _storages(n.meta.get("val")).items()}
 
 
 def written_inputs(gm: fx.GraphModule, weights: frozenset) -> set:
-    """Storages of inputs (not weights) the graph writes in place: a preallocated KV cache.
-    The one definition of "KV cache" that the footprint and the what-ifs share."""
-    inputs = {s for s, (_, is_weight) in _held(gm, weights).items() if not is_weight}
+    """Storages of inputs (not weights, not optimizer state) the graph writes in place: a
+    preallocated KV cache. The one definition of "KV cache" that the footprint and the what-ifs
+    share."""
+    inputs = {s for s, (_, role) in _held(gm, weights).items() if role == "inputs"}
     return {s for n in gm.graph.nodes for arg in written_args(n)
             for s in _storages(arg.meta.get("val")) if s in inputs}
 
@@ -66,20 +78,22 @@ def footprint(gm: fx.GraphModule, weights: frozenset) -> Footprint:
         peak = max(peak, sum(live.values()))
         live = {s: size for s, size in live.items() if last_use.get(s, i) > i}
     written = written_inputs(gm, weights)
-    sizes = {"weights": 0, "kv_cache": 0, "inputs": 0}
-    for s, (size, is_weight) in held.items():
-        sizes["weights" if is_weight else "kv_cache" if s in written else "inputs"] += size
-    return Footprint(activations=peak, **sizes)
+    sizes = {"weights": 0, "kv_cache": 0, "inputs": 0, "optimizer": 0}
+    for s, (size, role) in held.items():
+        sizes["kv_cache" if s in written else role] += size
+    grads = sum(_storages([a.meta.get("val") for a in nodes[-1].all_input_nodes
+                           if a.meta.get(PHASE_KEY) == "backward"]).values())
+    return Footprint(activations=peak - grads, gradients=grads, **sizes)
 
 
 def state_reads(gm: fx.GraphModule, weights: frozenset) -> dict[str, dict]:
     """{node name: {storage: bytes}} of the model's state each op reads, views looked through:
-    its weights and its KV cache, the storages that outlive one forward pass. On a chip with a
+    its weights, KV cache and optimizer state, the storages that outlive one pass. On a chip with a
     cache they stay there between passes only when the whole footprint fits in it; otherwise
     every pass streams them from memory again."""
     written = written_inputs(gm, weights)
-    state = {s: size for s, (size, is_weight) in _held(gm, weights).items()
-             if is_weight or s in written}
+    state = {s: size for s, (size, role) in _held(gm, weights).items()
+             if role != "inputs" or s in written}
     reads = {n.name: {s: state[s] for arg in n.all_input_nodes
                       for s in _storages(arg.meta.get("val")) if s in state}
              for n in gm.graph.nodes if n.op == "call_function"}

@@ -1,0 +1,193 @@
+"""One training step as one aten graph: the forward, the backward of a loss, the optimizer update.
+
+make_fx traces a step function on a fake copy of the model (parameters in, gradients by
+`loss.backward()`, the update in place on parameters and optimizer state), so a 70B-shaped
+model needs no memory and the user's model, its gradients and its mode are never touched.
+Ops are traced in execution order, so the three phases are consecutive runs of nodes: each
+node's PHASE_KEY says which ("forward", "backward", "optimizer"); optimizer-state placeholders
+are tagged "optimizer". The graph returns the loss and the gradients, which a real step keeps
+until the next zero_grad.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.fx as fx
+import torch.fx.traceback as fx_traceback
+from torch._functorch._aot_autograd.logging_utils import setup_stacktrace_preservation_hooks
+from torch.fx.experimental.proxy_tensor import get_proxy_mode, make_fx
+
+from fxroof.graph.capture import (Captured, CaptureError, FakeCopier, _tensor_leaves,
+                                  finish_graph, quiet_torch)
+
+PHASE_KEY = "fxroof.phase"
+PHASES = ("forward", "backward", "optimizer")
+OPTIMIZERS = ("adamw", "sgd", "none")
+HALF = (torch.float16, torch.bfloat16)
+# torch.optim.AdamW's defaults; the values change no cost, the update's ops are what count.
+LR, BETAS, EPS, WEIGHT_DECAY = 1e-3, (0.9, 0.999), 1e-8, 1e-2
+
+
+def capture_step(model, args=(), kwargs=None, *, optimizer: str = "adamw",
+                 loss_fn=None, dp: int = 1) -> Captured:
+    """The training step of `model` on these inputs as one graph, its nodes tagged by phase.
+
+    The loss: `loss_fn(output)` when given, else the output's own `.loss` (a Hugging Face model
+    given labels), else the mean of the first floating-point output. optimizer: "adamw" (two
+    fp32 states per parameter, and fp32 master weights for half-precision parameters), "sgd"
+    (no state) or "none" (forward and backward only). dp > 1: one rank of DDP, its gradients
+    averaged over the default process group (the caller's, e.g. a fake one) in DDP's buckets."""
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; expected one of "
+                         f"{', '.join(OPTIMIZERS)}")
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"a training step needs an nn.Module, not {type(model).__name__}")
+    args = tuple(args) if isinstance(args, (tuple, list)) else (args,)
+    fake = FakeCopier()
+    copy = fake.copy(model).train()   # a step runs the model in training mode (dropout on)
+    args, kwargs = fake.inputs(args), fake.inputs(dict(kwargs or {}))
+    named = dict(copy.named_parameters())
+    params = {k: p for k, p in named.items() if p.requires_grad}
+    if not params:
+        raise ValueError(f"{type(model).__name__} has no parameter that requires grad: "
+                         f"nothing to train")
+    frozen = {**{k: p for k, p in named.items() if k not in params}, **dict(copy.named_buffers())}
+    with fake.mode:
+        states = [_state(p, optimizer) for p in params.values()]
+    marks = []      # node counts where the forward and the backward end
+
+    def step(params, frozen, states, args, kwargs):
+        with torch.enable_grad():
+            out = torch.func.functional_call(copy, {**params, **frozen}, args, kwargs)
+            loss = _loss(out, loss_fn)
+            marks.append(len(get_proxy_mode().tracer.graph.nodes))
+            # each backward op then carries its autograd node's sequence number, which the
+            # forward op that made that node carries too (AOTAutograd's own hooks)
+            setup_stacktrace_preservation_hooks([loss.grad_fn])
+            if dp > 1:
+                _Buckets(list(params.values()))
+            loss.backward()     # not autograd.grad: reentrant checkpointing refuses that
+        grads = [p.grad for p in params.values()]
+        marks.append(len(get_proxy_mode().tracer.graph.nodes))
+        with torch.no_grad():
+            for p, g, state in zip(params.values(), grads, states):
+                if g is not None and optimizer != "none":
+                    _update(optimizer, p, g, *state)
+        return loss, [g for g in grads if g is not None]
+
+    step._orig_mod = copy     # make_fx records module paths relative to `_orig_mod`
+    try:
+        with quiet_torch(), fx_traceback.preserve_node_meta():
+            gm = make_fx(step, tracing_mode="fake", record_module_stack=True)(
+                params, frozen, states, args, kwargs)
+    except (ValueError, TypeError):     # the user's loss or inputs: already one clear line
+        raise
+    except Exception as e:
+        raise CaptureError(type(model).__name__, [("make_fx of a training step", e)]) from e
+    holders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    state_count = sum(len(s) for s in states)
+    weights = frozenset(n.name for n in holders[:len(params) + len(frozen)])
+    _tag_phases(gm, marks, holders[len(params) + len(frozen):][:state_count])
+    _backward_modules(gm)
+    return finish_graph(gm, "make_fx", weights, type(model).__name__)
+
+
+class _Buckets:
+    """DDP's gradient buckets: about 25 MiB each (the first 1 MiB, so that communication starts
+    early), in reverse parameter order, the order the backward makes gradients. A bucket is
+    averaged over the ranks by one all-reduce as soon as the backward has made all its
+    gradients, so the collectives sit among the backward's ops where DDP issues them."""
+
+    def __init__(self, params: list):
+        self.params, self.buckets, self.ready = params, [[]], set()
+        size = 0
+        for i in reversed(range(len(params))):
+            self.buckets[-1].append(i)
+            size += params[i].numel() * params[i].element_size()
+            if size >= (dist._DEFAULT_FIRST_BUCKET_BYTES if len(self.buckets) == 1 else 25 << 20):
+                self.buckets.append([])
+                size = 0
+        for i, p in enumerate(params):
+            p.register_post_accumulate_grad_hook(lambda p, i=i: self._made(i))
+
+    def _made(self, i: int) -> None:
+        self.ready.add(i)
+        bucket = next(b for b in self.buckets if i in b)
+        if self.ready.issuperset(bucket):
+            import torch.distributed._functional_collectives as funcol
+            grads = [self.params[j].grad for j in bucket]
+            flat = funcol.all_reduce(torch.cat([g.flatten() for g in grads]), "avg",
+                                     dist.group.WORLD)
+            for j, g in zip(bucket, flat.split([g.numel() for g in grads])):
+                self.params[j].grad = g.view_as(self.params[j])
+
+
+def _state(p: torch.Tensor, optimizer: str) -> tuple:
+    """The optimizer's state for `p`: AdamW's two moments in fp32, and an fp32 master copy of a
+    half-precision parameter (mixed-precision training updates the master, then copies it)."""
+    if optimizer != "adamw":
+        return ()
+    master = (torch.empty_like(p, dtype=torch.float32),) if p.dtype in HALF else ()
+    return (*master, torch.zeros_like(p, dtype=torch.float32),
+            torch.zeros_like(p, dtype=torch.float32))
+
+
+def _update(optimizer: str, p, g, *state) -> None:
+    """torch.optim's single-tensor update, op for op, at step 1 (bias corrections are Python
+    floats there, no kernel)."""
+    if optimizer == "sgd":
+        p.add_(g, alpha=-LR)
+        return
+    master, exp_avg, exp_avg_sq = state if len(state) == 3 else (p, *state)
+    g = g.to(master.dtype) if g.dtype != master.dtype else g
+    beta1, beta2 = BETAS
+    master.mul_(1 - LR * WEIGHT_DECAY)
+    exp_avg.lerp_(g, 1 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+    denom = (exp_avg_sq.sqrt() / (1 - beta2) ** 0.5).add_(EPS)
+    master.addcdiv_(exp_avg, denom, value=-LR / (1 - beta1))
+    if master is not p:
+        p.copy_(master)
+
+
+def _loss(out, loss_fn) -> torch.Tensor:
+    own = out.get("loss") if isinstance(out, dict) else getattr(out, "loss", None)
+    if loss_fn is not None and own is not None:
+        raise ValueError("the model returns its own loss (labels given) and loss_fn is given: "
+                         "give one")
+    if loss_fn is not None:
+        loss = loss_fn(out)
+    elif own is not None:
+        loss = own
+    else:
+        floats = [t for t in _tensor_leaves(out) if t.is_floating_point()]
+        if not floats:
+            raise ValueError("the model returns no floating-point tensor to take a loss of; "
+                             "give loss_fn=")
+        loss = floats[0].mean()
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.is_floating_point():
+        raise ValueError(f"the loss must be a floating-point tensor of one element, got "
+                         f"{type(loss).__name__}{tuple(getattr(loss, 'shape', ()))}")
+    if not loss.requires_grad:
+        raise ValueError("the loss does not depend on any trainable parameter")
+    return loss
+
+
+def _tag_phases(gm: fx.GraphModule, marks: list, state: list) -> None:
+    """Nodes before the first mark ran the forward and the loss, those before the second the
+    backward, the rest the optimizer; optimizer-state placeholders belong to the optimizer."""
+    for i, node in enumerate(gm.graph.nodes):
+        node.meta[PHASE_KEY] = PHASES[sum(i >= m for m in marks)]
+    for node in state:
+        node.meta[PHASE_KEY] = "optimizer"
+
+
+def _backward_modules(gm: fx.GraphModule) -> None:
+    """A backward op's module is that of the forward op with its sequence number: the gradient
+    of `mlp.c_fc`'s matmul reads as `mlp.c_fc`."""
+    stacks = {n.meta["seq_nr"]: n.meta["nn_module_stack"] for n in gm.graph.nodes
+              if n.meta.get(PHASE_KEY) == "forward" and n.meta.get("nn_module_stack")
+              and "seq_nr" in n.meta}
+    for n in gm.graph.nodes:
+        if n.meta.get(PHASE_KEY) == "backward" and n.meta.get("seq_nr") in stacks:
+            n.meta["nn_module_stack"] = stacks[n.meta["seq_nr"]]
