@@ -265,6 +265,95 @@ def test_in_place_ops_stay_alone():
     assert [k.nodes for k in ks if k is not alone[0]] == [("cos", "add")]
 
 
+def test_in_place_op_on_an_intermediate_fuses_like_its_functional_op():
+    def f(x):
+        y = x.cos()
+        z = y.sin()            # read before the write
+        y.relu_()              # over a whole intermediate: torch.compile makes it relu(y)
+        return z + y           # y read through its old node: the value relu_ wrote
+    gm = graph(fn_module(f), torch.randn(8, 16))
+    assert any(n.target is torch.ops.aten.relu_.default for n in gm.graph.nodes)
+    ks = check_invariants(gm, None)
+    assert [k.nodes for k in ks] == [("cos", "sin", "relu_", "add")]
+    assert ks[0].bytes_read == 8 * 16 * F32 and ks[0].bytes_written == 8 * 16 * F32   # x, out
+
+
+def test_in_place_op_into_a_view_of_an_intermediate_stays_alone():
+    def f(x):
+        y = x.cos()
+        y[:, :2].relu_()       # a write into part of y: a scatter into its base
+        return y
+    gm = graph(fn_module(f), torch.randn(8, 16))
+    ks = check_invariants(gm, None)
+    assert [k.nodes for k in ks] == [("cos",), ("relu_",)]
+    assert ks[1].reason == "in-place write (relu_)"
+    assert ks[1].bytes == 2 * 8 * 2 * F32                # reads and writes the 8x2 slice
+
+
+def test_a_tensor_read_by_every_layer_fuses_within_each_layer_only():
+    """A table read by every layer, with a matmul between layers: sibling reads of the table
+    in one layer fuse (q and k of a rotary embedding), those of different layers never do."""
+    w = torch.randn(16, 16)
+
+    def f(x, c):
+        for _ in range(12):
+            q, k = (x * c).relu(), (x - c).exp()
+            x = (q + k) @ w
+        return x
+    gm = graph(fn_module(f), torch.randn(16, 16), torch.randn(16))
+    ks = check_invariants(gm, None)
+    assert [k.category for k in ks] == ["pointwise", "matmul"] * 12
+    # each layer's kernel reads x (16*16*4 = 1024) and c (64) and writes q + k (1024)
+    assert all(k.bytes == 1024 + 64 + 1024 for k in ks[::2])
+
+
+def test_backend_is_checked():
+    gm = graph(lambda x: x.cos(), torch.randn(4))
+    with pytest.raises(ValueError, match="backend must be one of triton, cpp"):
+        fuse(gm, backend="cuda")
+
+
+def test_cpp_backend_writes_a_cat_for_its_readers():
+    gm = graph(lambda x: torch.cat([x.neg(), x.cos()], -1).exp(), torch.randn(8, 16))
+    x, out = 8 * 16 * F32, 8 * 32 * F32                  # 512, 1024
+    ks = check_invariants(gm, fuse(gm, backend="triton"))
+    assert [k.nodes for k in ks] == [("neg", "cos", "cat", "exp")] and total(ks) == x + out
+    ks = check_invariants(gm, fuse(gm, backend="cpp"))   # each input written into the result
+    assert [k.nodes for k in ks] == [("neg", "cos", "cat"), ("exp",)]
+    assert total(ks) == (x + out) + (out + out)
+
+
+def test_cpp_backend_keeps_a_reduction_apart_from_work_over_its_output_size():
+    def f(x):     # siblings reading x: a row sum (8x64 loop) and work over 8 elements
+        return x.sum(-1, keepdim=True), x[:, :1].exp()
+    gm = graph(f, torch.randn(8, 64))
+    ks = check_invariants(gm, fuse(gm, backend="triton"))
+    assert len(ks) == 1 and total(ks) == 8 * 64 * F32 + 2 * 8 * F32   # x once, two outputs
+    ks = check_invariants(gm, fuse(gm, backend="cpp"))
+    assert [k.nodes for k in ks] == [("sum_1",), ("exp",)]
+    # the sum reads x and writes 8 sums; exp reads the 8-element column and writes 8 values
+    assert [k.bytes for k in ks] == [8 * 64 * F32 + 8 * F32, 2 * 8 * F32]
+
+
+def test_cpp_backend_inlines_a_gather_into_its_reader():
+    emb = nn.Embedding(1000, 16).eval()
+    gm = graph(fn_module(lambda ids: emb(ids) * 2), torch.tensor([[1, 2, 3]]))
+    assert [k.nodes for k in check_invariants(gm, fuse(gm))] == [("embedding",), ("mul",)]
+    ks = check_invariants(gm, fuse(gm, backend="cpp"))
+    assert [k.nodes for k in ks] == [("embedding", "mul")]
+    # the 3 ids (3*8) and the 3 rows picked (3*16*4), not the table; the product written once
+    assert ks[0].bytes_read == 3 * 8 + 3 * 16 * F32 and ks[0].bytes_written == 3 * 16 * F32
+
+
+def test_analyze_follows_the_chips_backend():
+    import fxroof
+    emb = nn.Embedding(1000, 16).eval()
+    model, ids = fn_module(lambda ids: emb(ids) * 2), torch.tensor([[1, 2, 3]])
+    on = {chip: [k.nodes for k in fxroof.analyze(model, (ids,), chip=chip).compiled.kernels]
+          for chip in ("cpu", "h100-sxm")}
+    assert on == {"cpu": [("embedding", "mul")], "h100-sxm": [("embedding",), ("mul",)]}
+
+
 def test_gathers_stay_alone_and_keep_their_cost():
     emb = nn.Embedding(1000, 16).eval()
     gm = graph(emb, torch.tensor([[1, 2, 3]]))
@@ -349,11 +438,11 @@ def random_program(steps, outputs):
 
 @settings(max_examples=40, deadline=None)
 @given(st.lists(STEP, min_size=1, max_size=12), st.lists(st.integers(0, 99), max_size=3),
-       st.booleans())
-def test_random_graphs_keep_the_invariants(steps, outputs, epilogues):
+       st.booleans(), st.sampled_from(["triton", "cpp"]))
+def test_random_graphs_keep_the_invariants(steps, outputs, epilogues, backend):
     args = (torch.randn(4, 8), torch.randn(4, 8), torch.randn(8))
     gm = graph(random_program(steps, outputs), *args)
-    check_invariants(gm, fuse(gm, matmul_epilogues=epilogues))
+    check_invariants(gm, fuse(gm, matmul_epilogues=epilogues, backend=backend))
 
 
 @settings(max_examples=20, deadline=None)

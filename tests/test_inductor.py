@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from fxroof.measure.inductor import compare, inductor_kernels
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
-TOLERANCE = 0.10   # fxroof's fused bytes within 10% of Inductor's
+TOLERANCE = 0.05   # fxroof's fused bytes within 5% of Inductor's (fxroof following its C++ backend)
 
 
 def workload(name: str, **options):
@@ -54,6 +54,23 @@ class Block(nn.Module):
         return x + self.out(F.gelu(self.fc(self.ln_2(x)), approximate="tanh"))
 
 
+class ResidualBlock(nn.Module):
+    """A ResNet basic block as torchvision writes it: ReLU(inplace=True) and `out += identity`,
+    in-place writes over intermediates that torch.compile turns into functional ops."""
+
+    def __init__(self, c=8):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += x
+        return self.relu(out)
+
+
 def pointwise_chain(x, b):
     return ((x.cos() * b).relu() + 1).exp().sigmoid()
 
@@ -69,6 +86,8 @@ CASES = {
     "layer norm + residual": lambda: (LayerNormResidual().eval(),
                                       (torch.randn(8, 16, 64), torch.randn(8, 16, 64)), None),
     "gpt2 block by hand": lambda: (Block().eval(), (torch.randn(2, 16, 64),), None),
+    "residual block, in-place relu": lambda: (ResidualBlock().eval(),
+                                              (torch.randn(2, 8, 16, 16),), None),
     "mlp": lambda: workload("mlp", preset="tiny", batch=4),
     "gpt2": lambda: workload("gpt2", size="tiny", seq=16),
     "bert": lambda: workload("bert", size="tiny", seq=16),
@@ -94,17 +113,29 @@ def test_kernel_counts_are_comparable(comparison):
     # fxroof keeps gathers alone (Inductor fuses them into the next kernel) and fuses a cat into
     # its consumer (Inductor's CPU backend writes each cat input with a kernel of its own).
     assert abs(len(c.fxroof) - len(c.inductor)) <= max(2, 0.3 * len(c.inductor)), f"{name}\n{c}"
+    if name in ("gpt2", "bert", "resnet"):
+        # the C++ backend's rules: gathers inlined into the embedding sums, a conv's batch norm
+        # and ReLU one kernel (ResNet: Inductor runs the stem's max pool as a kernel of its own,
+        # where fxroof fuses it with the batch norm and ReLU before it)
+        assert len(c.fxroof) == len(c.inductor) - (name == "resnet"), f"{name}\n{c}"
 
 
 def test_exact_agreement_on_simple_fusions(comparison):
     name, c = comparison
-    if name not in ("pointwise chain", "softmax", "layer norm + residual", "mlp"):
+    if name not in ("pointwise chain", "softmax", "layer norm + residual", "mlp",
+                    "residual block, in-place relu"):
         pytest.skip("not one of the simple fusions")
     assert c.inductor_bytes == c.fxroof_bytes
     assert len(c.inductor) == len(c.fxroof)
     if name == "pointwise chain":
         # x (64,128) and b (128,) read once, the result written once: (8192+128+8192)*4 = 66048
         assert c.fxroof_bytes == 66048
+    if name == "residual block, in-place relu":
+        # conv, bn1 + relu_, conv, bn2 + add_ + relu_: a conv reads its 2x8x16x16 input (16384)
+        # and 8x8x3x3 weight (2304), a batch norm its input and 4 vectors of 8 (128), the last
+        # kernel x too; each writes one 2x8x16x16 tensor
+        assert [k.bytes_read for k in c.fxroof] == [18688, 16512, 18688, 16512 + 16384]
+        assert [k.bytes_written for k in c.fxroof] == [16384] * 4
 
 
 def test_inductor_kernels_report_extern_matmuls():

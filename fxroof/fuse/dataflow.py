@@ -15,8 +15,8 @@ import torch.fx as fx
 
 from fxroof.cost.formulas import OpCall
 from fxroof.cost.record import COST_KEY, FREE_CATEGORIES, Cost
-from fxroof.fuse.policy import classify
-from fxroof.graph.nodes import module_path, mutates
+from fxroof.fuse.policy import INLINE_GATHERS, classify
+from fxroof.graph.nodes import module_path, mutates, written_args
 from fxroof.graph.tensors import footprint, numel, tensors_in
 
 Key = tuple   # (root node name, output index or None): one tensor in memory
@@ -37,6 +37,7 @@ class Op:
     keys: tuple = ()           # the tensors it makes
     reads: list = field(default_factory=list)   # (key, tensor read) per input, views looked through
     outputs_returned: bool = False
+    picked: int = 0            # an inlined gather: the bytes it reads of its source (first input)
 
 
 @dataclass
@@ -61,7 +62,9 @@ class Facts:
                 if p in members or (p is not None and self.ops[p].kind == "create"
                                     and reader.kind != "solo"):
                     continue
-                views.setdefault(key, {})[_signature(t)] = footprint(t)
+                size = min(footprint(t), reader.picked) if reader.picked and t is reader.reads[0][1] \
+                    else footprint(t)
+                views.setdefault(key, {})[_signature(t)] = size
         return sum(min(sum(seen.values()), footprint(self.base[key]))
                    for key, seen in views.items())
 
@@ -81,11 +84,17 @@ class Facts:
         return total
 
 
-def graph_facts(gm: fx.GraphModule) -> Facts:
+def graph_facts(gm: fx.GraphModule, inline_gathers: bool = False) -> Facts:
+    """The facts fusion decides on; `inline_gathers`: gathers fuse as indirect loads (C++
+    backend) rather than run as library kernels."""
     ops: list[Op] = []
     roots: dict[fx.Node, list] = {}       # node -> [(key, tensor)] it stands for
     base: dict = {}
     producer: dict = {}
+    # An in-place write over a whole intermediate is its functional op, as functionalization makes
+    # it: it makes a new tensor, which every later read of the old one reads instead.
+    renamed: dict = {}                    # key written over -> the key of the op that did it
+    functional: set = set()               # indices of those ops
     for node in gm.graph.nodes:
         if node.op in ("placeholder", "get_attr"):
             roots[node] = _own(node, base)
@@ -96,19 +105,29 @@ def graph_facts(gm: fx.GraphModule) -> Facts:
             if cost.category in FREE_CATEGORIES:
                 roots[node] = _through_view(node, roots)
                 continue
-            op = _op(len(ops), node, cost)
+            reads = [(_latest(k, renamed), t) for arg in node.all_input_nodes
+                     for k, t in roots.get(arg, ())]
+            written = _written_intermediate(node, roots, renamed, producer, base)
+            op = _op(len(ops), node, cost, functional=written is not None,
+                     inline_gathers=inline_gathers)
             roots[node] = _own(node, base)
             op.keys = tuple(k for k, _ in roots[node])
             for k in op.keys:
                 producer[k] = op.index
+            if written is not None:
+                renamed[written] = op.keys[0]
+                functional.add(op.index)
             if op.kind != "create":
-                op.reads = [r for arg in node.all_input_nodes for r in roots.get(arg, ())]
+                op.reads = reads
+                if op.kind != "solo" and getattr(node.target, "overloadpacket", None) in \
+                        INLINE_GATHERS:   # fused only when inlined (classify)
+                    op.picked = cost.bytes_read - sum(footprint(t) for _, t in reads[1:])
                 if op.kind == "pointwise" and op.reads and all(
                         k in producer and ops[producer[k]].kind == "create" for k, _ in op.reads):
                     op.kind = "create"    # work on created values only: recomputed, never read
             ops.append(op)
 
-    returned = {k for n in gm.graph.nodes if n.op == "output"
+    returned = {_latest(k, renamed) for n in gm.graph.nodes if n.op == "output"
                 for arg in n.all_input_nodes for k, _ in roots.get(arg, ())}
     deps = nx.DiGraph()
     deps.add_nodes_from(range(len(ops)))
@@ -120,7 +139,7 @@ def graph_facts(gm: fx.GraphModule) -> Facts:
                 readers[key].append(op.index)
             deps.add_edges_from((p, op.index) for p in (producer.get(key), mutated.get(key))
                                 if p is not None and p != op.index)
-        if mutates(op.node):
+        if mutates(op.node) and op.index not in functional:
             for key, _ in op.reads[:1]:   # earlier readers read it before this write
                 deps.add_edges_from((r, op.index) for r in readers.get(key, ()) if r != op.index)
                 mutated[key] = op.index
@@ -154,9 +173,31 @@ def _through_view(node: fx.Node, roots: dict) -> list:
     return [(key, t) for key, _ in sources[:1] for t in tensors_in(val)]
 
 
-def _op(index: int, node: fx.Node, cost: Cost) -> Op:
+def _latest(key: Key, renamed: dict) -> Key:
+    """The tensor that holds `key`'s value now: the last functional in-place write over it."""
+    while key in renamed:
+        key = renamed[key]
+    return key
+
+
+def _written_intermediate(node: fx.Node, roots: dict, renamed: dict, producer: dict,
+                          base: dict) -> Key | None:
+    """The tensor an in-place op writes over, whole and as it lies, if an op made it; else None
+    (a graph input or state is written in place by a compiler too, and a write into a view is a
+    scatter into its base)."""
+    found = roots.get(node.args[0], ()) if written_args(node) == list(node.args[:1]) else ()
+    if len(found) != 1 or not isinstance(node.meta.get("val"), torch.Tensor):
+        return None
+    key = _latest(found[0][0], renamed)
+    whole = key in producer and _signature(found[0][1]) == _signature(base[key])
+    return key if whole else None
+
+
+def _op(index: int, node: fx.Node, cost: Cost, *, functional: bool,
+        inline_gathers: bool) -> Op:
     out_spaces = tuple(numel(t) for t in tensors_in(node.meta.get("val")))
-    kind, rank, reason = classify(node, cost, getattr(node.target, "overloadpacket", None))
+    kind, rank, reason = classify(node, cost, getattr(node.target, "overloadpacket", None),
+                                  functional=functional, inline_gathers=inline_gathers)
     spaces = [numel(t) for t in OpCall.of(node).inputs] if kind == "reduction" else out_spaces
     return Op(index, node, cost, kind, rank, max(spaces, default=0), out_spaces,
               module_path(node), reason)

@@ -3,8 +3,9 @@ would emit, and count each kernel's bytes as that compiler would move them.
 
 Reads node.meta["fxroof.cost"] (annotate.py); writes node.meta["fxroof.kernel"] = the index of the
 node's kernel in the returned tuple, on every node that is not a view. Changes nothing else.
-dataflow.py holds the graph facts, policy.py what stays a kernel of its own, this file the
-decisions. The rules, and where they differ from Inductor's: docs/fusion.md.
+dataflow.py holds the graph facts, policy.py what stays a kernel of its own, reach.py the cycle
+test of horizontal fusion, this file the decisions, for Inductor's Triton (GPU) or C++ (CPU)
+code generator. The rules, and where they differ from Inductor's: docs/fusion.md.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import torch.fx as fx
 
 from fxroof.cost.record import COST_KEY, FREE_CATEGORIES, KERNEL_KEY
 from fxroof.fuse.dataflow import Facts, Op, graph_facts
+from fxroof.fuse.reach import SiblingReach
 
 __all__ = ["Kernel", "fuse", "unfused"]
 
@@ -70,10 +72,17 @@ def _views_before(gm: fx.GraphModule) -> dict[str, int]:
     return counts
 
 
-def fuse(gm: fx.GraphModule, *, matmul_epilogues: bool = False) -> tuple[Kernel, ...]:
-    """Compiled mode: the kernels a fusing compiler would emit, in graph (topological) order."""
-    facts = graph_facts(gm)
-    fuser = _Fuser(facts, matmul_epilogues)
+BACKENDS = ("triton", "cpp")   # Inductor's code generators: GPUs, CPUs
+
+
+def fuse(gm: fx.GraphModule, *, matmul_epilogues: bool = False,
+         backend: str = "triton") -> tuple[Kernel, ...]:
+    """Compiled mode: the kernels a fusing compiler would emit, in graph (topological) order.
+    backend: the code generator whose fusions to follow, "triton" (GPU) or "cpp" (CPU)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    facts = graph_facts(gm, inline_gathers=backend == "cpp")
+    fuser = _Fuser(facts, matmul_epilogues, backend == "cpp")
     fuser.run()
     groups = fuser.ordered_groups()
     for node in gm.graph.nodes:
@@ -98,15 +107,16 @@ class _Group:
     red: bool = False          # holds a reduction or norm
     lib: bool = False          # holds a library op (a matmul taking epilogues)
     create: bool = False       # holds creation ops only
+    cat: bool = False          # holds a cat whose result the C++ backend writes (see why_not)
     first: int = 0             # its first op's index
 
 
 class _Fuser:
     ROUNDS = 10   # Inductor's fuse_nodes runs up to 10 rounds too
 
-    def __init__(self, facts: Facts, matmul_epilogues: bool):
+    def __init__(self, facts: Facts, matmul_epilogues: bool, cpp: bool):
         self.f = facts
-        self.epilogues = matmul_epilogues
+        self.epilogues, self.cpp = matmul_epilogues, cpp
         self.group_of = list(range(len(facts.ops)))     # op index -> group id (its first seed)
         self.groups = {op.index: self._seed(op) for op in facts.ops}
         self.g = nx.DiGraph(facts.deps)                 # group graph, kept acyclic
@@ -116,8 +126,9 @@ class _Fuser:
         lib = op.kind == "solo" and self.epilogues and op.cost.category == "matmul"
         red = op.kind == "reduction"
         spaces = frozenset({op.space, *op.out_spaces}) if red else frozenset({op.space})
+        cat = self.cpp and op.kind == "pointwise" and op.node.target is torch.ops.aten.cat.default
         return _Group([op.index], op.space, spaces, red=red, lib=lib,
-                      create=op.kind == "create", first=op.index)
+                      create=op.kind == "create", cat=cat, first=op.index)
 
     # -- the passes --
     def run(self) -> None:
@@ -142,12 +153,24 @@ class _Fuser:
             if key in f.producer and f.ops[f.producer[key]].kind == "create":
                 continue    # recomputed by each reader: no shared read to save
             gids = list(dict.fromkeys(self.group_of[r] for r in readers))
+            if len(gids) < 2:
+                continue
+            reach, every = SiblingReach(self.g, self.rank, gids), (1 << len(gids)) - 1
             for i, a in enumerate(gids):
-                for b in gids[i + 1:]:
-                    a, b = self.group_of[a], self.group_of[b]
-                    if a != b and self._sibling_why_not(a, b) is None:
-                        self._merge(a, b)
+                # Pairs in reader order, as a search per pair would take them, skipping the
+                # siblings a reaches through a third group (refused, whatever else they share).
+                a = self.group_of[a]
+                todo = every & ~((2 << i) - 1) & ~reach.beyond(a)
+                while todo:
+                    j = (todo & -todo).bit_length() - 1
+                    b = self.group_of[gids[j]]
+                    if a != b and self._sibling_why_not(a, b, reach) is None:
+                        kept = self._merge(a, b)
+                        reach.merged(kept, b if kept == a else a)
+                        a = kept
                         merged += 1
+                        todo = every & ~reach.beyond(a)   # paths through the merged group
+                    todo &= ~((2 << j) - 1)
         return merged
 
     # -- the rules --
@@ -164,6 +187,8 @@ class _Fuser:
             return f"feeds {consumer.node.name} ({consumer.solo_reason})"
         if gb.lib:
             return f"feeds {consumer.node.name} (a matmul with epilogues takes no prologue)"
+        if ga.cat:    # Inductor's C++ backend lowers cat to a kernel per input, never inlined
+            return f"cat result read by {consumer.node.name} (C++ backend)"
         if ga.lib:
             if gb.red:
                 return f"reduction {consumer.node.name} cannot be a matmul epilogue"
@@ -173,13 +198,15 @@ class _Fuser:
             return self._mismatch(ga, gb, consumer)
         return "would create a cycle" if self._between(a, b) is None else None
 
-    def _sibling_why_not(self, a: int, b: int) -> str | None:
+    def _sibling_why_not(self, a: int, b: int, reach: SiblingReach) -> str | None:
         ga, gb = self.groups[a], self.groups[b]
         if ga.lib or gb.lib or not (self._fusable(a) and self._fusable(b)):
             return "library op"
         if ga.create or gb.create or not self._same_space(ga, gb):
             return "different iteration space"
-        return "would create a cycle" if self._between(a, b) is None else None
+        if self.cpp and (ga.cat or gb.cat or ga.space != gb.space):
+            return "different loop nest (C++ backend)"   # no reduction beside its output's work
+        return "would create a cycle" if reach.blocked(a, b) else None
 
     @staticmethod
     def _same_space(ga: _Group, gb: _Group) -> bool:
@@ -234,7 +261,8 @@ class _Fuser:
                     stack.append(y)
         return a, b, up, down
 
-    def _merge(self, a: int, b: int) -> None:
+    def _merge(self, a: int, b: int) -> int:
+        """Merge group b into a or a into b (the one ranked first is kept); the id kept."""
         first, last, up, down = self._between(a, b)
         # Re-rank the window: b's ancestors, then the merged pair, then a's descendants.
         slots = sorted(self.rank[x] for x in up | down)
@@ -261,12 +289,14 @@ class _Fuser:
         ga.ops += gb.ops
         ga.space, ga.red, ga.lib = space, ga.red or gb.red, ga.lib or gb.lib
         ga.create, ga.first = ga.create and gb.create, min(ga.first, gb.first)
+        ga.cat = ga.cat or gb.cat
         for i in gb.ops:
             self.group_of[i] = a
         g = self.g
         g.add_edges_from((p, a) for p in g.predecessors(b) if p != a)
         g.add_edges_from((a, s) for s in g.successors(b) if s != a)
         g.remove_node(b)
+        return a
 
     # -- results --
     def ordered_groups(self) -> list[_Group]:

@@ -1,7 +1,9 @@
 """What stays a kernel of its own: the one place fusion's policy on single ops is written.
 
 Library ops (matmul, conv, attention, collectives), gathers and scatters, ops whose output size
-depends on the data, in-place writes and ops without a formula run as kernels of their own;
+depends on the data, in-place writes into graph inputs, state or views, and ops without a formula
+run as kernels of their own; an in-place write over a whole intermediate is its functional op
+(as torch.compile's functionalization makes it);
 creation ops are recomputed by the kernels that read them; the rest fuse as pointwise work or
 as reductions.
 """
@@ -27,19 +29,31 @@ SOLO_CATEGORIES = frozenset({"matmul", "conv", "attention", "collective", "other
 REDUCTION_CATEGORIES = frozenset({"reduction", "norm"})
 
 
-def classify(node: fx.Node, cost: Cost, packet) -> tuple[str, str, str]:
-    """(kind, rank, reason it stays alone) for one op."""
+# Gathers Inductor's C++ backend lowers to indirect loads inside the kernel that reads them.
+INLINE_GATHERS = frozenset({aten.embedding, aten.index_select, aten.gather, aten.take_along_dim,
+                            aten.index})
+
+
+def classify(node: fx.Node, cost: Cost, packet, *, functional: bool = False,
+             inline_gathers: bool = False) -> tuple[str, str, str]:
+    """(kind, rank, reason it stays alone) for one op; `functional`: an in-place op that
+    functionalization would turn into its functional op (it writes over an intermediate);
+    `inline_gathers`: INLINE_GATHERS fuse as copies (C++ backend)."""
     name = getattr(packet, "__name__", str(node.target))
     if cost.note == "allocation only" or (cost.category == "pointwise" and cost.bytes_read == 0):
         return "create", "create", ""   # full, arange, zeros_like: the input gives a shape only
-    if mutates(node):
+    if functional:
+        name = name.removesuffix("_")
+        packet = getattr(aten, name, packet)
+    elif mutates(node):
         return "solo", "solo", f"in-place write ({name})"
     if not cost.known:
         return "solo", "solo", f"no cost formula ({name})"
     if cost.category in SOLO_CATEGORIES:
         what = cost.category if cost.category != "other" else f"op {name}"
         return "solo", "solo", f"library {what}"
-    for ops, what in ((GATHERS, "gather"), (SCATTERS, "scatter"),
+    gathers = GATHERS - INLINE_GATHERS if inline_gathers else GATHERS
+    for ops, what in ((gathers, "gather"), (SCATTERS, "scatter"),
                       (DATA_DEPENDENT, "op with data-dependent output")):
         if packet in ops:
             return "solo", "solo", f"library {what} ({name})"

@@ -113,9 +113,11 @@ def inductor_kernels(model, args=(), kwargs=None, *,
 
 
 def compare(model, args=(), kwargs=None, *, matmul_epilogues: bool = False,
-            layout_optimization: bool = False) -> Comparison:
-    """Inductor's kernels and fxroof's fused kernels for the same model and inputs."""
-    ours = fuse(annotate(capture(model, args, kwargs).gm), matmul_epilogues=matmul_epilogues)
+            layout_optimization: bool = False, backend: str = "cpp") -> Comparison:
+    """Inductor's kernels and fxroof's fused kernels for the same model and inputs. Inductor
+    compiles for the CPU, so fxroof follows its C++ backend unless `backend` says otherwise."""
+    ours = fuse(annotate(capture(model, args, kwargs).gm), matmul_epilogues=matmul_epilogues,
+                backend=backend)
     theirs = inductor_kernels(model, args, kwargs, layout_optimization=layout_optimization)
     return Comparison(tuple(theirs), ours)
 
