@@ -1,5 +1,6 @@
 # Set-up happens on first use: `make run` and `make test` each create .venv if needed.
-# torch is pinned here to the CPU build; the library itself accepts any torch >= 2.5.
+# torch is pinned to one release (which build pip picks: README, set-up); the library itself
+# accepts any torch >= 2.5.
 VENV := .venv
 PY := $(VENV)/bin/python
 TORCH := torch==2.13.0

@@ -10,22 +10,23 @@ against a real run, cli/ is the command.
 """
 import importlib
 
-from fxroof.chips import Chip, ChipError, chip
-from fxroof.cost import Cost, OpCall, register_formula
-from fxroof.cost.whatif import Quantization
-from fxroof.graph import CaptureError, Footprint
-from fxroof.pipeline import Target, analyze
-from fxroof.report import KernelRow, ModeSummary, NodeRow, Report
-
-# Studies need sympy and dynamo; they load on first use, so that `import fxroof` stays light.
-_LAZY = {"Sweep": "fxroof.studies.sweep", "sweep": "fxroof.studies.sweep",
-         "generation": "fxroof.studies.llm", "critical_batch": "fxroof.studies.llm",
-         "Generation": "fxroof.studies.llm", "CriticalBatch": "fxroof.studies.llm"}
+# Every name loads on first use (torch, sympy, dynamo), so that importing the package, and with
+# it `fxroof --help`, stays light.
+_LAZY = {**dict.fromkeys(("Chip", "ChipError", "chip"), "fxroof.chips"),
+         **dict.fromkeys(("Cost", "OpCall", "register_formula"), "fxroof.cost"),
+         "Quantization": "fxroof.cost.whatif",
+         **dict.fromkeys(("CaptureError", "Footprint"), "fxroof.graph"),
+         **dict.fromkeys(("Target", "analyze"), "fxroof.pipeline"),
+         **dict.fromkeys(("KernelRow", "ModeSummary", "NodeRow", "Report"), "fxroof.report"),
+         **dict.fromkeys(("Sweep", "sweep"), "fxroof.studies.sweep"),
+         **dict.fromkeys(("generation", "critical_batch", "Generation", "CriticalBatch"),
+                         "fxroof.studies.llm"),
+         "compare_trace": "fxroof.measure.profile_trace"}
 
 __all__ = ["CaptureError", "Chip", "ChipError", "Cost", "CriticalBatch", "Footprint",
            "Generation", "KernelRow", "ModeSummary", "NodeRow", "OpCall", "Quantization",
-           "Report", "Sweep", "Target", "analyze", "chip", "critical_batch", "generation",
-           "register_formula", "sweep"]
+           "Report", "Sweep", "Target", "analyze", "chip", "compare_trace", "critical_batch",
+           "generation", "register_formula", "sweep"]
 
 
 def __getattr__(name: str):

@@ -1,12 +1,20 @@
 """fxroof.analyze: capture -> annotate -> what-if -> fuse -> time model -> report, in one call.
 
 `Target` is what an analysis aims at (chip, mode, what-if, tensor-parallel degree, fusion
-options): one frozen record, checked once, passed whole by sweeps, LLM studies and the CLI.
+options, inference or a training step): one frozen record, checked once, passed whole by sweeps,
+LLM studies and the CLI.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
+import gc
+import importlib.metadata
 from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
 
 from fxroof.chips import Chip
 from fxroof.chips import chip as find_chip
@@ -19,10 +27,29 @@ from fxroof.fuse import fuse, unfused
 from fxroof.fuse.policy import classify
 from fxroof.graph.capture import Captured, capture
 from fxroof.graph.memory import footprint, state_reads
+from fxroof.graph.nodes import module_path
+from fxroof.graph.routing import Routing
+from fxroof.graph.routing import parse as parse_routing
+from fxroof.graph.tensors import dtype_name
+from fxroof.graph.training import OPTIMIZERS, PHASE_KEY, capture_step
 from fxroof.report.build import kernel_rows, node_rows
 from fxroof.report.records import ModeSummary, Report
 
-__all__ = ["Target", "analyze", "report_of", "target_of"]
+__all__ = ["Target", "analyze", "no_full_gc", "report_of", "target_of"]
+
+
+@contextlib.contextmanager
+def no_full_gc():   # a decorator too: contextmanager's objects are ContextDecorators
+    """Python's full (oldest-generation) collections put off while an analysis or a study runs,
+    young ones kept: the passes make many short-lived cycles that young collections free, and
+    full ones would walk the whole captured graph again and again, a cost that grows with depth
+    (docs/fusion.md). Thresholds are restored."""
+    old = gc.get_threshold()
+    gc.set_threshold(old[0], old[1], 1 << 30)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*old)
 
 
 @dataclass(frozen=True)
@@ -30,21 +57,45 @@ class Target:
     """chip: a name, a chip file or a Chip. mode: "compiled" (fused kernels, as a deployment
     runs) or "eager" (one kernel per op). quantize: a what-if such as "w4+kv8" (fxroof.cost.whatif).
     tp: tensor-parallel degree, > 1 analyzes one rank of a Megatron split (fxroof.graph.parallel).
-    matmul_epilogues: let matmuls take pointwise epilogues when fusing."""
+    matmul_epilogues: let matmuls take pointwise epilogues when fusing.
+    train: analyze one training step (forward, backward, optimizer; fxroof.graph.training)
+    instead of inference; optimizer: "adamw", "sgd" or "none" (forward and backward only);
+    dp: data-parallel degree of a training step, > 1 analyzes one rank of DDP.
+    routing: the mixture-of-experts top-k routing to assume, "balanced" or "skew=0.5"
+    (fxroof.graph.routing); None: balanced, where routing decides what runs."""
     chip: Chip | str = "h100-sxm"
     mode: str = "compiled"
     quantize: Quantization | str | None = None
     tp: int = 1
     matmul_epilogues: bool = False
+    train: bool = False
+    optimizer: str = "adamw"
+    dp: int = 1
+    routing: Routing | str | None = None
 
     def __post_init__(self):
         # Names become records here, so that a misspelt chip or what-if fails before a capture.
         object.__setattr__(self, "chip", find_chip(self.chip))
         object.__setattr__(self, "quantize", parse_quantization(self.quantize))
+        if self.routing is not None:
+            object.__setattr__(self, "routing", parse_routing(self.routing))
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}; expected one of {', '.join(MODES)}")
         if isinstance(self.tp, bool) or not isinstance(self.tp, int) or self.tp < 1:
             raise ValueError(f"tp must be a whole number >= 1, got {self.tp!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; expected one of "
+                             f"{', '.join(OPTIMIZERS)}")
+        if self.train and self.quantize is not None:
+            raise ValueError("quantization what-ifs model inference; train=True takes none")
+        if isinstance(self.dp, bool) or not isinstance(self.dp, int) or self.dp < 1:
+            raise ValueError(f"dp must be a whole number >= 1, got {self.dp!r}")
+        if self.dp > 1 and not self.train:
+            raise ValueError("dp > 1 models the gradient all-reduce of a training step: it needs "
+                             "train=True")
+        if self.train and self.tp > 1:
+            raise ValueError("a tensor-parallel training step is not modelled yet: train=True "
+                             "takes tp=1 (dp=N for data parallelism)")
         if self.quantize is not None and self.matmul_epilogues:
             raise ValueError("quantization what-ifs need matmul_epilogues=False: a matmul fused "
                              "with its epilogues counts its bytes from tensor sizes, not its Cost")
@@ -64,34 +115,67 @@ def target_of(target: Target | None = None, **fields) -> Target:
     return target
 
 
+@no_full_gc()
 def analyze(model, example_inputs=(), example_kwargs=None, *, target: Target | None = None,
-            **fields) -> Report:
+            loss_fn=None, **fields) -> Report:
     """Analyze `model` on a chip from its real graph.
 
     model: an nn.Module, fx.GraphModule or ExportedProgram; example inputs may be real, fake or
     meta tensors (meta: nothing is allocated). The target: `target=Target(...)` or its fields
-    as keywords, chip="a100-80gb", mode="eager", quantize="w4", tp=8, matmul_epilogues=True.
+    as keywords, chip="a100-80gb", mode="eager", quantize="w4", tp=8, matmul_epilogues=True,
+    train=True, optimizer="sgd". loss_fn: with train=True, the loss as a function of the
+    model's output (default: its own `.loss`, else the mean of its first output).
     The model itself is never changed.
     """
     target = target_of(target, **fields)
+    if loss_fn is not None and not target.train:
+        raise TypeError("loss_fn= is for a training step: give train=True too")
     if target.tp != 1:
         from fxroof.graph.parallel import tensor_parallel   # torch.distributed: only for tp
         with tensor_parallel(model, target.tp, example_inputs, example_kwargs) as (local, a, kw):
-            report = analyze(local, a, kw, target=dataclasses.replace(target, tp=1))
+            report = analyze(local, a, kw, target=dataclasses.replace(target, tp=1),
+                             loss_fn=loss_fn)
         return dataclasses.replace(report, tp=target.tp)
-    return report_of(capture(model, example_inputs, example_kwargs), target)
+    if target.train:
+        with _process_group(target.dp):
+            return report_of(capture_step(model, example_inputs, example_kwargs, dp=target.dp,
+                                          optimizer=target.optimizer, loss_fn=loss_fn), target)
+    return report_of(capture(model, example_inputs, example_kwargs, target.routing), target)
 
 
+_DP_NOTE = ("the gradient all-reduce is timed after the backward; DDP overlaps every bucket but "
+            "the last with it, so the step's time is an upper bound")
+
+
+def _process_group(ranks: int):
+    """A fake process group of `ranks` for a data-parallel step (no collective runs), kept
+    alive while the report is built: collectives are costed by the group's size."""
+    if ranks == 1:
+        return contextlib.nullcontext()
+    from fxroof.graph.parallel import fake_process_group   # torch.distributed: only for dp
+    return fake_process_group(ranks)
+
+
+@no_full_gc()
 def report_of(captured: Captured, target: Target) -> Report:
     """Every pass after capture: annotate, what-ifs, fuse, time model, report. Sweeps call this
     on graphs they captured once."""
-    chip = target.chip
+    chip, provenance = target.chip, _provenance(captured)
+    if target.train and not any(PHASE_KEY in n.meta for n in captured.gm.graph.nodes):
+        raise ValueError("train=True needs a training step's graph (fxroof.analyze captures "
+                         "one); sweeps and LLM studies analyze inference only")
+    for given in dict(provenance)["inputs"]:
+        if 0 in given["shape"]:      # every op would cost 0: a fast answer that means nothing
+            raise ValueError(f"an input tensor of shape {tuple(given['shape'])} is empty "
+                             f"(batch=0?): there is no work to analyze")
+    _check_matmul_dtypes(captured.gm)
     gm = annotate(captured.gm)
     whatif = quantize_graph(gm, captured.weights, target.quantize)
     nodes = node_rows(gm)
     if not nodes:      # every regime share would be 0 of 0: nothing honest to say
         raise ValueError(f"{captured.name} runs no ops on these inputs: nothing to analyze")
-    compiled = fuse(gm, matmul_epilogues=target.matmul_epilogues)
+    compiled = fuse(gm, matmul_epilogues=target.matmul_epilogues,
+                    backend="cpp" if chip.kind == "cpu" else "triton")   # Inductor's code generator
     eager = unfused(gm)
     memory = whatif.memory(footprint(gm, captured.weights))
     # A cache holds the weights and KV cache between passes only if everything fits in it.
@@ -101,7 +185,63 @@ def report_of(captured: Captured, target: Target) -> Report:
         model=captured.name, capture=captured.strategy, chip=chip, mode=target.mode, nodes=nodes,
         eager=ModeSummary("eager", kernel_rows(eager, chip, "eager", nodes, streamed)),
         compiled=ModeSummary("compiled", kernel_rows(compiled, chip, "compiled", nodes, streamed)),
-        memory=memory, whatif=target.whatif, notes=_whatif_notes(gm, whatif.requantized, target))
+        memory=memory, whatif=target.whatif,
+        notes=_whatif_notes(gm, whatif.requantized, target) + _routing_notes(gm, captured, target)
+        + (_DP_NOTE,) * (target.dp > 1),
+        training=target.optimizer if target.train else "", dp=target.dp, provenance=provenance)
+
+
+def _provenance(captured: Captured) -> tuple:
+    """What was analyzed, for whoever reads the report later: the graph's inputs (weights
+    aside), shape and dtype, and the versions that analyzed it."""
+    inputs = [n.meta["val"] for n in captured.gm.graph.nodes if n.op == "placeholder"
+              and n.name not in captured.weights and isinstance(n.meta.get("val"), torch.Tensor)]
+    return (("inputs", [{"shape": [s if isinstance(s, int) else str(s) for s in t.shape],
+                         "dtype": dtype_name(t.dtype)} for t in inputs]),
+            ("fxroof", _version()), ("torch", torch.__version__))
+
+
+@functools.cache
+def _version() -> str:
+    try:
+        return importlib.metadata.version("fxroof")
+    except importlib.metadata.PackageNotFoundError:      # run from a source tree
+        return "unknown"
+
+
+# Matrix ops eager PyTorch refuses when an integer tensor meets a float one (token ids fed to a
+# Linear); fake tensors let them through, and the analysis would cost a model that cannot run.
+_SAME_DTYPE_OPS = frozenset({"mm", "addmm", "bmm", "baddbmm", "matmul", "linear", "convolution",
+                             "conv1d", "conv2d", "conv3d", "mv", "addmv", "dot"})
+
+
+def _check_matmul_dtypes(gm) -> None:
+    for node in gm.graph.nodes:
+        packet = getattr(node.target, "overloadpacket", None)
+        if node.op != "call_function" or getattr(packet, "__name__", "") not in _SAME_DTYPE_OPS:
+            continue
+        dtypes = {a.meta["val"].dtype for a in node.args
+                  if isinstance(a, fx.Node) and isinstance(a.meta.get("val"), torch.Tensor)}
+        if len({d.is_floating_point for d in dtypes}) > 1:
+            where = f" (module {module_path(node)!r})" if module_path(node) else ""
+            names = " and ".join(sorted(str(d).removeprefix("torch.") for d in dtypes))
+            raise TypeError(f"dtype mismatch: {packet.__name__}{where} gets {names} tensors, "
+                            f"which eager PyTorch refuses (an integer input fed to a float layer?)")
+
+
+def _routing_notes(gm, captured: Captured, target: Target) -> tuple:
+    """Which experts a router picks is data fake tensors lack: say what was assumed."""
+    grouped = sum(1 for n in gm.graph.nodes if "routing assumed" in getattr(
+        n.meta.get(COST_KEY), "note", ""))
+    if captured.routing:
+        return (f"expert routing assumed {captured.routing} (fxroof.graph.routing): the experts "
+                f"each step runs and their tokens follow from it",)
+    notes = [f"{grouped} grouped expert matmuls count every routed token once; the expert "
+             f"weights they read assume balanced routing"] if grouped else []
+    if target.routing is not None:
+        notes.append(f"routing {target.routing.label} could not be traced on this model: "
+                     f"its {captured.strategy} graph has no top-k values to assume")
+    return tuple(notes)
 
 
 def _whatif_notes(gm, requantized: frozenset, target: Target) -> tuple:

@@ -1,13 +1,19 @@
-"""Misuse gets one line naming the cause (exit 2 on the command line, a ValueError from the API),
-never a number that looks right, and the user's model is left as it was."""
+"""Misuse gets one line naming the cause (exit 2 on the command line, a ValueError, TypeError or
+CaptureError from the API), never a number that looks right, and the user's model is left as it
+was: state, requires_grad, training mode, hooks and device."""
 import copy
+import dataclasses
+import json
+import types
 from pathlib import Path
 
 import pytest
 import torch
 
 import fxroof
+from fxroof.chips import chip as find_chip
 from fxroof.cli.main import main
+from fxroof.measure import calibrate
 from fxroof.measure.runs import MeasureError, measure
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -15,40 +21,237 @@ MLP = str(ROOT / "models" / "mlp.py")
 
 
 def snapshot(model: torch.nn.Module) -> tuple:
-    """What a user would notice changed: state, requires_grad, mode, hooks, device."""
+    """What a user would notice changed: state, requires_grad, modes, hooks, device."""
+    modules = list(model.modules())
     return ({k: v.clone() for k, v in model.state_dict().items()},
-            [p.requires_grad for p in model.parameters()], model.training,
-            len(model._forward_hooks), [p.device for p in model.parameters()])
+            [p.requires_grad for p in model.parameters()], [m.training for m in modules],
+            [(len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
+             for m in modules], [t.device for t in model.state_dict().values()])
 
 
 def same(a: tuple, b: tuple) -> bool:
-    return all(torch.equal(a[0][k], b[0][k]) for k in a[0]) and a[1:] == b[1:]
+    # devices first: torch.equal cannot read a meta tensor
+    return a[1:] == b[1:] and a[0].keys() == b[0].keys() and all(
+        torch.equal(a[0][k], b[0][k]) for k in a[0])
 
 
 @pytest.fixture
 def model():
+    """A model in training mode, one weight frozen, hooks on it: all things capture could touch."""
     m = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
     m.train()
+    m[0].weight.requires_grad_(False)
+    m.register_forward_hook(lambda *_: None)
+    m[2].register_forward_pre_hook(lambda *_: None)
     return m
+
+
+class Branches(torch.nn.Module):
+    def forward(self, x):
+        if x.sum() > 0:          # the line the message names
+            return x * 2
+        return x
+
+
+class SizedByValue(torch.nn.Module):
+    def forward(self, x):
+        return torch.zeros(int(x.sum().item()))
 
 
 def fails_in_one_line(capsys, argv, message):
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err.startswith("fxroof: ") and message in err and err.count("\n") == 1, err
+    assert err.startswith("fxroof") and message in err and err.count("\n") == 1, err
+    assert "Traceback" not in err
+
+
+# -- the command line ------------------------------------------------------------------------
+
+@pytest.fixture
+def files(tmp_path, monkeypatch, model):
+    """Workload files built on the `model` fixture (reached through a module the test puts in
+    sys.modules), and broken JSON files."""
+    monkeypatch.setitem(__import__("sys").modules, "bad_inputs_model",
+                        types.SimpleNamespace(model=model))
+    (tmp_path / "user.py").write_text(
+        "import torch\nimport bad_inputs_model\n"
+        "def workload(batch=2, dtype='float32'):\n"
+        "    x = torch.ones(batch, 8, dtype=getattr(torch, dtype))\n"
+        "    return bad_inputs_model.model, (x,)\n"
+        "def branches():\n"
+        "    from test_bad_inputs import Branches\n"
+        "    return Branches(), (torch.randn(4),)\n")
+    (tmp_path / "broken.json").write_text('{"model_type": "llama"')
+    (tmp_path / "list.json").write_text("[1, 2]")
+    (tmp_path / "notype.json").write_text('{"hidden_size": 8}')
+    (tmp_path / "chip.json").write_text('{"name": "x"}')
+    return tmp_path
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["analyze", MLP, "--quantize", "w4+w8"], "'w4+w8' sets the weights twice; give one"),
-    (["analyze", MLP, "--quantize", "kv8+kv-fp8"], "sets the kv cache twice"),
-    (["analyze", MLP, "--hf", "config.json"], "give a workload file or --hf CONFIG, not both"),
-    (["check", MLP, "--min-coverage", "95"], "min_coverage must be a share from 0 to 1, got 95"),
-    (["check", MLP, "--max-time-ms", "-5"], "max_time_ms must be a number >= 0"),
-    (["check", MLP, "--max-regime-share", "overhead=1.5"], "the overhead share must be a share"),
+    # what-ifs
+    (["analyze", "{w}", "--quantize", "w4+w8"], "'w4+w8' sets the weights twice; give one"),
+    (["analyze", "{w}", "--quantize", "kv8+kv-fp8"], "sets the kv cache twice"),
+    (["analyze", "{w}", "--quantize", "w3"], "unknown quantization 'w3'"),
+    # workloads and inputs
+    (["analyze", "{w}", "--hf", "config.json"], "give a workload file or --hf CONFIG, not both"),
+    (["analyze", "{w}", "--set", "batch=0"], "shape (0, 8) is empty (batch=0?)"),
+    (["analyze", "{w}", "--set", "dtype=int64"], "dtype mismatch: linear (module '0') gets "
+                                                 "float32 and int64 tensors"),
+    (["analyze", "{w}:branches"], "forward branches on a tensor value at test_bad_inputs.py:"),
+    (["sweep", "{w}", "--over", "batch=0,1"], "is empty (batch=0?)"),
+    # options and parallel degrees
+    (["analyze", "{w}", "--mode", "fused"], "unknown mode 'fused'"),
+    (["measure", "{w}", "--mode", "fused"], "unknown mode 'fused'"),
+    (["analyze", "{w}", "--tp", "0"], "tp must be a whole number >= 1, got 0"),
+    (["analyze", "{w}", "--tp", "3"], "out_features=16 does not divide by tp=3"),
+    (["analyze", "{w}", "--tp", "two"], "argument --tp: invalid int value: 'two'"),
+    (["sweep", "{w}", "--over", "batch"], "--over expects NAME=V1,V2,..."),
+    (["generate", "{w}", "--prompt", "0"], "prompt, new_tokens and batch must be >= 1"),
+    # budgets
+    (["check", "{w}", "--min-coverage", "95"], "min_coverage must be a share from 0 to 1, got 95"),
+    (["check", "{w}", "--max-time-ms", "-5"], "max_time_ms must be a number >= 0"),
+    (["check", "{w}", "--max-time-ms", "nan"], "max_time_ms must be a number >= 0, got nan"),
+    (["check", "{w}", "--max-regime-share", "overhead=1.5"], "the overhead share must be a share"),
+    (["check", "{w}", "--lint", "loud"], "lint must be one of off, warn, fail, got 'loud'"),
+    # chips
+    (["analyze", "{w}", "--chip", "{d}/none.json"], "not found"),
+    (["analyze", "{w}", "--chip", "{d}/broken.json"], "invalid JSON at line 1"),
+    (["analyze", "{w}", "--chip", "{d}/list.json"], "a chip must be a JSON object, got list"),
+    (["analyze", "{w}", "--chip", "{d}/chip.json"], "missing required figure(s) title, kind"),
+    # JSON files
+    (["diff", "{d}/broken.json", "{d}/list.json"], "broken.json is not JSON"),
+    (["diff", "{d}/list.json", "{d}/list.json"], "list.json is not an fxroof report"),
+    (["analyze", "{w}", "--json", "{d}"], "Is a directory"),
+    (["analyze", "--hf", "{d}/none.json"], "none.json' does not exist"),
+    (["analyze", "--hf", "{d}/notype.json"], "has no \"model_type\" key"),
+    (["analyze", "--hf", "{d}/broken.json"], "is not valid JSON"),
+    (["analyze", "{d}/notype.json"], "a workload is a Python file (.py); a transformers config "
+                                     "goes to --hf"),
+    # the machine
     (["measure", MLP], "on the meta device: there is nothing to run"),   # bundled: meta default
+    (["calibrate", "--device", "tpu", "--out", "{d}/x.json"], "a 'cpu' or 'cuda' device, not"),
 ])
-def test_the_command_line_refuses_in_one_line(capsys, argv, message):
+def test_the_command_line_refuses_in_one_line(capsys, files, model, argv, message):
+    before = snapshot(model)
+    argv = [a.replace("{w}", str(files / "user.py")).replace("{d}", str(files)) for a in argv]
     fails_in_one_line(capsys, argv, message)
+    assert same(before, snapshot(model))
+    assert not (files / "x.json").exists()
+
+
+def quiet(view_again=None, **figures):
+    """A calibration's result, as a fake _measure gives it: a chip and a view call re-timed."""
+    chip = dataclasses.replace(find_chip("h100-sxm"),
+                               **{"dispatch_s": 5e-6, "view_dispatch_s": 1e-6, **figures})
+    return chip, view_again or chip.view_dispatch_s
+
+
+def test_a_noisy_calibration_is_measured_again_then_refused_without_a_file(
+        capsys, tmp_path, monkeypatch):
+    noisy = [quiet(dispatch_s=70e-6), quiet(view_again=3e-6)]        # each attempt its doubt
+    monkeypatch.setattr(calibrate, "_measure", lambda *_: noisy.pop(0))
+    out = tmp_path / "here.json"
+    fails_in_one_line(capsys, ["calibrate", "--out", str(out)],
+                      "calibration not written: the machine was noisy on each of 2 attempts")
+    assert not out.exists() and not noisy
+
+
+def test_a_calibration_noisy_once_keeps_the_quiet_second_run(monkeypatch):
+    runs = [quiet(view_again=2.5e-6), quiet()]
+    monkeypatch.setattr(calibrate, "_measure", lambda *_: runs.pop(0))
+    said = []
+    chip = calibrate.calibrate("cpu", log=said.append)
+    assert chip.dispatch_s == 5e-6 and not runs
+    assert said == ["the machine looks noisy (a view call took 1 µs at the start, 2.5 µs at the "
+                    "end); measuring again ..."]
+
+
+@pytest.mark.parametrize("figures, view_again, doubt", [
+    ({}, None, None),
+    ({"dispatch_s": 70e-6}, None, "an eager op's dispatch 70 µs is 70x a view call's 1 µs"),
+    ({}, 2.5e-6, "a view call took 1 µs at the start, 2.5 µs at the end"),
+    ({}, 0.4e-6, "a view call took 1 µs at the start, 0.4 µs at the end"),
+])
+def test_doubts_name_what_a_quiet_machine_would_not_give(figures, view_again, doubt):
+    assert calibrate.doubts(*quiet(view_again, **figures)) == ([doubt] if doubt else [])
+
+
+# -- the API ---------------------------------------------------------------------------------
+
+X = torch.randn(2, 8)
+
+
+@pytest.mark.parametrize("inputs, options, error, message", [
+    # what-ifs, options, chips and parallel degrees: refused before capturing
+    ((X,), {"quantize": "w4+w8"}, ValueError, "sets the weights twice"),
+    ((X,), {"quantize": "w4", "matmul_epilogues": True}, ValueError,
+     "quantization what-ifs need matmul_epilogues=False"),
+    ((X,), {"mode": "fused"}, ValueError, "unknown mode 'fused'"),
+    ((X,), {"chip": "h100sxm"}, ValueError, "did you mean: h100-sxm"),
+    ((X,), {"chip": "no/such/chip.json"}, ValueError, "not found"),
+    ((X,), {"tp": 0}, ValueError, "tp must be a whole number >= 1"),
+    ((X,), {"tp": True}, ValueError, "tp must be a whole number >= 1, got True"),
+    ((X,), {"tp": 3}, ValueError, "out_features=16 does not divide by tp=3"),
+    ((X,), {"target": fxroof.Target(), "chip": "l4"}, TypeError, "give target= or its fields"),
+    # inputs
+    ((torch.ones(2, 8, dtype=torch.long),), {}, TypeError,
+     r"dtype mismatch: linear \(module '0'\) gets float32 and int64 tensors"),
+    ((torch.randn(0, 8),), {}, ValueError, r"shape \(0, 8\) is empty \(batch=0\?\)"),
+    ((torch.randn(2, 9),), {}, fxroof.CaptureError,
+     r"a and b must have same reduction dim, but got \[2, 9\] X \[8, 16\]"),
+    (("text",), {}, fxroof.CaptureError, "must be Tensor, not str"),
+    ((X, X), {}, fxroof.CaptureError, "takes 2 positional arguments but 3 were given"),
+])
+def test_the_api_refuses_and_leaves_the_model_alone(model, inputs, options, error, message):
+    before = snapshot(model)
+    with pytest.raises(error, match=message) as caught:
+        fxroof.analyze(model, inputs, **options)
+    # a CaptureError gives a line per strategy tried; the command line joins them
+    assert error is fxroof.CaptureError or "\n" not in str(caught.value)
+    assert same(before, snapshot(model))
+
+
+@pytest.mark.parametrize("culprit, message", [
+    (Branches(), r"could not capture Branches: forward branches on a tensor value at "
+                 r"test_bad_inputs.py:\d+ \(if x.sum\(\) > 0:"),
+    (SizedByValue(), r"forward uses a tensor value as a size or number \(.item\(\)\) at "
+                     r"test_bad_inputs.py:\d+ \(return torch.zeros\(int\(x.sum\(\).item\(\)\)\)\)"),
+    (torch.nn.Sequential(), "Sequential runs no ops on these inputs: nothing to analyze"),
+    (42, "expected an nn.Module, an fx.GraphModule, an ExportedProgram or a callable"),
+])
+def test_models_that_no_graph_stands_for_are_named_in_one_line(culprit, message, capfd):
+    with pytest.raises((fxroof.CaptureError, ValueError), match=message) as caught:
+        fxroof.analyze(culprit, (torch.randn(4),))
+    assert "\n" not in str(caught.value)
+    assert "def forward" not in capfd.readouterr().err      # torch's partial graph: not shown
+
+
+@pytest.mark.parametrize("study, message", [
+    (lambda w: fxroof.sweep(w, {"batch": [1], "width": [2]}), "sweep one option at a time"),
+    (lambda w: fxroof.sweep(w, {"batch": []}), "no values to sweep batch over"),
+    (lambda w: fxroof.sweep(w, {"batch": [0, 1]}), r"is empty \(batch=0\?\)"),
+    (lambda w: fxroof.generation(w, prompt=0, new_tokens=4), "must be >= 1"),
+])
+def test_studies_refuse_and_leave_the_model_alone(model, study, message):
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=message):
+        study(lambda batch=2, **_: (model, (torch.randn(batch, 8),)))
+    assert same(before, snapshot(model))
+
+
+@pytest.mark.parametrize("budgets, message", [
+    ({"min_coverage": 95}, "min_coverage must be a share from 0 to 1, got 95"),
+    ({"max_time_ms": float("nan")}, "max_time_ms must be a number >= 0"),
+    ({"max_regime_share": {"overheads": 0.2}}, "unknown regime 'overheads'"),
+    ({"lint": "loud"}, "lint must be one of off, warn, fail"),
+])
+def test_budgets_that_cannot_be_meant_are_refused(model, budgets, message):
+    report = fxroof.analyze(model, (X,))
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=message):
+        report.check(**budgets)
+    assert same(before, snapshot(model))
 
 
 def test_measuring_meta_tensors_is_refused_and_the_model_untouched(model):
@@ -61,17 +264,15 @@ def test_measuring_meta_tensors_is_refused_and_the_model_untouched(model):
     assert same(before, snapshot(model))
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"quantize": "w4+w8"}, "sets the weights twice"),
-    ({"mode": "fused"}, "unknown mode 'fused'"),
-    ({"tp": 0}, "tp must be a whole number >= 1"),
-    ({"chip": "h100sxm"}, "did you mean: h100-sxm"),
-])
-def test_the_api_refuses_before_capturing_and_leaves_the_model_alone(model, options, message):
+def test_the_snapshot_sees_each_kind_of_change(model):
+    """The guard itself: every change a capture could leave behind is caught."""
     before = snapshot(model)
-    with pytest.raises(ValueError, match=message):
-        fxroof.analyze(model, (torch.randn(2, 8),), **options)
-    assert same(before, snapshot(model))
+    for change in (lambda m: m[0].bias.data.add_(1), lambda m: m[0].weight.requires_grad_(True),
+                   lambda m: m[1].eval(), lambda m: m[1].register_forward_hook(lambda *_: None),
+                   lambda m: m.to("meta")):
+        changed = copy.deepcopy(model)
+        change(changed)
+        assert not same(before, snapshot(changed))
 
 
 def test_fp8_on_a_chip_without_fp8_units_says_where_it_runs(model):
@@ -79,3 +280,15 @@ def test_fp8_on_a_chip_without_fp8_units_says_where_it_runs(model):
     assert "a100-80gb has no fp8 matrix units: fp8 matmuls run at its bf16 peak" in r.notes
     text = str(r)
     assert "bf16 ridge 153" in text and "fp8 ridge" not in text and "note: a100-80gb" in text
+
+
+def test_a_report_records_what_was_analyzed(files, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert main(["analyze", str(files / "user.py"), "--set", "batch=3", "--quantize", "w8",
+                 "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    given = data["provenance"]
+    assert given["workload"] == str(files / "user.py") and given["options"] == {"batch": 3}
+    assert given["inputs"] == [{"shape": [3, 8], "dtype": "fp32"}]
+    assert given["torch"] == torch.__version__ and given["fxroof"]
+    assert data["whatif"] and data["tp"] == 1

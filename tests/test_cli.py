@@ -184,3 +184,116 @@ def test_debug_before_the_command_shows_the_traceback_too(workload):
     from fxroof.studies.workload import WorkloadError
     with pytest.raises(WorkloadError, match="checkpoint missing"):     # raised, not printed
         main(["--debug", "analyze", workload + ":broken"])
+
+
+def test_help_answers_without_loading_torch_and_explains_every_option():
+    done = subprocess.run([sys.executable, "-c", "import sys\nfrom fxroof.cli.main import main\n"
+                           "main(['analyze', '--help'])\nprint('torch' in sys.modules)"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0 and done.stdout.endswith("False\n"), done.stderr
+    assert "(default: h100-sxm;" in " ".join(done.stdout.split())
+    assert subprocess.run([sys.executable, "-m", "fxroof", "--help"], capture_output=True,
+                          cwd=ROOT, timeout=120).returncode == 0
+    from fxroof.cli.main import _parser
+    commands = next(a for a in _parser()._actions if a.dest == "command").choices
+    silent = [f"{name} {a.option_strings or a.dest}" for name, p in commands.items()
+              for a in p._actions if not a.help]
+    assert not silent
+
+
+def small_chip(tmp_path, mem_bytes):
+    import dataclasses
+
+    from fxroof.chips import chip
+    from fxroof.measure.calibrate import write_chip
+    return str(write_chip(dataclasses.replace(chip("a100-80gb"), name="small",
+                                              mem_bytes=mem_bytes), tmp_path / "small.json"))
+
+
+def test_studies_flag_what_does_not_fit_and_the_largest_batch_that_does(tmp_path, capsys):
+    from fxroof.pipeline import analyze
+    from fxroof.studies.workload import load
+    # tiny Llama decode at ctx 64: about 1 MB of weights and 36 kB more per sequence
+    small = small_chip(tmp_path, 1_200_000)
+    tiny, out = ["--set", "preset=tiny", "--chip", small], tmp_path / "out.json"
+    assert main(["critical-batch", LLAMA, *tiny, "--ctx", "64", "--max-batch", "16",
+                 "--json", str(out)]) == 0
+    fit = json.loads(out.read_text())["fit_batch"]
+
+    def footprint(batch):
+        m, a, k = load(LLAMA, {"preset": "tiny", "phase": "decode", "ctx": 64, "batch": batch})
+        return analyze(m, a, k).memory.total
+    assert footprint(fit) <= 1_200_000 < footprint(fit + 1)
+    assert main(["critical-batch", LLAMA, *tiny, "--ctx", "64", "--max-batch", "16"]) == 0
+    text = capsys.readouterr().out
+    assert f"largest batch that fits in small's 1.2 MB of memory: {fit} (rows marked ! do" in text
+    assert main(["sweep", LLAMA, *tiny, "--set", "phase=decode", "--set", "ctx=64",
+                 "--over", f"batch=1,{fit + 1}", "--json", str(out)]) == 0
+    assert [p["fits"] for p in json.loads(out.read_text())["points"]] == [True, False]
+    assert main(["sweep", LLAMA, *tiny, "--set", "phase=decode", "--set", "ctx=64",
+                 "--over", f"batch=1,{fit + 1}"]) == 0
+    assert "! needs more than small's 1.2 MB of memory" in capsys.readouterr().out
+    assert main(["generate", LLAMA, *tiny, "--prompt", "60", "--new-tokens", "4",
+                 "--batch", str(fit + 1), "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["fits"] is False
+    capsys.readouterr()
+    assert main(["analyze", LLAMA, *tiny, "--set", "phase=decode", "--set", "ctx=64",
+                 "--set", f"batch={fit + 1}"]) == 0
+    header = capsys.readouterr().out.split("\n\n")[0]
+    assert "more than small's 1.2 MB" in " ".join(header.split())
+
+
+def test_diff_shows_what_was_analyzed_module_changes_and_other_models(workload, tmp_path,
+                                                                      capsys):
+    a, b, c = (tmp_path / f"{x}.json" for x in "abc")
+    assert main(["analyze", workload, "--json", str(a)]) == 0
+    assert main(["analyze", workload, "--set", "batch=64", "--json", str(b)]) == 0
+    assert main(["analyze", LLAMA, "--set", "preset=tiny", "--json", str(c)]) == 0
+    capsys.readouterr()
+    assert main(["diff", str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    assert "warning" not in out and "Modules whose time changed most" in out
+    options = next(line for line in out.splitlines() if line.startswith("options"))
+    inputs = next(line for line in out.splitlines() if line.startswith("inputs"))
+    assert options.split()[1:] == ["-", "batch=64", "changed"]
+    assert inputs.split()[1:] == ["1x16", "fp32", "64x16", "fp32", "changed"]
+    assert main(["diff", str(a), str(c)]) == 0
+    assert capsys.readouterr().out.startswith("warning: A and B describe different models "
+                                              "(Sequential, Llama)")
+
+
+def test_hf_config_is_analyzed_in_its_own_dtype(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({
+        "model_type": "llama", "num_hidden_layers": 1, "hidden_size": 64,
+        "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "vocab_size": 256, "torch_dtype": "bfloat16"}))
+    weights = {}
+    for dtype in ("", "fp32"):
+        out = tmp_path / f"{dtype or 'own'}.json"
+        assert main(["analyze", "--hf", str(config), "--set", "seq=16", "--json", str(out),
+                     *(["--set", f"dtype={dtype}"] if dtype else [])]) == 0
+        data = json.loads(out.read_text())
+        weights[dtype] = data["weights_bytes"]
+        matmuls = {k["dtype"] for k in data["kernels"] if k["category"] == "matmul"}
+        assert matmuls == {"bf16" if not dtype else "fp32"}
+    # 69,824 parameters: embedding and head 2 x 256 x 64, attention 64 x (64 + 32 + 32 + 64),
+    # MLP 3 x 64 x 128, three norms of 64; bf16 is 2 bytes each, fp32 4
+    assert weights[""] == pytest.approx(2 * 69_824, abs=256)
+    assert weights["fp32"] == pytest.approx(4 * 69_824, abs=256)
+
+
+def test_roofline_plot_names_categories_regimes_and_the_costliest_kernels(tmp_path):
+    pytest.importorskip("matplotlib")
+    from fxroof.pipeline import analyze
+    from fxroof.studies.workload import load
+    r = analyze(*load(LLAMA, {"preset": "tiny"}))
+    text = r.plot_roofline(tmp_path / "r.svg").read_text()
+    placed = [k for k in r.kernels if k.flops and k.bytes]
+    for category in {k.category for k in placed}:
+        assert f"{category} ({sum(k.category == category for k in placed)})" in text
+    assert f"{r.regime}-bound (" in text
+    top = max(placed, key=lambda k: k.time_s)
+    assert f"{top.op} {top.module.rsplit('.', 1)[-1]}" in text      # named beside its point
+    assert " 1 kernels" not in text

@@ -29,12 +29,13 @@ _POSITION_TABLES = ("wpe", "position_embeddings", "embed_positions")
 
 
 def from_config(config: str | os.PathLike | Mapping[str, Any] | PretrainedConfig, *,
-                batch: int = 1, seq: int = 128, dtype: str | torch.dtype = "fp32",
+                batch: int = 1, seq: int = 128, dtype: str | torch.dtype | None = None,
                 device: str | torch.device = "meta"):
     """Build a transformers model from its config and dummy inputs for one forward pass.
 
     config: a path to a ``config.json``, the same content as a dict, or a ``PretrainedConfig``.
-    Returns ``(model, args, kwargs)``: the model in eval mode on `device` with `dtype` weights,
+    Returns ``(model, args, kwargs)``: the model in eval mode on `device` with `dtype` weights
+    (default: the config's ``dtype`` / ``torch_dtype``, as the checkpoint ships; fp32 without one),
     ``args = (input_ids,)`` with input_ids (batch, seq) of zeros, and ``kwargs``
     (``use_cache=False`` for decoders, so the graph holds no cache object).
 
@@ -53,12 +54,11 @@ def from_config(config: str | os.PathLike | Mapping[str, Any] | PretrainedConfig
         raise ImportError("fxroof --hf needs transformers; install it with: "
                           "pip install fxroof[hf]") from e
 
-    dtype = torch_dtype(dtype)
     cfg, where = _load_config(config, transformers)
     causal = _is_causal(cfg, modeling_auto)
-
-    # transformers 5 renamed from_config's torch_dtype argument to dtype.
+    # transformers 5 renamed the config's and from_config's torch_dtype to dtype.
     dtype_kw = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
+    dtype = torch_dtype(dtype or getattr(cfg, dtype_kw, None) or "fp32")
     auto = transformers.AutoModelForCausalLM if causal else transformers.AutoModel
     try:
         with torch.device(device):

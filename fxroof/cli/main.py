@@ -2,29 +2,22 @@
 calibrate, diff and chips.
 
 Exit codes: 0 success (all checks hold), 1 a check failed, 2 a usage, input or capture error.
-Errors print one line on stderr; --debug shows the traceback instead.
+Errors print one line on stderr; --debug shows the traceback instead. torch loads only when a
+command runs, so that `fxroof --help` answers at once.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+from importlib import import_module
 from pathlib import Path
 
-from fxroof.chips import chips
-from fxroof.chips.timing import MODES, REGIMES
 from fxroof.errors import one_line
-from fxroof.graph.capture import CaptureError
-from fxroof.measure import calibrate
-from fxroof.pipeline import Target, analyze
-from fxroof.report import tables
-from fxroof.report.checks import LINT_LEVELS
-from fxroof.studies.llm import critical_batch, generation
-from fxroof.studies.sweep import sweep
 from fxroof.studies.workload import DEFAULT_SPEC, load, parse_sets, parse_value
 
-# ValueError covers the errors of workloads, chips, what-ifs and UsageError.
-USAGE_ERRORS = (CaptureError, ValueError, TypeError, ImportError, OSError)
+DEFAULT_CHIP = "h100-sxm"
 
 
 class UsageError(ValueError):
@@ -39,21 +32,47 @@ def _workload_args() -> argparse.ArgumentParser:
                    help="path/to/file.py[:FUNC] returning (model, args[, kwargs]); "
                         "default: the bundled Llama-2-7B")
     p.add_argument("--hf", metavar="CONFIG", help="a transformers config.json to build the model "
-                   "from (meta device, no weights); --set batch=, seq=, dtype= apply")
+                   "from (meta device, no weights, the config's dtype); --set batch=, seq=, "
+                   "dtype= apply")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="keyword argument for the workload function (repeatable)")
-    p.add_argument("--chip", default="h100-sxm", help="chip name or chip JSON file")
-    p.add_argument("--mode", default="compiled", choices=MODES)
+    p.add_argument("--chip", default=DEFAULT_CHIP, help=f"chip name or chip JSON file (default: "
+                   f"{DEFAULT_CHIP}; `fxroof chips` lists them)")
+    p.add_argument("--mode", default="compiled", help="compiled: fused kernels, as a deployment "
+                   "runs (default); eager: one kernel per op")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (one rank analyzed)")
+    p.add_argument("--train", action="store_true", help="one training step (forward, backward of "
+                   "the model's loss or the mean of its output, optimizer) instead of inference")
+    p.add_argument("--optimizer", default="adamw",
+                   help="with --train: adamw (default), sgd, or none (no update)")
+    p.add_argument("--dp", type=int, default=1,
+                   help="with --train: data-parallel degree (one rank of DDP analyzed)")
     p.add_argument("--quantize", metavar="SPEC", help="what-if: w8, w4, w4g64, kv8, kv-fp8, fp8, "
                    "w8a8, joined with + (e.g. w4+kv8); the model is not changed")
+    p.add_argument("--routing", metavar="SPEC", help="mixture-of-experts top-k routing to "
+                   "assume: balanced (the default where routing decides sizes) or skew=S, a share "
+                   "S of the tokens picking one hot expert")
     p.add_argument("--json", metavar="PATH", help="write the report as JSON ('-': stdout)")
     return p
 
 
+def _profile_arg() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("profile", help="a trace torch.profiler wrote (prof.export_chrome_trace); "
+                   "give --mode as it ran (eager or compiled)")
+    return p
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, its errors in one line like every other error (the usage is --help's)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fxroof", description="Where a PyTorch model's time goes "
-                                "on a given chip, and why.")
+    p = _Parser(prog="fxroof", description="Where a PyTorch model's time goes "
+                "on a given chip, and why.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
     common = [_workload_args()]
@@ -61,41 +80,54 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--plot", metavar="PATH", help="also draw the roofline to a .png or .svg")
     a.add_argument("--tp-scaling", action="store_true",
                    help="with --tp N: also one rank's time at tp = 1, 2, 4, ... N")
-    sub.add_parser("compare", parents=common, help="eager vs compiled: what fusion saves")
+    cmp = sub.add_parser("compare", parents=common, help="eager vs compiled: what fusion saves")
+    for command in (a, cmp):
+        command.add_argument("--trace", metavar="PATH", help="also write the predicted step as a "
+                             "Chrome trace JSON (Perfetto, chrome://tracing), in --mode")
+        command.add_argument("--html", metavar="PATH", help="also write a self-contained HTML "
+                             "page: roofline, kernels, modules, modes, memory")
+    sub.add_parser("compare-trace", parents=[_profile_arg(), *common],
+                   help="a torch.profiler trace of a real run beside the prediction")
     c = sub.add_parser("check", parents=common, help="pre-deployment checks (exit 1 on failure)")
     c.add_argument("--max-time-ms", type=float, help="fail above this predicted time")
     c.add_argument("--min-coverage", type=float, help="fail below this share of ops with formulas")
     c.add_argument("--max-regime-share", action="append", default=[], metavar="REGIME=SHARE",
                    help="e.g. overhead=0.2 (repeatable)")
     c.add_argument("--no-memory-fit", action="store_true", help="skip the memory-fit check")
-    c.add_argument("--lint", choices=LINT_LEVELS, default="warn",
-                   help="dtype lint: warn (default), fail, or off")
+    c.add_argument("--lint", default="warn", help="dtype lint: warn (default), fail, or off")
     s = sub.add_parser("sweep", parents=common, help="one workload option over several values")
     s.add_argument("--over", required=True, metavar="KEY=V1,V2,...",
                    help="the option and its values, e.g. batch=1,2,4,8")
+    s.add_argument("--html", metavar="PATH", help="also write the curves as an HTML page")
     g = sub.add_parser("generate", parents=common,
                        help="an LLM generation: prefill then decode steps, the time split")
     g.add_argument("--prompt", type=int, default=2048, help="prompt tokens (default 2048)")
     g.add_argument("--new-tokens", type=int, default=256, help="generated tokens (default 256)")
-    g.add_argument("--batch", type=int, default=1)
+    g.add_argument("--batch", type=int, default=1, help="sequences decoded together (default 1)")
     b = sub.add_parser("critical-batch", parents=common,
                        help="the decode batch at which linears, then the step, turn compute-bound")
     b.add_argument("--ctx", type=int, default=512, help="KV-cache length (default 512)")
-    b.add_argument("--max-batch", type=int, default=4096)
+    b.add_argument("--max-batch", type=int, default=4096,
+                   help="largest batch searched (default 4096)")
     m = sub.add_parser("measure",
                        help="run a workload for real here and put predicted beside measured")
     m.add_argument("spec", help="path/to/file.py[:FUNC]; it must build real tensors "
                    "(e.g. --set device=cpu --set preset=tiny for the bundled models)")
-    m.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    m.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="keyword argument for the workload function (repeatable)")
     m.add_argument("--chip", help="chip to predict with (default: calibrate this machine)")
-    m.add_argument("--repeat", type=int, default=20)
+    m.add_argument("--repeat", type=int, default=20, help="timed runs (default 20)")
     m.add_argument("--threads", type=int, help="CPU threads while measuring")
-    m.add_argument("--mode", default="eager", choices=MODES,
+    m.add_argument("--mode", default="eager",
                    help="eager: node by node beside the eager prediction (default); compiled: "
                         "the model under torch.compile beside the compiled prediction")
     m.add_argument("--json", metavar="PATH", help="write the measurement as JSON ('-': stdout)")
     k = sub.add_parser("calibrate", help="measure this machine and write a chip file")
-    calibrate.configure_parser(k)
+    k.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    k.add_argument("--out", required=True, metavar="PATH", help="chip JSON file to write")
+    k.add_argument("--quick", action="store_true", help="fewer repeats, rougher figures")
+    k.add_argument("--threads", type=int, default=None,
+                   help="CPU threads torch uses while measuring (default: torch's setting)")
     sub.add_parser("chips", help="list the chip table")
     d = sub.add_parser("diff", help="compare two --json reports")
     d.add_argument("a", help="report JSON (before)")
@@ -135,23 +167,32 @@ def _emit(ns, result, text=None) -> None:
     print(data if ns.json == "-" else result if text is None else text)
 
 
-def _target(ns) -> Target:
+def _target(ns):
     """What the command analyzes for: checked before the workload is built."""
-    return Target(chip=ns.chip, mode=ns.mode, quantize=ns.quantize, tp=ns.tp)
+    from fxroof.pipeline import Target
+    if ns.optimizer != "adamw" and not ns.train:
+        raise UsageError("--optimizer is for a training step: give --train too")
+    return Target(chip=ns.chip, mode=ns.mode, quantize=ns.quantize, tp=ns.tp, train=ns.train,
+                  optimizer=ns.optimizer, dp=ns.dp, routing=ns.routing)
 
 
 def _report(ns):
     target = _target(ns)
     _progress(f"loading {ns.hf or ns.spec} ...")
-    model, args, kwargs = _workload(ns)(**parse_sets(ns.set))
+    options = parse_sets(ns.set)
+    model, args, kwargs = _workload(ns)(**options)
     _progress("capturing and analyzing (a 70B model takes about ten seconds) ...")
-    return analyze(model, args, kwargs, target=target)
+    from fxroof.pipeline import analyze
+    report = analyze(model, args, kwargs, target=target)
+    given = (("workload", f"--hf {ns.hf}" if ns.hf else ns.spec), ("options", options))
+    return dataclasses.replace(report, provenance=given + report.provenance)
 
 
 def cmd_analyze(ns) -> None:
     report = _report(ns)
     if ns.plot:
         report.plot_roofline(ns.plot)
+    _views(ns, report)
     _emit(ns, report, str(report) + ("\n\n" + _tp_scaling(ns) if ns.tp_scaling else ""))
 
 
@@ -166,12 +207,28 @@ def _tp_scaling(ns) -> str:
     return "Tensor parallelism: one rank at each degree\n" + format_tp_scaling(rows)
 
 
+def _views(ns, report) -> None:
+    """The files asked for beside the tables: a Chrome trace, an HTML page."""
+    if ns.trace:
+        report.to_trace(ns.trace)
+    if ns.html:
+        report.to_html(ns.html)
+
+
 def cmd_compare(ns) -> None:
+    from fxroof.report import tables
     report = _report(ns)
+    _views(ns, report)
     _emit(ns, report, tables.comparison(report))
 
 
+def cmd_compare_trace(ns) -> None:
+    from fxroof.measure.profile_trace import compare_trace   # loaded only when asked
+    _emit(ns, compare_trace(_report(ns), ns.profile))
+
+
 def _regime_limits(pairs) -> dict:
+    from fxroof.chips.timing import REGIMES
     limits = {}
     for pair in pairs:
         regime, eq, value = pair.partition("=")
@@ -183,6 +240,7 @@ def _regime_limits(pairs) -> dict:
 
 
 def cmd_check(ns) -> int:
+    from fxroof.report import tables
     limits = _regime_limits(ns.max_regime_share)     # parse before the long capture
     report = _report(ns)
     result = report.check(max_time_ms=ns.max_time_ms, min_coverage=ns.min_coverage,
@@ -193,21 +251,30 @@ def cmd_check(ns) -> int:
 
 # The studies of a workload as a function of its options: each one's own options, and what it
 # says while it runs.
-STUDIES = {"sweep": (sweep, ("over",), "analyzing {what} at each value of {ns.over} ..."),
-           "generate": (generation, ("prompt", "new_tokens", "batch"),
+STUDIES = {"sweep": ("sweep.sweep", ("over",), "analyzing {what} at each value of {ns.over} ..."),
+           "generate": ("llm.generation", ("prompt", "new_tokens", "batch"),
                         "analyzing prefill and decode ..."),
-           "critical-batch": (critical_batch, ("ctx", "max_batch"), "searching batch sizes ...")}
+           "critical-batch": ("llm.critical_batch", ("ctx", "max_batch"),
+                              "searching batch sizes ...")}
 
 
 def cmd_study(ns) -> None:
-    study, own, progress = STUDIES[ns.command]
+    name, own, progress = STUDIES[ns.command]
+    module, _, function = name.partition(".")
+    study = getattr(import_module(f"fxroof.studies.{module}"), function)
     _progress(progress.format(ns=ns, what=ns.hf or ns.spec))
-    _emit(ns, study(_workload(ns), options=parse_sets(ns.set), target=_target(ns),
-                    **{k: getattr(ns, k) for k in own}))
+    result = study(_workload(ns), options=parse_sets(ns.set), target=_target(ns),
+                   **{k: getattr(ns, k) for k in own})
+    if getattr(ns, "html", None):
+        import_module("fxroof.report.html").write_html(result, ns.html)
+    _emit(ns, result)
 
 
 def cmd_measure(ns) -> None:
-    from fxroof.measure.runs import measure, measure_compiled   # loaded only when asked
+    from fxroof.chips.timing import MODES
+    from fxroof.measure.runs import measure, measure_compiled
+    if ns.mode not in MODES:
+        raise UsageError(f"unknown mode {ns.mode!r}; expected one of {', '.join(MODES)}")
     model, args, kwargs = load(ns.spec, parse_sets(ns.set))
     how = measure if ns.mode == "eager" else measure_compiled
     _progress("capturing, calibrating" + (", compiling" if ns.mode == "compiled" else "")
@@ -225,11 +292,14 @@ def _read_report(path: str) -> dict:
     return data
 
 
-COMMANDS = {"analyze": cmd_analyze, "compare": cmd_compare, "check": cmd_check,
+COMMANDS = {"analyze": cmd_analyze, "compare": cmd_compare, "compare-trace": cmd_compare_trace,
+            "check": cmd_check,
             **dict.fromkeys(STUDIES, cmd_study), "measure": cmd_measure,
-            "calibrate": calibrate.cmd_calibrate,
-            "chips": lambda ns: print(tables.chip_table(chips())),
-            "diff": lambda ns: print(tables.diff(_read_report(ns.a), _read_report(ns.b)))}
+            "calibrate": lambda ns: import_module("fxroof.measure.calibrate").cmd_calibrate(ns),
+            "chips": lambda ns: print(import_module("fxroof.report.tables").chip_table(
+                import_module("fxroof.chips").chips())),
+            "diff": lambda ns: print(import_module("fxroof.report.tables").diff(
+                _read_report(ns.a), _read_report(ns.b)))}
 
 
 def main(argv=None) -> int:
@@ -237,12 +307,14 @@ def main(argv=None) -> int:
         ns = _parser().parse_args(argv)
     except SystemExit as e:          # argparse already printed its one-line usage error
         return 0 if e.code == 0 else 2
+    from fxroof.graph.capture import CaptureError
     try:
         return COMMANDS[ns.command](ns) or 0
     except BrokenPipeError:          # `fxroof analyze | head`: the reader left; not an error
-        sys.stderr.close()           # (an OSError: it must come before USAGE_ERRORS)
+        sys.stderr.close()           # (an OSError: it must come before the usage errors)
         return 0
-    except USAGE_ERRORS as e:
+    # ValueError covers the errors of workloads, chips, what-ifs and UsageError.
+    except (CaptureError, ValueError, TypeError, ImportError, OSError) as e:
         if ns.debug:
             raise
         print(f"fxroof: {one_line(e)}", file=sys.stderr)

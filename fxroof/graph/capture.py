@@ -1,27 +1,36 @@
 """Turn a model and example inputs into a torch.fx graph of aten ops with fake-tensor metadata.
 
-Strategies, first that works: torch.export (non-strict) -> make_fx -> fx.symbolic_trace lowered by
-make_fx. Every call_function node of the result carries meta["val"]. The user's model is never
+Strategies, first that works: torch.export (non-strict) -> make_fx -> make_fx with top-k routing
+assumed (only where those stopped on a data-dependent value, e.g. a loop over the experts a router
+picked; first where the caller gives a routing: fxroof.graph.routing) -> fx.symbolic_trace lowered
+by make_fx. Every call_function node of the result carries meta["val"]. The user's model is never
 changed: export and make_fx work on fake copies of parameters, and module modes are restored.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import logging
+import re
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.fx as fx
 import torch.utils._pytree as pytree
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.fx.experimental.proxy_tensor import make_fx
+from torch.multiprocessing.reductions import StorageWeakRef
 
 from fxroof.errors import one_line
+from fxroof.graph.routing import RoutedFakeMode, Routing, assumed_routing
+from fxroof.graph.routing import parse as parse_routing
 from fxroof.graph.tensors import tensors_in
 
 WRAPPED = "model"   # attribute under which capture nests the user's model
+ROUTED = "fxroof.routed"   # gm.meta key: a top-k had its routing assumed while tracing
 
 
 class CaptureError(RuntimeError):
@@ -29,9 +38,42 @@ class CaptureError(RuntimeError):
 
     def __init__(self, what: str, attempts: list[tuple[str, BaseException]]):
         self.attempts = attempts
-        super().__init__("\n".join([f"could not capture {what}:"] + [
-            f"  {name}: {one_line(err, innermost=True, name=True, width=300)}"
-            for name, err in attempts]))
+        causes = [one_line(err, innermost=True, name=True, width=300) for _, err in attempts]
+        if cause := _data_dependent([err for _, err in attempts]):
+            super().__init__(f"could not capture {what}: {cause}")
+        elif len(attempts) == 1:
+            super().__init__(f"could not capture {what}: {attempts[0][0]}: {causes[0]}")
+        else:
+            super().__init__("\n".join([f"could not capture {what}:"] + [
+                f"  {name}: {cause}" for (name, _), cause in zip(attempts, causes)]))
+
+
+# Where torch says a trace stopped: "# File: path:12 in forward, code: if x.sum() > 0:" in the
+# partial graph torch.export keeps, or the "File "path", line 12, in forward" of its message.
+_WHERE = (re.compile(r"# File: (?P<file>.+?):(?P<line>\d+) in (?P<fn>\w+), code: (?P<code>.*)"),
+          re.compile(r'File "(?P<file>.+?)", line (?P<line>\d+), in (?P<fn>\w+)'))
+
+
+def _data_dependent(errors: list) -> str:
+    """One line for a model whose forward depends on tensor values (an `if` on a tensor, a
+    size from `.item()`): no graph can stand for every input, and torch's own account is
+    dozens of lines. "" for any other failure."""
+    errors = [e for e in errors if type(e).__name__ == "GuardOnDataDependentSymNode"]
+    if not errors:
+        return ""
+    what = ("branches on a tensor value" if "guard on data-dependent" in str(errors[0])
+            else "uses a tensor value as a size or number (.item())")
+    # the last line the partial graph reached, else the call torch names; not this file's
+    found = [m for pattern, texts in zip(_WHERE, ([getattr(e, "partial_fx_graph", "") or ""
+                                                     for e in errors], map(str, errors)))
+             for text in texts for m in reversed(list(pattern.finditer(text)))
+             if Path(m["file"]).resolve() != Path(__file__).resolve()]
+    if not found:
+        return f"forward {what}; the graph fxroof captures must not depend on tensor data"
+    m = found[0]
+    code = f" ({m['code'].strip()})" if "code" in m.groupdict() else ""
+    return (f"{m['fn']} {what} at {Path(m['file']).name}:{m['line']}{code}; the graph fxroof "
+            f"captures must not depend on tensor data")
 
 
 @dataclass(frozen=True)
@@ -40,11 +82,16 @@ class Captured:
     strategy: str                 # "torch.export", "make_fx", "symbolic_trace" or "graph"
     weights: frozenset            # placeholder names holding parameters, buffers and constants
     name: str                     # the model's class name, for reports
+    routing: str = ""             # the routing assumed to trace data-dependent experts, or ""
 
 
-def capture(model, args=(), kwargs=None) -> Captured:
+def capture(model, args=(), kwargs=None, routing: Routing | str | None = None) -> Captured:
     """`model` (an nn.Module, a callable, an aten fx.GraphModule or an ExportedProgram) as an
-    aten graph, or a CaptureError naming each strategy tried and why it failed."""
+    aten graph, or a CaptureError naming each strategy tried and why it failed. Where tracing
+    stops on a value no fake tensor has (an expert loop over the experts a router picked), it
+    traces again with the top-k routing assumed (fxroof.graph.routing); a routing given is
+    traced first, its values reaching grouped experts' offsets too."""
+    assumed = parse_routing(routing)    # a bad spec fails before any trace
     args = tuple(args) if isinstance(args, (tuple, list)) else (args,)
     kwargs = dict(kwargs or {})
     if isinstance(model, torch.export.ExportedProgram):
@@ -61,18 +108,28 @@ def capture(model, args=(), kwargs=None) -> Captured:
         name, model = getattr(model, "__name__", name), FunctionModule(model)
 
     attempts: list[tuple[str, BaseException]] = []
+    own = model, args, kwargs
     tensors = [*model.parameters(), *model.buffers(), *tensors_in((args, kwargs))]
     if any(t.device.type == "meta" for t in tensors) and not _is_dtensor_model(model):
         # Capture a copy whose meta tensors are fake CPU tensors (FakeCopier says why). DTensor
         # weights keep their own device handling in _make_fx.
         fake = FakeCopier()
         model, args, kwargs = fake.copy(model), fake.inputs(args), fake.inputs(kwargs)
+    routed = f"make_fx, {assumed.label} routing"
+    strategies = [("torch.export", _export), ("make_fx", _make_fx),
+                  ("symbolic_trace", lambda m, a, k: _make_fx(fx.symbolic_trace(m), a, k))]
+    strategies.insert(0 if routing is not None else 2,
+                      (routed, lambda *_: _make_fx_routed(*own, assumed)))
     with preserved_modes(model), quiet_torch():
-        for strategy, fn in (("torch.export", _export), ("make_fx", _make_fx), (
-                "symbolic_trace", lambda m, a, k: _make_fx(fx.symbolic_trace(m), a, k))):
+        for strategy, fn in strategies:
+            if strategy == routed and routing is None and not _data_dependent(
+                    [e for _, e in attempts]):
+                continue    # nothing failed on a value the routing assumption could give
             try:
                 gm, weights = fn(model, args, kwargs)
-                return finish_graph(gm, strategy, weights, name)
+                used = gm.meta.get(ROUTED, False)    # else values made from constants only
+                return finish_graph(gm, strategy if used or strategy != routed else "make_fx",
+                                    weights, name, assumed.label if used else "")
             except Exception as e:   # each strategy's failure is reported, not raised alone
                 attempts.append((strategy, e))
     raise CaptureError(name, attempts)
@@ -84,8 +141,8 @@ class FakeCopier:
     scaled_dot_product_attention by its unfused math path, on a CPU by a fused kernel, which is
     what a deployment runs."""
 
-    def __init__(self):
-        self.mode = FakeTensorMode(allow_non_fake_inputs=True)
+    def __init__(self, mode: FakeTensorMode | None = None):
+        self.mode = mode or FakeTensorMode(allow_non_fake_inputs=True)
 
     def tensor(self, t: torch.Tensor) -> torch.Tensor:
         if isinstance(t, FakeTensor):
@@ -167,6 +224,43 @@ def _make_fx(model, args, kwargs):
     return gm, frozenset(placeholders[:len(state)])
 
 
+def _make_fx_routed(model, args, kwargs, routing: Routing):
+    """make_fx with top-k routing assumed: fresh fakes (no values: the model's own weights are
+    never read) in a mode whose ShapeEnv holds the sizes that follow from the routing."""
+    fake = FakeCopier(RoutedFakeMode())
+    model, args, kwargs = fake.copy(model), fake.inputs(args), fake.inputs(kwargs)
+    with assumed_routing(routing, fake.mode) as topk:
+        gm, weights = _make_fx(model, args, kwargs)
+    _settle(gm, fake.mode)
+    gm.meta[ROUTED] = topk.used
+    return gm, weights
+
+
+def _settle(gm: fx.GraphModule, mode: FakeTensorMode) -> None:
+    """Give every tensor sized by a data-dependent value (one the routing gave) plain sizes, its
+    views still sharing one storage, so no later pass meets a symbolic size; drop the reads of
+    values that only steered Python (`if expert == n:`): no graph op uses them."""
+    bases: dict = {}
+
+    def plain(t: torch.Tensor) -> torch.Tensor:
+        sizes = (*t.shape, *t.stride(), t.storage_offset(), t.untyped_storage().nbytes())
+        if not any(isinstance(s, torch.SymInt) for s in sizes):
+            return t
+        key = StorageWeakRef(t.untyped_storage())
+        if key not in bases:
+            bases[key] = torch.empty(int(sizes[-1]), dtype=torch.uint8, device=t.device)
+        return bases[key].view(t.dtype).as_strided(
+            [int(s) for s in t.shape], [int(s) for s in t.stride()], int(t.storage_offset()))
+
+    with mode:
+        for node in list(gm.graph.nodes):
+            if node.target is torch.ops.aten._local_scalar_dense.default and not node.users:
+                gm.graph.erase_node(node)
+            elif "val" in node.meta:
+                node.meta["val"] = pytree.tree_map_only(torch.Tensor, plain, node.meta["val"])
+    gm.recompile()
+
+
 def _dtensor_types() -> tuple:
     """(DTensor,), or () in a torch built without distributed: isinstance(x, ()) is False."""
     if not torch.distributed.is_available():
@@ -195,7 +289,8 @@ def _is_dtensor_model(model) -> bool:
 
 # --- finishing ------------------------------------------------------------------------------
 
-def finish_graph(gm: fx.GraphModule, strategy: str, weights: frozenset, name: str) -> Captured:
+def finish_graph(gm: fx.GraphModule, strategy: str, weights: frozenset, name: str,
+                 routing: str = "") -> Captured:
     """Copy the graph (so annotations never touch the caller's), inline wrapper subgraphs and
     make module paths read as the user's own (no wrapper prefix)."""
     graph = fx.Graph()
@@ -210,7 +305,7 @@ def finish_graph(gm: fx.GraphModule, strategy: str, weights: frozenset, name: st
     if missing:
         raise CaptureError(name, [(strategy, RuntimeError(
             f"{len(missing)} nodes have no shape metadata, e.g. {missing[0].format_node()}"))])
-    return Captured(own, strategy, weights, name)
+    return Captured(own, strategy, weights, name, routing)
 
 
 def _strip(path: str) -> str:
@@ -267,7 +362,8 @@ _NOISY = ("torch._subclasses.fake_tensor", "torch.export", "torch._export",
 def quiet_torch():
     """Warnings off and torch's noisy loggers at CRITICAL, as they were again on exit."""
     levels = {lg: lg.level for lg in map(logging.getLogger, _NOISY)}
-    with warnings.catch_warnings():
+    # torch.export prints its partial graph to stderr on a failure the error already reports
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
         for lg in levels:
             lg.setLevel(logging.CRITICAL)

@@ -9,6 +9,7 @@ from fxroof.chips.expected import expected
 from fxroof.chips.timing import kernel_timing, overhead_per_kernel, rate_op
 from fxroof.cost import COST_KEY, Cost
 from fxroof.graph.nodes import module_path
+from fxroof.graph.training import PHASE_KEY
 from fxroof.report.records import KernelRow, NodeRow
 
 
@@ -20,7 +21,8 @@ def node_rows(gm: fx.GraphModule) -> tuple:
             continue
         rows.append(NodeRow(node.name, op_name(node), module_path(node), cost.category, cost.flops,
                             cost.bytes_read, cost.bytes_written, cost.dtype, cost.known, cost.note,
-                            cost.comm_bytes, cost.comm_steps, cost.variant, cost.grid))
+                            cost.comm_bytes, cost.comm_steps, cost.variant, cost.grid,
+                            node.meta.get(PHASE_KEY, "")))
     return tuple(rows)
 
 
@@ -55,7 +57,7 @@ def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple, streamed: dict | N
         rows.append(KernelRow(tuple(k.nodes), label, k.module, k.category, k.dtype,
                               k.flops, k.bytes_read, k.bytes_written, k.reason, timing,
                               expected(chip, timing, k.category, main.grid if main else (),
-                                       **comm)))
+                                       **comm), main.phase if main else ""))
     return tuple(rows)
 
 

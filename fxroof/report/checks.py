@@ -102,10 +102,11 @@ def _memory(report) -> Check:
     m, capacity = report.memory, report.chip.mem_bytes
     parts = [f"weights {si(m.weights, 'B')}", f"KV {si(m.kv_cache, 'B')}",
              f"activations {si(m.activations, 'B')}"]
-    if m.inputs > 0.01 * m.total:
-        parts.append(f"inputs {si(m.inputs, 'B')}")
-    sign = "<=" if m.total <= capacity else ">"
-    return Check("memory fit", m.total <= capacity,
+    parts += [f"{name} {si(size, 'B')}" for name, size in (
+        ("gradients", m.gradients), ("optimizer state", m.optimizer), ("inputs", m.inputs))
+        if size > 0.01 * m.total]     # a training step's, and inputs worth naming
+    sign = "<=" if report.fits else ">"
+    return Check("memory fit", report.fits,
                  f"{si(m.total, 'B')} {sign} {si(capacity, 'B')} on {report.chip.name} "
                  f"({', '.join(parts)})")
 

@@ -1,13 +1,17 @@
 """The roofline picture: the chip's roofs and every kernel as a point (matplotlib, optional)."""
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 from fxroof.chips.timing import REGIMES, attainable_flops
-from fxroof.report.units import seconds
+from fxroof.graph.nodes import fold_layers
+from fxroof.report.tables import plural
+from fxroof.report.units import percent, seconds
 
-COLORS = {"compute": "#d62728", "memory": "#1f77b4", "communication": "#9467bd",
-          "overhead": "#7f7f7f"}
+# The regime is the marker's shape, the category its colour: what bounds a kernel, and what it is.
+MARKERS = {"compute": "^", "memory": "o", "communication": "s", "overhead": "D"}
+LABELLED = 5       # the costliest kernels named beside their point
 
 
 def plot_roofline(report, path, *, title: str | None = None) -> Path:
@@ -15,9 +19,9 @@ def plot_roofline(report, path, *, title: str | None = None) -> Path:
 
     x: arithmetic intensity (FLOP/byte); y: attained FLOP/s (the kernel's FLOPs over its predicted
     time). Roofs: the matrix peak at the model's main dtype and the vector peak, each meeting the
-    bandwidth slope at its ridge point. Points are sized by their share of time and coloured by
-    regime; kernels without FLOPs (copies, views) cannot sit on a log axis and are counted in the
-    legend instead.
+    bandwidth slope at its ridge point. Points are sized by their share of time, coloured by
+    category, shaped by regime, the costliest few named; kernels without FLOPs (copies, views)
+    cannot sit on a log axis and are counted in the legend instead.
     """
     try:
         import matplotlib
@@ -41,15 +45,31 @@ def plot_roofline(report, path, *, title: str | None = None) -> Path:
     ax.plot(xs, [attainable_flops(chip, "pointwise", dtype, x) for x in xs], color="black",
             linestyle="--", label=f"vector roof ({chip.vector_flops / 1e12:.0f} TFLOP/s)")
     total = report.time_s or 1.0
+    time_of = Counter()
+    for k in placed:
+        time_of[k.category] += k.time_s
+    colour = {c: plt.get_cmap("tab10")(i % 10) for i, (c, _) in enumerate(time_of.most_common())}
     for regime in REGIMES:
-        ks = [k for k in placed if k.regime == regime]
-        if ks:
+        if ks := [k for k in placed if k.regime == regime]:
             ax.scatter([k.intensity for k in ks], [k.flops / k.time_s for k in ks],
-                       s=[10 + 400 * k.time_s / total for k in ks], color=COLORS[regime],
-                       alpha=0.6, edgecolors="none", label=f"{regime}-bound ({len(ks)})")
+                       s=[10 + 400 * k.time_s / total for k in ks], marker=MARKERS[regime],
+                       c=[colour[k.category] for k in ks], alpha=0.6, edgecolors="none")
+            ax.scatter([], [], marker=MARKERS[regime], color="grey",
+                       label=f"{regime}-bound ({len(ks)})")
+    for c in colour:
+        ax.scatter([], [], color=colour[c], label=f"{c} ({sum(k.category == c for k in placed)})")
+    named: dict = {}        # one label for a kernel repeated in every layer (same point)
+    for k in sorted(placed, key=lambda k: -k.time_s):
+        named.setdefault((k.op, fold_layers(k.module)), k)
+    for k in list(named.values())[:LABELLED]:
+        right = k.intensity > (lo * hi) ** 0.5         # text toward the plot's middle
+        ax.annotate(f"{k.op} {k.module.rsplit('.', 1)[-1]} {percent(k.time_s / total)}",
+                    (k.intensity, k.flops / k.time_s), xytext=(-4 if right else 4, 4),
+                    textcoords="offset points", ha="right" if right else "left", fontsize=7)
     skipped = len(report.kernels) - len(placed)
     if skipped:
-        ax.scatter([], [], color="white", label=f"{skipped} kernel{'s' * (skipped > 1)} without FLOPs not shown")
+        ax.scatter([], [], color="white",
+                   label=f"{plural(skipped, 'kernel')} without FLOPs not shown")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("arithmetic intensity (FLOP/byte)")

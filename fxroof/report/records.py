@@ -17,6 +17,7 @@ from fxroof.chips.timing import REGIMES, Timing, intensity
 from fxroof.cost.record import MATRIX_CATEGORIES
 from fxroof.graph.memory import Footprint
 from fxroof.graph.nodes import fold_layers
+from fxroof.graph.training import PHASES
 
 SCHEMA = "fxroof.report/1"
 
@@ -37,6 +38,7 @@ class NodeRow:
     comm_steps: int = 0
     variant: str = ""     # the implementation a CPU build runs (Cost.variant): "onednn", ...
     grid: tuple = ()      # a matrix op as (batch, M, N, K): the tiles a library computes
+    phase: str = ""       # of a training step: "forward", "backward" or "optimizer"
 
     @property
     def cost_key(self) -> str:
@@ -46,7 +48,7 @@ class NodeRow:
 
     def to_dict(self) -> dict:
         return {k: list(v) if k == "grid" else v for k, v in self.__dict__.items()
-                if k != "grid" or v}
+                if k not in ("grid", "phase") or v}
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class KernelRow:
     reason: str
     timing: Timing        # the roofline floor
     expected: Expected    # the time of a real run, its gap to the floor named
+    phase: str = ""       # of a training step: its main node's phase
 
     bytes = property(lambda self: self.bytes_read + self.bytes_written)
     intensity = property(lambda self: intensity(self.flops, self.bytes))   # FLOP per byte
@@ -85,7 +88,8 @@ class KernelRow:
                 "overhead_s": e.overhead_s, "latency_s": e.latency_s, "reason": self.reason,
                 "floor_s": self.floor_s, "gap": dict(e.gap),
                 "floor": {"compute_s": t.compute_s, "memory_s": t.memory_s, "comm_s": t.comm_s,
-                          "overhead_s": t.overhead_s, "regime": t.regime}}
+                          "overhead_s": t.overhead_s, "regime": t.regime},
+                **({"phase": self.phase} if self.phase else {})}
 
 
 @dataclass(frozen=True)
@@ -128,8 +132,14 @@ class Report:
     whatif: str = ""        # the quantization what-if applied (fxroof.whatif), "" for none
     notes: tuple = ()       # caveats of the what-if
     tp: int = 1             # tensor-parallel degree: > 1, the report is one rank's
+    training: str = ""      # a training step's optimizer ("adamw", "sgd", "none"); "" inference
+    dp: int = 1             # data-parallel degree of a training step: > 1, one rank's report
+    # what was analyzed, (key, value) pairs: inputs, versions; the CLI adds workload and options
+    provenance: tuple = ()
 
     weights_bytes = property(lambda self: self.memory.weights)
+    # the footprint fits in the chip's memory (one rank's and one chip's under tp)
+    fits = property(lambda self: self.memory.total <= self.chip.mem_bytes)
 
     # -- the chosen mode ---------------------------------------------------------------------
     summary = property(lambda self: self.compiled if self.mode == "compiled" else self.eager)
@@ -157,6 +167,20 @@ class Report:
         return flops.most_common(1)[0][0] if flops else "bf16"
 
     @property
+    def phases(self) -> dict:
+        """{phase: its kernels in the chosen mode} of a training step; {} for inference."""
+        found = {k.phase for k in self.kernels}
+        return {p: ModeSummary(p, tuple(k for k in self.kernels if k.phase == p))
+                for p in PHASES if p in found}
+
+    @property
+    def mfu(self) -> float:
+        """Model FLOPs utilization: the FLOPs over the expected time, as a share of the chip's
+        dense peak in the dtype most matrix FLOPs run in."""
+        peak = self.chip.matrix_flops(self.chip.matrix_dtype(self.matrix_dtype))
+        return self.flops / self.time_s / peak if self.time_s else 0.0
+
+    @property
     def coverage(self) -> float:
         work = [n for n in self.nodes if n.category != "view"]
         return sum(n.known for n in work) / len(work) if work else 1.0
@@ -169,6 +193,7 @@ class Report:
         return {
             "schema": SCHEMA, "model": self.model, "capture": self.capture,
             "whatif": self.whatif, "notes": list(self.notes), "tp": self.tp,
+            "provenance": dict(self.provenance),
             "chip": self.chip.to_dict(), "mode": self.mode, "flops": self.flops,
             "bytes": self.bytes, "fused_bytes": self.fused_bytes, "time_s": self.time_s,
             "floor_s": self.summary.floor_s, "gap": self.summary.gap,
@@ -178,6 +203,10 @@ class Report:
             "unknown_ops": self.unknown_ops, "weights_bytes": self.weights_bytes,
             "memory": self.memory.to_dict(),
             "compare": self.compare(),
+            **({"training": self.training, "dp": self.dp, "mfu": self.mfu, "phases": {
+                p: {"kernels": len(m.kernels), "flops": sum(k.flops for k in m.kernels),
+                    "bytes": m.bytes, "time_s": m.time_s, "regime": m.regime}
+                for p, m in self.phases.items()}} if self.training else {}),
             "nodes": [n.to_dict() for n in self.nodes],
             "kernels": [k.to_dict() for k in self.kernels],
         }
@@ -227,6 +256,17 @@ class Report:
         """The chip's roofline with every kernel on it, to a .png or .svg (matplotlib extra)."""
         from fxroof.report.plot import plot_roofline
         return plot_roofline(self, path, **options)
+
+    def to_trace(self, path, mode: str | None = None):
+        """The predicted step as a Chrome trace JSON file (Perfetto, chrome://tracing), in `mode`
+        (default: the report's)."""
+        from fxroof.report.trace import write_trace
+        return write_trace(self, path, mode)
+
+    def to_html(self, path):
+        """One self-contained HTML page: roofline, kernel table, module tree, modes, memory."""
+        from fxroof.report.html import write_html
+        return write_html(self, path)
 
     def __str__(self) -> str:
         from fxroof.report.tables import render

@@ -1,7 +1,9 @@
 """The terminal view of a Report: a few tables that fit a 100-column terminal."""
 from __future__ import annotations
 
+import os
 import re
+import sys
 import textwrap
 
 import tabulate as _tabulate
@@ -44,13 +46,25 @@ ADVICE = {
 }
 
 
+# Terminal colours of the regimes, as the HTML page's (html.COLORS).
+ANSI = {"compute": "31", "memory": "34", "communication": "35", "overhead": "90"}
+
+
+def paint(regime: str) -> str:
+    """The regime's name in its colour where the tables go to a terminal (not with NO_COLOR)."""
+    if regime in ANSI and sys.stdout.isatty() and not os.environ.get("NO_COLOR"):
+        return f"\033[{ANSI[regime]}m{regime}\033[0m"
+    return regime
+
+
 def plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("s" if n != 1 else "")
 
 
 def rank_label(r) -> str:
-    """' · one rank of tp=N' for a tensor-parallel report, '' otherwise."""
-    return f" · one rank of tp={r.tp}" if r.tp != 1 else ""
+    """' · one rank of tp=N' (or dp=N) for a parallel report, '' otherwise."""
+    return "".join(f" · one rank of {name}={n}" for name, n in (("tp", r.tp), ("dp", r.dp))
+                   if n != 1)
 
 
 def header(r) -> str:
@@ -69,6 +83,9 @@ def header(r) -> str:
         + (f" · no formula for: {', '.join(r.unknown_ops)}" if r.unknown_ops else "")
         + (f" · what-if: {r.whatif}" if r.whatif else ""),
         gap(r.summary),
+        f"one training step ({r.training}) · MFU {percent(r.mfu)} · gradients "
+        f"{si(r.memory.gradients, 'B')} · optimizer state {si(r.memory.optimizer, 'B')}"
+        if r.training else "",
         *(f"note: {note}" for note in r.notes),
         f"to go faster: {ADVICE[r.regime]}",
     ]
@@ -77,9 +94,8 @@ def header(r) -> str:
 
 def fit(r) -> str:
     """' · needs 290 GB, more than a100-80gb's 80 GB' when the footprint outgrows the chip."""
-    need, have = r.memory.total, r.chip.mem_bytes
-    return (f" · needs {si(need, 'B')}, more than {r.chip.name}'s {si(have, 'B')}"
-            if need > have else "")
+    return ("" if r.fits else f" · needs {si(r.memory.total, 'B')}, more than {r.chip.name}'s "
+                              f"{si(r.chip.mem_bytes, 'B')}")
 
 
 def gap(summary) -> str:
@@ -95,8 +111,17 @@ def regimes(r) -> str:
     for regime, part in sorted(r.regime_share.items(), key=lambda kv: -kv[1]):
         ks = [k for k in r.kernels if k.regime == regime]
         if ks:
-            rows.append([regime, len(ks), seconds(sum(k.time_s for k in ks)), percent(part)])
+            rows.append([paint(regime), len(ks), seconds(sum(k.time_s for k in ks)),
+                         percent(part)])
     return table(rows, ["regime", "kernels", "time", "share"], "lrrr")
+
+
+def phases(r) -> str:
+    """A training step's forward, backward and optimizer: time, FLOPs, bytes, regime."""
+    total = r.time_s or 1.0
+    rows = [[p, len(m.kernels), si(sum(k.flops for k in m.kernels), "F"), si(m.bytes, "B"),
+             seconds(m.time_s), percent(m.time_s / total), m.regime] for p, m in r.phases.items()]
+    return table(rows, ["phase", "kernels", "FLOPs", "bytes", "time", "share", "bound"], "lrrrrrl")
 
 
 def top_kernels(r, n: int = TOP) -> str:
@@ -113,7 +138,7 @@ def top_kernels(r, n: int = TOP) -> str:
         rows.append([_cut(op, 16, keep_end=False), _cut(module or "-", 24), f"x{len(ks)}",
                      si(one.flops, "F"), si(one.bytes, "B"), ratio(one.intensity),
                      seconds(one.time_s),
-                     percent(sum(k.time_s for k in ks) / total), regime])
+                     percent(sum(k.time_s for k in ks) / total), paint(regime)])
     return table(rows, ["kernel", "module", "n", "FLOPs", "bytes", "FLOP/B", "each", "share",
                          "bound"], "llrrrrrrl")
 
@@ -134,7 +159,9 @@ def compare(r) -> str:
 
 
 def render(r) -> str:
-    parts = [header(r), "", "Where the time goes", regimes(r), "", "Top kernels", top_kernels(r),
+    parts = [header(r), "", "Where the time goes", regimes(r),
+             *(["", "Training step by phase", phases(r)] if r.training else []),
+             "", "Top kernels", top_kernels(r),
              "", "By module", modules(r), "", "Eager (one kernel per op) vs compiled (fused)",
              compare(r)]
     return "\n".join(parts)
@@ -171,11 +198,13 @@ def comparison(r) -> str:
 
 
 def diff(a: dict, b: dict) -> str:
-    """Two report dicts (to_dict / --json files) side by side."""
+    """Two report dicts (to_dict / --json files) side by side: the totals, what was analyzed, the
+    modules whose time changed most; a warning first when they describe different models."""
     def row(label, key, fmt):
         va, vb = a.get(key), b.get(key)
         change = "" if not va or vb is None else f"{(vb - va) / va:+.1%}"
         return [label, fmt(va), fmt(vb), change]
+    pa, pb = a.get("provenance", {}), b.get("provenance", {})   # reports before it: none
     rows = [row("time", "time_s", seconds), row("FLOPs", "flops", lambda v: si(v, "FLOP")),
             row("bytes, unfused", "bytes", lambda v: si(v, "B")),
             row("bytes, fused", "fused_bytes", lambda v: si(v, "B")),
@@ -183,9 +212,44 @@ def diff(a: dict, b: dict) -> str:
             ["regime", a["regime"], b["regime"], "" if a["regime"] == b["regime"] else "changed"],
             ["memory", si(a["memory"]["total"], "B"), si(b["memory"]["total"], "B"), ""],
             ["coverage", share(a["coverage"]), share(b["coverage"]), ""],
-            ["chip", a["chip"]["name"], b["chip"]["name"], ""],
-            ["mode", a["mode"], b["mode"], ""]]
-    return table(rows, ["", "A", "B", "change"], "lrrr")
+            *([label, _given(x), _given(y), "" if x == y else "changed"] for label, x, y in [
+                ("chip", a["chip"]["name"], b["chip"]["name"]), ("mode", a["mode"], b["mode"]),
+                ("what-if", a.get("whatif"), b.get("whatif")), ("tp", a.get("tp"), b.get("tp")),
+                *((key, pa.get(key), pb.get(key)) for key in
+                  ("workload", "options", "inputs", "fxroof", "torch"))])]
+    same = [(r["model"], p.get("workload"), (p.get("options") or {}).get("preset"))
+            for r, p in ((a, pa), (b, pb))]
+    warning = ([f"warning: A and B describe different models ({a['model']}, {b['model']}): the "
+                f"changes below compare two models, not one model changed"]
+               if same[0] != same[1] else [])
+    return "\n".join(wrap(warning) + [table(rows, ["", "A", "B", "change"], "lrrr"), "",
+                                       "Modules whose time changed most", _module_changes(a, b)])
+
+
+def _given(value) -> str:
+    """A provenance value in a cell: inputs as '2x8 fp32', options as 'k=v', cut to 32."""
+    if isinstance(value, list):
+        value = ", ".join(f"{'x'.join(map(str, t['shape']))} {t['dtype']}" for t in value)
+    elif isinstance(value, dict):
+        value = " ".join(f"{k}={v}" for k, v in value.items())
+    return _cut(str(value), 32) if value not in (None, "") else "-"
+
+
+def _module_changes(a: dict, b: dict, n: int = TOP) -> str:
+    """Time by module (repeated layers folded) in A and B, the largest changes first."""
+    times = []
+    for r in (a, b):
+        by_module: dict = {}
+        for k in r["kernels"]:
+            key = fold_layers(k["module"]) or "(top level)"
+            by_module[key] = by_module.get(key, 0.0) + k["time_s"]
+        times.append(by_module)
+    ranked = sorted(set(times[0]) | set(times[1]),
+                    key=lambda m: -abs(times[1].get(m, 0.0) - times[0].get(m, 0.0)))[:n]
+    rows = [[_cut(m, 40), *(seconds(t[m]) if m in t else "-" for t in times),
+             f"{(times[1][m] - times[0][m]) / times[0][m]:+.1%}"
+             if times[0].get(m) and m in times[1] else ""] for m in ranked]
+    return table(rows, ["module", "A", "B", "change"], "lrrr")
 
 
 def wrap(lines: list, width: int = 100) -> list:

@@ -6,9 +6,7 @@ value is checked against the trace and its shapes filled in, and why this way.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
-import gc
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -28,7 +26,7 @@ from fxroof.studies.symbolic import (Symbolic, fake_copies, layout_only, model_p
                                      swept_inputs, symbolic_capture)
 from fxroof.studies.workload import load, unpack
 
-__all__ = ["Evaluator", "Point", "builder", "items_of", "no_full_gc", "totals"]
+__all__ = ["Evaluator", "Point", "builder", "items_of", "totals"]
 
 Build = Callable[[Any], tuple]   # value -> (model, args, kwargs)
 
@@ -107,6 +105,9 @@ class Evaluator:
             # One rank of a split model is traced inside a fake process group, with DTensors
             # the symbolic tracer does not take: each value is analyzed on its own.
             self.why_not = f"tensor parallel (tp={target.tp}): each value captured on its own"
+            return
+        if target.train:   # the symbolic tracer captures a forward, not a training step
+            self.why_not = "training step: each value captured on its own"
             return
         self.built = {v: build(v) for v in dict.fromkeys(probes)}
         try:
@@ -213,16 +214,3 @@ class Evaluator:
         with quiet_torch(), enable_python_dispatcher():
             FakeTensorProp(self.sym.captured.gm, mode).propagate_dont_convert_inputs(
                 *weights, *inputs)
-
-
-@contextlib.contextmanager
-def no_full_gc():   # a decorator too: contextmanager's objects are ContextDecorators
-    """Python's full (oldest-generation) collections put off while a study runs, young ones kept:
-    each value makes many short-lived cycles that young collections free, and full ones would
-    walk the whole captured graph again and again (docs/sweeps.md). Thresholds are restored."""
-    old = gc.get_threshold()
-    gc.set_threshold(old[0], old[1], 1 << 30)
-    try:
-        yield
-    finally:
-        gc.set_threshold(*old)

@@ -15,12 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fxroof.chips.timing import REGIMES, intensity
-from fxroof.pipeline import Target, target_of
+from fxroof.pipeline import Target, no_full_gc, target_of
 from fxroof.report import tables
 from fxroof.report.records import Report
 from fxroof.report.units import percent, ratio, seconds, si
-from fxroof.studies.evaluator import Evaluator, builder, no_full_gc, totals
-from fxroof.studies.sweep import Sweep, cells, title
+from fxroof.studies.evaluator import Evaluator, builder, totals
+from fxroof.studies.sweep import Sweep, cells, title, unfit_note
 from fxroof.studies.workload import DEFAULT_SPEC
 
 __all__ = ["CriticalBatch", "Generation", "critical_batch", "generation"]
@@ -49,12 +49,14 @@ class Generation:
     # new tokens a second over the whole generation, every sequence of the batch counted
     tokens_per_s = property(lambda self: self.batch * self.new_tokens / self.total_s
                             if self.total_s else 0.0)
+    # every phase fits in the chip's memory (the last decode step holds the largest KV cache)
+    fits = property(lambda self: all(r.fits for r in (self.prefill, self.first, self.last)))
     # the mean decode step: the time between two tokens of one sequence
     per_token_s = property(lambda self: self.decode_s / self.new_tokens if self.new_tokens else 0.0)
 
     def to_dict(self) -> dict:
         named = ("prompt", "new_tokens", "batch", "whatif", "method", "prefill_s", "decode_s",
-                 "total_s", "tokens_per_s", "per_token_s")
+                 "total_s", "tokens_per_s", "per_token_s", "fits")
         return {"schema": "fxroof.generation/1", "chip": self.prefill.chip.name,
                 "mode": self.prefill.mode, **{k: getattr(self, k) for k in named},
                 "prefill": totals(self.prefill), "decode_first": totals(self.first),
@@ -77,7 +79,8 @@ class Generation:
                  f"first token after {seconds(self.prefill_s)} · then one every "
                  f"{seconds(self.per_token_s)} · {si(self.tokens_per_s, 'tokens/s')} overall",
                  f"decode steps: {self.method}"]
-        return "\n".join(tables.wrap(lines + list(self.notes)))
+        unfit = [] if self.fits else [unfit_note(self.prefill.chip)]
+        return "\n".join(tables.wrap(lines + unfit + list(self.notes)))
 
 
 @no_full_gc()
@@ -162,23 +165,29 @@ class CriticalBatch:
     dtype: str
     linear_batch: int | None     # smallest batch where every linear layer is compute-bound
     step_batch: int | None       # smallest batch where the whole step is, None: not up to max
+    fit_batch: int | None        # largest batch whose footprint fits, None: every one up to max
     max_batch: int
     sweep: Sweep                 # every batch evaluated on the way, in batch order
 
     def to_dict(self) -> dict:
         return {"schema": "fxroof.critical_batch/1", "ctx": self.ctx, "ridge": self.ridge,
                 "dtype": self.dtype, "linear_batch": self.linear_batch,
-                "step_batch": self.step_batch, "max_batch": self.max_batch,
-                "points": [{**p.to_dict(), "linear_intensity": linear_intensity(p.report),
+                "step_batch": self.step_batch, "fit_batch": self.fit_batch,
+                "max_batch": self.max_batch,
+                "points": [{**p.to_dict(), "fits": p.report.fits, "linear_intensity": linear_intensity(p.report),
                             "linear_regime": linear_regime(p.report)} for p in self.sweep.points]}
 
     def __str__(self) -> str:
         rows = [[p.value, seconds(p.time_s), si(p.throughput, "tok/s"),
                  ratio(linear_intensity(p.report)), linear_regime(p.report),
-                 _floor_regime(p.report.kernels)] for p in self.sweep.points]
+                 _floor_regime(p.report.kernels), cells(p.report)["memory"]]
+                for p in self.sweep.points]
         table = tables.table(rows, ["batch", "step time", "throughput", "linear FLOP/B",
-                                     "linears", "whole step"], "rrrrll")
+                                     "linears", "whole step", "memory"], "rrrrllr")
         never = f"none up to batch {self.max_batch}"
+        chip = self.sweep.chip
+        fit = (f"every one up to {self.max_batch}" if self.fit_batch is None else
+               "none, not even 1" if self.fit_batch == 0 else str(self.fit_batch))
         lines = [title("critical batch", self.sweep.points[0].report,
                        subject=f" decode at ctx {self.ctx}"),
                  f"{self.dtype} ridge point {ratio(self.ridge)} FLOP/B; a decode linear's "
@@ -187,7 +196,10 @@ class CriticalBatch:
                  f"the whole step compute-bound from batch: {self.step_batch or never}"
                  + ("" if self.step_batch else
                     " (attention reads each sequence's own KV cache: its intensity does not "
-                    "grow with batch)")]
+                    "grow with batch)"),
+                 f"largest batch that fits in {chip.name}'s {si(chip.mem_bytes, 'B')} of memory: "
+                 f"{fit}" + ("" if all(p.report.fits for p in self.sweep.points) else
+                             " (rows marked ! do not fit)")]
         return "\n".join(tables.wrap(lines))
 
 
@@ -240,6 +252,8 @@ def critical_batch(workload="", *, ctx: int = 512, options: dict | None = None,
 
     linear = first(lambda r: linear_regime(r) == "compute")
     step = first(lambda r: _floor_regime(r.kernels) == "compute")
+    too_big = first(lambda r: not r.fits)     # the footprint grows with batch: KV, activations
     dtype = ev.point(1).report.matrix_dtype
-    return CriticalBatch(ctx, target.chip.ridge(dtype), dtype, linear, step, max_batch,
+    return CriticalBatch(ctx, target.chip.ridge(dtype), dtype, linear, step,
+                         None if too_big is None else too_big - 1, max_batch,
                          Sweep.of(ev, sorted(ev.points)))

@@ -12,14 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fxroof.chips import Chip
-from fxroof.pipeline import Target, target_of
+from fxroof.pipeline import Target, no_full_gc, target_of
 from fxroof.report import tables
 from fxroof.report.records import Report
 from fxroof.report.units import percent, ratio, seconds, si
-from fxroof.studies.evaluator import Evaluator, Point, builder, no_full_gc
+from fxroof.studies.evaluator import Evaluator, Point, builder
 from fxroof.studies.workload import parse_value
 
-__all__ = ["Point", "Sweep", "cells", "parse_over", "sweep", "title"]
+__all__ = ["Point", "Sweep", "cells", "parse_over", "sweep", "title", "unfit_note"]
 
 
 def title(study: str, r: Report, *parts: str, subject: str = "") -> str:
@@ -34,7 +34,13 @@ def cells(r: Report) -> dict:
     return {"time": seconds(r.time_s), "regime": f"{r.regime} {percent(r.regime_share[r.regime])}",
             "FLOPs": si(r.flops, "FLOP"), "bytes moved": si(r.summary.bytes, "B"),
             "FLOP/B": ratio(r.intensity), "weights": si(r.memory.weights, "B"),
-            "KV cache": si(r.memory.kv_cache, "B"), "activations": si(r.memory.activations, "B")}
+            "KV cache": si(r.memory.kv_cache, "B"), "activations": si(r.memory.activations, "B"),
+            "memory": si(r.memory.total, "B") + ("" if r.fits else " !")}
+
+
+def unfit_note(chip: Chip) -> str:
+    """The note beside a table whose '!' marks points that do not fit in the chip's memory."""
+    return f"! needs more than {chip.name}'s {si(chip.mem_bytes, 'B')} of memory"
 
 
 @dataclass(frozen=True)
@@ -62,7 +68,7 @@ class Sweep:
         return {"schema": "fxroof.sweep/1", "variable": self.variable, "method": self.method,
                 "unit": self.unit, "chip": self.chip.name, "mode": self.mode,
                 "whatif": self.whatif, "notes": list(self.notes),
-                "points": [p.to_dict() for p in self.points]}
+                "points": [{**p.to_dict(), "fits": p.report.fits} for p in self.points]}
 
     def __str__(self) -> str:
         first, chip = self.points[0].report, self.chip
@@ -70,19 +76,18 @@ class Sweep:
         head = [title("sweep", first, f"over {self.variable}", f"{self.method} capture"),
                 f"{dtype} ridge {ratio(chip.ridge(dtype))} FLOP/B: kernels above it are "
                 f"compute-bound, below it memory-bound"]
-        too_big = [p.report.memory.total > chip.mem_bytes for p in self.points]
         # '*' captured on its own (a note says why), '!' does not fit in the chip's memory
         rows = []
-        for p, big in zip(self.points, too_big):
-            c = cells(p.report)
+        for p in self.points:
+            c, mark = cells(p.report), ("*" if p.note else "") + ("" if p.report.fits else "!")
             rows.append([p.value, c["time"], c["regime"], c["FLOP/B"],
                          si(p.throughput, f"{self.unit[0]}/s"), c["weights"], c["KV cache"],
-                         c["activations"], ("*" if p.note else "") + ("!" if big else "")])
+                         c["activations"], mark])
         table = tables.table(rows, [self.variable, "time", "regime", "FLOP/B", self.unit + "/s",
                                      "weights", "KV cache", "activ.", ""], "rrlrrrrrl")
         notes = [f"* {self.variable}={p.value}: {p.note}" for p in self.points if p.note]
-        if any(too_big):
-            notes.append(f"! needs more than {chip.name}'s {si(chip.mem_bytes, 'B')} of memory")
+        if not all(p.report.fits for p in self.points):
+            notes.append(unfit_note(chip))
         notes += self.notes
         return "\n".join(tables.wrap(head) + ["", table]
                          + ([""] + tables.wrap(notes) if notes else []))

@@ -43,6 +43,9 @@ def load(spec: str, options: dict | None = None):
     path = Path(path_text)
     if not path.is_file():
         raise WorkloadError(f"no workload file {path_text!r}")
+    if path.suffix != ".py":     # runpy would run a zip or a directory, or fail in its own words
+        hint = "; a transformers config goes to --hf" if path.suffix == ".json" else ""
+        raise WorkloadError(f"{path}: a workload is a Python file (.py){hint}")
     try:
         namespace = runpy.run_path(str(path), run_name=f"fxroof_workload_{path.stem}")
     except Exception as e:
