@@ -49,6 +49,21 @@ def test_generation_total_is_prefill_plus_every_decode_step():
     assert d["schema"] == "fxroof.generation/1" and len(d["step_s"]) == n
 
 
+def test_a_stated_step_cost_is_paid_once_per_forward_pass():
+    # A serving engine's work between passes is not in the graph: the report says so, and a
+    # stated cost of 300 us is added to prefill and each of the 4 decode steps: 5 x 300 us.
+    options = dict(preset="tiny", layers=1)
+    plain = generation(LLAMA, prompt=32, new_tokens=4, chip="h100-sxm", options=options)
+    served = generation(LLAMA, prompt=32, new_tokens=4, chip="h100-sxm", options=options,
+                        step_cost_s=300e-6)
+    assert served.total_s - plain.total_s == pytest.approx(1.5e-3, rel=1e-9)
+    assert served.per_token_s - plain.per_token_s == pytest.approx(300e-6, rel=1e-9)
+    assert "scheduling, sampling" in str(plain) and "stated step cost of 300 µs" in str(served)
+    assert served.to_dict()["step_cost_s"] == 300e-6
+    with pytest.raises(ValueError, match="step_cost_s must be a number of seconds >= 0"):
+        generation(LLAMA, prompt=32, new_tokens=4, options=options, step_cost_s=float("nan"))
+
+
 def test_prefill_is_compute_bound_and_decode_memory_bound():
     # Llama-2-7B shapes, 1 layer: prefill of 2048 tokens vs one decode step, on an A100
     g = generation(LLAMA, prompt=2048, new_tokens=1, batch=1, chip="a100-80gb",

@@ -26,6 +26,11 @@ class UsageError(ValueError):
 
 # -- arguments ------------------------------------------------------------------------------
 
+def microseconds(text: str) -> float:
+    """An option given in microseconds, as seconds."""
+    return float(text) * 1e-6
+
+
 def _workload_args() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("spec", nargs="?", default=DEFAULT_SPEC,
@@ -103,6 +108,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="an LLM generation: prefill then decode steps, the time split")
     g.add_argument("--prompt", type=int, default=2048, help="prompt tokens (default 2048)")
     g.add_argument("--new-tokens", type=int, default=256, help="generated tokens (default 256)")
+    g.add_argument("--step-cost-us", type=microseconds, default=0.0, metavar="US",
+                   dest="step_cost_s",
+                   help="a serving engine's own work per forward pass (scheduling, sampling), "
+                        "added to prefill and every decode step (default 0: the graph only)")
     g.add_argument("--batch", type=int, default=1, help="sequences decoded together (default 1)")
     b = sub.add_parser("critical-batch", parents=common,
                        help="the decode batch at which linears, then the step, turn compute-bound")
@@ -252,7 +261,7 @@ def cmd_check(ns) -> int:
 # The studies of a workload as a function of its options: each one's own options, and what it
 # says while it runs.
 STUDIES = {"sweep": ("sweep.sweep", ("over",), "analyzing {what} at each value of {ns.over} ..."),
-           "generate": ("llm.generation", ("prompt", "new_tokens", "batch"),
+           "generate": ("llm.generation", ("prompt", "new_tokens", "batch", "step_cost_s"),
                         "analyzing prefill and decode ..."),
            "critical-batch": ("llm.critical_batch", ("ctx", "max_batch"),
                               "searching batch sizes ...")}

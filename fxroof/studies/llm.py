@@ -41,9 +41,11 @@ class Generation:
     method: str                  # "affine in ctx", "every step" or "interpolated"
     whatif: str = ""
     notes: tuple = ()
+    step_cost_s: float = 0.0     # a serving engine's own work per forward pass, as stated
 
-    prefill_s = property(lambda self: self.prefill.time_s)
-    decode_s = property(lambda self: sum(self.step_s))
+    # every forward pass, prefill and each decode step, pays the stated step cost once
+    prefill_s = property(lambda self: self.prefill.time_s + self.step_cost_s)
+    decode_s = property(lambda self: sum(self.step_s) + self.new_tokens * self.step_cost_s)
     total_s = property(lambda self: self.prefill_s + self.decode_s)
 
     # new tokens a second over the whole generation, every sequence of the batch counted
@@ -55,8 +57,8 @@ class Generation:
     per_token_s = property(lambda self: self.decode_s / self.new_tokens if self.new_tokens else 0.0)
 
     def to_dict(self) -> dict:
-        named = ("prompt", "new_tokens", "batch", "whatif", "method", "prefill_s", "decode_s",
-                 "total_s", "tokens_per_s", "per_token_s", "fits")
+        named = ("prompt", "new_tokens", "batch", "whatif", "method", "step_cost_s", "prefill_s",
+                 "decode_s", "total_s", "tokens_per_s", "per_token_s", "fits")
         return {"schema": "fxroof.generation/1", "chip": self.prefill.chip.name,
                 "mode": self.prefill.mode, **{k: getattr(self, k) for k in named},
                 "prefill": totals(self.prefill), "decode_first": totals(self.first),
@@ -80,21 +82,35 @@ class Generation:
                  f"{seconds(self.per_token_s)} · {si(self.tokens_per_s, 'tokens/s')} overall",
                  f"decode steps: {self.method}"]
         unfit = [] if self.fits else [unfit_note(self.prefill.chip)]
-        return "\n".join(tables.wrap(lines + unfit + list(self.notes)))
+        return "\n".join(tables.wrap(lines + unfit + [self.serving_note] + list(self.notes)))
+
+    @property
+    def serving_note(self) -> str:
+        """What the graph does not hold: a serving engine's work between forward passes."""
+        if self.step_cost_s:
+            return (f"each forward pass includes a stated step cost of "
+                    f"{seconds(self.step_cost_s)} (the serving engine's own work)")
+        return ("the graph holds the model's forward passes only: a serving engine's scheduling, "
+                "sampling and detokenising between steps are not in these times (state them "
+                "with step_cost_s=, --step-cost-us)")
 
 
 @no_full_gc()
 def generation(workload="", *, prompt: int, new_tokens: int, batch: int = 1,
-               options: dict | None = None, target: Target | None = None,
-               **fields) -> Generation:
+               options: dict | None = None, step_cost_s: float = 0.0,
+               target: Target | None = None, **fields) -> Generation:
     """Prefill of `prompt` tokens then `new_tokens` decode steps, for `batch` sequences.
 
     workload: a workload spec or function following models/llama.py's options (default: the
     bundled Llama-2-7B). target: the Target, or its fields as keywords (chip=, mode=,
     quantize=, tp=, ...), for every phase; with tp > 1 the times are one rank's.
+    step_cost_s: seconds a serving engine spends on each forward pass beyond the model's graph
+    (scheduling, sampling, detokenising), added to prefill and to every decode step.
     """
     if prompt < 1 or new_tokens < 1 or batch < 1:
         raise ValueError("prompt, new_tokens and batch must be >= 1")
+    if not (isinstance(step_cost_s, (int, float)) and 0 <= step_cost_s < float("inf")):
+        raise ValueError(f"step_cost_s must be a number of seconds >= 0, got {step_cost_s!r}")
     workload, target = workload or DEFAULT_SPEC, target_of(target, **fields)
 
     def phase(name: str, variable: str, probes) -> Evaluator:
@@ -120,7 +136,7 @@ def generation(workload="", *, prompt: int, new_tokens: int, batch: int = 1,
         method = (f"interpolated between {INTERPOLATION_POINTS} steps (kernels are not affine in "
                   f"ctx here): approximate")
     return Generation(prompt, new_tokens, batch, prefill, first, final, tuple(step_s), method,
-                      target.whatif, tuple(notes))
+                      target.whatif, tuple(notes), float(step_cost_s))
 
 
 def _affine_steps(first: Report, mid: Report, last: Report, j_mid: int, n: int):
