@@ -297,3 +297,20 @@ def test_roofline_plot_names_categories_regimes_and_the_costliest_kernels(tmp_pa
     top = max(placed, key=lambda k: k.time_s)
     assert f"{top.op} {top.module.rsplit('.', 1)[-1]}" in text      # named beside its point
     assert " 1 kernels" not in text
+
+
+def test_sweeps_show_each_value_on_a_terminal_only(tmp_path, capsys, monkeypatch):
+    import logging
+    spec = tmp_path / "mlp.py"
+    spec.write_text("import torch\nfrom torch import nn\n"
+                    "def workload(batch=2):\n"
+                    "    return nn.Linear(8, 8), (torch.randn(batch, 8),)\n")
+    log = logging.getLogger("fxroof")
+    monkeypatch.setattr(log, "handlers", [])            # leave the global logger as it was
+    monkeypatch.setattr(log, "level", log.level)
+    assert main(["sweep", str(spec), "--over", "batch=2,4"]) == 0
+    assert "batch=4 ..." not in capsys.readouterr().err           # piped: quiet
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert main(["sweep", str(spec), "--over", "batch=2,4"]) == 0
+    err = capsys.readouterr().err
+    assert "  batch=2 ...\n" in err and "  batch=4 ...\n" in err

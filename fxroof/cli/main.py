@@ -157,6 +157,17 @@ def _progress(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
+def _show_progress() -> None:
+    """The library's progress lines (logger "fxroof", e.g. each value of a sweep) on a terminal."""
+    import logging
+    log = logging.getLogger("fxroof")
+    if sys.stderr.isatty() and not log.handlers:     # main() may run many times in one process
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("  %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+
+
 def _workload(ns):
     """The workload as a function of its options: a spec file's, or a transformers config's."""
     if ns.hf and ns.spec != DEFAULT_SPEC:
@@ -317,6 +328,7 @@ def main(argv=None) -> int:
     except SystemExit as e:          # argparse already printed its one-line usage error
         return 0 if e.code == 0 else 2
     from fxroof.graph.capture import CaptureError
+    _show_progress()
     try:
         return COMMANDS[ns.command](ns) or 0
     except BrokenPipeError:          # `fxroof analyze | head`: the reader left; not an error

@@ -7,6 +7,7 @@ value is checked against the trace and its shapes filled in, and why this way.
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -39,6 +40,9 @@ def totals(r: Report) -> dict:
     """A report's totals as every study's JSON holds them."""
     return {"time_s": r.time_s, "regime": r.regime, "regime_share": r.regime_share,
             "flops": r.flops, "bytes": r.summary.bytes, "memory": r.memory.to_dict()}
+
+
+log = logging.getLogger("fxroof")
 
 
 @dataclass(frozen=True)
@@ -128,6 +132,7 @@ class Evaluator:
 
     def point(self, value) -> Point:
         if value not in self.points:
+            log.info("%s=%s ...", self.variable, value)     # progress: the CLI shows it on a TTY
             self.points[value] = self._point(value)
         return self.points[value]
 
