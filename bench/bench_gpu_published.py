@@ -28,6 +28,15 @@ when absent; their README says how each was measured):
         servers or NVLink pairs joined over PCIe are counted out. Sampled: 12 sizes per group,
         evenly spaced in log size.
 
+    gpt-fast A100 decode
+        tokens/s of whole generations, batch 1, a 5-token prompt, 100 new tokens, torch.compile
+        with CUDA graphs, bf16 weights or int8/int4 weight-only (pytorch-labs/gpt-fast README,
+        "Benchmarks", commit 32971d3; 8xA100-80GB power-limited to 330 W). Predicted: fxroof's
+        generation of models/llama.py at the same shapes (prefill + 99 decode steps, compiled),
+        int8 per output row as `w8`, int4 in groups of 32 as `w4g32`. Single-GPU rows only: the
+        tensor-parallel rows ran over a hybrid cube mesh that the chip's one link figure does
+        not describe. These figures are not in ../shared: they are quoted below with their source.
+
 Prints per source: cases, median |error|, share within +-25%, geometric-mean ratio
 predicted/measured, for the floor and for the expected time, and the worst expected case with
 what its time is made of. Error = (predicted - measured) / measured. About a minute.
@@ -279,6 +288,40 @@ def vidur_cases(only: str) -> list[Case]:
     return cases
 
 
+# -- gpt-fast decode -----------------------------------------------------------------------------
+
+# (label, models/llama.py preset, what-if, published tokens/s): pytorch-labs/gpt-fast README.md at
+# commit 32971d3, "Benchmarks" (A100 80GB, batch 1, prompt 5 tokens, CUDA graphs).
+GPT_FAST = (("Llama-2-7B bf16", "llama2-7b", None, 104.9),
+            ("Llama-2-7B int8", "llama2-7b", "w8", 155.58),
+            ("Llama-2-7B int4 g32", "llama2-7b", "w4g32", 196.80),
+            ("Llama-2-70B int8", "llama2-70b", "w8", 19.13),
+            ("Llama-2-70B int4 g32", "llama2-70b", "w4g32", 25.25),
+            ("Llama-3.1-8B bf16", "llama3-8b", None, 93.89),
+            ("Llama-3.1-8B int8", "llama3-8b", "w8", 137.64),
+            ("Llama-3.1-70B int8", "llama3-70b", "w8", 18.04))
+GPT_FAST_PROMPT, GPT_FAST_TOKENS = 5, 100
+
+
+def gpt_fast_cases(only: str) -> list[Case]:
+    source = "gpt-fast A100 decode"
+    if only not in source:
+        return []
+    from fxroof.studies.llm import generation
+    cases = []
+    for label, preset, whatif, tokens_per_s in GPT_FAST:
+        # gpt-fast's prefill yields the first of the 100 tokens, then 99 decode steps follow
+        g = generation(str(ROOT / "models" / "llama.py"), prompt=GPT_FAST_PROMPT,
+                       new_tokens=GPT_FAST_TOKENS - 1, options={"preset": preset},
+                       chip="a100-80gb", mode="compiled", quantize=whatif)
+        # the decode steps' floors from the first and last (the context grows by 99 keys only)
+        floor = g.prefill.summary.floor_s + g.new_tokens * (
+            g.first.summary.floor_s + g.last.summary.floor_s) / 2
+        cases.append(Case(source, f"{label}: {tokens_per_s} tokens/s", GPT_FAST_TOKENS /
+                          tokens_per_s, floor, g.total_s, made_of(g.first.kernels)))
+    return cases
+
+
 # -- Vidur all-reduce ----------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -358,7 +401,8 @@ def main(argv=None) -> int:
         print(f"skipped: no published measurements at {DATA} (see shared/reference/measured)")
         return 0
     start = time.perf_counter()
-    cases = timm_cases(args.only) + vidur_cases(args.only) + all_reduce_cases(args.only)
+    cases = (timm_cases(args.only) + vidur_cases(args.only) + all_reduce_cases(args.only)
+             + gpt_fast_cases(args.only))
     if not cases:
         print("no cases to compare")
         return 0
