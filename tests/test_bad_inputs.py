@@ -13,6 +13,7 @@ import torch
 import fxroof
 from fxroof.chips import chip as find_chip
 from fxroof.cli.main import main
+from fxroof.graph.capture import capture
 from fxroof.measure import calibrate
 from fxroof.measure.runs import MeasureError, measure
 
@@ -80,7 +81,7 @@ def files(tmp_path, monkeypatch, model):
         "    return bad_inputs_model.model, (x,)\n"
         "def branches():\n"
         "    from test_bad_inputs import Branches\n"
-        "    return Branches(), (torch.randn(4),)\n")
+        "    return Branches(), (torch.randn(4, device='meta'),)\n")
     (tmp_path / "broken.json").write_text('{"model_type": "llama"')
     (tmp_path / "list.json").write_text("[1, 2]")
     (tmp_path / "notype.json").write_text('{"hidden_size": 8}')
@@ -222,9 +223,21 @@ def test_the_api_refuses_and_leaves_the_model_alone(model, inputs, options, erro
 ])
 def test_models_that_no_graph_stands_for_are_named_in_one_line(culprit, message, capfd):
     with pytest.raises((fxroof.CaptureError, ValueError), match=message) as caught:
-        fxroof.analyze(culprit, (torch.randn(4),))
+        fxroof.analyze(culprit, (torch.randn(4, device="meta"),))    # no values to follow
     assert "\n" not in str(caught.value)
     assert "def forward" not in capfd.readouterr().err      # torch's partial graph: not shown
+
+
+@pytest.mark.parametrize("x, doubled", [(torch.ones(4), True), (-torch.ones(4), False)])
+def test_a_branch_on_real_inputs_follows_them_and_the_capture_line_names_it(x, doubled):
+    before = x.clone()
+    captured = capture(Branches(), (x,))
+    line = Branches.forward.__code__.co_firstlineno + 1     # `if x.sum() > 0:`
+    assert captured.strategy == (f"make_fx on example values: branches and sizes at "
+                                 f"test_bad_inputs.py:{line} follow the example inputs")
+    ops = [n.target for n in captured.gm.graph.nodes if n.op == "call_function"]
+    assert (torch.ops.aten.mul.Tensor in ops) is doubled     # the branch this input takes
+    assert torch.equal(x, before)
 
 
 @pytest.mark.parametrize("study, message", [

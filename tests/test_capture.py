@@ -140,3 +140,31 @@ def test_user_model_untouched_after_capture_and_after_error():
         assert [dict(m._forward_hooks) for m in model.modules()] == hooks
         assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
         assert all(p.device.type == "cpu" and not p.is_meta for p in model.parameters())
+
+
+class _SizedByItsInput(torch.nn.Module):
+    """A size read from the input's values, then an LSTM (whose CPU kernel's scratch output a
+    fake kernel sizes otherwise: values stop there, the trace goes on)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm = torch.nn.LSTM(4, 4, batch_first=True)
+
+    def forward(self, x):
+        n = int(x.sum().item())
+        return self.lstm(torch.ones(1, n, 4))[0]
+
+
+def test_real_inputs_settle_a_size_read_from_their_values():
+    model, x = _SizedByItsInput().eval(), torch.full((3,), 2.0)
+    captured = capture(model, (x,))
+    line = _SizedByItsInput.forward.__code__.co_firstlineno + 1     # n = int(x.sum().item())
+    assert captured.strategy == (f"make_fx on example values: branches and sizes at "
+                                 f"test_capture.py:{line} follow the example inputs")
+    out = [n for n in captured.gm.graph.nodes if n.op == "output"][0].args[0][0]
+    assert tuple(out.meta["val"].shape) == (1, 6, 4)      # the example's sum, 2 * 3
+    assert not any(isinstance(s, torch.SymInt) for n in captured.gm.graph.nodes
+                   if isinstance(n.meta.get("val"), torch.Tensor) for s in n.meta["val"].shape)
+    assert torch.equal(x, torch.full((3,), 2.0))
+    with pytest.raises(CaptureError, match=r"uses a tensor value as a size or number"):
+        capture(model, (torch.full((3,), 2.0, device="meta"),))    # no values to follow

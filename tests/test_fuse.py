@@ -15,6 +15,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from fxroof.cost.annotate import annotate
 from fxroof.cost.record import COST_KEY, KERNEL_KEY
+from fxroof.fuse.cpp import CAT_COPY, FOLD_COPY
 from fxroof.fuse.fuser import Kernel, fuse, unfused
 from fxroof.graph.capture import capture
 
@@ -42,9 +43,10 @@ def check_invariants(gm, ks):
     """What every fusion must keep: the checks the property tests run on random graphs."""
     eager = unfused(gm)
     ks = fuse(gm) if ks is None else ks
-    names = [n for k in ks for n in k.nodes]
+    names = [n for k in ks if k.reason not in (CAT_COPY, FOLD_COPY) for n in k.nodes]
     ops = ops_of(gm)
-    # every op that is not a view in exactly one kernel, and meta says which
+    # every op that is not a view in exactly one kernel, and meta says which (the C++ backend's
+    # copies of a cat's view inputs are named by the view)
     assert sorted(names) == sorted(n.name for n in ops)
     assert all(ks[n.meta[KERNEL_KEY]].nodes.count(n.name) == 1 for n in ops)
     assert all(KERNEL_KEY not in n.meta for n in gm.graph.nodes if n not in set(ops))
@@ -321,6 +323,53 @@ def test_cpp_backend_writes_a_cat_for_its_readers():
     ks = check_invariants(gm, fuse(gm, backend="cpp"))   # each input written into the result
     assert [k.nodes for k in ks] == [("neg", "cos", "cat"), ("exp",)]
     assert total(ks) == (x + out) + (out + out)
+
+
+def test_cpp_backend_copies_a_cat_input_that_is_a_view_with_a_kernel_of_its_own():
+    gm = graph(lambda x: torch.cat([-x[:, 8:], x[:, :8]], -1).exp(), torch.randn(8, 16))
+    half, whole = 8 * 8 * F32, 8 * 16 * F32                # 256, 512
+    ks = check_invariants(gm, fuse(gm, backend="triton"))
+    assert [k.nodes for k in ks] == [("neg", "cat", "exp")] and total(ks) == 2 * whole
+    ks = check_invariants(gm, fuse(gm, backend="cpp"))     # rotate_half, as Inductor's CPU code
+    assert [(k.nodes, k.category) for k in ks] == [(("slice_2",), "copy"),
+                                                   (("neg", "cat"), "pointwise"),
+                                                   (("exp",), "pointwise")]
+    # the copy moves x[:, :8] into the result, the neg the other half; exp reads it back
+    assert [(k.bytes_read, k.bytes_written) for k in ks] == [(half, half), (half, half),
+                                                              (whole, whole)]
+
+
+def test_cpp_backend_copies_matmul_operands_a_view_cannot_fold_with_kernels_of_their_own():
+    def scores(x):      # (2, 16, 64) split into 4 heads of 16: q @ q^T per head
+        q = x.view(2, 16, 4, 16).transpose(1, 2)
+        return q @ q.transpose(-2, -1)
+    gm = graph(scores, torch.randn(2, 16, 64))
+    x, out = 2 * 16 * 64 * F32, 2 * 4 * 16 * 16 * F32      # 8192, 8192
+    ks = check_invariants(gm, fuse(gm, backend="triton"))  # the copies inside the matmul kernel
+    assert [k.nodes for k in ks] == [("matmul",)] and total(ks) == (2 * x + out) + 2 * (x + x)
+    ks = check_invariants(gm, fuse(gm, backend="cpp"))     # Inductor's clones, then its bmm
+    assert [(k.nodes, k.category) for k in ks] == [(("transpose",), "copy"),
+                                                   (("transpose_1",), "copy"),
+                                                   (("matmul",), "matmul")]
+    assert [(k.bytes_read, k.bytes_written) for k in ks] == [(x, x), (x, x), (2 * x, out)]
+
+
+@pytest.mark.parametrize("mask, split", [(torch.tril(torch.ones(16, 16, dtype=torch.bool)), True),
+                                         (torch.ones(2, 4, 16, 16, dtype=torch.bool), False)])
+def test_cpp_backend_splits_a_softmax_whose_input_reads_a_broadcast_mask(mask, split):
+    gm = graph(fn_module(lambda x: torch.softmax(x.masked_fill(mask, -1e9), -1)),
+               torch.randn(2, 4, 16, 16))
+    x, m = 2 * 4 * 16 * 16 * F32, mask.numel()               # 8192 bytes of scores, a bool mask
+    ks = check_invariants(gm, fuse(gm, backend="triton"))
+    assert [k.nodes for k in ks] == [("masked_fill", "softmax")] and total(ks) == x + m + x
+    ks = check_invariants(gm, fuse(gm, backend="cpp"))
+    if not split:      # a mask as large as the scores: one kernel, as Inductor's
+        assert [k.nodes for k in ks] == [("masked_fill", "softmax")]
+        return
+    # as torch.compile's CPU code: the masked scores' exp written after the max, then the
+    # sum and the division read it back
+    assert [k.nodes for k in ks] == [("masked_fill",), ("softmax",)]
+    assert [(k.bytes_read, k.bytes_written) for k in ks] == [(x + m, x), (x, x)]
 
 
 def test_cpp_backend_keeps_a_reduction_apart_from_work_over_its_output_size():

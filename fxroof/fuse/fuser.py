@@ -4,12 +4,12 @@ would emit, and count each kernel's bytes as that compiler would move them.
 Reads node.meta["fxroof.cost"] (annotate.py); writes node.meta["fxroof.kernel"] = the index of the
 node's kernel in the returned tuple, on every node that is not a view. Changes nothing else.
 dataflow.py holds the graph facts, policy.py what stays a kernel of its own, reach.py the cycle
-test of horizontal fusion, this file the decisions, for Inductor's Triton (GPU) or C++ (CPU)
+test of horizontal fusion, cpp.py the C++ backend's kernels beyond its groups, this file the decisions, for Inductor's Triton (GPU) or C++ (CPU)
 code generator. The rules, and where they differ from Inductor's: docs/fusion.md.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import networkx as nx
 import torch
@@ -17,6 +17,7 @@ import torch.fx as fx
 
 from fxroof.cost.record import COST_KEY, FREE_CATEGORIES, KERNEL_KEY
 from fxroof.fuse.dataflow import Facts, Op, graph_facts
+from fxroof.fuse import cpp
 from fxroof.fuse.reach import SiblingReach
 
 __all__ = ["Kernel", "fuse", "unfused"]
@@ -84,13 +85,15 @@ def fuse(gm: fx.GraphModule, *, matmul_epilogues: bool = False,
     facts = graph_facts(gm, inline_gathers=backend == "cpp")
     fuser = _Fuser(facts, matmul_epilogues, backend == "cpp")
     fuser.run()
-    groups = fuser.ordered_groups()
     for node in gm.graph.nodes:
         node.meta.pop(KERNEL_KEY, None)
-    for k, g in enumerate(groups):
-        for i in g.ops:
-            facts.ops[i].node.meta[KERNEL_KEY] = k
-    return tuple(fuser.kernel(g) for g in groups)
+    kernels: list[Kernel] = []
+    for g in fuser.ordered_groups():
+        for kernel, ops in fuser.kernels(g):
+            for i in ops:
+                facts.ops[i].node.meta[KERNEL_KEY] = len(kernels)
+            kernels.append(kernel)
+    return tuple(kernels)
 
 
 # -- grouping ------------------------------------------------------------------------------------
@@ -306,15 +309,36 @@ class _Fuser:
             g.ops.sort()
         return groups
 
-    def kernel(self, g: _Group) -> Kernel:
+    def kernels(self, g: _Group) -> list[tuple[Kernel, list]]:
+        """g's kernels, each with the op indices it runs: g's one, after the C++ backend's
+        copies of their own (which take their bytes from it) or split where it splits a
+        softmax."""
+        kernel = self.kernel(g)
+        copies = [Kernel((name,), "copy", 0, n, n, dtype, why, module) for name, n, dtype, why,
+                  module in cpp.copies(self.f, g.ops)] if self.cpp else []
+        if copies:    # the same data, moved by more kernels
+            return [(c, []) for c in copies] + [(replace(
+                kernel, bytes_read=max(0, kernel.bytes_read - sum(c.bytes_read for c in copies)),
+                bytes_written=kernel.bytes_written - sum(c.bytes_written for c in copies)),
+                g.ops)]
+        head = cpp.softmax_head(self.f, g.ops) if self.cpp else []
+        if not head:
+            return [(kernel, g.ops)]
+        tail = [i for i in g.ops if i not in head]
+        return [(self.kernel(g, head, cpp.SOFTMAX_SPLIT), head), (self.kernel(g, tail), tail)]
+
+    def kernel(self, g: _Group, ops: list | None = None, reason: str = "") -> Kernel:
+        """The kernel of g, or of its ops `ops` (reason: why that part ends)."""
         f = self.f
-        ops = [f.ops[i] for i in g.ops]
+        ops = [f.ops[i] for i in (g.ops if ops is None else ops)]
         main = min(ops, key=lambda op: (_RANK[op.rank], op.index))
+        members = {op.index for op in ops}
         read, written = (main.cost.bytes_read, main.cost.bytes_written) if len(ops) == 1 and \
-            main.kind == "solo" else (f.bytes_read(set(g.ops)), f.bytes_written(set(g.ops)))
+            main.kind == "solo" else (f.bytes_read(members), f.bytes_written(members))
         return Kernel(tuple(op.node.name for op in ops), main.cost.category,
                       sum(op.cost.flops for op in ops), read, written, main.cost.dtype,
-                      self._reason(g, main), main.module, all(op.cost.known for op in ops))
+                      reason or self._reason(g, main), main.module,
+                      all(op.cost.known for op in ops))
 
     def _reason(self, g: _Group, main: Op) -> str:
         gid = self.group_of[g.ops[0]]

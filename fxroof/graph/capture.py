@@ -2,9 +2,13 @@
 
 Strategies, first that works: torch.export (non-strict) -> make_fx -> make_fx with top-k routing
 assumed (only where those stopped on a data-dependent value, e.g. a loop over the experts a router
-picked; first where the caller gives a routing: fxroof.graph.routing) -> fx.symbolic_trace lowered
-by make_fx. Every call_function node of the result carries meta["val"]. The user's model is never
-changed: export and make_fx work on fake copies of parameters, and module modes are restored.
+picked; first where the caller gives a routing: fxroof.graph.routing) -> make_fx on the example's
+values (only where the others stopped on a value, or left sizes standing for one, and every weight
+and input has a value: a branch on a tensor value goes as the example's went, a size read from one
+is the example's number; the capture line names where) -> fx.symbolic_trace lowered by make_fx.
+Every call_function node of the result carries meta["val"]. The user's model is never changed:
+export and make_fx work on fake copies of parameters (values copied, never shared), and module
+modes are restored.
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ from fxroof.graph.tensors import tensors_in
 
 WRAPPED = "model"   # attribute under which capture nests the user's model
 ROUTED = "fxroof.routed"   # gm.meta key: a top-k had its routing assumed while tracing
+READ = "fxroof.read"   # gm.meta key: where the model read a tensor value (example values)
 
 
 class CaptureError(RuntimeError):
@@ -115,21 +120,31 @@ def capture(model, args=(), kwargs=None, routing: Routing | str | None = None) -
         # weights keep their own device handling in _make_fx.
         fake = FakeCopier()
         model, args, kwargs = fake.copy(model), fake.inputs(args), fake.inputs(kwargs)
-    routed = f"make_fx, {assumed.label} routing"
+    routed, example = f"make_fx, {assumed.label} routing", "make_fx on example values"
     strategies = [("torch.export", _export), ("make_fx", _make_fx),
                   ("symbolic_trace", lambda m, a, k: _make_fx(fx.symbolic_trace(m), a, k))]
     strategies.insert(0 if routing is not None else 2,
                       (routed, lambda *_: _make_fx_routed(*own, assumed)))
+    if routing is None and not any(t.device.type == "meta" or isinstance(t, FakeTensor)
+                                   for t in tensors):
+        strategies.insert(3, (example, lambda *_: _make_fx_routed(*own, None)))
     with preserved_modes(model), quiet_torch():
         for strategy, fn in strategies:
-            if strategy == routed and routing is None and not _data_dependent(
-                    [e for _, e in attempts]):
-                continue    # nothing failed on a value the routing assumption could give
+            if strategy in (routed, example) and routing is None and not _data_dependent(
+                    [e for _, e in attempts]) and not any(isinstance(e, ValuedSizes)
+                                                          for _, e in attempts):
+                continue    # nothing failed on a value the routing or the example could give
             try:
                 gm, weights = fn(model, args, kwargs)
+                if example in dict(strategies) and strategy not in (routed, example) and \
+                        _valued_sizes(gm):
+                    raise ValuedSizes("sizes depend on tensor values")    # the example's next
                 used = gm.meta.get(ROUTED, False)    # else values made from constants only
-                return finish_graph(gm, strategy if used or strategy != routed else "make_fx",
-                                    weights, name, assumed.label if used else "")
+                if strategy == example:
+                    strategy = _example_strategy(gm.meta[READ])
+                elif strategy == routed and not used:
+                    strategy = "make_fx"
+                return finish_graph(gm, strategy, weights, name, assumed.label if used else "")
             except Exception as e:   # each strategy's failure is reported, not raised alone
                 attempts.append((strategy, e))
     raise CaptureError(name, attempts)
@@ -141,8 +156,9 @@ class FakeCopier:
     scaled_dot_product_attention by its unfused math path, on a CPU by a fused kernel, which is
     what a deployment runs."""
 
-    def __init__(self, mode: FakeTensorMode | None = None):
+    def __init__(self, mode: FakeTensorMode | None = None, values: bool = False):
         self.mode = mode or FakeTensorMode(allow_non_fake_inputs=True)
+        self.values = values    # each fake carries a copy of its tensor's value (never the tensor)
 
     def tensor(self, t: torch.Tensor) -> torch.Tensor:
         if isinstance(t, FakeTensor):
@@ -150,7 +166,11 @@ class FakeCopier:
         device = "cpu" if t.device.type == "meta" else t.device
         with self.mode:
             f = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=device)
-        return torch.nn.Parameter(f, t.requires_grad) if isinstance(t, torch.nn.Parameter) else f
+        f = torch.nn.Parameter(f, t.requires_grad) if isinstance(t, torch.nn.Parameter) else f
+        if self.values:    # and make_fx, faking its inputs again, gets this fake back
+            f.real_tensor = t.detach().clone()
+            self.mode.fake_tensor_converter.set_tensor_memo(f, f)
+        return f
 
     def copy(self, model: torch.nn.Module) -> torch.nn.Module:
         """A deep copy whose weights are fake: no weight is copied, whatever the device."""
@@ -224,16 +244,40 @@ def _make_fx(model, args, kwargs):
     return gm, frozenset(placeholders[:len(state)])
 
 
-def _make_fx_routed(model, args, kwargs, routing: Routing):
+def _make_fx_routed(model, args, kwargs, routing: Routing | None):
     """make_fx with top-k routing assumed: fresh fakes (no values: the model's own weights are
-    never read) in a mode whose ShapeEnv holds the sizes that follow from the routing."""
-    fake = FakeCopier(RoutedFakeMode())
+    never read) in a mode whose ShapeEnv holds the sizes that follow from the routing. Without
+    a routing, the fakes carry copies of the example's values instead: a branch on a tensor
+    value goes the way the example went, a data-dependent size is the example's."""
+    fake = FakeCopier(RoutedFakeMode(example=routing is None), values=routing is None)
     model, args, kwargs = fake.copy(model), fake.inputs(args), fake.inputs(kwargs)
-    with assumed_routing(routing, fake.mode) as topk:
+    with assumed_routing(routing or Routing(), fake.mode) as topk:
         gm, weights = _make_fx(model, args, kwargs)
     _settle(gm, fake.mode)
+    for t in tensors_in([n.meta.get("val") for n in gm.graph.nodes]) if routing is None else ():
+        if t.numel() > 1 << 16:   # weights, activations: their values have done their work
+            t.real_tensor = None
     gm.meta[ROUTED] = topk.used
+    gm.meta[READ] = fake.mode.read
     return gm, weights
+
+
+class ValuedSizes(RuntimeError):
+    """A graph captured with sizes that stand for values the model read."""
+
+
+def _valued_sizes(gm: fx.GraphModule) -> bool:
+    """Whether a tensor's size is a symbol standing for a value the model read (all others are
+    static): a graph no later pass can size."""
+    return any(isinstance(s, torch.SymInt) for n in gm.graph.nodes
+               for t in tensors_in(n.meta.get("val")) for s in (*t.shape, *t.stride()))
+
+
+def _example_strategy(read: list) -> str:
+    """The capture line of a graph traced on the example's values: where the model read one."""
+    more = f" and {len(read) - 3} more" if len(read) > 3 else ""
+    return (f"make_fx on example values: branches and sizes at {', '.join(read[:3])}{more} "
+            f"follow the example inputs")
 
 
 def _settle(gm: fx.GraphModule, mode: FakeTensorMode) -> None:

@@ -19,11 +19,13 @@ from __future__ import annotations
 import contextlib
 import math
 import re
+import traceback
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.utils._pytree as pytree
-from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode, MetadataMismatchError
 from torch.fx.experimental.symbolic_shapes import ShapeEnv
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import _disable_current_modes
@@ -81,6 +83,15 @@ class _AssumedSizes(ShapeEnv):
         pass
 
 
+_OURS = (Path(torch.__file__).parent, Path(__file__).parents[1], Path(contextlib.__file__).parent)
+
+
+def _caller() -> str:
+    """file:line of the model's own code (not torch's, fxroof's or Python's) on the stack."""
+    return next((f"{Path(f.filename).name}:{f.lineno}" for f in reversed(traceback.extract_stack())
+                 if not any(Path(f.filename).is_relative_to(p) for p in _OURS)), "?")
+
+
 class RoutedFakeMode(FakeTensorMode):
     """Fake tensors whose ShapeEnv takes sizes from values. A value is kept only where every
     tensor an op reads has one (an op writing a tensor in place from one without drops that
@@ -89,18 +100,34 @@ class RoutedFakeMode(FakeTensorMode):
 
     VALUE_LIMIT = 1 << 24
 
-    def __init__(self):
+    def __init__(self, example: bool = False):
         super().__init__(allow_non_fake_inputs=True, shape_env=_AssumedSizes(), static_shapes=True)
+        # example: each value the model reads (`if x.sum() > 0`, `int(n)`) is the example's
+        # number, not a symbol, and `read` keeps where the model's code read one
+        self.example, self.read = example, []
 
     def _dispatch_impl(self, func, types, args, kwargs):
+        if self.example and func is torch.ops.aten._local_scalar_dense.default and \
+                args[0].real_tensor is not None:
+            if (where := _caller()) not in self.read:
+                self.read.append(where)
+            return args[0].real_tensor.item()
         fakes = [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, FakeTensor)]
+        for t in fakes:    # a constant made while tracing (torch.tensor(0.0)) has its value
+            if t.real_tensor is None and t.constant is not None:
+                t.real_tensor = t.constant
         if not fakes and self.propagate_real_tensors:
             with _propagating(self, False):
                 out = super()._dispatch_impl(func, types, args, kwargs)
             if sum(t.numel() for t in tensors_in(out)) > self.VALUE_LIMIT:
                 return out
-        out = super()._dispatch_impl(func, types, args, kwargs)
-        if any(t.real_tensor is None for t in fakes):
+        valued = all(t.real_tensor is not None for t in fakes)
+        try:
+            out = super()._dispatch_impl(func, types, args, kwargs)
+        except MetadataMismatchError:    # a real kernel's scratch output (an rnn's workspace)
+            with _propagating(self, False):    # sized unlike its fake's: no values, then
+                out, valued = super()._dispatch_impl(func, types, args, kwargs), False
+        if not valued:
             for t in tensors_in(out):
                 t.real_tensor = None
         return out
