@@ -60,7 +60,9 @@ class Target:
     matmul_epilogues: let matmuls take pointwise epilogues when fusing.
     train: analyze one training step (forward, backward, optimizer; fxroof.graph.training)
     instead of inference; optimizer: "adamw", "sgd" or "none" (forward and backward only);
-    dp: data-parallel degree of a training step, > 1 analyzes one rank of DDP.
+    dp: data-parallel degree of a training step, > 1 analyzes one rank of DDP; fsdp: shard
+    parameters, gradients and optimizer state over those dp ranks (FSDP2) instead. recompute:
+    activation checkpointing of every block, the backward running its forward again.
     routing: the mixture-of-experts top-k routing to assume, "balanced" or "skew=0.5"
     (fxroof.graph.routing); None: balanced, where routing decides what runs."""
     chip: Chip | str = "h100-sxm"
@@ -71,6 +73,8 @@ class Target:
     train: bool = False
     optimizer: str = "adamw"
     dp: int = 1
+    fsdp: bool = False
+    recompute: bool = False
     routing: Routing | str | None = None
 
     def __post_init__(self):
@@ -93,6 +97,13 @@ class Target:
         if self.dp > 1 and not self.train:
             raise ValueError("dp > 1 models the gradient all-reduce of a training step: it needs "
                              "train=True")
+        if self.recompute and not self.train:
+            raise ValueError("recompute=True checkpoints a training step's blocks: it needs "
+                             "train=True")
+        if self.fsdp and self.dp == 1:
+            raise ValueError("fsdp=True shards a training step over its dp ranks: give dp > 1")
+        if self.fsdp and self.recompute:
+            raise ValueError("recompute=True with fsdp=True is not modelled yet: give one")
         if self.train and self.tp > 1:
             raise ValueError("a tensor-parallel training step is not modelled yet: train=True "
                              "takes tp=1 (dp=N for data parallelism)")
@@ -139,12 +150,17 @@ def analyze(model, example_inputs=(), example_kwargs=None, *, target: Target | N
     if target.train:
         with _process_group(target.dp):
             return report_of(capture_step(model, example_inputs, example_kwargs, dp=target.dp,
-                                          optimizer=target.optimizer, loss_fn=loss_fn), target)
+                                          fsdp=target.fsdp, recompute=target.recompute,
+                                          optimizer=target.optimizer,
+                                          loss_fn=loss_fn), target)
     return report_of(capture(model, example_inputs, example_kwargs, target.routing), target)
 
 
-_DP_NOTE = ("the gradient all-reduce is timed after the backward; DDP overlaps every bucket but "
-            "the last with it, so the step's time is an upper bound")
+_DP_NOTE = ("each gradient bucket's all-reduce runs beside the backward kernels after it, at the "
+            "link's full bandwidth (no contention with compute)")
+_FSDP_NOTE = ("FSDP2 modelled on the graph: each unit's parameters all-gathered before its forward "
+              "and again before its backward (the next unit prefetched), its gradients "
+              "reduce-scattered after, beside compute at the link's full bandwidth")
 
 
 def _process_group(ranks: int):
@@ -183,12 +199,14 @@ def report_of(captured: Captured, target: Target) -> Report:
                 if chip.cache_bytes and memory.total > chip.cache_bytes else {})
     return Report(
         model=captured.name, capture=captured.strategy, chip=chip, mode=target.mode, nodes=nodes,
-        eager=ModeSummary("eager", kernel_rows(eager, chip, "eager", nodes, streamed)),
-        compiled=ModeSummary("compiled", kernel_rows(compiled, chip, "compiled", nodes, streamed)),
+        eager=ModeSummary("eager", kernel_rows(eager, chip, "eager", nodes, streamed, gm)),
+        compiled=ModeSummary("compiled", kernel_rows(compiled, chip, "compiled", nodes, streamed,
+                                                     gm)),
         memory=memory, whatif=target.whatif,
         notes=_whatif_notes(gm, whatif.requantized, target) + _routing_notes(gm, captured, target)
-        + (_DP_NOTE,) * (target.dp > 1),
-        training=target.optimizer if target.train else "", dp=target.dp, provenance=provenance)
+        + ((_FSDP_NOTE if target.fsdp else _DP_NOTE),) * (target.dp > 1),
+        training=target.optimizer if target.train else "", dp=target.dp, fsdp=target.fsdp,
+        provenance=provenance)
 
 
 def _provenance(captured: Captured) -> tuple:

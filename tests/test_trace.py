@@ -89,6 +89,40 @@ def test_mode_option_and_collectives_on_their_own_track(tmp_path):
         r.to_trace(tmp_path / "x.json", mode="fast")
 
 
+def test_gradient_all_reduces_overlap_the_backward_on_their_track(tmp_path):
+    with torch.device("meta"):
+        mlp = nn.Sequential(nn.Linear(512, 512, bias=False), nn.ReLU(),
+                            nn.Linear(512, 512, bias=False))
+    r = fxroof.analyze(mlp, (torch.empty(4096, 512, device="meta"),), train=True, dp=8,
+                       chip="h100-sxm", mode="eager")
+    path = r.to_trace(tmp_path / "ddp.json")
+    comm = slices(path, track(path, "communication"))
+    compute = slices(path, track(path, "compute stream"))
+    kernels = [e for e in compute if "nodes" in e.get("args", {})]
+    assert [e["name"] for e in comm] == ["all_reduce"] * 2
+    first = comm[0]
+    # bucket 1 starts as the kernel before it ends, and the next backward kernel starts with it
+    before = max((e for e in kernels if e["ts"] < first["ts"]), key=lambda e: e["ts"])
+    after = min((e for e in kernels if e["ts"] >= first["ts"]), key=lambda e: e["ts"])
+    assert before["ts"] + before["dur"] == pytest.approx(first["ts"]) == after["ts"]
+    assert after["args"]["phase"] == "backward"
+    # the update of a bucket's gradients starts after that bucket's all-reduce ends
+    waiting = [e for e in kernels if first["args"]["nodes"][0] in e["args"].get("waits", ())]
+    assert waiting and min(e["ts"] for e in waiting) >= first["ts"] + first["dur"] - 1e-3
+    end = max(e["ts"] + e["dur"] for e in comm + kernels)
+    assert end == pytest.approx(r.time_s * 1e6, abs=1e-3)
+
+
+def test_a_tensor_parallel_all_reduce_hides_nothing():
+    with torch.device("meta"):
+        mlp = nn.Sequential(nn.Linear(1024, 4096, bias=False), nn.GELU(),
+                            nn.Linear(4096, 1024, bias=False), nn.LayerNorm(1024))
+    r = fxroof.analyze(mlp, (torch.empty(512, 1024, device="meta"),), chip="h100-sxm", tp=2)
+    for m in (r.eager, r.compiled):
+        assert any(k.category == "collective" for k in m.kernels)
+        assert m.time_s == sum(k.time_s for k in m.kernels)
+
+
 # -- a real torch.profiler trace beside the prediction ---------------------------------------
 
 @pytest.fixture(scope="module")

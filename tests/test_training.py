@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
+from types import SimpleNamespace as K
 
 import pytest
 import torch
@@ -16,6 +18,7 @@ import fxroof
 from fxroof.cli.main import main
 from fxroof.cost.record import MATRIX_CATEGORIES
 from fxroof.graph.training import PHASES
+from fxroof.report.streams import schedule
 
 aten = torch.ops.aten
 # FlopCounterMode counts the fused attention kernels a CUDA build runs; a CPU build runs its own,
@@ -274,6 +277,159 @@ def test_data_parallel_all_reduces_the_gradients():
         fxroof.analyze(mlp(), (torch.randn(3, 8),), train=True, tp=2)
 
 
+def test_two_streams_by_hand():
+    # backward: mm 3 s, then bucket 1's all-reduce (4 s), mm 1 s, mm 2 s, bucket 2's (2 s);
+    # the optimizer's update (1 s) reads both buckets
+    ks = [K(nodes=("mm",), category="matmul", waits=(), time_s=3.0),
+          K(nodes=("ar1",), category="collective", waits=(), time_s=4.0),
+          K(nodes=("mm1",), category="matmul", waits=(), time_s=1.0),
+          K(nodes=("mm2",), category="matmul", waits=(), time_s=2.0),
+          K(nodes=("ar2",), category="collective", waits=(), time_s=2.0),
+          K(nodes=("add_",), category="pointwise", waits=("ar1", "ar2"), time_s=1.0)]
+    s = schedule(ks)
+    # bucket 1 runs 3..7 beside the mms (3..6); bucket 2, issued at 6, waits for the link: 7..9;
+    # the update waits for it: 9..10. Compute 7 s, communication 6 s, 3 s of it exposed.
+    assert s.starts == (0.0, 3.0, 3.0, 4.0, 7.0, 9.0) and s.end_s == 10.0
+    assert (s.compute_s, s.comm_s, s.exposed_s, s.hidden_s) == (7.0, 6.0, 3.0, 3.0)
+    # nothing to overlap when the next kernel reads the result: the times add up
+    ks[2] = K(nodes=("mm1",), category="matmul", waits=("ar1",), time_s=1.0)
+    assert schedule(ks).end_s == 3 + 4 + 1 + 2 + 2 + 1
+
+
+def two_buckets():
+    """Two 1 MiB fp32 weights: DDP's first bucket (1 MiB) holds the second, the next the first."""
+    with torch.device("meta"):
+        return torch.nn.Sequential(torch.nn.Linear(512, 512, bias=False), torch.nn.ReLU(),
+                                   torch.nn.Linear(512, 512, bias=False))
+
+
+def slow_link(tmp_path, gbps):
+    spec = fxroof.chip("h100-sxm").to_dict()
+    data = {"name": "slow", "title": "An H100 on a slow link", "kind": "gpu",
+            "peak_TFLOPS": {k: v / 1e12 for k, v in spec["peak_flops"].items()},
+            "vector_TFLOPS": 67, "mem_bw_GBps": 3350, "mem_GB": 80, "link_bw_GBps": gbps,
+            "link_latency_us": 5, "launch_us": 2, "dispatch_us": 10}
+    path = tmp_path / "slow.json"
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def test_ddp_buckets_overlap_the_backward(tmp_path):
+    x = torch.empty(4096, 512, device="meta")
+    r = fxroof.analyze(two_buckets(), (x,), train=True, dp=8, chip="h100-sxm", mode="eager")
+    ks = r.kernels
+    reduces = [i for i, k in enumerate(ks) if k.category == "collective"]
+    assert [ks[i].bytes_read for i in reduces] == [512 * 512 * 4] * 2
+    first, second = reduces
+    # the backward after bucket 1 reads none of it; the optimizer reads both buckets
+    assert not any(k.waits for k in ks[first + 1:second])
+    assert {w for k in ks if k.phase == "optimizer" for w in k.waits} == {
+        ks[first].nodes[0], ks[second].nodes[0]}
+    s = r.summary.schedule
+    assert s.starts[first] == s.ends[first - 1] and s.starts[first + 1] == s.ends[first - 1]
+    assert 0 < s.hidden_s < s.comm_s and r.time_s < sum(k.time_s for k in ks)
+    assert r.regime != "communication" and "exposed" in str(r)
+    assert sum(r.phase_times.values()) == pytest.approx(r.time_s)
+    # 1 GB/s: the all-reduces outlast the whole backward
+    slow = fxroof.analyze(two_buckets(), (x,), train=True, dp=8, chip=slow_link(tmp_path, 1),
+                          mode="eager")
+    s = slow.summary.schedule
+    assert s.exposed_s > s.compute_s and slow.regime == "communication"
+    assert slow.to_dict()["comm"]["exposed_s"] == s.exposed_s
+
+
+def test_fsdp_shards_state_and_gathers_per_unit():
+    x = torch.empty(4096, 512, device="meta")
+    r = fxroof.analyze(two_buckets(), (x,), train=True, dp=4, fsdp=True, mode="eager")
+    mib = 512 * 512 * 4
+    # each rank holds a quarter of each 1 MiB weight, of its gradient and of AdamW's two moments
+    assert (r.memory.weights, r.memory.gradients, r.memory.optimizer) == (
+        2 * mib // 4, 2 * mib // 4, 2 * 2 * mib // 4)
+    comm = [(k.op, k.phase, k.bytes_read, k.bytes_written) for k in r.kernels
+            if k.category == "collective"]
+    gather, scatter = ("all_gather_into_tensor", "reduce_scatter_tensor")
+    # both layers gathered before the forward (the second prefetched), again before the
+    # backward (the first prefetched as the second's runs), both gradients reduce-scattered
+    assert comm == [(gather, "forward", mib // 4, mib)] * 2 \
+        + [(gather, "backward", mib // 4, mib)] * 2 + [(scatter, "backward", mib, mib // 4)] * 2
+    # the second layer's gather runs on the link while the first layer's matmul computes
+    s, ks = r.summary.schedule, r.kernels
+    second = [i for i, k in enumerate(ks) if k.op == gather][1]
+    first_mm = next(i for i, k in enumerate(ks) if k.op == "mm")
+    assert s.starts[first_mm] < s.ends[second] and s.starts[second] < s.ends[first_mm]
+    ddp = fxroof.analyze(two_buckets(), (x,), train=True, dp=4, mode="eager")
+    assert sum(k.flops for k in r.kernels if k.phase == "optimizer") * 4 == \
+        sum(k.flops for k in ddp.kernels if k.phase == "optimizer")
+    assert matrix_flops(r) == matrix_flops(ddp)
+    assert "one rank of fsdp=4" in str(r) and r.to_dict()["fsdp"] is True
+    with pytest.raises(ValueError, match="give dp > 1"):
+        fxroof.analyze(mlp(), (torch.randn(3, 8),), train=True, fsdp=True)
+
+
+def test_fsdp_units_are_transformer_layers():
+    config = transformers.GPT2Config(n_layer=3, n_embd=64, n_head=2, vocab_size=128,
+                                     n_positions=32)
+    with torch.device("meta"):
+        model = transformers.GPT2LMHeadModel(config)
+    ids = torch.zeros(2, 16, dtype=torch.long, device="meta")
+    r = fxroof.analyze(model, (ids,), {"labels": ids}, train=True, dp=8, fsdp=True)
+    full = sum(p.numel() for p in model.parameters()) * 4       # wte and lm_head tied: once
+    layer = sum(p.numel() for p in model.transformer.h[0].parameters()) * 4
+    scatters = [n.bytes_read for n in r.nodes if n.op == "reduce_scatter_tensor"]
+    # one reduce-scatter per layer, the root's (embeddings, final norm) last
+    assert scatters == [layer] * 3 + [full - 3 * layer]
+    assert r.memory.weights == full // 8
+
+
+def test_cli_check_gates_a_rank_of_a_training_step(tmp_path, capsys):
+    spec = tmp_path / "work.py"
+    spec.write_text("import torch\nfrom torch import nn\n\ndef workload():\n"
+                    "    with torch.device('meta'):\n"
+                    "        m = nn.Sequential(nn.Linear(512, 512, bias=False), nn.ReLU(), "
+                    "nn.Linear(512, 512, bias=False))\n"
+                    "    return m, (torch.empty(16, 512, device='meta'),)\n")
+    small = json.loads(Path(slow_link(tmp_path, 450)).read_text()) | {"mem_GB": 0.008}
+    chip = tmp_path / "small.json"
+    chip.write_text(json.dumps(small))
+    args = ["check", str(spec), "--chip", str(chip), "--train", "--dp", "4"]
+    # a DDP rank holds 2 MiB of weights, 2 of gradients, 4 of AdamW state: over 8 MB
+    assert main(args) == 1 and "memory" in capsys.readouterr().out
+    # sharded over 4 ranks, a quarter of each
+    assert main(args + ["--fsdp"]) == 0
+    assert main(args + ["--fsdp", "--max-time-ms", "1e-6"]) == 1
+    capsys.readouterr()
+    assert main(["check", str(spec), "--fsdp"]) == 2
+    assert "dp > 1" in capsys.readouterr().err
+
+
+def test_recompute_trades_flops_for_memory_by_hand():
+    n, batch, d = 4, 256, 128
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(*[torch.nn.Sequential(
+        torch.nn.Linear(d, 4 * d, bias=False), torch.nn.GELU(),
+        torch.nn.Linear(4 * d, d, bias=False)) for _ in range(n)])
+    x, a = torch.randn(batch, d), batch * d * 4        # a: one fp32 activation of width d
+    plain, ckpt = (fxroof.analyze(model, (x,), train=True, optimizer="sgd", recompute=flag)
+                   for flag in (False, True))
+    # each block's fc1 and GELU run again in the backward; fc2's output, which no backward op
+    # reads, is not made again
+    assert ckpt.recompute_flops == n * (2 * batch * d * 4 * d + batch * 4 * d) and \
+        plain.recompute_flops == 0
+    assert matrix_flops(ckpt) - matrix_flops(plain) == n * 2 * batch * d * 4 * d
+    assert "recomputation 135 MFLOP" in str(ckpt)
+    peak = [r.memory.total - r.memory.weights - r.memory.inputs for r in (plain, ckpt)]
+    # without: at the last block's GELU backward, the first three blocks' fc1 and GELU outputs
+    # (8a each) and its own fc1 output (4a), the inputs of blocks 2-4 (3a), fc2's input gradient
+    # (4a), its weight gradient (2a), the GELU's input gradient (4a), and the loss (4 B): 41a
+    # with: at the first block's GELU backward, its recomputed fc1 output (4a), the other blocks'
+    # weight gradients (12a), its fc2's (2a), fc2's input gradient (4a), the GELU's (4a): 26a
+    assert peak == [41 * a + 4, 26 * a + 4]
+    with pytest.raises(ValueError, match="train=True"):
+        fxroof.analyze(model, (x,), recompute=True)
+    with pytest.raises(ValueError, match="not modelled"):
+        fxroof.analyze(model, (x,), train=True, dp=2, fsdp=True, recompute=True)
+
+
 def test_cli_train(tmp_path, capsys):
     spec = tmp_path / "work.py"
     spec.write_text("import torch\n\ndef workload():\n    torch.manual_seed(0)\n"
@@ -283,5 +439,12 @@ def test_cli_train(tmp_path, capsys):
                  "--json", "-"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["training"] == "sgd" and d["dp"] == 2 and set(d["phases"]) == set(PHASES)
+    assert d["recompute_flops"] == 0 and d["comm"]["busy_s"] > 0
+    assert main(["analyze", str(spec), "--train", "--recompute", "--json", "-"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    # a Linear's backward reads only its input and weight, which the checkpoint keeps: only the
+    # ReLU's output (3 x 16) is made again
+    assert d["recompute_flops"] == 3 * 16
+    assert [n["op"] for n in d["nodes"] if n.get("recomputed")] == ["relu"]
     assert main(["analyze", str(spec), "--optimizer", "sgd"]) == 2
     assert "--train" in capsys.readouterr().err

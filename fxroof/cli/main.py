@@ -52,6 +52,10 @@ def _workload_args() -> argparse.ArgumentParser:
                    help="with --train: adamw (default), sgd, or none (no update)")
     p.add_argument("--dp", type=int, default=1,
                    help="with --train: data-parallel degree (one rank of DDP analyzed)")
+    p.add_argument("--fsdp", action="store_true", help="with --train --dp N: shard parameters, "
+                   "gradients and optimizer state over the N ranks (FSDP2) instead of DDP")
+    p.add_argument("--recompute", action="store_true", help="with --train: activation "
+                   "checkpointing of every block (the backward runs its forward again)")
     p.add_argument("--quantize", metavar="SPEC", help="what-if: w8, w4, w4g64, kv8, kv-fp8, fp8, "
                    "w8a8, joined with + (e.g. w4+kv8); the model is not changed")
     p.add_argument("--routing", metavar="SPEC", help="mixture-of-experts top-k routing to "
@@ -193,7 +197,8 @@ def _target(ns):
     if ns.optimizer != "adamw" and not ns.train:
         raise UsageError("--optimizer is for a training step: give --train too")
     return Target(chip=ns.chip, mode=ns.mode, quantize=ns.quantize, tp=ns.tp, train=ns.train,
-                  optimizer=ns.optimizer, dp=ns.dp, routing=ns.routing)
+                  optimizer=ns.optimizer, dp=ns.dp, fsdp=ns.fsdp, recompute=ns.recompute,
+                  routing=ns.routing)
 
 
 def _report(ns):

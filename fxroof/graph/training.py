@@ -10,6 +10,9 @@ until the next zero_grad.
 """
 from __future__ import annotations
 
+import math
+from contextlib import contextmanager, nullcontext
+
 import torch
 import torch.distributed as dist
 import torch.fx as fx
@@ -19,8 +22,10 @@ from torch.fx.experimental.proxy_tensor import get_proxy_mode, make_fx
 
 from fxroof.graph.capture import (Captured, CaptureError, FakeCopier, _tensor_leaves,
                                   finish_graph, quiet_torch)
+from fxroof.graph.tensors import storage
 
 PHASE_KEY = "fxroof.phase"
+RECOMPUTED_KEY = "fxroof.recomputed"   # a forward op the backward runs again (checkpointing)
 PHASES = ("forward", "backward", "optimizer")
 OPTIMIZERS = ("adamw", "sgd", "none")
 HALF = (torch.float16, torch.bfloat16)
@@ -29,14 +34,18 @@ LR, BETAS, EPS, WEIGHT_DECAY = 1e-3, (0.9, 0.999), 1e-8, 1e-2
 
 
 def capture_step(model, args=(), kwargs=None, *, optimizer: str = "adamw",
-                 loss_fn=None, dp: int = 1) -> Captured:
+                 loss_fn=None, dp: int = 1, fsdp: bool = False,
+                 recompute: bool = False) -> Captured:
     """The training step of `model` on these inputs as one graph, its nodes tagged by phase.
 
     The loss: `loss_fn(output)` when given, else the output's own `.loss` (a Hugging Face model
     given labels), else the mean of the first floating-point output. optimizer: "adamw" (two
     fp32 states per parameter, and fp32 master weights for half-precision parameters), "sgd"
     (no state) or "none" (forward and backward only). dp > 1: one rank of DDP, its gradients
-    averaged over the default process group (the caller's, e.g. a fake one) in DDP's buckets."""
+    averaged over the default process group (the caller's, e.g. a fake one) in DDP's buckets;
+    with fsdp, sharded over it instead (FSDP2's fully_shard, _Sharded). recompute: each block
+    (_units) under torch.utils.checkpoint, its forward run again in the backward, those ops
+    tagged RECOMPUTED_KEY."""
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; expected one of "
                          f"{', '.join(OPTIMIZERS)}")
@@ -52,19 +61,26 @@ def capture_step(model, args=(), kwargs=None, *, optimizer: str = "adamw",
         raise ValueError(f"{type(model).__name__} has no parameter that requires grad: "
                          f"nothing to train")
     frozen = {**{k: p for k, p in named.items() if k not in params}, **dict(copy.named_buffers())}
+    sharded = _Sharded(copy, params, dp) if fsdp else None
+    recomputed: list = []       # node counts where each block's recomputation starts and ends
+    for name in _units(copy) if recompute else ():
+        _checkpointed(copy.get_submodule(name), recomputed)
     with fake.mode:
+        if sharded:
+            params = sharded.shards()
         states = [_state(p, optimizer) for p in params.values()]
     marks = []      # node counts where the forward and the backward end
 
     def step(params, frozen, states, args, kwargs):
-        with torch.enable_grad():
-            out = torch.func.functional_call(copy, {**params, **frozen}, args, kwargs)
+        with torch.enable_grad(), sharded.gathering(params) if sharded else nullcontext():
+            out = torch.func.functional_call(copy, frozen if sharded else {**params, **frozen},
+                                             args, kwargs)
             loss = _loss(out, loss_fn)
             marks.append(len(get_proxy_mode().tracer.graph.nodes))
             # each backward op then carries its autograd node's sequence number, which the
             # forward op that made that node carries too (AOTAutograd's own hooks)
             setup_stacktrace_preservation_hooks([loss.grad_fn])
-            if dp > 1:
+            if dp > 1 and not sharded:
                 _Buckets(list(params.values()))
             loss.backward()     # not autograd.grad: reentrant checkpointing refuses that
         grads = [p.grad for p in params.values()]
@@ -88,6 +104,10 @@ def capture_step(model, args=(), kwargs=None, *, optimizer: str = "adamw",
     state_count = sum(len(s) for s in states)
     weights = frozenset(n.name for n in holders[:len(params) + len(frozen)])
     _tag_phases(gm, marks, holders[len(params) + len(frozen):][:state_count])
+    nodes = list(gm.graph.nodes)
+    for start, end in zip(recomputed[::2], recomputed[1::2]):
+        for node in nodes[start:end]:
+            node.meta[RECOMPUTED_KEY] = True
     _backward_modules(gm)
     return finish_graph(gm, "make_fx", weights, type(model).__name__)
 
@@ -120,6 +140,116 @@ class _Buckets:
                                      dist.group.WORLD)
             for j, g in zip(bucket, flat.split([g.numel() for g in grads])):
                 self.params[j].grad = g.view_as(self.params[j])
+
+
+class _Sharded:
+    """FSDP2 (`fully_shard`) on one rank of N, modelled on the graph rather than run: each unit's
+    trainable parameters (one unit per layer of the outermost ModuleLists, else per top-level
+    child, and the root for the rest), one flat shard of 1/N per dtype, are the step's inputs.
+    A unit's forward first all-gathers its shards (and prefetches the next unit's); its saved
+    weights are not kept for the backward (reshard after forward) but gathered again when the
+    backward first needs them (the unit before it in the forward prefetched alongside); the
+    gather's own backward, a reduce-scatter, leaves each shard its 1/N of the gradient. The
+    optimizer then updates shards: weights, gradients and optimizer state are all 1/N. The root
+    keeps its gathered weights for the backward, as FSDP2 does."""
+
+    def __init__(self, model: torch.nn.Module, params: dict, ranks: int):
+        self.ranks, units = ranks, _units(model)
+        trainable = {id(p) for p in params.values()}
+        self.groups: dict[str, list] = {}      # "unit:dtype" -> [(param, [(module, attr)])]
+        where: dict[int, list] = {}
+        for name, m in model.named_modules():
+            for attr, p in list(m._parameters.items()):
+                if p is None or id(p) not in trainable:
+                    continue
+                if id(p) not in where:
+                    unit = max((u for u in units if f"{name}.".startswith(u + ".")),
+                               key=len, default="")
+                    where[id(p)] = []
+                    self.groups.setdefault(f"{unit}:{str(p.dtype)[6:]}", []).append(
+                        (p, where[id(p)]))
+                where[id(p)].append((m, attr))
+                del m._parameters[attr]      # the gathered view stands in for it
+        self.order = list(dict.fromkeys(k for u in ["", *units] for k in self.groups
+                                        if k.rsplit(":", 1)[0] == u))
+        for key in self.order:
+            unit = model.get_submodule(key.rsplit(":", 1)[0])
+            unit.register_forward_pre_hook(lambda *_, key=key: self._forward(key))
+
+    def shards(self) -> dict:
+        """{unit:dtype: this rank's flat shard}, to make in the fake mode."""
+        first = {key: self.groups[key][0][0] for key in self.order}
+        return {key: torch.empty(math.ceil(sum(p.numel() for p, _ in self.groups[key])
+                                           / self.ranks), dtype=first[key].dtype,
+                                 device=first[key].device, requires_grad=True)
+                for key in self.order}
+
+    @contextmanager
+    def gathering(self, shards: dict):
+        self.params, self.gathered, self.regathered = shards, {}, {}
+        with torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack):
+            yield
+
+    def _gather(self, key: str) -> torch.Tensor:
+        import torch.distributed._functional_collectives as funcol
+        return funcol.all_gather_single(self.params[key], 0, dist.group.WORLD)
+
+    def _forward(self, key: str) -> None:
+        at = self.order.index(key)
+        for k in self.order[at:at + 2]:
+            if k not in self.gathered:
+                flat = self._gather(k)
+                self.gathered[k] = storage(flat)
+                sizes = [p.numel() for p, _ in self.groups[k]]
+                pieces = (flat[:sum(sizes)] if flat.numel() > sum(sizes) else flat).split(sizes)
+                for (p, holders), piece in zip(self.groups[k], pieces):
+                    for m, attr in holders:
+                        m.__dict__[attr] = piece.view(p.shape)
+
+    def _pack(self, t: torch.Tensor):
+        key = next((k for k, s in self.gathered.items() if not k.startswith(":")   # not root
+                    and s == storage(t)), None)
+        return t if key is None else (key, t.shape, t.stride(), t.storage_offset())
+
+    def _unpack(self, saved):
+        if isinstance(saved, torch.Tensor):
+            return saved
+        key, shape, stride, offset = saved
+        at = self.order.index(key)
+        for k in (key, *[k for k in self.order[max(at - 1, 0):at] if not k.startswith(":")]):
+            if k not in self.regathered:
+                with torch.no_grad():
+                    self.regathered[k] = self._gather(k)
+        return self.regathered[key].as_strided(shape, stride, offset)
+
+
+def _units(model: torch.nn.Module) -> list[str]:
+    """The blocks FSDP shards and checkpointing wraps one by one: the layers of the outermost
+    ModuleLists (a transformer's), else the model's top-level children."""
+    units: list[str] = []
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.ModuleList) and not any(name.startswith(u + ".") for u in units):
+            units += [f"{name}.{i}" for i in range(len(m))]
+    return units or [name for name, _ in model.named_children()]
+
+
+def _checkpointed(block: torch.nn.Module, spans: list) -> None:
+    """Run `block` under non-reentrant checkpointing; each later call of its forward (the
+    recomputation in the backward) appends the traced node counts it starts and ends at."""
+    from torch.utils.checkpoint import checkpoint
+    forward, ran = block.forward, []
+
+    def counted(*args, **kwargs):
+        nodes = get_proxy_mode().tracer.graph.nodes
+        start = len(nodes)
+        try:        # the recomputation stops early (an exception) once it has what it needs
+            return forward(*args, **kwargs)
+        finally:
+            spans.extend([start, len(nodes)] if ran else [])
+            ran.append(True)
+
+    block.forward = lambda *args, **kwargs: checkpoint(counted, *args, use_reentrant=False,
+                                                       **kwargs)
 
 
 def _state(p: torch.Tensor, optimizer: str) -> tuple:

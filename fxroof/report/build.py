@@ -9,8 +9,9 @@ from fxroof.chips.expected import expected
 from fxroof.chips.timing import kernel_timing, overhead_per_kernel, rate_op
 from fxroof.cost import COST_KEY, Cost
 from fxroof.graph.nodes import module_path
-from fxroof.graph.training import PHASE_KEY
+from fxroof.graph.training import PHASE_KEY, RECOMPUTED_KEY
 from fxroof.report.records import KernelRow, NodeRow
+from fxroof.report.streams import collective_waits
 
 
 def node_rows(gm: fx.GraphModule) -> tuple:
@@ -22,14 +23,16 @@ def node_rows(gm: fx.GraphModule) -> tuple:
         rows.append(NodeRow(node.name, op_name(node), module_path(node), cost.category, cost.flops,
                             cost.bytes_read, cost.bytes_written, cost.dtype, cost.known, cost.note,
                             cost.comm_bytes, cost.comm_steps, cost.variant, cost.grid,
-                            node.meta.get(PHASE_KEY, "")))
+                            node.meta.get(PHASE_KEY, ""), node.meta.get(RECOMPUTED_KEY, False)))
     return tuple(rows)
 
 
-def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple, streamed: dict | None = None
-                ) -> tuple:
+def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple, streamed: dict | None = None,
+                gm: fx.GraphModule | None = None) -> tuple:
     """streamed: {node name: {storage: bytes}} of state the node reads from memory on every pass
-    (memory.state_reads, where the footprint outgrows the chip's cache); none by default."""
+    (memory.state_reads, where the footprint outgrows the chip's cache); none by default. gm: the
+    graph, whose edges say which kernels wait for a collective (streams.collective_waits)."""
+    waits = collective_waits(gm, kernels) if gm is not None else [()] * len(kernels)
     by_name = {n.name: n for n in nodes}
     streamed = streamed or {}
     rows = []
@@ -57,7 +60,7 @@ def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple, streamed: dict | N
         rows.append(KernelRow(tuple(k.nodes), label, k.module, k.category, k.dtype,
                               k.flops, k.bytes_read, k.bytes_written, k.reason, timing,
                               expected(chip, timing, k.category, main.grid if main else (),
-                                       **comm), main.phase if main else ""))
+                                       **comm), main.phase if main else "", waits[i]))
     return tuple(rows)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from functools import cached_property
 
 from fxroof.chips import Chip
 from fxroof.chips.expected import GAP_PARTS, Expected
@@ -18,6 +19,7 @@ from fxroof.cost.record import MATRIX_CATEGORIES
 from fxroof.graph.memory import Footprint
 from fxroof.graph.nodes import fold_layers
 from fxroof.graph.training import PHASES
+from fxroof.report.streams import COLLECTIVE, Schedule, schedule
 
 SCHEMA = "fxroof.report/1"
 
@@ -39,6 +41,7 @@ class NodeRow:
     variant: str = ""     # the implementation a CPU build runs (Cost.variant): "onednn", ...
     grid: tuple = ()      # a matrix op as (batch, M, N, K): the tiles a library computes
     phase: str = ""       # of a training step: "forward", "backward" or "optimizer"
+    recomputed: bool = False   # a forward op the backward runs again (activation checkpointing)
 
     @property
     def cost_key(self) -> str:
@@ -48,7 +51,7 @@ class NodeRow:
 
     def to_dict(self) -> dict:
         return {k: list(v) if k == "grid" else v for k, v in self.__dict__.items()
-                if k not in ("grid", "phase") or v}
+                if k not in ("grid", "phase", "recomputed") or v}
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,7 @@ class KernelRow:
     timing: Timing        # the roofline floor
     expected: Expected    # the time of a real run, its gap to the floor named
     phase: str = ""       # of a training step: its main node's phase
+    waits: tuple = ()     # the collectives (their kernels' first nodes) whose results it reads
 
     bytes = property(lambda self: self.bytes_read + self.bytes_written)
     intensity = property(lambda self: intensity(self.flops, self.bytes))   # FLOP per byte
@@ -89,23 +93,36 @@ class KernelRow:
                 "floor_s": self.floor_s, "gap": dict(e.gap),
                 "floor": {"compute_s": t.compute_s, "memory_s": t.memory_s, "comm_s": t.comm_s,
                           "overhead_s": t.overhead_s, "regime": t.regime},
-                **({"phase": self.phase} if self.phase else {})}
+                **({"phase": self.phase} if self.phase else {}),
+                **({"waits": list(self.waits)} if self.waits else {})}
 
 
 @dataclass(frozen=True)
 class ModeSummary:
-    """One execution mode's kernels and what they add up to."""
+    """One execution mode's kernels and what they add up to: collectives on a communication
+    stream beside the compute (fxroof.report.streams), so the time is the compute's plus the
+    communication it does not hide."""
     mode: str
     kernels: tuple
 
-    time_s = property(lambda self: sum(k.time_s for k in self.kernels))
-    floor_s = property(lambda self: sum(k.floor_s for k in self.kernels))   # at the roofline
+    @cached_property
+    def schedule(self) -> Schedule:
+        return schedule(self.kernels)
+
+    time_s = property(lambda self: self.schedule.end_s)
+    # at the roofline, collectives overlapped the same way
+    floor_s = cached_property(lambda self: schedule(self.kernels, lambda k: k.floor_s).end_s)
     bytes = property(lambda self: sum(k.bytes for k in self.kernels))
 
     @property
     def regime_share(self) -> dict:
-        total = self.time_s or 1.0
-        return {r: sum(k.time_s for k in self.kernels if k.regime == r) / total for r in REGIMES}
+        """Each regime's share of the time; collectives count by the share of their time that
+        is exposed, so a step whose exposed communication outweighs its compute is
+        communication-bound."""
+        s, total = self.schedule, self.time_s or 1.0
+        exposed = s.exposed_s / s.comm_s if s.comm_s else 1.0
+        return {r: sum(k.time_s * (exposed if k.category == COLLECTIVE else 1.0)
+                       for k in self.kernels if k.regime == r) / total for r in REGIMES}
 
     regime = property(lambda self: max(REGIMES, key=self.regime_share.__getitem__))  # largest
 
@@ -134,6 +151,7 @@ class Report:
     tp: int = 1             # tensor-parallel degree: > 1, the report is one rank's
     training: str = ""      # a training step's optimizer ("adamw", "sgd", "none"); "" inference
     dp: int = 1             # data-parallel degree of a training step: > 1, one rank's report
+    fsdp: bool = False      # the dp ranks shard parameters, gradients and optimizer state
     # what was analyzed, (key, value) pairs: inputs, versions; the CLI adds workload and options
     provenance: tuple = ()
 
@@ -174,6 +192,21 @@ class Report:
                 for p in PHASES if p in found}
 
     @property
+    def phase_times(self) -> dict:
+        """{phase: seconds} in the step's schedule, from the previous phase's end to the end of
+        its last kernel: a collective hidden behind the next phase's compute counts once."""
+        ends, schedule = {}, self.summary.schedule
+        for k, end in zip(self.kernels, schedule.ends):
+            ends[k.phase] = max(ends.get(k.phase, 0.0), end)
+        times, before = {}, 0.0
+        for p in self.phases:
+            times[p], before = max(ends[p] - before, 0.0), max(ends[p], before)
+        return times
+
+    # FLOPs the backward spends running checkpointed forwards again
+    recompute_flops = property(lambda self: sum(n.flops for n in self.nodes if n.recomputed))
+
+    @property
     def mfu(self) -> float:
         """Model FLOPs utilization: the FLOPs over the expected time, as a share of the chip's
         dense peak in the dtype most matrix FLOPs run in."""
@@ -203,9 +236,12 @@ class Report:
             "unknown_ops": self.unknown_ops, "weights_bytes": self.weights_bytes,
             "memory": self.memory.to_dict(),
             "compare": self.compare(),
-            **({"training": self.training, "dp": self.dp, "mfu": self.mfu, "phases": {
+            **({"training": self.training, "dp": self.dp, "fsdp": self.fsdp, "mfu": self.mfu,
+                "recompute_flops": self.recompute_flops,
+                "comm": {"busy_s": self.summary.schedule.comm_s,
+                         "exposed_s": self.summary.schedule.exposed_s}, "phases": {
                 p: {"kernels": len(m.kernels), "flops": sum(k.flops for k in m.kernels),
-                    "bytes": m.bytes, "time_s": m.time_s, "regime": m.regime}
+                    "bytes": m.bytes, "time_s": self.phase_times[p], "regime": m.regime}
                 for p, m in self.phases.items()}} if self.training else {}),
             "nodes": [n.to_dict() for n in self.nodes],
             "kernels": [k.to_dict() for k in self.kernels],

@@ -63,7 +63,8 @@ def plural(n: int, word: str) -> str:
 
 def rank_label(r) -> str:
     """' · one rank of tp=N' (or dp=N) for a parallel report, '' otherwise."""
-    return "".join(f" · one rank of {name}={n}" for name, n in (("tp", r.tp), ("dp", r.dp))
+    dp = "fsdp" if r.fsdp else "dp"
+    return "".join(f" · one rank of {name}={n}" for name, n in (("tp", r.tp), (dp, r.dp))
                    if n != 1)
 
 
@@ -85,11 +86,19 @@ def header(r) -> str:
         gap(r.summary),
         f"one training step ({r.training}) · MFU {percent(r.mfu)} · gradients "
         f"{si(r.memory.gradients, 'B')} · optimizer state {si(r.memory.optimizer, 'B')}"
-        if r.training else "",
+        + comm(r.summary) + (f" · recomputation {si(r.recompute_flops, 'FLOP')}"
+                             if r.recompute_flops else "") if r.training else "",
         *(f"note: {note}" for note in r.notes),
         f"to go faster: {ADVICE[r.regime]}",
     ]
     return "\n".join(wrap(list(filter(None, lines))))
+
+
+def comm(summary) -> str:
+    """' · communication 12 ms, 9 ms of it exposed' where the step has collectives."""
+    s = summary.schedule
+    return (f" · communication {seconds(s.comm_s)}, {seconds(s.exposed_s)} of it exposed"
+            if s.comm_s else "")
 
 
 def fit(r) -> str:
@@ -111,16 +120,15 @@ def regimes(r) -> str:
     for regime, part in sorted(r.regime_share.items(), key=lambda kv: -kv[1]):
         ks = [k for k in r.kernels if k.regime == regime]
         if ks:
-            rows.append([paint(regime), len(ks), seconds(sum(k.time_s for k in ks)),
-                         percent(part)])
+            rows.append([paint(regime), len(ks), seconds(part * r.time_s), percent(part)])
     return table(rows, ["regime", "kernels", "time", "share"], "lrrr")
 
 
 def phases(r) -> str:
     """A training step's forward, backward and optimizer: time, FLOPs, bytes, regime."""
-    total = r.time_s or 1.0
+    total, times = r.time_s or 1.0, r.phase_times
     rows = [[p, len(m.kernels), si(sum(k.flops for k in m.kernels), "F"), si(m.bytes, "B"),
-             seconds(m.time_s), percent(m.time_s / total), m.regime] for p, m in r.phases.items()]
+             seconds(times[p]), percent(times[p] / total), m.regime] for p, m in r.phases.items()]
     return table(rows, ["phase", "kernels", "FLOPs", "bytes", "time", "share", "bound"], "lrrrrrl")
 
 

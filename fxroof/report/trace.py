@@ -1,14 +1,15 @@
 """The predicted step as a Chrome trace (trace-event JSON) that Perfetto and chrome://tracing open.
 
 One process, the chip, with a track per resource: the compute stream; communication, where the
-step has collectives (placed at their time: the time model runs them in turn with the rest);
-and the host, where kernels have a dispatch or launch cost, each slice starting with its
-kernel (on a CPU, where the two run in turn, the kernel's slice includes it). Kernels run back
-to back in graph order, each slice lasting the kernel's expected time (the format counts
+step has collectives, each beside the compute it overlaps; and the host, where kernels have a
+dispatch or launch cost, each slice starting with its kernel (on a CPU, where the two run in
+turn, the kernel's slice includes it). Kernels sit at their start in the mode's two-stream
+schedule (fxroof.report.streams: compute back to back in graph order, waiting only for the
+collectives it reads), each slice lasting the kernel's expected time (the format counts
 microseconds), named by op and module path, its args the kernel's figures (KernelRow.to_dict),
-fused nodes included. Module paths nest as
-enclosing slices on the compute track over the consecutive kernels that share them. Boundaries
-are whole nanoseconds, so that children never overrun their parents.
+fused nodes included. Module paths nest as enclosing slices on the compute track over the
+consecutive compute kernels that share them. Boundaries are whole nanoseconds, so that children
+never overrun their parents.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import json
 from pathlib import Path
 
 from fxroof.chips.timing import MODES
+from fxroof.report.streams import COLLECTIVE
 
 PID = 1
 COMPUTE, COMM, HOST = 1, 2, 3
@@ -48,12 +50,15 @@ def trace_events(report, mode: str | None = None) -> list[dict]:
     """The trace's events: metadata, module slices, kernel slices, host slices."""
     summary = summary_of(report, mode)
     kernels, modules, host = [], [], []
-    clock, end = 0.0, 0
+    end = 0
     stack: list[tuple[str, int]] = []        # the open module slices: (path, start in ns)
-    for k in summary.kernels:
-        start = end
-        clock += k.time_s
-        end = round(clock * 1e9)
+    schedule = summary.schedule
+    for k, begun, ended in zip(summary.kernels, schedule.starts, schedule.ends):
+        if k.category == COLLECTIVE:
+            kernels.append(_slice(kernel_name(k), COMM, round(begun * 1e9), round(ended * 1e9),
+                                  k.to_dict()))
+            continue
+        start, end = max(round(begun * 1e9), end), round(ended * 1e9)
         paths = _prefixes(k.module)
         keep = 0
         while keep < min(len(stack), len(paths)) and stack[keep][0] == paths[keep]:
@@ -62,9 +67,10 @@ def trace_events(report, mode: str | None = None) -> list[dict]:
             path, opened = stack.pop()
             modules.append(_slice(path, COMPUTE, opened, start, {"module": path}))
         stack += [(path, start) for path in paths[keep:]]
-        tid = COMM if k.category == "collective" else COMPUTE
-        kernels.append(_slice(kernel_name(k), tid, start, end, k.to_dict()))
+        kernels.append(_slice(kernel_name(k), COMPUTE, start, end, k.to_dict()))
+    for k, begun in zip(summary.kernels, schedule.starts):
         if k.expected.overhead_s > 0:
+            start = round(begun * 1e9)
             host.append(_slice(kernel_name(k), HOST, start,
                                start + round(k.expected.overhead_s * 1e9),
                                {"overhead_s": k.expected.overhead_s}))
