@@ -37,3 +37,17 @@ def recurrent(call: OpCall):
     hidden = int(matrices[1].shape[0]) // blocks     # the first hidden-to-hidden weight
     runs = int(call.get("num_layers")) * (2 if call.get("bidirectional") else 1)
     return 2 * tokens * sum(numel(w) for w in matrices) + per_unit * tokens * hidden * runs
+
+
+# oneDNN's one layer, one direction of a recurrent layer (what an LSTM's CPU path calls once the
+# layer is decomposed); mode numbers cuDNN's: 0 relu, 1 tanh, 2 LSTM, 3 GRU.
+_MODES = ("rnn_relu", "rnn_tanh", "lstm", "gru")
+
+
+@formula(aten.mkldnn_rnn_layer, category="matmul")
+def mkldnn_rnn_layer(call: OpCall):
+    x = call.args[0]
+    tokens = numel(x) // int(x.shape[-1])
+    per_unit = _GATES[_MODES[int(call.get("mode"))]][1]
+    weights = numel(call.get("weight0")) + numel(call.get("weight1"))
+    return 2 * tokens * weights + per_unit * tokens * int(call.get("hidden_size"))
