@@ -34,6 +34,7 @@ from fxroof.graph.tensors import dtype_name
 from fxroof.graph.training import OPTIMIZERS, PHASE_KEY, capture_step
 from fxroof.report.build import kernel_rows, node_rows
 from fxroof.report.records import ModeSummary, Report
+from fxroof.report.units import si
 
 __all__ = ["Target", "analyze", "no_full_gc", "report_of", "target_of"]
 
@@ -148,11 +149,20 @@ def analyze(model, example_inputs=(), example_kwargs=None, *, target: Target | N
                              loss_fn=loss_fn)
         return dataclasses.replace(report, tp=target.tp)
     if target.train:
+        def step(recompute: bool):
+            return capture_step(model, example_inputs, example_kwargs, dp=target.dp,
+                                fsdp=target.fsdp, recompute=recompute,
+                                optimizer=target.optimizer, loss_fn=loss_fn)
         with _process_group(target.dp):
-            return report_of(capture_step(model, example_inputs, example_kwargs, dp=target.dp,
-                                          fsdp=target.fsdp, recompute=target.recompute,
-                                          optimizer=target.optimizer,
-                                          loss_fn=loss_fn), target)
+            report = report_of(step(target.recompute), target)
+            if target.recompute:     # what it saves: the same step's peak without recomputation
+                plain = step(False)
+                without = footprint(plain.gm, plain.weights).total
+                report = dataclasses.replace(report, notes=report.notes + (
+                    f"recomputation saves {si(without - report.memory.total, 'B')} of the "
+                    f"step's peak memory ({si(without, 'B')} without it) for "
+                    f"{si(report.recompute_flops, 'FLOP')} more work",))
+            return report
     return report_of(capture(model, example_inputs, example_kwargs, target.routing), target)
 
 

@@ -19,6 +19,7 @@ from fxroof.cli.main import main
 from fxroof.cost.record import MATRIX_CATEGORIES
 from fxroof.graph.training import PHASES
 from fxroof.report.streams import schedule
+from fxroof.report.units import si
 
 aten = torch.ops.aten
 # FlopCounterMode counts the fused attention kernels a CUDA build runs; a CPU build runs its own,
@@ -424,6 +425,8 @@ def test_recompute_trades_flops_for_memory_by_hand():
     # with: at the first block's GELU backward, its recomputed fc1 output (4a), the other blocks'
     # weight gradients (12a), its fc2's (2a), fc2's input gradient (4a), the GELU's (4a): 26a
     assert peak == [41 * a + 4, 26 * a + 4]
+    # the report says what it saves: 41a - 26a = 15a, a = 256 x 128 x 4 B = 131,072 B
+    assert f"recomputation saves {si(15 * a, 'B')}" in " ".join(ckpt.notes)
     with pytest.raises(ValueError, match="train=True"):
         fxroof.analyze(model, (x,), recompute=True)
     with pytest.raises(ValueError, match="not modelled"):
