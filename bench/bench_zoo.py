@@ -12,6 +12,7 @@ models are small and the machine may be shared).
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 import warnings
 
@@ -202,6 +203,8 @@ def _traced(model, args, kwargs, ours: int) -> str:
 
 def measure(name: str, build_fn) -> dict:
     """One row: build, count eagerly, analyze, compare."""
+    if sys.stderr.isatty():     # progress on a terminal; a piped run prints the table only
+        print(f"  {name} ...", file=sys.stderr, flush=True)
     try:
         model, args, kwargs = build_fn()
     except Exception as e:   # a config this library version rejects: say so, go on
