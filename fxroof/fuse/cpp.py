@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
-from fxroof.cost.formulas.matmul import _fold_copy_bytes as fold_copy_bytes
+from fxroof.cost.formulas.matmul import fold_copy_bytes
 from fxroof.cost.record import COST_KEY, FREE_CATEGORIES
 from fxroof.fuse.dataflow import Facts
 from fxroof.graph.tensors import numel

@@ -203,15 +203,15 @@ class TensorOutputs(FunctionModule):
     """
 
     def forward(self, *args, **kwargs):
-        return tuple(_tensor_leaves(super().forward(*args, **kwargs)))
+        return tuple(tensor_leaves(super().forward(*args, **kwargs)))
 
 
-def _tensor_leaves(obj, depth: int = 0) -> list[torch.Tensor]:
+def tensor_leaves(obj, depth: int = 0) -> list[torch.Tensor]:
     if isinstance(obj, torch.Tensor):
         return [obj]
     items = (obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple))
              else vars(obj).values() if hasattr(obj, "__dict__") else ())
-    return [t for item in items for t in _tensor_leaves(item, depth + 1)] if depth <= 8 else []
+    return [t for item in items for t in tensor_leaves(item, depth + 1)] if depth <= 8 else []
 
 
 def _export(model, args, kwargs):

@@ -20,8 +20,8 @@ import torch.fx.traceback as fx_traceback
 from torch._functorch._aot_autograd.logging_utils import setup_stacktrace_preservation_hooks
 from torch.fx.experimental.proxy_tensor import get_proxy_mode, make_fx
 
-from fxroof.graph.capture import (Captured, CaptureError, FakeCopier, _tensor_leaves,
-                                  finish_graph, quiet_torch)
+from fxroof.graph.capture import (Captured, CaptureError, FakeCopier, finish_graph, quiet_torch,
+                                  tensor_leaves)
 from fxroof.graph.tensors import storage
 
 PHASE_KEY = "fxroof.phase"
@@ -290,7 +290,7 @@ def _loss(out, loss_fn) -> torch.Tensor:
     elif own is not None:
         loss = own
     else:
-        floats = [t for t in _tensor_leaves(out) if t.is_floating_point()]
+        floats = [t for t in tensor_leaves(out) if t.is_floating_point()]
         if not floats:
             raise ValueError("the model returns no floating-point tensor to take a loss of; "
                              "give loss_fn=")

@@ -27,7 +27,7 @@ from tabulate import tabulate
 
 from fxroof.chips.timing import REGIMES
 from fxroof.graph.nodes import fold_layers
-from fxroof.measure.runs import _beside, _grouped, relative_error
+from fxroof.measure.runs import relative_error, side_by_side, totals_by
 from fxroof.report.trace import kernel_name, summary_of
 from fxroof.report.units import seconds
 
@@ -85,10 +85,10 @@ class TraceComparison:
     def by_module(self) -> dict:
         folded = [TraceRow(r.op, fold_layers(r.module) or "(top level)", r.regime, r.predicted_s,
                            r.measured_s, r.matched) for r in self.rows]
-        return _grouped(folded, "module", sorted({r.module for r in folded}))
+        return totals_by(folded, "module", sorted({r.module for r in folded}))
 
     def by_regime(self) -> dict:
-        return _grouped(self.rows, "regime", REGIMES)
+        return totals_by(self.rows, "regime", REGIMES)
 
     def to_dict(self) -> dict:
         return {"schema": SCHEMA, "model": self.model, "chip": self.chip, "mode": self.mode,
@@ -103,7 +103,7 @@ class TraceComparison:
         def groups(key, by):
             ranked = sorted(by.items(), key=lambda kv: -abs(kv[1]["predicted_s"]
                                                             - kv[1]["measured_s"]))
-            return tabulate([[k, v["nodes"], *_beside(v["predicted_s"], v["measured_s"])]
+            return tabulate([[k, v["nodes"], *side_by_side(v["predicted_s"], v["measured_s"])]
                              for k, v in ranked[:10]],
                             [key, "kernels", "predicted", "measured", "error"],
                             disable_numparse=True)
@@ -123,7 +123,7 @@ class TraceComparison:
             *(["not matched, in the trace: "
                + ", ".join(f"{name} {seconds(s)}" for name, s in lost)] if lost else []),
             "", "Largest misses, by kernel",
-            tabulate([[kernel_name(r), r.regime, *_beside(r.predicted_s, r.measured_s)]
+            tabulate([[kernel_name(r), r.regime, *side_by_side(r.predicted_s, r.measured_s)]
                       for r in worst], ["kernel", "regime", "predicted", "measured", "error"],
                      disable_numparse=True),
             "", "By module", groups("module", self.by_module()),

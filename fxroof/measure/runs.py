@@ -48,7 +48,7 @@ def relative_error(predicted: float, measured: float) -> float:
     return (predicted - measured) / measured
 
 
-def _beside(predicted_s: float, measured_s: float) -> list[str]:
+def side_by_side(predicted_s: float, measured_s: float) -> list[str]:
     return [seconds(predicted_s), seconds(measured_s),
             f"{relative_error(predicted_s, measured_s):+.0%}"]
 
@@ -120,11 +120,11 @@ class Measurement(Measured):
     def by_regime(self) -> dict:
         """Per predicted regime: predicted and measured time of its nodes, and the error.
         Measured figures here are per-node medians, so they add up to `nodes_s`."""
-        return _grouped(self.rows, "regime", REGIMES)
+        return totals_by(self.rows, "regime", REGIMES)
 
     def by_category(self) -> dict:
         """Per op category (matmul, attention, pointwise, ...), like `by_regime`."""
-        return _grouped(self.rows, "category", sorted({r.category for r in self.rows}))
+        return totals_by(self.rows, "category", sorted({r.category for r in self.rows}))
 
     def to_dict(self) -> dict:
         return super().to_dict() | {"by_regime": self.by_regime(),
@@ -133,11 +133,11 @@ class Measurement(Measured):
 
     def __str__(self) -> str:
         def groups(key, by):
-            return tabulate([[k, v["nodes"], *_beside(v["predicted_s"], v["measured_s"])]
+            return tabulate([[k, v["nodes"], *side_by_side(v["predicted_s"], v["measured_s"])]
                              for k, v in by.items()],
                             [key, "nodes", "predicted", "measured", "error"], disable_numparse=True)
         worst = sorted(self.rows, key=lambda r: -abs(r.predicted_s - r.measured_s))[:10]
-        nodes = [[r.name, r.op, r.regime, *_beside(r.predicted_s, r.measured_s)] for r in worst]
+        nodes = [[r.name, r.op, r.regime, *side_by_side(r.predicted_s, r.measured_s)] for r in worst]
         return "\n".join([
             *self._head("eager"),
             f"nodes run one by one: {seconds(self.nodes_s)} in {len(self.rows)} ops"
@@ -159,7 +159,7 @@ def _thread_mismatch(device: str, chip_title: str) -> str:
     return ""
 
 
-def _grouped(rows, key: str, order) -> dict:
+def totals_by(rows, key: str, order) -> dict:
     out = {}
     for value in order:
         group = [r for r in rows if getattr(r, key) == value]

@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from fxroof.cost.formulas.elementwise import _per_input_element, pointwise
+from fxroof.cost.formulas.elementwise import per_input_element, pointwise
 from fxroof.cost.formulas.registry import OpCall, formula
 from fxroof.cost.record import Cost
 from fxroof.graph.tensors import dtype_name, footprint, numel
@@ -35,8 +35,8 @@ def sdpa_backward(call: OpCall) -> Cost:
 
 # y * (g - sum(g * y)), for log-softmax g - exp(y) * sum(g): per element of the gradient
 formula(aten._softmax_backward_data, aten._log_softmax_backward_data, category="reduction",
-        fn=_per_input_element(4, "reduction"))
-formula(aten._fused_rms_norm_backward, category="norm", fn=_per_input_element(8, "norm"))
+        fn=per_input_element(4, "reduction"))
+formula(aten._fused_rms_norm_backward, category="norm", fn=per_input_element(8, "norm"))
 
 # Pointwise in effect, not tagged so in aten.
 formula(aten.hardtanh_backward, aten.leaky_relu_backward, aten.elu_backward,

@@ -44,7 +44,7 @@ def dropout(call: OpCall) -> Cost:
     return pointwise(call) if call.get("train") else Cost(category="view")
 
 
-def _per_input_element(flops: int, category: str):
+def per_input_element(flops: int, category: str):
     """The formula of a family that does `flops` operations per element of its first input."""
     def per_element(call: OpCall) -> Cost:
         return call.cost(flops * numel(call.inputs[0]), category)
@@ -85,7 +85,7 @@ for _ops, _flops, _category in (
         # per gradient element: x-hat again, two sums over the row, the affine terms
         ((aten.native_layer_norm_backward, aten.native_batch_norm_backward,
           aten.native_group_norm_backward), 8, "norm")):
-    formula(*_ops, category=_category, fn=_per_input_element(_flops, _category))
+    formula(*_ops, category=_category, fn=per_input_element(_flops, _category))
 
 
 @formula(aten.sort, aten.argsort, aten.topk, aten.kthvalue, aten.msort, aten.median,

@@ -51,7 +51,7 @@ def distances(call: OpCall):
     return call.cost(3 * pairs * int(x.shape[-1]), "other")
 
 
-def _fold_copy_bytes(t: torch.Tensor, batch=None) -> int:
+def fold_copy_bytes(t: torch.Tensor, batch=None) -> int:
     """Bytes of the contiguous copy torch.matmul makes when a view cannot fold `t` for mm/bmm
     (a transposed head split, a broadcast batch). batch=None: fold (..., M, K) into (B*M, K)."""
     target = t if batch is None else t.expand(*batch, *t.shape[-2:])
@@ -69,9 +69,9 @@ def matmul(call: OpCall):
     cost = call.cost(2 * max(numel(call.out), 1) * a.shape[-1], "matmul")
     if a.dim() > 2 and b.dim() > 2:
         batch = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
-        copies = _fold_copy_bytes(a, batch) + _fold_copy_bytes(b, batch)
+        copies = fold_copy_bytes(a, batch) + fold_copy_bytes(b, batch)
     elif a.dim() > 2:
-        copies = _fold_copy_bytes(a)
+        copies = fold_copy_bytes(a)
     else:
         copies = 0
     return dataclasses.replace(cost, bytes_read=cost.bytes_read + copies,
