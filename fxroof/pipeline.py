@@ -57,7 +57,8 @@ def no_full_gc():   # a decorator too: contextmanager's objects are ContextDecor
 class Target:
     """chip: a name, a chip file or a Chip. mode: "compiled" (fused kernels, as a deployment
     runs) or "eager" (one kernel per op). quantize: a what-if such as "w4+kv8" (fxroof.cost.whatif).
-    tp: tensor-parallel degree, > 1 analyzes one rank of a Megatron split (fxroof.graph.parallel).
+    tp: tensor-parallel degree, > 1 analyzes one rank of a Megatron split (fxroof.graph.parallel),
+    of inference or of a training step (not with dp > 1).
     matmul_epilogues: let matmuls take pointwise epilogues when fusing.
     train: analyze one training step (forward, backward, optimizer; fxroof.graph.training)
     instead of inference; optimizer: "adamw", "sgd" or "none" (forward and backward only);
@@ -105,9 +106,8 @@ class Target:
             raise ValueError("fsdp=True shards a training step over its dp ranks: give dp > 1")
         if self.fsdp and self.recompute:
             raise ValueError("recompute=True with fsdp=True is not modelled yet: give one")
-        if self.train and self.tp > 1:
-            raise ValueError("a tensor-parallel training step is not modelled yet: train=True "
-                             "takes tp=1 (dp=N for data parallelism)")
+        if self.tp > 1 and self.dp > 1:
+            raise ValueError("tp > 1 with dp > 1 (a 2-D layout) is not modelled yet: give one")
         if self.quantize is not None and self.matmul_epilogues:
             raise ValueError("quantization what-ifs need matmul_epilogues=False: a matmul fused "
                              "with its epilogues counts its bytes from tensor sizes, not its Cost")

@@ -274,8 +274,65 @@ def test_data_parallel_all_reduces_the_gradients():
     assert matrix_flops(r) == matrix_flops(fxroof.analyze(mlp(), (torch.randn(3, 8),), train=True))
     with pytest.raises(ValueError, match="train=True"):
         fxroof.analyze(mlp(), (torch.randn(3, 8),), dp=4)
-    with pytest.raises(ValueError, match="tensor-parallel training"):
-        fxroof.analyze(mlp(), (torch.randn(3, 8),), train=True, tp=2)
+    with pytest.raises(ValueError, match=r"tp > 1 with dp > 1 \(a 2-D layout\) is not model"):
+        fxroof.analyze(mlp(), (torch.randn(3, 8),), train=True, tp=2, dp=2)
+
+
+def two_blocks():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(*(torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(),
+                                                     torch.nn.Linear(16, 8)) for _ in range(2)))
+
+
+@pytest.mark.parametrize("tp", [2, 4])
+def test_tensor_parallel_step_by_hand(tp):
+    model, x = two_blocks(), torch.randn(3, 8)
+    before = {k: (type(p), p.clone()) for k, p in model.named_parameters()}
+    r = fxroof.analyze(model, (x,), train=True, tp=tp)
+    assert r.tp == tp and r.training == "adamw"
+    # each Linear split (column then row): its matrix products are 1/tp of the unsplit ones;
+    # forward 2 blocks * (2*3*8*16 + 2*3*16*8) = 3072; backward: block 2's two Linears take both
+    # gradients (2*1536), block 1's second both (1536), its first only the weight's (768)
+    assert matrix_flops(r, "forward") == 3072 // tp
+    assert matrix_flops(r, "backward") == 5376 // tp
+    assert matrix_flops(r) == real_step_flops(two_blocks(), (x,)) // tp
+    # Megatron's all-reduces of one rank's (3, 8) fp32 activations (96 bytes) over tp ranks, a
+    # ring sending 2(tp-1)/tp of it: each row-split output in the forward, and in the backward
+    # the input gradient of block 2's column split (block 1's input needs none)
+    reduces = [(n.op, n.phase, n.bytes_read, n.comm_bytes, n.comm_steps)
+               for n in r.nodes if n.category == "collective"]
+    ring = ("all_reduce", 96, 96 * 2 * (tp - 1) // tp, 2 * (tp - 1))
+    assert reduces == [(ring[0], phase, *ring[1:]) for phase in
+                       ("forward", "forward", "backward")]
+    # a rank's weights: the split weights (8*16 twice) and column biases (16) are 1/tp, the row
+    # biases (8) whole: 2 * ((128 + 16 + 128) / tp + 8) fp32; gradients alike, AdamW's two states
+    shard = 2 * ((128 + 16 + 128) // tp + 8) * 4
+    assert (r.memory.weights, r.memory.gradients, r.memory.optimizer) == (shard, shard, 2 * shard)
+    assert {k: type(p) for k, p in model.named_parameters()} == {k: t for k, (t, _) in
+                                                                  before.items()}
+    assert all(torch.equal(p, before[k][1]) and p.grad is None
+               for k, p in model.named_parameters())
+
+
+def test_tensor_parallel_llama_step_meets_flop_counter():
+    model, args, kwargs = llama()
+    r = fxroof.analyze(model, args, kwargs, train=True, tp=2)
+    # every matrix product is split (projections, heads, the vocabulary of lm_head): half the
+    # unsplit step's, as PyTorch counts it
+    assert matrix_flops(r) == real_step_flops(model, args, kwargs) // 2
+    assert r.unknown_ops == {}
+    collectives = [(n.op, n.phase, n.module) for n in r.nodes if n.category == "collective"]
+    # forward: the vocabulary-split embedding's and each row split's (o_proj, down_proj) sums,
+    # the logits gathered; backward: each column split's input gradient summed, one by one
+    # (DTensor reduces q, k and v apart), the logits' too
+    assert collectives[:6] == [("all_reduce", "forward", m) for m in (
+        "embed_tokens", *(f"layers.{i}.{p}" for i in (0, 1) for p in ("self_attn.o_proj",
+                                                                    "mlp.down_proj")))] + [
+        ("all_gather_into_tensor", "forward", "lm_head")]
+    assert collectives[6:] == [("all_reduce", "backward", m) for m in ("lm_head", *(
+        f"layers.{i}.{p}" for i in (1, 0) for p in ("mlp.up_proj", "mlp.gate_proj",
+                                                    "self_attn.v_proj", "self_attn.k_proj",
+                                                    "self_attn.q_proj")))]
 
 
 def test_two_streams_by_hand():

@@ -115,7 +115,7 @@ def capture(model, args=(), kwargs=None, routing: Routing | str | None = None) -
     attempts: list[tuple[str, BaseException]] = []
     own = model, args, kwargs
     tensors = [*model.parameters(), *model.buffers(), *tensors_in((args, kwargs))]
-    if any(t.device.type == "meta" for t in tensors) and not _is_dtensor_model(model):
+    if any(t.device.type == "meta" for t in tensors) and not is_dtensor_model(model):
         # Capture a copy whose meta tensors are fake CPU tensors (FakeCopier says why). DTensor
         # weights keep their own device handling in _make_fx.
         fake = FakeCopier()
@@ -215,7 +215,7 @@ def tensor_leaves(obj, depth: int = 0) -> list[torch.Tensor]:
 
 
 def _export(model, args, kwargs):
-    if _is_dtensor_model(model):
+    if is_dtensor_model(model):
         raise RuntimeError("DTensor weights: torch.export records DTensor ops at global shapes; "
                            "make_fx traces one rank's local ops")
     ep = torch.export.export(TensorOutputs(model), args, kwargs, strict=False)
@@ -232,7 +232,7 @@ def _make_fx(model, args, kwargs):
     wrapped = TensorOutputs(model)
     # DTensor weights (a model parallelized with DTensor) enter as their local shards and are
     # wrapped back inside the trace, so the graph's placeholders have this rank's shapes.
-    state, wrap = _local_shards({**dict(wrapped.named_parameters(remove_duplicate=False)),
+    state, wrap = local_shards({**dict(wrapped.named_parameters(remove_duplicate=False)),
                                  **dict(wrapped.named_buffers(remove_duplicate=False))})
 
     def run(state, args, kwargs):
@@ -313,7 +313,7 @@ def _dtensor_types() -> tuple:
     return (DTensor,)
 
 
-def _local_shards(tensors: dict):
+def local_shards(tensors: dict):
     """DTensors replaced by their local shards, and the function that wraps shards back into
     DTensors inside the trace (from_local without checks: no collective runs)."""
     specs = {k: (type(t), t.device_mesh, t.placements, t.shape, t.stride())
@@ -327,7 +327,7 @@ def _local_shards(tensors: dict):
     return local, wrap
 
 
-def _is_dtensor_model(model) -> bool:
+def is_dtensor_model(model) -> bool:
     return any(isinstance(t, _dtensor_types()) for t in (*model.parameters(), *model.buffers()))
 
 

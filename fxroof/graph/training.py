@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager, nullcontext
+from copy import deepcopy
 
 import torch
 import torch.distributed as dist
@@ -20,8 +21,8 @@ import torch.fx.traceback as fx_traceback
 from torch._functorch._aot_autograd.logging_utils import setup_stacktrace_preservation_hooks
 from torch.fx.experimental.proxy_tensor import get_proxy_mode, make_fx
 
-from fxroof.graph.capture import (Captured, CaptureError, FakeCopier, finish_graph, quiet_torch,
-                                  tensor_leaves)
+from fxroof.graph.capture import (Captured, CaptureError, FakeCopier, finish_graph,
+                                  is_dtensor_model, local_shards, quiet_torch, tensor_leaves)
 from fxroof.graph.tensors import storage
 
 PHASE_KEY = "fxroof.phase"
@@ -45,17 +46,28 @@ def capture_step(model, args=(), kwargs=None, *, optimizer: str = "adamw",
     averaged over the default process group (the caller's, e.g. a fake one) in DDP's buckets;
     with fsdp, sharded over it instead (FSDP2's fully_shard, _Sharded). recompute: each block
     (_units) under torch.utils.checkpoint, its forward run again in the backward, those ops
-    tagged RECOMPUTED_KEY."""
+    tagged RECOMPUTED_KEY. A model with DTensor weights (fxroof.graph.parallel's tensor_parallel):
+    one rank's step, its weights, gradients and optimizer state the rank's shards, the
+    collectives DTensor emits in the forward and the backward in the graph."""
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; expected one of "
                          f"{', '.join(OPTIMIZERS)}")
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"a training step needs an nn.Module, not {type(model).__name__}")
     args = tuple(args) if isinstance(args, (tuple, list)) else (args,)
-    fake = FakeCopier()
-    copy = fake.copy(model).train()   # a step runs the model in training mode (dropout on)
+    split = is_dtensor_model(model)
+    fake = FakeCopier(_fake_mode(model) if split else None)
+    # a step runs the model in training mode (dropout on); a tensor-parallel copy's fake shards
+    # are kept (their mode is the step's), only its modules copied
+    copy = (deepcopy(model, {id(t): t for t in (*model.parameters(), *model.buffers())})
+            if split else fake.copy(model)).train()
     args, kwargs = fake.inputs(args), fake.inputs(dict(kwargs or {}))
+    # DTensor weights enter as this rank's shards, leaves that take their gradients, and are
+    # wrapped back inside the trace, so the collectives DTensor emits are traced in both passes
     named = dict(copy.named_parameters())
+    shards, wrap = local_shards(named)
+    named = {k: p if shards[k] is p else shards[k].detach().requires_grad_(p.requires_grad)
+             for k, p in named.items()}
     params = {k: p for k, p in named.items() if p.requires_grad}
     if not params:
         raise ValueError(f"{type(model).__name__} has no parameter that requires grad: "
@@ -73,8 +85,8 @@ def capture_step(model, args=(), kwargs=None, *, optimizer: str = "adamw",
 
     def step(params, frozen, states, args, kwargs):
         with torch.enable_grad(), sharded.gathering(params) if sharded else nullcontext():
-            out = torch.func.functional_call(copy, frozen if sharded else {**params, **frozen},
-                                             args, kwargs)
+            tensors = frozen if sharded else wrap({**params, **frozen})
+            out = torch.func.functional_call(copy, tensors, args, kwargs)
             loss = _loss(out, loss_fn)
             marks.append(len(get_proxy_mode().tracer.graph.nodes))
             # each backward op then carries its autograd node's sequence number, which the
@@ -221,6 +233,12 @@ class _Sharded:
                 with torch.no_grad():
                     self.regathered[k] = self._gather(k)
         return self.regathered[key].as_strided(shape, stride, offset)
+
+
+def _fake_mode(model: torch.nn.Module):
+    """The fake mode a tensor-parallel copy's shards were made in."""
+    from torch._guards import detect_fake_mode
+    return detect_fake_mode(list(local_shards(dict(model.named_parameters()))[0].values()))
 
 
 def _units(model: torch.nn.Module) -> list[str]:
