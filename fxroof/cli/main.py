@@ -56,8 +56,8 @@ def _workload_args() -> argparse.ArgumentParser:
                    "gradients and optimizer state over the N ranks (FSDP2) instead of DDP")
     p.add_argument("--recompute", action="store_true", help="with --train: activation "
                    "checkpointing of every block (the backward runs its forward again)")
-    p.add_argument("--quantize", metavar="SPEC", help="what-if: w8, w4, w4g64, wfp8, kv8, kv-fp8, fp8, "
-                   "w8a8, joined with + (e.g. w4+kv8); the model is not changed")
+    p.add_argument("--quantize", metavar="SPEC", help="what-if: w8, w4, w4g64, wfp8, kv8, "
+                   "kv-fp8, fp8, w8a8, joined with + (e.g. w4+kv8); the model is not changed")
     p.add_argument("--routing", metavar="SPEC", help="mixture-of-experts top-k routing to "
                    "assume: balanced (the default where routing decides sizes) or skew=S, a share "
                    "S of the tokens picking one hot expert")
