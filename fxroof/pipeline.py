@@ -25,7 +25,7 @@ from fxroof.cost.whatif import Quantization, quantize_graph
 from fxroof.cost.whatif import parse as parse_quantization
 from fxroof.fuse import fuse, unfused
 from fxroof.fuse.policy import classify
-from fxroof.graph.capture import Captured, capture
+from fxroof.graph.capture import Captured, capture, is_dtensor_model
 from fxroof.graph.memory import footprint, state_reads
 from fxroof.graph.nodes import module_path
 from fxroof.graph.routing import Routing
@@ -58,7 +58,7 @@ class Target:
     """chip: a name, a chip file or a Chip. mode: "compiled" (fused kernels, as a deployment
     runs) or "eager" (one kernel per op). quantize: a what-if such as "w4+kv8" (fxroof.cost.whatif).
     tp: tensor-parallel degree, > 1 analyzes one rank of a Megatron split (fxroof.graph.parallel),
-    of inference or of a training step (not with dp > 1).
+    of inference or of a training step (with dp > 1: one rank of a (dp, tp) mesh, not fsdp).
     matmul_epilogues: let matmuls take pointwise epilogues when fusing.
     train: analyze one training step (forward, backward, optimizer; fxroof.graph.training)
     instead of inference; optimizer: "adamw", "sgd" or "none" (forward and backward only);
@@ -106,8 +106,9 @@ class Target:
             raise ValueError("fsdp=True shards a training step over its dp ranks: give dp > 1")
         if self.fsdp and self.recompute:
             raise ValueError("recompute=True with fsdp=True is not modelled yet: give one")
-        if self.tp > 1 and self.dp > 1:
-            raise ValueError("tp > 1 with dp > 1 (a 2-D layout) is not modelled yet: give one")
+        if self.tp > 1 and self.fsdp:
+            raise ValueError("tp > 1 with fsdp=True (FSDP over tensor-parallel shards) is not "
+                             "modelled yet: give one, or dp= without fsdp")
         if self.quantize is not None and self.matmul_epilogues:
             raise ValueError("quantization what-ifs need matmul_epilogues=False: a matmul fused "
                              "with its epilogues counts its bytes from tensor sizes, not its Cost")
@@ -144,7 +145,8 @@ def analyze(model, example_inputs=(), example_kwargs=None, *, target: Target | N
         raise TypeError("loss_fn= is for a training step: give train=True too")
     if target.tp != 1:
         from fxroof.graph.parallel import tensor_parallel   # torch.distributed: only for tp
-        with tensor_parallel(model, target.tp, example_inputs, example_kwargs) as (local, a, kw):
+        with tensor_parallel(model, target.tp, example_inputs, example_kwargs,
+                             target.dp) as (local, a, kw):
             report = analyze(local, a, kw, target=dataclasses.replace(target, tp=1),
                              loss_fn=loss_fn)
         return dataclasses.replace(report, tp=target.tp)
@@ -153,7 +155,7 @@ def analyze(model, example_inputs=(), example_kwargs=None, *, target: Target | N
             return capture_step(model, example_inputs, example_kwargs, dp=target.dp,
                                 fsdp=target.fsdp, recompute=recompute,
                                 optimizer=target.optimizer, loss_fn=loss_fn)
-        with _process_group(target.dp):
+        with _process_group(target.dp, model):
             report = report_of(step(target.recompute), target)
             if target.recompute:     # what it saves: the same step's peak without recomputation
                 plain = step(False)
@@ -173,10 +175,11 @@ _FSDP_NOTE = ("FSDP2 modelled on the graph: each unit's parameters all-gathered 
               "reduce-scattered after, beside compute at the link's full bandwidth")
 
 
-def _process_group(ranks: int):
+def _process_group(ranks: int, model):
     """A fake process group of `ranks` for a data-parallel step (no collective runs), kept
-    alive while the report is built: collectives are costed by the group's size."""
-    if ranks == 1:
+    alive while the report is built: collectives are costed by the group's size. A
+    tensor-parallel copy already lies on tensor_parallel's (dp, tp) mesh."""
+    if ranks == 1 or isinstance(model, torch.nn.Module) and is_dtensor_model(model):
         return contextlib.nullcontext()
     from fxroof.graph.parallel import fake_process_group   # torch.distributed: only for dp
     return fake_process_group(ranks)

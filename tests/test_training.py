@@ -17,6 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop, sdpa_f
 import fxroof
 from fxroof.cli.main import main
 from fxroof.cost.record import MATRIX_CATEGORIES
+from fxroof.graph.parallel import tensor_parallel
 from fxroof.graph.training import PHASES
 from fxroof.report.streams import schedule
 from fxroof.report.units import si
@@ -274,8 +275,12 @@ def test_data_parallel_all_reduces_the_gradients():
     assert matrix_flops(r) == matrix_flops(fxroof.analyze(mlp(), (torch.randn(3, 8),), train=True))
     with pytest.raises(ValueError, match="train=True"):
         fxroof.analyze(mlp(), (torch.randn(3, 8),), dp=4)
-    with pytest.raises(ValueError, match=r"tp > 1 with dp > 1 \(a 2-D layout\) is not model"):
-        fxroof.analyze(mlp(), (torch.randn(3, 8),), train=True, tp=2, dp=2)
+    with pytest.raises(ValueError, match=r"tp > 1 with fsdp=True .* not modelled yet"):
+        fxroof.analyze(mlp(), (torch.randn(3, 8),), train=True, tp=2, dp=2, fsdp=True)
+    # a split model whose mesh has no 'dp' dimension of dp ranks: DDP has no group to average over
+    with tensor_parallel(two_blocks(), 2, (torch.randn(3, 8),)) as (local, args, _):
+        with pytest.raises(ValueError, match="'dp' dimension of 4 ranks"):
+            fxroof.analyze(local, args, train=True, dp=4)
 
 
 def two_blocks():
@@ -312,6 +317,27 @@ def test_tensor_parallel_step_by_hand(tp):
                                                                   before.items()}
     assert all(torch.equal(p, before[k][1]) and p.grad is None
                for k, p in model.named_parameters())
+
+
+@pytest.mark.parametrize("dp", [2, 4])
+def test_tensor_and_data_parallel_step_by_hand(dp):
+    # one rank of a (dp, tp=2) mesh: the Megatron split over the tp ranks, DDP over the dp ranks
+    model, x = two_blocks(), torch.randn(3, 8)
+    r = fxroof.analyze(model, (x,), train=True, tp=2, dp=dp)
+    assert (r.tp, r.dp) == (2, dp) and f"one rank of tp=2 · one rank of dp={dp}" in str(r)
+    # the tp=2 step's work: forward 3072/2, backward 5376/2 (test_tensor_parallel_step_by_hand)
+    assert (matrix_flops(r, "forward"), matrix_flops(r, "backward")) == (1536, 2688)
+    reduces = [(n.op, n.phase, n.bytes_read, n.comm_bytes, n.comm_steps)
+               for n in r.nodes if n.category == "collective"]
+    # Megatron's three all-reduces of (3, 8) fp32 activations over the 2 tp ranks, as at tp=2;
+    # then DDP's one bucket (under 1 MiB) of the rank's shard gradients: per block the column
+    # split's 8*16/2 weights and 16/2 biases, the row split's 16*8/2 weights and its 8 whole
+    # biases, 2 * (64 + 8 + 64 + 8) = 288 fp32 = 1152 bytes, a ring of dp ranks sending
+    # 2(dp-1)/dp of it in 2(dp-1) steps (dp=2: 1152, dp=4: 1728)
+    assert reduces == [("all_reduce", phase, 96, 96, 2) for phase in
+                       ("forward", "forward", "backward")] + [
+        ("all_reduce", "backward", 1152, 1152 * 2 * (dp - 1) // dp, 2 * (dp - 1))]
+    assert (r.memory.weights, r.memory.gradients, r.memory.optimizer) == (1152, 1152, 2304)
 
 
 def test_tensor_parallel_llama_step_meets_flop_counter():

@@ -180,10 +180,12 @@ def fake_process_group(world_size: int):
 
 
 @contextlib.contextmanager
-def tensor_parallel(model: nn.Module, tp: int, args=(), kwargs=None):
+def tensor_parallel(model: nn.Module, tp: int, args=(), kwargs=None, dp: int = 1):
     """Yields (rank-0 copy of `model` split by `megatron_plan`, args, kwargs) inside a fake process
-    group of `tp` ranks, which stays alive until the block ends (collective formulas read the group
-    size from it). `model` is not changed."""
+    group of `dp * tp` ranks, which stays alive until the block ends (collective formulas read the
+    group size from it). The ranks form a (dp, tp) mesh: the split is over its "tp" dimension, a
+    training step's DDP averages over its "dp" one (fxroof.graph.training). `model` is not
+    changed."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor.parallel import parallelize_module
 
@@ -192,9 +194,10 @@ def tensor_parallel(model: nn.Module, tp: int, args=(), kwargs=None):
     plan = megatron_plan(model, tp)
     args = tuple(args) if isinstance(args, (tuple, list)) else (args,)
     fake = FakeCopier()
-    with fake_process_group(tp):
+    with fake_process_group(dp * tp):
         local = fake.copy(model)
-        mesh = init_device_mesh(next((t.device.type for t in local.parameters()), "cpu"), (tp,))
+        mesh = init_device_mesh(next((t.device.type for t in local.parameters()), "cpu"),
+                                (dp, tp), mesh_dim_names=("dp", "tp"))["tp"]
         modules = dict(local.named_modules())
         for path, values in plan.attrs.items():
             for attr, value in values.items():

@@ -43,8 +43,9 @@ def capture_step(model, args=(), kwargs=None, *, optimizer: str = "adamw",
     given labels), else the mean of the first floating-point output. optimizer: "adamw" (two
     fp32 states per parameter, and fp32 master weights for half-precision parameters), "sgd"
     (no state) or "none" (forward and backward only). dp > 1: one rank of DDP, its gradients
-    averaged over the default process group (the caller's, e.g. a fake one) in DDP's buckets;
-    with fsdp, sharded over it instead (FSDP2's fully_shard, _Sharded). recompute: each block
+    averaged over the default process group (the caller's, e.g. a fake one) in DDP's buckets,
+    or for a tensor-parallel model over the "dp" dimension of its shards' (dp, tp) mesh; with
+    fsdp, sharded over it instead (FSDP2's fully_shard, _Sharded). recompute: each block
     (_units) under torch.utils.checkpoint, its forward run again in the backward, those ops
     tagged RECOMPUTED_KEY. A model with DTensor weights (fxroof.graph.parallel's tensor_parallel):
     one rank's step, its weights, gradients and optimizer state the rank's shards, the
@@ -73,6 +74,7 @@ def capture_step(model, args=(), kwargs=None, *, optimizer: str = "adamw",
         raise ValueError(f"{type(model).__name__} has no parameter that requires grad: "
                          f"nothing to train")
     frozen = {**{k: p for k, p in named.items() if k not in params}, **dict(copy.named_buffers())}
+    group = _data_parallel_group(model, dp) if dp > 1 and not fsdp else None
     sharded = _Sharded(copy, params, dp) if fsdp else None
     recomputed: list = []       # node counts where each block's recomputation starts and ends
     for name in _units(copy) if recompute else ():
@@ -92,8 +94,8 @@ def capture_step(model, args=(), kwargs=None, *, optimizer: str = "adamw",
             # each backward op then carries its autograd node's sequence number, which the
             # forward op that made that node carries too (AOTAutograd's own hooks)
             setup_stacktrace_preservation_hooks([loss.grad_fn])
-            if dp > 1 and not sharded:
-                _Buckets(list(params.values()))
+            if group is not None:
+                _Buckets(list(params.values()), group)
             loss.backward()     # not autograd.grad: reentrant checkpointing refuses that
         grads = [p.grad for p in params.values()]
         marks.append(len(get_proxy_mode().tracer.graph.nodes))
@@ -130,8 +132,8 @@ class _Buckets:
     averaged over the ranks by one all-reduce as soon as the backward has made all its
     gradients, so the collectives sit among the backward's ops where DDP issues them."""
 
-    def __init__(self, params: list):
-        self.params, self.buckets, self.ready = params, [[]], set()
+    def __init__(self, params: list, group):
+        self.params, self.group, self.buckets, self.ready = params, group, [[]], set()
         size = 0
         for i in reversed(range(len(params))):
             self.buckets[-1].append(i)
@@ -148,8 +150,7 @@ class _Buckets:
         if self.ready.issuperset(bucket):
             import torch.distributed._functional_collectives as funcol
             grads = [self.params[j].grad for j in bucket]
-            flat = funcol.all_reduce(torch.cat([g.flatten() for g in grads]), "avg",
-                                     dist.group.WORLD)
+            flat = funcol.all_reduce(torch.cat([g.flatten() for g in grads]), "avg", self.group)
             for j, g in zip(bucket, flat.split([g.numel() for g in grads])):
                 self.params[j].grad = g.view_as(self.params[j])
 
@@ -233,6 +234,20 @@ class _Sharded:
                 with torch.no_grad():
                     self.regathered[k] = self._gather(k)
         return self.regathered[key].as_strided(shape, stride, offset)
+
+
+def _data_parallel_group(model: torch.nn.Module, dp: int):
+    """The group DDP averages gradients over: the default one, or for a model with DTensor
+    weights the "dp" dimension of the (dp, tp) mesh they lie on, which must have `dp` ranks."""
+    meshes = {p.device_mesh._get_root_mesh() for p in model.parameters()
+              if hasattr(p, "device_mesh")}
+    if not meshes:
+        return dist.group.WORLD
+    mesh = meshes.pop()
+    if meshes or "dp" not in (mesh.mesh_dim_names or ()) or mesh["dp"].size() != dp:
+        raise ValueError(f"dp={dp} with a tensor-parallel model needs its weights on one device "
+                         f"mesh with a 'dp' dimension of {dp} ranks (give tp= and dp= to analyze)")
+    return mesh.get_group("dp")
 
 
 def _fake_mode(model: torch.nn.Module):
