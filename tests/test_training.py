@@ -324,7 +324,7 @@ def test_tensor_and_data_parallel_step_by_hand(dp):
     # one rank of a (dp, tp=2) mesh: the Megatron split over the tp ranks, DDP over the dp ranks
     model, x = two_blocks(), torch.randn(3, 8)
     r = fxroof.analyze(model, (x,), train=True, tp=2, dp=dp)
-    assert (r.tp, r.dp) == (2, dp) and f"one rank of tp=2 · one rank of dp={dp}" in str(r)
+    assert (r.tp, r.dp) == (2, dp) and f"one rank of tp=2 × dp={dp}" in str(r)
     # the tp=2 step's work: forward 3072/2, backward 5376/2 (test_tensor_parallel_step_by_hand)
     assert (matrix_flops(r, "forward"), matrix_flops(r, "backward")) == (1536, 2688)
     reduces = [(n.op, n.phase, n.bytes_read, n.comm_bytes, n.comm_steps)

@@ -62,10 +62,10 @@ def plural(n: int, word: str) -> str:
 
 
 def rank_label(r) -> str:
-    """' · one rank of tp=N' (or dp=N) for a parallel report, '' otherwise."""
+    """' · one rank of tp=N' (dp=N, fsdp=N, tp=N × dp=M) for a parallel report, '' otherwise."""
     dp = "fsdp" if r.fsdp else "dp"
-    return "".join(f" · one rank of {name}={n}" for name, n in (("tp", r.tp), (dp, r.dp))
-                   if n != 1)
+    degrees = [f"{name}={n}" for name, n in (("tp", r.tp), (dp, r.dp)) if n != 1]
+    return f" · one rank of {' × '.join(degrees)}" if degrees else ""
 
 
 def header(r) -> str:
