@@ -25,7 +25,8 @@ from fxroof.cost.whatif import Quantization, quantize_graph
 from fxroof.cost.whatif import parse as parse_quantization
 from fxroof.fuse import fuse, unfused
 from fxroof.fuse.policy import classify
-from fxroof.graph.capture import Captured, capture, is_dtensor_model
+from fxroof.graph.capture import Captured, capture
+from fxroof.graph.data_parallel import is_wrapped, layout_of
 from fxroof.graph.memory import footprint, state_reads
 from fxroof.graph.nodes import module_path
 from fxroof.graph.routing import Routing
@@ -106,9 +107,6 @@ class Target:
             raise ValueError("fsdp=True shards a training step over its dp ranks: give dp > 1")
         if self.fsdp and self.recompute:
             raise ValueError("recompute=True with fsdp=True is not modelled yet: give one")
-        if self.tp > 1 and self.fsdp:
-            raise ValueError("tp > 1 with fsdp=True (FSDP over tensor-parallel shards) is not "
-                             "modelled yet: give one, or dp= without fsdp")
         if self.quantize is not None and self.matmul_epilogues:
             raise ValueError("quantization what-ifs need matmul_epilogues=False: a matmul fused "
                              "with its epilogues counts its bytes from tensor sizes, not its Cost")
@@ -143,6 +141,12 @@ def analyze(model, example_inputs=(), example_kwargs=None, *, target: Target | N
     target = target_of(target, **fields)
     if loss_fn is not None and not target.train:
         raise TypeError("loss_fn= is for a training step: give train=True too")
+    if isinstance(model, torch.nn.Module) and is_wrapped(model) and (target.tp != 1
+                                                                     or not target.train):
+        raise ValueError(f"{type(model).__name__} is wrapped for data-parallel training "
+                         f"(DistributedDataParallel or fully_shard): analyze it with train=True"
+                         f"{' and without tp=' if target.tp != 1 else ''}, or analyze the plain "
+                         f"model")
     if target.tp != 1:
         from fxroof.graph.parallel import tensor_parallel   # torch.distributed: only for tp
         with tensor_parallel(model, target.tp, example_inputs, example_kwargs,
@@ -151,11 +155,16 @@ def analyze(model, example_inputs=(), example_kwargs=None, *, target: Target | N
                              loss_fn=loss_fn)
         return dataclasses.replace(report, tp=target.tp)
     if target.train:
+        module, layout = (layout_of(model, target.dp, target.fsdp)
+                          if isinstance(model, torch.nn.Module) else (model, None))
+        if layout is not None:      # a wrapper's own degree and kind
+            target = dataclasses.replace(target, dp=layout.ranks, fsdp=layout.fsdp)
+
         def step(recompute: bool):
-            return capture_step(model, example_inputs, example_kwargs, dp=target.dp,
-                                fsdp=target.fsdp, recompute=recompute,
-                                optimizer=target.optimizer, loss_fn=loss_fn)
-        with _process_group(target.dp, model):
+            return capture_step(module, example_inputs, example_kwargs, layout=layout,
+                                recompute=recompute, optimizer=target.optimizer,
+                                loss_fn=loss_fn)
+        with _process_group(layout):
             report = report_of(step(target.recompute), target)
             if target.recompute:     # what it saves: the same step's peak without recomputation
                 plain = step(False)
@@ -175,14 +184,14 @@ _FSDP_NOTE = ("FSDP2 modelled on the graph: each unit's parameters all-gathered 
               "reduce-scattered after, beside compute at the link's full bandwidth")
 
 
-def _process_group(ranks: int, model):
-    """A fake process group of `ranks` for a data-parallel step (no collective runs), kept
-    alive while the report is built: collectives are costed by the group's size. A
-    tensor-parallel copy already lies on tensor_parallel's (dp, tp) mesh."""
-    if ranks == 1 or isinstance(model, torch.nn.Module) and is_dtensor_model(model):
+def _process_group(layout):
+    """A fake process group of the layout's ranks for a data-parallel step (no collective
+    runs), kept alive while the report is built: collectives are costed by the group's size.
+    A wrapper brings its own group; a tensor-parallel copy lies on tensor_parallel's mesh."""
+    if layout is None or layout.group is not None:
         return contextlib.nullcontext()
     from fxroof.graph.parallel import fake_process_group   # torch.distributed: only for dp
-    return fake_process_group(ranks)
+    return fake_process_group(layout.ranks)
 
 
 @no_full_gc()

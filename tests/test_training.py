@@ -17,7 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop, sdpa_f
 import fxroof
 from fxroof.cli.main import main
 from fxroof.cost.record import MATRIX_CATEGORIES
-from fxroof.graph.parallel import tensor_parallel
+from fxroof.graph.parallel import fake_process_group, tensor_parallel
 from fxroof.graph.training import PHASES
 from fxroof.report.streams import schedule
 from fxroof.report.units import si
@@ -275,8 +275,6 @@ def test_data_parallel_all_reduces_the_gradients():
     assert matrix_flops(r) == matrix_flops(fxroof.analyze(mlp(), (torch.randn(3, 8),), train=True))
     with pytest.raises(ValueError, match="train=True"):
         fxroof.analyze(mlp(), (torch.randn(3, 8),), dp=4)
-    with pytest.raises(ValueError, match=r"tp > 1 with fsdp=True .* not modelled yet"):
-        fxroof.analyze(mlp(), (torch.randn(3, 8),), train=True, tp=2, dp=2, fsdp=True)
     # a split model whose mesh has no 'dp' dimension of dp ranks: DDP has no group to average over
     with tensor_parallel(two_blocks(), 2, (torch.randn(3, 8),)) as (local, args, _):
         with pytest.raises(ValueError, match="'dp' dimension of 4 ranks"):
@@ -338,6 +336,29 @@ def test_tensor_and_data_parallel_step_by_hand(dp):
                        ("forward", "forward", "backward")] + [
         ("all_reduce", "backward", 1152, 1152 * 2 * (dp - 1) // dp, 2 * (dp - 1))]
     assert (r.memory.weights, r.memory.gradients, r.memory.optimizer) == (1152, 1152, 2304)
+
+
+def test_fsdp_over_tensor_parallel_shards_by_hand():
+    # one rank of a (dp=2, tp=2) mesh: the Megatron split over tp, FSDP2 over dp of each
+    # block's (a unit's) tp shards: 8*16/2 + 16/2 + 16*8/2 + 8 (the row bias, whole under tp)
+    # = 144 fp32, a flat shard of 72 per rank
+    model, x = two_blocks(), torch.randn(3, 8)
+    r = fxroof.analyze(model, (x,), train=True, tp=2, dp=2, fsdp=True)
+    assert (r.tp, r.dp, r.fsdp) == (2, 2, True) and "one rank of tp=2 × fsdp=2" in str(r)
+    assert (matrix_flops(r, "forward"), matrix_flops(r, "backward")) == (1536, 2688)
+    comm = [(n.op, n.phase, n.bytes_read, n.bytes_written) for n in r.nodes
+            if n.category == "collective"]
+    gather = ("all_gather_into_tensor", 72 * 4, 144 * 4)
+    tp_reduce = ("all_reduce", 96, 96)      # (3, 8) fp32 activations, as at tp=2 alone
+    # the forward gathers both blocks (the second prefetched), then Megatron's two forward
+    # all-reduces; the backward gathers both again (resharded after the forward), all-reduces
+    # block 2's input gradient, then reduce-scatters each block's 144 gradients to 72
+    assert comm == [(gather[0], "forward", *gather[1:])] * 2 \
+        + [(tp_reduce[0], "forward", *tp_reduce[1:])] * 2 \
+        + [(gather[0], "backward", *gather[1:])] * 2 + [(tp_reduce[0], "backward", 96, 96)] \
+        + [("reduce_scatter_tensor", "backward", 144 * 4, 72 * 4)] * 2
+    # weights, gradients: 2 blocks x 72 fp32; AdamW twice that
+    assert (r.memory.weights, r.memory.gradients, r.memory.optimizer) == (576, 576, 1152)
 
 
 def test_tensor_parallel_llama_step_meets_flop_counter():
@@ -486,6 +507,35 @@ def test_cli_check_gates_a_rank_of_a_training_step(tmp_path, capsys):
     assert "dp > 1" in capsys.readouterr().err
 
 
+def test_cli_checks_a_workload_sharded_by_fully_shard(tmp_path, capsys):
+    spec = tmp_path / "sharded.py"
+    spec.write_text(
+        "import torch\nimport torch.distributed as dist\nfrom torch import nn\n"
+        "from torch.distributed.fsdp import fully_shard\n"
+        "from torch.testing._internal.distributed.fake_pg import FakeStore\n\n"
+        "def workload():\n"
+        "    if not dist.is_initialized():\n"
+        "        dist.init_process_group('fake', store=FakeStore(), rank=0, world_size=4)\n"
+        "    with torch.device('meta'):\n"
+        "        m = nn.Sequential(nn.Linear(512, 512, bias=False), nn.ReLU(), "
+        "nn.Linear(512, 512, bias=False))\n"
+        "    fully_shard(m[0])\n    fully_shard(m[2])\n    fully_shard(m)\n"
+        "    return m, (torch.empty(16, 512, device='meta'),)\n")
+    small = json.loads(Path(slow_link(tmp_path, 450)).read_text()) | {"mem_GB": 0.008}
+    chip = tmp_path / "small.json"
+    chip.write_text(json.dumps(small))
+    try:
+        # the world and the sharding come from the workload's own fully_shard: a quarter of
+        # 2 MiB of weights, gradients and 4 MiB of AdamW state fit in 8 MB, as with --fsdp
+        assert main(["check", str(spec), "--chip", str(chip), "--train"]) == 0
+        assert main(["check", str(spec), "--chip", str(chip), "--train", "--world", "4"]) == 0
+        capsys.readouterr()
+        assert main(["check", str(spec), "--train", "--world", "2"]) == 2
+        assert "dp=2, but the model's fully_shard runs over 4 ranks" in capsys.readouterr().err
+    finally:
+        torch.distributed.destroy_process_group()
+
+
 def test_recompute_trades_flops_for_memory_by_hand():
     n, batch, d = 4, 256, 128
     torch.manual_seed(0)
@@ -534,3 +584,103 @@ def test_cli_train(tmp_path, capsys):
     assert [n["op"] for n in d["nodes"] if n.get("recomputed")] == ["relu"]
     assert main(["analyze", str(spec), "--optimizer", "sgd"]) == 2
     assert "--train" in capsys.readouterr().err
+
+
+def four_weights():
+    """Four 1 MiB fp32 weights in a row."""
+    with torch.device("meta"):
+        return torch.nn.Sequential(*[torch.nn.Linear(512, 512, bias=False) for _ in range(4)])
+
+
+def test_pytorchs_own_ddp_wrapper_gives_ranks_and_bucket_size():
+    from torch.nn.parallel import DistributedDataParallel
+    x = torch.empty(4096, 512, device="meta")
+    mib = 512 * 512 * 4
+
+    def reduces(r):
+        return [k.bytes_read for k in r.kernels if k.category == "collective"]
+
+    with fake_process_group(8):
+        # meta weights: nothing to check or broadcast across ranks at construction
+        default = DistributedDataParallel(four_weights(), init_sync=False)
+        small = DistributedDataParallel(four_weights(), init_sync=False, bucket_cap_mb=2)
+        r = fxroof.analyze(default, (x,), train=True, mode="eager")
+        # gradients come last layer first: DDP's 1 MiB first bucket holds the fourth weight,
+        # its 25 MiB buckets the other three; with 2 MiB buckets: 4th | 3rd, 2nd | 1st
+        assert reduces(r) == [mib, 3 * mib] and r.dp == 8
+        assert reduces(fxroof.analyze(small, (x,), train=True)) == [mib, 2 * mib, mib]
+        with pytest.raises(ValueError, match="dp=4, but the model's DistributedDataParallel "
+                                             "runs over 8 ranks"):
+            fxroof.analyze(default, (x,), train=True, dp=4)
+        with pytest.raises(ValueError, match="analyze it with train=True"):
+            fxroof.analyze(default, (x,))
+        assert all(p.grad is None and p.device.type == "meta" for p in default.parameters())
+    # the same step without a wrapper: dp=8 sets up DDP's defaults
+    assert reduces(fxroof.analyze(four_weights(), (x,), train=True, dp=8)) == reduces(r)
+
+
+def test_pytorchs_own_fully_shard_gives_units_reshard_and_dtypes():
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+    x = torch.empty(4096, 512, device="meta")
+    n = 512 * 512       # elements of each weight
+    with fake_process_group(4):
+        model = four_weights()
+        mesh = init_device_mesh("cpu", (4,))
+        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        fully_shard(model[1], mesh=mesh, mp_policy=mp)
+        fully_shard(model[2], mesh=mesh, mp_policy=mp, reshard_after_forward=False)
+        fully_shard(model, mesh=mesh, mp_policy=mp)     # the root: weights 0 and 3
+        hooks = [(len(m._forward_pre_hooks), len(m._forward_hooks)) for m in model.modules()]
+        r = fxroof.analyze(model, (x,), train=True, mode="eager")
+        assert (r.dp, r.fsdp) == (4, True)
+        comm = [(k.op, k.phase, k.bytes_read, k.bytes_written) for k in r.kernels
+                if k.category == "collective"]
+        gather, scatter = ("all_gather_into_tensor", "reduce_scatter_tensor")
+        # gathered in bf16 (2 bytes), a quarter from each rank: the root's two weights, then
+        # units 1 and 2 in the forward; in the backward only unit 1, the one that reshards;
+        # gradients reduce-scattered in fp32 (4 bytes), unit 2's, 1's, then the root's
+        assert comm == [(gather, "forward", 2 * n // 2, 2 * 2 * n), (gather, "forward", n // 2,
+                                                                       2 * n),
+                        (gather, "forward", n // 2, 2 * n), (gather, "backward", n // 2, 2 * n),
+                        (scatter, "backward", 4 * n, n), (scatter, "backward", 4 * n, n),
+                        (scatter, "backward", 2 * 4 * n, 2 * n)]
+        # fp32 shards: a quarter of the 4 MiB of weights, and of their gradients
+        assert r.memory.weights == r.memory.gradients == 4 * 4 * n // 4
+        # the user's model is as it was: sharded, FSDP's classes and hooks in place
+        assert isinstance(model[1], FSDPModule) and hooks == [
+            (len(m._forward_pre_hooks), len(m._forward_hooks)) for m in model.modules()]
+        assert all(type(p).__name__ == "DTensor" and p.grad is None for p in model.parameters())
+        with pytest.raises(ValueError, match="dp=2, but the model's fully_shard runs over 4"):
+            fxroof.analyze(model, (x,), train=True, dp=2)
+
+
+def test_fully_shard_per_layer_is_what_fsdp_true_models():
+    config = transformers.GPT2Config(n_layer=3, n_embd=64, n_head=2, vocab_size=128,
+                                     n_positions=32)
+    with torch.device("meta"):
+        model = transformers.GPT2LMHeadModel(config)
+    ids = torch.zeros(2, 16, dtype=torch.long, device="meta")
+
+    def comm(r):
+        return [(k.op, k.phase, k.bytes_read) for k in r.kernels if k.category == "collective"]
+
+    plain = fxroof.analyze(model, (ids,), {"labels": ids}, train=True, dp=8, fsdp=True)
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    with fake_process_group(8):
+        wrapped = copy.deepcopy(model)
+        for block in wrapped.transformer.h:
+            fully_shard(block, mesh=init_device_mesh("cpu", (8,)))
+        fully_shard(wrapped)
+        r = fxroof.analyze(wrapped, (ids,), {"labels": ids}, train=True)
+        assert comm(r) == comm(plain) and r.memory == plain.memory
+
+
+def test_fully_shard_without_the_root_is_refused():
+    from torch.distributed.fsdp import fully_shard
+    with fake_process_group(2):
+        model = four_weights()
+        fully_shard(model[0])
+        with pytest.raises(ValueError, match=r"parameter '1.weight' is in no fully_shard unit"):
+            fxroof.analyze(model, (torch.empty(4, 512, device="meta"),), train=True)

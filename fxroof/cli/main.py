@@ -50,8 +50,9 @@ def _workload_args() -> argparse.ArgumentParser:
                    "the model's loss or the mean of its output, optimizer) instead of inference")
     p.add_argument("--optimizer", default="adamw",
                    help="with --train: adamw (default), sgd, or none (no update)")
-    p.add_argument("--dp", type=int, default=1,
-                   help="with --train: data-parallel degree (one rank of DDP analyzed)")
+    p.add_argument("--dp", "--world", type=int, default=1,
+                   help="with --train: data-parallel degree, the ranks in the world "
+                   "(one rank of DDP analyzed)")
     p.add_argument("--fsdp", action="store_true", help="with --train --dp N: shard parameters, "
                    "gradients and optimizer state over the N ranks (FSDP2) instead of DDP")
     p.add_argument("--recompute", action="store_true", help="with --train: activation "

@@ -172,10 +172,15 @@ class FakeCopier:
             self.mode.fake_tensor_converter.set_tensor_memo(f, f)
         return f
 
-    def copy(self, model: torch.nn.Module) -> torch.nn.Module:
-        """A deep copy whose weights are fake: no weight is copied, whatever the device."""
-        memo = {id(t): self.tensor(t) for t in (*model.parameters(), *model.buffers())}
-        return copy.deepcopy(model, memo)
+    def copy(self, model: torch.nn.Module, memo: dict | None = None) -> torch.nn.Module:
+        """A deep copy whose weights are fake: no weight is copied, whatever the device. memo:
+        deepcopy's, from `memo(model)` with objects added that are not to be copied as they
+        are."""
+        return copy.deepcopy(model, memo if memo is not None else self.memo(model))
+
+    def memo(self, model: torch.nn.Module) -> dict:
+        """deepcopy's memo that puts fakes for the model's weights."""
+        return {id(t): self.tensor(t) for t in (*model.parameters(), *model.buffers())}
 
     def inputs(self, obj):
         """`obj` (nested lists, tuples and dicts) with each tensor a fake."""

@@ -10,12 +10,10 @@ until the next zero_grad.
 """
 from __future__ import annotations
 
-import math
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from copy import deepcopy
 
 import torch
-import torch.distributed as dist
 import torch.fx as fx
 import torch.fx.traceback as fx_traceback
 from torch._functorch._aot_autograd.logging_utils import setup_stacktrace_preservation_hooks
@@ -23,7 +21,7 @@ from torch.fx.experimental.proxy_tensor import get_proxy_mode, make_fx
 
 from fxroof.graph.capture import (Captured, CaptureError, FakeCopier, finish_graph,
                                   is_dtensor_model, local_shards, quiet_torch, tensor_leaves)
-from fxroof.graph.tensors import storage
+from fxroof.graph.data_parallel import Buckets, Layout, Sharded, blocks, is_wrapped, plain_copy
 
 PHASE_KEY = "fxroof.phase"
 RECOMPUTED_KEY = "fxroof.recomputed"   # a forward op the backward runs again (checkpointing)
@@ -35,19 +33,18 @@ LR, BETAS, EPS, WEIGHT_DECAY = 1e-3, (0.9, 0.999), 1e-8, 1e-2
 
 
 def capture_step(model, args=(), kwargs=None, *, optimizer: str = "adamw",
-                 loss_fn=None, dp: int = 1, fsdp: bool = False,
+                 loss_fn=None, layout: Layout | None = None,
                  recompute: bool = False) -> Captured:
     """The training step of `model` on these inputs as one graph, its nodes tagged by phase.
 
     The loss: `loss_fn(output)` when given, else the output's own `.loss` (a Hugging Face model
     given labels), else the mean of the first floating-point output. optimizer: "adamw" (two
     fp32 states per parameter, and fp32 master weights for half-precision parameters), "sgd"
-    (no state) or "none" (forward and backward only). dp > 1: one rank of DDP, its gradients
-    averaged over the default process group (the caller's, e.g. a fake one) in DDP's buckets,
-    or for a tensor-parallel model over the "dp" dimension of its shards' (dp, tp) mesh; with
-    fsdp, sharded over it instead (FSDP2's fully_shard, _Sharded). recompute: each block
-    (_units) under torch.utils.checkpoint, its forward run again in the backward, those ops
-    tagged RECOMPUTED_KEY. A model with DTensor weights (fxroof.graph.parallel's tensor_parallel):
+    (no state) or "none" (forward and backward only). layout: one rank of data-parallel
+    training (fxroof.graph.data_parallel.layout_of: DDP's gradient buckets, or FSDP2's shards;
+    `model` the module inside a DDP wrapper, or a fully_shard-ed model). recompute: each block
+    (data_parallel.blocks) under torch.utils.checkpoint, its forward run again in the
+    backward, those ops tagged RECOMPUTED_KEY. A model with DTensor weights (fxroof.graph.parallel's tensor_parallel):
     one rank's step, its weights, gradients and optimizer state the rank's shards, the
     collectives DTensor emits in the forward and the backward in the graph."""
     if optimizer not in OPTIMIZERS:
@@ -56,12 +53,14 @@ def capture_step(model, args=(), kwargs=None, *, optimizer: str = "adamw",
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"a training step needs an nn.Module, not {type(model).__name__}")
     args = tuple(args) if isinstance(args, (tuple, list)) else (args,)
-    split = is_dtensor_model(model)
+    fsdp = layout is not None and layout.fsdp
+    split = not is_wrapped(model) and is_dtensor_model(model)
     fake = FakeCopier(_fake_mode(model) if split else None)
     # a step runs the model in training mode (dropout on); a tensor-parallel copy's fake shards
     # are kept (their mode is the step's), only its modules copied
     copy = (deepcopy(model, {id(t): t for t in (*model.parameters(), *model.buffers())})
-            if split else fake.copy(model)).train()
+            if split else plain_copy(model, fake) if is_wrapped(model)
+            else fake.copy(model)).train()
     args, kwargs = fake.inputs(args), fake.inputs(dict(kwargs or {}))
     # DTensor weights enter as this rank's shards, leaves that take their gradients, and are
     # wrapped back inside the trace, so the collectives DTensor emits are traced in both passes
@@ -74,10 +73,9 @@ def capture_step(model, args=(), kwargs=None, *, optimizer: str = "adamw",
         raise ValueError(f"{type(model).__name__} has no parameter that requires grad: "
                          f"nothing to train")
     frozen = {**{k: p for k, p in named.items() if k not in params}, **dict(copy.named_buffers())}
-    group = _data_parallel_group(model, dp) if dp > 1 and not fsdp else None
-    sharded = _Sharded(copy, params, dp) if fsdp else None
+    sharded = Sharded(copy, params, layout, wrap) if fsdp else None
     recomputed: list = []       # node counts where each block's recomputation starts and ends
-    for name in _units(copy) if recompute else ():
+    for name in blocks(copy) if recompute else ():
         _checkpointed(copy.get_submodule(name), recomputed)
     with fake.mode:
         if sharded:
@@ -87,15 +85,15 @@ def capture_step(model, args=(), kwargs=None, *, optimizer: str = "adamw",
 
     def step(params, frozen, states, args, kwargs):
         with torch.enable_grad(), sharded.gathering(params) if sharded else nullcontext():
-            tensors = frozen if sharded else wrap({**params, **frozen})
+            tensors = wrap(frozen if sharded else {**params, **frozen})
             out = torch.func.functional_call(copy, tensors, args, kwargs)
             loss = _loss(out, loss_fn)
             marks.append(len(get_proxy_mode().tracer.graph.nodes))
             # each backward op then carries its autograd node's sequence number, which the
             # forward op that made that node carries too (AOTAutograd's own hooks)
             setup_stacktrace_preservation_hooks([loss.grad_fn])
-            if group is not None:
-                _Buckets(list(params.values()), group)
+            if layout is not None and not fsdp:
+                Buckets(list(params.values()), layout)
             loss.backward()     # not autograd.grad: reentrant checkpointing refuses that
         grads = [p.grad for p in params.values()]
         marks.append(len(get_proxy_mode().tracer.graph.nodes))
@@ -126,144 +124,10 @@ def capture_step(model, args=(), kwargs=None, *, optimizer: str = "adamw",
     return finish_graph(gm, "make_fx", weights, type(model).__name__)
 
 
-class _Buckets:
-    """DDP's gradient buckets: about 25 MiB each (the first 1 MiB, so that communication starts
-    early), in reverse parameter order, the order the backward makes gradients. A bucket is
-    averaged over the ranks by one all-reduce as soon as the backward has made all its
-    gradients, so the collectives sit among the backward's ops where DDP issues them."""
-
-    def __init__(self, params: list, group):
-        self.params, self.group, self.buckets, self.ready = params, group, [[]], set()
-        size = 0
-        for i in reversed(range(len(params))):
-            self.buckets[-1].append(i)
-            size += params[i].numel() * params[i].element_size()
-            if size >= (dist._DEFAULT_FIRST_BUCKET_BYTES if len(self.buckets) == 1 else 25 << 20):
-                self.buckets.append([])
-                size = 0
-        for i, p in enumerate(params):
-            p.register_post_accumulate_grad_hook(lambda p, i=i: self._made(i))
-
-    def _made(self, i: int) -> None:
-        self.ready.add(i)
-        bucket = next(b for b in self.buckets if i in b)
-        if self.ready.issuperset(bucket):
-            import torch.distributed._functional_collectives as funcol
-            grads = [self.params[j].grad for j in bucket]
-            flat = funcol.all_reduce(torch.cat([g.flatten() for g in grads]), "avg", self.group)
-            for j, g in zip(bucket, flat.split([g.numel() for g in grads])):
-                self.params[j].grad = g.view_as(self.params[j])
-
-
-class _Sharded:
-    """FSDP2 (`fully_shard`) on one rank of N, modelled on the graph rather than run: each unit's
-    trainable parameters (one unit per layer of the outermost ModuleLists, else per top-level
-    child, and the root for the rest), one flat shard of 1/N per dtype, are the step's inputs.
-    A unit's forward first all-gathers its shards (and prefetches the next unit's); its saved
-    weights are not kept for the backward (reshard after forward) but gathered again when the
-    backward first needs them (the unit before it in the forward prefetched alongside); the
-    gather's own backward, a reduce-scatter, leaves each shard its 1/N of the gradient. The
-    optimizer then updates shards: weights, gradients and optimizer state are all 1/N. The root
-    keeps its gathered weights for the backward, as FSDP2 does."""
-
-    def __init__(self, model: torch.nn.Module, params: dict, ranks: int):
-        self.ranks, units = ranks, _units(model)
-        trainable = {id(p) for p in params.values()}
-        self.groups: dict[str, list] = {}      # "unit:dtype" -> [(param, [(module, attr)])]
-        where: dict[int, list] = {}
-        for name, m in model.named_modules():
-            for attr, p in list(m._parameters.items()):
-                if p is None or id(p) not in trainable:
-                    continue
-                if id(p) not in where:
-                    unit = max((u for u in units if f"{name}.".startswith(u + ".")),
-                               key=len, default="")
-                    where[id(p)] = []
-                    self.groups.setdefault(f"{unit}:{str(p.dtype)[6:]}", []).append(
-                        (p, where[id(p)]))
-                where[id(p)].append((m, attr))
-                del m._parameters[attr]      # the gathered view stands in for it
-        self.order = list(dict.fromkeys(k for u in ["", *units] for k in self.groups
-                                        if k.rsplit(":", 1)[0] == u))
-        for key in self.order:
-            unit = model.get_submodule(key.rsplit(":", 1)[0])
-            unit.register_forward_pre_hook(lambda *_, key=key: self._forward(key))
-
-    def shards(self) -> dict:
-        """{unit:dtype: this rank's flat shard}, to make in the fake mode."""
-        first = {key: self.groups[key][0][0] for key in self.order}
-        return {key: torch.empty(math.ceil(sum(p.numel() for p, _ in self.groups[key])
-                                           / self.ranks), dtype=first[key].dtype,
-                                 device=first[key].device, requires_grad=True)
-                for key in self.order}
-
-    @contextmanager
-    def gathering(self, shards: dict):
-        self.params, self.gathered, self.regathered = shards, {}, {}
-        with torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack):
-            yield
-
-    def _gather(self, key: str) -> torch.Tensor:
-        import torch.distributed._functional_collectives as funcol
-        return funcol.all_gather_single(self.params[key], 0, dist.group.WORLD)
-
-    def _forward(self, key: str) -> None:
-        at = self.order.index(key)
-        for k in self.order[at:at + 2]:
-            if k not in self.gathered:
-                flat = self._gather(k)
-                self.gathered[k] = storage(flat)
-                sizes = [p.numel() for p, _ in self.groups[k]]
-                pieces = (flat[:sum(sizes)] if flat.numel() > sum(sizes) else flat).split(sizes)
-                for (p, holders), piece in zip(self.groups[k], pieces):
-                    for m, attr in holders:
-                        m.__dict__[attr] = piece.view(p.shape)
-
-    def _pack(self, t: torch.Tensor):
-        key = next((k for k, s in self.gathered.items() if not k.startswith(":")   # not root
-                    and s == storage(t)), None)
-        return t if key is None else (key, t.shape, t.stride(), t.storage_offset())
-
-    def _unpack(self, saved):
-        if isinstance(saved, torch.Tensor):
-            return saved
-        key, shape, stride, offset = saved
-        at = self.order.index(key)
-        for k in (key, *[k for k in self.order[max(at - 1, 0):at] if not k.startswith(":")]):
-            if k not in self.regathered:
-                with torch.no_grad():
-                    self.regathered[k] = self._gather(k)
-        return self.regathered[key].as_strided(shape, stride, offset)
-
-
-def _data_parallel_group(model: torch.nn.Module, dp: int):
-    """The group DDP averages gradients over: the default one, or for a model with DTensor
-    weights the "dp" dimension of the (dp, tp) mesh they lie on, which must have `dp` ranks."""
-    meshes = {p.device_mesh._get_root_mesh() for p in model.parameters()
-              if hasattr(p, "device_mesh")}
-    if not meshes:
-        return dist.group.WORLD
-    mesh = meshes.pop()
-    if meshes or "dp" not in (mesh.mesh_dim_names or ()) or mesh["dp"].size() != dp:
-        raise ValueError(f"dp={dp} with a tensor-parallel model needs its weights on one device "
-                         f"mesh with a 'dp' dimension of {dp} ranks (give tp= and dp= to analyze)")
-    return mesh.get_group("dp")
-
-
 def _fake_mode(model: torch.nn.Module):
     """The fake mode a tensor-parallel copy's shards were made in."""
     from torch._guards import detect_fake_mode
     return detect_fake_mode(list(local_shards(dict(model.named_parameters()))[0].values()))
-
-
-def _units(model: torch.nn.Module) -> list[str]:
-    """The blocks FSDP shards and checkpointing wraps one by one: the layers of the outermost
-    ModuleLists (a transformer's), else the model's top-level children."""
-    units: list[str] = []
-    for name, m in model.named_modules():
-        if isinstance(m, torch.nn.ModuleList) and not any(name.startswith(u + ".") for u in units):
-            units += [f"{name}.{i}" for i in range(len(m))]
-    return units or [name for name, _ in model.named_children()]
 
 
 def _checkpointed(block: torch.nn.Module, spans: list) -> None:
