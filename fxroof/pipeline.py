@@ -93,8 +93,10 @@ class Target:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; expected one of "
                              f"{', '.join(OPTIMIZERS)}")
-        if self.train and self.quantize is not None:
-            raise ValueError("quantization what-ifs model inference; train=True takes none")
+        if self.train and self.quantize and (self.quantize.weights or self.quantize.kv_cache):
+            raise ValueError("weight-only and KV-cache what-ifs model inference storage; a "
+                             "training step updates its weights in full precision: fp8 or w8a8 "
+                             "(8-bit matmuls) apply to it")
         if isinstance(self.dp, bool) or not isinstance(self.dp, int) or self.dp < 1:
             raise ValueError(f"dp must be a whole number >= 1, got {self.dp!r}")
         if self.dp > 1 and not self.train:
@@ -208,7 +210,7 @@ def report_of(captured: Captured, target: Target) -> Report:
                              f"(batch=0?): there is no work to analyze")
     _check_matmul_dtypes(captured.gm)
     gm = annotate(captured.gm)
-    whatif = quantize_graph(gm, captured.weights, target.quantize)
+    whatif = quantize_graph(gm, captured.weights, target.quantize, stored=not target.train)
     nodes = node_rows(gm)
     if not nodes:      # every regime share would be 0 of 0: nothing honest to say
         raise ValueError(f"{captured.name} runs no ops on these inputs: nothing to analyze")
@@ -292,6 +294,10 @@ def _whatif_notes(gm, requantized: frozenset, target: Target) -> tuple:
     notes = [f"{fusable} fusable ops read quantized tensors: in compiled mode their fused kernels "
              f"count those reads at the unquantized size"] if fusable else []
     dtype = target.quantize.matmul if target.quantize else ""
+    if dtype and target.train:
+        notes.append(f"{dtype} training: every matmul of the forward and the backward runs on "
+                     f"{dtype} operands; the weights stay in full precision, and the casts and "
+                     f"scales of each operand are not counted")
     if dtype and target.chip.matrix_dtype(dtype) != dtype:    # the bytes shrink all the same
         notes.append(f"{target.chip.name} has no {dtype} matrix units: {dtype} matmuls run at its "
                      f"{target.chip.matrix_dtype(dtype)} peak")

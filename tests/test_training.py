@@ -258,7 +258,7 @@ def test_loss_choices_and_misuse():
         fxroof.analyze(mlp(), (torch.randn(3, 8),), loss_fn=lambda out: out.sum())
     with pytest.raises(ValueError, match="unknown optimizer"):
         fxroof.analyze(mlp(), (torch.randn(3, 8),), train=True, optimizer="lion")
-    with pytest.raises(ValueError, match="inference"):
+    with pytest.raises(ValueError, match="weight-only and KV-cache what-ifs model inference"):
         fxroof.analyze(mlp(), (torch.randn(3, 8),), train=True, quantize="w4")
     frozen = mlp().requires_grad_(False)
     with pytest.raises(ValueError, match="nothing to train"):
@@ -584,6 +584,27 @@ def test_cli_train(tmp_path, capsys):
     assert [n["op"] for n in d["nodes"] if n.get("recomputed")] == ["relu"]
     assert main(["analyze", str(spec), "--optimizer", "sgd"]) == 2
     assert "--train" in capsys.readouterr().err
+
+
+def test_fp8_training_runs_every_matmul_on_8_bit_operands():
+    with torch.device("meta"):
+        model = torch.nn.Linear(256, 128, bias=False).to(torch.bfloat16)
+    x = torch.empty(64, 256, dtype=torch.bfloat16, device="meta")
+    plain = fxroof.analyze(model, (x,), train=True, chip="h100-sxm")
+    r = fxroof.analyze(model, (x,), train=True, chip="h100-sxm", quantize="fp8")
+    mms = [(n.phase, n.dtype, n.bytes_read, n.bytes_written) for n in r.nodes
+           if n.category == "matmul"]
+    # forward x(64x256) @ w.T(256x128); backward only the weight's gradient (x needs none):
+    # g.T(128x64) @ x(64x256). Operands a byte each, outputs as they were (bf16)
+    assert mms == [("forward", "fp8", 64 * 256 + 256 * 128, 64 * 128 * 2),
+                   ("backward", "fp8", 128 * 64 + 64 * 256, 128 * 256 * 2)]
+    assert matrix_flops(r) == matrix_flops(plain)
+    # the weights stay bf16 (and AdamW's fp32 master and moments): no storage saved
+    assert r.memory == plain.memory and any("fp8 training" in note for note in r.notes)
+    # at the fp8 peak: an H100's dense fp8 figure is twice its bf16 one
+    fp8, bf16 = ([k.timing.compute_s for k in rep.kernels if k.category == "matmul"]
+                 for rep in (r, plain))
+    assert fp8 == pytest.approx([t / 2 for t in bf16], rel=1e-3)
 
 
 def four_weights():

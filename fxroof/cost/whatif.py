@@ -114,8 +114,8 @@ class WhatIf:
     def memory(self, fp: Footprint) -> Footprint:
         if self.quantization is None:
             return fp
-        return Footprint(fp.weights - self.weight_saved, fp.kv_cache - self.kv_saved, fp.inputs,
-                         fp.activations)
+        return dataclasses.replace(fp, weights=fp.weights - self.weight_saved,
+                                   kv_cache=fp.kv_cache - self.kv_saved)
 
 
 def _row(t: torch.Tensor) -> int:
@@ -124,8 +124,10 @@ def _row(t: torch.Tensor) -> int:
     return int(t.shape[-1]) if t.dim() else 1
 
 
-def quantize_graph(gm: fx.GraphModule, weights: frozenset, spec) -> WhatIf:
-    """Rewrite the annotated graph's Cost records for the what-if `spec`; None changes nothing."""
+def quantize_graph(gm: fx.GraphModule, weights: frozenset, spec, stored: bool = True) -> WhatIf:
+    """Rewrite the annotated graph's Cost records for the what-if `spec`; None changes nothing.
+    stored=False: 8-bit matmuls read their operands in 8 bits but the weights are kept in full
+    precision (a training step, whose optimizer updates them)."""
     q = parse(spec)
     if q is None:
         return WhatIf()
@@ -141,7 +143,7 @@ def quantize_graph(gm: fx.GraphModule, weights: frozenset, spec) -> WhatIf:
     for n in calls:
         for s in map(storage, OpCall.of(n).inputs):   # owner has every input's, the cache's too
             if (s in owner and owner[s].name in weights and n.meta[COST_KEY].category == "matmul"
-                    and (q.weights or q.matmul)):
+                    and (q.weights or q.matmul and stored)):
                 quantized[s] = ("weight", _row(owner[s].meta["val"]))
             elif q.kv_cache and s in cache:
                 quantized[s] = ("kv", 0)
