@@ -107,8 +107,6 @@ class Target:
                              "train=True")
         if self.fsdp and self.dp == 1:
             raise ValueError("fsdp=True shards a training step over its dp ranks: give dp > 1")
-        if self.fsdp and self.recompute:
-            raise ValueError("recompute=True with fsdp=True is not modelled yet: give one")
         if self.quantize is not None and self.matmul_epilogues:
             raise ValueError("quantization what-ifs need matmul_epilogues=False: a matmul fused "
                              "with its epilogues counts its bytes from tensor sizes, not its Cost")

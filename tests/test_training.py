@@ -562,8 +562,18 @@ def test_recompute_trades_flops_for_memory_by_hand():
     assert f"recomputation saves {si(15 * a, 'B')}" in " ".join(ckpt.notes)
     with pytest.raises(ValueError, match="train=True"):
         fxroof.analyze(model, (x,), recompute=True)
-    with pytest.raises(ValueError, match="not modelled"):
-        fxroof.analyze(model, (x,), train=True, dp=2, fsdp=True, recompute=True)
+    # under FSDP the same recomputation, on each block's weights gathered again for its
+    # backward: its fc1 (the recomputed matmul) waits for a gather of the backward phase
+    sharded = fxroof.analyze(model, (x,), train=True, optimizer="sgd", recompute=True, dp=2,
+                             fsdp=True, mode="eager")
+    assert sharded.recompute_flops == ckpt.recompute_flops
+    gathers = {k.nodes[0]: k.phase for k in sharded.kernels if k.op == "all_gather_into_tensor"}
+    recomputed = {n.name for n in sharded.nodes if n.recomputed}
+    again = [k for k in sharded.kernels if k.category == "matmul" and recomputed & set(k.nodes)]
+    assert len(again) == n and all(
+        [gathers[w] for w in k.waits] == ["backward"] for k in again)
+    # four gathers a phase: every block resharded after its forward
+    assert sorted(gathers.values()) == ["backward"] * n + ["forward"] * n
 
 
 def test_cli_train(tmp_path, capsys):

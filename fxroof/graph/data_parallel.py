@@ -25,6 +25,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from fxroof.graph.capture import tensor_leaves
 from fxroof.graph.tensors import storage
 
 DDP_BUCKET_BYTES = 25 << 20     # DistributedDataParallel's default bucket_cap_mb (25)
@@ -257,6 +258,7 @@ class Sharded:
         for key in self.order:
             unit = model.get_submodule(key.rsplit(":", 1)[0])
             unit.register_forward_pre_hook(lambda _, args, key=key: self._forward(key, args))
+            unit.register_forward_hook(lambda _, __, out, key=key: self._after_forward(key, out))
 
     def shards(self) -> dict:
         """{unit:dtype: this rank's flat shard}, to make in the fake mode."""
@@ -285,16 +287,40 @@ class Sharded:
             if k not in self.gathered:
                 flat = self._gather(k)
                 self.gathered[k] = storage(flat)
-                sizes = [p.numel() for _, p, _ in self.groups[k]]
-                pieces = (flat[:sum(sizes)] if flat.numel() > sum(sizes) else flat).split(sizes)
-                for (name, p, holders), piece in zip(self.groups[k], pieces):
-                    whole = self.wrap({name: piece.view(p.shape)})[name]
-                    for m, attr in holders:
-                        m.__dict__[attr] = whole
+                self._bind(k, flat)
         dtype = self.layout.param_dtype
         return args if dtype is None else tuple(
             a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
             for a in args)
+
+    def _after_forward(self, key: str, out) -> None:
+        """FSDP2's pre-backward hook, on the unit's output: once its gradient arrives, the unit
+        is gathered again and its modules bound to that, for its backward and for a
+        checkpointed forward run again there (which calls no forward hook)."""
+        if key in self.again:
+            t = next((t for t in tensor_leaves(out) if t.requires_grad), None)
+            if t is not None:
+                t.register_hook(lambda _: self._bind(key, self._regather(key)))
+
+    def _regather(self, key: str) -> torch.Tensor:
+        """The unit gathered again for the backward (the one before it prefetched), with grad:
+        reentrant checkpointing takes the weights' gradients from its run again, other
+        backwards only values from it."""
+        at = self.order.index(key)
+        for k in (key, *[k for k in self.order[max(at - 1, 0):at] if k in self.again]):
+            if k not in self.regathered:
+                with torch.enable_grad():
+                    self.regathered[k] = self._gather(k)
+        return self.regathered[key]
+
+    def _bind(self, key: str, flat: torch.Tensor) -> None:
+        """The unit's modules take views of the gathered flat tensor as their parameters."""
+        sizes = [p.numel() for _, p, _ in self.groups[key]]
+        pieces = (flat[:sum(sizes)] if flat.numel() > sum(sizes) else flat).split(sizes)
+        for (name, p, holders), piece in zip(self.groups[key], pieces):
+            whole = self.wrap({name: piece.view(p.shape)})[name]
+            for m, attr in holders:
+                m.__dict__[attr] = whole
 
     def _pack(self, t: torch.Tensor):
         local = getattr(t, "_local_tensor", t)      # a DTensor weight: where its shard lies
@@ -309,11 +335,6 @@ class Sharded:
         if isinstance(saved, torch.Tensor):
             return saved
         key, shape, stride, offset, spec = saved
-        at = self.order.index(key)
-        for k in (key, *[k for k in self.order[max(at - 1, 0):at] if k in self.again]):
-            if k not in self.regathered:
-                with torch.no_grad():
-                    self.regathered[k] = self._gather(k)
-        local = self.regathered[key].as_strided(shape, stride, offset)
+        local = self._regather(key).as_strided(shape, stride, offset)
         return local if spec is None else spec[0].from_local(
             local, *spec[1:3], run_check=False, shape=spec[3], stride=spec[4])
