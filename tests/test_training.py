@@ -708,6 +708,16 @@ def test_fully_shard_per_layer_is_what_fsdp_true_models():
         assert comm(r) == comm(plain) and r.memory == plain.memory
 
 
+def test_fully_shard_of_tensor_parallel_weights_points_to_tp_and_fsdp():
+    from torch.distributed.fsdp import fully_shard
+    with tensor_parallel(two_blocks(), 2, (torch.randn(3, 8),), dp=2) as (local, args, _):
+        mesh = next(local.parameters()).device_mesh._get_root_mesh()
+        fully_shard(local, mesh=mesh["dp"])
+        with pytest.raises(ValueError, match="'0.0.weight' lies on a 2-D mesh.*tp=, dp= and "
+                                             "fsdp=True"):
+            fxroof.analyze(local, args, train=True)
+
+
 def test_fully_shard_without_the_root_is_refused():
     from torch.distributed.fsdp import fully_shard
     with fake_process_group(2):

@@ -146,6 +146,12 @@ def _fsdp_layout(model: torch.nn.Module, states: list) -> Layout:
     if len(meshes) > 1 or len(policies) > 1:
         raise ValueError("fully_shard units over meshes of different sizes or with different "
                          "mixed-precision policies are not modelled yet")
+    split = next((k for k, p in model.named_parameters()
+                  if getattr(getattr(p, "device_mesh", None), "ndim", 1) > 1), None)
+    if split:       # sharded over dp and split over tp: a plain copy would lose the split
+        raise ValueError(f"fully_shard over tensor-parallel weights ({split!r} lies on a 2-D "
+                         f"mesh) is not read from the wrapper yet: analyze the plain model "
+                         f"with tp=, dp= and fsdp=True")
     sharded = {p for _, params, _ in units for p in params}
     loose = [k for k, p in model.named_parameters() if p.requires_grad and k not in sharded]
     if loose:
