@@ -725,3 +725,28 @@ def test_fully_shard_without_the_root_is_refused():
         fully_shard(model[0])
         with pytest.raises(ValueError, match=r"parameter '1.weight' is in no fully_shard unit"):
             fxroof.analyze(model, (torch.empty(4, 512, device="meta"),), train=True)
+
+
+def test_compiled_adamw_update_is_one_kernel_a_parameter_as_inductor_makes_it():
+    from fxroof.graph.training import _update
+    from fxroof.measure.inductor import inductor_kernels
+
+    class Update(torch.nn.Module):
+        def forward(self, p, g, m, v):
+            _update("adamw", p, g, m, v)
+            return p
+    n = 4096
+    (kernel,) = inductor_kernels(Update(), [torch.randn(n) for _ in range(4)])
+    inputs = {k: v for k, v in kernel.reads if k.startswith("arg")}
+    # Inductor: one kernel reading the parameter, its gradient and both moments, writing back
+    # the parameter and the moments: 16 + 12 bytes a fp32 parameter (its scheduler also counts
+    # a re-read of a buffer the kernel updates in place, which it holds in registers)
+    assert sorted(inputs.values()) == [4 * n] * 4 and kernel.bytes_written == 3 * 4 * n
+    # fxroof's compiled step: each weight's eight update ops one kernel, the same 28 bytes
+    r = fxroof.analyze(mlp(), (torch.randn(3, 8),), train=True)
+    updates = [k for k in r.compiled.kernels if k.phase == "optimizer"]
+    assert [(len(k.nodes), k.bytes_read, k.bytes_written) for k in updates] == [
+        (8, 16 * 128, 12 * 128), (8, 16 * 64, 12 * 64)]     # the 8x16 and 16x4 weights
+    # (each bias's update fuses into the backward's sum that makes its gradient)
+    assert sum(len(k.nodes) for k in r.eager.kernels if k.phase == "optimizer") == 32
+

@@ -15,7 +15,7 @@ import torch.fx as fx
 
 from fxroof.cost.formulas import OpCall
 from fxroof.cost.record import COST_KEY, FREE_CATEGORIES, Cost
-from fxroof.fuse.policy import INLINE_GATHERS, classify
+from fxroof.fuse.policy import INLINE_GATHERS, SCATTERS, classify
 from fxroof.graph.nodes import module_path, mutates, written_args
 from fxroof.graph.tensors import footprint, numel, tensors_in
 
@@ -107,7 +107,7 @@ def graph_facts(gm: fx.GraphModule, inline_gathers: bool = False) -> Facts:
                 continue
             reads = [(_latest(k, renamed), t) for arg in node.all_input_nodes
                      for k, t in roots.get(arg, ())]
-            written = _written_intermediate(node, roots, renamed, producer, base)
+            written = _written_intermediate(node, roots, renamed, producer, base, cost)
             op = _op(len(ops), node, cost, functional=written is not None,
                      inline_gathers=inline_gathers)
             roots[node] = _own(node, base)
@@ -129,6 +129,9 @@ def graph_facts(gm: fx.GraphModule, inline_gathers: bool = False) -> Facts:
 
     returned = {_latest(k, renamed) for n in gm.graph.nodes if n.op == "output"
                 for arg in n.all_input_nodes for k, _ in roots.get(arg, ())}
+    # inputs written in place (whole): their last values go back to the inputs' memory
+    returned |= {_latest(k, renamed) for n in gm.graph.nodes if n.op in ("placeholder", "get_attr")
+                 for k, _ in roots.get(n, ()) if k in renamed}
     deps = nx.DiGraph()
     deps.add_nodes_from(range(len(ops)))
     readers: dict = {}
@@ -181,16 +184,20 @@ def _latest(key: Key, renamed: dict) -> Key:
 
 
 def _written_intermediate(node: fx.Node, roots: dict, renamed: dict, producer: dict,
-                          base: dict) -> Key | None:
-    """The tensor an in-place op writes over, whole and as it lies, if an op made it; else None
-    (a graph input or state is written in place by a compiler too, and a write into a view is a
-    scatter into its base)."""
+                          base: dict, cost: Cost) -> Key | None:
+    """The tensor an in-place op writes over, whole and as it lies, if an op made it, or if it
+    is a graph input that a pointwise op writes (an optimizer's parameters and state: its last
+    value is written back, graph_facts counts it returned); else None (a write into a view is a
+    scatter into its base, and a scatter into an input writes only its rows)."""
     found = roots.get(node.args[0], ()) if written_args(node) == list(node.args[:1]) else ()
     if len(found) != 1 or not isinstance(node.meta.get("val"), torch.Tensor):
         return None
     key = _latest(found[0][0], renamed)
-    whole = key in producer and _signature(found[0][1]) == _signature(base[key])
-    return key if whole else None
+    name = node.target.overloadpacket.__name__.removesuffix("_")
+    if key not in producer and (cost.category not in ("pointwise", "copy")
+                                or getattr(torch.ops.aten, name, None) in SCATTERS):
+        return None
+    return key if _signature(found[0][1]) == _signature(base[key]) else None
 
 
 def _op(index: int, node: fx.Node, cost: Cost, *, functional: bool,

@@ -35,6 +35,7 @@ class InductorKernel:
     extern: bool           # a library (extern) kernel: mm, addmm, convolution, sdpa...
     kind: str              # the scheduler node's class
     target: str = ""       # the library kernel called, for extern kernels
+    reads: tuple = ()      # (buffer, bytes) per buffer read, Inductor's names (arg<i>_1: inputs)
 
     @property
     def bytes(self) -> int:
@@ -145,7 +146,8 @@ def _kernel(node) -> InductorKernel | None:
         inner, "python_kernel_name", "") or type(inner).__name__)
     return InductorKernel(node.get_name(), tuple(s.get_name() for s in node.get_nodes()),
                           tuple(origins), int(sum(reads.values())), int(sum(writes.values())),
-                          bool(node.is_extern()), type(node).__name__, target)
+                          bool(node.is_extern()), type(node).__name__, target,
+                          tuple(sorted(reads.items())))
 
 
 def _accesses(node, *, reads: bool) -> dict:
