@@ -12,14 +12,25 @@ when absent; their README says how each was measured):
         LayerNorm/GroupNorm in fp32 (AMP's casts around them included), batch and size as
         published. Every published size of each model in the subset is a case.
     Vidur A100 linear, other ops; Vidur H100 linear, other ops
-        one transformer layer's non-attention ops, fp16, timed as the sum of their CUDA kernels
-        (launch gaps excluded): predicted as the sum of the kernels' times on the chip, host
-        dispatch left out. Linear layers, the residual add and the embedding gather run as
-        one op each (eager); SiLU-and-multiply, RMSNorm and rotary run in vLLM as one fused
-        kernel each, so fxroof's compiled mode (one fused kernel) builds them. Sampled: each
-        (model, tensor-parallel degree) at num_tokens 1, 16, 128, 512, 2048 and 8192; rows
-        measured more than once give their median. The four linear layers (cuBLAS GEMMs) are
-        one source, the other six ops (vLLM's own kernels, PyTorch's add and gather) another.
+        one transformer layer's non-attention ops, fp16, as Vidur's profiler runs them
+        (vidur/profiling/mlp/mlp_impl.py, over sarathi-serve's layers), each timed as the sum of
+        the CUDA kernels in its range (launch gaps excluded): predicted as the sum of the
+        kernels' times on the chip, host dispatch left out. The linear layers (cuBLAS GEMMs),
+        the residual add, the embedding gather and phi-2's LayerNorm and GELU are PyTorch ops,
+        built eager, one kernel each; phi-2 has no post-attention norm and its add sums three
+        tensors (two kernels). SiLU-and-multiply, RMSNorm and rotary are sarathi-serve's own
+        CUDA kernels, one each, so fxroof's compiled mode (one fused kernel of the same bytes)
+        builds them. Sampled: each (model, tensor-parallel degree) at num_tokens 1, 16, 128,
+        512, 2048 and 8192; rows measured more than once give their median. The four linear
+        layers are one source, the other ops another.
+        Kernels fxroof does not model, named in the worst-case column: sarathi-serve's three
+        (csrc/activation_kernels.cu, layernorm_kernels.cu, pos_encoding_kernels.cu) launch one
+        thread block per token (up to 1,024 threads; 512 for rotary) whose threads walk the row
+        one 2-byte element per iteration, so at a few tokens a few SMs run a loop of dependent
+        loads; the embedding runs PyTorch's index_select (aten/src/ATen/native/cuda/Indexing.cu,
+        indexSelectLargeIndex: at most 8 blocks of 128 threads per SM, one element per thread
+        per iteration, with index arithmetic). fxroof prices a kernel's bytes spread over the
+        whole chip at the copy bandwidth.
     Vidur all-reduce
         fxroof's ring all-reduce formula (cost/formulas/collective.py) at the published size and
         group, fp16, on the chip's links. Only groups whose links the chip's one link figure
@@ -42,7 +53,7 @@ predicted/measured, for the floor and for the expected time, and the worst expec
 what its time is made of. Error = (predicted - measured) / measured. About a minute.
 
     .venv/bin/python bench/bench_gpu_published.py              # every source
-    .venv/bin/python bench/bench_gpu_published.py --only vidur # sources whose name holds 'vidur'
+    .venv/bin/python bench/bench_gpu_published.py --only Vidur # sources whose name holds 'Vidur'
     .venv/bin/python bench/bench_gpu_published.py --cases      # every case, one line each
 """
 from __future__ import annotations
@@ -90,6 +101,10 @@ VIDUR_CHIPS = {"a100": "a100-80gb", "h100": "h100-sxm"}
 VIDUR_TOKENS = (1, 16, 128, 512, 2048, 8192)
 VIDUR_OPS = ("emb", "input_layernorm", "attn_pre_proj", "attn_rope", "attn_post_proj",
              "post_attention_layernorm", "mlp_up_proj", "mlp_act", "mlp_down_proj", "add")
+# What ran where fxroof does not model the kernel (the docstring says how each runs): the ops
+# built compiled are sarathi-serve's kernels; the embedding is PyTorch's index_select.
+SARATHI_KERNEL = "not modelled: sarathi-serve's kernel, 1 block per token"
+GATHER_KERNEL = "not modelled: PyTorch's index_select, 1 element per thread"
 NVLINK_BRIDGE = 300e9     # bytes/s each way: NVLink bridge pairs, 600 GB/s both ways
 SIZES_PER_GROUP = 12
 
@@ -195,7 +210,7 @@ def rotate_half(x):
 
 
 def rope(q, k, cos, sin):
-    # cos/sin: (T, 1, d), gathered from the cache by position, as vLLM's kernel does
+    # cos/sin: (T, 1, d), gathered from the cache by position, as sarathi-serve's kernel does
     return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
 
 
@@ -221,12 +236,11 @@ def vidur_op(op: str, cfg: dict, t: int):
         if cfg["gated"]:
             return (FunctionModule(lambda x: F.silu(x[:, :n]) * x[:, n:]),
                     (torch.empty(t, 2 * n, **half),), "compiled")
-        return (FunctionModule(lambda x: F.gelu(x, approximate="tanh")),
-                (torch.empty(t, n, **half),), "compiled")
+        return FunctionModule(F.gelu), (torch.empty(t, n, **half),), "eager"  # nn.GELU()
     if op in ("input_layernorm", "post_attention_layernorm"):
         x, w = torch.empty(t, h, **half), torch.empty(h, **half)
-        if cfg["layer_norm"]:
-            return FunctionModule(lambda x, w: F.layer_norm(x, (h,), w, w)), (x, w), "compiled"
+        if cfg["layer_norm"]:       # nn.LayerNorm: PyTorch's kernel
+            return FunctionModule(lambda x, w: F.layer_norm(x, (h,), w, w)), (x, w), "eager"
         return FunctionModule(rms_norm), (x, w), "compiled"
     if op == "attn_rope":
         return (FunctionModule(rope), (torch.empty(t, nh // tp, d, **half),
@@ -234,7 +248,10 @@ def vidur_op(op: str, cfg: dict, t: int):
                                        torch.empty(t, 1, d, **half), torch.empty(t, 1, d, **half)),
                 "compiled")
     if op == "add":
-        return FunctionModule(torch.add), (torch.empty(t, h, **half),) * 2, "eager"
+        if cfg["post_attn_norm"]:
+            return FunctionModule(torch.add), (torch.empty(t, h, **half),) * 2, "eager"
+        # without a post-attention norm: attention out + MLP out + residual, two adds
+        return FunctionModule(lambda a, b, c: a + b + c), (torch.empty(t, h, **half),) * 3, "eager"
     if op == "emb":
         with torch.device("meta"):
             table = nn.Embedding(cfg["vocab"] // tp, h).half()
@@ -249,7 +266,7 @@ def device_times(report) -> tuple[float, float]:
 
 
 def vidur_source(gpu: str, op: str) -> str:
-    """Library GEMMs apart from vLLM's own small kernels: they miss for different reasons."""
+    """Library GEMMs apart from the other ops: they miss for different reasons."""
     return f"Vidur {gpu.upper()} " + ("linear" if op.endswith("proj") else "other ops")
 
 
@@ -269,7 +286,9 @@ def vidur_cases(only: str) -> list[Case]:
         cfg = {"h": int(r0["n_embd"]), "n_head": int(r0["n_head"]), "tp": tp,
                "n_kv_head": int(r0["n_kv_head"]), "ff": int(r0["n_expanded_embd"]),
                "vocab": int(r0["vocab_size"]), "gated": r0["use_gated_mlp"] == "True",
-               "layer_norm": "phi" in model}
+               "layer_norm": "phi" in model,
+               # a model without one has no profiled post-attention norm
+               "post_attn_norm": any(r["post_attention_layernorm_ms"] for r in rows)}
         for op in (op for op in VIDUR_OPS if only in vidur_source(gpu, op)):
             values = [float(r[f"{op}_ms"]) for r in rows if r[f"{op}_ms"]]
             if not values:      # not profiled for this model (e.g. no rotary)
@@ -282,9 +301,11 @@ def vidur_cases(only: str) -> list[Case]:
                 captured[key] = capture(module, inputs)
             report = report_of(captured[key], Target(chip=VIDUR_CHIPS[gpu], mode=mode))
             floor, exp = device_times(report)
+            why = made_of(report.kernels, device_only=True)
+            unmodelled = SARATHI_KERNEL if mode == "compiled" else GATHER_KERNEL if op == "emb" \
+                else ""
             cases.append(Case(vidur_source(gpu, op), f"{model.split('/')[-1]} tp{tp} T={t} {op}",
-                              measured,
-                              floor, exp, made_of(report.kernels, device_only=True)))
+                              measured, floor, exp, f"{why}; {unmodelled}" if unmodelled else why))
     return cases
 
 

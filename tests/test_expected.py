@@ -143,6 +143,25 @@ def test_a_big_bf16_matmul_on_h100_by_hand():
     assert kd["regime"] == kd["floor"]["regime"] == "compute"
 
 
+def test_a_small_fp16_gemm_on_a100_streams_from_every_sm_by_hand():
+    # Llama-2-7B's QKV projection at tp8 on 128 tokens: (128 x 4096) @ (4096 x 1536), fp16
+    with torch.device("meta"):
+        qkv = torch.nn.Linear(4096, 1536, bias=False).half()
+    r = fxroof.analyze(qkv, (meta(128, 4096, dtype=torch.float16),), chip="a100-80gb")
+    (k,) = r.kernels
+    c = 2 * 128 * 1536 * 4096 / 312e12                                # 5.162 us
+    m = 2 * (128 * 4096 + 4096 * 1536 + 128 * 1536) / 2039e9          # 14.0 MB: 6.878 us
+    assert k.floor_s == pytest.approx(m)
+    # 64x64 tiles: 2 x 24 = 48 tiles x 64 k-blocks = 3,072 units, 29 waves of 108 SMs: every
+    # SM holds units, so the weights stream from all of them
+    q = 29 * 108 / 3072                                               # 1.0195
+    assert tile_factor((1, 128, 1536, 4096), 108, "matmul") == pytest.approx(q)
+    # memory at 0.834 of the bandwidth, compute at 0.869 overlapped at 0.95, the 1 us floor:
+    # 8.247 + 0.05 x 6.056 + 1 = 9.55 us on the chip
+    c_e, m_e = c * q / 0.869, m / 0.834
+    assert k.expected.device_s == pytest.approx(m_e + 0.05 * c_e + 1e-6)
+
+
 def test_cpu_chips_keep_expected_equal_to_the_floor():
     mlp = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.GELU(), torch.nn.Linear(256, 64))
     for mode in ("eager", "compiled"):
