@@ -137,7 +137,8 @@ else:
 start = time.perf_counter()
 r = fxroof.analyze(m, (ids,), {{"labels": ids}}, train=True, chip="h100-sxm", **fields)
 print(json.dumps(dict(s=time.perf_counter() - start, ops=len(r.nodes), kernels=len(r.kernels),
-                      step_s=r.time_s, mfu=r.mfu,
+                      step_s=r.time_s, mfu=r.mfu, comm_s=r.summary.schedule.comm_s,
+                      exposed_s=r.summary.schedule.exposed_s,
                       rss=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)))
 """
 
@@ -149,7 +150,8 @@ def cost_table() -> list:
         got = run_child(COST.format(root=str(ROOT), which=which))
         rows.append((label, f"{got['ops']:,}", f"{got['kernels']:,}", f"{got['s']:.1f}",
                      f"{got['rss'] / 1e6:,.0f}", f"{got['step_s'] * 1e3:,.0f}",
-                     f"{got['mfu']:.0%}"))
+                     f"{got['mfu']:.0%}", f"{got['comm_s'] * 1e3:,.0f}",
+                     f"{got['exposed_s'] * 1e3:,.0f}"))
     return rows
 
 
@@ -175,18 +177,18 @@ def anchor_table() -> list:
 def main() -> int:
     print("FLOPs of one training step (matrix, convolution, attention)")
     print(tabulate(flops_table(), headers=("model", "fxroof", "FlopCounterMode", "ratio"),
-                   colalign=("left", "right", "right", "right")))
+                   colalign=("left", "right", "right", "right"), disable_numparse=True))
     print("\nPeak memory of one real CPU step, bytes")
     print(tabulate(memory_table(), headers=("step", "fxroof", "MemTracker", "ratio"),
-                   colalign=("left", "right", "right", "right")))
+                   colalign=("left", "right", "right", "right"), disable_numparse=True))
     print("\nCost of the analysis (fresh process each, meta device, H100)")
     print(tabulate(cost_table(), headers=("step", "ops", "kernels", "seconds", "peak RSS MB",
-                                          "predicted ms", "MFU"),
-                   colalign=("left",) + ("right",) * 6))
+                                          "predicted ms", "MFU", "comm ms", "exposed ms"),
+                   colalign=("left",) + ("right",) * 8, disable_numparse=True))
     print("\nnanoGPT GPT-2 124M, 12 x 1024, bf16, AdamW, A100 40GB (predicted / measured)")
     print(tabulate(anchor_table(), headers=("attention", "mode", "fxroof ms", "measured ms",
                                             "ratio"),
-                   colalign=("left", "left", "right", "right", "right")))
+                   colalign=("left", "left", "right", "right", "right"), disable_numparse=True))
     return 0
 
 
