@@ -742,11 +742,15 @@ def test_compiled_adamw_update_is_one_kernel_a_parameter_as_inductor_makes_it():
     # the parameter and the moments: 16 + 12 bytes a fp32 parameter (its scheduler also counts
     # a re-read of a buffer the kernel updates in place, which it holds in registers)
     assert sorted(inputs.values()) == [4 * n] * 4 and kernel.bytes_written == 3 * 4 * n
-    # fxroof's compiled step: each weight's eight update ops one kernel, the same 28 bytes
+    # fxroof's compiled step: each parameter's eight update ops one kernel, the same 28 bytes
+    # (the optimizer compiles apart from the backward, so no update joins a gradient's kernel)
     r = fxroof.analyze(mlp(), (torch.randn(3, 8),), train=True)
     updates = [k for k in r.compiled.kernels if k.phase == "optimizer"]
+    sizes = (8 * 16, 16, 16 * 4, 4)     # weight and bias of each Linear
     assert [(len(k.nodes), k.bytes_read, k.bytes_written) for k in updates] == [
-        (8, 16 * 128, 12 * 128), (8, 16 * 64, 12 * 64)]     # the 8x16 and 16x4 weights
-    # (each bias's update fuses into the backward's sum that makes its gradient)
+        (8, 16 * n, 12 * n) for n in sizes]
     assert sum(len(k.nodes) for k in r.eager.kernels if k.phase == "optimizer") == 32
+    # and no compiled kernel holds ops of two phases
+    phase = {n.name: n.phase for n in r.nodes}
+    assert all(len({phase[n] for n in k.nodes if n in phase}) == 1 for k in r.compiled.kernels)
 

@@ -16,7 +16,7 @@ import torch.fx as fx
 from fxroof.cost.formulas import OpCall
 from fxroof.cost.record import COST_KEY, FREE_CATEGORIES, Cost
 from fxroof.fuse.policy import INLINE_GATHERS, SCATTERS, classify
-from fxroof.graph.nodes import module_path, mutates, written_args
+from fxroof.graph.nodes import PHASE_KEY, module_path, mutates, written_args
 from fxroof.graph.tensors import footprint, numel, tensors_in
 
 Key = tuple   # (root node name, output index or None): one tensor in memory
@@ -38,6 +38,7 @@ class Op:
     reads: list = field(default_factory=list)   # (key, tensor read) per input, views looked through
     outputs_returned: bool = False
     picked: int = 0            # an inlined gather: the bytes it reads of its source (first input)
+    program: str = ""          # the compiled program it runs in: a training step's phase
 
 
 @dataclass
@@ -207,7 +208,7 @@ def _op(index: int, node: fx.Node, cost: Cost, *, functional: bool,
                                   functional=functional, inline_gathers=inline_gathers)
     spaces = [numel(t) for t in OpCall.of(node).inputs] if kind == "reduction" else out_spaces
     return Op(index, node, cost, kind, rank, max(spaces, default=0), out_spaces,
-              module_path(node), reason)
+              module_path(node), reason, program=node.meta.get(PHASE_KEY, ""))
 
 
 def _signature(t: torch.Tensor) -> tuple:

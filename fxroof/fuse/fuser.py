@@ -112,6 +112,9 @@ class _Group:
     create: bool = False       # holds creation ops only
     cat: bool = False          # holds a cat whose result the C++ backend writes (see why_not)
     first: int = 0             # its first op's index
+    # the compiled program it runs in: torch.compile compiles a training step's forward, its
+    # backward (AOTAutograd's two graphs) and the optimizer apart, and no kernel spans two
+    program: str = ""
 
 
 class _Fuser:
@@ -131,7 +134,7 @@ class _Fuser:
         spaces = frozenset({op.space, *op.out_spaces}) if red else frozenset({op.space})
         cat = self.cpp and op.kind == "pointwise" and op.node.target is torch.ops.aten.cat.default
         return _Group([op.index], op.space, spaces, red=red, lib=lib,
-                      create=op.kind == "create", cat=cat, first=op.index)
+                      create=op.kind == "create", cat=cat, first=op.index, program=op.program)
 
     # -- the passes --
     def run(self) -> None:
@@ -190,6 +193,8 @@ class _Fuser:
             return f"feeds {consumer.node.name} ({consumer.solo_reason})"
         if gb.lib:
             return f"feeds {consumer.node.name} (a matmul with epilogues takes no prologue)"
+        if ga.program != gb.program and not ga.create:
+            return f"{ga.program} and {gb.program} compile apart"
         if ga.cat:    # Inductor's C++ backend lowers cat to a kernel per input, never inlined
             return f"cat result read by {consumer.node.name} (C++ backend)"
         if ga.lib:
@@ -205,6 +210,8 @@ class _Fuser:
         ga, gb = self.groups[a], self.groups[b]
         if ga.lib or gb.lib or not (self._fusable(a) and self._fusable(b)):
             return "library op"
+        if ga.program != gb.program:
+            return f"{ga.program} and {gb.program} compile apart"
         if ga.create or gb.create or not self._same_space(ga, gb):
             return "different iteration space"
         if self.cpp and (ga.cat or gb.cat or ga.space != gb.space):
@@ -291,6 +298,7 @@ class _Fuser:
         ga.spaces = ga.spaces or frozenset({space})
         ga.ops += gb.ops
         ga.space, ga.red, ga.lib = space, ga.red or gb.red, ga.lib or gb.lib
+        ga.program = gb.program if ga.create else ga.program    # a created value goes along
         ga.create, ga.first = ga.create and gb.create, min(ga.first, gb.first)
         ga.cat = ga.cat or gb.cat
         for i in gb.ops:

@@ -6,6 +6,10 @@ import re
 
 import torch.fx as fx
 
+# node.meta key: the phase of a training step a node runs in ("forward", "backward",
+# "optimizer"; fxroof.graph.training tags them); absent in an inference graph
+PHASE_KEY = "fxroof.phase"
+
 
 def module_path(node: fx.Node) -> str:
     """The path of the innermost module that made `node` ("" for the top level)."""

@@ -22,8 +22,8 @@ from torch.fx.experimental.proxy_tensor import get_proxy_mode, make_fx
 from fxroof.graph.capture import (Captured, CaptureError, FakeCopier, finish_graph,
                                   is_dtensor_model, local_shards, quiet_torch, tensor_leaves)
 from fxroof.graph.data_parallel import Buckets, Layout, Sharded, blocks, is_wrapped, plain_copy
+from fxroof.graph.nodes import PHASE_KEY
 
-PHASE_KEY = "fxroof.phase"
 RECOMPUTED_KEY = "fxroof.recomputed"   # a forward op the backward runs again (checkpointing)
 PHASES = ("forward", "backward", "optimizer")
 OPTIMIZERS = ("adamw", "sgd", "none")
