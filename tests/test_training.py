@@ -664,7 +664,7 @@ def test_pytorchs_own_fully_shard_gives_units_reshard_and_dtypes():
         fully_shard(model, mesh=mesh, mp_policy=mp)     # the root: weights 0 and 3
         hooks = [(len(m._forward_pre_hooks), len(m._forward_hooks)) for m in model.modules()]
         r = fxroof.analyze(model, (x,), train=True, mode="eager")
-        assert (r.dp, r.fsdp) == (4, True)
+        assert (r.dp, r.fsdp, r.model) == (4, True, "Sequential")     # the class FSDP wraps
         comm = [(k.op, k.phase, k.bytes_read, k.bytes_written) for k in r.kernels
                 if k.category == "collective"]
         gather, scatter = ("all_gather_into_tensor", "reduce_scatter_tensor")

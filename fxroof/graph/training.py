@@ -70,7 +70,7 @@ def capture_step(model, args=(), kwargs=None, *, optimizer: str = "adamw",
              for k, p in named.items()}
     params = {k: p for k, p in named.items() if p.requires_grad}
     if not params:
-        raise ValueError(f"{type(model).__name__} has no parameter that requires grad: "
+        raise ValueError(f"{type(copy).__name__} has no parameter that requires grad: "
                          f"nothing to train")
     frozen = {**{k: p for k, p in named.items() if k not in params}, **dict(copy.named_buffers())}
     sharded = Sharded(copy, params, layout, wrap) if fsdp else None
@@ -111,7 +111,7 @@ def capture_step(model, args=(), kwargs=None, *, optimizer: str = "adamw",
     except (ValueError, TypeError):     # the user's loss or inputs: already one clear line
         raise
     except Exception as e:
-        raise CaptureError(type(model).__name__, [("make_fx of a training step", e)]) from e
+        raise CaptureError(type(copy).__name__, [("make_fx of a training step", e)]) from e
     holders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     state_count = sum(len(s) for s in states)
     weights = frozenset(n.name for n in holders[:len(params) + len(frozen)])
@@ -121,7 +121,7 @@ def capture_step(model, args=(), kwargs=None, *, optimizer: str = "adamw",
         for node in nodes[start:end]:
             node.meta[RECOMPUTED_KEY] = True
     _backward_modules(gm)
-    return finish_graph(gm, "make_fx", weights, type(model).__name__)
+    return finish_graph(gm, "make_fx", weights, type(copy).__name__)
 
 
 def _fake_mode(model: torch.nn.Module):
