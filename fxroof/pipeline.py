@@ -214,7 +214,7 @@ def report_of(captured: Captured, target: Target) -> Report:
         raise ValueError(f"{captured.name} runs no ops on these inputs: nothing to analyze")
     compiled = fuse(gm, matmul_epilogues=target.matmul_epilogues,
                     backend="cpp" if chip.kind == "cpu" else "triton")   # Inductor's code generator
-    eager = unfused(gm)
+    eager = unfused(gm, foreach=chip.kind == "gpu")   # torch.optim's default on GPUs
     memory = whatif.memory(footprint(gm, captured.weights))
     # A cache holds the weights and KV cache between passes only if everything fits in it.
     streamed = (state_reads(gm, captured.weights)

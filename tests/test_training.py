@@ -754,3 +754,33 @@ def test_compiled_adamw_update_is_one_kernel_a_parameter_as_inductor_makes_it():
     phase = {n.name: n.phase for n in r.nodes}
     assert all(len({phase[n] for n in k.nodes if n in phase}) == 1 for k in r.compiled.kernels)
 
+
+
+def test_eager_adamw_on_a_gpu_runs_torchs_foreach_ops():
+    from torch.fx.experimental.proxy_tensor import make_fx
+    from torch.utils._foreach_utils import _get_foreach_kernels_supported_devices
+    # torch.optim takes its foreach path by default on CUDA tensors, not on CPU ones
+    assert "cuda" in _get_foreach_kernels_supported_devices()
+    assert "cpu" not in _get_foreach_kernels_supported_devices()
+    model = mlp()
+    params = list(copy.deepcopy(model).parameters())
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt = torch.optim.AdamW(params, foreach=True)
+    opt.step()      # its state made; the second step is the steady one
+    traced = make_fx(lambda: opt.step())()
+    ops = [n.target.overloadpacket.__name__.removeprefix("_foreach_") for n in traced.graph.nodes
+           if "_foreach_" in str(n.target)]
+    assert ops[0] == "add_"      # the step counters, tensors of one element: not modelled
+    r = fxroof.analyze(model, (torch.randn(3, 8),), train=True, chip="h100-sxm")
+    foreach = [k for k in r.eager.kernels if k.phase == "optimizer"]
+    # one eager kernel per foreach op of torch's own, in its order, each over the 4 parameters
+    # (torch's single-tensor update divides out of place where its foreach one divides in place)
+    assert [k.op.split(" ")[0].rstrip("_") for k in foreach] == [op.rstrip("_") for op in ops[1:]]
+    assert all(len(k.nodes) == 4 for k in foreach)
+    # the same bytes as the single-tensor path, which a CPU runs (AdamW's 80 bytes a parameter
+    # over its eight ops: 8+12+8+12+8+8+8+16)
+    cpu = fxroof.analyze(model, (torch.randn(3, 8),), train=True, chip="cpu")
+    single = [k for k in cpu.eager.kernels if k.phase == "optimizer"]
+    assert len(single) == 32 and sum(k.bytes for k in single) == sum(k.bytes for k in foreach) \
+        == 80 * 212

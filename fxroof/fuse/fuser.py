@@ -18,6 +18,7 @@ import torch.fx as fx
 from fxroof.cost.record import COST_KEY, FREE_CATEGORIES, KERNEL_KEY
 from fxroof.fuse.dataflow import Facts, Op, graph_facts
 from fxroof.fuse import cpp
+from fxroof.graph.nodes import FOREACH_KEY
 from fxroof.fuse.reach import SiblingReach
 
 __all__ = ["Kernel", "fuse", "unfused"]
@@ -42,13 +43,33 @@ class Kernel:
         return self.bytes_read + self.bytes_written
 
 
-def unfused(gm: fx.GraphModule) -> tuple[Kernel, ...]:
-    """Eager mode: one kernel per op that is not a view, FLOPs and bytes straight from its Cost.
-    Writes nothing into the graph (node.meta["fxroof.kernel"] is fuse()'s)."""
+def unfused(gm: fx.GraphModule, foreach: bool = False) -> tuple[Kernel, ...]:
+    """Eager mode: one kernel per op that is not a view, FLOPs and bytes straight from its Cost;
+    with `foreach`, a training step's optimizer runs each update op once over every parameter
+    of a dtype (torch.optim's foreach path, its default on GPUs). Writes nothing into the graph
+    (node.meta["fxroof.kernel"] is fuse()'s)."""
     ops, views = graph_facts(gm).ops, _views_before(gm)
-    return tuple(Kernel((op.node.name,), op.cost.category, op.cost.flops, op.cost.bytes_read,
-                        op.cost.bytes_written, op.cost.dtype, "eager: one kernel per op",
-                        op.module, op.cost.known, views.get(op.node.name, 0)) for op in ops)
+    kernels = [Kernel((op.node.name,), op.cost.category, op.cost.flops, op.cost.bytes_read,
+                      op.cost.bytes_written, op.cost.dtype, "eager: one kernel per op",
+                      op.module, op.cost.known, views.get(op.node.name, 0)) for op in ops]
+    if not foreach:
+        return tuple(kernels)
+    merged: list = []           # kernels, and lists of the kernels one foreach op runs
+    at: dict = {}               # FOREACH_KEY -> its list's place in `merged`
+    for kernel, op in zip(kernels, ops):
+        key = op.node.meta.get(FOREACH_KEY)
+        if key is None:
+            merged.append(kernel)
+        elif key in at:
+            merged[at[key]].append(kernel)
+        else:
+            at[key] = len(merged)
+            merged.append([kernel])
+    return tuple(k if isinstance(k, Kernel) else replace(
+        k[0], nodes=tuple(n for x in k for n in x.nodes), flops=sum(x.flops for x in k),
+        bytes_read=sum(x.bytes_read for x in k), bytes_written=sum(x.bytes_written for x in k),
+        known=all(x.known for x in k), views=sum(x.views for x in k),
+        reason=f"eager: one foreach op over {len(k)} tensors") for k in merged)
 
 
 # Graph nodes that stand for no call in the model's code: export's own checks and aliases.

@@ -9,6 +9,9 @@ import torch.fx as fx
 # node.meta key: the phase of a training step a node runs in ("forward", "backward",
 # "optimizer"; fxroof.graph.training tags them); absent in an inference graph
 PHASE_KEY = "fxroof.phase"
+# node.meta key: an optimizer op that torch.optim's foreach path (its default on GPUs) runs once
+# over every parameter of a dtype: (op, its occurrence in one parameter's update, dtype)
+FOREACH_KEY = "fxroof.foreach"
 
 
 def module_path(node: fx.Node) -> str:

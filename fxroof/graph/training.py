@@ -22,7 +22,7 @@ from torch.fx.experimental.proxy_tensor import get_proxy_mode, make_fx
 from fxroof.graph.capture import (Captured, CaptureError, FakeCopier, finish_graph,
                                   is_dtensor_model, local_shards, quiet_torch, tensor_leaves)
 from fxroof.graph.data_parallel import Buckets, Layout, Sharded, blocks, is_wrapped, plain_copy
-from fxroof.graph.nodes import PHASE_KEY
+from fxroof.graph.nodes import FOREACH_KEY, PHASE_KEY
 
 RECOMPUTED_KEY = "fxroof.recomputed"   # a forward op the backward runs again (checkpointing)
 PHASES = ("forward", "backward", "optimizer")
@@ -82,6 +82,7 @@ def capture_step(model, args=(), kwargs=None, *, optimizer: str = "adamw",
             params = sharded.shards()
         states = [_state(p, optimizer) for p in params.values()]
     marks = []      # node counts where the forward and the backward end
+    updates = []    # (first node, end, dtype) of each parameter's update
 
     def step(params, frozen, states, args, kwargs):
         with torch.enable_grad(), sharded.gathering(params) if sharded else nullcontext():
@@ -100,7 +101,9 @@ def capture_step(model, args=(), kwargs=None, *, optimizer: str = "adamw",
         with torch.no_grad():
             for p, g, state in zip(params.values(), grads, states):
                 if g is not None and optimizer != "none":
+                    start = len(get_proxy_mode().tracer.graph.nodes)
                     _update(optimizer, p, g, *state)
+                    updates.append((start, len(get_proxy_mode().tracer.graph.nodes), p.dtype))
         return loss, [g for g in grads if g is not None]
 
     step._orig_mod = copy     # make_fx records module paths relative to `_orig_mod`
@@ -117,6 +120,12 @@ def capture_step(model, args=(), kwargs=None, *, optimizer: str = "adamw",
     weights = frozenset(n.name for n in holders[:len(params) + len(frozen)])
     _tag_phases(gm, marks, holders[len(params) + len(frozen):][:state_count])
     nodes = list(gm.graph.nodes)
+    for start, end, dtype in updates:
+        seen: dict = {}
+        for node in nodes[start:end]:
+            if node.op == "call_function":
+                k = seen[node.target] = seen.get(node.target, -1) + 1
+                node.meta[FOREACH_KEY] = (str(node.target), k, str(dtype))
     for start, end in zip(recomputed[::2], recomputed[1::2]):
         for node in nodes[start:end]:
             node.meta[RECOMPUTED_KEY] = True
