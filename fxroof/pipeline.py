@@ -158,7 +158,7 @@ def analyze(model, example_inputs=(), example_kwargs=None, *, target: Target | N
         module, layout = (layout_of(model, target.dp, target.fsdp)
                           if isinstance(model, torch.nn.Module) else (model, None))
         if layout is not None:      # a wrapper's own degree and kind
-            target = dataclasses.replace(target, dp=layout.ranks, fsdp=layout.fsdp)
+            target = dataclasses.replace(target, dp=layout.world, fsdp=layout.fsdp)
 
         def step(recompute: bool):
             return capture_step(module, example_inputs, example_kwargs, layout=layout,
@@ -173,6 +173,11 @@ def analyze(model, example_inputs=(), example_kwargs=None, *, target: Target | N
                     f"recomputation saves {si(without - report.memory.total, 'B')} of the "
                     f"step's peak memory ({si(without, 'B')} without it) for "
                     f"{si(report.recompute_flops, 'FLOP')} more work",))
+            if layout is not None and layout.replicas > 1:
+                report = dataclasses.replace(report, notes=report.notes + (
+                    f"HSDP: parameters sharded over {layout.ranks} ranks and replicated "
+                    f"{layout.replicas} times; each shard's gradient all-reduced across the "
+                    f"replicas after its reduce-scatter",))
             return report
     return report_of(capture(model, example_inputs, example_kwargs, target.routing), target)
 

@@ -713,7 +713,7 @@ def test_fully_shard_of_tensor_parallel_weights_points_to_tp_and_fsdp():
     with tensor_parallel(two_blocks(), 2, (torch.randn(3, 8),), dp=2) as (local, args, _):
         mesh = next(local.parameters()).device_mesh._get_root_mesh()
         fully_shard(local, mesh=mesh["dp"])
-        with pytest.raises(ValueError, match="'0.0.weight' lies on a 2-D mesh.*tp=, dp= and "
+        with pytest.raises(ValueError, match="'0.0.weight' lies on a mesh of its own.*tp=, dp= and "
                                              "fsdp=True"):
             fxroof.analyze(local, args, train=True)
 
@@ -784,3 +784,29 @@ def test_eager_adamw_on_a_gpu_runs_torchs_foreach_ops():
     single = [k for k in cpu.eager.kernels if k.phase == "optimizer"]
     assert len(single) == 32 and sum(k.bytes for k in single) == sum(k.bytes for k in foreach) \
         == 80 * 212
+
+
+def test_hsdp_shards_within_a_replica_group_and_all_reduces_across():
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    x = torch.empty(4096, 512, device="meta")
+    n = 512 * 512
+    with fake_process_group(8):
+        model = four_weights()
+        # 2 replica groups of 4 ranks: each weight sharded over 4, each shard kept on 2 ranks
+        mesh = init_device_mesh("cpu", (2, 4), mesh_dim_names=("replicate", "shard"))
+        for layer in model:
+            fully_shard(layer, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        r = fxroof.analyze(model, (x,), train=True, mode="eager")
+    assert (r.dp, r.fsdp) == (8, True) and any("HSDP" in note for note in r.notes)
+    comm = [(n.op, n.bytes_read, n.comm_steps) for n in r.nodes if n.category == "collective"]
+    gathers = [c for c in comm if c[0] == "all_gather_into_tensor"]
+    # a quarter of each fp32 weight gathered from the 4 ranks of a replica group (3 ring steps),
+    # in the forward and again in the backward
+    assert gathers == [("all_gather_into_tensor", 4 * n // 4, 3)] * 8
+    # each gradient reduce-scattered over the 4 (a quarter kept), then that quarter all-reduced
+    # over the 2 replicas (a ring of 2: 2 steps)
+    after = [c for c in comm if c[0] != "all_gather_into_tensor"]
+    assert after == [("reduce_scatter_tensor", 4 * n, 3), ("all_reduce", 4 * n // 4, 2)] * 4
+    assert r.memory.weights == r.memory.gradients == 4 * 4 * n // 4

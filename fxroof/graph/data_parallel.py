@@ -41,6 +41,13 @@ class Layout:
     param_dtype: torch.dtype | None = None    # FSDP mixed precision: weights gathered in this,
     reduce_dtype: torch.dtype | None = None   # gradients reduce-scattered in this
     group: Any = None           # the wrapper's process group; None: the default one
+    replicas: int = 1           # HSDP: each shard's copies, kept in step by an all-reduce
+    replicate_group: Any = None
+
+    @property
+    def world(self) -> int:
+        """The data-parallel ranks in all."""
+        return self.ranks * self.replicas
 
 
 def is_wrapped(model: torch.nn.Module) -> bool:
@@ -61,7 +68,7 @@ def layout_of(model: torch.nn.Module, dp: int = 1, fsdp: bool = False):
     states = _fsdp_states(model)
     if states:
         layout = _fsdp_layout(model, states)
-        _agree(dp, fsdp, layout.ranks, "fully_shard", fsdp_ok=True)
+        _agree(dp, fsdp, layout.world, "fully_shard", fsdp_ok=True)
         return model, layout
     if dp == 1:
         return model, None
@@ -79,8 +86,8 @@ def layout_of(model: torch.nn.Module, dp: int = 1, fsdp: bool = False):
 
 def _mesh_group(model: torch.nn.Module, dp: int):
     """The group a plain model's gradients are averaged or sharded over: the default one
-    (None), or for a model with DTensor weights the "dp" dimension of the (dp, tp) mesh they lie on, which must
-    have `dp` ranks."""
+    (None), or for a model with DTensor weights the "dp" dimension of the (dp, tp) mesh they
+    lie on, which must have `dp` ranks."""
     meshes = {p.device_mesh._get_root_mesh() for p in model.parameters()
               if hasattr(p, "device_mesh")}
     if not meshes:
@@ -130,11 +137,13 @@ def _fsdp_layout(model: torch.nn.Module, states: list) -> Layout:
     for name, state in states:
         groups = getattr(state, "_fsdp_param_groups", None) or [state._fsdp_param_group]
         for group in (g for g in groups if g is not None):
-            mesh = group.mesh_info.mesh
-            if mesh.ndim != 1:
-                raise ValueError(f"fully_shard over a {mesh.ndim}-D mesh (HSDP, or FSDP with "
-                                 f"tensor parallelism) is not modelled yet: shard over a 1-D mesh")
-            meshes[mesh.size()] = mesh
+            info = group.mesh_info
+            replicate = getattr(info, "replicate_mesh_dim", None)    # HSDP's second dimension
+            if info.mesh.ndim != (1 if replicate is None else 2):
+                raise ValueError(f"fully_shard over a {info.mesh.ndim}-D mesh is not modelled "
+                                 f"yet: shard over a 1-D mesh, or a 2-D one (HSDP)")
+            meshes[(info.mesh.size(info.shard_mesh_dim),
+                    1 if replicate is None else info.mesh.size(replicate))] = info
             policies.add((group.mp_policy.param_dtype, group.mp_policy.reduce_dtype))
             params = tuple(".".join(filter(None, (paths[id(fp._module_info.module)],
                                                   fp._module_info.param_name)))
@@ -146,21 +155,22 @@ def _fsdp_layout(model: torch.nn.Module, states: list) -> Layout:
     if len(meshes) > 1 or len(policies) > 1:
         raise ValueError("fully_shard units over meshes of different sizes or with different "
                          "mixed-precision policies are not modelled yet")
+    ((ranks, replicas), info), = meshes.items()
     split = next((k for k, p in model.named_parameters()
-                  if getattr(getattr(p, "device_mesh", None), "ndim", 1) > 1), None)
+                  if getattr(p, "device_mesh", info.mesh) != info.mesh), None)
     if split:       # sharded over dp and split over tp: a plain copy would lose the split
-        raise ValueError(f"fully_shard over tensor-parallel weights ({split!r} lies on a 2-D "
-                         f"mesh) is not read from the wrapper yet: analyze the plain model "
+        raise ValueError(f"fully_shard over tensor-parallel weights ({split!r} lies on a mesh "
+                         f"of its own) is not read from the wrapper yet: analyze the plain model "
                          f"with tp=, dp= and fsdp=True")
     sharded = {p for _, params, _ in units for p in params}
     loose = [k for k, p in model.named_parameters() if p.requires_grad and k not in sharded]
     if loose:
         raise ValueError(f"parameter {loose[0]!r} is in no fully_shard unit: FSDP2 needs "
                          f"fully_shard on the root module too")
-    (ranks, mesh), = meshes.items()
     (param_dtype, reduce_dtype), = policies
     return Layout(ranks, fsdp=True, units=tuple(units), param_dtype=param_dtype,
-                  reduce_dtype=reduce_dtype, group=mesh.get_group())
+                  reduce_dtype=reduce_dtype, group=info.shard_process_group, replicas=replicas,
+                  replicate_group=getattr(info, "replicate_process_group", None))
 
 
 def plain_copy(model: torch.nn.Module, fake) -> torch.nn.Module:
@@ -213,20 +223,23 @@ class Buckets:
 
 class _Gather(torch.autograd.Function):
     """FSDP2's all-gather of a flat shard, cast to the compute dtype first; its backward the
-    reduce-scatter of the gradient in the reduce dtype, back in the shard's dtype."""
+    reduce-scatter of the gradient in the reduce dtype (HSDP: then the all-reduce of that part
+    across the replicas), back in the shard's dtype."""
 
     @staticmethod
-    def forward(ctx, shard, dtype, reduce_dtype, group):
+    def forward(ctx, shard, dtype, reduce_dtype, group, replicas):
         import torch.distributed._functional_collectives as funcol
-        ctx.dtypes, ctx.group = (shard.dtype, reduce_dtype), group
+        ctx.dtypes, ctx.groups = (shard.dtype, reduce_dtype), (group, replicas)
         return funcol.all_gather_single(shard.to(dtype), 0, group)
 
     @staticmethod
     def backward(ctx, grad):
         import torch.distributed._functional_collectives as funcol
-        dtype, reduce_dtype = ctx.dtypes
-        part = funcol.reduce_scatter_tensor(grad.to(reduce_dtype), "avg", 0, ctx.group)
-        return part.to(dtype), None, None, None
+        (dtype, reduce_dtype), (group, replicas) = ctx.dtypes, ctx.groups
+        part = funcol.reduce_scatter_tensor(grad.to(reduce_dtype), "avg", 0, group)
+        if replicas is not None:    # HSDP: the shard's copies averaged across replica groups
+            part = funcol.all_reduce(part, "avg", replicas)
+        return part.to(dtype), None, None, None, None
 
 
 class Sharded:
@@ -283,7 +296,8 @@ class Sharded:
     def _gather(self, key: str) -> torch.Tensor:
         shard = self.params[key]
         dtype = self.layout.param_dtype or shard.dtype
-        return _Gather.apply(shard, dtype, self.layout.reduce_dtype or dtype, self.group)
+        return _Gather.apply(shard, dtype, self.layout.reduce_dtype or dtype, self.group,
+                             self.layout.replicate_group)
 
     def _forward(self, key: str, args: tuple) -> tuple:
         """Gathers before a unit's forward; its inputs cast to the compute dtype, as FSDP2's

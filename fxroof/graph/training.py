@@ -44,9 +44,10 @@ def capture_step(model, args=(), kwargs=None, *, optimizer: str = "adamw",
     training (fxroof.graph.data_parallel.layout_of: DDP's gradient buckets, or FSDP2's shards;
     `model` the module inside a DDP wrapper, or a fully_shard-ed model). recompute: each block
     (data_parallel.blocks) under torch.utils.checkpoint, its forward run again in the
-    backward, those ops tagged RECOMPUTED_KEY. A model with DTensor weights (fxroof.graph.parallel's tensor_parallel):
-    one rank's step, its weights, gradients and optimizer state the rank's shards, the
-    collectives DTensor emits in the forward and the backward in the graph."""
+    backward, those ops tagged RECOMPUTED_KEY. A model with DTensor weights
+    (fxroof.graph.parallel's tensor_parallel): one rank's step, its weights, gradients and
+    optimizer state the rank's shards, the collectives DTensor emits in the forward and the
+    backward in the graph."""
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; expected one of "
                          f"{', '.join(OPTIMIZERS)}")
