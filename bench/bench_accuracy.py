@@ -14,12 +14,14 @@ and the median |error|. bench/README.md has its output on one machine.
     python bench/bench_accuracy.py --threads 1      # calibrate and measure on one thread
     python bench/bench_accuracy.py --chip my.json   # predict on a chip file instead
     python bench/bench_accuracy.py --only gpt2 --detail   # per-regime and per-node misses
+    python bench/bench_accuracy.py --grain-off      # also: every elementwise op on all threads
     python bench/bench_accuracy.py --threads 1 --mode compiled   # under torch.compile
     python bench/bench_accuracy.py --device cuda --mode compiled # on a GPU (CUDA events)
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import time
@@ -33,6 +35,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from fxroof import analyze  # noqa: E402
 from fxroof.chips import chip as find_chip  # noqa: E402
 from fxroof.measure.calibrate import calibrate, summary  # noqa: E402
 from fxroof.measure.runs import measure_compiled  # noqa: E402
@@ -128,6 +131,9 @@ def main(argv=None) -> int:
                    help="measure every workload this many times, keep each one's quietest pass")
     p.add_argument("--only", nargs="*", default=[], help="workloads whose name contains these")
     p.add_argument("--detail", action="store_true", help="print each measurement in full")
+    p.add_argument("--grain-off", action="store_true",
+                   help="also predict each workload as if every eager elementwise op used all "
+                        "threads (the chip's threads ignored), beside the same measurement")
     ns = p.parse_args(argv)
     t0 = time.perf_counter()
     with cpu_threads(ns.threads):
@@ -139,6 +145,7 @@ def main(argv=None) -> int:
             chip = calibrate(ns.device)
             print(f"calibrated in {time.perf_counter() - t0:.0f} s: {summary(chip)}", end="\n\n")
         kept: dict = {}
+        without: dict = {}     # --grain-off: each workload's prediction with threads ignored
         for _ in range(ns.passes):
             # Other work on a shared machine slows everything for seconds at a time; a later
             # pass meets other moments, and each workload keeps its quieter pass.
@@ -148,6 +155,9 @@ def main(argv=None) -> int:
                         repeat=min(ns.repeat, repeat or ns.repeat))
                 if name not in kept or m.measured_s < kept[name].measured_s:
                     kept[name] = m
+                if ns.grain_off and name not in without:
+                    without[name] = analyze(model, args, kwargs, mode=ns.mode,
+                                            chip=dataclasses.replace(chip, threads=0)).time_s
         rows, errors, best_errors, pooled = [], [], [], {}
         for name, m in kept.items():
             share = m.report.regime_share
@@ -175,6 +185,11 @@ def main(argv=None) -> int:
                        headers=["category", "nodes", "predicted ms", "measured ms", "error"],
                        colalign=("left", "right", "right", "right", "right"),
                        disable_numparse=True))
+    if without:
+        off = [relative_error(without[name], m.measured_s) for name, m in kept.items()]
+        print("\nEvery eager elementwise op on all threads (--grain-off), the same measurements: "
+              + ", ".join(f"{name} {_pct(e)}" for name, e in zip(kept, off))
+              + f"\nmedian |error| {_abs_median(off)} · worst {100 * max(map(abs, off)):.0f}%")
     print(f"\nmedian |error| {_abs_median(errors)} (vs best run {_abs_median(best_errors)}) · "
           f"worst {100 * max(map(abs, errors)):.0f}% · {len(errors)} workloads · {threads} · "
           f"{time.perf_counter() - t0:.0f} s")

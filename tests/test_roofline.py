@@ -175,3 +175,26 @@ def test_a_library_matrix_product_streams_at_its_measured_share_of_bandwidth():
     relu = fxroof.analyze(model, (x,), chip=slow_gemv, mode="eager").kernels[1]
     assert relu.timing.memory_s == pytest.approx(2 * 1024 * 4 / 1e10)   # not a matrix product
 
+
+
+def test_an_eager_elementwise_op_too_small_to_split_runs_on_one_thread():
+    import dataclasses
+    cpu = chip("cpu")
+    two = dataclasses.replace(cpu, threads=2)
+
+    def add(c, n, rate_op="add", category="pointwise"):
+        # an fp32 add of n elements: n FLOPs, 12n bytes
+        return kernel_timing(c, flops=n, bytes_moved=12 * n, category=category, dtype="fp32",
+                             overhead_s=0.0, rate_op=rate_op, elements=n)
+
+    one = add(cpu, 16384)
+    # ATen splits a loop in chunks of at least 32,768 elements, one per thread: 16,384 and
+    # 32,768 elements run on one of the two threads the rates were measured with (twice the
+    # work time), 32,769 on both (the chip's rates as they are)
+    for n, slower in ((16384, 2), (32768, 2), (32769, 1), (1 << 20, 1)):
+        got, base = add(two, n), add(cpu, n)
+        assert (got.compute_s, got.memory_s) == pytest.approx(
+            (base.compute_s * slower, base.memory_s * slower))
+    assert add(cpu, 16384) == one                               # one thread measured: as is
+    assert add(two, 16384, rate_op="") == add(cpu, 16384, rate_op="")   # compiled code: as is
+    assert add(two, 16384, category="matmul") == add(cpu, 16384, category="matmul")

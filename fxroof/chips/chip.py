@@ -47,6 +47,9 @@ pages print the with-sparsity figure, which is twice the dense one.
                                                 run at vector_TFLOPS (matrix ops: at peak_TFLOPS;
                                                 a matrix op's entry is its fp32 rate, and other
                                                 dtypes scale it as peak_TFLOPS does)
+      "threads": 2                              the intra-op threads the rates were measured with:
+                                                an eager elementwise op too small for ATen to
+                                                split runs on one of them (timing.py)
 
       Optional figures of the expected-time model (fxroof/chips/expected.py; docs/time-model.md),
       in the shipped table for GPUs; a chip without one has no gap of that kind:
@@ -95,6 +98,7 @@ OPTIONAL_SCALARS = {
     "bw_efficiency": ("bw_efficiency", 1.0),
     "collective_efficiency": ("collective_efficiency", 1.0),
     "kernel_floor_s": ("kernel_floor_us", 1e-6),
+    "threads": ("threads", 1.0),
 }
 EFFICIENCIES = ("matmul_efficiency", "bw_efficiency", "collective_efficiency")  # shares, <= 1
 OP_TABLES = {
@@ -186,6 +190,7 @@ class Chip:
     bw_efficiency: float = 0.0
     collective_efficiency: float = 0.0
     kernel_floor_s: float = 0.0
+    threads: float = 0.0      # CPU: the intra-op threads its rates hold for (0 or 1: one)
     op_dispatch_s: Mapping[str, float] = field(default_factory=dict, hash=False)  # op -> s
     op_flops: Mapping[str, float] = field(default_factory=dict, hash=False)       # op -> FLOP/s
     matrix_bw_fraction: Mapping[str, float] = field(default_factory=dict, hash=False)  # dtype ->

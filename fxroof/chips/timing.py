@@ -19,6 +19,7 @@ so there the overhead adds to the work instead of hiding behind it (`serial_over
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from fxroof.chips import Chip
@@ -108,13 +109,22 @@ def comm_time(chip: Chip, comm_bytes: float, comm_steps: int, base_s: tuple = (0
     return min(simple, low_latency)
 
 
+# ATen runs an elementwise or copy loop (TensorIterator) in chunks of at least this many
+# elements, one chunk per thread (at::internal::GRAIN_SIZE, aten/src/ATen/Parallel.h): a smaller
+# op runs on one thread however many there are.
+GRAIN_SIZE = 32768
+SPLIT_CATEGORIES = ("pointwise", "copy")
+
+
 def kernel_timing(chip: Chip, *, flops: float, bytes_moved: float, category: str, dtype: str,
                   overhead_s: float, comm_bytes: float = 0, comm_steps: int = 0,
-                  rate_op: str = "", streamed_bytes: float = 0) -> Timing:
+                  rate_op: str = "", streamed_bytes: float = 0, elements: int = 0) -> Timing:
     """rate_op: the op whose own rate a chip measured op by op applies (Chip.op_flops): an eager
     kernel's op, or the library op a compiled matrix kernel calls.
     streamed_bytes: the part of bytes_moved that comes from memory whatever the chip's cache
-    (the weights of a model too large to stay cached between passes)."""
+    (the weights of a model too large to stay cached between passes).
+    elements: the kernel's loop size; an eager elementwise op on a CPU measured with several
+    threads gets the share of them ATen splits it over (GRAIN_SIZE)."""
     compute = flops / peak_for(chip, category, dtype, rate_op) if flops else 0.0
     rest = bytes_moved - streamed_bytes
     memory = streamed_bytes / chip.mem_bw + rest / chip.bandwidth(rest)
@@ -122,6 +132,9 @@ def kernel_timing(chip: Chip, *, flops: float, bytes_moved: float, category: str
         # a library matrix product streams its weights below the copy bandwidth (a CPU's
         # matrix-vector product: 40-70% of it), where the chip measured that
         memory /= chip.matrix_bandwidth_share(dtype or "fp32")
+    if rate_op and chip.threads > 1 and elements and category in SPLIT_CATEGORIES:
+        slower = chip.threads / min(chip.threads, math.ceil(elements / GRAIN_SIZE))
+        compute, memory = compute * slower, memory * slower
     return Timing(compute, memory, comm_time(chip, comm_bytes, comm_steps), overhead_s,
                   serial_overhead=chip.kind == "cpu")
 

@@ -37,6 +37,7 @@ class Kernel:
     known: bool = True    # every node has a cost formula
     views: int = 0        # eager only: view ops the model calls just before this one (no kernel,
                           # but each is a dispatch from Python)
+    space: int = 0        # elements of its loop (output numel; a reduction's input numel)
 
     @property
     def bytes(self) -> int:
@@ -51,7 +52,8 @@ def unfused(gm: fx.GraphModule, foreach: bool = False) -> tuple[Kernel, ...]:
     ops, views = graph_facts(gm).ops, _views_before(gm)
     kernels = [Kernel((op.node.name,), op.cost.category, op.cost.flops, op.cost.bytes_read,
                       op.cost.bytes_written, op.cost.dtype, "eager: one kernel per op",
-                      op.module, op.cost.known, views.get(op.node.name, 0)) for op in ops]
+                      op.module, op.cost.known, views.get(op.node.name, 0), op.space)
+               for op in ops]
     if not foreach:
         return tuple(kernels)
     merged: list = []           # kernels, and lists of the kernels one foreach op runs
@@ -69,6 +71,7 @@ def unfused(gm: fx.GraphModule, foreach: bool = False) -> tuple[Kernel, ...]:
         k[0], nodes=tuple(n for x in k for n in x.nodes), flops=sum(x.flops for x in k),
         bytes_read=sum(x.bytes_read for x in k), bytes_written=sum(x.bytes_written for x in k),
         known=all(x.known for x in k), views=sum(x.views for x in k),
+        space=sum(x.space for x in k),
         reason=f"eager: one foreach op over {len(k)} tensors") for k in merged)
 
 
@@ -367,7 +370,7 @@ class _Fuser:
         return Kernel(tuple(op.node.name for op in ops), main.cost.category,
                       sum(op.cost.flops for op in ops), read, written, main.cost.dtype,
                       reason or self._reason(g, main), main.module,
-                      all(op.cost.known for op in ops))
+                      all(op.cost.known for op in ops), space=g.space)
 
     def _reason(self, g: _Group, main: Op) -> str:
         gid = self.group_of[g.ops[0]]

@@ -130,7 +130,10 @@ def _measure(device: str, quick: bool, threads: int | None, say) -> tuple[Chip, 
             "same as dispatch_s: a CPU has no device launch; compiled CPU code still calls its "
             "kernels one by one from the host")) if cpu else graph_launch(clock)
         chip = dataclasses.replace(chip, dispatch_s=dispatch, launch_s=launch,
-                                   op_dispatch_s={op: t + glue_s for op, t in bare.items()})
+                                   op_dispatch_s={op: t + glue_s for op, t in bare.items()},
+                                   threads=torch.get_num_threads() if cpu else 0)
+        if cpu:
+            src["threads"] = "torch.get_num_threads() while calibrating"
         program_s, src["program_call_s"] = program_call(clock, chip)
         view_again, _ = view_dispatch(clock)
     src |= glue_sources

@@ -54,7 +54,7 @@ def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple, streamed: dict | N
                                dtype=k.dtype,
                                overhead_s=overhead_per_kernel(chip, mode, key, k.views, i == 0),
                                rate_op=key, streamed_bytes=min(sum(state.values()), k.bytes_read),
-                               **comm)
+                               elements=k.space, **comm)
         label = (op if len(members) == 1 else f"{op} +{len(members) - 1}") if main \
             else k.category
         rows.append(KernelRow(tuple(k.nodes), label, k.module, k.category, k.dtype,
