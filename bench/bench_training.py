@@ -157,15 +157,15 @@ def cost_table() -> list:
 
 
 class Autocast(torch.nn.Module):
-    """nanoGPT's training step: fp32 weights, the forward under bf16 autocast (CPU's policy:
-    the trace runs on CPU fake tensors; CUDA's also keeps softmax in fp32)."""
+    """nanoGPT's training step: fp32 weights, the forward under CUDA's bf16 autocast (traced as
+    CPU autocast, whose policy leaves softmax in bf16 where CUDA's runs it in fp32)."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
 
     def forward(self, ids, labels):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
             return self.model(ids, labels=labels)
 
 

@@ -230,7 +230,8 @@ def report_of(captured: Captured, target: Target) -> Report:
         compiled=ModeSummary("compiled", kernel_rows(compiled, chip, "compiled", nodes, streamed,
                                                      gm)),
         memory=memory, whatif=target.whatif,
-        notes=_whatif_notes(gm, whatif.requantized, target) + _routing_notes(gm, captured, target)
+        notes=captured.notes + _whatif_notes(gm, whatif.requantized, target)
+        + _routing_notes(gm, captured, target)
         + ((_FSDP_NOTE if target.fsdp else _DP_NOTE),) * (target.dp > 1),
         training=target.optimizer if target.train else "", dp=target.dp, fsdp=target.fsdp,
         provenance=provenance)

@@ -168,3 +168,39 @@ def test_real_inputs_settle_a_size_read_from_their_values():
     assert torch.equal(x, torch.full((3,), 2.0))
     with pytest.raises(CaptureError, match=r"uses a tensor value as a size or number"):
         capture(model, (torch.full((3,), 2.0, device="meta"),))    # no values to follow
+
+
+class AutocastLinear(torch.nn.Module):
+    def __init__(self, device_type: str):
+        super().__init__()
+        self.fc, self.device_type = torch.nn.Linear(64, 32), device_type
+
+    def forward(self, x):
+        with torch.autocast(self.device_type, dtype=torch.bfloat16):
+            return torch.softmax(self.fc(x), -1)
+
+
+def test_autocast_in_the_forward_runs_its_matmuls_in_its_dtype():
+    import fxroof
+    x = torch.randn(8, 64)
+    model = AutocastLinear("cpu")
+    # PyTorch's own run: CPU autocast computes the linear in bf16
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model.fc(x).dtype == torch.bfloat16
+    r = fxroof.analyze(model, (x,), chip="h100-sxm")
+    (mm,) = [n for n in r.nodes if n.category == "matmul"]
+    # 2*8*64*32 FLOPs at the bf16 peak, its fp32 operands cast to bf16 first
+    assert (mm.dtype, mm.flops) == ("bf16", 2 * 8 * 64 * 32)
+    assert sum(n.op == "_to_copy" for n in r.nodes) == 3      # x, weight, bias
+    assert not any("CUDA autocast" in note for note in r.notes)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA autocast runs as itself here")
+def test_cuda_autocast_without_a_gpu_is_traced_as_cpu_autocast_and_said():
+    import fxroof
+    x = torch.randn(8, 64)
+    for train in (False, True):
+        r = fxroof.analyze(AutocastLinear("cuda"), (x,), chip="h100-sxm", train=train)
+        # not the fp32 a CPU-only torch would trace with CUDA autocast turned off
+        assert {n.dtype for n in r.nodes if n.category == "matmul"} == {"bf16"}
+        assert any("CUDA autocast (bf16)" in note for note in r.notes)

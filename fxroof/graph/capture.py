@@ -18,6 +18,7 @@ import io
 import logging
 import re
 import warnings
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from torch.multiprocessing.reductions import StorageWeakRef
 
 from fxroof.errors import one_line
+from fxroof.graph.autocast import autocast_notes, cuda_autocast_as_cpu
 from fxroof.graph.routing import RoutedFakeMode, Routing, assumed_routing
 from fxroof.graph.routing import parse as parse_routing
 from fxroof.graph.tensors import tensors_in
@@ -88,6 +90,7 @@ class Captured:
     weights: frozenset            # placeholder names holding parameters, buffers and constants
     name: str                     # the model's class name, for reports
     routing: str = ""             # the routing assumed to trace data-dependent experts, or ""
+    notes: tuple = ()             # what the trace changed that the report must say
 
 
 def capture(model, args=(), kwargs=None, routing: Routing | str | None = None) -> Captured:
@@ -128,7 +131,8 @@ def capture(model, args=(), kwargs=None, routing: Routing | str | None = None) -
     if routing is None and not any(t.device.type == "meta" or isinstance(t, FakeTensor)
                                    for t in tensors):
         strategies.insert(3, (example, lambda *_: _make_fx_routed(*own, None)))
-    with preserved_modes(model), quiet_torch():
+    seen: list = []
+    with preserved_modes(model), quiet_torch(), cuda_autocast_as_cpu(seen):
         for strategy, fn in strategies:
             if strategy in (routed, example) and routing is None and not _data_dependent(
                     [e for _, e in attempts]) and not any(isinstance(e, ValuedSizes)
@@ -136,6 +140,8 @@ def capture(model, args=(), kwargs=None, routing: Routing | str | None = None) -
                 continue    # nothing failed on a value the routing or the example could give
             try:
                 gm, weights = fn(model, args, kwargs)
+                if seen and strategy == "torch.export":    # it keeps autocast as a region
+                    raise ValueError("autocast regions: make_fx records their casts")
                 if example in dict(strategies) and strategy not in (routed, example) and \
                         _valued_sizes(gm):
                     raise ValuedSizes("sizes depend on tensor values")    # the example's next
@@ -144,7 +150,9 @@ def capture(model, args=(), kwargs=None, routing: Routing | str | None = None) -
                     strategy = _example_strategy(gm.meta[READ])
                 elif strategy == routed and not used:
                     strategy = "make_fx"
-                return finish_graph(gm, strategy, weights, name, assumed.label if used else "")
+                return dataclasses.replace(
+                    finish_graph(gm, strategy, weights, name, assumed.label if used else ""),
+                    notes=autocast_notes(seen))
             except Exception as e:   # each strategy's failure is reported, not raised alone
                 attempts.append((strategy, e))
     raise CaptureError(name, attempts)

@@ -10,6 +10,7 @@ until the next zero_grad.
 """
 from __future__ import annotations
 
+import dataclasses
 from contextlib import nullcontext
 from copy import deepcopy
 
@@ -19,6 +20,7 @@ import torch.fx.traceback as fx_traceback
 from torch._functorch._aot_autograd.logging_utils import setup_stacktrace_preservation_hooks
 from torch.fx.experimental.proxy_tensor import get_proxy_mode, make_fx
 
+from fxroof.graph.autocast import autocast_notes, cuda_autocast_as_cpu
 from fxroof.graph.capture import (Captured, CaptureError, FakeCopier, finish_graph,
                                   is_dtensor_model, local_shards, quiet_torch, tensor_leaves)
 from fxroof.graph.data_parallel import Buckets, Layout, Sharded, blocks, is_wrapped, plain_copy
@@ -108,8 +110,9 @@ def capture_step(model, args=(), kwargs=None, *, optimizer: str = "adamw",
         return loss, [g for g in grads if g is not None]
 
     step._orig_mod = copy     # make_fx records module paths relative to `_orig_mod`
+    autocasts: list = []    # CUDA autocast dtypes the forward asked for
     try:
-        with quiet_torch(), fx_traceback.preserve_node_meta():
+        with quiet_torch(), fx_traceback.preserve_node_meta(), cuda_autocast_as_cpu(autocasts):
             gm = make_fx(step, tracing_mode="fake", record_module_stack=True)(
                 params, frozen, states, args, kwargs)
     except (ValueError, TypeError):     # the user's loss or inputs: already one clear line
@@ -131,7 +134,8 @@ def capture_step(model, args=(), kwargs=None, *, optimizer: str = "adamw",
         for node in nodes[start:end]:
             node.meta[RECOMPUTED_KEY] = True
     _backward_modules(gm)
-    return finish_graph(gm, "make_fx", weights, type(copy).__name__)
+    return dataclasses.replace(finish_graph(gm, "make_fx", weights, type(copy).__name__),
+                               notes=autocast_notes(autocasts))
 
 
 def _fake_mode(model: torch.nn.Module):
