@@ -576,6 +576,21 @@ def test_recompute_trades_flops_for_memory_by_hand():
     assert sorted(gathers.values()) == ["backward"] * n + ["forward"] * n
 
 
+def test_recompute_of_a_hugging_face_model_meets_its_own_checkpointing_under_fsdp():
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=128,
+                                     n_positions=32, attn_implementation="eager")
+    model, ids = transformers.GPT2LMHeadModel(config), torch.randint(0, 128, (2, 16))
+    # PyTorch's count of a real step with Hugging Face's own non-reentrant checkpointing of
+    # every block: forward, each block's forward again in the backward, backward
+    real = copy.deepcopy(model)
+    real.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    counted = real_step_flops(real, (ids,), {"labels": ids})
+    for fields in ({}, {"dp": 4, "fsdp": True}):     # under FSDP: the blocks gathered again
+        r = fxroof.analyze(model, (ids,), {"labels": ids}, train=True, recompute=True, **fields)
+        assert matrix_flops(r) == counted and r.recompute_flops > 0
+
+
 def test_cli_train(tmp_path, capsys):
     spec = tmp_path / "work.py"
     spec.write_text("import torch\n\ndef workload():\n    torch.manual_seed(0)\n"

@@ -320,7 +320,11 @@ class Sharded:
         if key in self.again:
             t = next((t for t in tensor_leaves(out) if t.requires_grad), None)
             if t is not None:
-                t.register_hook(lambda _: self._bind(key, self._regather(key)))
+                t.register_hook(lambda _: self._before_backward(key))
+
+    def _before_backward(self, key: str) -> None:
+        with torch.enable_grad():    # off in backward hooks: the views must carry grad as well
+            self._bind(key, self._regather(key))
 
     def _regather(self, key: str) -> torch.Tensor:
         """The unit gathered again for the backward (the one before it prefetched), with grad:

@@ -11,6 +11,7 @@ until the next zero_grad.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from contextlib import nullcontext
 from copy import deepcopy
 
@@ -65,6 +66,10 @@ def capture_step(model, args=(), kwargs=None, *, optimizer: str = "adamw",
             if split else plain_copy(model, fake) if is_wrapped(model)
             else fake.copy(model)).train()
     args, kwargs = fake.inputs(args), fake.inputs(dict(kwargs or {}))
+    if "use_cache" in inspect.signature(copy.forward).parameters:
+        # a training step keeps no KV cache (Hugging Face turns it off for checkpointing too):
+        # a cache the forward grows would grow again when a checkpointed block runs again
+        kwargs.setdefault("use_cache", False)
     # DTensor weights enter as this rank's shards, leaves that take their gradients, and are
     # wrapped back inside the trace, so the collectives DTensor emits are traced in both passes
     named = dict(copy.named_parameters())
