@@ -28,11 +28,11 @@ from fxroof.fuse.policy import classify
 from fxroof.graph.capture import Captured, capture
 from fxroof.graph.data_parallel import is_wrapped, layout_of
 from fxroof.graph.memory import footprint, state_reads
-from fxroof.graph.nodes import module_path
+from fxroof.graph.nodes import PHASE_KEY, module_path
 from fxroof.graph.routing import Routing
 from fxroof.graph.routing import parse as parse_routing
 from fxroof.graph.tensors import dtype_name
-from fxroof.graph.training import OPTIMIZERS, PHASE_KEY, capture_step
+from fxroof.graph.training import OPTIMIZERS, capture_step
 from fxroof.report.build import kernel_rows, node_rows
 from fxroof.report.records import ModeSummary, Report
 from fxroof.report.units import si

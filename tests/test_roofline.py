@@ -187,7 +187,6 @@ def test_an_eager_elementwise_op_too_small_to_split_runs_on_one_thread():
         return kernel_timing(c, flops=n, bytes_moved=12 * n, category=category, dtype="fp32",
                              overhead_s=0.0, rate_op=rate_op, elements=n)
 
-    one = add(cpu, 16384)
     # ATen splits a loop in chunks of at least 32,768 elements, one per thread: 16,384 and
     # 32,768 elements run on one of the two threads the rates were measured with (twice the
     # work time), 32,769 on both (the chip's rates as they are)
@@ -195,6 +194,9 @@ def test_an_eager_elementwise_op_too_small_to_split_runs_on_one_thread():
         got, base = add(two, n), add(cpu, n)
         assert (got.compute_s, got.memory_s) == pytest.approx(
             (base.compute_s * slower, base.memory_s * slower))
-    assert add(cpu, 16384) == one                               # one thread measured: as is
+    # a chip measured on one thread: the rates as they are, n FLOPs and 12n bytes by hand
+    one = add(cpu, 16384)
+    assert (one.compute_s, one.memory_s) == pytest.approx(
+        (16384 / cpu.vector_flops, 12 * 16384 / cpu.bandwidth(12 * 16384)))
     assert add(two, 16384, rate_op="") == add(cpu, 16384, rate_op="")   # compiled code: as is
     assert add(two, 16384, category="matmul") == add(cpu, 16384, category="matmul")

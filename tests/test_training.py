@@ -486,6 +486,14 @@ def test_fsdp_units_are_transformer_layers():
     assert r.memory.weights == full // 8
 
 
+def small_chip(tmp_path) -> Path:
+    """An H100 with 8 MB of memory: a chip file the step's footprint can outgrow."""
+    small = json.loads(Path(slow_link(tmp_path, 450)).read_text()) | {"mem_GB": 0.008}
+    chip = tmp_path / "small.json"
+    chip.write_text(json.dumps(small))
+    return chip
+
+
 def test_cli_check_gates_a_rank_of_a_training_step(tmp_path, capsys):
     spec = tmp_path / "work.py"
     spec.write_text("import torch\nfrom torch import nn\n\ndef workload():\n"
@@ -493,9 +501,7 @@ def test_cli_check_gates_a_rank_of_a_training_step(tmp_path, capsys):
                     "        m = nn.Sequential(nn.Linear(512, 512, bias=False), nn.ReLU(), "
                     "nn.Linear(512, 512, bias=False))\n"
                     "    return m, (torch.empty(16, 512, device='meta'),)\n")
-    small = json.loads(Path(slow_link(tmp_path, 450)).read_text()) | {"mem_GB": 0.008}
-    chip = tmp_path / "small.json"
-    chip.write_text(json.dumps(small))
+    chip = small_chip(tmp_path)
     args = ["check", str(spec), "--chip", str(chip), "--train", "--dp", "4"]
     # a DDP rank holds 2 MiB of weights, 2 of gradients, 4 of AdamW state: over 8 MB
     assert main(args) == 1 and "memory" in capsys.readouterr().out
@@ -521,9 +527,7 @@ def test_cli_checks_a_workload_sharded_by_fully_shard(tmp_path, capsys):
         "nn.Linear(512, 512, bias=False))\n"
         "    fully_shard(m[0])\n    fully_shard(m[2])\n    fully_shard(m)\n"
         "    return m, (torch.empty(16, 512, device='meta'),)\n")
-    small = json.loads(Path(slow_link(tmp_path, 450)).read_text()) | {"mem_GB": 0.008}
-    chip = tmp_path / "small.json"
-    chip.write_text(json.dumps(small))
+    chip = small_chip(tmp_path)
     try:
         # the world and the sharding come from the workload's own fully_shard: a quarter of
         # 2 MiB of weights, gradients and 4 MiB of AdamW state fit in 8 MB, as with --fsdp

@@ -15,7 +15,7 @@ import torch.fx as fx
 
 from fxroof.cost.formulas import OpCall
 from fxroof.cost.record import COST_KEY, FREE_CATEGORIES, Cost
-from fxroof.fuse.policy import INLINE_GATHERS, SCATTERS, classify
+from fxroof.fuse.policy import INLINE_GATHERS, SCATTERS, classify, functional_packet
 from fxroof.graph.nodes import PHASE_KEY, module_path, mutates, written_args
 from fxroof.graph.tensors import footprint, numel, tensors_in
 
@@ -194,9 +194,8 @@ def _written_intermediate(node: fx.Node, roots: dict, renamed: dict, producer: d
     if len(found) != 1 or not isinstance(node.meta.get("val"), torch.Tensor):
         return None
     key = _latest(found[0][0], renamed)
-    name = node.target.overloadpacket.__name__.removesuffix("_")
     if key not in producer and (cost.category not in ("pointwise", "copy")
-                                or getattr(torch.ops.aten, name, None) in SCATTERS):
+                                or functional_packet(node.target.overloadpacket) in SCATTERS):
         return None
     return key if _signature(found[0][1]) == _signature(base[key]) else None
 

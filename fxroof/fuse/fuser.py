@@ -18,8 +18,8 @@ import torch.fx as fx
 from fxroof.cost.record import COST_KEY, FREE_CATEGORIES, KERNEL_KEY
 from fxroof.fuse.dataflow import Facts, Op, graph_facts
 from fxroof.fuse import cpp
-from fxroof.graph.nodes import FOREACH_KEY
 from fxroof.fuse.reach import SiblingReach
+from fxroof.graph.nodes import FOREACH_KEY
 
 __all__ = ["Kernel", "fuse", "unfused"]
 

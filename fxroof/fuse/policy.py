@@ -34,6 +34,11 @@ INLINE_GATHERS = frozenset({aten.embedding, aten.index_select, aten.gather, aten
                             aten.index})
 
 
+def functional_packet(packet):
+    """The op an in-place op becomes when functionalized (`relu_` -> `relu`)."""
+    return getattr(aten, getattr(packet, "__name__", "").removesuffix("_"), packet)
+
+
 def classify(node: fx.Node, cost: Cost, packet, *, functional: bool = False,
              inline_gathers: bool = False) -> tuple[str, str, str]:
     """(kind, rank, reason it stays alone) for one op; `functional`: an in-place op that
@@ -43,8 +48,7 @@ def classify(node: fx.Node, cost: Cost, packet, *, functional: bool = False,
     if cost.note == "allocation only" or (cost.category == "pointwise" and cost.bytes_read == 0):
         return "create", "create", ""   # full, arange, zeros_like: the input gives a shape only
     if functional:
-        name = name.removesuffix("_")
-        packet = getattr(aten, name, packet)
+        name, packet = name.removesuffix("_"), functional_packet(packet)
     elif mutates(node):
         return "solo", "solo", f"in-place write ({name})"
     if not cost.known:

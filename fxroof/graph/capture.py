@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import io
 import logging
 import re
 import warnings
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -329,15 +329,23 @@ def _dtensor_types() -> tuple:
 def local_shards(tensors: dict):
     """DTensors replaced by their local shards, and the function that wraps shards back into
     DTensors inside the trace (from_local without checks: no collective runs)."""
-    specs = {k: (type(t), t.device_mesh, t.placements, t.shape, t.stride())
-             for k, t in tensors.items() if isinstance(t, _dtensor_types())}
+    specs = {k: dtensor_spec(t) for k, t in tensors.items() if isinstance(t, _dtensor_types())}
     local = {k: t.to_local() if k in specs else t for k, t in tensors.items()}
 
     def wrap(ts: dict) -> dict:
-        return {k: specs[k][0].from_local(t, *specs[k][1:3], run_check=False, shape=specs[k][3],
-                                          stride=specs[k][4]) if k in specs else t
-                for k, t in ts.items()}
+        return {k: as_dtensor(t, specs[k]) if k in specs else t for k, t in ts.items()}
     return local, wrap
+
+
+def dtensor_spec(t) -> tuple:
+    """What makes DTensor `t` again around another local tensor (as_dtensor)."""
+    return type(t), t.device_mesh, t.placements, t.shape, t.stride()
+
+
+def as_dtensor(local: torch.Tensor, spec: tuple):
+    """`local` as this rank's shard of a DTensor laid out as `spec` says; no collective runs."""
+    cls, mesh, placements, shape, stride = spec
+    return cls.from_local(local, mesh, placements, run_check=False, shape=shape, stride=stride)
 
 
 def is_dtensor_model(model) -> bool:

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from fxroof.graph.capture import tensor_leaves
+from fxroof.graph.capture import as_dtensor, dtensor_spec, tensor_leaves
 from fxroof.graph.tensors import storage
 
 DDP_BUCKET_BYTES = 25 << 20     # DistributedDataParallel's default bucket_cap_mb (25)
@@ -35,7 +35,6 @@ DDP_BUCKET_BYTES = 25 << 20     # DistributedDataParallel's default bucket_cap_m
 class Layout:
     """How one rank's training step is shared with the others."""
     ranks: int
-    fsdp: bool = False
     bucket_caps: tuple = ()     # DDP: the first gradient bucket's bytes, then every later one's
     units: tuple = ()           # FSDP: (unit path, parameter paths, gathered again for backward)
     param_dtype: torch.dtype | None = None    # FSDP mixed precision: weights gathered in this,
@@ -43,6 +42,11 @@ class Layout:
     group: Any = None           # the wrapper's process group; None: the default one
     replicas: int = 1           # HSDP: each shard's copies, kept in step by an all-reduce
     replicate_group: Any = None
+
+    @property
+    def fsdp(self) -> bool:
+        """Sharded (FSDP2), rather than replicated with its gradients all-reduced (DDP)."""
+        return bool(self.units)
 
     @property
     def world(self) -> int:
@@ -78,7 +82,7 @@ def layout_of(model: torch.nn.Module, dp: int = 1, fsdp: bool = False):
         for k, _ in model.named_parameters():
             unit = max((u for u in units if k.startswith(u + ".")), key=len, default="")
             members.setdefault(unit, []).append(k)
-        return model, Layout(dp, fsdp=True, units=tuple(
+        return model, Layout(dp, units=tuple(
             (u, tuple(members[u]), u != "") for u in ("", *units) if u in members), group=group)
     return model, Layout(dp, bucket_caps=(dist._DEFAULT_FIRST_BUCKET_BYTES, DDP_BUCKET_BYTES),
                          group=group)
@@ -168,7 +172,7 @@ def _fsdp_layout(model: torch.nn.Module, states: list) -> Layout:
         raise ValueError(f"parameter {loose[0]!r} is in no fully_shard unit: FSDP2 needs "
                          f"fully_shard on the root module too")
     (param_dtype, reduce_dtype), = policies
-    return Layout(ranks, fsdp=True, units=tuple(units), param_dtype=param_dtype,
+    return Layout(ranks, units=tuple(units), param_dtype=param_dtype,
                   reduce_dtype=reduce_dtype, group=info.shard_process_group, replicas=replicas,
                   replicate_group=getattr(info, "replicate_process_group", None))
 
@@ -352,7 +356,7 @@ class Sharded:
                     if k in self.again and s == storage(local)), None)
         if key is None:
             return t
-        spec = None if local is t else (type(t), t.device_mesh, t.placements, t.shape, t.stride())
+        spec = None if local is t else dtensor_spec(t)
         return key, local.shape, local.stride(), local.storage_offset(), spec
 
     def _unpack(self, saved):
@@ -360,5 +364,4 @@ class Sharded:
             return saved
         key, shape, stride, offset, spec = saved
         local = self._regather(key).as_strided(shape, stride, offset)
-        return local if spec is None else spec[0].from_local(
-            local, *spec[1:3], run_check=False, shape=spec[3], stride=spec[4])
+        return local if spec is None else as_dtensor(local, spec)

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 
 import torch.fx as fx
 
-from fxroof.graph.nodes import written_args
+from fxroof.graph.nodes import PHASE_KEY, written_args
 from fxroof.graph.tensors import storage, tensors_in
-from fxroof.graph.training import PHASE_KEY
 
 
 @dataclass(frozen=True)

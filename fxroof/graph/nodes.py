@@ -12,6 +12,7 @@ PHASE_KEY = "fxroof.phase"
 # node.meta key: an optimizer op that torch.optim's foreach path (its default on GPUs) runs once
 # over every parameter of a dtype: (op, its occurrence in one parameter's update, dtype)
 FOREACH_KEY = "fxroof.foreach"
+RECOMPUTED_KEY = "fxroof.recomputed"   # a forward op the backward runs again (checkpointing)
 
 
 def module_path(node: fx.Node) -> str:

@@ -25,9 +25,8 @@ from fxroof.graph.autocast import autocast_notes, cuda_autocast_as_cpu
 from fxroof.graph.capture import (Captured, CaptureError, FakeCopier, finish_graph,
                                   is_dtensor_model, local_shards, quiet_torch, tensor_leaves)
 from fxroof.graph.data_parallel import Buckets, Layout, Sharded, blocks, is_wrapped, plain_copy
-from fxroof.graph.nodes import FOREACH_KEY, PHASE_KEY
+from fxroof.graph.nodes import FOREACH_KEY, PHASE_KEY, RECOMPUTED_KEY
 
-RECOMPUTED_KEY = "fxroof.recomputed"   # a forward op the backward runs again (checkpointing)
 PHASES = ("forward", "backward", "optimizer")
 OPTIMIZERS = ("adamw", "sgd", "none")
 HALF = (torch.float16, torch.bfloat16)
@@ -97,7 +96,7 @@ def capture_step(model, args=(), kwargs=None, *, optimizer: str = "adamw",
             tensors = wrap(frozen if sharded else {**params, **frozen})
             out = torch.func.functional_call(copy, tensors, args, kwargs)
             loss = _loss(out, loss_fn)
-            marks.append(len(get_proxy_mode().tracer.graph.nodes))
+            marks.append(_traced())
             # each backward op then carries its autograd node's sequence number, which the
             # forward op that made that node carries too (AOTAutograd's own hooks)
             setup_stacktrace_preservation_hooks([loss.grad_fn])
@@ -105,17 +104,17 @@ def capture_step(model, args=(), kwargs=None, *, optimizer: str = "adamw",
                 Buckets(list(params.values()), layout)
             loss.backward()     # not autograd.grad: reentrant checkpointing refuses that
         grads = [p.grad for p in params.values()]
-        marks.append(len(get_proxy_mode().tracer.graph.nodes))
+        marks.append(_traced())
         with torch.no_grad():
             for p, g, state in zip(params.values(), grads, states):
                 if g is not None and optimizer != "none":
-                    start = len(get_proxy_mode().tracer.graph.nodes)
+                    start = _traced()
                     _update(optimizer, p, g, *state)
-                    updates.append((start, len(get_proxy_mode().tracer.graph.nodes), p.dtype))
+                    updates.append((start, _traced(), p.dtype))
         return loss, [g for g in grads if g is not None]
 
     step._orig_mod = copy     # make_fx records module paths relative to `_orig_mod`
-    autocasts: list = []    # CUDA autocast dtypes the forward asked for
+    autocasts: list = []    # the autocast regions the forward enters (graph.autocast)
     try:
         with quiet_torch(), fx_traceback.preserve_node_meta(), cuda_autocast_as_cpu(autocasts):
             gm = make_fx(step, tracing_mode="fake", record_module_stack=True)(
@@ -129,12 +128,7 @@ def capture_step(model, args=(), kwargs=None, *, optimizer: str = "adamw",
     weights = frozenset(n.name for n in holders[:len(params) + len(frozen)])
     _tag_phases(gm, marks, holders[len(params) + len(frozen):][:state_count])
     nodes = list(gm.graph.nodes)
-    for start, end, dtype in updates:
-        seen: dict = {}
-        for node in nodes[start:end]:
-            if node.op == "call_function":
-                k = seen[node.target] = seen.get(node.target, -1) + 1
-                node.meta[FOREACH_KEY] = (str(node.target), k, str(dtype))
+    _tag_updates(nodes, updates)
     for start, end in zip(recomputed[::2], recomputed[1::2]):
         for node in nodes[start:end]:
             node.meta[RECOMPUTED_KEY] = True
@@ -156,12 +150,11 @@ def _checkpointed(block: torch.nn.Module, spans: list) -> None:
     forward, ran = block.forward, []
 
     def counted(*args, **kwargs):
-        nodes = get_proxy_mode().tracer.graph.nodes
-        start = len(nodes)
+        start = _traced()
         try:        # the recomputation stops early (an exception) once it has what it needs
             return forward(*args, **kwargs)
         finally:
-            spans.extend([start, len(nodes)] if ran else [])
+            spans.extend([start, _traced()] if ran else [])
             ran.append(True)
 
     block.forward = lambda *args, **kwargs: checkpoint(counted, *args, use_reentrant=False,
@@ -226,6 +219,22 @@ def _tag_phases(gm: fx.GraphModule, marks: list, state: list) -> None:
         node.meta[PHASE_KEY] = PHASES[sum(i >= m for m in marks)]
     for node in state:
         node.meta[PHASE_KEY] = "optimizer"
+
+
+def _tag_updates(nodes: list, updates: list) -> None:
+    """Each op of a parameter's update gets the FOREACH_KEY it shares with the same op of the
+    other parameters of its dtype: torch.optim's foreach path runs those as one."""
+    for start, end, dtype in updates:
+        seen: dict = {}
+        for node in nodes[start:end]:
+            if node.op == "call_function":
+                k = seen[node.target] = seen.get(node.target, -1) + 1
+                node.meta[FOREACH_KEY] = (str(node.target), k, str(dtype))
+
+
+def _traced() -> int:
+    """Nodes traced so far: where a phase, an update or a recomputation starts or ends."""
+    return len(get_proxy_mode().tracer.graph.nodes)
 
 
 def _backward_modules(gm: fx.GraphModule) -> None:

@@ -8,8 +8,7 @@ from fxroof.chips import Chip
 from fxroof.chips.expected import expected
 from fxroof.chips.timing import kernel_timing, overhead_per_kernel, rate_op
 from fxroof.cost import COST_KEY, Cost
-from fxroof.graph.nodes import module_path
-from fxroof.graph.training import PHASE_KEY, RECOMPUTED_KEY
+from fxroof.graph.nodes import PHASE_KEY, RECOMPUTED_KEY, module_path
 from fxroof.report.records import KernelRow, NodeRow
 from fxroof.report.streams import collective_waits
 
