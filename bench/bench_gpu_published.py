@@ -19,18 +19,15 @@ when absent; their README says how each was measured):
         the residual add, the embedding gather and phi-2's LayerNorm and GELU are PyTorch ops,
         built eager, one kernel each; phi-2 has no post-attention norm and its add sums three
         tensors (two kernels). SiLU-and-multiply, RMSNorm and rotary are sarathi-serve's own
-        CUDA kernels, one each, so fxroof's compiled mode (one fused kernel of the same bytes)
-        builds them. Sampled: each (model, tensor-parallel degree) at num_tokens 1, 16, 128,
-        512, 2048 and 8192; rows measured more than once give their median. The four linear
-        layers are one source, the other ops another.
-        Kernels fxroof does not model, named in the worst-case column: sarathi-serve's three
-        (csrc/activation_kernels.cu, layernorm_kernels.cu, pos_encoding_kernels.cu) launch one
-        thread block per token (up to 1,024 threads; 512 for rotary) whose threads walk the row
-        one 2-byte element per iteration, so at a few tokens a few SMs run a loop of dependent
-        loads; the embedding runs PyTorch's index_select (aten/src/ATen/native/cuda/Indexing.cu,
-        indexSelectLargeIndex: at most 8 blocks of 128 threads per SM, one element per thread
-        per iteration, with index arithmetic). fxroof prices a kernel's bytes spread over the
-        whole chip at the copy bandwidth.
+        CUDA kernels, one each (csrc/activation_kernels.cu, layernorm_kernels.cu,
+        pos_encoding_kernels.cu): fxroof's compiled mode builds each as one kernel of the same
+        bytes, and the bench gives it the launch sarathi-serve's source states (one thread block
+        per token, up to 1,024 threads, 512 for rotary, each thread walking its row one element
+        a step; RMSNorm twice over), whose memory latency fxroof's model then prices
+        (fxroof/chips/launch.py). The embedding is PyTorch's index_select, whose launch fxroof
+        knows. Sampled: each (model, tensor-parallel degree) at num_tokens 1, 16, 128, 512, 2048
+        and 8192; rows measured more than once give their median. The four linear layers are
+        one source, the other ops another.
     Vidur all-reduce
         fxroof's ring all-reduce formula (cost/formulas/collective.py) at the published size and
         group, fp16, on the chip's links. Only groups whose links the chip's one link figure
@@ -78,6 +75,7 @@ sys.path.insert(0, str(ROOT))
 
 from fxroof.chips import chip as find_chip  # noqa: E402
 from fxroof.chips.expected import expected  # noqa: E402
+from fxroof.chips.launch import Launch, row_per_block  # noqa: E402
 from fxroof.chips.timing import kernel_timing  # noqa: E402
 from fxroof.cost.formulas.registry import FORMULAS, OpCall  # noqa: E402
 from fxroof.graph.capture import FunctionModule, capture  # noqa: E402
@@ -101,10 +99,6 @@ VIDUR_CHIPS = {"a100": "a100-80gb", "h100": "h100-sxm"}
 VIDUR_TOKENS = (1, 16, 128, 512, 2048, 8192)
 VIDUR_OPS = ("emb", "input_layernorm", "attn_pre_proj", "attn_rope", "attn_post_proj",
              "post_attention_layernorm", "mlp_up_proj", "mlp_act", "mlp_down_proj", "add")
-# What ran where fxroof does not model the kernel (the docstring says how each runs): the ops
-# built compiled are sarathi-serve's kernels; the embedding is PyTorch's index_select.
-SARATHI_KERNEL = "not modelled: sarathi-serve's kernel, 1 block per token"
-GATHER_KERNEL = "not modelled: PyTorch's index_select, 1 element per thread"
 NVLINK_BRIDGE = 300e9     # bytes/s each way: NVLink bridge pairs, 600 GB/s both ways
 SIZES_PER_GROUP = 12
 
@@ -126,7 +120,8 @@ def read_csv(name: str) -> list[dict]:
 
 def device_regime(e) -> str:
     """The largest part of a kernel's time on the chip, host dispatch left out."""
-    parts = {"compute": e.compute_s, "memory": e.memory_s, "communication": e.comm_s,
+    memory = "memory latency" if e.memory_s > e.streamed_s else "memory"
+    parts = {"compute": e.compute_s, memory: e.memory_s, "communication": e.comm_s,
              "kernel floor": e.latency_s}
     return max(parts, key=parts.get)
 
@@ -259,10 +254,29 @@ def vidur_op(op: str, cfg: dict, t: int):
     raise ValueError(op)
 
 
-def device_times(report) -> tuple[float, float]:
+def device_times(kernels) -> tuple[float, float]:
     """(floor, expected) time on the chip of a report's kernels, host dispatch left out."""
-    floor = sum(max(k.timing.compute_s, k.timing.memory_s, k.timing.comm_s) for k in report.kernels)
-    return floor, sum(k.expected.device_s for k in report.kernels)
+    floor = sum(max(k.timing.compute_s, k.timing.memory_s, k.timing.comm_s) for k in kernels)
+    return floor, sum(k.expected.device_s for k in kernels)
+
+
+def sarathi_launch(op: str, cfg: dict, t: int) -> Launch:
+    """How sarathi-serve launches its kernel for `op` at t tokens, read from its source (the
+    docstring names the files): one block per token, its threads walking the row."""
+    h, tp, d = cfg["h"], cfg["tp"], cfg["h"] // cfg["n_head"]
+    if op == "mlp_act":                # silu_and_mul_kernel: block min(d, 1024), x and y together
+        return row_per_block(t, cfg["ff"] // tp, 1024)
+    if op == "attn_rope":              # block min(heads x d / 2, 512); q's heads, then k's, each
+        q, k = cfg["n_head"] // tp * d // 2, max(cfg["n_kv_head"] // tp, 1) * d // 2
+        block = min(q, 512)            # step loading x, y, cos and sin together, after the
+        return Launch(t, block, math.ceil(q / block) + math.ceil(k / block) + 1)   # position
+    return row_per_block(t, h, 1024, passes=2)   # rms_norm_kernel: sum of squares, then scale
+
+
+def with_launch(kernels, chip, launch: Launch):
+    """The kernels, their expected time taken with the launch that ran them."""
+    return [dataclasses.replace(k, expected=expected(chip, k.timing, k.category, launch=launch))
+            for k in kernels]
 
 
 def vidur_source(gpu: str, op: str) -> str:
@@ -300,12 +314,13 @@ def vidur_cases(only: str) -> list[Case]:
             if key not in captured:
                 captured[key] = capture(module, inputs)
             report = report_of(captured[key], Target(chip=VIDUR_CHIPS[gpu], mode=mode))
-            floor, exp = device_times(report)
-            why = made_of(report.kernels, device_only=True)
-            unmodelled = SARATHI_KERNEL if mode == "compiled" else GATHER_KERNEL if op == "emb" \
-                else ""
+            kernels = report.kernels
+            if mode == "compiled":     # sarathi-serve's own kernel, as it launches
+                kernels = with_launch(kernels, report.chip, sarathi_launch(op, cfg, t))
+            floor, exp = device_times(kernels)
+            why = made_of(kernels, device_only=True)
             cases.append(Case(vidur_source(gpu, op), f"{model.split('/')[-1]} tp{tp} T={t} {op}",
-                              measured, floor, exp, f"{why}; {unmodelled}" if unmodelled else why))
+                              measured, floor, exp, why))
     return cases
 
 

@@ -62,6 +62,9 @@ pages print the with-sparsity figure, which is twice the dense one.
                                                 bandwidth reaches (nccl-tests busbw)
       "kernel_floor_us": 1                      time every kernel takes on the chip on top of
                                                 its work (start, first loads, drain)
+      "memory_latency_ns": 354                  a load's round trip to DRAM: a kernel with too few
+                                                loads in flight waits it (chips/launch.py)
+      "sm_threads": 2048                        threads an SM holds at once
     }
 """
 from __future__ import annotations
@@ -98,6 +101,8 @@ OPTIONAL_SCALARS = {
     "bw_efficiency": ("bw_efficiency", 1.0),
     "collective_efficiency": ("collective_efficiency", 1.0),
     "kernel_floor_s": ("kernel_floor_us", 1e-6),
+    "memory_latency_s": ("memory_latency_ns", 1e-9),
+    "sm_threads": ("sm_threads", 1.0),
     "threads": ("threads", 1.0),
 }
 EFFICIENCIES = ("matmul_efficiency", "bw_efficiency", "collective_efficiency")  # shares, <= 1
@@ -165,7 +170,8 @@ class Chip:
     eager ops differ more than one dispatch figure and one vector rate can hold, so
     op_dispatch_s and op_flops hold them per op; cache_bytes/cache_bw let the small tensors of a
     CPU-sized model move at the speed of the cache they live in rather than of DRAM. The
-    expected-time figures (sm_count, the efficiencies, kernel_floor_s) are docs/time-model.md's.
+    expected-time figures (sm_count, sm_threads, the efficiencies, kernel_floor_s,
+    memory_latency_s) are docs/time-model.md's.
     """
     name: str
     title: str
@@ -190,6 +196,8 @@ class Chip:
     bw_efficiency: float = 0.0
     collective_efficiency: float = 0.0
     kernel_floor_s: float = 0.0
+    memory_latency_s: float = 0.0
+    sm_threads: float = 0.0
     threads: float = 0.0      # CPU: the intra-op threads its rates hold for (0 or 1: one)
     op_dispatch_s: Mapping[str, float] = field(default_factory=dict, hash=False)  # op -> s
     op_flops: Mapping[str, float] = field(default_factory=dict, hash=False)       # op -> FLOP/s

@@ -10,6 +10,8 @@ kind, so a CPU's expected time is its floor. docs/time-model.md gives each figur
     tiles       a matrix kernel computes whole tiles, in whole waves over the SMs
     matmul      library GEMMs reach matmul_efficiency of the dense peak
     bandwidth   streaming kernels reach bw_efficiency of the memory bandwidth
+    occupancy   a kernel with too few loads in flight waits out the memory latency instead
+                (memory_latency_s, sm_threads; the kernel's launch, chips/launch.py)
     collective  NCCL's base latency per collective; rings reach collective_efficiency of the link
     overlap     compute and memory overlap imperfectly on a GPU (XLA's factor)
     latency     every kernel's fixed time on the chip, kernel_floor_s, on top of its work
@@ -24,10 +26,11 @@ import math
 from dataclasses import dataclass
 
 from fxroof.chips.chip import Chip
+from fxroof.chips.launch import Launch, latency_time
 from fxroof.chips.timing import REGIMES, Timing, comm_time
 from fxroof.cost.record import MATRIX_CATEGORIES
 
-GAP_PARTS = ("tiles", "matmul", "bandwidth", "collective", "overlap", "latency")
+GAP_PARTS = ("tiles", "matmul", "bandwidth", "occupancy", "collective", "overlap", "latency")
 
 # The tiles cuBLAS picks among for a GEMM's output (NVIDIA, "Matrix Multiplication Background
 # User's Guide", 2.3 "Typical Tile Dimensions in cuBLAS"); a library takes the one that wastes
@@ -65,6 +68,8 @@ class Expected:
     serial_overhead: bool = False
     floor: Timing | None = None     # the floor it was built from (None: interpolated)
     tiled_s: float = 0.0            # the floor's compute over whole tiles and waves
+    streamed_s: float = 0.0         # the memory time at the chip's bandwidth share, before the
+                                    # latency its launch waits (memory_s is the larger)
 
     @property
     def gap(self) -> tuple:
@@ -75,8 +80,8 @@ class Expected:
             return ()
         f = self.floor
         state = [f.compute_s, f.memory_s, f.comm_s, 1.0, 0.0]
-        steps = ((0, self.tiled_s), (0, self.compute_s), (1, self.memory_s), (2, self.comm_s),
-                 (3, self.overlap), (4, self.latency_s))
+        steps = ((0, self.tiled_s), (0, self.compute_s), (1, self.streamed_s), (1, self.memory_s),
+                 (2, self.comm_s), (3, self.overlap), (4, self.latency_s))
         times = [_seconds(*state, f.overhead_s, f.serial_overhead)]
         for i, value in steps:
             state[i] = value
@@ -131,9 +136,10 @@ def _pow2(x: int) -> int:
 
 
 def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_bytes: float = 0,
-             comm_steps: int = 0) -> Expected:
+             comm_steps: int = 0, launch: Launch | None = None) -> Expected:
     """The expected time of a kernel whose floor is `floor`. grid: a matrix kernel's output and
-    reduction as (batch, M, N, K); comm_bytes/comm_steps: a collective's (Cost)."""
+    reduction as (batch, M, N, K); comm_bytes/comm_steps: a collective's (Cost); launch: how a
+    memory kernel's threads walk its data (chips/launch.py; None: no latency bound)."""
     matrix = category in MATRIX_CATEGORIES
     gpu = chip.kind == "gpu"
     collective = bool(comm_bytes or comm_steps)
@@ -142,10 +148,13 @@ def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_by
     if gpu and collective:
         comm = comm_time(chip, comm_bytes, comm_steps, NCCL_BASE_S,
                          chip.collective_efficiency or 1.0)
+    streamed = floor.memory_s / (chip.bw_efficiency or 1.0)
+    # Little's law: the bytes cannot stream faster than the loads in flight cover the latency
+    waited = latency_time(chip, launch) if gpu and floor.memory_s and not collective else 0.0
     return Expected(tiled / (chip.matmul_efficiency or 1.0) if matrix else tiled,
-                    floor.memory_s / (chip.bw_efficiency or 1.0), comm, floor.overhead_s,
+                    max(streamed, waited), comm, floor.overhead_s,
                     0.0 if collective else chip.kernel_floor_s,   # a collective's is NCCL's base
-                    OVERLAP if gpu else 1.0, floor.serial_overhead, floor, tiled)
+                    OVERLAP if gpu else 1.0, floor.serial_overhead, floor, tiled, streamed)
 
 
 def _seconds(compute, memory, comm, overlap, latency, overhead, serial) -> float:

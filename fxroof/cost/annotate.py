@@ -44,14 +44,26 @@ def node_cost(node: fx.Node) -> Cost:
     return _unknown(call) if cost is None else with_grid(node, cost)
 
 
+_ROW_NORMS = frozenset({torch.ops.aten.layer_norm.default,
+                        torch.ops.aten.native_layer_norm.default})
+
+
 def with_grid(node: fx.Node, cost: Cost) -> Cost:
     """`cost` with, for a matrix op, the GEMM a library tiles (chips/expected.py reads it):
     (batch, M, N, K) of its output (a batched product's batch; attention's batch x heads by
     queries by head size; a convolution's implicit GEMM, images x pixels by channels, none for
     grouped ones, which do not run as one GEMM; else the output folded to rows by its last dim)
-    and K, the multiply-adds per output element. None where the shapes are not plain ints."""
+    and K, the multiply-adds per output element; for a layer norm, (rows, row elements). None
+    where the shapes are not plain ints."""
     out = node.meta.get("val")
     out = out[0] if isinstance(out, (tuple, list)) and out else out
+    if node.target in _ROW_NORMS and isinstance(out, torch.Tensor):
+        # a layer norm's kernel takes a row per block: (rows, row elements) (chips/launch.py)
+        try:
+            row = math.prod(int(d) for d in node.args[1])
+            return dataclasses.replace(cost, grid=(int(out.numel()) // row, row)) if row else cost
+        except (TypeError, ValueError, IndexError):   # symbolic
+            return cost
     if cost.category not in MATRIX_CATEGORIES or not isinstance(out, torch.Tensor) \
             or out.dim() < 2 or not cost.flops:
         return cost

@@ -6,6 +6,7 @@ import torch.fx as fx
 
 from fxroof.chips import Chip
 from fxroof.chips.expected import expected
+from fxroof.chips.launch import launch_of
 from fxroof.chips.timing import kernel_timing, overhead_per_kernel, rate_op
 from fxroof.cost import COST_KEY, Cost
 from fxroof.graph.nodes import PHASE_KEY, RECOMPUTED_KEY, module_path
@@ -59,7 +60,12 @@ def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple, streamed: dict | N
         rows.append(KernelRow(tuple(k.nodes), label, k.module, k.category, k.dtype,
                               k.flops, k.bytes_read, k.bytes_written, k.reason, timing,
                               expected(chip, timing, k.category, main.grid if main else (),
-                                       **comm), main.phase if main else "", waits[i]))
+                                       launch=launch_of(chip, mode, op, k.category,
+                                                        # an in-place write into a cache loops
+                                                        # over what it touches, not the cache
+                                                        min(k.space, k.bytes),
+                                                        main.grid if main else ()), **comm),
+                              main.phase if main else "", waits[i]))
     return tuple(rows)
 
 

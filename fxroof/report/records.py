@@ -39,7 +39,8 @@ class NodeRow:
     comm_bytes: int = 0
     comm_steps: int = 0
     variant: str = ""     # the implementation a CPU build runs (Cost.variant): "onednn", ...
-    grid: tuple = ()      # a matrix op as (batch, M, N, K): the tiles a library computes
+    grid: tuple = ()      # a matrix op as (batch, M, N, K): the tiles a library computes;
+                          # a row gather as (indices, row elements): the loop its kernel walks
     phase: str = ""       # of a training step: "forward", "backward" or "optimizer"
     recomputed: bool = False   # a forward op the backward runs again (activation checkpointing)
 

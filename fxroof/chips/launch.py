@@ -1,0 +1,104 @@
+"""How a memory kernel's threads walk its data, and the memory latency they wait (Little's law).
+
+A GPU hides memory latency with the loads its resident threads have in flight. A kernel with few
+threads, or whose threads each walk a long row one load after another, cannot keep enough bytes
+in flight to stream at the bandwidth: it takes at least its rounds of waiting, one memory latency
+each. Its blocks run in waves of what the SMs hold at once (sm_threads per SM); in each wave a
+thread waits `rounds` latencies, one per loop step whose loads wait on memory (loads issued
+together wait once). PyTorch's elementwise kernels give a thread a few elements loaded together,
+so a large tensor makes few rounds and only a small one is latency-bound; a kernel that gives one
+block a whole row (one block per token) or walks a grid-stride loop makes many. docs/time-model.md
+gives the sources.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from fxroof.chips.chip import Chip
+from fxroof.cost.record import MATRIX_CATEGORIES
+
+# PyTorch's elementwise kernels: 128 threads a block, 4 elements a thread, loaded together
+# (aten/src/ATen/native/cuda/thread_constants.h, num_threads() and thread_work_size()).
+ELEMENTWISE_BLOCK, ELEMENTWISE_PER_THREAD = 128, 4
+# index_select (the CUDA path of embedding): blocks of 128 threads, at most 8 blocks per SM;
+# up to 16 indices, one index at a time over its row; more, a grid-stride loop over the output
+# (aten/src/ATen/native/cuda/Indexing.cu, index_select_out_cuda_impl)
+GATHER_BLOCK, GATHER_BLOCKS_PER_SM, GATHER_SMALL_INDICES = 128, 8, 16
+GATHERS = frozenset({"embedding", "index_select"})
+# layer_norm: a block of 128 threads per row, 4 elements a thread a step, one pass for the
+# statistics and one to normalise (aten/src/ATen/native/cuda/layer_norm_kernel.cu,
+# launch_vectorized_layer_norm_kernel and vectorized_layer_norm_kernel_impl)
+LAYER_NORM_BLOCK, LAYER_NORM_VECTOR = 128, 4
+LAYER_NORMS = frozenset({"layer_norm", "native_layer_norm"})
+
+
+@dataclass(frozen=True)
+class Launch:
+    """A kernel's grid as far as its memory latency goes: `blocks` of `block` threads, each
+    thread waiting `rounds` memory latencies one after another."""
+    blocks: int
+    block: int
+    rounds: int = 1
+
+
+def latency_time(chip: Chip, launch: Launch | None) -> float:
+    """The memory latency a kernel waits: its blocks in waves of what the SMs hold at once, each
+    wave `rounds` latencies. 0 where the chip has no latency or thread figure."""
+    if launch is None or not (chip.memory_latency_s and chip.sm_count and chip.sm_threads) \
+            or launch.blocks <= 0:
+        return 0.0
+    per_sm = max(1, int(chip.sm_threads) // max(1, launch.block))
+    waves = math.ceil(launch.blocks / (chip.sm_count * per_sm))
+    return waves * launch.rounds * chip.memory_latency_s
+
+
+def elementwise(elements: int) -> Launch | None:
+    """PyTorch's elementwise launch over `elements` (also taken for Inductor's pointwise and
+    reduction kernels, whose threads hold as many elements or more): one round per thread."""
+    if elements <= 0:
+        return None
+    per_block = ELEMENTWISE_BLOCK * ELEMENTWISE_PER_THREAD
+    return Launch(math.ceil(elements / per_block), ELEMENTWISE_BLOCK)
+
+
+def row_per_block(rows: int, row: int, block_cap: int, passes: int = 1, extra: int = 0) -> Launch:
+    """One block per row of `row` elements, min(row, block_cap) threads walking it one element a
+    step, `passes` times over (a norm reads its row twice); `extra` rounds before the walk (a
+    position looked up first)."""
+    block = max(1, min(row, block_cap))
+    return Launch(rows, block, passes * math.ceil(row / block) + extra)
+
+
+def gather(chip: Chip, indices: int, row: int) -> Launch | None:
+    """index_select of `indices` rows of `row` elements: each step loads an index, then the
+    source element it points to (two waits). Few indices: the blocks walk one index's row after
+    another; many: a grid-stride loop over every output element."""
+    if indices <= 0 or row <= 0 or not chip.sm_count:
+        return None
+    cap = int(chip.sm_count) * GATHER_BLOCKS_PER_SM
+    if indices <= GATHER_SMALL_INDICES:
+        blocks = min(math.ceil(row / GATHER_BLOCK), cap)
+        threads = blocks * min(row, GATHER_BLOCK)
+        return Launch(blocks, min(row, GATHER_BLOCK), indices * (1 + math.ceil(row / threads)))
+    total = indices * row
+    blocks = min(math.ceil(total / GATHER_BLOCK), cap)
+    threads = blocks * min(total, GATHER_BLOCK)
+    return Launch(blocks, min(total, GATHER_BLOCK), 2 * math.ceil(total / threads))
+
+
+def launch_of(chip: Chip, mode: str, op: str, category: str, space: int,
+              grid: tuple = ()) -> Launch | None:
+    """The launch fxroof takes for a kernel: PyTorch's index_select for an eager gather and its
+    row-per-block kernel for an eager layer norm, where it knows their (indices or rows, row),
+    else the elementwise launch over the kernel's loop. Matrix kernels
+    (their tiles) and collectives (NCCL's latencies) are priced elsewhere."""
+    if chip.kind != "gpu" or category in MATRIX_CATEGORIES or category == "collective":
+        return None
+    if mode == "eager" and op in GATHERS and len(grid) == 2:
+        return gather(chip, *grid)
+    if mode == "eager" and op in LAYER_NORMS and len(grid) == 2:
+        rows, row = grid
+        return Launch(rows, LAYER_NORM_BLOCK,
+                      2 * math.ceil(row / (LAYER_NORM_BLOCK * LAYER_NORM_VECTOR)))
+    return elementwise(space)

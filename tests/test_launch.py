@@ -1,0 +1,117 @@
+"""The memory latency a kernel's launch waits (Little's law), by hand arithmetic from the launch
+rules PyTorch's and sarathi-serve's sources state (fxroof/chips/launch.py)."""
+import pytest
+import torch
+from helpers import fn_module
+
+import fxroof
+from fxroof.chips import Chip, chip
+from fxroof.chips.expected import expected
+from fxroof.chips.launch import Launch, elementwise, gather, latency_time, row_per_block
+from fxroof.chips.timing import Timing
+
+A100 = chip("a100-80gb")    # 108 SMs of 2,048 threads; 550 cycles at 1.41 GHz = 390 ns
+
+
+def gpu(**figures) -> Chip:
+    return Chip("g", "Test GPU", "gpu", {"fp32": 1e12}, vector_flops=1e12, mem_bw=1e9,
+                mem_bytes=1e10, link_bw=1e9, link_latency_s=5e-6, launch_s=2e-6,
+                dispatch_s=10e-6, **figures)
+
+
+def meta(*shape, dtype=torch.float16):
+    return torch.empty(*shape, dtype=dtype, device="meta")
+
+
+def test_waves_of_blocks_times_rounds_by_hand():
+    g = gpu(sm_count=4, sm_threads=1024, memory_latency_s=1e-6)
+    # 512-thread blocks: 2 per SM, 8 at once; 10 blocks are 2 waves, each 3 rounds of 1 us
+    assert latency_time(g, Launch(10, 512, 3)) == pytest.approx(6e-6)
+    assert latency_time(g, Launch(8, 512, 3)) == pytest.approx(3e-6)
+    # a chip without the figures waits nothing
+    assert latency_time(gpu(sm_count=4), Launch(10, 512, 3)) == 0
+
+
+def test_the_wait_binds_only_where_it_exceeds_the_streaming_time():
+    g = gpu(sm_count=4, sm_threads=1024, memory_latency_s=1e-6, bw_efficiency=0.5)
+    # 1 us of bytes at half the bandwidth: 2 us; 6 us of latency waited: memory takes 6 us
+    e = expected(g, Timing(0, 1e-6, 0, 0), "pointwise", launch=Launch(10, 512, 3))
+    assert e.memory_s == pytest.approx(6e-6) and e.streamed_s == pytest.approx(2e-6)
+    gap = dict(e.gap)
+    assert gap["bandwidth"] == pytest.approx(1e-6) and gap["occupancy"] == pytest.approx(4e-6)
+    assert sum(s for _, s in e.gap) == pytest.approx(e.time_s - 1e-6)
+    # 10 us of bytes stream longer than the 6 us waited: no parallelism gap
+    e = expected(g, Timing(0, 5e-6, 0, 0), "pointwise", launch=Launch(10, 512, 3))
+    assert e.memory_s == pytest.approx(10e-6) and dict(e.gap)["occupancy"] == 0
+
+
+def test_launch_rules_by_hand():
+    # PyTorch elementwise: 512 elements a block of 128 threads
+    assert elementwise(4096) == Launch(8, 128, 1)
+    # sarathi's SiLU-and-multiply at 1 token, d = 28,672: 1 block of 1,024, 28 steps
+    assert row_per_block(1, 28_672, 1024) == Launch(1, 1024, 28)
+    # its RMSNorm over 4,096: two passes of 4 steps
+    assert row_per_block(5, 4096, 1024, passes=2) == Launch(5, 1024, 8)
+    # index_select, 16 indices of 4,096: 32 blocks of 128 = 4,096 threads cover a row in one
+    # step; each index is a wait for the index, then one for its row: 32 rounds
+    assert gather(A100, 16, 4096) == Launch(32, 128, 32)
+    # 8,192 indices: 8 blocks per SM (864), 110,592 threads over 33.5M elements: 304 steps of 2
+    assert gather(A100, 8192, 4096) == Launch(864, 128, 608)
+
+
+def test_a_small_add_waits_one_latency_a_large_one_streams():
+    # 4,096 fp16: 8 blocks, one wave, one round: 390 ns against 24.6 KB / (2,039 GB/s x 0.834)
+    r = fxroof.analyze(fn_module(torch.add), (meta(4096), meta(4096)), chip="a100-80gb")
+    (k,) = r.kernels
+    assert k.expected.memory_s == pytest.approx(550 / 1.41e9, rel=1e-3)
+    assert k.expected.streamed_s == pytest.approx(3 * 4096 * 2 / (2039e9 * 0.834))
+    # 2^26 fp16: 131,072 blocks in waves of 108 x 16 = 1,728: 76 rounds = 29.6 us, below the
+    # 235 us the bytes take
+    n = 1 << 26
+    r = fxroof.analyze(fn_module(torch.add), (meta(n), meta(n)), chip="a100-80gb")
+    (k,) = r.kernels
+    assert k.expected.memory_s == pytest.approx(3 * n * 2 / (2039e9 * 0.834))
+    assert dict(k.expected.gap)["occupancy"] == 0
+
+
+def test_an_eager_embedding_waits_on_index_then_row():
+    table = torch.nn.Embedding(32000, 4096).half().to("meta")
+    r = fxroof.analyze(table, (torch.empty(16, dtype=torch.int64, device="meta"),),
+                       chip="a100-80gb", mode="eager")
+    (k,) = r.kernels
+    assert [n.grid for n in r.nodes] == [(16, 4096)]
+    assert k.expected.memory_s == pytest.approx(32 * 550 / 1.41e9, rel=1e-3)     # 12.5 us
+    # compiled: Inductor's gather spreads its elements over the chip like a pointwise kernel
+    r = fxroof.analyze(table, (torch.empty(16, dtype=torch.int64, device="meta"),),
+                       chip="a100-80gb", mode="compiled")
+    assert r.kernels[0].expected.memory_s == pytest.approx(550 / 1.41e9, rel=1e-3)
+
+
+def test_an_eager_layer_norm_walks_its_row_twice():
+    # 1 row of 2,560: one block of 128 threads, 4 elements a step: 5 steps, two passes
+    ln = torch.nn.LayerNorm(2560).half().to("meta")
+    r = fxroof.analyze(ln, (meta(1, 2560),), chip="a100-80gb", mode="eager")
+    (k,) = [k for k in r.kernels if "layer_norm" in k.op]
+    assert k.expected.memory_s == pytest.approx(10 * 550 / 1.41e9, rel=1e-3)      # 3.9 us
+
+
+def test_cpus_and_chips_without_figures_wait_nothing():
+    r = fxroof.analyze(fn_module(torch.add), (meta(4096), meta(4096)), chip="b200")
+    assert dict(r.kernels[0].expected.gap)["occupancy"] == 0
+    r = fxroof.analyze(fn_module(torch.add), (torch.randn(4096), torch.randn(4096)), chip="cpu")
+    assert r.kernels[0].expected.memory_s == r.kernels[0].timing.memory_s
+
+
+def test_a_write_into_a_cache_loops_over_what_it_writes_not_the_cache():
+    # one new token's keys into a 64 x 32 x 4,096 x 128 bf16 cache (2.1 GB): 262,144 elements
+    # written, 512 blocks, one wave on an A100: 390 ns, not the 4,971 waves of the whole cache
+    def write(cache, new, pos):
+        return cache.index_copy_(2, pos, new)
+    bf16 = torch.bfloat16
+    args = (meta(64, 32, 4096, 128, dtype=bf16), meta(64, 32, 1, 128, dtype=bf16),
+            torch.empty(1, dtype=torch.int64, device="meta"))
+    for mode in ("eager", "compiled"):
+        r = fxroof.analyze(fn_module(write), args, chip="a100-80gb", mode=mode)
+        k = max(r.kernels, key=lambda k: k.bytes_written)
+        assert k.bytes_written == 64 * 32 * 128 * 2
+        assert dict(k.expected.gap)["occupancy"] < 1e-6
