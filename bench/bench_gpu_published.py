@@ -5,12 +5,15 @@ for the GPU it was measured on, and the prediction is set beside the published f
 read from ../shared/reference/measured/ (relative to the repository root; skipped with a message
 when absent; their README says how each was measured):
 
-    timm RTX 3090 eager, RTX 5090 eager, RTX 5090 compiled
+    timm <GPU> eager, compiled (RTX 3090 eager, RTX 5090 eager and compiled in ../shared)
         whole-model inference (timm's benchmark.py: AMP fp16, NCHW, batch 256-1024), for a
         subset of models timm builds on meta; needs `pip install timm` (skipped without it).
-        Predicted: the report's time (eager or compiled) of the model in fp16 with its
-        LayerNorm/GroupNorm in fp32 (AMP's casts around them included), batch and size as
-        published. Every published size of each model in the subset is a case.
+        Every timm-*.csv in the data folder is a source, named from its file name (GPU,
+        -dynamo for torch.compile, amp / amp_bf16 / bf16, nchw / nhwc; a GPU the bench does not
+        map to a chip is named and skipped). Predicted: the report's time (eager or compiled)
+        of the model in the file's 16-bit dtype, under AMP with its LayerNorm/GroupNorm in fp32
+        (AMP's casts around them included), batch and size as published; channels-last costs
+        as NCHW. Every published size of each model in the subset is a case.
     Vidur A100 linear, other ops; Vidur H100 linear, other ops
         one transformer layer's non-attention ops, fp16, as Vidur's profiler runs them
         (vidur/profiling/mlp/mlp_impl.py, over sarathi-serve's layers), each timed as the sum of
@@ -83,10 +86,15 @@ from fxroof.pipeline import Target, report_of  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "reference" / "measured"
 
-TIMM_FILES = {"timm RTX 3090 eager": ("timm-amp-nchw-pt240-cu124-rtx3090.csv", "rtx-3090", "eager"),
-              "timm RTX 5090 eager": ("timm-amp-nchw-pt291-cu130-5090.csv", "rtx-5090", "eager"),
-              "timm RTX 5090 compiled": ("timm-amp-nchw-pt291-cu130-5090-dynamo.csv", "rtx-5090",
-                                         "compiled")}
+# timm's result files, timm-<precision>-<layout>-pt<torch>-cu<cuda>-<gpu>[-dynamo].csv: the GPU
+# each names, and how it is labelled; every such file in the data folder is a source
+TIMM_GPUS = {"rtx3090": ("rtx-3090", "RTX 3090"), "rtx4090": ("rtx-4090", "RTX 4090"),
+             "4090": ("rtx-4090", "RTX 4090"), "5090": ("rtx-5090", "RTX 5090"),
+             "rtx5090": ("rtx-5090", "RTX 5090"),
+             "pro6000maxq": ("rtx-pro-6000-maxq", "RTX PRO 6000 Max-Q")}
+# precision: AMP (autocast over fp32 weights; norms in fp32) in fp16 or bf16, or a bf16 model
+TIMM_PRECISIONS = {"amp": (torch.float16, True, ""), "amp_bf16": (torch.bfloat16, True, " bf16"),
+                   "bf16": (torch.bfloat16, False, " bf16 model")}
 # Families timm's tables hold at several sizes: residual CNNs, ConvNeXt, vision transformers,
 # EfficientNet/MobileNet (depthwise convs), RegNet, DenseNet, MLP-Mixer, Swin, VGG, Inception.
 TIMM_MODELS = ("resnet18", "resnet50", "resnet101", "resnext50_32x4d", "wide_resnet50_2",
@@ -162,8 +170,29 @@ def fp32_norms(module: nn.Module) -> nn.Module:
     return module
 
 
+def timm_sources() -> dict:
+    """{source name: (file, chip, mode, dtype, fp32 norms)} for each timm result file in the data
+    folder whose GPU and precision fxroof knows; the others are named and skipped."""
+    sources: dict = {}
+    for path in sorted(DATA.glob("timm-*.csv")):
+        parts = path.stem.split("-")
+        compiled = parts[-1] == "dynamo"
+        gpu = parts[-2] if compiled else parts[-1]
+        if len(parts) < 5 or gpu not in TIMM_GPUS or parts[1] not in TIMM_PRECISIONS:
+            print(f"skipped {path.name}: its GPU or precision is not one the bench knows")
+            continue
+        chip_name, label = TIMM_GPUS[gpu]
+        dtype, amp, what = TIMM_PRECISIONS[parts[1]]
+        mode = "compiled" if compiled else "eager"
+        name = f"timm {label} {mode}{what}" + (" NHWC" if parts[2] == "nhwc" else "")
+        if name in sources:      # the same GPU under another torch: name the torch
+            name += f" ({parts[3]})"
+        sources[name] = (path.name, chip_name, mode, dtype, amp)
+    return sources
+
+
 def timm_cases(only: str) -> list[Case]:
-    sources = {s: v for s, v in TIMM_FILES.items() if only in s}
+    sources = {s: v for s, v in timm_sources().items() if only in s}
     if not sources:
         return []
     try:
@@ -171,19 +200,18 @@ def timm_cases(only: str) -> list[Case]:
     except Exception as e:     # timm itself, or torchvision under it
         print(f"skipped timm sources: timm cannot be imported ({type(e).__name__}: {e})")
         return []
-    rows = {s: [r for r in read_csv(f) if r["model"] in TIMM_MODELS]
-            for s, (f, _, _) in sources.items()}
     captured: dict = {}
     cases = []
-    for source, (_, chip_name, mode) in sources.items():
+    for source, (file, chip_name, mode, dtype, amp) in sources.items():
         target = Target(chip=chip_name, mode=mode)
-        for r in rows[source]:
+        for r in (r for r in read_csv(file) if r["model"] in TIMM_MODELS):
             size, batch = int(r["infer_img_size"]), int(r["infer_batch_size"])
-            key = (r["model"], size, batch)
+            key = (r["model"], size, batch, dtype, amp)
             if key not in captured:
                 with torch.device("meta"):
-                    model = fp32_norms(timm.create_model(r["model"]).half().eval())
-                x = torch.empty(batch, 3, size, size, dtype=torch.float16, device="meta")
+                    model = timm.create_model(r["model"]).to(dtype).eval()
+                    model = fp32_norms(model) if amp else model
+                x = torch.empty(batch, 3, size, size, dtype=dtype, device="meta")
                 captured[key] = capture(model, (x,))
             report = report_of(captured[key], target)
             cases.append(Case(source, f"{r['model']} {size}px b{batch}",

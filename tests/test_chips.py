@@ -12,11 +12,12 @@ from hypothesis import strategies as st
 
 from fxroof.chips import DTYPES, Chip, ChipError, chip, chips, load_chip_file
 
-REQUIRED = ["t4", "a10", "l4", "l40s", "rtx-3090", "rtx-5090", "a100-40gb", "a100-80gb",
+REQUIRED = ["t4", "a10", "l4", "l40s", "rtx-3090", "rtx-4090", "rtx-5090", "rtx-pro-6000-maxq",
+            "a100-40gb", "a100-80gb",
             "h100-pcie", "h100-sxm", "h200", "b200", "mi300x", "tpu-v5e", "cpu"]
 # GeForce cards print FP16/BF16 tensor rates with FP16 accumulate and half of it with FP32
 # accumulate, the path PyTorch takes; int8 (int32 accumulate) keeps the full rate.
-FP32_ACCUMULATE_AT_HALF_RATE = {"rtx-3090", "rtx-5090"}
+FP32_ACCUMULATE_AT_HALF_RATE = {"rtx-3090", "rtx-4090", "rtx-5090"}
 EXPECTED_FIGURES = ["sm_count", "matmul_efficiency", "bw_efficiency", "collective_efficiency",
                     "kernel_floor_s"]
 FIGURES = ["peak_flops", "vector_flops", "mem_bw", "mem_bytes", "link_bw", "link_latency_s",
@@ -134,6 +135,8 @@ def test_tensor_rates_scale_by_two_per_halving_of_width(c):
     ("rtx-3090", "int8", 568e12 / 2),      # 284 | 568*
     ("rtx-5090", "bf16", 419e12 / 2),      # GB202: 209.5 | 419* with FP32 accumulate
     ("rtx-5090", "fp8", 838e12 / 2),       # 419 | 838* with FP32 accumulate
+    ("rtx-4090", "bf16", 330.4e12 / 2),    # AD102: 165.2 | 330.4* with FP32 accumulate
+    ("rtx-4090", "int8", 1321.2e12 / 2),   # 660.6 | 1321.2*
 ])
 def test_peaks_are_dense(name, dtype, dense):
     assert chip(name).peak_flops[dtype] == pytest.approx(dense, rel=2e-3)
@@ -142,7 +145,19 @@ def test_peaks_are_dense(name, dtype, dense):
 def test_geforce_fp32_is_its_cuda_cores_times_two_flops_per_clock():
     assert chip("rtx-3090").peak_flops["fp32"] == pytest.approx(10496 * 2 * 1.695e9, rel=1e-3)
     assert chip("rtx-5090").peak_flops["fp32"] == pytest.approx(21760 * 2 * 2.407e9, rel=1e-3)
+    assert chip("rtx-4090").peak_flops["fp32"] == pytest.approx(16384 * 2 * 2.52e9, rel=1e-3)
     assert (chip("rtx-3090").sm_count, chip("rtx-5090").sm_count) == (82, 170)  # 128 cores per SM
+    assert chip("rtx-4090").sm_count == 128
+
+
+def test_a_workstation_blackwell_runs_fp32_accumulate_at_the_full_rate_of_its_sms():
+    # the RTX 5090's SM: 419 TFLOPS (FP16 accumulate) / (170 SMs x 2.407 GHz) = 1,024 FLOP/clk;
+    # 188 of them at the Max-Q's 2.288 GHz, not halved
+    per_sm = 419e12 / (170 * 2.407e9)
+    assert chip("rtx-pro-6000-maxq").peak_flops["bf16"] == pytest.approx(188 * per_sm * 2.288e9,
+                                                                          rel=2e-3)
+    assert chip("rtx-pro-6000-maxq").peak_flops["fp32"] == pytest.approx(24064 * 2 * 2.288e9,
+                                                                          rel=1e-3)
 
 
 # --- the expected-time model's figures: shares of a peak, each sourced ---

@@ -10,8 +10,9 @@ kind, so a CPU's expected time is its floor. docs/time-model.md gives each figur
     tiles       a matrix kernel computes whole tiles, in whole waves over the SMs
     matmul      library GEMMs reach matmul_efficiency of the dense peak
     bandwidth   streaming kernels reach bw_efficiency of the memory bandwidth
-    occupancy   a kernel with too few loads in flight waits out the memory latency instead
-                (memory_latency_s, sm_threads; the kernel's launch, chips/launch.py)
+    occupancy   a kernel waits a memory latency before its bytes flow, and more where its
+                launch has too few loads in flight to cover it (memory_latency_s,
+                sm_threads; the kernel's launch, chips/launch.py)
     collective  NCCL's base latency per collective; rings reach collective_efficiency of the link
     overlap     compute and memory overlap imperfectly on a GPU (XLA's factor)
     latency     every kernel's fixed time on the chip, kernel_floor_s, on top of its work
@@ -69,7 +70,7 @@ class Expected:
     floor: Timing | None = None     # the floor it was built from (None: interpolated)
     tiled_s: float = 0.0            # the floor's compute over whole tiles and waves
     streamed_s: float = 0.0         # the memory time at the chip's bandwidth share, before the
-                                    # latency its launch waits (memory_s is the larger)
+                                    # latency its loads wait (memory_s adds it)
 
     @property
     def gap(self) -> tuple:
@@ -149,10 +150,13 @@ def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_by
         comm = comm_time(chip, comm_bytes, comm_steps, NCCL_BASE_S,
                          chip.collective_efficiency or 1.0)
     streamed = floor.memory_s / (chip.bw_efficiency or 1.0)
-    # Little's law: the bytes cannot stream faster than the loads in flight cover the latency
-    waited = latency_time(chip, launch) if gpu and floor.memory_s and not collective else 0.0
+    loads = gpu and floor.memory_s and not collective
+    # the first loads' round trip before bytes flow (latency + bytes / bandwidth, as a
+    # collective's); and Little's law: no faster than the loads in flight cover the latency
+    fill = chip.memory_latency_s if loads else 0.0
+    waited = latency_time(chip, launch) if loads else 0.0
     return Expected(tiled / (chip.matmul_efficiency or 1.0) if matrix else tiled,
-                    max(streamed, waited), comm, floor.overhead_s,
+                    max(streamed + fill, waited), comm, floor.overhead_s,
                     0.0 if collective else chip.kernel_floor_s,   # a collective's is NCCL's base
                     OVERLAP if gpu else 1.0, floor.serial_overhead, floor, tiled, streamed)
 
