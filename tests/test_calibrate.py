@@ -155,6 +155,9 @@ def test_cuda_calibration_names_the_gpu():
     assert c.kind == "gpu" and "fp32" in c.peak_flops and not c.op_flops
     assert c.title == f"{torch.cuda.get_device_name()} (calibrated)"
     assert "CUDA graph" in c.sources["launch_s"] and not c.cache_bytes   # L2 is not modelled
+    props = torch.cuda.get_device_properties(0)
+    assert c.sm_count == props.multi_processor_count        # an H100 SXM: 132
+    assert c.sm_threads == props.max_threads_per_multi_processor
 
 
 def test_cuda_without_a_device_is_a_clear_error():

@@ -131,9 +131,14 @@ def _measure(device: str, quick: bool, threads: int | None, say) -> tuple[Chip, 
             "kernels one by one from the host")) if cpu else graph_launch(clock)
         chip = dataclasses.replace(chip, dispatch_s=dispatch, launch_s=launch,
                                    op_dispatch_s={op: t + glue_s for op, t in bare.items()},
-                                   threads=torch.get_num_threads() if cpu else 0)
+                                   threads=torch.get_num_threads() if cpu else 0,
+                                   **({} if cpu else gpu_layout(dev)))
         if cpu:
             src["threads"] = "torch.get_num_threads() while calibrating"
+        else:   # the waves of tiles and of blocks (chips/expected.py, chips/launch.py)
+            src["sm_count"] = "torch.cuda.get_device_properties: multi_processor_count"
+            src["sm_threads"] = ("torch.cuda.get_device_properties: "
+                                 "max_threads_per_multi_processor")
         program_s, src["program_call_s"] = program_call(clock, chip)
         view_again, _ = view_dispatch(clock)
     src |= glue_sources
@@ -150,6 +155,13 @@ def _measure(device: str, quick: bool, threads: int | None, say) -> tuple[Chip, 
         **{k: f"{stamp}: {v}" for k, v in src.items()},
         **{f: f"estimate, not measured (one device): {why}" for f, (_, why) in links.items()}}
     ), view_again
+
+
+def gpu_layout(dev: torch.device) -> dict:
+    """The GPU's SMs and the threads each holds, as the driver reports them."""
+    props = torch.cuda.get_device_properties(dev)
+    return {"sm_count": float(props.multi_processor_count),
+            "sm_threads": float(getattr(props, "max_threads_per_multi_processor", 0))}
 
 
 # -- the chip file ---------------------------------------------------------------------------
