@@ -14,7 +14,7 @@ when absent; their README says how each was measured):
         of the model in the file's 16-bit dtype, under AMP with its LayerNorm/GroupNorm in fp32
         (AMP's casts around them included), batch and size as published; channels-last costs
         as NCHW. Every published size of each model in the subset is a case.
-    Vidur A100 linear, other ops; Vidur H100 linear, other ops
+    Vidur A100 linear, other ops; Vidur H100 linear, other ops (A40 rows too, where the data has them)
         one transformer layer's non-attention ops, fp16, as Vidur's profiler runs them
         (vidur/profiling/mlp/mlp_impl.py, over sarathi-serve's layers), each timed as the sum of
         the CUDA kernels in its range (launch gaps excluded): predicted as the sum of the
@@ -103,7 +103,7 @@ TIMM_MODELS = ("resnet18", "resnet50", "resnet101", "resnext50_32x4d", "wide_res
                "efficientnet_b3", "mobilenetv3_large_100", "mobilenetv2_100", "regnety_040",
                "densenet121", "mixer_b16_224", "swin_tiny_patch4_window7_224", "vgg16",
                "inception_v3")
-VIDUR_CHIPS = {"a100": "a100-80gb", "h100": "h100-sxm"}
+VIDUR_CHIPS = {"a100": "a100-80gb", "h100": "h100-sxm", "a40": "a40"}   # Vidur also profiles A40s
 VIDUR_TOKENS = (1, 16, 128, 512, 2048, 8192)
 VIDUR_OPS = ("emb", "input_layernorm", "attn_pre_proj", "attn_rope", "attn_post_proj",
              "post_attention_layernorm", "mlp_up_proj", "mlp_act", "mlp_down_proj", "add")

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from fxroof.chips import DTYPES, Chip, ChipError, chip, chips, load_chip_file
 
-REQUIRED = ["t4", "a10", "l4", "l40s", "rtx-3090", "rtx-4090", "rtx-5090", "rtx-pro-6000-maxq",
+REQUIRED = ["t4", "a10", "a40", "l4", "l40s", "rtx-3090", "rtx-4090", "rtx-5090", "rtx-pro-6000-maxq",
             "a100-40gb", "a100-80gb",
             "h100-pcie", "h100-sxm", "h200", "b200", "mi300x", "tpu-v5e", "cpu"]
 # GeForce cards print FP16/BF16 tensor rates with FP16 accumulate and half of it with FP32
@@ -135,6 +135,7 @@ def test_tensor_rates_scale_by_two_per_halving_of_width(c):
     ("rtx-3090", "int8", 568e12 / 2),      # 284 | 568*
     ("rtx-5090", "bf16", 419e12 / 2),      # GB202: 209.5 | 419* with FP32 accumulate
     ("rtx-5090", "fp8", 838e12 / 2),       # 419 | 838* with FP32 accumulate
+    ("a40", "bf16", 299.4e12 / 2),         # datasheet 149.7 | 299.4*
     ("rtx-4090", "bf16", 330.4e12 / 2),    # AD102: 165.2 | 330.4* with FP32 accumulate
     ("rtx-4090", "int8", 1321.2e12 / 2),   # 660.6 | 1321.2*
 ])
