@@ -14,7 +14,7 @@ when absent; their README says how each was measured):
         of the model in the file's 16-bit dtype, under AMP with its LayerNorm/GroupNorm in fp32
         (AMP's casts around them included), batch and size as published; channels-last costs
         as NCHW. Every published size of each model in the subset is a case.
-    Vidur A100 linear, other ops; Vidur H100 linear, other ops (A40 rows too, where the data has them)
+    Vidur A100 linear, other ops; Vidur H100 linear, other ops (and A40, where the data has it)
         one transformer layer's non-attention ops, fp16, as Vidur's profiler runs them
         (vidur/profiling/mlp/mlp_impl.py, over sarathi-serve's layers), each timed as the sum of
         the CUDA kernels in its range (launch gaps excluded): predicted as the sum of the
@@ -35,9 +35,10 @@ when absent; their README says how each was measured):
         fxroof's ring all-reduce formula (cost/formulas/collective.py) at the published size and
         group, fp16, on the chip's links. Only groups whose links the chip's one link figure
         describes: DGX A100 within one server (NVSwitch), and the NVLink pairs (2 GPUs, NVLink
-        bridge 600 GB/s both ways: 300 GB/s each way on A100 and H100 alike); groups spanning
-        servers or NVLink pairs joined over PCIe are counted out. Sampled: 12 sizes per group,
-        evenly spaced in log size.
+        bridge 600 GB/s both ways: 300 GB/s each way on A100 and H100 alike; an A40's 112.5 GB/s);
+        groups spanning servers or NVLink pairs joined over PCIe are counted out. Every
+        vidur-*-all_reduce.csv in the data folder is read; a system the bench has no links for
+        is named and skipped. Sampled: 12 sizes per group, evenly spaced in log size.
 
     gpt-fast A100 decode
         tokens/s of whole generations, batch 1, a 5-token prompt, 100 new tokens, torch.compile
@@ -108,6 +109,7 @@ VIDUR_TOKENS = (1, 16, 128, 512, 2048, 8192)
 VIDUR_OPS = ("emb", "input_layernorm", "attn_pre_proj", "attn_rope", "attn_post_proj",
              "post_attention_layernorm", "mlp_up_proj", "mlp_act", "mlp_down_proj", "add")
 NVLINK_BRIDGE = 300e9     # bytes/s each way: NVLink bridge pairs, 600 GB/s both ways
+A40_BRIDGE = 56.25e9      # the A40's NVLink bridge: 112.5 GB/s both ways (A40 datasheet)
 SIZES_PER_GROUP = 12
 
 
@@ -397,9 +399,23 @@ class Group:
         return self.n
 
 
-ALL_REDUCE = {"vidur-a100_dgx-all_reduce.csv": ("a100-80gb", None),
-              "vidur-a100_pairwise_nvlink-all_reduce.csv": ("a100-80gb", NVLINK_BRIDGE),
-              "vidur-h100_pairwise_nvlink-all_reduce.csv": ("h100-sxm", NVLINK_BRIDGE)}
+# Vidur's systems, vidur-<gpu>_<links>-all_reduce.csv: the links each one's groups use, as one
+# link figure (None: the chip's own, NVSwitch within a server); other systems are skipped
+ALL_REDUCE_LINKS = {"dgx": {"a100": None, "h100": None},
+                    "pairwise_nvlink": {"a100": NVLINK_BRIDGE, "h100": NVLINK_BRIDGE,
+                                        "a40": A40_BRIDGE}}
+
+
+def all_reduce_files() -> dict:
+    """{file: (chip, link figure or None)} for each Vidur collective file in the data folder."""
+    found = {}
+    for path in sorted(DATA.glob("vidur-*-all_reduce.csv")):
+        gpu, _, links = path.name.split("-")[1].partition("_")
+        if gpu not in VIDUR_CHIPS or gpu not in ALL_REDUCE_LINKS.get(links, {}):
+            print(f"skipped {path.name}: its GPU or links are not ones the bench knows")
+            continue
+        found[path.name] = (VIDUR_CHIPS[gpu], ALL_REDUCE_LINKS[links][gpu])
+    return found
 
 
 def all_reduce_time(chip, size: int, n: int) -> tuple[float, float]:
@@ -420,7 +436,7 @@ def all_reduce_cases(only: str) -> list[Case]:
     if only not in source:
         return []
     cases, out = [], 0
-    for name, (chip_name, bridge) in ALL_REDUCE.items():
+    for name, (chip_name, bridge) in all_reduce_files().items():
         chip = find_chip(chip_name)
         if bridge:
             chip = dataclasses.replace(chip, link_bw=bridge)
