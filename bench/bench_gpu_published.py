@@ -92,7 +92,7 @@ DATA = ROOT.parent / "shared" / "reference" / "measured"
 TIMM_GPUS = {"rtx3090": ("rtx-3090", "RTX 3090"), "rtx4090": ("rtx-4090", "RTX 4090"),
              "4090": ("rtx-4090", "RTX 4090"), "5090": ("rtx-5090", "RTX 5090"),
              "rtx5090": ("rtx-5090", "RTX 5090"),
-             "pro6000maxq": ("rtx-pro-6000-maxq", "RTX PRO 6000 Max-Q")}
+             "pro6000maxq": ("pro6000-maxq", "RTX PRO 6000 Max-Q")}
 # precision: AMP (autocast over fp32 weights; norms in fp32) in fp16 or bf16, or a bf16 model
 TIMM_PRECISIONS = {"amp": (torch.float16, True, ""), "amp_bf16": (torch.bfloat16, True, " bf16"),
                    "bf16": (torch.bfloat16, False, " bf16 model")}

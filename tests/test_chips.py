@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from fxroof.chips import DTYPES, Chip, ChipError, chip, chips, load_chip_file
 
-REQUIRED = ["t4", "a10", "a40", "l4", "l40s", "rtx-3090", "rtx-4090", "rtx-5090", "rtx-pro-6000-maxq",
+REQUIRED = ["t4", "a10", "a40", "l4", "l40s", "rtx-3090", "rtx-4090", "rtx-5090", "pro6000-maxq",
             "a100-40gb", "a100-80gb",
             "h100-pcie", "h100-sxm", "h200", "b200", "mi300x", "tpu-v5e", "cpu"]
 # GeForce cards print FP16/BF16 tensor rates with FP16 accumulate and half of it with FP32
@@ -155,9 +155,9 @@ def test_a_workstation_blackwell_runs_fp32_accumulate_at_the_full_rate_of_its_sm
     # the RTX 5090's SM: 419 TFLOPS (FP16 accumulate) / (170 SMs x 2.407 GHz) = 1,024 FLOP/clk;
     # 188 of them at the Max-Q's 2.288 GHz, not halved
     per_sm = 419e12 / (170 * 2.407e9)
-    assert chip("rtx-pro-6000-maxq").peak_flops["bf16"] == pytest.approx(188 * per_sm * 2.288e9,
+    assert chip("pro6000-maxq").peak_flops["bf16"] == pytest.approx(188 * per_sm * 2.288e9,
                                                                           rel=2e-3)
-    assert chip("rtx-pro-6000-maxq").peak_flops["fp32"] == pytest.approx(24064 * 2 * 2.288e9,
+    assert chip("pro6000-maxq").peak_flops["fp32"] == pytest.approx(24064 * 2 * 2.288e9,
                                                                           rel=1e-3)
 
 
