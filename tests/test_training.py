@@ -71,6 +71,15 @@ def _hf(config_class, model_class, **config):
     return model, (ids,), {"labels": ids}
 
 
+def meta_gpt2():
+    """A 3-layer GPT-2 and a batch of 2 x 16 token ids, on the meta device."""
+    config = transformers.GPT2Config(n_layer=3, n_embd=64, n_head=2, vocab_size=128,
+                                     n_positions=32)
+    with torch.device("meta"):
+        model = transformers.GPT2LMHeadModel(config)
+    return model, torch.zeros(2, 16, dtype=torch.long, device="meta")
+
+
 def gpt2():
     torch.manual_seed(0)
     config = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=128,
@@ -472,11 +481,7 @@ def test_fsdp_shards_state_and_gathers_per_unit():
 
 
 def test_fsdp_units_are_transformer_layers():
-    config = transformers.GPT2Config(n_layer=3, n_embd=64, n_head=2, vocab_size=128,
-                                     n_positions=32)
-    with torch.device("meta"):
-        model = transformers.GPT2LMHeadModel(config)
-    ids = torch.zeros(2, 16, dtype=torch.long, device="meta")
+    model, ids = meta_gpt2()
     r = fxroof.analyze(model, (ids,), {"labels": ids}, train=True, dp=8, fsdp=True)
     full = sum(p.numel() for p in model.parameters()) * 4       # wte and lm_head tied: once
     layer = sum(p.numel() for p in model.transformer.h[0].parameters()) * 4
@@ -706,11 +711,7 @@ def test_pytorchs_own_fully_shard_gives_units_reshard_and_dtypes():
 
 
 def test_fully_shard_per_layer_is_what_fsdp_true_models():
-    config = transformers.GPT2Config(n_layer=3, n_embd=64, n_head=2, vocab_size=128,
-                                     n_positions=32)
-    with torch.device("meta"):
-        model = transformers.GPT2LMHeadModel(config)
-    ids = torch.zeros(2, 16, dtype=torch.long, device="meta")
+    model, ids = meta_gpt2()
 
     def comm(r):
         return [(k.op, k.phase, k.bytes_read) for k in r.kernels if k.category == "collective"]

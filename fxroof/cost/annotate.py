@@ -44,8 +44,11 @@ def node_cost(node: fx.Node) -> Cost:
     return _unknown(call) if cost is None else with_grid(node, cost)
 
 
+# Ops whose kernel walks rows, and so carries (rows, row elements) as its grid
+# (chips/launch.py prices the waits): a layer norm a row per block, a row gather an index a step.
 _ROW_NORMS = frozenset({torch.ops.aten.layer_norm.default,
                         torch.ops.aten.native_layer_norm.default})
+_ROW_GATHERS = frozenset({torch.ops.aten.embedding.default, torch.ops.aten.index_select.default})
 
 
 def with_grid(node: fx.Node, cost: Cost) -> Cost:
@@ -53,17 +56,17 @@ def with_grid(node: fx.Node, cost: Cost) -> Cost:
     (batch, M, N, K) of its output (a batched product's batch; attention's batch x heads by
     queries by head size; a convolution's implicit GEMM, images x pixels by channels, none for
     grouped ones, which do not run as one GEMM; else the output folded to rows by its last dim)
-    and K, the multiply-adds per output element; for a layer norm, (rows, row elements). None
-    where the shapes are not plain ints."""
+    and K, the multiply-adds per output element; for a layer norm (rows, row elements), for an
+    embedding or index_select (indices, row elements). None where the shapes are not plain
+    ints."""
     out = node.meta.get("val")
     out = out[0] if isinstance(out, (tuple, list)) and out else out
-    if node.target in _ROW_NORMS and isinstance(out, torch.Tensor):
-        # a layer norm's kernel takes a row per block: (rows, row elements) (chips/launch.py)
+    if node.target in _ROW_NORMS or node.target in _ROW_GATHERS:
         try:
-            row = math.prod(int(d) for d in node.args[1])
-            return dataclasses.replace(cost, grid=(int(out.numel()) // row, row)) if row else cost
+            rows = _rows(node, out)
         except (TypeError, ValueError, IndexError):   # symbolic
             return cost
+        return dataclasses.replace(cost, grid=(rows, int(out.numel()) // rows)) if rows else cost
     if cost.category not in MATRIX_CATEGORIES or not isinstance(out, torch.Tensor) \
             or out.dim() < 2 or not cost.flops:
         return cost
@@ -85,6 +88,18 @@ def with_grid(node: fx.Node, cost: Cost) -> Cost:
         return dataclasses.replace(cost, grid=(*bmn, k))
     except (TypeError, ValueError, AttributeError, KeyError, IndexError):   # symbolic, or no meta
         return cost
+
+
+def _rows(node: fx.Node, out) -> int:
+    """The rows a row kernel walks: a layer norm's input over its normalized shape, a gather's
+    indices; 0 where they do not divide its output."""
+    if not isinstance(out, torch.Tensor):
+        return 0
+    if node.target in _ROW_NORMS:
+        rows = int(out.numel()) // max(1, math.prod(int(d) for d in node.args[1]))
+    else:
+        rows = int(OpCall.of(node).inputs[1].numel())    # the source, then the indices
+    return rows if rows and int(out.numel()) % rows == 0 else 0
 
 
 def _makes_tensors(node: fx.Node) -> bool:

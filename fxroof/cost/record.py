@@ -33,8 +33,8 @@ class Cost:
     # sequential latency-bound steps (2(n-1) for a ring all-reduce).
     comm_bytes: int = 0
     comm_steps: int = 0
-    grid: tuple = ()        # matrix ops: the (batch, M, N, K) GEMM a library tiles (annotate);
-                            # embedding/index_select: (indices, row elements)
+    grid: tuple = ()        # matrix ops: the (batch, M, N, K) GEMM a library tiles; layer norm,
+                            # embedding, index_select: (rows, row elements) (annotate.with_grid)
 
     def __post_init__(self):
         if self.category not in CATEGORIES:

@@ -4,8 +4,9 @@ would emit, and count each kernel's bytes as that compiler would move them.
 Reads node.meta["fxroof.cost"] (annotate.py); writes node.meta["fxroof.kernel"] = the index of the
 node's kernel in the returned tuple, on every node that is not a view. Changes nothing else.
 dataflow.py holds the graph facts, policy.py what stays a kernel of its own, reach.py the cycle
-test of horizontal fusion, cpp.py the C++ backend's kernels beyond its groups, this file the decisions, for Inductor's Triton (GPU) or C++ (CPU)
-code generator. The rules, and where they differ from Inductor's: docs/fusion.md.
+test of horizontal fusion, cpp.py the C++ backend's kernels beyond its groups, this file the
+decisions, for Inductor's Triton (GPU) or C++ (CPU) code generator. The rules, and where they
+differ from Inductor's: docs/fusion.md.
 """
 from __future__ import annotations
 

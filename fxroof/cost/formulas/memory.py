@@ -48,20 +48,13 @@ GATHERS = frozenset({aten.embedding, aten.embedding_bag, aten._embedding_bag,
                      aten.gather, aten.take_along_dim, aten.index})
 
 
-_ROW_GATHERS = frozenset({aten.embedding.default, aten.index_select.default})
-
-
 @formula(*GATHERS, category="copy")
 def gather(call: OpCall):
     """A gather reads only the rows it picks: its indices (and offsets) plus as many source
     bytes as it writes."""
     source, *indices = call.inputs
     read = sum(footprint(t) for t in indices) + numel(call.outputs[0]) * source.element_size()
-    picked = numel(indices[0]) if indices else 0
-    # the (indices, row elements) a row gather's kernel walks (chips/launch.py prices its waits)
-    grid = (picked, numel(call.outputs[0]) // picked) \
-        if picked and call.op in _ROW_GATHERS and numel(call.outputs[0]) % picked == 0 else ()
-    return Cost(0, read, call.bytes_written(), "copy", call.out_dtype, grid=grid)
+    return Cost(0, read, call.bytes_written(), "copy", call.out_dtype)
 
 
 def _indexed_elements(self: torch.Tensor, indices, values: torch.Tensor) -> int:
