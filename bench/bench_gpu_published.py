@@ -36,9 +36,18 @@ when absent; their README says how each was measured):
         group, fp16, on the chip's links. Only groups whose links the chip's one link figure
         describes: DGX A100 within one server (NVSwitch), and the NVLink pairs (2 GPUs, NVLink
         bridge 600 GB/s both ways: 300 GB/s each way on A100 and H100 alike; an A40's 112.5 GB/s);
-        groups spanning servers or NVLink pairs joined over PCIe are counted out. Every
-        vidur-*-all_reduce.csv in the data folder is read; a system the bench has no links for
-        is named and skipped. Sampled: 12 sizes per group, evenly spaced in log size.
+        groups spanning servers or NVLink pairs joined over PCIe are counted out. The paired
+        systems are PCIe cards (Vidur's docs/profiling.md: 4 A100 80GB PCIe with pair-wise NVLink,
+        Azure Standard_NC96ads_A100_v4; 4 H100 NVL): a100-80gb-pcie, and h100-sxm's figures for
+        the H100 NVL, which fxroof has no entry for (a collective's time reads only the links and
+        NCCL's latencies). Measured as Vidur's collectives profiler takes it
+        (vidur/profiling/collectives/collectives_wrapper.py): the median duration of the NCCL
+        kernel in a Kineto trace of 11 eager all_reduce calls issued back to back on rank 0. A
+        kernel that starts before the other ranks' launches waits for them inside its duration,
+        so the small sizes carry the launch skew between processes (neighbouring sizes of one
+        group range 7-60 us); fxroof prices ranks in step. Every vidur-*-all_reduce.csv in the
+        data folder is read; a system the bench has no links for is named and skipped.
+        Sampled: 12 sizes per group, evenly spaced in log size.
 
     gpt-fast A100 decode
         tokens/s of whole generations, batch 1, a 5-token prompt, 100 new tokens, torch.compile
@@ -399,22 +408,28 @@ class Group:
         return self.n
 
 
-# Vidur's systems, vidur-<gpu>_<links>-all_reduce.csv: the links each one's groups use, as one
-# link figure (None: the chip's own, NVSwitch within a server); other systems are skipped
-ALL_REDUCE_LINKS = {"dgx": {"a100": None, "h100": None},
-                    "pairwise_nvlink": {"a100": NVLINK_BRIDGE, "h100": NVLINK_BRIDGE,
-                                        "a40": A40_BRIDGE}}
+# Vidur's systems, vidur-<gpu>_<links>-all_reduce.csv: the chip each one's GPUs are and the
+# links its groups use, as one link figure (None: the chip's own, NVSwitch within a server);
+# other systems are skipped. The paired systems are PCIe cards (Vidur's docs/profiling.md);
+# fxroof has no H100 NVL, so its pairs take h100-sxm's figures with the bridge's link.
+ALL_REDUCE_SYSTEMS = {"a100_dgx": ("a100-80gb", None), "h100_dgx": ("h100-sxm", None),
+                      "a100_pairwise_nvlink": ("a100-80gb-pcie", NVLINK_BRIDGE),
+                      "h100_pairwise_nvlink": ("h100-sxm", NVLINK_BRIDGE),
+                      "a40_pairwise_nvlink": ("a40", A40_BRIDGE)}
+# A ring over an NVLink bridge reaches the share of the link that NVLink rings reach
+# (collective_efficiency of the SXM parts); a PCIe card's own entry has no such figure.
+BRIDGE_EFFICIENCY_CHIP = "a100-80gb"
 
 
 def all_reduce_files() -> dict:
     """{file: (chip, link figure or None)} for each Vidur collective file in the data folder."""
     found = {}
     for path in sorted(DATA.glob("vidur-*-all_reduce.csv")):
-        gpu, _, links = path.name.split("-")[1].partition("_")
-        if gpu not in VIDUR_CHIPS or gpu not in ALL_REDUCE_LINKS.get(links, {}):
+        system = path.name.split("-")[1]
+        if system not in ALL_REDUCE_SYSTEMS:
             print(f"skipped {path.name}: its GPU or links are not ones the bench knows")
             continue
-        found[path.name] = (VIDUR_CHIPS[gpu], ALL_REDUCE_LINKS[links][gpu])
+        found[path.name] = ALL_REDUCE_SYSTEMS[system]
     return found
 
 
@@ -439,7 +454,9 @@ def all_reduce_cases(only: str) -> list[Case]:
     for name, (chip_name, bridge) in all_reduce_files().items():
         chip = find_chip(chip_name)
         if bridge:
-            chip = dataclasses.replace(chip, link_bw=bridge)
+            efficiency = (chip.collective_efficiency
+                          or find_chip(BRIDGE_EFFICIENCY_CHIP).collective_efficiency)
+            chip = dataclasses.replace(chip, link_bw=bridge, collective_efficiency=efficiency)
         groups: dict = defaultdict(dict)
         for r in read_csv(name):
             n, per_node = int(r["num_workers"]), int(r["devices_per_node"])
