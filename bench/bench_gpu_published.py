@@ -58,6 +58,13 @@ when absent; their README says how each was measured):
         tensor-parallel rows ran over a hybrid cube mesh that the chip's one link figure does
         not describe. These figures are not in ../shared: they are quoted below with their source.
 
+    --vidur CHECKOUT
+        a checkout of microsoft/vidur adds what its data/profiling holds and the data folder
+        does not, each as a source of its own, never fitted on: at commit 7d47513, the A40's
+        per-operation profiles (Vidur A40 linear, other ops; an 8 x A40 node in NVLink pairs) and
+        the DGX H100's all-reduce (Vidur all-reduce h100_dgx). A file that is not a profile
+        (a Git LFS pointer) is named and skipped.
+
 Prints per source: cases, median |error|, share within +-25%, geometric-mean ratio
 predicted/measured, for the floor and for the expected time, and the worst expected case with
 what its time is made of. Error = (predicted - measured) / measured. About a minute.
@@ -65,6 +72,7 @@ what its time is made of. Error = (predicted - measured) / measured. About a min
     .venv/bin/python bench/bench_gpu_published.py              # every source
     .venv/bin/python bench/bench_gpu_published.py --only Vidur # sources whose name holds 'Vidur'
     .venv/bin/python bench/bench_gpu_published.py --cases      # every case, one line each
+    .venv/bin/python bench/bench_gpu_published.py --vidur ../vidur   # with a Vidur checkout
 """
 from __future__ import annotations
 
@@ -132,9 +140,39 @@ class Case:
     why: str              # what the expected time is made of
 
 
-def read_csv(name: str) -> list[dict]:
+def read_csv(name) -> list[dict]:
+    """A file of the data folder by name, or any file by path; '#' lines are its provenance."""
     with open(DATA / name) as f:
         return list(csv.DictReader(line for line in f if not line.startswith("#")))
+
+
+# A checkout of microsoft/vidur (--vidur) adds what the data folder lacks: the GPUs of its
+# data/profiling/compute/<gpu>/<org>/<model>/mlp.csv and the systems of
+# data/profiling/network/<system>/all_reduce.csv that the folder has no rows or file for.
+VIDUR_CHECKOUT: list = []
+VIDUR_CONFIG = ("n_head", "n_kv_head", "n_embd", "n_expanded_embd", "vocab_size", "use_gated_mlp",
+                "num_tokens", "num_tensor_parallel_workers")
+
+
+def vidur_rows() -> list[dict]:
+    """Rows in the data folder's vidur-mlp-medians.csv schema: its own, then a checkout's for
+    the GPUs it has no rows for (each op's median column, in milliseconds)."""
+    rows = read_csv("vidur-mlp-medians.csv")
+    have = {r["gpu"] for r in rows}
+    for root in VIDUR_CHECKOUT:
+        for path in sorted((root / "data" / "profiling" / "compute").glob("*/*/*/mlp.csv")):
+            gpu, org, model = path.parts[-4:-1]
+            if gpu in have or gpu not in VIDUR_CHIPS:
+                continue
+            found = read_csv(path)
+            if found and "num_tokens" not in found[0]:
+                print(f"skipped {path}: not a profile (a Git LFS pointer?)")
+                continue
+            for r in found:
+                row = {"gpu": gpu, "model": f"{org}/{model}", **{k: r[k] for k in VIDUR_CONFIG}}
+                row.update({f"{op}_ms": r.get(f"time_stats.{op}.median", "") for op in VIDUR_OPS})
+                rows.append(row)
+    return rows
 
 
 def device_regime(e) -> str:
@@ -328,7 +366,7 @@ def vidur_cases(only: str) -> list[Case]:
     if not sources:
         return []
     groups: dict = defaultdict(list)
-    for r in read_csv("vidur-mlp-medians.csv"):
+    for r in vidur_rows():
         if r["gpu"] in sources and int(r["num_tokens"]) in VIDUR_TOKENS:
             groups[(r["gpu"], r["model"], int(r["num_tensor_parallel_workers"]),
                     int(r["num_tokens"]))].append(r)
@@ -422,14 +460,21 @@ BRIDGE_EFFICIENCY_CHIP = "a100-80gb"
 
 
 def all_reduce_files() -> dict:
-    """{file: (chip, link figure or None)} for each Vidur collective file in the data folder."""
+    """{system: (file, source, chip, link figure or None)} for each Vidur collective file in the
+    data folder, then each a checkout adds (its own source, apart from the folder's)."""
     found = {}
-    for path in sorted(DATA.glob("vidur-*-all_reduce.csv")):
-        system = path.name.split("-")[1]
-        if system not in ALL_REDUCE_SYSTEMS:
-            print(f"skipped {path.name}: its GPU or links are not ones the bench knows")
+    files = [(p.name.split("-")[1], p, "Vidur all-reduce")
+             for p in sorted(DATA.glob("vidur-*-all_reduce.csv"))]
+    for root in VIDUR_CHECKOUT:
+        files += [(p.parent.name, p, f"Vidur all-reduce {p.parent.name}")
+                  for p in sorted((root / "data" / "profiling" / "network").glob("*/all_reduce.csv"))]
+    for system, path, source in files:
+        if system in found:
             continue
-        found[path.name] = ALL_REDUCE_SYSTEMS[system]
+        if system not in ALL_REDUCE_SYSTEMS:
+            print(f"skipped {path}: its GPU or links are not ones the bench knows")
+            continue
+        found[system] = (path, source, *ALL_REDUCE_SYSTEMS[system])
     return found
 
 
@@ -447,18 +492,20 @@ def all_reduce_time(chip, size: int, n: int) -> tuple[float, float]:
 
 
 def all_reduce_cases(only: str) -> list[Case]:
-    source = "Vidur all-reduce"
-    if only not in source:
+    if only not in "Vidur all-reduce" and not any(only in f"Vidur all-reduce {s}"
+                                                   for s in ALL_REDUCE_SYSTEMS):
         return []
     cases, out = [], 0
-    for name, (chip_name, bridge) in all_reduce_files().items():
+    for system, (path, source, chip_name, bridge) in all_reduce_files().items():
+        if only not in source:
+            continue
         chip = find_chip(chip_name)
         if bridge:
             efficiency = (chip.collective_efficiency
                           or find_chip(BRIDGE_EFFICIENCY_CHIP).collective_efficiency)
             chip = dataclasses.replace(chip, link_bw=bridge, collective_efficiency=efficiency)
         groups: dict = defaultdict(dict)
-        for r in read_csv(name):
+        for r in read_csv(path):
             n, per_node = int(r["num_workers"]), int(r["devices_per_node"])
             # one server of NVSwitch, or one NVLink pair: the links the chip's figure describes
             if (n > per_node) or (bridge and n != 2):
@@ -473,7 +520,7 @@ def all_reduce_cases(only: str) -> list[Case]:
                       for i in range(SIZES_PER_GROUP)}
             for size in sorted(picked):
                 floor, exp = all_reduce_time(chip, size, n)
-                cases.append(Case(source, f"{name.split('-')[1]} n={n} {size:,} B",
+                cases.append(Case(source, f"{system} n={n} {size:,} B",
                                   by_size[size], floor, exp, "ring all-reduce"))
     print(f"Vidur all-reduce: {out} rows counted out (groups spanning servers, or NVLink pairs "
           f"joined over PCIe)")
@@ -493,7 +540,15 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default="", help="sources whose name holds this text")
     ap.add_argument("--cases", action="store_true", help="print every case")
+    ap.add_argument("--vidur", type=Path, metavar="CHECKOUT",
+                    help="a checkout of microsoft/vidur: adds the GPUs and collective systems "
+                         "its data/profiling holds that the data folder does not")
     args = ap.parse_args(argv)
+    if args.vidur:
+        if not (args.vidur / "data" / "profiling").is_dir():
+            print(f"error: {args.vidur} has no data/profiling: not a checkout of microsoft/vidur")
+            return 2
+        VIDUR_CHECKOUT.append(args.vidur)
     if not DATA.is_dir():
         print(f"skipped: no published measurements at {DATA} (see shared/reference/measured)")
         return 0
