@@ -49,6 +49,14 @@ when absent; their README says how each was measured):
         data folder is read; a system the bench has no links for is named and skipped.
         Sampled: 12 sizes per group, evenly spaced in log size.
 
+    nccl-tests H200 all-reduce
+        bus bandwidth of all_reduce_perf from 32 KiB to 16 GiB on one 8 x H200 node with NCCL
+        2.30.7, NVLink SHARP on (Stas Bekman, Machine Learning Engineering,
+        network/benchmarks/README.md, commit 0cc3de5): time = size x 2(n-1)/n / busbw, beside
+        fxroof's ring all-reduce at that size over 8 ranks. These figures are quoted below with
+        their source. (The H200's collective_efficiency is the same author's 8 GiB ring with
+        SHARP off, 365.6 GB/s: another run.)
+
     gpt-fast A100 decode
         tokens/s of whole generations, batch 1, a 5-token prompt, 100 new tokens, torch.compile
         with CUDA graphs, bf16 weights or int8/int4 weight-only (pytorch-labs/gpt-fast README,
@@ -401,6 +409,31 @@ def vidur_cases(only: str) -> list[Case]:
     return cases
 
 
+# -- all-reduce bus bandwidth on an 8 x H200 node ------------------------------------------------
+
+# (payload bytes, nccl-tests bus bandwidth in GB/s): Stas Bekman, Machine Learning Engineering,
+# network/benchmarks/README.md at commit 0cc3de5, "How the calls are timed": one 8 x H200 node,
+# torch 2.14.0+cu130, NCCL 2.30.7, nccl-tests' all_reduce_perf built against it (back-to-back
+# calls), NVLink SHARP on (its default; 482 GB/s at 16 GiB is above the 450 GB/s link).
+NCCL_TESTS_H200 = tuple((2 ** e, bw) for e, bw in zip(range(15, 35), (
+    3.20, 6.26, 12.40, 24.63, 48.30, 72.45, 91.48, 139.97, 182.03, 242.45, 298.44, 369.82,
+    411.21, 442.27, 455.82, 464.00, 468.31, 473.10, 475.16, 480.70)))
+
+
+def nccl_tests_cases(only: str) -> list[Case]:
+    source = "nccl-tests H200 all-reduce"
+    if only not in source:
+        return []
+    chip, n = find_chip("h200"), 8
+    cases = []
+    for size, busbw in NCCL_TESTS_H200:
+        # nccl-tests: busbw = algbw x 2(n-1)/n, algbw = size / time
+        measured = size * 2 * (n - 1) / n / (busbw * 1e9)
+        floor, exp = all_reduce_time(chip, size, n)
+        cases.append(Case(source, f"n=8 {size:,} B", measured, floor, exp, "ring all-reduce"))
+    return cases
+
+
 # -- gpt-fast decode -----------------------------------------------------------------------------
 
 # (label, models/llama.py preset, what-if, published tokens/s): pytorch-labs/gpt-fast README.md at
@@ -554,7 +587,7 @@ def main(argv=None) -> int:
         return 0
     start = time.perf_counter()
     cases = (timm_cases(args.only) + vidur_cases(args.only) + all_reduce_cases(args.only)
-             + gpt_fast_cases(args.only))
+             + nccl_tests_cases(args.only) + gpt_fast_cases(args.only))
     if not cases:
         print("no cases to compare")
         return 0
