@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from fxroof.chips import DTYPES, Chip, ChipError, chip, chips, load_chip_file
 
-REQUIRED = ["t4", "a10", "a40", "l4", "l40s", "rtx-3090", "rtx-4090", "rtx-5090", "pro6000-maxq",
+REQUIRED = ["v100", "t4", "a10", "a40", "l4", "l40s", "rtx-3090", "rtx-4090", "rtx-5090", "pro6000-maxq",
             "a100-40gb", "a100-80gb", "a100-80gb-pcie",
             "h100-pcie", "h100-sxm", "h200", "b200", "mi300x", "tpu-v5e", "cpu"]
 # GeForce cards print FP16/BF16 tensor rates with FP16 accumulate and half of it with FP32
