@@ -70,8 +70,10 @@ when absent; their README says how each was measured):
         a checkout of microsoft/vidur adds what its data/profiling holds and the data folder
         does not, each as a source of its own, never fitted on: at commit 7d47513, the A40's
         per-operation profiles (Vidur A40 linear, other ops; an 8 x A40 node in NVLink pairs) and
-        the DGX H100's all-reduce (Vidur all-reduce h100_dgx). A file that is not a profile
-        (a Git LFS pointer) is named and skipped.
+        the DGX H100's all-reduce (Vidur all-reduce h100_dgx), and every system's send_recv
+        within one server (Vidur send/recv <system>: fxroof's isend at that size, timed as
+        the all-reduces are). A file that is not a profile (a Git LFS pointer) is named and
+        skipped.
 
 Prints per source: cases, median |error|, share within +-25%, geometric-mean ratio
 predicted/measured, for the floor and for the expected time, and the worst expected case with
@@ -487,9 +489,20 @@ ALL_REDUCE_SYSTEMS = {"a100_dgx": ("a100-80gb", None), "h100_dgx": ("h100-sxm", 
                       "a100_pairwise_nvlink": ("a100-80gb-pcie", NVLINK_BRIDGE),
                       "h100_pairwise_nvlink": ("h100-sxm", NVLINK_BRIDGE),
                       "a40_pairwise_nvlink": ("a40", A40_BRIDGE)}
-# A ring over an NVLink bridge reaches the share of the link that NVLink rings reach
-# (collective_efficiency of the SXM parts); a PCIe card's own entry has no such figure.
-BRIDGE_EFFICIENCY_CHIP = "a100-80gb"
+# Over an NVLink bridge a ring pays NVLink's per-step latency and reaches the share of the link
+# that NVLink rings reach: the SXM part's figures (a PCIe card's own entry has PCIe's).
+BRIDGE_FIGURES_CHIP = "a100-80gb"
+
+
+def system_chip(chip_name: str, bridge: float | None):
+    """The chip as a system's links see it: its own, or joined in pairs by an NVLink bridge."""
+    chip = find_chip(chip_name)
+    if not bridge:
+        return chip
+    nvlink = find_chip(BRIDGE_FIGURES_CHIP)
+    return dataclasses.replace(chip, link_bw=bridge, link_latency_s=nvlink.link_latency_s,
+                               collective_efficiency=(chip.collective_efficiency
+                                                      or nvlink.collective_efficiency))
 
 
 def all_reduce_files() -> dict:
@@ -524,6 +537,52 @@ def all_reduce_time(chip, size: int, n: int) -> tuple[float, float]:
     return max(t.compute_s, t.memory_s, t.comm_s), e.device_s
 
 
+def send_time(chip, size: int) -> tuple[float, float]:
+    """(floor, expected) of one point-to-point send of `size` bytes of fp16."""
+    buffer = torch.empty(size // 2, dtype=torch.float16, device="meta")
+    op = torch.ops._c10d_functional.isend.default
+    cost = FORMULAS[op.overloadpacket].fn(OpCall(op, (buffer, 1, Group(2)), {}, buffer))
+    t = kernel_timing(chip, flops=0, bytes_moved=cost.bytes, category="collective",
+                      dtype="fp16", overhead_s=0.0, comm_bytes=cost.comm_bytes,
+                      comm_steps=cost.comm_steps)
+    e = expected(chip, t, "collective", comm_bytes=cost.comm_bytes, comm_steps=cost.comm_steps)
+    return max(t.compute_s, t.memory_s, t.comm_s), e.device_s
+
+
+def send_recv_cases(only: str) -> list[Case]:
+    """Vidur's send_recv profiles in a checkout: rank 0 sends to rank 1 in the same server (the
+    same links as the all-reduce's pairs and servers), timed as its all-reduces are."""
+    source = "Vidur send/recv"
+    if only not in source or not VIDUR_CHECKOUT:
+        return []
+    cases = []
+    for root in VIDUR_CHECKOUT:
+        for path in sorted((root / "data" / "profiling" / "network").glob("*/send_recv.csv")):
+            system = path.parent.name
+            if system not in ALL_REDUCE_SYSTEMS:
+                print(f"skipped {path}: its GPU or links are not ones the bench knows")
+                continue
+            chip_name, bridge = ALL_REDUCE_SYSTEMS[system]
+            chip = system_chip(chip_name, bridge)
+            # both ranks in one server (devices_per_node 2); the rows with one a server cross
+            # the network, which the chip's link figure does not describe
+            by_size = {int(r["size"]): float(r["time_stats.send_recv.median"]) / 1e3
+                       for r in read_csv(path) if int(r["devices_per_node"]) == 2}
+            for size in sampled(sorted(by_size)):
+                floor, exp = send_time(chip, size)
+                cases.append(Case(f"{source} {system}", f"{size:,} B", by_size[size], floor,
+                                  exp, "point to point"))
+    return cases
+
+
+def sampled(sizes: list) -> list:
+    """SIZES_PER_GROUP of `sizes`, evenly spaced in log size."""
+    lo, hi = math.log(sizes[0]), math.log(sizes[-1])
+    return sorted({min(sizes, key=lambda s: abs(math.log(s) - (lo + (hi - lo) * i
+                                                               / (SIZES_PER_GROUP - 1))))
+                   for i in range(SIZES_PER_GROUP)})
+
+
 def all_reduce_cases(only: str) -> list[Case]:
     if only not in "Vidur all-reduce" and not any(only in f"Vidur all-reduce {s}"
                                                    for s in ALL_REDUCE_SYSTEMS):
@@ -532,11 +591,7 @@ def all_reduce_cases(only: str) -> list[Case]:
     for system, (path, source, chip_name, bridge) in all_reduce_files().items():
         if only not in source:
             continue
-        chip = find_chip(chip_name)
-        if bridge:
-            efficiency = (chip.collective_efficiency
-                          or find_chip(BRIDGE_EFFICIENCY_CHIP).collective_efficiency)
-            chip = dataclasses.replace(chip, link_bw=bridge, collective_efficiency=efficiency)
+        chip = system_chip(chip_name, bridge)
         groups: dict = defaultdict(dict)
         for r in read_csv(path):
             n, per_node = int(r["num_workers"]), int(r["devices_per_node"])
@@ -546,12 +601,7 @@ def all_reduce_cases(only: str) -> list[Case]:
                 continue
             groups[n][int(r["size"])] = float(r["time_stats.all_reduce.median"]) / 1e3
         for n, by_size in sorted(groups.items()):
-            sizes = sorted(by_size)
-            lo, hi = math.log(sizes[0]), math.log(sizes[-1])
-            picked = {min(sizes, key=lambda s: abs(math.log(s) - (lo + (hi - lo) * i
-                                                                  / (SIZES_PER_GROUP - 1))))
-                      for i in range(SIZES_PER_GROUP)}
-            for size in sorted(picked):
+            for size in sampled(sorted(by_size)):
                 floor, exp = all_reduce_time(chip, size, n)
                 cases.append(Case(source, f"{system} n={n} {size:,} B",
                                   by_size[size], floor, exp, "ring all-reduce"))
@@ -587,7 +637,8 @@ def main(argv=None) -> int:
         return 0
     start = time.perf_counter()
     cases = (timm_cases(args.only) + vidur_cases(args.only) + all_reduce_cases(args.only)
-             + nccl_tests_cases(args.only) + gpt_fast_cases(args.only))
+             + send_recv_cases(args.only) + nccl_tests_cases(args.only)
+             + gpt_fast_cases(args.only))
     if not cases:
         print("no cases to compare")
         return 0
