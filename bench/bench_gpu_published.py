@@ -512,8 +512,9 @@ def all_reduce_files() -> dict:
     files = [(p.name.split("-")[1], p, "Vidur all-reduce")
              for p in sorted(DATA.glob("vidur-*-all_reduce.csv"))]
     for root in VIDUR_CHECKOUT:
+        network = root / "data" / "profiling" / "network"
         files += [(p.parent.name, p, f"Vidur all-reduce {p.parent.name}")
-                  for p in sorted((root / "data" / "profiling" / "network").glob("*/all_reduce.csv"))]
+                  for p in sorted(network.glob("*/all_reduce.csv"))]
     for system, path, source in files:
         if system in found:
             continue
