@@ -21,6 +21,7 @@ from fxroof.chips import chip as find_chip
 from fxroof.chips.timing import MODES
 from fxroof.cost import COST_KEY
 from fxroof.cost.annotate import annotate
+from fxroof.cost.record import MATRIX_CATEGORIES
 from fxroof.cost.whatif import Quantization, quantize_graph
 from fxroof.cost.whatif import parse as parse_quantization
 from fxroof.fuse import fuse, unfused
@@ -230,8 +231,8 @@ def report_of(captured: Captured, target: Target) -> Report:
         compiled=ModeSummary("compiled", kernel_rows(compiled, chip, "compiled", nodes, streamed,
                                                      gm)),
         memory=memory, whatif=target.whatif,
-        notes=captured.notes + _whatif_notes(gm, whatif.requantized, target)
-        + _routing_notes(gm, captured, target)
+        notes=captured.notes + _matrix_unit_notes(nodes, chip, target.quantize)
+        + _whatif_notes(gm, whatif.requantized, target) + _routing_notes(gm, captured, target)
         + ((_FSDP_NOTE if target.fsdp else _DP_NOTE),) * (target.dp > 1),
         training=target.optimizer if target.train else "", dp=target.dp, fsdp=target.fsdp,
         provenance=provenance)
@@ -287,6 +288,23 @@ def _routing_notes(gm, captured: Captured, target: Target) -> tuple:
     if target.routing is not None:
         notes.append(f"routing {target.routing.label} could not be traced on this model: "
                      f"its {captured.strategy} graph has no top-k values to assume")
+    return tuple(notes)
+
+
+def _matrix_unit_notes(nodes, chip: Chip, quantize) -> tuple:
+    """A half-precision matmul on a chip without matrix units for that type (bf16 on a V100 or
+    T4) runs at a slower rate than the dtype suggests: say which, and at what peak."""
+    if quantize and quantize.matmul:      # the what-if's operands, noted by _whatif_notes
+        return ()
+    notes = []
+    for dtype in sorted({n.dtype for n in nodes if n.category in MATRIX_CATEGORIES and n.flops}):
+        runs_as = chip.matrix_dtype(dtype)
+        if dtype in ("bf16", "fp16") and runs_as != dtype:
+            other = next((h for h in ("fp16", "bf16") if h in chip.peak_flops), "")
+            notes.append(f"{chip.name} has no {dtype} matrix units: {dtype} matmuls run at its "
+                         f"{runs_as} peak, {si(chip.matrix_flops(dtype), 'FLOP/s')}"
+                         + (f" ({other}: {si(chip.matrix_flops(other), 'FLOP/s')})"
+                            if other else ""))
     return tuple(notes)
 
 
