@@ -66,6 +66,12 @@ when absent; their README says how each was measured):
         tensor-parallel rows ran over a hybrid cube mesh that the chip's one link figure does
         not describe. These figures are not in ../shared: they are quoted below with their source.
 
+    --timm RESULTS
+        the results/ folder of a pytorch-image-models checkout adds, each as a source of its
+        own, the benchmark-infer-*.csv files the data folder does not hold: at commit aa4b585
+        the RTX 4090 (torch 2.4 and 2.9, eager and compiled), the RTX PRO 6000 Blackwell Max-Q
+        (eager, compiled; compiled in bf16 under AMP and as a bf16 model), the RTX 3090 under
+        torch 1.13 and 2.1 and in NHWC. Never fitted on; CPU result files are named and skipped.
     --vidur CHECKOUT
         a checkout of microsoft/vidur adds what its data/profiling holds and the data folder
         does not, each as a source of its own, never fitted on: at commit 7d47513, the A40's
@@ -83,6 +89,7 @@ what its time is made of. Error = (predicted - measured) / measured. About a min
     .venv/bin/python bench/bench_gpu_published.py --only Vidur # sources whose name holds 'Vidur'
     .venv/bin/python bench/bench_gpu_published.py --cases      # every case, one line each
     .venv/bin/python bench/bench_gpu_published.py --vidur ../vidur   # with a Vidur checkout
+    .venv/bin/python bench/bench_gpu_published.py --timm ../pytorch-image-models/results
 """
 from __future__ import annotations
 
@@ -229,12 +236,31 @@ def fp32_norms(module: nn.Module) -> nn.Module:
     return module
 
 
+# The results/ folder of a pytorch-image-models checkout (--timm): its benchmark-infer-*.csv
+# files, named as the data folder's timm-*.csv are, add the GPUs, torch versions and layouts
+# the data folder lacks (the files it holds are left to it).
+TIMM_RESULTS: list = []
+
+
+def timm_files() -> list:
+    """(path, name stem as timm-<precision>-<layout>-pt<torch>-cu<cuda>-<gpu>[-dynamo]) of every
+    timm result file: the data folder's, then a checkout's that the folder does not hold."""
+    files = [(p, p.stem) for p in sorted(DATA.glob("timm-*.csv"))]
+    have = {stem for _, stem in files}
+    for results in TIMM_RESULTS:
+        for p in sorted(results.glob("benchmark-infer-*.csv")):
+            stem = "timm-" + p.stem.removeprefix("benchmark-infer-")
+            if stem not in have:
+                files.append((p, stem))
+    return files
+
+
 def timm_sources() -> dict:
-    """{source name: (file, chip, mode, dtype, fp32 norms)} for each timm result file in the data
-    folder whose GPU and precision fxroof knows; the others are named and skipped."""
+    """{source name: (file, chip, mode, dtype, fp32 norms)} for each timm result file whose GPU
+    and precision fxroof knows; the others are named and skipped."""
     sources: dict = {}
-    for path in sorted(DATA.glob("timm-*.csv")):
-        parts = path.stem.split("-")
+    for path, stem in timm_files():
+        parts = stem.split("-")
         compiled = parts[-1] == "dynamo"
         gpu = parts[-2] if compiled else parts[-1]
         if len(parts) < 5 or gpu not in TIMM_GPUS or parts[1] not in TIMM_PRECISIONS:
@@ -246,7 +272,7 @@ def timm_sources() -> dict:
         name = f"timm {label} {mode}{what}" + (" NHWC" if parts[2] == "nhwc" else "")
         if name in sources:      # the same GPU under another torch: name the torch
             name += f" ({parts[3]})"
-        sources[name] = (path.name, chip_name, mode, dtype, amp)
+        sources[name] = (path, chip_name, mode, dtype, amp)
     return sources
 
 
@@ -264,7 +290,8 @@ def timm_cases(only: str) -> list[Case]:
     for source, (file, chip_name, mode, dtype, amp) in sources.items():
         target = Target(chip=chip_name, mode=mode)
         for r in (r for r in read_csv(file) if r["model"] in TIMM_MODELS):
-            size, batch = int(r["infer_img_size"]), int(r["infer_batch_size"])
+            # some files print them as floats ("1024.0")
+            size, batch = int(float(r["infer_img_size"])), int(float(r["infer_batch_size"]))
             key = (r["model"], size, batch, dtype, amp)
             if key not in captured:
                 with torch.device("meta"):
@@ -624,6 +651,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default="", help="sources whose name holds this text")
     ap.add_argument("--cases", action="store_true", help="print every case")
+    ap.add_argument("--timm", type=Path, metavar="RESULTS",
+                    help="the results/ folder of a pytorch-image-models checkout: adds the GPUs, "
+                         "torch versions and layouts its benchmark-infer-*.csv hold")
     ap.add_argument("--vidur", type=Path, metavar="CHECKOUT",
                     help="a checkout of microsoft/vidur: adds the GPUs and collective systems "
                          "its data/profiling holds that the data folder does not")
@@ -633,6 +663,11 @@ def main(argv=None) -> int:
             print(f"error: {args.vidur} has no data/profiling: not a checkout of microsoft/vidur")
             return 2
         VIDUR_CHECKOUT.append(args.vidur)
+    if args.timm:
+        if not any(args.timm.glob("benchmark-infer-*.csv")):
+            print(f"error: {args.timm} holds no benchmark-infer-*.csv: not timm's results/ folder")
+            return 2
+        TIMM_RESULTS.append(args.timm)
     if not DATA.is_dir():
         print(f"skipped: no published measurements at {DATA} (see shared/reference/measured)")
         return 0
