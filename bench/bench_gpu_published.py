@@ -71,7 +71,11 @@ when absent; their README says how each was measured):
         own, the benchmark-infer-*.csv files the data folder does not hold: at commit aa4b585
         the RTX 4090 (torch 2.4 and 2.9, eager and compiled), the RTX PRO 6000 Blackwell Max-Q
         (eager, compiled; compiled in bf16 under AMP and as a bf16 model), the RTX 3090 under
-        torch 1.13 and 2.1 and in NHWC. Never fitted on; CPU result files are named and skipped.
+        torch 1.13 and 2.1 and in NHWC; and its training files (RTX 3090, torch 1.12, NCHW and
+        NHWC: one step of SGD with momentum on a model in train mode, fp32 weights under float16
+        autocast, cross-entropy), predicted as fxroof's eager training step (train=True,
+        optimizer="sgd": plain SGD, a few element-wise passes over the weights fewer than
+        timm's momentum and Nesterov). Never fitted on; CPU result files are named and skipped.
     --vidur CHECKOUT
         a checkout of microsoft/vidur adds what its data/profiling holds and the data folder
         does not, each as a source of its own, never fitted on: at commit 7d47513, the A40's
@@ -111,6 +115,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import fxroof  # noqa: E402
 from fxroof.chips import chip as find_chip  # noqa: E402
 from fxroof.chips.expected import expected  # noqa: E402
 from fxroof.chips.launch import Launch, row_per_block  # noqa: E402
@@ -302,6 +307,62 @@ def timm_cases(only: str) -> list[Case]:
             report = report_of(captured[key], target)
             cases.append(Case(source, f"{r['model']} {size}px b{batch}",
                               float(r["infer_step_time"]) / 1e3, report.summary.floor_s,
+                              report.time_s, made_of(report.kernels)))
+    return cases
+
+
+class AmpTrainStep(nn.Module):
+    """timm's training benchmark step up to the backward: the forward and the cross-entropy loss
+    under CUDA autocast in float16 (fxroof traces CUDA autocast as CPU autocast of the same dtype
+    where there is no GPU)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x, target):
+        with torch.autocast("cuda", dtype=torch.float16):
+            return F.cross_entropy(self.model(x), target)
+
+
+def timm_train_cases(only: str) -> list[Case]:
+    """timm's training benchmark files in a checkout's results/ (--timm): one SGD step of a
+    model in train mode under AMP (fp32 weights, float16 autocast, cross-entropy), eager."""
+    files = [p for results in TIMM_RESULTS for p in sorted(results.glob("benchmark-train-*.csv"))]
+    wanted = []
+    for path in files:
+        parts = path.stem.removeprefix("benchmark-train-").split("-")   # amp, nchw, pt, cu, gpu
+        gpu = parts[-1]
+        if len(parts) != 5 or gpu not in TIMM_GPUS or parts[0] != "amp":
+            print(f"skipped {path.name}: its GPU or precision is not one the bench knows")
+            continue
+        source = (f"timm {TIMM_GPUS[gpu][1]} train" + (" NHWC" if parts[1] == "nhwc" else "")
+                  + f" ({parts[2]})")
+        if only in source:
+            wanted.append((path, source, TIMM_GPUS[gpu][0]))
+    if not wanted:
+        return []
+    try:
+        import timm
+    except Exception as e:
+        print(f"skipped timm training sources: timm cannot be imported ({type(e).__name__}: {e})")
+        return []
+    reports: dict = {}
+    cases = []
+    for path, source, chip_name in wanted:
+        for r in (r for r in read_csv(path) if r["model"] in TIMM_MODELS):
+            size, batch = int(float(r["train_img_size"])), int(float(r["train_batch_size"]))
+            key = (r["model"], size, batch, chip_name)
+            if key not in reports:
+                with torch.device("meta"):
+                    model = AmpTrainStep(timm.create_model(r["model"]).train())
+                x = torch.empty(batch, 3, size, size, device="meta")
+                target = torch.zeros(batch, dtype=torch.long, device="meta")
+                reports[key] = fxroof.analyze(model, (x, target), chip=chip_name, mode="eager",
+                                              train=True, optimizer="sgd")
+            report = reports[key]
+            cases.append(Case(source, f"{r['model']} {size}px b{batch}",
+                              float(r["train_step_time"]) / 1e3, report.summary.floor_s,
                               report.time_s, made_of(report.kernels)))
     return cases
 
@@ -672,7 +733,7 @@ def main(argv=None) -> int:
         print(f"skipped: no published measurements at {DATA} (see shared/reference/measured)")
         return 0
     start = time.perf_counter()
-    cases = (timm_cases(args.only) + vidur_cases(args.only) + all_reduce_cases(args.only)
+    cases = (timm_cases(args.only) + timm_train_cases(args.only) + vidur_cases(args.only) + all_reduce_cases(args.only)
              + send_recv_cases(args.only) + nccl_tests_cases(args.only)
              + gpt_fast_cases(args.only))
     if not cases:
