@@ -733,7 +733,8 @@ def main(argv=None) -> int:
         print(f"skipped: no published measurements at {DATA} (see shared/reference/measured)")
         return 0
     start = time.perf_counter()
-    cases = (timm_cases(args.only) + timm_train_cases(args.only) + vidur_cases(args.only) + all_reduce_cases(args.only)
+    cases = (timm_cases(args.only) + timm_train_cases(args.only) + vidur_cases(args.only)
+             + all_reduce_cases(args.only)
              + send_recv_cases(args.only) + nccl_tests_cases(args.only)
              + gpt_fast_cases(args.only))
     if not cases:
