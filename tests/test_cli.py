@@ -119,6 +119,27 @@ def test_chips_lists_the_table(capsys):
     assert max(len(line) for line in out.splitlines()) <= 100
 
 
+def test_chips_shows_one_chips_figures_with_their_sources(capsys):
+    assert main(["chips", "a100"]) == 0
+    out = capsys.readouterr().out
+    # the A100 datasheet's 312 TFLOP/s and 2,039 GB/s; 550 cycles at 1,410 MHz = 390 ns
+    assert out.startswith("a100-80gb: NVIDIA A100 SXM4 80GB (gpu)")
+    assert "  bf16 dense peak: 312 TFLOP/s" in out and "  memory bandwidth: 2.04 TB/s" in out
+    assert "  memory latency (idle): 0.39 µs" in out and "A100 SXM 550 cycles" in out
+    assert "nvidia-a100-datasheet" in out
+    assert main(["chips", "v100", "t4", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [c["name"] for c in listed] == ["v100", "t4"]
+    assert listed[0]["peak_flops"] == {"fp32": 15.7e12, "fp16": 125e12}
+    assert "V100 460 cycles" in listed[0]["sources"]["memory_latency_s"]
+
+
+def test_chips_names_an_unknown_chip_in_one_line(capsys):
+    assert main(["chips", "a1000"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "unknown chip 'a1000'" in err
+
+
 def test_real_subprocess_and_quiet_when_not_a_tty():
     done = subprocess.run([sys.executable, "-m", "fxroof.cli", "analyze", MLP, "--set",
                            "preset=tiny", "--chip", "l4"], capture_output=True, text=True,

@@ -142,7 +142,11 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--quick", action="store_true", help="fewer repeats, rougher figures")
     k.add_argument("--threads", type=int, default=None,
                    help="CPU threads torch uses while measuring (default: torch's setting)")
-    sub.add_parser("chips", help="list the chip table")
+    c = sub.add_parser("chips", help="list the chip table, or one chip's figures and sources")
+    c.add_argument("names", nargs="*", metavar="CHIP",
+                   help="chip names or chip JSON files: every figure with its source")
+    c.add_argument("--json", action="store_true",
+                   help="the chips as JSON (SI units, sources included)")
     d = sub.add_parser("diff", help="compare two --json reports")
     d.add_argument("a", help="report JSON (before)")
     d.add_argument("b", help="report JSON (after)")
@@ -318,12 +322,23 @@ def _read_report(path: str) -> dict:
     return data
 
 
+def cmd_chips(ns) -> None:
+    from fxroof.chips import chip, chips
+    from fxroof.report import tables
+    found = [chip(name) for name in ns.names] if ns.names else chips()
+    if ns.json:
+        print(json.dumps([c.to_dict() for c in found], indent=1))
+    elif ns.names:
+        print("\n\n".join(tables.chip_figures(c) for c in found))
+    else:
+        print(tables.chip_table(found))
+
+
 COMMANDS = {"analyze": cmd_analyze, "compare": cmd_compare, "compare-trace": cmd_compare_trace,
             "check": cmd_check,
             **dict.fromkeys(STUDIES, cmd_study), "measure": cmd_measure,
             "calibrate": lambda ns: import_module("fxroof.measure.calibrate").cmd_calibrate(ns),
-            "chips": lambda ns: print(import_module("fxroof.report.tables").chip_table(
-                import_module("fxroof.chips").chips())),
+            "chips": cmd_chips,
             "diff": lambda ns: print(import_module("fxroof.report.tables").diff(
                 _read_report(ns.a), _read_report(ns.b)))}
 

@@ -187,6 +187,48 @@ def chip_table(chips) -> str:
                          "link, 1 way"], "llrrrrr")
 
 
+# How each of a chip's figures reads: field -> (label, formatter)
+_FIGURE_FORMATS = {
+    "vector_flops": ("vector (CUDA-core / SIMD) peak", lambda v: si(v, "FLOP/s")),
+    "mem_bw": ("memory bandwidth", lambda v: si(v, "B/s")),
+    "mem_bytes": ("memory", lambda v: si(v, "B")),
+    "link_bw": ("link bandwidth, each way", lambda v: si(v, "B/s")),
+    "link_latency_s": ("latency per collective step", seconds),
+    "launch_s": ("launch per compiled kernel", seconds),
+    "dispatch_s": ("eager dispatch per op", seconds),
+    "cache_bytes": ("cache", lambda v: si(v, "B")),
+    "cache_bw": ("cache bandwidth", lambda v: si(v, "B/s")),
+    "view_dispatch_s": ("eager view call", seconds),
+    "program_call_s": ("entering a compiled program", seconds),
+    "sm_count": ("SMs", lambda v: f"{v:,.0f}"),
+    "sm_threads": ("resident threads per SM", lambda v: f"{v:,.0f}"),
+    "threads": ("threads", lambda v: f"{v:,.0f}"),
+    "matmul_efficiency": ("achievable share of the matrix peak", lambda v: f"{v:.3g}"),
+    "bw_efficiency": ("achievable share of the bandwidth", lambda v: f"{v:.3g}"),
+    "collective_efficiency": ("ring all-reduce share of the link", lambda v: f"{v:.3g}"),
+    "kernel_floor_s": ("fixed time per kernel on the chip", seconds),
+    "memory_latency_s": ("memory latency (idle)", seconds),
+}
+
+
+def chip_figures(c) -> str:
+    """One chip's figures, each with its value and, below it, where it comes from (the peaks
+    share one source)."""
+    groups = [("peak_flops", [f"{dtype} dense peak: {si(v, 'FLOP/s')}"
+                              for dtype, v in c.peak_flops.items()])]
+    groups += [(f, [f"{label}: {fmt(getattr(c, f))}"]) for f, (label, fmt)
+               in _FIGURE_FORMATS.items() if getattr(c, f, 0)]
+    groups += [(f, [f"{f}: {len(getattr(c, f))} ops"]) for f
+               in ("op_dispatch_s", "op_flops", "matrix_bw_fraction") if getattr(c, f)]
+    lines = [f"{c.name}: {c.title} ({c.kind})"]
+    for field, values in groups:
+        lines += [f"  {v}" for v in values]
+        lines += textwrap.wrap(c.sources.get(field, "no source given"), width=100,
+                               initial_indent="      ", subsequent_indent="      ",
+                               break_on_hyphens=False, break_long_words=False)
+    return "\n".join(lines)
+
+
 def savings(r, n: int = TOP) -> str:
     """Fused kernels that save the most bytes, repeated layers folded."""
     groups: dict[tuple, list] = {}
