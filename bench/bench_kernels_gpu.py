@@ -1,4 +1,4 @@
-"""Single kernels on a real GPU beside fxroof's expected time: the checks a lent GPU runs.
+"""Single kernels on a real GPU beside fxroof's expected time: the first checks to run on a GPU.
 
 Each case is one eager PyTorch op whose launch fxroof models (docs/time-model.md): elementwise
 adds from 1 Ki to 64 Mi elements (one memory round trip, then the bandwidth), layer norms of 1 to

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks in one run, for a session lent a GPU (about 5-8 minutes on an H100-class card):
+# The GPU checks in one run (about 5-8 minutes on an H100-class card):
 # single kernels against the expected-time model, the bundled workloads eager and compiled
 # against the table's chip for that GPU, and a CUDA calibration. Output goes to $OUT (default
 # gpu-out/); bench/README.md says where its figures are recorded. Each step has its own time
