@@ -231,7 +231,8 @@ def report_of(captured: Captured, target: Target) -> Report:
         compiled=ModeSummary("compiled", kernel_rows(compiled, chip, "compiled", nodes, streamed,
                                                      gm)),
         memory=memory, whatif=target.whatif,
-        notes=captured.notes + _matrix_unit_notes(nodes, chip, target.quantize)
+        notes=captured.notes + _estimate_notes(chip)
+        + _matrix_unit_notes(nodes, chip, target.quantize)
         + _whatif_notes(gm, whatif.requantized, target) + _routing_notes(gm, captured, target)
         + ((_FSDP_NOTE if target.fsdp else _DP_NOTE),) * (target.dp > 1),
         training=target.optimizer if target.train else "", dp=target.dp, fsdp=target.fsdp,
@@ -289,6 +290,21 @@ def _routing_notes(gm, captured: Captured, target: Target) -> tuple:
         notes.append(f"routing {target.routing.label} could not be traced on this model: "
                      f"its {captured.strategy} graph has no top-k values to assume")
     return tuple(notes)
+
+
+# The roofline's own figures; a chip whose source for one of them is an estimate rather than a
+# published or measured value says so in every report (`fxroof chips NAME` shows why).
+ROOFLINE_FIGURES = {"peak_flops": "peak FLOP/s", "mem_bw": "memory bandwidth"}
+
+
+def _estimate_notes(chip: Chip) -> tuple:
+    guessed = [label for field, label in ROOFLINE_FIGURES.items()
+               if chip.sources.get(field, "").lower().startswith("estimate")]
+    if not guessed:
+        return ()
+    verb = "is an estimate" if len(guessed) == 1 else "are estimates"
+    return (f"{chip.name}'s {' and '.join(guessed)} {verb}, not a published or measured figure "
+            f"(`fxroof chips {chip.name}` says how it was made)",)
 
 
 def _matrix_unit_notes(nodes, chip: Chip, quantize) -> tuple:

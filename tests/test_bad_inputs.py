@@ -309,6 +309,20 @@ def test_bf16_on_a_chip_without_bf16_units_says_where_it_runs(model):
     assert not fxroof.analyze(*fp16, chip="v100").notes
 
 
+def test_a_chip_whose_roofline_figures_are_estimates_says_so(model):
+    # pro6000-maxq's peaks are worked out from SMs and a clock (chips.json says "estimate:"),
+    # the A100's are its datasheet's: only the first report carries the note
+    x = (torch.randn(2, 8),)
+    note = ("pro6000-maxq's peak FLOP/s is an estimate, not a published or measured figure "
+            "(`fxroof chips pro6000-maxq` says how it was made)")
+    assert fxroof.analyze(model, x, chip="pro6000-maxq").notes == (note,)
+    assert not fxroof.analyze(model, x, chip="a100-80gb").notes
+    both = dataclasses.replace(fxroof.chip("a100-80gb"), sources={
+        **fxroof.chip("a100-80gb").sources, "peak_flops": "estimate: x", "mem_bw": "Estimate: y"})
+    assert fxroof.analyze(model, x, chip=both).notes[0].startswith(
+        "a100-80gb's peak FLOP/s and memory bandwidth are estimates")
+
+
 def test_a_report_records_what_was_analyzed(files, tmp_path, capsys):
     out = tmp_path / "r.json"
     assert main(["analyze", str(files / "user.py"), "--set", "batch=3", "--quantize", "w8",
