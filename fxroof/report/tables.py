@@ -8,6 +8,7 @@ import textwrap
 
 import tabulate as _tabulate
 
+from fxroof.chips.chip import EFFICIENCIES, OP_TABLES, OPTIONAL_SCALARS, SCALARS
 from fxroof.graph.nodes import fold_layers
 from fxroof.report.units import percent, ratio, seconds, share, si
 
@@ -187,28 +188,34 @@ def chip_table(chips) -> str:
                          "link, 1 way"], "llrrrrr")
 
 
-# How each of a chip's figures reads: field -> (label, formatter)
-_FIGURE_FORMATS = {
-    "vector_flops": ("vector (CUDA-core / SIMD) peak", lambda v: si(v, "FLOP/s")),
-    "mem_bw": ("memory bandwidth", lambda v: si(v, "B/s")),
-    "mem_bytes": ("memory", lambda v: si(v, "B")),
-    "link_bw": ("link bandwidth, each way", lambda v: si(v, "B/s")),
-    "link_latency_s": ("latency per collective step", seconds),
-    "launch_s": ("launch per compiled kernel", seconds),
-    "dispatch_s": ("eager dispatch per op", seconds),
-    "cache_bytes": ("cache", lambda v: si(v, "B")),
-    "cache_bw": ("cache bandwidth", lambda v: si(v, "B/s")),
-    "view_dispatch_s": ("eager view call", seconds),
-    "program_call_s": ("entering a compiled program", seconds),
-    "sm_count": ("SMs", lambda v: f"{v:,.0f}"),
-    "sm_threads": ("resident threads per SM", lambda v: f"{v:,.0f}"),
-    "threads": ("threads", lambda v: f"{v:,.0f}"),
-    "matmul_efficiency": ("achievable share of the matrix peak", lambda v: f"{v:.3g}"),
-    "bw_efficiency": ("achievable share of the bandwidth", lambda v: f"{v:.3g}"),
-    "collective_efficiency": ("ring all-reduce share of the link", lambda v: f"{v:.3g}"),
-    "kernel_floor_s": ("fixed time per kernel on the chip", seconds),
-    "memory_latency_s": ("memory latency (idle)", seconds),
+# What a user calls each of a chip's figures (chips/chip.py's registries list them; a figure
+# added there without a name here shows under its field name)
+_FIGURE_NAMES = {
+    "vector_flops": "vector (CUDA-core / SIMD) peak", "mem_bw": "memory bandwidth",
+    "mem_bytes": "memory", "link_bw": "link bandwidth, each way",
+    "link_latency_s": "latency per collective step", "launch_s": "launch per compiled kernel",
+    "dispatch_s": "eager dispatch per op", "cache_bytes": "cache", "cache_bw": "cache bandwidth",
+    "view_dispatch_s": "eager view call", "program_call_s": "entering a compiled program",
+    "sm_count": "SMs", "sm_threads": "resident threads per SM", "threads": "threads",
+    "matmul_efficiency": "achievable share of the matrix peak",
+    "bw_efficiency": "achievable share of the bandwidth",
+    "collective_efficiency": "ring all-reduce share of the link",
+    "kernel_floor_s": "fixed time per kernel on the chip",
+    "memory_latency_s": "memory latency (idle)",
 }
+
+
+def _figure(field: str, value: float) -> str:
+    """A figure in its unit, read off the field's name (Chip holds SI units)."""
+    if field.endswith("_s"):
+        return seconds(value)
+    if field.endswith("_flops"):
+        return si(value, "FLOP/s")
+    if field.endswith("_bw"):
+        return si(value, "B/s")
+    if field.endswith("_bytes"):
+        return si(value, "B")
+    return f"{value:.3g}" if field in EFFICIENCIES else f"{value:,.0f}"
 
 
 def chip_figures(c) -> str:
@@ -216,10 +223,9 @@ def chip_figures(c) -> str:
     share one source)."""
     groups = [("peak_flops", [f"{dtype} dense peak: {si(v, 'FLOP/s')}"
                               for dtype, v in c.peak_flops.items()])]
-    groups += [(f, [f"{label}: {fmt(getattr(c, f))}"]) for f, (label, fmt)
-               in _FIGURE_FORMATS.items() if getattr(c, f, 0)]
-    groups += [(f, [f"{f}: {len(getattr(c, f))} ops"]) for f
-               in ("op_dispatch_s", "op_flops", "matrix_bw_fraction") if getattr(c, f)]
+    groups += [(f, [f"{_FIGURE_NAMES.get(f, f)}: {_figure(f, getattr(c, f))}"])
+               for f in (*SCALARS, *OPTIONAL_SCALARS) if getattr(c, f)]
+    groups += [(f, [f"{f}: {len(getattr(c, f))} ops"]) for f in OP_TABLES if getattr(c, f)]
     lines = [f"{c.name}: {c.title} ({c.kind})"]
     for field, values in groups:
         lines += [f"  {v}" for v in values]
