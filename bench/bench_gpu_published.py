@@ -613,12 +613,11 @@ def all_reduce_files() -> dict:
     return found
 
 
-def all_reduce_time(chip, size: int, n: int) -> tuple[float, float]:
-    """(floor, expected) of one all-reduce of `size` bytes of fp16 over n ranks."""
+def collective_time(chip, op, size: int, *args) -> tuple[float, float]:
+    """(floor, expected) of one functional collective `op` over `size` bytes of fp16, its
+    arguments after the buffer `args`."""
     buffer = torch.empty(size // 2, dtype=torch.float16, device="meta")
-    op = torch.ops._c10d_functional.all_reduce.default
-    call = OpCall(op, (buffer, "sum", Group(n)), {}, buffer)
-    cost = FORMULAS[op.overloadpacket].fn(call)
+    cost = FORMULAS[op.overloadpacket].fn(OpCall(op, (buffer, *args), {}, buffer))
     t = kernel_timing(chip, flops=cost.flops, bytes_moved=cost.bytes, category="collective",
                       dtype="fp16", overhead_s=0.0, comm_bytes=cost.comm_bytes,
                       comm_steps=cost.comm_steps)
@@ -626,16 +625,9 @@ def all_reduce_time(chip, size: int, n: int) -> tuple[float, float]:
     return max(t.compute_s, t.memory_s, t.comm_s), e.device_s
 
 
-def send_time(chip, size: int) -> tuple[float, float]:
-    """(floor, expected) of one point-to-point send of `size` bytes of fp16."""
-    buffer = torch.empty(size // 2, dtype=torch.float16, device="meta")
-    op = torch.ops._c10d_functional.isend.default
-    cost = FORMULAS[op.overloadpacket].fn(OpCall(op, (buffer, 1, Group(2)), {}, buffer))
-    t = kernel_timing(chip, flops=0, bytes_moved=cost.bytes, category="collective",
-                      dtype="fp16", overhead_s=0.0, comm_bytes=cost.comm_bytes,
-                      comm_steps=cost.comm_steps)
-    e = expected(chip, t, "collective", comm_bytes=cost.comm_bytes, comm_steps=cost.comm_steps)
-    return max(t.compute_s, t.memory_s, t.comm_s), e.device_s
+def all_reduce_time(chip, size: int, n: int) -> tuple[float, float]:
+    return collective_time(chip, torch.ops._c10d_functional.all_reduce.default, size, "sum",
+                           Group(n))
 
 
 def send_recv_cases(only: str) -> list[Case]:
@@ -658,7 +650,8 @@ def send_recv_cases(only: str) -> list[Case]:
             by_size = {int(r["size"]): float(r["time_stats.send_recv.median"]) / 1e3
                        for r in read_csv(path) if int(r["devices_per_node"]) == 2}
             for size in sampled(sorted(by_size)):
-                floor, exp = send_time(chip, size)
+                floor, exp = collective_time(chip, torch.ops._c10d_functional.isend.default,
+                                             size, 1, Group(2))
                 cases.append(Case(f"{source} {system}", f"{size:,} B", by_size[size], floor,
                                   exp, "point to point"))
     return cases
