@@ -129,10 +129,13 @@ def test_a_big_bf16_matmul_on_h100_by_hand():
     c, m = 2 * n**3 / 989.4e12, 3 * n * n * 2 / 3.35e12    # 1.1113 ms, 0.1202 ms: the floor
     assert r.summary.floor_s == pytest.approx(c)
     # 128x128 tiles: 4096 tiles x 128 k-blocks = 524,288 units, 3972 waves of 132 (1.00003);
-    # 0.803 of the peak; memory at 0.834 of 3.35 TB/s after one 354 ns round trip, overlapped
-    # at 0.95; the 1 us kernel floor: 1.3840 + 0.0072 + 0.001 = 1.3922 ms
+    # 0.803 of the peak; memory as a copy of the 403 MB streams: 134.0 us at 0.897 of 3.35 TB/s
+    # and the waits of 94 waves of 132 x 16 blocks moving 16 bytes a thread (354 + 245 ns a
+    # wave, 56.3 us), as a 2-norm: 145.4 us; overlapped at 0.95; the 1 us kernel floor:
+    # 1.3840 + 0.0073 + 0.001 = 1.3923 ms
     q = 3972 * 132 / 524_288
-    c_e, m_e = c * q / 0.803, m / 0.834 + 354e-9
+    c_e, m_e = c * q / 0.803, ((m / 0.897) ** 2 + (94 * 599e-9) ** 2) ** 0.5
+    assert m_e == pytest.approx(145.4e-6, rel=1e-3)
     assert r.time_s == pytest.approx(c_e + m_e - 0.95 * m_e + 1e-6)
     assert r.summary.roofline_fraction == pytest.approx(c / r.time_s)   # 0.80 of the roofline
     d = r.to_dict()
@@ -156,9 +159,12 @@ def test_a_small_fp16_gemm_on_a100_streams_from_every_sm_by_hand():
     # SM holds units, so the weights stream from all of them
     q = 29 * 108 / 3072                                               # 1.0195
     assert tile_factor((1, 128, 1536, 4096), 108, "matmul") == pytest.approx(q)
-    # memory at 0.834 of the bandwidth after one 390 ns round trip, compute at 0.869
-    # overlapped at 0.95, the 1 us floor: 8.637 + 0.05 x 6.056 + 1 = 9.94 us on the chip
-    c_e, m_e = c * q / 0.869, m / 0.834 + 390e-9
+    # memory as a copy of the 14.0 MB streams: 7.694 us at 0.894 of the bandwidth, and 876,544
+    # threads of 16 bytes in 6,848 blocks, 4 waves of 108 x 16, 390 + 245 ns each (2.54 us), as
+    # a 2-norm: 8.102 us (above one round trip and the bytes, 8.084); compute at 0.869
+    # overlapped at 0.95, the 1 us floor: 8.102 + 0.05 x 6.056 + 1 = 9.41 us on the chip
+    c_e, m_e = c * q / 0.869, ((m / 0.894) ** 2 + (4 * 635e-9) ** 2) ** 0.5
+    assert m_e == pytest.approx(8.102e-6, rel=1e-3)
     assert k.expected.device_s == pytest.approx(m_e + 0.05 * c_e + 1e-6)
 
 
@@ -174,14 +180,17 @@ def test_cpu_chips_keep_expected_equal_to_the_floor():
 
 def test_the_floor_is_the_roofline_unchanged():
     # a large bf16 add on H100: 2 reads + 1 write of 2^28 bf16 at 3.35 TB/s = 480.8 us floor;
-    # expected at 0.834 of the bandwidth after a 354 ns round trip, plus 1 us: 577.8 us
+    # expected: 536.0 us of bytes at 0.897 of the bandwidth, and 524,288 blocks of 128 in 249
+    # waves of 132 x 16, each a 354 ns round trip and 245 ns: 149.2 us waited; as a 2-norm
+    # 556.4 us, plus 1 us
     n = 1 << 28
     r = fxroof.analyze(fn_module(torch.add), (meta(n), meta(n)), chip="h100-sxm")
     (k,) = r.kernels
     assert k.floor_s == pytest.approx(3 * n * 2 / 3.35e12)
     assert k.timing.memory_s == pytest.approx(3 * n * 2 / 3.35e12)
     compute = n / 67e12                          # 2^28 adds on the fp32 CUDA cores
-    memory = 3 * n * 2 / 3.35e12 / 0.834 + 354e-9
+    memory = ((3 * n * 2 / 3.35e12 / 0.897) ** 2 + (249 * (354e-9 + 245e-9)) ** 2) ** 0.5
+    assert memory == pytest.approx(556.4e-6, rel=1e-3)
     assert r.time_s == pytest.approx(memory + 0.05 * compute + 1e-6)
     assert r.regime == "memory"
 

@@ -7,7 +7,8 @@ from helpers import fn_module
 import fxroof
 from fxroof.chips import Chip, chip
 from fxroof.chips.expected import expected
-from fxroof.chips.launch import Launch, elementwise, gather, latency_time, row_per_block
+from fxroof.chips.launch import (WAVE_OVERHEAD_S, Launch, elementwise, gather, latency_time,
+                                 row_per_block)
 from fxroof.chips.timing import Timing
 
 A100 = chip("a100-80gb")    # 108 SMs of 2,048 threads; 550 cycles at 1.41 GHz = 390 ns
@@ -25,25 +26,34 @@ def meta(*shape, dtype=torch.float16):
 
 def test_waves_of_blocks_times_rounds_by_hand():
     g = gpu(sm_count=4, sm_threads=1024, memory_latency_s=1e-6)
-    # 512-thread blocks: 2 per SM, 8 at once; 10 blocks are 2 waves, each 3 rounds of 1 us
-    assert latency_time(g, Launch(10, 512, 3)) == pytest.approx(6e-6)
-    assert latency_time(g, Launch(8, 512, 3)) == pytest.approx(3e-6)
+    # 512-thread blocks: 2 per SM, 8 at once; 10 blocks are 2 waves, each 3 rounds of 1 us and
+    # the wave's own 245 ns
+    assert WAVE_OVERHEAD_S == 245e-9
+    assert latency_time(g, Launch(10, 512, 3)) == pytest.approx(2 * 3.245e-6)
+    assert latency_time(g, Launch(8, 512, 3)) == pytest.approx(3.245e-6)
     # a chip without the figures waits nothing
     assert latency_time(gpu(sm_count=4), Launch(10, 512, 3)) == 0
 
 
-def test_the_wait_binds_only_where_it_exceeds_the_streaming_time():
+def test_waits_and_streaming_add_as_a_two_norm():
     g = gpu(sm_count=4, sm_threads=1024, memory_latency_s=1e-6, bw_efficiency=0.5)
-    # 1 us of bytes at half the bandwidth: 2 us, 3 us after the first 1 us round trip; 6 us of
-    # latency waited: memory takes 6 us
+    # 1 us of bytes at half the bandwidth: 2 us streamed; 6.49 us waited (above): memory takes
+    # sqrt(6.49^2 + 2^2) = 6.791 us, above the 3 us of one round trip and the bytes
     e = expected(g, Timing(0, 1e-6, 0, 0), "pointwise", launch=Launch(10, 512, 3))
-    assert e.memory_s == pytest.approx(6e-6) and e.streamed_s == pytest.approx(2e-6)
+    assert e.memory_s == pytest.approx(6.7912e-6, rel=1e-4)
+    assert e.streamed_s == pytest.approx(2e-6)
     gap = dict(e.gap)
-    assert gap["bandwidth"] == pytest.approx(1e-6) and gap["occupancy"] == pytest.approx(4e-6)
+    assert gap["bandwidth"] == pytest.approx(1e-6)
+    assert gap["occupancy"] == pytest.approx(6.7912e-6 - 2e-6, rel=1e-4)
     assert sum(s for _, s in e.gap) == pytest.approx(e.time_s - 1e-6)
-    # 10 us of bytes stream longer than the 6 us waited: one round trip, then the bytes
+    # 10 us of bytes and 6.49 us waited: sqrt(6.49^2 + 10^2) = 11.92 us, above the 11 us of the
+    # round trip and the bytes
     e = expected(g, Timing(0, 5e-6, 0, 0), "pointwise", launch=Launch(10, 512, 3))
-    assert e.memory_s == pytest.approx(11e-6) and dict(e.gap)["occupancy"] == pytest.approx(1e-6)
+    assert e.memory_s == pytest.approx(11.922e-6, rel=1e-4)
+    # one block, one round: 1.245 us waited against 1 us of round trip + 0.2 us of bytes: the
+    # norm, 1.597 us
+    e = expected(g, Timing(0, 0.1e-6, 0, 0), "pointwise", launch=Launch(1, 512, 1))
+    assert e.memory_s == pytest.approx((1.245 ** 2 + 0.2 ** 2) ** 0.5 * 1e-6, rel=1e-4)
     # a chip without a latency figure: the bytes alone
     e = expected(gpu(bw_efficiency=0.5), Timing(0, 5e-6, 0, 0), "pointwise",
                  launch=Launch(10, 512, 3))
@@ -65,20 +75,22 @@ def test_launch_rules_by_hand():
 
 
 def test_a_small_add_waits_one_latency_a_large_one_streams():
-    # 4,096 fp16: 8 blocks, one wave, one round; the 24.6 KB stream in 14 ns after it
-    latency = 390e-9                                # 550 cycles at 1.41 GHz
+    # 4,096 fp16: 8 blocks, one wave, one round: 390 ns (550 cycles at 1.41 GHz) and the wave's
+    # 245 ns; the 24.6 KB stream in 13.5 ns at 0.894 of 2,039 GB/s hardly adds
+    wave = 390e-9 + 245e-9
     r = fxroof.analyze(fn_module(torch.add), (meta(4096), meta(4096)), chip="a100-80gb")
     (k,) = r.kernels
-    streamed = 3 * 4096 * 2 / (2039e9 * 0.834)
+    streamed = 3 * 4096 * 2 / (2039e9 * 0.894)
     assert k.expected.streamed_s == pytest.approx(streamed)
-    assert k.expected.memory_s == pytest.approx(latency + streamed, )
-    # 2^26 fp16: 131,072 blocks in waves of 108 x 16 = 1,728: 76 rounds = 29.6 us, below the
-    # 235 us the bytes take after their first round trip
+    assert k.expected.memory_s == pytest.approx((wave ** 2 + streamed ** 2) ** 0.5)
+    # 2^26 fp16: 131,072 blocks in waves of 108 x 16 = 1,728: 76 waves = 48.3 us, against the
+    # 220.9 us the bytes take: sqrt(48.3^2 + 220.9^2) = 226.1 us, 2.4% over the bytes
     n = 1 << 26
     r = fxroof.analyze(fn_module(torch.add), (meta(n), meta(n)), chip="a100-80gb")
     (k,) = r.kernels
-    assert k.expected.memory_s == pytest.approx(3 * n * 2 / (2039e9 * 0.834) + latency)
-    assert dict(k.expected.gap)["occupancy"] == pytest.approx(latency)
+    streamed = 3 * n * 2 / (2039e9 * 0.894)
+    assert k.expected.memory_s == pytest.approx(((76 * wave) ** 2 + streamed ** 2) ** 0.5)
+    assert k.expected.memory_s == pytest.approx(226.1e-6, rel=1e-3)
 
 
 def test_an_eager_embedding_waits_on_index_then_row():
@@ -87,21 +99,23 @@ def test_an_eager_embedding_waits_on_index_then_row():
                        chip="a100-80gb", mode="eager")
     (k,) = r.kernels
     assert [n.grid for n in r.nodes] == [(16, 4096)]
-    assert k.expected.memory_s == pytest.approx(32 * 390e-9)     # 12.5 us
+    # one wave of 32 rounds and the wave's 245 ns: 12.7 us; the 131 KB hardly add
+    assert k.expected.memory_s == pytest.approx(32 * 390e-9 + 245e-9, rel=1e-3)
     # compiled: Inductor's gather spreads its elements over the chip like a pointwise kernel:
-    # one round trip, then 131 KB at the bandwidth
+    # one wave of one round, and the 131 KB at the bandwidth
     r = fxroof.analyze(table, (torch.empty(16, dtype=torch.int64, device="meta"),),
                        chip="a100-80gb", mode="compiled")
     (k,) = r.kernels
-    assert k.expected.memory_s == pytest.approx(390e-9 + k.expected.streamed_s)
+    assert k.expected.memory_s == pytest.approx(((390e-9 + 245e-9) ** 2
+                                                 + k.expected.streamed_s ** 2) ** 0.5)
 
 
 def test_an_eager_layer_norm_walks_its_row_twice():
-    # 1 row of 2,560: one block of 128 threads, 4 elements a step: 5 steps, two passes
+    # 1 row of 2,560: one block of 128 threads, 4 elements a step: 5 steps, two passes, one wave
     ln = torch.nn.LayerNorm(2560).half().to("meta")
     r = fxroof.analyze(ln, (meta(1, 2560),), chip="a100-80gb", mode="eager")
     (k,) = [k for k in r.kernels if "layer_norm" in k.op]
-    assert k.expected.memory_s == pytest.approx(10 * 390e-9)      # 3.9 us
+    assert k.expected.memory_s == pytest.approx(10 * 390e-9 + 245e-9, rel=1e-3)    # 4.1 us
 
 
 def test_cpus_and_chips_without_figures_wait_nothing():

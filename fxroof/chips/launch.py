@@ -5,10 +5,11 @@ threads, or whose threads each walk a long row one load after another, cannot ke
 in flight to stream at the bandwidth: it takes at least its rounds of waiting, one memory latency
 each. Its blocks run in waves of what the SMs hold at once (sm_threads per SM); in each wave a
 thread waits `rounds` latencies, one per loop step whose loads wait on memory (loads issued
-together wait once). PyTorch's elementwise kernels give a thread a few elements loaded together,
-so a large tensor makes few rounds and only a small one is latency-bound; a kernel that gives one
-block a whole row (one block per token) or walks a grid-stride loop makes many. docs/time-model.md
-gives the sources.
+together wait once), and the wave costs its blocks' launch and retirement on top. PyTorch's
+elementwise kernels give a thread a few elements loaded together, so a large tensor makes few
+rounds and only a small one is latency-bound; a kernel that gives one block a whole row (one
+block per token) or walks a grid-stride loop makes many. These waits and the streaming of the
+bytes add as a norm (expected.WAIT_NORM). docs/time-model.md gives the sources.
 """
 from __future__ import annotations
 
@@ -31,6 +32,12 @@ GATHERS = frozenset({"embedding", "index_select"})
 # launch_vectorized_layer_norm_kernel and vectorized_layer_norm_kernel_impl)
 LAYER_NORM_BLOCK, LAYER_NORM_VECTOR = 128, 4
 LAYER_NORMS = frozenset({"layer_norm", "native_layer_norm"})
+# A wave costs more than its loads' round trip: its blocks are launched, compute their indices,
+# store and retire. te42kyfo/gpu-benches (commit 1c36d50): a one-load-per-thread kernel at 3%
+# occupancy (gpu-stream, read) takes 608-683 ns a wave, the same GPUs' DRAM pointer chase
+# (gpu-latency) 317-405 ns; the difference on the five GPUs with both, V100 to H100, is 192-278
+# ns, median 245 (bench/bench_memory_stream.py derives it).
+WAVE_OVERHEAD_S = 245e-9
 
 
 @dataclass(frozen=True)
@@ -44,13 +51,14 @@ class Launch:
 
 def latency_time(chip: Chip, launch: Launch | None) -> float:
     """The memory latency a kernel waits: its blocks in waves of what the SMs hold at once, each
-    wave `rounds` latencies. 0 where the chip has no latency or thread figure."""
+    wave `rounds` latencies and the wave's own cost. 0 where the chip has no latency or thread
+    figure."""
     if launch is None or not (chip.memory_latency_s and chip.sm_count and chip.sm_threads) \
             or launch.blocks <= 0:
         return 0.0
     per_sm = max(1, int(chip.sm_threads) // max(1, launch.block))
     waves = math.ceil(launch.blocks / (chip.sm_count * per_sm))
-    return waves * launch.rounds * chip.memory_latency_s
+    return waves * (launch.rounds * chip.memory_latency_s + WAVE_OVERHEAD_S)
 
 
 def elementwise(elements: int) -> Launch | None:
@@ -60,6 +68,15 @@ def elementwise(elements: int) -> Launch | None:
         return None
     per_block = ELEMENTWISE_BLOCK * ELEMENTWISE_PER_THREAD
     return Launch(math.ceil(elements / per_block), ELEMENTWISE_BLOCK)
+
+
+def copy(bytes_moved: float) -> Launch | None:
+    """A copy of `bytes_moved` at full occupancy: blocks of 128 threads, each loading 8 bytes
+    and storing 8 (PyTorch's vectorized copy of four half-precision elements; gpu-benches'
+    scale kernel). A matrix kernel's operands are taken to stream as this does: the rate
+    gpt-fast and gpu-benches measure for a copy, waits included, no faster."""
+    threads = math.ceil(bytes_moved / 16)
+    return Launch(math.ceil(threads / ELEMENTWISE_BLOCK), ELEMENTWISE_BLOCK) if threads else None
 
 
 def row_per_block(rows: int, row: int, block_cap: int, passes: int = 1, extra: int = 0) -> Launch:
