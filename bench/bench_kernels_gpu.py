@@ -39,7 +39,7 @@ CHIPS = (("H200", "h200"), ("H100 PCIe", "h100-pcie"), ("H100", "h100-sxm"),
          ("A100-SXM4-40GB", "a100-40gb"), ("A100 80GB PCIe", "a100-80gb-pcie"),
          ("A100", "a100-80gb"), ("V100", "v100"), ("RTX PRO 6000 Blackwell Max-Q", "pro6000-maxq"),
          ("RTX 5090", "rtx-5090"), ("RTX 4090", "rtx-4090"), ("RTX 3090", "rtx-3090"),
-         ("L40S", "l40s"), ("L4", "l4"), ("A40", "a40"), ("T4", "t4"))
+         ("L40S", "l40s"), ("L40", "l40"), ("L4", "l4"), ("A40", "a40"), ("T4", "t4"))
 
 
 def cases(dtype=torch.float16):

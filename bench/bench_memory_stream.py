@@ -37,11 +37,10 @@ from fxroof.chips import chip  # noqa: E402
 from fxroof.chips.launch import WAVE_OVERHEAD_S, Launch  # noqa: E402
 from fxroof.chips.timing import Timing  # noqa: E402
 
-# gpu-benches' result files -> the fxroof chip with the same SMs and memory. The L40 is the
-# L40S's AD102 with the same 864 GB/s GDDR6; the V100 measured is the PCIe card (900 GB/s, 80
-# SMs, as the SXM2 fxroof lists).
+# gpu-benches' result files -> the fxroof chip with the same SMs and memory (the V100 measured
+# is the PCIe card: 900 GB/s and 80 SMs, as the SXM2 fxroof lists).
 CHIPS = {"a100_80": "a100-80gb", "a100_40": "a100-40gb", "a40": "a40", "h100_pcie": "h100-pcie",
-         "h200": "h200", "l40": "l40s", "v100": "v100"}
+         "h200": "h200", "l40": "l40", "v100": "v100"}
 ELEMENTS = 128 * 1024 * 1024 + 2        # gpu-stream's max_buffer_size, doubles
 KERNELS = (("read", 1), ("scale", 2), ("triad", 3))     # name, arrays of 8-byte elements moved
 

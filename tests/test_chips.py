@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from fxroof.chips import DTYPES, Chip, ChipError, chip, chips, load_chip_file
 
-REQUIRED = ["v100", "t4", "a10", "a40", "l4", "l40s", "rtx-3090", "rtx-4090", "rtx-5090", "pro6000-maxq",
+REQUIRED = ["v100", "t4", "a10", "a40", "l4", "l40", "l40s", "rtx-3090", "rtx-4090", "rtx-5090", "pro6000-maxq",
             "a100-40gb", "a100-80gb", "a100-80gb-pcie",
             "h100-pcie", "h100-sxm", "h200", "b200", "mi300x", "tpu-v5e", "cpu"]
 # GeForce cards print FP16/BF16 tensor rates with FP16 accumulate and half of it with FP32
@@ -128,6 +128,7 @@ def test_tensor_rates_scale_by_two_per_halving_of_width(c):
     ("h200", "bf16", 1979e12 / 2),         # same GH100 as H100 SXM
     ("l4", "bf16", 242e12 / 2),            # datasheet 242* -> 121
     ("l40s", "fp8", 1466e12 / 2),          # datasheet 733 | 1,466* -> 733
+    ("l40", "bf16", 362.1e12 / 2),         # datasheet 181.05 | 362.1* -> 181.05
     ("b200", "bf16", 36e15 / 8 / 2),       # HGX B200: 36 PFLOPS sparse for 8 GPUs -> 2.25 PFLOPS
     ("mi300x", "bf16", 2614.9e12 / 2),     # AMD: 2,614.9 with sparsity -> 1,307.4
     ("a100-80gb", "bf16", 624e12 / 2),     # datasheet 312 | 624* -> 312
@@ -251,7 +252,7 @@ def test_misspelt_name_suggests_the_right_one():
     with pytest.raises(ChipError, match=r"unknown chip 'h100sxm'; did you mean: h100-sxm"):
         chip("h100sxm")
     with pytest.raises(ChipError, match=r"did you mean: .*l40s"):
-        chip("l40")
+        chip("l40-s")
 
 
 def test_name_with_nothing_close_lists_all_names():
