@@ -62,9 +62,16 @@ when absent; their README says how each was measured):
         with CUDA graphs, bf16 weights or int8/int4 weight-only (pytorch-labs/gpt-fast README,
         "Benchmarks", commit 32971d3; 8xA100-80GB power-limited to 330 W). Predicted: fxroof's
         generation of models/llama.py at the same shapes (prefill + 99 decode steps, compiled),
-        int8 per output row as `w8`, int4 in groups of 32 as `w4g32`. Single-GPU rows only: the
-        tensor-parallel rows ran over a hybrid cube mesh that the chip's one link figure does
-        not describe. These figures are not in ../shared: they are quoted below with their source.
+        int8 per output row as `w8`, int4 in groups of 32 as `w4g32`. These figures are not in
+        ../shared: they are quoted below with their source.
+
+    gpt-fast A100 tensor parallel (--tp)
+        the same README's tensor-parallel rows (2, 4 and 8 GPUs; bf16, and int8/int4 at 8),
+        predicted as one rank of fxroof's tensor-parallel generation (`tp=`), its all-reduces
+        priced as NCCL rings over the A100's NVLink (300 GB/s each way). gpt-fast ran them with
+        PyTorch's intra-node all-reduce (ENABLE_INTRA_NODE_COMM=1) over a hybrid cube mesh,
+        which neither the ring formula nor the chip's one link figure describes: the collectives
+        are the part of these predictions with the weakest footing.
 
     --timm RESULTS
         the results/ folder of a pytorch-image-models checkout adds, each as a source of its
@@ -536,20 +543,44 @@ GPT_FAST = (("Llama-2-7B bf16", "llama2-7b", None, 104.9),
             ("Llama-3.1-8B bf16", "llama3-8b", None, 93.89),
             ("Llama-3.1-8B int8", "llama3-8b", "w8", 137.64),
             ("Llama-3.1-70B int8", "llama3-70b", "w8", 18.04))
+# The same README, "Tensor Parallelism" and "Tensor Parallelism + Quantization" (tensor-parallel
+# degree after the what-if); the one-GPU rows are the table above.
+GPT_FAST_TP = (("Llama-2-7B bf16 tp2", "llama2-7b", None, 2, 168.84),
+               ("Llama-2-7B bf16 tp4", "llama2-7b", None, 4, 254.02),
+               ("Llama-2-7B bf16 tp8", "llama2-7b", None, 8, 328.43),
+               ("Llama-2-70B bf16 tp2", "llama2-70b", None, 2, 21.32),
+               ("Llama-2-70B bf16 tp4", "llama2-70b", None, 4, 38.01),
+               ("Llama-2-70B bf16 tp8", "llama2-70b", None, 8, 62.50),
+               ("Llama-3.1-8B bf16 tp2", "llama3-8b", None, 2, 149.10),
+               ("Llama-3.1-8B bf16 tp4", "llama3-8b", None, 4, 217.21),
+               ("Llama-3.1-8B bf16 tp8", "llama3-8b", None, 8, 276.01),
+               ("Llama-3.1-70B bf16 tp2", "llama3-70b", None, 2, 16.03),
+               ("Llama-3.1-70B bf16 tp4", "llama3-70b", None, 4, 37.45),
+               ("Llama-3.1-70B bf16 tp8", "llama3-70b", None, 8, 58.78),
+               ("Llama-2-70B int8 tp8", "llama2-70b", "w8", 8, 80.44),
+               ("Llama-2-70B int4 g32 tp8", "llama2-70b", "w4g32", 8, 90.77),
+               ("Llama-3.1-70B int8 tp8", "llama3-70b", "w8", 8, 75.58))
 GPT_FAST_PROMPT, GPT_FAST_TOKENS = 5, 100
 
 
-def gpt_fast_cases(only: str) -> list[Case]:
-    source = "gpt-fast A100 decode"
-    if only not in source:
+def gpt_fast_cases(only: str, tensor_parallel: bool = False) -> list[Case]:
+    """tensor_parallel: the tensor-parallel rows too (a sharded capture is slow: about 12
+    minutes for the 15 on two cores)."""
+    runs = [("gpt-fast A100 decode", label, preset, whatif, 1, rate)
+            for label, preset, whatif, rate in GPT_FAST]
+    if tensor_parallel:
+        runs += [("gpt-fast A100 tensor parallel", *row) for row in GPT_FAST_TP]
+    runs = [r for r in runs if only in r[0]]
+    if not runs:
         return []
     from fxroof.studies.llm import generation
     cases = []
-    for label, preset, whatif, tokens_per_s in GPT_FAST:
-        # gpt-fast's prefill yields the first of the 100 tokens, then 99 decode steps follow
+    for source, label, preset, whatif, tp, tokens_per_s in runs:
+        # gpt-fast's prefill yields the first of the 100 tokens, then 99 decode steps follow;
+        # with tp > 1 the times are one rank's, its all-reduces included
         g = generation(str(ROOT / "models" / "llama.py"), prompt=GPT_FAST_PROMPT,
                        new_tokens=GPT_FAST_TOKENS - 1, options={"preset": preset},
-                       chip="a100-80gb", mode="compiled", quantize=whatif)
+                       chip="a100-80gb", mode="compiled", quantize=whatif, tp=tp)
         # the decode steps' floors from the first and last (the context grows by 99 keys only)
         floor = g.prefill.summary.floor_s + g.new_tokens * (
             g.first.summary.floor_s + g.last.summary.floor_s) / 2
@@ -705,6 +736,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default="", help="sources whose name holds this text")
     ap.add_argument("--cases", action="store_true", help="print every case")
+    ap.add_argument("--tp", action="store_true",
+                    help="adds gpt-fast's tensor-parallel rows (15 generations, about 12 minutes)")
     ap.add_argument("--timm", type=Path, metavar="RESULTS",
                     help="the results/ folder of a pytorch-image-models checkout: adds the GPUs, "
                          "torch versions and layouts its benchmark-infer-*.csv hold")
@@ -729,7 +762,7 @@ def main(argv=None) -> int:
     cases = (timm_cases(args.only) + timm_train_cases(args.only) + vidur_cases(args.only)
              + all_reduce_cases(args.only)
              + send_recv_cases(args.only) + nccl_tests_cases(args.only)
-             + gpt_fast_cases(args.only))
+             + gpt_fast_cases(args.only, args.tp))
     if not cases:
         print("no cases to compare")
         return 0
