@@ -198,7 +198,7 @@ _FIGURE_NAMES = {
     "view_dispatch_s": "eager view call", "program_call_s": "entering a compiled program",
     "sm_count": "SMs", "sm_threads": "resident threads per SM", "threads": "threads",
     "matmul_efficiency": "achievable share of the matrix peak",
-    "bw_efficiency": "achievable share of the bandwidth",
+    "bw_efficiency": "streaming share of the bandwidth, latency waits taken out",
     "collective_efficiency": "ring all-reduce share of the link",
     "kernel_floor_s": "fixed time per kernel on the chip",
     "memory_latency_s": "memory latency (idle)",
