@@ -188,7 +188,7 @@ def new_cache(cfg: LlamaConfig, batch: int, max_len: int, dtype, device) -> list
 
 def workload(preset: str = "llama2-7b", phase: str = "prefill", batch: int = 1, seq: int = 2048,
              ctx: int = 2048, dtype: str = "bf16", device: str = "meta", layers: int | None = None,
-             max_len: int | None = None):
+             max_len: int | None = None, config: LlamaConfig | None = None):
     """(model, (tokens,), {"cache": ..., "start_pos": ...}) for one prefill or one decode step.
 
     prefill: `seq` prompt tokens from position 0, written into the cache.
@@ -196,7 +196,7 @@ def workload(preset: str = "llama2-7b", phase: str = "prefill", batch: int = 1, 
     max_len: cache capacity; by default just enough (seq for prefill, ctx + 1 for decode). A larger
              cache costs memory, not work: attention reads only the filled part.
     """
-    cfg = pick(PRESETS, preset)
+    cfg = config or pick(PRESETS, preset)    # config: a shape no preset names (models/moe.py)
     if layers is not None:
         cfg = replace(cfg, n_layers=layers)
     if phase == "prefill":

@@ -7,6 +7,12 @@ the chosen router logits (Mixtral 8x7B: E=8, k=2). One causal forward over `seq`
     workload(preset="mixtral-8x7b", seq=4096)
     workload(dispatch="dense")                  # every expert on every token, see below
     workload(preset="tiny", device="cpu")
+    decoder(phase="decode", ctx=4096)           # Mixtral 8x7B with a KV cache, one decode step
+
+`decoder` is the same Mixtral shape as a cached decoder for prefill and decode (generation(),
+sweeps over ctx), its experts a loop over the experts the router picked, as Hugging Face's
+MixtralSparseMoeBlock and gpt-fast's decode run them: a step reads the weights of the experts its
+tokens chose (fxroof assumes which, fxroof.graph.routing), not all of them.
 
 Routing has data-dependent sizes (how many tokens each expert gets), which a graph with static
 shapes cannot express. Two static formulations, chosen with `dispatch`:
@@ -204,3 +210,51 @@ def workload(preset: str = "small", batch: int = 1, seq: int = 512, dtype: str =
         cfg = replace(cfg, n_layers=layers)
     model = build(lambda: MoETransformer(cfg, dispatch, capacity), device, dtype)
     return model, (token_ids(batch, seq, cfg.vocab_size, device),)
+
+
+class LoopExperts(nn.Module):
+    """Top-k routed SwiGLU experts as a loop over the experts the router picked (Hugging Face's
+    MixtralSparseMoeBlock): each chosen expert runs on its tokens alone, so a step reads the
+    weights of the experts its tokens chose."""
+
+    def __init__(self, cfg: MoEConfig, mlp):
+        super().__init__()
+        self.top_k = cfg.top_k
+        self.gate = nn.Linear(cfg.dim, cfg.n_experts, bias=False)
+        self.experts = nn.ModuleList(mlp() for _ in range(cfg.n_experts))
+
+    def forward(self, x):
+        B, T, D = x.shape
+        x = x.reshape(B * T, D)
+        top_w, top_e = self.gate(x).topk(self.top_k, dim=-1)      # (N, k)
+        top_w = top_w.softmax(dim=-1).to(x.dtype)
+        out = torch.zeros_like(x)
+        for i, expert in enumerate(self.experts):
+            token, slot = torch.where(top_e == i)                 # the tokens that chose expert i
+            if token.numel() == 0:
+                continue
+            out.index_add_(0, token, expert(x[token]) * top_w[token, slot, None])
+        return out.view(B, T, D)
+
+
+def decoder(preset: str = "mixtral-8x7b", phase: str = "prefill", batch: int = 1, seq: int = 2048,
+            ctx: int = 2048, dtype: str = "bf16", device: str = "meta", layers: int | None = None,
+            max_len: int | None = None):
+    """models/llama.py's cached decoder (its options, phase prefill or decode) with each MLP
+    replaced by LoopExperts: (model, (tokens,), {"cache": ..., "start_pos": ...})."""
+    import llama
+
+    cfg = pick(PRESETS, preset)
+    if layers is not None:
+        cfg = replace(cfg, n_layers=layers)
+    dense = llama.LlamaConfig(dim=cfg.dim, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
+                              n_kv_heads=cfg.n_kv_heads, ffn_dim=cfg.ffn_dim,
+                              vocab_size=cfg.vocab_size, norm_eps=cfg.norm_eps,
+                              rope_theta=cfg.rope_theta)
+    model, args, kwargs = llama.workload(phase=phase, batch=batch, seq=seq, ctx=ctx, dtype=dtype,
+                                         device=device, max_len=max_len, config=dense)
+    with torch.device(device):
+        for block in model.layers:
+            block.feed_forward = LoopExperts(cfg, lambda: llama.MLP(dense))
+    return model.to(llama.to_dtype(dtype)).eval(), args, kwargs
+

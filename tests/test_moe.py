@@ -168,3 +168,32 @@ def test_cli_routing_reaches_the_report_and_a_bad_one_exits_2(tmp_path, capsys):
             if n["module"].startswith("experts") and n["op"] in ("addmm", "linear")]
     assert rows == [5, 1, 1, 1]
     assert main(["analyze", str(path), "--routing", "skewed"]) == 2
+
+
+def _moe_decoder():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "models" / "moe.py"
+    spec = importlib.util.spec_from_file_location("moe_workload", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_cached_moe_decoder_reads_the_chosen_experts_and_stores_every_one_quantized():
+    moe = _moe_decoder()
+    # tiny: dim 64, ffn 128, 4 experts, top-2, 2 layers; a decode step of one token
+    model, args, kwargs = moe.decoder(preset="tiny", phase="decode", ctx=16)
+    r = fxroof.analyze(model, args, kwargs, chip="a100-80gb")
+    expert = 3 * 64 * 128 * 2                   # w1, w3, w2 of one expert, bf16: 49,152 B
+    expert_reads = sum(n.bytes_read for n in r.nodes
+                       if n.category == "matmul" and ".experts." in n.module)
+    # one token picks k = 2 experts a layer (routing assumed): their weights, not all 4
+    assert 2 * 2 * expert <= expert_reads < 2 * 2 * expert * 1.05
+    # int8 weights, one fp16 scale a row, for every expert, chosen or not: each expert's three
+    # matrices of 128 and 64 rows (nn.Linear's (out, in)) shrink from 49,152 to 24,576 + 640 B
+    full = fxroof.analyze(model, args, kwargs, chip="a100-80gb").to_dict()["memory"]["weights"]
+    w8 = fxroof.analyze(model, args, kwargs, chip="a100-80gb",
+                        quantize="w8").to_dict()["memory"]["weights"]
+    per_expert_saved = expert - (expert // 2 + 2 * (128 + 128 + 64))
+    assert full - w8 >= 2 * 4 * per_expert_saved
