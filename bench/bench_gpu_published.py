@@ -560,25 +560,39 @@ GPT_FAST_TP = (("Llama-2-7B bf16 tp2", "llama2-7b", None, 2, 168.84),
                ("Llama-2-70B int8 tp8", "llama2-70b", "w8", 8, 80.44),
                ("Llama-2-70B int4 g32 tp8", "llama2-70b", "w4g32", 8, 90.77),
                ("Llama-3.1-70B int8 tp8", "llama3-70b", "w8", 8, 75.58))
+# mixtral-moe/README.md at the same commit (8xA100-80GB, 330 W, batch 1, 5-token prompt): tokens/s
+# by GPUs, bf16 (which needs 2) and int8; predicted with models/moe.py's decoder.
+MIXTRAL = (("Mixtral-8x7B int8", "w8", 1, 97.92),
+           ("Mixtral-8x7B bf16 tp2", None, 2, 96.67),
+           ("Mixtral-8x7B bf16 tp4", None, 4, 155.35),
+           ("Mixtral-8x7B bf16 tp8", None, 8, 227.82),
+           ("Mixtral-8x7B int8 tp2", "w8", 2, 155.03),
+           ("Mixtral-8x7B int8 tp4", "w8", 4, 216.87),
+           ("Mixtral-8x7B int8 tp8", "w8", 8, 279.35))
 GPT_FAST_PROMPT, GPT_FAST_TOKENS = 5, 100
 
 
 def gpt_fast_cases(only: str, tensor_parallel: bool = False) -> list[Case]:
     """tensor_parallel: the tensor-parallel rows too (a sharded capture is slow: about 12
     minutes for the 15 on two cores)."""
-    runs = [("gpt-fast A100 decode", label, preset, whatif, 1, rate)
+    llama, moe = str(ROOT / "models" / "llama.py"), str(ROOT / "models" / "moe.py") + ":decoder"
+    runs = [("gpt-fast A100 decode", llama, label, preset, whatif, 1, rate)
             for label, preset, whatif, rate in GPT_FAST]
+    runs += [("gpt-fast A100 decode", moe, label, "mixtral-8x7b", whatif, tp, rate)
+             for label, whatif, tp, rate in MIXTRAL if tp == 1]
     if tensor_parallel:
-        runs += [("gpt-fast A100 tensor parallel", *row) for row in GPT_FAST_TP]
+        runs += [("gpt-fast A100 tensor parallel", llama, *row) for row in GPT_FAST_TP]
+        runs += [("gpt-fast A100 tensor parallel", moe, label, "mixtral-8x7b", whatif, tp, rate)
+                 for label, whatif, tp, rate in MIXTRAL if tp > 1]
     runs = [r for r in runs if only in r[0]]
     if not runs:
         return []
     from fxroof.studies.llm import generation
     cases = []
-    for source, label, preset, whatif, tp, tokens_per_s in runs:
+    for source, workload, label, preset, whatif, tp, tokens_per_s in runs:
         # gpt-fast's prefill yields the first of the 100 tokens, then 99 decode steps follow;
         # with tp > 1 the times are one rank's, its all-reduces included
-        g = generation(str(ROOT / "models" / "llama.py"), prompt=GPT_FAST_PROMPT,
+        g = generation(workload, prompt=GPT_FAST_PROMPT,
                        new_tokens=GPT_FAST_TOKENS - 1, options={"preset": preset},
                        chip="a100-80gb", mode="compiled", quantize=whatif, tp=tp)
         # the decode steps' floors from the first and last (the context grows by 99 keys only)
