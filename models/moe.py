@@ -251,10 +251,13 @@ def decoder(preset: str = "mixtral-8x7b", phase: str = "prefill", batch: int = 1
                               n_kv_heads=cfg.n_kv_heads, ffn_dim=cfg.ffn_dim,
                               vocab_size=cfg.vocab_size, norm_eps=cfg.norm_eps,
                               rope_theta=cfg.rope_theta)
-    model, args, kwargs = llama.workload(phase=phase, batch=batch, seq=seq, ctx=ctx, dtype=dtype,
-                                         device=device, max_len=max_len, config=dense)
-    with torch.device(device):
-        for block in model.layers:
-            block.feed_forward = LoopExperts(cfg, lambda: llama.MLP(dense))
-    return model.to(llama.to_dtype(dtype)).eval(), args, kwargs
+
+    class Mixtral(llama.Llama):
+        def __init__(self, dense_cfg):
+            super().__init__(dense_cfg)
+            for block in self.layers:
+                block.feed_forward = LoopExperts(cfg, lambda: llama.MLP(dense_cfg))
+
+    return llama.workload(phase=phase, batch=batch, seq=seq, ctx=ctx, dtype=dtype, device=device,
+                          max_len=max_len, config=dense, model=Mixtral)
 
