@@ -197,3 +197,18 @@ def test_the_cached_moe_decoder_reads_the_chosen_experts_and_stores_every_one_qu
                         quantize="w8").to_dict()["memory"]["weights"]
     per_expert_saved = expert - (expert // 2 + 2 * (128 + 128 + 64))
     assert full - w8 >= 2 * 4 * per_expert_saved
+
+
+def test_a_tensor_parallel_rank_of_the_moe_decoder_traces_its_chosen_experts_shards():
+    moe = _moe_decoder()
+    model, args, kwargs = moe.decoder(preset="tiny", phase="decode", ctx=16)
+    r = fxroof.analyze(model, args, kwargs, chip="a100-80gb", tp=2)
+    assert "routing" in r.capture
+    w1 = [n for n in r.nodes if n.module.endswith(".w1") and ".experts." in n.module]
+    # k = 2 chosen experts a layer, 2 layers; each rank holds half of w1's 128 outputs:
+    # 64 x 64 bf16 = 8,192 B of weight and the token's 64 inputs, 128 B
+    assert [n.bytes_read for n in w1] == [8192 + 128] * 4
+    # the Megatron split all-reduces each row-parallel product: the embedding's rows, then in
+    # each layer attention's wo and every chosen expert's w2, one token's 64 bf16 values each
+    reduces = [n for n in r.nodes if n.op == "all_reduce"]
+    assert len(reduces) == 1 + 2 * (1 + 2) and {n.comm_bytes for n in reduces} == {128}

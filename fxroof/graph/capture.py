@@ -262,8 +262,15 @@ def _make_fx_routed(model, args, kwargs, routing: Routing | None):
     never read) in a mode whose ShapeEnv holds the sizes that follow from the routing. Without
     a routing, the fakes carry copies of the example's values instead: a branch on a tensor
     value goes the way the example went, a data-dependent size is the example's."""
-    fake = FakeCopier(RoutedFakeMode(example=routing is None), values=routing is None)
-    model, args, kwargs = fake.copy(model), fake.inputs(args), fake.inputs(kwargs)
+    if is_dtensor_model(model):
+        # the shards tensor_parallel made live in a routed mode already: trace them there
+        mode = _shard_mode(model)
+        if routing is None or not isinstance(mode, RoutedFakeMode):
+            raise RuntimeError("a tensor-parallel model is traced with an assumed routing only")
+        fake = FakeCopier(mode)
+    else:
+        fake = FakeCopier(RoutedFakeMode(example=routing is None), values=routing is None)
+        model, args, kwargs = fake.copy(model), fake.inputs(args), fake.inputs(kwargs)
     with assumed_routing(routing or Routing(), fake.mode) as topk:
         gm, weights = _make_fx(model, args, kwargs)
     _settle(gm, fake.mode)
@@ -273,6 +280,15 @@ def _make_fx_routed(model, args, kwargs, routing: Routing | None):
     gm.meta[ROUTED] = topk.used
     gm.meta[READ] = fake.mode.read
     return gm, weights
+
+
+def _shard_mode(model) -> FakeTensorMode | None:
+    """The fake mode of a DTensor model's local shards."""
+    for t in (*model.parameters(), *model.buffers()):
+        local = getattr(t, "_local_tensor", t)
+        if isinstance(local, FakeTensor):
+            return local.fake_mode
+    return None
 
 
 class ValuedSizes(RuntimeError):

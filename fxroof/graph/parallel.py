@@ -21,6 +21,7 @@ import torch.distributed as dist
 from torch import nn
 
 from fxroof.graph.capture import FakeCopier
+from fxroof.graph.routing import RoutedFakeMode
 from fxroof.graph.nodes import fold_layers
 
 __all__ = ["Plan", "fake_process_group", "megatron_plan", "tensor_parallel"]
@@ -193,7 +194,9 @@ def tensor_parallel(model: nn.Module, tp: int, args=(), kwargs=None, dp: int = 1
         raise ValueError(f"tp= needs an nn.Module to split, got {type(model).__name__}")
     plan = megatron_plan(model, tp)
     args = tuple(args) if isinstance(args, (tuple, list)) else (args,)
-    fake = FakeCopier()
+    # a routed mode, so that an expert loop over the router's picks can be traced on the shards
+    # with the routing assumed (fxroof.graph.routing), as on one device
+    fake = FakeCopier(RoutedFakeMode())
     with fake_process_group(dp * tp):
         local = fake.copy(model)
         mesh = init_device_mesh(next((t.device.type for t in local.parameters()), "cpu"),
