@@ -67,7 +67,8 @@ when absent; their README says how each was measured):
         not in ../shared: they are quoted below with their source.
 
     gpt-fast A100 tensor parallel (--tp)
-        the same README's tensor-parallel rows (2, 4 and 8 GPUs; bf16, and int8/int4 at 8),
+        the same README's tensor-parallel rows (2, 4 and 8 GPUs; bf16, and int8/int4 at 8), and
+        as a source of its own Mixtral's (bf16 and int8 on 2, 4 and 8),
         predicted as one rank of fxroof's tensor-parallel generation (`tp=`), its all-reduces
         priced as NCCL rings over the A100's NVLink (300 GB/s each way). gpt-fast ran them with
         PyTorch's intra-node all-reduce (ENABLE_INTRA_NODE_COMM=1) over a hybrid cube mesh,
@@ -561,24 +562,30 @@ GPT_FAST_TP = (("Llama-2-7B bf16 tp2", "llama2-7b", None, 2, 168.84),
                ("Llama-2-70B int8 tp8", "llama2-70b", "w8", 8, 80.44),
                ("Llama-2-70B int4 g32 tp8", "llama2-70b", "w4g32", 8, 90.77),
                ("Llama-3.1-70B int8 tp8", "llama3-70b", "w8", 8, 75.58))
-# mixtral-moe/README.md at the same commit (8xA100-80GB, 330 W, batch 1, 5-token prompt): int8
-# on one GPU; predicted with models/moe.py's decoder. Its 2-8 GPU rows are left out: a tensor-
-# parallel capture of an expert loop over the router's picks fails (CaptureError, nonzero on
-# DTensors), as fxroof says when asked.
-MIXTRAL = (("Mixtral-8x7B int8", "w8", 1, 97.92),)
+# mixtral-moe/README.md at the same commit (8xA100-80GB, 330 W, batch 1, 5-token prompt): tokens/s
+# by GPUs, bf16 (which needs 2) and int8; predicted with models/moe.py's decoder.
+MIXTRAL = (("Mixtral-8x7B int8", "w8", 1, 97.92),
+           ("Mixtral-8x7B bf16 tp2", None, 2, 96.67),
+           ("Mixtral-8x7B bf16 tp4", None, 4, 155.35),
+           ("Mixtral-8x7B bf16 tp8", None, 8, 227.82),
+           ("Mixtral-8x7B int8 tp2", "w8", 2, 155.03),
+           ("Mixtral-8x7B int8 tp4", "w8", 4, 216.87),
+           ("Mixtral-8x7B int8 tp8", "w8", 8, 279.35))
 GPT_FAST_PROMPT, GPT_FAST_TOKENS = 5, 100
 
 
 def gpt_fast_cases(only: str, tensor_parallel: bool = False) -> list[Case]:
-    """tensor_parallel: the tensor-parallel rows too (a sharded capture is slow: about 12
-    minutes for the 15 on two cores)."""
+    """tensor_parallel: the tensor-parallel rows too (a sharded capture is slow: about 25
+    minutes for the 21 on two cores)."""
     llama, moe = str(ROOT / "models" / "llama.py"), str(ROOT / "models" / "moe.py") + ":decoder"
     runs = [("gpt-fast A100 decode", llama, label, preset, whatif, 1, rate)
             for label, preset, whatif, rate in GPT_FAST]
     runs += [("gpt-fast A100 decode", moe, label, "mixtral-8x7b", whatif, tp, rate)
-             for label, whatif, tp, rate in MIXTRAL]
+             for label, whatif, tp, rate in MIXTRAL if tp == 1]
     if tensor_parallel:
         runs += [("gpt-fast A100 tensor parallel", llama, *row) for row in GPT_FAST_TP]
+        runs += [("gpt-fast A100 Mixtral tensor parallel", moe, label, "mixtral-8x7b", whatif, tp,
+                  rate) for label, whatif, tp, rate in MIXTRAL if tp > 1]
     runs = [r for r in runs if only in r[0]]
     if not runs:
         return []
@@ -746,7 +753,7 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default="", help="sources whose name holds this text")
     ap.add_argument("--cases", action="store_true", help="print every case")
     ap.add_argument("--tp", action="store_true",
-                    help="adds gpt-fast's tensor-parallel rows (15 generations, about 12 minutes)")
+                    help="adds gpt-fast's tensor-parallel rows (21 generations, about 25 minutes)")
     ap.add_argument("--timm", type=Path, metavar="RESULTS",
                     help="the results/ folder of a pytorch-image-models checkout: adds the GPUs, "
                          "torch versions and layouts its benchmark-infer-*.csv hold")
