@@ -188,7 +188,7 @@ def new_cache(cfg: LlamaConfig, batch: int, max_len: int, dtype, device) -> list
 
 def workload(preset: str = "llama2-7b", phase: str = "prefill", batch: int = 1, seq: int = 2048,
              ctx: int = 2048, dtype: str = "bf16", device: str = "meta", layers: int | None = None,
-             max_len: int | None = None, config: LlamaConfig | None = None, model=None):
+             max_len: int | None = None, config: LlamaConfig | None = None, make=None):
     """(model, (tokens,), {"cache": ..., "start_pos": ...}) for one prefill or one decode step.
 
     prefill: `seq` prompt tokens from position 0, written into the cache.
@@ -210,7 +210,7 @@ def workload(preset: str = "llama2-7b", phase: str = "prefill", batch: int = 1, 
     if max_len < needed:
         raise ValueError(f"max_len={max_len} is too small: the cache must hold {needed} positions")
 
-    model = build(lambda: (model or Llama)(cfg), device, dtype)   # model: a Llama subclass
+    model = build(lambda: (make or Llama)(cfg), device, dtype)   # make: a Llama subclass
     tokens = token_ids(batch, tokens_per_seq, cfg.vocab_size, device)  # (B, T)
     cache = new_cache(cfg, batch, max_len, to_dtype(dtype), device)
     return model, (tokens,), {"cache": cache, "start_pos": start_pos}

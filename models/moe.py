@@ -259,5 +259,5 @@ def decoder(preset: str = "mixtral-8x7b", phase: str = "prefill", batch: int = 1
                 block.feed_forward = LoopExperts(cfg, lambda: llama.MLP(dense_cfg))
 
     return llama.workload(phase=phase, batch=batch, seq=seq, ctx=ctx, dtype=dtype, device=device,
-                          max_len=max_len, config=dense, model=Mixtral)
+                          max_len=max_len, config=dense, make=Mixtral)
 

@@ -28,7 +28,7 @@ import math
 from dataclasses import dataclass
 
 from fxroof.chips.chip import Chip
-from fxroof.chips.launch import Launch, copy, latency_time
+from fxroof.chips.launch import Launch, latency_time
 from fxroof.chips.timing import REGIMES, Timing, comm_time
 from fxroof.cost.record import MATRIX_CATEGORIES
 
@@ -162,8 +162,6 @@ def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_by
     # collective's); and Little's law: the waits of too few loads in flight, which add to the
     # streaming as a norm (WAIT_NORM)
     fill = chip.memory_latency_s if loads else 0.0
-    if matrix and loads and launch is None:
-        launch = copy(floor.memory_s * chip.mem_bw)
     waited = latency_time(chip, launch) if loads else 0.0
     memory = max(streamed + fill, _norm(waited, streamed))
     return Expected(tiled / (chip.matmul_efficiency or 1.0) if matrix else tiled,

@@ -105,13 +105,16 @@ def gather(chip: Chip, indices: int, row: int) -> Launch | None:
 
 
 def launch_of(chip: Chip, mode: str, op: str, category: str, space: int,
-              grid: tuple = ()) -> Launch | None:
+              grid: tuple = (), bytes_moved: float = 0) -> Launch | None:
     """The launch fxroof takes for a kernel: PyTorch's index_select for an eager gather and its
     row-per-block kernel for an eager layer norm, where it knows their (indices or rows, row),
-    else the elementwise launch over the kernel's loop. Matrix kernels
-    (their tiles) and collectives (NCCL's latencies) are priced elsewhere."""
-    if chip.kind != "gpu" or category in MATRIX_CATEGORIES or category == "collective":
+    a copy of its `bytes_moved` for a matrix kernel (its operands stream no faster), else the
+    elementwise launch over the kernel's loop. Collectives (NCCL's latencies) are priced
+    elsewhere."""
+    if chip.kind != "gpu" or category == "collective":
         return None
+    if category in MATRIX_CATEGORIES:
+        return copy(bytes_moved)
     if mode == "eager" and op in GATHERS and len(grid) == 2:
         return gather(chip, *grid)
     if mode == "eager" and op in LAYER_NORMS and len(grid) == 2:

@@ -64,7 +64,8 @@ def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple, streamed: dict | N
                                                         # an in-place write into a cache loops
                                                         # over what it touches, not the cache
                                                         min(k.space, k.bytes),
-                                                        main.grid if main else ()), **comm),
+                                                        main.grid if main else (), k.bytes),
+                                       **comm),
                               main.phase if main else "", waits[i]))
     return tuple(rows)
 
