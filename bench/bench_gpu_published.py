@@ -286,7 +286,7 @@ def timm_sources() -> dict:
         name = f"timm {label} {mode}{what}" + (" NHWC" if parts[2] == "nhwc" else "")
         if name in sources:      # the same GPU under another torch: name the torch
             name += f" ({parts[3]})"
-        sources[name] = (path, chip_name, mode, dtype, amp)
+        sources[name] = (path, chip_name, mode, dtype, amp, parts[2] == "nhwc")
     return sources
 
 
@@ -301,23 +301,30 @@ def timm_cases(only: str) -> list[Case]:
         return []
     captured: dict = {}
     cases = []
-    for source, (file, chip_name, mode, dtype, amp) in sources.items():
+    for source, (file, chip_name, mode, dtype, amp, nhwc) in sources.items():
         target = Target(chip=chip_name, mode=mode)
         for r in (r for r in read_csv(file) if r["model"] in TIMM_MODELS):
             # some files print them as floats ("1024.0")
             size, batch = int(float(r["infer_img_size"])), int(float(r["infer_batch_size"]))
-            key = (r["model"], size, batch, dtype, amp)
+            key = (r["model"], size, batch, dtype, amp, nhwc)
             if key not in captured:
                 with torch.device("meta"):
                     model = timm.create_model(r["model"]).to(dtype).eval()
                     model = fp32_norms(model) if amp else model
                 x = torch.empty(batch, 3, size, size, dtype=dtype, device="meta")
+                model, x = channels_last(model, x) if nhwc else (model, x)
                 captured[key] = capture(model, (x,))
             report = report_of(captured[key], target)
             cases.append(Case(source, f"{r['model']} {size}px b{batch}",
                               float(r["infer_step_time"]) / 1e3, report.summary.floor_s,
                               report.time_s, made_of(report.kernels)))
     return cases
+
+
+def channels_last(model, x):
+    """The model and its input as timm's benchmark.py --channels-last makes them (NHWC)."""
+    return (model.to(memory_format=torch.channels_last),
+            x.contiguous(memory_format=torch.channels_last))
 
 
 class AmpTrainStep(nn.Module):
@@ -348,7 +355,7 @@ def timm_train_cases(only: str) -> list[Case]:
         source = (f"timm {TIMM_GPUS[gpu][1]} train" + (" NHWC" if parts[1] == "nhwc" else "")
                   + f" ({parts[2]})")
         if only in source:
-            wanted.append((path, source, TIMM_GPUS[gpu][0]))
+            wanted.append((path, source, TIMM_GPUS[gpu][0], parts[1] == "nhwc"))
     if not wanted:
         return []
     try:
@@ -358,14 +365,15 @@ def timm_train_cases(only: str) -> list[Case]:
         return []
     reports: dict = {}
     cases = []
-    for path, source, chip_name in wanted:
+    for path, source, chip_name, nhwc in wanted:
         for r in (r for r in read_csv(path) if r["model"] in TIMM_MODELS):
             size, batch = int(float(r["train_img_size"])), int(float(r["train_batch_size"]))
-            key = (r["model"], size, batch, chip_name)
+            key = (r["model"], size, batch, chip_name, nhwc)
             if key not in reports:
                 with torch.device("meta"):
                     model = AmpTrainStep(timm.create_model(r["model"]).train())
                 x = torch.empty(batch, 3, size, size, device="meta")
+                model, x = channels_last(model, x) if nhwc else (model, x)
                 target = torch.zeros(batch, dtype=torch.long, device="meta")
                 reports[key] = fxroof.analyze(model, (x, target), chip=chip_name, mode="eager",
                                               train=True, optimizer="sgd")

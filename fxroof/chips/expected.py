@@ -17,6 +17,8 @@ kind, so a CPU's expected time is its floor. docs/time-model.md gives each figur
     collective  NCCL's base latency per collective; rings reach collective_efficiency of the link
     overlap     compute and memory overlap imperfectly on a GPU (XLA's factor)
     latency     every kernel's fixed time on the chip, kernel_floor_s, on top of its work
+    layout      a channels-first convolution's transposes to and from channels-last, kernels
+                of their own that the library runs around its tensor-core kernel (Cost.relayout)
 
 Each part is the time it adds when applied after those before it: the parts sum to expected
 minus floor exactly.
@@ -32,7 +34,8 @@ from fxroof.chips.launch import Launch, latency_time
 from fxroof.chips.timing import REGIMES, Timing, comm_time
 from fxroof.cost.record import MATRIX_CATEGORIES
 
-GAP_PARTS = ("tiles", "matmul", "bandwidth", "occupancy", "collective", "overlap", "latency")
+GAP_PARTS = ("tiles", "matmul", "bandwidth", "occupancy", "collective", "overlap", "latency",
+             "layout")
 
 # The tiles cuBLAS picks among for a GEMM's output (NVIDIA, "Matrix Multiplication Background
 # User's Guide", 2.3 "Typical Tile Dimensions in cuBLAS"); a library takes the one that wastes
@@ -78,6 +81,8 @@ class Expected:
     tiled_s: float = 0.0            # the floor's compute over whole tiles and waves
     streamed_s: float = 0.0         # the memory time at the chip's bandwidth share, before the
                                     # latency its loads wait (memory_s adds it)
+    relayout_s: float = 0.0         # transposes around a channels-first convolution, run
+                                    # before and after it
 
     @property
     def gap(self) -> tuple:
@@ -87,9 +92,9 @@ class Expected:
         if self.floor is None:
             return ()
         f = self.floor
-        state = [f.compute_s, f.memory_s, f.comm_s, 1.0, 0.0]
+        state = [f.compute_s, f.memory_s, f.comm_s, 1.0, 0.0, 0.0]
         steps = ((0, self.tiled_s), (0, self.compute_s), (1, self.streamed_s), (1, self.memory_s),
-                 (2, self.comm_s), (3, self.overlap), (4, self.latency_s))
+                 (2, self.comm_s), (3, self.overlap), (4, self.latency_s), (5, self.relayout_s))
         times = [_seconds(*state, f.overhead_s, f.serial_overhead)]
         for i, value in steps:
             state[i] = value
@@ -99,18 +104,20 @@ class Expected:
     @property
     def time_s(self) -> float:
         return _seconds(self.compute_s, self.memory_s, self.comm_s, self.overlap, self.latency_s,
-                        self.overhead_s, self.serial_overhead)
+                        self.relayout_s, self.overhead_s, self.serial_overhead)
 
     @property
     def device_s(self) -> float:
         """The time on the chip alone, host dispatch left out: what a profiler's kernel rows sum."""
         return _seconds(self.compute_s, self.memory_s, self.comm_s, self.overlap, self.latency_s,
-                        0.0, False)
+                        self.relayout_s, 0.0, False)
 
     @property
     def regime(self) -> str:
-        """The largest part; a kernel's fixed time on the chip counts as overhead."""
-        parts = (self.compute_s, self.memory_s, self.comm_s, max(self.overhead_s, self.latency_s))
+        """The largest part; a kernel's fixed time on the chip counts as overhead, its
+        transposes as memory."""
+        parts = (self.compute_s, self.memory_s + self.relayout_s, self.comm_s,
+                 max(self.overhead_s, self.latency_s))
         return REGIMES[parts.index(max(parts))]
 
     def between(self, other: Expected, f: float) -> Expected:
@@ -144,10 +151,12 @@ def _pow2(x: int) -> int:
 
 
 def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_bytes: float = 0,
-             comm_steps: int = 0, launch: Launch | None = None) -> Expected:
+             comm_steps: int = 0, launch: Launch | None = None,
+             relayout: tuple = ()) -> Expected:
     """The expected time of a kernel whose floor is `floor`. grid: a matrix kernel's output and
     reduction as (batch, M, N, K); comm_bytes/comm_steps: a collective's (Cost); launch: how a
-    memory kernel's threads walk its data (chips/launch.py; None: no latency bound)."""
+    memory kernel's threads walk its data (chips/launch.py; None: no latency bound); relayout:
+    the bytes of each tensor transposed around it (Cost.relayout), charged on a GPU."""
     matrix = category in MATRIX_CATEGORIES
     gpu = chip.kind == "gpu"
     collective = bool(comm_bytes or comm_steps)
@@ -167,7 +176,15 @@ def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_by
     return Expected(tiled / (chip.matmul_efficiency or 1.0) if matrix else tiled,
                     memory, comm, floor.overhead_s,
                     0.0 if collective else chip.kernel_floor_s,   # a collective's is NCCL's base
-                    OVERLAP if gpu else 1.0, floor.serial_overhead, floor, tiled, streamed)
+                    OVERLAP if gpu else 1.0, floor.serial_overhead, floor, tiled, streamed,
+                    sum(transpose_time(chip, b) for b in relayout) if gpu else 0.0)
+
+
+def transpose_time(chip: Chip, nbytes: float) -> float:
+    """One transpose kernel: it reads and writes `nbytes` at the pace of a copy (the chip's
+    bandwidth share), after its first loads' round trip, plus a kernel's fixed time."""
+    return (2 * nbytes / (chip.mem_bw * (chip.bw_efficiency or 1.0)) + chip.memory_latency_s
+            + chip.kernel_floor_s)
 
 
 def _norm(a: float, b: float) -> float:
@@ -177,9 +194,10 @@ def _norm(a: float, b: float) -> float:
     return big * (1 + (min(a, b) / big) ** WAIT_NORM) ** (1 / WAIT_NORM) if big else 0.0
 
 
-def _seconds(compute, memory, comm, overlap, latency, overhead, serial) -> float:
+def _seconds(compute, memory, comm, overlap, latency, relayout, overhead, serial) -> float:
     """On the chip: the work (compute and memory overlapped as far as `overlap` says), then the
-    kernel's fixed time; the host's overhead hides behind it, or adds to it on a CPU."""
+    kernel's fixed time and the transposes around it; the host's overhead hides behind it, or
+    adds to it on a CPU."""
     work = compute + memory - overlap * min(compute, memory)   # overlap 1: the roofline's max
-    device = max(work, comm) + latency
+    device = max(work, comm) + latency + relayout
     return device + overhead if serial else max(device, overhead)

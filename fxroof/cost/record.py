@@ -35,6 +35,11 @@ class Cost:
     comm_steps: int = 0
     grid: tuple = ()        # matrix ops: the (batch, M, N, K) GEMM a library tiles; layer norm,
                             # embedding, index_select: (rows, row elements) (annotate.with_grid)
+    # Convolutions on channels-first (NCHW) tensors in 16-bit: the bytes of each tensor a GPU
+    # library transposes to channels-last for its tensor-core kernels and back (formulas/conv.py).
+    # Not in the bytes above, which are the graph's: a time model charges them where the program
+    # leaves the layout channels-first.
+    relayout: tuple = ()
 
     def __post_init__(self):
         if self.category not in CATEGORIES:

@@ -23,15 +23,18 @@ def node_rows(gm: fx.GraphModule) -> tuple:
         rows.append(NodeRow(node.name, op_name(node), module_path(node), cost.category, cost.flops,
                             cost.bytes_read, cost.bytes_written, cost.dtype, cost.known, cost.note,
                             cost.comm_bytes, cost.comm_steps, cost.variant, cost.grid,
-                            node.meta.get(PHASE_KEY, ""), node.meta.get(RECOMPUTED_KEY, False)))
+                            node.meta.get(PHASE_KEY, ""), node.meta.get(RECOMPUTED_KEY, False),
+                            cost.relayout))
     return tuple(rows)
 
 
 def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple, streamed: dict | None = None,
-                gm: fx.GraphModule | None = None) -> tuple:
+                gm: fx.GraphModule | None = None, relayout: bool = True) -> tuple:
     """streamed: {node name: {storage: bytes}} of state the node reads from memory on every pass
     (memory.state_reads, where the footprint outgrows the chip's cache); none by default. gm: the
-    graph, whose edges say which kernels wait for a collective (streams.collective_waits)."""
+    graph, whose edges say which kernels wait for a collective (streams.collective_waits).
+    relayout: channels-first convolutions run the transposes their nodes name (False: the
+    program put them in channels-last, fuse/layout.py)."""
     waits = collective_waits(gm, kernels) if gm is not None else [()] * len(kernels)
     by_name = {n.name: n for n in nodes}
     streamed = streamed or {}
@@ -65,7 +68,8 @@ def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple, streamed: dict | N
                                                         # over what it touches, not the cache
                                                         min(k.space, k.bytes),
                                                         main.grid if main else (), k.bytes),
-                                       **comm),
+                                       relayout=tuple(b for m in members for b in m.relayout)
+                                       if relayout else (), **comm),
                               main.phase if main else "", waits[i]))
     return tuple(rows)
 

@@ -43,6 +43,8 @@ class NodeRow:
                           # a layer norm or row gather as (rows, row elements): its loop
     phase: str = ""       # of a training step: "forward", "backward" or "optimizer"
     recomputed: bool = False   # a forward op the backward runs again (activation checkpointing)
+    relayout: tuple = ()  # a channels-first convolution: bytes of each tensor a GPU library
+                          # transposes for it (Cost.relayout)
 
     @property
     def cost_key(self) -> str:
@@ -51,8 +53,8 @@ class NodeRow:
         return f"{self.op}({self.variant})" if self.variant else self.op
 
     def to_dict(self) -> dict:
-        return {k: list(v) if k == "grid" else v for k, v in self.__dict__.items()
-                if k not in ("grid", "phase", "recomputed") or v}
+        return {k: list(v) if k in ("grid", "relayout") else v for k, v in self.__dict__.items()
+                if k not in ("grid", "phase", "recomputed", "relayout") or v}
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import torch
 
 from fxroof.cost.formulas.registry import OpCall, formula
 from fxroof.cost.record import Cost
+from fxroof.graph.tensors import footprint
 
 aten = torch.ops.aten
 
@@ -58,7 +59,8 @@ def conv(call: OpCall) -> Cost:
     batch = int(x.shape[0]) if x.dim() == w.dim() else 1
     positions = (x if transposed else call.outputs[0]).shape[2 - w.dim():]
     flops = 2 * batch * math.prod(int(s) for s in (*w.shape, *positions))
-    return call.cost(flops, "conv", variant=cpu_library(call))
+    return call.cost(flops, "conv", variant=cpu_library(call),
+                     relayout=relayout(x, w, (x, w)))
 
 
 @formula(aten.convolution_backward, category="conv")
@@ -68,4 +70,26 @@ def conv_backward(call: OpCall) -> Cost:
     grad_out, x, w = call.args[:3]
     forward = conv(OpCall(aten.convolution.default, (x, w, None, *call.args[4:10]), out=grad_out))
     wanted = sum(bool(m) for m in call.get("output_mask")[:2])
-    return call.cost(forward.flops * wanted, "conv", variant=forward.variant)
+    return call.cost(forward.flops * wanted, "conv", variant=forward.variant,
+                     relayout=relayout(x, w, (grad_out, x, w)))
+
+
+def relayout(x, w, operands) -> tuple:
+    """The footprints of the operands cuDNN transposes for a convolution on channels-first
+    tensors: its tensor-core kernels read channels-last (NHWC) activations and filters, so it
+    runs an NCHW-to-NHWC transpose of each first (cuDNN's API reference, "Tensor
+    Transformations"). Its output it can write channels-first itself (kernels named
+    ..._nhwckrsc_nchw: NHWC input, KRSC filter, NCHW output), so none is charged for it. Only
+    16-bit 2-d and 3-d convolutions that reduce over channels (a depthwise one, one channel a
+    group, runs no tensor-core kernel), and only where the input is not already channels-last;
+    () otherwise."""
+    depthwise = w.dim() >= 2 and int(w.shape[1]) == 1
+    if x.dtype not in (torch.float16, torch.bfloat16) or x.dim() not in (4, 5) or depthwise:
+        return ()
+    fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+    try:
+        if x.is_contiguous(memory_format=fmt):     # also a 1x1 image: both layouts at once
+            return ()
+    except (RuntimeError, TypeError):              # symbolic strides: the layout is not known
+        return ()
+    return tuple(footprint(t) for t in operands)

@@ -1,0 +1,128 @@
+"""Channels-first convolutions on a GPU: the transposes cuDNN runs for them (hand arithmetic), and
+when torch.compile runs them channels-last instead (against Inductor's own decision)."""
+import pytest
+import torch
+import torch.nn as nn
+
+import fxroof
+from fxroof.chips import Chip
+from fxroof.chips.expected import expected
+from fxroof.chips.timing import Timing
+from fxroof.cost.annotate import annotate
+from fxroof.fuse.layout import channels_last_convs
+from fxroof.graph.capture import capture
+from helpers import cost_of
+
+
+def half(*shape, channels_last=False):
+    x = torch.empty(*shape, dtype=torch.float16, device="meta")
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def conv(*args, **kwargs):
+    with torch.device("meta"):
+        return nn.Conv2d(*args, bias=False, **kwargs).half()
+
+
+def test_a_channels_first_conv_transposes_its_input_and_weight_by_hand():
+    c = cost_of(conv(64, 128, 3, padding=1), "conv2d", half(8, 64, 32, 32))
+    # input 8 x 64 x 32 x 32 and weight 128 x 64 x 3 x 3, two bytes each; the output is
+    # written channels-first by the kernel itself
+    assert c.relayout == (8 * 64 * 32 * 32 * 2, 128 * 64 * 3 * 3 * 2)
+    # the graph's own bytes are untouched: input, weight and output once
+    assert c.bytes == (8 * 64 * 32 * 32 + 128 * 64 * 9 + 8 * 128 * 32 * 32) * 2
+
+
+def test_no_transposes_where_channels_last_fp32_or_depthwise():
+    m = conv(64, 128, 3, padding=1).to(memory_format=torch.channels_last)
+    assert cost_of(m, "conv2d", half(8, 64, 32, 32, channels_last=True)).relayout == ()
+    with torch.device("meta"):
+        fp32 = nn.Conv2d(64, 128, 3, bias=False)
+    assert cost_of(fp32, "conv2d", torch.empty(8, 64, 32, 32, device="meta")).relayout == ()
+    depthwise = conv(64, 64, 3, padding=1, groups=64)
+    assert cost_of(depthwise, "conv2d", half(8, 64, 32, 32)).relayout == ()
+
+
+def test_a_transpose_is_a_copy_with_its_round_trip_and_fixed_time_by_hand():
+    g = Chip("g", "Test GPU", "gpu", {"fp32": 1e12, "fp16": 1e12}, vector_flops=1e12, mem_bw=1e9,
+             mem_bytes=1e10, link_bw=1e9, link_latency_s=5e-6, launch_s=2e-6, dispatch_s=10e-6,
+             bw_efficiency=0.8, memory_latency_s=1e-6, kernel_floor_s=3e-6, sm_count=10)
+    floor = Timing(1e-3, 0.5e-3, 0, 2e-6)
+    plain = expected(g, floor, "conv")
+    e = expected(g, floor, "conv", relayout=(1e6, 2e5))
+    # each tensor read and written at 0.8 GB/s, after 1 us of latency and 3 us of fixed time:
+    # 2.5 ms + 4 us and 0.5 ms + 4 us, after the convolution itself
+    layout = 2e6 / 0.8e9 + 4e-6 + 4e5 / 0.8e9 + 4e-6
+    assert e.time_s == pytest.approx(plain.time_s + layout)
+    assert dict(e.gap)["layout"] == pytest.approx(layout)
+    assert sum(dict(e.gap).values()) == pytest.approx(e.time_s - floor.time_s)
+    assert e.regime == "memory"            # 3 ms of transposes outweigh 1 ms of compute
+    cpu = Chip("c", "Test CPU", "cpu", {"fp32": 1e12, "fp16": 1e12}, vector_flops=1e12, mem_bw=1e9,
+               mem_bytes=1e10, link_bw=1e9, link_latency_s=5e-6, launch_s=2e-6,
+               dispatch_s=10e-6)
+    assert expected(cpu, floor, "conv", relayout=(1e6,)).time_s == floor.time_s
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = conv(64, 128, 3, padding=1), conv(128, 256, 1)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+def _layout_s(report, mode):
+    return getattr(report, mode).gap["layout"]
+
+
+def test_eager_pays_transposes_channels_last_and_compiled_do_not():
+    nchw = fxroof.analyze(Net(), (half(32, 64, 56, 56),), chip="rtx-4090", mode="eager")
+    nhwc = fxroof.analyze(Net().to(memory_format=torch.channels_last),
+                          (half(32, 64, 56, 56, channels_last=True),), chip="rtx-4090",
+                          mode="eager")
+    assert nchw.summary.floor_s == pytest.approx(nhwc.summary.floor_s)   # the floor unchanged
+    assert _layout_s(nhwc, "eager") == 0
+    assert nchw.time_s > nhwc.time_s
+    # two inputs and two weights transposed, the 4090's copy share of its bandwidth
+    chip = nchw.chip
+    nbytes = (32 * 64 * 56 * 56 + 128 * 64 * 9 + 32 * 128 * 56 * 56 + 256 * 128) * 2
+    fixed = 4 * (chip.memory_latency_s + chip.kernel_floor_s)
+    assert _layout_s(nchw, "eager") == pytest.approx(
+        2 * nbytes / (chip.mem_bw * chip.bw_efficiency) + fixed)
+    # torch.compile makes this graph channels-last (Inductor's layout optimization)
+    assert _layout_s(nchw, "compiled") == 0
+    # a CPU runs no transposes
+    assert _layout_s(fxroof.analyze(Net(), (half(2, 64, 8, 8),), chip="cpu",
+                                    mode="eager"), "eager") == 0
+
+
+def _nets():
+    """Convolution graphs that take each of Inductor's branches."""
+    yield "plain", nn.Sequential(nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(),
+                                 nn.Conv2d(128, 256, 1)), (8, 64, 32, 32)
+    yield "grouped", nn.Sequential(nn.Conv2d(64, 128, 3, padding=1),
+                                   nn.Conv2d(128, 128, 3, groups=32, padding=1),
+                                   nn.Conv2d(128, 256, 1)), (8, 64, 32, 32)
+    yield "mostly grouped", nn.Sequential(nn.Conv2d(64, 128, 1),
+                                          nn.Conv2d(128, 1024, 3, groups=8, padding=1)), \
+        (8, 64, 32, 32)
+    yield "fewer out than in", nn.Sequential(nn.Conv2d(256, 128, 3, padding=1),
+                                             nn.Conv2d(128, 128, 3, padding=1)), (8, 256, 16, 16)
+    yield "small", nn.Sequential(nn.Conv2d(3, 16, 3), nn.Conv2d(16, 32, 3)), (8, 3, 32, 32)
+    yield "depthwise", nn.Sequential(nn.Conv2d(64, 128, 1),
+                                     nn.Conv2d(128, 128, 3, groups=128, padding=1)), (8, 64, 32, 32)
+    yield "no convolution", nn.Sequential(nn.Linear(32, 32)), (8, 32)
+
+
+@pytest.mark.parametrize("name,model,shape", list(_nets()), ids=[n for n, *_ in _nets()])
+def test_the_layout_decision_is_inductors(name, model, shape):
+    graph_lowering = pytest.importorskip("torch._inductor.graph").GraphLowering
+    model, x = model.half(), torch.randn(*shape).half()
+    inductors = torch.export.export(model, (x,)).run_decompositions().graph_module
+    ours = annotate(capture(model, (x,)).gm)
+    for training in (False, True):
+        # a CPU build would take its oneDNN branch (always channels-last); a GPU's is asked
+        with torch.backends.mkldnn.flags(enabled=False):
+            theirs = graph_lowering.decide_layout_opt(inductors, is_inference=not training)
+        assert channels_last_convs(ours, training=training) == theirs, (name, training)
