@@ -84,7 +84,9 @@ when absent; their README says how each was measured):
         NHWC: one step of SGD with momentum on a model in train mode, fp32 weights under float16
         autocast, cross-entropy), predicted as fxroof's eager training step (train=True,
         optimizer="sgd": plain SGD, a few element-wise passes over the weights fewer than
-        timm's momentum and Nesterov). Never fitted on; CPU result files are named and skipped.
+        timm's momentum and Nesterov). NHWC files are built as timm's --channels-last runs
+        them: model and input channels-last. Never fitted on; CPU result files are named and
+        skipped.
     --vidur CHECKOUT
         a checkout of microsoft/vidur adds what its data/profiling holds and the data folder
         does not, each as a source of its own, never fitted on: at commit 7d47513, the A40's
