@@ -158,7 +158,7 @@ def cost_table() -> list:
 
 class Autocast(torch.nn.Module):
     """nanoGPT's training step: fp32 weights, the forward under CUDA's bf16 autocast (traced as
-    CPU autocast, whose policy leaves softmax in bf16 where CUDA's runs it in fp32)."""
+    CPU autocast with CUDA's policy: softmax, norms and the loss in fp32)."""
 
     def __init__(self, model):
         super().__init__()

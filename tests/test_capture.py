@@ -195,6 +195,47 @@ def test_autocast_in_the_forward_runs_its_matmuls_in_its_dtype():
     assert not any("CUDA autocast" in note for note in r.notes)
 
 
+class AutocastBlock(torch.nn.Module):
+    """A pre-norm block's ops under autocast: which run in 16 bits and which in fp32."""
+
+    def __init__(self, device_type):
+        super().__init__()
+        self.fc, self.norm, self.device_type = torch.nn.Linear(64, 64), torch.nn.LayerNorm(64), \
+            device_type
+
+    def forward(self, x, target):
+        with torch.autocast(self.device_type, dtype=torch.bfloat16):
+            h = self.fc(x)
+            y = torch.nn.functional.gelu(self.norm(h)) + h.softmax(-1) + (h ** 2).exp()
+            return torch.nn.functional.cross_entropy(self.fc(y), target) + h.sum()
+
+
+def _dtypes(report) -> dict:
+    """{op: dtype} of the forward's ops (a training step's backward follows the forward)."""
+    return {n.op: n.dtype for n in reversed(report.nodes) if n.phase in ("", "forward")}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA autocast runs as itself here")
+def test_cuda_autocast_runs_cudas_fp32_ops_in_fp32():
+    import fxroof
+    x, target = torch.randn(8, 64), torch.zeros(8, dtype=torch.long)
+    for train in (False, True):
+        r = fxroof.analyze(AutocastBlock("cuda"), (x, target), chip="h100-sxm", train=train)
+        d = _dtypes(r)
+        # PyTorch's autocast op reference: linear to 16 bits; layer_norm, softmax, pow, exp,
+        # sum and cross_entropy (log_softmax, nll_loss) to fp32 on CUDA; gelu not listed, it
+        # runs in its input's dtype (fp32 after the norm)
+        assert d["addmm"] == "bf16"
+        assert {d[op] for op in ("native_layer_norm", "_softmax", "pow", "exp", "sum",
+                                 "_log_softmax")} == {"fp32"}
+    # CPU's own policy, as PyTorch runs it here: softmax and pow stay in bf16
+    cpu = _dtypes(fxroof.analyze(AutocastBlock("cpu"), (x, target), chip="h100-sxm"))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h = torch.nn.Linear(64, 64)(x)
+        assert h.softmax(-1).dtype == (h ** 2).dtype == torch.bfloat16
+    assert cpu["_softmax"] == cpu["pow"] == "bf16"
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA autocast runs as itself here")
 def test_cuda_autocast_without_a_gpu_is_traced_as_cpu_autocast_and_said():
     import fxroof
