@@ -33,12 +33,9 @@ def test_a_channels_first_conv_transposes_its_input_and_weight_by_hand():
     assert c.bytes == (8 * 64 * 32 * 32 + 128 * 64 * 9 + 8 * 128 * 32 * 32) * 2
 
 
-def test_no_transposes_where_channels_last_fp32_or_depthwise():
+def test_no_transposes_where_channels_last_or_depthwise():
     m = conv(64, 128, 3, padding=1).to(memory_format=torch.channels_last)
     assert cost_of(m, "conv2d", half(8, 64, 32, 32, channels_last=True)).relayout == ()
-    with torch.device("meta"):
-        fp32 = nn.Conv2d(64, 128, 3, bias=False)
-    assert cost_of(fp32, "conv2d", torch.empty(8, 64, 32, 32, device="meta")).relayout == ()
     depthwise = conv(64, 64, 3, padding=1, groups=64)
     assert cost_of(depthwise, "conv2d", half(8, 64, 32, 32)).relayout == ()
 
@@ -61,6 +58,37 @@ def test_a_transpose_is_a_copy_with_its_round_trip_and_fixed_time_by_hand():
                mem_bytes=1e10, link_bw=1e9, link_latency_s=5e-6, launch_s=2e-6,
                dispatch_s=10e-6)
     assert expected(cpu, floor, "conv", relayout=(1e6,)).time_s == floor.time_s
+
+
+def _fp32_net_report(chip):
+    with torch.device("meta"):
+        m = nn.Sequential(nn.Conv2d(64, 128, 3, padding=1, bias=False), nn.Flatten(),
+                          nn.Linear(128 * 56 * 56, 10, bias=False))
+    return fxroof.analyze(m, (torch.empty(64, 64, 56, 56, device="meta"),), chip=chip,
+                          mode="eager")
+
+
+def test_fp32_convolutions_run_in_tf32_as_pytorch_lets_cudnn_by_default():
+    assert torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+    r = _fp32_net_report("a100-80gb")
+    conv_row, linear = [k for k in r.kernels if k.category in ("conv", "matmul")]
+    # the convolution at the A100's TF32 peak (156 TFLOP/s), the linear at its fp32 one (19.5)
+    assert (conv_row.dtype, linear.dtype) == ("tf32", "fp32")
+    flops = 2 * 64 * 128 * 64 * 9 * 56 * 56
+    assert conv_row.timing.compute_s == pytest.approx(flops / r.chip.peak_flops["tf32"])
+    # on tensor cores it pays the transposes of its input and weight
+    assert dict(conv_row.expected.gap)["layout"] > 0
+    try:
+        torch.backends.cudnn.allow_tf32 = False
+        off = _fp32_net_report("a100-80gb")
+    finally:
+        torch.backends.cudnn.allow_tf32 = True
+    conv_off = next(k for k in off.kernels if k.category == "conv")
+    assert conv_off.dtype == "fp32" and dict(conv_off.expected.gap)["layout"] == 0
+    assert conv_off.timing.compute_s == pytest.approx(flops / r.chip.peak_flops["fp32"])
+    # a V100 has no TF32: fp32, no transposes
+    v100 = next(k for k in _fp32_net_report("v100").kernels if k.category == "conv")
+    assert v100.dtype == "fp32" and dict(v100.expected.gap)["layout"] == 0
 
 
 class Net(nn.Module):

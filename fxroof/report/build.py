@@ -2,6 +2,7 @@
 on the chip, its roofline floor and its expected time."""
 from __future__ import annotations
 
+import torch
 import torch.fx as fx
 
 from fxroof.chips import Chip
@@ -53,14 +54,15 @@ def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple, streamed: dict | N
             state.update(streamed.get(n, {}))
         comm = {"comm_bytes": sum(m.comm_bytes for m in members),
                 "comm_steps": sum(m.comm_steps for m in members)}
+        dtype = unit_dtype(chip, k.category, k.dtype)
         timing = kernel_timing(chip, flops=k.flops, bytes_moved=k.bytes, category=k.category,
-                               dtype=k.dtype,
+                               dtype=dtype,
                                overhead_s=overhead_per_kernel(chip, mode, key, k.views, i == 0),
                                rate_op=key, streamed_bytes=min(sum(state.values()), k.bytes_read),
                                elements=k.space, **comm)
         label = (op if len(members) == 1 else f"{op} +{len(members) - 1}") if main \
             else k.category
-        rows.append(KernelRow(tuple(k.nodes), label, k.module, k.category, k.dtype,
+        rows.append(KernelRow(tuple(k.nodes), label, k.module, k.category, dtype,
                               k.flops, k.bytes_read, k.bytes_written, k.reason, timing,
                               expected(chip, timing, k.category, main.grid if main else (),
                                        launch=launch_of(chip, mode, op, k.category,
@@ -69,9 +71,27 @@ def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple, streamed: dict | N
                                                         min(k.space, k.bytes),
                                                         main.grid if main else (), k.bytes),
                                        relayout=tuple(b for m in members for b in m.relayout)
-                                       if relayout else (), **comm),
+                                       if relayout and dtype in TENSOR_CORE_DTYPES else (),
+                                       **comm),
                               main.phase if main else "", waits[i]))
     return tuple(rows)
+
+
+# cuDNN's tensor-core kernels take channels-last operands in these dtypes (Cost.relayout).
+TENSOR_CORE_DTYPES = frozenset({"fp16", "bf16", "tf32"})
+
+
+def unit_dtype(chip: Chip, category: str, dtype: str) -> str:
+    """The dtype whose matrix peak runs a kernel on this chip. PyTorch runs fp32 matrix work on
+    a GPU's TF32 tensor cores where its flags allow it (CUDA semantics, "TensorFloat-32 (TF32) on
+    Ampere (and later) devices"): convolutions by default (torch.backends.cudnn.allow_tf32),
+    matrix products only when asked (torch.backends.cuda.matmul.allow_tf32, or a
+    float32_matmul_precision below "highest"). A chip without a TF32 figure keeps fp32."""
+    if chip.kind != "gpu" or dtype != "fp32" or "tf32" not in chip.peak_flops:
+        return dtype
+    allowed = torch.backends.cudnn.allow_tf32 if category == "conv" \
+        else torch.backends.cuda.matmul.allow_tf32 if category == "matmul" else False
+    return "tf32" if allowed else dtype
 
 
 # Ops whose keyword picks a different kernel: the name carries it ("gelu(tanh)"), so that tables

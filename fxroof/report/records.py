@@ -180,11 +180,12 @@ class Report:
 
     @property
     def matrix_dtype(self) -> str:
-        """The dtype most matrix FLOPs run in: the one whose ridge point matters."""
+        """The dtype most matrix FLOPs run in, as the chip runs them (TF32 for fp32 convolutions on
+        a GPU, report/build.unit_dtype): the one whose ridge point matters."""
         flops: Counter = Counter()
-        for n in self.nodes:
-            if n.category in MATRIX_CATEGORIES:
-                flops[n.dtype] += n.flops
+        for k in self.kernels:
+            if k.category in MATRIX_CATEGORIES:
+                flops[k.dtype] += k.flops
         return flops.most_common(1)[0][0] if flops else "bf16"
 
     @property
