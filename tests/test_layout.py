@@ -154,3 +154,11 @@ def test_the_layout_decision_is_inductors(name, model, shape):
         with torch.backends.mkldnn.flags(enabled=False):
             theirs = graph_lowering.decide_layout_opt(inductors, is_inference=not training)
         assert channels_last_convs(ours, training=training) == theirs, (name, training)
+
+
+def test_an_amd_gpu_gets_neither_cudnns_transposes_nor_tf32():
+    r = _fp32_net_report("mi300x")
+    conv_row = next(k for k in r.kernels if k.category == "conv")
+    assert conv_row.dtype == "fp32" and dict(conv_row.expected.gap)["layout"] == 0
+    half_conv = fxroof.analyze(Net(), (half(32, 64, 56, 56),), chip="mi300x", mode="eager")
+    assert half_conv.eager.gap["layout"] == 0

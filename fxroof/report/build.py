@@ -71,7 +71,8 @@ def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple, streamed: dict | N
                                                         min(k.space, k.bytes),
                                                         main.grid if main else (), k.bytes),
                                        relayout=tuple(b for m in members for b in m.relayout)
-                                       if relayout and dtype in TENSOR_CORE_DTYPES else (),
+                                       if relayout and nvidia(chip)
+                                       and dtype in TENSOR_CORE_DTYPES else (),
                                        **comm),
                               main.phase if main else "", waits[i]))
     return tuple(rows)
@@ -87,11 +88,17 @@ def unit_dtype(chip: Chip, category: str, dtype: str) -> str:
     Ampere (and later) devices"): convolutions by default (torch.backends.cudnn.allow_tf32),
     matrix products only when asked (torch.backends.cuda.matmul.allow_tf32, or a
     float32_matmul_precision below "highest"). A chip without a TF32 figure keeps fp32."""
-    if chip.kind != "gpu" or dtype != "fp32" or "tf32" not in chip.peak_flops:
+    if not nvidia(chip) or dtype != "fp32" or "tf32" not in chip.peak_flops:
         return dtype
     allowed = torch.backends.cudnn.allow_tf32 if category == "conv" \
         else torch.backends.cuda.matmul.allow_tf32 if category == "matmul" else False
     return "tf32" if allowed else dtype
+
+
+def nvidia(chip: Chip) -> bool:
+    """CUDA's and cuDNN's rules (TF32, channels-last tensor-core kernels) are NVIDIA GPUs'; what
+    ROCm's libraries do on an AMD GPU is not modelled."""
+    return chip.kind == "gpu" and chip.title.startswith("NVIDIA")
 
 
 # Ops whose keyword picks a different kernel: the name carries it ("gelu(tanh)"), so that tables
