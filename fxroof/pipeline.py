@@ -35,7 +35,7 @@ from fxroof.graph.routing import Routing
 from fxroof.graph.routing import parse as parse_routing
 from fxroof.graph.tensors import dtype_name
 from fxroof.graph.training import OPTIMIZERS, capture_step
-from fxroof.report.build import kernel_rows, node_rows
+from fxroof.report.build import kernel_rows, node_rows, unit_dtype
 from fxroof.report.records import ModeSummary, Report
 from fxroof.report.units import si
 
@@ -315,6 +315,13 @@ def _matrix_unit_notes(nodes, chip: Chip, quantize) -> tuple:
     if quantize and quantize.matmul:      # the what-if's operands, noted by _whatif_notes
         return ()
     notes = []
+    for category, flag in (("conv", "torch.backends.cudnn.allow_tf32, PyTorch's default"),
+                           ("matmul", "torch.backends.cuda.matmul.allow_tf32")):
+        if any(n.category == category and n.dtype == "fp32" and n.flops for n in nodes) \
+                and unit_dtype(chip, category, "fp32") == "tf32":
+            notes.append(f"fp32 {category} FLOPs run on {chip.name}'s TF32 tensor cores, "
+                         f"{si(chip.matrix_flops('tf32'), 'FLOP/s')} ({flag}); with it off, at "
+                         f"the fp32 peak, {si(chip.matrix_flops('fp32'), 'FLOP/s')}")
     for dtype in sorted({n.dtype for n in nodes if n.category in MATRIX_CATEGORIES and n.flops}):
         runs_as = chip.matrix_dtype(dtype)
         if dtype in ("bf16", "fp16") and runs_as != dtype:

@@ -74,6 +74,7 @@ def test_fp32_convolutions_run_in_tf32_as_pytorch_lets_cudnn_by_default():
     conv_row, linear = [k for k in r.kernels if k.category in ("conv", "matmul")]
     # the convolution at the A100's TF32 peak (156 TFLOP/s), the linear at its fp32 one (19.5)
     assert (conv_row.dtype, linear.dtype) == ("tf32", "fp32")
+    assert any("TF32" in note and "allow_tf32" in note for note in r.notes)    # and says so
     flops = 2 * 64 * 128 * 64 * 9 * 56 * 56
     assert conv_row.timing.compute_s == pytest.approx(flops / r.chip.peak_flops["tf32"])
     # on tensor cores it pays the transposes of its input and weight
