@@ -163,3 +163,14 @@ def test_an_amd_gpu_gets_neither_cudnns_transposes_nor_tf32():
     assert conv_row.dtype == "fp32" and dict(conv_row.expected.gap)["layout"] == 0
     half_conv = fxroof.analyze(Net(), (half(32, 64, 56, 56),), chip="mi300x", mode="eager")
     assert half_conv.eager.gap["layout"] == 0
+
+
+def test_a_backward_transposes_what_its_gradients_read_by_hand():
+    model = conv(64, 128, 3, padding=1)
+    x = half(8, 64, 32, 32)
+    r = fxroof.analyze(model, (x,), chip="rtx-4090", mode="eager", train=True,
+                       optimizer="sgd")
+    (backward,) = [n for n in r.nodes if n.op == "convolution_backward"]
+    # the input needs no gradient: only the filter's is computed, from the output's gradient
+    # (8 x 128 x 32 x 32) and the input (8 x 64 x 32 x 32); the filter itself is not read
+    assert backward.relayout == (8 * 128 * 32 * 32 * 2, 8 * 64 * 32 * 32 * 2)

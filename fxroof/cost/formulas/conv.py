@@ -69,9 +69,11 @@ def conv_backward(call: OpCall) -> Cost:
     multiply-adds again; the bias's is a sum, not counted (PyTorch's convention)."""
     grad_out, x, w = call.args[:3]
     forward = conv(OpCall(aten.convolution.default, (x, w, None, *call.args[4:10]), out=grad_out))
-    wanted = sum(bool(m) for m in call.get("output_mask")[:2])
-    return call.cost(forward.flops * wanted, "conv", variant=forward.variant,
-                     relayout=relayout(x, w, (grad_out, x, w)))
+    mask = [bool(m) for m in call.get("output_mask")[:2]]
+    # the input's gradient reads the filter, the filter's reads the input; both the gradient
+    operands = (grad_out, *([w] if mask[0] else []), *([x] if mask[1] else []))
+    return call.cost(forward.flops * sum(mask), "conv", variant=forward.variant,
+                     relayout=relayout(x, w, operands))
 
 
 def relayout(x, w, operands) -> tuple:
