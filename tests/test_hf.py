@@ -171,3 +171,58 @@ def test_missing_transformers_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)  # makes `import transformers` fail
     with pytest.raises(ImportError, match=r"pip install fxroof\[hf\]"):
         from_config({"model_type": "llama"})
+
+
+# -- one decode step over a static KV cache -----------------------------------------------------
+
+CTX = 24
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2"])
+def test_a_decode_step_reads_the_weights_and_the_whole_cache(family):
+    import fxroof
+    cfg = FAMILIES[family][0]()
+    model, args, kwargs = from_config(cfg.to_dict(), batch=B, phase="decode", ctx=CTX,
+                                      dtype="bf16")
+    r = fxroof.analyze(model, args, kwargs, chip="h100-sxm")
+    text = cfg.get_text_config(decoder=True)
+    layers, heads = text.num_hidden_layers, getattr(text, "num_key_value_heads", None) \
+        or text.num_attention_heads
+    head_dim = text.hidden_size // text.num_attention_heads
+    # by hand: keys and values of every layer, ctx + 1 positions, bf16; and each layer's count
+    # of cached tokens (one int64), which the step also updates in place
+    cache = layers * (2 * B * heads * (CTX + 1) * head_dim * 2 + 8)
+    assert r.memory.kv_cache == cache
+    state = [*model.parameters(), *model.buffers()]      # buffers: rotary frequencies
+    assert r.memory.weights == sum(t.numel() * t.element_size() for t in state)
+    # the new token's one row of each projection: no (B, T) work, one token a sequence
+    assert args[0].shape == (B, 1)
+
+
+def test_a_decode_steps_matrix_flops_match_flop_counter_mode():
+    import fxroof
+    from torch.utils.flop_counter import FlopCounterMode
+    cfg = FAMILIES["llama"][0]().to_dict()
+    model, args, kwargs = from_config(cfg, batch=B, phase="decode", ctx=CTX, device="cpu")
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(*args, **kwargs)             # a real step on real tensors
+    r = fxroof.analyze(model, args, kwargs, chip="h100-sxm")
+    # FlopCounterMode counts the projections (aten.mm) and has no formula for the CPU's
+    # attention kernel, so that part is by hand: q @ k^T and p @ v for one query over the
+    # ctx + 1 cached positions, 4 query heads of 16, per layer
+    assert sum(n.flops for n in r.nodes if n.category == "matmul") == \
+        counter.get_total_flops() > 0
+    per_layer = 2 * (2 * B * 4 * 1 * (CTX + 1) * 16)
+    assert sum(n.flops for n in r.nodes if n.category == "attention") == 2 * per_layer
+
+
+def test_decode_errors_name_the_cause():
+    with pytest.raises(ValueError, match="phase=decode is for decoders"):
+        from_config(FAMILIES["bert"][0]().to_dict(), phase="decode")
+    with pytest.raises(ValueError, match="unknown phase 'train'"):
+        from_config(FAMILIES["llama"][0]().to_dict(), phase="train")
+    with pytest.raises(ValueError, match="at least one cached token"):
+        from_config(FAMILIES["llama"][0]().to_dict(), phase="decode", ctx=0)
+    with pytest.raises(ValueError, match="no learned position"):
+        from_config(FAMILIES["gpt2"][0]().to_dict(), phase="decode", ctx=64)

@@ -2,6 +2,8 @@
 
     model, args, kwargs = from_config("config.json", batch=8, seq=2048, dtype="bf16")
     report = fxroof.analyze(model, args, kwargs, chip="h100")
+    # one decode step: a new token for each of 8 sequences over 4096 cached ones
+    model, args, kwargs = from_config("config.json", batch=8, phase="decode", ctx=4096)
 
 The model is built on the meta device by default, so a 70B config costs no memory and no time.
 transformers is an optional dependency (``pip install fxroof[hf]``), imported only when called.
@@ -30,7 +32,7 @@ _POSITION_TABLES = ("wpe", "position_embeddings", "embed_positions")
 
 def from_config(config: str | os.PathLike | Mapping[str, Any] | PretrainedConfig, *,
                 batch: int = 1, seq: int = 128, dtype: str | torch.dtype | None = None,
-                device: str | torch.device = "meta"):
+                device: str | torch.device = "meta", phase: str = "prefill", ctx: int = 2048):
     """Build a transformers model from its config and dummy inputs for one forward pass.
 
     config: a path to a ``config.json``, the same content as a dict, or a ``PretrainedConfig``.
@@ -38,6 +40,11 @@ def from_config(config: str | os.PathLike | Mapping[str, Any] | PretrainedConfig
     (default: the config's ``dtype`` / ``torch_dtype``, as the checkpoint ships; fp32 without one),
     ``args = (input_ids,)`` with input_ids (batch, seq) of zeros, and ``kwargs``
     (``use_cache=False`` for decoders, so the graph holds no cache object).
+
+    ``phase="decode"`` (decoders only): one new token per sequence after `ctx` cached ones, as a
+    serving step runs it: ``args = (input_ids,)`` of shape (batch, 1) and a transformers
+    ``StaticCache`` of ctx + 1 positions in ``kwargs``, which the step reads whole and writes its
+    new keys and values into (`seq` is not used).
 
     Decoders (an ``architectures`` entry ending in ForCausalLM / LMHeadModel, or with no
     ``architectures``, a model type that has a causal-LM class and no masked-LM class) are built
@@ -67,13 +74,73 @@ def from_config(config: str | os.PathLike | Mapping[str, Any] | PretrainedConfig
         raise ValueError(f"transformers cannot build a model for {where}: {one_line(e)}") from e
 
     limit = _learned_positions(model)
-    if limit is not None and seq > limit:
+    if limit is not None and seq > limit and phase != "decode":
         raise ValueError(f"seq={seq} is longer than the {limit} learned positions of the model "
                          f"in {where}.")
 
+    if phase == "decode":
+        if not causal:
+            raise ValueError(f"phase=decode is for decoders; {where} builds "
+                             f"{type(model).__name__}, which has no next-token cache")
+        if limit is not None and ctx + 1 > limit:
+            raise ValueError(f"ctx={ctx} leaves no learned position for the new token: the "
+                             f"model in {where} has {limit}.")
+        return _decode_step(transformers, model, batch, ctx, dtype, device, where)
+    if phase != "prefill":
+        raise ValueError(f"unknown phase {phase!r}; choose prefill or decode")
     input_ids = torch.zeros((batch, seq), dtype=torch.long, device=device)  # (B, T)
     kwargs = {"use_cache": False} if causal else {}
     return model, (input_ids,), kwargs
+
+
+def _decode_step(transformers, model, batch: int, ctx: int, dtype, device, where) -> tuple:
+    """(step, (input_ids,), {}) of one decode step after `ctx` tokens: a static cache of ctx + 1
+    positions, as large as the step attends over, allocated up front as a server holds it."""
+    if ctx < 1:
+        raise ValueError(f"ctx={ctx}: a decode step needs at least one cached token")
+    try:
+        cache = transformers.StaticCache(config=model.config, max_batch_size=batch,
+                                         max_cache_len=ctx + 1, device=device, dtype=dtype)
+        if hasattr(cache, "early_initialization"):
+            # transformers 5 allocates a cache on its first update, which would put zeroing
+            # the whole cache in every step's graph
+            text = model.config.get_text_config(decoder=True)
+            heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
+            head_dim = getattr(text, "head_dim", None) or \
+                text.hidden_size // text.num_attention_heads
+            cache.early_initialization(batch, heads, head_dim, dtype, torch.device(device))
+        step = type(f"{type(model).__name__}Decode", (DecodeStep,), {})(model, cache)
+    except (TypeError, ValueError, NotImplementedError, AttributeError, KeyError) as e:
+        raise ValueError(f"transformers cannot build a static KV cache for {where}: "
+                         f"{one_line(e)}") from e
+    input_ids = torch.zeros((batch, 1), dtype=torch.long, device=device)   # (B, 1)
+    position = torch.tensor([ctx], dtype=torch.long, device=device)
+    return step, (input_ids, position, *step.tensors()), {}
+
+
+class DecodeStep(torch.nn.Module):
+    """A decoder's step over a transformers StaticCache whose tensors come in as inputs, after
+    the token ids and the new token's position: a capture then sees them as inputs the step
+    reads and updates in place (the footprint's KV cache), as a server holds its cache, not as
+    tensors the step makes or weights it keeps."""
+
+    FIELDS = ("keys", "values", "cumulative_length")
+
+    def __init__(self, model, cache):
+        super().__init__()
+        self.model, self.cache = model, cache
+
+    def tensors(self) -> tuple:
+        """The cache's tensors, in the order forward takes them."""
+        return tuple(getattr(layer, name) for layer in self.cache.layers for name in self.FIELDS)
+
+    def forward(self, input_ids, position, *cache):
+        for i, layer in enumerate(self.cache.layers):   # the tensors as the capture sees them
+            for j, name in enumerate(self.FIELDS):
+                setattr(layer, name, cache[i * len(self.FIELDS) + j])
+            layer.device = layer.keys.device             # where the layer makes its indices
+        return self.model(input_ids, past_key_values=self.cache, cache_position=position,
+                          use_cache=True).logits
 
 
 def _load_config(config, transformers) -> tuple:
