@@ -226,3 +226,10 @@ def test_decode_errors_name_the_cause():
         from_config(FAMILIES["llama"][0]().to_dict(), phase="decode", ctx=0)
     with pytest.raises(ValueError, match="no learned position"):
         from_config(FAMILIES["gpt2"][0]().to_dict(), phase="decode", ctx=64)
+
+
+def test_a_recurrent_models_decode_says_it_is_not_supported():
+    cfg = transformers.MambaConfig(hidden_size=32, num_hidden_layers=2, vocab_size=256,
+                                   state_size=8)
+    with pytest.raises(ValueError, match="not key/value caches"):
+        from_config(cfg, phase="decode", ctx=8)

@@ -11,6 +11,7 @@ transformers is an optional dependency (``pip install fxroof[hf]``), imported on
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from typing import TYPE_CHECKING, Any, Mapping
@@ -101,21 +102,47 @@ def _decode_step(transformers, model, batch: int, ctx: int, dtype, device, where
     try:
         cache = transformers.StaticCache(config=model.config, max_batch_size=batch,
                                          max_cache_len=ctx + 1, device=device, dtype=dtype)
-        if hasattr(cache, "early_initialization"):
-            # transformers 5 allocates a cache on its first update, which would put zeroing
-            # the whole cache in every step's graph
-            text = model.config.get_text_config(decoder=True)
-            heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
-            head_dim = getattr(text, "head_dim", None) or \
-                text.hidden_size // text.num_attention_heads
-            cache.early_initialization(batch, heads, head_dim, dtype, torch.device(device))
-        step = type(f"{type(model).__name__}Decode", (DecodeStep,), {})(model, cache)
     except (TypeError, ValueError, NotImplementedError, AttributeError, KeyError) as e:
         raise ValueError(f"transformers cannot build a static KV cache for {where}: "
                          f"{one_line(e)}") from e
+    kinds = sorted({type(layer).__name__ for layer in cache.layers
+                    if not all(hasattr(layer, f) for f in ("keys", "values"))})
+    if kinds:
+        raise ValueError(f"{where}: its cache holds layers that are not key/value caches "
+                         f"({', '.join(kinds)}): a decode step of a recurrent or hybrid model is "
+                         f"not supported")
+    if not all(getattr(layer, "is_initialized", True) for layer in cache.layers):
+        _allocate(model, cache, batch, ctx, dtype, device, where)
+    step = type(f"{type(model).__name__}Decode", (DecodeStep,), {})(model, cache)
     input_ids = torch.zeros((batch, 1), dtype=torch.long, device=device)   # (B, 1)
     position = torch.tensor([ctx], dtype=torch.long, device=device)
     return step, (input_ids, position, *step.tensors()), {}
+
+
+def _allocate(model, cache, batch: int, ctx: int, dtype, device, where) -> None:
+    """Allocate a transformers 5 cache, which would otherwise allocate (and zero) itself inside
+    every step's graph on its first update: one step run eagerly sizes each layer as the model's
+    attention fills it (grouped and latent heads included; free on the meta device). A model
+    that cannot run eagerly there gets the config's head count and size."""
+    try:
+        with torch.no_grad():
+            model(torch.zeros((batch, 1), dtype=torch.long, device=device), past_key_values=cache,
+                  cache_position=torch.tensor([ctx], dtype=torch.long, device=device),
+                  use_cache=True)
+    except (RuntimeError, TypeError, ValueError, NotImplementedError):
+        text = model.config.get_text_config(decoder=True)
+        try:
+            # a config takes num_key_value_heads only where its model has grouped heads; an
+            # attribute of that name on another config (a keyword it ignored) says nothing
+            grouped = "num_key_value_heads" in inspect.signature(type(text).__init__).parameters
+            heads = (grouped and getattr(text, "num_key_value_heads", None)) or \
+                text.num_attention_heads
+            head_dim = getattr(text, "head_dim", None) or \
+                text.hidden_size // text.num_attention_heads
+            cache.early_initialization(batch, heads, head_dim, dtype, torch.device(device))
+        except (TypeError, ValueError, AttributeError) as e:
+            raise ValueError(f"transformers cannot size a static KV cache for {where}: "
+                             f"{one_line(e)}") from e
 
 
 class DecodeStep(torch.nn.Module):
