@@ -126,9 +126,9 @@ def _allocate(model, cache, batch: int, ctx: int, dtype, device, where) -> None:
     that cannot run eagerly there gets the config's head count and size."""
     try:
         with torch.no_grad():
-            model(torch.zeros((batch, 1), dtype=torch.long, device=device), past_key_values=cache,
+            model(torch.zeros((batch, 1), dtype=torch.long, device=device),
                   cache_position=torch.tensor([ctx], dtype=torch.long, device=device),
-                  use_cache=True)
+                  use_cache=True, **cache_kwarg(model, cache))
     except (RuntimeError, TypeError, ValueError, NotImplementedError):
         text = model.config.get_text_config(decoder=True)
         try:
@@ -166,8 +166,15 @@ class DecodeStep(torch.nn.Module):
             for j, name in enumerate(self.FIELDS):
                 setattr(layer, name, cache[i * len(self.FIELDS) + j])
             layer.device = layer.keys.device             # where the layer makes its indices
-        return self.model(input_ids, past_key_values=self.cache, cache_position=position,
-                          use_cache=True).logits
+        return self.model(input_ids, cache_position=position, use_cache=True,
+                          **cache_kwarg(self.model, self.cache)).logits
+
+
+def cache_kwarg(model, cache) -> dict:
+    """The cache as the forward names it: ``cache`` from transformers 5.24 (which deprecates
+    ``past_key_values``), ``past_key_values`` before."""
+    new = "cache" in inspect.signature(model.forward).parameters
+    return {"cache" if new else "past_key_values": cache}
 
 
 def _load_config(config, transformers) -> tuple:
