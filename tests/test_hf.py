@@ -233,3 +233,15 @@ def test_a_recurrent_models_decode_says_it_is_not_supported():
                                    state_size=8)
     with pytest.raises(ValueError, match="not key/value caches"):
         from_config(cfg, phase="decode", ctx=8)
+
+
+def test_a_generation_of_a_config_prefills_then_decodes_over_its_cache():
+    import fxroof
+    cfg = FAMILIES["llama"][0]().to_dict()
+    g = fxroof.generation(lambda **o: from_config(cfg, **o), prompt=16, new_tokens=4, batch=B,
+                          chip="h100-sxm")
+    # the first step attends over 16 + 1 positions, the last over 19 + 1: by hand, 3 positions
+    # of 2 layers' keys and values, B x 2 heads x 16 each, fp32 (the config gives no dtype)
+    per_position = 2 * 2 * B * 2 * 16 * 4
+    assert g.last.memory.kv_cache - g.first.memory.kv_cache == 3 * per_position
+    assert g.prefill.memory.kv_cache == 0                # the prompt's pass keeps no cache
