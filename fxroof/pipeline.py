@@ -25,7 +25,7 @@ from fxroof.cost.record import MATRIX_CATEGORIES
 from fxroof.cost.whatif import Quantization, quantize_graph
 from fxroof.cost.whatif import parse as parse_quantization
 from fxroof.fuse import fuse, unfused
-from fxroof.fuse.layout import channels_last_convs
+from fxroof.fuse.layout import channels_last_nodes
 from fxroof.fuse.policy import classify
 from fxroof.graph.capture import Captured, capture
 from fxroof.graph.data_parallel import is_wrapped, layout_of
@@ -231,7 +231,8 @@ def report_of(captured: Captured, target: Target) -> Report:
         eager=ModeSummary("eager", kernel_rows(eager, chip, "eager", nodes, streamed, gm)),
         compiled=ModeSummary("compiled", kernel_rows(
             compiled, chip, "compiled", nodes, streamed, gm,
-            relayout=chip.kind != "gpu" or not channels_last_convs(gm, training=target.train))),
+            channels_last=channels_last_nodes(gm, training=target.train)
+            if chip.kind == "gpu" else frozenset())),
         memory=memory, whatif=target.whatif,
         notes=captured.notes + _estimate_notes(chip)
         + _matrix_unit_notes(nodes, chip, target.quantize)

@@ -174,3 +174,28 @@ def test_a_backward_transposes_what_its_gradients_read_by_hand():
     # the input needs no gradient: only the filter's is computed, from the output's gradient
     # (8 x 128 x 32 x 32) and the input (8 x 64 x 32 x 32); the filter itself is not read
     assert backward.relayout == (8 * 128 * 32 * 32 * 2, 8 * 64 * 32 * 32 * 2)
+
+
+def test_1d_and_3d_convolutions_keep_their_transposes_where_inductor_converts_2d_ones():
+    class Mixed(nn.Module):
+        """A 2-d, a 3-d and a 1-d convolution: Inductor's layout optimization converts only the
+        2-d one (torch/_inductor/kernel/conv.py, "layout_opt and ndim == 2")."""
+
+        def __init__(self):
+            super().__init__()
+            with torch.device("meta"):
+                self.c2 = nn.Conv2d(64, 128, 3, padding=1, bias=False).half()
+                self.c3 = nn.Conv3d(64, 128, 3, padding=1, bias=False).half()
+                self.c1 = nn.Conv1d(64, 128, 3, padding=1, bias=False).half()
+
+        def forward(self, x2, x3, x1):
+            return self.c2(x2).sum() + self.c3(x3).sum() + self.c1(x1).sum()
+
+    x1 = half(32, 64, 4096)
+    r = fxroof.analyze(Mixed(), (half(32, 64, 56, 56), half(4, 64, 8, 28, 28), x1),
+                       chip="rtx-4090", mode="compiled")
+    layout = {k.op: dict(k.expected.gap)["layout"] for k in r.kernels if k.category == "conv"}
+    assert layout["conv2d"] == 0 and layout["conv3d"] > 0 and layout["conv1d"] > 0
+    # a 1-d convolution's input and filter, 2 bytes each, as cuDNN's 2-d call of height 1
+    (c1,) = [n for n in r.nodes if n.op == "conv1d"]
+    assert c1.relayout == (32 * 64 * 4096 * 2, 128 * 64 * 3 * 2)

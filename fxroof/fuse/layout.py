@@ -18,6 +18,7 @@ aten = torch.ops.aten
 
 CONVOLUTIONS = frozenset({aten.convolution, aten._convolution, aten.conv1d, aten.conv2d,
                           aten.conv3d})
+BACKWARDS = frozenset({aten.convolution_backward})
 # Inductor's measured channels-last time over channels-first, by kind of convolution (its
 # benchmarks of torchbench's convolutions); it converts an inference graph when the FLOP-weighted
 # mean is at most 1.
@@ -43,6 +44,24 @@ def channels_last_convs(gm: fx.GraphModule, *, training: bool) -> bool:
     flops = [getattr(n.meta.get(COST_KEY), "flops", 0) for n in convs]
     weights = {"grouped": GROUPED, "default": DEFAULT, "in_out": IN_OUT, "small": SMALL}
     return sum(f * weights[k] for f, k in zip(flops, kinds)) <= sum(flops)
+
+
+def channels_last_nodes(gm: fx.GraphModule, *, training: bool) -> frozenset:
+    """Names of the convolution nodes, forward and backward, that torch.compile runs on
+    channels-last tensors: the 2-d ones (Inductor converts only those, kernel/conv.py: "layout_opt
+    and ndim == 2"), where it converts the graph at all; none otherwise."""
+    if not channels_last_convs(gm, training=training):
+        return frozenset()
+    return frozenset(n.name for n in gm.graph.nodes if n.op == "call_function"
+                     and getattr(n.target, "overloadpacket", None) in CONVOLUTIONS | BACKWARDS
+                     and _spatial_dims(n) == 2)
+
+
+def _spatial_dims(node: fx.Node) -> int:
+    """Spatial dims of a convolution node's weight (2 for a conv2d); 0 where unknown."""
+    at = 2 if node.target.overloadpacket in BACKWARDS else 1
+    weight = node.args[at].meta.get("val") if len(node.args) > at else None
+    return weight.dim() - 2 if isinstance(weight, torch.Tensor) else 0
 
 
 def _shapes(node: fx.Node) -> tuple:

@@ -30,12 +30,12 @@ def node_rows(gm: fx.GraphModule) -> tuple:
 
 
 def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple, streamed: dict | None = None,
-                gm: fx.GraphModule | None = None, relayout: bool = True) -> tuple:
+                gm: fx.GraphModule | None = None, channels_last: frozenset = frozenset()) -> tuple:
     """streamed: {node name: {storage: bytes}} of state the node reads from memory on every pass
     (memory.state_reads, where the footprint outgrows the chip's cache); none by default. gm: the
     graph, whose edges say which kernels wait for a collective (streams.collective_waits).
-    relayout: channels-first convolutions run the transposes their nodes name (False: the
-    program put them in channels-last, fuse/layout.py)."""
+    channels_last: names of the convolution nodes the program runs channels-last
+    (fuse/layout.py); the other channels-first ones run the transposes their nodes name."""
     waits = collective_waits(gm, kernels) if gm is not None else [()] * len(kernels)
     by_name = {n.name: n for n in nodes}
     streamed = streamed or {}
@@ -70,8 +70,9 @@ def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple, streamed: dict | N
                                                         # over what it touches, not the cache
                                                         min(k.space, k.bytes),
                                                         main.grid if main else (), k.bytes),
-                                       relayout=tuple(b for m in members for b in m.relayout)
-                                       if relayout and nvidia(chip)
+                                       relayout=tuple(b for m in members for b in m.relayout
+                                                      if m.name not in channels_last)
+                                       if nvidia(chip)
                                        and dtype in TENSOR_CORE_DTYPES else (),
                                        **comm),
                               main.phase if main else "", waits[i]))

@@ -82,17 +82,19 @@ def relayout(x, w, operands) -> tuple:
     runs an NCHW-to-NHWC transpose of each first (cuDNN's API reference, "Tensor
     Transformations"). Its output it can write channels-first itself (kernels named
     ..._nhwckrsc_nchw: NHWC input, KRSC filter, NCHW output), so none is charged for it. Only
-    2-d and 3-d convolutions in 16 bits or fp32 (which PyTorch lets cuDNN run in TF32; the report
-    charges these where the chip runs them on tensor cores) that reduce over channels (a
+    1-d, 2-d and 3-d convolutions in 16 bits or fp32 (which PyTorch lets cuDNN run in TF32; the
+    report charges these where the chip runs them on tensor cores) that reduce over channels (a
     depthwise one, one channel a group, runs no tensor-core kernel), and only where the input is
     not already channels-last; () otherwise."""
     depthwise = w.dim() >= 2 and int(w.shape[1]) == 1
-    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32) or x.dim() not in (4, 5) \
-            or depthwise:
+    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32) or x.dim() not in (3, 4, 5) \
+            or w.dim() != x.dim() or depthwise:
         return ()
-    fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
     try:
-        if x.is_contiguous(memory_format=fmt):     # also a 1x1 image: both layouts at once
+        # a 1-d convolution runs as a 2-d one of height 1 (PyTorch's view4d)
+        image = x.unsqueeze(2) if x.dim() == 3 else x
+        fmt = torch.channels_last if image.dim() == 4 else torch.channels_last_3d
+        if image.is_contiguous(memory_format=fmt):     # also a 1x1 image: both layouts at once
             return ()
     except (RuntimeError, TypeError):              # symbolic strides: the layout is not known
         return ()
