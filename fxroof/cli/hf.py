@@ -43,9 +43,10 @@ def from_config(config: str | os.PathLike | Mapping[str, Any] | PretrainedConfig
     (``use_cache=False`` for decoders, so the graph holds no cache object).
 
     ``phase="decode"`` (decoders only): one new token per sequence after `ctx` cached ones, as a
-    serving step runs it: ``args = (input_ids,)`` of shape (batch, 1) and a transformers
-    ``StaticCache`` of ctx + 1 positions in ``kwargs``, which the step reads whole and writes its
-    new keys and values into (`seq` is not used).
+    serving step runs it, over a transformers ``StaticCache`` of ctx + 1 positions, which the
+    step reads whole and writes its new keys and values into: the model is wrapped in a
+    ``DecodeStep`` whose args are the (batch, 1) token ids, the new token's position and the
+    cache's tensors (`seq` is not used).
 
     Decoders (an ``architectures`` entry ending in ForCausalLM / LMHeadModel, or with no
     ``architectures``, a model type that has a causal-LM class and no masked-LM class) are built
@@ -166,7 +167,16 @@ class DecodeStep(torch.nn.Module):
             for j, name in enumerate(self.FIELDS):
                 setattr(layer, name, cache[i * len(self.FIELDS) + j])
             layer.device = layer.keys.device             # where the layer makes its indices
+        # an all-ones mask over the cache and the new token's positions, as generate() passes
+        # them: models that would count the cached tokens from the cache's contents (OPT,
+        # BioGPT) then have no data-dependent shapes to trace
+        batch, length = input_ids.shape[0], cache[0].shape[2]
+        given = {"attention_mask": torch.ones(batch, length, dtype=torch.long,
+                                              device=input_ids.device),
+                 "position_ids": position.unsqueeze(0).expand(batch, 1)}
+        taken = inspect.signature(self.model.forward).parameters
         return self.model(input_ids, cache_position=position, use_cache=True,
+                          **{k: v for k, v in given.items() if k in taken},
                           **cache_kwarg(self.model, self.cache)).logits
 
 
