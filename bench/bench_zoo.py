@@ -8,6 +8,11 @@ count of one eager forward on the same inputs, and the seconds fxroof.analyze to
 models are small and the machine may be shared).
 
     python bench/bench_zoo.py [--only llama,bert] [--verbose]
+    python bench/bench_zoo.py --decode     # the decoders' decode step over a static KV cache
+
+With --decode each decoder is built as `fxroof.cli.hf.from_config(..., phase="decode")` makes it
+(one new token per sequence over T cached ones) and the step runs eagerly on the CPU for the
+counter.
 """
 from __future__ import annotations
 
@@ -162,6 +167,17 @@ def build(model_type: str):
     return model, (torch.randn(B, 1600),), {}    # audio: 0.1 s at 16 kHz
 
 
+def build_decode(model_type: str):
+    """(step, args, kwargs): one decode step of the tiny decoder over a static cache of T
+    tokens, random weights on the CPU."""
+    import transformers
+
+    from fxroof.cli.hf import from_config
+    cfg = transformers.AutoConfig.for_model(model_type, **ZOO[model_type][1])
+    torch.manual_seed(0)
+    return from_config(cfg, batch=B, phase="decode", ctx=T, device="cpu")
+
+
 def torch_flops(model, args, kwargs) -> int:
     """PyTorch's count of one forward of `model`. Its table lacks the CPU's fused attention
     kernel and the grouped matmul of transformers' experts (each routed row times its expert's
@@ -246,11 +262,17 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--only", help="comma-separated model types")
     p.add_argument("--verbose", action="store_true", help="name every unknown op")
+    p.add_argument("--decode", action="store_true",
+                   help="the decoders' decode step over a static KV cache instead")
     ns = p.parse_args()
     warnings.filterwarnings("ignore")
     names = ns.only.split(",") if ns.only else list(ZOO)
-    rows = [measure(n, lambda n=n: build(n)) for n in names] + \
-        ([] if ns.only else timm_rows())
+    if ns.decode:
+        names = [n for n in names if ZOO[n][0] == "causal"]
+        rows = [measure(n, lambda n=n: build_decode(n)) for n in names]
+    else:
+        rows = [measure(n, lambda n=n: build(n)) for n in names] + \
+            ([] if ns.only else timm_rows())
     print(f"{'model':22}{'capture':>14}{'coverage':>10}{'fxroof MFLOP':>14}{'torch MFLOP':>13}"
           f"{'exact':>8}{'seconds':>9}  unknown ops")
     for r in rows:
