@@ -245,3 +245,14 @@ def test_a_generation_of_a_config_prefills_then_decodes_over_its_cache():
     per_position = 2 * 2 * B * 2 * 16 * 4
     assert g.last.memory.kv_cache - g.first.memory.kv_cache == 3 * per_position
     assert g.prefill.memory.kv_cache == 0                # the prompt's pass keeps no cache
+
+
+def test_a_tensor_parallel_rank_holds_half_the_cache():
+    import fxroof
+    cfg = FAMILIES["llama"][0]().to_dict()
+    model, args, kwargs = from_config(cfg, batch=B, phase="decode", ctx=CTX, dtype="bf16")
+    whole = fxroof.analyze(model, args, kwargs, chip="h100-sxm")
+    rank = fxroof.analyze(model, args, kwargs, chip="h100-sxm", tp=2)
+    # each rank keeps 1 of the 2 key/value heads of every layer (the counts stay whole)
+    counts = 2 * 8
+    assert rank.memory.kv_cache - counts == (whole.memory.kv_cache - counts) // 2

@@ -117,7 +117,7 @@ def _decode_step(transformers, model, batch: int, ctx: int, dtype, device, where
     step = type(f"{type(model).__name__}Decode", (DecodeStep,), {})(model, cache)
     input_ids = torch.zeros((batch, 1), dtype=torch.long, device=device)   # (B, 1)
     position = torch.tensor([ctx], dtype=torch.long, device=device)
-    return step, (input_ids, position, *step.tensors()), {}
+    return step, (input_ids, position), {"cache": step.tensors()}
 
 
 def _allocate(model, cache, batch: int, ctx: int, dtype, device, where) -> None:
@@ -147,10 +147,11 @@ def _allocate(model, cache, batch: int, ctx: int, dtype, device, where) -> None:
 
 
 class DecodeStep(torch.nn.Module):
-    """A decoder's step over a transformers StaticCache whose tensors come in as inputs, after
-    the token ids and the new token's position: a capture then sees them as inputs the step
-    reads and updates in place (the footprint's KV cache), as a server holds its cache, not as
-    tensors the step makes or weights it keeps."""
+    """A decoder's step over a transformers StaticCache whose tensors come in as inputs (`cache`:
+    each layer's keys, values and count, heads on dim 1, the keyword a tensor-parallel split
+    cuts to a rank's heads): a capture then sees them as inputs the step reads and updates in
+    place (the footprint's KV cache), as a server holds its cache, not as tensors the step makes
+    or weights it keeps."""
 
     FIELDS = ("keys", "values", "cumulative_length")
 
@@ -158,19 +159,19 @@ class DecodeStep(torch.nn.Module):
         super().__init__()
         self.model, self.cache = model, cache
 
-    def tensors(self) -> tuple:
-        """The cache's tensors, in the order forward takes them."""
-        return tuple(getattr(layer, name) for layer in self.cache.layers for name in self.FIELDS)
+    def tensors(self) -> list:
+        """The cache's tensors as forward takes them: a tuple a layer."""
+        return [tuple(getattr(layer, name) for name in self.FIELDS) for layer in self.cache.layers]
 
-    def forward(self, input_ids, position, *cache):
-        for i, layer in enumerate(self.cache.layers):   # the tensors as the capture sees them
-            for j, name in enumerate(self.FIELDS):
-                setattr(layer, name, cache[i * len(self.FIELDS) + j])
+    def forward(self, input_ids, position, cache=()):
+        for layer, tensors in zip(self.cache.layers, cache):   # as the capture sees them
+            for name, tensor in zip(self.FIELDS, tensors):
+                setattr(layer, name, tensor)
             layer.device = layer.keys.device             # where the layer makes its indices
         # an all-ones mask over the cache and the new token's positions, as generate() passes
         # them: models that would count the cached tokens from the cache's contents (OPT,
         # BioGPT) then have no data-dependent shapes to trace
-        batch, length = input_ids.shape[0], cache[0].shape[2]
+        batch, length = input_ids.shape[0], cache[0][0].shape[2]
         given = {"attention_mask": torch.ones(batch, length, dtype=torch.long,
                                               device=input_ids.device),
                  "position_ids": position.unsqueeze(0).expand(batch, 1)}
