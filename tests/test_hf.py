@@ -256,3 +256,8 @@ def test_a_tensor_parallel_rank_holds_half_the_cache():
     # each rank keeps 1 of the 2 key/value heads of every layer (the counts stay whole)
     counts = 2 * 8
     assert rank.memory.kv_cache - counts == (whole.memory.kv_cache - counts) // 2
+    # and half of the vocabulary's logits: the head is split as a top-level one would be
+
+    def head_flops(r):
+        return sum(n.flops for n in r.nodes if n.module.endswith("lm_head"))
+    assert head_flops(rank) * 2 == head_flops(whole) == 2 * B * 64 * 256

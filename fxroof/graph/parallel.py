@@ -96,10 +96,12 @@ def megatron_plan(model: nn.Module, tp: int) -> Plan:
         d_in, d_out = _features(linears[name])
         side, split = ("out", d_out) if style == "colwise" else ("in", d_in)
         _per_rank(split, tp, f"{name}: {side}_features={split}")
+    vocabs = {m.num_embeddings for m in model.modules() if isinstance(m, nn.Embedding)}
     for name, m in model.named_modules():
         if isinstance(m, nn.Embedding) and name.rpartition(".")[2] in EMBEDDINGS:
             styles[name] = "embedding"
-        elif name in LM_HEADS and isinstance(m, nn.Linear):   # top-level only
+        elif isinstance(m, nn.Linear) and (name in LM_HEADS or (   # top level, or a wrapped
+                name.rpartition(".")[2] in LM_HEADS and m.out_features in vocabs)):   # model's
             styles[name] = "lm_head"
     attrs, kv_heads = _blocks(model, parents, linears, tp)
     return Plan(tp, styles, attrs, kv_heads)
