@@ -1,7 +1,7 @@
 """Whether a compiled program runs its convolutions channels-last: Inductor's layout optimization.
 
-A GPU library runs a channels-first convolution through transposes to and from the channels-last
-layout of its tensor-core kernels (Cost.relayout). Eager PyTorch keeps the layout the model has;
+A GPU library runs a channels-first convolution through transposes of its input and filter to the
+channels-last layout of its tensor-core kernels (Cost.relayout). Eager PyTorch keeps the layout the model has;
 torch.compile converts a convolution-heavy graph to channels-last once, so its convolutions run
 none, unless its heuristic judges channels-last slower for the graph's convolutions. This is that
 heuristic, as torch/_inductor/graph.py writes it (GraphLowering.decide_layout_opt, PyTorch 2.13),
