@@ -121,6 +121,10 @@ def test_eager_pays_transposes_channels_last_and_compiled_do_not():
         2 * nbytes / (chip.mem_bw * chip.bw_efficiency) + fixed)
     # torch.compile makes this graph channels-last (Inductor's layout optimization)
     assert _layout_s(nchw, "compiled") == 0
+    # and `fxroof compare` says that part of what compiling saves
+    from fxroof.report.tables import comparison
+    assert "of which layout: eager pays" in comparison(nchw)
+    assert "of which layout" not in comparison(nhwc)
     # a CPU runs no transposes
     assert _layout_s(fxroof.analyze(Net(), (half(2, 64, 8, 8),), chip="cpu",
                                     mode="eager"), "eager") == 0
