@@ -18,7 +18,7 @@ import torch.fx as fx
 
 from fxroof.chips import Chip
 from fxroof.chips import chip as find_chip
-from fxroof.chips.timing import MODES
+from fxroof.chips.timing import MODES, unit_dtype
 from fxroof.cost import COST_KEY
 from fxroof.cost.annotate import annotate
 from fxroof.cost.record import MATRIX_CATEGORIES
@@ -35,7 +35,7 @@ from fxroof.graph.routing import Routing
 from fxroof.graph.routing import parse as parse_routing
 from fxroof.graph.tensors import dtype_name
 from fxroof.graph.training import OPTIMIZERS, capture_step
-from fxroof.report.build import kernel_rows, node_rows, unit_dtype
+from fxroof.report.build import kernel_rows, node_rows
 from fxroof.report.records import ModeSummary, Report
 from fxroof.report.units import si
 

@@ -280,6 +280,12 @@ class Chip:
                     return half
         return "fp32"
 
+    @property
+    def nvidia(self) -> bool:
+        """An NVIDIA GPU: CUDA's and cuDNN's rules (TF32, channels-last tensor-core kernels)
+        apply; what ROCm's libraries do on an AMD GPU is not modelled."""
+        return self.kind == "gpu" and self.title.startswith("NVIDIA")
+
     def matrix_flops(self, dtype: Any = "bf16") -> float:
         """Dense matrix-unit peak FLOP/s for `dtype`, with the fallbacks of `matrix_dtype`."""
         return self.peak_flops[self.matrix_dtype(dtype)]

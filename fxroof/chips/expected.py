@@ -17,8 +17,9 @@ kind, so a CPU's expected time is its floor. docs/time-model.md gives each figur
     collective  NCCL's base latency per collective; rings reach collective_efficiency of the link
     overlap     compute and memory overlap imperfectly on a GPU (XLA's factor)
     latency     every kernel's fixed time on the chip, kernel_floor_s, on top of its work
-    layout      a channels-first convolution's transposes to and from channels-last, kernels
-                of their own that the library runs around its tensor-core kernel (Cost.relayout)
+    layout      a channels-first convolution's transposes of its operands to channels-last,
+                kernels of their own the library runs before its tensor-core kernel
+                (Cost.relayout)
 
 Each part is the time it adds when applied after those before it: the parts sum to expected
 minus floor exactly.
@@ -81,8 +82,8 @@ class Expected:
     tiled_s: float = 0.0            # the floor's compute over whole tiles and waves
     streamed_s: float = 0.0         # the memory time at the chip's bandwidth share, before the
                                     # latency its loads wait (memory_s adds it)
-    relayout_s: float = 0.0         # transposes around a channels-first convolution, run
-                                    # before and after it
+    relayout_s: float = 0.0         # transposes of a channels-first convolution's operands,
+                                    # run before it
 
     @property
     def gap(self) -> tuple:
@@ -196,7 +197,7 @@ def _norm(a: float, b: float) -> float:
 
 def _seconds(compute, memory, comm, overlap, latency, relayout, overhead, serial) -> float:
     """On the chip: the work (compute and memory overlapped as far as `overlap` says), then the
-    kernel's fixed time and the transposes around it; the host's overhead hides behind it, or
+    kernel's fixed time and its operands' transposes; the host's overhead hides behind it, or
     adds to it on a CPU."""
     work = compute + memory - overlap * min(compute, memory)   # overlap 1: the roofline's max
     device = max(work, comm) + latency + relayout

@@ -22,6 +22,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
+
 from fxroof.chips import Chip
 from fxroof.cost.record import MATRIX_CATEGORIES
 
@@ -80,6 +82,19 @@ def peak_for(chip: Chip, category: str, dtype: str, op: str = "") -> float:
         dtype = dtype or "fp32"
         return chip.eager_matrix_flops(op, dtype) if op else chip.matrix_flops(dtype)
     return chip.eager_vector_flops(op) if op else chip.vector_flops
+
+
+def unit_dtype(chip: Chip, category: str, dtype: str) -> str:
+    """The dtype whose matrix peak runs a kernel on this chip. PyTorch runs fp32 matrix work on
+    a GPU's TF32 tensor cores where its flags allow it (CUDA semantics, "TensorFloat-32 (TF32) on
+    Ampere (and later) devices"): convolutions by default (torch.backends.cudnn.allow_tf32),
+    matrix products only when asked (torch.backends.cuda.matmul.allow_tf32, or a
+    float32_matmul_precision below "highest"). A chip without a TF32 figure keeps fp32."""
+    if not chip.nvidia or dtype != "fp32" or "tf32" not in chip.peak_flops:
+        return dtype
+    allowed = torch.backends.cudnn.allow_tf32 if category == "conv" \
+        else torch.backends.cuda.matmul.allow_tf32 if category == "matmul" else False
+    return "tf32" if allowed else dtype
 
 
 # NCCL (and RCCL) pick, per collective, the protocol its own cost model says finishes first

@@ -118,7 +118,7 @@ class WhatIf:
                                    kv_cache=fp.kv_cache - self.kv_saved)
 
 
-def _shape(t: torch.Tensor) -> tuple:
+def _shape_dtype(t: torch.Tensor) -> tuple:
     return tuple(int(d) for d in t.shape), t.dtype
 
 
@@ -151,16 +151,16 @@ def quantize_graph(gm: fx.GraphModule, weights: frozenset, spec, stored: bool = 
                 quantized[s] = ("weight", _row(owner[s].meta["val"]))
             elif q.kv_cache and s in cache:
                 quantized[s] = ("kv", 0)
-    if q.weights or q.matmul and stored:
+    if q.weights or (q.matmul and stored):
         # Weights this step reads no op of, shaped as one it quantizes: the experts its routing
         # skipped. A weight-only quantization stores every expert alike, so they count too.
         read = {s for n in gm.graph.nodes if n.op == "call_function"
                 for s in map(storage, OpCall.of(n).inputs)}
-        kinds = {_shape(owner[s].meta["val"]) for s, (kind, _) in quantized.items()
+        kinds = {_shape_dtype(owner[s].meta["val"]) for s, (kind, _) in quantized.items()
                  if kind == "weight"}
         for s, n in owner.items():
             if (n.name in weights and s not in read and s not in quantized
-                    and _shape(n.meta["val"]) in kinds):
+                    and _shape_dtype(n.meta["val"]) in kinds):
                 quantized[s] = ("weight", _row(n.meta["val"]))
 
     requantized = set()

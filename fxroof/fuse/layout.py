@@ -1,11 +1,12 @@
 """Whether a compiled program runs its convolutions channels-last: Inductor's layout optimization.
 
-A GPU library runs a channels-first convolution through transposes of its input and filter to the
-channels-last layout of its tensor-core kernels (Cost.relayout). Eager PyTorch keeps the layout the model has;
-torch.compile converts a convolution-heavy graph to channels-last once, so its convolutions run
-none, unless its heuristic judges channels-last slower for the graph's convolutions. This is that
-heuristic, as torch/_inductor/graph.py writes it (GraphLowering.decide_layout_opt, PyTorch 2.13),
-on fxroof's captured graph; tests check it against Inductor's own on the same graphs.
+A GPU library runs a channels-first convolution through transposes of its input and filter to
+the channels-last layout of its tensor-core kernels (Cost.relayout). Eager PyTorch keeps the
+layout the model has; torch.compile converts a convolution-heavy graph to channels-last once, so
+its convolutions run none, unless its heuristic judges channels-last slower for the graph's
+convolutions. This is that heuristic, as torch/_inductor/graph.py writes it
+(GraphLowering.decide_layout_opt, PyTorch 2.13), on fxroof's captured graph; tests check it
+against Inductor's own on the same graphs.
 """
 from __future__ import annotations
 
@@ -37,10 +38,10 @@ def channels_last_convs(gm: fx.GraphModule, *, training: bool) -> bool:
         shapes = [_shapes(n) for n in convs]
     except (TypeError, ValueError, KeyError, AttributeError, IndexError):  # symbolic: Inductor
         return False                                                        # skips dynamic shapes
-    kinds = [_kind(*s) for s in shapes]
     if training:   # channels-last can be many times slower for grouped convolutions' backward
         return not any(_grouped(*s) or _in_out(s[1]) for s in shapes) \
             and not all(_small(s[1]) for s in shapes)
+    kinds = [_kind(*s) for s in shapes]
     flops = [getattr(n.meta.get(COST_KEY), "flops", 0) for n in convs]
     weights = {"grouped": GROUPED, "default": DEFAULT, "in_out": IN_OUT, "small": SMALL}
     return sum(f * weights[k] for f, k in zip(flops, kinds)) <= sum(flops)

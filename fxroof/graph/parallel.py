@@ -21,8 +21,8 @@ import torch.distributed as dist
 from torch import nn
 
 from fxroof.graph.capture import FakeCopier
-from fxroof.graph.routing import RoutedFakeMode
 from fxroof.graph.nodes import fold_layers
+from fxroof.graph.routing import RoutedFakeMode
 
 __all__ = ["Plan", "fake_process_group", "megatron_plan", "tensor_parallel"]
 

@@ -2,13 +2,12 @@
 on the chip, its roofline floor and its expected time."""
 from __future__ import annotations
 
-import torch
 import torch.fx as fx
 
 from fxroof.chips import Chip
 from fxroof.chips.expected import expected
 from fxroof.chips.launch import launch_of
-from fxroof.chips.timing import kernel_timing, overhead_per_kernel, rate_op
+from fxroof.chips.timing import kernel_timing, overhead_per_kernel, rate_op, unit_dtype
 from fxroof.cost import COST_KEY, Cost
 from fxroof.graph.nodes import PHASE_KEY, RECOMPUTED_KEY, module_path
 from fxroof.report.records import KernelRow, NodeRow
@@ -72,8 +71,7 @@ def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple, streamed: dict | N
                                                         main.grid if main else (), k.bytes),
                                        relayout=tuple(b for m in members for b in m.relayout
                                                       if m.name not in channels_last)
-                                       if nvidia(chip)
-                                       and dtype in TENSOR_CORE_DTYPES else (),
+                                       if chip.nvidia and dtype in TENSOR_CORE_DTYPES else (),
                                        **comm),
                               main.phase if main else "", waits[i]))
     return tuple(rows)
@@ -81,25 +79,6 @@ def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple, streamed: dict | N
 
 # cuDNN's tensor-core kernels take channels-last operands in these dtypes (Cost.relayout).
 TENSOR_CORE_DTYPES = frozenset({"fp16", "bf16", "tf32"})
-
-
-def unit_dtype(chip: Chip, category: str, dtype: str) -> str:
-    """The dtype whose matrix peak runs a kernel on this chip. PyTorch runs fp32 matrix work on
-    a GPU's TF32 tensor cores where its flags allow it (CUDA semantics, "TensorFloat-32 (TF32) on
-    Ampere (and later) devices"): convolutions by default (torch.backends.cudnn.allow_tf32),
-    matrix products only when asked (torch.backends.cuda.matmul.allow_tf32, or a
-    float32_matmul_precision below "highest"). A chip without a TF32 figure keeps fp32."""
-    if not nvidia(chip) or dtype != "fp32" or "tf32" not in chip.peak_flops:
-        return dtype
-    allowed = torch.backends.cudnn.allow_tf32 if category == "conv" \
-        else torch.backends.cuda.matmul.allow_tf32 if category == "matmul" else False
-    return "tf32" if allowed else dtype
-
-
-def nvidia(chip: Chip) -> bool:
-    """CUDA's and cuDNN's rules (TF32, channels-last tensor-core kernels) are NVIDIA GPUs'; what
-    ROCm's libraries do on an AMD GPU is not modelled."""
-    return chip.kind == "gpu" and chip.title.startswith("NVIDIA")
 
 
 # Ops whose keyword picks a different kernel: the name carries it ("gelu(tanh)"), so that tables

@@ -181,7 +181,7 @@ class Report:
     @property
     def matrix_dtype(self) -> str:
         """The dtype most matrix FLOPs run in, as the chip runs them (TF32 for fp32 convolutions on
-        a GPU, report/build.unit_dtype): the one whose ridge point matters."""
+        a GPU, chips/timing.unit_dtype): the one whose ridge point matters."""
         flops: Counter = Counter()
         for k in self.kernels:
             if k.category in MATRIX_CATEGORIES:
