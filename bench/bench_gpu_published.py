@@ -53,9 +53,19 @@ when absent; their README says how each was measured):
         bus bandwidth of all_reduce_perf from 32 KiB to 16 GiB on one 8 x H200 node with NCCL
         2.30.7, NVLink SHARP on (Stas Bekman, Machine Learning Engineering,
         network/benchmarks/README.md, commit 0cc3de5): time = size x 2(n-1)/n / busbw, beside
-        fxroof's ring all-reduce at that size over 8 ranks. These figures are quoted below with
+        fxroof's all-reduce at that size over 8 ranks: the faster of its rings and NVLS (the
+        switch reduces; the H200's nvls_efficiency, NCCL's). These figures are quoted below with
         their source. (The H200's collective_efficiency is the same author's 8 GiB ring with
         SHARP off, 365.6 GB/s: another run.)
+
+    NVLS by group size
+        the same author's 8 GiB all-reduce over 4 to 8 GPUs of one 8 x H200 node (NCCL 2.27.7)
+        and of one 8 x B200 node (p6-b200.48xlarge, NCCL 2.27.7), NCCL left to pick its
+        algorithm (network/README.md, "SHARP", commit 744d01e): NCCL picks NVLS from 5 GPUs on
+        the H200s and from 6 on the B200s, the ring below. Beside fxroof's all-reduce at 8 GiB
+        over that many ranks. The rings' collective_efficiency is the H200's 8-GPU ring with
+        NVLS off in this same table (365.6 GB/s) and the B200's (682.2 GB/s), so the ring rows
+        check little; NVLS's share is NCCL's, not these figures.
 
     gpt-fast A100 decode
         tokens/s of whole generations, batch 1, a 5-token prompt, 100 new tokens, torch.compile
@@ -538,8 +548,28 @@ def nccl_tests_cases(only: str) -> list[Case]:
     for size, busbw in NCCL_TESTS_H200:
         # nccl-tests: busbw = algbw x 2(n-1)/n, algbw = size / time
         measured = size * 2 * (n - 1) / n / (busbw * 1e9)
-        floor, exp = all_reduce_time(chip, size, n)
-        cases.append(Case(source, f"n=8 {size:,} B", measured, floor, exp, "ring all-reduce"))
+        floor, exp, algorithm = all_reduce_time(chip, size, n)
+        cases.append(Case(source, f"n=8 {size:,} B", measured, floor, exp, algorithm))
+    return cases
+
+
+# (chip, GPUs, nccl-tests bus bandwidth in GB/s of an 8 GiB all-reduce, NCCL picking its
+# algorithm): Stas Bekman, Machine Learning Engineering, network/README.md at commit 744d01e,
+# "SHARP": one 8 x H200 node and one 8 x B200 node (AWS p6-b200.48xlarge), NCCL 2.27.7.
+NVLS_BY_GROUP = (("h200", 4, 363.3), ("h200", 5, 414.2), ("h200", 6, 435.6), ("h200", 7, 460.0),
+                 ("h200", 8, 473.1), ("b200", 4, 673.2), ("b200", 5, 677.8), ("b200", 6, 778.2),
+                 ("b200", 7, 811.2), ("b200", 8, 838.0))
+
+
+def nvls_group_cases(only: str) -> list[Case]:
+    source = "NVLS by group size"
+    if only not in source:
+        return []
+    size, cases = 8 * 2 ** 30, []
+    for name, n, busbw in NVLS_BY_GROUP:
+        measured = size * 2 * (n - 1) / n / (busbw * 1e9)
+        floor, exp, algorithm = all_reduce_time(find_chip(name), size, n)
+        cases.append(Case(source, f"{name} n={n} 8 GiB", measured, floor, exp, algorithm))
     return cases
 
 
@@ -647,7 +677,8 @@ def system_chip(chip_name: str, bridge: float | None):
     nvlink = find_chip(BRIDGE_FIGURES_CHIP)
     return dataclasses.replace(chip, link_bw=bridge, link_latency_s=nvlink.link_latency_s,
                                collective_efficiency=(chip.collective_efficiency
-                                                      or nvlink.collective_efficiency))
+                                                      or nvlink.collective_efficiency),
+                               nvls_efficiency=0.0)     # a bridge has no switch
 
 
 def all_reduce_files() -> dict:
@@ -675,16 +706,22 @@ def collective_time(chip, op, size: int, *args) -> tuple[float, float]:
     arguments after the buffer `args`."""
     buffer = torch.empty(size // 2, dtype=torch.float16, device="meta")
     cost = FORMULAS[op.overloadpacket].fn(OpCall(op, (buffer, *args), {}, buffer))
+    comm = {"comm_bytes": cost.comm_bytes, "comm_steps": cost.comm_steps,
+            "nvls_bytes": cost.nvls_bytes}
     t = kernel_timing(chip, flops=cost.flops, bytes_moved=cost.bytes, category="collective",
-                      dtype="fp16", overhead_s=0.0, comm_bytes=cost.comm_bytes,
-                      comm_steps=cost.comm_steps)
-    e = expected(chip, t, "collective", comm_bytes=cost.comm_bytes, comm_steps=cost.comm_steps)
+                      dtype="fp16", overhead_s=0.0, **comm)
+    e = expected(chip, t, "collective", **comm)
     return max(t.compute_s, t.memory_s, t.comm_s), e.device_s
 
 
-def all_reduce_time(chip, size: int, n: int) -> tuple[float, float]:
-    return collective_time(chip, torch.ops._c10d_functional.all_reduce.default, size, "sum",
-                           Group(n))
+def all_reduce_time(chip, size: int, n: int) -> tuple[float, float, str]:
+    """(floor, expected, the algorithm the expected time took) of an all-reduce."""
+    def time(chip):
+        return collective_time(chip, torch.ops._c10d_functional.all_reduce.default, size, "sum",
+                               Group(n))
+    floor, exp = time(chip)
+    ring = time(dataclasses.replace(chip, nvls_efficiency=0.0))[1]
+    return floor, exp, "NVLS all-reduce" if exp < ring else "ring all-reduce"
 
 
 def send_recv_cases(only: str) -> list[Case]:
@@ -741,9 +778,9 @@ def all_reduce_cases(only: str) -> list[Case]:
             groups[n][int(r["size"])] = float(r["time_stats.all_reduce.median"]) / 1e3
         for n, by_size in sorted(groups.items()):
             for size in sampled(sorted(by_size)):
-                floor, exp = all_reduce_time(chip, size, n)
+                floor, exp, algorithm = all_reduce_time(chip, size, n)
                 cases.append(Case(source, f"{system} n={n} {size:,} B",
-                                  by_size[size], floor, exp, "ring all-reduce"))
+                                  by_size[size], floor, exp, algorithm))
     print(f"Vidur all-reduce: {out} rows counted out (groups spanning servers, or NVLink pairs "
           f"joined over PCIe)")
     return cases
@@ -788,6 +825,7 @@ def main(argv=None) -> int:
     cases = (timm_cases(args.only) + timm_train_cases(args.only) + vidur_cases(args.only)
              + all_reduce_cases(args.only)
              + send_recv_cases(args.only) + nccl_tests_cases(args.only)
+             + nvls_group_cases(args.only)
              + gpt_fast_cases(args.only, args.tp))
     if not cases:
         print("no cases to compare")

@@ -111,6 +111,27 @@ def test_a_small_all_reduce_pays_nccls_base_latency():
     assert comm_time(H100, sent, steps) == pytest.approx(14 * 0.9e-6 + sent / 225e9)  # the floor
 
 
+def test_a_large_all_reduce_over_eight_h200s_reduces_in_the_switch():
+    # 8 GiB over 8 ranks. Ring: 14/8 x 8 GiB = 15.03 GB sent at 0.81 of 450 GB/s = 41.2 ms (+ 14
+    # steps of 5 us + 8.4 us). NVLS: 9/8 x 8 GiB = 9.66 GB at 0.85 of that = 31.2 ms + 25 us,
+    # the faster: 0.99x of the 31.77 ms nccl-tests measured on such a node (Bekman, Machine
+    # Learning Engineering: 473.1 GB/s bus bandwidth)
+    h200, size = chip("h200"), 8 * 2**30
+    ring, nvls = 14 * size // 8, 9 * size // 8
+    floor = comm_time(h200, ring, 14, nvls_bytes=nvls)
+    assert floor == pytest.approx(25e-6 + nvls / 450e9)      # the floor takes NVLS too
+    e = expected(h200, Timing(0, 0, floor, 0), "collective", comm_bytes=ring, comm_steps=14,
+                 nvls_bytes=nvls)
+    assert e.comm_s == pytest.approx(25e-6 + nvls / (450e9 * 0.81 * 0.85))
+    # without a switch that reduces (an A100's NVSwitch), the ring
+    a100 = chip("a100-80gb")
+    assert a100.nvls_efficiency == 0
+    assert comm_time(a100, ring, 14, nvls_bytes=nvls) == pytest.approx(14 * 5e-6 + ring / 300e9)
+    # a small all-reduce stays on the LL ring, whose latency NVLS's 25 us cannot beat
+    small = comm_time(h200, 28_672, 14, nvls_bytes=18_432)
+    assert small == pytest.approx(14 * 0.9e-6 + 28_672 / 225e9)
+
+
 def test_between_interpolates_the_parts_of_a_kernel_affine_in_a_size():
     # a memory-bound kernel whose bytes grow: halfway between, the expected time is that of
     # the kernel with the halfway bytes

@@ -80,6 +80,17 @@ def test_all_reduce_all_to_all_broadcast_need_the_live_group():
     gone = cost(c10d.all_reduce.default, x, "sum", name, out=meta(64, 1024))
     assert not gone.known and gone.comm_bytes == 0
     assert lookup(c10d.wait_tensor.default).category == "view"
+    assert ar.nvls_bytes == 0             # 4 ranks: the switch's multicast does not pay
+
+
+def test_all_reduce_in_the_switch_by_hand():
+    # NVLS over 8 ranks: each rank's buffer goes in once, its 1/8 share of the sum back in
+    # for the switch to copy out: 9/8 of the buffer each way, against the ring's 14/8
+    x = meta(64, 1024)
+    buf = 64 * 1024 * BF16
+    with fake_process_group(8) as group:
+        ar = cost(c10d.all_reduce.default, x, "sum", group.group_name, out=meta(64, 1024))
+    assert ar.nvls_bytes == 9 * buf // 8 and ar.comm_bytes == 14 * buf // 8
 
 
 # -- the must-holds: a TP-8 Megatron MLP ------------------------------------------------------

@@ -61,6 +61,10 @@ pages print the with-sparsity figure, which is twice the dense one.
                                                 latency waits taken out (expected.WAIT_NORM)
       "collective_efficiency": 0.81             share of link_bw a large ring all-reduce's bus
                                                 bandwidth reaches (nccl-tests busbw)
+      "nvls_efficiency": 0.85                   GPUs on an NVSwitch that reduces in the switch
+                                                (NVLink SHARP, NCCL's NVLS all-reduce): the share
+                                                of a ring's link rate NVLS keeps (NCCL's
+                                                nvlsEfficiency); absent: rings only
       "kernel_floor_us": 1                      time every kernel takes on the chip on top of
                                                 its work (start, first loads, drain)
       "memory_latency_ns": 354                  a load's round trip to DRAM: a kernel with too few
@@ -101,12 +105,14 @@ OPTIONAL_SCALARS = {
     "matmul_efficiency": ("matmul_efficiency", 1.0),
     "bw_efficiency": ("bw_efficiency", 1.0),
     "collective_efficiency": ("collective_efficiency", 1.0),
+    "nvls_efficiency": ("nvls_efficiency", 1.0),
     "kernel_floor_s": ("kernel_floor_us", 1e-6),
     "memory_latency_s": ("memory_latency_ns", 1e-9),
     "sm_threads": ("sm_threads", 1.0),
     "threads": ("threads", 1.0),
 }
-EFFICIENCIES = ("matmul_efficiency", "bw_efficiency", "collective_efficiency")  # shares, <= 1
+EFFICIENCIES = ("matmul_efficiency", "bw_efficiency", "collective_efficiency",   # shares, <= 1
+                "nvls_efficiency")
 OP_TABLES = {
     "op_dispatch_s": ("op_dispatch_us", 1e-6),
     "op_flops": ("op_TFLOPS", 1e12),
@@ -196,6 +202,7 @@ class Chip:
     matmul_efficiency: float = 0.0
     bw_efficiency: float = 0.0
     collective_efficiency: float = 0.0
+    nvls_efficiency: float = 0.0   # all-reduce over an NVLink SHARP switch (timing.comm_time)
     kernel_floor_s: float = 0.0
     memory_latency_s: float = 0.0
     sm_threads: float = 0.0

@@ -3,9 +3,9 @@
 The floor prices FLOPs at the dense peak and bytes at the datasheet bandwidth, with compute and
 memory overlapping perfectly. A real kernel takes longer. The gap is named part by part, each
 part from a physical figure of the chip (Chip: sm_count, matmul_efficiency, bw_efficiency,
-collective_efficiency, kernel_floor_s) or from the design of the libraries that run the kernel
-(cuBLAS tile shapes, NCCL's latencies, XLA's overlap). A chip without a figure has no gap of that
-kind, so a CPU's expected time is its floor. docs/time-model.md gives each figure's source.
+collective_efficiency, nvls_efficiency, kernel_floor_s) or from the design of the libraries that
+run the kernel (cuBLAS tile shapes, NCCL's latencies, XLA's overlap). A chip without a figure has
+no gap of that kind, so a CPU's expected time is its floor. docs/time-model.md gives each figure's source.
 
     tiles       a matrix kernel computes whole tiles, in whole waves over the SMs
     matmul      library GEMMs reach matmul_efficiency of the dense peak
@@ -14,7 +14,8 @@ kind, so a CPU's expected time is its floor. docs/time-model.md gives each figur
                 launch has too few loads in flight to cover it: its waits and its streaming
                 add in quadrature (memory_latency_s, sm_threads; the kernel's launch,
                 chips/launch.py)
-    collective  NCCL's base latency per collective; rings reach collective_efficiency of the link
+    collective  NCCL's base latency per collective; rings reach collective_efficiency of the link,
+                an all-reduce in an NVLink SHARP switch nvls_efficiency of that
     overlap     compute and memory overlap imperfectly on a GPU (XLA's factor)
     latency     every kernel's fixed time on the chip, kernel_floor_s, on top of its work
     layout      a channels-first convolution's transposes of its operands to channels-last,
@@ -153,11 +154,12 @@ def _pow2(x: int) -> int:
 
 def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_bytes: float = 0,
              comm_steps: int = 0, launch: Launch | None = None,
-             relayout: tuple = ()) -> Expected:
+             relayout: tuple = (), nvls_bytes: float = 0) -> Expected:
     """The expected time of a kernel whose floor is `floor`. grid: a matrix kernel's output and
-    reduction as (batch, M, N, K); comm_bytes/comm_steps: a collective's (Cost); launch: how a
-    memory kernel's threads walk its data (chips/launch.py; None: no latency bound); relayout:
-    the bytes of each tensor transposed around it (Cost.relayout), charged on a GPU."""
+    reduction as (batch, M, N, K); comm_bytes/comm_steps/nvls_bytes: a collective's (Cost);
+    launch: how a memory kernel's threads walk its data (chips/launch.py; None: no latency
+    bound); relayout: the bytes of each tensor transposed around it (Cost.relayout), charged on
+    a GPU."""
     matrix = category in MATRIX_CATEGORIES
     gpu = chip.kind == "gpu"
     collective = bool(comm_bytes or comm_steps)
@@ -165,7 +167,7 @@ def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_by
     comm = floor.comm_s
     if gpu and collective:
         comm = comm_time(chip, comm_bytes, comm_steps, NCCL_BASE_S,
-                         chip.collective_efficiency or 1.0)
+                         chip.collective_efficiency or 1.0, nvls_bytes, chip.nvls_efficiency)
     streamed = floor.memory_s / (chip.bw_efficiency or 1.0)
     loads = gpu and floor.memory_s and not collective
     # the first loads' round trip before bytes flow (latency + bytes / bandwidth, as a

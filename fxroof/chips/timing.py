@@ -105,14 +105,22 @@ def unit_dtype(chip: Chip, category: str, dtype: str) -> str:
 # it wins the small all-reduces of decode with tensor parallelism, Simple the large ones.
 LL_LATENCY = 0.18
 LL_BANDWIDTH = 0.5
+# An all-reduce that the NVSwitch reduces (NVLS) takes 25 us before its bytes flow, in one go
+# rather than per ring step (tuning.cc, hwLatencies: NVLink, NVLS, Simple): it loses to the LL
+# ring up to about a megabyte and wins from there on a wide enough group, as NCCL's own log on an
+# 8 x H200 node says it does (LL ring to 1 MiB, NVLS from 2 MiB; Bekman, Machine Learning
+# Engineering, network/README.md, "SHARP").
+NVLS_LATENCY_S = 25e-6
 
 
 def comm_time(chip: Chip, comm_bytes: float, comm_steps: int, base_s: tuple = (0.0, 0.0),
-              efficiency: float = 1.0) -> float:
+              efficiency: float = 1.0, nvls_bytes: float = 0, nvls_share: float = 1.0) -> float:
     """Latency per sequential step plus the bytes each rank sends over its link; on a GPU, the
-    faster of NCCL's Simple and LL protocols. The expected time (expected.py) adds each
-    protocol's per-collective base latency, base_s = (Simple, LL), and the share of the link's
-    bandwidth a ring reaches; the floor has neither."""
+    faster of NCCL's Simple and LL protocols, and for an all-reduce on a chip whose switch
+    reduces (Chip.nvls_efficiency), of those and NVLS: its latency plus nvls_bytes over the
+    link. The expected time (expected.py) adds each protocol's per-collective base latency,
+    base_s = (Simple, LL), the share of the link's bandwidth a ring reaches (efficiency) and
+    the share of that NVLS keeps (nvls_share); the floor has none of them."""
     if not comm_bytes and not comm_steps:
         return 0.0
     bw = chip.link_bw * efficiency
@@ -121,7 +129,10 @@ def comm_time(chip: Chip, comm_bytes: float, comm_steps: int, base_s: tuple = (0
         return simple
     low_latency = (base_s[1] + comm_steps * chip.link_latency_s * LL_LATENCY
                    + comm_bytes / (bw * LL_BANDWIDTH))
-    return min(simple, low_latency)
+    best = min(simple, low_latency)
+    if nvls_bytes and chip.nvls_efficiency:
+        best = min(best, NVLS_LATENCY_S + nvls_bytes / (bw * nvls_share))
+    return best
 
 
 # ATen runs an elementwise or copy loop (TensorIterator) in chunks of at least this many
@@ -133,7 +144,8 @@ SPLIT_CATEGORIES = ("pointwise", "copy")
 
 def kernel_timing(chip: Chip, *, flops: float, bytes_moved: float, category: str, dtype: str,
                   overhead_s: float, comm_bytes: float = 0, comm_steps: int = 0,
-                  rate_op: str = "", streamed_bytes: float = 0, elements: int = 0) -> Timing:
+                  nvls_bytes: float = 0, rate_op: str = "", streamed_bytes: float = 0,
+                  elements: int = 0) -> Timing:
     """rate_op: the op whose own rate a chip measured op by op applies (Chip.op_flops): an eager
     kernel's op, or the library op a compiled matrix kernel calls.
     streamed_bytes: the part of bytes_moved that comes from memory whatever the chip's cache
@@ -150,7 +162,8 @@ def kernel_timing(chip: Chip, *, flops: float, bytes_moved: float, category: str
     if rate_op and chip.threads > 1 and elements and category in SPLIT_CATEGORIES:
         slower = chip.threads / min(chip.threads, math.ceil(elements / GRAIN_SIZE))
         compute, memory = compute * slower, memory * slower
-    return Timing(compute, memory, comm_time(chip, comm_bytes, comm_steps), overhead_s,
+    return Timing(compute, memory, comm_time(chip, comm_bytes, comm_steps, nvls_bytes=nvls_bytes),
+                  overhead_s,
                   serial_overhead=chip.kind == "cpu")
 
 

@@ -33,6 +33,10 @@ class Cost:
     # sequential latency-bound steps (2(n-1) for a ring all-reduce).
     comm_bytes: int = 0
     comm_steps: int = 0
+    # All-reduce only: the bytes each rank sends where the switch reduces (NVLink SHARP, NCCL's
+    # NVLS): its buffer once into the switch and its 1/n share of the result back out, (n+1)/n
+    # of the buffer each way. A chip whose links have it takes the faster (timing.comm_time).
+    nvls_bytes: int = 0
     grid: tuple = ()        # matrix ops: the (batch, M, N, K) GEMM a library tiles; layer norm,
                             # embedding, index_select: (rows, row elements) (annotate.with_grid)
     # Convolutions on channels-first (NCHW) tensors in 16-bit: the bytes of each tensor a GPU
@@ -54,4 +58,5 @@ class Cost:
         return Cost(self.flops + other.flops, self.bytes_read + other.bytes_read,
                     self.bytes_written + other.bytes_written, "other",
                     known=self.known and other.known, comm_bytes=self.comm_bytes + other.comm_bytes,
-                    comm_steps=self.comm_steps + other.comm_steps)
+                    comm_steps=self.comm_steps + other.comm_steps,
+                    nvls_bytes=self.nvls_bytes + other.nvls_bytes)

@@ -45,6 +45,7 @@ class NodeRow:
     recomputed: bool = False   # a forward op the backward runs again (activation checkpointing)
     relayout: tuple = ()  # a channels-first convolution: bytes of each tensor a GPU library
                           # transposes for it (Cost.relayout)
+    nvls_bytes: int = 0   # an all-reduce: bytes a rank sends where the switch reduces
 
     @property
     def cost_key(self) -> str:

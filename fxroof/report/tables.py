@@ -200,6 +200,7 @@ _FIGURE_NAMES = {
     "matmul_efficiency": "achievable share of the matrix peak",
     "bw_efficiency": "streaming share of the bandwidth, latency waits taken out",
     "collective_efficiency": "ring all-reduce share of the link",
+    "nvls_efficiency": "in-switch (NVLS) all-reduce share of the ring's",
     "kernel_floor_s": "fixed time per kernel on the chip",
     "memory_latency_s": "memory latency (idle)",
 }

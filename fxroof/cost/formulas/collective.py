@@ -14,6 +14,13 @@ from fxroof.cost.record import Cost
 from fxroof.graph.tensors import footprint, numel
 
 
+# NVIDIA, "GB200 NVL Partition User Guide": "partitions that have less than or equal to four GPUs
+# will not benefit from multicast and can accomplish all traffic through unicast"; NVLS is the
+# switch's multicast, and NCCL keeps 4 H200s on its ring (Bekman, Machine Learning Engineering,
+# network/README.md, "SHARP").
+NVLS_MIN_RANKS = 5
+
+
 def _ops(*names: str) -> list:
     """The ops of both functional namespaces that exist in this torch build."""
     found = []
@@ -47,10 +54,11 @@ def _buffers(call: OpCall) -> list[torch.Tensor]:
 
 
 def _ring(call: OpCall, n: int | None, link, *, gathered: bool = False,
-          reduces: bool = False) -> Cost:
+          reduces: bool = False, switch: float = 0) -> Cost:
     """A collective over a ring of n ranks. link(n): (bytes each rank sends, as a share of the
     full buffer; sequential steps). The full buffer is the input (n inputs when `gathered`); a
-    reduction adds (n-1)/n of its elements on each rank."""
+    reduction adds (n-1)/n of its elements on each rank. switch: the share of the full buffer
+    each rank sends where the switch reduces instead (Cost.nvls_bytes); 0: no such algorithm."""
     if n is None:
         return call.cost(0, "collective", known=False,
                          note=f"group {call.get('group_name')!r} not alive: size unknown")
@@ -60,16 +68,19 @@ def _ring(call: OpCall, n: int | None, link, *, gathered: bool = False,
     full = (n if gathered else 1) * sum(footprint(t) for t in buffers)
     adds = sum(numel(t) for t in buffers) * (n - 1) // n if reduces else 0
     share, steps = link(n)
-    return call.cost(adds, "collective", note=f"ring n={n}", comm_bytes=round(share * full),
-                     comm_steps=steps)
+    return call.cost(adds, "collective", note=f"n={n}", comm_bytes=round(share * full),
+                     comm_steps=steps, nvls_bytes=round(switch(n) * full) if switch else 0)
 
 
 @formula(*_ops("all_reduce", "all_reduce_", "all_reduce_coalesced", "all_reduce_coalesced_"),
          category="collective")
 def all_reduce(call: OpCall):
-    # a reduce-scatter then an all-gather: twice (n-1)/n of the buffer, in twice n-1 steps
+    # a reduce-scatter then an all-gather: twice (n-1)/n of the buffer, in twice n-1 steps. In
+    # the switch (NCCL's NVLS, src/device/all_reduce.h): each rank's whole buffer goes in to be
+    # summed, and the rank that owns a 1/n slice sends its sum back in for the switch to copy to
+    # all: (n+1)/n of the buffer out of each rank, the same into it. Not for 4 ranks or fewer
     return _ring(call, group_size(call.get("group_name")), lambda n: (2 * (n - 1) / n, 2 * (n - 1)),
-                 reduces=True)
+                 reduces=True, switch=lambda n: (n + 1) / n if n >= NVLS_MIN_RANKS else 0)
 
 
 @formula(*_ops("all_gather_into_tensor", "all_gather_into_tensor_out",
