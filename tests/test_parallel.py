@@ -91,6 +91,9 @@ def test_all_reduce_in_the_switch_by_hand():
     with fake_process_group(8) as group:
         ar = cost(c10d.all_reduce.default, x, "sum", group.group_name, out=meta(64, 1024))
     assert ar.nvls_bytes == 9 * buf // 8 and ar.comm_bytes == 14 * buf // 8
+    with fake_process_group(16) as group:      # beyond one 8-GPU board's switch: rings only
+        wide = cost(c10d.all_reduce.default, x, "sum", group.group_name, out=meta(64, 1024))
+    assert wide.nvls_bytes == 0
 
 
 # -- the must-holds: a TP-8 Megatron MLP ------------------------------------------------------

@@ -17,8 +17,10 @@ from fxroof.graph.tensors import footprint, numel
 # NVIDIA, "GB200 NVL Partition User Guide": "partitions that have less than or equal to four GPUs
 # will not benefit from multicast and can accomplish all traffic through unicast"; NVLS is the
 # switch's multicast, and NCCL keeps 4 H200s on its ring (Bekman, Machine Learning Engineering,
-# network/README.md, "SHARP").
-NVLS_MIN_RANKS = 5
+# network/README.md, "SHARP"). Nor for more ranks than one NVSwitch joins: the chips that have
+# NVLS are HGX boards of 8 GPUs, and a larger group crosses the network, where NCCL runs other
+# algorithms (fxroof prices such a group over the chip's links as one ring).
+NVLS_MIN_RANKS, NVLS_MAX_RANKS = 5, 8
 
 
 def _ops(*names: str) -> list:
@@ -78,9 +80,10 @@ def all_reduce(call: OpCall):
     # a reduce-scatter then an all-gather: twice (n-1)/n of the buffer, in twice n-1 steps. In
     # the switch (NCCL's NVLS, src/device/all_reduce.h): each rank's whole buffer goes in to be
     # summed, and the rank that owns a 1/n slice sends its sum back in for the switch to copy to
-    # all: (n+1)/n of the buffer out of each rank, the same into it. Not for 4 ranks or fewer
+    # all: (n+1)/n of the buffer out of each rank, the same into it. Only for 5 to 8 ranks
     return _ring(call, group_size(call.get("group_name")), lambda n: (2 * (n - 1) / n, 2 * (n - 1)),
-                 reduces=True, switch=lambda n: (n + 1) / n if n >= NVLS_MIN_RANKS else 0)
+                 reduces=True,
+                 switch=lambda n: (n + 1) / n if NVLS_MIN_RANKS <= n <= NVLS_MAX_RANKS else 0)
 
 
 @formula(*_ops("all_gather_into_tensor", "all_gather_into_tensor_out",
