@@ -58,6 +58,13 @@ when absent; their README says how each was measured):
         their source. (The H200's collective_efficiency is the same author's 8 GiB ring with
         SHARP off, 365.6 GB/s: another run.)
 
+    MI300X all-reduce by group size
+        the same author's all_reduce_bench.py (torch.distributed) at 4 GiB over 2 and over 8
+        GPUs of one 8 x MI300X node (network/README.md, "Peer-to-peer bandwidth", commit
+        744d01e), whose GPUs are wired all to all, a 64 GB/s link to each peer: a group of n
+        has n-1 links (the chip's peer_links). The 8-GPU figure is the MI300X's
+        collective_efficiency; the 2-GPU one checks the links a pair has.
+
     NVLS by group size
         the same author's 8 GiB all-reduce over 4 to 8 GPUs of one 8 x H200 node (NCCL 2.27.7)
         and of one 8 x B200 node (p6-b200.48xlarge, NCCL 2.27.7), NCCL left to pick its
@@ -561,6 +568,26 @@ NVLS_BY_GROUP = (("h200", 4, 363.3), ("h200", 5, 414.2), ("h200", 6, 435.6), ("h
                  ("b200", 7, 811.2), ("b200", 8, 838.0))
 
 
+# (GPUs, bus bandwidth in GB/s of a 4 GiB all-reduce): Bekman, network/README.md at commit 744d01e,
+# "Peer-to-peer bandwidth": all_reduce_bench.py on one 8 x MI300X node, whose GPUs are wired all to
+# all, one 64 GB/s link (each way) to each peer.
+XGMI_BY_GROUP = ((2, 47.671), (8, 312.912))
+
+
+def xgmi_group_cases(only: str) -> list[Case]:
+    source = "MI300X all-reduce by group size"
+    if only not in source:
+        return []
+    size, chip, cases = 4 * 2 ** 30, find_chip("mi300x"), []
+    for n, busbw in XGMI_BY_GROUP:
+        measured = size * 2 * (n - 1) / n / (busbw * 1e9)
+        floor, exp, algorithm = all_reduce_time(chip, size, n)
+        cases.append(Case(source, f"n={n} 4 GiB", measured, floor, exp,
+                          f"{algorithm}, {n - 1} of 7 links"
+                          + (" (the collective_efficiency's source)" if n == 8 else "")))
+    return cases
+
+
 def nvls_group_cases(only: str) -> list[Case]:
     source = "NVLS by group size"
     if only not in source:
@@ -707,7 +734,7 @@ def collective_time(chip, op, size: int, *args) -> tuple[float, float]:
     buffer = torch.empty(size // 2, dtype=torch.float16, device="meta")
     cost = FORMULAS[op.overloadpacket].fn(OpCall(op, (buffer, *args), {}, buffer))
     comm = {"comm_bytes": cost.comm_bytes, "comm_steps": cost.comm_steps,
-            "nvls_bytes": cost.nvls_bytes}
+            "nvls_bytes": cost.nvls_bytes, "comm_ranks": cost.comm_ranks}
     t = kernel_timing(chip, flops=cost.flops, bytes_moved=cost.bytes, category="collective",
                       dtype="fp16", overhead_s=0.0, **comm)
     e = expected(chip, t, "collective", **comm)
@@ -825,7 +852,7 @@ def main(argv=None) -> int:
     cases = (timm_cases(args.only) + timm_train_cases(args.only) + vidur_cases(args.only)
              + all_reduce_cases(args.only)
              + send_recv_cases(args.only) + nccl_tests_cases(args.only)
-             + nvls_group_cases(args.only)
+             + nvls_group_cases(args.only) + xgmi_group_cases(args.only)
              + gpt_fast_cases(args.only, args.tp))
     if not cases:
         print("no cases to compare")

@@ -200,6 +200,14 @@ def test_an_efficiency_above_one_is_refused(tmp_path):
         chip(str(write(tmp_path, good_entry(bw_efficiency=1.2))))
 
 
+def test_peer_links_count_whole_links_and_split_the_link(tmp_path):
+    with pytest.raises(ChipError, match="peer_links counts links, a whole number"):
+        chip(str(write(tmp_path, good_entry(peer_links=2.5))))
+    mi = chip("mi300x")                        # 7 links of 64 GB/s each way
+    assert [mi.group_link_bw(n) / 1e9 for n in (2, 4, 8, 16)] == pytest.approx([64, 192, 448, 448])
+    assert chip("h100-sxm").group_link_bw(2) == 450e9    # every GPU's links go to the switch
+
+
 def test_fp32_is_the_cuda_core_figure_not_tf32():
     assert chip("h100-sxm").peak_flops["fp32"] == pytest.approx(67e12, rel=0.01)   # not 494.7e12
     assert chip("a100-80gb").peak_flops["fp32"] == 19.5e12                          # not 156e12

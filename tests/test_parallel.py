@@ -126,6 +126,21 @@ def test_tp8_all_reduce_follows_the_ring_formula(l40s):
     assert sum(k.flops for k in mm) == 2 * 2 * TOKENS * D * (FF // 8)
 
 
+def test_a_pair_of_mi300x_has_one_link_of_seven():
+    # MI300X boards wire each GPU to each other one: 7 links of 64 GB/s each way. A tp=2 split
+    # all-reduces over the one link between the pair, 448/7 GB/s; tp=8 over all seven.
+    mlp = megatron_mlp(d=1024, ff=4096)
+    (pair,) = [k for k in api.analyze(mlp, (meta(TOKENS, 1024),), chip="mi300x", tp=2).kernels
+               if k.category == "collective"]
+    buf = TOKENS * 1024 * BF16                 # 8 MiB: the Simple ring, 2 steps of 5 us
+    assert pair.timing.comm_s == pytest.approx(buf / 64e9 + 2 * 5e-6)
+    (eight,) = [k for k in api.analyze(mlp, (meta(TOKENS, 1024),), chip="mi300x", tp=8).kernels
+                if k.category == "collective"]
+    # 14.7 MB over 448 GB/s: the LL protocol's half bandwidth and 0.18 of the latency, 78 us,
+    # beats Simple's 103 us
+    assert eight.timing.comm_s == pytest.approx(14 / 8 * buf / 224e9 + 14 * 0.9e-6)
+
+
 def test_per_rank_graph_has_local_shapes():
     with tensor_parallel(megatron_mlp(), 8, (meta(TOKENS, D),)) as (local, args, kwargs):
         gm = capture(local, args, kwargs).gm

@@ -61,6 +61,10 @@ pages print the with-sparsity figure, which is twice the dense one.
                                                 latency waits taken out (expected.WAIT_NORM)
       "collective_efficiency": 0.81             share of link_bw a large ring all-reduce's bus
                                                 bandwidth reaches (nccl-tests busbw)
+      "peer_links": 7                           link_bw is that many links, one to each peer (a
+                                                board wired all to all, no switch: MI300X's
+                                                xGMI); a group of n ranks has n-1 of them.
+                                                Absent: a switch, every group gets link_bw
       "nvls_efficiency": 0.85                   GPUs on an NVSwitch that reduces in the switch
                                                 (NVLink SHARP, NCCL's NVLS all-reduce): the share
                                                 of a ring's link rate NVLS keeps (NCCL's
@@ -106,6 +110,7 @@ OPTIONAL_SCALARS = {
     "bw_efficiency": ("bw_efficiency", 1.0),
     "collective_efficiency": ("collective_efficiency", 1.0),
     "nvls_efficiency": ("nvls_efficiency", 1.0),
+    "peer_links": ("peer_links", 1.0),
     "kernel_floor_s": ("kernel_floor_us", 1e-6),
     "memory_latency_s": ("memory_latency_ns", 1e-9),
     "sm_threads": ("sm_threads", 1.0),
@@ -203,6 +208,7 @@ class Chip:
     bw_efficiency: float = 0.0
     collective_efficiency: float = 0.0
     nvls_efficiency: float = 0.0   # all-reduce over an NVLink SHARP switch (timing.comm_time)
+    peer_links: float = 0.0   # link_bw split over this many direct peer links; 0: a switch
     kernel_floor_s: float = 0.0
     memory_latency_s: float = 0.0
     sm_threads: float = 0.0
@@ -248,6 +254,9 @@ class Chip:
         over = [f for f in EFFICIENCIES if getattr(self, f) > 1]
         if over:
             raise ChipError(f"chip {self.name!r}: {', '.join(over)} is a share, at most 1")
+        if self.peer_links and self.peer_links != int(self.peer_links):
+            raise ChipError(f"chip {self.name!r}: peer_links counts links, a whole number; "
+                            f"got {self.peer_links!r}")
         bad = {d: v for d, v in self.matrix_bw_fraction.items() if d not in DTYPES or v > 1}
         if bad:
             raise ChipError(f"chip {self.name!r}: matrix_bw_fraction holds a share (at most 1) "
@@ -296,6 +305,13 @@ class Chip:
     def matrix_flops(self, dtype: Any = "bf16") -> float:
         """Dense matrix-unit peak FLOP/s for `dtype`, with the fallbacks of `matrix_dtype`."""
         return self.peak_flops[self.matrix_dtype(dtype)]
+
+    def group_link_bw(self, ranks: int) -> float:
+        """Bytes/s each way a rank of a group of `ranks` can send: link_bw through a switch, or
+        the links to the group's other ranks on a board wired peer to peer (0: not known)."""
+        if not self.peer_links or ranks <= 1:
+            return self.link_bw
+        return self.link_bw * min(ranks - 1, self.peer_links) / self.peer_links
 
     def bandwidth(self, nbytes: float) -> float:
         """Bytes/s for a kernel that moves `nbytes`: the cache's when they fit in it."""

@@ -154,9 +154,9 @@ def _pow2(x: int) -> int:
 
 def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_bytes: float = 0,
              comm_steps: int = 0, launch: Launch | None = None,
-             relayout: tuple = (), nvls_bytes: float = 0) -> Expected:
+             relayout: tuple = (), nvls_bytes: float = 0, comm_ranks: int = 0) -> Expected:
     """The expected time of a kernel whose floor is `floor`. grid: a matrix kernel's output and
-    reduction as (batch, M, N, K); comm_bytes/comm_steps/nvls_bytes: a collective's (Cost);
+    reduction as (batch, M, N, K); comm_bytes/steps/ranks, nvls_bytes: a collective's (Cost);
     launch: how a memory kernel's threads walk its data (chips/launch.py; None: no latency
     bound); relayout: the bytes of each tensor transposed around it (Cost.relayout), charged on
     a GPU."""
@@ -167,7 +167,8 @@ def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_by
     comm = floor.comm_s
     if gpu and collective:
         comm = comm_time(chip, comm_bytes, comm_steps, NCCL_BASE_S,
-                         chip.collective_efficiency or 1.0, nvls_bytes, chip.nvls_efficiency)
+                         chip.collective_efficiency or 1.0, nvls_bytes, chip.nvls_efficiency,
+                         comm_ranks)
     streamed = floor.memory_s / (chip.bw_efficiency or 1.0)
     loads = gpu and floor.memory_s and not collective
     # the first loads' round trip before bytes flow (latency + bytes / bandwidth, as a

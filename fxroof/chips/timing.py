@@ -114,16 +114,18 @@ NVLS_LATENCY_S = 25e-6
 
 
 def comm_time(chip: Chip, comm_bytes: float, comm_steps: int, base_s: tuple = (0.0, 0.0),
-              efficiency: float = 1.0, nvls_bytes: float = 0, nvls_share: float = 1.0) -> float:
+              efficiency: float = 1.0, nvls_bytes: float = 0, nvls_share: float = 1.0,
+              ranks: int = 0) -> float:
     """Latency per sequential step plus the bytes each rank sends over its link; on a GPU, the
     faster of NCCL's Simple and LL protocols, and for an all-reduce on a chip whose switch
     reduces (Chip.nvls_efficiency), of those and NVLS: its latency plus nvls_bytes over the
     link. The expected time (expected.py) adds each protocol's per-collective base latency,
     base_s = (Simple, LL), the share of the link's bandwidth a ring reaches (efficiency) and
-    the share of that NVLS keeps (nvls_share); the floor has none of them."""
+    the share of that NVLS keeps (nvls_share); the floor has none of them. ranks: the group's
+    size, which on a board wired peer to peer says how many links it has (Chip.group_link_bw)."""
     if not comm_bytes and not comm_steps:
         return 0.0
-    bw = chip.link_bw * efficiency
+    bw = chip.group_link_bw(ranks) * efficiency
     simple = base_s[0] + comm_steps * chip.link_latency_s + comm_bytes / bw
     if chip.kind != "gpu":           # gloo (CPUs) and ICI (TPUs) have no LL protocol
         return simple
@@ -144,7 +146,8 @@ SPLIT_CATEGORIES = ("pointwise", "copy")
 
 def kernel_timing(chip: Chip, *, flops: float, bytes_moved: float, category: str, dtype: str,
                   overhead_s: float, comm_bytes: float = 0, comm_steps: int = 0,
-                  nvls_bytes: float = 0, rate_op: str = "", streamed_bytes: float = 0,
+                  nvls_bytes: float = 0, comm_ranks: int = 0, rate_op: str = "",
+                  streamed_bytes: float = 0,
                   elements: int = 0) -> Timing:
     """rate_op: the op whose own rate a chip measured op by op applies (Chip.op_flops): an eager
     kernel's op, or the library op a compiled matrix kernel calls.
@@ -162,7 +165,8 @@ def kernel_timing(chip: Chip, *, flops: float, bytes_moved: float, category: str
     if rate_op and chip.threads > 1 and elements and category in SPLIT_CATEGORIES:
         slower = chip.threads / min(chip.threads, math.ceil(elements / GRAIN_SIZE))
         compute, memory = compute * slower, memory * slower
-    return Timing(compute, memory, comm_time(chip, comm_bytes, comm_steps, nvls_bytes=nvls_bytes),
+    return Timing(compute, memory, comm_time(chip, comm_bytes, comm_steps, nvls_bytes=nvls_bytes,
+                                             ranks=comm_ranks),
                   overhead_s,
                   serial_overhead=chip.kind == "cpu")
 

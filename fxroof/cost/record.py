@@ -37,6 +37,7 @@ class Cost:
     # NVLS): its buffer once into the switch and its 1/n share of the result back out, (n+1)/n
     # of the buffer each way. A chip whose links have it takes the faster (timing.comm_time).
     nvls_bytes: int = 0
+    comm_ranks: int = 0     # the group's size: how many of a peer-to-peer board's links it has
     grid: tuple = ()        # matrix ops: the (batch, M, N, K) GEMM a library tiles; layer norm,
                             # embedding, index_select: (rows, row elements) (annotate.with_grid)
     # Convolutions on channels-first (NCHW) tensors in 16-bit: the bytes of each tensor a GPU
@@ -59,4 +60,5 @@ class Cost:
                     self.bytes_written + other.bytes_written, "other",
                     known=self.known and other.known, comm_bytes=self.comm_bytes + other.comm_bytes,
                     comm_steps=self.comm_steps + other.comm_steps,
-                    nvls_bytes=self.nvls_bytes + other.nvls_bytes)
+                    nvls_bytes=self.nvls_bytes + other.nvls_bytes,
+                    comm_ranks=max(self.comm_ranks, other.comm_ranks))

@@ -24,7 +24,7 @@ def node_rows(gm: fx.GraphModule) -> tuple:
                             cost.bytes_read, cost.bytes_written, cost.dtype, cost.known, cost.note,
                             cost.comm_bytes, cost.comm_steps, cost.variant, cost.grid,
                             node.meta.get(PHASE_KEY, ""), node.meta.get(RECOMPUTED_KEY, False),
-                            cost.relayout, cost.nvls_bytes))
+                            cost.relayout, cost.nvls_bytes, cost.comm_ranks))
     return tuple(rows)
 
 
@@ -53,7 +53,8 @@ def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple, streamed: dict | N
             state.update(streamed.get(n, {}))
         comm = {"comm_bytes": sum(m.comm_bytes for m in members),
                 "comm_steps": sum(m.comm_steps for m in members),
-                "nvls_bytes": sum(m.nvls_bytes for m in members)}
+                "nvls_bytes": sum(m.nvls_bytes for m in members),
+                "comm_ranks": max((m.comm_ranks for m in members), default=0)}
         dtype = unit_dtype(chip, k.category, k.dtype)
         timing = kernel_timing(chip, flops=k.flops, bytes_moved=k.bytes, category=k.category,
                                dtype=dtype,

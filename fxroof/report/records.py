@@ -46,6 +46,7 @@ class NodeRow:
     relayout: tuple = ()  # a channels-first convolution: bytes of each tensor a GPU library
                           # transposes for it (Cost.relayout)
     nvls_bytes: int = 0   # an all-reduce: bytes a rank sends where the switch reduces
+    comm_ranks: int = 0   # a collective's group size
 
     @property
     def cost_key(self) -> str:

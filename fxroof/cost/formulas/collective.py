@@ -71,7 +71,8 @@ def _ring(call: OpCall, n: int | None, link, *, gathered: bool = False,
     adds = sum(numel(t) for t in buffers) * (n - 1) // n if reduces else 0
     share, steps = link(n)
     return call.cost(adds, "collective", note=f"n={n}", comm_bytes=round(share * full),
-                     comm_steps=steps, nvls_bytes=round(switch(n) * full) if switch else 0)
+                     comm_steps=steps, nvls_bytes=round(switch(n) * full) if switch else 0,
+                     comm_ranks=n)
 
 
 @formula(*_ops("all_reduce", "all_reduce_", "all_reduce_coalesced", "all_reduce_coalesced_"),
@@ -116,7 +117,7 @@ def point_to_point(call: OpCall):
     """One buffer over one link, one latency: the sender's outgoing and the receiver's incoming
     direction each carry it once."""
     return call.cost(0, "collective", note="point to point",
-                     comm_bytes=footprint(call.get("tensor")), comm_steps=1)
+                     comm_bytes=footprint(call.get("tensor")), comm_steps=1, comm_ranks=2)
 
 
 @formula(*_ops("wait_tensor"), category="view")
