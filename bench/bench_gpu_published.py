@@ -58,6 +58,13 @@ when absent; their README says how each was measured):
         their source. (The H200's collective_efficiency is the same author's 8 GiB ring with
         SHARP off, 365.6 GB/s: another run.)
 
+    PyTorch SDPA flash
+        scaled_dot_product_attention's flash backend (FlashAttention-2), forward, no mask: three
+        A100 shapes from pytorch/pytorch#126122 and one H100 shape from #142132 (the SDPA
+        constant above says how each was read), beside fxroof's attention kernel at that shape
+        in bf16. The chips' attention_efficiency comes from the FlashAttention-2 and -3 papers,
+        not from these.
+
     MI300X all-reduce by group size
         the same author's all_reduce_bench.py (torch.distributed) at 4 GiB over 2 and over 8
         GPUs of one 8 x MI300X node (network/README.md, "Peer-to-peer bandwidth", commit
@@ -600,6 +607,35 @@ def nvls_group_cases(only: str) -> list[Case]:
     return cases
 
 
+# -- PyTorch's fused attention ---------------------------------------------------------------------
+
+# (chip, (batch, heads, sequence, head size), measured microseconds, where): bf16/fp16
+# scaled_dot_product_attention on its flash backend (FlashAttention-2), no mask, the forward pass.
+# pytorch/pytorch#126122 ("Update context manager for cudnn", "A100 Numbers", Flash Time): the
+# times fit only a forward pass without a causal mask (causal would put the kernel at 27% of the
+# peak, a backward above it). pytorch/pytorch#142132: tritonbench's flash_attention, default SDPA
+# on an H100, 329.483 TFLOPS at (1, 24, 4608, 128).
+SDPA = (("a100-80gb", (1, 32, 4096, 64), 799.391, "pytorch#126122"),
+        ("a100-80gb", (1, 16, 4096, 128), 750.131, "pytorch#126122"),
+        ("a100-80gb", (1, 32, 8192, 64), 3211.84, "pytorch#126122"),
+        ("h100-sxm", (1, 24, 4608, 128), 4 * 4608 ** 2 * 24 * 128 / 329.483e6, "pytorch#142132"))
+
+
+def sdpa_cases(only: str) -> list[Case]:
+    source = "PyTorch SDPA flash"
+    if only not in source:
+        return []
+    cases = []
+    for chip_name, (b, h, s, d), us, where in SDPA:
+        q = torch.empty(b, h, s, d, dtype=torch.bfloat16, device="meta")
+        report = report_of(capture(FunctionModule(F.scaled_dot_product_attention), (q, q, q)),
+                           Target(chip=find_chip(chip_name)))
+        floor, exp = device_times(report.kernels)
+        cases.append(Case(source, f"{chip_name} {(b, h, s, d)} ({where})", us * 1e-6, floor, exp,
+                          made_of(report.kernels, device_only=True)))
+    return cases
+
+
 # -- gpt-fast decode -----------------------------------------------------------------------------
 
 # (label, models/llama.py preset, what-if, published tokens/s): pytorch-labs/gpt-fast README.md at
@@ -852,7 +888,7 @@ def main(argv=None) -> int:
     cases = (timm_cases(args.only) + timm_train_cases(args.only) + vidur_cases(args.only)
              + all_reduce_cases(args.only)
              + send_recv_cases(args.only) + nccl_tests_cases(args.only)
-             + nvls_group_cases(args.only) + xgmi_group_cases(args.only)
+             + nvls_group_cases(args.only) + xgmi_group_cases(args.only) + sdpa_cases(args.only)
              + gpt_fast_cases(args.only, args.tp))
     if not cases:
         print("no cases to compare")

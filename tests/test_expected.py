@@ -55,6 +55,24 @@ def test_attention_tiles_query_rows_over_whole_heads():
         41 * 132 * 64 * 64 * 64 / (192 * 197 * 64 * 394))
 
 
+def test_fused_attention_runs_at_its_own_share_of_the_peak():
+    # FlashAttention-2, the kernel PyTorch runs for SDPA, reaches 35% of the H100's dense peak
+    # (the FlashAttention-3 paper), not the 80% of a library GEMM. (1, 24 heads, 4608, 128):
+    # 4 x 4608^2 x 24 x 128 = 260.9 GFLOP; 24 x 36 = 864 blocks of 128 rows (K = 9216: 144
+    # k-blocks) = 124,416 units, 943 waves of 132: 1.0005; 260.9e9 / 989.4e12 x 1.0005 / 0.35
+    # = 754 us, the compute of the kernel (pytorch/pytorch#142132 measured 792 us)
+    q = meta(1, 24, 4608, 128)
+    r = fxroof.analyze(fn_module(torch.nn.functional.scaled_dot_product_attention), (q, q, q),
+                       chip="h100-sxm")
+    (k,) = r.kernels
+    flops = 4 * 4608**2 * 24 * 128
+    assert k.flops == flops
+    assert k.expected.compute_s == pytest.approx(flops / 989.4e12 * 943 * 132 / 124_416 / 0.35)
+    mm = fxroof.analyze(fn_module(torch.mm), (meta(4096, 4096), meta(4096, 4096)), chip="h100-sxm")
+    assert mm.kernels[0].expected.compute_s == pytest.approx(
+        mm.kernels[0].expected.tiled_s / 0.803)         # GEMMs keep matmul_efficiency
+
+
 def test_no_sms_or_no_grid_no_quantization():
     assert tile_factor((1, 100, 100, 100), 0, "matmul") == 1.0
     assert tile_factor((), 108, "matmul") == 1.0

@@ -55,6 +55,9 @@ pages print the with-sparsity figure, which is twice the dense one.
       in the shipped table for GPUs; a chip without one has no gap of that kind:
       "sm_count": 132                           streaming multiprocessors (compute units): the
                                                 waves a kernel's tiles make
+      "attention_efficiency": 0.35              share of the dense peak PyTorch's fused attention
+                                                kernel (FlashAttention-2) reaches; absent: the
+                                                matmul_efficiency
       "matmul_efficiency": 0.80                 share of the dense matrix peak a large library
                                                 GEMM reaches (maximum achievable matmul FLOPS)
       "bw_efficiency": 0.90                     share of mem_bw a streaming copy reaches, its
@@ -107,6 +110,7 @@ OPTIONAL_SCALARS = {
     "program_call_s": ("program_call_us", 1e-6),
     "sm_count": ("sm_count", 1.0),
     "matmul_efficiency": ("matmul_efficiency", 1.0),
+    "attention_efficiency": ("attention_efficiency", 1.0),
     "bw_efficiency": ("bw_efficiency", 1.0),
     "collective_efficiency": ("collective_efficiency", 1.0),
     "nvls_efficiency": ("nvls_efficiency", 1.0),
@@ -117,7 +121,7 @@ OPTIONAL_SCALARS = {
     "threads": ("threads", 1.0),
 }
 EFFICIENCIES = ("matmul_efficiency", "bw_efficiency", "collective_efficiency",   # shares, <= 1
-                "nvls_efficiency")
+                "nvls_efficiency", "attention_efficiency")
 OP_TABLES = {
     "op_dispatch_s": ("op_dispatch_us", 1e-6),
     "op_flops": ("op_TFLOPS", 1e12),
@@ -205,6 +209,7 @@ class Chip:
     # the expected-time model's figures (expected.py); 0: not modelled, no gap of that kind
     sm_count: float = 0.0
     matmul_efficiency: float = 0.0
+    attention_efficiency: float = 0.0   # fused attention kernels; 0: matmul_efficiency
     bw_efficiency: float = 0.0
     collective_efficiency: float = 0.0
     nvls_efficiency: float = 0.0   # all-reduce over an NVLink SHARP switch (timing.comm_time)

@@ -8,7 +8,8 @@ run the kernel (cuBLAS tile shapes, NCCL's latencies, XLA's overlap). A chip wit
 no gap of that kind, so a CPU's expected time is its floor. docs/time-model.md gives each figure's source.
 
     tiles       a matrix kernel computes whole tiles, in whole waves over the SMs
-    matmul      library GEMMs reach matmul_efficiency of the dense peak
+    matmul      library GEMMs reach matmul_efficiency of the dense peak, fused attention
+                kernels attention_efficiency where the chip has that figure
     bandwidth   streaming kernels reach bw_efficiency of the memory bandwidth
     occupancy   a kernel waits a memory latency before its bytes flow, and more where its
                 launch has too few loads in flight to cover it: its waits and its streaming
@@ -54,6 +55,8 @@ SMALLEST_TILE = 8
 K_BLOCK = 64
 # FlashAttention-2 blocks 128 or 64 query rows per thread block; each block covers a whole head.
 ATTENTION_ROWS = (128, 64)
+# PyTorch's flash backend takes 16-bit inputs only (sdp_utils: check_flash_attention_dtype)
+FLASH_DTYPES = ("fp16", "bf16")
 # XLA's GPU cost model: time = compute + memory - 0.95 min(compute, memory)
 # (memory_compute_parallelism, xla/service/gpu/model/gpu_performance_model_base.h).
 OVERLAP = 0.95
@@ -154,12 +157,14 @@ def _pow2(x: int) -> int:
 
 def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_bytes: float = 0,
              comm_steps: int = 0, launch: Launch | None = None,
-             relayout: tuple = (), nvls_bytes: float = 0, comm_ranks: int = 0) -> Expected:
+             relayout: tuple = (), nvls_bytes: float = 0, comm_ranks: int = 0,
+             dtype: str = "") -> Expected:
     """The expected time of a kernel whose floor is `floor`. grid: a matrix kernel's output and
     reduction as (batch, M, N, K); comm_bytes/steps/ranks, nvls_bytes: a collective's (Cost);
     launch: how a memory kernel's threads walk its data (chips/launch.py; None: no latency
     bound); relayout: the bytes of each tensor transposed around it (Cost.relayout), charged on
-    a GPU."""
+    a GPU; dtype: the unit's, which says whether attention runs the fused flash kernel (16-bit
+    only; PyTorch takes its memory-efficient kernel otherwise, priced as a GEMM)."""
     matrix = category in MATRIX_CATEGORIES
     gpu = chip.kind == "gpu"
     collective = bool(comm_bytes or comm_steps)
@@ -177,7 +182,9 @@ def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_by
     fill = chip.memory_latency_s if loads else 0.0
     waited = latency_time(chip, launch) if loads else 0.0
     memory = max(streamed + fill, _norm(waited, streamed))
-    return Expected(tiled / (chip.matmul_efficiency or 1.0) if matrix else tiled,
+    flash = category == "attention" and dtype in FLASH_DTYPES
+    efficiency = (chip.attention_efficiency if flash else 0.0) or chip.matmul_efficiency or 1.0
+    return Expected(tiled / efficiency if matrix else tiled,
                     memory, comm, floor.overhead_s,
                     0.0 if collective else chip.kernel_floor_s,   # a collective's is NCCL's base
                     OVERLAP if gpu else 1.0, floor.serial_overhead, floor, tiled, streamed,

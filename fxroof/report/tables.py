@@ -198,6 +198,7 @@ _FIGURE_NAMES = {
     "view_dispatch_s": "eager view call", "program_call_s": "entering a compiled program",
     "sm_count": "SMs", "sm_threads": "resident threads per SM", "threads": "threads",
     "matmul_efficiency": "achievable share of the matrix peak",
+    "attention_efficiency": "fused attention's share of the matrix peak",
     "bw_efficiency": "streaming share of the bandwidth, latency waits taken out",
     "collective_efficiency": "ring all-reduce share of the link",
     "nvls_efficiency": "in-switch (NVLS) all-reduce share of the ring's",
