@@ -55,6 +55,12 @@ SMALLEST_TILE = 8
 K_BLOCK = 64
 # FlashAttention-2 blocks 128 or 64 query rows per thread block; each block covers a whole head.
 ATTENTION_ROWS = (128, 64)
+# A matmul that dequantizes int8 or int4 weights as it reads them streams them slower than a
+# 16-bit one: its converts and scales take issue slots from the loads. gpt-fast's README
+# (commit 32971d3, "Memory Bandwidth (GB/s)", Llama-2-7B at batch 1 on an A100): 1,397.31 GB/s in
+# bf16, 1,069.20 with int8 weights, 862.69 with int4 (group 32): shares 0.765 and 0.617 of the
+# 16-bit rate (an A100's; other GPUs take them as estimates).
+DEQUANT_STREAM_SHARE = {"int8 weights": 1069.20 / 1397.31, "int4 weights": 862.69 / 1397.31}
 # PyTorch's flash backend takes 16-bit inputs only (sdp_utils: check_flash_attention_dtype)
 FLASH_DTYPES = ("fp16", "bf16")
 # XLA's GPU cost model: time = compute + memory - 0.95 min(compute, memory)
@@ -158,13 +164,14 @@ def _pow2(x: int) -> int:
 def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_bytes: float = 0,
              comm_steps: int = 0, launch: Launch | None = None,
              relayout: tuple = (), nvls_bytes: float = 0, comm_ranks: int = 0,
-             dtype: str = "") -> Expected:
+             dtype: str = "", variant: str = "") -> Expected:
     """The expected time of a kernel whose floor is `floor`. grid: a matrix kernel's output and
     reduction as (batch, M, N, K); comm_bytes/steps/ranks, nvls_bytes: a collective's (Cost);
     launch: how a memory kernel's threads walk its data (chips/launch.py; None: no latency
     bound); relayout: the bytes of each tensor transposed around it (Cost.relayout), charged on
     a GPU; dtype: the unit's, which says whether attention runs the fused flash kernel (16-bit
-    only; PyTorch takes its memory-efficient kernel otherwise, priced as a GEMM)."""
+    only; PyTorch takes its memory-efficient kernel otherwise, priced as a GEMM); variant: the
+    implementation (Cost.variant), a dequantizing matmul streaming at its share."""
     matrix = category in MATRIX_CATEGORIES
     gpu = chip.kind == "gpu"
     collective = bool(comm_bytes or comm_steps)
@@ -175,6 +182,8 @@ def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_by
                          chip.collective_efficiency or 1.0, nvls_bytes, chip.nvls_efficiency,
                          comm_ranks)
     streamed = floor.memory_s / (chip.bw_efficiency or 1.0)
+    if gpu and matrix:
+        streamed /= DEQUANT_STREAM_SHARE.get(variant, 1.0)
     loads = gpu and floor.memory_s and not collective
     # the first loads' round trip before bytes flow (latency + bytes / bandwidth, as a
     # collective's); and Little's law: the waits of too few loads in flight, which add to the

@@ -25,7 +25,8 @@ class Cost:
     known: bool = True      # False: no formula for this op; counted in coverage, never a silent zero
     note: str = ""          # e.g. "causal" for attention
     # Which of the op's implementations a CPU build of PyTorch runs, where the call's shapes pick
-    # it: a convolution goes through oneDNN or PyTorch's own code, whose fixed costs differ.
+    # it: a convolution goes through oneDNN or PyTorch's own code, whose fixed costs differ; or
+    # the dequantizing kernel a weight-only what-if puts in a matmul's place ("int8 weights").
     # "" where there is no choice. A chip measured op by op may cost each apart.
     variant: str = ""
     # Collectives only: bytes each rank sends over its chip-to-chip link (the algorithm factor

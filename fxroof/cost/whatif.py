@@ -212,5 +212,10 @@ def _requantized(node: fx.Node, cost: Cost, touched, quantized: dict, q: Quantiz
         read += round(q.stored_bytes(kind, moved_read, row) - moved_read * size)
         written += round(q.stored_bytes(kind, moved_written, row) - moved_written * size)
     note = ", ".join(filter(None, (cost.note, f"what-if {q.label}")))
+    # a matmul reading int8 or int4 weights is a dequantizing kernel, not the library's GEMM
+    # (its streaming share: chips/expected.DEQUANT_STREAM_SHARE)
+    dequant = (not mm8 and cost.category == "matmul" and q.weights in ("int8", "int4")
+               and any(quantized.get(storage(t), ("",))[0] == "weight" for t in touched))
     return dataclasses.replace(cost, bytes_read=read, bytes_written=written,
-                               dtype=q.matmul if mm8 else cost.dtype, note=note)
+                               dtype=q.matmul if mm8 else cost.dtype, note=note,
+                               variant=f"{q.weights} weights" if dequant else cost.variant)

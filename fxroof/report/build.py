@@ -74,7 +74,8 @@ def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple, streamed: dict | N
                                        relayout=tuple(b for m in members for b in m.relayout
                                                       if m.name not in channels_last)
                                        if chip.nvidia and dtype in TENSOR_CORE_DTYPES else (),
-                                       dtype=dtype, **comm),
+                                       dtype=dtype, variant=main.variant if main else "",
+                                       **comm),
                               main.phase if main else "", waits[i]))
     return tuple(rows)
 
