@@ -56,7 +56,8 @@ class NodeRow:
 
     def to_dict(self) -> dict:
         return {k: list(v) if k in ("grid", "relayout") else v for k, v in self.__dict__.items()
-                if k not in ("grid", "phase", "recomputed", "relayout") or v}
+                if k not in ("grid", "phase", "recomputed", "relayout", "nvls_bytes",
+                             "comm_ranks") or v}
 
 
 @dataclass(frozen=True)
