@@ -11,6 +11,8 @@ no gap of that kind, so a CPU's expected time is its floor. docs/time-model.md g
     matmul      library GEMMs reach matmul_efficiency of the dense peak, fused attention
                 kernels attention_efficiency where the chip has that figure
     bandwidth   streaming kernels reach bw_efficiency of the memory bandwidth
+    dequant     a matmul dequantizing int8 or int4 weights streams them at a share of a 16-bit
+                one's rate (DEQUANT_STREAM_SHARE)
     occupancy   a kernel waits a memory latency before its bytes flow, and more where its
                 launch has too few loads in flight to cover it: its waits and its streaming
                 add in quadrature (memory_latency_s, sm_threads; the kernel's launch,
@@ -37,8 +39,8 @@ from fxroof.chips.launch import Launch, latency_time
 from fxroof.chips.timing import REGIMES, Timing, comm_time
 from fxroof.cost.record import MATRIX_CATEGORIES
 
-GAP_PARTS = ("tiles", "matmul", "bandwidth", "occupancy", "collective", "overlap", "latency",
-             "layout")
+GAP_PARTS = ("tiles", "matmul", "bandwidth", "dequant", "occupancy", "collective", "overlap",
+             "latency", "layout")
 
 # The tiles cuBLAS picks among for a GEMM's output (NVIDIA, "Matrix Multiplication Background
 # User's Guide", 2.3 "Typical Tile Dimensions in cuBLAS"); a library takes the one that wastes
@@ -94,6 +96,8 @@ class Expected:
                                     # latency its loads wait (memory_s adds it)
     relayout_s: float = 0.0         # transposes of a channels-first convolution's operands,
                                     # run before it
+    bandwidth_s: float = 0.0        # the memory time at the bandwidth share, before a
+                                    # dequantizing kernel's own share (streamed_s divides it)
 
     @property
     def gap(self) -> tuple:
@@ -104,8 +108,9 @@ class Expected:
             return ()
         f = self.floor
         state = [f.compute_s, f.memory_s, f.comm_s, 1.0, 0.0, 0.0]
-        steps = ((0, self.tiled_s), (0, self.compute_s), (1, self.streamed_s), (1, self.memory_s),
-                 (2, self.comm_s), (3, self.overlap), (4, self.latency_s), (5, self.relayout_s))
+        steps = ((0, self.tiled_s), (0, self.compute_s), (1, self.bandwidth_s or self.streamed_s),
+                 (1, self.streamed_s), (1, self.memory_s), (2, self.comm_s), (3, self.overlap),
+                 (4, self.latency_s), (5, self.relayout_s))
         times = [_seconds(*state, f.overhead_s, f.serial_overhead)]
         for i, value in steps:
             state[i] = value
@@ -181,9 +186,8 @@ def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_by
         comm = comm_time(chip, comm_bytes, comm_steps, NCCL_BASE_S,
                          chip.collective_efficiency or 1.0, nvls_bytes, chip.nvls_efficiency,
                          comm_ranks)
-    streamed = floor.memory_s / (chip.bw_efficiency or 1.0)
-    if gpu and matrix:
-        streamed /= DEQUANT_STREAM_SHARE.get(variant, 1.0)
+    bandwidth = floor.memory_s / (chip.bw_efficiency or 1.0)
+    streamed = bandwidth / (DEQUANT_STREAM_SHARE.get(variant, 1.0) if gpu and matrix else 1.0)
     loads = gpu and floor.memory_s and not collective
     # the first loads' round trip before bytes flow (latency + bytes / bandwidth, as a
     # collective's); and Little's law: the waits of too few loads in flight, which add to the
@@ -197,7 +201,7 @@ def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_by
                     memory, comm, floor.overhead_s,
                     0.0 if collective else chip.kernel_floor_s,   # a collective's is NCCL's base
                     OVERLAP if gpu else 1.0, floor.serial_overhead, floor, tiled, streamed,
-                    sum(transpose_time(chip, b) for b in relayout) if gpu else 0.0)
+                    sum(transpose_time(chip, b) for b in relayout) if gpu else 0.0, bandwidth)
 
 
 def transpose_time(chip: Chip, nbytes: float) -> float:
