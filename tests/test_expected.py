@@ -141,6 +141,7 @@ def test_a_large_all_reduce_over_eight_h200s_reduces_in_the_switch():
     e = expected(h200, Timing(0, 0, floor, 0), "collective", comm_bytes=ring, comm_steps=14,
                  nvls_bytes=nvls)
     assert e.comm_s == pytest.approx(25e-6 + nvls / (450e9 * 0.81 * 0.85))
+    assert e.algorithm == "NVLS"                             # what a report names it
     # without a switch that reduces (an A100's NVSwitch), the ring
     a100 = chip("a100-80gb")
     assert a100.nvls_efficiency == 0
@@ -148,6 +149,8 @@ def test_a_large_all_reduce_over_eight_h200s_reduces_in_the_switch():
     # a small all-reduce stays on the LL ring, whose latency NVLS's 25 us cannot beat
     small = comm_time(h200, 28_672, 14, nvls_bytes=18_432)
     assert small == pytest.approx(14 * 0.9e-6 + 28_672 / 225e9)
+    assert expected(h200, Timing(0, 0, small, 0), "collective", comm_bytes=28_672, comm_steps=14,
+                    nvls_bytes=18_432).algorithm == "ring LL"
 
 
 def test_between_interpolates_the_parts_of_a_kernel_affine_in_a_size():

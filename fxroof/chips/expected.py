@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 from fxroof.chips.chip import Chip
 from fxroof.chips.launch import Launch, latency_time
-from fxroof.chips.timing import REGIMES, Timing, comm_time
+from fxroof.chips.timing import REGIMES, Timing, comm_algorithm, comm_time
 from fxroof.cost.record import MATRIX_CATEGORIES
 
 GAP_PARTS = ("tiles", "matmul", "bandwidth", "dequant", "occupancy", "collective", "overlap",
@@ -98,6 +98,7 @@ class Expected:
                                     # run before it
     bandwidth_s: float = 0.0        # the memory time at the bandwidth share, before a
                                     # dequantizing kernel's own share (streamed_s divides it)
+    algorithm: str = ""             # a collective's: the fastest of NCCL's (timing.comm_time)
 
     @property
     def gap(self) -> tuple:
@@ -181,11 +182,11 @@ def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_by
     gpu = chip.kind == "gpu"
     collective = bool(comm_bytes or comm_steps)
     tiled = floor.compute_s * (tile_factor(grid, chip.sm_count, category) if matrix else 1.0)
-    comm = floor.comm_s
+    comm, algorithm = floor.comm_s, ""
     if gpu and collective:
-        comm = comm_time(chip, comm_bytes, comm_steps, NCCL_BASE_S,
-                         chip.collective_efficiency or 1.0, nvls_bytes, chip.nvls_efficiency,
-                         comm_ranks)
+        how = (chip, comm_bytes, comm_steps, NCCL_BASE_S, chip.collective_efficiency or 1.0,
+               nvls_bytes, chip.nvls_efficiency, comm_ranks)
+        comm, algorithm = comm_time(*how), comm_algorithm(*how)
     bandwidth = floor.memory_s / (chip.bw_efficiency or 1.0)
     streamed = bandwidth / (DEQUANT_STREAM_SHARE.get(variant, 1.0) if gpu and matrix else 1.0)
     loads = gpu and floor.memory_s and not collective
@@ -201,7 +202,8 @@ def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_by
                     memory, comm, floor.overhead_s,
                     0.0 if collective else chip.kernel_floor_s,   # a collective's is NCCL's base
                     OVERLAP if gpu else 1.0, floor.serial_overhead, floor, tiled, streamed,
-                    sum(transpose_time(chip, b) for b in relayout) if gpu else 0.0, bandwidth)
+                    sum(transpose_time(chip, b) for b in relayout) if gpu else 0.0, bandwidth,
+                    algorithm)
 
 
 def transpose_time(chip: Chip, nbytes: float) -> float:

@@ -63,19 +63,20 @@ def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple, streamed: dict | N
                                elements=k.space, **comm)
         label = (op if len(members) == 1 else f"{op} +{len(members) - 1}") if main \
             else k.category
+        exp = expected(chip, timing, k.category, main.grid if main else (),
+                       launch=launch_of(chip, mode, op, k.category,
+                                        # an in-place write into a cache loops over what it
+                                        # touches, not the cache
+                                        min(k.space, k.bytes), main.grid if main else (),
+                                        k.bytes),
+                       relayout=tuple(b for m in members for b in m.relayout
+                                      if m.name not in channels_last)
+                       if chip.nvidia and dtype in TENSOR_CORE_DTYPES else (),
+                       dtype=dtype, variant=main.variant if main else "", **comm)
+        # a collective says which of NCCL's algorithms its expected time took
+        reason = f"{k.reason}: {exp.algorithm}" if exp.algorithm else k.reason
         rows.append(KernelRow(tuple(k.nodes), label, k.module, k.category, dtype,
-                              k.flops, k.bytes_read, k.bytes_written, k.reason, timing,
-                              expected(chip, timing, k.category, main.grid if main else (),
-                                       launch=launch_of(chip, mode, op, k.category,
-                                                        # an in-place write into a cache loops
-                                                        # over what it touches, not the cache
-                                                        min(k.space, k.bytes),
-                                                        main.grid if main else (), k.bytes),
-                                       relayout=tuple(b for m in members for b in m.relayout
-                                                      if m.name not in channels_last)
-                                       if chip.nvidia and dtype in TENSOR_CORE_DTYPES else (),
-                                       dtype=dtype, variant=main.variant if main else "",
-                                       **comm),
+                              k.flops, k.bytes_read, k.bytes_written, reason, timing, exp,
                               main.phase if main else "", waits[i]))
     return tuple(rows)
 

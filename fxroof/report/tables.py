@@ -144,10 +144,11 @@ def top_kernels(r, n: int = TOP) -> str:
     rows = []
     for (op, module, regime, *_), ks in ranked:
         one = ks[0]
+        how = f" ({one.expected.algorithm})" if one.expected.algorithm else ""   # a collective's
         rows.append([_cut(op, 16, keep_end=False), _cut(module or "-", 24), f"x{len(ks)}",
                      si(one.flops, "F"), si(one.bytes, "B"), ratio(one.intensity),
                      seconds(one.time_s),
-                     percent(sum(k.time_s for k in ks) / total), paint(regime)])
+                     percent(sum(k.time_s for k in ks) / total), paint(regime) + how])
     return table(rows, ["kernel", "module", "n", "FLOPs", "bytes", "FLOP/B", "each", "share",
                          "bound"], "llrrrrrrl")
 
