@@ -2,10 +2,11 @@
 
 The floor prices FLOPs at the dense peak and bytes at the datasheet bandwidth, with compute and
 memory overlapping perfectly. A real kernel takes longer. The gap is named part by part, each
-part from a physical figure of the chip (Chip: sm_count, matmul_efficiency, bw_efficiency,
-collective_efficiency, nvls_efficiency, kernel_floor_s) or from the design of the libraries that
-run the kernel (cuBLAS tile shapes, NCCL's latencies, XLA's overlap). A chip without a figure has
-no gap of that kind, so a CPU's expected time is its floor. docs/time-model.md gives each figure's source.
+part from a physical figure of the chip (Chip: sm_count, matmul_efficiency, attention_efficiency,
+bw_efficiency, collective_efficiency, nvls_efficiency, peer_links, kernel_floor_s) or from the
+design of the libraries that run the kernel (cuBLAS tile shapes, NCCL's latencies, XLA's
+overlap, the dequantizing kernels' streaming share). A chip without a figure has no gap of that
+kind, so a CPU's expected time is its floor. docs/time-model.md gives each figure's source.
 
     tiles       a matrix kernel computes whole tiles, in whole waves over the SMs
     matmul      library GEMMs reach matmul_efficiency of the dense peak, fused attention
