@@ -88,7 +88,8 @@ when absent; their README says how each was measured):
         generation of models/llama.py at the same shapes (prefill + 99 decode steps, compiled),
         int8 per output row as `w8`, int4 in groups of 32 as `w4g32`; and Mixtral 8x7B in int8
         on one GPU (mixtral-moe/README.md), as models/moe.py's cached decoder. These figures are
-        not in ../shared: they are quoted below with their source.
+        not in ../shared: they are quoted below with their source. The Llama-2-7B int8 and int4
+        rows' bandwidths, beside bf16's, are fxroof's dequantizing share (DEQUANT_SOURCE_ROWS).
 
     gpt-fast A100 tensor parallel (--tp)
         the same README's tensor-parallel rows (2, 4 and 8 GPUs; bf16, and int8/int4 at 8), and
@@ -648,6 +649,9 @@ GPT_FAST = (("Llama-2-7B bf16", "llama2-7b", None, 104.9),
             ("Llama-3.1-8B bf16", "llama3-8b", None, 93.89),
             ("Llama-3.1-8B int8", "llama3-8b", "w8", 137.64),
             ("Llama-3.1-70B int8", "llama3-70b", "w8", 18.04))
+# The rows whose bandwidths (the README's "Memory Bandwidth (GB/s)", beside bf16's) are
+# fxroof's DEQUANT_STREAM_SHARE (chips/expected.py): they check little.
+DEQUANT_SOURCE_ROWS = ("Llama-2-7B int8", "Llama-2-7B int4 g32")
 # The same README, "Tensor Parallelism" and "Tensor Parallelism + Quantization" (tensor-parallel
 # degree after the what-if); the one-GPU rows are the table above.
 GPT_FAST_TP = (("Llama-2-7B bf16 tp2", "llama2-7b", None, 2, 168.84),
@@ -703,8 +707,11 @@ def gpt_fast_cases(only: str, tensor_parallel: bool = False) -> list[Case]:
         # the decode steps' floors from the first and last (the context grows by 99 keys only)
         floor = g.prefill.summary.floor_s + g.new_tokens * (
             g.first.summary.floor_s + g.last.summary.floor_s) / 2
+        why = made_of(g.first.kernels)
+        if label in DEQUANT_SOURCE_ROWS:
+            why += " (the dequantizing share's source)"
         cases.append(Case(source, f"{label}: {tokens_per_s} tokens/s", GPT_FAST_TOKENS /
-                          tokens_per_s, floor, g.total_s, made_of(g.first.kernels)))
+                          tokens_per_s, floor, g.total_s, why))
     return cases
 
 
