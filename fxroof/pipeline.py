@@ -18,6 +18,7 @@ import torch.fx as fx
 
 from fxroof.chips import Chip
 from fxroof.chips import chip as find_chip
+from fxroof.chips.expected import FLASH_DTYPES
 from fxroof.chips.timing import MODES, unit_dtype
 from fxroof.cost import COST_KEY
 from fxroof.cost.annotate import annotate
@@ -323,6 +324,13 @@ def _matrix_unit_notes(nodes, chip: Chip, quantize) -> tuple:
             notes.append(f"fp32 {category} FLOPs run on {chip.name}'s TF32 tensor cores, "
                          f"{si(chip.matrix_flops('tf32'), 'FLOP/s')} ({flag}); with it off, at "
                          f"the fp32 peak, {si(chip.matrix_flops('fp32'), 'FLOP/s')}")
+    if chip.attention_efficiency and any(n.category == "attention" and n.flops
+                                         and n.dtype in FLASH_DTYPES for n in nodes):
+        # the kernel its time assumes, and that a faster one exists (cuDNN's, FlashAttention-3)
+        notes.append(f"attention runs PyTorch's default fused kernel (SDPA's flash backend, "
+                     f"FlashAttention-2) at {chip.attention_efficiency:.0%} of {chip.name}'s "
+                     f"dense peak, where its GEMMs reach {chip.matmul_efficiency:.0%}; another "
+                     f"attention kernel (cuDNN's, FlashAttention-3) can run faster")
     for dtype in sorted({n.dtype for n in nodes if n.category in MATRIX_CATEGORIES and n.flops}):
         runs_as = chip.matrix_dtype(dtype)
         if dtype in ("bf16", "fp16") and runs_as != dtype:

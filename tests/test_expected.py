@@ -68,6 +68,13 @@ def test_fused_attention_runs_at_its_own_share_of_the_peak():
     flops = 4 * 4608**2 * 24 * 128
     assert k.flops == flops
     assert k.expected.compute_s == pytest.approx(flops / 989.4e12 * 943 * 132 / 124_416 / 0.35)
+    assert any("FlashAttention-2) at 35% of h100-sxm" in n for n in r.notes)   # the report says
+    fp32 = meta(1, 24, 4608, 128, dtype=torch.float32)     # not the flash backend: priced as a GEMM
+    r32 = fxroof.analyze(fn_module(torch.nn.functional.scaled_dot_product_attention),
+                         (fp32, fp32, fp32), chip="h100-sxm")
+    assert not any("FlashAttention" in n for n in r32.notes)
+    e32 = r32.kernels[0].expected
+    assert e32.compute_s == pytest.approx(e32.tiled_s / 0.803)
     mm = fxroof.analyze(fn_module(torch.mm), (meta(4096, 4096), meta(4096, 4096)), chip="h100-sxm")
     assert mm.kernels[0].expected.compute_s == pytest.approx(
         mm.kernels[0].expected.tiled_s / 0.803)         # GEMMs keep matmul_efficiency
