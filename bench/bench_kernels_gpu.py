@@ -3,7 +3,8 @@
 Each case is one eager PyTorch op whose launch fxroof models (docs/time-model.md): elementwise
 adds from 1 Ki to 64 Mi elements (one memory round trip, then the bandwidth), layer norms of 1 to
 8,192 rows (a block per row, twice over), embeddings of 1 to 8,192 tokens (index_select's two
-waits a step) and fp16/bf16 GEMMs from 1 to 4,096 rows (the tiles and waves). Each is captured
+waits a step), fp16/bf16 GEMMs from 1 to 4,096 rows (the tiles and waves) and fused attention
+over 512 to 8,192 tokens (the flash backend's share of the peak). Each is captured
 20 times into a CUDA graph and replayed, so the time per kernel has no host dispatch in it (the
 graph's own gap between kernels, about a microsecond, is in it). Beside it: fxroof's expected
 time of the kernel on the chip (`device_s`: host dispatch left out), its floor, and the part of
@@ -58,6 +59,10 @@ def cases(dtype=torch.float16):
     for m in (1, 16, 128, 512, 4096):
         a, b = torch.empty(m, 4096, dtype=dtype), torch.empty(4096, 4096, dtype=dtype)
         yield "matmul", f"matmul {m} x 4096 x 4096", torch.mm, (a, b)
+    for s in (512, 2048, 8192):      # the flash backend: the chip's attention_efficiency
+        q = torch.empty(1, 32, s, 128, dtype=dtype)
+        yield "attention", f"sdpa 1 x 32 heads x {s} x 128", F.scaled_dot_product_attention, \
+            (q, q, q)
 
 
 def timed(fn, inputs) -> float:
