@@ -771,9 +771,9 @@ def all_reduce_files() -> dict:
     return found
 
 
-def collective_time(chip, op, size: int, *args) -> tuple[float, float]:
-    """(floor, expected) of one functional collective `op` over `size` bytes of fp16, its
-    arguments after the buffer `args`."""
+def collective_time(chip, op, size: int, *args) -> tuple[float, float, str]:
+    """(floor, expected, the algorithm the expected time took) of one functional collective
+    `op` over `size` bytes of fp16, its arguments after the buffer `args`."""
     buffer = torch.empty(size // 2, dtype=torch.float16, device="meta")
     cost = FORMULAS[op.overloadpacket].fn(OpCall(op, (buffer, *args), {}, buffer))
     comm = {"comm_bytes": cost.comm_bytes, "comm_steps": cost.comm_steps,
@@ -781,17 +781,14 @@ def collective_time(chip, op, size: int, *args) -> tuple[float, float]:
     t = kernel_timing(chip, flops=cost.flops, bytes_moved=cost.bytes, category="collective",
                       dtype="fp16", overhead_s=0.0, **comm)
     e = expected(chip, t, "collective", **comm)
-    return max(t.compute_s, t.memory_s, t.comm_s), e.device_s
+    return max(t.compute_s, t.memory_s, t.comm_s), e.device_s, e.algorithm
 
 
 def all_reduce_time(chip, size: int, n: int) -> tuple[float, float, str]:
-    """(floor, expected, the algorithm the expected time took) of an all-reduce."""
-    def time(chip):
-        return collective_time(chip, torch.ops._c10d_functional.all_reduce.default, size, "sum",
-                               Group(n))
-    floor, exp = time(chip)
-    ring = time(dataclasses.replace(chip, nvls_efficiency=0.0))[1]
-    return floor, exp, "NVLS all-reduce" if exp < ring else "ring all-reduce"
+    """(floor, expected, "NVLS all-reduce" or "ring all-reduce") of an all-reduce."""
+    floor, exp, algorithm = collective_time(chip, torch.ops._c10d_functional.all_reduce.default,
+                                            size, "sum", Group(n))
+    return floor, exp, "NVLS all-reduce" if algorithm == "NVLS" else "ring all-reduce"
 
 
 def send_recv_cases(only: str) -> list[Case]:
@@ -814,8 +811,8 @@ def send_recv_cases(only: str) -> list[Case]:
             by_size = {int(r["size"]): float(r["time_stats.send_recv.median"]) / 1e3
                        for r in read_csv(path) if int(r["devices_per_node"]) == 2}
             for size in sampled(sorted(by_size)):
-                floor, exp = collective_time(chip, torch.ops._c10d_functional.isend.default,
-                                             size, 1, Group(2))
+                floor, exp, _ = collective_time(chip, torch.ops._c10d_functional.isend.default,
+                                                size, 1, Group(2))
                 cases.append(Case(f"{source} {system}", f"{size:,} B", by_size[size], floor,
                                   exp, "point to point"))
     return cases

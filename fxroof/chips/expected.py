@@ -37,8 +37,8 @@ from dataclasses import dataclass
 
 from fxroof.chips.chip import Chip
 from fxroof.chips.launch import Launch, latency_time
-from fxroof.chips.timing import REGIMES, Timing, comm_algorithm, comm_time
-from fxroof.cost.record import MATRIX_CATEGORIES
+from fxroof.chips.timing import REGIMES, Timing, comm_options
+from fxroof.cost.record import MATRIX_CATEGORIES, dequantizing
 
 GAP_PARTS = ("tiles", "matmul", "bandwidth", "dequant", "occupancy", "collective", "overlap",
              "latency", "layout")
@@ -63,7 +63,8 @@ ATTENTION_ROWS = (128, 64)
 # (commit 32971d3, "Memory Bandwidth (GB/s)", Llama-2-7B at batch 1 on an A100): 1,397.31 GB/s in
 # bf16, 1,069.20 with int8 weights, 862.69 with int4 (group 32): shares 0.765 and 0.617 of the
 # 16-bit rate (an A100's; other GPUs take them as estimates).
-DEQUANT_STREAM_SHARE = {"int8 weights": 1069.20 / 1397.31, "int4 weights": 862.69 / 1397.31}
+DEQUANT_STREAM_SHARE = {dequantizing("int8"): 1069.20 / 1397.31,
+                        dequantizing("int4"): 862.69 / 1397.31}
 # PyTorch's flash backend takes 16-bit inputs only (sdp_utils: check_flash_attention_dtype)
 FLASH_DTYPES = ("fp16", "bf16")
 # XLA's GPU cost model: time = compute + memory - 0.95 min(compute, memory)
@@ -185,9 +186,11 @@ def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_by
     tiled = floor.compute_s * (tile_factor(grid, chip.sm_count, category) if matrix else 1.0)
     comm, algorithm = floor.comm_s, ""
     if gpu and collective:
-        how = (chip, comm_bytes, comm_steps, NCCL_BASE_S, chip.collective_efficiency or 1.0,
-               nvls_bytes, chip.nvls_efficiency, comm_ranks)
-        comm, algorithm = comm_time(*how), comm_algorithm(*how)
+        options = comm_options(chip, comm_bytes, comm_steps, NCCL_BASE_S,
+                               chip.collective_efficiency or 1.0, nvls_bytes,
+                               chip.nvls_efficiency, comm_ranks)
+        algorithm = min(options, key=options.get)
+        comm = options[algorithm]
     bandwidth = floor.memory_s / (chip.bw_efficiency or 1.0)
     streamed = bandwidth / (DEQUANT_STREAM_SHARE.get(variant, 1.0) if gpu and matrix else 1.0)
     loads = gpu and floor.memory_s and not collective

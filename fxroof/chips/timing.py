@@ -123,23 +123,16 @@ def comm_time(chip: Chip, comm_bytes: float, comm_steps: int, base_s: tuple = (0
     base_s = (Simple, LL), the share of the link's bandwidth a ring reaches (efficiency) and
     the share of that NVLS keeps (nvls_share); the floor has none of them. ranks: the group's
     size, which on a board wired peer to peer says how many links it has (Chip.group_link_bw)."""
-    options = _comm_options(chip, comm_bytes, comm_steps, base_s, efficiency, nvls_bytes,
-                            nvls_share, ranks)
+    options = comm_options(chip, comm_bytes, comm_steps, base_s, efficiency, nvls_bytes,
+                           nvls_share, ranks)
     return min(options.values()) if options else 0.0
 
 
-def comm_algorithm(chip: Chip, comm_bytes: float, comm_steps: int, base_s: tuple = (0.0, 0.0),
-                   efficiency: float = 1.0, nvls_bytes: float = 0, nvls_share: float = 1.0,
-                   ranks: int = 0) -> str:
-    """Which of comm_time's algorithms and protocols is the fastest ("" for no collective)."""
-    options = _comm_options(chip, comm_bytes, comm_steps, base_s, efficiency, nvls_bytes,
-                            nvls_share, ranks)
-    return min(options, key=options.get) if options else ""
-
-
-def _comm_options(chip, comm_bytes, comm_steps, base_s, efficiency, nvls_bytes, nvls_share,
-                  ranks) -> dict:
-    """{algorithm: seconds} of the ones a collective can run on this chip."""
+def comm_options(chip: Chip, comm_bytes: float, comm_steps: int, base_s: tuple = (0.0, 0.0),
+                 efficiency: float = 1.0, nvls_bytes: float = 0, nvls_share: float = 1.0,
+                 ranks: int = 0) -> dict:
+    """{algorithm: seconds} of the ones a collective can run on this chip (comm_time's
+    arguments); comm_time is the fastest."""
     if not comm_bytes and not comm_steps:
         return {}
     bw = chip.group_link_bw(ranks) * efficiency

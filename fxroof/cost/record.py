@@ -10,6 +10,16 @@ MATRIX_CATEGORIES = frozenset({"matmul", "conv", "attention"})
 # Categories that never launch a kernel of their own: metadata-only ops.
 FREE_CATEGORIES = frozenset({"view"})
 
+# Weight formats a weight-only what-if dequantizes inside its matmul: that kernel is its own
+# implementation (Cost.variant "int8 weights"), whose streaming a time model prices apart.
+DEQUANTIZED = ("int8", "int4")
+
+
+def dequantizing(weights: str) -> str:
+    """The variant of a matmul that dequantizes `weights` (a DEQUANTIZED format) as it reads."""
+    return f"{weights} weights"
+
+
 COST_KEY = "fxroof.cost"      # node.meta key written by annotate.py
 KERNEL_KEY = "fxroof.kernel"  # node.meta key written by fuse() (index into the kernel list)
 

@@ -22,7 +22,7 @@ import torch.fx as fx
 
 from fxroof.cost.annotate import formula_cost
 from fxroof.cost.formulas import OpCall
-from fxroof.cost.record import COST_KEY, Cost
+from fxroof.cost.record import COST_KEY, DEQUANTIZED, Cost, dequantizing
 from fxroof.graph.memory import Footprint, written_inputs
 from fxroof.graph.tensors import storage, tensors_in
 
@@ -214,8 +214,8 @@ def _requantized(node: fx.Node, cost: Cost, touched, quantized: dict, q: Quantiz
     note = ", ".join(filter(None, (cost.note, f"what-if {q.label}")))
     # a matmul reading int8 or int4 weights is a dequantizing kernel, not the library's GEMM
     # (its streaming share: chips/expected.DEQUANT_STREAM_SHARE)
-    dequant = (not mm8 and cost.category == "matmul" and q.weights in ("int8", "int4")
+    dequant = (not mm8 and cost.category == "matmul" and q.weights in DEQUANTIZED
                and any(quantized.get(storage(t), ("",))[0] == "weight" for t in touched))
     return dataclasses.replace(cost, bytes_read=read, bytes_written=written,
                                dtype=q.matmul if mm8 else cost.dtype, note=note,
-                               variant=f"{q.weights} weights" if dequant else cost.variant)
+                               variant=dequantizing(q.weights) if dequant else cost.variant)
