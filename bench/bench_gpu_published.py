@@ -65,6 +65,13 @@ when absent; their README says how each was measured):
         in bf16. The chips' attention_efficiency comes from the FlashAttention-2 and -3 papers,
         not from these.
 
+    torch.mm by size
+        30 back-to-back torch.mm calls of two n x n fp16 or bf16 matrices, n = 1,024 to 10,240,
+        between two CUDA events (zzc0721/torch-performance-test-data, test.py at commit 9d82827;
+        community runs filed as issues, the issue beside each case), on the GPUs of fxroof's
+        table: the eager report of one torch.mm, host dispatch included (back to back, a call
+        costs the longer of its kernel and its dispatch). Quoted below with their source.
+
     MI300X all-reduce by group size
         the same author's all_reduce_bench.py (torch.distributed) at 4 GiB over 2 and over 8
         GPUs of one 8 x MI300X node (network/README.md, "Peer-to-peer bandwidth", commit
@@ -637,6 +644,54 @@ def sdpa_cases(only: str) -> list[Case]:
     return cases
 
 
+# -- torch.mm by size, many GPUs ------------------------------------------------------------------
+
+# (chip, issue, dtype, TFLOPS at 1024, 2048, 4096, 8192 and 10240 square): zzc0721/
+# torch-performance-test-data (test.py at commit 9d82827), community runs filed as issues with
+# their "详细性能数据" (detailed figures): 30 back-to-back torch.mm calls of two n x n matrices
+# between two CUDA events, after 10 warm-up calls; TFLOPS = 2 n^3 x 30 / elapsed. Only GPUs in
+# fxroof's table, each run as filed (clocks, power limits and hosts unrecorded; one RTX 5090 run,
+# #200, sits 20-30% below the others at the same sizes). The V100 run is an SXM2 16 GB (the
+# table's V100 is the 32 GB: same SMs, clocks and bandwidth).
+MM_SIZES = (1024, 2048, 4096, 8192, 10240)
+MM_RUNS = (("h100-sxm", "#79", "fp16", (179.13, 645.12, 760.04, 736.19, 668.42)),
+           ("h100-sxm", "#79", "bf16", (176.62, 676.59, 788.72, 797.51, 719.72)),
+           ("h100-pcie", "#95", "fp16", (201.71, 458.03, 457.32, 437.07, 449.65)),
+           ("h100-pcie", "#95", "bf16", (217.70, 449.09, 495.93, 492.84, 471.79)),
+           ("a40", "#185", "fp16", (85.02, 94.31, 113.51, 108.47, 119.18)),
+           ("a40", "#185", "bf16", (82.35, 95.47, 115.16, 110.64, 122.29)),
+           ("l4", "#120", "fp16", (54.81, 68.83, 53.02, 53.80, 52.47)),
+           ("l4", "#120", "bf16", (54.42, 70.89, 54.91, 59.40, 56.90)),
+           ("rtx-4090", "#78", "fp16", (106.10, 159.38, 168.38, 155.50, 156.88)),
+           ("rtx-4090", "#78", "bf16", (126.84, 164.81, 151.50, 160.17, 158.54)),
+           ("rtx-5090", "#96", "fp16", (93.77, 170.74, 181.21, 233.99, 234.63)),
+           ("rtx-5090", "#96", "bf16", (94.16, 170.77, 181.17, 234.89, 240.05)),
+           ("rtx-5090", "#124", "fp16", (139.18, 173.86, 217.99, 223.98, 220.03)),
+           ("rtx-5090", "#124", "bf16", (93.44, 171.53, 182.19, 234.66, 236.99)),
+           ("rtx-5090", "#200", "fp16", (63.67, 131.08, 140.24, 172.79, 179.02)),
+           ("rtx-5090", "#200", "bf16", (95.10, 130.68, 134.08, 174.68, 178.86)),
+           ("v100", "#140", "fp16", (57.30, 78.23, 95.73, 97.36, 89.37)))
+MM_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def square_mm_cases(only: str) -> list[Case]:
+    """Back-to-back eager calls: each costs the longer of its kernel and its host dispatch, which
+    is the eager report's time of one torch.mm (the dispatch hides behind the kernel before)."""
+    source = "torch.mm by size"
+    if only not in source:
+        return []
+    cases = []
+    for chip_name, issue, dtype, tflops in MM_RUNS:
+        for n, rate in zip(MM_SIZES, tflops):
+            a = torch.empty(n, n, dtype=MM_DTYPES[dtype], device="meta")
+            report = report_of(capture(FunctionModule(torch.mm), (a, a)),
+                               Target(chip=find_chip(chip_name), mode="eager"))
+            cases.append(Case(source, f"{chip_name} {dtype} {n} ({issue})",
+                              2 * n ** 3 / (rate * 1e12), report.summary.floor_s, report.time_s,
+                              made_of(report.kernels)))
+    return cases
+
+
 # -- gpt-fast decode -----------------------------------------------------------------------------
 
 # (label, models/llama.py preset, what-if, published tokens/s): pytorch-labs/gpt-fast README.md at
@@ -893,6 +948,7 @@ def main(argv=None) -> int:
              + all_reduce_cases(args.only)
              + send_recv_cases(args.only) + nccl_tests_cases(args.only)
              + nvls_group_cases(args.only) + xgmi_group_cases(args.only) + sdpa_cases(args.only)
+             + square_mm_cases(args.only)
              + gpt_fast_cases(args.only, args.tp))
     if not cases:
         print("no cases to compare")

@@ -183,6 +183,12 @@ def test_expected_model_figures_come_from_their_measurements():
     # maximum achievable matmul FLOPS / dense peak: A100 SXM 271.2 / 312, H100 SXM 794.5 / 989
     assert chip("a100-80gb").matmul_efficiency == pytest.approx(271.2 / 312, abs=1e-3)
     assert chip("h100-sxm").matmul_efficiency == pytest.approx(794.5 / 989, abs=1e-3)
+    # mag-/gpu_benchmark: V100 SXM2 32GB 94.0 of 125, L40 170.3 of 181.05; the A40 takes the
+    # RTX A6000's 131.2 of 154.8 (the same GA102 at 84 SMs and 300 W), an estimate
+    assert chip("v100").matmul_efficiency == pytest.approx(94.0 / 125, abs=1e-3)
+    assert chip("l40").matmul_efficiency == pytest.approx(170.3 / 181.05, abs=1e-3)
+    assert chip("a40").matmul_efficiency == pytest.approx(131.2 / 154.8, abs=1e-3)
+    assert chip("a40").sources["matmul_efficiency"].startswith("estimate")
     # gpu-benches' copy on an A100 80GB: 2 x 1 GiB in 607 waves at 1,732 GB/s, 1.2399 ms; its
     # waits (607 x (390 + 245) ns = 385.4 us) taken out as a 2-norm leave 1.1785 ms of bytes:
     # 1,822 of 2,039 GB/s. nccl-tests ring on 8 H200: 365.6 of 450 GB/s
