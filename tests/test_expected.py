@@ -29,45 +29,53 @@ def test_waves_of_a_square_gemm_by_hand():
     # 108 / 64 = 1.6875. 64x64 tiles: 256 tiles, ceil(256 / 108) = 3 waves: 3 * 108 / 256
     # = 1.2656, the least of the library's tiles.
     assert tile_factor((1, 1024, 1024, 64), 108, "matmul") == pytest.approx(3 * 108 / 256)
-    # K = 1024: 16 k-blocks share out over the SMs. 64x64: 256 x 16 = 4096 units, ceil(37.9)
-    # = 38 waves: 38 * 108 / 4096 = 1.0020
-    assert tile_factor((1, 1024, 1024, 1024), 108, "matmul") == pytest.approx(38 * 108 / 4096)
+    # K = 1024 (16 k-blocks): 256 tiles of 64x64 fill the SMs, so K is not split: the same 3
+    # waves, 1.2656. 256x128 tiles: 32 tiles, 108 // 32 = 3 splits of ceil(16 / 3) = 6 k-blocks,
+    # 96 units in one wave: 108 * 256 * 128 * 6 * 64 / 1024**3 = 1.2656 as well
+    assert tile_factor((1, 1024, 1024, 1024), 108, "matmul") == pytest.approx(3 * 108 / 256)
+    # 2048 x 2048 x 2048: 256 tiles of 128x128, 3 waves; 128x256: 128 tiles, 2 waves (0.84 of
+    # the second idle): 2 * 108 / 128 = 1.6875; 64x64: 1024 tiles, ceil(9.48) = 10 waves,
+    # 10 * 108 / 1024 = 1.0547, the least; nothing split (stream-K would make it 1.0)
+    assert tile_factor((1, 2048, 2048, 2048), 108, "matmul") == pytest.approx(10 * 108 / 1024)
 
 
 def test_a_small_output_with_a_long_reduction_splits_it():
     # 64 x 256 x K=1024 on 108 SMs: 4 tiles of 64x64 alone would fill 4 SMs (27x the work);
-    # split into 16 k-blocks, 64 units run in one wave: 108 / 64 = 1.6875
+    # split into its 16 k-blocks (108 // 4 = 27 parts wanted), 64 units run in one wave:
+    # 108 / 64 = 1.6875
     assert tile_factor((1, 64, 256, 1024), 108, "matmul") == pytest.approx(108 / 64)
 
 
 def test_a_matrix_vector_product_is_padded_to_8_rows_not_64():
-    # M = 1, N = K = 4096 on 108 SMs: 8-row tiles; 8x64: 64 tiles x 64 k-blocks = 4096 units,
-    # 38 waves: 38 * 108 * 8 * 64 * 64 / (4096 * 4096) = 8.016 (a 64-row tile: 64x)
+    # M = 1, N = K = 4096 on 108 SMs: 8-row tiles; 8x256: 16 tiles, 108 // 16 = 6 splits of
+    # ceil(64 / 6) = 11 k-blocks, one wave: 108 * 8 * 256 * 11 * 64 / 4096**2 = 9.28 (a 64-row
+    # tile: 64x more)
     assert tile_factor((1, 1, 4096, 4096), 108, "matmul") == pytest.approx(
-        38 * 108 * 8 * 64 * 64 / 4096**2)
+        108 * 8 * 256 * 11 * 64 / 4096**2)
 
 
 def test_attention_tiles_query_rows_over_whole_heads():
     # 192 (batch x heads) x 197 queries x head size 64, K = 2 x 197 keys = 394 (7 k-blocks), on
-    # 132 SMs. 64-row blocks: 192 x 4 x 7 = 5376 units, ceil(40.7) = 41 waves:
-    # 41 * 132 * 64 * 64 * 64 / (192 * 197 * 64 * 394) = 1.5105
+    # 132 SMs. 128-row blocks: 192 x 2 = 384 blocks fill the SMs (no split), ceil(2.9) = 3
+    # waves of 7 k-blocks: 3 * 132 * 128 * 64 * 7 * 64 / (192 * 197 * 64 * 394) = 1.5238
+    # (64-row blocks: 768, 6 waves, the same)
     assert tile_factor((192, 197, 64, 394), 132, "attention") == pytest.approx(
-        41 * 132 * 64 * 64 * 64 / (192 * 197 * 64 * 394))
+        3 * 132 * 128 * 64 * 7 * 64 / (192 * 197 * 64 * 394))
 
 
 def test_fused_attention_runs_at_its_own_share_of_the_peak():
     # FlashAttention-2, the kernel PyTorch runs for SDPA, reaches 35% of the H100's dense peak
     # (the FlashAttention-3 paper), not the 80% of a library GEMM. (1, 24 heads, 4608, 128):
-    # 4 x 4608^2 x 24 x 128 = 260.9 GFLOP; 24 x 36 = 864 blocks of 128 rows (K = 9216: 144
-    # k-blocks) = 124,416 units, 943 waves of 132: 1.0005; 260.9e9 / 989.4e12 x 1.0005 / 0.35
-    # = 754 us, the compute of the kernel (pytorch/pytorch#142132 measured 792 us)
+    # 4 x 4608^2 x 24 x 128 = 260.9 GFLOP; 24 x 36 = 864 blocks of 128 rows fill the 132 SMs
+    # (no split of the keys), ceil(6.55) = 7 waves: 7 x 132 / 864 = 1.0694; 260.9e9 / 989.4e12
+    # x 1.0694 / 0.35 = 806 us, the compute of the kernel (pytorch/pytorch#142132 measured 792 us)
     q = meta(1, 24, 4608, 128)
     r = fxroof.analyze(fn_module(torch.nn.functional.scaled_dot_product_attention), (q, q, q),
                        chip="h100-sxm")
     (k,) = r.kernels
     flops = 4 * 4608**2 * 24 * 128
     assert k.flops == flops
-    assert k.expected.compute_s == pytest.approx(flops / 989.4e12 * 943 * 132 / 124_416 / 0.35)
+    assert k.expected.compute_s == pytest.approx(flops / 989.4e12 * 7 * 132 / 864 / 0.35)
     assert any("FlashAttention-2) at 35% of h100-sxm" in n for n in r.notes)   # the report says
     fp32 = meta(1, 24, 4608, 128, dtype=torch.float32)     # not the flash backend: priced as a GEMM
     r32 = fxroof.analyze(fn_module(torch.nn.functional.scaled_dot_product_attention),
@@ -177,12 +185,13 @@ def test_a_big_bf16_matmul_on_h100_by_hand():
     assert len(r.kernels) == 1
     c, m = 2 * n**3 / 989.4e12, 3 * n * n * 2 / 3.35e12    # 1.1113 ms, 0.1202 ms: the floor
     assert r.summary.floor_s == pytest.approx(c)
-    # 128x128 tiles: 4096 tiles x 128 k-blocks = 524,288 units, 3972 waves of 132 (1.00003);
-    # 0.803 of the peak; memory as a copy of the 403 MB streams: 134.0 us at 0.897 of 3.35 TB/s
-    # and the waits of 94 waves of 132 x 16 blocks moving 16 bytes a thread (354 + 245 ns a
-    # wave, 56.3 us), as a 2-norm: 145.4 us; overlapped at 0.95; the 1 us kernel floor:
-    # 1.3840 + 0.0073 + 0.001 = 1.3923 ms
-    q = 3972 * 132 / 524_288
+    # 64x64 tiles: 16,384 tiles fill the SMs (no split), ceil(124.1) = 125 waves of 132
+    # (1.0071; 128x128: 4,096 tiles, 32 waves, 1.0313); 0.803 of the peak; memory as a copy of
+    # the 403 MB streams: 134.0 us at 0.897 of 3.35 TB/s and the waits of 94 waves of 132 x 16
+    # blocks moving 16 bytes a thread (354 + 245 ns a wave, 56.3 us), as a 2-norm: 145.4 us;
+    # overlapped at 0.95; the 1 us kernel floor:
+    # 1.3937 + 0.0073 + 0.001 = 1.4020 ms
+    q = 125 * 132 / 16_384
     c_e, m_e = c * q / 0.803, ((m / 0.897) ** 2 + (94 * 599e-9) ** 2) ** 0.5
     assert m_e == pytest.approx(145.4e-6, rel=1e-3)
     assert r.time_s == pytest.approx(c_e + m_e - 0.95 * m_e + 1e-6)
@@ -204,9 +213,10 @@ def test_a_small_fp16_gemm_on_a100_streams_from_every_sm_by_hand():
     c = 2 * 128 * 1536 * 4096 / 312e12                                # 5.162 us
     m = 2 * (128 * 4096 + 4096 * 1536 + 128 * 1536) / 2039e9          # 14.0 MB: 6.878 us
     assert k.floor_s == pytest.approx(m)
-    # 64x64 tiles: 2 x 24 = 48 tiles x 64 k-blocks = 3,072 units, 29 waves of 108 SMs: every
-    # SM holds units, so the weights stream from all of them
-    q = 29 * 108 / 3072                                               # 1.0195
+    # 64x64 tiles: 2 x 24 = 48 tiles, fewer than the 108 SMs: K splits in 108 // 48 = 2 parts
+    # of 32 k-blocks, 96 units in one wave (1.125; 128x128: 12 tiles in 9 parts of 8, 108 units,
+    # 1.125 too): the weights stream from every SM
+    q = 108 * 64 * 64 * 32 * 64 / (128 * 1536 * 4096)                # 1.125
     assert tile_factor((1, 128, 1536, 4096), 108, "matmul") == pytest.approx(q)
     # memory as a copy of the 14.0 MB streams: 7.694 us at 0.894 of the bandwidth, and 876,544
     # threads of 16 bytes in 6,848 blocks, 4 waves of 108 x 16, 390 + 245 ns each (2.54 us), as

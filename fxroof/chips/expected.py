@@ -8,7 +8,8 @@ design of the libraries that run the kernel (cuBLAS tile shapes, NCCL's latencie
 overlap, the dequantizing kernels' streaming share). A chip without a figure has no gap of that
 kind, so a CPU's expected time is its floor. docs/time-model.md gives each figure's source.
 
-    tiles       a matrix kernel computes whole tiles, in whole waves over the SMs
+    tiles       a matrix kernel computes whole tiles, in whole waves over the SMs (splitting its
+                reduction only where the tiles leave SMs idle)
     matmul      library GEMMs reach matmul_efficiency of the dense peak, fused attention
                 kernels attention_efficiency where the chip has that figure
     bandwidth   streaming kernels reach bw_efficiency of the memory bandwidth
@@ -51,10 +52,13 @@ GAP_PARTS = ("tiles", "matmul", "bandwidth", "dequant", "occupancy", "collective
 GEMM_TILES = ((256, 128), (128, 256), (128, 128), (256, 64), (64, 256), (128, 64), (64, 128),
               (64, 64))
 SMALLEST_TILE = 8
-# The reduction is split in blocks of 64 (CUTLASS's Ampere tensor-op threadblock, GemmShape<...,
-# 64>, cutlass/gemm/device/default_gemm_configuration.h) that the SMs share out when the output
-# tiles alone would leave SMs idle (split-K and stream-K decompositions, as cuBLAS and CUTLASS
-# run them; Osama et al., "Stream-K", PPoPP 2023): the waves are of tile x k-block units.
+# The reduction runs in blocks of 64 (CUTLASS's Ampere tensor-op threadblock, GemmShape<...,
+# 64>, cutlass/gemm/device/default_gemm_configuration.h). Libraries split it across SMs only
+# when the output tiles alone leave SMs idle: FlashAttention's split-KV takes one split once
+# its blocks nearly fill the SMs (num_splits_heuristic, flash_attn/flash_api.cpp: at 0.8 of
+# them), DeepGEMM's split-K only below half the SMs (sgl-project/DeepGEMM#77). fxroof splits
+# where the tiles are fewer than the SMs, into as many whole-k-block parts as fill one wave;
+# otherwise the tiles run in whole waves.
 K_BLOCK = 64
 # FlashAttention-2 blocks 128 or 64 query rows per thread block; each block covers a whole head.
 ATTENTION_ROWS = (128, 64)
@@ -149,8 +153,9 @@ class Expected:
 
 def tile_factor(grid: tuple, sms: float, category: str) -> float:
     """The tensor work a matrix kernel's tiles occupy over the work it asks for: whole tiles of
-    its (batch, M, N) output by whole k-blocks of its reduction K, in whole waves over `sms` SMs
-    (1 where either is unknown)."""
+    its (batch, M, N) output in whole waves over `sms` SMs, each over whole k-blocks of its
+    reduction K; fewer tiles than SMs split K to fill one wave (K_BLOCK). 1 where either is
+    unknown."""
     if len(grid) != 4 or not sms or not math.prod(grid):
         return 1.0
     batch, m, n, k = grid
@@ -159,8 +164,10 @@ def tile_factor(grid: tuple, sms: float, category: str) -> float:
     occupied = math.inf
     for tm, tn in tiles:
         tm, tn = min(tm, _pow2(m)), min(tn, _pow2(n))
-        waves = math.ceil(batch * math.ceil(m / tm) * math.ceil(n / tn) * blocks / sms)
-        occupied = min(occupied, waves * sms * tm * tn * K_BLOCK)
+        count = batch * math.ceil(m / tm) * math.ceil(n / tn)
+        splits = max(1, min(blocks, int(sms) // count)) if count < sms else 1
+        waves = math.ceil(count * splits / sms)
+        occupied = min(occupied, waves * sms * tm * tn * math.ceil(blocks / splits) * K_BLOCK)
     return occupied / (batch * m * n * k)
 
 
