@@ -12,12 +12,13 @@ from hypothesis import strategies as st
 
 from fxroof.chips import DTYPES, Chip, ChipError, chip, chips, load_chip_file
 
-REQUIRED = ["v100", "t4", "a10", "a40", "l4", "l40", "l40s", "rtx-3090", "rtx-4090", "rtx-5090", "pro6000-maxq",
-            "a100-40gb", "a100-80gb", "a100-80gb-pcie",
-            "h100-pcie", "h100-sxm", "h200", "b200", "mi300x", "tpu-v5e", "cpu"]
+REQUIRED = ["v100", "t4", "a10", "a40", "l4", "l40", "l40s", "rtx-a6000", "rtx-6000-ada",
+            "rtx-3090", "rtx-3080", "rtx-4090", "rtx-4080", "rtx-5090", "pro6000-maxq",
+            "a100-40gb", "a100-80gb", "a100-80gb-pcie", "h100-pcie", "h100-sxm", "h100-nvl",
+            "h200", "gh200", "b200", "mi300x", "mi325x", "tpu-v5e", "cpu"]
 # GeForce cards print FP16/BF16 tensor rates with FP16 accumulate and half of it with FP32
 # accumulate, the path PyTorch takes; int8 (int32 accumulate) keeps the full rate.
-FP32_ACCUMULATE_AT_HALF_RATE = {"rtx-3090", "rtx-4090", "rtx-5090"}
+FP32_ACCUMULATE_AT_HALF_RATE = {"rtx-3080", "rtx-3090", "rtx-4080", "rtx-4090", "rtx-5090"}
 EXPECTED_FIGURES = ["sm_count", "matmul_efficiency", "bw_efficiency", "collective_efficiency",
                     "kernel_floor_s"]
 FIGURES = ["peak_flops", "vector_flops", "mem_bw", "mem_bytes", "link_bw", "link_latency_s",
@@ -139,6 +140,12 @@ def test_tensor_rates_scale_by_two_per_halving_of_width(c):
     ("a40", "bf16", 299.4e12 / 2),         # datasheet 149.7 | 299.4*
     ("rtx-4090", "bf16", 330.4e12 / 2),    # AD102: 165.2 | 330.4* with FP32 accumulate
     ("rtx-4090", "int8", 1321.2e12 / 2),   # 660.6 | 1321.2*
+    ("rtx-a6000", "bf16", 309.7e12 / 2),   # datasheet tensor 309.7 with sparsity
+    ("rtx-6000-ada", "fp8", 1457.0e12 / 2),  # datasheet tensor 1,457.0 (FP8, sparse)
+    ("h100-nvl", "bf16", 1671e12 / 2),     # datasheet, H100 NVL: 1,671*
+    ("gh200", "bf16", 1979e12 / 2),        # the H100 SXM's GH100: 1,979*
+    ("mi325x", "bf16", 2614.9e12 / 2),     # AMD: 2,614.9 with sparsity, as the MI300X
+    ("rtx-3080", "fp16", 119e12 / 2),      # GA102: 119 dense with FP16 accumulate; FP32: 59.5
 ])
 def test_peaks_are_dense(name, dtype, dense):
     assert chip(name).peak_flops[dtype] == pytest.approx(dense, rel=2e-3)
@@ -147,6 +154,8 @@ def test_peaks_are_dense(name, dtype, dense):
 def test_geforce_fp32_is_its_cuda_cores_times_two_flops_per_clock():
     assert chip("rtx-3090").peak_flops["fp32"] == pytest.approx(10496 * 2 * 1.695e9, rel=1e-3)
     assert chip("rtx-5090").peak_flops["fp32"] == pytest.approx(21760 * 2 * 2.407e9, rel=1e-3)
+    assert chip("rtx-3080").peak_flops["fp32"] == pytest.approx(8704 * 2 * 1.71e9, rel=2e-3)
+    assert chip("rtx-4080").peak_flops["fp32"] == pytest.approx(9728 * 2 * 2.505e9, rel=1e-3)
     assert chip("rtx-4090").peak_flops["fp32"] == pytest.approx(16384 * 2 * 2.52e9, rel=1e-3)
     assert (chip("rtx-3090").sm_count, chip("rtx-5090").sm_count) == (82, 170)  # 128 cores per SM
     assert chip("rtx-4090").sm_count == 128
