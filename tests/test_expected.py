@@ -5,7 +5,7 @@ from helpers import fn_module
 
 import fxroof
 from fxroof.chips import Chip, chip
-from fxroof.chips.expected import expected, tile_factor
+from fxroof.chips.expected import Tiling, expected, tile_factor, tiling
 from fxroof.chips.timing import Timing, comm_time
 
 H100 = chip("h100-sxm")     # 132 SMs, 989.4 TFLOP/s bf16, 3.35 TB/s
@@ -41,9 +41,12 @@ def test_waves_of_a_square_gemm_by_hand():
 
 def test_a_small_output_with_a_long_reduction_splits_it():
     # 64 x 256 x K=1024 on 108 SMs: 4 tiles of 64x64 alone would fill 4 SMs (27x the work);
-    # split into its 16 k-blocks (108 // 4 = 27 parts wanted), 64 units run in one wave:
-    # 108 / 64 = 1.6875
-    assert tile_factor((1, 64, 256, 1024), 108, "matmul") == pytest.approx(108 / 64)
+    # 108 // 4 = 27 parts wanted, but each keeps 3 of the 16 k-blocks: 5 parts of 4 k-blocks,
+    # 20 units in one wave: 108 x 64 x 64 x 4 x 64 / (64 x 256 x 1024) = 6.75
+    t = tiling((1, 64, 256, 1024), 108, "matmul")
+    assert (t.factor, t.splits) == (pytest.approx(6.75), 5)
+    # K = 128 (2 k-blocks) is too short to split at all: 4 tiles in one wave, 27x
+    assert tiling((1, 64, 256, 128), 108, "matmul") == Tiling(pytest.approx(27.0), 1)
 
 
 def test_a_matrix_vector_product_is_padded_to_8_rows_not_64():
@@ -221,10 +224,17 @@ def test_a_small_fp16_gemm_on_a100_streams_from_every_sm_by_hand():
     # memory as a copy of the 14.0 MB streams: 7.694 us at 0.894 of the bandwidth, and 876,544
     # threads of 16 bytes in 6,848 blocks, 4 waves of 108 x 16, 390 + 245 ns each (2.54 us), as
     # a 2-norm: 8.102 us (above one round trip and the bytes, 8.084); compute at 0.869
-    # overlapped at 0.95, the 1 us floor: 8.102 + 0.05 x 6.056 + 1 = 9.41 us on the chip
+    # overlapped at 0.95, the 1 us floor: 8.102 + 0.05 x 6.68 + 1 = 9.44 us. Then the kernel
+    # summing the 2 parts (64x64 ties 128x128's 9 parts; the fewer win): it reads 2 fp32
+    # partials of the 128 x 1536 output and writes it in fp16, 1.97 MB: 1.079 us at the copy
+    # share, a 390 ns round trip and its 1 us floor, 2.469 us. 11.90 us on the chip
+    assert tiling((1, 128, 1536, 4096), 108, "matmul").splits == 2
     c_e, m_e = c * q / 0.869, ((m / 0.894) ** 2 + (4 * 635e-9) ** 2) ** 0.5
     assert m_e == pytest.approx(8.102e-6, rel=1e-3)
-    assert k.expected.device_s == pytest.approx(m_e + 0.05 * c_e + 1e-6)
+    reduction = 128 * 1536 * (4 * 2 + 2) / (2039e9 * 0.894) + 390e-9 + 1e-6
+    assert k.expected.reduction_s == pytest.approx(reduction) == pytest.approx(2.469e-6, rel=1e-3)
+    assert k.expected.device_s == pytest.approx(m_e + 0.05 * c_e + 1e-6 + reduction)
+    assert dict(k.expected.gap)["reduction"] == pytest.approx(reduction)
 
 
 def test_cpu_chips_keep_expected_equal_to_the_floor():

@@ -26,6 +26,8 @@ kind, so a CPU's expected time is its floor. docs/time-model.md gives each figur
     layout      a channels-first convolution's transposes of its operands to channels-last,
                 kernels of their own the library runs before its tensor-core kernel
                 (Cost.relayout)
+    reduction   a matrix kernel whose reduction is split (tiles) sums its partial products in
+                a second kernel
 
 Each part is the time it adds when applied after those before it: the parts sum to expected
 minus floor exactly.
@@ -42,7 +44,7 @@ from fxroof.chips.timing import REGIMES, Timing, comm_options
 from fxroof.cost.record import MATRIX_CATEGORIES, dequantizing
 
 GAP_PARTS = ("tiles", "matmul", "bandwidth", "dequant", "occupancy", "collective", "overlap",
-             "latency", "layout")
+             "latency", "layout", "reduction")
 
 # The tiles cuBLAS picks among for a GEMM's output (NVIDIA, "Matrix Multiplication Background
 # User's Guide", 2.3 "Typical Tile Dimensions in cuBLAS"); a library takes the one that wastes
@@ -58,8 +60,20 @@ SMALLEST_TILE = 8
 # its blocks nearly fill the SMs (num_splits_heuristic, flash_attn/flash_api.cpp: at 0.8 of
 # them), DeepGEMM's split-K only below half the SMs (sgl-project/DeepGEMM#77). fxroof splits
 # where the tiles are fewer than the SMs, into as many whole-k-block parts as fill one wave;
-# otherwise the tiles run in whole waves.
+# otherwise the tiles run in whole waves. Among tilings that occupy alike, the one splitting
+# least: a split costs a second kernel.
 K_BLOCK = 64
+# Each part keeps at least the mainloop's pipeline of k-blocks in flight (CUTLASS's Ampere
+# tensor-op default, kStages = 3, the same default_gemm_configuration.h): a shorter part would
+# never fill it, so a short reduction is not split.
+PIPELINE_STAGES = 3
+# A split reduction's parts write fp32 partial products, which a second kernel reads and sums
+# into the output: cuBLAS's cublasLt::splitKreduce_kernel after its splitK GEMMs, FlashAttention's
+# flash_fwd_splitkv_combine_kernel after split-KV (Dao-AILab/quack#157: "splits write fp32
+# partials to a workspace; a separate ... reduce kernel sums them", "mirrors cuBLAS's
+# splitKreduce_kernel").
+PARTIAL_BYTES = 4
+OUTPUT_BYTES = {"fp32": 4, "tf32": 4, "fp8": 1, "int8": 4}     # 16-bit outputs: 2
 # FlashAttention-2 blocks 128 or 64 query rows per thread block; each block covers a whole head.
 ATTENTION_ROWS = (128, 64)
 # A matmul that dequantizes int8 or int4 weights as it reads them streams them slower than a
@@ -102,6 +116,7 @@ class Expected:
                                     # latency its loads wait (memory_s adds it)
     relayout_s: float = 0.0         # transposes of a channels-first convolution's operands,
                                     # run before it
+    reduction_s: float = 0.0        # the kernel summing a split reduction's partials, run after
     bandwidth_s: float = 0.0        # the memory time at the bandwidth share, before a
                                     # dequantizing kernel's own share (streamed_s divides it)
     algorithm: str = ""             # a collective's: the fastest of NCCL's (timing.comm_time)
@@ -114,10 +129,11 @@ class Expected:
         if self.floor is None:
             return ()
         f = self.floor
+        # compute, memory, communication, overlap, latency, the kernels run beside it
         state = [f.compute_s, f.memory_s, f.comm_s, 1.0, 0.0, 0.0]
         steps = ((0, self.tiled_s), (0, self.compute_s), (1, self.bandwidth_s or self.streamed_s),
                  (1, self.streamed_s), (1, self.memory_s), (2, self.comm_s), (3, self.overlap),
-                 (4, self.latency_s), (5, self.relayout_s))
+                 (4, self.latency_s), (5, self.relayout_s), (5, self.relayout_s + self.reduction_s))
         times = [_seconds(*state, f.overhead_s, f.serial_overhead)]
         for i, value in steps:
             state[i] = value
@@ -127,19 +143,19 @@ class Expected:
     @property
     def time_s(self) -> float:
         return _seconds(self.compute_s, self.memory_s, self.comm_s, self.overlap, self.latency_s,
-                        self.relayout_s, self.overhead_s, self.serial_overhead)
+                        self.relayout_s + self.reduction_s, self.overhead_s, self.serial_overhead)
 
     @property
     def device_s(self) -> float:
         """The time on the chip alone, host dispatch left out: what a profiler's kernel rows sum."""
         return _seconds(self.compute_s, self.memory_s, self.comm_s, self.overlap, self.latency_s,
-                        self.relayout_s, 0.0, False)
+                        self.relayout_s + self.reduction_s, 0.0, False)
 
     @property
     def regime(self) -> str:
         """The largest part; a kernel's fixed time on the chip counts as overhead, its
-        transposes as memory."""
-        parts = (self.compute_s, self.memory_s + self.relayout_s, self.comm_s,
+        transposes and partial-sum reduction as memory."""
+        parts = (self.compute_s, self.memory_s + self.relayout_s + self.reduction_s, self.comm_s,
                  max(self.overhead_s, self.latency_s))
         return REGIMES[parts.index(max(parts))]
 
@@ -151,24 +167,38 @@ class Expected:
             for p in ("compute_s", "memory_s", "comm_s")})
 
 
-def tile_factor(grid: tuple, sms: float, category: str) -> float:
-    """The tensor work a matrix kernel's tiles occupy over the work it asks for: whole tiles of
-    its (batch, M, N) output in whole waves over `sms` SMs, each over whole k-blocks of its
-    reduction K; fewer tiles than SMs split K to fill one wave (K_BLOCK). 1 where either is
-    unknown."""
+@dataclass(frozen=True)
+class Tiling:
+    """How a matrix kernel runs on the SMs: the tensor work its tiles occupy over the work it
+    asks for, and the parts its reduction is split into (1: not split)."""
+    factor: float = 1.0
+    splits: int = 1
+
+
+def tiling(grid: tuple, sms: float, category: str) -> Tiling:
+    """Whole tiles of its (batch, M, N) output in whole waves over `sms` SMs, each over whole
+    k-blocks of its reduction K; fewer tiles than SMs split K to fill one wave, each part at
+    least PIPELINE_STAGES k-blocks (K_BLOCK). The
+    library's tile is the one occupying least, splitting least among equals. Tiling() where
+    either is unknown."""
     if len(grid) != 4 or not sms or not math.prod(grid):
-        return 1.0
+        return Tiling()
     batch, m, n, k = grid
     tiles = [(rows, n) for rows in ATTENTION_ROWS] if category == "attention" else GEMM_TILES
     blocks = math.ceil(k / K_BLOCK)
-    occupied = math.inf
+    best = (math.inf, 1)
     for tm, tn in tiles:
         tm, tn = min(tm, _pow2(m)), min(tn, _pow2(n))
         count = batch * math.ceil(m / tm) * math.ceil(n / tn)
-        splits = max(1, min(blocks, int(sms) // count)) if count < sms else 1
+        splits = max(1, min(blocks // PIPELINE_STAGES, int(sms) // count)) if count < sms else 1
         waves = math.ceil(count * splits / sms)
-        occupied = min(occupied, waves * sms * tm * tn * math.ceil(blocks / splits) * K_BLOCK)
-    return occupied / (batch * m * n * k)
+        best = min(best, (waves * sms * tm * tn * math.ceil(blocks / splits) * K_BLOCK, splits))
+    return Tiling(best[0] / (batch * m * n * k), best[1])
+
+
+def tile_factor(grid: tuple, sms: float, category: str) -> float:
+    """The tensor work a matrix kernel's tiles occupy over the work it asks for (tiling)."""
+    return tiling(grid, sms, category).factor
 
 
 def _pow2(x: int) -> int:
@@ -190,7 +220,8 @@ def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_by
     matrix = category in MATRIX_CATEGORIES
     gpu = chip.kind == "gpu"
     collective = bool(comm_bytes or comm_steps)
-    tiled = floor.compute_s * (tile_factor(grid, chip.sm_count, category) if matrix else 1.0)
+    tiles = tiling(grid, chip.sm_count, category) if matrix else Tiling()
+    tiled = floor.compute_s * tiles.factor
     comm, algorithm = floor.comm_s, ""
     if gpu and collective:
         options = comm_options(chip, comm_bytes, comm_steps, NCCL_BASE_S,
@@ -209,12 +240,23 @@ def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_by
     memory = max(streamed + fill, _norm(waited, streamed))
     flash = category == "attention" and dtype in FLASH_DTYPES
     efficiency = (chip.attention_efficiency if flash else 0.0) or chip.matmul_efficiency or 1.0
-    return Expected(tiled / efficiency if matrix else tiled,
-                    memory, comm, floor.overhead_s,
+    return Expected(tiled / efficiency if matrix else tiled, memory, comm, floor.overhead_s,
                     0.0 if collective else chip.kernel_floor_s,   # a collective's is NCCL's base
                     OVERLAP if gpu else 1.0, floor.serial_overhead, floor, tiled, streamed,
-                    sum(transpose_time(chip, b) for b in relayout) if gpu else 0.0, bandwidth,
-                    algorithm)
+                    relayout_s=sum(transpose_time(chip, b) for b in relayout) if gpu else 0.0,
+                    reduction_s=(reduction_time(chip, grid, tiles.splits, dtype)
+                                 if gpu and tiles.splits > 1 else 0.0),
+                    bandwidth_s=bandwidth, algorithm=algorithm)
+
+
+def reduction_time(chip: Chip, grid: tuple, splits: int, dtype: str) -> float:
+    """The kernel summing a split reduction: it reads `splits` fp32 partials of the (batch, M, N)
+    output and writes the output, at the pace of a copy after its first loads' round trip, plus
+    a kernel's fixed time."""
+    batch, m, n, _ = grid
+    nbytes = batch * m * n * (PARTIAL_BYTES * splits + OUTPUT_BYTES.get(dtype, 2))
+    return (nbytes / (chip.mem_bw * (chip.bw_efficiency or 1.0)) + chip.memory_latency_s
+            + chip.kernel_floor_s)
 
 
 def transpose_time(chip: Chip, nbytes: float) -> float:
