@@ -178,9 +178,8 @@ class Tiling:
 def tiling(grid: tuple, sms: float, category: str) -> Tiling:
     """Whole tiles of its (batch, M, N) output in whole waves over `sms` SMs, each over whole
     k-blocks of its reduction K; fewer tiles than SMs split K to fill one wave, each part at
-    least PIPELINE_STAGES k-blocks (K_BLOCK). The
-    library's tile is the one occupying least, splitting least among equals. Tiling() where
-    either is unknown."""
+    least PIPELINE_STAGES k-blocks (K_BLOCK). The library's tile is the one occupying least,
+    splitting least among equals. Tiling() where either is unknown."""
     if len(grid) != 4 or not sms or not math.prod(grid):
         return Tiling()
     batch, m, n, k = grid
