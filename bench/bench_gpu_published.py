@@ -561,6 +561,12 @@ NCCL_TESTS_H200 = tuple((2 ** e, bw) for e, bw in zip(range(15, 35), (
     411.21, 442.27, 455.82, 464.00, 468.31, 473.10, 475.16, 480.70)))
 
 
+def busbw_seconds(size: int, n: int, busbw_gbps: float) -> float:
+    """An all-reduce's time from the bus bandwidth nccl-tests (and all_reduce_bench.py) report:
+    busbw = algbw x 2(n-1)/n, algbw = size / time."""
+    return size * 2 * (n - 1) / n / (busbw_gbps * 1e9)
+
+
 def nccl_tests_cases(only: str) -> list[Case]:
     source = "nccl-tests H200 all-reduce"
     if only not in source:
@@ -568,8 +574,7 @@ def nccl_tests_cases(only: str) -> list[Case]:
     chip, n = find_chip("h200"), 8
     cases = []
     for size, busbw in NCCL_TESTS_H200:
-        # nccl-tests: busbw = algbw x 2(n-1)/n, algbw = size / time
-        measured = size * 2 * (n - 1) / n / (busbw * 1e9)
+        measured = busbw_seconds(size, n, busbw)
         floor, exp, algorithm = all_reduce_time(chip, size, n)
         cases.append(Case(source, f"n=8 {size:,} B", measured, floor, exp, algorithm))
     return cases
@@ -595,7 +600,7 @@ def xgmi_group_cases(only: str) -> list[Case]:
         return []
     size, chip, cases = 4 * 2 ** 30, find_chip("mi300x"), []
     for n, busbw in XGMI_BY_GROUP:
-        measured = size * 2 * (n - 1) / n / (busbw * 1e9)
+        measured = busbw_seconds(size, n, busbw)
         floor, exp, algorithm = all_reduce_time(chip, size, n)
         cases.append(Case(source, f"n={n} 4 GiB", measured, floor, exp,
                           f"{algorithm}, {n - 1} of 7 links"
@@ -609,7 +614,7 @@ def nvls_group_cases(only: str) -> list[Case]:
         return []
     size, cases = 8 * 2 ** 30, []
     for name, n, busbw in NVLS_BY_GROUP:
-        measured = size * 2 * (n - 1) / n / (busbw * 1e9)
+        measured = busbw_seconds(size, n, busbw)
         floor, exp, algorithm = all_reduce_time(find_chip(name), size, n)
         cases.append(Case(source, f"{name} n={n} 8 GiB", measured, floor, exp, algorithm))
     return cases

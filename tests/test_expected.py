@@ -5,7 +5,7 @@ from helpers import fn_module
 
 import fxroof
 from fxroof.chips import Chip, chip
-from fxroof.chips.expected import Tiling, expected, tile_factor, tiling
+from fxroof.chips.expected import Tiling, expected, tiling
 from fxroof.chips.timing import Timing, comm_time
 
 H100 = chip("h100-sxm")     # 132 SMs, 989.4 TFLOP/s bf16, 3.35 TB/s
@@ -28,15 +28,15 @@ def test_waves_of_a_square_gemm_by_hand():
     # 1024 x 1024 x K=64 (one k-block) on 108 SMs. 128x128 tiles: 64 tiles, one wave of 108:
     # 108 / 64 = 1.6875. 64x64 tiles: 256 tiles, ceil(256 / 108) = 3 waves: 3 * 108 / 256
     # = 1.2656, the least of the library's tiles.
-    assert tile_factor((1, 1024, 1024, 64), 108, "matmul") == pytest.approx(3 * 108 / 256)
+    assert tiling((1, 1024, 1024, 64), 108, "matmul").factor == pytest.approx(3 * 108 / 256)
     # K = 1024 (16 k-blocks): 256 tiles of 64x64 fill the SMs, so K is not split: the same 3
     # waves, 1.2656. 256x128 tiles: 32 tiles, 108 // 32 = 3 splits of ceil(16 / 3) = 6 k-blocks,
     # 96 units in one wave: 108 * 256 * 128 * 6 * 64 / 1024**3 = 1.2656 as well
-    assert tile_factor((1, 1024, 1024, 1024), 108, "matmul") == pytest.approx(3 * 108 / 256)
+    assert tiling((1, 1024, 1024, 1024), 108, "matmul").factor == pytest.approx(3 * 108 / 256)
     # 2048 x 2048 x 2048: 256 tiles of 128x128, 3 waves; 128x256: 128 tiles, 2 waves (0.84 of
     # the second idle): 2 * 108 / 128 = 1.6875; 64x64: 1024 tiles, ceil(9.48) = 10 waves,
     # 10 * 108 / 1024 = 1.0547, the least; nothing split (stream-K would make it 1.0)
-    assert tile_factor((1, 2048, 2048, 2048), 108, "matmul") == pytest.approx(10 * 108 / 1024)
+    assert tiling((1, 2048, 2048, 2048), 108, "matmul").factor == pytest.approx(10 * 108 / 1024)
 
 
 def test_a_small_output_with_a_long_reduction_splits_it():
@@ -53,7 +53,7 @@ def test_a_matrix_vector_product_is_padded_to_8_rows_not_64():
     # M = 1, N = K = 4096 on 108 SMs: 8-row tiles; 8x256: 16 tiles, 108 // 16 = 6 splits of
     # ceil(64 / 6) = 11 k-blocks, one wave: 108 * 8 * 256 * 11 * 64 / 4096**2 = 9.28 (a 64-row
     # tile: 64x more)
-    assert tile_factor((1, 1, 4096, 4096), 108, "matmul") == pytest.approx(
+    assert tiling((1, 1, 4096, 4096), 108, "matmul").factor == pytest.approx(
         108 * 8 * 256 * 11 * 64 / 4096**2)
 
 
@@ -62,7 +62,7 @@ def test_attention_tiles_query_rows_over_whole_heads():
     # 132 SMs. 128-row blocks: 192 x 2 = 384 blocks fill the SMs (no split), ceil(2.9) = 3
     # waves of 7 k-blocks: 3 * 132 * 128 * 64 * 7 * 64 / (192 * 197 * 64 * 394) = 1.5238
     # (64-row blocks: 768, 6 waves, the same)
-    assert tile_factor((192, 197, 64, 394), 132, "attention") == pytest.approx(
+    assert tiling((192, 197, 64, 394), 132, "attention").factor == pytest.approx(
         3 * 132 * 128 * 64 * 7 * 64 / (192 * 197 * 64 * 394))
 
 
@@ -92,8 +92,8 @@ def test_fused_attention_runs_at_its_own_share_of_the_peak():
 
 
 def test_no_sms_or_no_grid_no_quantization():
-    assert tile_factor((1, 100, 100, 100), 0, "matmul") == 1.0
-    assert tile_factor((), 108, "matmul") == 1.0
+    assert tiling((1, 100, 100, 100), 0, "matmul").factor == 1.0
+    assert tiling((), 108, "matmul").factor == 1.0
 
 
 # --- each part of the gap ---
@@ -220,7 +220,7 @@ def test_a_small_fp16_gemm_on_a100_streams_from_every_sm_by_hand():
     # of 32 k-blocks, 96 units in one wave (1.125; 128x128: 12 tiles in 9 parts of 8, 108 units,
     # 1.125 too): the weights stream from every SM
     q = 108 * 64 * 64 * 32 * 64 / (128 * 1536 * 4096)                # 1.125
-    assert tile_factor((1, 128, 1536, 4096), 108, "matmul") == pytest.approx(q)
+    assert tiling((1, 128, 1536, 4096), 108, "matmul").factor == pytest.approx(q)
     # memory as a copy of the 14.0 MB streams: 7.694 us at 0.894 of the bandwidth, and 876,544
     # threads of 16 bytes in 6,848 blocks, 4 waves of 108 x 16, 390 + 245 ns each (2.54 us), as
     # a 2-norm: 8.102 us (above one round trip and the bytes, 8.084); compute at 0.869

@@ -195,11 +195,6 @@ def tiling(grid: tuple, sms: float, category: str) -> Tiling:
     return Tiling(best[0] / (batch * m * n * k), best[1])
 
 
-def tile_factor(grid: tuple, sms: float, category: str) -> float:
-    """The tensor work a matrix kernel's tiles occupy over the work it asks for (tiling)."""
-    return tiling(grid, sms, category).factor
-
-
 def _pow2(x: int) -> int:
     """The power of two at or above x, at least the smallest tile."""
     return max(SMALLEST_TILE, 1 << (int(x) - 1).bit_length())
@@ -250,18 +245,21 @@ def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_by
 
 def reduction_time(chip: Chip, grid: tuple, splits: int, dtype: str) -> float:
     """The kernel summing a split reduction: it reads `splits` fp32 partials of the (batch, M, N)
-    output and writes the output, at the pace of a copy after its first loads' round trip, plus
-    a kernel's fixed time."""
+    output and writes the output."""
     batch, m, n, _ = grid
-    nbytes = batch * m * n * (PARTIAL_BYTES * splits + OUTPUT_BYTES.get(dtype, 2))
-    return (nbytes / (chip.mem_bw * (chip.bw_efficiency or 1.0)) + chip.memory_latency_s
-            + chip.kernel_floor_s)
+    return copy_kernel_time(chip, batch * m * n * (PARTIAL_BYTES * splits
+                                                   + OUTPUT_BYTES.get(dtype, 2)))
 
 
 def transpose_time(chip: Chip, nbytes: float) -> float:
-    """One transpose kernel: it reads and writes `nbytes` at the pace of a copy (the chip's
-    bandwidth share), after its first loads' round trip, plus a kernel's fixed time."""
-    return (2 * nbytes / (chip.mem_bw * (chip.bw_efficiency or 1.0)) + chip.memory_latency_s
+    """One transpose kernel: it reads and writes `nbytes`."""
+    return copy_kernel_time(chip, 2 * nbytes)
+
+
+def copy_kernel_time(chip: Chip, nbytes_moved: float) -> float:
+    """A kernel of its own that moves `nbytes_moved` at the pace of a copy (the chip's bandwidth
+    share), after its first loads' round trip, plus a kernel's fixed time."""
+    return (nbytes_moved / (chip.mem_bw * (chip.bw_efficiency or 1.0)) + chip.memory_latency_s
             + chip.kernel_floor_s)
 
 

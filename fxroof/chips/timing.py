@@ -157,8 +157,7 @@ SPLIT_CATEGORIES = ("pointwise", "copy")
 def kernel_timing(chip: Chip, *, flops: float, bytes_moved: float, category: str, dtype: str,
                   overhead_s: float, comm_bytes: float = 0, comm_steps: int = 0,
                   nvls_bytes: float = 0, comm_ranks: int = 0, rate_op: str = "",
-                  streamed_bytes: float = 0,
-                  elements: int = 0) -> Timing:
+                  streamed_bytes: float = 0, elements: int = 0) -> Timing:
     """rate_op: the op whose own rate a chip measured op by op applies (Chip.op_flops): an eager
     kernel's op, or the library op a compiled matrix kernel calls.
     streamed_bytes: the part of bytes_moved that comes from memory whatever the chip's cache
@@ -175,10 +174,8 @@ def kernel_timing(chip: Chip, *, flops: float, bytes_moved: float, category: str
     if rate_op and chip.threads > 1 and elements and category in SPLIT_CATEGORIES:
         slower = chip.threads / min(chip.threads, math.ceil(elements / GRAIN_SIZE))
         compute, memory = compute * slower, memory * slower
-    return Timing(compute, memory, comm_time(chip, comm_bytes, comm_steps, nvls_bytes=nvls_bytes,
-                                             ranks=comm_ranks),
-                  overhead_s,
-                  serial_overhead=chip.kind == "cpu")
+    comm = comm_time(chip, comm_bytes, comm_steps, nvls_bytes=nvls_bytes, ranks=comm_ranks)
+    return Timing(compute, memory, comm, overhead_s, serial_overhead=chip.kind == "cpu")
 
 
 def intensity(flops: float, bytes_moved: float) -> float:
