@@ -329,8 +329,11 @@ def _matrix_unit_notes(nodes, chip: Chip, quantize) -> tuple:
         # the kernel its time assumes, and that a faster one exists (cuDNN's, FlashAttention-3)
         notes.append(f"attention runs PyTorch's default fused kernel (SDPA's flash backend, "
                      f"FlashAttention-2) at {chip.attention_efficiency:.0%} of {chip.name}'s "
-                     f"dense peak, where its GEMMs reach {chip.matmul_efficiency:.0%}; another "
-                     f"attention kernel (cuDNN's, FlashAttention-3) can run faster")
+                     f"dense peak at head size 128, where its GEMMs reach "
+                     f"{chip.matmul_efficiency:.0%}"
+                     + (" (a smaller head, less: its exponentials, one per score, take the same "
+                        "time)" if chip.clock_hz else "")
+                     + "; another attention kernel (cuDNN's, FlashAttention-3) can run faster")
     for dtype in sorted({n.dtype for n in nodes if n.category in MATRIX_CATEGORIES and n.flops}):
         runs_as = chip.matrix_dtype(dtype)
         if dtype in ("bf16", "fp16") and runs_as != dtype:

@@ -20,7 +20,7 @@ REQUIRED = ["v100", "t4", "a10", "a40", "l4", "l40", "l40s", "rtx-a6000", "rtx-6
 # accumulate, the path PyTorch takes; int8 (int32 accumulate) keeps the full rate.
 FP32_ACCUMULATE_AT_HALF_RATE = {"rtx-3080", "rtx-3090", "rtx-4080", "rtx-4090", "rtx-5090"}
 EXPECTED_FIGURES = ["sm_count", "matmul_efficiency", "bw_efficiency", "collective_efficiency",
-                    "kernel_floor_s"]
+                    "kernel_floor_s", "clock_hz"]
 FIGURES = ["peak_flops", "vector_flops", "mem_bw", "mem_bytes", "link_bw", "link_latency_s",
            "launch_s", "dispatch_s"]
 
@@ -169,6 +169,18 @@ def test_a_workstation_blackwell_runs_fp32_accumulate_at_the_full_rate_of_its_sm
                                                                           rel=2e-3)
     assert chip("pro6000-maxq").peak_flops["fp32"] == pytest.approx(24064 * 2 * 2.288e9,
                                                                           rel=1e-3)
+
+
+@pytest.mark.parametrize("c", [c for c in chips() if c.clock_hz], ids=lambda c: c.name)
+def test_a_clock_rates_its_chips_peak(c):
+    # the dense 16-bit peak is SMs x the SM's tensor FLOPs a clock x the clock: 512 (GeForce and
+    # L40, FP32 accumulate at half rate), 1,024 (Volta, Turing, data-centre and workstation
+    # GA102/AD10x), 2,048 (A100), 4,096 (Hopper), whitepaper figures; a clock off by a digit
+    # misses every one of them
+    half = c.peak_flops.get("bf16") or c.peak_flops["fp16"]
+    per_clock = half / (c.sm_count * c.clock_hz)
+    assert any(per_clock == pytest.approx(r, rel=5e-3) for r in (512, 1024, 2048, 4096))
+    assert c.nvidia
 
 
 # --- the expected-time model's figures: shares of a peak, each sourced ---

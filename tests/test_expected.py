@@ -85,10 +85,40 @@ def test_fused_attention_runs_at_its_own_share_of_the_peak():
                          (fp32, fp32, fp32), chip="h100-sxm")
     assert not any("FlashAttention" in n for n in r32.notes)
     e32 = r32.kernels[0].expected
-    assert e32.compute_s == pytest.approx(e32.tiled_s / 0.803)
+    # ... plus its exponentials, one per score, 16 a clock per SM: 67 TFLOPS of fp32 / (4 x 128
+    # FLOPs a score x 16 x 132 SMs x 1.83 GHz) = 0.0339 of the products' time at the peak
+    assert e32.compute_s == pytest.approx(e32.tiled_s * (1 / 0.803 + 67e12 / (512 * 16 * 132
+                                                                                * 1.83e9)))
     mm = fxroof.analyze(fn_module(torch.mm), (meta(4096, 4096), meta(4096, 4096)), chip="h100-sxm")
     assert mm.kernels[0].expected.compute_s == pytest.approx(
         mm.kernels[0].expected.tiled_s / 0.803)         # GEMMs keep matmul_efficiency
+
+
+def test_a_smaller_head_reaches_less_of_the_peak_its_exponentials_take_longer():
+    # A fused attention kernel computes one exponential per score beside 4 x head size FLOPs of
+    # products; an A100 computes 16 a clock on each of its 108 SMs at 1.41 GHz: 2.436e12 a
+    # second beside 312e12 FLOP/s, so per second of products at the peak the exponentials take
+    # 312 / (4 x 64 x 2.436) = 0.5002 s at head size 64, 0.2501 s at 128. FlashAttention-2's
+    # 73% on an A100 is at head size 128: its products run at 1 / (1 / 0.73 - 0.2501) = 0.893
+    # of the peak (the A100's GEMMs reach 0.869), and at head size 64 the kernel reaches
+    # 1 / (1.1197 + 0.5002) = 0.617 of it.
+    rate = 16 * 108 * 1.41e9
+    at64, at128 = 312e12 / (256 * rate), 312e12 / (512 * rate)
+    for d, share in ((128, 0.73), (64, 1 / (1 / 0.73 - at128 + at64))):
+        q = meta(1, 32, 4096, d)
+        (k,) = fxroof.analyze(fn_module(torch.nn.functional.scaled_dot_product_attention),
+                              (q, q, q), chip="a100-80gb").kernels
+        e = k.expected
+        assert e.compute_s == pytest.approx(e.tiled_s / share)
+        assert dict(e.gap)["softmax"] == pytest.approx(e.tiled_s * (at64 if d == 64 else at128))
+    assert 1 / (1 / 0.73 - at128 + at64) == pytest.approx(0.617, abs=1e-3)
+    # PyTorch's own timing of the flash backend on an A100 (pytorch/pytorch#126122): 183 TFLOP/s
+    # at head size 128, 172 at 64 (0.94 of it; the model's 0.617 / 0.73 = 0.85 makes the small
+    # head's exponentials overlap nothing)
+    q = meta(1, 32, 4096, 64)
+    b200 = fxroof.analyze(fn_module(torch.nn.functional.scaled_dot_product_attention), (q, q, q),
+                          chip="b200").kernels[0].expected      # no clock figure: no such part
+    assert dict(b200.gap)["softmax"] == 0 and b200.compute_s == pytest.approx(b200.tiled_s / 0.776)
 
 
 def test_no_sms_or_no_grid_no_quantization():

@@ -77,6 +77,10 @@ pages print the with-sparsity figure, which is twice the dense one.
       "memory_latency_ns": 354                  a load's round trip to DRAM: a kernel with too few
                                                 loads in flight waits it (chips/launch.py)
       "sm_threads": 2048                        threads an SM holds at once
+      "clock_MHz": 1830                         the SM clock the dense peaks are rated at: an
+                                                NVIDIA SM computes 16 exponentials a clock
+                                                (its special-function units), which a fused
+                                                attention kernel's softmax waits on
     }
 """
 from __future__ import annotations
@@ -118,6 +122,7 @@ OPTIONAL_SCALARS = {
     "kernel_floor_s": ("kernel_floor_us", 1e-6),
     "memory_latency_s": ("memory_latency_ns", 1e-9),
     "sm_threads": ("sm_threads", 1.0),
+    "clock_hz": ("clock_MHz", 1e6),
     "threads": ("threads", 1.0),
 }
 EFFICIENCIES = ("matmul_efficiency", "bw_efficiency", "collective_efficiency",   # shares, <= 1
@@ -187,7 +192,7 @@ class Chip:
     op_dispatch_s and op_flops hold them per op; cache_bytes/cache_bw let the small tensors of a
     CPU-sized model move at the speed of the cache they live in rather than of DRAM. The
     expected-time figures (sm_count, sm_threads, the efficiencies, kernel_floor_s,
-    memory_latency_s) are docs/time-model.md's.
+    memory_latency_s, clock_hz) are docs/time-model.md's.
     """
     name: str
     title: str
@@ -217,6 +222,7 @@ class Chip:
     kernel_floor_s: float = 0.0
     memory_latency_s: float = 0.0
     sm_threads: float = 0.0
+    clock_hz: float = 0.0     # the SM clock the peaks are rated at; 0: not modelled
     threads: float = 0.0      # CPU: the intra-op threads its rates hold for (0 or 1: one)
     op_dispatch_s: Mapping[str, float] = field(default_factory=dict, hash=False)  # op -> s
     op_flops: Mapping[str, float] = field(default_factory=dict, hash=False)       # op -> FLOP/s

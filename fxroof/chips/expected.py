@@ -3,15 +3,18 @@
 The floor prices FLOPs at the dense peak and bytes at the datasheet bandwidth, with compute and
 memory overlapping perfectly. A real kernel takes longer. The gap is named part by part, each
 part from a physical figure of the chip (Chip: sm_count, matmul_efficiency, attention_efficiency,
-bw_efficiency, collective_efficiency, nvls_efficiency, peer_links, kernel_floor_s) or from the
-design of the libraries that run the kernel (cuBLAS tile shapes, NCCL's latencies, XLA's
-overlap, the dequantizing kernels' streaming share). A chip without a figure has no gap of that
-kind, so a CPU's expected time is its floor. docs/time-model.md gives each figure's source.
+bw_efficiency, collective_efficiency, nvls_efficiency, peer_links, kernel_floor_s, clock_hz) or
+from the design of the libraries that run the kernel (cuBLAS tile shapes, NCCL's latencies,
+XLA's overlap, the dequantizing kernels' streaming share). A chip without a figure has no gap of
+that kind, so a CPU's expected time is its floor. docs/time-model.md gives each figure's source.
 
     tiles       a matrix kernel computes whole tiles, in whole waves over the SMs (splitting its
                 reduction only where the tiles leave SMs idle)
     matmul      library GEMMs reach matmul_efficiency of the dense peak, fused attention
                 kernels attention_efficiency where the chip has that figure
+    softmax     a fused attention kernel's exponentials, one per score, run on the SMs'
+                special-function units (16 a clock per SM), after its products: a smaller head
+                has fewer products per exponential, so it reaches less of the peak
     bandwidth   streaming kernels reach bw_efficiency of the memory bandwidth
     dequant     a matmul dequantizing int8 or int4 weights streams them at a share of a 16-bit
                 one's rate (DEQUANT_STREAM_SHARE)
@@ -43,8 +46,8 @@ from fxroof.chips.launch import Launch, latency_time
 from fxroof.chips.timing import REGIMES, Timing, comm_options
 from fxroof.cost.record import MATRIX_CATEGORIES, dequantizing
 
-GAP_PARTS = ("tiles", "matmul", "bandwidth", "dequant", "occupancy", "collective", "overlap",
-             "latency", "layout", "reduction")
+GAP_PARTS = ("tiles", "matmul", "softmax", "bandwidth", "dequant", "occupancy", "collective",
+             "overlap", "latency", "layout", "reduction")
 
 # The tiles cuBLAS picks among for a GEMM's output (NVIDIA, "Matrix Multiplication Background
 # User's Guide", 2.3 "Typical Tile Dimensions in cuBLAS"); a library takes the one that wastes
@@ -76,6 +79,16 @@ PARTIAL_BYTES = 4
 OUTPUT_BYTES = {"fp32": 4, "tf32": 4, "fp8": 1, "int8": 4}     # 16-bit outputs: 2
 # FlashAttention-2 blocks 128 or 64 query rows per thread block; each block covers a whole head.
 ATTENTION_ROWS = (128, 64)
+# A fused attention kernel computes one exponential per score (query x key) beside the 4 x head
+# size FLOPs of its two products, and an NVIDIA SM computes 16 exponentials a clock on its
+# special-function units (CUDA C++ Programming Guide, "Arithmetic Instructions": 16 results per
+# clock per SM for exp2 and the other special functions, compute capability 7.x to 9.0): an
+# H100 SXM's 989 TFLOPS of matmul beside 3.9 T exponentials a second (Shah et al.,
+# FlashAttention-3, 2024). FlashAttention-2 runs its softmax between its two products in the
+# same warps, so the exponentials' time adds to the products'. The kernels' published shares of
+# the peak (attention_efficiency) are at head size 128, their papers' best figures.
+EXP_PER_CLOCK_PER_SM = 16
+ATTENTION_HEAD = 128
 # A matmul that dequantizes int8 or int4 weights as it reads them streams them slower than a
 # 16-bit one: its converts and scales take issue slots from the loads. gpt-fast's README
 # (commit 32971d3, "Memory Bandwidth (GB/s)", Llama-2-7B at batch 1 on an A100): 1,397.31 GB/s in
@@ -120,6 +133,9 @@ class Expected:
     bandwidth_s: float = 0.0        # the memory time at the bandwidth share, before a
                                     # dequantizing kernel's own share (streamed_s divides it)
     algorithm: str = ""             # a collective's: the fastest of NCCL's (timing.comm_time)
+    products_s: float = 0.0         # a matrix kernel's compute at its share of the peak,
+                                    # before an attention kernel's exponentials (compute_s adds
+                                    # them)
 
     @property
     def gap(self) -> tuple:
@@ -131,7 +147,8 @@ class Expected:
         f = self.floor
         # compute, memory, communication, overlap, latency, the kernels run beside it
         state = [f.compute_s, f.memory_s, f.comm_s, 1.0, 0.0, 0.0]
-        steps = ((0, self.tiled_s), (0, self.compute_s), (1, self.bandwidth_s or self.streamed_s),
+        steps = ((0, self.tiled_s), (0, self.products_s or self.compute_s), (0, self.compute_s),
+                 (1, self.bandwidth_s or self.streamed_s),
                  (1, self.streamed_s), (1, self.memory_s), (2, self.comm_s), (3, self.overlap),
                  (4, self.latency_s), (5, self.relayout_s), (5, self.relayout_s + self.reduction_s))
         times = [_seconds(*state, f.overhead_s, f.serial_overhead)]
@@ -203,14 +220,15 @@ def _pow2(x: int) -> int:
 def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_bytes: float = 0,
              comm_steps: int = 0, launch: Launch | None = None,
              relayout: tuple = (), nvls_bytes: float = 0, comm_ranks: int = 0,
-             dtype: str = "", variant: str = "") -> Expected:
+             dtype: str = "", variant: str = "", exponentials: float = 0) -> Expected:
     """The expected time of a kernel whose floor is `floor`. grid: a matrix kernel's output and
     reduction as (batch, M, N, K); comm_bytes/steps/ranks, nvls_bytes: a collective's (Cost);
     launch: how a memory kernel's threads walk its data (chips/launch.py; None: no latency
     bound); relayout: the bytes of each tensor transposed around it (Cost.relayout), charged on
     a GPU; dtype: the unit's, which says whether attention runs the fused flash kernel (16-bit
     only; PyTorch takes its memory-efficient kernel otherwise, priced as a GEMM); variant: the
-    implementation (Cost.variant), a dequantizing matmul streaming at its share."""
+    implementation (Cost.variant), a dequantizing matmul streaming at its share;
+    exponentials: a fused attention kernel's softmax's (Cost.exponentials)."""
     matrix = category in MATRIX_CATEGORIES
     gpu = chip.kind == "gpu"
     collective = bool(comm_bytes or comm_steps)
@@ -234,13 +252,29 @@ def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_by
     memory = max(streamed + fill, _norm(waited, streamed))
     flash = category == "attention" and dtype in FLASH_DTYPES
     efficiency = (chip.attention_efficiency if flash else 0.0) or chip.matmul_efficiency or 1.0
-    return Expected(tiled / efficiency if matrix else tiled, memory, comm, floor.overhead_s,
+    rate = exp_rate(chip) if gpu else 0.0
+    if flash and chip.attention_efficiency and rate and exponentials:
+        # the published share is the products' and the exponentials' together at head size
+        # 128: the products alone run at the share that leaves room for the exponentials (a
+        # backward, whose exponentials are not counted, keeps the forward's share)
+        reference = chip.matrix_flops(dtype) / (4 * ATTENTION_HEAD * rate)
+        efficiency = 1 / max(1.0, 1 / chip.attention_efficiency - reference)
+    products = tiled / efficiency if matrix else tiled
+    # the exponentials run in the same blocks, so in the same whole waves as the products
+    softmax = exponentials / rate * tiles.factor if rate else 0.0
+    return Expected(products + softmax, memory, comm, floor.overhead_s,
                     0.0 if collective else chip.kernel_floor_s,   # a collective's is NCCL's base
                     OVERLAP if gpu else 1.0, floor.serial_overhead, floor, tiled, streamed,
                     relayout_s=sum(transpose_time(chip, b) for b in relayout) if gpu else 0.0,
                     reduction_s=(reduction_time(chip, grid, tiles.splits, dtype)
                                  if gpu and tiles.splits > 1 else 0.0),
-                    bandwidth_s=bandwidth, algorithm=algorithm)
+                    bandwidth_s=bandwidth, algorithm=algorithm, products_s=products)
+
+
+def exp_rate(chip: Chip) -> float:
+    """Exponentials a second the chip's special-function units compute: 16 a clock per SM
+    (0 where it has no clock or SM figure)."""
+    return EXP_PER_CLOCK_PER_SM * chip.sm_count * chip.clock_hz
 
 
 def reduction_time(chip: Chip, grid: tuple, splits: int, dtype: str) -> float:

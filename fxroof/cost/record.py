@@ -56,6 +56,10 @@ class Cost:
     # Not in the bytes above, which are the graph's: a time model charges them where the program
     # leaves the layout channels-first.
     relayout: tuple = ()
+    # A fused attention kernel's forward: the exponentials of its softmax, one per score (query
+    # x key), which a GPU computes on its special-function units beside the products
+    # (chips/expected.py). The backward's are left out: it is priced at the forward's share.
+    exponentials: int = 0
 
     def __post_init__(self):
         if self.category not in CATEGORIES:

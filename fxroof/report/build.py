@@ -24,7 +24,8 @@ def node_rows(gm: fx.GraphModule) -> tuple:
                             cost.bytes_read, cost.bytes_written, cost.dtype, cost.known, cost.note,
                             cost.comm_bytes, cost.comm_steps, cost.variant, cost.grid,
                             node.meta.get(PHASE_KEY, ""), node.meta.get(RECOMPUTED_KEY, False),
-                            cost.relayout, cost.nvls_bytes, cost.comm_ranks))
+                            cost.relayout, cost.nvls_bytes, cost.comm_ranks,
+                            cost.exponentials))
     return tuple(rows)
 
 
@@ -72,7 +73,8 @@ def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple, streamed: dict | N
                        relayout=tuple(b for m in members for b in m.relayout
                                       if m.name not in channels_last)
                        if chip.nvidia and dtype in TENSOR_CORE_DTYPES else (),
-                       dtype=dtype, variant=main.variant if main else "", **comm)
+                       dtype=dtype, variant=main.variant if main else "",
+                       exponentials=sum(m.exponentials for m in members), **comm)
         # a collective says which of NCCL's algorithms its expected time took
         reason = f"{k.reason}: {exp.algorithm}" if exp.algorithm else k.reason
         rows.append(KernelRow(tuple(k.nodes), label, k.module, k.category, dtype,

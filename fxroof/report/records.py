@@ -47,6 +47,7 @@ class NodeRow:
                           # transposes for it (Cost.relayout)
     nvls_bytes: int = 0   # an all-reduce: bytes a rank sends where the switch reduces
     comm_ranks: int = 0   # a collective's group size
+    exponentials: int = 0  # a fused attention forward's softmax: one per score (Cost)
 
     @property
     def cost_key(self) -> str:

@@ -206,6 +206,7 @@ _FIGURE_NAMES = {
     "peer_links": "links, one to each peer (a group of n ranks has n-1)",
     "kernel_floor_s": "fixed time per kernel on the chip",
     "memory_latency_s": "memory latency (idle)",
+    "clock_hz": "SM clock the peaks are rated at",
 }
 
 
@@ -219,6 +220,8 @@ def _figure(field: str, value: float) -> str:
         return si(value, "B/s")
     if field.endswith("_bytes"):
         return si(value, "B")
+    if field.endswith("_hz"):
+        return si(value, "Hz")
     return f"{value:.3g}" if field in EFFICIENCIES else f"{value:,.0f}"
 
 

@@ -37,4 +37,4 @@ def sdpa(call: OpCall) -> Cost:
     flops = 2 * queries * int(k.shape[-2]) * (int(q.shape[-1]) + int(v.shape[-1]))
     out = call.outputs[0]   # auxiliary outputs (logsumexp, seeds) are small; count the main one
     return Cost(flops, call.bytes_read(), footprint(out), "attention", dtype_name(q.dtype),
-                note=", ".join(note))
+                note=", ".join(note), exponentials=queries * int(k.shape[-2]))
