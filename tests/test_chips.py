@@ -210,6 +210,10 @@ def test_expected_model_figures_come_from_their_measurements():
     assert chip("l40").matmul_efficiency == pytest.approx(170.3 / 181.05, abs=1e-3)
     assert chip("a40").matmul_efficiency == pytest.approx(131.2 / 154.8, abs=1e-3)
     assert chip("a40").sources["matmul_efficiency"].startswith("estimate")
+    # and the A100 PCIe 256.4 of 312; its attention share scales the SXM's 0.73 by 0.822 / 0.869
+    assert chip("a100-80gb-pcie").matmul_efficiency == pytest.approx(256.4 / 312, abs=1e-3)
+    assert chip("a100-80gb-pcie").attention_efficiency == pytest.approx(0.73 * 0.822 / 0.869,
+                                                                         abs=2e-3)
     # gpu-benches' copy on an A100 80GB: 2 x 1 GiB in 607 waves at 1,732 GB/s, 1.2399 ms; its
     # waits (607 x (390 + 245) ns = 385.4 us) taken out as a 2-norm leave 1.1785 ms of bytes:
     # 1,822 of 2,039 GB/s. nccl-tests ring on 8 H200: 365.6 of 450 GB/s
