@@ -209,6 +209,8 @@ def test_a_tensor_parallel_rank_of_the_moe_decoder_traces_its_chosen_experts_sha
     # 64 x 64 bf16 = 8,192 B of weight and the token's 64 inputs, 128 B
     assert [n.bytes_read for n in w1] == [8192 + 128] * 4
     # the Megatron split all-reduces each row-parallel product: the embedding's rows, then in
-    # each layer attention's wo and every chosen expert's w2, one token's 64 bf16 values each
+    # each layer attention's wo and the expert block's output once (its chosen experts' w2
+    # products stay partial sums until their weighted sum), one token's 64 bf16 values each
     reduces = [n for n in r.nodes if n.op == "all_reduce"]
-    assert len(reduces) == 1 + 2 * (1 + 2) and {n.comm_bytes for n in reduces} == {128}
+    assert len(reduces) == 1 + 2 * (1 + 1) and {n.comm_bytes for n in reduces} == {128}
+    assert [n.module for n in reduces][1:3] == ["layers.0.attention.wo", "layers.0.feed_forward"]

@@ -263,3 +263,33 @@ def test_hugging_face_llama_and_gpt2():
         (attn,) = [n for n in r.nodes if n.category == "attention"]
         # (B, nh/tp, T, hs): 2*2*2*16*16*32 for Q@K^T and again for P@V
         assert attn.flops == 2 * (2 * 2 * 16 * 16 * 32) * 2
+
+
+def test_hugging_face_moe_experts_split_over_their_intermediate_size_and_reduce_once():
+    # Hugging Face's Mixtral keeps its experts' weights as 3-D parameters (gate_up_proj: 4 x
+    # 256 x 64, down_proj: 4 x 64 x 128). Its own TP plan splits them over the intermediate
+    # size and all-reduces the experts' output once; they were left whole on every rank.
+    # 16 tokens x top-2 = 32 routed rows: gate_up 2 x 32 x 64 x 256 = 1,048,576 FLOPs and down
+    # 2 x 32 x 128 x 64 = 524,288 a layer, two layers: 3,145,728; half of it on each of 2 ranks
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.MixtralConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                     num_attention_heads=4, num_key_value_heads=2,
+                                     num_local_experts=4, num_experts_per_tok=2, vocab_size=512)
+    with torch.device("meta"):
+        model = transformers.MixtralForCausalLM(cfg).to(torch.bfloat16)
+    ids = torch.zeros(1, 16, dtype=torch.long, device="meta")
+
+    def expert_flops(r):
+        return sum(n.flops for n in r.nodes if ".experts" in n.module and n.category == "matmul")
+    assert expert_flops(api.analyze(model, (ids,))) == 3_145_728
+    r = api.analyze(model, (ids,), tp=2)
+    assert expert_flops(r) == 3_145_728 // 2
+    # the embedding, then each layer's o_proj and its experts once: 16 x 64 bf16 = 2,048 B
+    reduces = [n for n in r.nodes if n.op == "all_reduce"]
+    assert [n.module for n in reduces] == ["model.embed_tokens"] + [
+        f"model.layers.{i}.{m}" for i in (0, 1) for m in ("self_attn.o_proj", "mlp.experts")]
+    assert {n.comm_bytes for n in reduces} == {2048}
+    assert model.model.layers[0].mlp.experts.down_proj.shape == (4, 64, 128)   # untouched
+    with pytest.raises(ValueError, match=r"mlp.experts: experts' intermediate size=128 does "
+                                         r"not divide by tp=3"):
+        megatron_plan(model, 3)

@@ -45,14 +45,22 @@ REPLICATE = " (Megatron would replicate k/v heads; not modelled)"
 class Plan:
     """What `tensor_parallel` does to a copy of the model.
 
-    styles: module path -> "colwise" | "rowwise" | "embedding" | "lm_head"
+    styles: module path -> "colwise" | "rowwise" | "partial" | "embedding" | "lm_head"
+            ("partial": a row split whose output stays each rank's partial sum)
     attrs:  module path -> {attribute: per-rank value} (head counts, GPT-2's split_size)
     kv_heads: k/v heads of the full model (for cutting a KV cache), or None when unknown
+    reduced: paths of the mixture-of-experts blocks whose output is all-reduced once, their
+            experts' row splits left as partial sums
+    fused_experts: paths of modules holding every expert's weights as 3-D parameters
+            (gate_up_proj, down_proj: Hugging Face's MoE layers), split over the experts'
+            intermediate size and all-reduced once (also in `reduced`)
     """
     tp: int
     styles: dict
     attrs: dict
     kv_heads: int | None = None
+    reduced: tuple = ()
+    fused_experts: tuple = ()
 
 
 # -- the plan ------------------------------------------------------------------------------------
@@ -84,7 +92,8 @@ def megatron_plan(model: nn.Module, tp: int) -> Plan:
             styles[name] = "colwise" if leaf in COLWISE else "rowwise"
             parents.setdefault(parent, set()).add(leaf)
     styles = styles or _two_linear_blocks(model, linears)
-    if not styles:
+    fused = _fused_experts(model, tp)
+    if not styles and not fused:
         folded = Counter(fold_layers(n) for n in linears)   # layers.* x32
         found = ", ".join(n if k == 1 else f"{n} x{k}" for n, k in folded.items())
         raise ValueError(
@@ -104,7 +113,64 @@ def megatron_plan(model: nn.Module, tp: int) -> Plan:
                 name.rpartition(".")[2] in LM_HEADS and m.out_features in vocabs)):   # model's
             styles[name] = "lm_head"
     attrs, kv_heads = _blocks(model, parents, linears, tp)
-    return Plan(tp, styles, attrs, kv_heads)
+    reduced = _expert_blocks(model, parents)
+    for block, leaves in reduced.items():
+        styles.update(dict.fromkeys(leaves, "partial"))
+    return Plan(tp, styles, attrs, kv_heads, (*reduced, *fused), fused)
+
+
+# Hugging Face's MoE layers keep every expert's weights in one module as 3-D parameters,
+# gate_up_proj (the gate's and the up projection's outputs together) and down_proj, (experts,
+# 2 x intermediate, hidden) and (experts, hidden, intermediate) or the transposes (GPT-OSS).
+# Their own tensor-parallel plan (base_model_tp_plan) splits them "packed_colwise" and "rowwise"
+# over the intermediate size and all-reduces the experts' output once ("moe_tp_experts").
+FUSED_EXPERT_PARAMS = ("gate_up_proj", "down_proj")
+
+
+def _expert_layout(module: nn.Module) -> tuple | None:
+    """(gate_up_proj's intermediate dim, down_proj's, the intermediate size) of a module holding
+    fused expert weights, or None."""
+    params = dict(module.named_parameters(recurse=False))
+    if not all(p in params and params[p].dim() == 3 for p in FUSED_EXPERT_PARAMS):
+        return None
+    gate_up, down = params["gate_up_proj"].shape, params["down_proj"].shape
+    for g, d in ((1, 2), (2, 1)):
+        if gate_up[g] == 2 * down[d]:
+            return g, d, int(down[d])
+    return None
+
+
+def _fused_experts(model: nn.Module, tp: int) -> tuple:
+    """Paths of the modules holding fused expert weights, each checked to split by `tp`."""
+    found = []
+    for name, m in model.named_modules():
+        if layout := _expert_layout(m):
+            _per_rank(layout[2], tp, f"{name or type(model).__name__}: experts' intermediate "
+                                     f"size={layout[2]}")
+            found.append(name)
+    return tuple(found)
+
+
+def _expert_blocks(model: nn.Module, parents: dict) -> dict:
+    """{mixture-of-experts block: its experts' row-split projections}. A block holds its
+    experts in a ModuleList beside a router, a Linear with one output per expert. Its output is
+    the router-weighted sum of the experts' outputs, linear in each, so the experts' partial
+    sums can be summed first and all-reduced once, as gpt-fast and serving engines do, where a
+    Megatron split of each expert would all-reduce every chosen expert's output."""
+    modules = dict(model.named_modules())
+    blocks: dict = {}
+    for parent, leaves in parents.items():
+        holder = parent.rpartition(".")[0]
+        experts = modules.get(holder)
+        if not holder or not isinstance(experts, nn.ModuleList):
+            continue
+        block = holder.rpartition(".")[0]
+        if all(isinstance(modules[f"{parent}.{leaf}"], nn.Linear) for leaf in leaves) and any(
+                _is_linear(m) and _features(m)[1] == len(experts)
+                for m in modules[block].children()):
+            blocks.setdefault(block, []).extend(
+                f"{parent}.{leaf}" for leaf in sorted(leaves & ROWWISE))
+    return blocks
 
 
 def _per_rank(value: int, tp: int, what: str, why: str = "") -> int:
@@ -209,14 +275,52 @@ def tensor_parallel(model: nn.Module, tp: int, args=(), kwargs=None, dp: int = 1
                 setattr(modules[path], attr, value)
         parallelize_module(local, mesh, {p: _style(s, modules[p]) for p, s in plan.styles.items()},
                            src_data_rank=None)   # each rank cuts its shard: nothing is sent
+        for path in plan.fused_experts:
+            _split_fused_experts(modules[path], tp)
+        for path in plan.reduced:
+            modules[path].register_forward_hook(partial(_all_reduce_output, mesh))
         yield local, fake.inputs(args), _local_kwargs(fake.inputs(dict(kwargs or {})), plan)
 
 
+def _split_fused_experts(module: nn.Module, tp: int) -> None:
+    """This rank's share of a fused experts module: each expert's gate and up outputs and its
+    down_proj inputs cut to intermediate / tp. The weights are fake, so a cut's values do not
+    matter, only its shape."""
+    g, d, size = _expert_layout(module)
+    local = size // tp
+    cuts = {"gate_up_proj": (g, 2 * local), "down_proj": (d, local),
+            "gate_up_proj_bias": (1, 2 * local)}
+    for name, (dim, length) in cuts.items():
+        param = getattr(module, name, None)
+        if isinstance(param, nn.Parameter) and param.dim() > dim:
+            setattr(module, name, nn.Parameter(param.narrow(dim, 0, length).contiguous().clone(),
+                                               requires_grad=param.requires_grad))
+    for attr in ("intermediate_dim", "intermediate_size", "expert_dim"):
+        if getattr(module, attr, None) == size:
+            setattr(module, attr, local)
+
+
+def _all_reduce_output(mesh, module, args, output):
+    """A mixture-of-experts block's output (or its first, beside router logits), each rank's
+    partial sum, all-reduced: one collective for the block."""
+    from torch.distributed.tensor import DTensor, Partial, Replicate
+
+    def reduce(t):
+        return DTensor.from_local(t, mesh, [Partial()], run_check=False).redistribute(
+            mesh, [Replicate()]).to_local()
+    if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
+        return (reduce(output[0]), *output[1:])
+    return reduce(output) if isinstance(output, torch.Tensor) else output
+
+
 def _style(style: str, module: nn.Module):
-    from torch.distributed.tensor import Replicate, Shard, distribute_module, distribute_tensor
+    from torch.distributed.tensor import Partial, Replicate, Shard, distribute_module, \
+        distribute_tensor
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
     if style == "embedding":
         return RowwiseParallel(input_layouts=Replicate())
+    if style == "partial":              # a Linear (_expert_blocks)
+        return RowwiseParallel(output_layouts=Partial())
     if style == "lm_head":
         return ColwiseParallel(output_layouts=Replicate())
     colwise = style == "colwise"
