@@ -65,6 +65,13 @@ when absent; their README says how each was measured):
         in bf16. The chips' attention_efficiency comes from the FlashAttention-2 and -3 papers,
         not from these.
 
+    FlashAttention-2 benchmark
+        the forward of FlashAttention-2's own benchmark script (fp16, width 2,048, 16,384
+        tokens a batch) as a user posted it for an RTX A5000 at head size 64, 512 to 8,192
+        tokens (the FA2_BENCHMARK constant says where), beside fxroof's attention kernel at
+        that shape: a chip with no attention share, priced by its GEMMs' share and its
+        exponentials (the softmax part), none of it taken from these runs.
+
     torch.mm by size
         30 back-to-back torch.mm calls of two n x n fp16 or bf16 matrices, n = 1,024 to 10,240,
         between two CUDA events (zzc0721/torch-performance-test-data, test.py at commit 9d82827;
@@ -640,12 +647,45 @@ def sdpa_cases(only: str) -> list[Case]:
         return []
     cases = []
     for chip_name, (b, h, s, d), us, where in SDPA:
-        q = torch.empty(b, h, s, d, dtype=torch.bfloat16, device="meta")
-        report = report_of(capture(FunctionModule(F.scaled_dot_product_attention), (q, q, q)),
-                           Target(chip=find_chip(chip_name)))
-        floor, exp = device_times(report.kernels)
+        floor, exp, why = attention_times(chip_name, (b, h, s, d), torch.bfloat16)
         cases.append(Case(source, f"{chip_name} {(b, h, s, d)} ({where})", us * 1e-6, floor, exp,
-                          made_of(report.kernels, device_only=True)))
+                          why))
+    return cases
+
+
+def attention_times(chip_name: str, shape: tuple, dtype) -> tuple:
+    """(floor, expected, what the time is) of fxroof's fused attention over q = k = v of
+    `shape` (batch, heads, tokens, head size) on the chip, device time only."""
+    q = torch.empty(*shape, dtype=dtype, device="meta")
+    report = report_of(capture(FunctionModule(F.scaled_dot_product_attention), (q, q, q)),
+                       Target(chip=find_chip(chip_name)))
+    floor, exp = device_times(report.kernels)
+    return floor, exp, made_of(report.kernels, device_only=True)
+
+
+# FlashAttention-2's own benchmark (benchmarks/benchmark_flash_attention.py, Dao-AILab/
+# flash-attention at commit 0469c72): fp16, model width 2,048 (heads = 2,048 / head size),
+# batch x tokens = 16,384, no dropout, forward TFLOPS = 4 x batch x tokens^2 x heads x head size
+# / time (mean of 30 calls), as users post it: (chip, head size, ((batch, tokens, TFLOPS), ...),
+# where). gpu-mode/ring-attention#10: "results from the dual RTX A5000 system", non-causal rows.
+FA2_BENCHMARK = (("rtx-a5000", 64, ((32, 512, 84.08), (16, 1024, 81.02), (8, 2048, 81.31),
+                                    (4, 4096, 81.69), (2, 8192, 81.86)),
+                  "gpu-mode/ring-attention#10"),)
+FA2_WIDTH = 2048
+
+
+def fa2_benchmark_cases(only: str) -> list[Case]:
+    source = "FlashAttention-2 benchmark"
+    if only not in source:
+        return []
+    cases = []
+    for chip_name, d, rows, where in FA2_BENCHMARK:
+        for b, s, tflops in rows:
+            h = FA2_WIDTH // d
+            measured = 4 * b * s ** 2 * h * d / (tflops * 1e12)
+            floor, exp, why = attention_times(chip_name, (b, h, s, d), torch.float16)
+            cases.append(Case(source, f"{chip_name} {(b, h, s, d)} ({where})", measured, floor,
+                              exp, why))
     return cases
 
 
@@ -955,6 +995,7 @@ def main(argv=None) -> int:
              + all_reduce_cases(args.only)
              + send_recv_cases(args.only) + nccl_tests_cases(args.only)
              + nvls_group_cases(args.only) + xgmi_group_cases(args.only) + sdpa_cases(args.only)
+             + fa2_benchmark_cases(args.only)
              + square_mm_cases(args.only)
              + gpt_fast_cases(args.only, args.tp))
     if not cases:

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from fxroof.chips import DTYPES, Chip, ChipError, chip, chips, load_chip_file
 
-REQUIRED = ["v100", "t4", "a10", "a40", "l4", "l40", "l40s", "rtx-a6000", "rtx-6000-ada",
+REQUIRED = ["v100", "t4", "a10", "a40", "l4", "l40", "l40s", "rtx-a6000", "rtx-a5000",
+            "rtx-6000-ada",
             "rtx-3090", "rtx-3080", "rtx-4090", "rtx-4080", "rtx-5090", "pro6000-maxq",
             "a100-40gb", "a100-80gb", "a100-80gb-pcie", "h100-pcie", "h100-sxm", "h100-nvl",
             "h200", "gh200", "b200", "mi300x", "mi325x", "tpu-v5e", "cpu"]
@@ -141,6 +142,7 @@ def test_tensor_rates_scale_by_two_per_halving_of_width(c):
     ("rtx-4090", "bf16", 330.4e12 / 2),    # AD102: 165.2 | 330.4* with FP32 accumulate
     ("rtx-4090", "int8", 1321.2e12 / 2),   # 660.6 | 1321.2*
     ("rtx-a6000", "bf16", 309.7e12 / 2),   # datasheet tensor 309.7 with sparsity
+    ("rtx-a5000", "bf16", 222.2e12 / 2),   # datasheet tensor 222.2 with sparsity
     ("rtx-6000-ada", "fp8", 1457.0e12 / 2),  # datasheet tensor 1,457.0 (FP8, sparse)
     ("h100-nvl", "bf16", 1671e12 / 2),     # datasheet, H100 NVL: 1,671*
     ("gh200", "bf16", 1979e12 / 2),        # the H100 SXM's GH100: 1,979*
