@@ -293,3 +293,18 @@ def test_hugging_face_moe_experts_split_over_their_intermediate_size_and_reduce_
     with pytest.raises(ValueError, match=r"mlp.experts: experts' intermediate size=128 does "
                                          r"not divide by tp=3"):
         megatron_plan(model, 3)
+
+
+def test_stacked_experts_of_the_bundled_moe_split_and_reduce_once():
+    # models/moe.py stacks its experts' weights: w1, w3 (4, 64, 128) and w2 (4, 128, 64). 512
+    # tokens, top-2 of 4 experts: 256 slots an expert, so each of the three batched products is
+    # 2 x 4 x 256 x 64 x 128 = 16,777,216 FLOPs; each of 2 ranks holds half of every expert's
+    # 128 intermediate outputs, and the block's output is all-reduced once
+    model, args = load("moe").workload(preset="tiny")[:2]
+    r = api.analyze(model, args, tp=2)
+    expert = [n.flops for n in r.nodes if n.module == "layers.0.moe" and n.category == "matmul"]
+    assert expert == [16_777_216 // 2] * 3
+    assert [n.module for n in r.nodes if n.op == "all_reduce"] == [
+        "tok_embeddings", "layers.0.attention.wo", "layers.0.moe", "layers.1.attention.wo",
+        "layers.1.moe"]
+    assert model.layers[0].moe.w2.shape == (4, 128, 64)          # the user's model untouched

@@ -12,6 +12,7 @@ docs/whatif-and-parallel.md.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections import Counter
 from dataclasses import dataclass
 from functools import partial
@@ -51,16 +52,16 @@ class Plan:
     kv_heads: k/v heads of the full model (for cutting a KV cache), or None when unknown
     reduced: paths of the mixture-of-experts blocks whose output is all-reduced once, their
             experts' row splits left as partial sums
-    fused_experts: paths of modules holding every expert's weights as 3-D parameters
-            (gate_up_proj, down_proj: Hugging Face's MoE layers), split over the experts'
-            intermediate size and all-reduced once (also in `reduced`)
+    fused_experts: {path: ExpertLayout} of modules holding every expert's weights as 3-D
+            parameters, split over the experts' intermediate size and all-reduced once (also
+            in `reduced`)
     """
     tp: int
     styles: dict
     attrs: dict
     kv_heads: int | None = None
     reduced: tuple = ()
-    fused_experts: tuple = ()
+    fused_experts: dict = dataclasses.field(default_factory=dict)
 
 
 # -- the plan ------------------------------------------------------------------------------------
@@ -119,36 +120,72 @@ def megatron_plan(model: nn.Module, tp: int) -> Plan:
     return Plan(tp, styles, attrs, kv_heads, (*reduced, *fused), fused)
 
 
-# Hugging Face's MoE layers keep every expert's weights in one module as 3-D parameters,
-# gate_up_proj (the gate's and the up projection's outputs together) and down_proj, (experts,
-# 2 x intermediate, hidden) and (experts, hidden, intermediate) or the transposes (GPT-OSS).
-# Their own tensor-parallel plan (base_model_tp_plan) splits them "packed_colwise" and "rowwise"
-# over the intermediate size and all-reduces the experts' output once ("moe_tp_experts").
-FUSED_EXPERT_PARAMS = ("gate_up_proj", "down_proj")
+# Experts whose weights one module holds as 3-D parameters, (experts, ., .) each: Hugging
+# Face's MoE layers (gate_up_proj, the gate's and the up projection's outputs together, and
+# down_proj, in F.linear's layout, or GPT-OSS's transposes), gpt-fast's and models/moe.py's
+# (w1 and w3 up, w2 down, in either layout). Their own tensor-parallel plans (Hugging Face's
+# base_model_tp_plan: "packed_colwise", "rowwise", "moe_tp_experts") split them over the
+# intermediate size and all-reduce the experts' output once.
+EXPERT_UP = frozenset({"gate_up_proj", "w1", "w3", "gate_proj", "up_proj"})
+EXPERT_DOWN = frozenset({"down_proj", "w2"})
 
 
-def _expert_layout(module: nn.Module) -> tuple | None:
-    """(gate_up_proj's intermediate dim, down_proj's, the intermediate size) of a module holding
-    fused expert weights, or None."""
-    params = dict(module.named_parameters(recurse=False))
-    if not all(p in params and params[p].dim() == 3 for p in FUSED_EXPERT_PARAMS):
+@dataclass(frozen=True)
+class ExpertLayout:
+    """Which dim of each stacked expert parameter is the intermediate one, and its size."""
+    dims: dict          # parameter name -> the dim holding the intermediate size (or twice it)
+    size: int
+
+
+def _expert_layout(module: nn.Module, hidden: set) -> ExpertLayout | None:
+    """The layout of a module's stacked expert weights, or None where it holds none. `hidden`:
+    the widths the model's tokens have (its embeddings', its routers' inputs), which tell the
+    hidden dim of each parameter from its intermediate one. A ValueError where they cannot."""
+    params = {n: p.shape for n, p in module.named_parameters(recurse=False) if p.dim() == 3}
+    downs = [n for n in params if n in EXPERT_DOWN]
+    ups = [n for n in params if n in EXPERT_UP]
+    if len(downs) != 1 or not ups or len({params[n][0] for n in (*downs, *ups)}) != 1:
         return None
-    gate_up, down = params["gate_up_proj"].shape, params["down_proj"].shape
-    for g, d in ((1, 2), (2, 1)):
-        if gate_up[g] == 2 * down[d]:
-            return g, d, int(down[d])
-    return None
+    (down,) = downs
+    inner = [d for d in (1, 2) if params[down][d] not in hidden]
+    if len(inner) != 1:
+        raise ValueError(f"{type(module).__name__}: cannot tell its experts' hidden size from "
+                         f"their intermediate size in {down} {tuple(params[down])}")
+    size = int(params[down][inner[0]])
+    dims = {down: inner[0]}
+    for up in ups:
+        found = [d for d in (1, 2) if params[up][d] in (size, 2 * size)
+                 and params[up][3 - d] in hidden]
+        if len(found) != 1:
+            return None
+        dims[up] = found[0]
+    return ExpertLayout(dims, size)
 
 
-def _fused_experts(model: nn.Module, tp: int) -> tuple:
-    """Paths of the modules holding fused expert weights, each checked to split by `tp`."""
-    found = []
+def _hidden_widths(model: nn.Module) -> set:
+    """The widths tokens have on their way through the model: its embeddings' and the inputs
+    of its routers (a Linear whose outputs are as many as a ModuleList's or a stacked
+    parameter's experts)."""
+    widths = {m.embedding_dim for m in model.modules() if isinstance(m, nn.Embedding)}
+    experts = {len(m) for m in model.modules() if isinstance(m, nn.ModuleList)} | {
+        int(p.shape[0]) for n, p in model.named_parameters()
+        if p.dim() == 3 and n.rpartition(".")[2] in EXPERT_UP | EXPERT_DOWN}
+    widths |= {m.in_features for m in model.modules()
+               if isinstance(m, nn.Linear) and m.out_features in experts}
+    return widths
+
+
+def _fused_experts(model: nn.Module, tp: int) -> dict:
+    """{path: ExpertLayout} of the modules holding stacked expert weights, each checked to
+    split by `tp`."""
+    hidden = _hidden_widths(model)
+    found = {}
     for name, m in model.named_modules():
-        if layout := _expert_layout(m):
-            _per_rank(layout[2], tp, f"{name or type(model).__name__}: experts' intermediate "
-                                     f"size={layout[2]}")
-            found.append(name)
-    return tuple(found)
+        if layout := _expert_layout(m, hidden):
+            _per_rank(layout.size, tp, f"{name or type(model).__name__}: experts' "
+                                       f"intermediate size={layout.size}")
+            found[name] = layout
+    return found
 
 
 def _expert_blocks(model: nn.Module, parents: dict) -> dict:
@@ -275,28 +312,29 @@ def tensor_parallel(model: nn.Module, tp: int, args=(), kwargs=None, dp: int = 1
                 setattr(modules[path], attr, value)
         parallelize_module(local, mesh, {p: _style(s, modules[p]) for p, s in plan.styles.items()},
                            src_data_rank=None)   # each rank cuts its shard: nothing is sent
-        for path in plan.fused_experts:
-            _split_fused_experts(modules[path], tp)
+        for path, layout in plan.fused_experts.items():
+            _split_fused_experts(modules[path], layout, tp)
         for path in plan.reduced:
             modules[path].register_forward_hook(partial(_all_reduce_output, mesh))
         yield local, fake.inputs(args), _local_kwargs(fake.inputs(dict(kwargs or {})), plan)
 
 
-def _split_fused_experts(module: nn.Module, tp: int) -> None:
-    """This rank's share of a fused experts module: each expert's gate and up outputs and its
-    down_proj inputs cut to intermediate / tp. The weights are fake, so a cut's values do not
-    matter, only its shape."""
-    g, d, size = _expert_layout(module)
-    local = size // tp
-    cuts = {"gate_up_proj": (g, 2 * local), "down_proj": (d, local),
-            "gate_up_proj_bias": (1, 2 * local)}
-    for name, (dim, length) in cuts.items():
-        param = getattr(module, name, None)
-        if isinstance(param, nn.Parameter) and param.dim() > dim:
-            setattr(module, name, nn.Parameter(param.narrow(dim, 0, length).contiguous().clone(),
-                                               requires_grad=param.requires_grad))
+def _split_fused_experts(module: nn.Module, layout: ExpertLayout, tp: int) -> None:
+    """This rank's share of a module of stacked expert weights: each expert's up outputs (the
+    gate's and the up projection's) and its down projection's inputs cut to intermediate / tp.
+    The weights are fake, so a cut's values do not matter, only its shape."""
+    local = layout.size // tp
+    for name, dim in layout.dims.items():
+        param = getattr(module, name)
+        length = local * (param.shape[dim] // layout.size)        # a packed gate and up: twice
+        setattr(module, name, nn.Parameter(param.narrow(dim, 0, length).contiguous().clone(),
+                                           requires_grad=param.requires_grad))
+    bias = getattr(module, "gate_up_proj_bias", None)          # (experts, 2 x intermediate)
+    if isinstance(bias, nn.Parameter) and bias.dim() == 2 and bias.shape[1] == 2 * layout.size:
+        module.gate_up_proj_bias = nn.Parameter(bias[:, :2 * local].contiguous().clone(),
+                                                requires_grad=bias.requires_grad)
     for attr in ("intermediate_dim", "intermediate_size", "expert_dim"):
-        if getattr(module, attr, None) == size:
+        if getattr(module, attr, None) == layout.size:
             setattr(module, attr, local)
 
 
