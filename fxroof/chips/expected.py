@@ -86,7 +86,7 @@ ATTENTION_ROWS = (128, 64)
 # H100 SXM's 989 TFLOPS of matmul beside 3.9 T exponentials a second (Shah et al.,
 # FlashAttention-3, 2024). FlashAttention-2 runs its softmax between its two products in the
 # same warps, so the exponentials' time adds to the products'. The kernels' published shares of
-# the peak (attention_efficiency) are at head size 128, their papers' best figures.
+# the peak (attention_efficiency) are taken at head size 128, that of their papers' headline runs.
 EXP_PER_CLOCK_PER_SM = 16
 ATTENTION_HEAD = 128
 # A matmul that dequantizes int8 or int4 weights as it reads them streams them slower than a
