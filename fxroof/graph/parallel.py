@@ -53,8 +53,8 @@ class Plan:
     reduced: paths of the mixture-of-experts blocks whose output is all-reduced once, their
             experts' row splits left as partial sums
     fused_experts: {path: ExpertLayout} of modules holding every expert's weights as 3-D
-            parameters, split over the experts' intermediate size and all-reduced once (also
-            in `reduced`)
+            parameters, split over the experts' intermediate size, their output all-reduced
+            once
     """
     tp: int
     styles: dict
@@ -117,7 +117,7 @@ def megatron_plan(model: nn.Module, tp: int) -> Plan:
     reduced = _expert_blocks(model, parents)
     for block, leaves in reduced.items():
         styles.update(dict.fromkeys(leaves, "partial"))
-    return Plan(tp, styles, attrs, kv_heads, (*reduced, *fused), fused)
+    return Plan(tp, styles, attrs, kv_heads, tuple(reduced), fused)
 
 
 # Experts whose weights one module holds as 3-D parameters, (experts, ., .) each: Hugging
@@ -133,7 +133,8 @@ EXPERT_DOWN = frozenset({"down_proj", "w2"})
 @dataclass(frozen=True)
 class ExpertLayout:
     """Which dim of each stacked expert parameter is the intermediate one, and its size."""
-    dims: dict          # parameter name -> the dim holding the intermediate size (or twice it)
+    dims: dict          # parameter name -> the dim holding the intermediate size (or twice
+                        # it: a packed gate and up projection, and its bias)
     size: int
 
 
@@ -159,6 +160,9 @@ def _expert_layout(module: nn.Module, hidden: set) -> ExpertLayout | None:
         if len(found) != 1:
             return None
         dims[up] = found[0]
+    bias = getattr(module, "gate_up_proj_bias", None)          # GPT-OSS: (experts, 2 x size)
+    if isinstance(bias, nn.Parameter) and bias.dim() == 2 and bias.shape[1] == 2 * size:
+        dims["gate_up_proj_bias"] = 1
     return ExpertLayout(dims, size)
 
 
@@ -314,7 +318,7 @@ def tensor_parallel(model: nn.Module, tp: int, args=(), kwargs=None, dp: int = 1
                            src_data_rank=None)   # each rank cuts its shard: nothing is sent
         for path, layout in plan.fused_experts.items():
             _split_fused_experts(modules[path], layout, tp)
-        for path in plan.reduced:
+        for path in (*plan.reduced, *plan.fused_experts):
             modules[path].register_forward_hook(partial(_all_reduce_output, mesh))
         yield local, fake.inputs(args), _local_kwargs(fake.inputs(dict(kwargs or {})), plan)
 
@@ -329,10 +333,6 @@ def _split_fused_experts(module: nn.Module, layout: ExpertLayout, tp: int) -> No
         length = local * (param.shape[dim] // layout.size)        # a packed gate and up: twice
         setattr(module, name, nn.Parameter(param.narrow(dim, 0, length).contiguous().clone(),
                                            requires_grad=param.requires_grad))
-    bias = getattr(module, "gate_up_proj_bias", None)          # (experts, 2 x intermediate)
-    if isinstance(bias, nn.Parameter) and bias.dim() == 2 and bias.shape[1] == 2 * layout.size:
-        module.gate_up_proj_bias = nn.Parameter(bias[:, :2 * local].contiguous().clone(),
-                                                requires_grad=bias.requires_grad)
     for attr in ("intermediate_dim", "intermediate_size", "expert_dim"):
         if getattr(module, attr, None) == layout.size:
             setattr(module, attr, local)
