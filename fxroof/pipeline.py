@@ -19,7 +19,7 @@ import torch.fx as fx
 from fxroof.chips import Chip
 from fxroof.chips import chip as find_chip
 from fxroof.chips.expected import FLASH_DTYPES
-from fxroof.chips.timing import MODES, unit_dtype
+from fxroof.chips.timing import GRAPH_MODE, MODES, unit_dtype
 from fxroof.cost import COST_KEY
 from fxroof.cost.annotate import annotate
 from fxroof.cost.record import MATRIX_CATEGORIES
@@ -59,8 +59,10 @@ def no_full_gc():   # a decorator too: contextmanager's objects are ContextDecor
 
 @dataclass(frozen=True)
 class Target:
-    """chip: a name, a chip file or a Chip. mode: "compiled" (fused kernels, as a deployment
-    runs) or "eager" (one kernel per op). quantize: a what-if such as "w4+kv8" (fxroof.cost.whatif).
+    """chip: a name, a chip file or a Chip. mode: "compiled" (fused kernels, as torch.compile
+    runs them by default, each launched by the compiled program), "cudagraphs" (the same kernels
+    replayed as a CUDA graph: torch.compile(mode="reduce-overhead"), as LLM servers decode; GPUs
+    only) or "eager" (one kernel per op). quantize: a what-if such as "w4+kv8" (fxroof.cost.whatif).
     tp: tensor-parallel degree, > 1 analyzes one rank of a Megatron split (fxroof.graph.parallel),
     of inference or of a training step (with dp > 1: one rank of a (dp, tp) mesh, not fsdp).
     matmul_epilogues: let matmuls take pointwise epilogues when fusing.
@@ -91,6 +93,9 @@ class Target:
             object.__setattr__(self, "routing", parse_routing(self.routing))
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}; expected one of {', '.join(MODES)}")
+        if self.mode == GRAPH_MODE and self.chip.kind != "gpu":
+            raise ValueError(f"mode {GRAPH_MODE!r} replays CUDA graphs, which a GPU runs; "
+                             f"{self.chip.name} is a {self.chip.kind}: use mode='compiled'")
         if isinstance(self.tp, bool) or not isinstance(self.tp, int) or self.tp < 1:
             raise ValueError(f"tp must be a whole number >= 1, got {self.tp!r}")
         if self.optimizer not in OPTIMIZERS:
@@ -230,8 +235,9 @@ def report_of(captured: Captured, target: Target) -> Report:
     return Report(
         model=captured.name, capture=captured.strategy, chip=chip, mode=target.mode, nodes=nodes,
         eager=ModeSummary("eager", kernel_rows(eager, chip, "eager", nodes, streamed, gm)),
-        compiled=ModeSummary("compiled", kernel_rows(
-            compiled, chip, "compiled", nodes, streamed, gm,
+        compiled=ModeSummary("compiled", kernel_rows(      # launched, or replayed as a graph
+            compiled, chip, target.mode if target.mode == GRAPH_MODE else "compiled", nodes,
+            streamed, gm,
             channels_last=channels_last_nodes(gm, training=target.train)
             if chip.kind == "gpu" else frozenset())),
         memory=memory, whatif=target.whatif,

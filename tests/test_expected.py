@@ -245,7 +245,7 @@ def test_a_small_fp16_gemm_on_a100_streams_from_every_sm_by_hand():
     (k,) = r.kernels
     c = 2 * 128 * 1536 * 4096 / 312e12                                # 5.162 us
     m = 2 * (128 * 4096 + 4096 * 1536 + 128 * 1536) / 2039e9          # 14.0 MB: 6.878 us
-    assert k.floor_s == pytest.approx(m)
+    assert k.timing.device_s == pytest.approx(m)
     # 64x64 tiles: 2 x 24 = 48 tiles, fewer than the 108 SMs: K splits in 108 // 48 = 2 parts
     # of 32 k-blocks, 96 units in one wave (1.125; 128x128: 12 tiles in 9 parts of 8, 108 units,
     # 1.125 too): the weights stream from every SM

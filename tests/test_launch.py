@@ -119,7 +119,7 @@ def test_an_eager_layer_norm_walks_its_row_twice():
 
 
 def test_cpus_and_chips_without_figures_wait_nothing():
-    r = fxroof.analyze(fn_module(torch.add), (meta(4096), meta(4096)), chip="b200")
+    r = fxroof.analyze(fn_module(torch.add), (meta(4096), meta(4096)), chip="t4")
     assert dict(r.kernels[0].expected.gap)["occupancy"] == 0
     r = fxroof.analyze(fn_module(torch.add), (torch.randn(4096), torch.randn(4096)), chip="cpu")
     assert r.kernels[0].expected.memory_s == r.kernels[0].timing.memory_s

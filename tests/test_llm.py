@@ -26,16 +26,17 @@ def test_decode_linear_intensity_is_about_the_batch():
 
 def test_generation_total_is_prefill_plus_every_decode_step():
     # Tiny Llama, 1 layer, batch 64 over a 2000-token prompt: the KV cache read grows 1 key a
-    # step, enough to make attention memory-bound and the steps measurably different.
+    # step, enough to make attention memory-bound and the steps measurably different (replayed
+    # as a CUDA graph, as decode is served: launched from Python, the host would bound them).
     options = dict(preset="tiny", layers=1)
     prompt, n, batch = 2000, 5, 64
     g = generation(LLAMA, prompt=prompt, new_tokens=n, batch=batch, chip="a100-80gb",
-                   options=options)
+                   options=options, mode="cudagraphs")
     assert g.method.startswith("each kernel's")       # affinity held: 3 decode steps evaluated
 
     def analyze(**kw):
         model, args, kwargs = load(LLAMA, dict(options, batch=batch, **kw))
-        return fxroof.analyze(model, args, kwargs, chip="a100-80gb")
+        return fxroof.analyze(model, args, kwargs, chip="a100-80gb", mode="cudagraphs")
 
     prefill = analyze(phase="prefill", seq=prompt)
     steps = [analyze(phase="decode", ctx=prompt + j).time_s for j in range(n)]
@@ -90,11 +91,13 @@ def test_critical_batch_by_hand():
 
 def test_generation_with_tensor_parallelism_reports_one_rank():
     options = dict(preset="tiny")
-    g = generation(LLAMA, prompt=16, new_tokens=2, chip="l40s", options=options, tp=2)
+    # replayed as a CUDA graph: launched from Python, the host would hide the all-reduces
+    g = generation(LLAMA, prompt=16, new_tokens=2, chip="l40s", options=options, tp=2,
+                   mode="cudagraphs")
 
     def rank(**kw):
         model, args, kwargs = load(LLAMA, dict(options, **kw))
-        return fxroof.analyze(model, args, kwargs, chip="l40s", tp=2)
+        return fxroof.analyze(model, args, kwargs, chip="l40s", tp=2, mode="cudagraphs")
 
     assert g.prefill_s == pytest.approx(rank(phase="prefill", seq=16).time_s, rel=1e-9)
     assert list(g.step_s) == pytest.approx(

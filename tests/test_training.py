@@ -400,14 +400,14 @@ def test_two_streams_by_hand():
           K(nodes=("mm2",), category="matmul", waits=(), time_s=2.0),
           K(nodes=("ar2",), category="collective", waits=(), time_s=2.0),
           K(nodes=("add_",), category="pointwise", waits=("ar1", "ar2"), time_s=1.0)]
-    s = schedule(ks)
+    s = schedule(ks, lambda k: (0.0, k.time_s))
     # bucket 1 runs 3..7 beside the mms (3..6); bucket 2, issued at 6, waits for the link: 7..9;
     # the update waits for it: 9..10. Compute 7 s, communication 6 s, 3 s of it exposed.
     assert s.starts == (0.0, 3.0, 3.0, 4.0, 7.0, 9.0) and s.end_s == 10.0
     assert (s.compute_s, s.comm_s, s.exposed_s, s.hidden_s) == (7.0, 6.0, 3.0, 3.0)
     # nothing to overlap when the next kernel reads the result: the times add up
     ks[2] = K(nodes=("mm1",), category="matmul", waits=("ar1",), time_s=1.0)
-    assert schedule(ks).end_s == 3 + 4 + 1 + 2 + 2 + 1
+    assert schedule(ks, lambda k: (0.0, k.time_s)).end_s == 3 + 4 + 1 + 2 + 2 + 1
 
 
 def two_buckets():

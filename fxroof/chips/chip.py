@@ -18,7 +18,9 @@ pages print the with-sparsity figure, which is twice the dense one.
       "link_bw_GBps": 450,                      chip-to-chip, ONE direction (NVLink: half the
                                                 bidirectional total)
       "link_latency_us": 5,                     per collective step
-      "launch_us": 2,                           per kernel replayed from a compiled program
+      "launch_us": 7,                           per kernel launched by a compiled program
+                                                (torch.compile's default: on a GPU, Inductor's
+                                                wrapper calling the Triton launcher)
       "dispatch_us": 10,                        per op in PyTorch eager, from Python on the host
       "sources": {"peak_flops": "...", "mem_bw": "...", ...}
                     keyed by Chip field name (peak_flops, vector_flops, mem_bw, mem_bytes, link_bw,
@@ -34,6 +36,9 @@ pages print the with-sparsity figure, which is twice the dense one.
                                                 no kernel, but a call from Python all the same
       "program_call_us": 18                     compiled: entering the compiled program (guards,
                                                 wrapper), once per call, before its first kernel
+      "graph_launch_us": 1.3                    GPU: per kernel of a CUDA graph's replay
+                                                (torch.compile's mode="reduce-overhead"; the
+                                                "cudagraphs" mode); absent: launch_us
       "op_dispatch_us": {"gelu": 9.1, ...}      eager cost of one call of an op, by the op name
                                                 reports print; other ops cost dispatch_us. A
                                                 name may carry the implementation a CPU build
@@ -112,6 +117,7 @@ OPTIONAL_SCALARS = {
     "cache_bw": ("cache_bw_GBps", 1e9),
     "view_dispatch_s": ("view_dispatch_us", 1e-6),
     "program_call_s": ("program_call_us", 1e-6),
+    "graph_launch_s": ("graph_launch_us", 1e-6),
     "sm_count": ("sm_count", 1.0),
     "matmul_efficiency": ("matmul_efficiency", 1.0),
     "attention_efficiency": ("attention_efficiency", 1.0),
@@ -203,7 +209,7 @@ class Chip:
     mem_bytes: float          # bytes
     link_bw: float            # bytes/s, one direction, chip to chip
     link_latency_s: float     # per collective step
-    launch_s: float           # per kernel replayed from a compiled program / CUDA graph
+    launch_s: float           # per kernel launched by a compiled program
     dispatch_s: float         # per op of PyTorch eager dispatch from Python
     sources: Mapping[str, str] = field(default_factory=dict, hash=False, compare=False)
     aliases: tuple[str, ...] = field(default=(), compare=False)
@@ -211,6 +217,7 @@ class Chip:
     cache_bw: float = 0.0     # bytes/s of a kernel whose bytes fit in cache_bytes
     view_dispatch_s: float = 0.0  # eager: per view op the model calls (no kernel); 0: free
     program_call_s: float = 0.0   # compiled: per call of the program, before its first kernel
+    graph_launch_s: float = 0.0   # per kernel replayed from a CUDA graph; 0: launch_s
     # the expected-time model's figures (expected.py); 0: not modelled, no gap of that kind
     sm_count: float = 0.0
     matmul_efficiency: float = 0.0

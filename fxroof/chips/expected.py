@@ -139,8 +139,9 @@ class Expected:
 
     @property
     def gap(self) -> tuple:
-        """((part, seconds), ...) in GAP_PARTS order, summing to time - floor: each part the time
-        it adds when applied after those before it. Worked out when asked: a sweep builds
+        """((part, seconds), ...) in GAP_PARTS order, summing to the time on the chip less the
+        floor's (device_s; the host's part is the schedule's, report/streams.py): each part the
+        time it adds when applied after those before it. Worked out when asked: a sweep builds
         thousands of kernels and reads none of their gaps."""
         if self.floor is None:
             return ()
@@ -151,10 +152,10 @@ class Expected:
                  (1, self.bandwidth_s or self.streamed_s),
                  (1, self.streamed_s), (1, self.memory_s), (2, self.comm_s), (3, self.overlap),
                  (4, self.latency_s), (5, self.relayout_s), (5, self.relayout_s + self.reduction_s))
-        times = [_seconds(*state, f.overhead_s, f.serial_overhead)]
+        times = [_seconds(*state, 0.0, False)]
         for i, value in steps:
             state[i] = value
-            times.append(_seconds(*state, f.overhead_s, f.serial_overhead))
+            times.append(_seconds(*state, 0.0, False))
         return tuple(zip(GAP_PARTS, (after - before for before, after in zip(times, times[1:]))))
 
     @property
@@ -174,6 +175,16 @@ class Expected:
         transposes and partial-sum reduction as memory."""
         parts = (self.compute_s, self.memory_s + self.relayout_s + self.reduction_s, self.comm_s,
                  max(self.overhead_s, self.latency_s))
+        return REGIMES[parts.index(max(parts))]
+
+    @property
+    def device_regime(self) -> str:
+        """The regime of its time on the chip (device_s), the host's part left out; on a CPU,
+        where the host is the chip, the regime."""
+        if self.serial_overhead:
+            return self.regime
+        parts = (self.compute_s, self.memory_s + self.relayout_s + self.reduction_s, self.comm_s,
+                 self.latency_s)
         return REGIMES[parts.index(max(parts))]
 
     def between(self, other: Expected, f: float) -> Expected:

@@ -28,7 +28,11 @@ from fxroof.chips import Chip
 from fxroof.cost.record import MATRIX_CATEGORIES
 
 REGIMES = ("compute", "memory", "communication", "overhead")
-MODES = ("compiled", "eager")
+# compiled: torch.compile's default, each fused kernel launched by the compiled program;
+# cudagraphs: the same kernels replayed as a CUDA graph (torch.compile(mode="reduce-overhead"),
+# as LLM servers and gpt-fast decode); eager: one kernel per op, each dispatched from Python.
+MODES = ("compiled", "cudagraphs", "eager")
+GRAPH_MODE = "cudagraphs"
 
 
 @dataclass(frozen=True)
@@ -41,8 +45,11 @@ class Timing:
 
     @property
     def time_s(self) -> float:
-        work = max(self.compute_s, self.memory_s, self.comm_s)
+        work = self.device_s
         return work + self.overhead_s if self.serial_overhead else max(work, self.overhead_s)
+
+    # the time on the chip alone, the host's part left out
+    device_s = property(lambda self: max(self.compute_s, self.memory_s, self.comm_s))
 
     @property
     def regime(self) -> str:
@@ -53,13 +60,16 @@ class Timing:
 def overhead_per_kernel(chip: Chip, mode: str, op: str = "", views: int = 0,
                         first: bool = False) -> float:
     """Fixed cost of one kernel: an eager op's dispatch (per op where the chip was measured op by
-    op) and that of the view ops called before it, or a launch from a compiled program; the
-    first kernel of a compiled program also pays for entering it (guards, wrapper).
+    op) and that of the view ops called before it, a launch from a compiled program, or a CUDA
+    graph's pace per kernel as it replays; the first kernel of a compiled program (replayed or
+    not) also pays for entering it (guards, wrapper).
     op: the op whose own call runs the kernel (`rate_op`): every eager kernel's; in a compiled
     program a library call's (a matrix kernel), which on a CPU costs what that op's call costs
     (entering oneDNN for a convolution: several launches' worth)."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+    if mode == GRAPH_MODE:      # the front end's pace through the graph, then its launch
+        return (chip.graph_launch_s or chip.launch_s) + (chip.program_call_s if first else 0.0)
     if mode == "compiled":
         # on a CPU a launch is a call from the host, so a library op's measured call is its launch
         call = chip.eager_dispatch(op) if op and chip.kind == "cpu" and chip.op_dispatch_s \

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import sys
 from importlib import import_module
@@ -43,8 +44,9 @@ def _workload_args() -> argparse.ArgumentParser:
                    help="keyword argument for the workload function (repeatable)")
     p.add_argument("--chip", default=DEFAULT_CHIP, help=f"chip name or chip JSON file (default: "
                    f"{DEFAULT_CHIP}; `fxroof chips` lists them)")
-    p.add_argument("--mode", default="compiled", help="compiled: fused kernels, as a deployment "
-                   "runs (default); eager: one kernel per op")
+    p.add_argument("--mode", default="compiled", help="compiled: fused kernels, as torch.compile "
+                   "launches them (default); cudagraphs: the same replayed as a CUDA graph "
+                   "(torch.compile mode=reduce-overhead; GPUs); eager: one kernel per op")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (one rank analyzed)")
     p.add_argument("--train", action="store_true", help="one training step (forward, backward of "
                    "the model's loss or the mean of its output, optimizer) instead of inference")
@@ -306,8 +308,9 @@ def cmd_measure(ns) -> None:
     if ns.mode not in MODES:
         raise UsageError(f"unknown mode {ns.mode!r}; expected one of {', '.join(MODES)}")
     model, args, kwargs = load(ns.spec, parse_sets(ns.set))
-    how = measure if ns.mode == "eager" else measure_compiled
-    _progress("capturing, calibrating" + (", compiling" if ns.mode == "compiled" else "")
+    how = measure if ns.mode == "eager" else functools.partial(
+        measure_compiled, graphs=ns.mode == "cudagraphs")
+    _progress("capturing, calibrating" + (", compiling" if ns.mode != "eager" else "")
               + " and timing ...")
     _emit(ns, how(model, args, kwargs, chip=ns.chip, repeat=ns.repeat, threads=ns.threads))
 

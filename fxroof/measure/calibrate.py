@@ -43,6 +43,12 @@ LINKS = {"cpu": {"link_bw": (12.5e9, "gloo over a 100 Gb/s host network: 12.5 GB
                   "link_latency_s": (10e-6, "~10 us per collective step")}}
 
 
+# A compiled program's launch of one kernel from Python on a GPU's host (the chip table's
+# figure, with its source): calibrate times a CUDA graph's pace, not this.
+INDUCTOR_LAUNCH = (7e-6, "estimate, not measured: Inductor's launch of one Triton kernel from "
+                   "Python, 6.8-9.1 us on a GB200's host (meta-pytorch/tritonbench pull request "
+                   "#1017), taken as 7 us")
+
 # Past these, a figure says more about other work on the machine than about the machine.
 REPEAT_SPREAD = 2          # a view call re-timed at the end against its first timing
 DISPATCH_PER_VIEW = 30     # an eager op's dispatch against a view call's (a few x when quiet)
@@ -126,10 +132,16 @@ def _measure(device: str, quick: bool, threads: int | None, say) -> tuple[Chip, 
         glue_s, glue_sources = glue(clock, dataclasses.replace(chip, dispatch_s=fixed,
                                                                op_dispatch_s=bare))
         dispatch = fixed + glue_s
-        launch, src["launch_s"] = (dispatch, (
-            "same as dispatch_s: a CPU has no device launch; compiled CPU code still calls its "
-            "kernels one by one from the host")) if cpu else graph_launch(clock)
+        if cpu:
+            launch, src["launch_s"] = dispatch, (
+                "same as dispatch_s: a CPU has no device launch; compiled CPU code still calls "
+                "its kernels one by one from the host")
+            graph = 0.0
+        else:    # Inductor's launch from Python is the host's: not measured here
+            launch, src["launch_s"] = INDUCTOR_LAUNCH
+            graph, src["graph_launch_s"] = graph_launch(clock)
         chip = dataclasses.replace(chip, dispatch_s=dispatch, launch_s=launch,
+                                   graph_launch_s=graph,
                                    op_dispatch_s={op: t + glue_s for op, t in bare.items()},
                                    threads=torch.get_num_threads() if cpu else 0,
                                    **({} if cpu else gpu_layout(dev)))
@@ -201,7 +213,9 @@ def summary(chip: Chip) -> str:
         ("memory bw", si(chip.mem_bw, "B/s")),
         ("cache", chip.cache_bytes and f"{si(chip.cache_bw, 'B/s')} within "
                                        f"{si(chip.cache_bytes, 'B')}"),
-        ("dispatch", f"{seconds(chip.dispatch_s)} per eager op; launch {seconds(chip.launch_s)}"),
+        ("dispatch", f"{seconds(chip.dispatch_s)} per eager op; launch {seconds(chip.launch_s)}"
+                     + (f"; {seconds(chip.graph_launch_s)} a kernel of a CUDA graph"
+                        if chip.graph_launch_s else "")),
         ("", (chip.view_dispatch_s or chip.program_call_s) and (
             f"{seconds(chip.view_dispatch_s)} per view call; {seconds(chip.program_call_s)} to "
             f"enter a compiled program")),

@@ -255,17 +255,20 @@ class CompiledMeasurement(Measured):
 
 
 def measure_compiled(model, args=(), kwargs=None, *, chip: str | Chip | None = None,
-                     warmup: int = 3, repeat: int = 20, threads: int | None = None
-                     ) -> CompiledMeasurement:
+                     warmup: int = 3, repeat: int = 20, threads: int | None = None,
+                     graphs: bool = False) -> CompiledMeasurement:
     """Time `model` under torch.compile on its own device and compare with fxroof's compiled-mode
     prediction. Arguments as `measure`; the model must be an nn.Module or a
-    function with real tensors. The model itself is not changed (torch.compile wraps it)."""
+    function with real tensors. The model itself is not changed (torch.compile wraps it).
+    graphs: compile with mode="reduce-overhead" (CUDA graphs, on a GPU) beside the cudagraphs
+    prediction."""
     args, kwargs = checked_call(args, kwargs, warmup, repeat, model)
     if not callable(model) or isinstance(model, torch.export.ExportedProgram):
         raise ValueError("measure_compiled needs an nn.Module or a function to compile")
     with cpu_threads(threads):
-        p = predicted(model, args, kwargs, chip, "compiled")
-        forward = functools.partial(torch.compile(model), *args, **kwargs)
+        p = predicted(model, args, kwargs, chip, "cudagraphs" if graphs else "compiled")
+        compiled = torch.compile(model, mode="reduce-overhead" if graphs else None)
+        forward = functools.partial(compiled, *args, **kwargs)
         with torch.no_grad():
             compile_s = elapsed(forward, p.device)
         walls, _runs = timed_runs(p.device, warmup, repeat, forward=forward)

@@ -101,11 +101,11 @@ def kernel_table(report) -> str:
     total = report.time_s or 1.0
     heads = ("op", "module", "regime", "FLOPs", "bytes", "FLOP/B", "time", "share", "of roof")
     rows = []
-    for k in report.kernels:
+    for k, step in zip(report.kernels, report.summary.attributed):   # step: its seconds, queued
         cells = [(None, k.op), (None, k.module or "-"), (None, k.regime),
                  (k.flops, si(k.flops, "F")), (k.bytes, si(k.bytes, "B")),
                  (k.intensity if k.bytes else 0, ratio(k.intensity)),
-                 (k.time_s, seconds(k.time_s)), (k.time_s / total, percent(k.time_s / total)),
+                 (k.time_s, seconds(k.time_s)), (step / total, percent(step / total)),
                  (k.roofline_fraction, percent(k.roofline_fraction))]
         rows.append("<tr>" + "".join(
             f"<td>{escape(text)}</td>" if value is None else
@@ -117,10 +117,10 @@ def kernel_table(report) -> str:
 def module_tree(report) -> str:
     """Nested <details>, one per module path prefix, coloured by the regime with most time."""
     time = defaultdict(lambda: defaultdict(float))
-    for k in report.kernels:
+    for k, step in zip(report.kernels, report.summary.attributed):
         parts = k.module.split(".") if k.module else []
         for depth in range(len(parts) + 1):
-            time[".".join(parts[:depth])][k.regime] += k.time_s
+            time[".".join(parts[:depth])][k.regime] += step
     total = report.time_s or 1.0
 
     def node(path: str) -> str:

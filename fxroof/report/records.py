@@ -19,7 +19,7 @@ from fxroof.cost.record import MATRIX_CATEGORIES
 from fxroof.graph.memory import Footprint
 from fxroof.graph.nodes import fold_layers
 from fxroof.graph.training import PHASES
-from fxroof.report.streams import COLLECTIVE, Schedule, schedule
+from fxroof.report.streams import Schedule, attribute, on_chip_floor, schedule
 
 SCHEMA = "fxroof.report/1"
 
@@ -117,26 +117,60 @@ class ModeSummary:
         return schedule(self.kernels)
 
     time_s = property(lambda self: self.schedule.end_s)
-    # at the roofline, collectives overlapped the same way
-    floor_s = cached_property(lambda self: schedule(self.kernels, lambda k: k.floor_s).end_s)
+    # at the roofline, issued and overlapped the same way
+    floor_s = cached_property(lambda self: schedule(self.kernels, on_chip_floor).end_s)
     bytes = property(lambda self: sum(k.bytes for k in self.kernels))
+
+    @cached_property
+    def _pieces(self) -> list:
+        return attribute(self.kernels, self.schedule)
+
+    @cached_property
+    def attributed(self) -> tuple:
+        """Each kernel's seconds of the step, summing to its time (streams.attribute): its time
+        on the chip and the chip's wait for the host to issue it, or where the host is the
+        bottleneck its issue cost."""
+        seconds = [0.0] * len(self.kernels)
+        for i, _regime, t in self._pieces:
+            seconds[i] += t
+        return tuple(seconds)
+
+    @cached_property
+    def bound_by(self) -> tuple:
+        """Each kernel's regime in the step: that of the largest of its pieces of the time
+        (streams.attribute), so that a short kernel the host issued in time is not counted
+        overhead-bound, nor one the chip waited on the host for counted by its own work."""
+        largest = [("", -1.0)] * len(self.kernels)
+        for i, regime, t in self._pieces:
+            if t > largest[i][1]:
+                largest[i] = (regime, t)
+        return tuple(regime for regime, _ in largest)
 
     @property
     def regime_share(self) -> dict:
-        """Each regime's share of the time; collectives count by the share of their time that
-        is exposed, so a step whose exposed communication outweighs its compute is
+        """Each regime's share of the time (streams.attribute): the chip's time on a kernel
+        counts to its regime there, its waits for the host (or, where the host is the
+        bottleneck, the host's issuing) to overhead; collectives count by the share of their
+        time that is exposed, so a step whose exposed communication outweighs its compute is
         communication-bound."""
-        s, total = self.schedule, self.time_s or 1.0
-        exposed = s.exposed_s / s.comm_s if s.comm_s else 1.0
-        return {r: sum(k.time_s * (exposed if k.category == COLLECTIVE else 1.0)
-                       for k in self.kernels if k.regime == r) / total for r in REGIMES}
+        share, total = dict.fromkeys(REGIMES, 0.0), self.time_s or 1.0
+        for _i, regime, t in self._pieces:
+            share[regime] += t
+        return {r: t / total for r, t in share.items()}
 
     regime = property(lambda self: max(REGIMES, key=self.regime_share.__getitem__))  # largest
 
     @property
     def gap(self) -> dict:
-        """Seconds each part of the gap adds, over all kernels: time_s - floor_s in parts."""
-        return {p: sum(dict(k.expected.gap).get(p, 0.0) for k in self.kernels) for p in GAP_PARTS}
+        """time_s - floor_s in parts: the seconds each part of the gap adds on the chip, over
+        all kernels; where the host is the bottleneck (streams.attribute), scaled to the step's
+        time above its floor, the host hiding as much of each part."""
+        parts = {p: sum(dict(k.expected.gap).get(p, 0.0) for k in self.kernels)
+                 for p in GAP_PARTS}
+        s, total = self.schedule, sum(parts.values())
+        if total > 0 and s.host_s >= s.compute_s:
+            return {p: t * max(self.time_s - self.floor_s, 0.0) / total for p, t in parts.items()}
+        return parts
 
     @property
     def roofline_fraction(self) -> float:
@@ -167,7 +201,7 @@ class Report:
     fits = property(lambda self: self.memory.total <= self.chip.mem_bytes)
 
     # -- the chosen mode ---------------------------------------------------------------------
-    summary = property(lambda self: self.compiled if self.mode == "compiled" else self.eager)
+    summary = property(lambda self: self.eager if self.mode == "eager" else self.compiled)
 
     # the chosen mode's kernels, expected time (seconds), regime and share of time per regime
     kernels = property(lambda self: self.summary.kernels)
@@ -268,12 +302,12 @@ class Report:
     def module_rollup(self) -> list[dict]:
         """Time, FLOPs and bytes by module, repeated layers folded together (layers.* )."""
         rows: dict[str, dict] = {}
-        for k in self.kernels:
+        for k, seconds in zip(self.kernels, self.summary.attributed):
             key = fold_layers(k.module) or "(top level)"
             row = rows.setdefault(key, {"module": key, "kernels": 0, "flops": 0, "bytes": 0,
                                         "time_s": 0.0})
             for name, value in (("kernels", 1), ("flops", k.flops), ("bytes", k.bytes),
-                                 ("time_s", k.time_s)):
+                                 ("time_s", seconds)):
                 row[name] += value
         return sorted(rows.values(), key=lambda r: -r["time_s"])
 

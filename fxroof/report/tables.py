@@ -118,10 +118,11 @@ def gap(summary) -> str:
 
 def regimes(r) -> str:
     rows = []
+    bound = r.summary.bound_by       # each kernel's regime in the step, as the times are
     for regime, part in sorted(r.regime_share.items(), key=lambda kv: -kv[1]):
-        ks = [k for k in r.kernels if k.regime == regime]
-        if ks:
-            rows.append([paint(regime), len(ks), seconds(part * r.time_s), percent(part)])
+        count = bound.count(regime)
+        if count or part:
+            rows.append([paint(regime), count, seconds(part * r.time_s), percent(part)])
     return table(rows, ["regime", "kernels", "time", "share"], "lrrr")
 
 
@@ -137,10 +138,11 @@ def top_kernels(r, n: int = TOP) -> str:
     """The costliest kernels, repeated layers folded into one row (layers.*, xN)."""
     total = r.time_s or 1.0
     groups: dict[tuple, list] = {}
+    seconds_of = dict(zip(map(id, r.kernels), r.summary.attributed))   # of the step, queued
     for k in r.kernels:
         # one row per op, module, shape and regime: "each" is then every member's
         groups.setdefault((k.op, fold_layers(k.module), k.regime, k.flops, k.bytes), []).append(k)
-    ranked = sorted(groups.items(), key=lambda kv: -sum(k.time_s for k in kv[1]))[:n]
+    ranked = sorted(groups.items(), key=lambda kv: -sum(seconds_of[id(k)] for k in kv[1]))[:n]
     rows = []
     for (op, module, regime, *_), ks in ranked:
         one = ks[0]
@@ -148,7 +150,7 @@ def top_kernels(r, n: int = TOP) -> str:
         rows.append([_cut(op, 16, keep_end=False), _cut(module or "-", 24), f"x{len(ks)}",
                      si(one.flops, "F"), si(one.bytes, "B"), ratio(one.intensity),
                      seconds(one.time_s),
-                     percent(sum(k.time_s for k in ks) / total), paint(regime) + how])
+                     percent(sum(seconds_of[id(k)] for k in ks) / total), paint(regime) + how])
     return table(rows, ["kernel", "module", "n", "FLOPs", "bytes", "FLOP/B", "each", "share",
                          "bound"], "llrrrrrrl")
 

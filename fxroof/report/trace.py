@@ -2,21 +2,22 @@
 
 One process, the chip, with a track per resource: the compute stream; communication, where the
 step has collectives, each beside the compute it overlaps; and the host, where kernels have a
-dispatch or launch cost, each slice starting with its kernel (on a CPU, where the two run in
-turn, the kernel's slice includes it). Kernels sit at their start in the mode's two-stream
-schedule (fxroof.report.streams: compute back to back in graph order, waiting only for the
-collectives it reads), each slice lasting the kernel's expected time (the format counts
-microseconds), named by op and module path, its args the kernel's figures (KernelRow.to_dict),
-fused nodes included. Module paths nest as enclosing slices on the compute track over the
-consecutive compute kernels that share them. Boundaries are whole nanoseconds, so that children
-never overrun their parents.
+dispatch or launch cost: its slices back to back as it issues the kernels, running ahead of the
+chip, no kernel starting before its issue begins (on a CPU, where the two run in turn, each
+slice starts with its kernel, whose slice includes it). Kernels sit at their start in the mode's
+schedule (fxroof.report.streams: compute back to back in graph order as the host issues it,
+waiting only for the collectives it reads), each slice lasting the kernel's time on the chip
+(the format counts microseconds), named by op and module path, its args the kernel's figures
+(KernelRow.to_dict), fused nodes included. Module paths nest as enclosing slices on the compute
+track over the consecutive compute kernels that share them. Boundaries are whole nanoseconds,
+so that children never overrun their parents.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from fxroof.chips.timing import MODES
+from fxroof.chips.timing import GRAPH_MODE, MODES
 from fxroof.report.streams import COLLECTIVE
 
 PID = 1
@@ -28,6 +29,9 @@ def summary_of(report, mode: str | None):
     mode = mode or report.mode
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+    if mode != "eager" and (mode == GRAPH_MODE) != (report.mode == GRAPH_MODE):
+        raise ValueError(f"this report's compiled kernels are {report.mode!r}; analyze with "
+                         f"mode={mode!r} for that trace")
     return report.eager if mode == "eager" else report.compiled
 
 
@@ -68,14 +72,15 @@ def trace_events(report, mode: str | None = None) -> list[dict]:
             modules.append(_slice(path, COMPUTE, opened, start, {"module": path}))
         stack += [(path, start) for path in paths[keep:]]
         kernels.append(_slice(kernel_name(k), COMPUTE, start, end, k.to_dict()))
-    for k, begun in zip(summary.kernels, schedule.starts):
+    for k, issued, begun in zip(summary.kernels, schedule.issued, schedule.starts):
         if k.expected.overhead_s > 0:
-            start = round(begun * 1e9)
+            start = round((begun if k.expected.serial_overhead else issued) * 1e9)
             host.append(_slice(kernel_name(k), HOST, start,
                                start + round(k.expected.overhead_s * 1e9),
                                {"overhead_s": k.expected.overhead_s}))
     modules += [_slice(path, COMPUTE, opened, end, {"module": path}) for path, opened in stack]
-    host_label = "host: dispatch" if summary.mode == "eager" else "host: launch"
+    host_label = "host: dispatch" if summary.mode == "eager" else \
+        "host: launch (CUDA graph)" if report.mode == GRAPH_MODE else "host: launch"
     names = {COMPUTE: "compute stream", COMM: "communication", HOST: host_label}
     used = {COMPUTE} | {e["tid"] for e in kernels + host}
     meta = [{"ph": "M", "name": "process_name", "pid": PID, "tid": 0,

@@ -18,6 +18,7 @@ from fxroof.chips.timing import REGIMES, intensity
 from fxroof.pipeline import Target, no_full_gc, target_of
 from fxroof.report import tables
 from fxroof.report.records import Report
+from fxroof.report.streams import host_and_device, schedule
 from fxroof.report.units import percent, ratio, seconds, si
 from fxroof.studies.evaluator import Evaluator, builder, totals
 from fxroof.studies.sweep import Sweep, cells, title, unfit_note
@@ -143,20 +144,24 @@ def _affine_steps(first: Report, mid: Report, last: Report, j_mid: int, n: int):
     """Each decode step's time from per-kernel affinity in ctx, or None if it does not hold."""
     if not len(first.kernels) == len(mid.kernels) == len(last.kernels):
         return None
-    varying, constant = [], 0.0
     for a, m, b in zip(first.kernels, mid.kernels, last.kernels):
         if not (a.nodes == m.nodes == b.nodes and a.category == b.category and a.dtype == b.dtype):
             return None
         for f in ("flops", "bytes_read", "bytes_written"):   # integers: the check is exact
             if (getattr(m, f) - getattr(a, f)) * (n - 1) != (getattr(b, f) - getattr(a, f)) * j_mid:
                 return None
-        if (a.flops, a.bytes, a.expected.comm_s) == (b.flops, b.bytes, b.expected.comm_s):
-            constant += a.time_s
-        else:
-            varying.append((a.expected, b.expected))
-    # compute, memory and link times are affine in ctx, the kernel's time (their bound) is not
-    return [sum((a.between(b, j / (n - 1)).time_s for a, b in varying), constant)
-            for j in range(n)]
+    # compute, memory and link times are affine in ctx, the kernel's time (their bound) is not;
+    # each step is scheduled as a report's is (the host issuing, collectives beside compute)
+    ends = {id(a): (a.expected, None if (a.flops, a.bytes, a.expected.comm_s)
+                    == (b.flops, b.bytes, b.expected.comm_s) else b.expected)
+            for a, b in zip(first.kernels, last.kernels)}
+
+    def step(f: float):
+        def parts(k):
+            a, b = ends[id(k)]
+            return host_and_device(a if b is None else a.between(b, f))
+        return schedule(first.kernels, parts).end_s
+    return [step(j / (n - 1)) for j in range(n)]
 
 
 def _interpolated(decode: Evaluator, first: int, last: int) -> list:
