@@ -56,6 +56,12 @@ class Timing:
         parts = (self.compute_s, self.memory_s, self.comm_s, self.overhead_s)
         return REGIMES[parts.index(max(parts))]
 
+    @property
+    def device_regime(self) -> str:
+        """The regime on the chip alone, the host's issue cost left out (the roofline's own)."""
+        parts = (self.compute_s, self.memory_s, self.comm_s)
+        return REGIMES[parts.index(max(parts))]
+
 
 def overhead_per_kernel(chip: Chip, mode: str, op: str = "", views: int = 0,
                         first: bool = False) -> float:

@@ -234,15 +234,17 @@ def linear_intensity(r: Report) -> float:
 
 
 def _floor_regime(kernels) -> str:
-    """The roofline regime that holds the most of these kernels' floor time."""
-    time = {g: sum(k.timing.time_s for k in kernels if k.timing.regime == g) for g in REGIMES}
+    """The roofline regime (on the chip, the host's launches aside) that holds the most of these
+    kernels' floor time."""
+    time = {g: sum(k.timing.device_s for k in kernels if k.timing.device_regime == g)
+            for g in REGIMES}
     return max(REGIMES, key=time.get) if kernels else "-"
 
 
 def linear_regime(r: Report) -> str:
     """On the roofline: "compute" when every matmul kernel is compute-bound, "mixed" when some
     are, else the regime of most matmul floor time."""
-    regimes = {k.timing.regime for k in _matmuls(r)}
+    regimes = {k.timing.device_regime for k in _matmuls(r)}
     if "compute" in regimes:
         return "compute" if regimes == {"compute"} else "mixed"
     return _floor_regime(_matmuls(r))
