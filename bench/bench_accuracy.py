@@ -17,11 +17,13 @@ and the median |error|. bench/README.md has its output on one machine.
     python bench/bench_accuracy.py --grain-off      # also: every elementwise op on all threads
     python bench/bench_accuracy.py --threads 1 --mode compiled   # under torch.compile
     python bench/bench_accuracy.py --device cuda --mode compiled # on a GPU (CUDA events)
+    python bench/bench_accuracy.py --device cuda --mode cudagraphs   # replayed CUDA graphs
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import statistics
 import sys
 import time
@@ -125,8 +127,9 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda: where models run")
     p.add_argument("--repeat", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--mode", choices=("eager", "compiled"), default="eager",
-                   help="compiled: each model under torch.compile against the compiled prediction")
+    p.add_argument("--mode", choices=("eager", "compiled", "cudagraphs"), default="eager",
+                   help="compiled: each model under torch.compile against the compiled prediction; "
+                        "cudagraphs (a GPU): under torch.compile(mode='reduce-overhead')")
     p.add_argument("--passes", type=int, default=2,
                    help="measure every workload this many times, keep each one's quietest pass")
     p.add_argument("--only", nargs="*", default=[], help="workloads whose name contains these")
@@ -150,7 +153,8 @@ def main(argv=None) -> int:
             # Other work on a shared machine slows everything for seconds at a time; a later
             # pass meets other moments, and each workload keeps its quieter pass.
             for name, model, args, kwargs, repeat in cases(ns.only, ns.device):
-                how = measure if ns.mode == "eager" else measure_compiled
+                how = measure if ns.mode == "eager" else functools.partial(
+                    measure_compiled, graphs=ns.mode == "cudagraphs")
                 m = how(model, args, kwargs, chip=chip, warmup=ns.warmup,
                         repeat=min(ns.repeat, repeat or ns.repeat))
                 if name not in kept or m.measured_s < kept[name].measured_s:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU checks in one run (about 5-8 minutes on an H100-class card):
-# single kernels against the expected-time model, the bundled workloads eager and compiled
+# The GPU checks in one run (its steps capped at 9.5 minutes in all): single kernels against
+# the expected-time model, the bundled workloads eager, compiled and replayed as CUDA graphs
 # against the table's chip for that GPU, and a CUDA calibration. Output goes to $OUT (default
 # gpu-out/); bench/README.md says where its figures are recorded. Each step has its own time
 # limit, so one that hangs does not take the others with it.
@@ -22,8 +22,8 @@ PY
 )
 timeout 120 "$py" bench/bench_kernels_gpu.py --chip "$chip" --json "$out/kernels.json" \
     2>&1 | tee "$out/kernels.txt"
-for mode in eager compiled; do
-    timeout 150 "$py" bench/bench_accuracy.py --device cuda --mode "$mode" --chip "$chip" \
+for mode in eager compiled cudagraphs; do
+    timeout 110 "$py" bench/bench_accuracy.py --device cuda --mode "$mode" --chip "$chip" \
         --passes 1 2>&1 | tee "$out/accuracy-$mode.txt"
 done
 timeout 120 "$py" -m fxroof calibrate --device cuda --out "$out/calibrated-cuda.json" \

@@ -55,6 +55,8 @@ def test_json_to_stdout_is_only_json(workload, capsys):
     (["analyze", "{w}", "--set", "depth=3"], "unexpected keyword argument 'depth'"),
     (["check", "{w}", "--max-regime-share", "overhed=0.2"], "REGIME=SHARE"),
     (["diff", "no.json", "other.json"], "No such file"),
+    (["analyze", "{w}", "--mode", "cudagraphs", "--chip", "cpu"], "replays CUDA graphs"),
+    (["analyze", "{w}", "--mode", "graphs"], "expected one of compiled, cudagraphs, eager"),
 ])
 def test_errors_are_one_line_and_exit_2(workload, argv, needle, capsys):
     argv = [a.replace("{w}", workload) for a in argv]
