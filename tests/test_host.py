@@ -110,6 +110,7 @@ def test_an_eager_decode_on_a_gpu_is_bound_by_its_dispatch():
     # hide (the 32,000-word head at the end), far below the two in turn
     assert host < eager.time_s < host + 0.25 * chip_busy
     assert eager.regime == "overhead" and eager.regime_share["overhead"] > 0.8
+    assert eager.to_dict()["host"]["issue_s"] == pytest.approx(host)
     # replayed as a graph the same step is bound by its weights' bytes
     graphed = fxroof.analyze(model, args, kwargs, chip="a100-80gb", mode="cudagraphs")
     assert graphed.regime == "memory"

@@ -275,6 +275,10 @@ class Report:
             "regime": self.regime, "regime_share": self.regime_share,
             "intensity": _finite(self.intensity),
             "roofline_fraction": self.summary.roofline_fraction, "coverage": self.coverage,
+            # the host issuing the kernels ahead of the chip (report/streams.py): its busy time
+            # and the chip's idle waits for it
+            "host": {"issue_s": self.summary.schedule.host_s,
+                     "chip_waits_s": self.summary.schedule.host_wait_s},
             "unknown_ops": self.unknown_ops, "weights_bytes": self.weights_bytes,
             "memory": self.memory.to_dict(),
             "compare": self.compare(),
