@@ -201,6 +201,7 @@ _FIGURE_NAMES = {
     "link_latency_s": "latency per collective step", "launch_s": "launch per compiled kernel",
     "dispatch_s": "eager dispatch per op", "cache_bytes": "cache", "cache_bw": "cache bandwidth",
     "view_dispatch_s": "eager view call", "program_call_s": "entering a compiled program",
+    "graph_launch_s": "per kernel of a CUDA graph's replay",
     "sm_count": "SMs", "sm_threads": "resident threads per SM", "threads": "threads",
     "matmul_efficiency": "achievable share of the matrix peak",
     "attention_efficiency": "fused attention's share of the matrix peak",
