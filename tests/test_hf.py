@@ -226,6 +226,11 @@ def test_decode_errors_name_the_cause():
         from_config(FAMILIES["llama"][0]().to_dict(), phase="decode", ctx=0)
     with pytest.raises(ValueError, match="no learned position"):
         from_config(FAMILIES["gpt2"][0]().to_dict(), phase="decode", ctx=64)
+    # a config the model's own constructor rejects (a padding token past the vocabulary: the
+    # embedding asserts): one error naming the file's model and the constructor's reason
+    bad = FAMILIES["llama"][0]().to_dict() | {"pad_token_id": 1000}
+    with pytest.raises(ValueError, match="cannot build a model.*AssertionError: Padding_idx"):
+        from_config(bad)
 
 
 def test_a_recurrent_models_decode_says_it_is_not_supported():

@@ -72,8 +72,9 @@ def from_config(config: str | os.PathLike | Mapping[str, Any] | PretrainedConfig
     try:
         with torch.device(device):
             model = auto.from_config(cfg, **{dtype_kw: dtype}).eval()
-    except ValueError as e:
-        raise ValueError(f"transformers cannot build a model for {where}: {one_line(e)}") from e
+    except Exception as e:     # the model's own constructor checks its config as it likes
+        raise ValueError(f"transformers cannot build a model for {where}: "
+                         f"{one_line(e, name=not isinstance(e, ValueError))}") from e
 
     limit = _learned_positions(model)
     if limit is not None and seq > limit and phase != "decode":
