@@ -114,3 +114,13 @@ def test_an_eager_decode_on_a_gpu_is_bound_by_its_dispatch():
     # replayed as a graph the same step is bound by its weights' bytes
     graphed = fxroof.analyze(model, args, kwargs, chip="a100-80gb", mode="cudagraphs")
     assert graphed.regime == "memory"
+
+
+def test_overhead_advice_follows_the_mode():
+    from fxroof.report.tables import advice
+    x = (torch.randn(8, 256),)
+    told = {m: advice(fxroof.analyze(mlp(), x, chip="a100-80gb", mode=m))
+            for m in ("eager", "compiled", "cudagraphs")}
+    assert "torch.compile" in told["eager"]          # each mode is overhead-bound here
+    assert "cudagraphs" in told["compiled"] and "torch.compile" not in told["compiled"]
+    assert "larger batches" in told["cudagraphs"] and "CUDA graphs (" not in told["cudagraphs"]

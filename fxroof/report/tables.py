@@ -45,6 +45,19 @@ ADVICE = {
     "communication": "less traffic: lower tensor-parallel degree, overlap, faster links",
     "overhead": "fewer launches: torch.compile, CUDA graphs, larger batches",
 }
+# What is left of the overhead advice in a mode that has taken part of it already.
+OVERHEAD_ADVICE = {
+    "compiled": "fewer, cheaper launches: CUDA graphs (mode='cudagraphs'), larger batches",
+    "cudagraphs": "more work per kernel: larger batches, longer sequences; the graph's entry "
+                  "and pace remain",
+}
+
+
+def advice(r) -> str:
+    """What to do about the report's regime, in its mode."""
+    if r.regime == "overhead" and r.mode in OVERHEAD_ADVICE:
+        return OVERHEAD_ADVICE[r.mode]
+    return ADVICE[r.regime]
 
 
 # Terminal colours of the regimes, as the HTML page's (html.COLORS).
@@ -90,7 +103,7 @@ def header(r) -> str:
         + comm(r.summary) + (f" · recomputation {si(r.recompute_flops, 'FLOP')}"
                              if r.recompute_flops else "") if r.training else "",
         *(f"note: {note}" for note in r.notes),
-        f"to go faster: {ADVICE[r.regime]}",
+        f"to go faster: {advice(r)}",
     ]
     return "\n".join(wrap(list(filter(None, lines))))
 
