@@ -124,3 +124,14 @@ def test_overhead_advice_follows_the_mode():
     assert "torch.compile" in told["eager"]          # each mode is overhead-bound here
     assert "cudagraphs" in told["compiled"] and "torch.compile" not in told["compiled"]
     assert "larger batches" in told["cudagraphs"] and "CUDA graphs (" not in told["cudagraphs"]
+
+
+def test_a_generation_bound_by_launches_points_to_cuda_graphs():
+    from fxroof.studies.llm import generation
+    kw = dict(prompt=16, new_tokens=2, options={"preset": "tiny"}, chip="h100-sxm")
+    launched = generation("models/llama.py", **kw)
+    assert launched.first.regime == "overhead"
+    assert any("CUDA graph" in n for n in launched.notes)
+    replayed = generation("models/llama.py", mode="cudagraphs", **kw)
+    assert not any("CUDA graph" in n for n in replayed.notes)
+    assert replayed.total_s < launched.total_s

@@ -125,6 +125,10 @@ def generation(workload="", *, prompt: int, new_tokens: int, batch: int = 1,
     notes = [f"note: {decode.why_not}"] if decode.why_not else []
     notes += [f"note: ctx={p.value}: {p.note}" for p in map(decode.point, steps) if p.note]
     first, middle, final = (decode.point(c).report for c in (prompt, mid, last))
+    if first.mode == "compiled" and first.chip.kind == "gpu" and first.regime == "overhead":
+        notes.append("note: each decode step waits on its kernels' launches from Python; "
+                     "serving engines replay decode as a CUDA graph (mode='cudagraphs', "
+                     "--mode cudagraphs)")
     step_s = new_tokens > 3 and _affine_steps(first, middle, final, mid - prompt, new_tokens)
     method = ("each kernel's compute, memory and overhead time affine in ctx, from the first "
               f"and last steps; checked at ctx={mid}")
