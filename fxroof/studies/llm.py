@@ -156,13 +156,14 @@ def _affine_steps(first: Report, mid: Report, last: Report, j_mid: int, n: int):
                 return None
     # compute, memory and link times are affine in ctx, the kernel's time (their bound) is not;
     # each step is scheduled as a report's is (the host issuing, collectives beside compute)
-    ends = {id(a): (a.expected, None if (a.flops, a.bytes, a.expected.comm_s)
+    # each kernel's first and last step (None: constant in ctx)
+    span = {id(a): (a.expected, None if (a.flops, a.bytes, a.expected.comm_s)
                     == (b.flops, b.bytes, b.expected.comm_s) else b.expected)
             for a, b in zip(first.kernels, last.kernels)}
 
     def step(f: float):
         def parts(k):
-            a, b = ends[id(k)]
+            a, b = span[id(k)]
             return host_and_device(a if b is None else a.between(b, f))
         return schedule(first.kernels, parts).end_s
     return [step(j / (n - 1)) for j in range(n)]
