@@ -1,6 +1,7 @@
 """The host issuing kernels ahead of the chip (report/streams.py) and the three ways it issues
 them: eager dispatch, a compiled program's launches, a CUDA graph's replay."""
 from collections import namedtuple
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -9,19 +10,13 @@ import fxroof
 from fxroof.chips import chip
 from fxroof.report.streams import attribute, schedule
 
-K = namedtuple("K", "nodes category waits host device regime")
+K = namedtuple("K", "nodes category waits expected")
 
 
 def kernel(name, host, device, regime="memory", category="pointwise"):
-    return K((name,), category, (), host, device, regime)
-
-
-def parts(k):
-    return k.host, k.device
-
-
-class Row(K):        # what attribute reads of a kernel row: its device regime
-    expected = property(lambda self: type("E", (), {"device_regime": self.regime})())
+    """What the schedule reads of a kernel row: its expected time's host and chip parts."""
+    return K((name,), category, (), SimpleNamespace(
+        overhead_s=host, device_s=device, device_regime=regime, serial_overhead=False))
 
 
 def test_the_host_runs_ahead_of_a_long_kernel():
@@ -29,7 +24,7 @@ def test_the_host_runs_ahead_of_a_long_kernel():
     # by 77 us, while the GEMV runs to 100; they then run back to back, 100..120. Kernel by
     # kernel, max(launch, time) would say 100 + 10 x 7 = 170 us.
     ks = [kernel("gemv", 7, 100)] + [kernel(f"k{i}", 7, 2) for i in range(10)]
-    s = schedule(ks, parts)
+    s = schedule(ks)
     assert s.end_s == pytest.approx(120) and s.host_s == pytest.approx(77)
     assert s.starts[1:] == pytest.approx([100 + 2 * i for i in range(10)])
     assert s.host_wait_s == 0
@@ -39,10 +34,10 @@ def test_tiny_kernels_wait_for_the_host():
     # 2 us kernels launched in 7 us each: each starts as the one before finishes launching
     # (a launch overlaps the kernel before it), the step ends when the last launch does
     ks = [kernel(f"k{i}", 7, 2) for i in range(4)]
-    s = schedule(ks, parts)
+    s = schedule(ks)
     assert s.starts == pytest.approx((0, 7, 14, 21)) and s.end_s == pytest.approx(28)
     # the host is the bottleneck: the step is its issuing, all of it overhead
-    pieces = attribute([Row(*k) for k in ks], s, parts)
+    pieces = attribute(ks, s)
     assert sum(t for _, r, t in pieces if r == "overhead") == pytest.approx(28)
     assert sum(t for _, r, t in pieces if r == "memory") == pytest.approx(0)
 
@@ -52,12 +47,12 @@ def test_where_the_chip_bounds_the_step_only_its_idle_time_is_overhead():
     # time and the end of the launches before it (0, 7, 14, 21)
     ks = [kernel("a", 7, 10, "compute"), kernel("b", 7, 1), kernel("c", 7, 1),
           kernel("d", 7, 30, "compute")]
-    s = schedule(ks, parts)
+    s = schedule(ks)
     # a 0..10; b max(10, 7) = 10..11; c max(11, 14) = 14..15; d max(15, 21) = 21..51
     assert s.starts == pytest.approx((0, 10, 14, 21)) and s.end_s == pytest.approx(51)
     assert s.host_wait_s == pytest.approx(3 + 6)
     # the chip is busy 42 us, the host 28: the chip bounds the step, idle 9 us of it
-    pieces = attribute([Row(*k) for k in ks], s, parts)
+    pieces = attribute(ks, s)
     share = {r: sum(t for _, g, t in pieces if g == r) for r in ("compute", "memory", "overhead")}
     assert share == pytest.approx({"compute": 40, "memory": 2, "overhead": 9})
 

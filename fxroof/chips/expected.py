@@ -32,8 +32,9 @@ that kind, so a CPU's expected time is its floor. docs/time-model.md gives each 
     reduction   a matrix kernel whose reduction is split (tiles) sums its partial products in
                 a second kernel
 
-Each part is the time it adds when applied after those before it: the parts sum to expected
-minus floor exactly.
+Each part is the time it adds when applied after those before it: the parts sum to the expected
+time on the chip less the floor's exactly (the host's dispatch and launches are the schedule's,
+report/streams.py).
 """
 from __future__ import annotations
 
@@ -173,18 +174,17 @@ class Expected:
     def regime(self) -> str:
         """The largest part; a kernel's fixed time on the chip counts as overhead, its
         transposes and partial-sum reduction as memory."""
-        parts = (self.compute_s, self.memory_s + self.relayout_s + self.reduction_s, self.comm_s,
-                 max(self.overhead_s, self.latency_s))
-        return REGIMES[parts.index(max(parts))]
+        return self._largest(max(self.overhead_s, self.latency_s))
 
     @property
     def device_regime(self) -> str:
         """The regime of its time on the chip (device_s), the host's part left out; on a CPU,
         where the host is the chip, the regime."""
-        if self.serial_overhead:
-            return self.regime
+        return self.regime if self.serial_overhead else self._largest(self.latency_s)
+
+    def _largest(self, fixed: float) -> str:
         parts = (self.compute_s, self.memory_s + self.relayout_s + self.reduction_s, self.comm_s,
-                 self.latency_s)
+                 fixed)
         return REGIMES[parts.index(max(parts))]
 
     def between(self, other: Expected, f: float) -> Expected:

@@ -20,7 +20,7 @@ so there the overhead adds to the work instead of hiding behind it (`serial_over
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -59,8 +59,7 @@ class Timing:
     @property
     def device_regime(self) -> str:
         """The regime on the chip alone, the host's issue cost left out (the roofline's own)."""
-        parts = (self.compute_s, self.memory_s, self.comm_s)
-        return REGIMES[parts.index(max(parts))]
+        return replace(self, overhead_s=0.0).regime
 
 
 def overhead_per_kernel(chip: Chip, mode: str, op: str = "", views: int = 0,

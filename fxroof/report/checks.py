@@ -116,10 +116,12 @@ def _dtype_lint(report) -> list:
     chip, found = report.chip, []
     half = chip.half_dtype()
     speedup = chip.matrix_flops(half) / chip.matrix_flops("fp32")
-    fp32 = [k for k in report.kernels if k.category in MATRIX_CATEGORIES and k.dtype == "fp32"]
+    def fp32_matrix(k):
+        return k.category in MATRIX_CATEGORIES and k.dtype == "fp32"
+    fp32 = [k for k in report.kernels if fp32_matrix(k)]
     if speedup >= 2:
-        seconds = dict(zip(map(id, report.kernels), report.summary.attributed))
-        part = sum(seconds[id(k)] for k in fp32) / (report.time_s or 1.0)
+        part = sum(t for k, t in zip(report.kernels, report.summary.attributed)
+                   if fp32_matrix(k)) / (report.time_s or 1.0)
         found.append(Check("dtype: fp32 matmuls", not fp32,
                            f"{len(fp32)} fp32 matrix kernels ({percent(part)} of time) run at "
                            f"{chip.name}'s fp32 rate; {half} peak is {speedup:.0f}x higher"

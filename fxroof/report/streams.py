@@ -93,8 +93,9 @@ def schedule(kernels, parts=on_chip) -> Schedule:
                     tuple(idle), waited, tuple(issued), host)
 
 
-def attribute(kernels, s: Schedule, parts=on_chip) -> list[tuple[int, str, float]]:
-    """The step's time in (kernel index, regime, seconds) pieces summing to it. Where the host
+def attribute(kernels, s: Schedule) -> list[tuple[int, str, float]]:
+    """The step's expected time (`s`, the schedule of `kernels`) in (kernel index, regime,
+    seconds) pieces summing to it. Where the host
     is the bottleneck (issuing takes longer than the compute stream is busy) the step is its
     issuing: each kernel's issue cost counts as overhead, and the time the chip runs on after
     the host is done goes to the kernels' regimes by their time on the chip. Otherwise each
@@ -104,7 +105,7 @@ def attribute(kernels, s: Schedule, parts=on_chip) -> list[tuple[int, str, float
     if s.host_s >= s.compute_s and s.host_s > 0:
         tail = (s.end_s - s.host_s) / (s.compute_s + s.comm_s or 1.0)
         for i, k in enumerate(kernels):
-            issue, time = parts(k)
+            issue, time = on_chip(k)
             pieces += [(i, "overhead", issue), (i, k.expected.device_regime, time * tail)]
         return pieces
     exposed = s.exposed_s / s.comm_s if s.comm_s else 1.0

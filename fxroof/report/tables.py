@@ -151,19 +151,19 @@ def top_kernels(r, n: int = TOP) -> str:
     """The costliest kernels, repeated layers folded into one row (layers.*, xN)."""
     total = r.time_s or 1.0
     groups: dict[tuple, list] = {}
-    seconds_of = dict(zip(map(id, r.kernels), r.summary.attributed))   # of the step, queued
-    for k in r.kernels:
+    for k, step in zip(r.kernels, r.summary.attributed):    # step: its seconds of the step
         # one row per op, module, shape and regime: "each" is then every member's
-        groups.setdefault((k.op, fold_layers(k.module), k.regime, k.flops, k.bytes), []).append(k)
-    ranked = sorted(groups.items(), key=lambda kv: -sum(seconds_of[id(k)] for k in kv[1]))[:n]
+        groups.setdefault((k.op, fold_layers(k.module), k.regime, k.flops, k.bytes),
+                          []).append((k, step))
+    ranked = sorted(groups.items(), key=lambda kv: -sum(t for _, t in kv[1]))[:n]
     rows = []
-    for (op, module, regime, *_), ks in ranked:
-        one = ks[0]
+    for (op, module, regime, *_), pairs in ranked:
+        one = pairs[0][0]
         how = f" ({one.expected.algorithm})" if one.expected.algorithm else ""   # a collective's
-        rows.append([_cut(op, 16, keep_end=False), _cut(module or "-", 24), f"x{len(ks)}",
+        rows.append([_cut(op, 16, keep_end=False), _cut(module or "-", 24), f"x{len(pairs)}",
                      si(one.flops, "F"), si(one.bytes, "B"), ratio(one.intensity),
                      seconds(one.time_s),
-                     percent(sum(seconds_of[id(k)] for k in ks) / total), paint(regime) + how])
+                     percent(sum(t for _, t in pairs) / total), paint(regime) + how])
     return table(rows, ["kernel", "module", "n", "FLOPs", "bytes", "FLOP/B", "each", "share",
                          "bound"], "llrrrrrrl")
 
@@ -178,7 +178,7 @@ def modules(r, n: int = TOP) -> str:
 def compare(r) -> str:
     c = r.compare()
     # the compiled kernels are launched one by one, or replayed as a graph (mode "cudagraphs")
-    label = {"eager": "eager", "compiled": "compiled" if r.mode != "cudagraphs" else r.mode}
+    label = {"eager": "eager", "compiled": "compiled" if r.mode == "eager" else r.mode}
     rows = [[label[mode], c[mode]["kernels"], si(c[mode]["bytes"], "B"),
              seconds(c[mode]["time_s"]), c[mode]["regime"]] for mode in ("eager", "compiled")]
     rows.append(["saved", "", percent(c["bytes_saved"]), percent(c["time_saved"]), ""])
