@@ -13,7 +13,11 @@ when absent; their README says how each was measured):
         map to a chip is named and skipped). Predicted: the report's time (eager or compiled)
         of the model in the file's 16-bit dtype, under AMP with its LayerNorm/GroupNorm in fp32
         (AMP's casts around them included), batch and size as published; channels-last costs
-        as NCHW. Every published size of each model in the subset is a case.
+        as NCHW. Every published size of each model in the subset is a case. A file whose
+        parameter count for a model is below timm's ran it fused (benchmark.py --reparam: the
+        RTX 5090 files' MobileOne, RepViT, FastViT, LeViT, EfficientViT): the bench fuses it
+        the same way. --timm-models every:N takes every N-th of the models the files share
+        instead (none of them in the subset): a sample of models fxroof was not built on.
     Vidur A100 linear, other ops; Vidur H100 linear, other ops (and A40, where the data has it)
         one transformer layer's non-attention ops, fp16, as Vidur's profiler runs them
         (vidur/profiling/mlp/mlp_impl.py, over sarathi-serve's layers), each timed as the sum of
@@ -296,6 +300,7 @@ def fp32_norms(module: nn.Module) -> nn.Module:
 # files, named as the data folder's timm-*.csv are, add the GPUs, torch versions and layouts
 # the data folder lacks (the files it holds are left to it).
 TIMM_RESULTS: list = []
+TIMM_PICKED: list = []      # --timm-models: the models to compare instead of TIMM_MODELS
 
 
 def timm_files() -> list:
@@ -345,22 +350,79 @@ def timm_cases(only: str) -> list[Case]:
     cases = []
     for source, (file, chip_name, mode, dtype, amp, nhwc) in sources.items():
         target = Target(chip=chip_name, mode=mode)
-        for r in (r for r in read_csv(file) if r["model"] in TIMM_MODELS):
+        models = set(TIMM_PICKED or TIMM_MODELS)
+        for r in (r for r in read_csv(file) if r["model"] in models):
             # some files print them as floats ("1024.0")
             size, batch = int(float(r["infer_img_size"])), int(float(r["infer_batch_size"]))
-            key = (r["model"], size, batch, dtype, amp, nhwc)
+            key = (r["model"], size, batch, dtype, amp, nhwc, r["param_count"])
             if key not in captured:
-                with torch.device("meta"):
-                    model = timm.create_model(r["model"]).to(dtype).eval()
-                    model = fp32_norms(model) if amp else model
-                x = torch.empty(batch, 3, size, size, dtype=dtype, device="meta")
-                model, x = channels_last(model, x) if nhwc else (model, x)
-                captured[key] = capture(model, (x,))
-            report = report_of(captured[key], target)
+                captured[key] = timm_capture(timm, r["model"], size, batch, dtype, amp, nhwc,
+                                             float(r["param_count"]))
+            if isinstance(captured[key], str):
+                continue
+            try:
+                report = report_of(captured[key], target)
+            except Exception as e:     # fxroof's failure on a model: said, never a case
+                print(f"{source}: fxroof fails on {r['model']}: {type(e).__name__}: {e}")
+                continue
             cases.append(Case(source, f"{r['model']} {size}px b{batch}",
                               float(r["infer_step_time"]) / 1e3, report.summary.floor_s,
                               report.time_s, made_of(report.kernels)))
     return cases
+
+
+def timm_capture(timm, name, size, batch, dtype, amp, nhwc, params_m):
+    """The captured graph of timm's `name` as its benchmark runs it, or why there is none (a
+    model this timm does not have is skipped; fxroof's own failure to capture is said).
+    params_m: the file's parameter count in millions. benchmark.py --reparam fuses a model's
+    training-time branches (MobileOne, RepViT, FastViT, LeViT...) before timing, which shows
+    as fewer parameters; such a model is built and fused the same way."""
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(name).eval()
+        if not same_count(model, params_m):
+            model = reparameterized(timm, name)
+            if not same_count(model, params_m):
+                return f"{name}: the file's {params_m}M parameters are not timm's model"
+        model = model.to(dtype)
+        model = fp32_norms(model) if amp else model
+    except Exception as e:
+        return f"timm cannot build {name}: {type(e).__name__}"
+    x = torch.empty(batch, 3, size, size, dtype=dtype, device="meta")
+    model, x = channels_last(model, x) if nhwc else (model, x)
+    try:
+        return capture(model, (x,))
+    except Exception as e:
+        why = f"fxroof fails to capture {name}: {type(e).__name__}: {str(e)[:200]}"
+        print(why)
+        return why
+
+
+def same_count(model, params_m: float) -> bool:
+    """Whether the model has the parameter count a timm file prints (millions, two decimals)."""
+    return abs(sum(p.numel() for p in model.parameters()) / 1e6 - params_m) < 0.006
+
+
+def reparameterized(timm, name):
+    """timm's model with its branches fused as benchmark.py --reparam fuses them, on the meta
+    device. The fusion computes weights, so it runs on real (random) weights on the CPU; the
+    models it applies to are small."""
+    from timm.utils.model import reparameterize_model
+    return reparameterize_model(timm.create_model(name).eval()).to("meta")
+
+
+def pick_timm_models(spec: str) -> list:
+    """--timm-models: names separated by commas, or `every:N`: every N-th model, in name order,
+    of those the data folder's timm files share that the default subset leaves out (a sample
+    nothing in fxroof was built on)."""
+    if not spec.startswith("every:"):
+        return [m for m in spec.split(",") if m]
+    step = int(spec.removeprefix("every:"))
+    shared = None
+    for path in sorted(DATA.glob("timm-*.csv")):
+        names = {r["model"] for r in read_csv(path)}
+        shared = names if shared is None else shared & names
+    return sorted(shared - set(TIMM_MODELS))[::step] if shared else []
 
 
 def channels_last(model, x):
@@ -981,7 +1043,15 @@ def main(argv=None) -> int:
     ap.add_argument("--vidur", type=Path, metavar="CHECKOUT",
                     help="a checkout of microsoft/vidur: adds the GPUs and collective systems "
                          "its data/profiling holds that the data folder does not")
+    ap.add_argument("--timm-models", metavar="NAMES",
+                    help="timm models to compare instead of the default subset: names separated "
+                         "by commas, or every:N for every N-th model the timm files share, in "
+                         "name order, leaving out the default subset")
     args = ap.parse_args(argv)
+    if args.timm_models:
+        TIMM_PICKED.extend(pick_timm_models(args.timm_models))
+        print(f"timm models: {len(TIMM_PICKED)} ({', '.join(TIMM_PICKED[:6])}"
+              f"{', ...' if len(TIMM_PICKED) > 6 else ''})")
     if args.vidur:
         if not (args.vidur / "data" / "profiling").is_dir():
             print(f"error: {args.vidur} has no data/profiling: not a checkout of microsoft/vidur")
