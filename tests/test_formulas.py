@@ -283,6 +283,33 @@ def test_matmul_counts_the_copies_it_makes_to_fold_the_batch():
     assert contiguous.bytes_written == 2 * 4 * 8 * 8 * F32      # views suffice: no copies
 
 
+def _pytorch_copies(fn, x) -> int:
+    """How many copies PyTorch itself makes running fn(x) on the CPU (its profiler's count)."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn(x)
+    return sum(e.name == "aten::copy_" for e in prof.events())
+
+
+@pytest.mark.parametrize("name, fn", [
+    ("layer_norm", lambda t: F.layer_norm(t, (16,))),
+    ("softmax", lambda t: torch.softmax(t, -1)),
+    ("log_softmax", lambda t: torch.log_softmax(t, -1)),
+    ("linear", lambda t: F.linear(t, torch.ones(8, 16)))])
+def test_kernels_that_read_a_contiguous_input_count_the_copy_of_a_strided_one(name, fn):
+    # a channels-first tensor seen channels-last (LayerNorm2d's permute): PyTorch copies it to a
+    # contiguous one before the kernel (its profiler shows the copy), and not a contiguous one
+    x = torch.randn(2, 16, 4, 8)
+    strided, contiguous = x.permute(0, 2, 3, 1), x.permute(0, 2, 3, 1).contiguous()
+    assert (_pytorch_copies(fn, strided), _pytorch_copies(fn, contiguous)) == (1, 0)
+    plain = cost_of(fn_module(fn), name, contiguous)
+    copied = cost_of(fn_module(lambda t: fn(t.permute(0, 2, 3, 1))), name, x)
+    elements = 2 * 16 * 4 * 8                                # 1,024 elements, 4 KB in fp32
+    assert copied.bytes_read == plain.bytes_read + elements * F32       # the copy reads it,
+    assert copied.bytes_written == plain.bytes_written + elements * F32  # and writes it
+    assert copied.flops == plain.flops
+
+
 def test_eval_dropout_is_free_and_in_place_ops_take_their_functional_formula():
     m = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Dropout(0.1),
                             torch.nn.Hardswish(inplace=True))

@@ -6,13 +6,14 @@ reductions, a handful per element for softmax and norms (counts written beside e
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
 
 from fxroof.cost.formulas.registry import RULES, Entry, OpCall, formula
 from fxroof.cost.record import Cost
-from fxroof.graph.tensors import numel
+from fxroof.graph.tensors import footprint, numel
 
 aten = torch.ops.aten
 
@@ -51,6 +52,38 @@ def per_input_element(flops: int, category: str):
     return per_element
 
 
+def strided_input_copy(call: OpCall) -> int:
+    """Bytes of the copy a softmax or layer norm makes of a strided input before its kernel
+    runs: PyTorch's kernels, CPU and CUDA alike, read a contiguous input (softmax's
+    `input_.contiguous()`, aten/src/ATen/native/cuda/SoftMax.cu host_softmax; layer norm's
+    `input.expect_contiguous()`, cuda/layer_norm_kernel.cu and layer_norm.cpp). A channels-first
+    LayerNorm2d (x.permute(0, 2, 3, 1) then F.layer_norm) pays it every call."""
+    x = call.inputs[0] if call.inputs else None
+    if not isinstance(x, torch.Tensor) or x.numel() < 2 or x.is_contiguous():
+        return 0
+    return footprint(x) + numel(x) * x.element_size()
+
+
+def copying_strided_input(flops: int, category: str):
+    """per_input_element's formula, plus the copy of a strided input (strided_input_copy)."""
+    per_element = per_input_element(flops, category)
+
+    def formula_fn(call: OpCall) -> Cost:
+        cost, copied = per_element(call), strided_input_copy(call)
+        if not copied:
+            return cost
+        half = copied // 2
+        return dataclasses.replace(cost, bytes_read=cost.bytes_read + copied - half,
+                                   bytes_written=cost.bytes_written + half,
+                                   note="copies its strided input to a contiguous one first")
+    return formula_fn
+
+
+# the ops whose kernels read a contiguous input (strided_input_copy); group norm takes a
+# channels-last input as it is, and rms norm in this table is the composite's
+_COPYING = frozenset({aten.softmax, aten._softmax, aten.log_softmax, aten._log_softmax,
+                      aten._safe_softmax, aten.layer_norm, aten.native_layer_norm})
+
 for _ops, _flops, _category in (
         # one op per element read
         ((aten.sum, aten.mean, aten.amax, aten.amin, aten.max, aten.min, aten.prod, aten.argmax,
@@ -85,7 +118,11 @@ for _ops, _flops, _category in (
         # per gradient element: x-hat again, two sums over the row, the affine terms
         ((aten.native_layer_norm_backward, aten.native_batch_norm_backward,
           aten.native_group_norm_backward), 8, "norm")):
-    formula(*_ops, category=_category, fn=per_input_element(_flops, _category))
+    _copying = [o for o in _ops if o in _COPYING]
+    if _copying:
+        formula(*_copying, category=_category, fn=copying_strided_input(_flops, _category))
+    _rest = [o for o in _ops if o not in _COPYING]
+    formula(*_rest, category=_category, fn=per_input_element(_flops, _category))
 
 
 @formula(aten.sort, aten.argsort, aten.topk, aten.kthvalue, aten.msort, aten.median,

@@ -27,7 +27,16 @@ def product(call: OpCall):
     """Every output element is a dot product along the first operand's last dim, K long:
     (M, K) @ (K, N), batched, a vector, x (..., K) @ w.T alike."""
     a = call.args[1] if getattr(call.op, "overloadpacket", None) in _ADDED_TO else call.args[0]
-    return call.cost(2 * numel(call.outputs[0]) * int(a.shape[-1]), "matmul", dtype_name(a.dtype))
+    cost = call.cost(2 * numel(call.outputs[0]) * int(a.shape[-1]), "matmul", dtype_name(a.dtype))
+    if getattr(call.op, "overloadpacket", None) is aten.linear and a.dim() > 2:
+        # F.linear on a batched input is torch.matmul's fold (at::linear): a strided input that
+        # no view flattens is copied first, as matmul below copies it
+        copies = fold_copy_bytes(a)
+        if copies:
+            return dataclasses.replace(cost, bytes_read=cost.bytes_read + copies,
+                                       bytes_written=cost.bytes_written + copies,
+                                       note="copies its input to fold the batch")
+    return cost
 
 
 @formula(aten.addbmm, category="matmul")
