@@ -6,7 +6,7 @@ from helpers import fn_module
 import fxroof
 from fxroof.chips import Chip, chip
 from fxroof.chips.expected import Tiling, expected, tiling
-from fxroof.chips.timing import Timing, comm_time
+from fxroof.chips.timing import Timing, comm_time, nvls_chunk, nvls_fill
 
 H100 = chip("h100-sxm")     # 132 SMs, 989.4 TFLOP/s bf16, 3.35 TB/s
 
@@ -199,6 +199,26 @@ def test_a_large_all_reduce_over_eight_h200s_reduces_in_the_switch():
     assert small == pytest.approx(14 * 0.9e-6 + 28_672 / 225e9)
     assert expected(h200, Timing(0, 0, small, 0), "collective", comm_bytes=28_672, comm_steps=14,
                     nvls_bytes=18_432).algorithm == "ring LL"
+
+
+def test_a_mid_size_nvls_all_reduce_pays_its_pipeline_fill():
+    # NCCL's chunk rule (src/enqueue.cc) for 8 ranks x 16 channels = 128 operations: 8 MiB is
+    # under 64 x 128 x 128 KiB and under 8 x 128 x 64 KiB, not under 2 x 128 x 32 KiB: 32 KiB
+    # chunks, 8 MiB / (128 x 32 KiB) = 2 rounds through a pipeline of 3 stages: (2 + 2) / 2 = 2x
+    # the bytes' time. 1 GiB: 128 KiB chunks, 64 rounds: 66/64.
+    assert nvls_chunk(8 * 2**20, 128) == 32 * 1024 and nvls_fill(8 * 2**20, 8, 16) == 2.0
+    assert nvls_chunk(2**30, 128) == 128 * 1024 and nvls_fill(2**30, 8, 16) == 66 / 64
+    assert nvls_fill(8 * 2**20, 8, 0) == 1.0                 # no channel figure: no fill
+    # on an H200 node: 9/8 x 8 MiB = 9.44 MB at 0.81 x 0.85 of 450 GB/s = 30.5 us, twice, + 25 us
+    # = 85.9 us, 1.07x of the 80.6 us nccl-tests measured (Bekman, Machine Learning Engineering:
+    # 182.0 GB/s bus bandwidth at 8 MiB); without the fill 55.5 us, 0.69x
+    h200, size = chip("h200"), 8 * 2**20
+    ring, nvls = 14 * size // 8, 9 * size // 8
+    e = expected(h200, Timing(0, 0, comm_time(h200, ring, 14, nvls_bytes=nvls, ranks=8), 0),
+                 "collective", comm_bytes=ring, comm_steps=14, nvls_bytes=nvls, comm_ranks=8)
+    assert e.algorithm == "NVLS"
+    assert e.comm_s == pytest.approx(25e-6 + 2 * nvls / (450e9 * 0.81 * 0.85))
+    assert e.comm_s / (size * 14 / 8 / 182.03e9) == pytest.approx(1.07, abs=0.01)
 
 
 def test_between_interpolates_the_parts_of_a_kernel_affine_in_a_size():

@@ -77,6 +77,9 @@ pages print the with-sparsity figure, which is twice the dense one.
                                                 (NVLink SHARP, NCCL's NVLS all-reduce): the share
                                                 of a ring's link rate NVLS keeps (NCCL's
                                                 nvlsEfficiency); absent: rings only
+      "nvls_channels": 16                       the CTAs NCCL runs an NVLS all-reduce on within a
+                                                node (src/transport/nvls.cc): with the group
+                                                they set its chunks, so its pipeline's fill
       "kernel_floor_us": 1                      time every kernel takes on the chip on top of
                                                 its work (start, first loads, drain)
       "memory_latency_ns": 354                  a load's round trip to DRAM: a kernel with too few
@@ -124,6 +127,7 @@ OPTIONAL_SCALARS = {
     "bw_efficiency": ("bw_efficiency", 1.0),
     "collective_efficiency": ("collective_efficiency", 1.0),
     "nvls_efficiency": ("nvls_efficiency", 1.0),
+    "nvls_channels": ("nvls_channels", 1.0),
     "peer_links": ("peer_links", 1.0),
     "kernel_floor_s": ("kernel_floor_us", 1e-6),
     "memory_latency_s": ("memory_latency_ns", 1e-9),
@@ -225,6 +229,7 @@ class Chip:
     bw_efficiency: float = 0.0
     collective_efficiency: float = 0.0
     nvls_efficiency: float = 0.0   # all-reduce over an NVLink SHARP switch (timing.comm_time)
+    nvls_channels: float = 0.0     # NCCL's NVLS CTAs in a node; 0: no pipeline fill charged
     peer_links: float = 0.0   # link_bw split over this many direct peer links; 0: a switch
     kernel_floor_s: float = 0.0
     memory_latency_s: float = 0.0

@@ -249,7 +249,7 @@ def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_by
     if gpu and collective:
         options = comm_options(chip, comm_bytes, comm_steps, NCCL_BASE_S,
                                chip.collective_efficiency or 1.0, nvls_bytes,
-                               chip.nvls_efficiency, comm_ranks)
+                               chip.nvls_efficiency, comm_ranks, int(chip.nvls_channels))
         algorithm = min(options, key=options.get)
         comm = options[algorithm]
     bandwidth = floor.memory_s / (chip.bw_efficiency or 1.0)

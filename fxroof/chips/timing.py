@@ -126,26 +126,58 @@ LL_BANDWIDTH = 0.5
 # 8 x H200 node says it does (LL ring to 1 MiB, NVLS from 2 MiB; Bekman, Machine Learning
 # Engineering, network/README.md, "SHARP").
 NVLS_LATENCY_S = 25e-6
+# Within a node NCCL's NVLS all-reduce runs three warp groups as a pipeline, a chunk at a time:
+# scatter into the switch's buffers, reduce and broadcast through the switch, gather out
+# (src/device/all_reduce.h, RunWorkColl<..., NCCL_ALGO_NVLS, NCCL_PROTO_SIMPLE>, oneNode). Each
+# of its channels x ranks (one head per rank) concurrent operations takes chunks of 128 KiB
+# (NCCL_NVLS_CHUNKSIZE, src/transport/nvls.cc), cut to 64, 32 and 16 KiB for smaller buffers
+# (src/enqueue.cc) so that a mid-size all-reduce still makes a few rounds. A pipeline of three
+# stages that pace alike takes rounds + 2 stage times: a buffer of few rounds pays the fill.
+NVLS_STAGES = 3
+NVLS_CHUNK_BYTES = 128 * 1024
+NVLS_CHUNK_CUTS = ((64, 65536), (8, 32768), (2, 16384))   # (rounds below which, chunk bytes)
+
+
+def nvls_chunk(nbytes: float, operations: int) -> int:
+    """The chunk NCCL gives each concurrent NVLS operation for an all-reduce of `nbytes`
+    (src/enqueue.cc: smaller while the buffer holds fewer than 64, 8, 2 chunks an operation)."""
+    chunk = NVLS_CHUNK_BYTES
+    for rounds, cut in NVLS_CHUNK_CUTS:
+        if nbytes < rounds * operations * chunk and chunk > cut:
+            chunk = cut
+    return chunk
+
+
+def nvls_fill(nbytes: float, ranks: int, channels: int) -> float:
+    """How much longer than its bytes alone an NVLS all-reduce of an `nbytes` buffer takes:
+    (rounds + stages - 1) / rounds, one round being a chunk through each of channels x ranks
+    operations; 1 where the channels or the group are not known."""
+    if not (channels and ranks and nbytes):
+        return 1.0
+    operations = int(channels) * ranks
+    rounds = max(1, math.ceil(nbytes / (operations * nvls_chunk(nbytes, operations))))
+    return (rounds + NVLS_STAGES - 1) / rounds
 
 
 def comm_time(chip: Chip, comm_bytes: float, comm_steps: int, base_s: tuple = (0.0, 0.0),
               efficiency: float = 1.0, nvls_bytes: float = 0, nvls_share: float = 1.0,
-              ranks: int = 0) -> float:
+              ranks: int = 0, nvls_channels: int = 0) -> float:
     """Latency per sequential step plus the bytes each rank sends over its link; on a GPU, the
     faster of NCCL's Simple and LL protocols, and for an all-reduce on a chip whose switch
     reduces (Chip.nvls_efficiency), of those and NVLS: its latency plus nvls_bytes over the
     link. The expected time (expected.py) adds each protocol's per-collective base latency,
     base_s = (Simple, LL), the share of the link's bandwidth a ring reaches (efficiency) and
-    the share of that NVLS keeps (nvls_share); the floor has none of them. ranks: the group's
-    size, which on a board wired peer to peer says how many links it has (Chip.group_link_bw)."""
+    the share of that NVLS keeps (nvls_share) and NVLS's pipeline fill over its channels
+    (nvls_channels: nvls_fill); the floor has none of them. ranks: the group's size, which on a
+    board wired peer to peer says how many links it has (Chip.group_link_bw)."""
     options = comm_options(chip, comm_bytes, comm_steps, base_s, efficiency, nvls_bytes,
-                           nvls_share, ranks)
+                           nvls_share, ranks, nvls_channels)
     return min(options.values()) if options else 0.0
 
 
 def comm_options(chip: Chip, comm_bytes: float, comm_steps: int, base_s: tuple = (0.0, 0.0),
                  efficiency: float = 1.0, nvls_bytes: float = 0, nvls_share: float = 1.0,
-                 ranks: int = 0) -> dict:
+                 ranks: int = 0, nvls_channels: int = 0) -> dict:
     """{algorithm: seconds} of the ones a collective can run on this chip (comm_time's
     arguments); comm_time is the fastest."""
     if not comm_bytes and not comm_steps:
@@ -158,7 +190,10 @@ def comm_options(chip: Chip, comm_bytes: float, comm_steps: int, base_s: tuple =
                "ring LL": (base_s[1] + comm_steps * chip.link_latency_s * LL_LATENCY
                            + comm_bytes / (bw * LL_BANDWIDTH))}
     if nvls_bytes and chip.nvls_efficiency:      # reduced in the switch
-        options["NVLS"] = NVLS_LATENCY_S + nvls_bytes / (bw * nvls_share)
+        # the buffer itself: nvls_bytes is (n+1)/n of it (Cost.nvls_bytes)
+        buffer = nvls_bytes * ranks / (ranks + 1) if ranks else 0
+        options["NVLS"] = (NVLS_LATENCY_S + nvls_bytes / (bw * nvls_share)
+                           * nvls_fill(buffer, ranks, nvls_channels))
     return options
 
 

@@ -221,6 +221,7 @@ _FIGURE_NAMES = {
     "bw_efficiency": "streaming share of the bandwidth, latency waits taken out",
     "collective_efficiency": "ring all-reduce share of the link",
     "nvls_efficiency": "in-switch (NVLS) all-reduce share of the ring's",
+    "nvls_channels": "NCCL's channels for an NVLS all-reduce in a node",
     "peer_links": "links, one to each peer (a group of n ranks has n-1)",
     "kernel_floor_s": "fixed time per kernel on the chip",
     "memory_latency_s": "memory latency (idle)",
