@@ -416,13 +416,18 @@ def pick_timm_models(spec: str) -> list:
     of those the data folder's timm files share that the default subset leaves out (a sample
     nothing in fxroof was built on)."""
     if not spec.startswith("every:"):
-        return [m for m in spec.split(",") if m]
-    step = int(spec.removeprefix("every:"))
-    shared = None
-    for path in sorted(DATA.glob("timm-*.csv")):
-        names = {r["model"] for r in read_csv(path)}
-        shared = names if shared is None else shared & names
-    return sorted(shared - set(TIMM_MODELS))[::step] if shared else []
+        files = [{r["model"] for r in read_csv(path)} for path, _ in timm_files()]
+        names = [m for m in spec.split(",") if m]
+        unknown = [m for m in names if not any(m in f for f in files)]
+        if unknown:
+            raise ValueError(f"--timm-models: in no timm result file: {', '.join(unknown)}")
+        return names
+    step = spec.removeprefix("every:")
+    if not step.isdigit() or int(step) < 1:
+        raise ValueError(f"--timm-models every:N takes a whole number N >= 1, not {step!r}")
+    files = [{r["model"] for r in read_csv(path)} for path in sorted(DATA.glob("timm-*.csv"))]
+    shared = set.intersection(*files) if files else set()
+    return sorted(shared - set(TIMM_MODELS))[::int(step)]
 
 
 def channels_last(model, x):
@@ -1048,10 +1053,6 @@ def main(argv=None) -> int:
                          "by commas, or every:N for every N-th model the timm files share, in "
                          "name order, leaving out the default subset")
     args = ap.parse_args(argv)
-    if args.timm_models:
-        TIMM_PICKED.extend(pick_timm_models(args.timm_models))
-        print(f"timm models: {len(TIMM_PICKED)} ({', '.join(TIMM_PICKED[:6])}"
-              f"{', ...' if len(TIMM_PICKED) > 6 else ''})")
     if args.vidur:
         if not (args.vidur / "data" / "profiling").is_dir():
             print(f"error: {args.vidur} has no data/profiling: not a checkout of microsoft/vidur")
@@ -1065,6 +1066,14 @@ def main(argv=None) -> int:
     if not DATA.is_dir():
         print(f"skipped: no published measurements at {DATA} (see shared/reference/measured)")
         return 0
+    if args.timm_models:
+        try:
+            TIMM_PICKED.extend(pick_timm_models(args.timm_models))
+        except ValueError as e:
+            print(f"error: {e}")
+            return 2
+        print(f"timm models: {len(TIMM_PICKED)} ({', '.join(TIMM_PICKED[:6])}"
+              f"{', ...' if len(TIMM_PICKED) > 6 else ''})")
     start = time.perf_counter()
     cases = (timm_cases(args.only) + timm_train_cases(args.only) + vidur_cases(args.only)
              + all_reduce_cases(args.only)
