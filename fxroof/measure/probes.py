@@ -29,15 +29,22 @@ class OpProbe:
     inputs: Callable[[str, torch.device], tuple]  # size (TINY or MID), device -> arguments
 
 
-def _rows(size: str) -> int:
-    # tiny: 4 x 16 elements, all fixed cost; mid: 256 Ki fp32 elements = 1 MiB, the size of a
-    # CPU-sized model's activations, past a core's L2 but inside the last-level cache. Some
-    # kernels change pace with size, so the rate is taken where models run.
-    return 4 if size == TINY else 4096
+def _rows(size: str, dev: torch.device) -> int:
+    # tiny: 4 x 16 elements, all fixed cost; mid: 256 Ki fp32 elements = 1 MiB a thread, the size
+    # of a CPU-sized model's activations, past a core's L2 but inside the last-level cache. Some
+    # kernels change pace with size, so the rate is taken where models run. A thread's share
+    # stays 1 MiB at any thread count (ATen splits the op over its threads): at two, a 1 MiB
+    # tensor is two halves that each fit their core's L2, and the rate came out 4x one thread's.
+    return 4 if size == TINY else 4096 * _threads(dev)
+
+
+def _threads(dev: torch.device) -> int:
+    """The threads an elementwise op is split over: torch's CPU threads, 1 on an accelerator."""
+    return torch.get_num_threads() if torch.device(dev).type == "cpu" else 1
 
 
 def _x(size, dev, positive=False):
-    x = torch.randn(_rows(size), 64 if size == MID else 16, device=dev)
+    x = torch.randn(_rows(size, dev), 64 if size == MID else 16, device=dev)
     return x.abs() + 0.5 if positive else x
 
 
@@ -49,8 +56,9 @@ _one, _two, _positive = _vectors(1), _vectors(2), _vectors(1, positive=True)
 
 
 def _image(size, dev):
-    # (1, 16, 128, 128): 256 Ki elements; tiny (1, 4, 4, 4)
-    return (torch.randn((1, 4, 4, 4) if size == TINY else (1, 16, 128, 128), device=dev),)
+    # (threads, 16, 128, 128): 256 Ki elements a thread; tiny (1, 4, 4, 4)
+    shape = (1, 4, 4, 4) if size == TINY else (_threads(dev), 16, 128, 128)
+    return (torch.randn(shape, device=dev),)
 
 
 def _norm_args(size, dev):
@@ -65,7 +73,7 @@ def _batch_norm_args(size, dev):
 
 
 def _embedding_args(size, dev):
-    return torch.randint(0, 512, (_rows(size),), device=dev), torch.randn(512, 64, device=dev)
+    return torch.randint(0, 512, (_rows(size, dev),), device=dev), torch.randn(512, 64, device=dev)
 
 
 def _fixed(*shapes):
