@@ -557,7 +557,7 @@ def test_cache_needs_both_figures(tmp_path):
     ("op_dispatch_us", [1, 2], "op_dispatch_us must be an object"),
     ("op_TFLOPS", {"relu": -1}, "op_TFLOPS.relu"),
     ("view_dispatch_us", 0, "view_dispatch_us"),
-    ("matrix_bw_fraction", {"fp32": 1.5}, "at most 1"),
+    ("matrix_bw_fraction", {"fp32": 1.6}, "at most 1.5"),
     ("matrix_bw_fraction", {"float": 0.5}, "per dtype"),
 ])
 def test_bad_optional_figure_is_named(tmp_path, key, value, named):

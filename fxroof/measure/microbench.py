@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fxroof.chips import Chip
+from fxroof.chips.chip import READ_STREAM_CEILING
 from fxroof.cost.record import MATRIX_CATEGORIES
 from fxroof.graph.capture import FunctionModule
 from fxroof.graph.tensors import torch_dtype
@@ -110,9 +111,10 @@ def _node_rates(clock: Clock, dtype: torch.dtype, chip: Chip, bare: dict) -> dic
 
 
 def matrix_bandwidth(clock: Clock, peaks: dict, mem_bw: float) -> tuple[dict, str]:
-    """CPU: per dtype with a fast path, the share of the copy bandwidth that F.linear on one row
-    (how decode runs) attains streaming weights that no cache holds: a cycle of 2048 x 2048
-    weight matrices four times the last-level cache."""
+    """CPU: per dtype with a fast path, the rate F.linear on one row (how decode runs) attains
+    streaming weights that no cache holds, over the copy bandwidth: a cycle of 2048 x 2048
+    weight matrices four times the last-level cache. It may pass 1 (a read-only stream skips the
+    copy's write-allocate reads), up to chip.READ_STREAM_CEILING."""
     cache = last_level_cache() or (32 << 20)
     shares, notes = {}, []
     for dtype in fast_dtypes(peaks):
@@ -126,7 +128,7 @@ def matrix_bandwidth(clock: Clock, peaks: dict, mem_bw: float) -> tuple[dict, st
             for w in weights:
                 F.linear(x, w)
         t = clock.per_call(stream, budget_s=clock.budget_s / 2, min_samples=3) / count
-        shares[dtype] = min(1.0, size / t / mem_bw)
+        shares[dtype] = min(READ_STREAM_CEILING, size / t / mem_bw)
         notes.append(f"{dtype} {si(size / t, 'B/s')}")
     return shares, ("F.linear on one row over a cycle of 2048 x 2048 weight matrices that no "
                     "cache holds, weight bytes / time, over mem_bw: " + ", ".join(notes))
