@@ -310,6 +310,17 @@ def test_kernels_that_read_a_contiguous_input_count_the_copy_of_a_strided_one(na
     assert copied.flops == plain.flops
 
 
+def test_a_broadcast_input_is_copied_whole_before_a_softmax():
+    # a (4, 1, 8) tensor seen as (4, 16, 8): 128 B in memory, 2 KB as the softmax sees it. The
+    # copy reads the 128 B and writes 2 KB, and the kernel reads that 2 KB and writes its 2 KB
+    fn = lambda t: torch.softmax(t.expand(4, 16, 8), -1)    # noqa: E731
+    x = torch.randn(4, 1, 8)
+    assert _pytorch_copies(fn, x) == 1
+    c = cost_of(fn_module(fn), "softmax", x)
+    assert c.bytes_read == 4 * 8 * F32 + 4 * 16 * 8 * F32   # 128 B + 2,048 B
+    assert c.bytes_written == 2 * 4 * 16 * 8 * F32           # the copy, then the result
+
+
 def test_eval_dropout_is_free_and_in_place_ops_take_their_functional_formula():
     m = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Dropout(0.1),
                             torch.nn.Hardswish(inplace=True))

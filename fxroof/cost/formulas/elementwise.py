@@ -13,7 +13,7 @@ import torch
 
 from fxroof.cost.formulas.registry import RULES, Entry, OpCall, formula
 from fxroof.cost.record import Cost
-from fxroof.graph.tensors import footprint, numel
+from fxroof.graph.tensors import numel
 
 aten = torch.ops.aten
 
@@ -53,15 +53,17 @@ def per_input_element(flops: int, category: str):
 
 
 def strided_input_copy(call: OpCall) -> int:
-    """Bytes of the copy a softmax or layer norm makes of a strided input before its kernel
-    runs: PyTorch's kernels, CPU and CUDA alike, read a contiguous input (softmax's
+    """Bytes each way of the copy a softmax or layer norm makes of a strided input before its
+    kernel runs: PyTorch's kernels, CPU and CUDA alike, read a contiguous input (softmax's
     `input_.contiguous()`, aten/src/ATen/native/cuda/SoftMax.cu host_softmax; layer norm's
     `input.expect_contiguous()`, cuda/layer_norm_kernel.cu and layer_norm.cpp). A channels-first
-    LayerNorm2d (x.permute(0, 2, 3, 1) then F.layer_norm) pays it every call."""
+    LayerNorm2d (x.permute(0, 2, 3, 1) then F.layer_norm) pays it every call. The copy reads the
+    input and writes it whole, and the kernel then reads the copy in the input's place: a read
+    and a write of the whole tensor more (a broadcast input's copy is larger than it)."""
     x = call.inputs[0] if call.inputs else None
     if not isinstance(x, torch.Tensor) or x.numel() < 2 or x.is_contiguous():
         return 0
-    return footprint(x) + numel(x) * x.element_size()
+    return numel(x) * x.element_size()
 
 
 def copying_strided_input(flops: int, category: str):
@@ -72,9 +74,8 @@ def copying_strided_input(flops: int, category: str):
         cost, copied = per_element(call), strided_input_copy(call)
         if not copied:
             return cost
-        half = copied // 2
-        return dataclasses.replace(cost, bytes_read=cost.bytes_read + copied - half,
-                                   bytes_written=cost.bytes_written + half,
+        return dataclasses.replace(cost, bytes_read=cost.bytes_read + copied,
+                                   bytes_written=cost.bytes_written + copied,
                                    note="copies its strided input to a contiguous one first")
     return formula_fn
 
