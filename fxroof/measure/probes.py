@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fxroof.measure.machine import last_level_cache
+
 TINY, MID = "tiny", "mid"
 
 
@@ -39,8 +41,14 @@ def _rows(size: str, dev: torch.device) -> int:
 
 
 def _threads(dev: torch.device) -> int:
-    """The threads an elementwise op is split over: torch's CPU threads, 1 on an accelerator."""
-    return torch.get_num_threads() if torch.device(dev).type == "cpu" else 1
+    """The threads an elementwise op is split over: torch's CPU threads, 1 on an accelerator;
+    no more than keep a probe's tensors (1 MiB a thread each) to an eighth of the last-level
+    cache, so that a many-core CPU's probe stays inside it."""
+    if torch.device(dev).type != "cpu":
+        return 1
+    cache = last_level_cache()
+    fits = cache // (8 << 20) if cache else torch.get_num_threads()
+    return max(1, min(torch.get_num_threads(), fits))
 
 
 def _x(size, dev, positive=False):
