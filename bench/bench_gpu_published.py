@@ -411,12 +411,17 @@ def reparameterized(timm, name):
     return reparameterize_model(timm.create_model(name).eval()).to("meta")
 
 
+def models_in(path) -> set:
+    """The model names a timm result file holds."""
+    return {r["model"] for r in read_csv(path)}
+
+
 def pick_timm_models(spec: str) -> list:
     """--timm-models: names separated by commas, or `every:N`: every N-th model, in name order,
     of those the data folder's timm files share that the default subset leaves out (a sample
     nothing in fxroof was built on)."""
     if not spec.startswith("every:"):
-        files = [{r["model"] for r in read_csv(path)} for path, _ in timm_files()]
+        files = [models_in(path) for path, _ in timm_files()]
         names = [m for m in spec.split(",") if m]
         unknown = [m for m in names if not any(m in f for f in files)]
         if unknown:
@@ -425,7 +430,7 @@ def pick_timm_models(spec: str) -> list:
     step = spec.removeprefix("every:")
     if not step.isdigit() or int(step) < 1:
         raise ValueError(f"--timm-models every:N takes a whole number N >= 1, not {step!r}")
-    files = [{r["model"] for r in read_csv(path)} for path in sorted(DATA.glob("timm-*.csv"))]
+    files = [models_in(path) for path in sorted(DATA.glob("timm-*.csv"))]
     shared = set.intersection(*files) if files else set()
     return sorted(shared - set(TIMM_MODELS))[::int(step)]
 

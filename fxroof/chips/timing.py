@@ -159,19 +159,15 @@ def nvls_fill(nbytes: float, ranks: int, channels: int) -> float:
     return (rounds + NVLS_STAGES - 1) / rounds
 
 
-def comm_time(chip: Chip, comm_bytes: float, comm_steps: int, base_s: tuple = (0.0, 0.0),
-              efficiency: float = 1.0, nvls_bytes: float = 0, nvls_share: float = 1.0,
-              ranks: int = 0, nvls_channels: int = 0) -> float:
-    """Latency per sequential step plus the bytes each rank sends over its link; on a GPU, the
-    faster of NCCL's Simple and LL protocols, and for an all-reduce on a chip whose switch
-    reduces (Chip.nvls_efficiency), of those and NVLS: its latency plus nvls_bytes over the
-    link. The expected time (expected.py) adds each protocol's per-collective base latency,
-    base_s = (Simple, LL), the share of the link's bandwidth a ring reaches (efficiency) and
-    the share of that NVLS keeps (nvls_share) and NVLS's pipeline fill over its channels
-    (nvls_channels: nvls_fill); the floor has none of them. ranks: the group's size, which on a
-    board wired peer to peer says how many links it has (Chip.group_link_bw)."""
-    options = comm_options(chip, comm_bytes, comm_steps, base_s, efficiency, nvls_bytes,
-                           nvls_share, ranks, nvls_channels)
+def comm_time(chip: Chip, comm_bytes: float, comm_steps: int, nvls_bytes: float = 0,
+              ranks: int = 0) -> float:
+    """The roofline floor of a collective: latency per sequential step plus the bytes each rank
+    sends over its link; on a GPU, the faster of NCCL's Simple and LL protocols, and for an
+    all-reduce on a chip whose switch reduces (Chip.nvls_efficiency), of those and NVLS: its
+    latency plus nvls_bytes over the link. ranks: the group's size, which on a board wired peer
+    to peer says how many links it has (Chip.group_link_bw). The expected time takes the same
+    options with NCCL's costs on top (comm_options' other arguments, expected.py)."""
+    options = comm_options(chip, comm_bytes, comm_steps, nvls_bytes=nvls_bytes, ranks=ranks)
     return min(options.values()) if options else 0.0
 
 
@@ -179,7 +175,10 @@ def comm_options(chip: Chip, comm_bytes: float, comm_steps: int, base_s: tuple =
                  efficiency: float = 1.0, nvls_bytes: float = 0, nvls_share: float = 1.0,
                  ranks: int = 0, nvls_channels: int = 0) -> dict:
     """{algorithm: seconds} of the ones a collective can run on this chip (comm_time's
-    arguments); comm_time is the fastest."""
+    arguments); comm_time, the floor, is the fastest with none of the rest. The expected time
+    adds each protocol's per-collective base latency, base_s = (Simple, LL), the share of the
+    link's bandwidth a ring reaches (efficiency), the share of that NVLS keeps (nvls_share) and
+    NVLS's pipeline fill over its channels (nvls_channels: nvls_fill)."""
     if not comm_bytes and not comm_steps:
         return {}
     bw = chip.group_link_bw(ranks) * efficiency

@@ -34,9 +34,11 @@ class Schedule:
     end_s: float        # when both streams are done: the step's time
     idle: tuple = ()    # per kernel: the seconds its stream stood idle waiting for the host to
                         # issue it (overhead the queue did not hide)
-    host_wait_s: float = 0.0    # the streams' idle time waiting for the host
     issued: tuple = ()  # per kernel: when the host begins to issue it
     host_s: float = 0.0     # when the host has issued every kernel
+
+    # the streams' idle time waiting for the host
+    host_wait_s = property(lambda self: sum(self.idle))
 
     # the communication not hidden behind compute (nor behind the compute stream's waits for
     # the host)
@@ -66,7 +68,7 @@ def schedule(kernels, parts=on_chip) -> Schedule:
     Waits on a collective that is not among `kernels` (another phase's) are already met."""
     comm_of = {k.nodes[0]: i for i, k in enumerate(kernels) if k.category == COLLECTIVE}
     starts, ends, idle, issued = [], [], [], []
-    host = clock = link = compute = comm = waited = 0.0
+    host = clock = link = compute = comm = 0.0
     for k in kernels:
         ready = max((ends[comm_of[w]] for w in k.waits if w in comm_of), default=0.0)
         issue, time = parts(k)
@@ -80,7 +82,6 @@ def schedule(kernels, parts=on_chip) -> Schedule:
         else:
             clock = start + time
             compute += time
-        waited += start - free
         issued.append(host)
         host += issue
         starts.append(start)
@@ -90,7 +91,7 @@ def schedule(kernels, parts=on_chip) -> Schedule:
     # next step's first kernel while this one's last runs), so a lone kernel takes the longer
     # of its time and its launch; the step ends when the host has issued all of it.
     return Schedule(tuple(starts), tuple(ends), compute, comm, max(clock, link, host),
-                    tuple(idle), waited, tuple(issued), host)
+                    tuple(idle), tuple(issued), host)
 
 
 def attribute(kernels, s: Schedule) -> list[tuple[int, str, float]]:
