@@ -158,6 +158,7 @@ def test_cuda_calibration_names_the_gpu():
     props = torch.cuda.get_device_properties(0)
     assert c.sm_count == props.multi_processor_count        # an H100 SXM: 132
     assert c.sm_threads == props.max_threads_per_multi_processor
+    assert c.l2_bytes == props.L2_cache_size                # an H100 SXM: 50 MiB
 
 
 def test_cuda_without_a_device_is_a_clear_error():

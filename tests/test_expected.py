@@ -156,6 +156,40 @@ def test_bandwidth_efficiency_by_hand():
     assert e.regime == "memory"
 
 
+def test_a_norms_second_pass_reads_from_memory_what_the_l2_does_not_hold():
+    # a 3 MB tensor read again on a chip with a 1 MiB L2 at 0.8 of 1 GB/s: 3e6 - 1,048,576 =
+    # 1,951,424 B again from memory, 2.439 ms beside the 1 ms floor
+    chip = gpu(bw_efficiency=0.8, l2_bytes=2.0 ** 20)
+    e = expected(chip, Timing(0, 1e-3, 0, 2e-6), "norm", reread=(3e6,))
+    assert e.reread_s == pytest.approx((3e6 - 2 ** 20) / 0.8e9) == pytest.approx(2.439e-3,
+                                                                                  rel=1e-3)
+    assert e.time_s == pytest.approx(1.25e-3 + e.reread_s)
+    assert dict(e.gap)["reread"] == pytest.approx(e.reread_s)
+    assert e.regime == "memory"
+    # one that fits stays in the cache; a chip without an L2 figure reads all of it again
+    assert expected(chip, Timing(0, 1e-3, 0, 2e-6), "norm", reread=(1e6,)).reread_s == 0
+    bare = expected(gpu(bw_efficiency=0.8), Timing(0, 1e-3, 0, 2e-6), "norm", reread=(3e6,))
+    assert bare.reread_s == pytest.approx(3e6 / 0.8e9)
+
+
+def test_a_training_batch_norm_on_an_rtx_3090_reads_its_input_again_by_hand():
+    # BatchNorm2d over 64 x 64 x 56 x 56 fp32 (ResNet-50's first stage at batch 64): 51.38 MB, a
+    # 6 MiB L2 (6,291,456 B): 45,088,768 B again at 0.897 of 936 GB/s, 53.70 us forward; the
+    # gradient reads dy and x again, twice that. The floor is the op's, unchanged
+    model = torch.nn.Sequential(torch.nn.Conv2d(64, 64, 1), torch.nn.BatchNorm2d(64))
+    x = meta(64, 64, 56, 56, dtype=torch.float32)
+    r = fxroof.analyze(model, (x,), chip="rtx-3090", mode="eager", train=True, optimizer="none")
+    again = (64 * 64 * 56 * 56 * 4 - 6 * 2 ** 20) / (936e9 * 0.897)
+    assert again == pytest.approx(53.70e-6, rel=1e-3)
+    rows = {k.op: k for k in r.kernels if k.category == "norm"}
+    assert rows["native_batch_norm"].expected.reread_s == pytest.approx(again)
+    assert rows["native_batch_norm_backward"].expected.reread_s == pytest.approx(2 * again)
+    # the floor's bytes are the op's: x read and y written once (and the small vectors)
+    bn = rows["native_batch_norm"]
+    assert 2 * 51_380_224 <= bn.bytes < 2 * 51_380_224 + 4096
+    assert bn.timing.memory_s == pytest.approx(bn.bytes / 936e9)
+
+
 def test_the_latency_floor_adds_to_the_work_and_reads_as_overhead():
     # a 0.2 us copy on a chip whose kernels take 3 us more: 3.2 us, above the 2 us launch
     e = expected(gpu(kernel_floor_s=3e-6), Timing(0, 0.2e-6, 0, 2e-6), "copy")

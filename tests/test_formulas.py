@@ -409,3 +409,47 @@ def test_packed_sequence_counts_only_its_tokens():
     # 5 + 4 + 2 = 11 tokens, not 15: 2*11*(48*8 + 48*16) = 25344 of products, 11*11*16 of gates
     assert fc.get_total_flops() == 25344
     assert c.flops == 25344 + 1936
+
+
+def _norm_rereads(norm, layer, x, train: bool) -> dict:
+    """{op: Cost.reread} of the norm ops of layer -> norm, analysed as a training step or not
+    (the layer before makes the norm's input need its gradient, as in a real net)."""
+    model = torch.nn.Sequential(layer, norm).train(train)
+    r = fxroof.analyze(model, (x,), mode="eager", train=train, optimizer="none")
+    return {n.op: n.reread for n in r.nodes if n.category == "norm"}
+
+
+def test_norms_that_reduce_before_their_elementwise_pass_name_the_tensors_they_read_again():
+    # PyTorch's CUDA kernels (elementwise.py's _REREADS cites them): a training batch norm reads
+    # x for its statistics, then again to normalise; its gradient sums dy and dy * x-hat, then
+    # reads both again for dx. 4 x 8 x 16 x 16 fp32 = 32,768 B a tensor
+    x, size = torch.randn(4, 8, 16, 16), 4 * 8 * 16 * 16 * F32
+    conv = torch.nn.Conv2d(8, 8, 1)
+    assert _norm_rereads(torch.nn.BatchNorm2d(8), conv, x, True) == {
+        "native_batch_norm": (size,), "native_batch_norm_backward": (size, size)}
+    # inference: the running statistics, one pass
+    assert _norm_rereads(torch.nn.BatchNorm2d(8), conv, x, False) == {"batch_norm": ()}
+    # a group norm computes its statistics on every call, in inference too
+    assert _norm_rereads(torch.nn.GroupNorm(2, 8), conv, x, False) == {"group_norm": (size,)}
+    assert _norm_rereads(torch.nn.GroupNorm(2, 8), conv, x, True) == {
+        "native_group_norm": (size,), "native_group_norm_backward": (size, size)}
+    # a layer norm reads each row once; its gradient's dgamma and dbeta read dy and x again
+    # column by column, and without weights there are none to compute
+    linear = torch.nn.Linear(16, 16)
+    assert _norm_rereads(torch.nn.LayerNorm(16), linear, x, True) == {
+        "native_layer_norm": (), "native_layer_norm_backward": (size, size)}
+    assert _norm_rereads(torch.nn.LayerNorm(16, elementwise_affine=False), linear, x, True) == {
+        "native_layer_norm": (), "native_layer_norm_backward": ()}
+
+
+def test_a_batch_norm_gradient_without_dx_is_one_pass_and_rereads_leave_the_bytes_alone():
+    # the first layer's batch norm: its input needs no gradient, so only the sums are computed
+    x = torch.randn(4, 8, 16, 16)
+    bn = torch.nn.BatchNorm2d(8)
+    r = fxroof.analyze(bn, (x,), mode="eager", train=True, optimizer="none")
+    (backward,) = [n for n in r.nodes if n.op == "native_batch_norm_backward"]
+    assert backward.reread == ()
+    # the bytes stay the op's: x read once, y written once, the small vectors beside them
+    (forward,) = [n for n in r.nodes if n.op == "native_batch_norm"]
+    assert forward.reread == (x.numel() * F32,)
+    assert x.numel() * F32 <= forward.bytes_read < x.numel() * F32 + 1024

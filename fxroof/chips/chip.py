@@ -87,6 +87,9 @@ pages print the with-sparsity figure, which is twice the dense one.
       "memory_latency_ns": 354                  a load's round trip to DRAM: a kernel with too few
                                                 loads in flight waits it (chips/launch.py)
       "sm_threads": 2048                        threads an SM holds at once
+      "l2_MiB": 50                              the L2 cache (the last level on the chip): a
+                                                norm's second pass over a tensor finds in it
+                                                what fits (Cost.reread)
       "clock_MHz": 1830                         the SM clock the dense peaks are rated at: an
                                                 NVIDIA SM computes 16 exponentials a clock
                                                 (its special-function units), which a fused
@@ -138,6 +141,7 @@ OPTIONAL_SCALARS = {
     "kernel_floor_s": ("kernel_floor_us", 1e-6),
     "memory_latency_s": ("memory_latency_ns", 1e-9),
     "sm_threads": ("sm_threads", 1.0),
+    "l2_bytes": ("l2_MiB", 2.0 ** 20),
     "clock_hz": ("clock_MHz", 1e6),
     "threads": ("threads", 1.0),
 }
@@ -240,6 +244,7 @@ class Chip:
     kernel_floor_s: float = 0.0
     memory_latency_s: float = 0.0
     sm_threads: float = 0.0
+    l2_bytes: float = 0.0     # bytes; 0: a second pass reads everything from DRAM
     clock_hz: float = 0.0     # the SM clock the peaks are rated at; 0: not modelled
     threads: float = 0.0      # CPU: the intra-op threads its rates hold for (0 or 1: one)
     op_dispatch_s: Mapping[str, float] = field(default_factory=dict, hash=False)  # op -> s

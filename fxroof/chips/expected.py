@@ -31,6 +31,8 @@ that kind, so a CPU's expected time is its floor. docs/time-model.md gives each 
                 (Cost.relayout)
     reduction   a matrix kernel whose reduction is split (tiles) sums its partial products in
                 a second kernel
+    reread      a norm that reduces a tensor before its elementwise pass reads it twice: the
+                second pass finds in the L2 cache (l2_bytes) only what fits (Cost.reread)
 
 Each part is the time it adds when applied after those before it: the parts sum to the expected
 time on the chip less the floor's exactly (the host's dispatch and launches are the schedule's,
@@ -48,7 +50,7 @@ from fxroof.chips.timing import REGIMES, Timing, comm_options
 from fxroof.cost.record import MATRIX_CATEGORIES, dequantizing
 
 GAP_PARTS = ("tiles", "matmul", "softmax", "bandwidth", "dequant", "occupancy", "collective",
-             "overlap", "latency", "layout", "reduction")
+             "overlap", "latency", "layout", "reduction", "reread")
 
 # The tiles cuBLAS picks among for a GEMM's output (NVIDIA, "Matrix Multiplication Background
 # User's Guide", 2.3 "Typical Tile Dimensions in cuBLAS"); a library takes the one that wastes
@@ -131,6 +133,7 @@ class Expected:
     relayout_s: float = 0.0         # transposes of a channels-first convolution's operands,
                                     # run before it
     reduction_s: float = 0.0        # the kernel summing a split reduction's partials, run after
+    reread_s: float = 0.0           # a two-pass norm's second read of what L2 does not hold
     bandwidth_s: float = 0.0        # the memory time at the bandwidth share, before a
                                     # dequantizing kernel's own share (streamed_s divides it)
     algorithm: str = ""             # a collective's: the fastest of NCCL's (timing.comm_time)
@@ -152,7 +155,8 @@ class Expected:
         steps = ((0, self.tiled_s), (0, self.products_s or self.compute_s), (0, self.compute_s),
                  (1, self.bandwidth_s or self.streamed_s),
                  (1, self.streamed_s), (1, self.memory_s), (2, self.comm_s), (3, self.overlap),
-                 (4, self.latency_s), (5, self.relayout_s), (5, self.relayout_s + self.reduction_s))
+                 (4, self.latency_s), (5, self.relayout_s), (5, self.relayout_s + self.reduction_s),
+                 (5, self.relayout_s + self.reduction_s + self.reread_s))
         times = [_seconds(*state, 0.0, False)]
         for i, value in steps:
             state[i] = value
@@ -162,13 +166,19 @@ class Expected:
     @property
     def time_s(self) -> float:
         return _seconds(self.compute_s, self.memory_s, self.comm_s, self.overlap, self.latency_s,
-                        self.relayout_s + self.reduction_s, self.overhead_s, self.serial_overhead)
+                        self.serial_s, self.overhead_s, self.serial_overhead)
 
     @property
     def device_s(self) -> float:
         """The time on the chip alone, host dispatch left out: what a profiler's kernel rows sum."""
         return _seconds(self.compute_s, self.memory_s, self.comm_s, self.overlap, self.latency_s,
-                        self.relayout_s + self.reduction_s, 0.0, False)
+                        self.serial_s, 0.0, False)
+
+    @property
+    def serial_s(self) -> float:
+        """Memory work run before or after the kernel's own: its operands' transposes, the sum
+        of its split reduction, a norm's second pass."""
+        return self.relayout_s + self.reduction_s + self.reread_s
 
     @property
     def regime(self) -> str:
@@ -183,8 +193,7 @@ class Expected:
         return self.regime if self.serial_overhead else self._largest(self.latency_s)
 
     def _largest(self, fixed: float) -> str:
-        parts = (self.compute_s, self.memory_s + self.relayout_s + self.reduction_s, self.comm_s,
-                 fixed)
+        parts = (self.compute_s, self.memory_s + self.serial_s, self.comm_s, fixed)
         return REGIMES[parts.index(max(parts))]
 
     def between(self, other: Expected, f: float) -> Expected:
@@ -231,7 +240,8 @@ def _pow2(x: int) -> int:
 def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_bytes: float = 0,
              comm_steps: int = 0, launch: Launch | None = None,
              relayout: tuple = (), nvls_bytes: float = 0, comm_ranks: int = 0,
-             dtype: str = "", variant: str = "", exponentials: float = 0) -> Expected:
+             dtype: str = "", variant: str = "", exponentials: float = 0,
+             reread: tuple = ()) -> Expected:
     """The expected time of a kernel whose floor is `floor`. grid: a matrix kernel's output and
     reduction as (batch, M, N, K); comm_bytes/steps/ranks, nvls_bytes: a collective's (Cost);
     launch: how a memory kernel's threads walk its data (chips/launch.py; None: no latency
@@ -239,7 +249,8 @@ def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_by
     a GPU; dtype: the unit's, which says whether attention runs the fused flash kernel (16-bit
     only; PyTorch takes its memory-efficient kernel otherwise, priced as a GEMM); variant: the
     implementation (Cost.variant), a dequantizing matmul streaming at its share;
-    exponentials: a fused attention kernel's softmax's (Cost.exponentials)."""
+    exponentials: a fused attention kernel's softmax's (Cost.exponentials); reread: the bytes of
+    each tensor a norm's second pass reads again (Cost.reread), charged on a GPU."""
     matrix = category in MATRIX_CATEGORIES
     gpu = chip.kind == "gpu"
     collective = bool(comm_bytes or comm_steps)
@@ -279,6 +290,7 @@ def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_by
                     relayout_s=sum(transpose_time(chip, b) for b in relayout) if gpu else 0.0,
                     reduction_s=(reduction_time(chip, grid, tiles.splits, dtype)
                                  if gpu and tiles.splits > 1 else 0.0),
+                    reread_s=sum(reread_time(chip, b) for b in reread) if gpu else 0.0,
                     bandwidth_s=bandwidth, algorithm=algorithm, products_s=products)
 
 
@@ -294,6 +306,15 @@ def reduction_time(chip: Chip, grid: tuple, splits: int, dtype: str) -> float:
     batch, m, n, _ = grid
     return copy_kernel_time(chip, batch * m * n * (PARTIAL_BYTES * splits
                                                    + OUTPUT_BYTES.get(dtype, 2)))
+
+
+def reread_time(chip: Chip, nbytes: float) -> float:
+    """A second pass over a tensor of `nbytes`: what the L2 cache does not hold comes again from
+    memory at the chip's bandwidth share. The first pass leaves at most the cache's worth
+    resident (a chip without an L2 figure, none), and the second pass's reads of that part
+    are taken as free."""
+    missed = max(0.0, nbytes - chip.l2_bytes)
+    return missed / (chip.mem_bw * (chip.bw_efficiency or 1.0)) if missed else 0.0
 
 
 def transpose_time(chip: Chip, nbytes: float) -> float:

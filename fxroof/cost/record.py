@@ -56,6 +56,11 @@ class Cost:
     # Not in the bytes above, which are the graph's: a time model charges them where the program
     # leaves the layout channels-first.
     relayout: tuple = ()
+    # Norms that must finish a reduction before their elementwise pass (a batch norm in
+    # training, a group norm, their gradients and layer norm's weight gradients): the bytes of
+    # each tensor the second pass reads again. Not in the bytes above, the op's minimum: a time
+    # model charges them where the tensor does not stay in the chip's L2 between the passes.
+    reread: tuple = ()
     # A fused attention kernel's forward: the exponentials of its softmax, one per score (query
     # x key), which a GPU computes on its special-function units beside the products
     # (chips/expected.py). The backward's are left out: it is priced at the forward's share.

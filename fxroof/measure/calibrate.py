@@ -151,6 +151,7 @@ def _measure(device: str, quick: bool, threads: int | None, say) -> tuple[Chip, 
             src["sm_count"] = "torch.cuda.get_device_properties: multi_processor_count"
             src["sm_threads"] = ("torch.cuda.get_device_properties: "
                                  "max_threads_per_multi_processor")
+            src["l2_bytes"] = "torch.cuda.get_device_properties: L2_cache_size"
         program_s, src["program_call_s"] = program_call(clock, chip)
         view_again, _ = view_dispatch(clock)
     src |= glue_sources
@@ -170,10 +171,11 @@ def _measure(device: str, quick: bool, threads: int | None, say) -> tuple[Chip, 
 
 
 def gpu_layout(dev: torch.device) -> dict:
-    """The GPU's SMs and the threads each holds, as the driver reports them."""
+    """The GPU's SMs, the threads each holds and its L2 cache, as the driver reports them."""
     props = torch.cuda.get_device_properties(dev)
     return {"sm_count": float(props.multi_processor_count),
-            "sm_threads": float(getattr(props, "max_threads_per_multi_processor", 0))}
+            "sm_threads": float(getattr(props, "max_threads_per_multi_processor", 0)),
+            "l2_bytes": float(getattr(props, "L2_cache_size", 0))}
 
 
 # -- the chip file ---------------------------------------------------------------------------

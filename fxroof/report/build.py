@@ -25,7 +25,7 @@ def node_rows(gm: fx.GraphModule) -> tuple:
                             cost.comm_bytes, cost.comm_steps, cost.variant, cost.grid,
                             node.meta.get(PHASE_KEY, ""), node.meta.get(RECOMPUTED_KEY, False),
                             cost.relayout, cost.nvls_bytes, cost.comm_ranks,
-                            cost.exponentials))
+                            cost.exponentials, cost.reread))
     return tuple(rows)
 
 
@@ -74,7 +74,9 @@ def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple, streamed: dict | N
                                       if m.name not in channels_last)
                        if chip.nvidia and dtype in TENSOR_CORE_DTYPES else (),
                        dtype=dtype, variant=main.variant if main else "",
-                       exponentials=sum(m.exponentials for m in members), **comm)
+                       exponentials=sum(m.exponentials for m in members),
+                       # a norm's own kernels; a fused kernel's bytes are its dataflow's
+                       reread=members[0].reread if len(members) == 1 else (), **comm)
         # a collective says which of NCCL's algorithms its expected time took
         reason = f"{k.reason}: {exp.algorithm}" if exp.algorithm else k.reason
         rows.append(KernelRow(tuple(k.nodes), label, k.module, k.category, dtype,

@@ -48,6 +48,7 @@ class NodeRow:
     nvls_bytes: int = 0   # an all-reduce: bytes a rank sends where the switch reduces
     comm_ranks: int = 0   # a collective's group size
     exponentials: int = 0  # a fused attention forward's softmax: one per score (Cost)
+    reread: tuple = ()    # a two-pass norm: bytes of each tensor its second pass reads (Cost)
 
     @property
     def cost_key(self) -> str:
@@ -56,9 +57,10 @@ class NodeRow:
         return f"{self.op}({self.variant})" if self.variant else self.op
 
     def to_dict(self) -> dict:
-        return {k: list(v) if k in ("grid", "relayout") else v for k, v in self.__dict__.items()
+        return {k: list(v) if k in ("grid", "relayout", "reread") else v
+                for k, v in self.__dict__.items()
                 if k not in ("grid", "phase", "recomputed", "relayout", "nvls_bytes",
-                             "comm_ranks") or v}
+                             "comm_ranks", "reread") or v}
 
 
 @dataclass(frozen=True)

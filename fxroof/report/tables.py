@@ -216,6 +216,7 @@ _FIGURE_NAMES = {
     "view_dispatch_s": "eager view call", "program_call_s": "entering a compiled program",
     "graph_launch_s": "per kernel of a CUDA graph's replay",
     "sm_count": "SMs", "sm_threads": "resident threads per SM", "threads": "threads",
+    "l2_bytes": "L2 cache",
     "matmul_efficiency": "achievable share of the matrix peak",
     "attention_efficiency": "fused attention's share of the matrix peak",
     "bw_efficiency": "streaming share of the bandwidth, latency waits taken out",

@@ -80,6 +80,70 @@ def copying_strided_input(flops: int, category: str):
     return formula_fn
 
 
+def _two_pass_rereads(training: str | None, *tensors: str, when=None):
+    """The rule of one norm op (norm_rereads): `tensors` are read again where the op trains
+    (its `training` argument true; None: always) and `when(call)`, if given, holds."""
+    def rule(call: OpCall) -> tuple:
+        if training is not None and not call.get(training):
+            return ()
+        if when is not None and not when(call):
+            return ()
+        return tuple(numel(t) * t.element_size() for t in map(call.get, tensors)
+                     if isinstance(t, torch.Tensor))
+    return rule
+
+
+def _mask(call: OpCall, *bits: int) -> bool:
+    mask = call.get("output_mask") or (True, True, True)
+    return any(mask[b] for b in bits)
+
+
+# Norms that need a reduction over a tensor before the elementwise pass that uses it read the
+# tensor twice where it does not stay in cache between the passes (Cost.reread). PyTorch's CUDA
+# kernels (aten/src/ATen/native/cuda): a training batch norm's statistics kernel, then its
+# elementwise one (Normalization.cu, batch_norm_cuda_out: batch_norm_mean_var, then
+# batch_norm_elementwise); its gradient's sums of dy and dy * (x - mean), then dx (the fused
+# batch_norm_backward_cuda_template, or batch_norm_backward_reduce then _elemt channels-last); a
+# group norm's moments, then its elementwise pass, and its gradient's sums, then dx
+# (group_norm_kernel.cu: RowwiseMomentsCUDAKernel, ComputeInternalGradientsCUDAKernel); a layer
+# norm's gradient, dx row by row, then dgamma and dbeta column by column over dy and x again
+# (layer_norm_kernel.cu: GammaBetaBackward). A layer norm forward and an inference batch norm
+# read their rows once. cuDNN's batch norm faces the same dependence.
+_DX_AND_SUMS = (lambda call: _mask(call, 0) and (call.get("train", True) or _mask(call, 1, 2)))
+_REREADS = {
+    **dict.fromkeys((aten.native_batch_norm, aten._native_batch_norm_legit,
+                     aten._native_batch_norm_legit_functional, aten.cudnn_batch_norm,
+                     aten.miopen_batch_norm, aten.batch_norm),
+                    _two_pass_rereads("training", "input")),
+    aten._batch_norm_with_update: _two_pass_rereads(None, "input"),
+    **dict.fromkeys((aten.native_group_norm, aten.group_norm), _two_pass_rereads(None, "input")),
+    aten.native_batch_norm_backward: _two_pass_rereads(None, "grad_out", "input",
+                                                       when=_DX_AND_SUMS),
+    aten.batch_norm_backward: _two_pass_rereads(
+        None, "grad_out", "input",
+        when=lambda call: _mask(call, 0) and (call.get("update") or _mask(call, 1, 2))),
+    aten.cudnn_batch_norm_backward: _two_pass_rereads(None, "grad_output", "input"),
+    aten.native_group_norm_backward: _two_pass_rereads(None, "grad_out", "input",
+                                                       when=lambda call: _mask(call, 0)),
+    aten.native_layer_norm_backward: _two_pass_rereads(
+        None, "grad_out", "input", when=lambda call: _mask(call, 0) and _mask(call, 1, 2)),
+}
+
+
+def norm_rereads(call: OpCall) -> tuple:
+    """Bytes of each tensor a norm's second pass reads again (_REREADS); () for other ops."""
+    rule = _REREADS.get(getattr(call.op, "overloadpacket", call.op))
+    return rule(call) if rule else ()
+
+
+def rereading(fn):
+    """A formula, with the tensors its op's second pass reads again (norm_rereads)."""
+    def formula_fn(call: OpCall) -> Cost:
+        cost, reread = fn(call), norm_rereads(call)
+        return dataclasses.replace(cost, reread=reread) if reread else cost
+    return formula_fn
+
+
 # the ops whose kernels read a contiguous input (strided_input_copy); group norm takes a
 # channels-last input as it is, and rms norm in this table is the composite's
 _COPYING = frozenset({aten.softmax, aten._softmax, aten.log_softmax, aten._log_softmax,
@@ -114,16 +178,18 @@ for _ops, _flops, _category in (
         # inference batch norm, (x - mean) * rsqrt(var + eps) * w + b
         ((aten.batch_norm, aten.native_batch_norm, aten._native_batch_norm_legit,
           aten._native_batch_norm_legit_no_training, aten._native_batch_norm_legit_functional,
-          aten.cudnn_batch_norm, aten._batch_norm_with_update, aten._batch_norm_no_update),
-         4, "norm"),
+          aten.cudnn_batch_norm, aten.miopen_batch_norm, aten._batch_norm_with_update,
+          aten._batch_norm_no_update), 4, "norm"),
         # per gradient element: x-hat again, two sums over the row, the affine terms
         ((aten.native_layer_norm_backward, aten.native_batch_norm_backward,
-          aten.native_group_norm_backward), 8, "norm")):
+          aten.native_group_norm_backward, aten.batch_norm_backward,
+          aten.cudnn_batch_norm_backward), 8, "norm")):
     _copying = [o for o in _ops if o in _COPYING]
     if _copying:
-        formula(*_copying, category=_category, fn=copying_strided_input(_flops, _category))
+        formula(*_copying, category=_category,
+                fn=rereading(copying_strided_input(_flops, _category)))
     _rest = [o for o in _ops if o not in _COPYING]
-    formula(*_rest, category=_category, fn=per_input_element(_flops, _category))
+    formula(*_rest, category=_category, fn=rereading(per_input_element(_flops, _category)))
 
 
 @formula(aten.sort, aten.argsort, aten.topk, aten.kthvalue, aten.msort, aten.median,
