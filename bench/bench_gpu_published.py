@@ -129,8 +129,10 @@ when absent; their README says how each was measured):
         autocast, cross-entropy), predicted as fxroof's eager training step (train=True,
         optimizer="sgd": plain SGD, a few element-wise passes over the weights fewer than
         timm's momentum and Nesterov). NHWC files are built as timm's --channels-last runs
-        them: model and input channels-last. Never fitted on; CPU result files are named and
-        skipped.
+        them: model and input channels-last. Every file's attention is traced as its torch
+        ran it (attention_of): timm's own q @ k^T and softmax before torch 2.0, which had no
+        scaled_dot_product_attention; PyTorch's math path in 16 bits before 2.5 where the
+        fused kernels do not apply. Never fitted on; CPU result files are named and skipped.
     --vidur CHECKOUT
         a checkout of microsoft/vidur adds what its data/profiling holds and the data folder
         does not, each as a source of its own, never fitted on: at commit 7d47513, the A40's
@@ -153,6 +155,7 @@ what its time is made of. Error = (predicted - measured) / measured. About a min
 from __future__ import annotations
 
 import argparse
+from contextlib import contextmanager
 import csv
 import dataclasses
 import math
@@ -333,7 +336,8 @@ def timm_sources() -> dict:
         name = f"timm {label} {mode}{what}" + (" NHWC" if parts[2] == "nhwc" else "")
         if name in sources:      # the same GPU under another torch: name the torch
             name += f" ({parts[3]})"
-        sources[name] = (path, chip_name, mode, dtype, amp, parts[2] == "nhwc")
+        sources[name] = (path, chip_name, mode, dtype, amp, parts[2] == "nhwc",
+                         torch_version(parts[3]))
     return sources
 
 
@@ -348,16 +352,18 @@ def timm_cases(only: str) -> list[Case]:
         return []
     captured: dict = {}
     cases = []
-    for source, (file, chip_name, mode, dtype, amp, nhwc) in sources.items():
+    for source, (file, chip_name, mode, dtype, amp, nhwc, version) in sources.items():
         target = Target(chip=chip_name, mode=mode)
         models = set(TIMM_PICKED or TIMM_MODELS)
         for r in (r for r in read_csv(file) if r["model"] in models):
             # some files print them as floats ("1024.0")
             size, batch = int(float(r["infer_img_size"])), int(float(r["infer_batch_size"]))
-            key = (r["model"], size, batch, dtype, amp, nhwc, r["param_count"])
+            key = (r["model"], size, batch, dtype, amp, nhwc, r["param_count"],
+                   attention_of(version))
             if key not in captured:
-                captured[key] = timm_capture(timm, r["model"], size, batch, dtype, amp, nhwc,
-                                             float(r["param_count"]))
+                with as_torch(timm, version):
+                    captured[key] = timm_capture(timm, r["model"], size, batch, dtype, amp,
+                                                 nhwc, float(r["param_count"]))
             if isinstance(captured[key], str):
                 continue
             try:
@@ -369,6 +375,35 @@ def timm_cases(only: str) -> list[Case]:
                               float(r["infer_step_time"]) / 1e3, report.summary.floor_s,
                               report.time_s, made_of(report.kernels)))
     return cases
+
+
+def torch_version(tag: str) -> tuple:
+    """The torch of a timm file's tag: pt112 1.12, pt113 1.13, pt210 2.1, pt291 2.9."""
+    digits = tag.removeprefix("pt")
+    return (1, int(digits[1:])) if digits[0] == "1" else (int(digits[0]), int(digits[1]))
+
+
+def attention_of(version: tuple) -> str:
+    """How a file's torch ran timm's attention: before 2.0 PyTorch had no
+    scaled_dot_product_attention, so timm computed q @ k^T, softmax and @ v itself (its
+    use_fused_attn is false without it); from 2.0 the fused kernels, and PyTorch's math path
+    where they do not apply, in the inputs' precision until 2.5 and in fp32 since (pytorch
+    #128922, #135964; fxroof/graph/attention_path.py)."""
+    return "unfused" if version < (2, 0) else "math in 16 bits" if version < (2, 5) else ""
+
+
+@contextmanager
+def as_torch(timm, version: tuple):
+    """timm's models built, and PyTorch's math attention traced, as under the file's torch."""
+    from timm.layers import set_fused_attn, use_fused_attn
+    fused, reduced = use_fused_attn(), torch.backends.cuda.fp16_bf16_reduction_math_sdp_allowed()
+    set_fused_attn(attention_of(version) != "unfused")
+    torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(version < (2, 5))
+    try:
+        yield
+    finally:
+        set_fused_attn(fused)
+        torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(reduced)
 
 
 def timm_capture(timm, name, size, batch, dtype, amp, nhwc, params_m):
@@ -469,7 +504,8 @@ def timm_train_cases(only: str) -> list[Case]:
         source = (f"timm {TIMM_GPUS[gpu][1]} train" + (" NHWC" if parts[1] == "nhwc" else "")
                   + f" ({parts[2]})")
         if only in source:
-            wanted.append((path, source, TIMM_GPUS[gpu][0], parts[1] == "nhwc"))
+            wanted.append((path, source, TIMM_GPUS[gpu][0], parts[1] == "nhwc",
+                           torch_version(parts[2])))
     if not wanted:
         return []
     try:
@@ -479,18 +515,19 @@ def timm_train_cases(only: str) -> list[Case]:
         return []
     reports: dict = {}
     cases = []
-    for path, source, chip_name, nhwc in wanted:
+    for path, source, chip_name, nhwc, version in wanted:
         for r in (r for r in read_csv(path) if r["model"] in TIMM_MODELS):
             size, batch = int(float(r["train_img_size"])), int(float(r["train_batch_size"]))
-            key = (r["model"], size, batch, chip_name, nhwc)
+            key = (r["model"], size, batch, chip_name, nhwc, attention_of(version))
             if key not in reports:
-                with torch.device("meta"):
-                    model = AmpTrainStep(timm.create_model(r["model"]).train())
-                x = torch.empty(batch, 3, size, size, device="meta")
-                model, x = channels_last(model, x) if nhwc else (model, x)
-                target = torch.zeros(batch, dtype=torch.long, device="meta")
-                reports[key] = fxroof.analyze(model, (x, target), chip=chip_name, mode="eager",
-                                              train=True, optimizer="sgd")
+                with as_torch(timm, version):
+                    with torch.device("meta"):
+                        model = AmpTrainStep(timm.create_model(r["model"]).train())
+                    x = torch.empty(batch, 3, size, size, device="meta")
+                    model, x = channels_last(model, x) if nhwc else (model, x)
+                    target = torch.zeros(batch, dtype=torch.long, device="meta")
+                    reports[key] = fxroof.analyze(model, (x, target), chip=chip_name,
+                                                  mode="eager", train=True, optimizer="sgd")
             report = reports[key]
             cases.append(Case(source, f"{r['model']} {size}px b{batch}",
                               float(r["train_step_time"]) / 1e3, report.summary.floor_s,

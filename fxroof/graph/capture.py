@@ -31,6 +31,7 @@ from torch.multiprocessing.reductions import StorageWeakRef
 
 from fxroof.errors import one_line
 from fxroof.graph.autocast import autocast_notes, cuda_autocast_as_cpu
+from fxroof.graph.attention_path import spell_out_math_attention
 from fxroof.graph.routing import RoutedFakeMode, Routing, assumed_routing
 from fxroof.graph.routing import parse as parse_routing
 from fxroof.graph.tensors import tensors_in
@@ -378,6 +379,7 @@ def finish_graph(gm: fx.GraphModule, strategy: str, weights: frozenset, name: st
     graph.output(graph.graph_copy(gm.graph, {}))
     own = fx.GraphModule(gm, graph)
     _inline_subgraphs(own)
+    spell_out_math_attention(own)
     for node in own.graph.nodes:
         if stack := node.meta.get("nn_module_stack"):
             node.meta["nn_module_stack"] = {k: (_strip(p), cls) for k, (p, cls) in stack.items()}

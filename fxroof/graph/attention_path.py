@@ -1,0 +1,77 @@
+"""scaled_dot_product_attention calls that PyTorch runs by its math path, spelled out.
+
+PyTorch's fused attention kernels take 4-D query, key and value only: FlashAttention and the
+memory-efficient kernel on CUDA (aten/src/ATen/native/transformers/sdp_utils_cpp.h,
+check_tensor_shapes: "Expected query, key, and value to all be 4 dimensional") and the CPU's flash
+kernel alike (attention.cpp, _scaled_dot_product_flash_attention_cpu). Any other rank, such as
+NesT's attention over (batch, heads, blocks, tokens, head size), goes to
+_scaled_dot_product_attention_math: the scores reach memory, and since PyTorch 2.5 16-bit inputs
+are computed in fp32 unless torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(True) (pytorch
+pull requests #128922, #135964). The graph keeps such a call as one node; this pass puts the ops
+that path runs in its place, traced from PyTorch's own function under the installed torch and its
+flags, so each is costed and fused as what it is.
+"""
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+from torch.fx.experimental.proxy_tensor import make_fx
+
+SDPA = torch.ops.aten.scaled_dot_product_attention.default
+FUSED_RANK = 4      # the only rank PyTorch's fused attention kernels take
+
+
+def takes_math_path(node: fx.Node) -> bool:
+    """Whether PyTorch runs this scaled_dot_product_attention node by its math path."""
+    if node.op != "call_function" or node.target is not SDPA:
+        return False
+    qkv = [a.meta.get("val") if isinstance(a, fx.Node) else None for a in node.args[:3]]
+    return all(isinstance(t, torch.Tensor) for t in qkv) and \
+        any(t.dim() != FUSED_RANK for t in qkv)
+
+
+def spell_out_math_attention(gm: fx.GraphModule) -> None:
+    """Replace each math-path attention node by the ops PyTorch's math path runs, in place; each
+    new node keeps the attention's module path. Needs concrete sizes: a graph traced with
+    symbolic ones says so (a sweep then captures each value on its own)."""
+    graph = gm.graph
+    for node in [n for n in graph.nodes if takes_math_path(n)]:
+        tensors = [a for a in (*node.args, *node.kwargs.values()) if isinstance(a, fx.Node)]
+        vals = [a.meta["val"] for a in tensors]
+        if any(not isinstance(s, int) for t in vals for s in (*t.shape, *t.stride())):
+            raise RuntimeError("scaled_dot_product_attention on inputs of rank other than 4 "
+                               "runs PyTorch's math path, spelled out for concrete sizes only")
+        sub = make_fx(_math(node), tracing_mode="fake")(*[_meta(t) for t in vals])
+        holders = [p for p in sub.graph.nodes if p.op == "placeholder"]
+        before = set(graph.nodes)
+        with graph.inserting_before(node):
+            out = graph.graph_copy(sub.graph, dict(zip(holders, tensors)))
+        for new in (n for n in graph.nodes if n not in before):
+            new.meta.update({k: v for k, v in node.meta.items() if k != "val"})
+        node.replace_all_uses_with(out)
+        graph.erase_node(node)
+    graph.lint()
+    gm.recompile()
+
+
+def _math(node: fx.Node):
+    """The math path of the node's call: its tensors as the function's arguments, the rest as
+    the node has them. Returns the output; the path's second output (the probabilities in the
+    input dtype) is computed all the same, so its cast stays in the trace."""
+    names = [a.name for a in SDPA._schema.arguments]
+    given = dict(zip(names, node.args)) | dict(node.kwargs)
+    tensor_names = [k for k, v in given.items() if isinstance(v, fx.Node)]
+
+    def math_path(*tensors):
+        call = given | dict(zip(tensor_names, tensors))
+        out, _ = torch.ops.aten._scaled_dot_product_attention_math(
+            call["query"], call["key"], call["value"], call.get("attn_mask"),
+            call.get("dropout_p", 0.0), call.get("is_causal", False), None,
+            scale=call.get("scale"), enable_gqa=call.get("enable_gqa", False))
+        return out
+    return math_path
+
+
+def _meta(t: torch.Tensor) -> torch.Tensor:
+    """A meta tensor with t's sizes, strides and dtype: nothing allocated, the same layout."""
+    return torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta")
