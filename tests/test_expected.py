@@ -188,6 +188,11 @@ def test_a_training_batch_norm_on_an_rtx_3090_reads_its_input_again_by_hand():
     bn = rows["native_batch_norm"]
     assert 2 * 51_380_224 <= bn.bytes < 2 * 51_380_224 + 4096
     assert bn.timing.memory_s == pytest.approx(bn.bytes / 936e9)
+    # compiled, the norm fused with its neighbours loops over its input again all the same
+    c = fxroof.analyze(model, (x,), chip="rtx-3090", mode="compiled", train=True,
+                       optimizer="none")
+    fused = [k for k in c.kernels if any(n.startswith("native_batch_norm") for n in k.nodes)]
+    assert sorted(k.expected.reread_s for k in fused) == pytest.approx([again, 2 * again])
 
 
 def test_the_latency_floor_adds_to_the_work_and_reads_as_overhead():

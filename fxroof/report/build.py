@@ -75,8 +75,9 @@ def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple, streamed: dict | N
                        if chip.nvidia and dtype in TENSOR_CORE_DTYPES else (),
                        dtype=dtype, variant=main.variant if main else "",
                        exponentials=sum(m.exponentials for m in members),
-                       # a norm's own kernels; a fused kernel's bytes are its dataflow's
-                       reread=members[0].reread if len(members) == 1 else (), **comm)
+                       # a fused kernel's norm reads again too: a compiler's reduction too
+                       # long to hold on chip loops over its input once more (Cost.reread)
+                       reread=tuple(b for m in members for b in m.reread), **comm)
         # a collective says which of NCCL's algorithms its expected time took
         reason = f"{k.reason}: {exp.algorithm}" if exp.algorithm else k.reason
         rows.append(KernelRow(tuple(k.nodes), label, k.module, k.category, dtype,
