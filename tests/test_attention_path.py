@@ -50,6 +50,9 @@ def test_five_dim_attention_runs_the_math_path_pytorch_runs():
     assert sum(n.flops for n in r.nodes if n.category == "matmul") == counter.get_total_flops()
     # the spelled-out ops keep the attention's module (the model's own, here)
     assert {n.module for n in r.nodes if n.op in ("bmm", "_safe_softmax")} == {""}
+    # and the report says so, with what would let the fused kernel run
+    assert any("on 5-D inputs runs PyTorch's math path" in n and "fp32" not in n
+               for n in r.notes)
     # the model is left as it was: one call of it still runs
     assert model(x).shape == (2, 2, 4, 49, 16)
 
@@ -66,6 +69,7 @@ def test_sixteen_bit_inputs_are_computed_in_fp32_unless_the_flag_allows_16():
 
     r = fxroof.analyze(sdpa, (q, q, q), chip="h100-sxm")
     assert softmax_and_products(r) == ("fp32", {"fp32"})
+    assert any("the scores reach memory, in fp32" in n for n in r.notes)
     # the output cast back, and the probabilities too (the path's second output, computed all
     # the same): 24 x 49 x 49 fp32 read, fp16 written
     casts = [n for n in r.nodes if n.op == "_to_copy" and n.dtype == "fp16"]
@@ -92,3 +96,13 @@ def test_a_sweep_over_a_math_path_model_captures_each_value_and_says_why():
     assert s.method == "per-point" and "math path" in " ".join(s.notes)
     direct = fxroof.analyze(*workload(4), chip="h100-sxm")
     assert s.points[-1].time_s == pytest.approx(direct.time_s)
+
+
+def test_three_dim_attention_takes_the_math_path_too_and_the_note_says_what_fixes_it():
+    # (batch, length, size) with no heads dimension: PyTorch's CPU run shows the two products
+    q = torch.randn(4, 64, 32)
+    sdpa = fn_module(F.scaled_dot_product_attention)
+    assert _pytorch_ops(sdpa, q, q, q).count("bmm") == 2
+    r = fxroof.analyze(sdpa, (q, q, q), chip="h100-sxm")
+    assert [n.op for n in r.nodes if n.category == "matmul"] == ["bmm", "bmm"]
+    assert any("on 3-D inputs" in n and "a heads dimension" in n for n in r.notes)

@@ -30,12 +30,18 @@ def takes_math_path(node: fx.Node) -> bool:
         any(t.dim() != FUSED_RANK for t in qkv)
 
 
-def spell_out_math_attention(gm: fx.GraphModule) -> None:
+def spell_out_math_attention(gm: fx.GraphModule) -> dict:
     """Replace each math-path attention node by the ops PyTorch's math path runs, in place; each
-    new node keeps the attention's module path. Needs concrete sizes: a graph traced with
-    symbolic ones says so (a sweep then captures each value on its own)."""
+    new node keeps the attention's module path. Returns {(query rank, whether its 16-bit inputs
+    are computed in fp32): calls} of those replaced.
+    Needs concrete sizes: a graph traced with symbolic ones says so (a sweep then captures each
+    value on its own)."""
     graph = gm.graph
+    ranks: dict = {}
     for node in [n for n in graph.nodes if takes_math_path(n)]:
+        q = node.args[0].meta["val"]
+        key = (q.dim(), q.dtype in (torch.float16, torch.bfloat16) and _upcasts())
+        ranks[key] = ranks.get(key, 0) + 1
         tensors = [a for a in (*node.args, *node.kwargs.values()) if isinstance(a, fx.Node)]
         vals = [a.meta["val"] for a in tensors]
         if any(not isinstance(s, int) for t in vals for s in (*t.shape, *t.stride())):
@@ -52,6 +58,25 @@ def spell_out_math_attention(gm: fx.GraphModule) -> None:
         graph.erase_node(node)
     graph.lint()
     gm.recompile()
+    return ranks
+
+
+def math_attention_notes(ranks: dict) -> tuple:
+    """What the report says of the attention calls spell_out_math_attention replaced."""
+    return tuple(
+        f"{calls} scaled_dot_product_attention call{'s' if calls > 1 else ''} on {rank}-D inputs "
+        f"run{'' if calls > 1 else 's'} PyTorch's math path (its fused kernels take 4-D only): "
+        f"the scores reach memory{', in fp32' if upcast else ''}; "
+        + ("folding the extra dimensions into the batch" if rank > FUSED_RANK
+           else "a heads dimension, (batch, 1, length, size),") + " lets the fused kernel run"
+        for (rank, upcast), calls in sorted(ranks.items()))
+
+
+def _upcasts() -> bool:
+    """Whether the installed torch computes 16-bit math attention in fp32 (2.5 and after,
+    unless allowed not to)."""
+    allowed = getattr(torch.backends.cuda, "fp16_bf16_reduction_math_sdp_allowed", None)
+    return allowed is not None and not allowed()
 
 
 def _math(node: fx.Node):

@@ -31,7 +31,7 @@ from torch.multiprocessing.reductions import StorageWeakRef
 
 from fxroof.errors import one_line
 from fxroof.graph.autocast import autocast_notes, cuda_autocast_as_cpu
-from fxroof.graph.attention_path import spell_out_math_attention
+from fxroof.graph.attention_path import math_attention_notes, spell_out_math_attention
 from fxroof.graph.routing import RoutedFakeMode, Routing, assumed_routing
 from fxroof.graph.routing import parse as parse_routing
 from fxroof.graph.tensors import tensors_in
@@ -151,9 +151,8 @@ def capture(model, args=(), kwargs=None, routing: Routing | str | None = None) -
                     strategy = _example_strategy(gm.meta[READ])
                 elif strategy == routed and not used:
                     strategy = "make_fx"
-                return dataclasses.replace(
-                    finish_graph(gm, strategy, weights, name, assumed.label if used else ""),
-                    notes=autocast_notes(seen))
+                done = finish_graph(gm, strategy, weights, name, assumed.label if used else "")
+                return dataclasses.replace(done, notes=autocast_notes(seen) + done.notes)
             except Exception as e:   # each strategy's failure is reported, not raised alone
                 attempts.append((strategy, e))
     raise CaptureError(name, attempts)
@@ -379,7 +378,7 @@ def finish_graph(gm: fx.GraphModule, strategy: str, weights: frozenset, name: st
     graph.output(graph.graph_copy(gm.graph, {}))
     own = fx.GraphModule(gm, graph)
     _inline_subgraphs(own)
-    spell_out_math_attention(own)
+    math_attention = spell_out_math_attention(own)
     for node in own.graph.nodes:
         if stack := node.meta.get("nn_module_stack"):
             node.meta["nn_module_stack"] = {k: (_strip(p), cls) for k, (p, cls) in stack.items()}
@@ -388,7 +387,7 @@ def finish_graph(gm: fx.GraphModule, strategy: str, weights: frozenset, name: st
     if missing:
         raise CaptureError(name, [(strategy, RuntimeError(
             f"{len(missing)} nodes have no shape metadata, e.g. {missing[0].format_node()}"))])
-    return Captured(own, strategy, weights, name, routing)
+    return Captured(own, strategy, weights, name, routing, math_attention_notes(math_attention))
 
 
 def _strip(path: str) -> str:

@@ -133,8 +133,8 @@ def capture_step(model, args=(), kwargs=None, *, optimizer: str = "adamw",
         for node in nodes[start:end]:
             node.meta[RECOMPUTED_KEY] = True
     _backward_modules(gm)
-    return dataclasses.replace(finish_graph(gm, "make_fx", weights, type(copy).__name__),
-                               notes=autocast_notes(autocasts))
+    done = finish_graph(gm, "make_fx", weights, type(copy).__name__)
+    return dataclasses.replace(done, notes=autocast_notes(autocasts) + done.notes)
 
 
 def _fake_mode(model: torch.nn.Module):
