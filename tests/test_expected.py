@@ -195,6 +195,25 @@ def test_a_training_batch_norm_on_an_rtx_3090_reads_its_input_again_by_hand():
     assert sorted(k.expected.reread_s for k in fused) == pytest.approx([again, 2 * again])
 
 
+def test_a_biased_convolution_on_cuda_runs_its_bias_add_as_a_kernel_of_its_own_eager():
+    # (64, 64, 56, 56) fp16 out of a 3x3 convolution on an H100: cuDNN adds the bias after it,
+    # reading and writing the 25.7 MB output at the copy share of 3.35 TB/s (0.897), after a
+    # 354 ns round trip and a 1 us kernel floor: 17.10 + 0.354 + 1 = 18.45 us
+    conv = torch.nn.Conv2d(64, 64, 3, padding=1).to(torch.float16)
+    x = meta(64, 64, 56, 56, dtype=torch.float16).contiguous(memory_format=torch.channels_last)
+    conv = conv.to(memory_format=torch.channels_last)
+    eager = fxroof.analyze(conv, (x,), chip="h100-sxm", mode="eager")
+    bias = 2 * 64 * 64 * 56 * 56 * 2 / (3.35e12 * 0.897) + 354e-9 + 1e-6
+    (k,) = eager.kernels
+    assert k.expected.bias_s == pytest.approx(bias) == pytest.approx(18.45e-6, rel=1e-3)
+    assert dict(k.expected.gap)["bias"] == pytest.approx(bias)
+    # compiled, the add joins the next fused kernel; and a CPU's library adds it in place
+    compiled = fxroof.analyze(conv, (x,), chip="h100-sxm", mode="compiled")
+    assert all(k.expected.bias_s == 0 for k in compiled.kernels)
+    cpu = fxroof.analyze(conv.float(), (x.float(),), chip="cpu", mode="eager")
+    assert all(k.expected.bias_s == 0 for k in cpu.kernels)
+
+
 def test_the_latency_floor_adds_to_the_work_and_reads_as_overhead():
     # a 0.2 us copy on a chip whose kernels take 3 us more: 3.2 us, above the 2 us launch
     e = expected(gpu(kernel_floor_s=3e-6), Timing(0, 0.2e-6, 0, 2e-6), "copy")

@@ -453,3 +453,23 @@ def test_a_batch_norm_gradient_without_dx_is_one_pass_and_rereads_leave_the_byte
     (forward,) = [n for n in r.nodes if n.op == "native_batch_norm"]
     assert forward.reread == (x.numel() * F32,)
     assert x.numel() * F32 <= forward.bytes_read < x.numel() * F32 + 1024
+
+
+def test_a_convolution_with_a_bias_names_the_kernel_cuda_adds_it_in():
+    # PyTorch's _convolution runs cuDNN's convolution without the bias, then
+    # output.add_(bias): a kernel of its own reading and writing the output; its backward sums
+    # the output's gradient for the bias in another (conv.py cites Convolution.cpp). FLOPs and
+    # bytes stay the op's
+    x = torch.randn(2, 8, 10, 10)
+    out = 2 * 16 * 10 * 10 * F32                              # 12,800 B
+    with_bias = cost_of(torch.nn.Conv2d(8, 16, 3, padding=1), "conv2d", x)
+    without = cost_of(torch.nn.Conv2d(8, 16, 3, padding=1, bias=False), "conv2d", x)
+    assert (with_bias.bias_bytes, without.bias_bytes) == (2 * out, 0)
+    assert with_bias.flops == without.flops
+    # PyTorch's depthwise kernel takes the bias itself
+    assert cost_of(torch.nn.Conv2d(8, 8, 3, groups=8), "conv2d", x).bias_bytes == 0
+    # a training step: the gradient's sum over the 12,800 B of the output's gradient
+    model = torch.nn.Sequential(torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.ReLU())
+    r = fxroof.analyze(model, (x,), train=True, optimizer="none")
+    (backward,) = [n for n in r.nodes if n.op == "convolution_backward"]
+    assert backward.bias_bytes == out

@@ -33,6 +33,8 @@ that kind, so a CPU's expected time is its floor. docs/time-model.md gives each 
                 a second kernel
     reread      a norm that reduces a tensor before its elementwise pass reads it twice: the
                 second pass finds in the L2 cache (l2_bytes) only what fits (Cost.reread)
+    bias        a cuDNN convolution's bias, added over its output (or its gradient summed) by
+                a kernel of its own, eager (Cost.bias_bytes)
 
 Each part is the time it adds when applied after those before it: the parts sum to the expected
 time on the chip less the floor's exactly (the host's dispatch and launches are the schedule's,
@@ -50,7 +52,7 @@ from fxroof.chips.timing import REGIMES, Timing, comm_options
 from fxroof.cost.record import MATRIX_CATEGORIES, dequantizing
 
 GAP_PARTS = ("tiles", "matmul", "softmax", "bandwidth", "dequant", "occupancy", "collective",
-             "overlap", "latency", "layout", "reduction", "reread")
+             "overlap", "latency", "layout", "reduction", "reread", "bias")
 
 # The tiles cuBLAS picks among for a GEMM's output (NVIDIA, "Matrix Multiplication Background
 # User's Guide", 2.3 "Typical Tile Dimensions in cuBLAS"); a library takes the one that wastes
@@ -134,6 +136,7 @@ class Expected:
                                     # run before it
     reduction_s: float = 0.0        # the kernel summing a split reduction's partials, run after
     reread_s: float = 0.0           # a two-pass norm's second read of what L2 does not hold
+    bias_s: float = 0.0             # a convolution's bias kernel, run after it
     bandwidth_s: float = 0.0        # the memory time at the bandwidth share, before a
                                     # dequantizing kernel's own share (streamed_s divides it)
     algorithm: str = ""             # a collective's: the fastest of NCCL's (timing.comm_time)
@@ -156,7 +159,8 @@ class Expected:
                  (1, self.bandwidth_s or self.streamed_s),
                  (1, self.streamed_s), (1, self.memory_s), (2, self.comm_s), (3, self.overlap),
                  (4, self.latency_s), (5, self.relayout_s), (5, self.relayout_s + self.reduction_s),
-                 (5, self.relayout_s + self.reduction_s + self.reread_s))
+                 (5, self.relayout_s + self.reduction_s + self.reread_s),
+                 (5, self.serial_s))
         times = [_seconds(*state, 0.0, False)]
         for i, value in steps:
             state[i] = value
@@ -177,8 +181,8 @@ class Expected:
     @property
     def serial_s(self) -> float:
         """Memory work run before or after the kernel's own: its operands' transposes, the sum
-        of its split reduction, a norm's second pass."""
-        return self.relayout_s + self.reduction_s + self.reread_s
+        of its split reduction, a norm's second pass, a convolution's bias kernel."""
+        return self.relayout_s + self.reduction_s + self.reread_s + self.bias_s
 
     @property
     def regime(self) -> str:
@@ -241,7 +245,7 @@ def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_by
              comm_steps: int = 0, launch: Launch | None = None,
              relayout: tuple = (), nvls_bytes: float = 0, comm_ranks: int = 0,
              dtype: str = "", variant: str = "", exponentials: float = 0,
-             reread: tuple = ()) -> Expected:
+             reread: tuple = (), bias_bytes: float = 0) -> Expected:
     """The expected time of a kernel whose floor is `floor`. grid: a matrix kernel's output and
     reduction as (batch, M, N, K); comm_bytes/steps/ranks, nvls_bytes: a collective's (Cost);
     launch: how a memory kernel's threads walk its data (chips/launch.py; None: no latency
@@ -250,7 +254,8 @@ def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_by
     only; PyTorch takes its memory-efficient kernel otherwise, priced as a GEMM); variant: the
     implementation (Cost.variant), a dequantizing matmul streaming at its share;
     exponentials: a fused attention kernel's softmax's (Cost.exponentials); reread: the bytes of
-    each tensor a norm's second pass reads again (Cost.reread), charged on a GPU."""
+    each tensor a norm's second pass reads again (Cost.reread), charged on a GPU; bias_bytes: what
+    a convolution's bias kernel moves (Cost.bias_bytes), a kernel of its own on a GPU."""
     matrix = category in MATRIX_CATEGORIES
     gpu = chip.kind == "gpu"
     collective = bool(comm_bytes or comm_steps)
@@ -291,6 +296,7 @@ def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_by
                     reduction_s=(reduction_time(chip, grid, tiles.splits, dtype)
                                  if gpu and tiles.splits > 1 else 0.0),
                     reread_s=sum(reread_time(chip, b) for b in reread) if gpu else 0.0,
+                    bias_s=copy_kernel_time(chip, bias_bytes) if gpu and bias_bytes else 0.0,
                     bandwidth_s=bandwidth, algorithm=algorithm, products_s=products)
 
 

@@ -61,6 +61,11 @@ class Cost:
     # each tensor the second pass reads again. Not in the bytes above, the op's minimum: a time
     # model charges them where the tensor does not stay in the chip's L2 between the passes.
     reread: tuple = ()
+    # Convolutions with a bias, on CUDA: cuDNN's convolution takes none, so PyTorch adds it in a
+    # kernel of its own over the output (read and written), and the backward sums the output's
+    # gradient for it in another; the bytes that kernel moves. Eager only: a compiler fuses the
+    # add into the next pointwise kernel.
+    bias_bytes: int = 0
     # A fused attention kernel's forward: the exponentials of its softmax, one per score (query
     # x key), which a GPU computes on its special-function units beside the products
     # (chips/expected.py). The backward's are left out: it is priced at the forward's share.

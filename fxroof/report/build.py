@@ -25,7 +25,7 @@ def node_rows(gm: fx.GraphModule) -> tuple:
                             cost.comm_bytes, cost.comm_steps, cost.variant, cost.grid,
                             node.meta.get(PHASE_KEY, ""), node.meta.get(RECOMPUTED_KEY, False),
                             cost.relayout, cost.nvls_bytes, cost.comm_ranks,
-                            cost.exponentials, cost.reread))
+                            cost.exponentials, cost.reread, cost.bias_bytes))
     return tuple(rows)
 
 
@@ -77,7 +77,10 @@ def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple, streamed: dict | N
                        exponentials=sum(m.exponentials for m in members),
                        # a fused kernel's norm reads again too: a compiler's reduction too
                        # long to hold on chip loops over its input once more (Cost.reread)
-                       reread=tuple(b for m in members for b in m.reread), **comm)
+                       reread=tuple(b for m in members for b in m.reread),
+                       # eager only: a compiled program adds the bias in its next fused kernel
+                       bias_bytes=sum(m.bias_bytes for m in members)
+                       if mode == "eager" and chip.nvidia else 0, **comm)
         # a collective says which of NCCL's algorithms its expected time took
         reason = f"{k.reason}: {exp.algorithm}" if exp.algorithm else k.reason
         rows.append(KernelRow(tuple(k.nodes), label, k.module, k.category, dtype,

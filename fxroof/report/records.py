@@ -49,6 +49,7 @@ class NodeRow:
     comm_ranks: int = 0   # a collective's group size
     exponentials: int = 0  # a fused attention forward's softmax: one per score (Cost)
     reread: tuple = ()    # a two-pass norm: bytes of each tensor its second pass reads (Cost)
+    bias_bytes: int = 0   # a convolution's bias added (or summed) in a kernel of its own (Cost)
 
     @property
     def cost_key(self) -> str:
@@ -60,7 +61,7 @@ class NodeRow:
         return {k: list(v) if k in ("grid", "relayout", "reread") else v
                 for k, v in self.__dict__.items()
                 if k not in ("grid", "phase", "recomputed", "relayout", "nvls_bytes",
-                             "comm_ranks", "reread") or v}
+                             "comm_ranks", "reread", "bias_bytes") or v}
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,9 @@
-"""Convolutions, 1/2/3-d, grouped and transposed; bias adds not counted (PyTorch's convention)."""
+"""Convolutions, 1/2/3-d, grouped and transposed; bias adds not counted in FLOPs (PyTorch's
+convention). On CUDA the bias is a kernel of its own (Cost.bias_bytes): PyTorch's _convolution
+calls cudnn_convolution without it and then output.add_(reshape_bias(...)), and its backward
+sums the output's gradient for it (aten/src/ATen/native/Convolution.cpp, convolution_backward:
+"Calculate bias gradients outside of the backend for those that don't support it"); PyTorch's
+depthwise forward kernel takes the bias itself."""
 from __future__ import annotations
 
 import math
@@ -59,8 +64,11 @@ def conv(call: OpCall) -> Cost:
     batch = int(x.shape[0]) if x.dim() == w.dim() else 1
     positions = (x if transposed else call.outputs[0]).shape[2 - w.dim():]
     flops = 2 * batch * math.prod(int(s) for s in (*w.shape, *positions))
+    bias = call.get("bias")
     return call.cost(flops, "conv", variant=cpu_library(call),
-                     relayout=relayout(x, w, (x, w)))
+                     relayout=relayout(x, w, (x, w)),
+                     bias_bytes=2 * footprint(call.outputs[0])
+                     if isinstance(bias, torch.Tensor) and not _depthwise(w) else 0)
 
 
 @formula(aten.convolution_backward, category="conv")
@@ -70,10 +78,17 @@ def conv_backward(call: OpCall) -> Cost:
     grad_out, x, w = call.args[:3]
     forward = conv(OpCall(aten.convolution.default, (x, w, None, *call.args[4:10]), out=grad_out))
     mask = [bool(m) for m in call.get("output_mask")[:2]]
+    summed = bool(call.get("output_mask")[2])     # every CUDA backend leaves it to a sum
     # the input's gradient reads the filter, the filter's reads the input; both the gradient
     operands = (grad_out, *([w] if mask[0] else []), *([x] if mask[1] else []))
     return call.cost(forward.flops * sum(mask), "conv", variant=forward.variant,
-                     relayout=relayout(x, w, operands))
+                     relayout=relayout(x, w, operands),
+                     bias_bytes=footprint(grad_out) if summed else 0)
+
+
+def _depthwise(w) -> bool:
+    """One input channel a group: PyTorch's own depthwise kernel, which takes the bias."""
+    return w.dim() >= 2 and int(w.shape[1]) == 1
 
 
 def relayout(x, w, operands) -> tuple:
@@ -86,7 +101,7 @@ def relayout(x, w, operands) -> tuple:
     report charges these where the chip runs them on tensor cores) that reduce over channels (a
     depthwise one, one channel a group, runs no tensor-core kernel), and only where the input is
     not already channels-last; () otherwise."""
-    depthwise = w.dim() >= 2 and int(w.shape[1]) == 1
+    depthwise = _depthwise(w)
     if x.dtype not in (torch.float16, torch.bfloat16, torch.float32) or x.dim() not in (3, 4, 5) \
             or w.dim() != x.dim() or depthwise:
         return ()
