@@ -473,3 +473,22 @@ def test_a_convolution_with_a_bias_names_the_kernel_cuda_adds_it_in():
     r = fxroof.analyze(model, (x,), train=True, optimizer="none")
     (backward,) = [n for n in r.nodes if n.op == "convolution_backward"]
     assert backward.bias_bytes == out
+
+
+def test_a_convolution_on_a_channel_slice_counts_the_copy_pytorch_makes_first():
+    # torch.split along channels (CSP, Inception-style blocks) hands a convolution a strided
+    # slice; PyTorch's _convolution makes it contiguous before its library runs (its profiler
+    # shows the copy on this CPU; CUDA's path calls the same input.contiguous())
+    x = torch.randn(2, 16, 8, 8)
+    conv = torch.nn.Conv2d(8, 8, 3, padding=1)
+    half = lambda t: conv(t[:, 8:])                           # noqa: E731
+    assert _pytorch_copies(half, x) == 1
+    assert _pytorch_copies(conv, x[:, 8:].contiguous()) == 0
+    plain = cost_of(conv, "conv2d", x[:, 8:].contiguous())
+    sliced = cost_of(fn_module(half), "conv2d", x)
+    elements = 2 * 8 * 8 * 8                                 # 1,024 elements, 4 KB in fp32
+    assert sliced.bytes_read == plain.bytes_read + elements * F32
+    assert sliced.bytes_written == plain.bytes_written + elements * F32
+    # a channels-last input is taken as it is
+    cl = x[:, 8:].contiguous(memory_format=torch.channels_last)
+    assert cost_of(conv, "conv2d", cl).bytes_read == plain.bytes_read

@@ -6,6 +6,7 @@ sums the output's gradient for it (aten/src/ATen/native/Convolution.cpp, convolu
 depthwise forward kernel takes the bias itself."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -65,10 +66,11 @@ def conv(call: OpCall) -> Cost:
     positions = (x if transposed else call.outputs[0]).shape[2 - w.dim():]
     flops = 2 * batch * math.prod(int(s) for s in (*w.shape, *positions))
     bias = call.get("bias")
-    return call.cost(flops, "conv", variant=cpu_library(call),
-                     relayout=relayout(x, w, (x, w)),
-                     bias_bytes=2 * footprint(call.outputs[0])
-                     if isinstance(bias, torch.Tensor) and not _depthwise(w) else 0)
+    return with_copies(call.cost(flops, "conv", variant=cpu_library(call),
+                                 relayout=relayout(x, w, (x, w)),
+                                 bias_bytes=2 * footprint(call.outputs[0])
+                                 if isinstance(bias, torch.Tensor) and not _depthwise(w) else 0),
+                       x)
 
 
 @formula(aten.convolution_backward, category="conv")
@@ -81,9 +83,35 @@ def conv_backward(call: OpCall) -> Cost:
     summed = bool(call.get("output_mask")[2])     # every CUDA backend leaves it to a sum
     # the input's gradient reads the filter, the filter's reads the input; both the gradient
     operands = (grad_out, *([w] if mask[0] else []), *([x] if mask[1] else []))
-    return call.cost(forward.flops * sum(mask), "conv", variant=forward.variant,
-                     relayout=relayout(x, w, operands),
-                     bias_bytes=footprint(grad_out) if summed else 0)
+    return with_copies(call.cost(forward.flops * sum(mask), "conv", variant=forward.variant,
+                                 relayout=relayout(x, w, operands),
+                                 bias_bytes=footprint(grad_out) if summed else 0),
+                       x, grad_out)
+
+
+def strided_conv_input(t) -> int:
+    """Bytes each way of the copy PyTorch's _convolution makes of a tensor in neither layout its
+    libraries take: `input.contiguous(backend_memory_format)` before cuDNN, oneDNN or its own
+    kernels (aten/src/ATen/native/Convolution.cpp; convolution_backward likewise). A channel
+    slice of a larger tensor (torch.split along channels, CSP and Inception-style blocks) pays
+    it on every call; a contiguous or channels-last tensor does not."""
+    if not isinstance(t, torch.Tensor) or t.numel() < 2 or t.is_contiguous():
+        return 0
+    fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(t.dim())
+    if fmt is not None and t.is_contiguous(memory_format=fmt):
+        return 0
+    return math.prod(int(s) for s in t.shape) * t.element_size()
+
+
+def with_copies(cost: Cost, *tensors) -> Cost:
+    """`cost` with the copies of its strided operands (strided_conv_input): each read and
+    written once more."""
+    copied = sum(strided_conv_input(t) for t in tensors)
+    if not copied:
+        return cost
+    return dataclasses.replace(cost, bytes_read=cost.bytes_read + copied,
+                               bytes_written=cost.bytes_written + copied,
+                               note="copies its strided input to a contiguous one first")
 
 
 def _depthwise(w) -> bool:
