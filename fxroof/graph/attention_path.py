@@ -49,11 +49,13 @@ def spell_out_math_attention(gm: fx.GraphModule) -> dict:
                                "runs PyTorch's math path, spelled out for concrete sizes only")
         sub = make_fx(_math(node), tracing_mode="fake")(*[_meta(t) for t in vals])
         holders = [p for p in sub.graph.nodes if p.op == "placeholder"]
-        before = set(graph.nodes)
+        last = node.prev          # the new nodes go between it and the node they replace
         with graph.inserting_before(node):
             out = graph.graph_copy(sub.graph, dict(zip(holders, tensors)))
-        for new in (n for n in graph.nodes if n not in before):
+        new = last.next
+        while new is not node:
             new.meta.update({k: v for k, v in node.meta.items() if k != "val"})
+            new = new.next
         node.replace_all_uses_with(out)
         graph.erase_node(node)
     graph.lint()
