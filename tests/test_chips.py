@@ -21,7 +21,7 @@ REQUIRED = ["v100", "t4", "a10", "a40", "l4", "l40", "l40s", "rtx-a6000", "rtx-a
 # accumulate, the path PyTorch takes; int8 (int32 accumulate) keeps the full rate.
 FP32_ACCUMULATE_AT_HALF_RATE = {"rtx-3080", "rtx-3090", "rtx-4080", "rtx-4090", "rtx-5090"}
 EXPECTED_FIGURES = ["sm_count", "matmul_efficiency", "bw_efficiency", "collective_efficiency",
-                    "kernel_floor_s", "clock_hz"]
+                    "kernel_floor_s", "clock_hz", "l2_bytes"]
 FIGURES = ["peak_flops", "vector_flops", "mem_bw", "mem_bytes", "link_bw", "link_latency_s",
            "launch_s", "dispatch_s"]
 
@@ -579,3 +579,12 @@ def test_shipped_table_would_need_sources_for_optional_figures():
 def test_the_half_precision_dtype_is_the_faster_one_bf16_on_a_tie():
     assert chip("h100-sxm").half_dtype() == "bf16"      # 989.4 TFLOP/s each: the tie goes to bf16
     assert chip("t4").half_dtype() == "fp16"            # fp16 tensor cores only
+
+
+def test_l2_figures_are_the_whitepapers():
+    # GA102 in the RTX 3090 6,144 KB; A100 40 MB; H100 SXM5 50 MB; RTX 4090 72 MB (binary units)
+    assert chip("rtx-3090").l2_bytes == 6144 * 1024
+    assert chip("a100-80gb").l2_bytes == 40 * 2 ** 20
+    assert chip("h100-sxm").l2_bytes == chip("h200").l2_bytes == 50 * 2 ** 20
+    assert chip("rtx-4090").l2_bytes == 72 * 2 ** 20
+    assert not chip("cpu").l2_bytes          # a CPU's second pass is its calibration's to say
