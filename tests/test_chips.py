@@ -587,4 +587,4 @@ def test_l2_figures_are_the_whitepapers():
     assert chip("a100-80gb").l2_bytes == 40 * 2 ** 20
     assert chip("h100-sxm").l2_bytes == chip("h200").l2_bytes == 50 * 2 ** 20
     assert chip("rtx-4090").l2_bytes == 72 * 2 ** 20
-    assert not chip("cpu").l2_bytes          # a CPU's second pass is its calibration's to say
+    assert not chip("cpu").l2_bytes          # a CPU has no expected-time parts: its floor
