@@ -212,6 +212,9 @@ def test_a_biased_convolution_on_cuda_runs_its_bias_add_as_a_kernel_of_its_own_e
     assert all(k.expected.bias_s == 0 for k in compiled.kernels)
     cpu = fxroof.analyze(conv.float(), (x.float(),), chip="cpu", mode="eager")
     assert all(k.expected.bias_s == 0 for k in cpu.kernels)
+    # and `fxroof compare` says that part of what compiling saves
+    from fxroof.report.tables import comparison
+    assert "of which bias: eager pays 18.5 µs" in comparison(eager)   # 18.45, rounded
 
 
 def test_the_latency_floor_adds_to_the_work_and_reads_as_overhead():
