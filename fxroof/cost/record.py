@@ -1,7 +1,7 @@
 """The cost record every pass reads and writes: FLOPs and bytes of one node or one kernel."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 # Matrix categories run on tensor/matrix units; the rest on vector units.
 CATEGORIES = ("matmul", "conv", "attention", "pointwise", "reduction", "norm", "view", "copy",
@@ -78,6 +78,14 @@ class Cost:
     @property
     def bytes(self) -> int:
         return self.bytes_read + self.bytes_written
+
+    def with_copy(self, nbytes: int, note: str) -> "Cost":
+        """This cost with a copy PyTorch makes before the op's kernel: `nbytes` read and written
+        once more, and the note saying so; itself where nothing is copied."""
+        if not nbytes:
+            return self
+        return replace(self, bytes_read=self.bytes_read + nbytes,
+                       bytes_written=self.bytes_written + nbytes, note=note)
 
     def __add__(self, other: "Cost") -> "Cost":
         # Sums keep FLOPs and bytes; category/dtype are only meaningful for single rows.

@@ -66,6 +66,15 @@ def numel(t: torch.Tensor) -> int:
     return math.prod(int(s) for s in t.shape)
 
 
+def contiguous_copy_bytes(t, *layouts: torch.memory_format) -> int:
+    """Bytes each way of the copy a kernel that reads a contiguous tensor (or one in `layouts`)
+    makes of `t` first: 0 where t already is one, or is not a tensor of two elements or more."""
+    if not isinstance(t, torch.Tensor) or t.numel() < 2 or t.is_contiguous() or \
+            any(t.is_contiguous(memory_format=f) for f in layouts):
+        return 0
+    return numel(t) * t.element_size()
+
+
 def tensors_in(obj) -> list[torch.Tensor]:
     """Every tensor in a nested args structure, in order, each object once."""
     # A loop, not a nested recursive function: that would be a reference cycle per call, left

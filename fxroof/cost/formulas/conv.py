@@ -6,14 +6,13 @@ sums the output's gradient for it (aten/src/ATen/native/Convolution.cpp, convolu
 depthwise forward kernel takes the bias itself."""
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import torch
 
 from fxroof.cost.formulas.registry import OpCall, formula
 from fxroof.cost.record import Cost
-from fxroof.graph.tensors import footprint
+from fxroof.graph.tensors import contiguous_copy_bytes, footprint
 
 aten = torch.ops.aten
 
@@ -89,29 +88,15 @@ def conv_backward(call: OpCall) -> Cost:
                        x, grad_out)
 
 
-def strided_conv_input(t) -> int:
-    """Bytes each way of the copy PyTorch's _convolution makes of a tensor in neither layout its
+def with_copies(cost: Cost, *tensors) -> Cost:
+    """`cost` with the copy PyTorch's _convolution makes of each operand in neither layout its
     libraries take: `input.contiguous(backend_memory_format)` before cuDNN, oneDNN or its own
     kernels (aten/src/ATen/native/Convolution.cpp; convolution_backward likewise). A channel
     slice of a larger tensor (torch.split along channels, CSP and Inception-style blocks) pays
     it on every call; a contiguous or channels-last tensor does not."""
-    if not isinstance(t, torch.Tensor) or t.numel() < 2 or t.is_contiguous():
-        return 0
-    fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(t.dim())
-    if fmt is not None and t.is_contiguous(memory_format=fmt):
-        return 0
-    return math.prod(int(s) for s in t.shape) * t.element_size()
-
-
-def with_copies(cost: Cost, *tensors) -> Cost:
-    """`cost` with the copies of its strided operands (strided_conv_input): each read and
-    written once more."""
-    copied = sum(strided_conv_input(t) for t in tensors)
-    if not copied:
-        return cost
-    return dataclasses.replace(cost, bytes_read=cost.bytes_read + copied,
-                               bytes_written=cost.bytes_written + copied,
-                               note="copies its strided input to a contiguous one first")
+    copied = sum(contiguous_copy_bytes(t, torch.channels_last, torch.channels_last_3d)
+                 for t in tensors)
+    return cost.with_copy(copied, "copies its strided input to a contiguous one first")
 
 
 def _depthwise(w) -> bool:

@@ -13,7 +13,7 @@ import torch
 
 from fxroof.cost.formulas.registry import RULES, Entry, OpCall, formula
 from fxroof.cost.record import Cost
-from fxroof.graph.tensors import numel
+from fxroof.graph.tensors import contiguous_copy_bytes, numel
 
 aten = torch.ops.aten
 
@@ -60,10 +60,7 @@ def strided_input_copy(call: OpCall) -> int:
     LayerNorm2d (x.permute(0, 2, 3, 1) then F.layer_norm) pays it every call. The copy reads the
     input and writes it whole, and the kernel then reads the copy in the input's place: a read
     and a write of the whole tensor more (a broadcast input's copy is larger than it)."""
-    x = call.inputs[0] if call.inputs else None
-    if not isinstance(x, torch.Tensor) or x.numel() < 2 or x.is_contiguous():
-        return 0
-    return numel(x) * x.element_size()
+    return contiguous_copy_bytes(call.inputs[0] if call.inputs else None)
 
 
 def copying_strided_input(flops: int, category: str):
@@ -71,22 +68,15 @@ def copying_strided_input(flops: int, category: str):
     per_element = per_input_element(flops, category)
 
     def formula_fn(call: OpCall) -> Cost:
-        cost, copied = per_element(call), strided_input_copy(call)
-        if not copied:
-            return cost
-        return dataclasses.replace(cost, bytes_read=cost.bytes_read + copied,
-                                   bytes_written=cost.bytes_written + copied,
-                                   note="copies its strided input to a contiguous one first")
+        return per_element(call).with_copy(strided_input_copy(call),
+                                           "copies its strided input to a contiguous one first")
     return formula_fn
 
 
-def _two_pass_rereads(training: str | None, *tensors: str, when=None):
-    """The rule of one norm op (norm_rereads): `tensors` are read again where the op trains
-    (its `training` argument true; None: always) and `when(call)`, if given, holds."""
+def _rereads(*tensors: str, when=lambda call: True):
+    """The rule of one norm op (norm_rereads): `tensors` are read again where `when(call)`."""
     def rule(call: OpCall) -> tuple:
-        if training is not None and not call.get(training):
-            return ()
-        if when is not None and not when(call):
+        if not when(call):
             return ()
         return tuple(numel(t) * t.element_size() for t in map(call.get, tensors)
                      if isinstance(t, torch.Tensor))
@@ -96,6 +86,12 @@ def _two_pass_rereads(training: str | None, *tensors: str, when=None):
 def _mask(call: OpCall, *bits: int) -> bool:
     mask = call.get("output_mask") or (True, True, True)
     return any(mask[b] for b in bits)
+
+
+def _dx_and_sums(trains: str):
+    """A batch norm's gradient computes dx from per-channel sums where it trains (its `trains`
+    argument) or wants its weights' gradients."""
+    return lambda call: _mask(call, 0) and (call.get(trains, True) or _mask(call, 1, 2))
 
 
 # Norms that need a reduction over a tensor before the elementwise pass that uses it read the
@@ -109,24 +105,20 @@ def _mask(call: OpCall, *bits: int) -> bool:
 # norm's gradient, dx row by row, then dgamma and dbeta column by column over dy and x again
 # (layer_norm_kernel.cu: GammaBetaBackward). A layer norm forward and an inference batch norm
 # read their rows once. cuDNN's batch norm faces the same dependence.
-_DX_AND_SUMS = (lambda call: _mask(call, 0) and (call.get("train", True) or _mask(call, 1, 2)))
 _REREADS = {
     **dict.fromkeys((aten.native_batch_norm, aten._native_batch_norm_legit,
                      aten._native_batch_norm_legit_functional, aten.cudnn_batch_norm,
                      aten.miopen_batch_norm, aten.batch_norm),
-                    _two_pass_rereads("training", "input")),
-    aten._batch_norm_with_update: _two_pass_rereads(None, "input"),
-    **dict.fromkeys((aten.native_group_norm, aten.group_norm), _two_pass_rereads(None, "input")),
-    aten.native_batch_norm_backward: _two_pass_rereads(None, "grad_out", "input",
-                                                       when=_DX_AND_SUMS),
-    aten.batch_norm_backward: _two_pass_rereads(
-        None, "grad_out", "input",
-        when=lambda call: _mask(call, 0) and (call.get("update") or _mask(call, 1, 2))),
-    aten.cudnn_batch_norm_backward: _two_pass_rereads(None, "grad_output", "input"),
-    aten.native_group_norm_backward: _two_pass_rereads(None, "grad_out", "input",
-                                                       when=lambda call: _mask(call, 0)),
-    aten.native_layer_norm_backward: _two_pass_rereads(
-        None, "grad_out", "input", when=lambda call: _mask(call, 0) and _mask(call, 1, 2)),
+                    _rereads("input", when=lambda call: call.get("training"))),
+    **dict.fromkeys((aten._batch_norm_with_update, aten.native_group_norm, aten.group_norm),
+                    _rereads("input")),
+    aten.native_batch_norm_backward: _rereads("grad_out", "input", when=_dx_and_sums("train")),
+    aten.batch_norm_backward: _rereads("grad_out", "input", when=_dx_and_sums("update")),
+    aten.cudnn_batch_norm_backward: _rereads("grad_output", "input"),
+    aten.native_group_norm_backward: _rereads("grad_out", "input",
+                                              when=lambda call: _mask(call, 0)),
+    aten.native_layer_norm_backward: _rereads(
+        "grad_out", "input", when=lambda call: _mask(call, 0) and _mask(call, 1, 2)),
 }
 
 

@@ -1,7 +1,6 @@
 """Matrix products. FLOPs = 2 per multiply-add; a bias add is not counted (PyTorch's convention)."""
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import torch
@@ -33,9 +32,7 @@ def product(call: OpCall):
         # no view flattens is copied first, as matmul below copies it
         copies = fold_copy_bytes(a)
         if copies:
-            return dataclasses.replace(cost, bytes_read=cost.bytes_read + copies,
-                                       bytes_written=cost.bytes_written + copies,
-                                       note="copies its input to fold the batch")
+            return cost.with_copy(copies, "copies its input to fold the batch")
     return cost
 
 
@@ -83,9 +80,7 @@ def matmul(call: OpCall):
         copies = fold_copy_bytes(a)
     else:
         copies = 0
-    return dataclasses.replace(cost, bytes_read=cost.bytes_read + copies,
-                               bytes_written=cost.bytes_written + copies,
-                               note="copies operands to fold the batch" if copies else "")
+    return cost.with_copy(copies, "copies operands to fold the batch")
 
 
 def _einsum_letters(term: str, t: torch.Tensor, sizes: dict[str, int]) -> list[str]:
