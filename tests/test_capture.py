@@ -195,6 +195,36 @@ def test_autocast_in_the_forward_runs_its_matmuls_in_its_dtype():
     assert not any("CUDA autocast" in note for note in r.notes)
 
 
+class BiasedAttention(torch.nn.Module):
+    """BEiT's attention: a mask made from a parameter (a relative position bias), under CUDA
+    autocast, which sends the capture to make_fx."""
+
+    def __init__(self):
+        super().__init__()
+        self.bias = torch.nn.Parameter(torch.zeros(1, 2, 16, 16))
+
+    def forward(self, q):
+        with torch.autocast("cuda", dtype=torch.float16):
+            return torch.nn.functional.scaled_dot_product_attention(q, q, q, attn_mask=self.bias)
+
+
+def test_a_forward_is_traced_without_grad_as_inference_runs_it():
+    q, model = torch.randn(1, 2, 16, 8), BiasedAttention()
+    # PyTorch's own choice for the 16-bit mask autocast makes of the parameter: made with grad
+    # on, it requires grad and sends CPU attention to its math path (0); made under no_grad,
+    # as inference makes it, the fused kernel (1)
+    qh = q.half()
+    assert torch._fused_sdp_choice(qh, qh, qh, model.bias.half(), 0.0, False) == 0
+    with torch.no_grad():
+        assert torch._fused_sdp_choice(qh, qh, qh, model.bias.half(), 0.0, False) == 1
+    captured = capture(model, (q,))
+    ops = [str(n.target) for n in captured.gm.graph.nodes if n.op == "call_function"]
+    assert captured.strategy == "make_fx"
+    assert sum("_scaled_dot_product_flash_attention" in op for op in ops) == 1
+    assert not any("softmax" in op for op in ops)
+    assert model.bias.requires_grad and torch.is_grad_enabled()    # the user's left as found
+
+
 class AutocastBlock(torch.nn.Module):
     """A pre-norm block's ops under autocast: which run in 16 bits and which in fp32."""
 

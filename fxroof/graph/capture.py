@@ -125,8 +125,9 @@ def capture(model, args=(), kwargs=None, routing: Routing | str | None = None) -
         fake = FakeCopier()
         model, args, kwargs = fake.copy(model), fake.inputs(args), fake.inputs(kwargs)
     routed, example = f"make_fx, {assumed.label} routing", "make_fx on example values"
-    strategies = [("torch.export", _export), ("make_fx", _make_fx),
-                  ("symbolic_trace", lambda m, a, k: _make_fx(fx.symbolic_trace(m), a, k))]
+    strategies = [("torch.export", _export), ("make_fx", _inference(_make_fx)),
+                  ("symbolic_trace",
+                   _inference(lambda m, a, k: _make_fx(fx.symbolic_trace(m), a, k)))]
     strategies.insert(0 if routing is not None else 2,
                       (routed, lambda *_: _make_fx_routed(*own, assumed)))
     if routing is None and not any(t.device.type == "meta" or isinstance(t, FakeTensor)
@@ -239,6 +240,17 @@ def _weight_names(sig) -> frozenset:
     """Placeholders that hold the model's own state: parameters, buffers and tensor constants."""
     return (frozenset(sig.inputs_to_parameters) | frozenset(sig.inputs_to_buffers)
             | frozenset(sig.inputs_to_lifted_tensor_constants))
+
+
+def _inference(trace):
+    """`trace` with grad off, as a forward runs for inference: kernels PyTorch picks by whether
+    an input requires grad are picked as inference picks them (its CPU attention takes the math
+    path for a mask made from parameters, where a GPU under no_grad runs a fused kernel). The
+    traces on example values keep grad on: PyTorch's real-tensor propagation fails without."""
+    def traced(model, args, kwargs):
+        with torch.no_grad():
+            return trace(model, args, kwargs)
+    return traced
 
 
 def _make_fx(model, args, kwargs):
