@@ -11,8 +11,9 @@ when absent; their README says how each was measured):
         Every timm-*.csv in the data folder is a source, named from its file name (GPU,
         -dynamo for torch.compile, amp / amp_bf16 / bf16, nchw / nhwc; a GPU the bench does not
         map to a chip is named and skipped). Predicted: the report's time (eager or compiled)
-        of the model in the file's 16-bit dtype, under AMP with its LayerNorm/GroupNorm in fp32
-        (AMP's casts around them included), batch and size as published; channels-last costs
+        of the model as benchmark.py runs it, batch and size as published: under AMP the fp32
+        model and input within CUDA autocast of the file's 16-bit dtype (AmpInference; fxroof
+        traces it on the CPU with CUDA's policy), a bf16 model in bf16; channels-last costs
         as NCHW. Every published size of each model in the subset is a case. A file whose
         parameter count for a model is below timm's ran it fused (benchmark.py --reparam: the
         RTX 5090 files' MobileOne, RepViT, FastViT, LeViT, EfficientViT): the bench fuses it
@@ -190,7 +191,7 @@ TIMM_GPUS = {"rtx3090": ("rtx-3090", "RTX 3090"), "rtx4090": ("rtx-4090", "RTX 4
              "4090": ("rtx-4090", "RTX 4090"), "5090": ("rtx-5090", "RTX 5090"),
              "rtx5090": ("rtx-5090", "RTX 5090"),
              "pro6000maxq": ("pro6000-maxq", "RTX PRO 6000 Max-Q")}
-# precision: AMP (autocast over fp32 weights; norms in fp32) in fp16 or bf16, or a bf16 model
+# precision: AMP (autocast over fp32 weights) in fp16 or bf16, or a bf16 model
 TIMM_PRECISIONS = {"amp": (torch.float16, True, ""), "amp_bf16": (torch.bfloat16, True, " bf16"),
                    "bf16": (torch.bfloat16, False, " bf16 model")}
 # Families timm's tables hold at several sizes: residual CNNs, ConvNeXt, vision transformers,
@@ -279,24 +280,20 @@ def made_of(kernels, device_only: bool = False) -> str:
 
 # -- timm ----------------------------------------------------------------------------------------
 
-class Fp32Norm(nn.Module):
-    """AMP runs layer_norm and group_norm in fp32: cast in, normalise, cast back."""
+class AmpInference(nn.Module):
+    """timm's inference benchmark under AMP: the fp32 model's forward within CUDA autocast (fxroof
+    traces it as CPU autocast of the same dtype, with CUDA's fp32 ops, where there is no GPU).
+    The weights stay fp32 and are cast at each matrix op's call; the norms and softmax that
+    CUDA's autocast runs in fp32 do; and elementwise math with an fp32 parameter (a layer scale,
+    a learnable affine) promotes its output to fp32, as on the GPU."""
 
-    def __init__(self, norm: nn.Module):
+    def __init__(self, model, dtype):
         super().__init__()
-        self.norm = norm.float()
+        self.model, self.dtype = model, dtype
 
     def forward(self, x):
-        return self.norm(x.float()).to(x.dtype)
-
-
-def fp32_norms(module: nn.Module) -> nn.Module:
-    for name, child in module.named_children():
-        if isinstance(child, (nn.LayerNorm, nn.GroupNorm)):
-            setattr(module, name, Fp32Norm(child))
-        else:
-            fp32_norms(child)
-    return module
+        with torch.autocast("cuda", dtype=self.dtype):
+            return self.model(x)
 
 
 # The results/ folder of a pytorch-image-models checkout (--timm): its benchmark-infer-*.csv
@@ -419,11 +416,11 @@ def timm_capture(timm, name, size, batch, dtype, amp, nhwc, params_m):
             model = reparameterized(timm, name)
             if not same_count(model, params_m):
                 return f"{name}: the file's {params_m}M parameters are not timm's model"
-        model = model.to(dtype)
-        model = fp32_norms(model) if amp else model
+        model = AmpInference(model, dtype) if amp else model.to(dtype)
     except Exception as e:
         return f"timm cannot build {name}: {type(e).__name__}"
-    x = torch.empty(batch, 3, size, size, dtype=dtype, device="meta")
+    # AMP's input is fp32, as its weights (the first convolution casts it)
+    x = torch.empty(batch, 3, size, size, dtype=torch.float32 if amp else dtype, device="meta")
     model, x = channels_last(model, x) if nhwc else (model, x)
     try:
         return capture(model, (x,))
