@@ -12,8 +12,8 @@ when absent; their README says how each was measured):
         -dynamo for torch.compile, amp / amp_bf16 / bf16, nchw / nhwc; a GPU the bench does not
         map to a chip is named and skipped). Predicted: the report's time (eager or compiled)
         of the model as benchmark.py runs it, batch and size as published: under AMP the fp32
-        model and input within CUDA autocast of the file's 16-bit dtype (AmpInference; fxroof
-        traces it on the CPU with CUDA's policy), a bf16 model in bf16; channels-last costs
+        model and input within CUDA autocast of the file's 16-bit dtype (fxroof's amp=, traced on
+        the CPU with CUDA's policy), a bf16 model in bf16; channels-last costs
         as NCHW. Every published size of each model in the subset is a case. A file whose
         parameter count for a model is below timm's ran it fused (benchmark.py --reparam: the
         RTX 5090 files' MobileOne, RepViT, FastViT, LeViT, EfficientViT): the bench fuses it
@@ -180,7 +180,9 @@ from fxroof.chips.expected import expected  # noqa: E402
 from fxroof.chips.launch import Launch, row_per_block  # noqa: E402
 from fxroof.chips.timing import kernel_timing  # noqa: E402
 from fxroof.cost.formulas.registry import FORMULAS, OpCall  # noqa: E402
+from fxroof.graph.autocast import with_amp  # noqa: E402
 from fxroof.graph.capture import FunctionModule, capture  # noqa: E402
+from fxroof.graph.tensors import dtype_name  # noqa: E402
 from fxroof.pipeline import Target, report_of  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "reference" / "measured"
@@ -279,22 +281,6 @@ def made_of(kernels, device_only: bool = False) -> str:
 
 
 # -- timm ----------------------------------------------------------------------------------------
-
-class AmpInference(nn.Module):
-    """timm's inference benchmark under AMP: the fp32 model's forward within CUDA autocast (fxroof
-    traces it as CPU autocast of the same dtype, with CUDA's fp32 ops, where there is no GPU).
-    The weights stay fp32 and are cast at each matrix op's call; the norms and softmax that
-    CUDA's autocast runs in fp32 do; and elementwise math with an fp32 parameter (a layer scale,
-    a learnable affine) promotes its output to fp32, as on the GPU."""
-
-    def __init__(self, model, dtype):
-        super().__init__()
-        self.model, self.dtype = model, dtype
-
-    def forward(self, x):
-        with torch.autocast("cuda", dtype=self.dtype):
-            return self.model(x)
-
 
 # The results/ folder of a pytorch-image-models checkout (--timm): its benchmark-infer-*.csv
 # files, named as the data folder's timm-*.csv are, add the GPUs, torch versions and layouts
@@ -416,7 +402,8 @@ def timm_capture(timm, name, size, batch, dtype, amp, nhwc, params_m):
             model = reparameterized(timm, name)
             if not same_count(model, params_m):
                 return f"{name}: the file's {params_m}M parameters are not timm's model"
-        model = AmpInference(model, dtype) if amp else model.to(dtype)
+        # AMP: the fp32 model within CUDA autocast, as fxroof's amp= runs it
+        model = with_amp(model, "cuda", dtype_name(dtype)) if amp else model.to(dtype)
     except Exception as e:
         return f"timm cannot build {name}: {type(e).__name__}"
     # AMP's input is fp32, as its weights (the first convolution casts it)

@@ -28,6 +28,7 @@ from fxroof.cost.whatif import parse as parse_quantization
 from fxroof.fuse import fuse, unfused
 from fxroof.fuse.layout import channels_last_nodes
 from fxroof.fuse.policy import classify
+from fxroof.graph.autocast import AMP_DTYPES, with_amp
 from fxroof.graph.capture import Captured, capture
 from fxroof.graph.data_parallel import is_wrapped, layout_of
 from fxroof.graph.memory import footprint, state_reads
@@ -72,7 +73,11 @@ class Target:
     parameters, gradients and optimizer state over those dp ranks (FSDP2) instead. recompute:
     activation checkpointing of every block, the backward running its forward again.
     routing: the mixture-of-experts top-k routing to assume, "balanced" or "skew=0.5"
-    (fxroof.graph.routing); None: balanced, where routing decides what runs."""
+    (fxroof.graph.routing); None: balanced, where routing decides what runs.
+    amp: "fp16" or "bf16" runs the model's forward within torch.autocast of that dtype over its
+    own weights, as automatic mixed precision does (CUDA's policy on a GPU, traced on the CPU;
+    the CPU's on a CPU): matrix ops in 16 bits, their weights cast at each call, what the
+    policy keeps in fp32 in fp32. "" (the default): the model's own dtypes."""
     chip: Chip | str = "h100-sxm"
     mode: str = "compiled"
     quantize: Quantization | str | None = None
@@ -84,6 +89,7 @@ class Target:
     fsdp: bool = False
     recompute: bool = False
     routing: Routing | str | None = None
+    amp: str = ""
 
     def __post_init__(self):
         # Names become records here, so that a misspelt chip or what-if fails before a capture.
@@ -93,6 +99,9 @@ class Target:
             object.__setattr__(self, "routing", parse_routing(self.routing))
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}; expected one of {', '.join(MODES)}")
+        if self.amp and self.amp not in AMP_DTYPES:
+            raise ValueError(f"unknown amp {self.amp!r}; expected one of {', '.join(AMP_DTYPES)} "
+                             f"(or '' for the model's own dtypes)")
         if self.mode == GRAPH_MODE and self.chip.kind != "gpu":
             raise ValueError(f"mode {GRAPH_MODE!r} replays CUDA graphs, which a GPU runs; "
                              f"{self.chip.name} is a {self.chip.kind}: use mode='compiled'")
@@ -167,6 +176,7 @@ def analyze(model, example_inputs=(), example_kwargs=None, *, target: Target | N
                           if isinstance(model, torch.nn.Module) else (model, None))
         if layout is not None:      # a wrapper's own degree and kind
             target = dataclasses.replace(target, dp=layout.world, fsdp=layout.fsdp)
+        module = _amp(module, target)
 
         def step(recompute: bool):
             return capture_step(module, example_inputs, example_kwargs, layout=layout,
@@ -187,7 +197,15 @@ def analyze(model, example_inputs=(), example_kwargs=None, *, target: Target | N
                     f"{layout.replicas} times; each shard's gradient all-reduced across the "
                     f"replicas after its reduce-scatter",))
             return report
-    return report_of(capture(model, example_inputs, example_kwargs, target.routing), target)
+    return report_of(capture(_amp(model, target), example_inputs, example_kwargs,
+                             target.routing), target)
+
+
+def _amp(model, target: Target):
+    """The model as target.amp runs it: under CUDA's autocast policy for a GPU, the CPU's for
+    a CPU (the model itself where amp is "")."""
+    return with_amp(model, "cuda" if target.chip.kind == "gpu" else "cpu", target.amp) \
+        if target.amp else model
 
 
 _DP_NOTE = ("each gradient bucket's all-reduce runs beside the backward kernels after it, at the "

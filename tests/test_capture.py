@@ -8,6 +8,7 @@ from helpers import flop_counter_total, fn_module
 from fxroof.cost.annotate import annotate
 from fxroof.cost.record import COST_KEY
 from fxroof.graph.capture import CaptureError, capture
+from fxroof.graph.tensors import dtype_name
 
 transformers = pytest.importorskip("transformers")
 
@@ -275,3 +276,61 @@ def test_cuda_autocast_without_a_gpu_is_traced_as_cpu_autocast_and_said():
         # not the fp32 a CPU-only torch would trace with CUDA autocast turned off
         assert {n.dtype for n in r.nodes if n.category == "matmul"} == {"bf16"}
         assert any("CUDA autocast (bf16)" in note for note in r.notes)
+
+
+class LayerScaleBlock(torch.nn.Module):
+    """A pre-norm residual branch with a layer scale: an fp32 parameter in elementwise math."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm, self.fc = torch.nn.LayerNorm(64), torch.nn.Linear(64, 64)
+        self.gamma = torch.nn.Parameter(torch.full((64,), 0.1))
+
+    def forward(self, x):
+        return x + self.gamma * self.fc(self.norm(x))
+
+
+def test_amp_runs_the_forward_as_autocast_does_and_leaves_the_model_alone():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    import fxroof
+
+    class Dtypes(TorchDispatchMode):        # each op's output dtype, as PyTorch runs it
+        def __init__(self):
+            super().__init__()
+            self.seen = {}
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor) and func.overloadpacket.__name__ in OPS:
+                self.seen[func.overloadpacket.__name__] = out.dtype
+            return out
+
+    OPS = ("addmm", "mul", "add")
+    x, model = torch.randn(4, 8, 64), LayerScaleBlock()
+    with Dtypes() as run, torch.autocast("cpu", dtype=torch.bfloat16):
+        model(x)
+    # PyTorch's CPU autocast: the linear in bf16, its fp32 scale promoting the product to fp32
+    assert run.seen["addmm"] == torch.bfloat16 and run.seen["mul"] == torch.float32
+    before = fxroof.analyze(model, (x,), chip="cpu", mode="eager")
+    r = fxroof.analyze(model, (x,), chip="cpu", mode="eager", amp="bf16")
+    traced = {n.op: n.dtype for n in r.nodes if n.op in OPS}
+    assert traced == {op: dtype_name(d) for op, d in run.seen.items()}
+    # the same ops where they were (module paths kept), the weights cast at their call
+    assert {n.module for n in r.nodes} == {n.module for n in before.nodes} | {"fc"}
+    assert any(n.op == "_to_copy" and n.module == "fc" for n in r.nodes)
+    assert type(model) is LayerScaleBlock and "_fxroof_amp" not in model.__dict__
+    assert model.fc.weight.dtype == torch.float32
+    # a GPU runs CUDA's policy: the norm in fp32 (CPU's runs it in its input's dtype, fp32 here)
+    gpu = fxroof.analyze(model, (x,), chip="h100-sxm", mode="eager", amp="fp16")
+    assert {n.op: n.dtype for n in gpu.nodes if n.op in ("addmm", "mul")} == \
+        {"addmm": "fp16", "mul": "fp32"}
+
+
+def test_amp_names_its_choices():
+    import fxroof
+    with pytest.raises(ValueError, match=r"unknown amp 'fp8'; expected one of fp16, bf16"):
+        fxroof.Target(amp="fp8")
+    gm = torch.fx.symbolic_trace(LayerScaleBlock())
+    with pytest.raises(TypeError, match=r"amp= runs a module's forward under autocast"):
+        fxroof.analyze(gm, (torch.randn(2, 64),), amp="bf16")

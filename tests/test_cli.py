@@ -40,6 +40,16 @@ def test_analyze_prints_tables_and_writes_the_json_schema(workload, tmp_path, ca
     assert max(n["flops"] for n in data["nodes"]) == 2 * 1 * 128 * 32
 
 
+def test_amp_runs_the_workload_under_autocast(workload, capsys):
+    assert main(["analyze", workload, "--amp", "bf16", "--json", "-"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    # both Linears in bf16, their fp32 input and weights cast first: the input, then the first
+    # layer's weight and bias, then the second's (the ReLU's output is already bf16)
+    assert {n["dtype"] for n in data["nodes"] if n["category"] == "matmul"} == {"bf16"}
+    assert sum(n["op"] == "_to_copy" for n in data["nodes"]) == 5
+    assert any("CUDA autocast (bf16)" in note for note in data["notes"])
+
+
 def test_json_to_stdout_is_only_json(workload, capsys):
     assert main(["analyze", workload, "--json", "-"]) == 0
     assert json.loads(capsys.readouterr().out)["schema"] == "fxroof.report/1"
@@ -57,6 +67,7 @@ def test_json_to_stdout_is_only_json(workload, capsys):
     (["diff", "no.json", "other.json"], "No such file"),
     (["analyze", "{w}", "--mode", "cudagraphs", "--chip", "cpu"], "replays CUDA graphs"),
     (["analyze", "{w}", "--mode", "graphs"], "expected one of compiled, cudagraphs, eager"),
+    (["analyze", "{w}", "--amp", "fp8"], "unknown amp 'fp8'; expected one of fp16, bf16"),
 ])
 def test_errors_are_one_line_and_exit_2(workload, argv, needle, capsys):
     argv = [a.replace("{w}", workload) for a in argv]

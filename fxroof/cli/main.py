@@ -61,6 +61,8 @@ def _workload_args() -> argparse.ArgumentParser:
                    "checkpointing of every block (the backward runs its forward again)")
     p.add_argument("--quantize", metavar="SPEC", help="what-if: w8, w4, w4g64, wfp8, kv8, "
                    "kv-fp8, fp8, w8a8, joined with + (e.g. w4+kv8); the model is not changed")
+    p.add_argument("--amp", default="", metavar="DTYPE", help="automatic mixed precision: fp16 "
+                   "or bf16, the model's forward within torch.autocast over its own weights")
     p.add_argument("--routing", metavar="SPEC", help="mixture-of-experts top-k routing to "
                    "assume: balanced (the default where routing decides sizes) or skew=S, a share "
                    "S of the tokens picking one hot expert")
@@ -205,7 +207,7 @@ def _target(ns):
         raise UsageError("--optimizer is for a training step: give --train too")
     return Target(chip=ns.chip, mode=ns.mode, quantize=ns.quantize, tp=ns.tp, train=ns.train,
                   optimizer=ns.optimizer, dp=ns.dp, fsdp=ns.fsdp, recompute=ns.recompute,
-                  routing=ns.routing)
+                  routing=ns.routing, amp=ns.amp)
 
 
 def _report(ns):

@@ -10,6 +10,8 @@ CUDA's autocast does, so a traced step reads and writes what it would on the GPU
 """
 from __future__ import annotations
 
+import copy
+import functools
 from contextlib import contextmanager
 
 import torch
@@ -98,3 +100,34 @@ def autocast_notes(seen: list) -> tuple:
     return (f"the forward runs under CUDA autocast ({names}), traced here as CPU autocast with "
             f"CUDA's policy: matrix ops in {names}, softmax, norms, reductions and losses in fp32, "
             f"as on a GPU",) if names else ()
+
+
+# Target.amp's names -> the dtypes automatic mixed precision runs matrix ops in
+AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def with_amp(model, device_type: str, amp: str) -> torch.nn.Module:
+    """`model` as automatic mixed precision runs it: its forward within torch.autocast
+    (device_type, AMP_DTYPES[amp]) over its own weights, which stay as they are. A shallow copy
+    whose class is the model's own with that forward around the original: the same parameters,
+    submodules and names, so reports keep their module paths; `model` itself is not changed."""
+    if not isinstance(model, torch.nn.Module) or isinstance(model, torch.fx.GraphModule):
+        raise TypeError(f"amp= runs a module's forward under autocast; a "
+                        f"{type(model).__name__} has no forward of its own to run: give the "
+                        f"nn.Module (or wrap its call in torch.autocast yourself)")
+    amped = copy.copy(model)
+    amped.__class__ = _amp_class(type(model))
+    amped.__dict__["_fxroof_amp"] = (device_type, AMP_DTYPES[amp])
+    return amped
+
+
+@functools.cache
+def _amp_class(cls: type) -> type:
+    """`cls` with its forward run under the autocast region its instance names."""
+    @functools.wraps(cls.forward)      # the signature stays the model's: export binds to it
+    def forward(self, *args, **kwargs):
+        device_type, dtype = self._fxroof_amp
+        with torch.autocast(device_type, dtype=dtype):
+            return cls.forward(self, *args, **kwargs)
+    return type(cls.__name__, (cls,), {"forward": forward, "__module__": cls.__module__,
+                                       "__qualname__": cls.__qualname__})
