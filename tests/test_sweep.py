@@ -91,6 +91,16 @@ def test_symbolic_false_captures_each_value_on_its_own():
         same(p, independent(MLP, options, "batch", p.value))
 
 
+def test_an_amp_sweep_runs_each_value_under_autocast():
+    options = dict(preset="tiny")
+    s = sweep(MLP, "batch=1,4", options=options, amp="bf16")
+    # the symbolic tracer does not run the forward under autocast: each value is analyzed
+    assert s.method == "per-point" and "amp=bf16: each value captured on its own" in s.notes
+    for p in s.points:
+        same(p, independent(MLP, options, "batch", p.value, amp="bf16"))
+        assert {n.dtype for n in p.report.nodes if n.category == "matmul"} == {"bf16"}
+
+
 def test_throughput_counts_tokens_and_the_table_fits():
     s = sweep(LLAMA, "batch=1,4", options=dict(preset="tiny", phase="decode", ctx=15))
     assert s.unit == "tokens"

@@ -113,6 +113,9 @@ class Evaluator:
         if target.train:   # the symbolic tracer captures a forward, not a training step
             self.why_not = "training step: each value captured on its own"
             return
+        if target.amp:     # analyze runs the forward under autocast, the symbolic tracer not
+            self.why_not = f"amp={target.amp}: each value captured on its own"
+            return
         self.built = {v: build(v) for v in dict.fromkeys(probes)}
         try:
             self.sym = self._capture()
