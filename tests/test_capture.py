@@ -334,3 +334,21 @@ def test_amp_names_its_choices():
     gm = torch.fx.symbolic_trace(LayerScaleBlock())
     with pytest.raises(TypeError, match=r"amp= runs a module's forward under autocast"):
         fxroof.analyze(gm, (torch.randn(2, 64),), amp="bf16")
+
+
+def test_batch_norm_traced_by_make_fx_is_the_one_op_eager_calls():
+    import fxroof
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8),
+                                torch.nn.ReLU()).eval()
+    x = torch.randn(1, 3, 16, 16)
+    # PyTorch's profiler: the forward issues three ops; batch norm allocates its reserve buffer
+    # (aten::empty) inside its own call
+    with torch.profiler.profile() as prof:
+        model(x)
+    top = [e.name for e in prof.events() if e.cpu_parent is None and e.name.startswith("aten::")]
+    inner = [e.name for e in prof.events() if e.cpu_parent is not None]
+    assert top == ["aten::conv2d", "aten::batch_norm", "aten::relu"] and "aten::empty" in inner
+    # under amp= the capture is make_fx's, which traces the reserve: not an op of its own
+    r = fxroof.analyze(model, (x,), chip="h100-sxm", mode="eager", amp="fp16")
+    assert [k.op for k in r.eager.kernels if k.op != "_to_copy"] == \
+        ["convolution", "native_batch_norm", "relu"]

@@ -390,6 +390,7 @@ def finish_graph(gm: fx.GraphModule, strategy: str, weights: frozenset, name: st
     graph.output(graph.graph_copy(gm.graph, {}))
     own = fx.GraphModule(gm, graph)
     _inline_subgraphs(own)
+    _drop_unused_reserves(own)
     math_attention = spell_out_math_attention(own)
     for node in own.graph.nodes:
         if stack := node.meta.get("nn_module_stack"):
@@ -400,6 +401,19 @@ def finish_graph(gm: fx.GraphModule, strategy: str, weights: frozenset, name: st
         raise CaptureError(name, [(strategy, RuntimeError(
             f"{len(missing)} nodes have no shape metadata, e.g. {missing[0].format_node()}"))])
     return Captured(own, strategy, weights, name, routing, math_attention_notes(math_attention))
+
+
+def _drop_unused_reserves(gm: fx.GraphModule) -> None:
+    """Remove the empty buffers a composite op allocates and nothing reads: make_fx's trace of
+    batch norm holds `_batch_norm_impl_index`'s zero-element `reserve`, an allocation inside
+    PyTorch's C++, not an op the model calls (an eager report would charge it a dispatch)."""
+    for node in list(gm.graph.nodes):
+        val = node.meta.get("val")
+        if node.op == "call_function" and node.target is torch.ops.aten.empty.memory_format \
+                and not node.users and isinstance(val, torch.Tensor) \
+                and isinstance(val.numel(), int) and val.numel() == 0:
+            gm.graph.erase_node(node)
+    gm.recompile()
 
 
 def _strip(path: str) -> str:
