@@ -39,8 +39,9 @@ def from_config(config: str | os.PathLike | Mapping[str, Any] | PretrainedConfig
     config: a path to a ``config.json``, the same content as a dict, or a ``PretrainedConfig``.
     Returns ``(model, args, kwargs)``: the model in eval mode on `device` with `dtype` weights
     (default: the config's ``dtype`` / ``torch_dtype``, as the checkpoint ships; fp32 without one),
-    ``args = (input_ids,)`` with input_ids (batch, seq) of zeros, and ``kwargs``
-    (``use_cache=False`` for decoders, so the graph holds no cache object).
+    ``args = (input_ids,)`` with input_ids (batch, seq) of zeros (or the model's other first
+    input, below), and ``kwargs`` (``use_cache=False`` for decoders and encoder-decoders, so the
+    graph holds no cache object).
 
     ``phase="decode"`` (decoders only): one new token per sequence after `ctx` cached ones, as a
     serving step runs it, over a transformers ``StaticCache`` of ctx + 1 positions, which the
@@ -50,7 +51,12 @@ def from_config(config: str | os.PathLike | Mapping[str, Any] | PretrainedConfig
 
     Decoders (an ``architectures`` entry ending in ForCausalLM / LMHeadModel, or with no
     ``architectures``, a model type that has a causal-LM class and no masked-LM class) are built
-    with ``AutoModelForCausalLM``; the rest (BERT and other encoders) with ``AutoModel``.
+    with ``AutoModelForCausalLM``; encoder-decoders (T5, BART, Marian, Whisper) with their
+    generation head unless ``architectures`` names the bare model, and ``decoder_input_ids``
+    of (batch, seq) in kwargs; the rest (BERT and other encoders, vision models) with
+    ``AutoModel``. The first input is what the model's ``main_input_name`` asks for: token ids,
+    images (batch, channels, size, size) at the config's ``image_size`` (`seq` not used), or
+    Whisper's mel frames of a 30 s window.
 
     On meta, run the model through ``torch.export`` (as ``fxroof.analyze`` does), not eagerly:
     transformers 5 decoders inspect position ids with ``.item()`` when not tracing, which no meta
@@ -64,11 +70,13 @@ def from_config(config: str | os.PathLike | Mapping[str, Any] | PretrainedConfig
                           "pip install fxroof[hf]") from e
 
     cfg, where = _load_config(config, transformers)
-    causal = _is_causal(cfg, modeling_auto)
+    seq2seq = _seq2seq_head(cfg, modeling_auto)
+    causal = seq2seq is None and _is_causal(cfg, modeling_auto)
     # transformers 5 renamed the config's and from_config's torch_dtype to dtype.
     dtype_kw = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
     dtype = torch_dtype(dtype or getattr(cfg, dtype_kw, None) or "fp32")
-    auto = transformers.AutoModelForCausalLM if causal else transformers.AutoModel
+    auto = (getattr(transformers, seq2seq) if seq2seq else
+            transformers.AutoModelForCausalLM if causal else transformers.AutoModel)
     try:
         with torch.device(device):
             model = auto.from_config(cfg, **{dtype_kw: dtype}).eval()
@@ -83,17 +91,48 @@ def from_config(config: str | os.PathLike | Mapping[str, Any] | PretrainedConfig
 
     if phase == "decode":
         if not causal:
+            what = "an encoder-decoder" if seq2seq else "which has no next-token cache"
             raise ValueError(f"phase=decode is for decoders; {where} builds "
-                             f"{type(model).__name__}, which has no next-token cache")
+                             f"{type(model).__name__}, {what}")
         if limit is not None and ctx + 1 > limit:
             raise ValueError(f"ctx={ctx} leaves no learned position for the new token: the "
                              f"model in {where} has {limit}.")
         return _decode_step(transformers, model, batch, ctx, dtype, device, where)
     if phase != "prefill":
         raise ValueError(f"unknown phase {phase!r}; choose prefill or decode")
-    input_ids = torch.zeros((batch, seq), dtype=torch.long, device=device)  # (B, T)
+    first = _main_input(model, batch, seq, dtype, device, where)
     kwargs = {"use_cache": False} if causal else {}
-    return model, (input_ids,), kwargs
+    if getattr(cfg, "is_encoder_decoder", False):
+        # the decoder's tokens, as many as the encoder's when the input is text (teacher forcing)
+        kwargs = {"decoder_input_ids": torch.zeros((batch, seq), dtype=torch.long, device=device),
+                  "use_cache": False}
+    return model, (first,), kwargs
+
+
+def _main_input(model, batch: int, seq: int, dtype, device, where) -> torch.Tensor:
+    """Zeros shaped as the model's first input names it: token ids (B, T); images (B, C, H, W)
+    at the config's size; Whisper's log-mel frames (B, mels, 2 x the encoder's positions), the
+    30 s window its feature extractor pads every clip to."""
+    main = getattr(model, "main_input_name", "input_ids")
+    cfg = model.config
+    if main == "input_ids":
+        return torch.zeros((batch, seq), dtype=torch.long, device=device)      # (B, T)
+    if main == "pixel_values":
+        vision = getattr(cfg, "vision_config", None) or cfg
+        size = getattr(vision, "image_size", None)
+        height, width = (size, size) if isinstance(size, int) else tuple(size or ())[:2] or (0, 0)
+        if not height:
+            raise ValueError(f"{where}: its config gives no image_size for the images "
+                             f"{type(model).__name__} takes")
+        channels = getattr(vision, "num_channels", 3)
+        return torch.zeros((batch, channels, height, width), dtype=dtype, device=device)
+    if main == "input_features" and hasattr(cfg, "num_mel_bins") and \
+            hasattr(cfg, "max_source_positions"):
+        return torch.zeros((batch, cfg.num_mel_bins, 2 * cfg.max_source_positions),
+                           dtype=dtype, device=device)
+    raise ValueError(f"{where} builds {type(model).__name__}, whose input {main!r} --hf does not "
+                     f"make (it makes token ids, images and Whisper's mel features); build the "
+                     f"model and its inputs in a workload file instead")
 
 
 def _decode_step(transformers, model, batch: int, ctx: int, dtype, device, where) -> tuple:
@@ -223,6 +262,24 @@ def _load_config(config, transformers) -> tuple:
     except ValueError:
         raise ValueError(f"{where} names model_type {model_type!r}, which the installed "
                          f"transformers does not know.") from None
+
+
+def _seq2seq_head(cfg, modeling_auto) -> str | None:
+    """The transformers auto class of an encoder-decoder with its generation head (T5, BART,
+    Marian, Whisper), unless the config's ``architectures`` names the bare model; None for the
+    rest."""
+    if not getattr(cfg, "is_encoder_decoder", False):
+        return None
+    archs = getattr(cfg, "architectures", None) or ()
+    if archs and not any(a.endswith(("ForConditionalGeneration", "MTModel")) for a in archs):
+        return None
+    for mapping, auto in ((modeling_auto.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES,
+                           "AutoModelForSeq2SeqLM"),
+                          (modeling_auto.MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES,
+                           "AutoModelForSpeechSeq2Seq")):
+        if cfg.model_type in mapping:
+            return auto
+    return None
 
 
 def _is_causal(cfg, modeling_auto) -> bool:
