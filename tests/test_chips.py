@@ -165,10 +165,11 @@ def test_geforce_fp32_is_its_cuda_cores_times_two_flops_per_clock():
 
 def test_a_workstation_blackwell_runs_fp32_accumulate_at_the_full_rate_of_its_sms():
     # the RTX 5090's SM: 419 TFLOPS (FP16 accumulate) / (170 SMs x 2.407 GHz) = 1,024 FLOP/clk;
-    # 188 of them at the Max-Q's 2.288 GHz, not halved
+    # 188 of them at the Max-Q's 2.288 GHz boost, not halved, within the 0.4% between that
+    # clock and the 2.28 GHz of the whitepaper's 438.9 TFLOPS
     per_sm = 419e12 / (170 * 2.407e9)
     assert chip("pro6000-maxq").peak_flops["bf16"] == pytest.approx(188 * per_sm * 2.288e9,
-                                                                          rel=2e-3)
+                                                                          rel=5e-3)
     assert chip("pro6000-maxq").peak_flops["fp32"] == pytest.approx(24064 * 2 * 2.288e9,
                                                                           rel=1e-3)
 
