@@ -928,11 +928,11 @@ class Group:
 
 # Vidur's systems, vidur-<gpu>_<links>-all_reduce.csv: the chip each one's GPUs are and the
 # links its groups use, as one link figure (None: the chip's own, NVSwitch within a server);
-# other systems are skipped. The paired systems are PCIe cards (Vidur's docs/profiling.md);
-# fxroof has no H100 NVL, so its pairs take h100-sxm's figures with the bridge's link.
+# other systems are skipped. The paired systems are PCIe cards (Vidur's docs/profiling.md: A100
+# 80GB PCIe, H100 NVL), each with the bridge's link.
 ALL_REDUCE_SYSTEMS = {"a100_dgx": ("a100-80gb", None), "h100_dgx": ("h100-sxm", None),
                       "a100_pairwise_nvlink": ("a100-80gb-pcie", NVLINK_BRIDGE),
-                      "h100_pairwise_nvlink": ("h100-sxm", NVLINK_BRIDGE),
+                      "h100_pairwise_nvlink": ("h100-nvl", NVLINK_BRIDGE),
                       "a40_pairwise_nvlink": ("a40", A40_BRIDGE)}
 # Over an NVLink bridge a ring pays NVLink's per-step latency and reaches the share of the link
 # that NVLink rings reach: the SXM part's figures (a PCIe card's own entry has PCIe's).
