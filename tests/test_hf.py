@@ -333,3 +333,26 @@ def test_an_input_it_does_not_make_says_so():
                                       num_attention_heads=4)
     with pytest.raises(ValueError, match="whose input 'input_values' --hf does not make"):
         from_config(cfg.to_dict())
+
+
+def test_a_dual_encoder_gets_texts_and_images():
+    import fxroof
+    from torch.utils.flop_counter import FlopCounterMode
+    tower = dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128,
+                 num_attention_heads=4)
+    cfg = transformers.CLIPConfig(text_config=dict(**tower, vocab_size=256,
+                                                   max_position_embeddings=T),
+                                  vision_config=dict(**tower, image_size=32, patch_size=8),
+                                  projection_dim=32)
+    model, args, kwargs = from_config(cfg.to_dict(), batch=B, seq=T, device="cpu")
+    assert type(model).__name__ == "CLIPModel"
+    assert args[0].shape == (B, T) and kwargs["pixel_values"].shape == (B, 3, 32, 32)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(*args, **kwargs)
+    r = fxroof.analyze(model, args, kwargs, chip="h100-sxm")
+    assert sum(n.flops for n in r.nodes if n.category in ("matmul", "conv")) == \
+        counter.get_total_flops() > 0
+    with pytest.raises(ValueError, match=f"seq=32 is longer than the {T} learned positions of "
+                                         f"the text encoder"):
+        from_config(cfg.to_dict(), seq=32)

@@ -56,7 +56,8 @@ def from_config(config: str | os.PathLike | Mapping[str, Any] | PretrainedConfig
     of (batch, seq) in kwargs; the rest (BERT and other encoders, vision models) with
     ``AutoModel``. The first input is what the model's ``main_input_name`` asks for: token ids,
     images (batch, channels, size, size) at the config's ``image_size`` (`seq` not used), or
-    Whisper's mel frames of a 30 s window.
+    Whisper's mel frames of a 30 s window. Dual encoders (CLIP, SigLIP: the zero-shot image
+    classifiers) take token ids and ``pixel_values`` in kwargs.
 
     On meta, run the model through ``torch.export`` (as ``fxroof.analyze`` does), not eagerly:
     transformers 5 decoders inspect position ids with ``.item()`` when not tracing, which no meta
@@ -102,6 +103,14 @@ def from_config(config: str | os.PathLike | Mapping[str, Any] | PretrainedConfig
         raise ValueError(f"unknown phase {phase!r}; choose prefill or decode")
     first = _main_input(model, batch, seq, dtype, device, where)
     kwargs = {"use_cache": False} if causal else {}
+    if cfg.model_type in modeling_auto.MODEL_FOR_ZERO_SHOT_IMAGE_CLASSIFICATION_MAPPING_NAMES:
+        # a dual encoder (CLIP, SigLIP) embeds the texts and the images in one call
+        text = getattr(cfg, "text_config", None)
+        limit = getattr(text, "max_position_embeddings", None)
+        if limit is not None and seq > limit:
+            raise ValueError(f"seq={seq} is longer than the {limit} learned positions of the "
+                             f"text encoder in {where}.")
+        kwargs = {"pixel_values": _images(model, batch, dtype, device, where)}
     if getattr(cfg, "is_encoder_decoder", False):
         # the decoder's tokens, as many as the encoder's when the input is text (teacher forcing)
         kwargs = {"decoder_input_ids": torch.zeros((batch, seq), dtype=torch.long, device=device),
@@ -118,14 +127,7 @@ def _main_input(model, batch: int, seq: int, dtype, device, where) -> torch.Tens
     if main == "input_ids":
         return torch.zeros((batch, seq), dtype=torch.long, device=device)      # (B, T)
     if main == "pixel_values":
-        vision = getattr(cfg, "vision_config", None) or cfg
-        size = getattr(vision, "image_size", None)
-        height, width = (size, size) if isinstance(size, int) else tuple(size or ())[:2] or (0, 0)
-        if not height:
-            raise ValueError(f"{where}: its config gives no image_size for the images "
-                             f"{type(model).__name__} takes")
-        channels = getattr(vision, "num_channels", 3)
-        return torch.zeros((batch, channels, height, width), dtype=dtype, device=device)
+        return _images(model, batch, dtype, device, where)
     if main == "input_features" and hasattr(cfg, "num_mel_bins") and \
             hasattr(cfg, "max_source_positions"):
         return torch.zeros((batch, cfg.num_mel_bins, 2 * cfg.max_source_positions),
@@ -262,6 +264,18 @@ def _load_config(config, transformers) -> tuple:
     except ValueError:
         raise ValueError(f"{where} names model_type {model_type!r}, which the installed "
                          f"transformers does not know.") from None
+
+
+def _images(model, batch: int, dtype, device, where) -> torch.Tensor:
+    """Zero images (B, C, H, W) at the size the model's (vision) config gives."""
+    vision = getattr(model.config, "vision_config", None) or model.config
+    size = getattr(vision, "image_size", None)
+    height, width = (size, size) if isinstance(size, int) else tuple(size or ())[:2] or (0, 0)
+    if not height:
+        raise ValueError(f"{where}: its config gives no image_size for the images "
+                         f"{type(model).__name__} takes")
+    channels = getattr(vision, "num_channels", 3)
+    return torch.zeros((batch, channels, height, width), dtype=dtype, device=device)
 
 
 def _seq2seq_head(cfg, modeling_auto) -> str | None:

@@ -39,9 +39,9 @@ def _workload_args() -> argparse.ArgumentParser:
                         "default: the bundled Llama-2-7B")
     p.add_argument("--hf", metavar="CONFIG", help="a transformers config.json to build the model "
                    "from (meta device, no weights, the config's dtype): decoders, encoders, "
-                   "encoder-decoders (T5, BART, Whisper: the decoder gets seq tokens too) and "
-                   "vision models (images at the config's size); --set batch=, seq=, dtype= "
-                   "apply")
+                   "encoder-decoders (T5, BART, Whisper: the decoder gets seq tokens too), "
+                   "vision models (images at the config's size) and CLIP-like dual encoders; "
+                   "--set batch=, seq=, dtype= apply")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="keyword argument for the workload function (repeatable)")
     p.add_argument("--chip", default=DEFAULT_CHIP, help=f"chip name or chip JSON file (default: "
