@@ -791,7 +791,8 @@ def fa2_benchmark_cases(only: str) -> list[Case]:
 # between two CUDA events, after 10 warm-up calls; TFLOPS = 2 n^3 x 30 / elapsed. Only GPUs in
 # fxroof's table, each run as filed (clocks, power limits and hosts unrecorded; one RTX 5090 run,
 # #200, sits 20-30% below the others at the same sizes). The V100 run is an SXM2 16 GB (the
-# table's V100 is the 32 GB: same SMs, clocks and bandwidth); the RTX 3080 a 10 GB.
+# table's V100 is the 32 GB: same SMs, clocks and bandwidth); the RTX 3080 a 10 GB. The RTX PRO
+# 6000 Workstation Edition's run, #160, is its matmul_efficiency's source (its best size).
 MM_SIZES = (1024, 2048, 4096, 8192, 10240)
 MM_RUNS = (("h100-sxm", "#79", "fp16", (179.13, 645.12, 760.04, 736.19, 668.42)),
            ("h100-sxm", "#79", "bf16", (176.62, 676.59, 788.72, 797.51, 719.72)),
@@ -810,6 +811,8 @@ MM_RUNS = (("h100-sxm", "#79", "fp16", (179.13, 645.12, 760.04, 736.19, 668.42))
            ("rtx-5090", "#200", "fp16", (63.67, 131.08, 140.24, 172.79, 179.02)),
            ("rtx-5090", "#200", "bf16", (95.10, 130.68, 134.08, 174.68, 178.86)),
            ("v100", "#140", "fp16", (57.30, 78.23, 95.73, 97.36, 89.37)),
+           ("rtx-pro-6000", "#160", "fp16", (49.36, 285.06, 390.92, 331.78, 318.13)),
+           ("rtx-pro-6000", "#160", "bf16", (52.41, 288.72, 368.43, 350.31, 333.93)),
            ("rtx-3080", "#114", "fp16", (43.21, 60.20, 61.12, 63.94, 64.10)),
            ("rtx-3080", "#114", "bf16", (50.13, 58.92, 61.51, 63.56, 64.68)))
 MM_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}

@@ -310,12 +310,12 @@ def test_bf16_on_a_chip_without_bf16_units_says_where_it_runs(model):
 
 
 def test_a_chip_whose_roofline_figures_are_estimates_says_so(model):
-    # pro6000-maxq's peaks are worked out from SMs and a clock (chips.json says "estimate:"),
-    # the A100's are its datasheet's: only the first report carries the note
+    # the RTX 4080's bandwidth is worked out from its memory's data rate (chips.json says
+    # "estimate:"), the A100's figures are its datasheet's: only the first report carries a note
     x = (torch.randn(2, 8),)
-    note = ("pro6000-maxq's peak FLOP/s is an estimate, not a published or measured figure "
-            "(`fxroof chips pro6000-maxq` says how it was made)")
-    assert fxroof.analyze(model, x, chip="pro6000-maxq").notes == (note,)
+    note = ("rtx-4080's memory bandwidth is an estimate, not a published or measured figure "
+            "(`fxroof chips rtx-4080` says how it was made)")
+    assert fxroof.analyze(model, x, chip="rtx-4080").notes == (note,)
     assert not fxroof.analyze(model, x, chip="a100-80gb").notes
     both = dataclasses.replace(fxroof.chip("a100-80gb"), sources={
         **fxroof.chip("a100-80gb").sources, "peak_flops": "estimate: x", "mem_bw": "Estimate: y"})

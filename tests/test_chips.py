@@ -15,6 +15,7 @@ from fxroof.chips import DTYPES, Chip, ChipError, chip, chips, load_chip_file
 REQUIRED = ["v100", "t4", "a10", "a40", "l4", "l40", "l40s", "rtx-a6000", "rtx-a5000",
             "rtx-6000-ada",
             "rtx-3090", "rtx-3080", "rtx-4090", "rtx-4080", "rtx-5090", "pro6000-maxq",
+            "rtx-pro-6000",
             "a100-40gb", "a100-80gb", "a100-80gb-pcie", "h100-pcie", "h100-sxm", "h100-nvl",
             "h200", "gh200", "b200", "mi300x", "mi325x", "tpu-v5e", "cpu"]
 # GeForce cards print FP16/BF16 tensor rates with FP16 accumulate and half of it with FP32
@@ -213,6 +214,11 @@ def test_expected_model_figures_come_from_their_measurements():
     assert chip("l40").matmul_efficiency == pytest.approx(170.3 / 181.05, abs=1e-3)
     assert chip("a40").matmul_efficiency == pytest.approx(131.2 / 154.8, abs=1e-3)
     assert chip("a40").sources["matmul_efficiency"].startswith("estimate")
+    # a community torch.mm run of the RTX PRO 6000 Workstation Edition: 390.9 of 503.8 at
+    # n = 4,096; the 300 W Max-Q takes it, an estimate
+    assert chip("rtx-pro-6000").matmul_efficiency == pytest.approx(390.92 / 503.8, abs=1e-3)
+    assert chip("pro6000-maxq").matmul_efficiency == chip("rtx-pro-6000").matmul_efficiency
+    assert chip("pro6000-maxq").sources["matmul_efficiency"].startswith("estimate")
     # and the A100 PCIe 256.4 of 312; its attention share scales the SXM's 0.73 by 0.822 / 0.869
     assert chip("a100-80gb-pcie").matmul_efficiency == pytest.approx(256.4 / 312, abs=1e-3)
     assert chip("a100-80gb-pcie").attention_efficiency == pytest.approx(0.73 * 0.822 / 0.869,
