@@ -219,6 +219,8 @@ def test_expected_model_figures_come_from_their_measurements():
     assert chip("rtx-pro-6000").matmul_efficiency == pytest.approx(390.92 / 503.8, abs=1e-3)
     assert chip("pro6000-maxq").matmul_efficiency == chip("rtx-pro-6000").matmul_efficiency
     assert chip("pro6000-maxq").sources["matmul_efficiency"].startswith("estimate")
+    # the same script's T4 run: 42.71 of its 65 (a 70 W card)
+    assert chip("t4").matmul_efficiency == pytest.approx(42.71 / 65, abs=1e-3)
     # and the A100 PCIe 256.4 of 312; its attention share scales the SXM's 0.73 by 0.822 / 0.869
     assert chip("a100-80gb-pcie").matmul_efficiency == pytest.approx(256.4 / 312, abs=1e-3)
     assert chip("a100-80gb-pcie").attention_efficiency == pytest.approx(0.73 * 0.822 / 0.869,
