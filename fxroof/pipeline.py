@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.fx as fx
 
-from fxroof.chips import Chip
+from fxroof.chips import Chip, chips
 from fxroof.chips import chip as find_chip
 from fxroof.chips.expected import FLASH_DTYPES
 from fxroof.chips.timing import GRAPH_MODE, MODES, unit_dtype
@@ -260,7 +260,7 @@ def report_of(captured: Captured, target: Target) -> Report:
             if chip.kind == "gpu" else frozenset())),
         memory=memory, whatif=target.whatif,
         notes=captured.notes + _estimate_notes(chip)
-        + _matrix_unit_notes(nodes, chip, target.quantize)
+        + _matrix_unit_notes(nodes, chip, target.quantize) + _matmul_share_notes(nodes, chip)
         + _whatif_notes(gm, whatif.requantized, target) + _routing_notes(gm, captured, target)
         + ((_FSDP_NOTE if target.fsdp else _DP_NOTE),) * (target.dp > 1),
         training=target.optimizer if target.train else "", dp=target.dp, fsdp=target.fsdp,
@@ -333,6 +333,19 @@ def _estimate_notes(chip: Chip) -> tuple:
     verb = "is an estimate" if len(guessed) == 1 else "are estimates"
     return (f"{chip.name}'s {' and '.join(guessed)} {verb}, not a published or measured figure "
             f"(`fxroof chips {chip.name}` says how it was made)",)
+
+
+def _matmul_share_notes(nodes, chip: Chip) -> tuple:
+    """A GPU with no achievable-matmul share prices its matrix kernels at the whole dense peak,
+    which no GPU measured reaches: say so (a calibrated chip's peak is itself measured)."""
+    if chip.kind != "gpu" or chip.matmul_efficiency or \
+            chip.sources.get("peak_flops", "").startswith("measured") or \
+            not any(n.category in MATRIX_CATEGORIES and n.flops for n in nodes):
+        return ()
+    shares = [c.matmul_efficiency for c in chips() if c.kind == "gpu" and c.matmul_efficiency]
+    return (f"{chip.name} has no measured achievable-matmul share: its matrix kernels are priced "
+            f"at the whole dense peak, where the GPUs measured reach {min(shares):.0%}-"
+            f"{max(shares):.0%} of theirs (`fxroof chips` gives each chip's figures)",)
 
 
 def _matrix_unit_notes(nodes, chip: Chip, quantize) -> tuple:

@@ -309,6 +309,23 @@ def test_bf16_on_a_chip_without_bf16_units_says_where_it_runs(model):
     assert not fxroof.analyze(*fp16, chip="v100").notes
 
 
+def test_a_gpu_without_a_measured_matmul_share_says_its_matmuls_run_at_the_peak(model):
+    # the A10 has no achievable-matmul figure; the table's measured GPUs reach from the
+    # MI300X's 668.4 of 1,300 TFLOPS (Bekman's table) to 0.99 (GeForce cards, capped at 1)
+    x = (torch.randn(2, 8),)
+    note = ("a10 has no measured achievable-matmul share: its matrix kernels are priced at the "
+            "whole dense peak, where the GPUs measured reach 51%-99% of theirs (`fxroof chips` "
+            "gives each chip's figures)")
+    assert fxroof.analyze(model, x, chip="a10").notes == (note,)
+    assert not fxroof.analyze(model, x, chip="t4").notes               # 42.71 of 65 measured
+    # no matrix work, nothing to say; a calibrated chip's peak is itself a measured rate
+    relu = torch.nn.ReLU()
+    assert not fxroof.analyze(relu, x, chip="a10").notes
+    calibrated = dataclasses.replace(fxroof.chip("a10"), sources={
+        **fxroof.chip("a10").sources, "peak_flops": "measured by fxroof calibrate on X: ..."})
+    assert not fxroof.analyze(model, x, chip=calibrated).notes
+
+
 def test_a_chip_whose_roofline_figures_are_estimates_says_so(model):
     # the RTX 4080's bandwidth is worked out from its memory's data rate (chips.json says
     # "estimate:"), the A100's figures are its datasheet's: only the first report carries a note
