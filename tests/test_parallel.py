@@ -265,6 +265,32 @@ def test_hugging_face_llama_and_gpt2():
         assert attn.flops == 2 * (2 * 2 * 16 * 16 * 32) * 2
 
 
+def test_hugging_face_encoder_decoders_split_their_out_proj_and_fc_blocks():
+    transformers = pytest.importorskip("transformers")
+    from fxroof.cli.hf import from_config
+    shapes = dict(encoder_layers=2, decoder_layers=2, d_model=64, encoder_ffn_dim=128,
+                  decoder_ffn_dim=128, encoder_attention_heads=4, decoder_attention_heads=4,
+                  vocab_size=256, pad_token_id=0, bos_token_id=0, eos_token_id=0,
+                  decoder_start_token_id=0)
+    for cfg, reduces in (
+            # the two token embeddings; 2 a encoder layer (attention, fc2), 3 a decoder layer
+            (transformers.BartConfig(**shapes, max_position_embeddings=64), 2 + 2 * 2 + 2 * 3),
+            # Whisper's encoder takes mel frames: the decoder's embedding alone
+            (transformers.WhisperConfig(**shapes, num_mel_bins=16, max_source_positions=32,
+                                        max_target_positions=32), 1 + 2 * 2 + 2 * 3)):
+        model, args, kwargs = from_config(cfg.to_dict(), batch=2, seq=16)
+        whole = api.analyze(model, args, kwargs)
+        rank = api.analyze(model, args, kwargs, tp=2)
+        ops = [k.op for k in rank.kernels if k.category == "collective"]
+        assert ops.count("all_reduce") == reduces
+        assert ops.count("all_gather_into_tensor") == 1          # the LM head's logits
+
+        def matmul_flops(r):
+            return sum(n.flops for n in r.nodes if n.category == "matmul")
+        # every projection and the LM head split by 2: each rank does half the matmul work
+        assert 2 * matmul_flops(rank) == matmul_flops(whole) > 0
+
+
 def test_hugging_face_moe_experts_split_over_their_intermediate_size_and_reduce_once():
     # Hugging Face's Mixtral keeps its experts' weights as 3-D parameters (gate_up_proj: 4 x
     # 256 x 64, down_proj: 4 x 64 x 128). Its own TP plan splits them over the intermediate

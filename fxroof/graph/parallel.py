@@ -30,12 +30,14 @@ __all__ = ["Plan", "fake_process_group", "megatron_plan", "tensor_parallel"]
 # Leaf names of the layouts the plan recognises (docs/whatif-and-parallel.md).
 COLWISE = frozenset({"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj",   # Hugging Face Llama...
                      "wq", "wk", "wv", "w1", "w3",                           # models/llama.py
-                     "c_attn", "c_fc"})                                      # GPT-2
-ROWWISE = frozenset({"o_proj", "down_proj", "wo", "w2", "c_proj"})
+                     "c_attn", "c_fc",                                       # GPT-2
+                     "fc1"})                                 # BART, Whisper, OPT, CLIP, ViTs' MLP
+ROWWISE = frozenset({"o_proj", "down_proj", "wo", "w2", "c_proj",
+                     "out_proj", "fc2"})                     # BART, Whisper, OPT, CLIP
 QKV = frozenset({"q_proj", "k_proj", "v_proj", "wq", "wk", "wv", "c_attn"})  # marks an attention
 FUSED_QKV = frozenset({"c_attn", "qkv", "query_key_value", "Wqkv"})
 EMBEDDINGS = frozenset({"embed_tokens", "tok_embeddings", "wte"})
-LM_HEADS = frozenset({"lm_head", "output"})
+LM_HEADS = frozenset({"lm_head", "output", "proj_out"})                 # proj_out: Whisper
 HEAD_ATTRS = ("n_heads", "n_kv_heads", "num_heads", "num_key_value_heads", "n_head",
               "num_attention_heads")
 SPLIT_ATTRS = ("split_size",)   # Hugging Face GPT-2: width of each of q, k, v in c_attn's output
