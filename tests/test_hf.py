@@ -356,3 +356,17 @@ def test_a_dual_encoder_gets_texts_and_images():
     with pytest.raises(ValueError, match=f"seq=32 is longer than the {T} learned positions of "
                                          f"the text encoder"):
         from_config(cfg.to_dict(), seq=32)
+
+
+def test_a_config_transformers_wrote_with_infinity_reads_back(tmp_path):
+    # transformers 5 writes Mamba2's time_step_limit (0, inf) as {"__float__": "Infinity"}
+    cfg = transformers.Mamba2Config(num_hidden_layers=1, hidden_size=64, num_heads=4,
+                                    head_dim=32, vocab_size=256, n_groups=1)
+    cfg.to_json_file(tmp_path / "config.json")
+    model, _, _ = from_config(tmp_path / "config.json", seq=8)
+    assert model.config.time_step_limit[1] == float("inf")
+    # a field the config class rejects: one line naming the file and the field
+    bad = json.loads((tmp_path / "config.json").read_text()) | {"time_step_limit": "x"}
+    with pytest.raises(ValueError, match="is not a mamba2 config the installed transformers "
+                                         "accepts: .*time_step_limit"):
+        from_config(write_json(tmp_path, bad, "bad.json"))

@@ -256,14 +256,21 @@ def _load_config(config, transformers) -> tuple:
 
     if not isinstance(data, dict):
         raise ValueError(f"{where} holds a JSON {type(data).__name__}, not an object.")
+    # transformers 5 writes inf and nan as {"__float__": "Infinity"} and reads them back so
+    decode = getattr(transformers.PretrainedConfig, "_decode_special_floats", None)
+    data = decode(data) if decode else data
     model_type = data.pop("model_type", None)     # data is this function's own copy
     if not model_type:
         raise ValueError(f"{where} has no \"model_type\" key, so the model family is unknown.")
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+    if model_type not in CONFIG_MAPPING:
+        raise ValueError(f"{where} names model_type {model_type!r}, which the installed "
+                         f"transformers does not know.")
     try:
         return transformers.AutoConfig.for_model(model_type, **data), where
-    except ValueError:
-        raise ValueError(f"{where} names model_type {model_type!r}, which the installed "
-                         f"transformers does not know.") from None
+    except Exception as e:       # the config class validates its fields as it likes
+        raise ValueError(f"{where} is not a {model_type} config the installed transformers "
+                         f"accepts: {one_line(e, name=not isinstance(e, ValueError))}") from None
 
 
 def _images(model, batch: int, dtype, device, where) -> torch.Tensor:
