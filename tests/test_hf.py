@@ -370,3 +370,16 @@ def test_a_config_transformers_wrote_with_infinity_reads_back(tmp_path):
     with pytest.raises(ValueError, match="is not a mamba2 config the installed transformers "
                                          "accepts: .*time_step_limit"):
         from_config(write_json(tmp_path, bad, "bad.json"))
+
+
+def test_a_convnet_without_an_image_size_takes_the_one_given():
+    cfg = transformers.ResNetConfig(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1])
+    with pytest.raises(ValueError, match=r"gives no image_size .* \(--set image_size=224\)"):
+        from_config(cfg.to_dict())
+    model, args, _ = from_config(cfg.to_dict(), batch=B, image_size=64)
+    assert type(model).__name__ == "ResNetModel" and args[0].shape == (B, 3, 64, 64)
+    # a ViT is built for its config's size: another one is refused, not silently interpolated
+    vit = OTHER_INPUTS["vit"][0]().to_dict()
+    assert from_config(vit, image_size=32)[1][0].shape[-1] == 32
+    with pytest.raises(ValueError, match="for 32-px images .* not 64"):
+        from_config(vit, image_size=64)

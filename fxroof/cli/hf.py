@@ -33,7 +33,8 @@ _POSITION_TABLES = ("wpe", "position_embeddings", "embed_positions")
 
 def from_config(config: str | os.PathLike | Mapping[str, Any] | PretrainedConfig, *,
                 batch: int = 1, seq: int = 128, dtype: str | torch.dtype | None = None,
-                device: str | torch.device = "meta", phase: str = "prefill", ctx: int = 2048):
+                device: str | torch.device = "meta", phase: str = "prefill", ctx: int = 2048,
+                image_size: int | None = None):
     """Build a transformers model from its config and dummy inputs for one forward pass.
 
     config: a path to a ``config.json``, the same content as a dict, or a ``PretrainedConfig``.
@@ -55,7 +56,7 @@ def from_config(config: str | os.PathLike | Mapping[str, Any] | PretrainedConfig
     generation head unless ``architectures`` names the bare model, and ``decoder_input_ids``
     of (batch, seq) in kwargs; the rest (BERT and other encoders, vision models) with
     ``AutoModel``. The first input is what the model's ``main_input_name`` asks for: token ids,
-    images (batch, channels, size, size) at the config's ``image_size`` (`seq` not used), or
+    images (batch, channels, size, size) at `image_size` or else the config's (`seq` not used), or
     Whisper's mel frames of a 30 s window. Dual encoders (CLIP, SigLIP: the zero-shot image
     classifiers) take token ids and ``pixel_values`` in kwargs.
 
@@ -101,7 +102,7 @@ def from_config(config: str | os.PathLike | Mapping[str, Any] | PretrainedConfig
         return _decode_step(transformers, model, batch, ctx, dtype, device, where)
     if phase != "prefill":
         raise ValueError(f"unknown phase {phase!r}; choose prefill or decode")
-    first = _main_input(model, batch, seq, dtype, device, where)
+    first = _main_input(model, batch, seq, dtype, device, where, image_size)
     kwargs = {"use_cache": False} if causal else {}
     if cfg.model_type in modeling_auto.MODEL_FOR_ZERO_SHOT_IMAGE_CLASSIFICATION_MAPPING_NAMES:
         # a dual encoder (CLIP, SigLIP) embeds the texts and the images in one call
@@ -110,7 +111,7 @@ def from_config(config: str | os.PathLike | Mapping[str, Any] | PretrainedConfig
         if limit is not None and seq > limit:
             raise ValueError(f"seq={seq} is longer than the {limit} learned positions of the "
                              f"text encoder in {where}.")
-        kwargs = {"pixel_values": _images(model, batch, dtype, device, where)}
+        kwargs = {"pixel_values": _images(model, batch, dtype, device, where, image_size)}
     if getattr(cfg, "is_encoder_decoder", False):
         # the decoder's tokens, as many as the encoder's when the input is text (teacher forcing)
         kwargs = {"decoder_input_ids": torch.zeros((batch, seq), dtype=torch.long, device=device),
@@ -118,7 +119,8 @@ def from_config(config: str | os.PathLike | Mapping[str, Any] | PretrainedConfig
     return model, (first,), kwargs
 
 
-def _main_input(model, batch: int, seq: int, dtype, device, where) -> torch.Tensor:
+def _main_input(model, batch: int, seq: int, dtype, device, where,
+                image_size: int | None = None) -> torch.Tensor:
     """Zeros shaped as the model's first input names it: token ids (B, T); images (B, C, H, W)
     at the config's size; Whisper's log-mel frames (B, mels, 2 x the encoder's positions), the
     30 s window its feature extractor pads every clip to."""
@@ -127,7 +129,7 @@ def _main_input(model, batch: int, seq: int, dtype, device, where) -> torch.Tens
     if main == "input_ids":
         return torch.zeros((batch, seq), dtype=torch.long, device=device)      # (B, T)
     if main == "pixel_values":
-        return _images(model, batch, dtype, device, where)
+        return _images(model, batch, dtype, device, where, image_size)
     if main == "input_features" and hasattr(cfg, "num_mel_bins") and \
             hasattr(cfg, "max_source_positions"):
         return torch.zeros((batch, cfg.num_mel_bins, 2 * cfg.max_source_positions),
@@ -273,14 +275,22 @@ def _load_config(config, transformers) -> tuple:
                          f"accepts: {one_line(e, name=not isinstance(e, ValueError))}") from None
 
 
-def _images(model, batch: int, dtype, device, where) -> torch.Tensor:
-    """Zero images (B, C, H, W) at the size the model's (vision) config gives."""
+def _images(model, batch: int, dtype, device, where,
+            image_size: int | None = None) -> torch.Tensor:
+    """Zero images (B, C, H, W) at `image_size`, else at the size the model's (vision) config
+    gives (a convolutional net's config often gives none: it takes any size)."""
     vision = getattr(model.config, "vision_config", None) or model.config
-    size = getattr(vision, "image_size", None)
+    built = getattr(vision, "image_size", None)
+    if image_size and built and image_size != built:
+        raise ValueError(f"{where} builds {type(model).__name__} for {built}-px images (its "
+                         f"config's image_size), not {image_size}: set image_size in the config "
+                         f"to build it for another size")
+    size = image_size or built
     height, width = (size, size) if isinstance(size, int) else tuple(size or ())[:2] or (0, 0)
     if not height:
         raise ValueError(f"{where}: its config gives no image_size for the images "
-                         f"{type(model).__name__} takes")
+                         f"{type(model).__name__} takes; say which, e.g. image_size=224 "
+                         f"(--set image_size=224)")
     channels = getattr(vision, "num_channels", 3)
     return torch.zeros((batch, channels, height, width), dtype=dtype, device=device)
 

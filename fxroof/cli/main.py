@@ -40,8 +40,8 @@ def _workload_args() -> argparse.ArgumentParser:
     p.add_argument("--hf", metavar="CONFIG", help="a transformers config.json to build the model "
                    "from (meta device, no weights, the config's dtype): decoders, encoders, "
                    "encoder-decoders (T5, BART, Whisper: the decoder gets seq tokens too), "
-                   "vision models (images at the config's size) and CLIP-like dual encoders; "
-                   "--set batch=, seq=, dtype= apply")
+                   "vision models (images at the config's size, or --set image_size= where it "
+                   "gives none) and CLIP-like dual encoders; --set batch=, seq=, dtype= apply")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="keyword argument for the workload function (repeatable)")
     p.add_argument("--chip", default=DEFAULT_CHIP, help=f"chip name or chip JSON file (default: "
