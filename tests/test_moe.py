@@ -74,6 +74,25 @@ def test_expert_matmul_flops_match_flop_counter(name, experts, dtype):
         assert any("expert routing assumed balanced" in note for note in report.notes)
 
 
+def test_experts_whose_sizes_export_leaves_symbolic_take_the_routing_on_meta():
+    # JetMoE's experts (its MLP and its mixture of attention heads) are sized by the router's
+    # counts, which torch.export keeps as symbols on meta weights: the routed capture sizes
+    # them. Every token runs on k experts, so the matrix FLOPs do not depend on which: PyTorch's
+    # count of a real forward on real weights is the truth
+    cfg = transformers.JetMoeConfig(num_hidden_layers=2, hidden_size=64, intermediate_size=128,
+                                    num_key_value_heads=4, kv_channels=16, num_local_experts=4,
+                                    num_experts_per_tok=2, vocab_size=128)
+    torch.manual_seed(0)
+    real = transformers.AutoModelForCausalLM.from_config(cfg).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        real(TOKENS, use_cache=False)
+    with torch.device("meta"):
+        meta = transformers.AutoModelForCausalLM.from_config(cfg).eval()
+    report = fxroof.analyze(meta, (TOKENS.to("meta"),), dict(use_cache=False))
+    assert report.capture == "make_fx, balanced routing"
+    assert matmul_flops(report) == counter.get_total_flops() > 0
+
+
 def test_grouped_experts_at_decode_read_only_the_routed_experts_weights():
     # Mixtral, 1 token, top-2 of 4 experts: 2 experts' gate_up (64 x 256) and down (128 x 64)
     # weights in bf16 a layer, not all 4 experts'

@@ -144,9 +144,9 @@ def capture(model, args=(), kwargs=None, routing: Routing | str | None = None) -
                 gm, weights = fn(model, args, kwargs)
                 if seen and strategy == "torch.export":    # it keeps autocast as a region
                     raise ValueError("autocast regions: make_fx records their casts")
-                if example in dict(strategies) and strategy not in (routed, example) and \
-                        _valued_sizes(gm):
-                    raise ValuedSizes("sizes depend on tensor values")    # the example's next
+                if strategy not in (routed, example) and _valued_sizes(gm):
+                    # the routing's or the example's turn next: no later pass can size these
+                    raise ValuedSizes("sizes depend on tensor values")
                 used = gm.meta.get(ROUTED, False)    # else values made from constants only
                 if strategy == example:
                     strategy = _example_strategy(gm.meta[READ])
