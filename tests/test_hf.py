@@ -383,3 +383,14 @@ def test_a_convnet_without_an_image_size_takes_the_one_given():
     assert from_config(vit, image_size=32)[1][0].shape[-1] == 32
     with pytest.raises(ValueError, match="for 32-px images .* not 64"):
         from_config(vit, image_size=64)
+
+
+def test_an_image_classifier_without_a_bare_model_is_built_with_its_head():
+    from transformers.models.auto import modeling_auto
+    if not hasattr(transformers, "PPLCNetConfig"):
+        pytest.skip("this transformers has no PP-LCNet")
+    assert "pp_lcnet" not in modeling_auto.MODEL_MAPPING_NAMES     # AutoModel cannot build it
+    cfg = transformers.PPLCNetConfig(num_labels=10)
+    model, args, _ = from_config(cfg.to_dict(), batch=B, image_size=64)
+    assert type(model).__name__ == "PPLCNetForImageClassification"
+    assert args[0].shape == (B, 3, 64, 64)

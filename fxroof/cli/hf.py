@@ -79,6 +79,10 @@ def from_config(config: str | os.PathLike | Mapping[str, Any] | PretrainedConfig
     dtype = torch_dtype(dtype or getattr(cfg, dtype_kw, None) or "fp32")
     auto = (getattr(transformers, seq2seq) if seq2seq else
             transformers.AutoModelForCausalLM if causal else transformers.AutoModel)
+    if auto is transformers.AutoModel and \
+            cfg.model_type not in modeling_auto.MODEL_MAPPING_NAMES and \
+            cfg.model_type in modeling_auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES:
+        auto = transformers.AutoModelForImageClassification   # no bare model (PP-LCNet)
     try:
         with torch.device(device):
             model = auto.from_config(cfg, **{dtype_kw: dtype}).eval()
