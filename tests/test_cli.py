@@ -77,6 +77,22 @@ def test_errors_are_one_line_and_exit_2(workload, argv, needle, capsys):
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
+def test_a_bug_in_fxroof_is_one_line_too_and_exit_3(workload, monkeypatch, capsys):
+    import importlib
+    annotate = importlib.import_module("fxroof.cost.annotate")    # the module, not its function
+
+    def failing(call):
+        raise ZeroDivisionError("a formula divided by zero")
+    monkeypatch.setattr(annotate, "formula_cost", failing)
+    assert main(["analyze", workload]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("fxroof: internal error (a bug in fxroof; --debug shows the traceback)")
+    assert "ZeroDivisionError: a formula divided by zero" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    with pytest.raises(annotate.AnnotationError):
+        main(["analyze", workload, "--debug"])
+
+
 def test_invalid_chip_file_is_one_line(workload, tmp_path, capsys):
     bad = tmp_path / "chip.json"
     bad.write_text('{"name": "x", "mem_bw_GBps": -1}')

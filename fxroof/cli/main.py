@@ -368,3 +368,9 @@ def main(argv=None) -> int:
             raise
         print(f"fxroof: {one_line(e)}", file=sys.stderr)
         return 2
+    except Exception as e:           # fxroof's own failure: still one line, and says so
+        if ns.debug:
+            raise
+        print(f"fxroof: internal error (a bug in fxroof; --debug shows the traceback): "
+              f"{one_line(e, name=True)}", file=sys.stderr)
+        return 3
