@@ -111,10 +111,10 @@ def from_config(config: str | os.PathLike | Mapping[str, Any] | PretrainedConfig
     if cfg.model_type in modeling_auto.MODEL_FOR_ZERO_SHOT_IMAGE_CLASSIFICATION_MAPPING_NAMES:
         # a dual encoder (CLIP, SigLIP) embeds the texts and the images in one call
         text = getattr(cfg, "text_config", None)
-        limit = getattr(text, "max_position_embeddings", None)
-        if limit is not None and seq > limit:
-            raise ValueError(f"seq={seq} is longer than the {limit} learned positions of the "
-                             f"text encoder in {where}.")
+        text_limit = getattr(text, "max_position_embeddings", None)
+        if text_limit is not None and seq > text_limit:
+            raise ValueError(f"seq={seq} is longer than the {text_limit} learned positions of "
+                             f"the text encoder in {where}.")
         kwargs = {"pixel_values": _images(model, batch, dtype, device, where, image_size)}
     if getattr(cfg, "is_encoder_decoder", False):
         # the decoder's tokens, as many as the encoder's when the input is text (teacher forcing)
@@ -283,14 +283,15 @@ def _images(model, batch: int, dtype, device, where,
             image_size: int | None = None) -> torch.Tensor:
     """Zero images (B, C, H, W) at `image_size`, else at the size the model's (vision) config
     gives (a convolutional net's config often gives none: it takes any size)."""
+    def sides(size) -> tuple:
+        return (size, size) if isinstance(size, int) else tuple(size or ())[:2] or (0, 0)
     vision = getattr(model.config, "vision_config", None) or model.config
     built = getattr(vision, "image_size", None)
-    if image_size and built and image_size != built:
+    if image_size and built and sides(image_size) != sides(built):
         raise ValueError(f"{where} builds {type(model).__name__} for {built}-px images (its "
                          f"config's image_size), not {image_size}: set image_size in the config "
                          f"to build it for another size")
-    size = image_size or built
-    height, width = (size, size) if isinstance(size, int) else tuple(size or ())[:2] or (0, 0)
+    height, width = sides(image_size or built)
     if not height:
         raise ValueError(f"{where}: its config gives no image_size for the images "
                          f"{type(model).__name__} takes; say which, e.g. image_size=224 "
