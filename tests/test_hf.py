@@ -394,3 +394,45 @@ def test_an_image_classifier_without_a_bare_model_is_built_with_its_head():
     model, args, _ = from_config(cfg.to_dict(), batch=B, image_size=64)
     assert type(model).__name__ == "PPLCNetForImageClassification"
     assert args[0].shape == (B, 3, 64, 64)
+
+
+@pytest.mark.parametrize("family", ["bart", "whisper", "t5"])
+def test_an_encoder_decoders_step_reads_its_caches_and_projects_no_encoder_state(family):
+    import fxroof
+    from torch.utils.flop_counter import FlopCounterMode
+    config = OTHER_INPUTS[family][0]().to_dict()
+    # Whisper's encoder takes its fixed window; a text model's the source= tokens
+    given = {} if family == "whisper" else {"source": T}
+    real = from_config(config, batch=B, phase="decode", ctx=8, device="cpu", **given)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        real[0](*real[1], **real[2])             # a real step on real tensors
+    step, args, kwargs = from_config(config, batch=B, phase="decode", ctx=8, **given)
+    # the new tokens, their position, the encoder's output: T source tokens, Whisper's 32 frames
+    source = 32 if family == "whisper" else T
+    assert [tuple(t.shape) for t in args] == [(B, 1), (1,), (B, source, 64)]
+    r = fxroof.analyze(step, args, kwargs, chip="h100-sxm")
+    # by hand, per layer: self-attention q, k, v, o and cross-attention q, o on one token a
+    # sequence (the encoder's keys and values were projected once, at the first step), 2 x B x
+    # 64 x 64 each, and the MLP's 2 x B x 64 x 128 twice; then the head, 2 x B x 64 x 256
+    per_layer = 6 * (2 * B * 64 * 64) + 2 * (2 * B * 64 * 128)
+    hand = 2 * per_layer + 2 * B * 64 * 256
+    assert sum(n.flops for n in r.nodes if n.category == "matmul") == hand \
+        == counter.get_total_flops()
+    # the self-attention cache it updates: 2 layers' keys and values over ctx + 1 positions,
+    # B x 4 heads x 16, fp32, and each layer's count
+    assert r.memory.kv_cache == 2 * (2 * B * 4 * 9 * 16 * 4 + 8)
+
+
+def test_an_encoder_decoders_source_is_the_encoders_length():
+    config = OTHER_INPUTS["bart"][0]().to_dict()
+    # a prefill of 4 decoder tokens over a 32-token source (generation's first pass)
+    _, args, kwargs = from_config(config, batch=B, seq=4, source=32)
+    assert args[0].shape == (B, 32) and kwargs["decoder_input_ids"].shape == (B, 4)
+    with pytest.raises(ValueError, match="decode step reads its encoder's output: give source="):
+        from_config(config, phase="decode", ctx=8)
+    with pytest.raises(ValueError, match="source=65 is longer than the 64 learned positions"):
+        from_config(config, seq=4, source=65)
+    whisper = OTHER_INPUTS["whisper"][0]().to_dict()
+    with pytest.raises(ValueError, match="fixed window of 64 mel frames"):
+        from_config(whisper, seq=4, source=32)

@@ -34,7 +34,7 @@ _POSITION_TABLES = ("wpe", "position_embeddings", "embed_positions")
 def from_config(config: str | os.PathLike | Mapping[str, Any] | PretrainedConfig, *,
                 batch: int = 1, seq: int = 128, dtype: str | torch.dtype | None = None,
                 device: str | torch.device = "meta", phase: str = "prefill", ctx: int = 2048,
-                image_size: int | None = None):
+                image_size: int | None = None, source: int | None = None):
     """Build a transformers model from its config and dummy inputs for one forward pass.
 
     config: a path to a ``config.json``, the same content as a dict, or a ``PretrainedConfig``.
@@ -91,22 +91,29 @@ def from_config(config: str | os.PathLike | Mapping[str, Any] | PretrainedConfig
                          f"{one_line(e, name=not isinstance(e, ValueError))}") from e
 
     limit = _learned_positions(model)
+    if seq2seq and getattr(cfg, "max_target_positions", None):
+        limit = cfg.max_target_positions   # the decoder's: Whisper's encoder takes mel frames
     if limit is not None and seq > limit and phase != "decode":
         raise ValueError(f"seq={seq} is longer than the {limit} learned positions of the model "
                          f"in {where}.")
 
     if phase == "decode":
-        if not causal:
-            what = "an encoder-decoder" if seq2seq else "which has no next-token cache"
+        if not causal and not seq2seq:
             raise ValueError(f"phase=decode is for decoders; {where} builds "
-                             f"{type(model).__name__}, {what}")
+                             f"{type(model).__name__}, which has no next-token cache")
         if limit is not None and ctx + 1 > limit:
             raise ValueError(f"ctx={ctx} leaves no learned position for the new token: the "
                              f"model in {where} has {limit}.")
+        if seq2seq:     # the encoder ran once, over the source
+            source = _source(model, source, limit, where, required=True)
+            return _seq2seq_decode_step(transformers, model, batch, ctx, source, dtype, device,
+                                        where)
         return _decode_step(transformers, model, batch, ctx, dtype, device, where)
     if phase != "prefill":
         raise ValueError(f"unknown phase {phase!r}; choose prefill or decode")
-    first = _main_input(model, batch, seq, dtype, device, where, image_size)
+    if seq2seq:
+        source = _source(model, source, limit, where, required=False)
+    first = _main_input(model, batch, source or seq, dtype, device, where, image_size)
     kwargs = {"use_cache": False} if causal else {}
     if cfg.model_type in modeling_auto.MODEL_FOR_ZERO_SHOT_IMAGE_CLASSIFICATION_MAPPING_NAMES:
         # a dual encoder (CLIP, SigLIP) embeds the texts and the images in one call
@@ -117,7 +124,7 @@ def from_config(config: str | os.PathLike | Mapping[str, Any] | PretrainedConfig
                              f"the text encoder in {where}.")
         kwargs = {"pixel_values": _images(model, batch, dtype, device, where, image_size)}
     if getattr(cfg, "is_encoder_decoder", False):
-        # the decoder's tokens, as many as the encoder's when the input is text (teacher forcing)
+        # the decoder's seq tokens; the encoder's are source=, else as many (teacher forcing)
         kwargs = {"decoder_input_ids": torch.zeros((batch, seq), dtype=torch.long, device=device),
                   "use_cache": False}
     return model, (first,), kwargs
@@ -128,7 +135,7 @@ def _main_input(model, batch: int, seq: int, dtype, device, where,
     """Zeros shaped as the model's first input names it: token ids (B, T); images (B, C, H, W)
     at the config's size; Whisper's log-mel frames (B, mels, 2 x the encoder's positions), the
     30 s window its feature extractor pads every clip to."""
-    main = getattr(model, "main_input_name", "input_ids")
+    main = _main_input_name(model)
     cfg = model.config
     if main == "input_ids":
         return torch.zeros((batch, seq), dtype=torch.long, device=device)      # (B, T)
@@ -141,6 +148,66 @@ def _main_input(model, batch: int, seq: int, dtype, device, where,
     raise ValueError(f"{where} builds {type(model).__name__}, whose input {main!r} --hf does not "
                      f"make (it makes token ids, images and Whisper's mel features); build the "
                      f"model and its inputs in a workload file instead")
+
+
+def _main_input_name(model) -> str:
+    return getattr(model, "main_input_name", "input_ids")
+
+
+def _source(model, source: int | None, limit: int | None, where, *, required: bool):
+    """The encoder's length of an encoder-decoder: Whisper's fixed window of mel frames, or the
+    `source` tokens given (a decode step needs them: `seq` and `ctx` are the decoder's)."""
+    cfg = model.config
+    if _main_input_name(model) == "input_features":
+        if source is not None:
+            raise ValueError(f"source={source}: {where} builds {type(model).__name__}, whose "
+                             f"encoder takes a fixed window of {2 * cfg.max_source_positions} "
+                             f"mel frames")
+        return None if not required else cfg.max_source_positions
+    if source is None:
+        if required:
+            raise ValueError(f"an encoder-decoder's decode step reads its encoder's output: "
+                             f"give source=, the source's tokens ({where} builds "
+                             f"{type(model).__name__}; ctx= is the decoder's tokens so far)")
+        return None
+    if not isinstance(source, int) or isinstance(source, bool) or source < 1:
+        raise ValueError(f"source must be a positive number of tokens, got {source!r}")
+    if limit is not None and source > limit:
+        raise ValueError(f"source={source} is longer than the {limit} learned positions of the "
+                         f"model in {where}.")
+    return source
+
+
+def _seq2seq_decode_step(transformers, model, batch: int, ctx: int, source: int, dtype, device,
+                         where) -> tuple:
+    """(step, args, kwargs) of one decoder step of an encoder-decoder after `ctx` tokens: its
+    self-attention over a static cache of ctx + 1 positions, its cross-attention over the keys
+    and values of `source` encoder positions, which the first step computed and every later
+    one reads (transformers' EncoderDecoderCache marks them so: `is_updated`). The encoder's
+    output is an input: it ran once, before the steps."""
+    if ctx < 1:
+        raise ValueError(f"ctx={ctx}: a decode step needs at least one cached token")
+    try:
+        caches = [transformers.StaticCache(config=model.config, max_batch_size=batch,
+                                           max_cache_len=n, device=device, dtype=dtype)
+                  for n in (ctx + 1, source)]
+        cache = transformers.EncoderDecoderCache(*caches)
+    except (TypeError, ValueError, NotImplementedError, AttributeError, KeyError) as e:
+        raise ValueError(f"transformers cannot build the caches of an encoder-decoder step for "
+                         f"{where}: {one_line(e)}") from e
+    width = model.config.get_text_config(decoder=True).d_model
+    encoded = torch.zeros((batch, source, width), dtype=dtype, device=device)   # (B, S, d)
+    first = torch.zeros((batch, 1), dtype=torch.long, device=device)             # (B, 1)
+    position = torch.tensor([ctx], dtype=torch.long, device=device)
+    try:      # one step run eagerly sizes both caches (free on meta) and fills the cross one
+        with torch.no_grad():
+            model(decoder_input_ids=first, encoder_outputs=(encoded,), cache_position=position,
+                  use_cache=True, **cache_kwarg(model, cache))
+    except (RuntimeError, TypeError, ValueError, NotImplementedError, AttributeError) as e:
+        raise ValueError(f"{where}: an encoder-decoder step cannot run over static caches: "
+                         f"{one_line(e)}") from e
+    step = type(f"{type(model).__name__}Decode", (Seq2SeqDecodeStep,), {})(model, cache)
+    return step, (first, position, encoded), {"cache": step.tensors()}
 
 
 def _decode_step(transformers, model, batch: int, ctx: int, dtype, device, where) -> tuple:
@@ -227,6 +294,35 @@ class DecodeStep(torch.nn.Module):
         return self.model(input_ids, cache_position=position, use_cache=True,
                           **{k: v for k, v in given.items() if k in taken},
                           **cache_kwarg(self.model, self.cache)).logits
+
+
+class Seq2SeqDecodeStep(torch.nn.Module):
+    """An encoder-decoder's decoder step over an EncoderDecoderCache whose tensors come in as
+    inputs, as DecodeStep's do: each layer's self-attention keys, values and count, then its
+    cross-attention keys and values, which the step reads and does not recompute."""
+
+    FIELDS = ("keys", "values", "cumulative_length")
+
+    def __init__(self, model, cache):
+        super().__init__()
+        self.model, self.cache = model, cache
+
+    def _layers(self) -> list:
+        return [*self.cache.self_attention_cache.layers, *self.cache.cross_attention_cache.layers]
+
+    def tensors(self) -> list:
+        return [tuple(getattr(layer, name) for name in self.FIELDS) for layer in self._layers()]
+
+    def forward(self, decoder_input_ids, position, encoder_hidden_states, cache=()):
+        for layer, tensors in zip(self._layers(), cache):     # as the capture sees them
+            for name, tensor in zip(self.FIELDS, tensors):
+                setattr(layer, name, tensor)
+            layer.device = layer.keys.device
+        for index in range(len(self.cache.cross_attention_cache.layers)):
+            self.cache.is_updated[index] = True       # computed at the first step, read since
+        return self.model(decoder_input_ids=decoder_input_ids,
+                          encoder_outputs=(encoder_hidden_states,), cache_position=position,
+                          use_cache=True, **cache_kwarg(self.model, self.cache)).logits
 
 
 def cache_kwarg(model, cache) -> dict:
@@ -334,7 +430,9 @@ def _learned_positions(model) -> int | None:
     """
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.Embedding) and name.endswith(_POSITION_TABLES):
-            # RoBERTa counts positions from padding_idx + 1, so that many rows are never reached.
+            # RoBERTa counts positions from padding_idx + 1, BART and OPT from their `offset`
+            # (2): so many rows are never reached.
             pad = module.padding_idx
-            return module.num_embeddings - (0 if pad is None else pad + 1)
+            return module.num_embeddings - (0 if pad is None else pad + 1) - \
+                getattr(module, "offset", 0)
     return None
