@@ -320,9 +320,16 @@ class Seq2SeqDecodeStep(torch.nn.Module):
             layer.device = layer.keys.device
         for index in range(len(self.cache.cross_attention_cache.layers)):
             self.cache.is_updated[index] = True       # computed at the first step, read since
+        # an all-ones mask over the cache, as generate() passes it (DecodeStep says why)
+        length = cache[0][0].shape[2]
+        given = {"decoder_attention_mask": torch.ones(decoder_input_ids.shape[0], length,
+                                                      dtype=torch.long,
+                                                      device=decoder_input_ids.device)}
+        taken = inspect.signature(self.model.forward).parameters
         return self.model(decoder_input_ids=decoder_input_ids,
                           encoder_outputs=(encoder_hidden_states,), cache_position=position,
-                          use_cache=True, **cache_kwarg(self.model, self.cache)).logits
+                          use_cache=True, **{k: v for k, v in given.items() if k in taken},
+                          **cache_kwarg(self.model, self.cache)).logits
 
 
 def cache_kwarg(model, cache) -> dict:
