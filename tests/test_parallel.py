@@ -291,6 +291,26 @@ def test_hugging_face_encoder_decoders_split_their_out_proj_and_fc_blocks():
         assert 2 * matmul_flops(rank) == matmul_flops(whole) > 0
 
 
+def test_phis_dense_attention_output_splits_by_rows_and_berts_dense_layers_do_not():
+    transformers = pytest.importorskip("transformers")
+    from fxroof.cli.hf import from_config
+    small = dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, vocab_size=256,
+                 intermediate_size=128)
+    model, args, kwargs = from_config(transformers.PhiConfig(**small).to_dict(), batch=2, seq=16)
+    whole, rank = api.analyze(model, args, kwargs), api.analyze(model, args, kwargs, tp=2)
+    ops = [k.op for k in rank.kernels if k.category == "collective"]
+    # the embedding, then per layer the attention's `dense` and the MLP's fc2
+    assert ops.count("all_reduce") == 1 + 2 * 2 and ops.count("all_gather_into_tensor") == 1
+
+    def matmul_flops(r):
+        return sum(n.flops for n in r.nodes if n.category == "matmul")
+    assert 2 * matmul_flops(rank) == matmul_flops(whole) > 0
+    # BERT's `dense` Linears sit apart from its query/key/value: no layout, one clear line
+    bert, args, kwargs = from_config(transformers.BertConfig(**small).to_dict(), seq=16)
+    with pytest.raises(ValueError, match="no tensor-parallel layout recognised in BertModel"):
+        api.analyze(bert, args, kwargs, tp=2)
+
+
 def test_hugging_face_moe_experts_split_over_their_intermediate_size_and_reduce_once():
     # Hugging Face's Mixtral keeps its experts' weights as 3-D parameters (gate_up_proj: 4 x
     # 256 x 64, down_proj: 4 x 64 x 128). Its own TP plan splits them over the intermediate

@@ -34,6 +34,7 @@ COLWISE = frozenset({"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj",   # H
                      "fc1"})                                 # BART, Whisper, OPT, CLIP, ViTs' MLP
 ROWWISE = frozenset({"o_proj", "down_proj", "wo", "w2", "c_proj",
                      "out_proj", "fc2"})                     # BART, Whisper, OPT, CLIP
+ATTENTION_DENSE = "dense"    # Phi's attention output: row-split beside q/k/v projections only
 QKV = frozenset({"q_proj", "k_proj", "v_proj", "wq", "wk", "wv", "c_attn"})  # marks an attention
 FUSED_QKV = frozenset({"c_attn", "qkv", "query_key_value", "Wqkv"})
 EMBEDDINGS = frozenset({"embed_tokens", "tok_embeddings", "wte"})
@@ -94,6 +95,13 @@ def megatron_plan(model: nn.Module, tp: int) -> Plan:
         if leaf in COLWISE | ROWWISE:
             styles[name] = "colwise" if leaf in COLWISE else "rowwise"
             parents.setdefault(parent, set()).add(leaf)
+    for parent, leaves in parents.items():
+        # Phi names its attention's output `dense`, a name BERT gives both its MLP's Linears:
+        # the output only beside q/k/v projections
+        dense = f"{parent}.{ATTENTION_DENSE}" if parent else ATTENTION_DENSE
+        if leaves & QKV and not leaves & ROWWISE and dense in linears:
+            styles[dense] = "rowwise"
+            leaves.add(ATTENTION_DENSE)
     styles = styles or _two_linear_blocks(model, linears)
     fused = _fused_experts(model, tp)
     if not styles and not fused:
@@ -242,7 +250,7 @@ def _blocks(model: nn.Module, parents: dict, linears: dict, tp: int):
     """Each block checked; per-rank head counts for each attention, the model's k/v head count."""
     attrs, kv_heads = {}, None
     for parent, leaves in parents.items():
-        if not leaves & COLWISE or not leaves & ROWWISE:
+        if not leaves & COLWISE or not leaves & (ROWWISE | {ATTENTION_DENSE}):
             raise ValueError(f"module {parent or type(model).__name__!r} has {sorted(leaves)}: a "
                              f"Megatron block needs a column-split (e.g. up_proj) and a row-split "
                              f"(e.g. down_proj) projection")
