@@ -274,62 +274,55 @@ class DecodeStep(torch.nn.Module):
         super().__init__()
         self.model, self.cache = model, cache
 
+    def layers(self) -> list:
+        return list(self.cache.layers)
+
     def tensors(self) -> list:
         """The cache's tensors as forward takes them: a tuple a layer."""
-        return [tuple(getattr(layer, name) for name in self.FIELDS) for layer in self.cache.layers]
+        return [tuple(getattr(layer, name) for name in self.FIELDS) for layer in self.layers()]
 
-    def forward(self, input_ids, position, cache=()):
-        for layer, tensors in zip(self.cache.layers, cache):   # as the capture sees them
+    def load(self, cache) -> None:
+        """Put the input tensors in the cache's layers, as the capture sees them."""
+        for layer, tensors in zip(self.layers(), cache):
             for name, tensor in zip(self.FIELDS, tensors):
                 setattr(layer, name, tensor)
             layer.device = layer.keys.device             # where the layer makes its indices
-        # an all-ones mask over the cache and the new token's positions, as generate() passes
-        # them: models that would count the cached tokens from the cache's contents (OPT,
-        # BioGPT) then have no data-dependent shapes to trace
-        batch, length = input_ids.shape[0], cache[0][0].shape[2]
-        given = {"attention_mask": torch.ones(batch, length, dtype=torch.long,
-                                              device=input_ids.device),
-                 "position_ids": position.unsqueeze(0).expand(batch, 1)}
+
+    def given(self, tokens, cache, mask: str, **more) -> dict:
+        """The keywords the model takes of an all-ones mask over the cache and the new tokens
+        (`mask`) and of `more`, as generate() passes them: models that would count the cached
+        tokens from the cache's contents (OPT, BioGPT, BART) then have no data-dependent shapes
+        to trace; and the cache."""
+        ones = torch.ones(tokens.shape[0], cache[0][0].shape[2], dtype=torch.long,
+                          device=tokens.device)
         taken = inspect.signature(self.model.forward).parameters
+        return ({k: v for k, v in {mask: ones, **more}.items() if k in taken}
+                | cache_kwarg(self.model, self.cache))
+
+    def forward(self, input_ids, position, cache=()):
+        self.load(cache)
+        positions = position.unsqueeze(0).expand(input_ids.shape[0], 1)
         return self.model(input_ids, cache_position=position, use_cache=True,
-                          **{k: v for k, v in given.items() if k in taken},
-                          **cache_kwarg(self.model, self.cache)).logits
+                          **self.given(input_ids, cache, "attention_mask",
+                                       position_ids=positions)).logits
 
 
-class Seq2SeqDecodeStep(torch.nn.Module):
+class Seq2SeqDecodeStep(DecodeStep):
     """An encoder-decoder's decoder step over an EncoderDecoderCache whose tensors come in as
     inputs, as DecodeStep's do: each layer's self-attention keys, values and count, then its
     cross-attention keys and values, which the step reads and does not recompute."""
 
-    FIELDS = ("keys", "values", "cumulative_length")
-
-    def __init__(self, model, cache):
-        super().__init__()
-        self.model, self.cache = model, cache
-
-    def _layers(self) -> list:
+    def layers(self) -> list:
         return [*self.cache.self_attention_cache.layers, *self.cache.cross_attention_cache.layers]
 
-    def tensors(self) -> list:
-        return [tuple(getattr(layer, name) for name in self.FIELDS) for layer in self._layers()]
-
     def forward(self, decoder_input_ids, position, encoder_hidden_states, cache=()):
-        for layer, tensors in zip(self._layers(), cache):     # as the capture sees them
-            for name, tensor in zip(self.FIELDS, tensors):
-                setattr(layer, name, tensor)
-            layer.device = layer.keys.device
+        self.load(cache)
         for index in range(len(self.cache.cross_attention_cache.layers)):
             self.cache.is_updated[index] = True       # computed at the first step, read since
-        # an all-ones mask over the cache, as generate() passes it (DecodeStep says why)
-        length = cache[0][0].shape[2]
-        given = {"decoder_attention_mask": torch.ones(decoder_input_ids.shape[0], length,
-                                                      dtype=torch.long,
-                                                      device=decoder_input_ids.device)}
-        taken = inspect.signature(self.model.forward).parameters
         return self.model(decoder_input_ids=decoder_input_ids,
                           encoder_outputs=(encoder_hidden_states,), cache_position=position,
-                          use_cache=True, **{k: v for k, v in given.items() if k in taken},
-                          **cache_kwarg(self.model, self.cache)).logits
+                          use_cache=True,
+                          **self.given(decoder_input_ids, cache, "decoder_attention_mask")).logits
 
 
 def cache_kwarg(model, cache) -> dict:
