@@ -33,8 +33,9 @@ when absent; their README says how each was measured):
         per token, up to 1,024 threads, 512 for rotary, each thread walking its row one element
         a step; RMSNorm twice over), whose memory latency fxroof's model then prices
         (fxroof/chips/launch.py). The embedding is PyTorch's index_select, whose launch fxroof
-        knows. Sampled: each (model, tensor-parallel degree) at num_tokens 1, 16, 128, 512, 2048
-        and 8192; rows measured more than once give their median. The four linear layers are
+        knows, as torch 2.3 ran it (sarathi-serve's pin; 2.8 changed it). Sampled: each (model,
+        tensor-parallel degree) at num_tokens 1, 16, 128, 512, 2048 and 8192; rows measured more
+        than once give their median. The four linear layers are
         one source, the other ops another.
     Vidur all-reduce
         fxroof's ring all-reduce formula (cost/formulas/collective.py) at the published size and
@@ -177,7 +178,7 @@ sys.path.insert(0, str(ROOT))
 import fxroof  # noqa: E402
 from fxroof.chips import chip as find_chip  # noqa: E402
 from fxroof.chips.expected import expected  # noqa: E402
-from fxroof.chips.launch import Launch, row_per_block  # noqa: E402
+from fxroof.chips.launch import Launch, gather, row_per_block  # noqa: E402
 from fxroof.chips.timing import kernel_timing  # noqa: E402
 from fxroof.cost.formulas.registry import FORMULAS, OpCall  # noqa: E402
 from fxroof.graph.autocast import with_amp  # noqa: E402
@@ -206,6 +207,10 @@ TIMM_MODELS = ("resnet18", "resnet50", "resnet101", "resnext50_32x4d", "wide_res
                "inception_v3")
 VIDUR_CHIPS = {"a100": "a100-80gb", "h100": "h100-sxm", "a40": "a40"}   # Vidur also profiles A40s
 VIDUR_TOKENS = (1, 16, 128, 512, 2048, 8192)
+# The PyTorch Vidur's profiler ran on: sarathi-serve's requirements.txt pins torch == 2.3
+# (microsoft/sarathi-serve, commit 042f067), and the profiles date from 2024. Its embedding ran
+# index_select's own grid-stride kernel, which PyTorch 2.8 replaced (fxroof/chips/launch.py).
+VIDUR_TORCH = (2, 3)
 VIDUR_OPS = ("emb", "input_layernorm", "attn_pre_proj", "attn_rope", "attn_post_proj",
              "post_attention_layernorm", "mlp_up_proj", "mlp_act", "mlp_down_proj", "add")
 NVLINK_BRIDGE = 300e9     # bytes/s each way: NVLink bridge pairs, 600 GB/s both ways
@@ -644,6 +649,9 @@ def vidur_cases(only: str) -> list[Case]:
             kernels = report.kernels
             if mode == "compiled":     # sarathi-serve's own kernel, as it launches
                 kernels = with_launch(kernels, report.chip, sarathi_launch(op, cfg, t))
+            if op == "emb":            # index_select as the profiler's PyTorch ran it
+                kernels = with_launch(kernels, report.chip,
+                                      gather(report.chip, t, cfg["h"], 2, VIDUR_TORCH))
             floor, exp = device_times(kernels)
             why = made_of(kernels, device_only=True)
             cases.append(Case(vidur_source(gpu, op), f"{model.split('/')[-1]} tp{tp} T={t} {op}",

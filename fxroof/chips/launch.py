@@ -14,7 +14,10 @@ bytes add as a norm (expected.WAIT_NORM). docs/time-model.md gives the sources.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
+
+import torch
 
 from fxroof.chips.chip import Chip
 from fxroof.cost.record import MATRIX_CATEGORIES
@@ -27,6 +30,23 @@ ELEMENTWISE_BLOCK, ELEMENTWISE_PER_THREAD = 128, 4
 # (aten/src/ATen/native/cuda/Indexing.cu, index_select_out_cuda_impl)
 GATHER_BLOCK, GATHER_BLOCKS_PER_SM, GATHER_SMALL_INDICES = 128, 8, 16
 GATHERS = frozenset({"embedding", "index_select"})
+# From PyTorch 2.8, index_select of more than 16 indices runs as a gather (pytorch/pytorch#151715;
+# 2.7.1's libtorch_cuda holds indexSelectLargeIndex, 2.8.0's does not). Rows of a multiple of 16
+# bytes go to vectorized_gather_kernel: a block of up to 256 threads per (index, 4 KiB of its
+# row), each thread loading the index, then 16 bytes (aten/src/ATen/native/cuda/
+# IndexKernelUtils.cu); other rows to the scatter-gather kernel, PyTorch's elementwise launch
+# with each element's index loaded before it (ScatterGatherKernel.cu).
+GATHER_RELEASE = (2, 8)
+VECTOR_GATHER_BYTES, VECTOR_GATHER_BLOCK = 16, 256
+
+
+def _release(version: str) -> tuple[int, int]:
+    m = re.match(r"(\d+)\.(\d+)", version)
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
+# The PyTorch whose eager kernels are priced: the one installed, that runs the model.
+TORCH_RELEASE = _release(torch.__version__)
 # layer_norm: a block of 128 threads per row, 4 elements a thread a step, one pass for the
 # statistics and one to normalise (aten/src/ATen/native/cuda/layer_norm_kernel.cu,
 # launch_vectorized_layer_norm_kernel and vectorized_layer_norm_kernel_impl)
@@ -87,10 +107,13 @@ def row_per_block(rows: int, row: int, block_cap: int, passes: int = 1, extra: i
     return Launch(rows, block, passes * math.ceil(row / block) + extra)
 
 
-def gather(chip: Chip, indices: int, row: int) -> Launch | None:
-    """index_select of `indices` rows of `row` elements: each step loads an index, then the
-    source element it points to (two waits). Few indices: the blocks walk one index's row after
-    another; many: a grid-stride loop over every output element."""
+def gather(chip: Chip, indices: int, row: int, item_bytes: int = 2,
+           release: tuple[int, int] = TORCH_RELEASE) -> Launch | None:
+    """index_select of `indices` rows of `row` elements of `item_bytes` each, as PyTorch
+    `release` runs it. Up to 16 indices, the blocks walk one index's row after another, each
+    step an index load and then the element (two waits). More: before 2.8 a grid-stride loop
+    over every output element, two waits a step; from 2.8 a gather, one index and one load of
+    16 bytes (or of the elements a thread takes) per thread."""
     if indices <= 0 or row <= 0 or not chip.sm_count:
         return None
     cap = int(chip.sm_count) * GATHER_BLOCKS_PER_SM
@@ -99,6 +122,15 @@ def gather(chip: Chip, indices: int, row: int) -> Launch | None:
         threads = blocks * min(row, GATHER_BLOCK)
         return Launch(blocks, min(row, GATHER_BLOCK), indices * (1 + math.ceil(row / threads)))
     total = indices * row
+    if release >= GATHER_RELEASE:
+        row_bytes = row * item_bytes
+        if row_bytes % VECTOR_GATHER_BYTES:
+            per_block = ELEMENTWISE_BLOCK * ELEMENTWISE_PER_THREAD
+            return Launch(math.ceil(total / per_block), ELEMENTWISE_BLOCK, 2)
+        vectors = row_bytes // VECTOR_GATHER_BYTES          # threads a row needs
+        slices = math.ceil(vectors / VECTOR_GATHER_BLOCK)   # blocks a row takes
+        block = min(VECTOR_GATHER_BLOCK, math.ceil(vectors / 32) * 32)
+        return Launch(indices * slices, block, 2)
     blocks = min(math.ceil(total / GATHER_BLOCK), cap)
     threads = blocks * min(total, GATHER_BLOCK)
     return Launch(blocks, min(total, GATHER_BLOCK), 2 * math.ceil(total / threads))
@@ -106,16 +138,16 @@ def gather(chip: Chip, indices: int, row: int) -> Launch | None:
 
 def launch_of(chip: Chip, mode: str, op: str, category: str, space: int,
               grid: tuple = (), bytes_moved: float = 0) -> Launch | None:
-    """The launch fxroof takes for a kernel: PyTorch's index_select for an eager gather and its
-    row-per-block kernel for an eager layer norm, where it knows their (indices or rows, row),
-    a copy of its `bytes_moved` for a matrix kernel (its operands stream no faster), else the
-    elementwise launch over the kernel's loop. Collectives (NCCL's latencies) are priced
+    """The launch fxroof takes for a kernel: PyTorch's index_select for an eager gather, where it
+    knows its (indices, row, element bytes), and its row-per-block kernel for an eager layer norm,
+    where it knows its (rows, row); a copy of its `bytes_moved` for a matrix kernel (its operands
+    stream no faster); else the elementwise launch over the kernel's loop. Collectives (NCCL's latencies) are priced
     elsewhere."""
     if chip.kind != "gpu" or category == "collective":
         return None
     if category in MATRIX_CATEGORIES:
         return copy(bytes_moved)
-    if mode == "eager" and op in GATHERS and len(grid) == 2:
+    if mode == "eager" and op in GATHERS and len(grid) == 3:
         return gather(chip, *grid)
     if mode == "eager" and op in LAYER_NORMS and len(grid) == 2:
         rows, row = grid

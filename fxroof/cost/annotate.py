@@ -57,7 +57,7 @@ def with_grid(node: fx.Node, cost: Cost) -> Cost:
     queries by head size; a convolution's implicit GEMM, images x pixels by channels, none for
     grouped ones, which do not run as one GEMM; else the output folded to rows by its last dim)
     and K, the multiply-adds per output element; for a layer norm (rows, row elements), for an
-    embedding or index_select (indices, row elements). None where the shapes are not plain
+    embedding or index_select (indices, row elements, element bytes). None where the shapes are not plain
     ints."""
     out = node.meta.get("val")
     out = out[0] if isinstance(out, (tuple, list)) and out else out
@@ -66,7 +66,12 @@ def with_grid(node: fx.Node, cost: Cost) -> Cost:
             rows = _rows(node, out)
         except (TypeError, ValueError, IndexError):   # symbolic
             return cost
-        return dataclasses.replace(cost, grid=(rows, int(out.numel()) // rows)) if rows else cost
+        if not rows:
+            return cost
+        grid = (rows, int(out.numel()) // rows)
+        # a gather's launch depends on its rows' bytes (chips/launch.gather)
+        return dataclasses.replace(cost, grid=grid if node.target in _ROW_NORMS
+                                   else (*grid, out.element_size()))
     if cost.category not in MATRIX_CATEGORIES or not isinstance(out, torch.Tensor) \
             or out.dim() < 2 or not cost.flops:
         return cost

@@ -49,8 +49,9 @@ class Cost:
     # of the buffer each way. A chip whose links have it takes the faster (timing.comm_time).
     nvls_bytes: int = 0
     comm_ranks: int = 0     # the group's size: how many of a peer-to-peer board's links it has
-    grid: tuple = ()        # matrix ops: the (batch, M, N, K) GEMM a library tiles; layer norm,
-                            # embedding, index_select: (rows, row elements) (annotate.with_grid)
+    grid: tuple = ()        # matrix ops: the (batch, M, N, K) GEMM a library tiles; layer norm:
+                            # (rows, row elements); embedding, index_select: (indices, row
+                            # elements, element bytes) (annotate.with_grid)
     # Convolutions on channels-first (NCHW) tensors in 16-bit: the bytes of each tensor a GPU
     # library transposes to channels-last for its tensor-core kernels and back (formulas/conv.py).
     # Not in the bytes above, which are the graph's: a time model charges them where the program

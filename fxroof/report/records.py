@@ -40,7 +40,8 @@ class NodeRow:
     comm_steps: int = 0
     variant: str = ""     # the implementation a CPU build runs (Cost.variant): "onednn", ...
     grid: tuple = ()      # a matrix op as (batch, M, N, K): the tiles a library computes;
-                          # a layer norm or row gather as (rows, row elements): its loop
+                          # a layer norm as (rows, row elements), a row gather as
+                          # (indices, row elements, element bytes): its loop
     phase: str = ""       # of a training step: "forward", "backward" or "optimizer"
     recomputed: bool = False   # a forward op the backward runs again (activation checkpointing)
     relayout: tuple = ()  # a channels-first convolution: bytes of each tensor a GPU library
