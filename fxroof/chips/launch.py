@@ -141,8 +141,8 @@ def launch_of(chip: Chip, mode: str, op: str, category: str, space: int,
     """The launch fxroof takes for a kernel: PyTorch's index_select for an eager gather, where it
     knows its (indices, row, element bytes), and its row-per-block kernel for an eager layer norm,
     where it knows its (rows, row); a copy of its `bytes_moved` for a matrix kernel (its operands
-    stream no faster); else the elementwise launch over the kernel's loop. Collectives (NCCL's latencies) are priced
-    elsewhere."""
+    stream no faster); else the elementwise launch over the kernel's loop. Collectives (NCCL's
+    latencies) are priced elsewhere."""
     if chip.kind != "gpu" or category == "collective":
         return None
     if category in MATRIX_CATEGORIES:

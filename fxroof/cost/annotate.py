@@ -57,8 +57,8 @@ def with_grid(node: fx.Node, cost: Cost) -> Cost:
     queries by head size; a convolution's implicit GEMM, images x pixels by channels, none for
     grouped ones, which do not run as one GEMM; else the output folded to rows by its last dim)
     and K, the multiply-adds per output element; for a layer norm (rows, row elements), for an
-    embedding or index_select (indices, row elements, element bytes). None where the shapes are not plain
-    ints."""
+    embedding or index_select (indices, row elements, element bytes). None where the shapes are
+    not plain ints."""
     out = node.meta.get("val")
     out = out[0] if isinstance(out, (tuple, list)) and out else out
     if node.target in _ROW_NORMS or node.target in _ROW_GATHERS:
