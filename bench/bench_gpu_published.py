@@ -121,6 +121,21 @@ when absent; their README says how each was measured):
         which neither the ring formula nor the chip's one link figure describes: the collectives
         are the part of these predictions with the weakest footing.
 
+    TensorRT-LLM static batches; TensorRT-LLM first token
+        NVIDIA/TensorRT-LLM docs/source/performance.md (commit 138f96d; quoted below): whole
+        static batches as gptSessionBenchmark runs them (batch sequences of the input length,
+        each generating the output length; TensorRT-LLM 0.6.1, the L40S's 0.5), and the first
+        token's latency at batch 1 (0.5). A100 in fp16; H100 and L40S in fp8 (built with
+        --enable_fp8 --fp8_kv_cache: fp8 matmuls and an fp8 KV cache, fxroof's "fp8+kv-fp8").
+        Predicted: fxroof's generation at the same shapes in compiled mode (TensorRT's fused
+        kernels, no CUDA graph), Llama-2 as models/llama.py, GPT-J 6B from its transformers
+        config (EleutherAI/gpt-j-6b's config.json): the batch's prefill, then output - 1 decode
+        steps; a first token is the prefill. fxroof's models compute logits for every prompt
+        token, TensorRT-LLM for the last only (2% of a 2,048-token prefill). Rows the table
+        gives per GPU are per GPU; the A100 and L40S tables give "out tok/s" without saying, so
+        their tensor-parallel rows are left out. Llama-2-70B's rows (tensor-parallel, on H100
+        per GPU, and first tokens at 4 GPUs) come with --tp.
+
     --timm RESULTS
         the results/ folder of a pytorch-image-models checkout adds, each as a source of its
         own, the benchmark-infer-*.csv files the data folder does not hold: at commit aa4b585
@@ -160,6 +175,7 @@ import argparse
 from contextlib import contextmanager
 import csv
 import dataclasses
+import functools
 import math
 import statistics
 import sys
@@ -926,6 +942,93 @@ def gpt_fast_cases(only: str, tensor_parallel: bool = False) -> list[Case]:
     return cases
 
 
+# -- TensorRT-LLM static batches ----------------------------------------------------------------
+
+# NVIDIA/TensorRT-LLM docs/source/performance.md at commit 138f96d: "Peak Throughput" (0.6.1;
+# the L40S table 0.5) as (chip, what-if, model, tp, batch, input, output, output tokens/s per
+# GPU) and "Low Latency" (0.5, batch 1) as (chip, what-if, model, tp, input, first-token ms).
+# H100 and L40S engines are fp8 with an fp8 KV cache; the A100's fp16.
+FP8 = "fp8+kv-fp8"
+TRT_BATCHES = (("a100-80gb", None, "gpt-j-6b", 1, 512, 128, 128, 6374),
+               ("a100-80gb", None, "gpt-j-6b", 1, 60, 2048, 128, 670),
+               ("a100-80gb", None, "llama2-7b", 1, 384, 128, 128, 5586),
+               ("a100-80gb", None, "llama2-7b", 1, 60, 128, 2048, 1928),
+               ("a100-80gb", None, "llama2-7b", 1, 52, 2048, 128, 591),
+               ("h100-sxm", FP8, "gpt-j-6b", 1, 1024, 128, 128, 26150),
+               ("h100-sxm", FP8, "gpt-j-6b", 1, 120, 128, 2048, 8011),
+               ("h100-sxm", FP8, "gpt-j-6b", 1, 64, 2048, 128, 2551),
+               ("h100-sxm", FP8, "gpt-j-6b", 1, 64, 2048, 2048, 3327),
+               ("h100-sxm", FP8, "llama2-7b", 1, 768, 128, 128, 19694),
+               ("h100-sxm", FP8, "llama2-7b", 1, 112, 128, 2048, 6818),
+               ("h100-sxm", FP8, "llama2-7b", 1, 80, 2048, 128, 2244),
+               ("h100-sxm", FP8, "llama2-7b", 1, 48, 2048, 2048, 2740),
+               ("h100-sxm", FP8, "llama2-70b", 2, 1024, 128, 128, 2657),
+               ("h100-sxm", FP8, "llama2-70b", 4, 480, 128, 2048, 1486),
+               ("h100-sxm", FP8, "llama2-70b", 2, 96, 2048, 128, 306),
+               ("h100-sxm", FP8, "llama2-70b", 2, 64, 2048, 2048, 547),
+               ("l40s", FP8, "gpt-j-6b", 1, 64, 128, 128, 3630),
+               ("l40s", FP8, "gpt-j-6b", 1, 64, 128, 2048, 1859),
+               ("l40s", FP8, "gpt-j-6b", 1, 32, 2048, 128, 616),
+               ("l40s", FP8, "gpt-j-6b", 1, 32, 2048, 2048, 757),
+               ("l40s", FP8, "llama2-7b", 1, 64, 128, 128, 3240),
+               ("l40s", FP8, "llama2-7b", 1, 64, 128, 2048, 1622),
+               ("l40s", FP8, "llama2-7b", 1, 32, 2048, 128, 581),
+               ("l40s", FP8, "llama2-7b", 1, 16, 2048, 2048, 531))
+TRT_FIRST_TOKEN = (("a100-80gb", None, "gpt-j-6b", 1, 128, 12),
+                   ("a100-80gb", None, "gpt-j-6b", 1, 2048, 129),
+                   ("a100-80gb", None, "llama2-7b", 1, 128, 16),
+                   ("a100-80gb", None, "llama2-7b", 1, 2048, 133),
+                   ("a100-80gb", None, "llama2-70b", 4, 128, 47),
+                   ("a100-80gb", None, "llama2-70b", 4, 2048, 377),
+                   ("h100-sxm", FP8, "gpt-j-6b", 1, 128, 7),
+                   ("h100-sxm", FP8, "gpt-j-6b", 1, 2048, 29),
+                   ("h100-sxm", FP8, "llama2-7b", 1, 128, 7),
+                   ("h100-sxm", FP8, "llama2-7b", 1, 2048, 36),
+                   ("h100-sxm", FP8, "llama2-70b", 4, 128, 26),
+                   ("h100-sxm", FP8, "llama2-70b", 4, 2048, 109),
+                   ("l40s", FP8, "gpt-j-6b", 1, 128, 12),
+                   ("l40s", FP8, "gpt-j-6b", 1, 2048, 71),
+                   ("l40s", FP8, "llama2-7b", 1, 128, 14),
+                   ("l40s", FP8, "llama2-7b", 1, 2048, 73))
+# EleutherAI/gpt-j-6b's config.json (the fields that shape the model), in fp16 as the engines
+# were built (--dtype float16)
+GPT_J_6B = dict(model_type="gptj", architectures=["GPTJForCausalLM"], n_embd=4096, n_layer=28,
+                n_head=16, rotary_dim=64, n_positions=2048, vocab_size=50400,
+                activation_function="gelu_new", tie_word_embeddings=False, torch_dtype="float16")
+
+
+def trt_llm_cases(only: str, tensor_parallel: bool = False) -> list[Case]:
+    """tensor_parallel: Llama-2-70B's rows too (sharded captures: about a minute each)."""
+    runs = [("TensorRT-LLM static batches", *r) for r in TRT_BATCHES]
+    runs += [("TensorRT-LLM first token", chip, q, model, tp, 1, n, 1, ms)
+             for chip, q, model, tp, n, ms in TRT_FIRST_TOKEN]
+    runs = [r for r in runs if only in r[0] and (tensor_parallel or r[4] == 1)]
+    if not runs:
+        return []
+    from fxroof.cli.hf import from_config
+    from fxroof.studies.llm import generation
+    cases = []
+    for source, chip, whatif, model, tp, batch, prompt, out, figure in runs:
+        if model == "gpt-j-6b":
+            workload, options = functools.partial(from_config, GPT_J_6B), {}
+        else:
+            workload, options = str(ROOT / "models" / "llama.py"), {"preset": model}
+        g = generation(workload, prompt=prompt, new_tokens=max(out - 1, 1), batch=batch,
+                       options=options, chip=chip, mode="compiled", quantize=whatif, tp=tp)
+        name = f"{chip} {model}" + (f" tp{tp}" if tp > 1 else "") + (" fp8" if whatif else "")
+        if source.endswith("first token"):
+            cases.append(Case(source, f"{name} {prompt} tokens: {figure} ms", figure / 1e3,
+                              g.prefill.summary.floor_s, g.prefill.time_s,
+                              made_of(g.prefill.kernels)))
+            continue
+        steps = (g.first.summary.floor_s + g.last.summary.floor_s) / 2
+        floor = g.prefill.summary.floor_s + (out - 1) * steps
+        cases.append(Case(source, f"{name} b{batch} {prompt}/{out}: {figure} tokens/s/GPU",
+                          batch * out / (figure * tp), floor, g.total_s,
+                          made_of(g.first.kernels)))
+    return cases
+
+
 # -- Vidur all-reduce ----------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -1078,7 +1181,8 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default="", help="sources whose name holds this text")
     ap.add_argument("--cases", action="store_true", help="print every case")
     ap.add_argument("--tp", action="store_true",
-                    help="adds gpt-fast's tensor-parallel rows (21 generations, about 25 minutes)")
+                    help="adds gpt-fast's tensor-parallel rows (21 generations, about 25 "
+                         "minutes) and TensorRT-LLM's Llama-2-70B rows")
     ap.add_argument("--timm", type=Path, metavar="RESULTS",
                     help="the results/ folder of a pytorch-image-models checkout: adds the GPUs, "
                          "torch versions and layouts its benchmark-infer-*.csv hold")
@@ -1118,7 +1222,7 @@ def main(argv=None) -> int:
              + nvls_group_cases(args.only) + xgmi_group_cases(args.only) + sdpa_cases(args.only)
              + fa2_benchmark_cases(args.only)
              + square_mm_cases(args.only)
-             + gpt_fast_cases(args.only, args.tp))
+             + gpt_fast_cases(args.only, args.tp) + trt_llm_cases(args.only, args.tp))
     if not cases:
         print("no cases to compare")
         return 0
