@@ -15,6 +15,7 @@ and the median |error|. bench/README.md has its output on one machine.
     python bench/bench_accuracy.py --chip my.json   # predict on a chip file instead
     python bench/bench_accuracy.py --only gpt2 --detail   # per-regime and per-node misses
     python bench/bench_accuracy.py --grain-off      # also: every elementwise op on all threads
+    python bench/bench_accuracy.py --region-off     # also: no op charged a parallel region
     python bench/bench_accuracy.py --threads 1 --mode compiled   # under torch.compile
     python bench/bench_accuracy.py --device cuda --mode compiled # on a GPU (CUDA events)
     python bench/bench_accuracy.py --device cuda --mode cudagraphs   # replayed CUDA graphs
@@ -137,6 +138,9 @@ def main(argv=None) -> int:
     p.add_argument("--grain-off", action="store_true",
                    help="also predict each workload as if every eager elementwise op used all "
                         "threads (the chip's threads ignored), beside the same measurement")
+    p.add_argument("--region-off", action="store_true",
+                   help="also predict each workload with no op charged the chip's parallel "
+                        "region, beside the same measurement")
     ns = p.parse_args(argv)
     t0 = time.perf_counter()
     with cpu_threads(ns.threads):
@@ -149,6 +153,7 @@ def main(argv=None) -> int:
             print(f"calibrated in {time.perf_counter() - t0:.0f} s: {summary(chip)}", end="\n\n")
         kept: dict = {}
         without: dict = {}     # --grain-off: each workload's prediction with threads ignored
+        no_region: dict = {}   # --region-off: with no parallel region charged
         for _ in range(ns.passes):
             # Other work on a shared machine slows everything for seconds at a time; a later
             # pass meets other moments, and each workload keeps its quieter pass.
@@ -162,6 +167,9 @@ def main(argv=None) -> int:
                 if ns.grain_off and name not in without:
                     without[name] = analyze(model, args, kwargs, mode=ns.mode,
                                             chip=dataclasses.replace(chip, threads=0)).time_s
+                if ns.region_off and name not in no_region:
+                    no_region[name] = analyze(model, args, kwargs, mode=ns.mode,
+                                              chip=dataclasses.replace(chip, region_s=0)).time_s
         rows, errors, best_errors, pooled = [], [], [], {}
         for name, m in kept.items():
             share = m.report.regime_share
@@ -192,6 +200,11 @@ def main(argv=None) -> int:
     if without:
         off = [relative_error(without[name], m.measured_s) for name, m in kept.items()]
         print("\nEvery eager elementwise op on all threads (--grain-off), the same measurements: "
+              + ", ".join(f"{name} {_pct(e)}" for name, e in zip(kept, off))
+              + f"\nmedian |error| {_abs_median(off)} · worst {100 * max(map(abs, off)):.0f}%")
+    if no_region:
+        off = [relative_error(no_region[name], m.measured_s) for name, m in kept.items()]
+        print("\nNo op charged a parallel region (--region-off), the same measurements: "
               + ", ".join(f"{name} {_pct(e)}" for name, e in zip(kept, off))
               + f"\nmedian |error| {_abs_median(off)} · worst {100 * max(map(abs, off)):.0f}%")
     print(f"\nmedian |error| {_abs_median(errors)} (vs best run {_abs_median(best_errors)}) · "

@@ -200,3 +200,39 @@ def test_an_eager_elementwise_op_too_small_to_split_runs_on_one_thread():
         (16384 / cpu.vector_flops, 12 * 16384 / cpu.bandwidth(12 * 16384)))
     assert add(two, 16384, rate_op="") == add(cpu, 16384, rate_op="")   # compiled code: as is
     assert add(two, 16384, category="matmul") == add(cpu, 16384, category="matmul")
+
+
+def test_an_eager_op_that_aten_splits_opens_a_parallel_region():
+    import dataclasses
+    cpu = chip("cpu")
+    two = dataclasses.replace(cpu, threads=2, region_s=1.5e-6)
+
+    def op(c, n, rows=0, category="pointwise", rate_op="add"):
+        return kernel_timing(c, flops=n, bytes_moved=12 * n, category=category, dtype="fp32",
+                             overhead_s=1e-6, rate_op=rate_op, elements=n, rows=rows)
+
+    # 32,768 elements are one chunk, run inline: the 1 us dispatch only; 32,769 are two
+    # chunks, so the region's 1.5 us on top
+    assert op(two, 32768).overhead_s == pytest.approx(1e-6)
+    assert op(two, 32769).overhead_s == pytest.approx(2.5e-6)
+    # a layer norm splits its rows: one row runs inline, two open the region
+    assert op(two, 64, rows=1, category="norm").overhead_s == pytest.approx(1e-6)
+    assert op(two, 128, rows=2, category="norm").overhead_s == pytest.approx(2.5e-6)
+    # one thread, compiled code, matrix ops: no region charged
+    assert op(dataclasses.replace(two, threads=1), 1 << 20).overhead_s == pytest.approx(1e-6)
+    assert op(two, 1 << 20, rate_op="").overhead_s == pytest.approx(1e-6)
+    assert op(two, 1 << 20, category="matmul").overhead_s == pytest.approx(1e-6)
+
+
+def test_an_eager_layer_norm_reports_its_rows_to_the_region_rule():
+    import dataclasses
+
+    import torch
+    from torch import nn
+
+    import fxroof
+    two = dataclasses.replace(chip("cpu"), threads=2, region_s=1.5e-6)
+    one_row = fxroof.analyze(nn.LayerNorm(64), (torch.randn(1, 64),), chip=two, mode="eager")
+    rows = fxroof.analyze(nn.LayerNorm(64), (torch.randn(8, 64),), chip=two, mode="eager")
+    (a,), (b,) = one_row.kernels, rows.kernels
+    assert b.timing.overhead_s - a.timing.overhead_s == pytest.approx(1.5e-6)

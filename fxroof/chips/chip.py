@@ -57,6 +57,9 @@ pages print the with-sparsity figure, which is twice the dense one.
       "threads": 2                              the intra-op threads the rates were measured with:
                                                 an eager elementwise op too small for ATen to
                                                 split runs on one of them (timing.py)
+      "region_us": 1.6                          with several threads: what an eager op that ATen
+                                                splits over them pays to start and join them
+                                                (an OpenMP parallel region; timing.py)
 
       Optional figures of the expected-time model (fxroof/chips/expected.py; docs/time-model.md),
       in the shipped table for GPUs; a chip without one has no gap of that kind:
@@ -144,6 +147,7 @@ OPTIONAL_SCALARS = {
     "l2_bytes": ("l2_MiB", 2.0 ** 20),
     "clock_hz": ("clock_MHz", 1e6),
     "threads": ("threads", 1.0),
+    "region_s": ("region_us", 1e-6),
 }
 EFFICIENCIES = ("matmul_efficiency", "bw_efficiency", "collective_efficiency",   # shares, <= 1
                 "nvls_efficiency", "attention_efficiency")
@@ -247,6 +251,7 @@ class Chip:
     l2_bytes: float = 0.0     # bytes; 0: a second pass reads everything from DRAM
     clock_hz: float = 0.0     # the SM clock the peaks are rated at; 0: not modelled
     threads: float = 0.0      # CPU: the intra-op threads its rates hold for (0 or 1: one)
+    region_s: float = 0.0     # CPU, several threads: an op ATen splits opens a parallel region
     op_dispatch_s: Mapping[str, float] = field(default_factory=dict, hash=False)  # op -> s
     op_flops: Mapping[str, float] = field(default_factory=dict, hash=False)       # op -> FLOP/s
     matrix_bw_fraction: Mapping[str, float] = field(default_factory=dict, hash=False)  # dtype ->

@@ -201,18 +201,32 @@ def comm_options(chip: Chip, comm_bytes: float, comm_steps: int, base_s: tuple =
 # op runs on one thread however many there are.
 GRAIN_SIZE = 32768
 SPLIT_CATEGORIES = ("pointwise", "copy")
+# A layer norm splits its rows over the threads, one row at least a thread (at::parallel_for
+# with a grain of 1, aten/src/ATen/native/cpu/layer_norm_kernel.cpp).
+ROW_SPLIT_CATEGORIES = ("norm",)
+
+
+def splits(chip: Chip, category: str, elements: int, rows: int = 0) -> bool:
+    """Whether ATen runs an eager op over several of the chip's threads: an elementwise or copy
+    loop of more than one chunk, a layer norm of more than one row."""
+    if chip.threads <= 1:
+        return False
+    if category in SPLIT_CATEGORIES:
+        return elements > GRAIN_SIZE
+    return category in ROW_SPLIT_CATEGORIES and rows > 1
 
 
 def kernel_timing(chip: Chip, *, flops: float, bytes_moved: float, category: str, dtype: str,
                   overhead_s: float, comm_bytes: float = 0, comm_steps: int = 0,
                   nvls_bytes: float = 0, comm_ranks: int = 0, rate_op: str = "",
-                  streamed_bytes: float = 0, elements: int = 0) -> Timing:
+                  streamed_bytes: float = 0, elements: int = 0, rows: int = 0) -> Timing:
     """rate_op: the op whose own rate a chip measured op by op applies (Chip.op_flops): an eager
     kernel's op, or the library op a compiled matrix kernel calls.
     streamed_bytes: the part of bytes_moved that comes from memory whatever the chip's cache
     (the weights of a model too large to stay cached between passes).
     elements: the kernel's loop size; an eager elementwise op on a CPU measured with several
-    threads gets the share of them ATen splits it over (GRAIN_SIZE)."""
+    threads gets the share of them ATen splits it over (GRAIN_SIZE). rows: a layer norm's rows.
+    An eager op that ATen splits also pays the chip's parallel region (region_s)."""
     compute = flops / peak_for(chip, category, dtype, rate_op) if flops else 0.0
     rest = bytes_moved - streamed_bytes
     memory = streamed_bytes / chip.mem_bw + rest / chip.bandwidth(rest)
@@ -223,6 +237,8 @@ def kernel_timing(chip: Chip, *, flops: float, bytes_moved: float, category: str
     if rate_op and chip.threads > 1 and elements and category in SPLIT_CATEGORIES:
         slower = chip.threads / min(chip.threads, math.ceil(elements / GRAIN_SIZE))
         compute, memory = compute * slower, memory * slower
+    if rate_op and chip.region_s and splits(chip, category, elements, rows):
+        overhead_s += chip.region_s
     comm = comm_time(chip, comm_bytes, comm_steps, nvls_bytes=nvls_bytes, ranks=comm_ranks)
     return Timing(compute, memory, comm, overhead_s, serial_overhead=chip.kind == "cpu")
 

@@ -29,7 +29,8 @@ from fxroof.chips.chip import OP_TABLES, OPTIONAL_SCALARS, PEAK_KEY, PEAK_UNIT, 
 from fxroof.measure.machine import Clock, cpu_threads, device_label, device_name, memory_bytes
 from fxroof.measure.microbench import (cache_bandwidth, copy_bandwidth, each_rate, glue,
                                        graph_launch, layer_rates, matmul_peaks, matrix_bandwidth,
-                                       op_table, program_call, vector_rate, view_dispatch)
+                                       op_table, parallel_region, program_call, vector_rate,
+                                       view_dispatch)
 from fxroof.report.units import seconds, si
 
 __all__ = ["CalibrationError", "calibrate", "chip_json", "cmd_calibrate", "doubts", "summary",
@@ -115,6 +116,11 @@ def _measure(device: str, quick: bool, threads: int | None, say) -> tuple[Chip, 
                     mem_bw=mem_bw, mem_bytes=memory_bytes(dev), launch_s=1e-9, dispatch_s=1e-9,
                     cache_bytes=cache_bytes, cache_bw=cache_bw,
                     **{f: figure for f, (figure, _why) in links.items()})
+        if cpu:
+            region, src["region_s"] = parallel_region(clock)
+            chip = dataclasses.replace(chip, region_s=region, threads=torch.get_num_threads())
+            if not region:
+                del src["region_s"]
         say("ops one by one ...")
         bare, rates = op_table(clock, chip)
         view, src["view_dispatch_s"] = view_dispatch(clock)
@@ -218,6 +224,8 @@ def summary(chip: Chip) -> str:
         ("dispatch", f"{seconds(chip.dispatch_s)} per eager op; launch {seconds(chip.launch_s)}"
                      + (f"; {seconds(chip.graph_launch_s)} a kernel of a CUDA graph"
                         if chip.graph_launch_s else "")),
+        ("", chip.region_s and f"{seconds(chip.region_s)} for an op split over "
+                               f"{chip.threads:.0f} threads (its parallel region)"),
         ("", (chip.view_dispatch_s or chip.program_call_s) and (
             f"{seconds(chip.view_dispatch_s)} per view call; {seconds(chip.program_call_s)} to "
             f"enter a compiled program")),

@@ -15,6 +15,7 @@ from torch import nn
 
 from fxroof.chips import Chip
 from fxroof.chips.chip import READ_STREAM_CEILING
+from fxroof.chips.timing import GRAIN_SIZE, splits
 from fxroof.cost.record import MATRIX_CATEGORIES
 from fxroof.graph.capture import FunctionModule
 from fxroof.graph.tensors import torch_dtype
@@ -175,12 +176,33 @@ def _copy_time(clock: Clock, nbytes: int, min_samples: int) -> float:
     return clock.per_call(lambda: dst.copy_(src), min_samples=min_samples)
 
 
+def parallel_region(clock: Clock) -> tuple[float, str]:
+    """CPU with several threads: what an op that ATen splits pays to start and join them. An
+    add of two chunks gives two threads one chunk each, the same work per thread as an add of
+    one chunk, which runs inline: the difference is the parallel region. 0 on one thread and
+    on a GPU."""
+    threads = torch.get_num_threads()
+    if clock.cuda or threads < 2:
+        return 0.0, ""
+    times = []
+    for n in (GRAIN_SIZE, 2 * GRAIN_SIZE):
+        x, out = torch.ones(n), torch.empty(n)
+        times.append(clock.per_call(partial(torch.add, x, x, out=out),
+                                    budget_s=clock.budget_s / 3))
+    one, two = times
+    return max(two - one, 0.0), (
+        f"torch.add of {2 * GRAIN_SIZE:,} fp32 elements (two of ATen's chunks, one for each of "
+        f"two of the {threads} threads) {seconds(two)} less one of {GRAIN_SIZE:,} (one chunk, "
+        f"run inline) {seconds(one)}, best batch means")
+
+
 # -- ops one by one --------------------------------------------------------------------------------
 
 def op_table(clock: Clock, chip: Chip) -> tuple[dict, dict]:
     """Each probe op (probes.OP_PROBES) as model code calls it: ({op: seconds per tiny call},
-    {op: FLOP/s past the fixed cost on a cache-resident input}). GPU: the rates of 16x larger
-    inputs, whole (a mid-sized op there is launch-bound), for vector_flops only."""
+    {op: FLOP/s past the fixed cost on a cache-resident input}; past the chip's parallel region
+    too, where ATen splits the input over threads). GPU: the rates of 16x larger inputs, whole
+    (a mid-sized op there is launch-bound), for vector_flops only."""
     fixed, rates = {}, {}
     tinies = [probe.inputs(TINY, clock.dev) for probe in OP_PROBES]
     times = tiny_call_times(clock, [partial(p.fn, *args) for p, args in zip(OP_PROBES, tinies)])
@@ -194,6 +216,8 @@ def op_table(clock: Clock, chip: Chip) -> tuple[dict, dict]:
                 mid = tuple(a.repeat(16, 1) if a.dim() == 2 else a for a in mid)
             _, work, _ = _probe_op(probe, mid, chip)
             t_mid = clock.per_call(partial(probe.fn, *mid), budget_s=clock.budget_s / 3)
+            if splits(chip, category, sum(a.numel() for a in mid[:1]), len(mid[0])):
+                t_mid -= chip.region_s
             rates[op] = work / (t_mid if clock.cuda else max(t_mid - t, 0.1 * t_mid))
         fixed.setdefault(op, []).append(t)
     return {op: statistics.median(ts) for op, ts in fixed.items()}, rates

@@ -61,7 +61,9 @@ def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple, streamed: dict | N
                                dtype=dtype,
                                overhead_s=overhead_per_kernel(chip, mode, key, k.views, i == 0),
                                rate_op=key, streamed_bytes=min(sum(state.values()), k.bytes_read),
-                               elements=k.space, **comm)
+                               elements=k.space,
+                               # a layer norm's (rows, row): the rows ATen splits over threads
+                               rows=main.grid[0] if main and len(main.grid) == 2 else 0, **comm)
         label = (op if len(members) == 1 else f"{op} +{len(members) - 1}") if main \
             else k.category
         exp = expected(chip, timing, k.category, main.grid if main else (),
