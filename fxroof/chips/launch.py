@@ -26,8 +26,8 @@ from fxroof.cost.record import MATRIX_CATEGORIES
 # (aten/src/ATen/native/cuda/thread_constants.h, num_threads() and thread_work_size()).
 ELEMENTWISE_BLOCK, ELEMENTWISE_PER_THREAD = 128, 4
 # index_select (the CUDA path of embedding): blocks of 128 threads, at most 8 blocks per SM;
-# up to 16 indices, one index at a time over its row; more, a grid-stride loop over the output
-# (aten/src/ATen/native/cuda/Indexing.cu, index_select_out_cuda_impl)
+# up to 16 indices, one index at a time over its row; more, before PyTorch 2.8, a grid-stride loop
+# over the output (aten/src/ATen/native/cuda/Indexing.cu, index_select_out_cuda_impl)
 GATHER_BLOCK, GATHER_BLOCKS_PER_SM, GATHER_SMALL_INDICES = 128, 8, 16
 GATHERS = frozenset({"embedding", "index_select"})
 # From PyTorch 2.8, index_select of more than 16 indices runs as a gather (pytorch/pytorch#151715;
@@ -47,6 +47,7 @@ def _release(version: str) -> tuple[int, int]:
 
 # The PyTorch whose eager kernels are priced: the one installed, that runs the model.
 TORCH_RELEASE = _release(torch.__version__)
+
 # layer_norm: a block of 128 threads per row, 4 elements a thread a step, one pass for the
 # statistics and one to normalise (aten/src/ATen/native/cuda/layer_norm_kernel.cu,
 # launch_vectorized_layer_norm_kernel and vectorized_layer_norm_kernel_impl)
