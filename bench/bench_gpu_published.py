@@ -129,12 +129,13 @@ when absent; their README says how each was measured):
         --enable_fp8 --fp8_kv_cache: fp8 matmuls and an fp8 KV cache, fxroof's "fp8+kv-fp8").
         Predicted: fxroof's generation at the same shapes in compiled mode (TensorRT's fused
         kernels, no CUDA graph), Llama-2 as models/llama.py, GPT-J 6B from its transformers
-        config (EleutherAI/gpt-j-6b's config.json): the batch's prefill, then output - 1 decode
-        steps; a first token is the prefill. fxroof's models compute logits for every prompt
-        token, TensorRT-LLM for the last only (2% of a 2,048-token prefill). Rows the table
-        gives per GPU are per GPU; the A100 and L40S tables give "out tok/s" without saying, so
-        their tensor-parallel rows are left out. Llama-2-70B's rows (tensor-parallel, on H100
-        per GPU, and first tokens at 4 GPUs) come with --tp.
+        config (EleutherAI/gpt-j-6b's config.json; skipped without transformers): the batch's
+        prefill, then output - 1 decode steps; a first token is the prefill. fxroof's models
+        compute logits for every prompt token, TensorRT-LLM for the last only (2% of a
+        2,048-token prefill). Rows the table gives per GPU are per GPU; the A100 and L40S
+        tables give "out tok/s" without saying, so their tensor-parallel rows are left out.
+        Llama-2-70B's rows (tensor-parallel, on H100 per GPU, and first tokens at 4 GPUs) come
+        with --tp.
 
     --timm RESULTS
         the results/ folder of a pytorch-image-models checkout adds, each as a source of its
@@ -176,6 +177,7 @@ from contextlib import contextmanager
 import csv
 import dataclasses
 import functools
+import importlib.util
 import math
 import statistics
 import sys
@@ -1003,6 +1005,10 @@ def trt_llm_cases(only: str, tensor_parallel: bool = False) -> list[Case]:
     runs += [("TensorRT-LLM first token", chip, q, model, tp, 1, n, 1, ms)
              for chip, q, model, tp, n, ms in TRT_FIRST_TOKEN]
     runs = [r for r in runs if only in r[0] and (tensor_parallel or r[4] == 1)]
+    if runs and importlib.util.find_spec("transformers") is None:
+        print("TensorRT-LLM: GPT-J 6B rows skipped (its model is built with transformers, "
+              "which is not installed)")
+        runs = [r for r in runs if r[3] != "gpt-j-6b"]
     if not runs:
         return []
     from fxroof.cli.hf import from_config
