@@ -152,8 +152,8 @@ def main(argv=None) -> int:
             chip = calibrate(ns.device)
             print(f"calibrated in {time.perf_counter() - t0:.0f} s: {summary(chip)}", end="\n\n")
         kept: dict = {}
-        without: dict = {}     # --grain-off: each workload's prediction with threads ignored
-        no_region: dict = {}   # --region-off: with no parallel region charged
+        # --grain-off, --region-off: each workload's prediction with the rule taken out
+        variants = {flag: {} for flag in OFF_RULES if getattr(ns, flag)}
         for _ in range(ns.passes):
             # Other work on a shared machine slows everything for seconds at a time; a later
             # pass meets other moments, and each workload keeps its quieter pass.
@@ -164,12 +164,10 @@ def main(argv=None) -> int:
                         repeat=min(ns.repeat, repeat or ns.repeat))
                 if name not in kept or m.measured_s < kept[name].measured_s:
                     kept[name] = m
-                if ns.grain_off and name not in without:
-                    without[name] = analyze(model, args, kwargs, mode=ns.mode,
-                                            chip=dataclasses.replace(chip, threads=0)).time_s
-                if ns.region_off and name not in no_region:
-                    no_region[name] = analyze(model, args, kwargs, mode=ns.mode,
-                                              chip=dataclasses.replace(chip, region_s=0)).time_s
+                for flag, times in variants.items():
+                    if name not in times:
+                        off = dataclasses.replace(chip, **OFF_RULES[flag][1])
+                        times[name] = analyze(model, args, kwargs, mode=ns.mode, chip=off).time_s
         rows, errors, best_errors, pooled = [], [], [], {}
         for name, m in kept.items():
             share = m.report.regime_share
@@ -197,20 +195,21 @@ def main(argv=None) -> int:
                        headers=["category", "nodes", "predicted ms", "measured ms", "error"],
                        colalign=("left", "right", "right", "right", "right"),
                        disable_numparse=True))
-    if without:
-        off = [relative_error(without[name], m.measured_s) for name, m in kept.items()]
-        print("\nEvery eager elementwise op on all threads (--grain-off), the same measurements: "
-              + ", ".join(f"{name} {_pct(e)}" for name, e in zip(kept, off))
-              + f"\nmedian |error| {_abs_median(off)} · worst {100 * max(map(abs, off)):.0f}%")
-    if no_region:
-        off = [relative_error(no_region[name], m.measured_s) for name, m in kept.items()]
-        print("\nNo op charged a parallel region (--region-off), the same measurements: "
+    for flag, times in variants.items():
+        off = [relative_error(times[name], m.measured_s) for name, m in kept.items()]
+        print(f"\n{OFF_RULES[flag][0]}, the same measurements: "
               + ", ".join(f"{name} {_pct(e)}" for name, e in zip(kept, off))
               + f"\nmedian |error| {_abs_median(off)} · worst {100 * max(map(abs, off)):.0f}%")
     print(f"\nmedian |error| {_abs_median(errors)} (vs best run {_abs_median(best_errors)}) · "
           f"worst {100 * max(map(abs, errors)):.0f}% · {len(errors)} workloads · {threads} · "
           f"{time.perf_counter() - t0:.0f} s")
     return 0
+
+
+# --grain-off, --region-off: flag -> (what its line says, the chip fields that take the rule out)
+OFF_RULES = {"grain_off": ("Every eager elementwise op on all threads (--grain-off)",
+                           {"threads": 0}),
+             "region_off": ("No op charged a parallel region (--region-off)", {"region_s": 0})}
 
 
 def _pct(x: float) -> str:

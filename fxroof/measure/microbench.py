@@ -216,7 +216,7 @@ def op_table(clock: Clock, chip: Chip) -> tuple[dict, dict]:
                 mid = tuple(a.repeat(16, 1) if a.dim() == 2 else a for a in mid)
             _, work, _ = _probe_op(probe, mid, chip)
             t_mid = clock.per_call(partial(probe.fn, *mid), budget_s=clock.budget_s / 3)
-            if splits(chip, category, sum(a.numel() for a in mid[:1]), len(mid[0])):
+            if splits(chip, category, mid[0].numel(), len(mid[0])):   # (rows, row) for a norm
                 t_mid -= chip.region_s
             rates[op] = work / (t_mid if clock.cuda else max(t_mid - t, 0.1 * t_mid))
         fixed.setdefault(op, []).append(t)
