@@ -921,27 +921,68 @@ def gpt_fast_cases(only: str, tensor_parallel: bool = False) -> list[Case]:
     runs = [r for r in runs if only in r[0]]
     if not runs:
         return []
+    return [decode_case(source, workload, label, preset, whatif, tp, tokens_per_s, "a100-80gb",
+                        GPT_FAST_PROMPT, GPT_FAST_TOKENS)
+            for source, workload, label, preset, whatif, tp, tokens_per_s in runs]
+
+
+def decode_case(source, workload, label, preset, whatif, tp, tokens_per_s, chip, prompt,
+                tokens) -> Case:
+    """A gpt-fast style generation (generate.py, and torchao's copy of it): the prefill yields
+    the first of `tokens`, decode steps the rest; with tp > 1 the times are one rank's, its
+    all-reduces included. The decode step is compiled with mode="reduce-overhead" (a CUDA
+    graph), the prefill left eager (no --compile_prefill)."""
     from fxroof.studies.llm import generation
-    cases = []
-    for source, workload, label, preset, whatif, tp, tokens_per_s in runs:
-        # gpt-fast's prefill yields the first of the 100 tokens, then 99 decode steps follow;
-        # with tp > 1 the times are one rank's, its all-reduces included. Its decode step is
-        # compiled with mode="reduce-overhead" (a CUDA graph), its prefill left eager (the
-        # README's command has no --compile_prefill; generate.py).
-        g = generation(workload, prompt=GPT_FAST_PROMPT,
-                       new_tokens=GPT_FAST_TOKENS - 1, options={"preset": preset},
-                       chip="a100-80gb", mode="cudagraphs", quantize=whatif, tp=tp)
-        prefill = g.prefill.eager
-        # the decode steps' floors from the first and last (the context grows by 99 keys only)
-        floor = prefill.floor_s + g.new_tokens * (
-            g.first.summary.floor_s + g.last.summary.floor_s) / 2
-        why = made_of(g.first.kernels)
-        if label in DEQUANT_SOURCE_ROWS:
-            why += " (the dequantizing share's source)"
-        cases.append(Case(source, f"{label}: {tokens_per_s} tokens/s", GPT_FAST_TOKENS /
-                          tokens_per_s, floor, g.total_s - g.prefill.time_s + prefill.time_s,
-                          why))
-    return cases
+    g = generation(workload, prompt=prompt, new_tokens=tokens - 1, options={"preset": preset},
+                   chip=chip, mode="cudagraphs", quantize=whatif, tp=tp)
+    prefill = g.prefill.eager
+    # the decode steps' floors from the first and last (the context grows by a few hundred keys)
+    floor = prefill.floor_s + g.new_tokens * (g.first.summary.floor_s
+                                              + g.last.summary.floor_s) / 2
+    why = made_of(g.first.kernels)
+    if source.startswith("gpt-fast") and label in DEQUANT_SOURCE_ROWS:
+        why += " (the dequantizing share's source)"
+    return Case(source, f"{label}: {tokens_per_s} tokens/s", tokens / tokens_per_s, floor,
+                g.total_s - g.prefill.time_s + prefill.time_s, why)
+
+
+# -- torchao decode ------------------------------------------------------------------------------
+
+# (chip, label, models/llama.py preset, what-if, published tokens/s): pytorch/ao
+# torchao/quantization/README.md at commit 9e5059e2c, "Benchmarks": generate.py (gpt-fast's, with
+# torchao's quantizers), batch 1, prompt "Hello, my name is" (6 tokens with the BOS), 200 new
+# tokens, --compile (decode as a CUDA graph). "CUDA backend | NVIDIA-A100-80GB GPU" (rows of
+# 2024-09, Llama-2-7B chat and Llama-3-8B) and "NVIDIA-H100 GPU" (2024-10, Llama-3.1-8B; the
+# variant unsaid: priced as the SXM). int8wo: int8 weights, a scale per output row (w8);
+# int4wo-64: tinygemm's int4 in groups of 64 (w4g64); float8wo: fp8 weights cast up in the
+# matmul (wfp8). Not taken: int8dq (int8 matmuls at batch 1, 9 tokens/s: a kernel choice, not
+# the hardware), fp6 and the autoquant rows (kernels fxroof has no what-if for), and the float8
+# dynamic rows (FLOAT8_DYNAMIC below).
+TORCHAO = (("a100-80gb", "Llama-2-7B bf16", "llama2-7b", None, 107.38),
+           ("a100-80gb", "Llama-2-7B int8wo", "llama2-7b", "w8", 170.83),
+           ("a100-80gb", "Llama-2-7B int4wo-64", "llama2-7b", "w4g64", 201.14),
+           ("a100-80gb", "Llama-3-8B bf16", "llama3-8b", None, 95.64),
+           ("a100-80gb", "Llama-3-8B int8wo", "llama3-8b", "w8", 153.03),
+           ("a100-80gb", "Llama-3-8B int4wo-64", "llama3-8b", "w4g64", 180.80),
+           ("h100-sxm", "Llama-3.1-8B bf16", "llama3-8b", None, 126.90),
+           ("h100-sxm", "Llama-3.1-8B int8wo", "llama3-8b", "w8", 198.85),
+           ("h100-sxm", "Llama-3.1-8B int4wo-64", "llama3-8b", "w4g64", 241.39),
+           ("h100-sxm", "Llama-3.1-8B float8wo", "llama3-8b", "wfp8", 178.46))
+# The same H100 table's fp8 matmuls with activations quantized at each call (torch._scaled_mm,
+# per tensor and per row): a source of their own, as fxroof prices an fp8 GEMV like any other.
+FLOAT8_DYNAMIC = (("h100-sxm", "Llama-3.1-8B float8dq per tensor", "llama3-8b", "fp8", 116.40),
+                  ("h100-sxm", "Llama-3.1-8B float8dq per row", "llama3-8b", "fp8", 154.63))
+TORCHAO_PROMPT, TORCHAO_TOKENS = 6, 200
+
+
+def torchao_cases(only: str) -> list[Case]:
+    llama = str(ROOT / "models" / "llama.py")
+    runs = [("torchao " + ("A100" if r[0].startswith("a100") else "H100") + " decode", r)
+            for r in TORCHAO]
+    runs += [("torchao H100 float8 dynamic", r) for r in FLOAT8_DYNAMIC]
+    return [decode_case(source, llama, label, preset, whatif, 1, rate, chip, TORCHAO_PROMPT,
+                        TORCHAO_TOKENS)
+            for source, (chip, label, preset, whatif, rate) in runs if only in source]
 
 
 # -- TensorRT-LLM static batches ----------------------------------------------------------------
@@ -1228,7 +1269,8 @@ def main(argv=None) -> int:
              + nvls_group_cases(args.only) + xgmi_group_cases(args.only) + sdpa_cases(args.only)
              + fa2_benchmark_cases(args.only)
              + square_mm_cases(args.only)
-             + gpt_fast_cases(args.only, args.tp) + trt_llm_cases(args.only, args.tp))
+             + gpt_fast_cases(args.only, args.tp) + torchao_cases(args.only)
+             + trt_llm_cases(args.only, args.tp))
     if not cases:
         print("no cases to compare")
         return 0
