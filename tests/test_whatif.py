@@ -162,6 +162,10 @@ def test_a_dequantizing_matmul_streams_its_weights_at_its_measured_share():
     assert matmul_row(fxroof.analyze(model, args, quantize="w8")).variant == "int8 weights"
     _, share = streamed("w4")
     assert share == pytest.approx(1397.31 / 862.69)
+    # fp8 weights beside bf16 activations are converted in the kernel too: int8's share
+    _, share = streamed("wfp8")
+    assert share == pytest.approx(1397.31 / 1069.20)
+    assert matmul_row(fxroof.analyze(model, args, quantize="wfp8")).variant == "fp8 weights"
     # 8-bit matmuls (fp8, w8a8) run the library's GEMM on 8-bit operands: no dequantizing
     _, share = streamed("fp8")
     assert share == pytest.approx(1.0)

@@ -98,9 +98,12 @@ ATTENTION_HEAD = 128
 # 16-bit one: its converts and scales take issue slots from the loads. gpt-fast's README
 # (commit 32971d3, "Memory Bandwidth (GB/s)", Llama-2-7B at batch 1 on an A100): 1,397.31 GB/s in
 # bf16, 1,069.20 with int8 weights, 862.69 with int4 (group 32): shares 0.765 and 0.617 of the
-# 16-bit rate (an A100's; other GPUs take them as estimates).
+# 16-bit rate (an A100's; other GPUs take them as estimates). fp8 weights take int8's: a byte a
+# weight, one convert and one scale each (an estimate: no fp8 weight-only bandwidth was found
+# apart from torchao's H100 row, which the bench checks it against).
 DEQUANT_STREAM_SHARE = {dequantizing("int8"): 1069.20 / 1397.31,
-                        dequantizing("int4"): 862.69 / 1397.31}
+                        dequantizing("int4"): 862.69 / 1397.31,
+                        dequantizing("fp8"): 1069.20 / 1397.31}
 # PyTorch's flash backend takes 16-bit inputs only (sdp_utils: check_flash_attention_dtype)
 FLASH_DTYPES = ("fp16", "bf16")
 # XLA's GPU cost model: time = compute + memory - 0.95 min(compute, memory)

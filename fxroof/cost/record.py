@@ -11,8 +11,10 @@ MATRIX_CATEGORIES = frozenset({"matmul", "conv", "attention"})
 FREE_CATEGORIES = frozenset({"view"})
 
 # Weight formats a weight-only what-if dequantizes inside its matmul: that kernel is its own
-# implementation (Cost.variant "int8 weights"), whose streaming a time model prices apart.
-DEQUANTIZED = ("int8", "int4")
+# implementation (Cost.variant "int8 weights"), whose streaming a time model prices apart. fp8
+# weights beside 16-bit activations are among them: no tensor core multiplies bf16 by fp8
+# (Hopper's wgmma takes two 8-bit operands or two 16-bit ones), so each weight is converted.
+DEQUANTIZED = ("int8", "int4", "fp8")
 
 
 def dequantizing(weights: str) -> str:
