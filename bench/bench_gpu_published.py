@@ -121,6 +121,16 @@ when absent; their README says how each was measured):
         which neither the ring formula nor the chip's one link figure describes: the collectives
         are the part of these predictions with the weakest footing.
 
+    torchao A100 decode; torchao H100 decode; torchao H100 float8 dynamic
+        tokens/s of whole generations by torchao's copy of gpt-fast's generate.py (pytorch/ao
+        torchao/quantization/README.md, commit 9e5059e2c; quoted below): batch 1, 200 new
+        tokens, decode as a CUDA graph. Llama-2-7B and Llama-3-8B on an A100 80GB, Llama-3.1-8B
+        on an "H100" (the variant unsaid: priced as the SXM), in bf16 and with int8, int4
+        (groups of 64) and fp8 weights; and, a source of its own, fp8 matmuls with activations
+        quantized at every call (float8dq, per tensor and per row). Predicted as gpt-fast's
+        rows are. Held out, added after the model; one change came of them: the fp8 weight-only
+        row showed fp8 weights priced as a plain 16-bit GEMM, now a dequantizing kernel.
+
     TensorRT-LLM static batches; TensorRT-LLM first token
         NVIDIA/TensorRT-LLM docs/source/performance.md (commit 138f96d; quoted below): whole
         static batches as gptSessionBenchmark runs them (batch sequences of the input length,
