@@ -354,3 +354,23 @@ def test_stacked_experts_of_the_bundled_moe_split_and_reduce_once():
         "tok_embeddings", "layers.0.attention.wo", "layers.0.moe", "layers.1.attention.wo",
         "layers.1.moe"]
     assert model.layers[0].moe.w2.shape == (4, 128, 64)          # the user's model untouched
+
+
+def test_grouped_query_decode_copies_its_cache_the_same_way_split_or_not():
+    # Under torch.compile transformers copies each k/v head out to the query heads' count
+    # before attention (repeat_kv); in eager mode it folds the query's heads instead (pack_gqa).
+    # torch.export traces the compiled branch, and so must every other capture, or one rank of
+    # a split (make_fx) reads its cache twice less than the whole model does. 8 query and 4
+    # k/v heads of 32 over 64 positions, 2 sequences, bf16: each of k and v written out at
+    # 2 x 8 x 64 x 32 x 2 = 65,536 B, on one of 2 ranks 32,768 B.
+    transformers = pytest.importorskip("transformers")
+    from fxroof.cli.hf import from_config
+    cfg = transformers.Qwen2Config(hidden_size=256, intermediate_size=512, num_hidden_layers=1,
+                                   num_attention_heads=8, num_key_value_heads=4, vocab_size=256)
+    model, args, kwargs = from_config(cfg.to_dict(), batch=2, phase="decode", ctx=63, dtype="bf16")
+
+    def copies(r):      # the copies that feed the attention: repeat_kv's
+        return sorted(n.bytes_written for n in r.nodes if n.module.endswith("self_attn")
+                      and n.category == "copy" and n.bytes_written > 16_384)
+    assert copies(api.analyze(model, args, kwargs)) == [65_536] * 2
+    assert copies(api.analyze(model, args, kwargs, tp=2)) == [32_768] * 2

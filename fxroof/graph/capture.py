@@ -31,6 +31,7 @@ from torch.multiprocessing.reductions import StorageWeakRef
 
 from fxroof.errors import one_line
 from fxroof.graph.autocast import autocast_notes, cuda_autocast_as_cpu
+from fxroof.graph.compiled_branches import transformers_compiling
 from fxroof.graph.attention_path import math_attention_notes, spell_out_math_attention
 from fxroof.graph.routing import RoutedFakeMode, Routing, assumed_routing
 from fxroof.graph.routing import parse as parse_routing
@@ -264,7 +265,8 @@ def _make_fx(model, args, kwargs):
         return torch.func.functional_call(wrapped, wrap(state), args, kwargs)
 
     run._orig_mod = wrapped    # make_fx records module paths relative to `_orig_mod`
-    gm = make_fx(run, tracing_mode="fake", record_module_stack=True)(state, args, kwargs)
+    with transformers_compiling():      # the branches torch.export's trace takes
+        gm = make_fx(run, tracing_mode="fake", record_module_stack=True)(state, args, kwargs)
     placeholders = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
     return gm, frozenset(placeholders[:len(state)])
 
