@@ -341,6 +341,23 @@ def test_hugging_face_moe_experts_split_over_their_intermediate_size_and_reduce_
         megatron_plan(model, 3)
 
 
+def test_packed_experts_as_wide_as_the_hidden_size_split_too():
+    # gate_up_proj (4, 64, 64) fits either layout by its shape alone: the down projection's,
+    # (4, 64 hidden, 32), says which. 16 tokens x top-2 = 32 routed rows: gate_up 2 x 32 x 64 x
+    # 64 = 262,144 FLOPs and down 2 x 32 x 32 x 64 = 131,072 a layer, two layers: 786,432; half
+    # of it on each of 2 ranks. Before, the experts stayed whole on every rank, unsaid.
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.MixtralConfig(hidden_size=64, intermediate_size=32, num_hidden_layers=2,
+                                     num_attention_heads=4, num_key_value_heads=2,
+                                     num_local_experts=4, num_experts_per_tok=2, vocab_size=512)
+    with torch.device("meta"):
+        model = transformers.MixtralForCausalLM(cfg).to(torch.bfloat16)
+    ids = torch.zeros(1, 16, dtype=torch.long, device="meta")
+    r = api.analyze(model, (ids,), tp=2)
+    assert sum(n.flops for n in r.nodes if ".experts" in n.module
+               and n.category == "matmul") == 786_432 // 2
+
+
 def test_stacked_experts_of_the_bundled_moe_split_and_reduce_once():
     # models/moe.py stacks its experts' weights: w1, w3 (4, 64, 128) and w2 (4, 128, 64). 512
     # tokens, top-2 of 4 experts: 256 slots an expert, so each of the three batched products is
@@ -354,6 +371,63 @@ def test_stacked_experts_of_the_bundled_moe_split_and_reduce_once():
         "tok_embeddings", "layers.0.attention.wo", "layers.0.moe", "layers.1.attention.wo",
         "layers.1.moe"]
     assert model.layers[0].moe.w2.shape == (4, 128, 64)          # the user's model untouched
+
+
+def test_deepseeks_latent_attention_splits_its_up_projections_by_heads():
+    # DeepSeek-V3's attention: q_a_proj (64 -> 32 latents) and kv_a_proj_with_mqa (64 -> 16 + 8)
+    # stay whole on every rank, as serving engines keep them (the latent cache is each rank's);
+    # q_b_proj (32 -> 4 heads x 24) and kv_b_proj (16 -> 4 heads x (16 + 16)) split by heads,
+    # o_proj (4 x 16 -> 64) by rows. 16 tokens on 2 ranks: q_b 2 x 16 x 32 x 48 = 49,152 FLOPs,
+    # kv_b 2 x 16 x 16 x 64 = 32,768, o_proj 2 x 16 x 32 x 64 = 65,536
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.DeepseekV3Config(
+        hidden_size=64, intermediate_size=128, moe_intermediate_size=48, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=4, q_lora_rank=32, kv_lora_rank=16,
+        qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=16, n_routed_experts=4,
+        num_experts_per_tok=2, n_group=1, topk_group=1, first_k_dense_replace=1, vocab_size=256)
+    with torch.device("meta"):
+        model = transformers.DeepseekV3ForCausalLM(cfg).to(torch.bfloat16)
+    ids = torch.zeros(1, 16, dtype=torch.long, device="meta")
+    r = api.analyze(model, (ids,), tp=2)
+    flops = {n.module.removeprefix("model.layers.0.self_attn."): n.flops for n in r.nodes
+             if n.module.startswith("model.layers.0.self_attn.") and n.category == "matmul"}
+    assert flops == {"q_a_proj": 2 * 16 * 64 * 32, "q_b_proj": 49_152,
+                     "kv_a_proj_with_mqa": 2 * 16 * 64 * 24, "kv_b_proj": 32_768,
+                     "o_proj": 65_536}
+    # per layer the attention's output, then the dense MLP's (layer 0) or the routed experts'
+    # partial sums and the shared experts' (layer 1)
+    assert [n.module for n in r.nodes if n.op == "all_reduce"] == [
+        "model.embed_tokens", "model.layers.0.self_attn.o_proj", "model.layers.0.mlp.down_proj",
+        "model.layers.1.self_attn.o_proj", "model.layers.1.mlp.experts",
+        "model.layers.1.mlp.shared_experts.down_proj"]
+    assert model.model.layers[0].self_attn.q_b_proj.weight.shape == (4 * 24, 32)   # untouched
+
+
+def test_packed_qkv_and_gate_up_projections_split_by_heads_and_units():
+    # Phi-3 packs q, k and v in qkv_proj and cuts its output at its config's head counts;
+    # its MLP and GLM-4's pack the gate and the up projection in gate_up_proj. Each rank's
+    # attention reads a config of its own (the user's is left as it was), and every
+    # projection's work halves on 2 ranks. The decode step's cache, k and v of 4 heads of 16 over
+    # 64 positions for 2 sequences in bf16 (2 x 2 x 4 x 64 x 16 x 2 = 32,768 B a layer) and each
+    # layer's 8-byte token count, is cut to 2 heads on a rank: 16,384 B a layer.
+    transformers = pytest.importorskip("transformers")
+    from fxroof.cli.hf import from_config
+    small = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=4, vocab_size=256, pad_token_id=0)
+    for cfg in (transformers.Phi3Config(**small),
+                transformers.Glm4Config(**small, head_dim=16)):
+        model, args, kwargs = from_config(cfg.to_dict(), batch=2, phase="decode", ctx=63,
+                                          dtype="bf16")
+        whole, rank = api.analyze(model, args, kwargs), api.analyze(model, args, kwargs, tp=2)
+
+        def matmul_flops(r):
+            return sum(n.flops for n in r.nodes if n.category == "matmul")
+        assert 2 * matmul_flops(rank) == matmul_flops(whole) > 0
+        assert whole.memory.kv_cache == 2 * (32_768 + 8)
+        assert rank.memory.kv_cache == 2 * (16_384 + 8)
+        assert model.model.config.num_attention_heads == 4                # the user's
+        assert [n.module.rpartition(".")[2] for n in rank.nodes if n.op == "all_reduce"] == [
+            "embed_tokens"] + ["o_proj", "down_proj"] * 2
 
 
 def test_grouped_query_decode_copies_its_cache_the_same_way_split_or_not():

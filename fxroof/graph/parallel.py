@@ -12,6 +12,7 @@ docs/whatif-and-parallel.md.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 from collections import Counter
 from dataclasses import dataclass
@@ -31,17 +32,23 @@ __all__ = ["Plan", "fake_process_group", "megatron_plan", "tensor_parallel"]
 COLWISE = frozenset({"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj",   # Hugging Face Llama...
                      "wq", "wk", "wv", "w1", "w3",                           # models/llama.py
                      "c_attn", "c_fc",                                       # GPT-2
-                     "fc1"})                                 # BART, Whisper, OPT, CLIP, ViTs' MLP
+                     "fc1",                                  # BART, Whisper, OPT, CLIP, ViTs' MLP
+                     "qkv_proj", "gate_up_proj",            # Phi-3; GLM-4's and Phi-3's MLPs
+                     "q_b_proj", "kv_b_proj"})    # DeepSeek-V2/V3's latent attention, by heads
 ROWWISE = frozenset({"o_proj", "down_proj", "wo", "w2", "c_proj",
                      "out_proj", "fc2"})                     # BART, Whisper, OPT, CLIP
 ATTENTION_DENSE = "dense"    # Phi's attention output: row-split beside q/k/v projections only
-QKV = frozenset({"q_proj", "k_proj", "v_proj", "wq", "wk", "wv", "c_attn"})  # marks an attention
-FUSED_QKV = frozenset({"c_attn", "qkv", "query_key_value", "Wqkv"})
+QKV = frozenset({"q_proj", "k_proj", "v_proj", "wq", "wk", "wv", "c_attn",  # marks an attention
+                 "qkv_proj", "q_b_proj", "kv_b_proj"})
+FUSED_QKV = frozenset({"c_attn", "qkv", "query_key_value", "Wqkv", "qkv_proj"})
 EMBEDDINGS = frozenset({"embed_tokens", "tok_embeddings", "wte"})
 LM_HEADS = frozenset({"lm_head", "output", "proj_out"})                 # proj_out: Whisper
 HEAD_ATTRS = ("n_heads", "n_kv_heads", "num_heads", "num_key_value_heads", "n_head",
               "num_attention_heads")
 SPLIT_ATTRS = ("split_size",)   # Hugging Face GPT-2: width of each of q, k, v in c_attn's output
+# Hugging Face Phi-3 cuts its packed q/k/v output at its config's head counts: the rank's copy of
+# the attention gets a config of its own with this rank's
+CONFIG_HEADS = ("num_attention_heads", "num_key_value_heads")
 REPLICATE = " (Megatron would replicate k/v heads; not modelled)"
 
 
@@ -58,6 +65,8 @@ class Plan:
     fused_experts: {path: ExpertLayout} of modules holding every expert's weights as 3-D
             parameters, split over the experts' intermediate size, their output all-reduced
             once
+    configs: module path -> {config field: per-rank value}: attentions that read their head
+            counts from their config (Phi-3's) get a copy of it with these
     """
     tp: int
     styles: dict
@@ -65,6 +74,7 @@ class Plan:
     kv_heads: int | None = None
     reduced: tuple = ()
     fused_experts: dict = dataclasses.field(default_factory=dict)
+    configs: dict = dataclasses.field(default_factory=dict)
 
 
 # -- the plan ------------------------------------------------------------------------------------
@@ -123,11 +133,11 @@ def megatron_plan(model: nn.Module, tp: int) -> Plan:
         elif isinstance(m, nn.Linear) and (name in LM_HEADS or (   # top level, or a wrapped
                 name.rpartition(".")[2] in LM_HEADS and m.out_features in vocabs)):   # model's
             styles[name] = "lm_head"
-    attrs, kv_heads = _blocks(model, parents, linears, tp)
+    attrs, kv_heads, configs = _blocks(model, parents, linears, tp)
     reduced = _expert_blocks(model, parents)
     for block, leaves in reduced.items():
         styles.update(dict.fromkeys(leaves, "partial"))
-    return Plan(tp, styles, attrs, kv_heads, tuple(reduced), fused)
+    return Plan(tp, styles, attrs, kv_heads, tuple(reduced), fused, configs)
 
 
 # Experts whose weights one module holds as 3-D parameters, (experts, ., .) each: Hugging
@@ -167,6 +177,8 @@ def _expert_layout(module: nn.Module, hidden: set) -> ExpertLayout | None:
     for up in ups:
         found = [d for d in (1, 2) if params[up][d] in (size, 2 * size)
                  and params[up][3 - d] in hidden]
+        if len(found) == 2:     # a packed gate and up as wide as the hidden size: an up
+            found = [3 - inner[0]]     # projection's layout is the down one's, transposed
         if len(found) != 1:
             return None
         dims[up] = found[0]
@@ -247,8 +259,9 @@ def _two_linear_blocks(model: nn.Module, linears: dict) -> dict:
 
 
 def _blocks(model: nn.Module, parents: dict, linears: dict, tp: int):
-    """Each block checked; per-rank head counts for each attention, the model's k/v head count."""
-    attrs, kv_heads = {}, None
+    """Each block checked; per-rank head counts for each attention (its attributes', and its
+    config's where it cuts a packed q/k/v by those), the model's k/v head count."""
+    attrs, kv_heads, configs = {}, None, {}
     for parent, leaves in parents.items():
         if not leaves & COLWISE or not leaves & (ROWWISE | {ATTENTION_DENSE}):
             raise ValueError(f"module {parent or type(model).__name__!r} has {sorted(leaves)}: a "
@@ -259,7 +272,14 @@ def _blocks(model: nn.Module, parents: dict, linears: dict, tp: int):
         m = model.get_submodule(parent)
         where = parent or type(model).__name__
         fused = leaves & FUSED_QKV
-        if fused and not any(hasattr(m, a) for a in SPLIT_ATTRS):
+        config = getattr(m, "config", None)
+        counts = {f: getattr(config, f, None) for f in CONFIG_HEADS}
+        if fused and not any(hasattr(m, a) for a in SPLIT_ATTRS) and all(
+                type(v) is int for v in counts.values()):
+            configs[parent] = {f: _per_rank(v, tp, f"{where}: config.{f}={v}", REPLICATE)
+                               for f, v in counts.items()}
+            kv_heads = counts["num_key_value_heads"]
+        elif fused and not any(hasattr(m, a) for a in SPLIT_ATTRS):
             raise ValueError(
                 f"{where}: fused q/k/v projection {sorted(fused)[0]!r} is split in the forward by "
                 f"the input's width, which a shard does not have; only a forward that splits by "
@@ -277,7 +297,7 @@ def _blocks(model: nn.Module, parents: dict, linears: dict, tp: int):
             heads = _features(linears[f"{parent}.{leaf}" if parent else leaf])[1] // head_dim
             _per_rank(heads, tp, f"{where}.{leaf}: heads={heads}", REPLICATE)
             kv_heads = heads if leaf in ("k_proj", "wk") else kv_heads
-    return attrs, kv_heads
+    return attrs, kv_heads, configs
 
 
 # -- applying it ---------------------------------------------------------------------------------
@@ -324,6 +344,10 @@ def tensor_parallel(model: nn.Module, tp: int, args=(), kwargs=None, dp: int = 1
         for path, values in plan.attrs.items():
             for attr, value in values.items():
                 setattr(modules[path], attr, value)
+        for path, values in plan.configs.items():    # the copy's own: the user's is shared
+            modules[path].config = copy.copy(modules[path].config)
+            for field, value in values.items():
+                setattr(modules[path].config, field, value)
         parallelize_module(local, mesh, {p: _style(s, modules[p]) for p, s in plan.styles.items()},
                            src_data_rank=None)   # each rank cuts its shard: nothing is sent
         for path, layout in plan.fused_experts.items():
