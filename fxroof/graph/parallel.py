@@ -119,9 +119,10 @@ def megatron_plan(model: nn.Module, tp: int) -> Plan:
         found = ", ".join(n if k == 1 else f"{n} x{k}" for n, k in folded.items())
         raise ValueError(
             f"no tensor-parallel layout recognised in {type(model).__name__}: expected Llama-style "
-            f"q/k/v/o_proj and gate/up/down_proj, models/llama.py's wq/wk/wv/wo and w1/w3/w2, "
-            f"GPT-2's c_attn/c_fc/c_proj, or modules with exactly two Linear children; Linear "
-            f"layers found: {found or 'none'}")
+            f"q/k/v/o_proj and gate/up/down_proj (or packed qkv_proj and gate_up_proj, DeepSeek's "
+            f"q_b_proj/kv_b_proj), models/llama.py's wq/wk/wv/wo and w1/w3/w2, GPT-2's "
+            f"c_attn/c_fc/c_proj, or modules with exactly two Linear children; Linear layers "
+            f"found: {found or 'none'}")
     for name, style in styles.items():
         d_in, d_out = _features(linears[name])
         side, split = ("out", d_out) if style == "colwise" else ("in", d_in)
