@@ -44,8 +44,9 @@ def tiny(name: str, experts: str, dtype=torch.float32):
 
 def reference_matmul_flops(name: str, tokens: torch.Tensor) -> int:
     """PyTorch's count of the matrix products (mm, addmm, bmm) of the model with its experts
-    batched, which FlopCounterMode sees (it does not count _grouped_mm)."""
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
+    batched, which FlopCounterMode sees (it does not count _grouped_mm). Grad mode stays on:
+    the counter's module hooks fail on transformers' hub-kernel function layers under no_grad."""
+    with FlopCounterMode(display=False) as counter:
         tiny(name, "batched_mm")(tokens, use_cache=False)
     counts = counter.get_flop_counts()["Global"]
     return sum(counts.get(op, 0) for op in (torch.ops.aten.mm, torch.ops.aten.addmm,
