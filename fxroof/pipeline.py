@@ -30,6 +30,7 @@ from fxroof.fuse.layout import channels_last_nodes
 from fxroof.fuse.policy import classify
 from fxroof.graph.autocast import AMP_DTYPES, with_amp
 from fxroof.graph.capture import Captured, capture
+from fxroof.graph.compiled_branches import repeated_kv
 from fxroof.graph.data_parallel import is_wrapped, layout_of
 from fxroof.graph.memory import footprint, state_reads
 from fxroof.graph.nodes import PHASE_KEY, module_path
@@ -262,6 +263,7 @@ def report_of(captured: Captured, target: Target) -> Report:
         notes=captured.notes + _estimate_notes(chip)
         + _matrix_unit_notes(nodes, chip, target.quantize) + _matmul_share_notes(nodes, chip)
         + _whatif_notes(gm, whatif.requantized, target) + _routing_notes(gm, captured, target)
+        + _repeated_kv_notes(gm, nodes)
         + ((_FSDP_NOTE if target.fsdp else _DP_NOTE),) * (target.dp > 1),
         training=target.optimizer if target.train else "", dp=target.dp, fsdp=target.fsdp,
         provenance=provenance)
@@ -303,6 +305,19 @@ def _check_matmul_dtypes(gm) -> None:
             names = " and ".join(sorted(str(d).removeprefix("torch.") for d in dtypes))
             raise TypeError(f"dtype mismatch: {packet.__name__}{where} gets {names} tensors, "
                             f"which eager PyTorch refuses (an integer input fed to a float layer?)")
+
+
+def _repeated_kv_notes(gm, nodes) -> tuple:
+    """Grouped-query attention whose k/v heads are copied out first: what it costs, and that
+    other runs of the same model do not pay it."""
+    copies = {n.name for n in repeated_kv(gm)}
+    if not copies:
+        return ()
+    written = sum(n.bytes_written for n in nodes if n.name in copies)
+    return (f"attention's k/v heads are copied out to the query heads first ({len(copies)} "
+            f"copies, {si(written, 'B')} written: transformers' repeat_kv, the branch "
+            f"torch.compile runs); serving engines' attention kernels read the k/v heads as they "
+            f"are, and transformers in eager mode folds a one-token query into the k/v groups",)
 
 
 def _routing_notes(gm, captured: Captured, target: Target) -> tuple:

@@ -448,3 +448,19 @@ def test_grouped_query_decode_copies_its_cache_the_same_way_split_or_not():
                       and n.category == "copy" and n.bytes_written > 16_384)
     assert copies(api.analyze(model, args, kwargs)) == [65_536] * 2
     assert copies(api.analyze(model, args, kwargs, tp=2)) == [32_768] * 2
+
+
+def test_the_report_says_what_copying_the_k_v_heads_costs_and_who_does_not_pay_it():
+    # The same one-layer Qwen2 decode as above: k and v each copied out once, 65,536 B apiece.
+    # With as many k/v heads as query heads nothing is copied and nothing is said.
+    transformers = pytest.importorskip("transformers")
+    from fxroof.cli.hf import from_config
+    kw = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=1,
+              num_attention_heads=8, vocab_size=256)
+    grouped = transformers.Qwen2Config(num_key_value_heads=4, **kw).to_dict()
+    note = [n for n in api.analyze(*from_config(grouped, batch=2, phase="decode", ctx=63,
+                                                dtype="bf16")).notes if "repeat_kv" in n]
+    assert len(note) == 1 and "(2 copies, 131 kB written" in note[0]
+    full = transformers.Qwen2Config(num_key_value_heads=8, **kw).to_dict()
+    assert not any("repeat_kv" in n for n in api.analyze(*from_config(
+        full, batch=2, phase="decode", ctx=63, dtype="bf16")).notes)

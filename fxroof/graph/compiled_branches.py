@@ -44,3 +44,39 @@ def transformers_compiling():
     finally:
         for module in patched:
             module.is_torchdynamo_compiling = original
+
+
+ATTENTION_OPS = frozenset({"scaled_dot_product_attention", "_scaled_dot_product_flash_attention",
+                           "_scaled_dot_product_efficient_attention",
+                           "_scaled_dot_product_cudnn_attention",
+                           "_scaled_dot_product_flash_attention_for_cpu"})
+_PASS_THROUGH = frozenset({"view", "reshape", "_unsafe_view", "clone", "contiguous"})
+
+
+def repeated_kv(gm) -> list:
+    """The nodes that copy an attention's key or value heads out to its query heads' count
+    before it (an expand over a new group dim, then a reshape that must copy: repeat_kv), in
+    graph order; the attention itself reads them as it would the cache."""
+    copies = []
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or _name(node) not in ATTENTION_OPS:
+            continue
+        for arg in node.args[1:3]:
+            chain, cur = [], arg
+            while hasattr(cur, "op") and cur.op == "call_function" and _name(cur) in _PASS_THROUGH:
+                chain.append(cur)
+                cur = cur.args[0]
+            if hasattr(cur, "op") and cur.op == "call_function" and _name(cur) == "expand" \
+                    and 0 in _strides(cur):
+                copies += [n for n in chain if _name(n) in ("reshape", "clone")]
+    return copies
+
+
+def _name(node) -> str:
+    packet = getattr(node.target, "overloadpacket", node.target)
+    return getattr(packet, "__name__", str(packet))
+
+
+def _strides(node) -> tuple:
+    val = node.meta.get("val")
+    return tuple(val.stride()) if hasattr(val, "stride") else ()
