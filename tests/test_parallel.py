@@ -311,19 +311,25 @@ def test_phis_dense_attention_output_splits_by_rows_and_berts_dense_layers_do_no
         api.analyze(bert, args, kwargs, tp=2)
 
 
+def tiny_mixtral(intermediate_size: int):
+    """A two-layer bf16 Mixtral of 4 experts, top-2, 64 wide, on meta; 16 tokens for it."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.MixtralConfig(hidden_size=64, intermediate_size=intermediate_size,
+                                     num_hidden_layers=2, num_attention_heads=4,
+                                     num_key_value_heads=2, num_local_experts=4,
+                                     num_experts_per_tok=2, vocab_size=512)
+    with torch.device("meta"):
+        model = transformers.MixtralForCausalLM(cfg).to(torch.bfloat16)
+    return model, torch.zeros(1, 16, dtype=torch.long, device="meta")
+
+
 def test_hugging_face_moe_experts_split_over_their_intermediate_size_and_reduce_once():
     # Hugging Face's Mixtral keeps its experts' weights as 3-D parameters (gate_up_proj: 4 x
     # 256 x 64, down_proj: 4 x 64 x 128). Its own TP plan splits them over the intermediate
     # size and all-reduces the experts' output once; they were left whole on every rank.
     # 16 tokens x top-2 = 32 routed rows: gate_up 2 x 32 x 64 x 256 = 1,048,576 FLOPs and down
     # 2 x 32 x 128 x 64 = 524,288 a layer, two layers: 3,145,728; half of it on each of 2 ranks
-    transformers = pytest.importorskip("transformers")
-    cfg = transformers.MixtralConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                     num_attention_heads=4, num_key_value_heads=2,
-                                     num_local_experts=4, num_experts_per_tok=2, vocab_size=512)
-    with torch.device("meta"):
-        model = transformers.MixtralForCausalLM(cfg).to(torch.bfloat16)
-    ids = torch.zeros(1, 16, dtype=torch.long, device="meta")
+    model, ids = tiny_mixtral(intermediate_size=128)
 
     def expert_flops(r):
         return sum(n.flops for n in r.nodes if ".experts" in n.module and n.category == "matmul")
@@ -346,13 +352,7 @@ def test_packed_experts_as_wide_as_the_hidden_size_split_too():
     # (4, 64 hidden, 32), says which. 16 tokens x top-2 = 32 routed rows: gate_up 2 x 32 x 64 x
     # 64 = 262,144 FLOPs and down 2 x 32 x 32 x 64 = 131,072 a layer, two layers: 786,432; half
     # of it on each of 2 ranks. Before, the experts stayed whole on every rank, unsaid.
-    transformers = pytest.importorskip("transformers")
-    cfg = transformers.MixtralConfig(hidden_size=64, intermediate_size=32, num_hidden_layers=2,
-                                     num_attention_heads=4, num_key_value_heads=2,
-                                     num_local_experts=4, num_experts_per_tok=2, vocab_size=512)
-    with torch.device("meta"):
-        model = transformers.MixtralForCausalLM(cfg).to(torch.bfloat16)
-    ids = torch.zeros(1, 16, dtype=torch.long, device="meta")
+    model, ids = tiny_mixtral(intermediate_size=32)
     r = api.analyze(model, (ids,), tp=2)
     assert sum(n.flops for n in r.nodes if ".experts" in n.module
                and n.category == "matmul") == 786_432 // 2
