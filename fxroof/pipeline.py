@@ -310,10 +310,12 @@ def _check_matmul_dtypes(gm) -> None:
 def _repeated_kv_notes(gm, nodes) -> tuple:
     """Grouped-query attention whose k/v heads are copied out first: what it costs, and that
     other runs of the same model do not pay it."""
-    copies = {n.name for n in repeated_kv(gm)}
+    attention = {n.name for n in nodes if n.category == "attention"}
+    chain = {n.name for n in repeated_kv(gm, attention)}
+    copies = [n for n in nodes if n.name in chain and n.bytes_written]
     if not copies:
         return ()
-    written = sum(n.bytes_written for n in nodes if n.name in copies)
+    written = sum(n.bytes_written for n in copies)
     return (f"attention's k/v heads are copied out to the query heads first ({len(copies)} "
             f"copies, {si(written, 'B')} written: transformers' repeat_kv, the branch "
             f"torch.compile runs); serving engines' attention kernels read the k/v heads as they "

@@ -18,6 +18,8 @@ mode.
 from __future__ import annotations
 
 import contextlib
+
+import torch.fx as fx
 import sys
 
 
@@ -46,37 +48,32 @@ def transformers_compiling():
             module.is_torchdynamo_compiling = original
 
 
-ATTENTION_OPS = frozenset({"scaled_dot_product_attention", "_scaled_dot_product_flash_attention",
-                           "_scaled_dot_product_efficient_attention",
-                           "_scaled_dot_product_cudnn_attention",
-                           "_scaled_dot_product_flash_attention_for_cpu"})
+
+# What lies between a broadcast k/v and its attention in repeat_kv: the reshape that copies
+# (clone and _unsafe_view once decomposed) and views around it.
 _PASS_THROUGH = frozenset({"view", "reshape", "_unsafe_view", "clone", "contiguous"})
 
 
-def repeated_kv(gm) -> list:
-    """The nodes that copy an attention's key or value heads out to its query heads' count
-    before it (an expand over a new group dim, then a reshape that must copy: repeat_kv), in
-    graph order; the attention itself reads them as it would the cache."""
-    copies = []
+def repeated_kv(gm: fx.GraphModule, attention: set) -> list:
+    """The nodes between each attention node (`attention`: their names) and a key or value
+    that is a broadcast over a new group dim (an expand of stride 0): repeat_kv's copy out to
+    the query heads' count, in graph order. Which of them copy is the cost pass's to say."""
+    chain = []
     for node in gm.graph.nodes:
-        if node.op != "call_function" or _name(node) not in ATTENTION_OPS:
+        if node.name not in attention:
             continue
         for arg in node.args[1:3]:
-            chain, cur = [], arg
-            while hasattr(cur, "op") and cur.op == "call_function" and _name(cur) in _PASS_THROUGH:
-                chain.append(cur)
-                cur = cur.args[0]
-            if hasattr(cur, "op") and cur.op == "call_function" and _name(cur) == "expand" \
-                    and 0 in _strides(cur):
-                copies += [n for n in chain if _name(n) in ("reshape", "clone")]
-    return copies
+            path = []
+            while _name(arg) in _PASS_THROUGH:
+                path.append(arg)
+                arg = arg.args[0]
+            if _name(arg) == "expand" and 0 in getattr(arg.meta.get("val"), "stride", tuple)():
+                chain += path
+    return chain
 
 
 def _name(node) -> str:
-    packet = getattr(node.target, "overloadpacket", node.target)
-    return getattr(packet, "__name__", str(packet))
-
-
-def _strides(node) -> tuple:
-    val = node.meta.get("val")
-    return tuple(val.stride()) if hasattr(val, "stride") else ()
+    """A call's op name ("" for anything else)."""
+    if not isinstance(node, fx.Node) or node.op != "call_function":
+        return ""
+    return getattr(getattr(node.target, "overloadpacket", node.target), "__name__", "")
