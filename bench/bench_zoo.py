@@ -167,15 +167,23 @@ def build(model_type: str):
     return model, (torch.randn(B, 1600),), {}    # audio: 0.1 s at 16 kHz
 
 
+# Hybrids whose two tiny layers are both recurrent: a step with no attention layer is one
+# transformers cannot mask (Cache.get_mask_sizes), so the decode zoo gives them one of each
+DECODE_LAYERS = {"qwen3_next": dict(layer_types=["linear_attention", "full_attention"]),
+                 "recurrent_gemma": dict(block_types=["recurrent", "attention"])}
+
+
 def build_decode(model_type: str):
     """(step, args, kwargs): one decode step of the tiny decoder over a static cache of T
     tokens, random weights on the CPU."""
     import transformers
 
     from fxroof.cli.hf import from_config
-    cfg = transformers.AutoConfig.for_model(model_type, **ZOO[model_type][1])
+    cfg = transformers.AutoConfig.for_model(model_type, **ZOO[model_type][1],
+                                            **DECODE_LAYERS.get(model_type, {}))
     torch.manual_seed(0)
     return from_config(cfg, batch=B, phase="decode", ctx=T, device="cpu")
+
 
 
 def torch_flops(model, args, kwargs) -> int:

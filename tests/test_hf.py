@@ -233,11 +233,55 @@ def test_decode_errors_name_the_cause():
         from_config(bad)
 
 
-def test_a_recurrent_models_decode_says_it_is_not_supported():
-    cfg = transformers.MambaConfig(hidden_size=32, num_hidden_layers=2, vocab_size=256,
-                                   state_size=8)
-    with pytest.raises(ValueError, match="not key/value caches"):
-        from_config(cfg, phase="decode", ctx=8)
+MAMBA = dict(hidden_size=32, num_hidden_layers=2, vocab_size=256, state_size=8)
+
+
+def test_a_recurrent_models_decode_step_carries_states_that_do_not_grow_with_the_context():
+    import fxroof
+    from torch.utils.flop_counter import FlopCounterMode
+    cfg = transformers.MambaConfig(**MAMBA).to_dict()
+    steps = {ctx: from_config(cfg, batch=B, phase="decode", ctx=ctx) for ctx in (8, 4096)}
+    reports = {ctx: fxroof.analyze(*step, chip="h100-sxm") for ctx, step in steps.items()}
+    # by hand: each layer's convolution state (B, 64 channels, kernel 4) and recurrent state
+    # (B, 64, state 8), fp32, and its count of tokens seen (one int64), at any context
+    states = 2 * (B * 64 * 4 * 4 + B * 64 * 8 * 4 + 8)
+    assert reports[8].memory.kv_cache == reports[4096].memory.kv_cache == states
+    flops = {ctx: sum(n.flops for n in r.nodes) for ctx, r in reports.items()}
+    assert flops[8] == flops[4096] > 0
+    # PyTorch's counter on a real step: one token a sequence (generate() gives a recurrent
+    # model no mask after the prompt; one over the positions would broadcast the token)
+    model, args, kwargs = from_config(cfg, batch=B, phase="decode", ctx=8, device="cpu")
+    with FlopCounterMode(display=False) as counter:
+        model(*args, **kwargs)
+    matrix = [n for n in reports[8].nodes if n.category in ("matmul", "conv")]
+    assert sum(n.flops for n in matrix) == counter.get_total_flops()
+    # its projections by hand, one row a sequence: in (32 -> 2 x 64), x (64 -> 2 + 2 x 8),
+    # dt (2 -> 64), out (64 -> 32) a layer, and the head (32 -> 256)
+    per_token = 2 * 2 * (32 * 128 + 64 * 18 + 2 * 64 + 64 * 32) + 2 * 32 * 256
+    assert counter.get_flop_counts()["Global"][torch.ops.aten.mm] == B * per_token
+
+
+def test_a_hybrid_models_decode_step_grows_only_by_its_attention():
+    import fxroof
+    cfg = transformers.JambaConfig(hidden_size=32, num_hidden_layers=2, vocab_size=256,
+                                   num_attention_heads=4, num_key_value_heads=2,
+                                   intermediate_size=64, attn_layer_period=2, attn_layer_offset=1,
+                                   expert_layer_period=2, expert_layer_offset=1, num_experts=4,
+                                   num_experts_per_tok=2, mamba_d_state=8,
+                                   use_mamba_kernels=False).to_dict()
+    r = {ctx: fxroof.analyze(*from_config(cfg, batch=B, phase="decode", ctx=ctx),
+                             chip="h100-sxm") for ctx in (8, 40)}
+    # layer 0 is Mamba: its states (B, 64, 4) and (B, 64, 8), fp32, and a count; layer 1
+    # attends over ctx + 1 positions: keys and values of 2 heads of 8, fp32, and a count
+    states = B * 64 * 4 * 4 + B * 64 * 8 * 4 + 8
+    assert r[8].memory.kv_cache == states + 2 * B * 2 * 9 * 8 * 4 + 8
+    assert r[40].memory.kv_cache - r[8].memory.kv_cache == 2 * B * 2 * 32 * 8 * 4
+    # q @ k^T and p @ v of one query, 4 heads of 8, over 9 and 41 positions; nothing else grows
+    attention = {ctx: sum(n.flops for n in rep.nodes if n.category == "attention")
+                 for ctx, rep in r.items()}
+    assert attention == {8: 2 * 2 * B * 4 * 9 * 8, 40: 2 * 2 * B * 4 * 41 * 8}
+    assert len({sum(n.flops for n in rep.nodes if n.category == "matmul")
+                for rep in r.values()}) == 1
 
 
 def test_a_generation_of_a_config_prefills_then_decodes_over_its_cache():

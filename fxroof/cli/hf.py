@@ -11,6 +11,7 @@ transformers is an optional dependency (``pip install fxroof[hf]``), imported on
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
@@ -46,9 +47,10 @@ def from_config(config: str | os.PathLike | Mapping[str, Any] | PretrainedConfig
 
     ``phase="decode"`` (decoders only): one new token per sequence after `ctx` cached ones, as a
     serving step runs it, over a transformers ``StaticCache`` of ctx + 1 positions, which the
-    step reads whole and writes its new keys and values into: the model is wrapped in a
-    ``DecodeStep`` whose args are the (batch, 1) token ids, the new token's position and the
-    cache's tensors (`seq` is not used).
+    step reads whole and writes its new keys and values into (a recurrent or hybrid model's
+    layers hold convolution and recurrent states instead, of fixed size, which it rewrites):
+    the model is wrapped in a ``DecodeStep`` whose args are the (batch, 1) token ids, the new
+    token's position and the cache's tensors (`seq` is not used).
 
     Decoders (an ``architectures`` entry ending in ForCausalLM / LMHeadModel, or with no
     ``architectures``, a model type that has a causal-LM class and no masked-LM class) are built
@@ -222,12 +224,15 @@ def _decode_step(transformers, model, batch: int, ctx: int, dtype, device, where
         raise ValueError(f"transformers cannot build a static KV cache for {where}: "
                          f"{one_line(e)}") from e
     kinds = sorted({type(layer).__name__ for layer in cache.layers
-                    if not all(hasattr(layer, f) for f in ("keys", "values"))})
+                    if not (is_attention(layer) or is_recurrent(layer))})
     if kinds:
-        raise ValueError(f"{where}: its cache holds layers that are not key/value caches "
-                         f"({', '.join(kinds)}): a decode step of a recurrent or hybrid model is "
-                         f"not supported")
-    if not all(getattr(layer, "is_initialized", True) for layer in cache.layers):
+        raise ValueError(f"{where}: its cache holds layers that are neither key/value caches nor "
+                         f"recurrent states ({', '.join(kinds)}): its decode step is not supported")
+    if any(is_recurrent(layer) for layer in cache.layers):
+        # a recurrent layer sizes its states at its first update, which it takes for a prompt:
+        # one step run eagerly sizes them and leaves the layer in its one-token path
+        _allocate(model, cache, batch, ctx, dtype, device, where, sizes_itself=False)
+    elif not all(getattr(layer, "is_initialized", True) for layer in cache.layers):
         _allocate(model, cache, batch, ctx, dtype, device, where)
     step = type(f"{type(model).__name__}Decode", (DecodeStep,), {})(model, cache)
     input_ids = torch.zeros((batch, 1), dtype=torch.long, device=device)   # (B, 1)
@@ -235,17 +240,22 @@ def _decode_step(transformers, model, batch: int, ctx: int, dtype, device, where
     return step, (input_ids, position), {"cache": step.tensors()}
 
 
-def _allocate(model, cache, batch: int, ctx: int, dtype, device, where) -> None:
+def _allocate(model, cache, batch: int, ctx: int, dtype, device, where,
+              sizes_itself: bool = True) -> None:
     """Allocate a transformers 5 cache, which would otherwise allocate (and zero) itself inside
     every step's graph on its first update: one step run eagerly sizes each layer as the model's
     attention fills it (grouped and latent heads included; free on the meta device). A model
-    that cannot run eagerly there gets the config's head count and size."""
+    that cannot run eagerly there gets the config's head count and size, if the cache can size
+    itself from them (`sizes_itself`: key/value layers only)."""
     try:
-        with torch.no_grad():
+        with torch.no_grad(), experts_looped(model):
             model(torch.zeros((batch, 1), dtype=torch.long, device=device),
                   cache_position=torch.tensor([ctx], dtype=torch.long, device=device),
                   use_cache=True, **cache_kwarg(model, cache))
-    except (RuntimeError, TypeError, ValueError, NotImplementedError):
+    except (RuntimeError, TypeError, ValueError, NotImplementedError) as e:
+        if not sizes_itself:
+            raise ValueError(f"{where}: one decode step cannot run eagerly on {device} to size "
+                             f"its recurrent states: {one_line(e)}") from e
         text = model.config.get_text_config(decoder=True)
         try:
             # a config takes num_key_value_heads only where its model has grouped heads; an
@@ -261,6 +271,24 @@ def _allocate(model, cache, batch: int, ctx: int, dtype, device, where) -> None:
                              f"{one_line(e)}") from e
 
 
+@contextlib.contextmanager
+def experts_looped(model):
+    """The model's experts as batched products (transformers' "batched_mm") while inside: its
+    grouped GEMM (torch._grouped_mm) runs eagerly on the meta device in bf16 only, and this
+    step only sizes the cache."""
+    configs = {id(c): c for m in model.modules()
+               if (c := getattr(m, "config", None)) is not None
+               and getattr(c, "_experts_implementation", None) not in (None, "batched_mm")}
+    before = {key: c._experts_implementation for key, c in configs.items()}
+    try:
+        for c in configs.values():
+            c._experts_implementation = "batched_mm"
+        yield
+    finally:
+        for key, c in configs.items():
+            c._experts_implementation = before[key]
+
+
 class DecodeStep(torch.nn.Module):
     """A decoder's step over a transformers StaticCache whose tensors come in as inputs (`cache`:
     each layer's keys, values and count, heads on dim 1, the keyword a tensor-parallel split
@@ -268,36 +296,46 @@ class DecodeStep(torch.nn.Module):
     place (the footprint's KV cache), as a server holds its cache, not as tensors the step makes
     or weights it keeps."""
 
-    FIELDS = ("keys", "values", "cumulative_length")
-
     def __init__(self, model, cache):
         super().__init__()
         self.model, self.cache = model, cache
+        self.slots = [slots(layer) for layer in self.layers()]
 
     def layers(self) -> list:
         return list(self.cache.layers)
 
     def tensors(self) -> list:
-        """The cache's tensors as forward takes them: a tuple a layer."""
-        return [tuple(getattr(layer, name) for name in self.FIELDS) for layer in self.layers()]
+        """The cache's tensors as forward takes them: a tuple a layer (`slots`)."""
+        return [tuple(read(layer, slot) for slot in layer_slots)
+                for layer, layer_slots in zip(self.layers(), self.slots)]
 
     def load(self, cache) -> None:
         """Put the input tensors in the cache's layers, as the capture sees them."""
-        for layer, tensors in zip(self.layers(), cache):
-            for name, tensor in zip(self.FIELDS, tensors):
-                setattr(layer, name, tensor)
-            layer.device = layer.keys.device             # where the layer makes its indices
+        for layer, layer_slots, tensors in zip(self.layers(), self.slots, cache):
+            for slot, tensor in zip(layer_slots, tensors):
+                write(layer, slot, tensor)
+            layer.device = tensors[0].device             # where the layer makes its indices
 
     def given(self, tokens, cache, mask: str, **more) -> dict:
         """The keywords the model takes of an all-ones mask over the cache and the new tokens
         (`mask`) and of `more`, as generate() passes them: models that would count the cached
         tokens from the cache's contents (OPT, BioGPT, BART) then have no data-dependent shapes
-        to trace; and the cache."""
-        ones = torch.ones(tokens.shape[0], cache[0][0].shape[2], dtype=torch.long,
-                          device=tokens.device)
+        to trace; and the cache. A purely recurrent model gets no mask, as generate() gives it
+        none after the prompt (Mamba's would broadcast its one token over the positions)."""
+        length = self.positions(cache)
+        ones = length and torch.ones(tokens.shape[0], length, dtype=torch.long,
+                                     device=tokens.device)
         taken = inspect.signature(self.model.forward).parameters
-        return ({k: v for k, v in {mask: ones, **more}.items() if k in taken}
-                | cache_kwarg(self.model, self.cache))
+        return ({k: v for k, v in {mask: ones, **more}.items()
+                 if k in taken and v is not None} | cache_kwarg(self.model, self.cache))
+
+    def positions(self, cache) -> int | None:
+        """The positions the step attends over: the first key/value layer's length; None for
+        a purely recurrent model."""
+        for layer_slots, tensors in zip(self.slots, cache):
+            if layer_slots[0] == ("keys", None):
+                return tensors[0].shape[2]
+        return None
 
     def forward(self, input_ids, position, cache=()):
         self.load(cache)
@@ -323,6 +361,44 @@ class Seq2SeqDecodeStep(DecodeStep):
                           encoder_outputs=(encoder_hidden_states,), cache_position=position,
                           use_cache=True,
                           **self.given(decoder_input_ids, cache, "decoder_attention_mask")).logits
+
+
+def is_attention(layer) -> bool:
+    """A key/value cache layer (transformers' StaticLayer and its kin)."""
+    return all(hasattr(layer, f) for f in ("keys", "values", "cumulative_length"))
+
+
+def is_recurrent(layer) -> bool:
+    """A layer of recurrent states (transformers' LinearAttentionLayer: Mamba's, the linear
+    attention of Qwen3-Next and hybrids), convolution and recurrent states of fixed size."""
+    return all(hasattr(layer, f) for f in ("conv_states", "recurrent_states",
+                                           "cumulative_length_linear"))
+
+
+def slots(layer) -> list[tuple[str, int | None]]:
+    """Where a cache layer keeps its tensors, in the order a step takes them: (attribute, index
+    into the attribute's dict or None); a hybrid layer has both kinds. States a layer never
+    filled (a model without the convolution) are left out."""
+    found = [("keys", None), ("values", None), ("cumulative_length", None)] \
+        if is_attention(layer) else []
+    if is_recurrent(layer):
+        found += [(kind, i) for kind in ("conv_states", "recurrent_states")
+                  for i, t in getattr(layer, kind).items() if t is not None]
+        found.append(("cumulative_length_linear", None))
+    return found
+
+
+def read(layer, slot: tuple[str, int | None]) -> torch.Tensor:
+    name, index = slot
+    return getattr(layer, name) if index is None else getattr(layer, name)[index]
+
+
+def write(layer, slot: tuple[str, int | None], tensor: torch.Tensor) -> None:
+    name, index = slot
+    if index is None:
+        setattr(layer, name, tensor)
+    else:
+        getattr(layer, name)[index] = tensor
 
 
 def cache_kwarg(model, cache) -> dict:
