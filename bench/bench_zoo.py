@@ -27,6 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop
 import fxroof
 from fxroof.cost.record import MATRIX_CATEGORIES
 from fxroof.errors import one_line
+from fxroof.graph.fused_scans import fused_selective_scans
 
 B, T = 2, 16                                    # text batch and tokens
 IDS = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=0)
@@ -204,10 +205,15 @@ def torch_flops(model, args, kwargs) -> int:
     # per-step matrix products it counts. The counter's module hooks fail under no_grad on
     # transformers' hub-kernel function layers (Mamba's, Jamba's), and with grad on inside a
     # custom autograd Function (Reformer's reversible layers): the FLOPs are the same either way.
+    # Mamba-1's scan runs as fxroof's fused op, as fxroof captures it (tests/test_fused_scans.py
+    # holds it to transformers' token loop): vector work in one kernel, no matrix product, where
+    # the loop ran its y_t = C_t . h_t as one small bmm a token
+    extra[torch.ops.fxroof.selective_scan] = lambda *a, **k: 0
     for grad in (False, True):
         try:
             with FlopCounterMode(display=False, custom_mapping=extra) as counter, \
-                    torch.set_grad_enabled(grad), torch.backends.mkldnn.flags(enabled=False):
+                    torch.set_grad_enabled(grad), torch.backends.mkldnn.flags(enabled=False), \
+                    fused_selective_scans():
                 model(*args, **kwargs)
             return counter.get_total_flops()
         except AssertionError:

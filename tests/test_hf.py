@@ -259,6 +259,13 @@ def test_a_recurrent_models_decode_step_carries_states_that_do_not_grow_with_the
     # dt (2 -> 64), out (64 -> 32) a layer, and the head (32 -> 256)
     per_token = 2 * 2 * (32 * 128 + 64 * 18 + 2 * 64 + 64 * 32) + 2 * 32 * 256
     assert counter.get_flop_counts()["Global"][torch.ops.aten.mm] == B * per_token
+    # a generation's steps read no keys: its table does not say they do
+    g = fxroof.generation(lambda **o: from_config(cfg, **o), prompt=16, new_tokens=4, batch=B,
+                          chip="h100-sxm")
+    assert g.first.memory.kv_cache == g.last.memory.kv_cache == states
+    assert "keys read" not in str(g) and "keys read" in str(fxroof.generation(
+        lambda **o: from_config(FAMILIES["llama"][0]().to_dict(), **o), prompt=16,
+        new_tokens=4, batch=B, chip="h100-sxm"))
 
 
 def test_a_hybrid_models_decode_step_grows_only_by_its_attention():

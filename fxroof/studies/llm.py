@@ -69,8 +69,10 @@ class Generation:
     def __str__(self) -> str:
         b, n, prompt = self.batch, self.new_tokens, self.prompt
         figures = [cells(r) for r in (self.prefill, self.first, self.last)]
+        # a purely recurrent model reads fixed states, not keys: its cache does not grow
+        attends = self.last.memory.kv_cache > self.first.memory.kv_cache or n == 1
         rows = [["tokens/step", f"{b}x{prompt}", f"{b}x1", f"{b}x1"],
-                ["keys read", f"≤{prompt}", f"{prompt + 1}", f"{prompt + n}"],
+                *([["keys read", f"≤{prompt}", f"{prompt + 1}", f"{prompt + n}"]] * attends),
                 *([name, *(f[name] for f in figures)] for name in figures[0])]
         table = tables.table(rows, ["", "prefill", "decode, step 1", f"decode, step {n}"], "lrrr")
         share = self.decode_s / self.total_s if self.total_s else 0.0

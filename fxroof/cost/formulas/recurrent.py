@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from fxroof.cost.formulas.registry import OpCall, formula
+from fxroof.graph import fused_scans
 from fxroof.graph.tensors import numel
 
 aten = torch.ops.aten
@@ -51,3 +52,19 @@ def mkldnn_rnn_layer(call: OpCall):
     per_unit = _GATES[_MODES[int(call.get("mode"))]][1]
     weights = numel(call.get("weight0")) + numel(call.get("weight1"))
     return 2 * tokens * weights + per_unit * tokens * int(call.get("hidden_size"))
+
+
+@formula(fused_scans.OP, category="other")
+def selective_scan(call: OpCall):
+    """mamba_ssm's selective scan, one kernel (fxroof.graph.fused_scans): per batch, channel,
+    token and state element, decay = exp(A * dt) (2), push = dt * B * u (2), h = decay * h +
+    push (2), y += C * h (2); per channel and token, dt's bias (1) and softplus (1), D * u added
+    (2) and the gate's silu and product (2), where given, one FLOP each as pointwise ops count.
+    Bytes: inputs read and outputs written once, as the fused kernel keeps the state on chip."""
+    u, a = call.get("u"), call.get("A")
+    batch, dim, length = (int(s) for s in u.shape)
+    per_token = sum(n for n, given in ((1, call.get("delta_bias") is not None),
+                                       (1, bool(call.get("delta_softplus"))),
+                                       (2, call.get("D") is not None),
+                                       (2, call.get("z") is not None)) if given)
+    return 8 * batch * dim * length * int(a.shape[-1]) + per_token * batch * dim * length

@@ -1,0 +1,82 @@
+"""Mamba's selective scan captured as the one kernel a GPU runs, not as a loop over the tokens.
+
+transformers' Mamba, Falcon-Mamba, Jamba and Zamba call a module-level `mamba_selective_scan`
+(modeling_*.py), which runs mamba_ssm's fused CUDA kernel (selective_scan_fn) where that package
+is installed, and on CPU or meta tensors a reference loop with a few ops per token and layer: a
+graph, an analysis time and a launch count that grow with the prompt (a 64-layer model over
+1,024 tokens, some 330,000 ops), none of which a GPU deployment runs. While a capture runs, each
+loaded module's `mamba_selective_scan` calls `fxroof::selective_scan` instead, one op costed as
+the fused kernel (fxroof.cost.formulas.recurrent); restored on exit, the model untouched.
+
+The op's own implementation is the same recurrence, for strategies that trace on real values.
+"""
+from __future__ import annotations
+
+import contextlib
+import sys
+
+import torch
+import torch.nn.functional as F
+
+NAME = "mamba_selective_scan"    # the function transformers' Mamba-1 mixers call
+
+
+@torch.library.custom_op("fxroof::selective_scan", mutates_args=())
+def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                   C: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None,
+                   delta_bias: torch.Tensor | None, delta_softplus: bool,
+                   return_last_state: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """u, delta, z: (batch, dim, length); A: (dim, state); B, C: (batch, state, length); D,
+    delta_bias: (dim,). Returns y (batch, dim, length) and the last state (batch, dim, state),
+    empty unless asked for: mamba_ssm's selective_scan_fn's arguments and results."""
+    if delta_bias is not None:
+        delta = delta + delta_bias[:, None].to(delta.dtype)
+    if delta_softplus:
+        delta = F.softplus(delta)
+    decay = torch.exp(A[None, :, None, :] * delta[..., None])               # (b, d, l, n)
+    push = delta[..., None] * B.transpose(1, 2)[:, None].float() * u[..., None].float()
+    state = u.new_zeros((u.shape[0], u.shape[1], A.shape[-1]), dtype=torch.float32)
+    ys = []
+    for t in range(u.shape[2]):
+        state = decay[:, :, t] * state + push[:, :, t]
+        ys.append((state * C[:, None, :, t].float()).sum(-1))
+    y = torch.stack(ys, dim=-1) if ys else u.new_zeros(u.shape, dtype=torch.float32)
+    if D is not None:
+        y = y + u * D[None, :, None]
+    if z is not None:
+        y = y * F.silu(z)
+    last = state.to(u.dtype) if return_last_state else u.new_empty(0)
+    return y.to(u.dtype), last
+
+
+OP = torch.ops.fxroof.selective_scan
+
+
+@selective_scan.register_fake
+def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
+    last = (u.shape[0], u.shape[1], A.shape[-1]) if return_last_state else (0,)
+    return u.new_empty(u.shape), u.new_empty(last)
+
+
+def _scan(hidden_states, dt, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+          return_last_state=False, **_):
+    """`mamba_selective_scan`'s signature (its torch-only options ignored: one kernel)."""
+    y, last = torch.ops.fxroof.selective_scan(hidden_states, dt, A, B, C, D, z, delta_bias,
+                                              bool(delta_softplus), bool(return_last_state))
+    return (y, last) if return_last_state else y
+
+
+@contextlib.contextmanager
+def fused_selective_scans():
+    """Within the block every loaded transformers module's `mamba_selective_scan` is the fused
+    op; each is restored on exit. Nothing happens where transformers is not loaded."""
+    patched = [(m, getattr(m, NAME)) for name, m in list(sys.modules.items())
+               if name.startswith("transformers.models.") and m is not None
+               and callable(getattr(m, NAME, None))]
+    try:
+        for module, _original in patched:
+            setattr(module, NAME, _scan)
+        yield
+    finally:
+        for module, original in patched:
+            setattr(module, NAME, original)
