@@ -21,7 +21,11 @@ import torch.nn.functional as F
 NAME = "mamba_selective_scan"    # the function transformers' Mamba-1 mixers call
 
 
-@torch.library.custom_op("fxroof::selective_scan", mutates_args=())
+# The schema spelled out: inferring it from annotations varies across the torch versions fxroof
+# takes (>= 2.5)
+@torch.library.custom_op("fxroof::selective_scan", mutates_args=(), schema=(
+    "(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? z, "
+    "Tensor? delta_bias, bool delta_softplus, bool return_last_state) -> (Tensor, Tensor)"))
 def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                    C: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None,
                    delta_bias: torch.Tensor | None, delta_softplus: bool,
