@@ -268,6 +268,19 @@ def test_a_recurrent_models_decode_step_carries_states_that_do_not_grow_with_the
         new_tokens=4, batch=B, chip="h100-sxm"))
 
 
+def test_an_8_bit_kv_cache_leaves_a_recurrences_states_at_their_precision():
+    import fxroof
+    step = from_config(transformers.MambaConfig(**MAMBA).to_dict(), batch=B, phase="decode",
+                       ctx=24, dtype="bf16")
+    # by hand, a layer: the convolution window (B, 64, 4), bf16, a cache of past inputs moved
+    # along, one byte a value in fp8; the recurrent state (B, 64, 8), fp32, which the step
+    # computes from itself, kept; the count of tokens seen, one int64 value, one byte
+    assert fxroof.analyze(*step, chip="h100-sxm").memory.kv_cache == \
+        2 * (B * 64 * 4 * 2 + B * 64 * 8 * 4 + 8)
+    assert fxroof.analyze(*step, chip="h100-sxm", quantize="kv-fp8").memory.kv_cache == \
+        2 * (B * 64 * 4 + B * 64 * 8 * 4 + 1)
+
+
 def test_a_hybrid_models_decode_step_grows_only_by_its_attention():
     import fxroof
     cfg = transformers.JambaConfig(hidden_size=32, num_hidden_layers=2, vocab_size=256,

@@ -24,6 +24,7 @@ from fxroof.cost.annotate import formula_cost
 from fxroof.cost.formulas import OpCall
 from fxroof.cost.record import COST_KEY, DEQUANTIZED, Cost, dequantizing
 from fxroof.graph.memory import Footprint, written_inputs
+from fxroof.graph.nodes import written_args
 from fxroof.graph.tensors import storage, tensors_in
 
 __all__ = ["Quantization", "WhatIf", "parse", "quantize_graph"]
@@ -128,6 +129,43 @@ def _row(t: torch.Tensor) -> int:
     return int(t.shape[-1]) if t.dim() else 1
 
 
+# Ops that move or select values without computing new ones: a value made of a cache's own
+# values through these alone (a sliding window rolled along) is still a cache of past tokens.
+_MOVES = ("view", "copy")
+
+
+def recurrent_states(gm: fx.GraphModule, owner: dict, written: set) -> set:
+    """Storages among `written` (inputs a step writes in place) that it writes with a value
+    computed from their own contents: a recurrence's state (Mamba's h = decay * h + push, a
+    linear attention's S), which engines keep at the model's precision, not a cache of past
+    keys and values (written at new positions, or rolled along by moves alone)."""
+    own: dict = {}         # node -> the written storages its value holds, moved or computed
+    computed: dict = {}    # node -> those among them an op computed on along the way
+    states = set()
+    for n in gm.graph.nodes:
+        if n.op == "placeholder":
+            val = n.meta.get("val")
+            s = storage(val) if isinstance(val, torch.Tensor) else None
+            own[n] = {s} if s in written and owner.get(s) is n else set()
+            computed[n] = set()
+            continue
+        if n.op != "call_function":
+            continue
+        ins = n.all_input_nodes
+        held = set().union(*(own.get(a, ()) for a in ins))
+        cost = n.meta.get(COST_KEY)
+        moves = cost is None or cost.category in _MOVES
+        done = set().union(*(computed.get(a, ()) for a in ins)) | (set() if moves else held)
+        own[n], computed[n] = held, done
+        for target in written_args(n):
+            val = target.meta.get("val")
+            s = storage(val) if isinstance(val, torch.Tensor) else None
+            sources = [a for a in ins if a is not target]
+            if s in written and any(s in computed.get(a, ()) for a in sources):
+                states.add(s)
+    return states
+
+
 def quantize_graph(gm: fx.GraphModule, weights: frozenset, spec, stored: bool = True) -> WhatIf:
     """Rewrite the annotated graph's Cost records for the what-if `spec`; None changes nothing.
     stored=False: 8-bit matmuls read their operands in 8 bits but the weights are kept in full
@@ -141,6 +179,8 @@ def quantize_graph(gm: fx.GraphModule, weights: frozenset, spec, stored: bool = 
             owner.setdefault(storage(n.meta["val"]), n)
     calls = [n for n in gm.graph.nodes if n.op == "call_function" and COST_KEY in n.meta]
     cache = written_inputs(gm, weights)
+    if q.kv_cache:
+        cache -= recurrent_states(gm, owner, cache)
 
     # Which storages are quantized: weights a matmul reads, inputs written in place (the cache).
     quantized: dict = {}                              # storage -> (kind, the input's last dim)
