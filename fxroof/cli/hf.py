@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
+import logging
 import os
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -248,7 +249,7 @@ def _allocate(model, cache, batch: int, ctx: int, dtype, device, where,
     that cannot run eagerly there gets the config's head count and size, if the cache can size
     itself from them (`sizes_itself`: key/value layers only)."""
     try:
-        with torch.no_grad(), experts_looped(model):
+        with torch.no_grad(), experts_looped(model), quiet_fallbacks():
             model(torch.zeros((batch, 1), dtype=torch.long, device=device),
                   cache_position=torch.tensor([ctx], dtype=torch.long, device=device),
                   use_cache=True, **cache_kwarg(model, cache))
@@ -269,6 +270,20 @@ def _allocate(model, cache, batch: int, ctx: int, dtype, device, where,
         except (TypeError, ValueError, AttributeError) as e:
             raise ValueError(f"transformers cannot size a static KV cache for {where}: "
                              f"{one_line(e)}") from e
+
+
+@contextlib.contextmanager
+def quiet_fallbacks():
+    """transformers' warnings that a fused kernel (mamba_ssm's, causal-conv1d's) falls back to
+    PyTorch on this device off while inside: the step only sizes the cache, and the capture
+    prices the fused kernels a GPU runs."""
+    hub = logging.getLogger("transformers.integrations.hub_kernels")
+    level = hub.level
+    hub.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        hub.setLevel(level)
 
 
 @contextlib.contextmanager
