@@ -1,5 +1,7 @@
 """Mamba's selective scan captured as one fused kernel (fxroof.graph.fused_scans): against
 transformers' own reference loop on real tensors and hand arithmetic."""
+import contextlib
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -65,3 +67,38 @@ def test_the_model_keeps_transformers_scan_after_a_capture():
     original = modeling_mamba.mamba_selective_scan
     prefill(8)
     assert modeling_mamba.mamba_selective_scan is original
+
+
+def test_its_gradients_are_transformers_loops():
+    torch.manual_seed(0)
+    model = transformers.MambaForCausalLM(transformers.MambaConfig(**MAMBA)).train()
+    ids = torch.randint(0, 256, (B, 12))
+
+    def grads(fused: bool) -> dict:
+        model.zero_grad()
+        with fused_selective_scans() if fused else contextlib.nullcontext():
+            model(ids, labels=ids, use_cache=False).loss.backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters()}
+    loop, fused = grads(False), grads(True)
+    assert loop.keys() == fused.keys()
+    for name in loop:
+        torch.testing.assert_close(fused[name], loop[name], rtol=1e-4, atol=1e-6)
+
+
+def test_a_training_step_holds_one_scan_and_one_backward_a_layer():
+    def step(seq: int):
+        with torch.device("meta"):
+            model = transformers.MambaForCausalLM(transformers.MambaConfig(**MAMBA))
+        ids = torch.zeros(B, seq, dtype=torch.long, device="meta")
+        return fxroof.analyze(model, (ids,), {"labels": ids, "use_cache": False}, train=True,
+                              chip="h100-sxm")
+    short, long = step(16), step(128)
+    assert len(short.nodes) == len(long.nodes)
+    backward = [n for n in short.nodes if n.op == "selective_scan_backward"]
+    assert len(backward) == 2 and sum(n.op == "selective_scan" for n in short.nodes) == 2
+    # by hand at 16 tokens: 27 FLOPs a state element, twice the forward's 6 a channel and token;
+    # reads dy beside the forward's inputs, writes a gradient as large as each
+    assert backward[0].flops == 27 * B * 64 * 16 * 8 + 2 * 6 * B * 64 * 16
+    inputs = 4 * (3 * B * 64 * 16 + 64 * 8 + 2 * B * 8 * 16 + 2 * 64)
+    assert (backward[0].bytes_read, backward[0].bytes_written) == (4 * B * 64 * 16 + inputs,
+                                                                   inputs)

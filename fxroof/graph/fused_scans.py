@@ -8,7 +8,9 @@ graph, an analysis time and a launch count that grow with the prompt (a 64-layer
 loaded module's `mamba_selective_scan` calls `fxroof::selective_scan` instead, one op costed as
 the fused kernel (fxroof.cost.formulas.recurrent); restored on exit, the model untouched.
 
-The op's own implementation is the same recurrence, for strategies that trace on real values.
+The op's own implementation is the same recurrence, for strategies that trace on real values;
+its backward (fxroof::selective_scan_backward, mamba_ssm's backward kernel in a training step)
+is that recurrence's vector-Jacobian product.
 """
 from __future__ import annotations
 
@@ -21,18 +23,8 @@ import torch.nn.functional as F
 NAME = "mamba_selective_scan"    # the function transformers' Mamba-1 mixers call
 
 
-# The schema spelled out: inferring it from annotations varies across the torch versions fxroof
-# takes (>= 2.5)
-@torch.library.custom_op("fxroof::selective_scan", mutates_args=(), schema=(
-    "(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? z, "
-    "Tensor? delta_bias, bool delta_softplus, bool return_last_state) -> (Tensor, Tensor)"))
-def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
-                   C: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None,
-                   delta_bias: torch.Tensor | None, delta_softplus: bool,
-                   return_last_state: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """u, delta, z: (batch, dim, length); A: (dim, state); B, C: (batch, state, length); D,
-    delta_bias: (dim,). Returns y (batch, dim, length) and the last state (batch, dim, state),
-    empty unless asked for: mamba_ssm's selective_scan_fn's arguments and results."""
+def _reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+    """y and the last state of the scan, as transformers' loop computes them (differentiable)."""
     if delta_bias is not None:
         delta = delta + delta_bias[:, None].to(delta.dtype)
     if delta_softplus:
@@ -49,8 +41,20 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
         y = y + u * D[None, :, None]
     if z is not None:
         y = y * F.silu(z)
-    last = state.to(u.dtype) if return_last_state else u.new_empty(0)
-    return y.to(u.dtype), last
+    return y.to(u.dtype), state
+
+
+# The schemas spelled out: inferring them from annotations varies across the torch versions
+# fxroof takes (>= 2.5)
+@torch.library.custom_op("fxroof::selective_scan", mutates_args=(), schema=(
+    "(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? z, "
+    "Tensor? delta_bias, bool delta_softplus, bool return_last_state) -> (Tensor, Tensor)"))
+def selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
+    """u, delta, z: (batch, dim, length); A: (dim, state); B, C: (batch, state, length); D,
+    delta_bias: (dim,). Returns y (batch, dim, length) and the last state (batch, dim, state),
+    empty unless asked for: mamba_ssm's selective_scan_fn's arguments and results."""
+    y, state = _reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    return y, state.to(u.dtype) if return_last_state else u.new_empty(0)
 
 
 OP = torch.ops.fxroof.selective_scan
@@ -60,6 +64,50 @@ OP = torch.ops.fxroof.selective_scan
 def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
     last = (u.shape[0], u.shape[1], A.shape[-1]) if return_last_state else (0,)
     return u.new_empty(u.shape), u.new_empty(last)
+
+
+@torch.library.custom_op("fxroof::selective_scan_backward", mutates_args=(), schema=(
+    "(Tensor dy, Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? z, "
+    "Tensor? delta_bias, bool delta_softplus) -> "
+    "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"))
+def selective_scan_backward(dy, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+    """The gradients of u, delta, A, B, C, D, z and delta_bias (empty for those not given), as
+    mamba_ssm's backward kernel returns them; here the reference's vector-Jacobian product."""
+    given = [u, delta, A, B, C, D, z, delta_bias]
+    present = [i for i, t in enumerate(given) if t is not None]
+
+    def forward(*xs):
+        args = list(given)
+        for i, x in zip(present, xs):
+            args[i] = x
+        return _reference(*args, delta_softplus)[0]
+    _, vjp = torch.func.vjp(forward, *(given[i] for i in present))
+    grads = dict(zip(present, vjp(dy)))
+    return tuple(grads[i] if i in grads else u.new_empty(0) for i in range(len(given)))
+
+
+BACKWARD = torch.ops.fxroof.selective_scan_backward
+
+
+@selective_scan_backward.register_fake
+def _(dy, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+    return tuple(u.new_empty(0) if t is None else torch.empty_like(t)
+                 for t in (u, delta, A, B, C, D, z, delta_bias))
+
+
+def _save(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:8])
+    ctx.softplus = inputs[8]
+
+
+def _backward(ctx, dy, dlast):
+    # a training step keeps no cache: nothing reads the last state, whose gradient is not taken
+    saved = ctx.saved_tensors
+    grads = BACKWARD(dy, *saved, ctx.softplus)
+    return (*(None if t is None else g for t, g in zip(saved, grads)), None, None)
+
+
+selective_scan.register_autograd(_backward, setup_context=_save)
 
 
 def _scan(hidden_states, dt, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,

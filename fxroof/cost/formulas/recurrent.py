@@ -68,3 +68,19 @@ def selective_scan(call: OpCall):
                                        (2, call.get("D") is not None),
                                        (2, call.get("z") is not None)) if given)
     return 8 * batch * dim * length * int(a.shape[-1]) + per_token * batch * dim * length
+
+
+@formula(fused_scans.BACKWARD, category="other")
+def selective_scan_backward(call: OpCall):
+    """The scan's backward, one kernel (mamba_ssm's), counted by hand from the recurrence: per
+    state element, the states recomputed (decay, push, update: 6), the reverse recurrence dh =
+    decay * dh + C * dy (3), C's gradient h * dy summed (2), the decay's to A and dt (dh *
+    h_prev, times decay, times dt or A, summed: 7), the push's to B, dt and u (9): 27; per
+    channel and token twice the forward's work on dt, D and the gate."""
+    u, a = call.get("u"), call.get("A")
+    batch, dim, length = (int(s) for s in u.shape)
+    per_token = sum(n for n, given in ((1, call.get("delta_bias") is not None),
+                                       (1, bool(call.get("delta_softplus"))),
+                                       (2, call.get("D") is not None),
+                                       (2, call.get("z") is not None)) if given)
+    return 27 * batch * dim * length * int(a.shape[-1]) + 2 * per_token * batch * dim * length
