@@ -249,7 +249,7 @@ def _allocate(model, cache, batch: int, ctx: int, dtype, device, where,
     that cannot run eagerly there gets the config's head count and size, if the cache can size
     itself from them (`sizes_itself`: key/value layers only)."""
     try:
-        with torch.no_grad(), experts_looped(model), quiet_fallbacks():
+        with torch.no_grad(), experts_batched(model), quiet_fallbacks():
             model(torch.zeros((batch, 1), dtype=torch.long, device=device),
                   cache_position=torch.tensor([ctx], dtype=torch.long, device=device),
                   use_cache=True, **cache_kwarg(model, cache))
@@ -287,21 +287,20 @@ def quiet_fallbacks():
 
 
 @contextlib.contextmanager
-def experts_looped(model):
+def experts_batched(model):
     """The model's experts as batched products (transformers' "batched_mm") while inside: its
     grouped GEMM (torch._grouped_mm) runs eagerly on the meta device in bf16 only, and this
     step only sizes the cache."""
-    configs = {id(c): c for m in model.modules()
+    configs = {id(c): (c, c._experts_implementation) for m in model.modules()
                if (c := getattr(m, "config", None)) is not None
                and getattr(c, "_experts_implementation", None) not in (None, "batched_mm")}
-    before = {key: c._experts_implementation for key, c in configs.items()}
     try:
-        for c in configs.values():
+        for c, _ in configs.values():
             c._experts_implementation = "batched_mm"
         yield
     finally:
-        for key, c in configs.items():
-            c._experts_implementation = before[key]
+        for c, before in configs.values():
+            c._experts_implementation = before
 
 
 class DecodeStep(torch.nn.Module):

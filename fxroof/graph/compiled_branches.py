@@ -18,9 +18,9 @@ mode.
 from __future__ import annotations
 
 import contextlib
+import sys
 
 import torch.fx as fx
-import sys
 
 
 def _compiling() -> bool:
@@ -46,7 +46,6 @@ def transformers_compiling():
     finally:
         for module in patched:
             module.is_torchdynamo_compiling = original
-
 
 
 # What lies between a broadcast k/v and its attention in repeat_kv: the reshape that copies

@@ -25,8 +25,8 @@ from fxroof.graph.autocast import autocast_notes, cuda_autocast_as_cpu
 from fxroof.graph.capture import (Captured, CaptureError, FakeCopier, finish_graph,
                                   is_dtensor_model, local_shards, quiet_torch, tensor_leaves)
 from fxroof.graph.compiled_branches import transformers_compiling
-from fxroof.graph.fused_scans import fused_selective_scans
 from fxroof.graph.data_parallel import Buckets, Layout, Sharded, blocks, is_wrapped, plain_copy
+from fxroof.graph.fused_scans import fused_selective_scans
 from fxroof.graph.nodes import FOREACH_KEY, PHASE_KEY, RECOMPUTED_KEY
 
 PHASES = ("forward", "backward", "optimizer")

@@ -54,20 +54,27 @@ def mkldnn_rnn_layer(call: OpCall):
     return 2 * tokens * weights + per_unit * tokens * int(call.get("hidden_size"))
 
 
+def _scan_work(call: OpCall) -> tuple[int, int]:
+    """(state elements, per-token work) of a selective scan's call: batch x channels x tokens x
+    state size, and batch x channels x tokens times the FLOPs of dt's bias (1) and softplus (1),
+    D * u added (2) and the gate's silu and product (2), where given."""
+    u, a = call.get("u"), call.get("A")
+    tokens = numel(u)                                        # batch x channels x tokens
+    extra = sum(n for n, given in ((1, call.get("delta_bias") is not None),
+                                   (1, bool(call.get("delta_softplus"))),
+                                   (2, call.get("D") is not None),
+                                   (2, call.get("z") is not None)) if given)
+    return tokens * int(a.shape[-1]), extra * tokens
+
+
 @formula(fused_scans.OP, category="other")
 def selective_scan(call: OpCall):
     """mamba_ssm's selective scan, one kernel (fxroof.graph.fused_scans): per batch, channel,
     token and state element, decay = exp(A * dt) (2), push = dt * B * u (2), h = decay * h +
-    push (2), y += C * h (2); per channel and token, dt's bias (1) and softplus (1), D * u added
-    (2) and the gate's silu and product (2), where given, one FLOP each as pointwise ops count.
-    Bytes: inputs read and outputs written once, as the fused kernel keeps the state on chip."""
-    u, a = call.get("u"), call.get("A")
-    batch, dim, length = (int(s) for s in u.shape)
-    per_token = sum(n for n, given in ((1, call.get("delta_bias") is not None),
-                                       (1, bool(call.get("delta_softplus"))),
-                                       (2, call.get("D") is not None),
-                                       (2, call.get("z") is not None)) if given)
-    return 8 * batch * dim * length * int(a.shape[-1]) + per_token * batch * dim * length
+    push (2), y += C * h (2); the per-token work once (_scan_work), one FLOP each as pointwise
+    ops count. Bytes: inputs read and outputs written once, the state kept on chip."""
+    elements, per_token = _scan_work(call)
+    return 8 * elements + per_token
 
 
 @formula(fused_scans.BACKWARD, category="other")
@@ -75,12 +82,7 @@ def selective_scan_backward(call: OpCall):
     """The scan's backward, one kernel (mamba_ssm's), counted by hand from the recurrence: per
     state element, the states recomputed (decay, push, update: 6), the reverse recurrence dh =
     decay * dh + C * dy (3), C's gradient h * dy summed (2), the decay's to A and dt (dh *
-    h_prev, times decay, times dt or A, summed: 7), the push's to B, dt and u (9): 27; per
-    channel and token twice the forward's work on dt, D and the gate."""
-    u, a = call.get("u"), call.get("A")
-    batch, dim, length = (int(s) for s in u.shape)
-    per_token = sum(n for n, given in ((1, call.get("delta_bias") is not None),
-                                       (1, bool(call.get("delta_softplus"))),
-                                       (2, call.get("D") is not None),
-                                       (2, call.get("z") is not None)) if given)
-    return 27 * batch * dim * length * int(a.shape[-1]) + 2 * per_token * batch * dim * length
+    h_prev, times decay, times dt or A, summed: 7), the push's to B, dt and u (9): 27; the
+    per-token work twice."""
+    elements, per_token = _scan_work(call)
+    return 27 * elements + 2 * per_token
