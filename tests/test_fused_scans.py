@@ -8,7 +8,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import fxroof
 from fxroof.cli.hf import from_config
-from fxroof.graph.fused_scans import fused_selective_scans
+from fxroof.graph.fused_recurrences import fused_recurrences
 
 transformers = pytest.importorskip("transformers")
 modeling_mamba = pytest.importorskip("transformers.models.mamba.modeling_mamba")
@@ -45,7 +45,7 @@ def test_the_fused_op_computes_what_transformers_reference_loop_computes():
     ids = torch.randint(0, 256, (B, 12))
     with torch.no_grad():
         reference = model(ids, use_cache=False).logits
-        with fused_selective_scans(), Ops() as ran:
+        with fused_recurrences(), Ops() as ran:
             fused = model(ids, use_cache=False).logits
     assert ran.ops.count("fxroof.selective_scan.default") == 2      # one a layer, no loop
     torch.testing.assert_close(fused, reference, rtol=1e-4, atol=1e-5)
@@ -76,7 +76,7 @@ def test_its_gradients_are_transformers_loops():
 
     def grads(fused: bool) -> dict:
         model.zero_grad()
-        with fused_selective_scans() if fused else contextlib.nullcontext():
+        with fused_recurrences() if fused else contextlib.nullcontext():
             model(ids, labels=ids, use_cache=False).loss.backward()
         return {name: p.grad.clone() for name, p in model.named_parameters()}
     loop, fused = grads(False), grads(True)

@@ -8,7 +8,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import fxroof
-from fxroof.graph.fused_scans import fused_selective_scans
+from fxroof.graph.fused_recurrences import fused_recurrences
 from fxroof.graph.routing import Routing, parse
 from tests.helpers import fn_module
 
@@ -49,7 +49,7 @@ def reference_matmul_flops(name: str, tokens: torch.Tensor) -> int:
     the counter's module hooks fail on transformers' hub-kernel function layers under no_grad.
     Jamba's selective scan runs fused, as fxroof captures it (tests/test_fused_scans.py): vector
     work, where transformers' token loop would run a small bmm a token."""
-    with FlopCounterMode(display=False) as counter, fused_selective_scans():
+    with FlopCounterMode(display=False) as counter, fused_recurrences():
         tiny(name, "batched_mm")(tokens, use_cache=False)
     counts = counter.get_flop_counts()["Global"]
     return sum(counts.get(op, 0) for op in (torch.ops.aten.mm, torch.ops.aten.addmm,

@@ -5,17 +5,15 @@ transformers' Mamba, Falcon-Mamba, Jamba and Zamba call a module-level `mamba_se
 is installed, and on CPU or meta tensors a reference loop with a few ops per token and layer: a
 graph, an analysis time and a launch count that grow with the prompt (a 64-layer model over
 1,024 tokens, some 330,000 ops), none of which a GPU deployment runs. While a capture runs, each
-loaded module's `mamba_selective_scan` calls `fxroof::selective_scan` instead, one op costed as
-the fused kernel (fxroof.cost.formulas.recurrent); restored on exit, the model untouched.
+loaded module's `mamba_selective_scan` calls `fxroof::selective_scan` instead
+(fxroof.graph.fused_recurrences), one op costed as the fused kernel
+(fxroof.cost.formulas.recurrent); restored on exit, the model untouched.
 
 The op's own implementation is the same recurrence, for strategies that trace on real values;
 its backward (fxroof::selective_scan_backward, mamba_ssm's backward kernel in a training step)
 is that recurrence's vector-Jacobian product.
 """
 from __future__ import annotations
-
-import contextlib
-import sys
 
 import torch
 import torch.nn.functional as F
@@ -118,17 +116,5 @@ def _scan(hidden_states, dt, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     return (y, last) if return_last_state else y
 
 
-@contextlib.contextmanager
-def fused_selective_scans():
-    """Within the block every loaded transformers module's `mamba_selective_scan` is the fused
-    op; each is restored on exit. Nothing happens where transformers is not loaded."""
-    patched = [(m, getattr(m, NAME)) for name, m in list(sys.modules.items())
-               if name.startswith("transformers.models.") and m is not None
-               and callable(getattr(m, NAME, None))]
-    try:
-        for module, _original in patched:
-            setattr(module, NAME, _scan)
-        yield
-    finally:
-        for module, original in patched:
-            setattr(module, NAME, original)
+# transformers' module-level functions it replaces (fxroof.graph.fused_recurrences)
+REPLACEMENTS = {NAME: _scan}

@@ -26,7 +26,7 @@ from fxroof.graph.capture import (Captured, CaptureError, FakeCopier, finish_gra
                                   is_dtensor_model, local_shards, quiet_torch, tensor_leaves)
 from fxroof.graph.compiled_branches import transformers_compiling
 from fxroof.graph.data_parallel import Buckets, Layout, Sharded, blocks, is_wrapped, plain_copy
-from fxroof.graph.fused_scans import fused_selective_scans
+from fxroof.graph.fused_recurrences import fused_recurrences
 from fxroof.graph.nodes import FOREACH_KEY, PHASE_KEY, RECOMPUTED_KEY
 
 PHASES = ("forward", "backward", "optimizer")
@@ -119,7 +119,7 @@ def capture_step(model, args=(), kwargs=None, *, optimizer: str = "adamw",
     autocasts: list = []    # the autocast regions the forward enters (graph.autocast)
     try:
         with quiet_torch(), fx_traceback.preserve_node_meta(), cuda_autocast_as_cpu(autocasts), \
-                transformers_compiling(), fused_selective_scans():   # as a compiled step runs
+                transformers_compiling(), fused_recurrences():   # as a compiled step runs
             gm = make_fx(step, tracing_mode="fake", record_module_stack=True)(
                 params, frozen, states, args, kwargs)
     except (ValueError, TypeError):     # the user's loss or inputs: already one clear line

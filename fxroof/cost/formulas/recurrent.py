@@ -6,13 +6,17 @@ hidden one (gates*H, H or proj_size), and with proj_size the projection (proj_si
 one vector per token: 2 * tokens * rows * cols FLOPs, biases not counted (PyTorch's convention).
 On top, per token, layer, direction and hidden unit, the gate work (counts beside _GATES).
 Tokens: batch * steps for padded input, the packed length for a PackedSequence (the .data form).
+
+Below them, the fused kernels fxroof captures in place of transformers' loops over tokens and
+chunks (fxroof.graph.fused_recurrences): Mamba's selective scan, and the gated delta rule.
 """
 from __future__ import annotations
 
 import torch
 
 from fxroof.cost.formulas.registry import OpCall, formula
-from fxroof.graph import fused_scans
+from fxroof.cost.record import Cost
+from fxroof.graph import fused_delta_rules, fused_scans
 from fxroof.graph.tensors import numel
 
 aten = torch.ops.aten
@@ -86,3 +90,79 @@ def selective_scan_backward(call: OpCall):
     per-token work twice."""
     elements, per_token = _scan_work(call)
     return 27 * elements + 2 * per_token
+
+
+def _delta_rule_sizes(call: OpCall) -> tuple[int, int, int, int, int, int]:
+    """(sequences x heads, tokens, key heads, K, V, decays per head and token: 1, or K for Kimi
+    Delta Attention's per-channel decay) of a delta rule's call."""
+    k, v, g = call.get("k"), call.get("v"), call.get("g")
+    batch, tokens, heads, value_dim = (int(s) for s in v.shape)
+    return (batch * heads, tokens, batch * int(k.shape[-2]), int(k.shape[-1]), value_dim,
+            int(g.shape[-1]) if g.dim() == 4 else 1)
+
+
+def _padded(tokens: int, chunk: int) -> int:
+    return -(-tokens // chunk) * chunk
+
+
+@formula(fused_delta_rules.CHUNKED, category="matmul")
+def chunked_delta_rule(call: OpCall):
+    """FLA's chunked gated delta rule over a prompt (fxroof.graph.fused_delta_rules): per
+    sequence, head and token (padded to whole chunks of C), the products its kernels run on
+    tensor cores: the chunk's k k^T (2CK), w and u through the inverted triangular system (2CK +
+    2CV), the state's recurrence v - w S and S + k^T v (4KV), the output q S + (q k^T) v (2KV +
+    2CK + 2CV): 6CK + 4CV + 6KV, the products transformers' traced loop runs too. As attention's
+    softmax, the gates' pointwise work and the inversion of each chunk's triangular system (C^3/3
+    a chunk, under 1% of the products at C = 64, K = V = 128) are not counted.
+    Bytes: inputs once, the outputs, and what the chain of kernels writes and reads back (FLA,
+    fla/ops/gated_delta_rule/chunk.py): the cumulated decays (fp32), k k^T (fp32) and its inverse,
+    w, u, the per-chunk states S (K x V a chunk) and the corrected values, each once each way; k
+    read again by three of the kernels; q and k l2-normalized by kernels of their own."""
+    rows, tokens, key_rows, k_dim, v_dim, decays = _delta_rule_sizes(call)
+    chunk = int(call.get("chunk_size")) or 64
+    padded = _padded(tokens, chunk)
+    flops = rows * padded * (6 * chunk * k_dim + 4 * chunk * v_dim + 6 * k_dim * v_dim)
+    size = call.get("k").element_size()
+    per_token = 4 * decays + 4 * chunk + size * (chunk + k_dim + 2 * v_dim) \
+        + size * k_dim * v_dim // chunk
+    staged = rows * padded * per_token                 # written once, read back once
+    reread = 3 * key_rows * tokens * k_dim * size
+    normed = 2 * key_rows * tokens * k_dim * size if call.get("l2norm") else 0
+    return Cost(flops, call.bytes_read() + staged + reread + normed,
+                call.bytes_written() + staged + normed, "matmul", call.dtype)
+
+
+@formula(fused_delta_rules.RECURRENT, category="other")
+def recurrent_delta_rule(call: OpCall):
+    """FLA's fused recurrent kernel (a decode step), vector work: per sequence, head and token,
+    the state decayed (KV, and its decays' exponentials), S^T k (2KV), the correction (v - S^T k)
+    beta (2V), S + k delta^T (2KV), the output S^T q (2KV): 7KV + 2V; and per token q and k
+    l2-normalized (3K each a key head, where asked) and q scaled (K a head). Bytes: inputs and
+    outputs once, the state read and written whole."""
+    rows, tokens, key_rows, k_dim, v_dim, decays = _delta_rule_sizes(call)
+    normed = 6 * key_rows * tokens * k_dim if call.get("l2norm") else 0
+    return (rows * tokens * (7 * k_dim * v_dim + 2 * v_dim + decays + k_dim)) + normed
+
+
+@formula(fused_delta_rules.BACKWARD, category="matmul")
+def chunked_delta_rule_backward(call: OpCall):
+    """FLA's chunked backward (chunk_gated_delta_rule_bwd), its products counted by hand per
+    sequence, head and padded token: w and u recomputed (2CK + 2CV) and the states with them
+    (4KV); the local dv, (k q^T) do (2CK + 2CV); the states' gradients backward over the chunks
+    with dv's correction (6KV); dq, dk, dw and the scores' gradient (6KV + 4CK + 2CV); the
+    triangular system's backward: dA from dw and du (2CK + 2CV), the gradients through its inverse
+    (2CK + 2CV, and A^T dA A^T: 4C^2), k's through k k^T (4CK): 16CK + 10CV + 16KV + 4C^2.
+    Bytes: dout and the forward's inputs read, a gradient as large as each written, and the
+    recomputed w, u, states and corrected values with dv, dw, dA and the states' gradients
+    staged through memory once each way."""
+    rows, tokens, _, k_dim, v_dim, decays = _delta_rule_sizes(call)
+    chunk = int(call.get("chunk_size")) or 64
+    padded = _padded(tokens, chunk)
+    flops = rows * padded * (16 * chunk * k_dim + 10 * chunk * v_dim + 16 * k_dim * v_dim
+                             + 4 * chunk * chunk)
+    size = call.get("k").element_size()
+    per_token = 4 * decays + 4 * chunk + size * (2 * k_dim + 3 * v_dim) \
+        + 2 * size * k_dim * v_dim // chunk
+    staged = rows * padded * per_token
+    return Cost(flops, call.bytes_read() + staged, call.bytes_written() + staged, "matmul",
+                call.dtype)

@@ -1,0 +1,35 @@
+"""transformers' reference loops for recurrent token mixers swapped, while a capture runs, for
+the fused ops a GPU deployment runs in their place: Mamba's selective scan
+(fxroof.graph.fused_scans) and the gated delta rule (fxroof.graph.fused_delta_rules).
+
+transformers calls each through a module-level function of the model's modeling file, which runs
+the hub kernel where one is installed and otherwise a loop whose graph grows with the prompt. The
+swap is by name in every loaded transformers module that defines it, undone on exit: the user's
+model is untouched, and nothing happens where transformers is not loaded.
+"""
+from __future__ import annotations
+
+import contextlib
+import sys
+
+from fxroof.graph import fused_delta_rules, fused_scans
+
+# one registry: transformers' function name -> fxroof's fused replacement
+REPLACEMENTS = {**fused_scans.REPLACEMENTS, **fused_delta_rules.REPLACEMENTS}
+
+
+@contextlib.contextmanager
+def fused_recurrences(names=None):
+    """Within the block every loaded transformers module's function named in REPLACEMENTS
+    (or in `names`, some of them) calls fxroof's fused op; each is restored on exit."""
+    names = REPLACEMENTS if names is None else names
+    patched = [(m, name, getattr(m, name)) for module_name, m in list(sys.modules.items())
+               if module_name.startswith("transformers.models.") and m is not None
+               for name in names if callable(getattr(m, name, None))]
+    try:
+        for module, name, _original in patched:
+            setattr(module, name, REPLACEMENTS[name])
+        yield
+    finally:
+        for module, name, original in patched:
+            setattr(module, name, original)
