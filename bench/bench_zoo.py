@@ -27,7 +27,8 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop
 import fxroof
 from fxroof.cost.record import MATRIX_CATEGORIES
 from fxroof.errors import one_line
-from fxroof.graph.fused_scans import fused_selective_scans
+from fxroof.graph import fused_scans
+from fxroof.graph.fused_recurrences import fused_recurrences
 
 B, T = 2, 16                                    # text batch and tokens
 IDS = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=0)
@@ -37,6 +38,8 @@ MOE = dict(TEXT, num_local_experts=4, num_experts=4, num_experts_per_tok=2, n_ro
            moe_intermediate_size=32, shared_expert_intermediate_size=64)
 VISION = dict(image_size=32, patch_size=8, num_channels=3, hidden_size=64, num_hidden_layers=2,
               num_attention_heads=4, intermediate_size=128)
+DELTA = dict(TEXT, head_dim=16, linear_num_key_heads=2, linear_num_value_heads=4,
+             linear_key_head_dim=16, linear_value_head_dim=16)
 CNN = dict(num_channels=3, hidden_sizes=[16, 32], depths=[1, 1], embedding_size=16, num_stages=2)
 AUDIO = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
              conv_dim=[32, 32], conv_stride=[5, 2], conv_kernel=[10, 3],
@@ -85,6 +88,13 @@ ZOO = {
     "nemotron_h": ("causal", dict(TEXT, mamba_num_heads=8, mamba_head_dim=8, ssm_state_size=8,
                                   n_groups=1, hybrid_override_pattern="M*")),
     "lfm2": ("causal", dict(TEXT, layer_types=["conv", "full_attention"])),
+    # the gated delta rule (fxroof.graph.fused_delta_rules), Kimi's with a decay per channel
+    "qwen3_5_text": ("causal", DELTA), "olmo_hybrid": ("causal", DELTA),
+    "kimi_linear": ("causal", dict(
+        TEXT, num_key_value_heads=4, num_experts=8, moe_intermediate_size=32, kv_lora_rank=16,
+        qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=16, linear_attn_config=dict(
+            kda_layers=[1], full_attn_layers=[2], num_heads=4, head_dim=16,
+            short_conv_kernel_size=4))),
     # mixtures of experts
     "mixtral": ("causal", MOE), "qwen2_moe": ("causal", MOE), "qwen3_moe": ("causal", MOE),
     "olmoe": ("causal", MOE), "deepseek_v3": ("causal", dict(
@@ -171,6 +181,8 @@ def build(model_type: str):
 # Hybrids whose two tiny layers are both recurrent: a step with no attention layer is one
 # transformers cannot mask (Cache.get_mask_sizes), so the decode zoo gives them one of each
 DECODE_LAYERS = {"qwen3_next": dict(layer_types=["linear_attention", "full_attention"]),
+                 "qwen3_5_text": dict(layer_types=["linear_attention", "full_attention"]),
+                 "olmo_hybrid": dict(layer_types=["linear_attention", "full_attention"]),
                  "recurrent_gemma": dict(block_types=["recurrent", "attention"])}
 
 
@@ -207,13 +219,15 @@ def torch_flops(model, args, kwargs) -> int:
     # custom autograd Function (Reformer's reversible layers): the FLOPs are the same either way.
     # Mamba-1's scan runs as fxroof's fused op, as fxroof captures it (tests/test_fused_scans.py
     # holds it to transformers' token loop): vector work in one kernel, no matrix product, where
-    # the loop ran its y_t = C_t . h_t as one small bmm a token
+    # the loop ran its y_t = C_t . h_t as one small bmm a token. The gated delta rule keeps
+    # transformers' chunked loop, whose products the counter sees (eagerly it solves each chunk's
+    # triangular system with an op the counter does not count: the traced graph compares)
     extra[torch.ops.fxroof.selective_scan] = lambda *a, **k: 0
     for grad in (False, True):
         try:
             with FlopCounterMode(display=False, custom_mapping=extra) as counter, \
                     torch.set_grad_enabled(grad), torch.backends.mkldnn.flags(enabled=False), \
-                    fused_selective_scans():
+                    fused_recurrences(fused_scans.REPLACEMENTS):
                 model(*args, **kwargs)
             return counter.get_total_flops()
         except AssertionError:
