@@ -1,6 +1,7 @@
 """transformers' reference loops for recurrent token mixers swapped, while a capture runs, for
 the fused ops a GPU deployment runs in their place: Mamba's selective scan
-(fxroof.graph.fused_scans) and the gated delta rule (fxroof.graph.fused_delta_rules).
+(fxroof.graph.fused_scans), Mamba-2's chunked scan (fxroof.graph.fused_ssd) and the gated delta
+rule (fxroof.graph.fused_delta_rules).
 
 transformers calls each through a module-level function of the model's modeling file, which runs
 the hub kernel where one is installed and otherwise a loop whose graph grows with the prompt. The
@@ -12,10 +13,14 @@ from __future__ import annotations
 import contextlib
 import sys
 
-from fxroof.graph import fused_delta_rules, fused_scans
+from fxroof.graph import fused_delta_rules, fused_scans, fused_ssd
 
 # one registry: transformers' function name -> fxroof's fused replacement
-REPLACEMENTS = {**fused_scans.REPLACEMENTS, **fused_delta_rules.REPLACEMENTS}
+REPLACEMENTS = {**fused_scans.REPLACEMENTS, **fused_ssd.REPLACEMENTS,
+                **fused_delta_rules.REPLACEMENTS}
+# the ops they call, backwards included
+OPS = (fused_scans.OP, fused_scans.BACKWARD, fused_ssd.OP, fused_ssd.BACKWARD,
+       fused_delta_rules.CHUNKED, fused_delta_rules.RECURRENT, fused_delta_rules.BACKWARD)
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ import torch
 
 from fxroof.cost.formulas.registry import OpCall, formula
 from fxroof.cost.record import Cost
-from fxroof.graph import fused_delta_rules, fused_scans
+from fxroof.graph import fused_delta_rules, fused_scans, fused_ssd
 from fxroof.graph.tensors import numel
 
 aten = torch.ops.aten
@@ -164,5 +164,54 @@ def chunked_delta_rule_backward(call: OpCall):
     per_token = 4 * decays + 4 * chunk + size * (2 * k_dim + 3 * v_dim) \
         + 2 * size * k_dim * v_dim // chunk
     staged = rows * padded * per_token
+    return Cost(flops, call.bytes_read() + staged, call.bytes_written() + staged, "matmul",
+                call.dtype)
+
+
+def _ssd_sizes(call: OpCall) -> tuple[int, int, int, int, int, int, int]:
+    """(batch, tokens padded to whole chunks, heads, head size P, groups, state size N, chunk C)
+    of a Mamba-2 scan's call."""
+    x, b = call.get("x"), call.get("B")
+    batch, tokens, heads, head_dim = (int(s) for s in x.shape)
+    chunk = int(call.get("chunk_size")) or 256
+    return (batch, _padded(tokens, chunk), heads, head_dim, int(b.shape[2]), int(b.shape[3]),
+            chunk)
+
+
+@formula(fused_ssd.OP, category="matmul")
+def ssd_chunk_scan(call: OpCall):
+    """mamba_ssm's chunked Mamba-2 scan (fxroof.graph.fused_ssd), per sequence and token padded
+    to whole chunks of C: the products its kernels run on tensor cores, each chunk's state B^T x
+    (2PN a head), the chunk's C B^T (2CN a group, shared by its heads), the output (C B^T . decay)
+    x + C . state (2CP + 2PN a head): heads (4PN + 2CP) + groups 2CN. The decays' cumulative sums
+    and the state passing between chunks are pointwise, not counted, as attention's softmax.
+    Bytes: inputs once and the outputs, x, B and C read again by a second kernel each, and what
+    the five kernels stage through memory (mamba_ssm, ops/triton/ssd_combined.py): dt and the
+    cumulated decays (fp32), C B^T (fp32, C a token and group) and the chunks' states (fp32,
+    heads x P x N a chunk, written by two kernels and read by two), each once each way."""
+    batch, padded, heads, head_dim, groups, state, chunk = _ssd_sizes(call)
+    flops = batch * padded * (heads * (4 * head_dim * state + 2 * chunk * head_dim)
+                              + groups * 2 * chunk * state)
+    staged = batch * padded * (2 * 4 * heads + 4 * groups * chunk) \
+        + 2 * batch * (padded // chunk) * heads * head_dim * state * 4
+    reread = sum(numel(call.get(name)) * call.get(name).element_size() for name in "xBC")
+    return Cost(flops, call.bytes_read() + staged + reread, call.bytes_written() + staged,
+                "matmul", call.dtype)
+
+
+@formula(fused_ssd.BACKWARD, category="matmul")
+def ssd_chunk_scan_backward(call: OpCall):
+    """mamba_ssm's backward of the scan, its products counted by hand per sequence and padded
+    token: the states and C B^T recomputed (2PN a head, 2CN a group); the states' gradients from
+    dy (2PN); x's through the scores and the states ((C B^T . decay)^T dy: 2CP, B . dstates: 2PN);
+    C's (dy . states^T: 2PN) and B's (x . dstates^T: 2PN); the scores' gradient dy x^T (2CP a
+    head) and B's and C's through it (4CN a group): heads (10PN + 4CP) + groups 6CN. Bytes: dy and
+    the inputs read, a gradient as large as each written, and the recomputed states and scores
+    with their gradients staged through memory once each way."""
+    batch, padded, heads, head_dim, groups, state, chunk = _ssd_sizes(call)
+    flops = batch * padded * (heads * (10 * head_dim * state + 4 * chunk * head_dim)
+                              + groups * 6 * chunk * state)
+    staged = batch * padded * (2 * 4 * heads + 2 * 4 * groups * chunk) \
+        + 4 * batch * (padded // chunk) * heads * head_dim * state * 4
     return Cost(flops, call.bytes_read() + staged, call.bytes_written() + staged, "matmul",
                 call.dtype)
