@@ -27,9 +27,10 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop
 import fxroof
 from fxroof.cost.record import MATRIX_CATEGORIES
 from fxroof.errors import one_line
-from fxroof.graph import fused_scans
+from fxroof.graph.fused_recurrences import OPS as FUSED_OPS
 from fxroof.graph.fused_recurrences import fused_recurrences
 
+FUSED_NAMES = {op.__name__ for op in FUSED_OPS}
 B, T = 2, 16                                    # text batch and tokens
 IDS = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=0)
 TEXT = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -217,17 +218,17 @@ def torch_flops(model, args, kwargs) -> int:
     # per-step matrix products it counts. The counter's module hooks fail under no_grad on
     # transformers' hub-kernel function layers (Mamba's, Jamba's), and with grad on inside a
     # custom autograd Function (Reformer's reversible layers): the FLOPs are the same either way.
-    # Mamba-1's scan runs as fxroof's fused op, as fxroof captures it (tests/test_fused_scans.py
-    # holds it to transformers' token loop): vector work in one kernel, no matrix product, where
-    # the loop ran its y_t = C_t . h_t as one small bmm a token. The gated delta rule keeps
-    # transformers' chunked loop, whose products the counter sees (eagerly it solves each chunk's
-    # triangular system with an op the counter does not count: the traced graph compares)
-    extra[torch.ops.fxroof.selective_scan] = lambda *a, **k: 0
+    # The recurrences fxroof captures as fused kernels (Mamba's scans, the gated delta rule:
+    # fxroof.graph.fused_recurrences) run fused here too and count on neither side: their kernels'
+    # products are not transformers' loops' (tests/test_fused_*.py hold them to those loops, to
+    # the counter where the products agree and to hand arithmetic)
+    for op in FUSED_OPS:
+        extra[op] = lambda *a, **k: 0
     for grad in (False, True):
         try:
             with FlopCounterMode(display=False, custom_mapping=extra) as counter, \
                     torch.set_grad_enabled(grad), torch.backends.mkldnn.flags(enabled=False), \
-                    fused_recurrences(fused_scans.REPLACEMENTS):
+                    fused_recurrences():
                 model(*args, **kwargs)
             return counter.get_total_flops()
         except AssertionError:
@@ -240,7 +241,8 @@ def exported_flops(model, args, kwargs) -> int:
     traced than eagerly (transformers branches on tracing), so fxroof can differ from the eager
     count and still be exact on the graph it analyzes."""
     from fxroof.graph.capture import TensorOutputs, quiet_torch
-    with quiet_torch():     # a failed export prints its partial graph; the table names the error
+    # quiet: a failed export prints its partial graph, where the table names the error
+    with quiet_torch(), fused_recurrences():
         program = torch.export.export(TensorOutputs(model), args, kwargs, strict=False)
     return torch_flops(program.module(), args, kwargs)
 
@@ -272,7 +274,8 @@ def measure(name: str, build_fn) -> dict:
         what = "capture" if isinstance(e, fxroof.CaptureError) else "analyze"
         return dict(name=name, error=f"{what}: {one_line(e, width=110)}")
     seconds = time.perf_counter() - start
-    ours = sum(n.flops for n in report.nodes if n.category in MATRIX_CATEGORIES)
+    ours = sum(n.flops for n in report.nodes
+               if n.category in MATRIX_CATEGORIES and n.op not in FUSED_NAMES)
     exact = "yes" if ours == truth else _traced(model, args, kwargs, ours)
     return dict(name=name, captured=report.capture.split(':')[0], coverage=report.coverage,
                 unknown=report.unknown_ops, ours=ours, truth=truth, exact=exact,
