@@ -9,7 +9,6 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import fxroof
 from fxroof.cli.hf import from_config
-from fxroof.graph.fused_delta_rules import CHUNKED
 from fxroof.graph.fused_recurrences import fused_recurrences
 
 transformers = pytest.importorskip("transformers")
