@@ -32,6 +32,7 @@ from fxroof.graph.autocast import AMP_DTYPES, with_amp
 from fxroof.graph.capture import Captured, capture
 from fxroof.graph.compiled_branches import repeated_kv
 from fxroof.graph.data_parallel import is_wrapped, layout_of
+from fxroof.graph.fused_recurrences import KERNELS as FUSED_KERNELS
 from fxroof.graph.memory import footprint, state_reads
 from fxroof.graph.nodes import PHASE_KEY, module_path
 from fxroof.graph.routing import Routing
@@ -263,7 +264,7 @@ def report_of(captured: Captured, target: Target) -> Report:
         notes=captured.notes + _estimate_notes(chip)
         + _matrix_unit_notes(nodes, chip, target.quantize) + _matmul_share_notes(nodes, chip)
         + _whatif_notes(gm, whatif.requantized, target) + _routing_notes(gm, captured, target)
-        + _repeated_kv_notes(gm, nodes)
+        + _repeated_kv_notes(gm, nodes) + _fused_recurrence_notes(nodes)
         + ((_FSDP_NOTE if target.fsdp else _DP_NOTE),) * (target.dp > 1),
         training=target.optimizer if target.train else "", dp=target.dp, fsdp=target.fsdp,
         provenance=provenance)
@@ -320,6 +321,20 @@ def _repeated_kv_notes(gm, nodes) -> tuple:
             f"copies, {si(written, 'B')} written: transformers' repeat_kv, the branch "
             f"torch.compile runs); serving engines' attention kernels read the k/v heads as they "
             f"are, and transformers in eager mode folds a one-token query into the k/v groups",)
+
+
+def _fused_recurrence_notes(nodes) -> tuple:
+    """Recurrent mixers captured as the kernels engines run (fxroof.graph.fused_recurrences):
+    a reader comparing with an eager CPU run of transformers should know."""
+    libraries = sorted({FUSED_KERNELS[n.op] for n in nodes if n.op in FUSED_KERNELS})
+    if not libraries:
+        return ()
+    # a training step's backward kernels are the same mixers'
+    count = sum(n.op in FUSED_KERNELS and not n.op.endswith("_backward") for n in nodes)
+    mixers = f"{count} recurrent token mixer" + ("s" if count != 1 else "")
+    return (f"{mixers} run as {', '.join(libraries)} kernels, as serving engines and training "
+            f"stacks run them, not as the reference code transformers falls back to without "
+            f"those packages",)
 
 
 def _routing_notes(gm, captured: Captured, target: Target) -> tuple:

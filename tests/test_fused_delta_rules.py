@@ -44,6 +44,8 @@ def test_a_prefill_holds_one_delta_rule_a_linear_layer_however_long_the_prompt()
     # by hand: 300 tokens pad to 5 chunks of 64; per sequence, value head and padded token,
     # 6CK + 4CV + 6KV
     assert rules[0].flops == B * HEADS * 320 * (6 * C * K + 4 * C * V + 6 * K * V)
+    assert any("1 recurrent token mixer run as flash-linear-attention's chunked delta rule"
+               in note for note in long.notes)
 
 
 def test_its_products_are_those_transformers_traced_loop_runs():

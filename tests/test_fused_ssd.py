@@ -37,6 +37,9 @@ def test_a_prefill_holds_one_scan_a_layer_however_long_the_prompt():
     # by hand: 200 tokens pad to 13 chunks of 16; per sequence and padded token, a head's
     # 4PN + 2CP and a group's 2CN
     assert scans[0].flops == B * 208 * (HEADS * (4 * P * N + 2 * C * P) + GROUPS * 2 * C * N)
+    # and the report says which kernels it assumed
+    assert any("2 recurrent token mixers run as mamba_ssm's chunked scan kernels" in note
+               for note in long.notes)
 
 
 def test_its_products_are_transformers_einsums_but_the_dense_product_over_chunk_pairs():

@@ -21,6 +21,13 @@ REPLACEMENTS = {**fused_scans.REPLACEMENTS, **fused_ssd.REPLACEMENTS,
 # the ops they call, backwards included
 OPS = (fused_scans.OP, fused_scans.BACKWARD, fused_ssd.OP, fused_ssd.BACKWARD,
        fused_delta_rules.CHUNKED, fused_delta_rules.RECURRENT, fused_delta_rules.BACKWARD)
+# the library each op stands for, by op name: what a report tells its reader was assumed
+KERNELS = {"selective_scan": "mamba_ssm's selective scan",
+           "selective_scan_backward": "mamba_ssm's selective scan",
+           "ssd_chunk_scan": "mamba_ssm's chunked scan", "ssd_chunk_scan_backward":
+           "mamba_ssm's chunked scan", "chunked_delta_rule": "flash-linear-attention's chunked "
+           "delta rule", "chunked_delta_rule_backward": "flash-linear-attention's chunked delta "
+           "rule", "recurrent_delta_rule": "flash-linear-attention's fused recurrent delta rule"}
 
 
 @contextlib.contextmanager
