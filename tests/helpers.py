@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from fxroof.cost.annotate import annotate
@@ -41,3 +42,35 @@ def fn_module(fn):
         def forward(self, *args):
             return fn(*args)
     return Fn()
+
+
+def assert_fused_gradients_match(model, ids, rtol: float = 1e-4, atol: float = 1e-6):
+    """A transformers language model's parameter gradients over `ids` are the same through
+    fxroof's fused recurrences (fxroof.graph.fused_recurrences) as through transformers' own
+    loops."""
+    import contextlib
+
+    from fxroof.graph.fused_recurrences import fused_recurrences
+
+    def grads(fused: bool) -> dict:
+        model.zero_grad()
+        with fused_recurrences() if fused else contextlib.nullcontext():
+            model(ids, labels=ids, use_cache=False).loss.backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters()
+                if p.grad is not None}
+    loop, fused = grads(False), grads(True)
+    assert loop.keys() == fused.keys() and len(loop) > 10
+    for name in loop:
+        torch.testing.assert_close(fused[name], loop[name], rtol=rtol, atol=atol)
+
+
+class Ops(TorchDispatchMode):
+    """The ops a block runs, by name (`ops`, in order)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))

@@ -1,11 +1,10 @@
 """The gated delta rule captured as FLA's fused kernels (fxroof.graph.fused_delta_rules): against
 transformers' own chunked and token loops on real tensors, PyTorch's FLOP counter and hand
 arithmetic."""
-import contextlib
-
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+from helpers import Ops, assert_fused_gradients_match
 
 import fxroof
 from fxroof.cli.hf import from_config
@@ -103,18 +102,6 @@ def test_kimi_delta_attentions_per_channel_decay_is_the_same_op():
         torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
 
 
-class Ops(torch.utils._python_dispatch.TorchDispatchMode):
-    """The ops a block runs, by name."""
-
-    def __init__(self):
-        super().__init__()
-        self.ops = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.append(str(func))
-        return func(*args, **(kwargs or {}))
-
-
 def test_the_model_keeps_transformers_functions_after_a_capture():
     originals = (qwen3_next.torch_chunk_gated_delta_rule,
                  qwen3_next.torch_recurrent_gated_delta_rule)
@@ -126,18 +113,7 @@ def test_the_model_keeps_transformers_functions_after_a_capture():
 def test_its_gradients_are_transformers_loops():
     torch.manual_seed(0)
     model = transformers.Qwen3NextForCausalLM(config()).train()
-    ids = torch.randint(0, 256, (B, 70))
-
-    def grads(fused: bool) -> dict:
-        model.zero_grad()
-        with fused_recurrences() if fused else contextlib.nullcontext():
-            model(ids, labels=ids, use_cache=False).loss.backward()
-        return {name: p.grad.clone() for name, p in model.named_parameters()
-                if p.grad is not None}
-    loop, fused = grads(False), grads(True)
-    assert loop.keys() == fused.keys() and len(loop) > 10
-    for name in loop:
-        torch.testing.assert_close(fused[name], loop[name], rtol=1e-3, atol=1e-5)
+    assert_fused_gradients_match(model, torch.randint(0, 256, (B, 70)), rtol=1e-3, atol=1e-5)
 
 
 def test_a_training_step_holds_one_rule_and_one_backward():

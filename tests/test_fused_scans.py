@@ -1,10 +1,8 @@
 """Mamba's selective scan captured as one fused kernel (fxroof.graph.fused_scans): against
 transformers' own reference loop on real tensors and hand arithmetic."""
-import contextlib
-
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from helpers import Ops, assert_fused_gradients_match
 
 import fxroof
 from fxroof.cli.hf import from_config
@@ -51,18 +49,6 @@ def test_the_fused_op_computes_what_transformers_reference_loop_computes():
     torch.testing.assert_close(fused, reference, rtol=1e-4, atol=1e-5)
 
 
-class Ops(TorchDispatchMode):
-    """The ops a block runs, by name."""
-
-    def __init__(self):
-        super().__init__()
-        self.ops = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.append(str(func))
-        return func(*args, **(kwargs or {}))
-
-
 def test_the_model_keeps_transformers_scan_after_a_capture():
     original = modeling_mamba.mamba_selective_scan
     prefill(8)
@@ -72,17 +58,7 @@ def test_the_model_keeps_transformers_scan_after_a_capture():
 def test_its_gradients_are_transformers_loops():
     torch.manual_seed(0)
     model = transformers.MambaForCausalLM(transformers.MambaConfig(**MAMBA)).train()
-    ids = torch.randint(0, 256, (B, 12))
-
-    def grads(fused: bool) -> dict:
-        model.zero_grad()
-        with fused_recurrences() if fused else contextlib.nullcontext():
-            model(ids, labels=ids, use_cache=False).loss.backward()
-        return {name: p.grad.clone() for name, p in model.named_parameters()}
-    loop, fused = grads(False), grads(True)
-    assert loop.keys() == fused.keys()
-    for name in loop:
-        torch.testing.assert_close(fused[name], loop[name], rtol=1e-4, atol=1e-6)
+    assert_fused_gradients_match(model, torch.randint(0, 256, (B, 12)))
 
 
 def test_a_training_step_holds_one_scan_and_one_backward_a_layer():

@@ -1,10 +1,9 @@
 """Mamba-2's chunked scan captured as mamba_ssm's kernels (fxroof.graph.fused_ssd): against
 transformers' own fallback on real tensors, PyTorch's FLOP counter and hand arithmetic."""
-import contextlib
-
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+from helpers import assert_fused_gradients_match
 
 import fxroof
 from fxroof.cli.hf import from_config
@@ -84,18 +83,7 @@ def test_the_model_keeps_transformers_scan_after_a_capture():
 def test_its_gradients_are_transformers_fallbacks():
     torch.manual_seed(0)
     model = transformers.Mamba2ForCausalLM(config()).train()
-    ids = torch.randint(0, 256, (B, 40))
-
-    def grads(fused: bool) -> dict:
-        model.zero_grad()
-        with fused_recurrences() if fused else contextlib.nullcontext():
-            model(ids, labels=ids, use_cache=False).loss.backward()
-        return {name: p.grad.clone() for name, p in model.named_parameters()
-                if p.grad is not None}
-    loop, fused = grads(False), grads(True)
-    assert loop.keys() == fused.keys() and len(loop) > 10
-    for name in loop:
-        torch.testing.assert_close(fused[name], loop[name], rtol=1e-3, atol=1e-5)
+    assert_fused_gradients_match(model, torch.randint(0, 256, (B, 40)), rtol=1e-3, atol=1e-5)
 
 
 def test_a_training_step_holds_one_scan_and_one_backward_a_layer():

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import torch
 
+from fxroof.graph.reference_vjp import optional_vjp
+
 L2_EPS = 1e-6     # transformers' (and FLA's) l2norm epsilon
 
 
@@ -93,17 +95,8 @@ def _(q, k, v, g, beta, initial_state, l2norm, output_final_state):
 def chunked_delta_rule_backward(dout, q, k, v, g, beta, initial_state, l2norm, chunk_size):
     """The gradients of q, k, v, g, beta and the initial state (empty where none was given), as
     FLA's chunked backward returns them; here the reference's vector-Jacobian product."""
-    given = [q, k, v, g, beta, initial_state]
-    present = [i for i, t in enumerate(given) if t is not None]
-
-    def forward(*xs):
-        args = list(given)
-        for i, x in zip(present, xs):
-            args[i] = x
-        return _reference(*args, l2norm)[0]
-    _, vjp = torch.func.vjp(forward, *(given[i] for i in present))
-    grads = dict(zip(present, vjp(dout)))
-    return tuple(grads[i] if i in grads else q.new_empty(0) for i in range(len(given)))
+    return optional_vjp(lambda *args: _reference(*args, l2norm)[0],
+                        [q, k, v, g, beta, initial_state], dout, q)
 
 
 @chunked_delta_rule_backward.register_fake

@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from fxroof.graph.reference_vjp import optional_vjp
+
 NAME = "mamba_selective_scan"    # the function transformers' Mamba-1 mixers call
 
 
@@ -71,17 +73,8 @@ def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
 def selective_scan_backward(dy, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
     """The gradients of u, delta, A, B, C, D, z and delta_bias (empty for those not given), as
     mamba_ssm's backward kernel returns them; here the reference's vector-Jacobian product."""
-    given = [u, delta, A, B, C, D, z, delta_bias]
-    present = [i for i, t in enumerate(given) if t is not None]
-
-    def forward(*xs):
-        args = list(given)
-        for i, x in zip(present, xs):
-            args[i] = x
-        return _reference(*args, delta_softplus)[0]
-    _, vjp = torch.func.vjp(forward, *(given[i] for i in present))
-    grads = dict(zip(present, vjp(dy)))
-    return tuple(grads[i] if i in grads else u.new_empty(0) for i in range(len(given)))
+    return optional_vjp(lambda *args: _reference(*args, delta_softplus)[0],
+                        [u, delta, A, B, C, D, z, delta_bias], dy, u)
 
 
 BACKWARD = torch.ops.fxroof.selective_scan_backward

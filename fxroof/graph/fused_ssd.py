@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from fxroof.graph.reference_vjp import optional_vjp
+
 
 def _reference(x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus, dt_min, dt_max):
     """The output (in x's dtype) and last state (fp32) of the scan, token by token. x: (batch,
@@ -77,17 +79,8 @@ def ssd_chunk_scan_backward(dy, x, dt, A, B, C, chunk_size, D, dt_bias, initial_
     """The gradients of x, dt, A, B, C, D, dt_bias and the initial states (empty for those not
     given), as mamba_ssm's backward kernels return them; here the reference's vector-Jacobian
     product."""
-    given = [x, dt, A, B, C, D, dt_bias, initial_states]
-    present = [i for i, t in enumerate(given) if t is not None]
-
-    def forward(*xs):
-        args = list(given)
-        for i, t in zip(present, xs):
-            args[i] = t
-        return _reference(*args, dt_softplus, dt_min, dt_max)[0]
-    _, vjp = torch.func.vjp(forward, *(given[i] for i in present))
-    grads = dict(zip(present, vjp(dy)))
-    return tuple(grads[i] if i in grads else x.new_empty(0) for i in range(len(given)))
+    return optional_vjp(lambda *args: _reference(*args, dt_softplus, dt_min, dt_max)[0],
+                        [x, dt, A, B, C, D, dt_bias, initial_states], dy, x)
 
 
 @ssd_chunk_scan_backward.register_fake
