@@ -163,6 +163,11 @@ def recurrent_states(gm: fx.GraphModule, owner: dict, written: set) -> set:
             sources = [a for a in ins if a is not target]
             if s in written and any(s in computed.get(a, ()) for a in sources):
                 states.add(s)
+            if target.op != "placeholder":
+                # an op that updates an intermediate in place (a fused state update writing the
+                # clone of a state the step then copies back): later readers see what it wrote
+                own[target] = own.get(target, set()) | held
+                computed[target] = computed.get(target, set()) | done
     return states
 
 

@@ -16,8 +16,8 @@ import torch
 
 from fxroof.cost.formulas.registry import OpCall, formula
 from fxroof.cost.record import Cost
-from fxroof.graph import fused_delta_rules, fused_scans, fused_ssd
-from fxroof.graph.tensors import numel
+from fxroof.graph import fused_delta_rules, fused_scans, fused_ssd, fused_state_update
+from fxroof.graph.tensors import footprint, numel
 
 aten = torch.ops.aten
 
@@ -215,3 +215,20 @@ def ssd_chunk_scan_backward(call: OpCall):
         + 4 * batch * (padded // chunk) * heads * head_dim * state * 4
     return Cost(flops, call.bytes_read() + staged, call.bytes_written() + staged, "matmul",
                 call.dtype)
+
+
+@formula(fused_state_update.OP, category="other")
+def selective_state_update(call: OpCall):
+    """mamba_ssm's selective_state_update, one kernel over a decode step's token
+    (fxroof.graph.fused_state_update): per state element the decay exp(A dt) (2), the push dt B x
+    (2), the update (2) and the output's product with C summed (2), as the scan counts them; per
+    channel (Mamba-2: head and position) dt's bias and softplus (2), D x (2) and the gate (2),
+    where given. Bytes: the inputs, the state among them, read once; the output and the state,
+    written in place, written once."""
+    x, state = call.get("x"), call.get("state")
+    extra = sum(n for n, given in ((1, call.get("dt_bias") is not None),
+                                   (1, bool(call.get("dt_softplus"))),
+                                   (2, call.get("D") is not None),
+                                   (2, call.get("z") is not None)) if given)
+    return Cost(8 * numel(state) + extra * numel(x), call.bytes_read(),
+                call.bytes_written() + footprint(state), "other", call.dtype)
