@@ -1,5 +1,6 @@
-"""A Mamba layer's decode step captured as mamba_ssm's one state-update kernel
-(fxroof.graph.fused_state_update): against transformers' own fallback on real tensors and hand
+"""A Mamba layer's decode step captured as the kernels a GPU runs, mamba_ssm's state update
+(fxroof.graph.fused_state_update) and causal-conv1d's window update
+(fxroof.graph.fused_conv_window): against transformers' own fallbacks on real tensors and hand
 arithmetic."""
 import pytest
 import torch
@@ -36,7 +37,23 @@ def test_a_decode_step_is_one_state_update_a_layer(family):
     state = B * 64 * 8 * 4
     assert updates[0].bytes_read > state and state < updates[0].bytes_written < 2 * state
     # in eager mode the fallback's dozen ops a layer are one launch
-    assert any("mamba_ssm's state update kernels" in note for note in report.notes)
+    assert any("mamba_ssm's state update" in note for note in report.notes)
+
+
+@pytest.mark.parametrize("family", CONFIGS)
+def test_a_decode_steps_convolution_is_one_window_update_a_layer(family):
+    config, _, fields = CONFIGS[family]
+    report = fxroof.analyze(*from_config(config(**fields).to_dict(), batch=B, phase="decode",
+                                         ctx=8), chip="h100-sxm", mode="eager")
+    updates = [n for n in report.nodes if n.op == "causal_conv1d_update"]
+    assert len(updates) == 2
+    # by hand, a layer: one output a channel (Mamba-1's 64; Mamba-2's 64 and the 2 x 8 of B and
+    # C, 80), 4 taps (8 FLOPs), the bias and the SiLU
+    channels = 64 if family == "mamba" else 80
+    assert updates[0].flops == B * channels * (2 * 4 + 1 + 1)
+    # it reads the window (B, channels, 4), fp32, and writes it back shifted
+    window = B * channels * 4 * 4
+    assert updates[0].bytes_read > window and window < updates[0].bytes_written < 2 * window
 
 
 @pytest.mark.parametrize("family", CONFIGS)
@@ -52,10 +69,12 @@ def test_the_fused_step_computes_what_transformers_fallback_computes(family):
         with fused_recurrences(), Ops() as ran:
             fused = model(ids[:, -1:], cache=prompt.past_key_values, use_cache=True)
     assert ran.ops.count("fxroof.selective_state_update.default") == 2
+    assert ran.ops.count("fxroof.causal_conv1d_update.default") == 2
     torch.testing.assert_close(fused.logits, reference.logits, rtol=1e-4, atol=1e-5)
-    # the state the kernel wrote in place is the cache's next state
+    # the state and window the kernels wrote in place are the cache's next ones
     for layer in range(2):
-        torch.testing.assert_close(
-            fused.past_key_values.get_recurrent_state(layer, state_idx=0),
-            reference.past_key_values.get_recurrent_state(layer, state_idx=0),
-            rtol=1e-4, atol=1e-5)
+        for state in ("get_recurrent_state", "get_conv_state"):
+            torch.testing.assert_close(
+                getattr(fused.past_key_values, state)(layer, state_idx=0),
+                getattr(reference.past_key_values, state)(layer, state_idx=0),
+                rtol=1e-4, atol=1e-5)

@@ -1,7 +1,8 @@
 """transformers' reference loops for recurrent token mixers swapped, while a capture runs, for
 the fused ops a GPU deployment runs in their place: Mamba's selective scan
 (fxroof.graph.fused_scans), Mamba-2's chunked scan (fxroof.graph.fused_ssd), either's decode step
-(fxroof.graph.fused_state_update) and the gated delta rule (fxroof.graph.fused_delta_rules).
+(fxroof.graph.fused_state_update), a decode step's short convolution
+(fxroof.graph.fused_conv_window) and the gated delta rule (fxroof.graph.fused_delta_rules).
 
 transformers calls each through a module-level function of the model's modeling file, which runs
 the hub kernel where one is installed and otherwise a loop whose graph grows with the prompt. The
@@ -13,14 +14,16 @@ from __future__ import annotations
 import contextlib
 import sys
 
-from fxroof.graph import fused_delta_rules, fused_scans, fused_ssd, fused_state_update
+from fxroof.graph import (fused_conv_window, fused_delta_rules, fused_scans, fused_ssd,
+                          fused_state_update)
 
 # one registry: transformers' function name -> fxroof's fused replacement
 REPLACEMENTS = {**fused_scans.REPLACEMENTS, **fused_ssd.REPLACEMENTS,
-                **fused_state_update.REPLACEMENTS, **fused_delta_rules.REPLACEMENTS}
+                **fused_state_update.REPLACEMENTS, **fused_conv_window.REPLACEMENTS,
+                **fused_delta_rules.REPLACEMENTS}
 # the ops they call, backwards included
 OPS = (fused_scans.OP, fused_scans.BACKWARD, fused_ssd.OP, fused_ssd.BACKWARD,
-       fused_state_update.OP, fused_delta_rules.CHUNKED, fused_delta_rules.RECURRENT,
+       fused_state_update.OP, fused_conv_window.OP, fused_delta_rules.CHUNKED, fused_delta_rules.RECURRENT,
        fused_delta_rules.BACKWARD)
 # the library each op stands for, by op name: what a report tells its reader was assumed
 _SCAN, _SSD, _DELTA = ("mamba_ssm's selective scan", "mamba_ssm's chunked scan",
@@ -28,6 +31,7 @@ _SCAN, _SSD, _DELTA = ("mamba_ssm's selective scan", "mamba_ssm's chunked scan",
 KERNELS = {"selective_scan": _SCAN, "selective_scan_backward": _SCAN,
            "ssd_chunk_scan": _SSD, "ssd_chunk_scan_backward": _SSD,
            "selective_state_update": "mamba_ssm's state update",
+           "causal_conv1d_update": "causal-conv1d's window update",
            "chunked_delta_rule": _DELTA, "chunked_delta_rule_backward": _DELTA,
            "recurrent_delta_rule": "flash-linear-attention's fused recurrent delta rule"}
 

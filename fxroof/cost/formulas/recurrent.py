@@ -16,7 +16,8 @@ import torch
 
 from fxroof.cost.formulas.registry import OpCall, formula
 from fxroof.cost.record import Cost
-from fxroof.graph import fused_delta_rules, fused_scans, fused_ssd, fused_state_update
+from fxroof.graph import (fused_conv_window, fused_delta_rules, fused_scans, fused_ssd,
+                          fused_state_update)
 from fxroof.graph.tensors import footprint, numel
 
 aten = torch.ops.aten
@@ -232,3 +233,16 @@ def selective_state_update(call: OpCall):
                                    (2, call.get("z") is not None)) if given)
     return Cost(8 * numel(state) + extra * numel(x), call.bytes_read(),
                 call.bytes_written() + footprint(state), "other", call.dtype)
+
+
+@formula(fused_conv_window.OP, category="other")
+def causal_conv1d_update(call: OpCall):
+    """causal-conv1d's window update, one kernel (fxroof.graph.fused_conv_window): per output
+    element the taps' multiply-adds (2 each), the bias (1) and the activation (1) where given, as
+    a convolution and pointwise ops count them. Bytes: the inputs, the window among them, read
+    once; the output and the window, shifted in place, written once."""
+    x, weight = call.get("x"), call.get("weight")
+    per_output = 2 * int(weight.shape[-1]) + (call.get("bias") is not None) \
+        + (call.get("activation") is not None)
+    return Cost(per_output * numel(x), call.bytes_read(),
+                call.bytes_written() + footprint(call.get("conv_state")), "other", call.dtype)
