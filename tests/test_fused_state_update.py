@@ -21,12 +21,17 @@ CONFIGS = {"mamba": (transformers.MambaConfig, transformers.MambaForCausalLM, MA
            "mamba2": (transformers.Mamba2Config, transformers.Mamba2ForCausalLM, MAMBA2)}
 
 
-@pytest.mark.parametrize("family", CONFIGS)
-def test_a_decode_step_is_one_state_update_a_layer(family):
+def decode_step(family: str, op: str):
+    """The family's decode step analyzed eagerly, and its nodes running `op`."""
     config, _, fields = CONFIGS[family]
     report = fxroof.analyze(*from_config(config(**fields).to_dict(), batch=B, phase="decode",
                                          ctx=8), chip="h100-sxm", mode="eager")
-    updates = [n for n in report.nodes if n.op == "selective_state_update"]
+    return report, [n for n in report.nodes if n.op == op]
+
+
+@pytest.mark.parametrize("family", CONFIGS)
+def test_a_decode_step_is_one_state_update_a_layer(family):
+    report, updates = decode_step(family, "selective_state_update")
     assert len(updates) == 2
     # by hand, a layer: 8 FLOPs a state element, B x 64 x 8 of them (Mamba-1's 64 channels,
     # Mamba-2's 8 heads x 8), and per channel dt's bias and softplus (2) and D x (2), Mamba-1's
@@ -42,10 +47,7 @@ def test_a_decode_step_is_one_state_update_a_layer(family):
 
 @pytest.mark.parametrize("family", CONFIGS)
 def test_a_decode_steps_convolution_is_one_window_update_a_layer(family):
-    config, _, fields = CONFIGS[family]
-    report = fxroof.analyze(*from_config(config(**fields).to_dict(), batch=B, phase="decode",
-                                         ctx=8), chip="h100-sxm", mode="eager")
-    updates = [n for n in report.nodes if n.op == "causal_conv1d_update"]
+    _, updates = decode_step(family, "causal_conv1d_update")
     assert len(updates) == 2
     # by hand, a layer: one output a channel (Mamba-1's 64; Mamba-2's 64 and the 2 x 8 of B and
     # C, 80), 4 taps (8 FLOPs), the bias and the SiLU
