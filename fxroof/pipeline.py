@@ -326,11 +326,11 @@ def _repeated_kv_notes(gm, nodes) -> tuple:
 def _fused_recurrence_notes(nodes) -> tuple:
     """Recurrent mixers captured as the kernels engines run (fxroof.graph.fused_recurrences):
     a reader comparing with an eager CPU run of transformers should know."""
-    libraries = sorted({FUSED_KERNELS[n.op] for n in nodes if n.op in FUSED_KERNELS})
+    libraries = sorted({FUSED_KERNELS[name] for n in nodes
+                        if (name := n.op.removesuffix("_backward")) in FUSED_KERNELS})
     if not libraries:
         return ()
-    # a training step's backward kernels are the same mixers'
-    count = sum(n.op in FUSED_KERNELS and not n.op.endswith("_backward") for n in nodes)
+    count = sum(n.op in FUSED_KERNELS for n in nodes)     # a backward is the same mixer's
     mixers = f"{count} recurrent token mixer" + ("s" if count != 1 else "")
     return (f"{mixers} run as {', '.join(libraries)} kernels, as serving engines and training "
             f"stacks run them, not as the reference code transformers falls back to without "

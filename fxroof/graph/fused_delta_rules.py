@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from fxroof.graph.reference_vjp import optional_vjp
+from fxroof.graph.reference_vjp import gradients_like, optional_vjp, present
 
 L2_EPS = 1e-6     # transformers' (and FLA's) l2norm epsilon
 
@@ -53,7 +53,7 @@ def _reference(q, k, v, g, beta, initial_state, l2norm):
     return out.to(dtype), state
 
 
-def _fake_outputs(q, v, k, output_final_state):
+def _fake_outputs(q, k, v, output_final_state):
     last = (v.shape[0], v.shape[-2], k.shape[-1], v.shape[-1]) if output_final_state else (0,)
     return q.new_empty(v.shape), v.new_empty(last, dtype=torch.float32)
 
@@ -71,7 +71,7 @@ def chunked_delta_rule(q, k, v, g, beta, initial_state, l2norm, output_final_sta
 
 @chunked_delta_rule.register_fake
 def _(q, k, v, g, beta, initial_state, l2norm, output_final_state, chunk_size):
-    return _fake_outputs(q, v, k, output_final_state)
+    return _fake_outputs(q, k, v, output_final_state)
 
 
 @torch.library.custom_op("fxroof::recurrent_delta_rule", mutates_args=(), schema=(
@@ -86,7 +86,7 @@ def recurrent_delta_rule(q, k, v, g, beta, initial_state, l2norm, output_final_s
 
 @recurrent_delta_rule.register_fake
 def _(q, k, v, g, beta, initial_state, l2norm, output_final_state):
-    return _fake_outputs(q, v, k, output_final_state)
+    return _fake_outputs(q, k, v, output_final_state)
 
 
 @torch.library.custom_op("fxroof::chunked_delta_rule_backward", mutates_args=(), schema=(
@@ -101,8 +101,7 @@ def chunked_delta_rule_backward(dout, q, k, v, g, beta, initial_state, l2norm, c
 
 @chunked_delta_rule_backward.register_fake
 def _(dout, q, k, v, g, beta, initial_state, l2norm, chunk_size):
-    return tuple(q.new_empty(0) if t is None else torch.empty_like(t)
-                 for t in (q, k, v, g, beta, initial_state))
+    return gradients_like([q, k, v, g, beta, initial_state], q)
 
 
 CHUNKED = torch.ops.fxroof.chunked_delta_rule
@@ -119,7 +118,7 @@ def _backward(ctx, dout, dlast):
     # a training step keeps no cache: nothing reads the last state, whose gradient is not taken
     saved = ctx.saved_tensors
     grads = BACKWARD(dout, *saved, ctx.l2norm, ctx.chunk_size)
-    return (*(None if t is None else d for t, d in zip(saved, grads)), None, None, None)
+    return (*present(saved, grads), None, None, None)
 
 
 chunked_delta_rule.register_autograd(_backward, setup_context=_save)

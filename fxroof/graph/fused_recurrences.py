@@ -23,27 +23,25 @@ REPLACEMENTS = {**fused_scans.REPLACEMENTS, **fused_ssd.REPLACEMENTS,
                 **fused_delta_rules.REPLACEMENTS}
 # the ops they call, backwards included
 OPS = (fused_scans.OP, fused_scans.BACKWARD, fused_ssd.OP, fused_ssd.BACKWARD,
-       fused_state_update.OP, fused_conv_window.OP, fused_delta_rules.CHUNKED, fused_delta_rules.RECURRENT,
-       fused_delta_rules.BACKWARD)
-# the library each op stands for, by op name: what a report tells its reader was assumed
-_SCAN, _SSD, _DELTA = ("mamba_ssm's selective scan", "mamba_ssm's chunked scan",
-                       "flash-linear-attention's chunked delta rule")
-KERNELS = {"selective_scan": _SCAN, "selective_scan_backward": _SCAN,
-           "ssd_chunk_scan": _SSD, "ssd_chunk_scan_backward": _SSD,
+       fused_state_update.OP, fused_conv_window.OP, fused_delta_rules.CHUNKED,
+       fused_delta_rules.RECURRENT, fused_delta_rules.BACKWARD)
+# the library each forward op stands for, by op name (a backward op, "<name>_backward", is the
+# same library's): what a report tells its reader was assumed
+KERNELS = {"selective_scan": "mamba_ssm's selective scan",
+           "ssd_chunk_scan": "mamba_ssm's chunked scan",
            "selective_state_update": "mamba_ssm's state update",
            "causal_conv1d_update": "causal-conv1d's window update",
-           "chunked_delta_rule": _DELTA, "chunked_delta_rule_backward": _DELTA,
+           "chunked_delta_rule": "flash-linear-attention's chunked delta rule",
            "recurrent_delta_rule": "flash-linear-attention's fused recurrent delta rule"}
 
 
 @contextlib.contextmanager
-def fused_recurrences(names=None):
+def fused_recurrences():
     """Within the block every loaded transformers module's function named in REPLACEMENTS
-    (or in `names`, some of them) calls fxroof's fused op; each is restored on exit."""
-    names = REPLACEMENTS if names is None else names
+    calls fxroof's fused op; each is restored on exit."""
     patched = [(m, name, getattr(m, name)) for module_name, m in list(sys.modules.items())
                if module_name.startswith("transformers.models.") and m is not None
-               for name in names if callable(getattr(m, name, None))]
+               for name in REPLACEMENTS if callable(getattr(m, name, None))]
     try:
         for module, name, _original in patched:
             setattr(module, name, REPLACEMENTS[name])

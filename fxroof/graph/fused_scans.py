@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fxroof.graph.reference_vjp import optional_vjp
+from fxroof.graph.reference_vjp import gradients_like, optional_vjp, present
 
 NAME = "mamba_selective_scan"    # the function transformers' Mamba-1 mixers call
 
@@ -82,8 +82,7 @@ BACKWARD = torch.ops.fxroof.selective_scan_backward
 
 @selective_scan_backward.register_fake
 def _(dy, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
-    return tuple(u.new_empty(0) if t is None else torch.empty_like(t)
-                 for t in (u, delta, A, B, C, D, z, delta_bias))
+    return gradients_like([u, delta, A, B, C, D, z, delta_bias], u)
 
 
 def _save(ctx, inputs, output):
@@ -95,7 +94,7 @@ def _backward(ctx, dy, dlast):
     # a training step keeps no cache: nothing reads the last state, whose gradient is not taken
     saved = ctx.saved_tensors
     grads = BACKWARD(dy, *saved, ctx.softplus)
-    return (*(None if t is None else g for t, g in zip(saved, grads)), None, None)
+    return (*present(saved, grads), None, None)
 
 
 selective_scan.register_autograd(_backward, setup_context=_save)
@@ -104,8 +103,8 @@ selective_scan.register_autograd(_backward, setup_context=_save)
 def _scan(hidden_states, dt, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
           return_last_state=False, **_):
     """`mamba_selective_scan`'s signature (its torch-only options ignored: one kernel)."""
-    y, last = torch.ops.fxroof.selective_scan(hidden_states, dt, A, B, C, D, z, delta_bias,
-                                              bool(delta_softplus), bool(return_last_state))
+    y, last = OP(hidden_states, dt, A, B, C, D, z, delta_bias, bool(delta_softplus),
+                 bool(return_last_state))
     return (y, last) if return_last_state else y
 
 

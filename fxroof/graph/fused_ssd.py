@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fxroof.graph.reference_vjp import optional_vjp
+from fxroof.graph.reference_vjp import gradients_like, optional_vjp, present
 
 
 def _reference(x, dt, A, B, C, D, dt_bias, initial_states, dt_softplus, dt_min, dt_max):
@@ -85,8 +85,7 @@ def ssd_chunk_scan_backward(dy, x, dt, A, B, C, chunk_size, D, dt_bias, initial_
 
 @ssd_chunk_scan_backward.register_fake
 def _(dy, x, dt, A, B, C, chunk_size, D, dt_bias, initial_states, dt_softplus, dt_min, dt_max):
-    return tuple(x.new_empty(0) if t is None else torch.empty_like(t)
-                 for t in (x, dt, A, B, C, D, dt_bias, initial_states))
+    return gradients_like([x, dt, A, B, C, D, dt_bias, initial_states], x)
 
 
 OP = torch.ops.fxroof.ssd_chunk_scan
@@ -103,8 +102,7 @@ def _backward(ctx, dy, dlast):
     # a training step keeps no cache: nothing reads the last state, whose gradient is not taken
     x, dt, A, B, C, D, dt_bias, initial = ctx.saved_tensors
     grads = BACKWARD(dy, x, dt, A, B, C, ctx.chunk_size, D, dt_bias, initial, *ctx.options)
-    dx, ddt, dA, dB, dC, dD, dbias, dinitial = (
-        None if t is None else g for t, g in zip((x, dt, A, B, C, D, dt_bias, initial), grads))
+    dx, ddt, dA, dB, dC, dD, dbias, dinitial = present(ctx.saved_tensors, grads)
     return dx, ddt, dA, dB, dC, None, dD, dbias, dinitial, None, None, None, None
 
 

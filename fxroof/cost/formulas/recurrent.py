@@ -7,8 +7,9 @@ one vector per token: 2 * tokens * rows * cols FLOPs, biases not counted (PyTorc
 On top, per token, layer, direction and hidden unit, the gate work (counts beside _GATES).
 Tokens: batch * steps for padded input, the packed length for a PackedSequence (the .data form).
 
-Below them, the fused kernels fxroof captures in place of transformers' loops over tokens and
-chunks (fxroof.graph.fused_recurrences): Mamba's selective scan, and the gated delta rule.
+Below them, the kernels fxroof captures in place of transformers' fallbacks for recurrent
+mixers (fxroof.graph.fused_recurrences): Mamba's selective scan, Mamba-2's chunked scan, their
+decode step's state update, the short convolution's window update, and the gated delta rule.
 """
 from __future__ import annotations
 
@@ -59,17 +60,22 @@ def mkldnn_rnn_layer(call: OpCall):
     return 2 * tokens * weights + per_unit * tokens * int(call.get("hidden_size"))
 
 
+def _channel_work(call: OpCall, bias: str, softplus: str) -> int:
+    """FLOPs a Mamba scan or state update spends per channel and token beside its state: dt's
+    bias (1) and softplus (1), D * u added (2) and the gate's silu and product (2), where given
+    (`bias`, `softplus`: the names the op gives dt's)."""
+    return sum(n for n, given in ((1, call.get(bias) is not None),
+                                  (1, bool(call.get(softplus))),
+                                  (2, call.get("D") is not None),
+                                  (2, call.get("z") is not None)) if given)
+
+
 def _scan_work(call: OpCall) -> tuple[int, int]:
     """(state elements, per-token work) of a selective scan's call: batch x channels x tokens x
-    state size, and batch x channels x tokens times the FLOPs of dt's bias (1) and softplus (1),
-    D * u added (2) and the gate's silu and product (2), where given."""
+    state size, and batch x channels x tokens times _channel_work."""
     u, a = call.get("u"), call.get("A")
     tokens = numel(u)                                        # batch x channels x tokens
-    extra = sum(n for n, given in ((1, call.get("delta_bias") is not None),
-                                   (1, bool(call.get("delta_softplus"))),
-                                   (2, call.get("D") is not None),
-                                   (2, call.get("z") is not None)) if given)
-    return tokens * int(a.shape[-1]), extra * tokens
+    return tokens * int(a.shape[-1]), _channel_work(call, "delta_bias", "delta_softplus") * tokens
 
 
 @formula(fused_scans.OP, category="other")
@@ -227,10 +233,7 @@ def selective_state_update(call: OpCall):
     where given. Bytes: the inputs, the state among them, read once; the output and the state,
     written in place, written once."""
     x, state = call.get("x"), call.get("state")
-    extra = sum(n for n, given in ((1, call.get("dt_bias") is not None),
-                                   (1, bool(call.get("dt_softplus"))),
-                                   (2, call.get("D") is not None),
-                                   (2, call.get("z") is not None)) if given)
+    extra = _channel_work(call, "dt_bias", "dt_softplus")
     return Cost(8 * numel(state) + extra * numel(x), call.bytes_read(),
                 call.bytes_written() + footprint(state), "other", call.dtype)
 
