@@ -11,14 +11,14 @@ import pytest
 import torch
 import transformers
 from torch.distributed._tools.mem_tracker import MemTracker
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop, sdpa_flop
 
 import fxroof
 from fxroof.cli.main import main
 from fxroof.cost.record import MATRIX_CATEGORIES
 from fxroof.graph.parallel import fake_process_group, tensor_parallel
-from fxroof.graph.training import PHASES
+from fxroof.graph.training import PHASES, selective_policy
 from fxroof.report.streams import schedule
 from fxroof.report.units import si
 
@@ -600,6 +600,35 @@ def test_recompute_of_a_hugging_face_model_meets_its_own_checkpointing_under_fsd
         assert matrix_flops(r) == counted and r.recompute_flops > 0
 
 
+def test_selective_recompute_runs_again_what_the_policy_does_not_keep():
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                                      num_attention_heads=4, num_key_value_heads=2,
+                                      vocab_size=100, attn_implementation="sdpa")
+    model, ids = transformers.LlamaForCausalLM(config), torch.randint(0, 100, (2, 64))
+    # PyTorch's count of a real step under torch's own selective checkpointing of every block
+    real = copy.deepcopy(model)
+    real.gradient_checkpointing_enable(gradient_checkpointing_kwargs={
+        "use_reentrant": False,
+        "context_fn": lambda: create_selective_checkpoint_contexts(selective_policy())})
+    counted = real_step_flops(real, (ids,), {"labels": ids})
+    plain, full, selective = (
+        fxroof.analyze(model, (ids,), {"labels": ids}, train=True, optimizer="sgd", recompute=how)
+        for how in (False, True, "selective"))
+    assert matrix_flops(selective) == counted
+    # by hand, 128 tokens: each block's second, fourth and sixth matmuls (k, o and up
+    # projections, 64 wide into 32, 64 and 128) run again, 2*128*64*(32 + 64 + 128) = 3,670,016
+    # a block; the attention is kept (full recomputation runs all seven and the attention again)
+    assert matrix_flops(selective) - matrix_flops(plain) == 4 * 3_670_016
+    assert matrix_flops(full) - matrix_flops(plain) > matrix_flops(selective) - \
+        matrix_flops(plain)
+    # it keeps more than full recomputation does, less than no recomputation
+    peaks = [r.memory.total for r in (full, selective, plain)]
+    assert peaks == sorted(peaks) and len(set(peaks)) == 3
+    with pytest.raises(ValueError, match="unknown recompute 'some'"):
+        fxroof.analyze(model, (ids,), {"labels": ids}, train=True, recompute="some")
+
+
 def test_cli_train(tmp_path, capsys):
     spec = tmp_path / "work.py"
     spec.write_text("import torch\n\ndef workload():\n    torch.manual_seed(0)\n"
@@ -616,6 +645,9 @@ def test_cli_train(tmp_path, capsys):
     # ReLU's output (3 x 16) is made again
     assert d["recompute_flops"] == 3 * 16
     assert [n["op"] for n in d["nodes"] if n.get("recomputed")] == ["relu"]
+    # selective: the ReLU is not among what the policy keeps, so it runs again as before
+    assert main(["analyze", str(spec), "--train", "--selective-recompute", "--json", "-"]) == 0
+    assert json.loads(capsys.readouterr().out)["recompute_flops"] == 3 * 16
     assert main(["analyze", str(spec), "--optimizer", "sgd"]) == 2
     assert "--train" in capsys.readouterr().err
 

@@ -59,8 +59,14 @@ def _workload_args() -> argparse.ArgumentParser:
                    "(one rank of DDP analyzed)")
     p.add_argument("--fsdp", action="store_true", help="with --train --dp N: shard parameters, "
                    "gradients and optimizer state over the N ranks (FSDP2) instead of DDP")
-    p.add_argument("--recompute", action="store_true", help="with --train: activation "
-                   "checkpointing of every block (the backward runs its forward again)")
+    checkpointing = p.add_mutually_exclusive_group()
+    checkpointing.add_argument("--recompute", action="store_const", const="full", default=False,
+                               help="with --train: activation checkpointing of every block (the "
+                               "backward runs its forward again)")
+    checkpointing.add_argument("--selective-recompute", dest="recompute", action="store_const",
+                               const="selective", help="with --train: selective checkpointing "
+                               "of every block, torchtitan's op policy (attention outputs and "
+                               "every second matmul's kept, the rest run again)")
     p.add_argument("--quantize", metavar="SPEC", help="what-if: w8, w4, w4g64, wfp8, kv8, "
                    "kv-fp8, fp8, w8a8, joined with + (e.g. w4+kv8); the model is not changed")
     p.add_argument("--amp", default="", metavar="DTYPE", help="automatic mixed precision: fp16 "

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from copy import deepcopy
 
 import torch
@@ -31,6 +31,9 @@ from fxroof.graph.nodes import FOREACH_KEY, PHASE_KEY, RECOMPUTED_KEY
 
 PHASES = ("forward", "backward", "optimizer")
 OPTIMIZERS = ("adamw", "sgd", "none")
+# activation checkpointing of every block: "full" runs its whole forward again in the backward;
+# "selective" keeps what torchtitan's op policy keeps (SAVED_BY_SELECTIVE) and runs the rest again
+RECOMPUTE = ("full", "selective")
 HALF = (torch.float16, torch.bfloat16)
 # torch.optim.AdamW's defaults; the values change no cost, the update's ops are what count.
 LR, BETAS, EPS, WEIGHT_DECAY = 1e-3, (0.9, 0.999), 1e-8, 1e-2
@@ -38,7 +41,7 @@ LR, BETAS, EPS, WEIGHT_DECAY = 1e-3, (0.9, 0.999), 1e-8, 1e-2
 
 def capture_step(model, args=(), kwargs=None, *, optimizer: str = "adamw",
                  loss_fn=None, layout: Layout | None = None,
-                 recompute: bool = False) -> Captured:
+                 recompute: bool | str = False) -> Captured:
     """The training step of `model` on these inputs as one graph, its nodes tagged by phase.
 
     The loss: `loss_fn(output)` when given, else the output's own `.loss` (a Hugging Face model
@@ -48,13 +51,17 @@ def capture_step(model, args=(), kwargs=None, *, optimizer: str = "adamw",
     training (fxroof.graph.data_parallel.layout_of: DDP's gradient buckets, or FSDP2's shards;
     `model` the module inside a DDP wrapper, or a fully_shard-ed model). recompute: each block
     (data_parallel.blocks) under torch.utils.checkpoint, its forward run again in the
-    backward, those ops tagged RECOMPUTED_KEY. A model with DTensor weights
+    backward, those ops tagged RECOMPUTED_KEY; "selective": the block's attention outputs and
+    every second matmul's output kept (selective_policy), only the rest run again. A model with DTensor weights
     (fxroof.graph.parallel's tensor_parallel): one rank's step, its weights, gradients and
     optimizer state the rank's shards, the collectives DTensor emits in the forward and the
     backward in the graph."""
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; expected one of "
                          f"{', '.join(OPTIMIZERS)}")
+    if recompute not in (False, True, *RECOMPUTE):
+        raise ValueError(f"unknown recompute {recompute!r}; expected True, False or one of "
+                         f"{', '.join(RECOMPUTE)}")
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"a training step needs an nn.Module, not {type(model).__name__}")
     args = tuple(args) if isinstance(args, (tuple, list)) else (args,)
@@ -85,7 +92,7 @@ def capture_step(model, args=(), kwargs=None, *, optimizer: str = "adamw",
     sharded = Sharded(copy, params, layout, wrap) if fsdp else None
     recomputed: list = []       # node counts where each block's recomputation starts and ends
     for name in blocks(copy) if recompute else ():
-        _checkpointed(copy.get_submodule(name), recomputed)
+        _checkpointed(copy.get_submodule(name), recomputed, recompute == "selective")
     with fake.mode:
         if sharded:
             params = sharded.shards()
@@ -117,9 +124,9 @@ def capture_step(model, args=(), kwargs=None, *, optimizer: str = "adamw",
 
     step._orig_mod = copy     # make_fx records module paths relative to `_orig_mod`
     autocasts: list = []    # the autocast regions the forward enters (graph.autocast)
-    try:
+    try:   # transformers' and the recurrent mixers' code as a compiled step runs it
         with quiet_torch(), fx_traceback.preserve_node_meta(), cuda_autocast_as_cpu(autocasts), \
-                transformers_compiling(), fused_recurrences():   # as a compiled step runs
+                transformers_compiling(), fused_recurrences(), _checkpointing_as_eager():
             gm = make_fx(step, tracing_mode="fake", record_module_stack=True)(
                 params, frozen, states, args, kwargs)
     except (ValueError, TypeError):     # the user's loss or inputs: already one clear line
@@ -146,11 +153,56 @@ def _fake_mode(model: torch.nn.Module):
     return detect_fake_mode(list(local_shards(dict(model.named_parameters()))[0].values()))
 
 
-def _checkpointed(block: torch.nn.Module, spans: list) -> None:
-    """Run `block` under non-reentrant checkpointing; each later call of its forward (the
-    recomputation in the backward) appends the traced node counts it starts and ends at."""
-    from torch.utils.checkpoint import checkpoint
+# torchtitan's op policy for selective checkpointing (torchtitan/parallelisms/
+# parallelize_llama.py, no_recompute_list and _custom_policy, 2024-04): attention kernels' outputs
+# are kept, and matmuls' but every second one's; the CPU's flash kernel stands for CUDA's here,
+# as a step traced on the CPU calls it where a GPU calls theirs.
+SAVED_BY_SELECTIVE = frozenset(getattr(torch.ops.aten, name).default for name in (
+    "mm", "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
+    "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention_for_cpu")
+    if hasattr(torch.ops.aten, name))
+
+
+def selective_policy():
+    """A fresh policy for one checkpointed call (torch.utils.checkpoint's context_fn makes one
+    per call): keep SAVED_BY_SELECTIVE's outputs but every second mm's, counting the forward's
+    matmuls and the recomputation's apart so both make the same choice."""
+    from torch.utils.checkpoint import CheckpointPolicy
+    counts = {False: 0, True: 0}
+
+    def policy(ctx, func, *args, **kwargs):
+        if func is torch.ops.aten.mm.default:
+            counts[ctx.is_recompute] += 1
+            if counts[ctx.is_recompute] % 2 == 0:
+                return CheckpointPolicy.PREFER_RECOMPUTE
+        return (CheckpointPolicy.MUST_SAVE if func in SAVED_BY_SELECTIVE
+                else CheckpointPolicy.PREFER_RECOMPUTE)
+    return policy
+
+
+@contextmanager
+def _checkpointing_as_eager():
+    """torch.utils.checkpoint takes any proxy mode for torch.compile's and, there, selective
+    checkpointing only tags each op with its policy for AOTAutograd's partitioner to act on
+    (`_is_compiling`): the backward would recompute nothing. make_fx traces what eager runs, so
+    within the block checkpointing is told it is not compiling; restored on exit."""
+    import torch.utils.checkpoint as checkpointing
+    original = checkpointing._is_compiling
+    checkpointing._is_compiling = lambda *args, **kwargs: False
+    try:
+        yield
+    finally:
+        checkpointing._is_compiling = original
+
+
+def _checkpointed(block: torch.nn.Module, spans: list, selective: bool = False) -> None:
+    """Run `block` under non-reentrant checkpointing (selective: under selective_policy); each
+    later call of its forward (the recomputation in the backward) appends the traced node counts
+    it starts and ends at."""
+    from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts
     forward, ran = block.forward, []
+    context = ({"context_fn": lambda: create_selective_checkpoint_contexts(selective_policy())}
+               if selective else {})
 
     def counted(*args, **kwargs):
         start = _traced()
@@ -161,7 +213,7 @@ def _checkpointed(block: torch.nn.Module, spans: list) -> None:
             ran.append(True)
 
     block.forward = lambda *args, **kwargs: checkpoint(counted, *args, use_reentrant=False,
-                                                       **kwargs)
+                                                       **context, **kwargs)
 
 
 def _state(p: torch.Tensor, optimizer: str) -> tuple:
