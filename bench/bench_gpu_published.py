@@ -147,6 +147,17 @@ when absent; their README says how each was measured):
         Llama-2-70B's rows (tensor-parallel, on H100 per GPU, and first tokens at 4 GPUs) come
         with --tp.
 
+    --training: torchtitan FSDP training, 64 A100s
+        torchtitan's published tokens per second per GPU (docs/performance.md, 2024-04) of
+        Llama 2 13B and 70B and Llama 3 8B and 70B training steps, FSDP2 over 64 A100 80GB,
+        bf16 compute over fp32 weights, eager, without, with full and with selective (op)
+        activation checkpointing. Predicted: one rank's eager step of a Hugging Face Llama of
+        the same shapes (fxroof's train=True, dp=64, fsdp=True, recompute=...), priced as the
+        A100 SXM. Differences fxroof does not model: torchtitan's fused Triton RMSNorm in the 8B
+        and 13B runs (fxroof prices PyTorch's eager norm), its complex-number rotary, gradient
+        clipping, the fp32 reduce-scatter (fxroof reduces the bf16 gradients), and the network
+        between the 8 servers (fxroof prices the group as one ring over NVLink).
+
     --timm RESULTS
         the results/ folder of a pytorch-image-models checkout adds, each as a source of its
         own, the benchmark-infer-*.csv files the data folder does not hold: at commit aa4b585
@@ -549,6 +560,64 @@ def timm_train_cases(only: str) -> list[Case]:
             cases.append(Case(source, f"{r['model']} {size}px b{batch}",
                               float(r["train_step_time"]) / 1e3, report.summary.floor_s,
                               report.time_s, made_of(report.kernels)))
+    return cases
+
+
+# -- torchtitan training steps ------------------------------------------------------------------
+
+# pytorch/torchtitan docs/performance.md at commit 157a12c (2024-04-24): FSDP2 over 64 A100 80GB
+# (1-D, every rank a shard), bf16 compute over fp32 weights (MixedPrecisionPolicy(param_dtype=
+# bfloat16, reduce_dtype=float32)), AdamW (foreach), no torch.compile, attention by
+# F.scaled_dot_product_attention (is_causal), tokens per second per GPU ("WPS"). (label, shape,
+# local batch, sequence, activation checkpointing, published tokens/s). Left out: the "selective
+# layer" rows, whose layer interval the page does not give.
+TORCHTITAN_SHAPES = {   # torchtitan/models/llama/__init__.py's flavors (Llama 2's vocabulary 32,000)
+    "Llama 3 8B": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                       num_attention_heads=32, num_key_value_heads=8, vocab_size=128256),
+    "Llama 3 70B": dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
+                        num_attention_heads=64, num_key_value_heads=8, vocab_size=128256),
+    "Llama 2 13B": dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40,
+                        num_attention_heads=40, num_key_value_heads=40, vocab_size=32000),
+    "Llama 2 70B": dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
+                        num_attention_heads=64, num_key_value_heads=8, vocab_size=32000)}
+TORCHTITAN = (("Llama 3 8B", 1, 8192, "selective", 2973),
+              ("Llama 3 70B", 1, 8192, True, 331),
+              ("Llama 2 13B", 2, 4096, False, 2162),
+              ("Llama 2 13B", 2, 4096, "selective", 1904),
+              ("Llama 2 70B", 1, 4096, "selective", 355),
+              ("Llama 2 70B", 2, 4096, True, 353))
+TORCHTITAN_RANKS = 64
+CHECKPOINTING = {False: "no AC", True: "full AC", "selective": "selective op AC"}
+
+
+def torchtitan_cases(only: str, training: bool) -> list[Case]:
+    """torchtitan's FSDP training steps (--training): one rank's eager step of a Hugging Face
+    Llama of the same shapes on the meta device, bf16 weights (FSDP2's param_dtype; AdamW then
+    keeps fp32 master weights and moments), FSDP over 64, as published. Each step takes 20 s
+    to 2 minutes to analyze."""
+    source = "torchtitan FSDP training, 64 A100s"
+    if not training or only not in source:
+        return []
+    try:
+        import transformers
+    except Exception as e:
+        print(f"skipped {source}: transformers cannot be imported ({type(e).__name__}: {e})")
+        return []
+    cases = []
+    for name, batch, tokens, recompute, tokens_per_s in TORCHTITAN:
+        config = transformers.LlamaConfig(**TORCHTITAN_SHAPES[name], max_position_embeddings=tokens,
+                                          attn_implementation="sdpa", tie_word_embeddings=False)
+        with torch.device("meta"):
+            model = transformers.LlamaForCausalLM(config).to(torch.bfloat16)
+        ids = torch.zeros(batch, tokens, dtype=torch.long, device="meta")
+        r = fxroof.analyze(model, (ids,), {"labels": ids}, train=True, chip="a100-80gb",
+                           mode="eager", dp=TORCHTITAN_RANKS, fsdp=True, recompute=recompute)
+        exposed = r.summary.schedule.exposed_s / r.time_s
+        cases.append(Case(source, f"{name} b{batch} x {tokens}, {CHECKPOINTING[recompute]}: "
+                          f"{tokens_per_s} tokens/s a GPU", batch * tokens / tokens_per_s,
+                          r.summary.floor_s, r.time_s,
+                          f"{made_of(r.kernels)}; MFU {r.mfu:.0%}, communication exposed "
+                          f"{exposed:.0%}"))
     return cases
 
 
@@ -1240,6 +1309,9 @@ def main(argv=None) -> int:
     ap.add_argument("--tp", action="store_true",
                     help="adds gpt-fast's tensor-parallel rows (21 generations, about 25 "
                          "minutes) and TensorRT-LLM's Llama-2-70B rows")
+    ap.add_argument("--training", action="store_true",
+                    help="adds torchtitan's FSDP training steps on 64 A100s (6 steps, about 8 "
+                         "minutes)")
     ap.add_argument("--timm", type=Path, metavar="RESULTS",
                     help="the results/ folder of a pytorch-image-models checkout: adds the GPUs, "
                          "torch versions and layouts its benchmark-infer-*.csv hold")
@@ -1280,7 +1352,8 @@ def main(argv=None) -> int:
              + fa2_benchmark_cases(args.only)
              + square_mm_cases(args.only)
              + gpt_fast_cases(args.only, args.tp) + torchao_cases(args.only)
-             + trt_llm_cases(args.only, args.tp))
+             + trt_llm_cases(args.only, args.tp)
+             + torchtitan_cases(args.only, args.training))
     if not cases:
         print("no cases to compare")
         return 0
