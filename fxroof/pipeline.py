@@ -268,6 +268,7 @@ def report_of(captured: Captured, target: Target) -> Report:
         memory=memory, whatif=target.whatif,
         notes=captured.notes + _estimate_notes(chip)
         + _matrix_unit_notes(nodes, chip, target.quantize) + _matmul_share_notes(nodes, chip)
+        + _network_notes(nodes, chip)
         + _whatif_notes(gm, whatif.requantized, target) + _routing_notes(gm, captured, target)
         + _repeated_kv_notes(gm, nodes) + _fused_recurrence_notes(nodes)
         + ((_FSDP_NOTE if target.fsdp else _DP_NOTE),) * (target.dp > 1),
@@ -383,6 +384,27 @@ def _matmul_share_notes(nodes, chip: Chip) -> tuple:
     return (f"{chip.name} has no measured achievable-matmul share: its matrix kernels are priced "
             f"at the whole dense peak, where the GPUs measured reach {min(shares):.0%}-"
             f"{max(shares):.0%} of theirs (`fxroof chips` gives each chip's figures)",)
+
+
+# Servers of eight GPUs are the common build; a GPU with no server figures prices a larger group
+# over its own links, which the report says once the group passes it.
+USUAL_SERVER_GPUS = 8
+
+
+def _network_notes(nodes, chip: Chip) -> tuple:
+    """Collectives whose group passes one server cross the network between servers: say what the
+    network is taken to be (the chip's reference system), or that the chip has no figure for it."""
+    ranks = max((n.comm_ranks for n in nodes if n.comm_ranks), default=0)
+    if chip.kind != "gpu" or ranks <= (chip.node_gpus or USUAL_SERVER_GPUS):
+        return ()
+    if not chip.node_gpus:
+        return (f"{chip.name} has no server figures (node_gpus, network_GBps): collectives over "
+                f"{ranks} ranks are priced over its links as if one server held them all",)
+    return (f"collectives over {ranks} ranks span {chip.nodes(ranks)} servers of "
+            f"{chip.node_gpus:g} GPUs: the expected time paces their rings (and an all-reduce's "
+            f"tree) by the servers' network, {chip.network_bw / 1e9:g} GB/s a server each way "
+            f"({chip.name}'s reference system; a chip file's network_GBps states another), the "
+            f"floor by the links alone",)
 
 
 def _matrix_unit_notes(nodes, chip: Chip, quantize) -> tuple:

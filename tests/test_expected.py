@@ -282,6 +282,38 @@ def test_a_mid_size_nvls_all_reduce_pays_its_pipeline_fill():
     assert e.comm_s / (size * 14 / 8 / 182.03e9) == pytest.approx(1.07, abs=0.01)
 
 
+def test_an_all_reduce_past_one_server_is_paced_by_its_network():
+    # 1 GB over 16 A100s, two DGX A100s: 2 x 15/16 GB = 1.875 GB sent, 30 steps, 2 of them
+    # between the servers. Within a server the ring would reach 0.81 of 300 GB/s (243 GB/s);
+    # the servers' eight 200 Gb/s NICs carry 200 GB/s at 0.96: 192 GB/s, the slower.
+    # Ring: 8.4 us + 28 x 5 us + 2 x 14 us + 1.875e9 / 192e9 = 9.942 ms. Tree: 8.4 us + 2 x (7 x
+    # 5 us + 1 x 14 us) + 2e9 / (0.92 x 192e9) = 11.43 ms: the ring
+    a100, sent, steps = chip("a100-80gb"), 1_875_000_000, 30
+    assert (a100.node_gpus, a100.network_bw, a100.nodes(16), a100.nodes(8)) == (8, 200e9, 2, 1)
+    floor = comm_time(a100, sent, steps, ranks=16)
+    assert floor == pytest.approx(30 * 5e-6 + sent / 300e9)      # the floor: the links alone
+    e = expected(a100, Timing(0, 0, floor, 0), "collective", comm_bytes=sent, comm_steps=steps,
+                 comm_ranks=16)
+    assert e.algorithm == "ring Simple"
+    assert e.comm_s == pytest.approx(8.4e-6 + 28 * 5e-6 + 2 * 14e-6 + sent / 192e9)
+    # the same bytes within one server: NVLink's 243 GB/s, no network step
+    within = expected(a100, Timing(0, 0, comm_time(a100, sent, 14, ranks=8), 0), "collective",
+                      comm_bytes=sent, comm_steps=14, comm_ranks=8)
+    assert within.comm_s == pytest.approx(8.4e-6 + 14 * 5e-6 + sent / 243e9)
+    # 16 MB over 1,024 ranks (128 servers): the ring's 2,046 steps (254 of them between
+    # servers) cost 11.5 ms of latency, the tree's 2 x (7 x 5 + 7 x 14) us 0.27 ms:
+    # 8.4 us + 266 us + 2 x 16e6 / (0.92 x 192e9) = 0.455 ms
+    size, n = 16_000_000, 1024
+    sent = 2 * (n - 1) * size // n
+    e = expected(a100, Timing(0, 0, comm_time(a100, sent, 2 * (n - 1), ranks=n), 0),
+                 "collective", comm_bytes=sent, comm_steps=2 * (n - 1), comm_ranks=n)
+    assert e.algorithm == "tree"
+    assert e.comm_s == pytest.approx(8.4e-6 + 2 * (7 * 5e-6 + 7 * 14e-6)
+                                     + 2 * size / (0.92 * 192e9))
+    # a chip with no server figures prices any group over its links, as before
+    assert chip("l40s").nodes(64) == 1
+
+
 def test_between_interpolates_the_parts_of_a_kernel_affine_in_a_size():
     # a memory-bound kernel whose bytes grow: halfway between, the expected time is that of
     # the kernel with the halfway bytes

@@ -78,6 +78,15 @@ pages print the with-sparsity figure, which is twice the dense one.
                                                 board wired all to all, no switch: MI300X's
                                                 xGMI); a group of n ranks has n-1 of them.
                                                 Absent: a switch, every group gets link_bw
+      "node_gpus": 8                            GPUs one server's NVLink joins: a collective
+                                                over more ranks crosses the network between
+                                                servers (timing.comm_options)
+      "network_GBps": 400                       the server's scale-out network, ONE direction,
+                                                all its NICs together (the reference system's:
+                                                a DGX's eight); with node_gpus
+      "network_efficiency": 0.94                share of network_GBps a ring's bus bandwidth
+                                                reaches across servers (NCCL's measured rate a
+                                                NIC)
       "nvls_efficiency": 0.85                   GPUs on an NVSwitch that reduces in the switch
                                                 (NVLink SHARP, NCCL's NVLS all-reduce): the share
                                                 of a ring's link rate NVLS keeps (NCCL's
@@ -141,6 +150,9 @@ OPTIONAL_SCALARS = {
     "nvls_efficiency": ("nvls_efficiency", 1.0),
     "nvls_channels": ("nvls_channels", 1.0),
     "peer_links": ("peer_links", 1.0),
+    "node_gpus": ("node_gpus", 1.0),
+    "network_bw": ("network_GBps", 1e9),
+    "network_efficiency": ("network_efficiency", 1.0),
     "kernel_floor_s": ("kernel_floor_us", 1e-6),
     "memory_latency_s": ("memory_latency_ns", 1e-9),
     "sm_threads": ("sm_threads", 1.0),
@@ -150,7 +162,7 @@ OPTIONAL_SCALARS = {
     "region_s": ("region_us", 1e-6),
 }
 EFFICIENCIES = ("matmul_efficiency", "bw_efficiency", "collective_efficiency",   # shares, <= 1
-                "nvls_efficiency", "attention_efficiency")
+                "nvls_efficiency", "attention_efficiency", "network_efficiency")
 OP_TABLES = {
     "op_dispatch_s": ("op_dispatch_us", 1e-6),
     "op_flops": ("op_TFLOPS", 1e12),
@@ -245,6 +257,9 @@ class Chip:
     nvls_efficiency: float = 0.0   # all-reduce over an NVLink SHARP switch (timing.comm_time)
     nvls_channels: float = 0.0     # NCCL's NVLS CTAs in a node; 0: no pipeline fill charged
     peer_links: float = 0.0   # link_bw split over this many direct peer links; 0: a switch
+    node_gpus: float = 0.0    # GPUs a server's links join; 0: not known (one server holds any group)
+    network_bw: float = 0.0   # bytes/s one way through a server's NICs together; with node_gpus
+    network_efficiency: float = 0.0
     kernel_floor_s: float = 0.0
     memory_latency_s: float = 0.0
     sm_threads: float = 0.0
@@ -293,6 +308,12 @@ class Chip:
         over = [f for f in EFFICIENCIES if getattr(self, f) > 1]
         if over:
             raise ChipError(f"chip {self.name!r}: {', '.join(over)} is a share, at most 1")
+        if self.node_gpus and self.node_gpus != int(self.node_gpus):
+            raise ChipError(f"chip {self.name!r}: node_gpus counts GPUs, a whole number; got "
+                            f"{self.node_gpus!r}")
+        if (self.node_gpus > 0) != (self.network_bw > 0):
+            raise ChipError(f"chip {self.name!r}: node_gpus and network_GBps go together (a "
+                            f"group past one server's GPUs crosses its network)")
         if self.peer_links and self.peer_links != int(self.peer_links):
             raise ChipError(f"chip {self.name!r}: peer_links counts links, a whole number; "
                             f"got {self.peer_links!r}")
@@ -353,6 +374,13 @@ class Chip:
         if not self.peer_links or ranks <= 1:
             return self.link_bw
         return self.link_bw * min(ranks - 1, self.peer_links) / self.peer_links
+
+    def nodes(self, ranks: int) -> int:
+        """Servers a group of `ranks` spans, packed server by server; 1 where the chip has no
+        server figures (its links are taken to join any group)."""
+        if not self.node_gpus or ranks <= self.node_gpus:
+            return 1
+        return math.ceil(ranks / self.node_gpus)
 
     def bandwidth(self, nbytes: float) -> float:
         """Bytes/s for a kernel that moves `nbytes`: the cache's when they fit in it."""

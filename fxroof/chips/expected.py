@@ -23,7 +23,9 @@ that kind, so a CPU's expected time is its floor. docs/time-model.md gives each 
                 add in quadrature (memory_latency_s, sm_threads; the kernel's launch,
                 chips/launch.py)
     collective  NCCL's base latency per collective; rings reach collective_efficiency of the link,
-                an all-reduce in an NVLink SHARP switch nvls_efficiency of that
+                an all-reduce in an NVLink SHARP switch nvls_efficiency of that; a group past one
+                server is paced by the server's network (network_bw, network_efficiency) and
+                waits its latency on the steps between servers (timing.comm_options)
     overlap     compute and memory overlap imperfectly on a GPU (XLA's factor)
     latency     every kernel's fixed time on the chip, kernel_floor_s, on top of its work
     layout      a channels-first convolution's transposes of its operands to channels-last,
@@ -268,7 +270,8 @@ def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_by
     if gpu and collective:
         options = comm_options(chip, comm_bytes, comm_steps, NCCL_BASE_S,
                                chip.collective_efficiency or 1.0, nvls_bytes,
-                               chip.nvls_efficiency, comm_ranks, int(chip.nvls_channels))
+                               chip.nvls_efficiency, comm_ranks, int(chip.nvls_channels),
+                               chip.network_efficiency or 1.0)
         algorithm = min(options, key=options.get)
         comm = options[algorithm]
     bandwidth = floor.memory_s / (chip.bw_efficiency or 1.0)

@@ -159,6 +159,24 @@ def nvls_fill(nbytes: float, ranks: int, channels: int) -> float:
     return (rounds + NVLS_STAGES - 1) / rounds
 
 
+# Past one server a ring enters and leaves each server once per channel, through its NICs, and
+# every byte a rank sends crosses a server boundary on some channel: the ring moves at the slower
+# of the rank's link and the server's NICs together. NCCL's tuning model prices a ring over more
+# than two servers at the inter-server bus bandwidth (src/graph/tuning.cc, speedInter), and its
+# maintainers read a multi-server ring's bus bandwidth as "the total NIC bandwidth"
+# (NVIDIA/nccl-tests#160). The steps that cross servers wait the network's latency, and an
+# all-reduce may run NCCL's tree instead: up and down a chain within each server and a binary
+# tree across servers, 2 ((ranks a server - 1) link steps + log2(servers) network steps), moving
+# twice the buffer at 0.92 of the ring's bus bandwidth. The latencies and the tree's share are
+# NCCL's defaults (ncclTunerConstantsDefaults: hwLat NET, Ring 14 us Simple and 2.7 us LL, Tree
+# 14 us Simple; as torch/_inductor/comm_analysis.py copies them). Only the expected time prices
+# the network; the floor keeps the links alone, a bound that still holds. On two servers NCCL's
+# tree can beat the NICs by keeping traffic on NVLink (nccl-tests#196): not modelled.
+NET_STEP_S = 14e-6
+NET_STEP_LL_S = 2.7e-6
+TREE_SHARE = 0.92
+
+
 def comm_time(chip: Chip, comm_bytes: float, comm_steps: int, nvls_bytes: float = 0,
               ranks: int = 0) -> float:
     """The roofline floor of a collective: latency per sequential step plus the bytes each rank
@@ -173,22 +191,37 @@ def comm_time(chip: Chip, comm_bytes: float, comm_steps: int, nvls_bytes: float 
 
 def comm_options(chip: Chip, comm_bytes: float, comm_steps: int, base_s: tuple = (0.0, 0.0),
                  efficiency: float = 1.0, nvls_bytes: float = 0, nvls_share: float = 1.0,
-                 ranks: int = 0, nvls_channels: int = 0) -> dict:
+                 ranks: int = 0, nvls_channels: int = 0, network_share: float = 0.0) -> dict:
     """{algorithm: seconds} of the ones a collective can run on this chip (comm_time's
     arguments); comm_time, the floor, is the fastest with none of the rest. The expected time
     adds each protocol's per-collective base latency, base_s = (Simple, LL), the share of the
-    link's bandwidth a ring reaches (efficiency), the share of that NVLS keeps (nvls_share) and
-    NVLS's pipeline fill over its channels (nvls_channels: nvls_fill)."""
+    link's bandwidth a ring reaches (efficiency), the share of that NVLS keeps (nvls_share),
+    NVLS's pipeline fill over its channels (nvls_channels: nvls_fill) and, for a group past one
+    server (Chip.nodes), the network between servers at network_share of its rate (0: links
+    only, as the floor)."""
     if not comm_bytes and not comm_steps:
         return {}
     bw = chip.group_link_bw(ranks) * efficiency
-    options = {"ring": base_s[0] + comm_steps * chip.link_latency_s + comm_bytes / bw}
+    servers = chip.nodes(ranks) if network_share else 1
+    crossing = 0.0       # the ring's steps between servers
+    if servers > 1:
+        bw = min(bw, chip.network_bw * network_share)
+        crossing = comm_steps * (servers - 1) / (ranks - 1)
+    within = comm_steps - crossing
+    options = {"ring": (base_s[0] + within * chip.link_latency_s + crossing * NET_STEP_S
+                        + comm_bytes / bw)}
     if chip.kind != "gpu":           # gloo (CPUs) and ICI (TPUs) have no LL protocol
         return options
     options = {"ring Simple": options["ring"],
-               "ring LL": (base_s[1] + comm_steps * chip.link_latency_s * LL_LATENCY
-                           + comm_bytes / (bw * LL_BANDWIDTH))}
-    if nvls_bytes and chip.nvls_efficiency:      # reduced in the switch
+               "ring LL": (base_s[1] + within * chip.link_latency_s * LL_LATENCY
+                           + crossing * NET_STEP_LL_S + comm_bytes / (bw * LL_BANDWIDTH))}
+    if servers > 1 and comm_steps == 2 * (ranks - 1):     # an all-reduce's steps: its tree
+        per_server = min(ranks, int(chip.node_gpus))
+        depth = int(math.log2(servers))                    # NCCL's log2i: the floor
+        options["tree"] = (base_s[0] + 2 * ((per_server - 1) * chip.link_latency_s
+                                            + depth * NET_STEP_S)
+                           + comm_bytes * ranks / (ranks - 1) / (bw * TREE_SHARE))
+    if nvls_bytes and chip.nvls_efficiency and servers == 1:      # reduced in the switch
         # the buffer itself: nvls_bytes is (n+1)/n of it (Cost.nvls_bytes)
         buffer = nvls_bytes * ranks / (ranks + 1) if ranks else 0
         options["NVLS"] = (NVLS_LATENCY_S + nvls_bytes / (bw * nvls_share)

@@ -224,6 +224,8 @@ _FIGURE_NAMES = {
     "nvls_efficiency": "in-switch (NVLS) all-reduce share of the ring's",
     "nvls_channels": "NCCL's channels for an NVLS all-reduce in a node",
     "peer_links": "links, one to each peer (a group of n ranks has n-1)",
+    "node_gpus": "GPUs a server's links join", "network_bw": "server's network, each way",
+    "network_efficiency": "ring share of the network across servers",
     "kernel_floor_s": "fixed time per kernel on the chip",
     "memory_latency_s": "memory latency (idle)",
     "clock_hz": "SM clock the peaks are rated at",

@@ -18,8 +18,8 @@ from fxroof.graph.tensors import footprint, numel
 # will not benefit from multicast and can accomplish all traffic through unicast"; NVLS is the
 # switch's multicast, and NCCL keeps 4 H200s on its ring (Bekman, Machine Learning Engineering,
 # network/README.md, "SHARP"). Nor for more ranks than one NVSwitch joins: the chips that have
-# NVLS are HGX boards of 8 GPUs, and a larger group crosses the network, where NCCL runs other
-# algorithms (fxroof prices such a group over the chip's links as one ring).
+# NVLS are HGX boards of 8 GPUs, and a larger group crosses the network, where NCCL runs its rings
+# and trees through the servers' NICs (chips/timing.py, comm_options).
 NVLS_MIN_RANKS, NVLS_MAX_RANKS = 5, 8
 
 
