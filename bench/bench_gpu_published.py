@@ -147,6 +147,11 @@ when absent; their README says how each was measured):
         Llama-2-70B's rows (tensor-parallel, on H100 per GPU, and first tokens at 4 GPUs) come
         with --tp.
 
+    nccl-tests all-reduce across servers
+        an all-reduce over 24 A100s in 3 servers whose network the poster states (4 HDR NICs a
+        server; NVIDIA/nccl-tests#119): fxroof's ring and tree across servers (docs/time-model.md,
+        "Across servers") at the largest size, against the peak bus bandwidth published.
+
     --training: torchtitan FSDP training, 64 A100s
         torchtitan's published tokens per second per GPU (docs/performance.md, 2024-04) of
         Llama 2 13B and 70B and Llama 3 8B and 70B training steps, FSDP2 over 64 A100 80GB,
@@ -156,7 +161,7 @@ when absent; their README says how each was measured):
         A100 SXM. Differences fxroof does not model: torchtitan's fused Triton RMSNorm in the 8B
         and 13B runs (fxroof prices PyTorch's eager norm), its complex-number rotary, gradient
         clipping, the fp32 reduce-scatter (fxroof reduces the bf16 gradients), and the network
-        between the 8 servers (fxroof prices the group as one ring over NVLink).
+        between the 8 servers, which the page does not name (fxroof prices the DGX A100's).
 
     --timm RESULTS
         the results/ folder of a pytorch-image-models checkout adds, each as a source of its
@@ -786,6 +791,28 @@ def nccl_tests_cases(only: str) -> list[Case]:
     return cases
 
 
+# An all-reduce across servers (NVIDIA/nccl-tests#119, 2022-11): 3 servers of 8 A100 SXM4 40GB
+# and 4 HDR InfiniBand NICs each (200 Gb/s: 100 GB/s a server, the poster's own figure),
+# all_reduce_perf over 24 ranks from 8 B to 128 MiB in 1 MiB steps: bus bandwidth "about 84.8GB/s"
+# on average and "about 96GB/s" at its peak, compared at the largest size. The servers' network
+# is the system's, stated in the chip (a DGX A100 has eight such NICs).
+ACROSS_SERVERS = (("a100-40gb", 24, 100e9, 2 ** 27, 96.0),)
+
+
+def across_servers_cases(only: str) -> list[Case]:
+    source = "nccl-tests all-reduce across servers"
+    if only not in source:
+        return []
+    cases = []
+    for name, n, network, size, busbw in ACROSS_SERVERS:
+        chip = dataclasses.replace(find_chip(name), network_bw=network)
+        floor, exp, algorithm = all_reduce_time(chip, size, n)
+        cases.append(Case(source, f"{name} x {n}, {chip.nodes(n)} servers of "
+                          f"{network / 1e9:g} GB/s, {size:,} B", busbw_seconds(size, n, busbw),
+                          floor, exp, algorithm))
+    return cases
+
+
 # (chip, GPUs, nccl-tests bus bandwidth in GB/s of an 8 GiB all-reduce, NCCL picking its
 # algorithm): Stas Bekman, Machine Learning Engineering, network/README.md at commit 744d01e,
 # "SHARP": one 8 x H200 node and one 8 x B200 node (AWS p6-b200.48xlarge), NCCL 2.27.7.
@@ -1348,6 +1375,7 @@ def main(argv=None) -> int:
     cases = (timm_cases(args.only) + timm_train_cases(args.only) + vidur_cases(args.only)
              + all_reduce_cases(args.only)
              + send_recv_cases(args.only) + nccl_tests_cases(args.only)
+             + across_servers_cases(args.only)
              + nvls_group_cases(args.only) + xgmi_group_cases(args.only) + sdpa_cases(args.only)
              + fa2_benchmark_cases(args.only)
              + square_mm_cases(args.only)
