@@ -394,17 +394,26 @@ USUAL_SERVER_GPUS = 8
 def _network_notes(nodes, chip: Chip) -> tuple:
     """Collectives whose group passes one server cross the network between servers: say what the
     network is taken to be (the chip's reference system), or that the chip has no figure for it."""
-    ranks = max((n.comm_ranks for n in nodes if n.comm_ranks), default=0)
-    if chip.kind != "gpu" or ranks <= (chip.node_gpus or USUAL_SERVER_GPUS):
+    if chip.kind != "gpu":
         return ()
+    groups = {(n.comm_ranks, n.comm_stride) for n in nodes if n.comm_ranks > 1}
     if not chip.node_gpus:
+        ranks = max((n for n, _ in groups), default=0)
         return (f"{chip.name} has no server figures (node_gpus, network_GBps): collectives over "
-                f"{ranks} ranks are priced over its links as if one server held them all",)
-    return (f"collectives over {ranks} ranks span {chip.nodes(ranks)} servers of "
-            f"{chip.node_gpus:g} GPUs: the expected time paces their rings (and an all-reduce's "
-            f"tree) by the servers' network, {chip.network_bw / 1e9:g} GB/s a server each way "
-            f"({chip.name}'s reference system; a chip file's network_GBps states another), the "
-            f"floor by the links alone",)
+                f"{ranks} ranks are priced over its links as if one server held them all",) \
+            if ranks > USUAL_SERVER_GPUS else ()
+    spread = max(groups, key=lambda g: chip.nodes(*g), default=(0, 0))
+    servers = chip.nodes(*spread)
+    if servers == 1:
+        return ()
+    per_server, gpus = chip.ranks_a_server(*spread), int(chip.node_gpus)
+    shared = (f", {per_server}/{gpus} of it theirs (the groups beside them share the NICs)"
+              if per_server < gpus else "")
+    return (f"collectives over {spread[0]} ranks span {servers} servers of {gpus} GPUs, "
+            f"{per_server} of their ranks on each: the expected time paces their rings (and an "
+            f"all-reduce's tree) by the servers' network, {chip.network_bw / 1e9:g} GB/s a server "
+            f"each way ({chip.name}'s reference system; a chip file's network_GBps states "
+            f"another){shared}; the floor by the links alone",)
 
 
 def _matrix_unit_notes(nodes, chip: Chip, quantize) -> tuple:

@@ -314,6 +314,21 @@ def test_an_all_reduce_past_one_server_is_paced_by_its_network():
     assert chip("l40s").nodes(64) == 1
 
 
+def test_a_data_parallel_group_across_a_tensor_parallel_mesh_has_one_nic_a_rank():
+    # tp=8 within each DGX A100, dp=2 across two: the data-parallel group's ranks are 8 apart,
+    # one a server, and the eight such groups all-reduce at once, each over its own 200 Gb/s
+    # NIC: 200 GB/s x 1/8 x 0.96 = 24 GB/s. 1 GB over 2 ranks: 1 GB sent, 2 steps, both
+    # between the servers: 8.4 us + 2 x 14 us + 1e9 / 24e9 = 41.70 ms (NVLink's 243 GB/s would
+    # make it 4.1 ms)
+    a100, sent = chip("a100-80gb"), 1_000_000_000
+    assert (a100.ranks_a_server(2, 8), a100.nodes(2, 8), a100.nodes(2, 1)) == (1, 2, 1)
+    assert (a100.ranks_a_server(4, 2), a100.nodes(16, 2)) == (4, 4)   # tp=2: 4 a server
+    e = expected(a100, Timing(0, 0, comm_time(a100, sent, 2, ranks=2), 0), "collective",
+                 comm_bytes=sent, comm_steps=2, comm_ranks=2, comm_stride=8)
+    assert e.algorithm == "ring Simple"
+    assert e.comm_s == pytest.approx(8.4e-6 + 2 * 14e-6 + sent / 24e9)
+
+
 def test_between_interpolates_the_parts_of_a_kernel_affine_in_a_size():
     # a memory-bound kernel whose bytes grow: halfway between, the expected time is that of
     # the kernel with the halfway bytes

@@ -600,6 +600,21 @@ def test_recompute_of_a_hugging_face_model_meets_its_own_checkpointing_under_fsd
         assert matrix_flops(r) == counted and r.recompute_flops > 0
 
 
+def test_a_data_parallel_group_across_tensor_parallel_servers_crosses_the_network():
+    config = transformers.LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=1,
+                                      num_attention_heads=8, num_key_value_heads=8,
+                                      vocab_size=512, attn_implementation="sdpa")
+    with torch.device("meta"):
+        model = transformers.LlamaForCausalLM(config).to(torch.bfloat16)
+    ids = torch.zeros(2, 64, dtype=torch.long, device="meta")
+    r = fxroof.analyze(model, (ids,), {"labels": ids}, train=True, tp=8, dp=2, chip="a100-80gb",
+                       optimizer="sgd")
+    # the mesh is (dp, tp): a tensor-parallel group is 8 neighbouring ranks, one server; the
+    # data-parallel group rank 0 is in is ranks 0 and 8, a server each
+    assert {(n.comm_ranks, n.comm_stride) for n in r.nodes if n.comm_ranks} == {(8, 1), (2, 8)}
+    assert any("span 2 servers of 8 GPUs, 1 of their ranks on each" in n for n in r.notes)
+
+
 def test_selective_recompute_runs_again_what_the_policy_does_not_keep():
     torch.manual_seed(0)
     config = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4,

@@ -375,12 +375,18 @@ class Chip:
             return self.link_bw
         return self.link_bw * min(ranks - 1, self.peer_links) / self.peer_links
 
-    def nodes(self, ranks: int) -> int:
-        """Servers a group of `ranks` spans, packed server by server; 1 where the chip has no
-        server figures (its links are taken to join any group)."""
-        if not self.node_gpus or ranks <= self.node_gpus:
-            return 1
-        return math.ceil(ranks / self.node_gpus)
+    def ranks_a_server(self, ranks: int, stride: int = 1) -> int:
+        """How many of a group's `ranks` share a server, the group's ranks `stride` apart in a
+        world packed server by server (a data-parallel group across a tensor-parallel mesh of
+        tp ranks: stride tp); the whole group where the chip has no server figures."""
+        if not self.node_gpus:
+            return ranks
+        return max(1, min(ranks, int(self.node_gpus) // max(1, stride)))
+
+    def nodes(self, ranks: int, stride: int = 1) -> int:
+        """Servers a group of `ranks` spans (ranks_a_server); 1 where the chip has no server
+        figures (its links are taken to join any group)."""
+        return math.ceil(ranks / self.ranks_a_server(ranks, stride)) if ranks > 1 else 1
 
     def bandwidth(self, nbytes: float) -> float:
         """Bytes/s for a kernel that moves `nbytes`: the cache's when they fit in it."""

@@ -191,21 +191,25 @@ def comm_time(chip: Chip, comm_bytes: float, comm_steps: int, nvls_bytes: float 
 
 def comm_options(chip: Chip, comm_bytes: float, comm_steps: int, base_s: tuple = (0.0, 0.0),
                  efficiency: float = 1.0, nvls_bytes: float = 0, nvls_share: float = 1.0,
-                 ranks: int = 0, nvls_channels: int = 0, network_share: float = 0.0) -> dict:
+                 ranks: int = 0, nvls_channels: int = 0, network_share: float = 0.0,
+                 stride: int = 1) -> dict:
     """{algorithm: seconds} of the ones a collective can run on this chip (comm_time's
     arguments); comm_time, the floor, is the fastest with none of the rest. The expected time
     adds each protocol's per-collective base latency, base_s = (Simple, LL), the share of the
     link's bandwidth a ring reaches (efficiency), the share of that NVLS keeps (nvls_share),
     NVLS's pipeline fill over its channels (nvls_channels: nvls_fill) and, for a group past one
-    server (Chip.nodes), the network between servers at network_share of its rate (0: links
-    only, as the floor)."""
+    server (Chip.nodes; stride: the step between its ranks in the world), the network between
+    servers at network_share of its rate (0: links only, as the floor). A group with fewer ranks
+    a server than the server holds shares its NICs with the groups beside it, which run the
+    same collective at once (the data-parallel groups of a tensor-parallel mesh)."""
     if not comm_bytes and not comm_steps:
         return {}
     bw = chip.group_link_bw(ranks) * efficiency
-    servers = chip.nodes(ranks) if network_share else 1
+    servers = chip.nodes(ranks, stride) if network_share else 1
+    per_server = chip.ranks_a_server(ranks, stride)
     crossing = 0.0       # the ring's steps between servers
     if servers > 1:
-        bw = min(bw, chip.network_bw * network_share)
+        bw = min(bw, chip.network_bw * network_share * per_server / chip.node_gpus)
         crossing = comm_steps * (servers - 1) / (ranks - 1)
     within = comm_steps - crossing
     options = {"ring": (base_s[0] + within * chip.link_latency_s + crossing * NET_STEP_S
@@ -216,7 +220,6 @@ def comm_options(chip: Chip, comm_bytes: float, comm_steps: int, base_s: tuple =
                "ring LL": (base_s[1] + within * chip.link_latency_s * LL_LATENCY
                            + crossing * NET_STEP_LL_S + comm_bytes / (bw * LL_BANDWIDTH))}
     if servers > 1 and comm_steps == 2 * (ranks - 1):     # an all-reduce's steps: its tree
-        per_server = min(ranks, int(chip.node_gpus))
         depth = int(math.log2(servers))                    # NCCL's log2i: the floor
         options["tree"] = (base_s[0] + 2 * ((per_server - 1) * chip.link_latency_s
                                             + depth * NET_STEP_S)

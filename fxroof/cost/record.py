@@ -51,6 +51,9 @@ class Cost:
     # of the buffer each way. A chip whose links have it takes the faster (timing.comm_time).
     nvls_bytes: int = 0
     comm_ranks: int = 0     # the group's size: how many of a peer-to-peer board's links it has
+    # The step between the group's ranks in the world: 1 (or 0, not known) for neighbours, tp
+    # for a data-parallel group across a tensor-parallel mesh: how it spreads over servers.
+    comm_stride: int = 0
     grid: tuple = ()        # matrix ops: the (batch, M, N, K) GEMM a library tiles; layer norm:
                             # (rows, row elements); embedding, index_select: (indices, row
                             # elements, element bytes) (annotate.with_grid)
@@ -97,4 +100,5 @@ class Cost:
                     known=self.known and other.known, comm_bytes=self.comm_bytes + other.comm_bytes,
                     comm_steps=self.comm_steps + other.comm_steps,
                     nvls_bytes=self.nvls_bytes + other.nvls_bytes,
-                    comm_ranks=max(self.comm_ranks, other.comm_ranks))
+                    comm_ranks=max(self.comm_ranks, other.comm_ranks),
+                    comm_stride=max(self.comm_stride, other.comm_stride))

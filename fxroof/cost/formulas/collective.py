@@ -49,6 +49,21 @@ def group_size(group) -> int | None:
         return None
 
 
+def group_stride(group) -> int:
+    """The step between the world ranks of process group `group` (a name or a ProcessGroup): 1
+    for neighbours, tp for a data-parallel group across a tensor-parallel mesh; 0 where it cannot
+    be read (no live group) or the ranks are not evenly spaced."""
+    try:
+        from torch.distributed.distributed_c10d import (_resolve_process_group,
+                                                        get_process_group_ranks)
+        ranks = get_process_group_ranks(group if hasattr(group, "size")
+                                        else _resolve_process_group(group))
+    except Exception:   # not initialised, destroyed, or torch built without distributed
+        return 0
+    steps = {b - a for a, b in zip(ranks, ranks[1:])}
+    return steps.pop() if len(steps) == 1 else 0
+
+
 def _buffers(call: OpCall) -> list[torch.Tensor]:
     """The tensors a collective sends: `input`, or `inputs` for the coalesced variants."""
     x = call.get("inputs", call.get("input", call.get("tensor")))
@@ -72,7 +87,7 @@ def _ring(call: OpCall, n: int | None, link, *, gathered: bool = False,
     share, steps = link(n)
     return call.cost(adds, "collective", note=f"n={n}", comm_bytes=round(share * full),
                      comm_steps=steps, nvls_bytes=round(switch(n) * full) if switch else 0,
-                     comm_ranks=n)
+                     comm_ranks=n, comm_stride=group_stride(call.get("group_name")))
 
 
 @formula(*_ops("all_reduce", "all_reduce_", "all_reduce_coalesced", "all_reduce_coalesced_"),
