@@ -597,3 +597,28 @@ def test_l2_figures_are_the_whitepapers():
     assert chip("h100-sxm").l2_bytes == chip("h200").l2_bytes == 50 * 2 ** 20
     assert chip("rtx-4090").l2_bytes == 72 * 2 ** 20
     assert not chip("cpu").l2_bytes          # a CPU has no expected-time parts: its floor
+
+
+def test_a_chip_file_on_a_base_states_only_what_differs(tmp_path):
+    # a cluster of A100s whose servers have four 200 Gb/s NICs, not a DGX's eight
+    path = tmp_path / "our-a100.json"
+    path.write_text(json.dumps({"base": "a100-40gb", "network_GBps": 100, "sources": {
+        "network_bw": "our cluster: 4 x 200 Gb/s HDR a server"}}))
+    ours, base = load_chip_file(path), chip("a100-40gb")
+    assert ours.network_bw == 100e9 and base.network_bw == 200e9
+    assert ours.name == "our-a100" and ours.title.startswith(base.title)
+    assert ours.sources["network_bw"] == "our cluster: 4 x 200 Gb/s HDR a server"
+    # everything else is the base's, sources with it
+    assert (ours.mem_bw, ours.matmul_efficiency, ours.node_gpus) == \
+        (base.mem_bw, base.matmul_efficiency, base.node_gpus)
+    assert ours.sources["mem_bw"] == base.sources["mem_bw"]
+    # a figure changed without a source of its own does not keep the base's: it cites the file
+    path.write_text(json.dumps({"base": "A100-40GB", "mem_bw_GBps": 1400,
+                                "peak_TFLOPS": {"bf16": 280}}))
+    ours = chip(str(path))
+    assert ours.mem_bw == 1400e9 and ours.sources["mem_bw"] != base.sources["mem_bw"]
+    assert str(path) in ours.sources["mem_bw"] and str(path) in ours.sources["peak_flops"]
+    assert ours.peak_flops["bf16"] == 280e12 and ours.peak_flops["fp32"] == 19.5e12
+    path.write_text(json.dumps({"base": "a100-41gb"}))
+    with pytest.raises(ChipError, match="base 'a100-41gb' is not a shipped chip"):
+        load_chip_file(path)

@@ -1,7 +1,9 @@
 """The chip table: dense peaks, bandwidths and overheads of the chips fxroof knows, each sourced.
 
     chip("h100")            -> Chip (names are case-insensitive; aliases allowed)
-    chip("my_chip.json")    -> Chip from a user's chip file (schema: chip.py)
+    chip("my_chip.json")    -> Chip from a user's chip file (schema: chip.py); a file whose
+                               "base" names a shipped chip states only what differs, e.g. its
+                               cluster's network: {"base": "a100-80gb", "network_GBps": 100}
     chips()                 -> every Chip in table order
 """
 from __future__ import annotations
@@ -14,7 +16,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Union
 
-from fxroof.chips.chip import DTYPES, Chip, ChipError, chip_from_json
+from fxroof.chips.chip import (DTYPES, OP_TABLES, OPTIONAL_SCALARS, PEAK_KEY, SCALARS, Chip,
+                               ChipError, chip_from_json)
 
 __all__ = ["Chip", "ChipError", "DTYPES", "chip", "chips", "load_chip_file"]
 
@@ -33,15 +36,28 @@ def _parse(text: str, where: str):
         raise ChipError(f"{where}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
 
 
+TABLE_FILE = "fxroof/chips/chips.json"
+# a chip file's key -> the Chip field whose source it carries (peaks: "peak_flops.<dtype>")
+_FIELD_OF_KEY = {key: f for f, (key, _) in (*SCALARS.items(), *OPTIONAL_SCALARS.items(),
+                                            *OP_TABLES.items())}
+
+
+@functools.lru_cache(maxsize=None)
+def _entries() -> tuple:
+    """The shipped table's chip objects as the file holds them."""
+    data = _parse(resources.files(__package__).joinpath("chips.json").read_text("utf-8"),
+                  TABLE_FILE)
+    entries = data.get("chips") if isinstance(data, dict) else None
+    if not isinstance(entries, list):
+        raise ChipError(f"{TABLE_FILE}: expected an object with a 'chips' list")
+    return tuple(entries)
+
+
 @functools.lru_cache(maxsize=None)
 def _table() -> tuple[tuple[Chip, ...], dict[str, Chip]]:
     """The shipped chips, and an index of every name and alias; read once."""
-    where = "fxroof/chips/chips.json"
-    data = _parse(resources.files(__package__).joinpath("chips.json").read_text("utf-8"), where)
-    entries = data.get("chips") if isinstance(data, dict) else None
-    if not isinstance(entries, list):
-        raise ChipError(f"{where}: expected an object with a 'chips' list")
-    table = tuple(chip_from_json(e, where, require_sources=True) for e in entries)
+    where = TABLE_FILE
+    table = tuple(chip_from_json(e, where, require_sources=True) for e in _entries())
     index: dict[str, Chip] = {}
     for c in table:
         for name in (c.name, *c.aliases):
@@ -65,7 +81,43 @@ def load_chip_file(path: Union[str, "os.PathLike[str]"]) -> Chip:
         raise ChipError(f"chip file {str(p)!r} not found") from None
     except OSError as e:
         raise ChipError(f"chip file {str(p)!r} cannot be read: {e.strerror or e}") from None
-    return chip_from_json(_parse(text, str(p)), str(p), require_sources=False)
+    entry = _parse(text, str(p))
+    if isinstance(entry, dict) and "base" in entry:
+        entry = _on_base(entry, p)
+    return chip_from_json(entry, str(p), require_sources=False)
+
+
+def _on_base(entry: dict, path: Path) -> dict:
+    """A chip file that names a shipped chip as its "base": that chip's figures and sources,
+    the file's keys over them. A figure the file changes loses the base's source for the
+    file's own (or none: the chip then says "unsourced"); name and title say it is not the
+    shipped chip."""
+    base_name = entry["base"]
+    index = {_key(n): e for e in _entries() for n in (e["name"], *e.get("aliases", ()))}
+    if not isinstance(base_name, str) or _key(base_name) not in index:
+        raise ChipError(f"chip file {str(path)!r}: base {base_name!r} is not a shipped chip "
+                        f"(`fxroof chips` lists them)")
+    base = index[_key(base_name)]
+    own = {k: v for k, v in entry.items() if k != "base"}
+    sources = dict(base.get("sources", {}))
+    for key, value in own.items():
+        if key == PEAK_KEY and isinstance(value, dict):
+            for dtype in value:
+                sources.pop(f"peak_flops.{dtype}", None)
+            sources.pop("peak_flops", None)
+        elif key in _FIELD_OF_KEY:
+            sources.pop(_FIELD_OF_KEY[key], None)
+    sources.update(own.get("sources", {}))
+    merged = {k: v for k, v in base.items() if k != "aliases"}
+    merged.update(own)
+    if isinstance(own.get(PEAK_KEY), dict):      # the dtypes it names; the others the base's
+        merged[PEAK_KEY] = {**base[PEAK_KEY], **own[PEAK_KEY]}
+    merged["sources"] = sources
+    if "name" not in own:
+        merged["name"] = path.stem
+    if "title" not in own:
+        merged["title"] = f"{base['title']}, as {path.name} states it"
+    return merged
 
 
 def chip(spec: ChipSpec) -> Chip:
