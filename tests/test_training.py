@@ -642,6 +642,22 @@ def test_selective_recompute_runs_again_what_the_policy_does_not_keep():
     assert peaks == sorted(peaks) and len(set(peaks)) == 3
     with pytest.raises(ValueError, match="unknown recompute 'some'"):
         fxroof.analyze(model, (ids,), {"labels": ids}, train=True, recompute="some")
+    # GPT-2's projections carry biases (addmm): its first and third a block are kept, and the
+    # step meets PyTorch's count of a real one under the same policy
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        n_layer=2, n_embd=64, n_head=4, vocab_size=128, n_positions=64,
+        attn_implementation="sdpa"))
+    ids = torch.randint(0, 128, (2, 32))
+    real = copy.deepcopy(gpt2)
+    real.gradient_checkpointing_enable(gradient_checkpointing_kwargs={
+        "use_reentrant": False,
+        "context_fn": lambda: create_selective_checkpoint_contexts(selective_policy())})
+    r = fxroof.analyze(gpt2, (ids,), {"labels": ids}, train=True, optimizer="sgd",
+                       recompute="selective")
+    assert matrix_flops(r) == real_step_flops(real, (ids,), {"labels": ids})
+    # by hand, 64 tokens: each block's second and fourth run again, the attention's output
+    # projection (64 into 64) and the MLP's (256 into 64): 2*64*64*(64 + 256) = 2,621,440
+    assert sum(n.flops for n in r.nodes if n.recomputed and n.op == "addmm") == 2 * 2_621_440
 
 
 def test_cli_train(tmp_path, capsys):

@@ -155,23 +155,25 @@ def _fake_mode(model: torch.nn.Module):
 
 # torchtitan's op policy for selective checkpointing (torchtitan/parallelisms/
 # parallelize_llama.py, no_recompute_list and _custom_policy, 2024-04): attention kernels' outputs
-# are kept, and matmuls' but every second one's; the CPU's flash kernel stands for CUDA's here,
-# as a step traced on the CPU calls it where a GPU calls theirs.
-SAVED_BY_SELECTIVE = frozenset(getattr(torch.ops.aten, name).default for name in (
-    "mm", "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
+# are kept, and matmuls' but every second one's. Its Llama has no biases; a Linear with one
+# (addmm) counts as a matmul here, or a GPT-2 would keep none. The CPU's flash kernel stands for
+# CUDA's, as a step traced on the CPU calls it where a GPU calls theirs.
+MATMULS = frozenset({torch.ops.aten.mm.default, torch.ops.aten.addmm.default})
+SAVED_BY_SELECTIVE = MATMULS | frozenset(getattr(torch.ops.aten, name).default for name in (
+    "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
     "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention_for_cpu")
     if hasattr(torch.ops.aten, name))
 
 
 def selective_policy():
     """A fresh policy for one checkpointed call (torch.utils.checkpoint's context_fn makes one
-    per call): keep SAVED_BY_SELECTIVE's outputs but every second mm's, counting the forward's
+    per call): keep SAVED_BY_SELECTIVE's outputs but every second matmul's, counting the forward's
     matmuls and the recomputation's apart so both make the same choice."""
     from torch.utils.checkpoint import CheckpointPolicy
     counts = {False: 0, True: 0}
 
     def policy(ctx, func, *args, **kwargs):
-        if func is torch.ops.aten.mm.default:
+        if func in MATMULS:
             counts[ctx.is_recompute] += 1
             if counts[ctx.is_recompute] % 2 == 0:
                 return CheckpointPolicy.PREFER_RECOMPUTE
