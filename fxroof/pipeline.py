@@ -462,6 +462,11 @@ def _whatif_notes(gm, requantized: frozenset, target: Target) -> tuple:
         notes.append(f"{dtype} training: every matmul of the forward and the backward runs on "
                      f"{dtype} operands; the weights stay in full precision, and the casts and "
                      f"scales of each operand are not counted")
+    elif dtype:      # what dynamic quantization runs around each 8-bit matmul
+        notes.append(f"{dtype} matmuls read their operands in 8 bits at the {dtype} peak; the "
+                     f"kernels that quantize the activations at each call (a scale from their "
+                     f"absolute maximum, then a cast) are not counted: at small batches they can "
+                     f"cost more than the halved bytes save (docs/time-model.md, torchao)")
     if dtype and target.chip.matrix_dtype(dtype) != dtype:    # the bytes shrink all the same
         notes.append(f"{target.chip.name} has no {dtype} matrix units: {dtype} matmuls run at its "
                      f"{target.chip.matrix_dtype(dtype)} peak")
