@@ -635,6 +635,10 @@ def test_selective_recompute_runs_again_what_the_policy_does_not_keep():
     # projections, 64 wide into 32, 64 and 128) run again, 2*128*64*(32 + 64 + 128) = 3,670,016
     # a block; the attention is kept (full recomputation runs all seven and the attention again)
     assert matrix_flops(selective) - matrix_flops(plain) == 4 * 3_670_016
+    # each recomputed op reads as its own module, not as the one whose backward asked for it
+    again = {n.module.split(".", 2)[-1] for n in selective.nodes
+             if n.recomputed and n.op == "mm"}
+    assert again == {"self_attn.k_proj", "self_attn.o_proj", "mlp.up_proj"}
     assert matrix_flops(full) - matrix_flops(plain) > matrix_flops(selective) - \
         matrix_flops(plain)
     # it keeps more than full recomputation does, less than no recomputation

@@ -90,7 +90,7 @@ def capture_step(model, args=(), kwargs=None, *, optimizer: str = "adamw",
                          f"nothing to train")
     frozen = {**{k: p for k, p in named.items() if k not in params}, **dict(copy.named_buffers())}
     sharded = Sharded(copy, params, layout, wrap) if fsdp else None
-    recomputed: list = []       # node counts where each block's recomputation starts and ends
+    recomputed: list = []       # (forward, recomputation): node counts each starts and ends at
     for name in blocks(copy) if recompute else ():
         _checkpointed(copy.get_submodule(name), recomputed, recompute == "selective")
     with fake.mode:
@@ -139,9 +139,8 @@ def capture_step(model, args=(), kwargs=None, *, optimizer: str = "adamw",
     _tag_phases(gm, marks, holders[len(params) + len(frozen):][:state_count])
     nodes = list(gm.graph.nodes)
     _tag_updates(nodes, updates)
-    for start, end in zip(recomputed[::2], recomputed[1::2]):
-        for node in nodes[start:end]:
-            node.meta[RECOMPUTED_KEY] = True
+    for forward, again in recomputed:
+        _recomputed_as(nodes[slice(*again)], nodes[slice(*forward)])
     _backward_modules(gm)
     done = finish_graph(gm, "make_fx", weights, type(copy).__name__)
     return dataclasses.replace(done, notes=autocast_notes(autocasts) + done.notes)
@@ -199,8 +198,8 @@ def _checkpointing_as_eager():
 
 def _checkpointed(block: torch.nn.Module, spans: list, selective: bool = False) -> None:
     """Run `block` under non-reentrant checkpointing (selective: under selective_policy); each
-    later call of its forward (the recomputation in the backward) appends the traced node counts
-    it starts and ends at."""
+    call of its forward within the backward (the recomputation) appends to `spans` the traced
+    node counts its block's last forward call and it start and end at."""
     from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts
     forward, ran = block.forward, []
     context = ({"context_fn": lambda: create_selective_checkpoint_contexts(selective_policy())}
@@ -208,14 +207,33 @@ def _checkpointed(block: torch.nn.Module, spans: list, selective: bool = False) 
 
     def counted(*args, **kwargs):
         start = _traced()
+        again = torch._C._current_graph_task_id() != -1    # called by the autograd engine
         try:        # the recomputation stops early (an exception) once it has what it needs
             return forward(*args, **kwargs)
         finally:
-            spans.extend([start, _traced()] if ran else [])
-            ran.append(True)
+            if again and ran:
+                spans.append((ran[-1], (start, _traced())))
+            elif not again:
+                ran.append((start, _traced()))
 
     block.forward = lambda *args, **kwargs: checkpoint(counted, *args, use_reentrant=False,
                                                        **context, **kwargs)
+
+
+def _recomputed_as(again: list, forward: list) -> None:
+    """Tag a recomputation's nodes, each with the module path of the forward op it runs again:
+    traced within the backward, they carry the module whose backward asked for them. Matched in
+    order by op, so that a selective recomputation skips what its policy kept."""
+    at = 0
+    for node in again:
+        node.meta[RECOMPUTED_KEY] = True
+        if node.op != "call_function":
+            continue
+        match = next((i for i in range(at, len(forward)) if forward[i].op == "call_function"
+                      and forward[i].target is node.target), None)
+        if match is not None:
+            node.meta["nn_module_stack"] = dict(forward[match].meta.get("nn_module_stack") or {})
+            at = match + 1
 
 
 def _state(p: torch.Tensor, optimizer: str) -> tuple:
@@ -296,10 +314,12 @@ def _traced() -> int:
 
 def _backward_modules(gm: fx.GraphModule) -> None:
     """A backward op's module is that of the forward op with its sequence number: the gradient
-    of `mlp.c_fc`'s matmul reads as `mlp.c_fc`."""
+    of `mlp.c_fc`'s matmul reads as `mlp.c_fc`. A recomputed forward op keeps its own
+    (_recomputed_as): its sequence number is the backward op's that asked for it."""
     stacks = {n.meta["seq_nr"]: n.meta["nn_module_stack"] for n in gm.graph.nodes
               if n.meta.get(PHASE_KEY) == "forward" and n.meta.get("nn_module_stack")
               and "seq_nr" in n.meta}
     for n in gm.graph.nodes:
-        if n.meta.get(PHASE_KEY) == "backward" and n.meta.get("seq_nr") in stacks:
+        if n.meta.get(PHASE_KEY) == "backward" and n.meta.get("seq_nr") in stacks \
+                and not n.meta.get(RECOMPUTED_KEY):
             n.meta["nn_module_stack"] = stacks[n.meta["seq_nr"]]
