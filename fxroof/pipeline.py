@@ -38,7 +38,7 @@ from fxroof.graph.nodes import PHASE_KEY, module_path
 from fxroof.graph.routing import Routing
 from fxroof.graph.routing import parse as parse_routing
 from fxroof.graph.tensors import dtype_name
-from fxroof.graph.training import OPTIMIZERS, RECOMPUTE, capture_step
+from fxroof.graph.training import OPTIMIZERS, capture_step, check_recompute
 from fxroof.report.build import kernel_rows, node_rows
 from fxroof.report.records import ModeSummary, Report
 from fxroof.report.units import si
@@ -75,7 +75,8 @@ class Target:
     parameters, gradients and optimizer state over those dp ranks (FSDP2) instead. recompute:
     activation checkpointing of every block, the backward running its forward again (True or
     "full"), or only what torchtitan's selective op policy does not keep ("selective": each
-    attention's output and every second matmul's kept; fxroof.graph.training).
+    attention's output and every second matmul's kept; fxroof.graph.training), or every n-th
+    block in full (a whole number n, torchtitan's selective layer option).
     routing: the mixture-of-experts top-k routing to assume, "balanced" or "skew=0.5"
     (fxroof.graph.routing); None: balanced, where routing decides what runs.
     amp: "fp16" or "bf16" runs the model's forward within torch.autocast of that dtype over its
@@ -91,7 +92,7 @@ class Target:
     optimizer: str = "adamw"
     dp: int = 1
     fsdp: bool = False
-    recompute: bool | str = False
+    recompute: bool | str | int = False
     routing: Routing | str | None = None
     amp: str = ""
 
@@ -123,9 +124,7 @@ class Target:
         if self.dp > 1 and not self.train:
             raise ValueError("dp > 1 models the gradient all-reduce of a training step: it needs "
                              "train=True")
-        if self.recompute not in (False, True, *RECOMPUTE):
-            raise ValueError(f"unknown recompute {self.recompute!r}; expected True, False or one "
-                             f"of {', '.join(RECOMPUTE)}")
+        check_recompute(self.recompute)
         if self.recompute and not self.train:
             raise ValueError("recompute=True checkpoints a training step's blocks: it needs "
                              "train=True")

@@ -644,6 +644,15 @@ def test_selective_recompute_runs_again_what_the_policy_does_not_keep():
     # it keeps more than full recomputation does, less than no recomputation
     peaks = [r.memory.total for r in (full, selective, plain)]
     assert peaks == sorted(peaks) and len(set(peaks)) == 3
+    # every second block in full (torchtitan's selective layer option): the 2nd and the 4th of
+    # the four, half of what every block adds
+    alternate = fxroof.analyze(model, (ids,), {"labels": ids}, train=True, optimizer="sgd",
+                               recompute=2)
+    assert 2 * (matrix_flops(alternate) - matrix_flops(plain)) == \
+        matrix_flops(full) - matrix_flops(plain)
+    assert {n.module.split(".")[1] for n in alternate.nodes if n.recomputed} == {"1", "3"}
+    with pytest.raises(ValueError, match="every n-th block"):
+        fxroof.analyze(model, (ids,), {"labels": ids}, train=True, recompute=0)
     with pytest.raises(ValueError, match="unknown recompute 'some'"):
         fxroof.analyze(model, (ids,), {"labels": ids}, train=True, recompute="some")
     # GPT-2's projections carry biases (addmm): its first and third a block are kept, and the
@@ -683,6 +692,8 @@ def test_cli_train(tmp_path, capsys):
     # selective: the ReLU is not among what the policy keeps, so it runs again as before
     assert main(["analyze", str(spec), "--train", "--selective-recompute", "--json", "-"]) == 0
     assert json.loads(capsys.readouterr().out)["recompute_flops"] == 3 * 16
+    assert main(["analyze", str(spec), "--train", "--recompute-every", "2", "--json", "-"]) == 0
+    assert "recompute_flops" in json.loads(capsys.readouterr().out)
     assert main(["analyze", str(spec), "--optimizer", "sgd"]) == 2
     assert "--train" in capsys.readouterr().err
 

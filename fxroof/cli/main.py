@@ -67,6 +67,9 @@ def _workload_args() -> argparse.ArgumentParser:
                                const="selective", help="with --train: selective checkpointing "
                                "of every block, torchtitan's op policy (attention outputs and "
                                "every second matmul's kept, the rest run again)")
+    checkpointing.add_argument("--recompute-every", dest="recompute", type=int, metavar="N",
+                               help="with --train: activation checkpointing of every N-th block "
+                               "(torchtitan's selective layer option; 1: every block)")
     p.add_argument("--quantize", metavar="SPEC", help="what-if: w8, w4, w4g64, wfp8, kv8, "
                    "kv-fp8, fp8, w8a8, joined with + (e.g. w4+kv8); the model is not changed")
     p.add_argument("--amp", default="", metavar="DTYPE", help="automatic mixed precision: fp16 "

@@ -33,6 +33,7 @@ PHASES = ("forward", "backward", "optimizer")
 OPTIMIZERS = ("adamw", "sgd", "none")
 # activation checkpointing of every block: "full" runs its whole forward again in the backward;
 # "selective" keeps what torchtitan's op policy keeps (SAVED_BY_SELECTIVE) and runs the rest again
+# (a whole number n: every n-th block in full, check_recompute)
 RECOMPUTE = ("full", "selective")
 HALF = (torch.float16, torch.bfloat16)
 # torch.optim.AdamW's defaults; the values change no cost, the update's ops are what count.
@@ -41,7 +42,7 @@ LR, BETAS, EPS, WEIGHT_DECAY = 1e-3, (0.9, 0.999), 1e-8, 1e-2
 
 def capture_step(model, args=(), kwargs=None, *, optimizer: str = "adamw",
                  loss_fn=None, layout: Layout | None = None,
-                 recompute: bool | str = False) -> Captured:
+                 recompute: bool | str | int = False) -> Captured:
     """The training step of `model` on these inputs as one graph, its nodes tagged by phase.
 
     The loss: `loss_fn(output)` when given, else the output's own `.loss` (a Hugging Face model
@@ -52,16 +53,15 @@ def capture_step(model, args=(), kwargs=None, *, optimizer: str = "adamw",
     `model` the module inside a DDP wrapper, or a fully_shard-ed model). recompute: each block
     (data_parallel.blocks) under torch.utils.checkpoint, its forward run again in the
     backward, those ops tagged RECOMPUTED_KEY; "selective": the block's attention outputs and
-    every second matmul's output kept (selective_policy), only the rest run again. A model with DTensor weights
+    every second matmul's output kept (selective_policy), only the rest run again; a whole
+    number n: every n-th block in full (check_recompute). A model with DTensor weights
     (fxroof.graph.parallel's tensor_parallel): one rank's step, its weights, gradients and
     optimizer state the rank's shards, the collectives DTensor emits in the forward and the
     backward in the graph."""
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; expected one of "
                          f"{', '.join(OPTIMIZERS)}")
-    if recompute not in (False, True, *RECOMPUTE):
-        raise ValueError(f"unknown recompute {recompute!r}; expected True, False or one of "
-                         f"{', '.join(RECOMPUTE)}")
+    check_recompute(recompute)
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"a training step needs an nn.Module, not {type(model).__name__}")
     args = tuple(args) if isinstance(args, (tuple, list)) else (args,)
@@ -91,8 +91,10 @@ def capture_step(model, args=(), kwargs=None, *, optimizer: str = "adamw",
     frozen = {**{k: p for k, p in named.items() if k not in params}, **dict(copy.named_buffers())}
     sharded = Sharded(copy, params, layout, wrap) if fsdp else None
     recomputed: list = []       # (forward, recomputation): node counts each starts and ends at
-    for name in blocks(copy) if recompute else ():
-        _checkpointed(copy.get_submodule(name), recomputed, recompute == "selective")
+    every = recompute if type(recompute) is int else 1      # True is an int, and every block
+    for i, name in enumerate(blocks(copy) if recompute else ()):
+        if (i + 1) % every == 0:
+            _checkpointed(copy.get_submodule(name), recomputed, recompute == "selective")
     with fake.mode:
         if sharded:
             params = sharded.shards()
@@ -144,6 +146,20 @@ def capture_step(model, args=(), kwargs=None, *, optimizer: str = "adamw",
     _backward_modules(gm)
     done = finish_graph(gm, "make_fx", weights, type(copy).__name__)
     return dataclasses.replace(done, notes=autocast_notes(autocasts) + done.notes)
+
+
+def check_recompute(recompute) -> None:
+    """ValueError unless `recompute` is False, True or "full" (every block run again in the
+    backward), "selective" (selective_policy), or a whole number n >= 1: every n-th block in
+    full, the 2nd, 4th, ... for 2, as torchtitan's selective layer option counts them
+    (torchtitan/parallelisms/parallelize_llama.py; its default "2 = checkpoint every other
+    layer", torchtitan/config_manager.py)."""
+    if isinstance(recompute, bool) or recompute in RECOMPUTE or \
+            (type(recompute) is int and recompute >= 1):
+        return
+    raise ValueError(f"unknown recompute {recompute!r}; expected True, False, "
+                     f"{', '.join(map(repr, RECOMPUTE))} or a whole number n >= 1 (every n-th "
+                     f"block)")
 
 
 def _fake_mode(model: torch.nn.Module):
