@@ -155,8 +155,9 @@ when absent; their README says how each was measured):
     --training: torchtitan FSDP training, 64 A100s
         torchtitan's published tokens per second per GPU (docs/performance.md, 2024-04) of
         Llama 2 13B and 70B and Llama 3 8B and 70B training steps, FSDP2 over 64 A100 80GB,
-        bf16 compute over fp32 weights, eager, without, with full and with selective (op)
-        activation checkpointing. Predicted: one rank's eager step of a Hugging Face Llama of
+        bf16 compute over fp32 weights, eager, without, with full and with selective (op, and
+        layer: every second block, the option's default, as the page does not say) activation
+        checkpointing. Predicted: one rank's eager step of a Hugging Face Llama of
         the same shapes (fxroof's train=True, dp=64, fsdp=True, recompute=...), priced as the
         A100 SXM. Differences fxroof does not model: torchtitan's fused Triton RMSNorm in the 8B
         and 13B runs (fxroof prices PyTorch's eager norm), its complex-number rotary, gradient
@@ -574,8 +575,9 @@ def timm_train_cases(only: str) -> list[Case]:
 # (1-D, every rank a shard), bf16 compute over fp32 weights (MixedPrecisionPolicy(param_dtype=
 # bfloat16, reduce_dtype=float32)), AdamW (foreach), no torch.compile, attention by
 # F.scaled_dot_product_attention (is_causal), tokens per second per GPU ("WPS"). (label, shape,
-# local batch, sequence, activation checkpointing, published tokens/s). Left out: the "selective
-# layer" rows, whose layer interval the page does not give.
+# local batch, sequence, activation checkpointing, published tokens/s). The "selective layer"
+# rows do not give their interval: taken as the option's default, 2 ("2 = checkpoint every other
+# layer", torchtitan/config_manager.py at the same commit), the train configs naming "op".
 TORCHTITAN_SHAPES = {   # torchtitan/models/llama/__init__.py's flavors (Llama 2's vocabulary 32,000)
     "Llama 3 8B": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                        num_attention_heads=32, num_key_value_heads=8, vocab_size=128256),
@@ -585,14 +587,17 @@ TORCHTITAN_SHAPES = {   # torchtitan/models/llama/__init__.py's flavors (Llama 2
                         num_attention_heads=40, num_key_value_heads=40, vocab_size=32000),
     "Llama 2 70B": dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
                         num_attention_heads=64, num_key_value_heads=8, vocab_size=32000)}
-TORCHTITAN = (("Llama 3 8B", 1, 8192, "selective", 2973),
+TORCHTITAN = (("Llama 3 8B", 1, 8192, 2, 2904),
+              ("Llama 3 8B", 1, 8192, "selective", 2973),
               ("Llama 3 70B", 1, 8192, True, 331),
               ("Llama 2 13B", 2, 4096, False, 2162),
+              ("Llama 2 13B", 2, 4096, 2, 1914),
               ("Llama 2 13B", 2, 4096, "selective", 1904),
               ("Llama 2 70B", 1, 4096, "selective", 355),
               ("Llama 2 70B", 2, 4096, True, 353))
 TORCHTITAN_RANKS = 64
-CHECKPOINTING = {False: "no AC", True: "full AC", "selective": "selective op AC"}
+CHECKPOINTING = {False: "no AC", True: "full AC", "selective": "selective op AC",
+                 2: "selective layer AC (every 2nd)"}
 
 
 def torchtitan_cases(only: str, training: bool) -> list[Case]:
@@ -1337,7 +1342,7 @@ def main(argv=None) -> int:
                     help="adds gpt-fast's tensor-parallel rows (21 generations, about 25 "
                          "minutes) and TensorRT-LLM's Llama-2-70B rows")
     ap.add_argument("--training", action="store_true",
-                    help="adds torchtitan's FSDP training steps on 64 A100s (6 steps, about 8 "
+                    help="adds torchtitan's FSDP training steps on 64 A100s (8 steps, about 9 "
                          "minutes)")
     ap.add_argument("--timm", type=Path, metavar="RESULTS",
                     help="the results/ folder of a pytorch-image-models checkout: adds the GPUs, "
