@@ -329,6 +329,28 @@ def test_a_data_parallel_group_across_a_tensor_parallel_mesh_has_one_nic_a_rank(
     assert e.comm_s == pytest.approx(8.4e-6 + 2 * 14e-6 + sent / 24e9)
 
 
+def test_an_all_to_all_past_one_server_sends_most_of_its_bytes_through_the_nics():
+    from fxroof.cost.formulas.registry import FORMULAS, OpCall
+    op = torch.ops._c10d_functional.all_to_all_single.default
+    buffer = torch.empty(16 * 1024, dtype=torch.float16, device="meta")
+    cost = FORMULAS[op.overloadpacket].fn(OpCall(op, (buffer, [1024] * 16, [1024] * 16, "gone"),
+                                                 {}, buffer))
+    assert cost.comm_exchange and cost.comm_ranks == 16 and cost.comm_steps == 15
+    # a 1 GB buffer over 16 A100s in two DGX A100s: each rank sends 1/16 of it to each other
+    # rank, 7/16 to its own server's over NVLink (0.4375 GB at 243 GB/s: 1.80 ms) and 8/16
+    # through the NICs, each GPU's 1/8 of 200 GB/s at 0.96 (0.5 GB at 24 GB/s: 20.83 ms), the
+    # two at once; 15 steps, 8 of them between servers: 8.4 us + 7 x 5 us + 8 x 14 us + 20.83 ms
+    a100, sent = chip("a100-80gb"), 15 * 1_000_000_000 / 16
+    e = expected(a100, Timing(0, 0, comm_time(a100, sent, 15, ranks=16), 0), "collective",
+                 comm_bytes=sent, comm_steps=15, comm_ranks=16, comm_exchange=True)
+    assert e.algorithm == "all-to-all"
+    assert e.comm_s == pytest.approx(8.4e-6 + 7 * 5e-6 + 8 * 14e-6 + 0.5e9 / 24e9)
+    # priced as a ring it came out 4.9 ms: the slower of link and network, 192 GB/s
+    ring = expected(a100, Timing(0, 0, comm_time(a100, sent, 15, ranks=16), 0), "collective",
+                    comm_bytes=sent, comm_steps=15, comm_ranks=16)
+    assert ring.comm_s == pytest.approx(8.4e-6 + 14 * 5e-6 + 1 * 14e-6 + sent / 192e9)
+
+
 def test_between_interpolates_the_parts_of_a_kernel_affine_in_a_size():
     # a memory-bound kernel whose bytes grow: halfway between, the expected time is that of
     # the kernel with the halfway bytes

@@ -250,10 +250,11 @@ def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_by
              comm_steps: int = 0, launch: Launch | None = None,
              relayout: tuple = (), nvls_bytes: float = 0, comm_ranks: int = 0,
              dtype: str = "", variant: str = "", exponentials: float = 0,
-             reread: tuple = (), bias_bytes: float = 0, comm_stride: int = 0) -> Expected:
+             reread: tuple = (), bias_bytes: float = 0, comm_stride: int = 0,
+             comm_exchange: bool = False) -> Expected:
     """The expected time of a kernel whose floor is `floor`. grid: a matrix kernel's output and
-    reduction as (batch, M, N, K); comm_bytes/steps/ranks/stride, nvls_bytes: a collective's
-    (Cost);
+    reduction as (batch, M, N, K); comm_bytes/steps/ranks/stride/exchange, nvls_bytes: a
+    collective's (Cost);
     launch: how a memory kernel's threads walk its data (chips/launch.py; None: no latency
     bound); relayout: the bytes of each tensor transposed around it (Cost.relayout), charged on
     a GPU; dtype: the unit's, which says whether attention runs the fused flash kernel (16-bit
@@ -272,7 +273,7 @@ def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_by
         options = comm_options(chip, comm_bytes, comm_steps, NCCL_BASE_S,
                                chip.collective_efficiency or 1.0, nvls_bytes,
                                chip.nvls_efficiency, comm_ranks, int(chip.nvls_channels),
-                               chip.network_efficiency or 1.0, comm_stride)
+                               chip.network_efficiency or 1.0, comm_stride, comm_exchange)
         algorithm = min(options, key=options.get)
         comm = options[algorithm]
     bandwidth = floor.memory_s / (chip.bw_efficiency or 1.0)

@@ -177,6 +177,18 @@ NET_STEP_LL_S = 2.7e-6
 TREE_SHARE = 0.92
 
 
+def all_to_all_bytes_time(chip: Chip, comm_bytes: float, ranks: int, per_server: int,
+                          link_bw: float, network_share: float) -> float:
+    """The bytes' time of an all-to-all past one server: of the buffer (comm_bytes is (n-1)/n of
+    it) a rank sends 1/n to each other rank, those on its server over its link, the others
+    through the server's NICs, of which every GPU of the server, in this group or the ones
+    beside it, takes its 1/node_gpus at once; the two flows run together."""
+    buffer = comm_bytes * ranks / (ranks - 1)
+    within = buffer * (per_server - 1) / ranks
+    across = buffer * (ranks - per_server) / ranks
+    return max(within / link_bw, across / (chip.network_bw * network_share / chip.node_gpus))
+
+
 def comm_time(chip: Chip, comm_bytes: float, comm_steps: int, nvls_bytes: float = 0,
               ranks: int = 0) -> float:
     """The roofline floor of a collective: latency per sequential step plus the bytes each rank
@@ -192,7 +204,7 @@ def comm_time(chip: Chip, comm_bytes: float, comm_steps: int, nvls_bytes: float 
 def comm_options(chip: Chip, comm_bytes: float, comm_steps: int, base_s: tuple = (0.0, 0.0),
                  efficiency: float = 1.0, nvls_bytes: float = 0, nvls_share: float = 1.0,
                  ranks: int = 0, nvls_channels: int = 0, network_share: float = 0.0,
-                 stride: int = 1) -> dict:
+                 stride: int = 1, exchange: bool = False) -> dict:
     """{algorithm: seconds} of the ones a collective can run on this chip (comm_time's
     arguments); comm_time, the floor, is the fastest with none of the rest. The expected time
     adds each protocol's per-collective base latency, base_s = (Simple, LL), the share of the
@@ -201,7 +213,8 @@ def comm_options(chip: Chip, comm_bytes: float, comm_steps: int, base_s: tuple =
     server (Chip.nodes; stride: the step between its ranks in the world), the network between
     servers at network_share of its rate (0: links only, as the floor). A group with fewer ranks
     a server than the server holds shares its NICs with the groups beside it, which run the
-    same collective at once (the data-parallel groups of a tensor-parallel mesh)."""
+    same collective at once (the data-parallel groups of a tensor-parallel mesh). exchange: an
+    all-to-all, whose bytes to other servers each cross the NICs (all_to_all_time)."""
     if not comm_bytes and not comm_steps:
         return {}
     bw = chip.group_link_bw(ranks) * efficiency
@@ -212,6 +225,12 @@ def comm_options(chip: Chip, comm_bytes: float, comm_steps: int, base_s: tuple =
         bw = min(bw, chip.network_bw * network_share * per_server / chip.node_gpus)
         crossing = comm_steps * (servers - 1) / (ranks - 1)
     within = comm_steps - crossing
+    if exchange and servers > 1:     # its rounds with the ranks of other servers cross
+        crossing = comm_steps * (ranks - per_server) / (ranks - 1)
+        return {"all-to-all": base_s[0] + (comm_steps - crossing) * chip.link_latency_s
+                + crossing * NET_STEP_S
+                + all_to_all_bytes_time(chip, comm_bytes, ranks, per_server,
+                                        chip.group_link_bw(ranks) * efficiency, network_share)}
     options = {"ring": (base_s[0] + within * chip.link_latency_s + crossing * NET_STEP_S
                         + comm_bytes / bw)}
     if chip.kind != "gpu":           # gloo (CPUs) and ICI (TPUs) have no LL protocol

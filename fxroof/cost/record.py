@@ -54,6 +54,9 @@ class Cost:
     # The step between the group's ranks in the world: 1 (or 0, not known) for neighbours, tp
     # for a data-parallel group across a tensor-parallel mesh: how it spreads over servers.
     comm_stride: int = 0
+    # An all-to-all: each rank sends a share of its buffer to every other rank, so past one
+    # server most of its bytes cross the servers' NICs, not one ring boundary (timing.py).
+    comm_exchange: bool = False
     grid: tuple = ()        # matrix ops: the (batch, M, N, K) GEMM a library tiles; layer norm:
                             # (rows, row elements); embedding, index_select: (indices, row
                             # elements, element bytes) (annotate.with_grid)
@@ -101,4 +104,5 @@ class Cost:
                     comm_steps=self.comm_steps + other.comm_steps,
                     nvls_bytes=self.nvls_bytes + other.nvls_bytes,
                     comm_ranks=max(self.comm_ranks, other.comm_ranks),
-                    comm_stride=max(self.comm_stride, other.comm_stride))
+                    comm_stride=max(self.comm_stride, other.comm_stride),
+                    comm_exchange=self.comm_exchange or other.comm_exchange)

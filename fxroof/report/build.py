@@ -25,6 +25,7 @@ def node_rows(gm: fx.GraphModule) -> tuple:
                             cost.comm_bytes, cost.comm_steps, cost.variant, cost.grid,
                             node.meta.get(PHASE_KEY, ""), node.meta.get(RECOMPUTED_KEY, False),
                             cost.relayout, cost.nvls_bytes, cost.comm_ranks, cost.comm_stride,
+                            cost.comm_exchange,
                             cost.exponentials, cost.reread, cost.bias_bytes))
     return tuple(rows)
 
@@ -83,7 +84,8 @@ def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple, streamed: dict | N
                        # eager only: a compiled program adds the bias in its next fused kernel
                        bias_bytes=sum(m.bias_bytes for m in members)
                        if mode == "eager" and chip.nvidia else 0,
-                       comm_stride=max((m.comm_stride for m in members), default=0), **comm)
+                       comm_stride=max((m.comm_stride for m in members), default=0),
+                       comm_exchange=any(m.comm_exchange for m in members), **comm)
         # a collective says which of NCCL's algorithms its expected time took
         reason = f"{k.reason}: {exp.algorithm}" if exp.algorithm else k.reason
         rows.append(KernelRow(tuple(k.nodes), label, k.module, k.category, dtype,

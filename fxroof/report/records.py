@@ -49,6 +49,7 @@ class NodeRow:
     nvls_bytes: int = 0   # an all-reduce: bytes a rank sends where the switch reduces
     comm_ranks: int = 0   # a collective's group size
     comm_stride: int = 0  # the step between its ranks in the world (Cost.comm_stride)
+    comm_exchange: bool = False   # an all-to-all (Cost.comm_exchange)
     exponentials: int = 0  # a fused attention forward's softmax: one per score (Cost)
     reread: tuple = ()    # a two-pass norm: bytes of each tensor its second pass reads (Cost)
     bias_bytes: int = 0   # a convolution's bias added (or summed) in a kernel of its own (Cost)
@@ -63,7 +64,8 @@ class NodeRow:
         return {k: list(v) if k in ("grid", "relayout", "reread") else v
                 for k, v in self.__dict__.items()
                 if k not in ("grid", "phase", "recomputed", "relayout", "nvls_bytes",
-                             "comm_ranks", "comm_stride", "reread", "bias_bytes") or v}
+                             "comm_ranks", "comm_stride", "comm_exchange", "reread",
+                             "bias_bytes") or v}
 
 
 @dataclass(frozen=True)

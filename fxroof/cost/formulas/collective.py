@@ -71,7 +71,7 @@ def _buffers(call: OpCall) -> list[torch.Tensor]:
 
 
 def _ring(call: OpCall, n: int | None, link, *, gathered: bool = False,
-          reduces: bool = False, switch: float = 0) -> Cost:
+          reduces: bool = False, switch: float = 0, exchange: bool = False) -> Cost:
     """A collective over a ring of n ranks. link(n): (bytes each rank sends, as a share of the
     full buffer; sequential steps). The full buffer is the input (n inputs when `gathered`); a
     reduction adds (n-1)/n of its elements on each rank. switch: the share of the full buffer
@@ -87,7 +87,8 @@ def _ring(call: OpCall, n: int | None, link, *, gathered: bool = False,
     share, steps = link(n)
     return call.cost(adds, "collective", note=f"n={n}", comm_bytes=round(share * full),
                      comm_steps=steps, nvls_bytes=round(switch(n) * full) if switch else 0,
-                     comm_ranks=n, comm_stride=group_stride(call.get("group_name")))
+                     comm_ranks=n, comm_stride=group_stride(call.get("group_name")),
+                     comm_exchange=exchange)
 
 
 @formula(*_ops("all_reduce", "all_reduce_", "all_reduce_coalesced", "all_reduce_coalesced_"),
@@ -118,7 +119,7 @@ def reduce_scatter(call: OpCall):
 def all_to_all(call: OpCall):
     # n-1 pairwise exchange rounds; the split lists have one entry per rank, when given
     n = group_size(call.get("group_name")) or len(call.get("input_split_sizes") or ()) or None
-    return _ring(call, n, lambda n: ((n - 1) / n, n - 1))
+    return _ring(call, n, lambda n: ((n - 1) / n, n - 1), exchange=True)
 
 
 @formula(*_ops("broadcast", "broadcast_"), category="collective")
