@@ -64,6 +64,17 @@ def assert_fused_gradients_match(model, ids, rtol: float = 1e-4, atol: float = 1
         torch.testing.assert_close(fused[name], loop[name], rtol=rtol, atol=atol)
 
 
+def meta_training_step(model_class, config, batch: int, seq: int):
+    """fxroof's report of one training step of a transformers language model built on the meta
+    device from `config`, on `batch` x `seq` tokens, on an H100."""
+    import fxroof
+    with torch.device("meta"):
+        model = model_class(config)
+    ids = torch.zeros(batch, seq, dtype=torch.long, device="meta")
+    return fxroof.analyze(model, (ids,), {"labels": ids, "use_cache": False}, train=True,
+                          chip="h100-sxm")
+
+
 class Ops(TorchDispatchMode):
     """The ops a block runs, by name (`ops`, in order)."""
 

@@ -4,7 +4,7 @@ arithmetic."""
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
-from helpers import Ops, assert_fused_gradients_match
+from helpers import Ops, assert_fused_gradients_match, meta_training_step
 
 import fxroof
 from fxroof.cli.hf import from_config
@@ -117,13 +117,8 @@ def test_its_gradients_are_transformers_loops():
 
 
 def test_a_training_step_holds_one_rule_and_one_backward():
-    def step(seq: int):
-        with torch.device("meta"):
-            model = transformers.Qwen3NextForCausalLM(config())
-        ids = torch.zeros(B, seq, dtype=torch.long, device="meta")
-        return fxroof.analyze(model, (ids,), {"labels": ids, "use_cache": False}, train=True,
-                              chip="h100-sxm")
-    short, long = step(16), step(200)
+    short, long = (meta_training_step(transformers.Qwen3NextForCausalLM, config(), B, seq)
+                   for seq in (16, 200))
     assert len(short.nodes) == len(long.nodes)
     backward = [n for n in long.nodes if n.op == "chunked_delta_rule_backward"]
     assert len(backward) == 1 and sum(n.op == "chunked_delta_rule" for n in long.nodes) == 1

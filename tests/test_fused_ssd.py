@@ -3,7 +3,7 @@ transformers' own fallback on real tensors, PyTorch's FLOP counter and hand arit
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
-from helpers import assert_fused_gradients_match
+from helpers import assert_fused_gradients_match, meta_training_step
 
 import fxroof
 from fxroof.cli.hf import from_config
@@ -87,13 +87,8 @@ def test_its_gradients_are_transformers_fallbacks():
 
 
 def test_a_training_step_holds_one_scan_and_one_backward_a_layer():
-    def step(seq: int):
-        with torch.device("meta"):
-            model = transformers.Mamba2ForCausalLM(config())
-        ids = torch.zeros(B, seq, dtype=torch.long, device="meta")
-        return fxroof.analyze(model, (ids,), {"labels": ids, "use_cache": False}, train=True,
-                              chip="h100-sxm")
-    short, long = step(16), step(100)
+    short, long = (meta_training_step(transformers.Mamba2ForCausalLM, config(), B, seq)
+                   for seq in (16, 100))
     assert len(short.nodes) == len(long.nodes)
     backward = [n for n in long.nodes if n.op == "ssd_chunk_scan_backward"]
     assert len(backward) == 2 and sum(n.op == "ssd_chunk_scan" for n in long.nodes) == 2

@@ -56,13 +56,12 @@ def _entries() -> tuple:
 @functools.lru_cache(maxsize=None)
 def _table() -> tuple[tuple[Chip, ...], dict[str, Chip]]:
     """The shipped chips, and an index of every name and alias; read once."""
-    where = TABLE_FILE
-    table = tuple(chip_from_json(e, where, require_sources=True) for e in _entries())
+    table = tuple(chip_from_json(e, TABLE_FILE, require_sources=True) for e in _entries())
     index: dict[str, Chip] = {}
     for c in table:
         for name in (c.name, *c.aliases):
             if _key(name) in index:
-                raise ChipError(f"{where}: name {name!r} is used twice")
+                raise ChipError(f"{TABLE_FILE}: name {name!r} is used twice")
             index[_key(name)] = c
     return table, index
 

@@ -214,23 +214,22 @@ def comm_options(chip: Chip, comm_bytes: float, comm_steps: int, base_s: tuple =
     servers at network_share of its rate (0: links only, as the floor). A group with fewer ranks
     a server than the server holds shares its NICs with the groups beside it, which run the
     same collective at once (the data-parallel groups of a tensor-parallel mesh). exchange: an
-    all-to-all, whose bytes to other servers each cross the NICs (all_to_all_time)."""
+    all-to-all, whose bytes to other servers each cross the NICs (all_to_all_bytes_time)."""
     if not comm_bytes and not comm_steps:
         return {}
-    bw = chip.group_link_bw(ranks) * efficiency
+    bw = link = chip.group_link_bw(ranks) * efficiency
     servers = chip.nodes(ranks, stride) if network_share else 1
     per_server = chip.ranks_a_server(ranks, stride)
-    crossing = 0.0       # the ring's steps between servers
+    crossing = 0.0       # the steps between servers
     if servers > 1:
-        bw = min(bw, chip.network_bw * network_share * per_server / chip.node_gpus)
-        crossing = comm_steps * (servers - 1) / (ranks - 1)
+        # an all-to-all's rounds with every rank of another server; a ring's one a server
+        crossing = comm_steps * ((ranks - per_server) if exchange else (servers - 1)) / (ranks - 1)
+        bw = min(link, chip.network_bw * network_share * per_server / chip.node_gpus)
     within = comm_steps - crossing
-    if exchange and servers > 1:     # its rounds with the ranks of other servers cross
-        crossing = comm_steps * (ranks - per_server) / (ranks - 1)
-        return {"all-to-all": base_s[0] + (comm_steps - crossing) * chip.link_latency_s
-                + crossing * NET_STEP_S
-                + all_to_all_bytes_time(chip, comm_bytes, ranks, per_server,
-                                        chip.group_link_bw(ranks) * efficiency, network_share)}
+    if exchange and servers > 1:
+        return {"all-to-all": base_s[0] + within * chip.link_latency_s + crossing * NET_STEP_S
+                + all_to_all_bytes_time(chip, comm_bytes, ranks, per_server, link,
+                                        network_share)}
     options = {"ring": (base_s[0] + within * chip.link_latency_s + crossing * NET_STEP_S
                         + comm_bytes / bw)}
     if chip.kind != "gpu":           # gloo (CPUs) and ICI (TPUs) have no LL protocol
