@@ -82,7 +82,13 @@ def test_ops_are_measured_one_by_one_under_the_names_reports_use(quick_chip):
     assert {n.cost_key for n in block.nodes + stem.nodes} <= ops
     # work rates: every non-matrix probe with FLOPs, and the layer-shaped matrix ops
     assert {"relu", "gelu", "max_pool2d", "layer_norm", "linear", "conv2d"} <= set(c.op_flops)
-    assert "fp32" in c.matrix_bw_fraction         # a one-row linear streaming its weights
+    # and the matrix ops in every other dtype this build runs, fast path or not: ATen's
+    # fallback for a dtype without one differs by op, no one ratio to fp32 holds
+    for dtype in set(c.peak_flops) - {"fp32"}:
+        assert {f"linear:{dtype}", f"conv2d:{dtype}",
+                f"scaled_dot_product_attention:{dtype}"} <= set(c.op_flops), dtype
+        assert c.eager_matrix_flops("linear", dtype) == c.op_flops[f"linear:{dtype}"]
+    assert set(c.peak_flops) <= set(c.matrix_bw_fraction)   # a one-row linear streaming weights
     for figure in ("op_dispatch_s", "op_flops", "view_dispatch_s", "program_call_s",
                    "matrix_bw_fraction"):
         assert c.sources[figure].startswith("measured by fxroof calibrate on "), figure

@@ -556,6 +556,18 @@ def test_matrix_op_rate_scales_with_the_dtype(tmp_path):
     assert c.eager_matrix_flops("conv2d", "bf16") == pytest.approx(100e12)   # not listed
 
 
+def test_a_matrix_op_may_state_its_rate_in_another_dtype(tmp_path):
+    # a CPU without a bf16 matrix path: linear's dot-product fallback 0.5 TFLOP/s, conv's 0.1,
+    # neither the fp32 ratio (8 of 10) times the bf16 peak (100)
+    c = chip(str(write(tmp_path, good_entry(op_TFLOPS={"linear": 8, "linear:bf16": 0.5,
+                                                       "conv2d:bf16": 0.1},
+                                            peak_TFLOPS={"fp32": 10, "bf16": 100, "fp16": 100}))))
+    assert c.eager_matrix_flops("linear", "bf16") == pytest.approx(0.5e12)
+    assert c.eager_matrix_flops("linear", "fp32") == pytest.approx(8e12)
+    assert c.eager_matrix_flops("conv2d(onednn)", "bf16") == pytest.approx(0.1e12)  # its op's
+    assert c.eager_matrix_flops("linear", "fp16") == pytest.approx(100e12 * 8 / 10)  # fp16's
+
+
 def test_cache_needs_both_figures(tmp_path):
     with pytest.raises(ChipError, match="cache_bytes and cache_bw go together"):
         chip(str(write(tmp_path, good_entry(cache_MB=32))))

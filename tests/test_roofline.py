@@ -176,6 +176,39 @@ def test_a_library_matrix_product_streams_at_its_measured_share_of_bandwidth():
     assert relu.timing.memory_s == pytest.approx(2 * 1024 * 4 / 1e10)   # not a matrix product
 
 
+def test_a_one_row_product_computes_at_least_as_fast_as_its_kernel_streamed():
+    import torch
+    from torch import nn
+
+    import fxroof
+    from fxroof.chips import Chip
+    # a CPU without a bf16 matrix path: linear's many-row fallback runs at 1 GFLOP/s; its
+    # one-row kernel was measured streaming 2048 x 2048 bf16 weights at 0.4 x 10 GB/s, compute
+    # included: a one-row bf16 linear of 1024 x 1024 weights computes in at most the time that
+    # stream takes for its bytes, where the many-row rate alone says 2 x 1024^2 / 1e9 = 2.1 ms
+    cpu = Chip("c", "no bf16 path", "cpu", {"fp32": 1e11, "bf16": 2e9}, vector_flops=1e10,
+               mem_bw=1e10, mem_bytes=1e10, link_bw=1e9, link_latency_s=1e-5, launch_s=1e-6,
+               dispatch_s=1e-6, matrix_bw_fraction={"fp32": 0.5, "bf16": 0.4},
+               op_flops={"linear": 1e11, "linear:bf16": 1e9})
+    model = nn.Linear(1024, 1024, bias=False).to(torch.bfloat16)
+    one = fxroof.analyze(model, (torch.randn(1, 1024, dtype=torch.bfloat16),), chip=cpu,
+                         mode="eager").kernels[0].timing
+    moved = 1024 * 1024 * 2 + 2 * 1024 * 2                # the weight, one row in, one row out
+    assert one.compute_s == pytest.approx(moved / (1e10 * 0.4)) == one.memory_s   # 0.52 ms
+    # eight rows run the many-row fallback: its own rate, 8x the FLOPs at 1 GFLOP/s
+    eight = fxroof.analyze(model, (torch.randn(8, 1024, dtype=torch.bfloat16),), chip=cpu,
+                           mode="eager").kernels[0].timing
+    assert eight.compute_s == pytest.approx(8 * 2 * 1024 * 1024 / 1e9)
+    # a chip that measured no bf16 stream keeps the layer rate for one row too
+    plain = fxroof.analyze(model, (torch.randn(1, 1024, dtype=torch.bfloat16),),
+                           chip=Chip("d", "d", "cpu", {"fp32": 1e11, "bf16": 2e9},
+                                     vector_flops=1e10, mem_bw=1e10, mem_bytes=1e10, link_bw=1e9,
+                                     link_latency_s=1e-5, launch_s=1e-6, dispatch_s=1e-6,
+                                     op_flops={"linear:bf16": 1e9}),
+                           mode="eager").kernels[0].timing
+    assert plain.compute_s == pytest.approx(2 * 1024 * 1024 / 1e9)
+
+
 
 def test_an_eager_elementwise_op_too_small_to_split_runs_on_one_thread():
     import dataclasses

@@ -53,7 +53,10 @@ pages print the with-sparsity figure, which is twice the dense one.
       "op_TFLOPS": {"max_pool2d": 0.0002, ...}  eager rate of an op's work, by op name; other ops
                                                 run at vector_TFLOPS (matrix ops: at peak_TFLOPS;
                                                 a matrix op's entry is its fp32 rate, and other
-                                                dtypes scale it as peak_TFLOPS does)
+                                                dtypes scale it as peak_TFLOPS does, unless
+                                                "linear:bf16" states its rate in that dtype: a
+                                                CPU without a bf16 matrix path runs each matrix
+                                                op through another fallback)
       "threads": 2                              the intra-op threads the rates were measured with:
                                                 an eager elementwise op too small for ATen to
                                                 split runs on one of them (timing.py)
@@ -408,9 +411,11 @@ class Chip:
         return self.matrix_bw_fraction.get(self.matrix_dtype(dtype), 1.0)
 
     def eager_matrix_flops(self, op: str, dtype: Any) -> float:
-        """FLOP/s of matrix op `op` in `dtype` when eager PyTorch runs it. A matrix op's entry in
-        op_flops is its fp32 rate; other dtypes scale it by the chip's own dtype ratio."""
-        rate = self.matrix_flops(dtype)
+        """FLOP/s of matrix op `op` in `dtype` when eager PyTorch runs it: its entry for that
+        dtype ("linear:bf16"), else its fp32 entry scaled by the chip's own dtype ratio."""
+        rate, unit = self.matrix_flops(dtype), self.matrix_dtype(dtype)
+        if unit != "fp32" and (own := _per_op(self.op_flops, dtype_op(op, unit), None)):
+            return own
         own = _per_op(self.op_flops, op, None)
         return rate * own / self.peak_flops["fp32"] if own else rate
 
@@ -436,10 +441,18 @@ class Chip:
 
 
 def _per_op(table: Mapping, op: str, default):
-    """table[op]; for "op(variant)" without an entry of its own, table["op"]; else default."""
+    """table[op]; for "op(variant)" without an entry of its own, table["op"] ("op(variant):dtype"
+    falls back to "op:dtype"); else default."""
     if op in table:
         return table[op]
-    return table.get(op.split("(", 1)[0], default)
+    name, _, dtype = op.partition(":")
+    plain = name.split("(", 1)[0]
+    return table.get(f"{plain}:{dtype}" if dtype else plain, default)
+
+
+def dtype_op(op: str, dtype: str) -> str:
+    """The op_flops key of matrix op `op`'s own rate in `dtype` (fp32's is the plain name)."""
+    return op if dtype == "fp32" else f"{op}:{dtype}"
 
 
 def chip_from_json(entry: Any, where: str, *, require_sources: bool) -> Chip:

@@ -273,21 +273,30 @@ def splits(chip: Chip, category: str, elements: int, rows: int = 0) -> bool:
 def kernel_timing(chip: Chip, *, flops: float, bytes_moved: float, category: str, dtype: str,
                   overhead_s: float, comm_bytes: float = 0, comm_steps: int = 0,
                   nvls_bytes: float = 0, comm_ranks: int = 0, rate_op: str = "",
-                  streamed_bytes: float = 0, elements: int = 0, rows: int = 0) -> Timing:
+                  streamed_bytes: float = 0, elements: int = 0, rows: int = 0,
+                  one_row: bool = False) -> Timing:
     """rate_op: the op whose own rate a chip measured op by op applies (Chip.op_flops): an eager
     kernel's op, or the library op a compiled matrix kernel calls.
     streamed_bytes: the part of bytes_moved that comes from memory whatever the chip's cache
     (the weights of a model too large to stay cached between passes).
     elements: the kernel's loop size; an eager elementwise op on a CPU measured with several
     threads gets the share of them ATen splits it over (GRAIN_SIZE). rows: a layer norm's rows.
-    An eager op that ATen splits also pays the chip's parallel region (region_s)."""
+    An eager op that ATen splits also pays the chip's parallel region (region_s).
+    one_row: a matrix product of one row (decode's), the kernel a chip's matrix_bw_fraction
+    was measured on."""
     compute = flops / peak_for(chip, category, dtype, rate_op) if flops else 0.0
     rest = bytes_moved - streamed_bytes
     memory = streamed_bytes / chip.mem_bw + rest / chip.bandwidth(rest)
     if rate_op and category in MATRIX_CATEGORIES:
         # a library matrix product streams its weights below the copy bandwidth (a CPU's
         # matrix-vector product: 40-70% of it), where the chip measured that
-        memory /= chip.matrix_bandwidth_share(dtype or "fp32")
+        share = chip.matrix_bandwidth_share(dtype or "fp32")
+        memory /= share
+        if one_row and (dtype or "fp32") in chip.matrix_bw_fraction:
+            # that measurement ran this very kernel, its compute with it: it computes at least
+            # that fast, whatever the layer-shaped rate (ATen's one-row kernel for a dtype
+            # without a fast matrix path is not its many-row fallback)
+            compute = min(compute, bytes_moved / (chip.mem_bw * share))
     if rate_op and chip.threads > 1 and elements and category in SPLIT_CATEGORIES:
         slower = chip.threads / min(chip.threads, math.ceil(elements / GRAIN_SIZE))
         compute, memory = compute * slower, memory * slower

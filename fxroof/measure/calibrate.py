@@ -167,8 +167,9 @@ def _measure(device: str, quick: bool, threads: int | None, say) -> tuple[Chip, 
     if chip.op_flops:
         src["op_flops"] = (
             "per op: FLOPs as fxroof counts them / (time on a cache-resident 256 Ki-element fp32 "
-            "input - its tiny-call time); matrix ops: their fp32 rate in the layer-shaped probe "
-            "(see peak_flops): " + each_rate(chip.op_flops))
+            "input - its tiny-call time); matrix ops: their rate in the layer-shaped probe, "
+            "in fp32 under their own name and in each other dtype as 'op:dtype' (see "
+            "peak_flops): " + each_rate(chip.op_flops))
     stamp = f"measured by fxroof calibrate on {device_name(dev)}, {datetime.date.today()}"
     return dataclasses.replace(chip, program_call_s=program_s, sources={
         **{k: f"{stamp}: {v}" for k, v in src.items()},
@@ -215,6 +216,7 @@ def summary(chip: Chip) -> str:
 
     def flops(rate) -> str:
         return si(rate, "FLOP/s")
+    fp32_ops = {op: rate for op, rate in chip.op_flops.items() if ":" not in op}
     rows = [  # (label, text); a figure the chip leaves at 0 has no row
         ("matmul peak", ", ".join(f"{d} {flops(v)}" for d, v in chip.peak_flops.items())),
         ("pointwise", f"{flops(chip.vector_flops)} (one FLOP per element)"),
@@ -231,8 +233,8 @@ def summary(chip: Chip) -> str:
             f"enter a compiled program")),
         ("per op", chip.op_dispatch_s and f"{spread(chip.op_dispatch_s, seconds)} fixed cost over "
                                           f"{len(chip.op_dispatch_s)} ops"),
-        ("", chip.op_flops and f"{spread(chip.op_flops, flops)} work rate over "
-                               f"{len(chip.op_flops)} ops"),
+        ("", fp32_ops and f"{spread(fp32_ops, flops)} work rate over {len(fp32_ops)} ops"
+                          " (fp32)"),
         ("memory", si(chip.mem_bytes, "B"))]
     return "\n".join([chip.title, *(f"  {label:<14}{text}" for label, text in rows if text)])
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fxroof.chips import Chip
-from fxroof.chips.chip import READ_STREAM_CEILING
+from fxroof.chips.chip import READ_STREAM_CEILING, dtype_op
 from fxroof.chips.timing import GRAIN_SIZE, splits
 from fxroof.cost.record import MATRIX_CATEGORIES
 from fxroof.graph.capture import FunctionModule
@@ -79,28 +79,35 @@ def _matmul_rate(clock, dtype: str, sizes, fp32_rate):
 
 
 def layer_rates(clock: Clock, chip: Chip, bare: dict) -> tuple[dict, dict, str]:
-    """CPU: per dtype with a fast path, the rate layers attain as eager runs them (MatrixProbe);
-    and the fp32 rate of each of its ops. `bare`: each op's tiny-call cost (op_table)."""
+    """CPU: per dtype, the rate layers attain as eager runs them (MatrixProbe); and each of its
+    ops' own rate in each dtype (op_flops keys, chip.dtype_op). `bare`: each op's tiny-call cost
+    (op_table). A dtype without a fast matrix path is measured too: ATen's fallback for it
+    differs by op (on an AVX2 CPU in bf16, linear's dot products 5-20x the square mm's rate,
+    attention computing in fp32 at fp32's), so no one ratio to fp32 holds."""
     peaks, notes, op_rates = dict(chip.peak_flops), [], {}
-    for dtype in fast_dtypes(chip.peak_flops):
-        per_op = _node_rates(clock, torch_dtype(dtype), chip, bare)
+    for dtype in chip.peak_flops:
+        per_op = _node_rates(clock, torch_dtype(dtype), chip, bare,
+                             runs=None if dtype in fast_dtypes(chip.peak_flops) else 3)
         peaks[dtype] = sum(f for f, _t in per_op.values()) / sum(t for _f, t in per_op.values())
-        op_rates[dtype] = {op: f / t for op, (f, t) in per_op.items()}
-        notes.append(f"{dtype} {si(peaks[dtype], 'FLOP/s')} ({each_rate(op_rates[dtype])})")
-    return peaks, op_rates["fp32"], (
+        rates = {op: f / t for op, (f, t) in per_op.items()}
+        op_rates |= {dtype_op(op, dtype): rate for op, rate in rates.items()}
+        notes.append(f"{dtype} {si(peaks[dtype], 'FLOP/s')} ({each_rate(rates)})")
+    return peaks, op_rates, (
         "charged: the rate layers attain as eager runs them, total FLOPs / total time over "
         "layer-shaped linears, 3x3 and 1x1 convolutions and causal attention run one op at a "
         "time, each op's own tiny-call cost taken off: " + "; ".join(notes))
 
 
-def _node_rates(clock: Clock, dtype: torch.dtype, chip: Chip, bare: dict) -> dict:
+def _node_rates(clock: Clock, dtype: torch.dtype, chip: Chip, bare: dict,
+                runs: int | None = None) -> dict:
     """{op: (FLOPs as fxroof counts them, seconds)} of MatrixProbe in `dtype` run node by node:
-    each node's best time over the runs, less the op's tiny-call cost."""
+    each node's best time over the runs, less the op's tiny-call cost. runs: fewer for a slow
+    path, whose every run takes long enough to time well."""
     x = torch.randn(1, 64, 32, 32, device=clock.dev).to(dtype)
     captured, values = program(MatrixProbe().to(clock.dev, dtype).eval(), (x,), {})
     report = report_of(captured, Target(chip=chip, mode="eager"))
-    _walls, runs = timed_runs(clock.dev, 3, 8 if clock.quick else 25, gm=captured.gm,
-                              values=values)
+    _walls, runs = timed_runs(clock.dev, 1 if runs else 3, runs or (8 if clock.quick else 25),
+                              gm=captured.gm, values=values)
     fixed = statistics.median(bare.values())
     out: dict = {}
     for node in (n for n in report.nodes if n.flops):
@@ -112,13 +119,13 @@ def _node_rates(clock: Clock, dtype: torch.dtype, chip: Chip, bare: dict) -> dic
 
 
 def matrix_bandwidth(clock: Clock, peaks: dict, mem_bw: float) -> tuple[dict, str]:
-    """CPU: per dtype with a fast path, the rate F.linear on one row (how decode runs) attains
-    streaming weights that no cache holds, over the copy bandwidth: a cycle of 2048 x 2048
-    weight matrices four times the last-level cache. It may pass 1 (a read-only stream skips the
-    copy's write-allocate reads), up to chip.READ_STREAM_CEILING."""
+    """CPU: per dtype, the rate F.linear on one row (how decode runs) attains streaming weights
+    that no cache holds, over the copy bandwidth: a cycle of 2048 x 2048 weight matrices four
+    times the last-level cache. It may pass 1 (a read-only stream skips the copy's
+    write-allocate reads), up to chip.READ_STREAM_CEILING."""
     cache = last_level_cache() or (32 << 20)
     shares, notes = {}, []
-    for dtype in fast_dtypes(peaks):
+    for dtype in peaks:
         dt = torch_dtype(dtype)
         size = 2048 * 2048 * dt.itemsize
         count = max(2, -(-(2 if clock.quick else 4) * cache // size))

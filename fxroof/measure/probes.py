@@ -216,6 +216,8 @@ class MatrixProbe(nn.Module):
 
     def forward(self, x):                                        # (1, 64, 32, 32)
         y = self.conv1(self.conv3(x))                            # (1, 256, 32, 32)
-        h = self.down(self.up(x.flatten(2).transpose(1, 2)))     # (1, 1024, 256)
+        # tokens contiguous, as a model's linears get them (a norm's output): ATen's fallback
+        # for a dtype without a fast path runs a transposed input another, slower way
+        h = self.down(self.up(x.flatten(2).transpose(1, 2).contiguous()))   # (1, 1024, 256)
         q, k, v, _ = (t.reshape(2, 512, 4, 16).transpose(1, 2) for t in h.split(64, dim=-1))
         return y, F.scaled_dot_product_attention(q, k, v, is_causal=True)   # (2, 4, 512, 16)

@@ -64,7 +64,11 @@ def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple, streamed: dict | N
                                rate_op=key, streamed_bytes=min(sum(state.values()), k.bytes_read),
                                elements=k.space,
                                # a layer norm's (rows, row): the rows ATen splits over threads
-                               rows=main.grid[0] if main and len(main.grid) == 2 else 0, **comm)
+                               rows=main.grid[0] if main and len(main.grid) == 2 else 0,
+                               # a matrix product's grid: (batch, rows, columns, depth)
+                               one_row=bool(main) and k.category == "matmul"
+                               and len(main.grid) == 4 and main.grid[0] * main.grid[1] == 1,
+                               **comm)
         label = (op if len(members) == 1 else f"{op} +{len(members) - 1}") if main \
             else k.category
         exp = expected(chip, timing, k.category, main.grid if main else (),
