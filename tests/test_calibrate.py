@@ -46,6 +46,9 @@ def test_sources_say_how_where_and_when(quick_chip):
         assert src[figure].startswith("measured by fxroof calibrate on "), figure
     for figure in ("link_bw", "link_latency_s"):
         assert src[figure].startswith("estimate, not measured"), figure
+    # a compiled program's call of a kernel: timed on compiled stacks of two depths, not taken
+    # to be an eager op's dispatch
+    assert "torch.compile'd stack of 4 pre-norm transformer blocks" in src["launch_s"]
 
 
 def test_chip_file_round_trips(quick_chip, tmp_path):

@@ -128,6 +128,37 @@ def test_a_measured_chip_costs_each_convolution_library_apart():
     assert plain.eager_dispatch("linear") == 5e-6
 
 
+def test_a_compiled_cpu_program_calls_a_kernel_for_its_launch_and_a_library_op_for_more():
+    import dataclasses
+
+    import torch
+    from torch import nn
+
+    import fxroof
+    from fxroof.chips import Chip
+    # calibrated: an eager op 5 us, entering oneDNN 50, the native convolution 8; a compiled
+    # program's call of a kernel 2 us (calibrate's compiled_launch)
+    measured = Chip("m", "Measured", "cpu", {"fp32": 1e11}, vector_flops=4e9, mem_bw=1e10,
+                    mem_bytes=1e10, link_bw=1e9, link_latency_s=1e-5, launch_s=2e-6,
+                    dispatch_s=5e-6, op_dispatch_s={"conv2d(onednn)": 50e-6,
+                                                    "conv2d(native)": 8e-6},
+                    program_call_s=30e-6)
+    model = nn.Sequential(nn.Conv2d(3, 64, 8, stride=8, bias=False),   # 8x8 kernel: oneDNN
+                          nn.Conv2d(64, 64, 1, bias=False), nn.ReLU())  # small 1x1: native
+    kernels = fxroof.analyze(model, (torch.randn(1, 3, 32, 32),), chip=measured,
+                             mode="compiled").kernels
+    # oneDNN: 2 + (50 - 5) = 47 us, and entering the program, 30; native 2 + (8 - 5) = 5 us;
+    # the generated ReLU a launch alone
+    assert [k.category for k in kernels] == ["conv", "conv", "pointwise"]
+    assert [k.timing.overhead_s for k in kernels] == pytest.approx([77e-6, 5e-6, 2e-6])
+    # a chip whose launch is its dispatch (before calibration measured it) costs each library
+    # op its eager call, as then
+    same = dataclasses.replace(measured, launch_s=5e-6)
+    kernels = fxroof.analyze(model, (torch.randn(1, 3, 32, 32),), chip=same,
+                             mode="compiled").kernels
+    assert [k.timing.overhead_s for k in kernels] == pytest.approx([80e-6, 8e-6, 5e-6])
+
+
 def test_weights_come_from_memory_once_the_model_outgrows_the_cache():
     import torch
     from torch import nn

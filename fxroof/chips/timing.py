@@ -76,10 +76,11 @@ def overhead_per_kernel(chip: Chip, mode: str, op: str = "", views: int = 0,
     if mode == GRAPH_MODE:      # the front end's pace through the graph, then its launch
         return (chip.graph_launch_s or chip.launch_s) + (chip.program_call_s if first else 0.0)
     if mode == "compiled":
-        # on a CPU a launch is a call from the host, so a library op's measured call is its launch
-        call = chip.eager_dispatch(op) if op and chip.kind == "cpu" and chip.op_dispatch_s \
-            else chip.launch_s
-        return call + (chip.program_call_s if first else 0.0)
+        # on a CPU a launch is a call from the host: a library op's costs a launch and what its
+        # own eager call costs beyond a typical op's (entering oneDNN)
+        extra = max(chip.eager_dispatch(op) - chip.dispatch_s, 0.0) \
+            if op and chip.kind == "cpu" and chip.op_dispatch_s else 0.0
+        return chip.launch_s + extra + (chip.program_call_s if first else 0.0)
     return chip.eager_dispatch(op) + views * chip.view_dispatch_s
 
 

@@ -27,10 +27,10 @@ import torch
 from fxroof.chips import Chip
 from fxroof.chips.chip import OP_TABLES, OPTIONAL_SCALARS, PEAK_KEY, PEAK_UNIT, SCALARS
 from fxroof.measure.machine import Clock, cpu_threads, device_label, device_name, memory_bytes
-from fxroof.measure.microbench import (cache_bandwidth, copy_bandwidth, each_rate, glue,
-                                       graph_launch, layer_rates, matmul_peaks, matrix_bandwidth,
-                                       op_table, parallel_region, program_call, vector_rate,
-                                       view_dispatch)
+from fxroof.measure.microbench import (cache_bandwidth, compiled_launch, copy_bandwidth,
+                                       each_rate, glue, graph_launch, layer_rates, matmul_peaks,
+                                       matrix_bandwidth, op_table, parallel_region, program_call,
+                                       vector_rate, view_dispatch)
 from fxroof.report.units import seconds, si
 
 __all__ = ["CalibrationError", "calibrate", "chip_json", "cmd_calibrate", "doubts", "summary",
@@ -138,10 +138,10 @@ def _measure(device: str, quick: bool, threads: int | None, say) -> tuple[Chip, 
         glue_s, glue_sources = glue(clock, dataclasses.replace(chip, dispatch_s=fixed,
                                                                op_dispatch_s=bare))
         dispatch = fixed + glue_s
-        if cpu:
-            launch, src["launch_s"] = dispatch, (
-                "same as dispatch_s: a CPU has no device launch; compiled CPU code still calls "
-                "its kernels one by one from the host")
+        if cpu:    # no device launch: compiled CPU code calls its kernels from the host
+            launch, src["launch_s"] = compiled_launch(
+                clock, dataclasses.replace(chip, dispatch_s=dispatch,
+                                           op_dispatch_s={op: t + glue_s for op, t in bare.items()}))
             graph = 0.0
         else:    # Inductor's launch from Python is the host's: not measured here
             launch, src["launch_s"] = INDUCTOR_LAUNCH

@@ -6,6 +6,7 @@ docs/calibration.md says why each is measured as it is.
 """
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from functools import partial
 
@@ -21,12 +22,15 @@ from fxroof.graph.capture import FunctionModule
 from fxroof.graph.tensors import torch_dtype
 from fxroof.measure.machine import (Clock, elapsed, host_time, last_level_cache, tiny_call_times,
                                     tiny_call_timing)
-from fxroof.measure.probes import BLOCK_PROBES, MID, OP_PROBES, TINY, VIEW_PROBES, MatrixProbe
+from fxroof.measure.probes import (BLOCK_PROBES, MID, OP_PROBES, TINY, VIEW_PROBES, MatrixProbe,
+                                   TransformerBlock)
 from fxroof.measure.runner import program, timed_runs
 from fxroof.pipeline import Target, analyze, report_of
 from fxroof.report.units import seconds, si
 
 SLOW = 0.25           # a dtype below this fraction of fp32's rate has no fast matrix path
+COMPILED_DEPTH = 4    # blocks of the deeper compiled stack (compiled_launch)
+MIN_LAUNCH_S = 1e-7   # a kernel's call is never free
 CACHE_SPEEDUP = 1.5   # a copy at least this much faster than one from memory runs from a cache
 
 
@@ -319,6 +323,29 @@ def graph_launch(clock: Clock) -> tuple[float, str]:
             x.add_(1)
     return clock.per_call(graph.replay) / k, (
         f"per kernel of a CUDA graph of {k} tiny adds, replayed (CUDA events)")
+
+
+def compiled_launch(clock: Clock, chip: Chip) -> tuple[float, str]:
+    """CPU: what a compiled program's call of a kernel costs, its own generated code or a library
+    op (which also pays what its eager call costs beyond a typical op's, timing.py): a
+    torch.compile'd stack of 4 pre-norm transformer blocks against one (kernels with the
+    arguments and buffers a model's have), wall time less fxroof's prediction with no launch
+    charged, over the kernels the deeper stack adds."""
+    bare = dataclasses.replace(chip, launch_s=1e-12)
+    walls, kernels = [], []
+    for depth in (1, COMPILED_DEPTH):
+        def make(depth=depth):
+            return nn.Sequential(*(TransformerBlock() for _ in range(depth)))
+        wall, predicted, count = _beside_prediction(clock, bare, [(make, (1, 64, 64))],
+                                                    "compiled", 25 if clock.quick else 100)
+        walls.append(wall - predicted)
+        kernels.append(count)
+    per = (walls[1] - walls[0]) / max(kernels[1] - kernels[0], 1)
+    return max(per, MIN_LAUNCH_S), (
+        f"a torch.compile'd stack of {COMPILED_DEPTH} pre-norm transformer blocks (64 wide, "
+        f"64 tokens) against one: wall time less fxroof's compiled prediction with no launch "
+        f"charged ({seconds(walls[1])} and {seconds(walls[0])}), over the "
+        f"{kernels[1] - kernels[0]} kernels more (library calls and generated code)")
 
 
 def program_call(clock: Clock, chip: Chip) -> tuple[float, str]:
