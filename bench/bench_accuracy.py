@@ -14,6 +14,7 @@ and the median |error|. bench/README.md has its output on one machine.
     python bench/bench_accuracy.py --threads 1      # calibrate and measure on one thread
     python bench/bench_accuracy.py --chip my.json   # predict on a chip file instead
     python bench/bench_accuracy.py --only gpt2 --detail   # per-regime and per-node misses
+    python bench/bench_accuracy.py --held-out       # also six Hugging Face models, held out
     python bench/bench_accuracy.py --grain-off      # also: every elementwise op on all threads
     python bench/bench_accuracy.py --region-off     # also: no op charged a parallel region
     python bench/bench_accuracy.py --threads 1 --mode compiled   # under torch.compile
@@ -110,13 +111,42 @@ def small_models(device: str = "cpu"):
              (torch.randn(1, 3, 64, 64, device=device),), {})]
 
 
-def cases(only, device: str = "cpu"):
-    """(name, model, args, kwargs, repeats or None for the command line's)."""
+# --held-out: Hugging Face architectures built from their configs at CPU sizes, none of which the
+# CPU model or calibration was ever run on: (name, config, from_config options).
+TEXT = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, vocab_size=2048,
+            max_position_embeddings=512, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+HELD_OUT = [
+    ("hf qwen2 T=128", dict(TEXT, model_type="qwen2", num_key_value_heads=2,
+                            intermediate_size=688), {"seq": 128}),
+    ("hf qwen2 decode ctx=256", dict(TEXT, model_type="qwen2", num_key_value_heads=2,
+                                     intermediate_size=688), {"phase": "decode", "ctx": 256}),
+    ("hf gpt-neox T=128", dict(TEXT, model_type="gpt_neox", intermediate_size=1024,
+                               rotary_pct=0.25), {"seq": 128}),
+    ("hf t5 T=64", dict(model_type="t5", d_model=256, d_kv=64, d_ff=1024, num_layers=4,
+                        num_heads=4, vocab_size=2048, decoder_start_token_id=0,
+                        pad_token_id=0), {"seq": 64}),
+    ("hf mobilenet-v2 96px", dict(model_type="mobilenet_v2", image_size=96), {}),
+    ("hf convnext 64px", dict(model_type="convnext", image_size=64, depths=[2, 2, 2, 2],
+                              hidden_sizes=[32, 64, 128, 256]), {}),
+]
+
+
+def held_out(device: str = "cpu"):
+    from fxroof.cli.hf import from_config
+    torch.manual_seed(0)
+    for name, config, options in HELD_OUT:
+        model, args, kwargs = from_config(config, device=device, dtype="fp32", **options)
+        yield name, model, args, kwargs
+
+
+def cases(only, device: str = "cpu", more: bool = False):
+    """(name, model, args, kwargs, repeats or None for the command line's); more: the held-out
+    Hugging Face models too."""
     for name, file, options, *repeat in WORKLOADS:
         if not only or any(o in name for o in only):
             model, args, kwargs = load(str(MODELS / file), {**options, "device": device})
             yield name, model, args, kwargs, (repeat or [None])[0]
-    for name, model, args, kwargs in small_models(device):
+    for name, model, args, kwargs in [*small_models(device), *(held_out(device) if more else [])]:
         if not only or any(o in name for o in only):
             yield name, model, args, kwargs, None
 
@@ -135,6 +165,9 @@ def main(argv=None) -> int:
                    help="measure every workload this many times, keep each one's quietest pass")
     p.add_argument("--only", nargs="*", default=[], help="workloads whose name contains these")
     p.add_argument("--detail", action="store_true", help="print each measurement in full")
+    p.add_argument("--held-out", action="store_true",
+                   help="also six Hugging Face architectures built from configs (needs "
+                        "transformers), which nothing in the CPU model was run on")
     p.add_argument("--grain-off", action="store_true",
                    help="also predict each workload as if every eager elementwise op used all "
                         "threads (the chip's threads ignored), beside the same measurement")
@@ -157,7 +190,7 @@ def main(argv=None) -> int:
         for _ in range(ns.passes):
             # Other work on a shared machine slows everything for seconds at a time; a later
             # pass meets other moments, and each workload keeps its quieter pass.
-            for name, model, args, kwargs, repeat in cases(ns.only, ns.device):
+            for name, model, args, kwargs, repeat in cases(ns.only, ns.device, ns.held_out):
                 how = measure if ns.mode == "eager" else functools.partial(
                     measure_compiled, graphs=ns.mode == "cudagraphs")
                 m = how(model, args, kwargs, chip=chip, warmup=ns.warmup,
