@@ -17,6 +17,7 @@ and the median |error|. bench/README.md has its output on one machine.
     python bench/bench_accuracy.py --held-out       # also six Hugging Face models, held out
     python bench/bench_accuracy.py --grain-off      # also: every elementwise op on all threads
     python bench/bench_accuracy.py --region-off     # also: no op charged a parallel region
+    python bench/bench_accuracy.py --short-off      # also: no short-side rates (few rows)
     python bench/bench_accuracy.py --threads 1 --mode compiled   # under torch.compile
     python bench/bench_accuracy.py --device cuda --mode compiled # on a GPU (CUDA events)
     python bench/bench_accuracy.py --device cuda --mode cudagraphs   # replayed CUDA graphs
@@ -171,6 +172,9 @@ def main(argv=None) -> int:
     p.add_argument("--grain-off", action="store_true",
                    help="also predict each workload as if every eager elementwise op used all "
                         "threads (the chip's threads ignored), beside the same measurement")
+    p.add_argument("--short-off", action="store_true",
+                   help="also: products of few rows at the layer probe's rate, as before their "
+                        "own rates were measured")
     p.add_argument("--region-off", action="store_true",
                    help="also predict each workload with no op charged the chip's parallel "
                         "region, beside the same measurement")
@@ -199,7 +203,9 @@ def main(argv=None) -> int:
                     kept[name] = m
                 for flag, times in variants.items():
                     if name not in times:
-                        off = dataclasses.replace(chip, **OFF_RULES[flag][1])
+                        fields = OFF_RULES[flag][1]
+                        off = dataclasses.replace(chip, **(fields(chip) if callable(fields)
+                                                           else fields))
                         times[name] = analyze(model, args, kwargs, mode=ns.mode, chip=off).time_s
         rows, errors, best_errors, pooled = [], [], [], {}
         for name, m in kept.items():
@@ -242,7 +248,10 @@ def main(argv=None) -> int:
 # --grain-off, --region-off: flag -> (what its line says, the chip fields that take the rule out)
 OFF_RULES = {"grain_off": ("Every eager elementwise op on all threads (--grain-off)",
                            {"threads": 0}),
-             "region_off": ("No op charged a parallel region (--region-off)", {"region_s": 0})}
+             "region_off": ("No op charged a parallel region (--region-off)", {"region_s": 0}),
+             "short_off": ("Products of few rows at the layer probe's rate (--short-off)",
+                           lambda chip: {"op_flops": {op: rate for op, rate in chip.op_flops.items()
+                                                      if "#" not in op}})}
 
 
 def _pct(x: float) -> str:

@@ -556,6 +556,23 @@ def test_matrix_op_rate_scales_with_the_dtype(tmp_path):
     assert c.eager_matrix_flops("conv2d", "bf16") == pytest.approx(100e12)   # not listed
 
 
+def test_a_product_of_few_rows_runs_between_its_two_measured_rates(tmp_path):
+    # linear at 90 TFLOP/s on 1,024 rows (the layer probe), 20 on 4: time affine in the rows,
+    # r x rows / (rows + m0) through both. By hand: q = 4.5, m0 = 1024 * 4 * 3.5 / (1024 - 18)
+    # = 14.25 rows, r = 90 * 1038.25 / 1024 = 91.25
+    c = chip(str(write(tmp_path, good_entry(op_TFLOPS={"linear": 90, "linear#4": 20}))))
+    m0, r = 1024 * 4 * 3.5 / (1024 - 18), 90 * (1024 + 1024 * 4 * 3.5 / (1024 - 18)) / 1024
+    assert c.eager_matrix_flops("linear", "fp32", rows=4) == pytest.approx(20e12)
+    assert c.eager_matrix_flops("linear", "fp32", rows=1024) == pytest.approx(90e12)
+    assert c.eager_matrix_flops("linear", "fp32", rows=64) == pytest.approx(r * 64 / (64 + m0)
+                                                                           * 1e12)   # 74.6
+    assert c.eager_matrix_flops("linear", "fp32") == pytest.approx(90e12)   # rows not known
+    assert c.eager_matrix_flops("conv2d", "fp32", rows=4) == pytest.approx(10e12)  # not measured
+    # bf16 scales as before: the probe's ratio to the fp32 peak, 64 rows' share of it
+    assert c.eager_matrix_flops("linear", "bf16", rows=64) == pytest.approx(
+        100e12 * r * 64 / (64 + m0) / 10)
+
+
 def test_a_matrix_op_may_state_its_rate_in_another_dtype(tmp_path):
     # a CPU without a bf16 matrix path: linear's dot-product fallback 0.5 TFLOP/s, conv's 0.1,
     # neither the fp32 ratio (8 of 10) times the bf16 peak (100)

@@ -410,13 +410,18 @@ class Chip:
         mem_bw (1 where not measured)."""
         return self.matrix_bw_fraction.get(self.matrix_dtype(dtype), 1.0)
 
-    def eager_matrix_flops(self, op: str, dtype: Any) -> float:
+    def eager_matrix_flops(self, op: str, dtype: Any, rows: int = 0) -> float:
         """FLOP/s of matrix op `op` in `dtype` when eager PyTorch runs it: its entry for that
-        dtype ("linear:bf16"), else its fp32 entry scaled by the chip's own dtype ratio."""
+        dtype ("linear:bf16"), else its fp32 entry scaled by the chip's own dtype ratio.
+        rows: the product's rows (tokens), where the op was also measured on SKINNY_ROWS
+        ("linear#4"): see short_side_rate."""
         rate, unit = self.matrix_flops(dtype), self.matrix_dtype(dtype)
         if unit != "fp32" and (own := _per_op(self.op_flops, dtype_op(op, unit), None)):
             return own
         own = _per_op(self.op_flops, op, None)
+        skinny = _per_op(self.op_flops, skinny_op(op), None) if own and rows else None
+        if skinny:
+            own = short_side_rate(own, skinny, rows)
         return rate * own / self.peak_flops["fp32"] if own else rate
 
     def half_dtype(self) -> str:
@@ -446,8 +451,36 @@ def _per_op(table: Mapping, op: str, default):
     if op in table:
         return table[op]
     name, _, dtype = op.partition(":")
-    plain = name.split("(", 1)[0]
+    name, hash_, rows = name.partition("#")
+    plain = name.split("(", 1)[0] + hash_ + rows
     return table.get(f"{plain}:{dtype}" if dtype else plain, default)
+
+
+# The layer probe's products have 1,024 rows (tokens or pixels: measure/probes.MatrixProbe); a
+# calibrated CPU also times its linear on SKINNY_ROWS tokens (SkinnyProbe), as a small batch has.
+PROBE_ROWS = 1024
+SKINNY_ROWS = 4
+
+
+def skinny_op(op: str) -> str:
+    """The op_flops key of matrix op `op`'s fp32 rate on SKINNY_ROWS rows."""
+    return f"{op}#{SKINNY_ROWS}"
+
+
+def short_side_rate(probe: float, skinny: float, rows: int) -> float:
+    """A library product's rate on `rows` rows, from its rates on PROBE_ROWS and SKINNY_ROWS.
+    Each call pays a pass over its weights (packing them into the blocks its kernel reads) that
+    the rows do not share: its time is affine in the rows, as if it computed m0 rows more, so
+    rate = r x rows / (rows + m0), r and m0 solved from the two measurements. On an AVX2 EPYC at
+    one thread, fp32 F.linear 256 -> 1,024: m0 15 rows; the line through 4 and 1,024 rows puts
+    64 rows at 442 µs and 128 at 801, measured 466 and 871."""
+    if skinny >= probe or rows <= 0:
+        return probe
+    q = probe / skinny
+    # probe = r P / (P + m0), skinny = r S / (S + m0)  =>  m0 = P S (q - 1) / (P - q S)
+    m0 = PROBE_ROWS * SKINNY_ROWS * (q - 1) / max(PROBE_ROWS - q * SKINNY_ROWS, 1.0)
+    r = probe * (PROBE_ROWS + m0) / PROBE_ROWS
+    return r * rows / (rows + m0)
 
 
 def dtype_op(op: str, dtype: str) -> str:

@@ -90,13 +90,14 @@ def rate_op(mode: str, category: str, main_op: str) -> str:
     return main_op if mode == "eager" or category in MATRIX_CATEGORIES else ""
 
 
-def peak_for(chip: Chip, category: str, dtype: str, op: str = "") -> float:
+def peak_for(chip: Chip, category: str, dtype: str, op: str = "", rows: int = 0) -> float:
     """FLOP/s of the unit that runs work of this category and dtype. `op` names the PyTorch op
     whose own kernel runs it (eager ops; a compiled program's library calls), which may have a
-    rate of its own on a chip measured op by op."""
+    rate of its own on a chip measured op by op, and for a product of few `rows` (tokens) a
+    lower one there too."""
     if category in MATRIX_CATEGORIES:
         dtype = dtype or "fp32"
-        return chip.eager_matrix_flops(op, dtype) if op else chip.matrix_flops(dtype)
+        return chip.eager_matrix_flops(op, dtype, rows) if op else chip.matrix_flops(dtype)
     return chip.eager_vector_flops(op) if op else chip.vector_flops
 
 
@@ -275,7 +276,7 @@ def kernel_timing(chip: Chip, *, flops: float, bytes_moved: float, category: str
                   overhead_s: float, comm_bytes: float = 0, comm_steps: int = 0,
                   nvls_bytes: float = 0, comm_ranks: int = 0, rate_op: str = "",
                   streamed_bytes: float = 0, elements: int = 0, rows: int = 0,
-                  one_row: bool = False) -> Timing:
+                  one_row: bool = False, matrix_rows: int = 0) -> Timing:
     """rate_op: the op whose own rate a chip measured op by op applies (Chip.op_flops): an eager
     kernel's op, or the library op a compiled matrix kernel calls.
     streamed_bytes: the part of bytes_moved that comes from memory whatever the chip's cache
@@ -284,8 +285,8 @@ def kernel_timing(chip: Chip, *, flops: float, bytes_moved: float, category: str
     threads gets the share of them ATen splits it over (GRAIN_SIZE). rows: a layer norm's rows.
     An eager op that ATen splits also pays the chip's parallel region (region_s).
     one_row: a matrix product of one row (decode's), the kernel a chip's matrix_bw_fraction
-    was measured on."""
-    compute = flops / peak_for(chip, category, dtype, rate_op) if flops else 0.0
+    was measured on. matrix_rows: a product's rows, its tokens (Chip.eager_matrix_flops)."""
+    compute = flops / peak_for(chip, category, dtype, rate_op, matrix_rows) if flops else 0.0
     rest = bytes_moved - streamed_bytes
     memory = streamed_bytes / chip.mem_bw + rest / chip.bandwidth(rest)
     if rate_op and category in MATRIX_CATEGORIES:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fxroof.chips import Chip
-from fxroof.chips.chip import READ_STREAM_CEILING, dtype_op
+from fxroof.chips.chip import READ_STREAM_CEILING, SKINNY_ROWS, dtype_op, skinny_op
 from fxroof.chips.timing import GRAIN_SIZE, splits
 from fxroof.cost.record import MATRIX_CATEGORIES
 from fxroof.graph.capture import FunctionModule
@@ -23,7 +23,7 @@ from fxroof.graph.tensors import torch_dtype
 from fxroof.measure.machine import (Clock, elapsed, host_time, last_level_cache, tiny_call_times,
                                     tiny_call_timing)
 from fxroof.measure.probes import (BLOCK_PROBES, MID, OP_PROBES, TINY, VIEW_PROBES, MatrixProbe,
-                                   TransformerBlock)
+                                   SkinnyProbe, TransformerBlock)
 from fxroof.measure.runner import program, timed_runs
 from fxroof.pipeline import Target, analyze, report_of
 from fxroof.report.units import seconds, si
@@ -102,13 +102,23 @@ def layer_rates(clock: Clock, chip: Chip, bare: dict) -> tuple[dict, dict, str]:
         "time, each op's own tiny-call cost taken off: " + "; ".join(notes))
 
 
+def skinny_rates(clock: Clock, chip: Chip, bare: dict) -> tuple[dict, str]:
+    """CPU: the fp32 rate of a linear on SKINNY_ROWS tokens (SkinnyProbe), as the op_flops entry
+    "linear#4" (chip.short_side_rate)."""
+    per_op = _node_rates(clock, torch.float32, chip, bare, probe=SkinnyProbe)
+    rates = {skinny_op(op): f / t for op, (f, t) in per_op.items()}
+    return rates, (f"the linear on {SKINNY_ROWS} tokens (256 -> 1,024), run alone, its tiny-call "
+                   f"cost taken off: {each_rate(rates)}")
+
+
 def _node_rates(clock: Clock, dtype: torch.dtype, chip: Chip, bare: dict,
-                runs: int | None = None) -> dict:
-    """{op: (FLOPs as fxroof counts them, seconds)} of MatrixProbe in `dtype` run node by node:
-    each node's best time over the runs, less the op's tiny-call cost. runs: fewer for a slow
-    path, whose every run takes long enough to time well."""
-    x = torch.randn(1, 64, 32, 32, device=clock.dev).to(dtype)
-    captured, values = program(MatrixProbe().to(clock.dev, dtype).eval(), (x,), {})
+                runs: int | None = None, probe=None) -> dict:
+    """{op: (FLOPs as fxroof counts them, seconds)} of `probe` (MatrixProbe) in `dtype` run node
+    by node: each node's best time over the runs, less the op's tiny-call cost. runs: fewer for
+    a slow path, whose every run takes long enough to time well."""
+    probe = probe or MatrixProbe
+    x = torch.randn(*probe.INPUT, device=clock.dev).to(dtype)
+    captured, values = program(probe().to(clock.dev, dtype).eval(), (x,), {})
     report = report_of(captured, Target(chip=chip, mode="eager"))
     _walls, runs = timed_runs(clock.dev, 1 if runs else 3, runs or (8 if clock.quick else 25),
                               gm=captured.gm, values=values)

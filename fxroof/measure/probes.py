@@ -206,7 +206,9 @@ BLOCK_PROBES = ((TransformerBlock, (1, 64, 64)), (GatedMLP, (1, 64, 64)),
 
 
 class MatrixProbe(nn.Module):
-    """Layer-shaped convolutions, linears and causal attention, about a third of the FLOPs each."""
+    """Layer-shaped convolutions, linears and causal attention, about a third of the FLOPs each;
+    every product has 1,024 rows (tokens or pixels: chip.PROBE_ROWS)."""
+    INPUT = (1, 64, 32, 32)
 
     def __init__(self):
         super().__init__()
@@ -221,3 +223,15 @@ class MatrixProbe(nn.Module):
         h = self.down(self.up(x.flatten(2).transpose(1, 2).contiguous()))   # (1, 1024, 256)
         q, k, v, _ = (t.reshape(2, 512, 4, 16).transpose(1, 2) for t in h.split(64, dim=-1))
         return y, F.scaled_dot_product_attention(q, k, v, is_causal=True)   # (2, 4, 512, 16)
+
+
+class SkinnyProbe(nn.Module):
+    """A linear of 4 tokens (chip.SKINNY_ROWS), 256 -> 1,024, as a small batch has."""
+    INPUT = (1, 4, 256)
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(256, 1024, bias=False)
+
+    def forward(self, x):                                        # (1, 4, 256)
+        return self.linear(x)
