@@ -472,8 +472,9 @@ def short_side_rate(probe: float, skinny: float, rows: int) -> float:
     Each call pays a pass over its weights (packing them into the blocks its kernel reads) that
     the rows do not share: its time is affine in the rows, as if it computed m0 rows more, so
     rate = r x rows / (rows + m0), r and m0 solved from the two measurements. On an AVX2 EPYC at
-    one thread, fp32 F.linear 256 -> 1,024: m0 15 rows; the line through 4 and 1,024 rows puts
-    64 rows at 442 µs and 128 at 801, measured 466 and 871."""
+    one thread, fp32 F.linear 256 -> 1,024 (78 µs on 4 rows, 5,915 on 1,024): m0 9.6 rows; the
+    line puts 16, 64, 128 and 256 rows at 146, 421, 787 and 1,520 µs, measured 145, 414, 776 and
+    1,478 (docs/calibration.md)."""
     if skinny >= probe or rows <= 0:
         return probe
     q = probe / skinny
