@@ -556,21 +556,26 @@ def test_matrix_op_rate_scales_with_the_dtype(tmp_path):
     assert c.eager_matrix_flops("conv2d", "bf16") == pytest.approx(100e12)   # not listed
 
 
-def test_a_product_of_few_rows_runs_between_its_two_measured_rates(tmp_path):
-    # linear at 90 TFLOP/s on 1,024 rows (the layer probe), 20 on 4: time affine in the rows,
-    # r x rows / (rows + m0) through both. By hand: q = 4.5, m0 = 1024 * 4 * 3.5 / (1024 - 18)
-    # = 14.25 rows, r = 90 * 1038.25 / 1024 = 91.25
-    c = chip(str(write(tmp_path, good_entry(op_TFLOPS={"linear": 90, "linear#4": 20}))))
-    m0, r = 1024 * 4 * 3.5 / (1024 - 18), 90 * (1024 + 1024 * 4 * 3.5 / (1024 - 18)) / 1024
+def test_a_product_of_few_rows_runs_on_a_line_through_its_measured_times(tmp_path):
+    # linear at 90 TFLOP/s on 1,024 rows (the layer probe), 20 on 4; time per unit of work
+    # rows / rate: 4 / 20 = 0.2 and 1024 / 90 = 11.378; on 64 rows a line between them
+    # gives 0.2 + 11.178 * 60 / 1020 = 0.8575, a rate of 64 / 0.8575 = 74.64
+    c = chip(str(write(tmp_path, good_entry(op_TFLOPS={
+        "linear": 90, "linear#4": 20, "conv2d": 80, "conv2d(native)#4": 6,
+        "conv2d(native)#49": 64}))))
     assert c.eager_matrix_flops("linear", "fp32", rows=4) == pytest.approx(20e12)
+    assert c.eager_matrix_flops("linear", "fp32", rows=2) == pytest.approx(20e12)   # the fewest
     assert c.eager_matrix_flops("linear", "fp32", rows=1024) == pytest.approx(90e12)
-    assert c.eager_matrix_flops("linear", "fp32", rows=64) == pytest.approx(r * 64 / (64 + m0)
-                                                                           * 1e12)   # 74.6
+    assert c.eager_matrix_flops("linear", "fp32", rows=64) == pytest.approx(74.64e12, rel=1e-3)
     assert c.eager_matrix_flops("linear", "fp32") == pytest.approx(90e12)   # rows not known
-    assert c.eager_matrix_flops("conv2d", "fp32", rows=4) == pytest.approx(10e12)  # not measured
-    # bf16 scales as before: the probe's ratio to the fp32 peak, 64 rows' share of it
+    # the native convolution through three: 9 pixels between 4 and 49, 4 / 6 = 0.6667 and
+    # 49 / 64 = 0.7656: 0.6667 + 0.0990 * 5 / 45 = 0.6777, 9 / 0.6777 = 13.28
+    assert c.eager_matrix_flops("conv2d(native)", "fp32", rows=9) == pytest.approx(13.28e12,
+                                                                                rel=1e-3)
+    assert c.eager_matrix_flops("conv2d(onednn)", "fp32", rows=9) == pytest.approx(80e12)
+    # bf16 scales as before: the fp32 peak's ratio, 64 rows' rate
     assert c.eager_matrix_flops("linear", "bf16", rows=64) == pytest.approx(
-        100e12 * r * 64 / (64 + m0) / 10)
+        100e12 * 74.64 / 10, rel=1e-3)
 
 
 def test_a_matrix_op_may_state_its_rate_in_another_dtype(tmp_path):

@@ -213,7 +213,7 @@ def test_a_linear_of_few_tokens_runs_at_its_rows_rate():
 
     import fxroof
     from fxroof.chips import Chip
-    from fxroof.chips.chip import short_side_rate
+    from fxroof.chips.chip import rows_rate
     cpu = Chip("c", "MKL", "cpu", {"fp32": 1e11}, vector_flops=1e10, mem_bw=1e11,
                mem_bytes=1e10, link_bw=1e9, link_latency_s=1e-5, launch_s=1e-6,
                dispatch_s=1e-6, op_flops={"linear": 9e10, "linear#4": 2e10})
@@ -221,7 +221,7 @@ def test_a_linear_of_few_tokens_runs_at_its_rows_rate():
     for rows in (4, 64, 1024):
         k = fxroof.analyze(model, (torch.randn(1, rows, 256),), chip=cpu, mode="eager").kernels[0]
         flops = 2 * rows * 256 * 1024
-        assert k.timing.compute_s == pytest.approx(flops / short_side_rate(9e10, 2e10, rows))
+        assert k.timing.compute_s == pytest.approx(flops / rows_rate({4: 2e10, 1024: 9e10}, rows))
     # 4 rows at the 4-row rate, 1,024 at the probe's: by hand
     four = fxroof.analyze(model, (torch.randn(1, 4, 256),), chip=cpu, mode="eager").kernels[0]
     assert four.timing.compute_s == pytest.approx(2 * 4 * 256 * 1024 / 2e10)

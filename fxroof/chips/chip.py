@@ -413,16 +413,25 @@ class Chip:
     def eager_matrix_flops(self, op: str, dtype: Any, rows: int = 0) -> float:
         """FLOP/s of matrix op `op` in `dtype` when eager PyTorch runs it: its entry for that
         dtype ("linear:bf16"), else its fp32 entry scaled by the chip's own dtype ratio.
-        rows: the product's rows (tokens), where the op was also measured on SKINNY_ROWS
-        ("linear#4"): see short_side_rate."""
+        rows: the product's rows (tokens, pixels), where the op was also measured on fewer
+        ("linear#4"): see rows_rate."""
         rate, unit = self.matrix_flops(dtype), self.matrix_dtype(dtype)
         if unit != "fp32" and (own := _per_op(self.op_flops, dtype_op(op, unit), None)):
             return own
         own = _per_op(self.op_flops, op, None)
-        skinny = _per_op(self.op_flops, skinny_op(op), None) if own and rows else None
-        if skinny:
-            own = short_side_rate(own, skinny, rows)
+        if own and rows:
+            own = rows_rate({**self._row_rates(op), PROBE_ROWS: own}, rows)
         return rate * own / self.peak_flops["fp32"] if own else rate
+
+    def _row_rates(self, op: str) -> dict:
+        """{rows: fp32 rate} of matrix op `op` measured on fewer rows than the layer probe's
+        ("linear#4"; "conv2d(native)#49", else "conv2d#49")."""
+        for name in (op, op.split("(", 1)[0]):
+            found = {int(key.rpartition("#")[2]): value for key, value in self.op_flops.items()
+                     if key.rpartition("#")[0] == name}
+            if found:
+                return found
+        return {}
 
     def half_dtype(self) -> str:
         """The 16-bit dtype with the faster matrix peak here (bf16 on a tie): the one a user
@@ -457,31 +466,34 @@ def _per_op(table: Mapping, op: str, default):
 
 
 # The layer probe's products have 1,024 rows (tokens or pixels: measure/probes.MatrixProbe); a
-# calibrated CPU also times its linear on SKINNY_ROWS tokens (SkinnyProbe), as a small batch has.
+# calibrated CPU also times its linear on 4 tokens and its native convolution on 4 and 49
+# pixels (SkinnyProbe), as a small batch or a small image's last stages have.
 PROBE_ROWS = 1024
-SKINNY_ROWS = 4
 
 
-def skinny_op(op: str) -> str:
-    """The op_flops key of matrix op `op`'s fp32 rate on SKINNY_ROWS rows."""
-    return f"{op}#{SKINNY_ROWS}"
+def row_op(op: str, rows: int) -> str:
+    """The op_flops key of matrix op `op`'s fp32 rate on `rows` rows."""
+    return f"{op}#{rows}"
 
 
-def short_side_rate(probe: float, skinny: float, rows: int) -> float:
-    """A library product's rate on `rows` rows, from its rates on PROBE_ROWS and SKINNY_ROWS.
-    Each call pays a pass over its weights (packing them into the blocks its kernel reads) that
-    the rows do not share: its time is affine in the rows, as if it computed m0 rows more, so
-    rate = r x rows / (rows + m0), r and m0 solved from the two measurements. On an AVX2 EPYC at
-    one thread, fp32 F.linear 256 -> 1,024 (78 µs on 4 rows, 5,915 on 1,024): m0 9.6 rows; the
-    line puts 16, 64, 128 and 256 rows at 146, 421, 787 and 1,520 µs, measured 145, 414, 776 and
-    1,478 (docs/calibration.md)."""
-    if skinny >= probe or rows <= 0:
-        return probe
-    q = probe / skinny
-    # probe = r P / (P + m0), skinny = r S / (S + m0)  =>  m0 = P S (q - 1) / (P - q S)
-    m0 = PROBE_ROWS * SKINNY_ROWS * (q - 1) / max(PROBE_ROWS - q * SKINNY_ROWS, 1.0)
-    r = probe * (PROBE_ROWS + m0) / PROBE_ROWS
-    return r * rows / (rows + m0)
+def rows_rate(measured: dict, rows: int) -> float:
+    """A library product's rate on `rows` rows, from its rates measured on a few row counts
+    ({rows: rate}): its time through them is a line between each two (below the fewest, their
+    rate; above the most, theirs). For a linear that line is a pass over its weights each call
+    that the rows do not share, as if it computed m0 rows more: on an AVX2 EPYC at one thread,
+    fp32 F.linear 256 -> 1,024 (78 µs on 4 rows, 5,915 on 1,024; m0 9.6 rows) puts 16, 64, 128
+    and 256 rows at 146, 421, 787 and 1,520 µs, measured 145, 414, 776 and 1,478. A native
+    convolution's product is not a line in its pixels (MKL takes a slower kernel for very few
+    columns), hence a third point (docs/calibration.md)."""
+    points = sorted(measured.items())
+    if rows <= points[0][0]:
+        return points[0][1]
+    for (a, ra), (b, rb) in zip(points, points[1:]):
+        if rows <= b:
+            # time per unit of work at a row count is rows / rate; a line between a and b
+            ta, tb = a / ra, b / rb
+            return rows / (ta + (tb - ta) * (rows - a) / (b - a))
+    return points[-1][1]
 
 
 def dtype_op(op: str, dtype: str) -> str:

@@ -30,7 +30,7 @@ from fxroof.measure.machine import Clock, cpu_threads, device_label, device_name
 from fxroof.measure.microbench import (cache_bandwidth, compiled_launch, copy_bandwidth,
                                        each_rate, glue, graph_launch, layer_rates, matmul_peaks,
                                        matrix_bandwidth, op_table, parallel_region, program_call,
-                                       skinny_rates, vector_rate, view_dispatch)
+                                       row_rates, vector_rate, view_dispatch)
 from fxroof.report.units import seconds, si
 
 __all__ = ["CalibrationError", "calibrate", "chip_json", "cmd_calibrate", "doubts", "summary",
@@ -129,9 +129,9 @@ def _measure(device: str, quick: bool, threads: int | None, say) -> tuple[Chip, 
         if cpu:
             say("matrix ops as layers run them, and streaming their weights ...")
             layer_peaks, matrix_rates, layer_note = layer_rates(clock, chip, bare)
-            skinny, skinny_note = skinny_rates(clock, chip, bare)
-            matrix_rates |= skinny
-            src["peak_flops"] = f"{layer_note}; {skinny_note}. Peak: {src['peak_flops']}"
+            few, few_note = row_rates(clock, chip, bare)
+            matrix_rates |= few
+            src["peak_flops"] = f"{layer_note}; {few_note}. Peak: {src['peak_flops']}"
             shares, src["matrix_bw_fraction"] = matrix_bandwidth(clock, peaks, mem_bw)
             chip = dataclasses.replace(chip, peak_flops=layer_peaks, matrix_bw_fraction=shares,
                                        op_flops={**rates, **matrix_rates})

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fxroof.chips import Chip
-from fxroof.chips.chip import READ_STREAM_CEILING, SKINNY_ROWS, dtype_op, skinny_op
+from fxroof.chips.chip import READ_STREAM_CEILING, dtype_op, row_op
 from fxroof.chips.timing import GRAIN_SIZE, splits
 from fxroof.cost.record import MATRIX_CATEGORIES
 from fxroof.graph.capture import FunctionModule
@@ -102,20 +102,25 @@ def layer_rates(clock: Clock, chip: Chip, bare: dict) -> tuple[dict, dict, str]:
         "time, each op's own tiny-call cost taken off: " + "; ".join(notes))
 
 
-def skinny_rates(clock: Clock, chip: Chip, bare: dict) -> tuple[dict, str]:
-    """CPU: the fp32 rate of a linear on SKINNY_ROWS tokens (SkinnyProbe), as the op_flops entry
-    "linear#4" (chip.short_side_rate)."""
-    per_op = _node_rates(clock, torch.float32, chip, bare, probe=SkinnyProbe)
-    rates = {skinny_op(op): f / t for op, (f, t) in per_op.items()}
-    return rates, (f"the linear on {SKINNY_ROWS} tokens (256 -> 1,024), run alone, its tiny-call "
-                   f"cost taken off: {each_rate(rates)}")
+def row_rates(clock: Clock, chip: Chip, bare: dict) -> tuple[dict, str]:
+    """CPU: the fp32 rates of products with fewer rows than the layer probe's (SkinnyProbe: a
+    linear on 4 tokens, a native 1x1 convolution on 4 and on 49 pixels), as op_flops entries
+    "linear#4", "conv2d(native)#49" (chip.rows_rate)."""
+    per_op = _node_rates(clock, torch.float32, chip, bare, probe=SkinnyProbe,
+                         key=lambda node: row_op(node.cost_key, node.grid[1]))
+    rates = {op: f / t for op, (f, t) in per_op.items()}
+    return rates, (f"SkinnyProbe's products of few rows (a linear of 4 tokens, 256 -> 1,024; a 1x1 "
+                   f"convolution of 256 -> 1,024 channels on 2 x 2 and 7 x 7 pixels, native by "
+                   f"PyTorch's rule), run one op at a time, each op's tiny-call cost taken off: "
+                   f"{each_rate(rates)}")
 
 
 def _node_rates(clock: Clock, dtype: torch.dtype, chip: Chip, bare: dict,
-                runs: int | None = None, probe=None) -> dict:
+                runs: int | None = None, probe=None, key=None) -> dict:
     """{op: (FLOPs as fxroof counts them, seconds)} of `probe` (MatrixProbe) in `dtype` run node
     by node: each node's best time over the runs, less the op's tiny-call cost. runs: fewer for
-    a slow path, whose every run takes long enough to time well."""
+    a slow path, whose every run takes long enough to time well. key: what a node is filed
+    under (its op)."""
     probe = probe or MatrixProbe
     x = torch.randn(*probe.INPUT, device=clock.dev).to(dtype)
     captured, values = program(probe().to(clock.dev, dtype).eval(), (x,), {})
@@ -126,9 +131,10 @@ def _node_rates(clock: Clock, dtype: torch.dtype, chip: Chip, bare: dict,
     out: dict = {}
     for node in (n for n in report.nodes if n.flops):
         best = min(run[node.name] for run in runs)
-        flops, secs = out.get(node.op, (0, 0.0))
-        out[node.op] = (flops + node.flops,
-                        secs + max(best - bare.get(node.cost_key, fixed), 0.1 * best))
+        name = key(node) if key else node.op
+        flops, secs = out.get(name, (0, 0.0))
+        out[name] = (flops + node.flops,
+                     secs + max(best - bare.get(node.cost_key, fixed), 0.1 * best))
     return out
 
 

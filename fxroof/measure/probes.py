@@ -226,12 +226,17 @@ class MatrixProbe(nn.Module):
 
 
 class SkinnyProbe(nn.Module):
-    """A linear of 4 tokens (chip.SKINNY_ROWS), 256 -> 1,024, as a small batch has."""
-    INPUT = (1, 4, 256)
+    """Products of fewer rows than MatrixProbe's, as a small batch or a small image's last
+    stages have: a linear of 4 tokens and a 1x1 convolution on 2 x 2 and on 7 x 7 pixels (256
+    -> 1,024 each; the convolutions' inputs small enough for PyTorch's native code)."""
+    INPUT = (1, 256, 7, 7)
 
     def __init__(self):
         super().__init__()
+        self.conv, self.small_conv = (nn.Conv2d(256, 1024, 1, bias=False) for _ in range(2))
         self.linear = nn.Linear(256, 1024, bias=False)
 
-    def forward(self, x):                                        # (1, 4, 256)
-        return self.linear(x)
+    def forward(self, x):                                        # (1, 256, 7, 7)
+        corner = x[..., :2, :2].contiguous()                     # (1, 256, 2, 2)
+        tokens = corner.flatten(2).transpose(1, 2).contiguous()  # (1, 4, 256)
+        return self.conv(x), self.small_conv(corner), self.linear(tokens)

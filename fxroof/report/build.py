@@ -68,11 +68,11 @@ def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple, streamed: dict | N
                                # a matrix product's grid: (batch, rows, columns, depth)
                                one_row=bool(main) and k.category == "matmul"
                                and len(main.grid) == 4 and main.grid[0] * main.grid[1] == 1,
-                               # a product's rows: tokens (grid (batch, rows, columns, depth));
+                               # a product's rows: tokens, pixels (grid (batch, rows, columns, depth));
                                # one row is another kernel (one_row)
                                matrix_rows=main.grid[1] if main and len(main.grid) == 4
-                               and k.category == "matmul" and main.grid[0] * main.grid[1] > 1
-                               else 0,
+                               and k.category in ("matmul", "conv")
+                               and main.grid[0] * main.grid[1] > 1 else 0,
                                **comm)
         label = (op if len(members) == 1 else f"{op} +{len(members) - 1}") if main \
             else k.category
