@@ -218,7 +218,8 @@ def summary(chip: Chip) -> str:
 
     def flops(rate) -> str:
         return si(rate, "FLOP/s")
-    fp32_ops = {op: rate for op, rate in chip.op_flops.items() if ":" not in op}
+    # each op's own fp32 rate; its rates in other dtypes (":") and on few rows ("#") apart
+    fp32_ops = {op: rate for op, rate in chip.op_flops.items() if ":" not in op and "#" not in op}
     rows = [  # (label, text); a figure the chip leaves at 0 has no row
         ("matmul peak", ", ".join(f"{d} {flops(v)}" for d, v in chip.peak_flops.items())),
         ("pointwise", f"{flops(chip.vector_flops)} (one FLOP per element)"),
