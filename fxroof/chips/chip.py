@@ -460,8 +460,7 @@ def _per_op(table: Mapping, op: str, default):
     if op in table:
         return table[op]
     name, _, dtype = op.partition(":")
-    name, hash_, rows = name.partition("#")
-    plain = name.split("(", 1)[0] + hash_ + rows
+    plain = name.split("(", 1)[0]
     return table.get(f"{plain}:{dtype}" if dtype else plain, default)
 
 

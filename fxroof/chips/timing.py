@@ -276,7 +276,7 @@ def kernel_timing(chip: Chip, *, flops: float, bytes_moved: float, category: str
                   overhead_s: float, comm_bytes: float = 0, comm_steps: int = 0,
                   nvls_bytes: float = 0, comm_ranks: int = 0, rate_op: str = "",
                   streamed_bytes: float = 0, elements: int = 0, rows: int = 0,
-                  one_row: bool = False, matrix_rows: int = 0) -> Timing:
+                  matrix_rows: int = 0) -> Timing:
     """rate_op: the op whose own rate a chip measured op by op applies (Chip.op_flops): an eager
     kernel's op, or the library op a compiled matrix kernel calls.
     streamed_bytes: the part of bytes_moved that comes from memory whatever the chip's cache
@@ -284,9 +284,12 @@ def kernel_timing(chip: Chip, *, flops: float, bytes_moved: float, category: str
     elements: the kernel's loop size; an eager elementwise op on a CPU measured with several
     threads gets the share of them ATen splits it over (GRAIN_SIZE). rows: a layer norm's rows.
     An eager op that ATen splits also pays the chip's parallel region (region_s).
-    one_row: a matrix product of one row (decode's), the kernel a chip's matrix_bw_fraction
-    was measured on. matrix_rows: a product's rows, its tokens (Chip.eager_matrix_flops)."""
-    compute = flops / peak_for(chip, category, dtype, rate_op, matrix_rows) if flops else 0.0
+    matrix_rows: a matrix product's rows (tokens, pixels): fewer than the layer probe's run
+    at their own rate where the chip measured it (Chip.eager_matrix_flops); one row (decode's)
+    is the kernel a chip's matrix_bw_fraction was measured on."""
+    one_row = category == "matmul" and matrix_rows == 1
+    compute = flops / peak_for(chip, category, dtype, rate_op,
+                               matrix_rows if matrix_rows > 1 else 0) if flops else 0.0
     rest = bytes_moved - streamed_bytes
     memory = streamed_bytes / chip.mem_bw + rest / chip.bandwidth(rest)
     if rate_op and category in MATRIX_CATEGORIES:

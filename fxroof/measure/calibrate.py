@@ -140,17 +140,17 @@ def _measure(device: str, quick: bool, threads: int | None, say) -> tuple[Chip, 
         glue_s, glue_sources = glue(clock, dataclasses.replace(chip, dispatch_s=fixed,
                                                                op_dispatch_s=bare))
         dispatch = fixed + glue_s
+        op_dispatch = {op: t + glue_s for op, t in bare.items()}
         if cpu:    # no device launch: compiled CPU code calls its kernels from the host
             launch, src["launch_s"] = compiled_launch(
-                clock, dataclasses.replace(chip, dispatch_s=dispatch,
-                                           op_dispatch_s={op: t + glue_s for op, t in bare.items()}))
+                clock, dataclasses.replace(chip, dispatch_s=dispatch, op_dispatch_s=op_dispatch))
             graph = 0.0
         else:    # Inductor's launch from Python is the host's: not measured here
             launch, src["launch_s"] = INDUCTOR_LAUNCH
             graph, src["graph_launch_s"] = graph_launch(clock)
         chip = dataclasses.replace(chip, dispatch_s=dispatch, launch_s=launch,
                                    graph_launch_s=graph,
-                                   op_dispatch_s={op: t + glue_s for op, t in bare.items()},
+                                   op_dispatch_s=op_dispatch,
                                    threads=torch.get_num_threads() if cpu else 0,
                                    **({} if cpu else gpu_layout(dev)))
         if cpu:

@@ -65,14 +65,11 @@ def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple, streamed: dict | N
                                elements=k.space,
                                # a layer norm's (rows, row): the rows ATen splits over threads
                                rows=main.grid[0] if main and len(main.grid) == 2 else 0,
-                               # a matrix product's grid: (batch, rows, columns, depth)
-                               one_row=bool(main) and k.category == "matmul"
-                               and len(main.grid) == 4 and main.grid[0] * main.grid[1] == 1,
-                               # a product's rows: tokens, pixels (grid (batch, rows, columns, depth));
-                               # one row is another kernel (one_row)
-                               matrix_rows=main.grid[1] if main and len(main.grid) == 4
-                               and k.category in ("matmul", "conv")
-                               and main.grid[0] * main.grid[1] > 1 else 0,
+                               # a matrix product's rows, its batches' together (grid
+                               # (batch, rows, columns, depth)): tokens, pixels
+                               matrix_rows=main.grid[0] * main.grid[1] if main
+                               and len(main.grid) == 4 and k.category in ("matmul", "conv")
+                               else 0,
                                **comm)
         label = (op if len(members) == 1 else f"{op} +{len(members) - 1}") if main \
             else k.category
