@@ -9,9 +9,8 @@ import torch.fx as fx
 from fxroof.cost.formulas.matmul import fold_copy_bytes
 from fxroof.cost.record import COST_KEY, FREE_CATEGORIES
 from fxroof.fuse.dataflow import Facts
+from fxroof.graph.aten_ops import aten
 from fxroof.graph.tensors import numel
-
-aten = torch.ops.aten
 
 # Kernel.reason of the copies (Kernel.nodes: the tensor copied) and of a softmax's first part
 CAT_COPY = "cat input that is a view: a copy of its own (C++ backend)"

@@ -14,8 +14,7 @@ import torch
 import torch.fx as fx
 
 from fxroof.cost import COST_KEY
-
-aten = torch.ops.aten
+from fxroof.graph.aten_ops import aten
 
 CONVOLUTIONS = frozenset({aten.convolution, aten._convolution, aten.conv1d, aten.conv2d,
                           aten.conv3d})

@@ -9,14 +9,12 @@ as reductions.
 """
 from __future__ import annotations
 
-import torch
 import torch.fx as fx
 
 from fxroof.cost import Cost
 from fxroof.cost.formulas.memory import GATHERS
+from fxroof.graph.aten_ops import aten
 from fxroof.graph.nodes import mutates
-
-aten = torch.ops.aten
 
 # Copies with a library kernel of their own: gathers (indirect reads), scatters (writes at
 # data-dependent places, which consumers can only read once the whole scatter is done) and ops

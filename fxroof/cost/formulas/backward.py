@@ -7,14 +7,11 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 from fxroof.cost.formulas.elementwise import per_input_element, pointwise
 from fxroof.cost.formulas.registry import OpCall, formula
 from fxroof.cost.record import Cost
+from fxroof.graph.aten_ops import aten
 from fxroof.graph.tensors import dtype_name, footprint, numel
-
-aten = torch.ops.aten
 
 
 @formula(aten._scaled_dot_product_flash_attention_backward,

@@ -12,9 +12,8 @@ import torch
 
 from fxroof.cost.formulas.registry import OpCall, formula
 from fxroof.cost.record import Cost
+from fxroof.graph.aten_ops import aten
 from fxroof.graph.tensors import contiguous_copy_bytes, footprint
-
-aten = torch.ops.aten
 
 
 def cpu_library(call: OpCall) -> str:

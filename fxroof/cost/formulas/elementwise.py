@@ -13,9 +13,8 @@ import torch
 
 from fxroof.cost.formulas.registry import RULES, Entry, OpCall, formula
 from fxroof.cost.record import Cost
+from fxroof.graph.aten_ops import aten
 from fxroof.graph.tensors import contiguous_copy_bytes, numel
-
-aten = torch.ops.aten
 
 
 def pointwise(call: OpCall) -> Cost:

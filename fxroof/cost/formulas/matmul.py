@@ -6,9 +6,8 @@ import math
 import torch
 
 from fxroof.cost.formulas.registry import OpCall, formula
+from fxroof.graph.aten_ops import aten
 from fxroof.graph.tensors import dtype_name, numel
-
-aten = torch.ops.aten
 
 
 # args[0] is the term added

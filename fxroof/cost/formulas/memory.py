@@ -13,9 +13,8 @@ import torch
 
 from fxroof.cost.formulas.registry import RULES, Entry, OpCall, formula
 from fxroof.cost.record import Cost
+from fxroof.graph.aten_ops import aten
 from fxroof.graph.tensors import dtype_name, footprint, numel
-
-aten = torch.ops.aten
 
 
 @formula(aten.clone, aten._to_copy, aten.contiguous, aten.to, aten.lift_fresh_copy, aten.cat,

@@ -17,10 +17,9 @@ import math
 import torch
 
 from fxroof.cost.formulas.registry import RULES, Entry, OpCall, formula
+from fxroof.graph.aten_ops import aten
 from fxroof.graph.routing import Routing
 from fxroof.graph.tensors import dtype_name, footprint, numel
-
-aten = torch.ops.aten
 
 
 @formula(aten._grouped_mm, category="matmul")

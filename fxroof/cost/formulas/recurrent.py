@@ -13,15 +13,12 @@ decode step's state update, the short convolution's window update, and the gated
 """
 from __future__ import annotations
 
-import torch
-
 from fxroof.cost.formulas.registry import OpCall, formula
 from fxroof.cost.record import Cost
 from fxroof.graph import (fused_conv_window, fused_delta_rules, fused_scans, fused_ssd,
                           fused_state_update)
+from fxroof.graph.aten_ops import aten
 from fxroof.graph.tensors import footprint, numel
-
-aten = torch.ops.aten
 
 # (gate blocks in the stacked weights, gate FLOPs per token and hidden unit)
 _GATES = {
