@@ -1,0 +1,453 @@
+"""Kernels and whole models timed on a real GPU, then set beside fxroof's expected times.
+
+Two steps, because a GPU is lent for minutes and a prediction needs none:
+
+    python bench/gpu_measure.py measure --out measured.json    # on the GPU: times every case
+    python bench/gpu_measure.py compare bench/measured/h200.json   # anywhere: the table
+
+`measure` writes the file after every case, so a run cut short (--budget-s) keeps what it
+timed. `compare` rebuilds each case on the meta device, predicts it on the chip the file names
+(--chip: another name or a chip file) and prints each row, then per group: cases, median
+|error|, share within +-25%, geometric-mean ratio (predicted / measured), worst. A case whose
+measurement set one of the chip's figures (CALIBRATES) is shown but not counted.
+
+How each mode is timed, and what it is set beside:
+    kernel      one eager op, captured many times into a CUDA graph over enough copies of its
+                inputs that none stays in L2, replayed (CUDA events, median of replays): the
+                expected time on the chip of its kernels, each at least the graph's launch pace
+    dispatch    one eager op on tiny tensors called 2,000 times back to back, wall time per call:
+                the host's dispatch, beside the eager prediction of that op
+    eager       a model's forward, synchronized, wall time (median): the eager prediction
+    graph       the same forward captured into one CUDA graph and replayed: its kernels' time on
+                the chip alone, as `kernel`
+    compiled    torch.compile(model), wall time after compiling: the compiled prediction
+    cudagraphs  torch.compile(model, mode="reduce-overhead"): the cudagraphs prediction
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+BF16 = torch.bfloat16
+# Cases whose measurement set a figure of the chip (its source in chips.json names the case):
+# shown, never counted in the summary that checks the model.
+CALIBRATES = {("h200", "add bf16 2^28"): "bw_efficiency",
+              ("h200", "sdpa 1 x 32 x 2048 x 128"): "attention_efficiency"}
+L2_MARGIN = 4              # inputs rotated over at least this many times the L2's bytes
+DISPATCH_CALLS = 2000
+
+
+# -- the cases: (group, name, modes, build) where build(device) -> (callable, args, kwargs) -----
+
+def tensor(shape, device, dtype=BF16, high=None):
+    """A tensor of `shape`: on meta, shapes only; else random values (never zeros, which run
+    faster than real data), or indices below `high`."""
+    if device == "meta":
+        return torch.empty(shape, dtype=torch.long if high else dtype, device="meta")
+    if high:
+        return torch.randint(0, high, shape, device=device)
+    return torch.randn(shape, dtype=dtype, device=device)
+
+
+def op(fn, *shapes, dtype=BF16, high=None, **kwargs):
+    """A case of one op over tensors of these shapes (an int: that many indices below `high`)."""
+    def build(device):
+        args = tuple(tensor((s,) if isinstance(s, int) else s, device,
+                            dtype, high if isinstance(s, int) else None) for s in shapes)
+        return fn, args, kwargs
+    return build
+
+
+def linear(x, w):
+    return F.linear(x, w)
+
+
+def layer_norm(x, w):
+    return F.layer_norm(x, (x.shape[-1],), w, w)
+
+
+def softmax(x):
+    return torch.softmax(x, -1)
+
+
+def sdpa_causal(q, k, v):
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+def sdpa(q, k, v):
+    return F.scaled_dot_product_attention(q, k, v)
+
+
+def conv(x, w, stride=1, padding=0, groups=1):
+    return F.conv2d(x, w, stride=stride, padding=padding, groups=groups)
+
+
+def kernel_cases():
+    for p in (12, 16, 20, 22, 24, 26, 28):
+        yield "kernel", f"add bf16 2^{p}", op(torch.add, (1 << p,), (1 << p,))
+    yield "kernel", "add fp32 2^26", op(torch.add, (1 << 26,), (1 << 26,), dtype=torch.float32)
+    yield "kernel", "gelu bf16 2^26", op(F.gelu, (1 << 26,))
+    yield "kernel", "silu fp32 2^24", op(F.silu, (1 << 24,), dtype=torch.float32)
+    for rows in (1, 16, 128, 1024, 8192, 32768):
+        yield "kernel", f"layer_norm {rows} x 4096", op(layer_norm, (rows, 4096), (4096,))
+    yield "kernel", "softmax 1024 x 32000", op(softmax, (1024, 32000))
+    yield "kernel", "softmax 16384 x 1024", op(softmax, (16384, 1024))
+    yield "kernel", "sum 8192 x 4096 over rows", op(lambda x: x.sum(-1), (8192, 4096))
+    for t in (1, 16, 128, 1024, 8192):
+        yield "kernel", f"embedding {t} of 32000 x 4096", op(F.embedding, t, (32000, 4096),
+                                                             high=32000)
+    for k, n in ((4096, 4096), (4096, 14336), (14336, 4096), (4096, 128256)):
+        for m in (1, 4, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192):
+            yield "kernel", f"linear bf16 {m} x {k} -> {n}", op(linear, (m, k), (n, k))
+    yield "kernel", "linear fp16 4096 x 4096 -> 4096", op(linear, (4096, 4096), (4096, 4096),
+                                                          dtype=torch.float16)
+    yield "kernel", "linear fp32 4096 x 4096 -> 4096", op(linear, (4096, 4096), (4096, 4096),
+                                                          dtype=torch.float32)
+    yield "kernel", "bmm bf16 32 x 2048 x 128 x 2048", op(torch.bmm, (32, 2048, 128),
+                                                          (32, 128, 2048))
+    yield "kernel", "bmm bf16 256 x 1 x 128 x 2048", op(torch.bmm, (256, 1, 128), (256, 128, 2048))
+    for b, h, s, d in ((1, 32, 512, 128), (1, 32, 2048, 128), (1, 32, 8192, 128),
+                       (8, 32, 1024, 128), (1, 32, 4096, 64)):
+        yield "kernel", f"sdpa causal {b} x {h} x {s} x {d}", op(sdpa_causal, *[(b, h, s, d)] * 3)
+    yield "kernel", "sdpa 1 x 32 x 2048 x 128", op(sdpa, *[(1, 32, 2048, 128)] * 3)
+    for b, s in ((1, 4096), (8, 4096), (64, 1024)):
+        yield "kernel", f"sdpa decode {b} x 32 x 1 over {s} x 128", \
+            op(sdpa, (b, 32, 1, 128), (b, 32, s, 128), (b, 32, s, 128))
+    yield "kernel", "conv 3x3 64 -> 64 at 56 px, batch 64", \
+        op(conv, (64, 64, 56, 56), (64, 64, 3, 3), padding=1)
+    yield "kernel", "conv 1x1 256 -> 64 at 56 px, batch 64", op(conv, (64, 256, 56, 56),
+                                                                 (64, 256, 1, 1))
+    yield "kernel", "conv 7x7/2 3 -> 64 at 224 px, batch 64", \
+        op(conv, (64, 3, 224, 224), (64, 3, 7, 7), stride=2, padding=3)
+    yield "kernel", "conv 3x3 512 -> 512 at 7 px, batch 64", \
+        op(conv, (64, 512, 7, 7), (512, 512, 3, 3), padding=1)
+    yield "kernel", "conv depthwise 3x3 x 96 at 56 px, batch 64", \
+        op(conv, (64, 96, 56, 56), (96, 1, 3, 3), padding=1, groups=96)
+
+
+def dispatch_cases():
+    """Tiny ops, whose kernels take less than their dispatch: the host's pace."""
+    yield "dispatch", "add", op(torch.add, (64,), (64,))
+    yield "dispatch", "gelu", op(F.gelu, (64,))
+    yield "dispatch", "layer_norm", op(layer_norm, (8, 64), (64,))
+    yield "dispatch", "linear", op(linear, (8, 64), (64, 64))
+    yield "dispatch", "softmax", op(softmax, (8, 64))
+    yield "dispatch", "embedding", op(F.embedding, 8, (128, 64), high=128)
+    yield "dispatch", "sdpa", op(sdpa_causal, *[(1, 2, 16, 64)] * 3)
+
+
+def workload(file, **options):
+    def build(device):
+        from fxroof.studies.workload import load
+        return load(str(ROOT / "models" / file), {**options, "device": device})
+    return build
+
+
+def hf(config, **options):
+    def build(device):
+        from fxroof.cli.hf import from_config
+        return from_config(config, device=device, **options)
+    return build
+
+
+def chain(blocks):
+    """`blocks` tiny matmuls, each followed by a ReLU: under torch.compile one library matmul
+    and one generated kernel each, all far shorter than their launches."""
+    def fn(x, w):
+        for _ in range(blocks):
+            x = torch.relu(x @ w)
+        return x
+    return op(fn, (16, 16), (16, 16), dtype=torch.float32)
+
+
+QWEN2_05B = dict(model_type="qwen2", hidden_size=896, intermediate_size=4864,
+                 num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+                 vocab_size=151936, max_position_embeddings=32768, tie_word_embeddings=True,
+                 rope_theta=1e6, rms_norm_eps=1e-6)      # Qwen2.5-0.5B's config.json
+BERT_BASE = dict(model_type="bert")                       # bert-base-uncased's defaults
+CONVNEXT_T = dict(model_type="convnext", depths=[3, 3, 9, 3],
+                  hidden_sizes=[96, 192, 384, 768])       # facebook/convnext-tiny-224
+MOBILENET = dict(model_type="mobilenet_v2")               # google/mobilenet_v2_1.0_224
+EAGER, COMPILED = ("eager", "graph"), ("compiled", "cudagraphs")
+
+
+def model_cases():
+    """(group, name, modes, build): GPU-sized models, in the order they are worth measuring."""
+    yield "model", "llama2-7b decode B=1 ctx=2048", EAGER, \
+        workload("llama.py", preset="llama2-7b", phase="decode", ctx=2048)
+    yield "model", "llama2-7b prefill B=1 T=2048", EAGER, \
+        workload("llama.py", preset="llama2-7b", seq=2048)
+    yield "model", "llama2-7b decode B=16 ctx=2048", EAGER, \
+        workload("llama.py", preset="llama2-7b", phase="decode", ctx=2048, batch=16)
+    yield "model", "resnet50 B=64 bf16", EAGER, workload("resnet.py", batch=64, dtype="bf16")
+    yield "model", "resnet50 B=1 bf16", EAGER, workload("resnet.py", batch=1, dtype="bf16")
+    yield "model", "vit-base B=64 bf16", EAGER, workload("vit.py", batch=64, dtype="bf16")
+    yield "model", "vit-base B=1 bf16", EAGER, workload("vit.py", batch=1, dtype="bf16")
+    yield "model", "gpt2 B=8 T=1024 bf16", EAGER, workload("gpt2.py", batch=8, dtype="bf16")
+    # transformers' decoders ask for .item() when not tracing, which no graph capture allows
+    yield "model", "hf qwen2.5-0.5b T=1024 bf16", ("eager",), hf(QWEN2_05B, seq=1024, dtype="bf16")
+    yield "model", "hf qwen2.5-0.5b decode B=8 ctx=1024 bf16", ("eager",), \
+        hf(QWEN2_05B, phase="decode", batch=8, ctx=1024, dtype="bf16")
+    yield "model", "hf bert-base B=8 T=512 bf16", EAGER, hf(BERT_BASE, batch=8, seq=512,
+                                                           dtype="bf16")
+    yield "model", "hf convnext-tiny B=64 bf16", EAGER, hf(CONVNEXT_T, batch=64, dtype="bf16")
+    yield "model", "hf mobilenet-v2 B=64 bf16", EAGER, hf(MOBILENET, batch=64, dtype="bf16")
+    # under torch.compile last: compiling takes the longest
+    yield "model", "chain of 1 tiny matmul", ("eager", *COMPILED), chain(1)
+    yield "model", "chain of 16 tiny matmuls", ("eager", *COMPILED), chain(16)
+    yield "model", "llama2-7b 2 layers decode B=1 ctx=2048", ("eager", *COMPILED), \
+        workload("llama.py", preset="llama2-7b", phase="decode", ctx=2048, layers=2)
+    yield "model", "llama2-7b 2 layers prefill T=2048", ("eager", "compiled"), \
+        workload("llama.py", preset="llama2-7b", seq=2048, layers=2)
+    yield "model", "resnet50 B=64 bf16 compiled", ("compiled",), \
+        workload("resnet.py", batch=64, dtype="bf16")
+    yield "model", "vit-base B=64 bf16 compiled", ("compiled",), \
+        workload("vit.py", batch=64, dtype="bf16")
+
+
+def all_cases():
+    for group, name, build in dispatch_cases():
+        yield group, name, ("dispatch",), build
+    for group, name, build in kernel_cases():
+        yield group, name, ("kernel",), build
+    yield from model_cases()
+
+
+# -- timing on the GPU -----------------------------------------------------------------------
+
+def _sync():
+    torch.cuda.synchronize()
+
+
+def event_median(replay, runs: int) -> float:
+    """Median seconds of `replay()` over `runs`, each between two CUDA events."""
+    times = []
+    for _ in range(runs):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return statistics.median(times)
+
+
+def warm(fn, times: int = 3):
+    """Run `fn` on a side stream, as CUDA graph capture asks (libraries set up their
+    workspaces outside the capture)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(times):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    _sync()
+
+
+def captured(fn, calls: int):
+    """A CUDA graph of `calls()`, returned as its replay."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    graph.replay()
+    _sync()
+    return graph.replay
+
+
+def time_kernel(fn, args, kwargs, l2_bytes: float) -> dict:
+    """Seconds per call of one op: enough copies of its inputs that each call reads them cold,
+    calls captured into one graph, replayed."""
+    nbytes = sum(a.numel() * a.element_size() for a in args) or 1
+    copies = max(1, min(64, math.ceil(L2_MARGIN * l2_bytes / nbytes)))
+    sets = [args] + [tuple(a.clone() for a in args) for _ in range(copies - 1)]
+    with torch.no_grad():
+        warm(lambda: [fn(*a, **kwargs) for a in sets], 1)
+        once = event_median(lambda: fn(*args, **kwargs), 3)
+        # enough calls that a replay takes about 5 ms, at least one over every copy
+        per_graph = max(copies, min(400, math.ceil(5e-3 / max(once, 1e-6))))
+        replay = captured(lambda: [fn(*sets[i % copies], **kwargs) for i in range(per_graph)],
+                          per_graph)
+        seconds = event_median(replay, 7) / per_graph
+    return {"measured_s": seconds, "calls_in_graph": per_graph, "input_copies": copies}
+
+
+def time_dispatch(fn, args, kwargs) -> dict:
+    """Wall seconds per call of `fn` called back to back: the host's pace."""
+    with torch.no_grad():
+        for _ in range(200):
+            fn(*args, **kwargs)
+        _sync()
+        walls = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            for _ in range(DISPATCH_CALLS):
+                fn(*args, **kwargs)
+            _sync()
+            walls.append((time.perf_counter() - t0) / DISPATCH_CALLS)
+    return {"measured_s": min(walls), "calls": DISPATCH_CALLS}
+
+
+def time_wall(call, repeat: int) -> dict:
+    """Wall seconds of `call()`, synchronized each time: median and fastest."""
+    walls = []
+    for _ in range(repeat):
+        _sync()
+        t0 = time.perf_counter()
+        call()
+        _sync()
+        walls.append(time.perf_counter() - t0)
+    return {"measured_s": statistics.median(walls), "best_s": min(walls), "repeat": repeat}
+
+
+def time_model(mode: str, model, args, kwargs) -> dict:
+    forward = (lambda: model(*args, **kwargs))
+    with torch.no_grad():
+        if mode in ("compiled", "cudagraphs"):
+            compiled = torch.compile(model, mode="reduce-overhead" if mode == "cudagraphs"
+                                     else None)
+            t0 = time.perf_counter()
+            compiled(*args, **kwargs)
+            _sync()
+            compile_s = time.perf_counter() - t0
+            for _ in range(3):
+                compiled(*args, **kwargs)
+            return time_wall(lambda: compiled(*args, **kwargs), 20) | {"compile_s": compile_s}
+        warm(forward)
+        once = time_wall(forward, 3)["measured_s"]
+        repeat = max(5, min(30, math.ceil(0.5 / once)))
+        if mode == "eager":
+            return time_wall(forward, repeat)
+        replay = captured(forward, 1)                      # mode == "graph"
+        return {"measured_s": event_median(replay, repeat), "repeat": repeat}
+
+
+def measure(ns) -> int:
+    if not torch.cuda.is_available():
+        print("gpu_measure: no CUDA device here; run `measure` on a GPU, `compare` anywhere")
+        return 2
+    t_start = time.perf_counter()
+    props = torch.cuda.get_device_properties(0)
+    l2 = float(getattr(props, "L2_cache_size", 50 << 20))
+    out = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__,
+           "cuda": torch.version.cuda, "date": str(datetime.date.today()),
+           "chip": ns.chip, "sm_count": props.multi_processor_count, "l2_bytes": l2,
+           "memory_bytes": props.total_memory, "rows": []}
+    path = Path(ns.out)
+    for group, name, modes, build in all_cases():
+        if ns.only and not any(o in name for o in ns.only):
+            continue
+        if time.perf_counter() - t_start > ns.budget_s:
+            out["rows"].append({"group": group, "name": name, "skipped": "over the budget"})
+            continue
+        try:
+            fn, args, kwargs = build("cuda")
+        except Exception as e:                       # noqa: BLE001 - recorded, the run goes on
+            out["rows"].append({"group": group, "name": name, "error": f"build: {e!r}"[:300]})
+            print(f"{name}: build failed: {e!r}"[:200], flush=True)
+            continue
+        for mode in modes:
+            row = {"group": group, "name": name, "mode": mode}
+            try:
+                if mode == "kernel":
+                    row |= time_kernel(fn, args, kwargs, l2)
+                elif mode == "dispatch":
+                    row |= time_dispatch(fn, args, kwargs)
+                else:
+                    row |= time_model(mode, fn, args, kwargs)
+                print(f"{name} [{mode}]: {row['measured_s'] * 1e6:.1f} us", flush=True)
+            except Exception as e:                   # noqa: BLE001 - recorded, the run goes on
+                row["error"] = repr(e)[:300]
+                print(f"{name} [{mode}]: failed: {e!r}"[:200], flush=True)
+            out["rows"].append(row)
+            path.write_text(json.dumps(out, indent=1))
+        del fn, args, kwargs
+        torch.cuda.empty_cache()
+    out["seconds"] = time.perf_counter() - t_start
+    path.write_text(json.dumps(out, indent=1))
+    print(f"wrote {path}: {sum('measured_s' in r for r in out['rows'])} timings in "
+          f"{out['seconds']:.0f} s")
+    return 0
+
+
+# -- predictions beside the measurements -------------------------------------------------------
+
+def predicted(mode: str, fn, args, kwargs, chip) -> float:
+    from fxroof import analyze
+    from fxroof.graph.capture import FunctionModule
+    model = fn if isinstance(fn, torch.nn.Module) else FunctionModule(fn)
+    if mode in ("kernel", "graph"):
+        r = analyze(model, args, kwargs, chip=chip, mode="eager")
+        # each kernel of a replayed graph takes at least the graph's launch pace
+        return sum(max(k.expected.device_s, chip.graph_launch_s)
+                   for k in r.kernels if k.category != "view")
+    prediction_mode = {"dispatch": "eager"}.get(mode, mode)
+    return analyze(model, args, kwargs, chip=chip, mode=prediction_mode).time_s
+
+
+def compare(ns) -> int:
+    from tabulate import tabulate
+    from fxroof.chips import chip as find_chip
+    data = json.loads(Path(ns.file).read_text())
+    chip = find_chip(ns.chip or data["chip"])
+    builds = {name: build for _group, name, _modes, build in all_cases()}
+    rows, ratios = [], {}
+    for r in data["rows"]:
+        if "measured_s" not in r or (ns.only and not any(o in r["name"] for o in ns.only)):
+            continue
+        fn, args, kwargs = builds[r["name"]]("meta")
+        p = predicted(r["mode"], fn, args, kwargs, chip)
+        ratio = p / r["measured_s"]
+        sets = CALIBRATES.get((chip.name, r["name"]), "")
+        if not sets:
+            ratios.setdefault(r["group"] if r["group"] != "model" else r["mode"], []).append(
+                (ratio, r["name"]))
+        rows.append([r["name"], r["mode"], f"{r['measured_s'] * 1e6:,.1f}", f"{p * 1e6:,.1f}",
+                     f"{ratio:.2f}", f"sets {sets}" if sets else ""])
+    print(f"{data['gpu']} (torch {data['torch']}, {data['date']}) beside {chip.title}")
+    print(tabulate(rows, headers=["case", "mode", "measured us", "predicted us", "ratio", ""],
+                   colalign=("left", "left", "right", "right", "right", "left"),
+                   disable_numparse=True))
+    summary = []
+    for group, rs in ratios.items():
+        errors = sorted(abs(x - 1) for x, _ in rs)
+        worst = max(rs, key=lambda x: abs(math.log(x[0])))
+        summary.append([group, len(rs), f"{100 * statistics.median(errors):.0f}%",
+                        f"{100 * sum(e <= 0.25 for e in errors) / len(rs):.0f}%",
+                        f"{math.exp(statistics.fmean(math.log(x) for x, _ in rs)):.2f}",
+                        f"{worst[0]:.2f} {worst[1]}"])
+    print()
+    print(tabulate(summary, headers=["group", "cases", "median |error|", "within 25%",
+                                     "geo-mean ratio", "worst"], disable_numparse=True))
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="step", required=True)
+    m = sub.add_parser("measure", help="time every case on this machine's GPU")
+    m.add_argument("--out", default="gpu-measured.json")
+    m.add_argument("--chip", default="h200", help="the table's chip for this GPU (recorded)")
+    m.add_argument("--budget-s", type=float, default=330, help="skip the cases left after this")
+    m.add_argument("--only", nargs="*", default=[])
+    c = sub.add_parser("compare", help="predict every measured case and print the table")
+    c.add_argument("file")
+    c.add_argument("--chip", help="predict on this chip (name or file) instead of the file's")
+    c.add_argument("--only", nargs="*", default=[])
+    ns = ap.parse_args(argv)
+    return measure(ns) if ns.step == "measure" else compare(ns)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
