@@ -251,7 +251,7 @@ def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_by
              relayout: tuple = (), nvls_bytes: float = 0, comm_ranks: int = 0,
              dtype: str = "", variant: str = "", exponentials: float = 0,
              reread: tuple = (), bias_bytes: float = 0, comm_stride: int = 0,
-             comm_exchange: bool = False) -> Expected:
+             comm_exchange: bool = False, causal: bool = False) -> Expected:
     """The expected time of a kernel whose floor is `floor`. grid: a matrix kernel's output and
     reduction as (batch, M, N, K); comm_bytes/steps/ranks/stride/exchange, nvls_bytes: a
     collective's (Cost);
@@ -262,12 +262,16 @@ def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_by
     implementation (Cost.variant), a dequantizing matmul streaming at its share;
     exponentials: a fused attention kernel's softmax's (Cost.exponentials); reread: the bytes of
     each tensor a norm's second pass reads again (Cost.reread), charged on a GPU; bias_bytes: what
-    a convolution's bias kernel moves (Cost.bias_bytes), a kernel of its own on a GPU."""
+    a convolution's bias kernel moves (Cost.bias_bytes), a kernel of its own on a GPU; causal: a
+    fused attention kernel under a causal mask, which skips the key blocks above the diagonal."""
     matrix = category in MATRIX_CATEGORIES
     gpu = chip.kind == "gpu"
     collective = bool(comm_bytes or comm_steps)
     tiles = tiling(grid, chip.sm_count, category) if matrix else Tiling()
-    tiled = floor.compute_s * tiles.factor
+    flash = category == "attention" and dtype in FLASH_DTYPES
+    # a causal flash kernel computes only the blocks on and below the diagonal
+    share = causal_share(grid) if flash and causal and gpu else 1.0
+    tiled = floor.compute_s * tiles.factor * share
     comm, algorithm = floor.comm_s, ""
     if gpu and collective:
         options = comm_options(chip, comm_bytes, comm_steps, NCCL_BASE_S,
@@ -285,7 +289,6 @@ def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_by
     fill = chip.memory_latency_s if loads else 0.0
     waited = latency_time(chip, launch) if loads else 0.0
     memory = max(streamed + fill, _norm(waited, streamed))
-    flash = category == "attention" and dtype in FLASH_DTYPES
     efficiency = (chip.attention_efficiency if flash else 0.0) or chip.matmul_efficiency or 1.0
     rate = exp_rate(chip) if gpu else 0.0
     if flash and chip.attention_efficiency and rate and exponentials:
@@ -296,7 +299,7 @@ def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_by
         efficiency = 1 / max(1.0, 1 / chip.attention_efficiency - reference)
     products = tiled / efficiency if matrix else tiled
     # the exponentials run in the same blocks, so in the same whole waves as the products
-    softmax = exponentials / rate * tiles.factor if rate else 0.0
+    softmax = exponentials / rate * tiles.factor * share if rate else 0.0
     return Expected(products + softmax, memory, comm, floor.overhead_s,
                     0.0 if collective else chip.kernel_floor_s,   # a collective's is NCCL's base
                     OVERLAP if gpu else 1.0, floor.serial_overhead, floor, tiled, streamed,
@@ -306,6 +309,21 @@ def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_by
                     reread_s=sum(reread_time(chip, b) for b in reread) if gpu else 0.0,
                     bias_s=copy_kernel_time(chip, bias_bytes) if gpu and bias_bytes else 0.0,
                     bandwidth_s=bandwidth, algorithm=algorithm, products_s=products)
+
+
+def causal_share(grid: tuple) -> float:
+    """The share of its (query, key) products a causal flash kernel computes: each block of
+    ATTENTION_ROWS[0] queries reads the keys up to its last query (PyTorch's is_causal: query i
+    sees keys 0..i), in whole blocks of K_BLOCK keys, and skips the rest. grid: attention's
+    (batch x heads, queries, head size, K), whose K is twice the keys (two products over equal
+    head sizes, annotate.with_grid). 1 where the grid is unknown."""
+    if len(grid) != 4 or not grid[1] or not grid[3]:
+        return 1.0
+    queries, keys, rows = int(grid[1]), max(1, int(grid[3]) // 2), ATTENTION_ROWS[0]
+    blocks = math.ceil(queries / rows)
+    read = sum(min(keys, math.ceil(min(queries, (i + 1) * rows) / K_BLOCK) * K_BLOCK)
+               for i in range(blocks))
+    return read / (blocks * keys)
 
 
 def exp_rate(chip: Chip) -> float:

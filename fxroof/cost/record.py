@@ -79,6 +79,10 @@ class Cost:
     # x key), which a GPU computes on its special-function units beside the products
     # (chips/expected.py). The backward's are left out: it is priced at the forward's share.
     exponentials: int = 0
+    # A fused attention kernel under a causal mask: each query block skips the key blocks wholly
+    # above the diagonal, so it computes about half the products its FLOPs count (PyTorch's
+    # dense convention, which FlopCounterMode keeps).
+    causal: bool = False
 
     def __post_init__(self):
         if self.category not in CATEGORIES:

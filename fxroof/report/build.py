@@ -26,7 +26,7 @@ def node_rows(gm: fx.GraphModule) -> tuple:
                             node.meta.get(PHASE_KEY, ""), node.meta.get(RECOMPUTED_KEY, False),
                             cost.relayout, cost.nvls_bytes, cost.comm_ranks, cost.comm_stride,
                             cost.comm_exchange,
-                            cost.exponentials, cost.reread, cost.bias_bytes))
+                            cost.exponentials, cost.reread, cost.bias_bytes, cost.causal))
     return tuple(rows)
 
 
@@ -84,6 +84,7 @@ def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple, streamed: dict | N
                        if chip.nvidia and dtype in TENSOR_CORE_DTYPES else (),
                        dtype=dtype, variant=main.variant if main else "",
                        exponentials=sum(m.exponentials for m in members),
+                       causal=any(m.causal for m in members),
                        # a fused kernel's norm reads again too: a compiler's reduction too
                        # long to hold on chip loops over its input once more (Cost.reread)
                        reread=tuple(b for m in members for b in m.reread),

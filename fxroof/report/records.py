@@ -53,6 +53,7 @@ class NodeRow:
     exponentials: int = 0  # a fused attention forward's softmax: one per score (Cost)
     reread: tuple = ()    # a two-pass norm: bytes of each tensor its second pass reads (Cost)
     bias_bytes: int = 0   # a convolution's bias added (or summed) in a kernel of its own (Cost)
+    causal: bool = False  # a fused attention kernel under a causal mask (Cost)
 
     @property
     def cost_key(self) -> str:

@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 from fxroof.cost.formulas.registry import OpCall, formula
 from fxroof.cost.record import Cost
+from fxroof.graph.aten_ops import aten
 from fxroof.graph.tensors import dtype_name, footprint
-
-aten = torch.ops.aten
 
 
 @formula(aten.scaled_dot_product_attention, aten._scaled_dot_product_flash_attention,
@@ -37,4 +34,5 @@ def sdpa(call: OpCall) -> Cost:
     flops = 2 * queries * int(k.shape[-2]) * (int(q.shape[-1]) + int(v.shape[-1]))
     out = call.outputs[0]   # auxiliary outputs (logsumexp, seeds) are small; count the main one
     return Cost(flops, call.bytes_read(), footprint(out), "attention", dtype_name(q.dtype),
-                note=", ".join(note), exponentials=queries * int(k.shape[-2]))
+                note=", ".join(note), exponentials=queries * int(k.shape[-2]),
+                causal=bool(call.get("is_causal", False)))
