@@ -40,6 +40,10 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from fxroof.measure.machine import Clock, elapsed, host_time, marker, span, sync  # noqa: E402
+
+CUDA = torch.device("cuda")
+
 BF16 = torch.bfloat16
 # Cases whose measurement set a figure of the chip (its source in chips.json names the case):
 # shown, never counted in the summary that checks the model.
@@ -180,30 +184,30 @@ BERT_BASE = dict(model_type="bert")                       # bert-base-uncased's 
 CONVNEXT_T = dict(model_type="convnext", depths=[3, 3, 9, 3],
                   hidden_sizes=[96, 192, 384, 768])       # facebook/convnext-tiny-224
 MOBILENET = dict(model_type="mobilenet_v2")               # google/mobilenet_v2_1.0_224
-EAGER, COMPILED = ("eager", "graph"), ("compiled", "cudagraphs")
+AS_RUN, COMPILED = ("eager", "graph"), ("compiled", "cudagraphs")
 
 
 def model_cases():
     """(group, name, modes, build): GPU-sized models, in the order they are worth measuring."""
-    yield "model", "llama2-7b decode B=1 ctx=2048", EAGER, \
+    yield "model", "llama2-7b decode B=1 ctx=2048", AS_RUN, \
         workload("llama.py", preset="llama2-7b", phase="decode", ctx=2048)
-    yield "model", "llama2-7b prefill B=1 T=2048", EAGER, \
+    yield "model", "llama2-7b prefill B=1 T=2048", AS_RUN, \
         workload("llama.py", preset="llama2-7b", seq=2048)
-    yield "model", "llama2-7b decode B=16 ctx=2048", EAGER, \
+    yield "model", "llama2-7b decode B=16 ctx=2048", AS_RUN, \
         workload("llama.py", preset="llama2-7b", phase="decode", ctx=2048, batch=16)
-    yield "model", "resnet50 B=64 bf16", EAGER, workload("resnet.py", batch=64, dtype="bf16")
-    yield "model", "resnet50 B=1 bf16", EAGER, workload("resnet.py", batch=1, dtype="bf16")
-    yield "model", "vit-base B=64 bf16", EAGER, workload("vit.py", batch=64, dtype="bf16")
-    yield "model", "vit-base B=1 bf16", EAGER, workload("vit.py", batch=1, dtype="bf16")
-    yield "model", "gpt2 B=8 T=1024 bf16", EAGER, workload("gpt2.py", batch=8, dtype="bf16")
+    yield "model", "resnet50 B=64 bf16", AS_RUN, workload("resnet.py", batch=64, dtype="bf16")
+    yield "model", "resnet50 B=1 bf16", AS_RUN, workload("resnet.py", batch=1, dtype="bf16")
+    yield "model", "vit-base B=64 bf16", AS_RUN, workload("vit.py", batch=64, dtype="bf16")
+    yield "model", "vit-base B=1 bf16", AS_RUN, workload("vit.py", batch=1, dtype="bf16")
+    yield "model", "gpt2 B=8 T=1024 bf16", AS_RUN, workload("gpt2.py", batch=8, dtype="bf16")
     # transformers' decoders ask for .item() when not tracing, which no graph capture allows
     yield "model", "hf qwen2.5-0.5b T=1024 bf16", ("eager",), hf(QWEN2_05B, seq=1024, dtype="bf16")
     yield "model", "hf qwen2.5-0.5b decode B=8 ctx=1024 bf16", ("eager",), \
         hf(QWEN2_05B, phase="decode", batch=8, ctx=1024, dtype="bf16")
-    yield "model", "hf bert-base B=8 T=512 bf16", EAGER, hf(BERT_BASE, batch=8, seq=512,
+    yield "model", "hf bert-base B=8 T=512 bf16", AS_RUN, hf(BERT_BASE, batch=8, seq=512,
                                                            dtype="bf16")
-    yield "model", "hf convnext-tiny B=64 bf16", EAGER, hf(CONVNEXT_T, batch=64, dtype="bf16")
-    yield "model", "hf mobilenet-v2 B=64 bf16", EAGER, hf(MOBILENET, batch=64, dtype="bf16")
+    yield "model", "hf convnext-tiny B=64 bf16", AS_RUN, hf(CONVNEXT_T, batch=64, dtype="bf16")
+    yield "model", "hf mobilenet-v2 B=64 bf16", AS_RUN, hf(MOBILENET, batch=64, dtype="bf16")
     # under torch.compile last: compiling takes the longest
     yield "model", "chain of 1 tiny matmul", ("eager", *COMPILED), chain(1)
     yield "model", "chain of 16 tiny matmuls", ("eager", *COMPILED), chain(16)
@@ -227,20 +231,13 @@ def all_cases():
 
 # -- timing on the GPU -----------------------------------------------------------------------
 
-def _sync():
-    torch.cuda.synchronize()
-
-
 def event_median(replay, runs: int) -> float:
     """Median seconds of `replay()` over `runs`, each between two CUDA events."""
-    times = []
+    mark, times = marker(CUDA), []
     for _ in range(runs):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
+        start = mark()
         replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
+        times.append(span(start, mark()))
     return statistics.median(times)
 
 
@@ -253,16 +250,16 @@ def warm(fn, times: int = 3):
         for _ in range(times):
             fn()
     torch.cuda.current_stream().wait_stream(stream)
-    _sync()
+    sync(CUDA)
 
 
-def captured(fn, calls: int):
-    """A CUDA graph of `calls()`, returned as its replay."""
+def captured(fn):
+    """A CUDA graph of `fn()`, returned as its replay."""
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         fn()
     graph.replay()
-    _sync()
+    sync(CUDA)
     return graph.replay
 
 
@@ -277,37 +274,24 @@ def time_kernel(fn, args, kwargs, l2_bytes: float) -> dict:
         once = event_median(lambda: fn(*args, **kwargs), 3)
         # enough calls that a replay takes about 5 ms, at least one over every copy
         per_graph = max(copies, min(400, math.ceil(5e-3 / max(once, 1e-6))))
-        replay = captured(lambda: [fn(*sets[i % copies], **kwargs) for i in range(per_graph)],
-                          per_graph)
+        replay = captured(lambda: [fn(*sets[i % copies], **kwargs) for i in range(per_graph)])
         seconds = event_median(replay, 7) / per_graph
     return {"measured_s": seconds, "calls_in_graph": per_graph, "input_copies": copies}
 
 
 def time_dispatch(fn, args, kwargs) -> dict:
-    """Wall seconds per call of `fn` called back to back: the host's pace."""
+    """Wall seconds per call of `fn` called back to back: the host's pace (best of 3 loops)."""
     with torch.no_grad():
         for _ in range(200):
             fn(*args, **kwargs)
-        _sync()
-        walls = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            for _ in range(DISPATCH_CALLS):
-                fn(*args, **kwargs)
-            _sync()
-            walls.append((time.perf_counter() - t0) / DISPATCH_CALLS)
-    return {"measured_s": min(walls), "calls": DISPATCH_CALLS}
+        seconds = host_time(Clock(CUDA, quick=False), lambda: fn(*args, **kwargs),
+                            n=DISPATCH_CALLS, loops=3)
+    return {"measured_s": seconds, "calls": DISPATCH_CALLS}
 
 
 def time_wall(call, repeat: int) -> dict:
     """Wall seconds of `call()`, synchronized each time: median and fastest."""
-    walls = []
-    for _ in range(repeat):
-        _sync()
-        t0 = time.perf_counter()
-        call()
-        _sync()
-        walls.append(time.perf_counter() - t0)
+    walls = [elapsed(call, CUDA) for _ in range(repeat)]
     return {"measured_s": statistics.median(walls), "best_s": min(walls), "repeat": repeat}
 
 
@@ -317,10 +301,7 @@ def time_model(mode: str, model, args, kwargs) -> dict:
         if mode in ("compiled", "cudagraphs"):
             compiled = torch.compile(model, mode="reduce-overhead" if mode == "cudagraphs"
                                      else None)
-            t0 = time.perf_counter()
-            compiled(*args, **kwargs)
-            _sync()
-            compile_s = time.perf_counter() - t0
+            compile_s = elapsed(lambda: compiled(*args, **kwargs), CUDA)
             for _ in range(3):
                 compiled(*args, **kwargs)
             return time_wall(lambda: compiled(*args, **kwargs), 20) | {"compile_s": compile_s}
@@ -329,7 +310,7 @@ def time_model(mode: str, model, args, kwargs) -> dict:
         repeat = max(5, min(30, math.ceil(0.5 / once)))
         if mode == "eager":
             return time_wall(forward, repeat)
-        replay = captured(forward, 1)                      # mode == "graph"
+        replay = captured(forward)                         # mode == "graph"
         return {"measured_s": event_median(replay, repeat), "repeat": repeat}
 
 
