@@ -140,15 +140,26 @@ def held_out(device: str = "cpu"):
         yield name, model, args, kwargs
 
 
+def chosen(name: str, only) -> bool:
+    """--only: a workload whose name holds any of the words, in any case."""
+    return not only or any(o.lower() in name.lower() for o in only)
+
+
+def names(more: bool = False) -> list[str]:
+    """Every workload's name, building only the two small ones (the held-out ones with more)."""
+    return ([w[0] for w in WORKLOADS] + [m[0] for m in small_models()]
+            + ([h[0] for h in HELD_OUT] if more else []))
+
+
 def cases(only, device: str = "cpu", more: bool = False):
     """(name, model, args, kwargs, repeats or None for the command line's); more: the held-out
     Hugging Face models too."""
     for name, file, options, *repeat in WORKLOADS:
-        if not only or any(o in name for o in only):
+        if chosen(name, only):
             model, args, kwargs = load(str(MODELS / file), {**options, "device": device})
             yield name, model, args, kwargs, (repeat or [None])[0]
     for name, model, args, kwargs in [*small_models(device), *(held_out(device) if more else [])]:
-        if not only or any(o in name for o in only):
+        if chosen(name, only):
             yield name, model, args, kwargs, None
 
 
@@ -175,10 +186,17 @@ def main(argv=None) -> int:
     p.add_argument("--short-off", action="store_true",
                    help="also: products of few rows at the layer probe's rate, as before their "
                         "own rates were measured")
+    p.add_argument("--width-off", action="store_true",
+                   help="also: one-row products at the share measured on 2,048-wide weight rows, "
+                        "as before narrower rows were measured")
     p.add_argument("--region-off", action="store_true",
                    help="also predict each workload with no op charged the chip's parallel "
                         "region, beside the same measurement")
     ns = p.parse_args(argv)
+    if not any(chosen(name, ns.only) for name in names(ns.held_out)):
+        print(f"--only {' '.join(ns.only)}: no workload's name holds any of these; the names: "
+              + ", ".join(names(ns.held_out)), file=sys.stderr)
+        return 2
     t0 = time.perf_counter()
     with cpu_threads(ns.threads):
         threads = threads_label()
@@ -251,7 +269,11 @@ OFF_RULES = {"grain_off": ("Every eager elementwise op on all threads (--grain-o
              "region_off": ("No op charged a parallel region (--region-off)", {"region_s": 0}),
              "short_off": ("Products of few rows at the layer probe's rate (--short-off)",
                            lambda chip: {"op_flops": {op: rate for op, rate in chip.op_flops.items()
-                                                      if "#" not in op}})}
+                                                      if "#" not in op}}),
+             "width_off": ("One-row products at the 2,048-wide probe's share, whatever their "
+                           "rows' width (--width-off)",
+                           lambda chip: {"matrix_bw_fraction": {
+                               d: v for d, v in chip.matrix_bw_fraction.items() if "#" not in d}})}
 
 
 def _pct(x: float) -> str:

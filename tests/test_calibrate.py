@@ -92,6 +92,8 @@ def test_ops_are_measured_one_by_one_under_the_names_reports_use(quick_chip):
                 f"scaled_dot_product_attention:{dtype}"} <= set(c.op_flops), dtype
         assert c.eager_matrix_flops("linear", dtype) == c.op_flops[f"linear:{dtype}"]
     assert set(c.peak_flops) <= set(c.matrix_bw_fraction)   # a one-row linear streaming weights
+    # ... over rows of 256 elements too, each dtype's share at that width
+    assert {f"{d}#256" for d in c.peak_flops} <= set(c.matrix_bw_fraction)
     # and products of few rows: a linear of 4 tokens, a native convolution on 4 and 49 pixels
     assert {"linear#4", "conv2d(native)#4", "conv2d(native)#49"} <= set(c.op_flops)
     for figure in ("op_dispatch_s", "op_flops", "view_dispatch_s", "program_call_s",

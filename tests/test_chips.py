@@ -536,6 +536,7 @@ def test_optional_figures_load_in_si_units(tmp_path):
     assert c.bandwidth(32e6) == 100e9 and c.bandwidth(32e6 + 1) == c.mem_bw    # fits, or not
     assert c.matrix_bandwidth_share("fp32") == 0.7 and c.matrix_bandwidth_share("fp8") == 0.4
     assert chip("h100-sxm").matrix_bandwidth_share("bf16") == 1.0               # not measured
+    assert c.matrix_bandwidth_share("fp32", width=256) == 0.7       # no narrow rows measured
     assert c.to_dict()["op_dispatch_s"]["gelu"] == pytest.approx(9e-6)
     assert str(tmp_path) in c.sources["op_flops"]                 # unsourced: cites the file
 
@@ -602,6 +603,8 @@ def test_cache_needs_both_figures(tmp_path):
     ("view_dispatch_us", 0, "view_dispatch_us"),
     ("matrix_bw_fraction", {"fp32": 1.6}, "at most 1.5"),
     ("matrix_bw_fraction", {"float": 0.5}, "per dtype"),
+    ("matrix_bw_fraction", {"fp32": 0.5, "fp32#0": 0.3}, "fp32#256"),
+    ("matrix_bw_fraction", {"fp32": 0.5, "fp32#wide": 0.3}, "fp32#256"),
 ])
 def test_bad_optional_figure_is_named(tmp_path, key, value, named):
     with pytest.raises(ChipError, match=re.escape(named)):
@@ -656,3 +659,18 @@ def test_a_chip_file_on_a_base_states_only_what_differs(tmp_path):
     path.write_text(json.dumps({"base": "a100-41gb"}))
     with pytest.raises(ChipError, match="base 'a100-41gb' is not a shipped chip"):
         load_chip_file(path)
+
+
+def test_a_one_row_products_share_follows_its_weight_rows_width(tmp_path):
+    # measured: 0.5 of mem_bw on rows of 256 elements, 1.0 on the probe's 2,048. A row costs
+    # width / share in time units: 512 at 256, 2,048 at 2,048; a line between them puts 1,024
+    # at 512 + 1,536 x 768 / 1,792 = 1,170.3, a share of 1,024 / 1,170.3 = 0.875
+    c = chip(str(write(tmp_path, good_entry(kind="cpu", matrix_bw_fraction={"fp32": 1.0,
+                                                                         "fp32#256": 0.5}))))
+    assert c.matrix_bandwidth_share("fp32", width=256) == pytest.approx(0.5)
+    assert c.matrix_bandwidth_share("fp32", width=1024) == pytest.approx(0.875, abs=5e-4)
+    assert c.matrix_bandwidth_share("fp32", width=2048) == pytest.approx(1.0)
+    assert c.matrix_bandwidth_share("fp32", width=64) == pytest.approx(0.5)      # the narrowest
+    assert c.matrix_bandwidth_share("fp32", width=8192) == pytest.approx(1.0)    # the widest
+    assert c.matrix_bandwidth_share("fp32") == 1.0                   # no width: the probe's
+    assert c.matrix_bandwidth_share("bf16", width=256) == 1.0        # bf16 not measured

@@ -207,6 +207,27 @@ def test_a_library_matrix_product_streams_at_its_measured_share_of_bandwidth():
     assert relu.timing.memory_s == pytest.approx(2 * 1024 * 4 / 1e10)   # not a matrix product
 
 
+def test_a_one_row_product_over_narrow_weight_rows_streams_at_their_share():
+    import torch
+    from torch import nn
+
+    import fxroof
+    from fxroof.chips import Chip
+    # one-row F.linear measured streaming 0.5 x 10 GB/s over 256-wide weight rows and 1.0 x
+    # over 2,048-wide ones: a 1,024 -> 256 linear (rows of 256) streams at 0.5, a 256 -> 1,024
+    # one (rows of 1,024, hand arithmetic in test_chips) at 0.875; two rows keep the probe's
+    cpu = Chip("g", "GEMV", "cpu", {"fp32": 1e11}, vector_flops=1e10, mem_bw=1e10,
+               mem_bytes=1e10, link_bw=1e9, link_latency_s=1e-5, launch_s=1e-6,
+               dispatch_s=1e-6, matrix_bw_fraction={"fp32": 1.0, "fp32#256": 0.5})
+    for (k_in, n_out), share in (((256, 1024), 0.5), ((1024, 256), 0.875)):
+        model = nn.Linear(k_in, n_out, bias=False)
+        moved = k_in * n_out * 4 + (k_in + n_out) * 4       # the weight, one row in, one out
+        one = fxroof.analyze(model, (torch.randn(1, k_in),), chip=cpu, mode="eager").kernels[0]
+        assert one.timing.memory_s == pytest.approx(moved / (1e10 * share), rel=1e-3)
+        two = fxroof.analyze(model, (torch.randn(2, k_in),), chip=cpu, mode="eager").kernels[0]
+        assert two.timing.memory_s == pytest.approx((moved + (k_in + n_out) * 4) / 1e10)
+
+
 def test_a_linear_of_few_tokens_runs_at_its_rows_rate():
     import torch
     from torch import nn

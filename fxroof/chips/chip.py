@@ -49,7 +49,10 @@ pages print the with-sparsity figure, which is twice the dense one.
                                                 streaming its weights attains, over mem_bw (a
                                                 CPU's matrix-vector product: 0.4-1.2); at most
                                                 READ_STREAM_CEILING: a read-only stream does not
-                                                pay the copy's write-allocate reads
+                                                pay the copy's write-allocate reads; measured on
+                                                2,048-element weight rows, and "fp32#256" on
+                                                rows of 256 (a one-row product between or past
+                                                them: chip.share_at_width)
       "op_TFLOPS": {"max_pool2d": 0.0002, ...}  eager rate of an op's work, by op name; other ops
                                                 run at vector_TFLOPS (matrix ops: at peak_TFLOPS;
                                                 a matrix op's entry is its fp32 rate, and other
@@ -321,11 +324,11 @@ class Chip:
             raise ChipError(f"chip {self.name!r}: peer_links counts links, a whole number; "
                             f"got {self.peer_links!r}")
         bad = {d: v for d, v in self.matrix_bw_fraction.items()
-               if d not in DTYPES or v > READ_STREAM_CEILING}
+               if not _width_key(d) or v > READ_STREAM_CEILING}
         if bad:
             raise ChipError(f"chip {self.name!r}: matrix_bw_fraction holds a rate over mem_bw (at "
-                            f"most {READ_STREAM_CEILING}) per dtype among {', '.join(DTYPES)}; "
-                            f"got {bad}")
+                            f"most {READ_STREAM_CEILING}) per dtype among {', '.join(DTYPES)} "
+                            f"(\"fp32#256\": weight rows of 256 elements); got {bad}")
         sources = dict(self.sources)
         known = set(FIGURES) | set(OPTIONAL_FIGURES) | {f"peak_flops.{d}" for d in DTYPES}
         extra = sorted(set(sources) - known)
@@ -405,10 +408,19 @@ class Chip:
         """FLOP/s of `op`'s non-matrix work when eager PyTorch runs it."""
         return _per_op(self.op_flops, op, self.vector_flops)
 
-    def matrix_bandwidth_share(self, dtype: Any) -> float:
+    def matrix_bandwidth_share(self, dtype: Any, width: int = 0) -> float:
         """The rate a library matrix product in `dtype` attains streaming its operands, over
-        mem_bw (1 where not measured)."""
-        return self.matrix_bw_fraction.get(self.matrix_dtype(dtype), 1.0)
+        mem_bw (1 where not measured). width: the elements in each of its weights' rows, where
+        the chip measured rows that short too ("fp32#256"): a one-row product walks its weights
+        row by row, and each row costs a fixed time besides its bytes (share_at_width)."""
+        unit = self.matrix_dtype(dtype)
+        share = self.matrix_bw_fraction.get(unit, 1.0)
+        narrow = {int(key.rpartition("#")[2]): value
+                  for key, value in self.matrix_bw_fraction.items()
+                  if key.rpartition("#")[0] == unit}
+        if width and narrow and unit in self.matrix_bw_fraction:
+            share = share_at_width({**narrow, MATRIX_PROBE_WIDTH: share}, width)
+        return share
 
     def eager_matrix_flops(self, op: str, dtype: Any, rows: int = 0) -> float:
         """FLOP/s of matrix op `op` in `dtype` when eager PyTorch runs it: its entry for that
@@ -493,6 +505,28 @@ def rows_rate(measured: dict, rows: int) -> float:
             ta, tb = a / ra, b / rb
             return rows / (ta + (tb - ta) * (rows - a) / (b - a))
     return points[-1][1]
+
+
+# The elements in each weight row of the one-row probe that matrix_bw_fraction's plain dtype
+# entries were measured on (2048 x 2048 weights: measure/microbench.matrix_bandwidth).
+MATRIX_PROBE_WIDTH = 2048
+
+
+def share_at_width(measured: dict, width: int) -> float:
+    """A one-row product's streaming share with weight rows of `width` elements, from its shares
+    measured at a few widths ({width: share}): the time per row is a line in its width, a fixed
+    cost per row plus its bytes (below the narrowest, its share; above the widest, theirs). On an
+    AVX2 EPYC at one thread, fp32 F.linear on one row over weights no cache holds streamed 7.5
+    GB/s with rows of 256 elements and 13.8 with rows of 2,048 (71 ns a row beside 15.7 GB/s);
+    the line puts 512 and 1,024 at 10.1 and 12.3 GB/s, measured 9.6 and 13.4
+    (docs/calibration.md, "Matrix rates"). The same line as rows_rate, in the row's width."""
+    return rows_rate(measured, width)
+
+
+def _width_key(key: str) -> bool:
+    """A matrix_bw_fraction key: a dtype, or a dtype and a row width ("fp32#256")."""
+    dtype, mark, width = key.partition("#")
+    return dtype in DTYPES and (not mark or (width.isdigit() and int(width) > 0))
 
 
 def dtype_op(op: str, dtype: str) -> str:

@@ -276,7 +276,7 @@ def kernel_timing(chip: Chip, *, flops: float, bytes_moved: float, category: str
                   overhead_s: float, comm_bytes: float = 0, comm_steps: int = 0,
                   nvls_bytes: float = 0, comm_ranks: int = 0, rate_op: str = "",
                   streamed_bytes: float = 0, elements: int = 0, rows: int = 0,
-                  matrix_rows: int = 0) -> Timing:
+                  matrix_rows: int = 0, matrix_width: int = 0) -> Timing:
     """rate_op: the op whose own rate a chip measured op by op applies (Chip.op_flops): an eager
     kernel's op, or the library op a compiled matrix kernel calls.
     streamed_bytes: the part of bytes_moved that comes from memory whatever the chip's cache
@@ -286,7 +286,8 @@ def kernel_timing(chip: Chip, *, flops: float, bytes_moved: float, category: str
     An eager op that ATen splits also pays the chip's parallel region (region_s).
     matrix_rows: a matrix product's rows (tokens, pixels): fewer than the layer probe's run
     at their own rate where the chip measured it (Chip.eager_matrix_flops); one row (decode's)
-    is the kernel a chip's matrix_bw_fraction was measured on."""
+    is the kernel a chip's matrix_bw_fraction was measured on. matrix_width: its depth, the
+    elements in each row of a linear's weights, which one row walks row by row."""
     one_row = category == "matmul" and matrix_rows == 1
     compute = flops / peak_for(chip, category, dtype, rate_op,
                                matrix_rows if matrix_rows > 1 else 0) if flops else 0.0
@@ -295,7 +296,7 @@ def kernel_timing(chip: Chip, *, flops: float, bytes_moved: float, category: str
     if rate_op and category in MATRIX_CATEGORIES:
         # a library matrix product streams its weights below the copy bandwidth (a CPU's
         # matrix-vector product: 40-70% of it), where the chip measured that
-        share = chip.matrix_bandwidth_share(dtype or "fp32")
+        share = chip.matrix_bandwidth_share(dtype or "fp32", matrix_width if one_row else 0)
         memory /= share
         if one_row and (dtype or "fp32") in chip.matrix_bw_fraction:
             # that measurement ran this very kernel, its compute with it: it computes at least

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fxroof.chips import Chip
-from fxroof.chips.chip import READ_STREAM_CEILING, dtype_op, row_op
+from fxroof.chips.chip import MATRIX_PROBE_WIDTH, READ_STREAM_CEILING, dtype_op, row_op
 from fxroof.chips.timing import GRAIN_SIZE, splits
 from fxroof.cost.record import MATRIX_CATEGORIES
 from fxroof.graph.capture import FunctionModule
@@ -140,26 +140,38 @@ def _node_rates(clock: Clock, dtype: torch.dtype, chip: Chip, bare: dict,
 
 def matrix_bandwidth(clock: Clock, peaks: dict, mem_bw: float) -> tuple[dict, str]:
     """CPU: per dtype, the rate F.linear on one row (how decode runs) attains streaming weights
-    that no cache holds, over the copy bandwidth: a cycle of 2048 x 2048 weight matrices four
-    times the last-level cache. It may pass 1 (a read-only stream skips the copy's
-    write-allocate reads), up to chip.READ_STREAM_CEILING."""
+    that no cache holds, over the copy bandwidth: a cycle of 4M-element weight matrices four
+    times the last-level cache, their rows 2,048 elements wide (the dtype's entry) and 256 wide
+    ("fp32#256": the row walk costs a fixed time a row, chip.share_at_width). It may pass 1 (a
+    read-only stream skips the copy's write-allocate reads), up to chip.READ_STREAM_CEILING."""
     cache = last_level_cache() or (32 << 20)
     shares, notes = {}, []
     for dtype in peaks:
         dt = torch_dtype(dtype)
         size = 2048 * 2048 * dt.itemsize
         count = max(2, -(-(2 if clock.quick else 4) * cache // size))
-        weights = [torch.randn(2048, 2048, device=clock.dev).to(dt) for _ in range(count)]
-        x = torch.randn(1, 2048, device=clock.dev).to(dt)
+        rates = []
+        for width in (MATRIX_PROBE_WIDTH, NARROW_WIDTH):
+            weights = [torch.randn(2048 * 2048 // width, width, device=clock.dev).to(dt)
+                       for _ in range(count)]
+            x = torch.randn(1, width, device=clock.dev).to(dt)
 
-        def stream(weights=weights, x=x):
-            for w in weights:
-                F.linear(x, w)
-        t = clock.per_call(stream, budget_s=clock.budget_s / 2, min_samples=3) / count
-        shares[dtype] = min(READ_STREAM_CEILING, size / t / mem_bw)
-        notes.append(f"{dtype} {si(size / t, 'B/s')}")
-    return shares, ("F.linear on one row over a cycle of 2048 x 2048 weight matrices that no "
-                    "cache holds, weight bytes / time, over mem_bw: " + ", ".join(notes))
+            def stream(weights=weights, x=x):
+                for w in weights:
+                    F.linear(x, w)
+            t = clock.per_call(stream, budget_s=clock.budget_s / 4, min_samples=3) / count
+            key = dtype if width == MATRIX_PROBE_WIDTH else f"{dtype}#{width}"
+            shares[key] = min(READ_STREAM_CEILING, size / t / mem_bw)
+            rates.append(si(size / t, "B/s"))
+            del weights
+        notes.append(f"{dtype} {' and '.join(rates)}")
+    return shares, (f"F.linear on one row over a cycle of weight matrices that no cache holds, "
+                    f"rows of {MATRIX_PROBE_WIDTH} and {NARROW_WIDTH} elements, weight bytes / "
+                    f"time, over mem_bw: " + ", ".join(notes))
+
+
+# The narrower row width the one-row probe also streams (a small model's hidden size).
+NARROW_WIDTH = 256
 
 
 # -- memory ----------------------------------------------------------------------------------------

@@ -70,6 +70,9 @@ def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple, streamed: dict | N
                                matrix_rows=main.grid[0] * main.grid[1] if main
                                and len(main.grid) == 4 and k.category in ("matmul", "conv")
                                else 0,
+                               # its depth: the length of each weight row a one-row product walks
+                               matrix_width=main.grid[3] if main and len(main.grid) == 4
+                               and k.category == "matmul" else 0,
                                **comm)
         label = (op if len(members) == 1 else f"{op} +{len(members) - 1}") if main \
             else k.category
