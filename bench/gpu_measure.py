@@ -98,6 +98,46 @@ def conv(x, w, stride=1, padding=0, groups=1):
     return F.conv2d(x, w, stride=stride, padding=padding, groups=groups)
 
 
+def autotuned(build):
+    """The same case with cuDNN choosing each convolution's algorithm by timing them
+    (torch.backends.cudnn.benchmark = True, as timm's benchmark.py sets) instead of PyTorch's
+    default heuristics; on meta (predictions) the case as it is, the flag being the host's."""
+    def tuned(device):
+        fn, args, kwargs = build(device)
+        if device == "meta":
+            return fn, args, kwargs
+
+        def run(*a, **k):
+            with torch.backends.cudnn.flags(enabled=True, benchmark=True, deterministic=False):
+                return fn(*a, **k)
+        return run, args, kwargs
+    return tuned
+
+
+def channels_last(build):
+    """The same case with its 4-d tensors (and a model's weights) channels-last, as timm's
+    --channels-last runs."""
+    def build_cl(device):
+        fn, args, kwargs = build(device)
+        if isinstance(fn, torch.nn.Module):
+            fn = fn.to(memory_format=torch.channels_last)
+        return fn, tuple(a.contiguous(memory_format=torch.channels_last)
+                         if isinstance(a, torch.Tensor) and a.dim() == 4 else a
+                         for a in args), kwargs
+    return build_cl
+
+
+CONVS = (("conv 3x3 64 -> 64 at 56 px, batch 64", ((64, 64, 56, 56), (64, 64, 3, 3)),
+          dict(padding=1)),
+         ("conv 1x1 256 -> 64 at 56 px, batch 64", ((64, 256, 56, 56), (64, 256, 1, 1)), {}),
+         ("conv 7x7/2 3 -> 64 at 224 px, batch 64", ((64, 3, 224, 224), (64, 3, 7, 7)),
+          dict(stride=2, padding=3)),
+         ("conv 3x3 512 -> 512 at 7 px, batch 64", ((64, 512, 7, 7), (512, 512, 3, 3)),
+          dict(padding=1)),
+         ("conv depthwise 3x3 x 96 at 56 px, batch 64", ((64, 96, 56, 56), (96, 1, 3, 3)),
+          dict(padding=1, groups=96)))
+
+
 def kernel_cases():
     for p in (12, 16, 20, 22, 24, 26, 28):
         yield "kernel", f"add bf16 2^{p}", op(torch.add, (1 << p,), (1 << p,))
@@ -129,16 +169,20 @@ def kernel_cases():
     for b, s in ((1, 4096), (8, 4096), (64, 1024)):
         yield "kernel", f"sdpa decode {b} x 32 x 1 over {s} x 128", \
             op(sdpa, (b, 32, 1, 128), (b, 32, s, 128), (b, 32, s, 128))
-    yield "kernel", "conv 3x3 64 -> 64 at 56 px, batch 64", \
-        op(conv, (64, 64, 56, 56), (64, 64, 3, 3), padding=1)
-    yield "kernel", "conv 1x1 256 -> 64 at 56 px, batch 64", op(conv, (64, 256, 56, 56),
-                                                                 (64, 256, 1, 1))
-    yield "kernel", "conv 7x7/2 3 -> 64 at 224 px, batch 64", \
-        op(conv, (64, 3, 224, 224), (64, 3, 7, 7), stride=2, padding=3)
-    yield "kernel", "conv 3x3 512 -> 512 at 7 px, batch 64", \
-        op(conv, (64, 512, 7, 7), (512, 512, 3, 3), padding=1)
-    yield "kernel", "conv depthwise 3x3 x 96 at 56 px, batch 64", \
-        op(conv, (64, 96, 56, 56), (96, 1, 3, 3), padding=1, groups=96)
+    for name, shapes, options in CONVS:
+        yield "kernel", name, op(conv, *shapes, **options)
+    # what settles the channels-first misses of 2026-12-04 (bench/README.md): the same
+    # convolutions with cuDNN's algorithms timed, and channels-last as well
+    for name, shapes, options in CONVS:
+        yield "kernel", f"{name}, autotuned", autotuned(op(conv, *shapes, **options))
+        yield "kernel", f"{name}, channels-last, autotuned", \
+            autotuned(channels_last(op(conv, *shapes, **options)))
+    # GPT-2's head: 50,257 columns (rows of an odd number of 2-byte elements) against the
+    # 50,304 nanoGPT pads them to
+    for n in (50257, 50304):
+        yield "kernel", f"linear bf16 8192 x 768 -> {n}", op(linear, (8192, 768), (n, 768))
+    yield "kernel", "softmax 1024 x 4096", op(softmax, (1024, 4096))
+    yield "kernel", "softmax fp32 1024 x 32000", op(softmax, (1024, 32000), dtype=torch.float32)
 
 
 def dispatch_cases():
@@ -208,6 +252,15 @@ def model_cases():
                                                            dtype="bf16")
     yield "model", "hf convnext-tiny B=64 bf16", AS_RUN, hf(CONVNEXT_T, batch=64, dtype="bf16")
     yield "model", "hf mobilenet-v2 B=64 bf16", AS_RUN, hf(MOBILENET, batch=64, dtype="bf16")
+    # the convolution networks again with cuDNN's algorithms timed, then channels-last too
+    resnet = workload("resnet.py", batch=64, dtype="bf16")
+    yield "model", "resnet50 B=64 bf16, autotuned", AS_RUN, autotuned(resnet)
+    yield "model", "resnet50 B=64 bf16, channels-last, autotuned", AS_RUN, \
+        autotuned(channels_last(resnet))
+    yield "model", "hf mobilenet-v2 B=64 bf16, autotuned", AS_RUN, \
+        autotuned(hf(MOBILENET, batch=64, dtype="bf16"))
+    yield "model", "hf convnext-tiny B=64 bf16, channels-last, autotuned", AS_RUN, \
+        autotuned(channels_last(hf(CONVNEXT_T, batch=64, dtype="bf16")))
     # under torch.compile last: compiling takes the longest
     yield "model", "chain of 1 tiny matmul", ("eager", *COMPILED), chain(1)
     yield "model", "chain of 16 tiny matmuls", ("eager", *COMPILED), chain(16)
