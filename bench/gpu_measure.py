@@ -48,7 +48,7 @@ BF16 = torch.bfloat16
 # Cases whose measurement set a figure of the chip (its source in chips.json names the case):
 # shown, never counted in the summary that checks the model.
 CALIBRATES = {("h200", "add bf16 2^28"): "bw_efficiency",
-              ("h200", "sdpa 1 x 32 x 2048 x 128"): "attention_efficiency"}
+              ("h200", "sdpa 1 x 32 x 2048 x 128"): "cudnn_attention_efficiency"}
 L2_MARGIN = 4              # inputs rotated over at least this many times the L2's bytes
 DISPATCH_CALLS = 2000
 

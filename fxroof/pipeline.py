@@ -18,7 +18,7 @@ import torch.fx as fx
 
 from fxroof.chips import Chip, chips
 from fxroof.chips import chip as find_chip
-from fxroof.chips.expected import FLASH_DTYPES
+from fxroof.chips.expected import FLASH_DTYPES, attention_share, runs_cudnn_attention
 from fxroof.chips.timing import GRAPH_MODE, MODES, unit_dtype
 from fxroof.cost import COST_KEY
 from fxroof.cost.annotate import annotate
@@ -428,16 +428,22 @@ def _matrix_unit_notes(nodes, chip: Chip, quantize) -> tuple:
             notes.append(f"fp32 {category} FLOPs run on {chip.name}'s TF32 tensor cores, "
                          f"{si(chip.matrix_flops('tf32'), 'FLOP/s')} ({flag}); with it off, at "
                          f"the fp32 peak, {si(chip.matrix_flops('fp32'), 'FLOP/s')}")
-    if chip.attention_efficiency and any(n.category == "attention" and n.flops
-                                         and n.dtype in FLASH_DTYPES for n in nodes):
-        # the kernel its time assumes, and that a faster one exists (cuDNN's, FlashAttention-3)
-        notes.append(f"attention runs PyTorch's default fused kernel (SDPA's flash backend, "
-                     f"FlashAttention-2) at {chip.attention_efficiency:.0%} of {chip.name}'s "
-                     f"dense peak at head size 128, where its GEMMs reach "
-                     f"{chip.matmul_efficiency:.0%}"
+    share = attention_share(chip)
+    if share and any(n.category == "attention" and n.flops and n.dtype in FLASH_DTYPES
+                     for n in nodes):
+        # the kernel its time assumes, and what else PyTorch could run there
+        cudnn = runs_cudnn_attention(chip)
+        kernel = ("cuDNN's fused attention (SDPA's first choice on Hopper from PyTorch 2.11),"
+                  if cudnn else "SDPA's flash backend, FlashAttention-2,")
+        other = (f"; with torch.backends.cuda.enable_cudnn_sdp(False), or before PyTorch 2.11, "
+                 f"FlashAttention-2 at {chip.attention_efficiency:.0%}" if cudnn
+                 else f"; PyTorch 2.11 and later run cuDNN's at "
+                      f"{chip.cudnn_attention_efficiency:.0%}" if chip.cudnn_attention_efficiency
+                 else "; another attention kernel (cuDNN's, FlashAttention-3) can run faster")
+        notes.append(f"attention runs {kernel} at {share:.0%} of {chip.name}'s dense peak at "
+                     f"head size 128, where its GEMMs reach {chip.matmul_efficiency:.0%}"
                      + (" (a smaller head, less: its exponentials, one per score, take the same "
-                        "time)" if chip.clock_hz else "")
-                     + "; another attention kernel (cuDNN's, FlashAttention-3) can run faster")
+                        "time)" if chip.clock_hz else "") + other)
     for dtype in sorted({n.dtype for n in nodes if n.category in MATRIX_CATEGORIES and n.flops}):
         runs_as = chip.matrix_dtype(dtype)
         if dtype in ("bf16", "fp16") and runs_as != dtype:

@@ -72,14 +72,20 @@ def test_fused_attention_runs_at_its_own_share_of_the_peak():
     # 4 x 4608^2 x 24 x 128 = 260.9 GFLOP; 24 x 36 = 864 blocks of 128 rows fill the 132 SMs
     # (no split of the keys), ceil(6.55) = 7 waves: 7 x 132 / 864 = 1.0694; 260.9e9 / 989.4e12
     # x 1.0694 / 0.35 = 806 us, the compute of the kernel (pytorch/pytorch#142132 measured 792 us)
+    # (that run's PyTorch, 2.6, ran FlashAttention-2 first: cuDNN's kernel off, as before 2.11)
     q = meta(1, 24, 4608, 128)
-    r = fxroof.analyze(fn_module(torch.nn.functional.scaled_dot_product_attention), (q, q, q),
-                       chip="h100-sxm")
+    was = torch.backends.cuda.cudnn_sdp_enabled()
+    torch.backends.cuda.enable_cudnn_sdp(False)
+    try:
+        r = fxroof.analyze(fn_module(torch.nn.functional.scaled_dot_product_attention),
+                           (q, q, q), chip="h100-sxm")
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(was)
     (k,) = r.kernels
     flops = 4 * 4608**2 * 24 * 128
     assert k.flops == flops
     assert k.expected.compute_s == pytest.approx(flops / 989.4e12 * 7 * 132 / 864 / 0.35)
-    assert any("FlashAttention-2) at 35% of h100-sxm" in n for n in r.notes)   # the report says
+    assert any("FlashAttention-2, at 35% of h100-sxm" in n for n in r.notes)   # the report says
     fp32 = meta(1, 24, 4608, 128, dtype=torch.float32)     # not the flash backend: priced as a GEMM
     r32 = fxroof.analyze(fn_module(torch.nn.functional.scaled_dot_product_attention),
                          (fp32, fp32, fp32), chip="h100-sxm")
@@ -474,3 +480,61 @@ def test_grids_of_matrix_ops_in_the_node_rows():
     r = fxroof.analyze(depthwise, (meta(2, 8, 8, 8),), chip="h100-sxm")
     assert [n.grid for n in r.nodes if n.category == "conv"] == [()]   # not one GEMM
     assert "grid" not in r.to_dict()["nodes"][0]
+
+
+def test_sdpa_runs_cudnns_attention_on_hopper_from_pytorch_2_11(monkeypatch):
+    import torch
+
+    from fxroof.chips.expected import attention_share, runs_cudnn_attention
+    h100, a100 = chip("h100-sxm"), chip("a100-80gb")
+    # sdp_utils.cpp puts cuDNN first on sm90 once cuDNN > 9.15.0: 2.11's bundled one is; a
+    # build without cuDNN (CPU) is read by its release
+    monkeypatch.setattr(torch.backends.cudnn, "is_available", lambda: False)
+    monkeypatch.setattr(torch, "__version__", "2.11.0+cpu")
+    assert runs_cudnn_attention(h100) and attention_share(h100) == h100.cudnn_attention_efficiency
+    assert not runs_cudnn_attention(a100)                   # no cuDNN figure: FlashAttention-2
+    assert attention_share(a100) == a100.attention_efficiency
+    monkeypatch.setattr(torch, "__version__", "2.10.1")
+    assert attention_share(h100) == h100.attention_efficiency
+    # a build with cuDNN: its version decides, 9.15.0 no, 9.15.1 yes
+    monkeypatch.setattr(torch.backends.cudnn, "is_available", lambda: True)
+    monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 91500)
+    assert not runs_cudnn_attention(h100)
+    monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 91501)
+    assert runs_cudnn_attention(h100)
+    # the process turning the backend off prices FlashAttention-2
+    was = torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        torch.backends.cuda.enable_cudnn_sdp(False)
+        assert attention_share(h100) == h100.attention_efficiency == 0.35
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(was)
+
+
+def test_a_flash_kernels_products_follow_the_share_of_the_kernel_that_runs(monkeypatch):
+    import torch
+
+    # head size 128, long sequence: the products, apart from the exponentials, run at
+    # 1 / (1 / share - reference) of the peak, reference the exponentials' time over the
+    # products' at the peak (4 x 128 products a score against one exponential)
+    from fxroof.chips.expected import ATTENTION_HEAD, exp_rate
+    from fxroof.chips.timing import kernel_timing
+    h100 = chip("h100-sxm")
+    reference = h100.matrix_flops("bf16") / (4 * ATTENTION_HEAD * exp_rate(h100))
+    grid, flops = (24, 4608, 128, 2 * 4608), 4 * 24 * 4608 * 4608 * 128   # (b x h, q, d, 2 keys)
+    times = {}
+    for on in (True, False):
+        was = torch.backends.cuda.cudnn_sdp_enabled()
+        monkeypatch.setattr(torch, "__version__", "2.13.0")
+        try:
+            torch.backends.cuda.enable_cudnn_sdp(on)
+            floor = kernel_timing(h100, flops=flops, bytes_moved=4 * 24 * 4608 * 128 * 2,
+                                  category="attention", dtype="bf16", overhead_s=0.0)
+            times[on] = expected(h100, floor, "attention", grid, dtype="bf16",
+                                 exponentials=24 * 4608 * 4608).products_s
+        finally:
+            torch.backends.cuda.enable_cudnn_sdp(was)
+    # the same tiles and waves either way: the times stand as the two kernels' (1 / share - ref)
+    assert times[False] / times[True] == pytest.approx((1 / 0.35 - reference)
+                                                       / (1 / 0.638 - reference))
+    assert times[False] / times[True] > 1.9           # cuDNN's about twice FlashAttention-2's

@@ -74,6 +74,9 @@ pages print the with-sparsity figure, which is twice the dense one.
       "attention_efficiency": 0.35              share of the dense peak PyTorch's fused attention
                                                 kernel (FlashAttention-2) reaches; absent: the
                                                 matmul_efficiency
+      "cudnn_attention_efficiency": 0.64        the same for cuDNN's fused attention, which
+                                                PyTorch's SDPA runs first on Hopper from 2.11
+                                                (expected.attention_share)
       "matmul_efficiency": 0.80                 share of the dense matrix peak a large library
                                                 GEMM reaches (maximum achievable matmul FLOPS)
       "bw_efficiency": 0.90                     share of mem_bw a streaming copy reaches, its
@@ -151,6 +154,7 @@ OPTIONAL_SCALARS = {
     "sm_count": ("sm_count", 1.0),
     "matmul_efficiency": ("matmul_efficiency", 1.0),
     "attention_efficiency": ("attention_efficiency", 1.0),
+    "cudnn_attention_efficiency": ("cudnn_attention_efficiency", 1.0),
     "bw_efficiency": ("bw_efficiency", 1.0),
     "collective_efficiency": ("collective_efficiency", 1.0),
     "nvls_efficiency": ("nvls_efficiency", 1.0),
@@ -168,7 +172,8 @@ OPTIONAL_SCALARS = {
     "region_s": ("region_us", 1e-6),
 }
 EFFICIENCIES = ("matmul_efficiency", "bw_efficiency", "collective_efficiency",   # shares, <= 1
-                "nvls_efficiency", "attention_efficiency", "network_efficiency")
+                "nvls_efficiency", "attention_efficiency", "network_efficiency",
+                "cudnn_attention_efficiency")
 OP_TABLES = {
     "op_dispatch_s": ("op_dispatch_us", 1e-6),
     "op_flops": ("op_TFLOPS", 1e12),
@@ -258,6 +263,7 @@ class Chip:
     sm_count: float = 0.0
     matmul_efficiency: float = 0.0
     attention_efficiency: float = 0.0   # fused attention kernels; 0: matmul_efficiency
+    cudnn_attention_efficiency: float = 0.0   # cuDNN's, where SDPA runs it; 0: the above
     bw_efficiency: float = 0.0
     collective_efficiency: float = 0.0
     nvls_efficiency: float = 0.0   # all-reduce over an NVLink SHARP switch (timing.comm_time)

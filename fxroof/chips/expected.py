@@ -11,7 +11,8 @@ that kind, so a CPU's expected time is its floor. docs/time-model.md gives each 
     tiles       a matrix kernel computes whole tiles, in whole waves over the SMs (splitting its
                 reduction only where the tiles leave SMs idle)
     matmul      library GEMMs reach matmul_efficiency of the dense peak, fused attention
-                kernels attention_efficiency where the chip has that figure
+                kernels attention_efficiency where the chip has that figure (cuDNN's,
+                cudnn_attention_efficiency, where PyTorch's SDPA runs it: attention_share)
     softmax     a fused attention kernel's exponentials, one per score, run on the SMs'
                 special-function units (16 a clock per SM), after its products: a smaller head
                 has fewer products per exponential, so it reaches less of the peak
@@ -46,7 +47,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
+
+import torch
 
 from fxroof.chips.chip import Chip
 from fxroof.chips.launch import Launch, latency_time
@@ -289,14 +293,15 @@ def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_by
     fill = chip.memory_latency_s if loads else 0.0
     waited = latency_time(chip, launch) if loads else 0.0
     memory = max(streamed + fill, _norm(waited, streamed))
-    efficiency = (chip.attention_efficiency if flash else 0.0) or chip.matmul_efficiency or 1.0
+    fused = attention_share(chip) if flash else 0.0
+    efficiency = fused or chip.matmul_efficiency or 1.0
     rate = exp_rate(chip) if gpu else 0.0
-    if flash and chip.attention_efficiency and rate and exponentials:
+    if fused and rate and exponentials:
         # the published share is the products' and the exponentials' together at head size
         # 128: the products alone run at the share that leaves room for the exponentials (a
         # backward, whose exponentials are not counted, keeps the forward's share)
         reference = chip.matrix_flops(dtype) / (4 * ATTENTION_HEAD * rate)
-        efficiency = 1 / max(1.0, 1 / chip.attention_efficiency - reference)
+        efficiency = 1 / max(1.0, 1 / fused - reference)
     products = tiled / efficiency if matrix else tiled
     # the exponentials run in the same blocks, so in the same whole waves as the products
     softmax = exponentials / rate * tiles.factor * share if rate else 0.0
@@ -309,6 +314,30 @@ def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_by
                     reread_s=sum(reread_time(chip, b) for b in reread) if gpu else 0.0,
                     bias_s=copy_kernel_time(chip, bias_bytes) if gpu and bias_bytes else 0.0,
                     bandwidth_s=bandwidth, algorithm=algorithm, products_s=products)
+
+
+def runs_cudnn_attention(chip: Chip) -> bool:
+    """Whether PyTorch's scaled_dot_product_attention runs cuDNN's fused kernel on `chip`: the
+    chip has a figure for it (Hopper), the process leaves that backend on
+    (torch.backends.cuda.enable_cudnn_sdp), and this PyTorch puts it first. sdp_utils.cpp's
+    check_prefer_cudnn_attention() puts cuDNN ahead of FlashAttention-2 on sm90/sm100 when the
+    cuDNN is newer than 9.15.0; that code is in 2.10, and 2.11 is the first release whose
+    bundled cuDNN passes it (huggingface/transformers#48163, 2026-08-31). A build without
+    cuDNN (a CPU one) is read by its release, as the one the user deploys."""
+    if not chip.cudnn_attention_efficiency or not torch.backends.cuda.cudnn_sdp_enabled():
+        return False
+    version = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    if version:
+        return version > 91500
+    release = tuple(int(p) for p in re.findall(r"\d+", torch.__version__)[:2])
+    return release >= (2, 11)
+
+
+def attention_share(chip: Chip) -> float:
+    """The share of the dense peak a fused attention kernel reaches on `chip`: cuDNN's where
+    SDPA runs it (runs_cudnn_attention), else FlashAttention-2's; 0 where neither is known."""
+    return chip.cudnn_attention_efficiency if runs_cudnn_attention(chip) \
+        else chip.attention_efficiency
 
 
 def causal_share(grid: tuple) -> float:

@@ -219,6 +219,7 @@ _FIGURE_NAMES = {
     "l2_bytes": "L2 cache",
     "matmul_efficiency": "achievable share of the matrix peak",
     "attention_efficiency": "fused attention's share of the matrix peak",
+    "cudnn_attention_efficiency": "cuDNN fused attention's share of the matrix peak",
     "bw_efficiency": "streaming share of the bandwidth, latency waits taken out",
     "collective_efficiency": "ring all-reduce share of the link",
     "nvls_efficiency": "in-switch (NVLS) all-reduce share of the ring's",
