@@ -159,7 +159,7 @@ def matrix_bandwidth(clock: Clock, peaks: dict, mem_bw: float) -> tuple[dict, st
             def stream(weights=weights, x=x):
                 for w in weights:
                     F.linear(x, w)
-            t = clock.per_call(stream, budget_s=clock.budget_s / 4, min_samples=3) / count
+            t = clock.per_call(stream, budget_s=clock.budget_s / 2, min_samples=3) / count
             key = dtype if width == MATRIX_PROBE_WIDTH else f"{dtype}#{width}"
             shares[key] = min(READ_STREAM_CEILING, size / t / mem_bw)
             rates.append(si(size / t, "B/s"))
