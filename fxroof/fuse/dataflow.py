@@ -86,8 +86,8 @@ class Facts:
 
 
 def graph_facts(gm: fx.GraphModule, inline_gathers: bool = False) -> Facts:
-    """The facts fusion decides on; `inline_gathers`: gathers fuse as indirect loads (C++
-    backend) rather than run as library kernels."""
+    """The facts fusion decides on; `inline_gathers`: gathers fuse as indirect loads (as
+    Inductor's backends lower them) rather than run as library kernels."""
     ops: list[Op] = []
     roots: dict[fx.Node, list] = {}       # node -> [(key, tensor)] it stands for
     base: dict = {}

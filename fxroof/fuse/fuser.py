@@ -107,7 +107,9 @@ def fuse(gm: fx.GraphModule, *, matmul_epilogues: bool = False,
     backend: the code generator whose fusions to follow, "triton" (GPU) or "cpp" (CPU)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
-    facts = graph_facts(gm, inline_gathers=backend == "cpp")
+    # Inductor lowers embedding and index to indirect loads in the kernel that reads them on
+    # both backends (lowering.py: a Pointwise over ops.indirect_indexing)
+    facts = graph_facts(gm, inline_gathers=True)
     fuser = _Fuser(facts, matmul_epilogues, backend == "cpp")
     fuser.run()
     for node in gm.graph.nodes:

@@ -27,7 +27,9 @@ SOLO_CATEGORIES = frozenset({"matmul", "conv", "attention", "collective", "other
 REDUCTION_CATEGORIES = frozenset({"reduction", "norm"})
 
 
-# Gathers Inductor's C++ backend lowers to indirect loads inside the kernel that reads them.
+# Gathers Inductor lowers to indirect loads inside the kernel that reads them, on its Triton
+# and C++ backends alike (lowering.py's embedding and index: a Pointwise over
+# ops.indirect_indexing).
 INLINE_GATHERS = frozenset({aten.embedding, aten.index_select, aten.gather, aten.take_along_dim,
                             aten.index})
 
@@ -41,7 +43,7 @@ def classify(node: fx.Node, cost: Cost, packet, *, functional: bool = False,
              inline_gathers: bool = False) -> tuple[str, str, str]:
     """(kind, rank, reason it stays alone) for one op; `functional`: an in-place op that
     functionalization would turn into its functional op (it writes over an intermediate);
-    `inline_gathers`: INLINE_GATHERS fuse as copies (C++ backend)."""
+    `inline_gathers`: INLINE_GATHERS fuse as copies (compiled code; else library kernels)."""
     name = getattr(packet, "__name__", str(node.target))
     if cost.note == "allocation only" or (cost.category == "pointwise" and cost.bytes_read == 0):
         return "create", "create", ""   # full, arange, zeros_like: the input gives a shape only
