@@ -435,11 +435,14 @@ def _matrix_unit_notes(nodes, chip: Chip, quantize) -> tuple:
         cudnn = runs_cudnn_attention(chip)
         kernel = ("cuDNN's fused attention (SDPA's first choice on Hopper from PyTorch 2.11),"
                   if cudnn else "SDPA's flash backend, FlashAttention-2,")
-        other = (f"; with torch.backends.cuda.enable_cudnn_sdp(False), or before PyTorch 2.11, "
-                 f"FlashAttention-2 at {chip.attention_efficiency:.0%}" if cudnn
-                 else f"; PyTorch 2.11 and later run cuDNN's at "
-                      f"{chip.cudnn_attention_efficiency:.0%}" if chip.cudnn_attention_efficiency
-                 else "; another attention kernel (cuDNN's, FlashAttention-3) can run faster")
+        if cudnn:
+            other = (f"; with torch.backends.cuda.enable_cudnn_sdp(False), or before PyTorch "
+                     f"2.11, FlashAttention-2 at {chip.attention_efficiency:.0%}")
+        elif chip.cudnn_attention_efficiency:
+            other = (f"; PyTorch 2.11 and later run cuDNN's at "
+                     f"{chip.cudnn_attention_efficiency:.0%}")
+        else:
+            other = "; another attention kernel (cuDNN's, FlashAttention-3) can run faster"
         notes.append(f"attention runs {kernel} at {share:.0%} of {chip.name}'s dense peak at "
                      f"head size 128, where its GEMMs reach {chip.matmul_efficiency:.0%}"
                      + (" (a smaller head, less: its exponentials, one per score, take the same "

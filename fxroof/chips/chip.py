@@ -52,7 +52,7 @@ pages print the with-sparsity figure, which is twice the dense one.
                                                 pay the copy's write-allocate reads; measured on
                                                 2,048-element weight rows, and "fp32#256" on
                                                 rows of 256 (a one-row product between or past
-                                                them: chip.share_at_width)
+                                                them: a line in the width, chip.rows_rate)
       "op_TFLOPS": {"max_pool2d": 0.0002, ...}  eager rate of an op's work, by op name; other ops
                                                 run at vector_TFLOPS (matrix ops: at peak_TFLOPS;
                                                 a matrix op's entry is its fp32 rate, and other
@@ -418,14 +418,17 @@ class Chip:
         """The rate a library matrix product in `dtype` attains streaming its operands, over
         mem_bw (1 where not measured). width: the elements in each of its weights' rows, where
         the chip measured rows that short too ("fp32#256"): a one-row product walks its weights
-        row by row, and each row costs a fixed time besides its bytes (share_at_width)."""
+        row by row, and each row costs a fixed time besides its bytes."""
         unit = self.matrix_dtype(dtype)
         share = self.matrix_bw_fraction.get(unit, 1.0)
-        narrow = {int(key.rpartition("#")[2]): value
-                  for key, value in self.matrix_bw_fraction.items()
-                  if key.rpartition("#")[0] == unit}
+        narrow = _numbered(self.matrix_bw_fraction, unit)
         if width and narrow and unit in self.matrix_bw_fraction:
-            share = share_at_width({**narrow, MATRIX_PROBE_WIDTH: share}, width)
+            # the time per row is a line in its width, a fixed cost per row plus its bytes: on
+            # an AVX2 EPYC at one thread, fp32 F.linear on one row over weights no cache holds
+            # streamed 7.5 GB/s with rows of 256 and 13.8 with rows of 2,048 (71 ns a row beside
+            # 15.7 GB/s); the line puts 512 and 1,024 at 10.1 and 12.3 GB/s, measured 9.6 and
+            # 13.4 (docs/calibration.md). rows_rate draws that line, in the width.
+            share = rows_rate({**narrow, MATRIX_PROBE_WIDTH: share}, width)
         return share
 
     def eager_matrix_flops(self, op: str, dtype: Any, rows: int = 0) -> float:
@@ -445,9 +448,7 @@ class Chip:
         """{rows: fp32 rate} of matrix op `op` measured on fewer rows than the layer probe's
         ("linear#4"; "conv2d(native)#49", else "conv2d#49")."""
         for name in (op, op.split("(", 1)[0]):
-            found = {int(key.rpartition("#")[2]): value for key, value in self.op_flops.items()
-                     if key.rpartition("#")[0] == name}
-            if found:
+            if found := _numbered(self.op_flops, name):
                 return found
         return {}
 
@@ -518,15 +519,11 @@ def rows_rate(measured: dict, rows: int) -> float:
 MATRIX_PROBE_WIDTH = 2048
 
 
-def share_at_width(measured: dict, width: int) -> float:
-    """A one-row product's streaming share with weight rows of `width` elements, from its shares
-    measured at a few widths ({width: share}): the time per row is a line in its width, a fixed
-    cost per row plus its bytes (below the narrowest, its share; above the widest, theirs). On an
-    AVX2 EPYC at one thread, fp32 F.linear on one row over weights no cache holds streamed 7.5
-    GB/s with rows of 256 elements and 13.8 with rows of 2,048 (71 ns a row beside 15.7 GB/s);
-    the line puts 512 and 1,024 at 10.1 and 12.3 GB/s, measured 9.6 and 13.4
-    (docs/calibration.md, "Matrix rates"). The same line as rows_rate, in the row's width."""
-    return rows_rate(measured, width)
+def _numbered(table: Mapping, name: str) -> dict:
+    """{N: value} of the entries of `table` named "name#N" (a figure measured at N rows or N
+    elements a row)."""
+    return {int(key.rpartition("#")[2]): value for key, value in table.items()
+            if key.rpartition("#")[0] == name}
 
 
 def _width_key(key: str) -> bool:

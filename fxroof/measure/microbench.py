@@ -138,12 +138,17 @@ def _node_rates(clock: Clock, dtype: torch.dtype, chip: Chip, bare: dict,
     return out
 
 
+# The narrower row width the one-row probe also streams (a small model's hidden size).
+NARROW_WIDTH = 256
+
+
 def matrix_bandwidth(clock: Clock, peaks: dict, mem_bw: float) -> tuple[dict, str]:
     """CPU: per dtype, the rate F.linear on one row (how decode runs) attains streaming weights
     that no cache holds, over the copy bandwidth: a cycle of 4M-element weight matrices four
     times the last-level cache, their rows 2,048 elements wide (the dtype's entry) and 256 wide
-    ("fp32#256": the row walk costs a fixed time a row, chip.share_at_width). It may pass 1 (a
-    read-only stream skips the copy's write-allocate reads), up to chip.READ_STREAM_CEILING."""
+    ("fp32#256": the row walk costs a fixed time a row, Chip.matrix_bandwidth_share). It may
+    pass 1 (a read-only stream skips the copy's write-allocate reads), up to
+    chip.READ_STREAM_CEILING."""
     cache = last_level_cache() or (32 << 20)
     shares, notes = {}, []
     for dtype in peaks:
@@ -163,15 +168,10 @@ def matrix_bandwidth(clock: Clock, peaks: dict, mem_bw: float) -> tuple[dict, st
             key = dtype if width == MATRIX_PROBE_WIDTH else f"{dtype}#{width}"
             shares[key] = min(READ_STREAM_CEILING, size / t / mem_bw)
             rates.append(si(size / t, "B/s"))
-            del weights
         notes.append(f"{dtype} {' and '.join(rates)}")
     return shares, (f"F.linear on one row over a cycle of weight matrices that no cache holds, "
                     f"rows of {MATRIX_PROBE_WIDTH} and {NARROW_WIDTH} elements, weight bytes / "
                     f"time, over mem_bw: " + ", ".join(notes))
-
-
-# The narrower row width the one-row probe also streams (a small model's hidden size).
-NARROW_WIDTH = 256
 
 
 # -- memory ----------------------------------------------------------------------------------------
