@@ -27,7 +27,7 @@ from fxroof.cost.whatif import Quantization, quantize_graph
 from fxroof.cost.whatif import parse as parse_quantization
 from fxroof.fuse import fuse, unfused
 from fxroof.fuse.layout import channels_last_nodes
-from fxroof.fuse.policy import classify
+from fxroof.fuse.policy import classify, coordinate_descent_tuning
 from fxroof.graph.autocast import AMP_DTYPES, with_amp
 from fxroof.graph.capture import Captured, capture
 from fxroof.graph.compiled_branches import repeated_kv
@@ -249,8 +249,10 @@ def report_of(captured: Captured, target: Target) -> Report:
     nodes = node_rows(gm)
     if not nodes:      # every regime share would be 0 of 0: nothing honest to say
         raise ValueError(f"{captured.name} runs no ops on these inputs: nothing to analyze")
+    decompose = chip.kind == "gpu" and coordinate_descent_tuning()
     compiled = fuse(gm, matmul_epilogues=target.matmul_epilogues,
-                    backend="cpp" if chip.kind == "cpu" else "triton")   # Inductor's code generator
+                    backend="cpp" if chip.kind == "cpu" else "triton",   # Inductor's code generator
+                    decompose_products=decompose)
     eager = unfused(gm, foreach=chip.kind == "gpu")   # torch.optim's default on GPUs
     memory = whatif.memory(footprint(gm, captured.weights))
     # A cache holds the weights and KV cache between passes only if everything fits in it.
@@ -267,6 +269,7 @@ def report_of(captured: Captured, target: Target) -> Report:
         memory=memory, whatif=target.whatif,
         notes=captured.notes + _estimate_notes(chip)
         + _matrix_unit_notes(nodes, chip, target.quantize) + _matmul_share_notes(nodes, chip)
+        + _decomposed_notes(compiled, nodes)
         + _network_notes(nodes, chip)
         + _whatif_notes(gm, whatif.requantized, target) + _routing_notes(gm, captured, target)
         + _repeated_kv_notes(gm, nodes) + _fused_recurrence_notes(nodes)
@@ -383,6 +386,18 @@ def _matmul_share_notes(nodes, chip: Chip) -> tuple:
     return (f"{chip.name} has no measured achievable-matmul share: its matrix kernels are priced "
             f"at the whole dense peak, where the GPUs measured reach {min(shares):.0%}-"
             f"{max(shares):.0%} of theirs (`fxroof chips` gives each chip's figures)",)
+
+
+def _decomposed_notes(kernels, nodes) -> tuple:
+    """Say when compiled products of one row run as reductions (the process asked Inductor for
+    coordinate descent tuning): the time depends on it."""
+    matrix = {n.name for n in nodes if n.category == "matmul"}
+    count = sum(1 for k in kernels if k.category == "reduction" and k.main in matrix)
+    if not count:
+        return ()
+    return (f"torch._inductor.config.coordinate_descent_tuning is on: {count} compiled products "
+            f"of one row run as Triton reductions (Inductor decomposes them into a multiply and a "
+            f"sum), with the dtype casts and gathers that feed them fused in",)
 
 
 # Servers of eight GPUs are the common build; a GPU with no server figures prices a larger group

@@ -532,3 +532,112 @@ def test_eager_kernels_carry_the_view_calls_made_before_them():
     ks = unfused(graph(fn_module(f), torch.randn(8, 8)))
     assert [(k.category, k.views) for k in ks] == [
         ("copy", 2), ("reduction", 0), ("reduction", 1), ("pointwise", 0)]
+
+
+# -- one-row products under coordinate descent tuning (gpt-fast's setting) ----------------------
+
+def _bf16(*shape):
+    return torch.empty(*shape, device="meta", dtype=torch.bfloat16)
+
+
+ONE_ROW_CASES = {   # name -> (function, its inputs)
+    "linear, one token": (lambda x, w: F.linear(x, w), (_bf16(1, 1, 64), _bf16(32, 64))),
+    "linear, four tokens": (lambda x, w: F.linear(x, w), (_bf16(1, 4, 64), _bf16(32, 64))),
+    "linear with bias, one token": (lambda x, w, b: F.linear(x, w, b),
+                                    (_bf16(1, 1, 64), _bf16(32, 64), _bf16(32))),
+    "mm, one column": (torch.mm, (_bf16(8, 64), _bf16(64, 1))),
+    "bmm, a row a batch": (torch.bmm, (_bf16(4, 1, 64), _bf16(4, 64, 32))),
+    "bmm, three rows": (torch.bmm, (_bf16(4, 3, 64), _bf16(4, 64, 32))),
+    "gpt-fast's experts, up": (lambda x, w: torch.einsum("ti,taoi->tao", x, w),
+                               (_bf16(1, 64), _bf16(1, 2, 32, 64))),
+    "gpt-fast's experts, down": (lambda x, w: torch.einsum("tao,taio->tai", x, w),
+                                 (_bf16(1, 2, 32), _bf16(1, 2, 64, 32))),
+    "gpt-fast's expert sum": (lambda x, w: torch.einsum("tai,ta->ti", x, w),
+                              (_bf16(1, 2, 64), _bf16(1, 2))),
+    "einsum, two tokens": (lambda x, w: torch.einsum("ti,taoi->tao", x, w),
+                           (_bf16(2, 64), _bf16(2, 2, 32, 64))),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ONE_ROW_CASES))
+def test_one_row_products_are_the_ones_inductor_decomposes(name):
+    # The truth: Inductor's own decomposition table under coordinate_descent_tuning, traced on
+    # meta tensors (a device that is not the CPU, where it decomposes): a product it turns
+    # into a multiply and a sum leaves no mm, bmm or addmm behind.
+    import torch._inductor.config as inductor_config
+    from torch._inductor.decomposition import select_decomp_table
+
+    from fxroof.fuse.policy import one_row_product
+    fn, args = ONE_ROW_CASES[name]
+    with inductor_config.patch(coordinate_descent_tuning=True):
+        traced = make_fx(fn, decomposition_table=select_decomp_table())(*args)
+    left = {n.target.__name__.split(".")[0] for n in traced.graph.nodes if n.op == "call_function"}
+    decomposed = not left & {"mm", "bmm", "addmm"}
+    (product,) = [n for n in graph(fn_module(fn), *args).graph.nodes
+                  if n.op == "call_function" and n.meta[COST_KEY].category == "matmul"]
+    assert one_row_product(product) == decomposed
+
+
+class Int8Linear(nn.Module):
+    """gpt-fast's WeightOnlyInt8Linear: int8 weights cast up in the call, a scale per row."""
+
+    def __init__(self, k=256, n=512):
+        super().__init__()
+        self.register_buffer("weight", torch.empty(n, k, dtype=torch.int8, device="meta"))
+        self.register_buffer("scales", torch.empty(n, dtype=torch.bfloat16, device="meta"))
+
+    def forward(self, x):
+        return F.linear(x, self.weight.to(x.dtype)) * self.scales
+
+
+def test_a_decomposed_one_row_product_fuses_its_weight_cast_and_scale():
+    k, n = 256, 512
+    gm = graph(Int8Linear(k, n), _bf16(1, 1, k))
+    # the library path: the cast writes bf16 weights (k n x 1 read, k n x 2 written), the
+    # GEMV reads them again, the scale is a pointwise kernel of its own
+    assert len(check_invariants(gm, fuse(gm))) == 3
+    (kernel,) = check_invariants(gm, fuse(gm, decompose_products=True))
+    assert kernel.category == "reduction" and kernel.main.startswith("linear")
+    # one pass: int8 weights once (k n), the token (2 k), the scales (2 n); the output (2 n)
+    assert kernel.bytes_read == k * n + 2 * k + 2 * n
+    assert kernel.bytes_written == 2 * n
+    # the C++ backend has no such decomposition (Inductor keeps it to GPUs)
+    assert len(fuse(gm, backend="cpp", decompose_products=True)) > 1
+
+
+class GatheredExperts(nn.Module):
+    """gpt-fast's ConditionalFeedForward: the chosen experts' weights gathered, then einsums."""
+
+    def __init__(self, experts=8, dim=64, hidden=128):
+        super().__init__()
+        for name, shape in (("w1", (hidden, dim)), ("w2", (dim, hidden)), ("w3", (hidden, dim))):
+            setattr(self, name, nn.Parameter(_bf16(experts, *shape)))
+
+    def forward(self, x, expert_indices):
+        w1, w3, w2 = self.w1[expert_indices], self.w3[expert_indices], self.w2[expert_indices]
+        x1 = F.silu(torch.einsum("ti,taoi -> tao", x, w1))
+        x3 = torch.einsum("ti, taoi -> tao", x, w3)
+        return torch.einsum("tao, taio -> tai", (x1 * x3), w2)
+
+
+def test_gathered_experts_read_only_the_chosen_weights_once():
+    dim, hidden, chosen = 64, 128, 2
+    idx = torch.zeros(1, chosen, dtype=torch.long, device="meta")
+    gm = graph(GatheredExperts(dim=dim, hidden=hidden), _bf16(1, dim), idx)
+    expert = hidden * dim * 2                   # one expert's projection in bf16
+    up, down = check_invariants(gm, fuse(gm, decompose_products=True))
+    # up: the gate and up projections of the chosen experts, read where they lie (no gathered
+    # copy), the token and the indices; silu(x1) * x3 fused in, written once (2 x hidden)
+    assert up.category == down.category == "reduction"
+    assert up.bytes_read == 2 * chosen * expert + 2 * dim + 8 * chosen
+    assert up.bytes_written == 2 * chosen * hidden
+    # down: its own reduction (other outputs over other elements): the chosen experts' w2
+    assert down.bytes_read == chosen * expert + 2 * chosen * hidden + 8 * chosen
+    # the library path copies the gathered experts out first and the einsums read the copies:
+    # gathers (3 c e + indices read, 3 c e written); up and gate (token, c e each, x1 and x3
+    # written); silu * mul (x1, x3 read, their product written); down (product, c e, output)
+    x1 = 2 * chosen * hidden
+    library = ((3 * chosen * expert + 8 * chosen) + 3 * chosen * expert
+               + 2 * (2 * dim + chosen * expert + x1) + (2 * x1 + x1)
+               + (x1 + chosen * expert + 2 * chosen * dim))
+    assert total(fuse(gm)) == library

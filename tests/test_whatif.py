@@ -171,3 +171,31 @@ def test_a_dequantizing_matmul_streams_its_weights_at_its_measured_share():
     # 8-bit matmuls (fp8, w8a8) run the library's GEMM on 8-bit operands: no dequantizing
     _, share = streamed("fp8")
     assert share == pytest.approx(1.0)
+
+
+def test_weights_gathered_into_a_product_are_its_weights():
+    # gpt-fast's experts: the chosen experts' weights gathered (self.w1[expert_indices]), then
+    # an einsum. A weight-only what-if stores them in int8: each gather reads the chosen
+    # experts' rows at one byte a weight (plus a bf16 scale a row) and dequantizes them as it
+    # picks them; under coordinate descent tuning the product's reduction reads them in place.
+    import torch._inductor.config as inductor_config
+    from test_fuse import GatheredExperts
+
+    dim, hidden, chosen = 64, 128, 2
+    idx = torch.zeros(1, chosen, dtype=torch.long, device="meta")
+    args = (torch.empty(1, dim, dtype=torch.bfloat16, device="meta"), idx)
+    model = GatheredExperts(dim=dim, hidden=hidden)
+    report = fxroof.analyze(model, args, chip="a100-80gb", mode="eager", quantize="w8")
+    gathers = [n for n in report.nodes if n.op == "index"]
+    rows = chosen * hidden          # rows of each gathered projection (hidden x dim for w1, w3)
+    assert gathers[0].bytes_read == rows * dim + rows * 2 + 8 * chosen   # int8, scales, indices
+    assert gathers[0].variant == "int8 weights"
+    with inductor_config.patch(coordinate_descent_tuning=True):
+        report = fxroof.analyze(model, args, chip="a100-80gb", mode="cudagraphs", quantize="w8")
+    up, down = report.kernels
+    assert up.category == down.category == "reduction"
+    # every weight byte at the dequantizing kernels' share (chips/expected.DEQUANT_STREAM_SHARE)
+    assert up.expected.streamed_s / up.expected.bandwidth_s == pytest.approx(1397.31 / 1069.20)
+    assert up.bytes_read == 2 * (rows * dim + rows * 2) + 2 * dim + 8 * chosen
+    assert any(n.startswith("torch._inductor.config.coordinate_descent_tuning is on")
+               for n in report.notes)

@@ -22,6 +22,7 @@ import torch.fx as fx
 
 from fxroof.cost.annotate import formula_cost
 from fxroof.cost.formulas import OpCall
+from fxroof.cost.formulas.memory import GATHERS
 from fxroof.cost.record import COST_KEY, DEQUANTIZED, Cost, dequantizing
 from fxroof.graph.memory import Footprint, written_inputs
 from fxroof.graph.nodes import written_args
@@ -189,9 +190,11 @@ def quantize_graph(gm: fx.GraphModule, weights: frozenset, spec, stored: bool = 
 
     # Which storages are quantized: weights a matmul reads, inputs written in place (the cache).
     quantized: dict = {}                              # storage -> (kind, the input's last dim)
+    gathered = _gathered_into_products(calls)         # gathers feeding matmuls
     for n in calls:
+        into_product = n.meta[COST_KEY].category == "matmul" or n in gathered
         for s in map(storage, OpCall.of(n).inputs):   # owner has every input's, the cache's too
-            if (s in owner and owner[s].name in weights and n.meta[COST_KEY].category == "matmul"
+            if (s in owner and owner[s].name in weights and into_product
                     and (q.weights or q.matmul and stored)):
                 quantized[s] = ("weight", _row(owner[s].meta["val"]))
             elif q.kv_cache and s in cache:
@@ -231,6 +234,25 @@ def quantize_graph(gm: fx.GraphModule, weights: frozenset, spec, stored: bool = 
     return WhatIf(q, saved["weight"], saved["kv"], frozenset(requantized))
 
 
+def _gathered_into_products(calls) -> set:
+    """Gathers whose rows a matmul reads, views between them looked through: weights picked
+    per token before the product (gpt-fast's experts, `self.w1[expert_indices]` into an
+    einsum) are the product's weights."""
+    found = set()
+    for n in calls:
+        if n.meta[COST_KEY].category != "matmul":
+            continue
+        todo = list(n.all_input_nodes)
+        while todo:
+            arg = todo.pop()
+            cost = arg.meta.get(COST_KEY)
+            if cost is not None and cost.category == "view":
+                todo.extend(arg.all_input_nodes)
+            elif getattr(arg.target, "overloadpacket", None) in GATHERS:
+                found.add(arg)
+    return found
+
+
 def _stand_in(t: torch.Tensor) -> torch.Tensor:
     """A 1-byte tensor addressing the same elements (shape and strides) as t."""
     return torch.empty_strided(tuple(int(s) for s in t.shape), tuple(int(s) for s in t.stride()),
@@ -258,8 +280,9 @@ def _requantized(node: fx.Node, cost: Cost, touched, quantized: dict, q: Quantiz
         written += round(q.stored_bytes(kind, moved_written, row) - moved_written * size)
     note = ", ".join(filter(None, (cost.note, f"what-if {q.label}")))
     # a matmul reading int8 or int4 weights is a dequantizing kernel, not the library's GEMM
-    # (its streaming share: chips/expected.DEQUANT_STREAM_SHARE)
-    dequant = (not mm8 and cost.category == "matmul" and q.weights in DEQUANTIZED
+    # (its streaming share: chips/expected.DEQUANT_STREAM_SHARE), and so is a gather of them:
+    # the rows it picks are cast up as they are read
+    dequant = (not mm8 and cost.category in ("matmul", "copy") and q.weights in DEQUANTIZED
                and any(quantized.get(storage(t), ("",))[0] == "weight" for t in touched))
     return dataclasses.replace(cost, bytes_read=read, bytes_written=written,
                                dtype=q.matmul if mm8 else cost.dtype, note=note,

@@ -6,6 +6,7 @@ actually read (its shape and strides say how many bytes the read really touches)
 """
 from __future__ import annotations
 
+import dataclasses
 import operator
 from dataclasses import dataclass, field
 
@@ -85,9 +86,11 @@ class Facts:
         return total
 
 
-def graph_facts(gm: fx.GraphModule, inline_gathers: bool = False) -> Facts:
+def graph_facts(gm: fx.GraphModule, inline_gathers: bool = False,
+                decompose_products: bool = False) -> Facts:
     """The facts fusion decides on; `inline_gathers`: gathers fuse as indirect loads (as
-    Inductor's backends lower them) rather than run as library kernels."""
+    Inductor's backends lower them) rather than run as library kernels; `decompose_products`:
+    one-row products are reductions (policy.one_row_product), their Op's cost filed so."""
     ops: list[Op] = []
     roots: dict[fx.Node, list] = {}       # node -> [(key, tensor)] it stands for
     base: dict = {}
@@ -110,7 +113,7 @@ def graph_facts(gm: fx.GraphModule, inline_gathers: bool = False) -> Facts:
                      for k, t in roots.get(arg, ())]
             written = _written_intermediate(node, roots, renamed, producer, base, cost)
             op = _op(len(ops), node, cost, functional=written is not None,
-                     inline_gathers=inline_gathers)
+                     inline_gathers=inline_gathers, decompose_products=decompose_products)
             roots[node] = _own(node, base)
             op.keys = tuple(k for k, _ in roots[node])
             for k in op.keys:
@@ -201,10 +204,14 @@ def _written_intermediate(node: fx.Node, roots: dict, renamed: dict, producer: d
 
 
 def _op(index: int, node: fx.Node, cost: Cost, *, functional: bool,
-        inline_gathers: bool) -> Op:
+        inline_gathers: bool, decompose_products: bool = False) -> Op:
     out_spaces = tuple(numel(t) for t in tensors_in(node.meta.get("val")))
     kind, rank, reason = classify(node, cost, getattr(node.target, "overloadpacket", None),
-                                  functional=functional, inline_gathers=inline_gathers)
+                                  functional=functional, inline_gathers=inline_gathers,
+                                  decompose_products=decompose_products)
+    if kind == "reduction" and cost.category == "matmul":
+        # a decomposed product: its kernel is a reduction, priced as one (no library tiles)
+        cost = dataclasses.replace(cost, category="reduction")
     spaces = [numel(t) for t in OpCall.of(node).inputs] if kind == "reduction" else out_spaces
     return Op(index, node, cost, kind, rank, max(spaces, default=0), out_spaces,
               module_path(node), reason, program=node.meta.get(PHASE_KEY, ""))

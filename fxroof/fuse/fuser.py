@@ -39,6 +39,7 @@ class Kernel:
     views: int = 0        # eager only: view ops the model calls just before this one (no kernel,
                           # but each is a dispatch from Python)
     space: int = 0        # elements of its loop (output numel; a reduction's input numel)
+    main: str = ""        # the node that names it (a fused kernel's library op or reduction)
 
     @property
     def bytes(self) -> int:
@@ -101,15 +102,18 @@ def _views_before(gm: fx.GraphModule) -> dict[str, int]:
 BACKENDS = ("triton", "cpp")   # Inductor's code generators: GPUs, CPUs
 
 
-def fuse(gm: fx.GraphModule, *, matmul_epilogues: bool = False,
-         backend: str = "triton") -> tuple[Kernel, ...]:
+def fuse(gm: fx.GraphModule, *, matmul_epilogues: bool = False, backend: str = "triton",
+         decompose_products: bool = False) -> tuple[Kernel, ...]:
     """Compiled mode: the kernels a fusing compiler would emit, in graph (topological) order.
-    backend: the code generator whose fusions to follow, "triton" (GPU) or "cpp" (CPU)."""
+    backend: the code generator whose fusions to follow, "triton" (GPU) or "cpp" (CPU).
+    decompose_products: Triton only, products of one row run as reductions, as Inductor
+    decomposes them under coordinate descent tuning (policy.one_row_product)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
     # Inductor lowers embedding and index to indirect loads in the kernel that reads them on
     # both backends (lowering.py: a Pointwise over ops.indirect_indexing)
-    facts = graph_facts(gm, inline_gathers=True)
+    facts = graph_facts(gm, inline_gathers=True,
+                        decompose_products=decompose_products and backend == "triton")
     fuser = _Fuser(facts, matmul_epilogues, backend == "cpp")
     fuser.run()
     for node in gm.graph.nodes:
@@ -121,6 +125,12 @@ def fuse(gm: fx.GraphModule, *, matmul_epilogues: bool = False,
                 facts.ops[i].node.meta[KERNEL_KEY] = len(kernels)
             kernels.append(kernel)
     return tuple(kernels)
+
+
+def _sizes(g: _Group) -> str:
+    """A reduction group's spaces as a reader checks them: "16384 -> 4096" elements."""
+    return " and ".join(sorted(f"{max(g.spaces)} -> {s}" for s in g.spaces if s != max(g.spaces))
+                        ) or f"{g.space} -> {g.space}"
 
 
 # -- grouping ------------------------------------------------------------------------------------
@@ -250,12 +260,16 @@ class _Fuser:
         if ga.red != gb.red:    # a reduction also takes work over its output's space
             red, pw = (ga, gb) if ga.red else (gb, ga)
             return pw.space in red.spaces
+        if ga.red:   # Inductor fuses reductions of the same outputs over the same inputs only
+            return ga.spaces == gb.spaces
         return ga.space == gb.space
 
     def _mismatch(self, ga: _Group, gb: _Group, consumer: Op) -> str:
+        if ga.red and gb.red:
+            return (f"reduction output used by reduction {consumer.node.name} of other "
+                    f"outputs or reduced elements ({_sizes(gb)} vs {_sizes(ga)})")
         if ga.red:
-            what = "reduction " if gb.red else ""
-            return (f"reduction output used by {what}{consumer.node.name} over a different "
+            return (f"reduction output used by {consumer.node.name} over a different "
                     f"iteration space ({gb.space} vs {ga.space} elements)")
         return f"different iteration space ({ga.space} vs {gb.space} elements)"
 
@@ -373,7 +387,7 @@ class _Fuser:
         return Kernel(tuple(op.node.name for op in ops), main.cost.category,
                       sum(op.cost.flops for op in ops), read, written, main.cost.dtype,
                       reason or self._reason(g, main), main.module,
-                      all(op.cost.known for op in ops), space=g.space)
+                      all(op.cost.known for op in ops), space=g.space, main=main.node.name)
 
     def _reason(self, g: _Group, main: Op) -> str:
         gid = self.group_of[g.ops[0]]

@@ -9,6 +9,11 @@ as reductions.
 """
 from __future__ import annotations
 
+import math
+import os
+import sys
+
+import torch
 import torch.fx as fx
 
 from fxroof.cost import Cost
@@ -34,16 +39,81 @@ INLINE_GATHERS = frozenset({aten.embedding, aten.index_select, aten.gather, aten
                             aten.index})
 
 
+# Inductor's decompositions under coordinate descent tuning (torch/_inductor/decomposition.py, mm
+# and bmm; "Our matrix vector multiplies only achieve peak bandwidth with coordinate descent
+# tuning"): on a GPU a product of one row (or one column) is a multiply and a sum, a Triton
+# reduction that its producers fuse into (a weight's dtype cast, a gather of experts' weights),
+# not a cuBLAS call. addmm keeps the library kernel.
+ONE_ROW_PRODUCTS = frozenset({aten.mm, aten.bmm, aten.linear, aten.einsum})
+
+
+def coordinate_descent_tuning() -> bool:
+    """Whether torch.compile in this process tunes Inductor's kernels by coordinate descent
+    (torch._inductor.config.coordinate_descent_tuning, as gpt-fast and torchao's generate.py
+    set it, or TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1): read where the config was imported,
+    so that fxroof does not import Inductor for it."""
+    config = sys.modules.get("torch._inductor.config")
+    if config is not None:
+        return bool(getattr(config, "coordinate_descent_tuning", False))
+    return os.environ.get("TORCHINDUCTOR_COORDINATE_DESCENT_TUNING") == "1"
+
+
+def one_row_product(node: fx.Node) -> bool:
+    """A product Inductor decomposes into a reduction under coordinate descent tuning: mm of one
+    row or one column, bmm of one row or column a batch, a linear without bias over one row or
+    to one output (it lowers to mm)."""
+    packet = getattr(node.target, "overloadpacket", None)
+    if packet not in ONE_ROW_PRODUCTS:
+        return False
+    if packet is aten.einsum:
+        return _one_row_einsum(node)
+    a, b = (arg.meta.get("val") if isinstance(arg, fx.Node) else None for arg in node.args[:2])
+    if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
+        return False
+    try:
+        if packet is aten.mm:
+            return int(a.shape[0]) == 1 or int(b.shape[1]) == 1
+        if packet is aten.bmm:
+            return int(a.shape[1]) == 1 or int(b.shape[2]) == 1
+        if len(node.args) > 2 and node.args[2] is not None or node.kwargs.get("bias") is not None:
+            return False                                  # linear with a bias: addmm
+        return a.numel() == int(a.shape[-1]) or int(b.shape[0]) == 1
+    except (TypeError, ValueError):                       # symbolic shapes: not known to be 1
+        return False
+
+
+def _one_row_einsum(node: fx.Node) -> bool:
+    """A two-operand einsum (torch.einsum runs it as one bmm, batch by rows by columns) whose
+    rows (the first operand's indices kept in the output that the second lacks) or columns
+    (the second's that the first lacks) number one: gpt-fast's experts, 'ti,taoi->tao' on one
+    token."""
+    equation, operands = node.args[0], node.args[1]
+    if not isinstance(equation, str) or len(operands) != 2 or "..." in equation:
+        return False
+    vals = [o.meta.get("val") if isinstance(o, fx.Node) else None for o in operands]
+    lhs, arrow, out = equation.replace(" ", "").partition("->")
+    terms = lhs.split(",")
+    if not arrow or len(terms) != 2 or not all(isinstance(v, torch.Tensor) for v in vals):
+        return False
+    sizes = {c: int(n) for term, v in zip(terms, vals) for c, n in zip(term, v.shape)}
+    (a, b), kept = terms, set(out)
+    rows = [sizes[c] for c in a if c in kept and c not in b]
+    columns = [sizes[c] for c in b if c in kept and c not in a]
+    return math.prod(rows) == 1 or math.prod(columns) == 1
+
+
 def functional_packet(packet):
     """The op an in-place op becomes when functionalized (`relu_` -> `relu`)."""
     return getattr(aten, getattr(packet, "__name__", "").removesuffix("_"), packet)
 
 
 def classify(node: fx.Node, cost: Cost, packet, *, functional: bool = False,
-             inline_gathers: bool = False) -> tuple[str, str, str]:
+             inline_gathers: bool = False, decompose_products: bool = False
+             ) -> tuple[str, str, str]:
     """(kind, rank, reason it stays alone) for one op; `functional`: an in-place op that
     functionalization would turn into its functional op (it writes over an intermediate);
-    `inline_gathers`: INLINE_GATHERS fuse as copies (compiled code; else library kernels)."""
+    `inline_gathers`: INLINE_GATHERS fuse as copies (compiled code; else library kernels);
+    `decompose_products`: one-row products are reductions (coordinate descent tuning)."""
     name = getattr(packet, "__name__", str(node.target))
     if cost.note == "allocation only" or (cost.category == "pointwise" and cost.bytes_read == 0):
         return "create", "create", ""   # full, arange, zeros_like: the input gives a shape only
@@ -53,6 +123,8 @@ def classify(node: fx.Node, cost: Cost, packet, *, functional: bool = False,
         return "solo", "solo", f"in-place write ({name})"
     if not cost.known:
         return "solo", "solo", f"no cost formula ({name})"
+    if decompose_products and cost.category == "matmul" and one_row_product(node):
+        return "reduction", "reduction", ""
     if cost.category in SOLO_CATEGORIES:
         what = cost.category if cost.category != "other" else f"op {name}"
         return "solo", "solo", f"library {what}"

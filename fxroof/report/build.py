@@ -9,6 +9,7 @@ from fxroof.chips.expected import expected
 from fxroof.chips.launch import launch_of
 from fxroof.chips.timing import kernel_timing, overhead_per_kernel, rate_op, unit_dtype
 from fxroof.cost import COST_KEY, Cost
+from fxroof.cost.record import DEQUANTIZED, dequantizing
 from fxroof.graph.nodes import PHASE_KEY, RECOMPUTED_KEY, module_path
 from fxroof.report.records import KernelRow, NodeRow
 from fxroof.report.streams import collective_waits
@@ -44,8 +45,8 @@ def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple, streamed: dict | N
     for i, k in enumerate(kernels):
         members = [by_name[n] for n in k.nodes if n in by_name]
         # The main node names the kernel (an eager kernel is its one op).
-        main = next((m for m in members if m.category == k.category),
-                    members[0] if members else None)
+        main = by_name.get(k.main) or next((m for m in members if m.category == k.category),
+                                           members[0] if members else None)
         op = main.op if main else ""
         # the op whose own call runs the kernel (eager ops; a compiled program's library
         # calls): a chip measured op by op costs it as that op
@@ -85,7 +86,7 @@ def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple, streamed: dict | N
                        relayout=tuple(b for m in members for b in m.relayout
                                       if m.name not in channels_last)
                        if chip.nvidia and dtype in TENSOR_CORE_DTYPES else (),
-                       dtype=dtype, variant=main.variant if main else "",
+                       dtype=dtype, variant=_variant(main, members),
                        exponentials=sum(m.exponentials for m in members),
                        causal=any(m.causal for m in members),
                        # a fused kernel's norm reads again too: a compiler's reduction too
@@ -102,6 +103,15 @@ def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple, streamed: dict | N
                               k.flops, k.bytes_read, k.bytes_written, reason, timing, exp,
                               main.phase if main else "", waits[i]))
     return tuple(rows)
+
+
+def _variant(main, members) -> str:
+    """The implementation a kernel runs: its main node's, or where a member dequantizes the
+    weights it reads (a gather of int8 experts fused into the product that reads them), that."""
+    if main is None:
+        return ""
+    dequant = {dequantizing(w) for w in DEQUANTIZED}
+    return main.variant or next((m.variant for m in members if m.variant in dequant), "")
 
 
 # cuDNN's tensor-core kernels take channels-last operands in these dtypes (Cost.relayout).
