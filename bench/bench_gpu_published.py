@@ -1006,7 +1006,8 @@ GPT_FAST_TP = (("Llama-2-7B bf16 tp2", "llama2-7b", None, 2, 168.84),
                ("Llama-2-70B int4 g32 tp8", "llama2-70b", "w4g32", 8, 90.77),
                ("Llama-3.1-70B int8 tp8", "llama3-70b", "w8", 8, 75.58))
 # mixtral-moe/README.md at the same commit (8xA100-80GB, 330 W, batch 1, 5-token prompt): tokens/s
-# by GPUs, bf16 (which needs 2) and int8; predicted with models/moe.py's decoder.
+# by GPUs, bf16 (which needs 2) and int8; predicted with models/moe.py's decoder, its experts in
+# gpt-fast's layout (GatheredExperts).
 MIXTRAL = (("Mixtral-8x7B int8", "w8", 1, 97.92),
            ("Mixtral-8x7B bf16 tp2", None, 2, 96.67),
            ("Mixtral-8x7B bf16 tp4", None, 4, 155.35),
@@ -1042,10 +1043,18 @@ def decode_case(source, workload, label, preset, whatif, tp, tokens_per_s, chip,
     """A gpt-fast style generation (generate.py, and torchao's copy of it): the prefill yields
     the first of `tokens`, decode steps the rest; with tp > 1 the times are one rank's, its
     all-reduces included. The decode step is compiled with mode="reduce-overhead" (a CUDA
-    graph), the prefill left eager (no --compile_prefill)."""
+    graph), the prefill left eager (no --compile_prefill). Both generate.py set
+    torch._inductor.config.coordinate_descent_tuning, under which Inductor runs products of
+    one row as reductions (fxroof.fuse.policy.one_row_product)."""
+    import torch._inductor.config as inductor_config
+
     from fxroof.studies.llm import generation
-    g = generation(workload, prompt=prompt, new_tokens=tokens - 1, options={"preset": preset},
-                   chip=chip, mode="cudagraphs", quantize=whatif, tp=tp)
+    options = {"preset": preset}
+    if workload.endswith("moe.py:decoder"):    # gpt-fast's Mixtral: its own experts' layout
+        options["experts"] = "gathered"
+    with inductor_config.patch(coordinate_descent_tuning=True):
+        g = generation(workload, prompt=prompt, new_tokens=tokens - 1, options=options,
+                       chip=chip, mode="cudagraphs", quantize=whatif, tp=tp)
     prefill = g.prefill.eager
     # the decode steps' floors from the first and last (the context grows by a few hundred keys)
     floor = prefill.floor_s + g.new_tokens * (g.first.summary.floor_s

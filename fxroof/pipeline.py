@@ -252,7 +252,7 @@ def report_of(captured: Captured, target: Target) -> Report:
     decompose = chip.kind == "gpu" and coordinate_descent_tuning()
     compiled = fuse(gm, matmul_epilogues=target.matmul_epilogues,
                     backend="cpp" if chip.kind == "cpu" else "triton",   # Inductor's code generator
-                    decompose_products=decompose)
+                    decompose_products=decompose, stored=dict(whatif.stored))
     eager = unfused(gm, foreach=chip.kind == "gpu")   # torch.optim's default on GPUs
     memory = whatif.memory(footprint(gm, captured.weights))
     # A cache holds the weights and KV cache between passes only if everything fits in it.

@@ -237,14 +237,47 @@ class LoopExperts(nn.Module):
         return out.view(B, T, D)
 
 
+class GatheredExperts(nn.Module):
+    """Top-k routed SwiGLU experts as gpt-fast writes them (mixtral-moe/model.py, MOEFeedForward
+    and ConditionalFeedForward): each token's chosen experts' weights gathered from stacked
+    parameters, then einsums; no data-dependent shapes, so decode can replay as a CUDA graph."""
+
+    def __init__(self, cfg: MoEConfig):
+        super().__init__()
+        self.top_k, self.dim = cfg.top_k, cfg.dim
+        self.gate = nn.Linear(cfg.dim, cfg.n_experts, bias=False)
+        E, D, Fh = cfg.n_experts, cfg.dim, cfg.ffn_dim
+        self.w1 = nn.Parameter(torch.randn(E, Fh, D) * 0.02)
+        self.w2 = nn.Parameter(torch.randn(E, D, Fh) * 0.02)
+        self.w3 = nn.Parameter(torch.randn(E, Fh, D) * 0.02)
+
+    def forward(self, x):
+        shape = x.shape
+        x = x.view(-1, self.dim)                                          # (T, D)
+        weights = F.softmax(self.gate(x), dim=-1)
+        weights, chosen = torch.topk(weights, self.top_k, dim=-1)         # (T, A)
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+        w1, w3, w2 = self.w1[chosen], self.w3[chosen], self.w2[chosen]    # (T, A, ., .)
+        x1 = F.silu(torch.einsum("ti,taoi -> tao", x, w1))
+        x3 = torch.einsum("ti, taoi -> tao", x, w3)
+        out = torch.einsum("tao, taio -> tai", x1 * x3, w2)               # (T, A, D)
+        return torch.einsum("tai,ta -> ti", out, weights).view(shape)
+
+
+EXPERTS = {"loop": LoopExperts, "gathered": GatheredExperts}
+
+
 def decoder(preset: str = "mixtral-8x7b", phase: str = "prefill", batch: int = 1, seq: int = 2048,
             ctx: int = 2048, dtype: str = "bf16", device: str = "meta", layers: int | None = None,
-            max_len: int | None = None):
+            max_len: int | None = None, experts: str = "loop"):
     """models/llama.py's cached decoder (its options, phase prefill or decode) with each MLP
-    replaced by LoopExperts: (model, (tokens,), {"cache": ..., "start_pos": ...})."""
+    replaced by routed experts: (model, (tokens,), {"cache": ..., "start_pos": ...}).
+    experts: "loop" (LoopExperts, Hugging Face's layout) or "gathered" (GatheredExperts,
+    gpt-fast's)."""
     import llama
 
     cfg = pick(PRESETS, preset)
+    pick(EXPERTS, experts, "experts layout")   # a misspelt one fails here, naming the choices
     if layers is not None:
         cfg = replace(cfg, n_layers=layers)
     dense = llama.LlamaConfig(dim=cfg.dim, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
@@ -256,7 +289,8 @@ def decoder(preset: str = "mixtral-8x7b", phase: str = "prefill", batch: int = 1
         def __init__(self, dense_cfg):
             super().__init__(dense_cfg)
             for block in self.layers:
-                block.feed_forward = LoopExperts(cfg, lambda: llama.MLP(dense_cfg))
+                block.feed_forward = LoopExperts(cfg, lambda: llama.MLP(dense_cfg)) \
+                    if experts == "loop" else GatheredExperts(cfg)
 
     return llama.workload(phase=phase, batch=batch, seq=seq, ctx=ctx, dtype=dtype, device=device,
                           max_len=max_len, config=dense, make=Mixtral)

@@ -237,3 +237,30 @@ def test_a_tensor_parallel_rank_of_the_moe_decoder_traces_its_chosen_experts_sha
     reduces = [n for n in r.nodes if n.op == "all_reduce"]
     assert len(reduces) == 1 + 2 * (1 + 1) and {n.comm_bytes for n in reduces} == {128}
     assert [n.module for n in reduces][1:3] == ["layers.0.attention.wo", "layers.0.feed_forward"]
+
+
+def test_gpt_fasts_expert_layout_counts_as_pytorch_does_and_splits_its_stacked_experts():
+    # GatheredExperts (gpt-fast's mixtral-moe/model.py): the chosen experts' weights gathered
+    # and contracted by einsums. Run for real on the CPU, PyTorch's FlopCounterMode counts the
+    # matrix products; fxroof's einsum formula must count the same.
+    moe = _moe_decoder()
+    model, args, kwargs = moe.decoder(preset="tiny", phase="decode", ctx=16, experts="gathered",
+                                      device="cpu", dtype="fp32")
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(*args, **kwargs)
+    report = fxroof.analyze(model, args, kwargs, chip="a100-80gb")
+    assert sum(n.flops for n in report.nodes if n.category == "matmul") == \
+        counter.get_total_flops()
+    # its three einsums a layer read the k = 2 chosen experts' rows, gathered from (4, ., .)
+    gathers = [n for n in report.nodes if n.op == "index" and "feed_forward" in n.module]
+    assert [n.bytes_read for n in gathers[:3]] == [2 * 128 * 64 * 4 + 2 * 8] * 3
+    # a tensor-parallel rank holds half of each expert's 128 intermediate rows, and the block
+    # all-reduces its output once
+    model, args, kwargs = moe.decoder(preset="tiny", phase="decode", ctx=16, experts="gathered")
+    r = fxroof.analyze(model, args, kwargs, chip="a100-80gb", tp=2)
+    gathers = [n for n in r.nodes if n.op == "index" and "feed_forward" in n.module]
+    assert gathers[0].bytes_read == 2 * 64 * 64 * 2 + 2 * 8        # bf16, half the rows
+    reduces = [n.module for n in r.nodes if n.op == "all_reduce"]
+    assert reduces[1:3] == ["layers.0.attention.wo", "layers.0.feed_forward"]
+    with pytest.raises(ValueError, match="experts layout"):
+        moe.decoder(preset="tiny", experts="grouped")

@@ -112,6 +112,9 @@ class WhatIf:
     weight_saved: int = 0        # bytes fewer in weights
     kv_saved: int = 0            # bytes fewer in the KV cache
     requantized: frozenset = frozenset()   # nodes whose Cost was rewritten
+    # (graph input name, stored bytes / bytes as captured) of each quantized weight: what a
+    # fused kernel reading it moves, where fusion counts bytes from tensors, not from Costs
+    stored: tuple = ()
 
     def memory(self, fp: Footprint) -> Footprint:
         if self.quantization is None:
@@ -226,12 +229,15 @@ def quantize_graph(gm: fx.GraphModule, weights: frozenset, spec, stored: bool = 
             n.meta[COST_KEY] = _requantized(n, cost, touched.values(), quantized, q, mm8)
             requantized.add(n.name)
 
-    saved = {"weight": 0, "kv": 0}
+    saved, stored = {"weight": 0, "kv": 0}, []
     for s, (kind, row) in quantized.items():
         t = owner[s].meta["val"]
         size = t.untyped_storage().nbytes()
         saved[kind] += size - round(q.stored_bytes(kind, size // t.element_size(), row))
-    return WhatIf(q, saved["weight"], saved["kv"], frozenset(requantized))
+        if kind == "weight" and size:
+            stored.append((owner[s].name,
+                           q.stored_bytes(kind, size // t.element_size(), row) / size))
+    return WhatIf(q, saved["weight"], saved["kv"], frozenset(requantized), tuple(stored))
 
 
 def _gathered_into_products(calls) -> set:

@@ -52,6 +52,8 @@ class Facts:
     base: dict                 # key -> the tensor as it lies in memory
     producer: dict             # key -> op index making it (absent for graph inputs)
     returned: set              # keys the graph returns
+    # key -> stored bytes / bytes as captured: graph inputs a what-if quantized (WhatIf.stored)
+    stored: dict = field(default_factory=dict)
 
     def bytes_read(self, members: set) -> int:
         """Distinct tensors from outside `members`, each once, at the footprint of the views read
@@ -64,11 +66,13 @@ class Facts:
                 if p in members or (p is not None and self.ops[p].kind == "create"
                                     and reader.kind != "solo"):
                     continue
-                size = min(footprint(t), reader.picked) if reader.picked and t is reader.reads[0][1] \
-                    else footprint(t)
+                ratio = self.stored.get(key, 1.0)
+                # an inlined gather's rows: its Cost's bytes, a what-if's quantization in them
+                size = min(footprint(t), reader.picked / ratio) \
+                    if reader.picked and t is reader.reads[0][1] else footprint(t)
                 views.setdefault(key, {})[_signature(t)] = size
-        return sum(min(sum(seen.values()), footprint(self.base[key]))
-                   for key, seen in views.items())
+        return round(sum(min(sum(seen.values()), footprint(self.base[key]))
+                         * self.stored.get(key, 1.0) for key, seen in views.items()))
 
     def bytes_written(self, members: set) -> int:
         """Tensors made in `members` and used outside them or returned, each once."""
@@ -87,10 +91,11 @@ class Facts:
 
 
 def graph_facts(gm: fx.GraphModule, inline_gathers: bool = False,
-                decompose_products: bool = False) -> Facts:
+                decompose_products: bool = False, stored: dict | None = None) -> Facts:
     """The facts fusion decides on; `inline_gathers`: gathers fuse as indirect loads (as
     Inductor's backends lower them) rather than run as library kernels; `decompose_products`:
-    one-row products are reductions (policy.one_row_product), their Op's cost filed so."""
+    one-row products are reductions (policy.one_row_product), their Op's cost filed so;
+    `stored`: {graph input name: stored bytes / bytes as captured} (WhatIf.stored)."""
     ops: list[Op] = []
     roots: dict[fx.Node, list] = {}       # node -> [(key, tensor)] it stands for
     base: dict = {}
@@ -151,7 +156,8 @@ def graph_facts(gm: fx.GraphModule, inline_gathers: bool = False,
                 deps.add_edges_from((r, op.index) for r in readers.get(key, ()) if r != op.index)
                 mutated[key] = op.index
         op.outputs_returned = any(k in returned for k in op.keys)
-    return Facts(ops, readers, deps, base, producer, returned)
+    return Facts(ops, readers, deps, base, producer, returned,
+                 {(name, None): ratio for name, ratio in dict(stored or {}).items()})
 
 
 # -- helpers -------------------------------------------------------------------------------------

@@ -103,17 +103,20 @@ BACKENDS = ("triton", "cpp")   # Inductor's code generators: GPUs, CPUs
 
 
 def fuse(gm: fx.GraphModule, *, matmul_epilogues: bool = False, backend: str = "triton",
-         decompose_products: bool = False) -> tuple[Kernel, ...]:
+         decompose_products: bool = False, stored: dict | None = None) -> tuple[Kernel, ...]:
     """Compiled mode: the kernels a fusing compiler would emit, in graph (topological) order.
     backend: the code generator whose fusions to follow, "triton" (GPU) or "cpp" (CPU).
     decompose_products: Triton only, products of one row run as reductions, as Inductor
-    decomposes them under coordinate descent tuning (policy.one_row_product)."""
+    decomposes them under coordinate descent tuning (policy.one_row_product).
+    stored: {graph input name: stored bytes / bytes as captured}, a what-if's quantized weights
+    (WhatIf.stored), which a fused kernel reads at their stored size."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
     # Inductor lowers embedding and index to indirect loads in the kernel that reads them on
     # both backends (lowering.py: a Pointwise over ops.indirect_indexing)
     facts = graph_facts(gm, inline_gathers=True,
-                        decompose_products=decompose_products and backend == "triton")
+                        decompose_products=decompose_products and backend == "triton",
+                        stored=stored)
     fuser = _Fuser(facts, matmul_epilogues, backend == "cpp")
     fuser.run()
     for node in gm.graph.nodes:

@@ -17,6 +17,7 @@ import torch
 import torch.fx as fx
 
 from fxroof.cost import Cost
+from fxroof.cost.record import dequantizing
 from fxroof.cost.formulas.memory import GATHERS
 from fxroof.graph.aten_ops import aten
 from fxroof.graph.nodes import mutates
@@ -45,6 +46,11 @@ INLINE_GATHERS = frozenset({aten.embedding, aten.index_select, aten.gather, aten
 # reduction that its producers fuse into (a weight's dtype cast, a gather of experts' weights),
 # not a cuBLAS call. addmm keeps the library kernel.
 ONE_ROW_PRODUCTS = frozenset({aten.mm, aten.bmm, aten.linear, aten.einsum})
+
+
+# int4 weights run a library kernel of their own over packed weights (gpt-fast's and torchao's
+# int4 linears call tinygemm, aten._weight_int4pack_mm), which Inductor does not decompose
+PACKED_INT4 = dequantizing("int4")
 
 
 def coordinate_descent_tuning() -> bool:
@@ -123,7 +129,8 @@ def classify(node: fx.Node, cost: Cost, packet, *, functional: bool = False,
         return "solo", "solo", f"in-place write ({name})"
     if not cost.known:
         return "solo", "solo", f"no cost formula ({name})"
-    if decompose_products and cost.category == "matmul" and one_row_product(node):
+    if decompose_products and cost.category == "matmul" and one_row_product(node) \
+            and cost.variant != PACKED_INT4:
         return "reduction", "reduction", ""
     if cost.category in SOLO_CATEGORIES:
         what = cost.category if cost.category != "other" else f"op {name}"
