@@ -598,6 +598,9 @@ def test_a_decomposed_one_row_product_fuses_its_weight_cast_and_scale():
     assert len(check_invariants(gm, fuse(gm))) == 3
     (kernel,) = check_invariants(gm, fuse(gm, decompose_products=True))
     assert kernel.category == "reduction" and kernel.main.startswith("linear")
+    # the kernel gpt-fast's int8 bandwidth was measured on: a dequantizing one
+    assert kernel.variant == "int8 weights"
+    assert {k.variant for k in fuse(gm)} == {""}
     # one pass: int8 weights once (k n), the token (2 k), the scales (2 n); the output (2 n)
     assert kernel.bytes_read == k * n + 2 * k + 2 * n
     assert kernel.bytes_written == 2 * n

@@ -286,7 +286,8 @@ def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_by
         comm = options[algorithm]
     bandwidth = floor.memory_s / (chip.bw_efficiency or 1.0)
     # (a dequantizing product that Inductor decomposed into a reduction is the same kernel)
-    streamed = bandwidth / (DEQUANT_STREAM_SHARE.get(variant, 1.0) if gpu else 1.0)
+    dequant = gpu and (matrix or category == "reduction")
+    streamed = bandwidth / (DEQUANT_STREAM_SHARE.get(variant, 1.0) if dequant else 1.0)
     loads = gpu and floor.memory_s and not collective
     # the first loads' round trip before bytes flow (latency + bytes / bandwidth, as a
     # collective's); and Little's law: the waits of too few loads in flight, which add to the

@@ -16,7 +16,7 @@ import networkx as nx
 import torch
 import torch.fx as fx
 
-from fxroof.cost.record import COST_KEY, FREE_CATEGORIES, KERNEL_KEY
+from fxroof.cost.record import COST_KEY, FREE_CATEGORIES, KERNEL_KEY, dequantizing
 from fxroof.fuse.dataflow import Facts, Op, graph_facts
 from fxroof.fuse import cpp
 from fxroof.fuse.reach import SiblingReach
@@ -40,6 +40,8 @@ class Kernel:
                           # but each is a dispatch from Python)
     space: int = 0        # elements of its loop (output numel; a reduction's input numel)
     main: str = ""        # the node that names it (a fused kernel's library op or reduction)
+    variant: str = ""     # a decomposed product that casts 8-bit weights up as it reads them:
+                          # a dequantizing kernel (Cost.variant's names)
 
     @property
     def bytes(self) -> int:
@@ -128,6 +130,27 @@ def fuse(gm: fx.GraphModule, *, matmul_epilogues: bool = False, backend: str = "
                 facts.ops[i].node.meta[KERNEL_KEY] = len(kernels)
             kernels.append(kernel)
     return tuple(kernels)
+
+
+# 8-bit weights a model stores and casts up in its forward (gpt-fast's int8 linears and experts:
+# `self.weight.to(dtype=input.dtype)`): the formats a dequantizing kernel reads
+_CAST_FROM = {torch.int8: "int8", torch.float8_e4m3fn: "fp8", torch.float8_e5m2: "fp8"}
+_CASTS = frozenset({torch.ops.aten._to_copy.default, torch.ops.aten.to.dtype,
+                    torch.ops.aten.to.dtype_layout, torch.ops.prims.convert_element_type.default})
+
+
+def _dequantizing(main: Op, ops: list) -> str:
+    """A decomposed product (a reduction whose node is a matmul) fused with a cast of 8-bit
+    values up: the dequantizing kernel gpt-fast runs (chips/expected.DEQUANT_STREAM_SHARE)."""
+    if main.kind != "reduction" or main.node.meta[COST_KEY].category != "matmul":
+        return ""
+    for op in ops:
+        source = op.node.args[0] if op.node.args else None
+        val = source.meta.get("val") if isinstance(source, fx.Node) else None
+        if op.node.target in _CASTS and isinstance(val, torch.Tensor) \
+                and val.dtype in _CAST_FROM:
+            return dequantizing(_CAST_FROM[val.dtype])
+    return ""
 
 
 def _sizes(g: _Group) -> str:
@@ -390,7 +413,8 @@ class _Fuser:
         return Kernel(tuple(op.node.name for op in ops), main.cost.category,
                       sum(op.cost.flops for op in ops), read, written, main.cost.dtype,
                       reason or self._reason(g, main), main.module,
-                      all(op.cost.known for op in ops), space=g.space, main=main.node.name)
+                      all(op.cost.known for op in ops), space=g.space, main=main.node.name,
+                      variant=_dequantizing(main, ops))
 
     def _reason(self, g: _Group, main: Op) -> str:
         gid = self.group_of[g.ops[0]]

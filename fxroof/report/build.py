@@ -86,7 +86,7 @@ def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple, streamed: dict | N
                        relayout=tuple(b for m in members for b in m.relayout
                                       if m.name not in channels_last)
                        if chip.nvidia and dtype in TENSOR_CORE_DTYPES else (),
-                       dtype=dtype, variant=_variant(main, members),
+                       dtype=dtype, variant=k.variant or _variant(main, members),
                        exponentials=sum(m.exponentials for m in members),
                        causal=any(m.causal for m in members),
                        # a fused kernel's norm reads again too: a compiler's reduction too
