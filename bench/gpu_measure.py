@@ -22,6 +22,9 @@ How each mode is timed, and what it is set beside:
                 the chip alone, as `kernel`
     compiled    torch.compile(model), wall time after compiling: the compiled prediction
     cudagraphs  torch.compile(model, mode="reduce-overhead"): the cudagraphs prediction
+    cudagraphs-cdt  the same under torch._inductor.config.coordinate_descent_tuning, as gpt-fast's
+                and torchao's generate.py compile decode: one-row products as Triton reductions
+                (docs/fusion.md), beside the cudagraphs prediction under the same setting
 """
 from __future__ import annotations
 
@@ -225,6 +228,25 @@ def hf(config, **options):
     return build
 
 
+def int8_linear(k, n):
+    """gpt-fast's WeightOnlyInt8Linear on one token: F.linear(x, w.to(x.dtype)) * scales."""
+    class Int8Linear(torch.nn.Module):
+        def __init__(self, device):
+            super().__init__()
+            self.register_buffer("weight", torch.empty(n, k, dtype=torch.int8, device=device)
+                                 if device == "meta" else   # not zeros: real data runs slower
+                                 torch.randint(-128, 128, (n, k), dtype=torch.int8,
+                                               device=device))
+            self.register_buffer("scales", torch.ones(n, dtype=BF16, device=device))
+
+        def forward(self, x):
+            return F.linear(x, self.weight.to(x.dtype)) * self.scales
+
+    def build(device):
+        return Int8Linear(device), (tensor((1, 1, k), device),), {}
+    return build
+
+
 def chain(blocks):
     """`blocks` tiny matmuls, each followed by a ReLU: under torch.compile one library matmul
     and one generated kernel each, all far shorter than their launches."""
@@ -244,6 +266,7 @@ CONVNEXT_T = dict(model_type="convnext", depths=[3, 3, 9, 3],
                   hidden_sizes=[96, 192, 384, 768])       # facebook/convnext-tiny-224
 MOBILENET = dict(model_type="mobilenet_v2")               # google/mobilenet_v2_1.0_224
 AS_RUN, COMPILED = ("eager", "graph"), ("compiled", "cudagraphs")
+TUNED = "cudagraphs-cdt"      # reduce-overhead under coordinate descent tuning (gpt-fast's)
 
 
 def model_cases():
@@ -279,8 +302,16 @@ def model_cases():
     # under torch.compile last: compiling takes the longest
     yield "model", "chain of 1 tiny matmul", ("eager", *COMPILED), chain(1)
     yield "model", "chain of 16 tiny matmuls", ("eager", *COMPILED), chain(16)
-    yield "model", "llama2-7b 2 layers decode B=1 ctx=2048", ("eager", *COMPILED), \
+    yield "model", "llama2-7b 2 layers decode B=1 ctx=2048", ("eager", *COMPILED, TUNED), \
         workload("llama.py", preset="llama2-7b", phase="decode", ctx=2048, layers=2)
+    # gpt-fast's settings: decode under coordinate descent tuning, int8 weights cast in the
+    # call (its WeightOnlyInt8Linear), its Mixtral experts gathered (models/moe.py)
+    yield "model", "int8 linear 4096 -> 14336, one token", (TUNED,), int8_linear(4096, 14336)
+    yield "model", "mixtral-8x7b 2 layers decode B=1 ctx=2048, gathered experts", (TUNED,), \
+        workload("moe.py:decoder", preset="mixtral-8x7b", phase="decode", ctx=2048, layers=2,
+                 experts="gathered")
+    yield "model", "llama2-7b decode B=1 ctx=2048, gpt-fast's compile", (TUNED,), \
+        workload("llama.py", preset="llama2-7b", phase="decode", ctx=2048)
     yield "model", "llama2-7b 2 layers prefill T=2048", ("eager", "compiled"), \
         workload("llama.py", preset="llama2-7b", seq=2048, layers=2)
     yield "model", "resnet50 B=64 bf16 compiled", ("compiled",), \
@@ -364,6 +395,11 @@ def time_wall(call, repeat: int) -> dict:
 
 
 def time_model(mode: str, model, args, kwargs) -> dict:
+    if mode == TUNED:
+        import torch._inductor.config as inductor_config
+        torch._dynamo.reset()
+        with inductor_config.patch(coordinate_descent_tuning=True):
+            return time_model("cudagraphs", model, args, kwargs)
     forward = (lambda: model(*args, **kwargs))
     with torch.no_grad():
         if mode in ("compiled", "cudagraphs"):
@@ -441,6 +477,10 @@ def predicted(mode: str, fn, args, kwargs, chip) -> float:
         # each kernel of a replayed graph takes at least the graph's launch pace
         return sum(max(k.expected.device_s, chip.graph_launch_s)
                    for k in r.kernels if k.category != "view")
+    if mode == TUNED:
+        import torch._inductor.config as inductor_config
+        with inductor_config.patch(coordinate_descent_tuning=True):
+            return analyze(model, args, kwargs, chip=chip, mode="cudagraphs").time_s
     prediction_mode = {"dispatch": "eager"}.get(mode, mode)
     return analyze(model, args, kwargs, chip=chip, mode=prediction_mode).time_s
 

@@ -397,7 +397,7 @@ def _decomposed_notes(kernels, nodes) -> tuple:
         return ()
     return (f"torch._inductor.config.coordinate_descent_tuning is on: {count} compiled products "
             f"of one row run as Triton reductions (Inductor decomposes them into a multiply and a "
-            f"sum), with the dtype casts and gathers that feed them fused in",)
+            f"sum, which takes in the dtype casts and gathers that feed them)",)
 
 
 # Servers of eight GPUs are the common build; a GPU with no server figures prices a larger group
