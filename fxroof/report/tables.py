@@ -135,7 +135,9 @@ def regimes(r) -> str:
     for regime, part in sorted(r.regime_share.items(), key=lambda kv: -kv[1]):
         count = bound.count(regime)
         if count or part:
-            rows.append([paint(regime), count, seconds(part * r.time_s), percent(part)])
+            # time with no kernel bound by it: the chip waiting on the host (entering the
+            # compiled program before its first kernel), not a kernel of that regime
+            rows.append([paint(regime), count or "-", seconds(part * r.time_s), percent(part)])
     return table(rows, ["regime", "kernels", "time", "share"], "lrrr")
 
 
