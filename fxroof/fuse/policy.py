@@ -101,7 +101,10 @@ def _one_row_einsum(node: fx.Node) -> bool:
     terms = lhs.split(",")
     if not arrow or len(terms) != 2 or not all(isinstance(v, torch.Tensor) for v in vals):
         return False
-    sizes = {c: int(n) for term, v in zip(terms, vals) for c, n in zip(term, v.shape)}
+    try:
+        sizes = {c: int(n) for term, v in zip(terms, vals) for c, n in zip(term, v.shape)}
+    except (TypeError, ValueError):                       # symbolic shapes
+        return False
     (a, b), kept = terms, set(out)
     rows = [sizes[c] for c in a if c in kept and c not in b]
     columns = [sizes[c] for c in b if c in kept and c not in a]
