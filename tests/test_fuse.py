@@ -644,3 +644,22 @@ def test_gathered_experts_read_only_the_chosen_weights_once():
                + 2 * (2 * dim + chosen * expert + x1) + (2 * x1 + x1)
                + (x1 + chosen * expert + 2 * chosen * dim))
     assert total(fuse(gm)) == library
+
+
+def test_coordinate_descent_tuning_is_read_from_the_process(monkeypatch):
+    # the setting as PyTorch holds it: Inductor's config where imported, else the environment
+    # variable that config reads when it is imported (fxroof does not import Inductor for it)
+    import sys
+
+    import torch._inductor.config as inductor_config
+
+    from fxroof.fuse.policy import coordinate_descent_tuning
+    with inductor_config.patch(coordinate_descent_tuning=True):
+        assert coordinate_descent_tuning()
+    with inductor_config.patch(coordinate_descent_tuning=False):
+        assert not coordinate_descent_tuning()
+    monkeypatch.delitem(sys.modules, "torch._inductor.config")
+    monkeypatch.setenv("TORCHINDUCTOR_COORDINATE_DESCENT_TUNING", "1")
+    assert coordinate_descent_tuning()
+    monkeypatch.setenv("TORCHINDUCTOR_COORDINATE_DESCENT_TUNING", "0")
+    assert not coordinate_descent_tuning()
