@@ -232,7 +232,10 @@ class CriticalBatch:
 
 
 def _matmuls(r: Report) -> list:
-    return [k for k in r.kernels if k.category == "matmul"]
+    """The kernels that run a matrix product: library ones, and those Inductor decomposes into
+    reductions under coordinate descent tuning (their node is still a matmul)."""
+    products = {n.name for n in r.nodes if n.category == "matmul"}
+    return [k for k in r.kernels if k.category == "matmul" or products.intersection(k.nodes)]
 
 
 def linear_intensity(r: Report) -> float:
