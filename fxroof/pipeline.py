@@ -392,12 +392,12 @@ def _decomposed_notes(kernels, nodes) -> tuple:
     """Say when compiled products of one row run as reductions (the process asked Inductor for
     coordinate descent tuning): the time depends on it."""
     matrix = {n.name for n in nodes if n.category == "matmul"}
-    count = sum(1 for k in kernels if k.category == "reduction" and k.main in matrix)
+    count = sum(len(matrix.intersection(k.nodes)) for k in kernels if k.category == "reduction")
     if not count:
         return ()
-    return (f"torch._inductor.config.coordinate_descent_tuning is on: {count} compiled products "
-            f"of one row run as Triton reductions (Inductor decomposes them into a multiply and a "
-            f"sum, which takes in the dtype casts and gathers that feed them)",)
+    return (f"torch._inductor.config.coordinate_descent_tuning is on: compiled products of one "
+            f"row ({count} here) run as Triton reductions (Inductor decomposes them into a "
+            f"multiply and a sum, which takes in the dtype casts and gathers that feed them)",)
 
 
 # Servers of eight GPUs are the common build; a GPU with no server figures prices a larger group
