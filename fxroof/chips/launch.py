@@ -137,12 +137,6 @@ def gather(chip: Chip, indices: int, row: int, item_bytes: int = 2,
     return Launch(blocks, min(total, GATHER_BLOCK), 2 * math.ceil(total / threads))
 
 
-# Products of one row that Inductor runs as a reduction under coordinate descent tuning
-# (fuse/policy.one_row_product): their weights stream as a matrix kernel's operands do, each byte
-# loaded once in wide contiguous loads along the reduced dim, not a few elements a thread
-DECOMPOSED_PRODUCTS = frozenset({"mm", "bmm", "linear", "einsum"})
-
-
 def launch_of(chip: Chip, mode: str, op: str, category: str, space: int,
               grid: tuple = (), bytes_moved: float = 0) -> Launch | None:
     """The launch fxroof takes for a kernel: PyTorch's index_select for an eager gather, where it
@@ -152,7 +146,7 @@ def launch_of(chip: Chip, mode: str, op: str, category: str, space: int,
     latencies) are priced elsewhere."""
     if chip.kind != "gpu" or category == "collective":
         return None
-    if category in MATRIX_CATEGORIES or (category == "reduction" and op in DECOMPOSED_PRODUCTS):
+    if category in MATRIX_CATEGORIES:
         return copy(bytes_moved)
     if mode == "eager" and op in GATHERS and len(grid) == 3:
         return gather(chip, *grid)

@@ -16,7 +16,8 @@ import networkx as nx
 import torch
 import torch.fx as fx
 
-from fxroof.cost.record import COST_KEY, FREE_CATEGORIES, KERNEL_KEY, dequantizing
+from fxroof.cost.record import (COST_KEY, DEQUANTIZED, FREE_CATEGORIES, KERNEL_KEY,
+                                 dequantizing)
 from fxroof.fuse.dataflow import Facts, Op, graph_facts
 from fxroof.fuse import cpp
 from fxroof.fuse.reach import SiblingReach
@@ -135,16 +136,20 @@ def fuse(gm: fx.GraphModule, *, matmul_epilogues: bool = False, backend: str = "
 # 8-bit weights a model stores and casts up in its forward (gpt-fast's int8 linears and experts:
 # `self.weight.to(dtype=input.dtype)`): the formats a dequantizing kernel reads
 _CAST_FROM = {torch.int8: "int8", torch.float8_e4m3fn: "fp8", torch.float8_e5m2: "fp8"}
+_DEQUANT_VARIANTS = frozenset(dequantizing(w) for w in DEQUANTIZED)
 _CASTS = frozenset({torch.ops.aten._to_copy.default, torch.ops.aten.to.dtype,
                     torch.ops.aten.to.dtype_layout, torch.ops.prims.convert_element_type.default})
 
 
 def _dequantizing(main: Op, ops: list) -> str:
     """A decomposed product (a reduction whose node is a matmul) fused with a cast of 8-bit
-    values up: the dequantizing kernel gpt-fast runs (chips/expected.DEQUANT_STREAM_SHARE)."""
+    values up, or with a what-if's dequantizing gather of its weights: the dequantizing kernel
+    gpt-fast runs (chips/expected.DEQUANT_STREAM_SHARE)."""
     if main.kind != "reduction" or main.node.meta[COST_KEY].category != "matmul":
         return ""
     for op in ops:
+        if op.cost.variant in _DEQUANT_VARIANTS:
+            return op.cost.variant
         source = op.node.args[0] if op.node.args else None
         val = source.meta.get("val") if isinstance(source, fx.Node) else None
         if op.node.target in _CASTS and isinstance(val, torch.Tensor) \

@@ -9,7 +9,6 @@ from fxroof.chips.expected import expected
 from fxroof.chips.launch import launch_of
 from fxroof.chips.timing import kernel_timing, overhead_per_kernel, rate_op, unit_dtype
 from fxroof.cost import COST_KEY, Cost
-from fxroof.cost.record import DEQUANTIZED, dequantizing
 from fxroof.graph.nodes import PHASE_KEY, RECOMPUTED_KEY, module_path
 from fxroof.report.records import KernelRow, NodeRow
 from fxroof.report.streams import collective_waits
@@ -78,7 +77,9 @@ def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple, streamed: dict | N
         label = (op if len(members) == 1 else f"{op} +{len(members) - 1}") if main \
             else k.category
         exp = expected(chip, timing, k.category, main.grid if main else (),
-                       launch=launch_of(chip, mode, op, k.category,
+                       # the main node's category: a product Inductor decomposed into a
+                       # reduction still streams its operands as a matrix kernel does
+                       launch=launch_of(chip, mode, op, main.category if main else k.category,
                                         # an in-place write into a cache loops over what it
                                         # touches, not the cache
                                         min(k.space, k.bytes), main.grid if main else (),
@@ -86,7 +87,7 @@ def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple, streamed: dict | N
                        relayout=tuple(b for m in members for b in m.relayout
                                       if m.name not in channels_last)
                        if chip.nvidia and dtype in TENSOR_CORE_DTYPES else (),
-                       dtype=dtype, variant=k.variant or _variant(main, members),
+                       dtype=dtype, variant=k.variant or (main.variant if main else ""),
                        exponentials=sum(m.exponentials for m in members),
                        causal=any(m.causal for m in members),
                        # a fused kernel's norm reads again too: a compiler's reduction too
@@ -103,15 +104,6 @@ def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple, streamed: dict | N
                               k.flops, k.bytes_read, k.bytes_written, reason, timing, exp,
                               main.phase if main else "", waits[i]))
     return tuple(rows)
-
-
-def _variant(main, members) -> str:
-    """The implementation a kernel runs: its main node's, or where a member dequantizes the
-    weights it reads (a gather of int8 experts fused into the product that reads them), that."""
-    if main is None:
-        return ""
-    dequant = {dequantizing(w) for w in DEQUANTIZED}
-    return main.variant or next((m.variant for m in members if m.variant in dequant), "")
 
 
 # cuDNN's tensor-core kernels take channels-last operands in these dtypes (Cost.relayout).
