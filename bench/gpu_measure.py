@@ -6,7 +6,9 @@ Two steps, because a GPU is lent for minutes and a prediction needs none:
     python bench/gpu_measure.py compare bench/measured/h200.json   # anywhere: the table
 
 `measure` writes the file after every case, so a run cut short (--budget-s) keeps what it
-timed. `compare` rebuilds each case on the meta device, predicts it on the chip the file names
+timed. With --traces it also profiles each model's eager forward once (torch.profiler, into one
+zip), and `compare --traces` sets each trace beside the model's eager prediction op by op
+(fxroof.compare_trace): which kernels a whole model's miss comes from. `compare` rebuilds each case on the meta device, predicts it on the chip the file names
 (--chip: another name or a chip file) and prints each row, then per group: cases, median
 |error|, share within +-25%, geometric-mean ratio (predicted / measured), worst. A case whose
 measurement set one of the chip's figures (CALIBRATES) is shown but not counted.
@@ -34,7 +36,9 @@ import json
 import math
 import statistics
 import sys
+import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 import torch
@@ -418,6 +422,30 @@ def time_model(mode: str, model, args, kwargs) -> dict:
         return {"measured_s": event_median(replay, repeat), "repeat": repeat}
 
 
+def record_trace(fn, args, kwargs, device: torch.device) -> bytes:
+    """The Chrome trace of one forward after a warm one: aten ops and, on a GPU, the kernels
+    each launched, for `fxroof.compare_trace`."""
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda"
+                                           else [])
+    with torch.no_grad():
+        fn(*args, **kwargs)
+        sync(device)
+        with profile(activities=activities) as prof:
+            fn(*args, **kwargs)
+            sync(device)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(path))
+        return path.read_bytes()
+
+
+def add_trace(archive: Path, name: str, trace: bytes) -> None:
+    """One archive for every trace (a lent GPU hands back few files), written as each is taken."""
+    with zipfile.ZipFile(archive, "a", zipfile.ZIP_DEFLATED) as z:
+        z.writestr(f"{name}.json", trace)
+
+
 def measure(ns) -> int:
     if not torch.cuda.is_available():
         print("gpu_measure: no CUDA device here; run `measure` on a GPU, `compare` anywhere")
@@ -430,6 +458,8 @@ def measure(ns) -> int:
            "chip": ns.chip, "sm_count": props.multi_processor_count, "l2_bytes": l2,
            "memory_bytes": props.total_memory, "rows": []}
     path = Path(ns.out)
+    if ns.traces:
+        Path(ns.traces).unlink(missing_ok=True)
     for group, name, modes, build in all_cases():
         if ns.only and not any(o in name for o in ns.only):
             continue
@@ -457,6 +487,11 @@ def measure(ns) -> int:
                 print(f"{name} [{mode}]: failed: {e!r}"[:200], flush=True)
             out["rows"].append(row)
             path.write_text(json.dumps(out, indent=1))
+        if ns.traces and "eager" in modes:
+            try:        # the kernels behind a model's time, to find where a miss comes from
+                add_trace(Path(ns.traces), name, record_trace(fn, args, kwargs, CUDA))
+            except Exception as e:                   # noqa: BLE001 - the timings stand
+                print(f"{name}: trace failed: {e!r}"[:200], flush=True)
         del fn, args, kwargs
         torch.cuda.empty_cache()
     out["seconds"] = time.perf_counter() - t_start
@@ -519,7 +554,60 @@ def compare(ns) -> int:
     print()
     print(tabulate(summary, headers=["group", "cases", "median |error|", "within 25%",
                                      "geo-mean ratio", "worst"], disable_numparse=True))
+    if ns.traces:
+        compare_traces(Path(ns.traces), chip, ns.only)
     return 0
+
+
+def trace_misses(comparison) -> list:
+    """Per op family: kernels, predicted and measured device seconds, largest miss first."""
+    from fxroof.measure.profile_trace import family
+    by = {}
+    for row in comparison.rows:
+        n, p, m = by.get(family(row.op.split(" ")[0]), (0, 0.0, 0.0))
+        by[family(row.op.split(" ")[0])] = (n + 1, p + row.predicted_s, m + row.measured_s)
+    return sorted(([f, *v] for f, v in by.items()), key=lambda r: -abs(r[3] - r[2]))
+
+
+def compare_traces(archive: Path, chip, only) -> None:
+    """Each model's profiled eager forward beside its eager prediction, kernel by kernel
+    (fxroof.compare_trace): which ops a whole model's miss comes from."""
+    from tabulate import tabulate
+    from fxroof import analyze, compare_trace
+    from fxroof.graph.capture import FunctionModule
+    builds = {name: build for _group, name, _modes, build in all_cases()}
+    with zipfile.ZipFile(archive) as z, tempfile.TemporaryDirectory() as tmp:
+        for entry in z.namelist():
+            name = entry.removesuffix(".json")
+            if name not in builds or (only and not any(o in name for o in only)):
+                continue
+            fn, args, kwargs = builds[name]("meta")
+            model = fn if isinstance(fn, torch.nn.Module) else FunctionModule(fn)
+            report = analyze(model, args, kwargs, chip=chip, mode="eager")
+            path = Path(tmp) / "trace.json"
+            path.write_bytes(z.read(entry))
+            c = compare_trace(report, path)
+            matched = sum(r.measured_s for r in c.rows)
+            lost = sum(c.unmatched_ops.values())
+            # the step's span against the kernels' sum: where they part, the host held it back
+            print(f"\n{name}: step predicted {c.predicted_s * 1e6:,.0f} us, its kernels "
+                  f"{c.measured_s * 1e6:,.0f} us from first to last; kernels predicted "
+                  f"{sum(r.predicted_s for r in c.rows) * 1e6:,.0f} us on the chip, measured "
+                  f"{matched * 1e6:,.0f} us; {len(c.rows)} of "
+                  f"{len(c.rows) + len(c.unmatched_kernels)} predicted kernels matched; "
+                  f"{lost * 1e6:,.0f} us of the trace matched nothing")
+            rows = [[f, n, f"{p * 1e6:,.0f}", f"{m * 1e6:,.0f}", f"{p / m:.2f}" if m else "-"]
+                    for f, n, p, m in trace_misses(c)[:8]]
+            worst = sorted(c.rows, key=lambda r: -abs(r.measured_s - r.predicted_s))[:3]
+            rows += [[f"(kernel) {r.op} {r.module}", 1, f"{r.predicted_s * 1e6:,.0f}",
+                      f"{r.measured_s * 1e6:,.0f}",
+                      f"{r.predicted_s / r.measured_s:.2f}" if r.measured_s else "-"]
+                     for r in worst]
+            rows += [[f"(unmatched) {op}", "", "", f"{t * 1e6:,.0f}", ""] for op, t in
+                     sorted(c.unmatched_ops.items(), key=lambda kv: -kv[1])[:3]]
+            print(tabulate(rows, headers=["op", "kernels", "predicted us", "measured us",
+                                          "ratio"], disable_numparse=True,
+                           colalign=("left", "right", "right", "right", "right")))
 
 
 def main(argv=None) -> int:
@@ -530,10 +618,13 @@ def main(argv=None) -> int:
     m.add_argument("--chip", default="h200", help="the table's chip for this GPU (recorded)")
     m.add_argument("--budget-s", type=float, default=330, help="skip the cases left after this")
     m.add_argument("--only", nargs="*", default=[])
+    m.add_argument("--traces", help="also profile each model's eager forward into this zip")
     c = sub.add_parser("compare", help="predict every measured case and print the table")
     c.add_argument("file")
     c.add_argument("--chip", help="predict on this chip (name or file) instead of the file's")
     c.add_argument("--only", nargs="*", default=[])
+    c.add_argument("--traces", help="the zip `measure --traces` wrote: each model kernel by "
+                   "kernel")
     ns = ap.parse_args(argv)
     return measure(ns) if ns.step == "measure" else compare(ns)
 

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The GPU checks in one run, about 8 minutes: kernels and GPU-sized models timed eager, as one
-# CUDA graph and under torch.compile (bench/gpu_measure.py measure), a CUDA calibration
-# (`fxroof calibrate --device cuda`) and `fxroof measure` on ResNet-50 node by node. Output goes
-# to $OUT (default gpu-out/); `python bench/gpu_measure.py compare $OUT/measured.json` then
-# predicts every case anywhere, no GPU needed. Each step has its own time limit, so one that
-# hangs does not take the others with it.
+# CUDA graph and under torch.compile, each model's eager forward profiled into traces.zip
+# (bench/gpu_measure.py measure), a CUDA calibration (`fxroof calibrate --device cuda`) and
+# `fxroof measure` on ResNet-50 node by node. Output goes to $OUT (default gpu-out/; eight files,
+# as many as a lent GPU hands back); `python bench/gpu_measure.py compare $OUT/measured.json
+# --traces $OUT/traces.zip` then predicts every case anywhere, no GPU needed. Each step has its
+# own time limit, so one that hangs does not take the others with it.
 #
 #     OUT=/some/dir bash bench/on_gpu.sh
 set -uo pipefail
@@ -18,7 +19,7 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,po
 "$py" -c "import torch, transformers; print(torch.__version__, torch.version.cuda, \
 transformers.__version__)" 2>&1 | tee -a "$out/gpu.txt"
 timeout 390 "$py" bench/gpu_measure.py measure --out "$out/measured.json" --budget-s 300 \
-    2>&1 | tee "$out/measure.txt"
+    --traces "$out/traces.zip" 2>&1 | tee "$out/measure.txt"
 timeout 100 "$py" -m fxroof calibrate --device cuda --out "$out/calibrated-cuda.json" \
     2>&1 | tee "$out/calibrate.txt"
 timeout 45 "$py" -m fxroof measure models/resnet.py --set device=cuda --set batch=64 \

@@ -232,6 +232,11 @@ def test_gpu_trace_joins_kernels_to_their_ops_by_correlation(tmp_path):
     assert {row.op: row.measured_s for row in c.rows} == pytest.approx(
         {"linear": 40e-6, "gelu": 6e-6, "layer_norm +1": 9e-6})
     assert c.unmatched_kernels == ("linear (fc2)",)
+    # device rows sit beside the kernels' device time, not their host dispatch (10 µs an op)
+    kernels = {(k.op, k.module): k for k in r.kernels}
+    assert [row.predicted_s for row in c.rows] == pytest.approx(
+        [kernels[row.op, row.module].expected.device_s for row in c.rows])
+    assert all(row.predicted_s < kernels[row.op, row.module].time_s for row in c.rows)
 
 
 def test_a_trace_of_several_steps_is_read_at_its_last(tmp_path):

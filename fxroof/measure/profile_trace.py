@@ -5,13 +5,14 @@
 
 The trace's ops are the aten ops at the top of each call stack (aten::linear, not the addmm it
 calls), in the order the host ran them; on a GPU each op's time is that of the device kernels it
-launched (joined by correlation id), and a kernel launched outside any aten op (Inductor's
-generated kernels) stands for the ops its name lists. They are matched to the predicted kernels'
-nodes in order, by op family (addmm, mm and linear are one; so are layer_norm and its native
-form), so that an eager trace also serves a compiled report. What matches neither way is listed,
-never guessed at. The measured total is the step's span: on the host, from the start of the
-first op (or compiled region) to the end of the last; on a GPU, from the first kernel to the
-end of the last. A trace with ProfilerStep marks is read at its last step.
+launched (joined by correlation id), set beside the predicted kernel's time on the chip without
+its host dispatch, and a kernel launched outside any aten op (Inductor's generated kernels)
+stands for the ops its name lists. They are matched to the predicted kernels' nodes in order,
+by op family (addmm, mm and linear are one; so are layer_norm and its native form), so that an
+eager trace also serves a compiled report. What matches neither way is listed, never guessed at.
+The measured total is the step's span: on the host, from the start of the first op (or compiled
+region) to the end of the last; on a GPU, from the first kernel to the end of the last. A trace
+with ProfilerStep marks is read at its last step.
 """
 from __future__ import annotations
 
@@ -238,7 +239,9 @@ def compare_trace(report, path, mode: str | None = None) -> TraceComparison:
         for i in kernels_of[j]:               # an item matched to several kernels shares its time
             measured[i] += spent / len(kernels_of[j])
             names[i].append(name)
-    rows = tuple(TraceRow(k.op, k.module, k.regime, k.time_s, measured[i], tuple(names[i]))
+    # a GPU trace times the device kernels alone: set them beside the kernels' time on the chip
+    predicted = (lambda k: k.expected.device_s) if device == "gpu" else (lambda k: k.time_s)
+    rows = tuple(TraceRow(k.op, k.module, k.regime, predicted(k), measured[i], tuple(names[i]))
                  for i, k in enumerate(summary.kernels) if i in names)
     return TraceComparison(
         report.model, report.chip.title, summary.mode, device, summary.time_s, span, rows,
