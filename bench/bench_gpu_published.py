@@ -957,7 +957,8 @@ MM_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 def square_mm_cases(only: str) -> list[Case]:
     """Back-to-back eager calls: each costs the longer of its kernel and its host dispatch, which
-    is the eager report's time of one torch.mm (the dispatch hides behind the kernel before)."""
+    is the eager report's time of one torch.mm (the dispatch hides behind the kernel before). A
+    loop of one op has no model code around its calls: no glue (chips/chip.py, glue_s)."""
     source = "torch.mm by size"
     if only not in source:
         return []
@@ -965,8 +966,9 @@ def square_mm_cases(only: str) -> list[Case]:
     for chip_name, issue, dtype, tflops in MM_RUNS:
         for n, rate in zip(MM_SIZES, tflops):
             a = torch.empty(n, n, dtype=MM_DTYPES[dtype], device="meta")
+            loop = dataclasses.replace(find_chip(chip_name), glue_s=0.0)
             report = report_of(capture(FunctionModule(torch.mm), (a, a)),
-                               Target(chip=find_chip(chip_name), mode="eager"))
+                               Target(chip=loop, mode="eager"))
             cases.append(Case(source, f"{chip_name} {dtype} {n} ({issue})",
                               2 * n ** 3 / (rate * 1e12), report.summary.floor_s, report.time_s,
                               made_of(report.kernels)))

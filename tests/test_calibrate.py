@@ -5,6 +5,7 @@ never against the speed of the machine the tests run on.
 """
 import json
 import os
+import statistics
 import types
 
 import pytest
@@ -60,7 +61,8 @@ def test_chip_file_round_trips(quick_chip, tmp_path):
         assert set(loaded.peak_flops) == set(quick_chip.peak_flops)
         for dtype, rate in quick_chip.peak_flops.items():
             assert loaded.peak_flops[dtype] == pytest.approx(rate, rel=1e-3)   # 4 figures kept
-        for figure in ("vector_flops", "mem_bw", "mem_bytes", "dispatch_s", "launch_s"):
+        for figure in ("vector_flops", "mem_bw", "mem_bytes", "dispatch_s", "launch_s",
+                       "glue_s"):
             assert getattr(loaded, figure) == pytest.approx(getattr(quick_chip, figure), rel=1e-3)
         assert loaded.sources["mem_bw"] == quick_chip.sources["mem_bw"]
         for table in ("op_dispatch_s", "op_flops", "matrix_bw_fraction"):
@@ -97,8 +99,12 @@ def test_ops_are_measured_one_by_one_under_the_names_reports_use(quick_chip):
     # and products of few rows: a linear of 4 tokens, a native convolution on 4 and 49 pixels
     assert {"linear#4", "conv2d(native)#4", "conv2d(native)#49"} <= set(c.op_flops)
     for figure in ("op_dispatch_s", "op_flops", "view_dispatch_s", "program_call_s",
-                   "matrix_bw_fraction"):
+                   "matrix_bw_fraction", "glue_s"):
         assert c.sources[figure].startswith("measured by fxroof calibrate on "), figure
+    # each op's figure is its own call, the median of them ops not timed one by one; the model
+    # code around an op is the glue apart, which a loop of one op does not pay
+    assert c.dispatch_s == pytest.approx(statistics.median(c.op_dispatch_s.values()))
+    assert c.glue_s >= 0 and "module calls" in c.sources["glue_s"]
 
 
 def test_cache_is_a_size_a_copy_runs_faster_at(quick_chip):

@@ -543,7 +543,10 @@ def test_optional_figures_load_in_si_units(tmp_path):
 
 def test_a_chip_without_optional_figures_is_unchanged():
     h100 = chip("h100-sxm")
-    assert (h100.cache_bytes, h100.view_dispatch_s, dict(h100.op_dispatch_s)) == (0, 0, {})
+    assert (h100.cache_bytes, dict(h100.op_dispatch_s)) == (0, {})
+    # the host's figures a shipped chip carries are estimates, each with its reason
+    assert (h100.view_dispatch_s, h100.glue_s) == (pytest.approx(1.6e-6), pytest.approx(4.3e-6))
+    assert all(h100.sources[f].startswith("estimate") for f in ("view_dispatch_s", "glue_s"))
     assert h100.bandwidth(1) == h100.mem_bw and h100.eager_dispatch("gelu") == h100.dispatch_s
     assert "op_dispatch_s" not in h100.to_dict() and "cache_bytes" not in h100.to_dict()
     assert (chip("cpu").sm_count, chip("cpu").kernel_floor_s) == (0, 0)   # no expected-time gap

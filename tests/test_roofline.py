@@ -1,4 +1,6 @@
 """The time model's arithmetic, by hand, on real chip figures."""
+import dataclasses
+
 import pytest
 
 from fxroof.chips import chip
@@ -94,6 +96,31 @@ def test_a_measured_chip_costs_each_eager_op_by_hand():
     compiled = fxroof.analyze(model, (x,), chip=measured, mode="compiled")
     (fused,) = compiled.kernels
     assert fused.time_s == pytest.approx(20e-6 + 5e-6 + 2048 / 4e9)
+    # with 3 us of model code around each op: every eager op pays it, the compiled program not
+    glued = dataclasses.replace(measured, glue_s=3e-6)
+    gelu, add = fxroof.analyze(model, (x,), chip=glued, mode="eager").kernels
+    assert (gelu.timing.overhead_s, add.time_s) == (pytest.approx(13e-6), pytest.approx(8.256e-6))
+    (fused,) = fxroof.analyze(model, (x,), chip=glued, mode="compiled").kernels
+    assert fused.time_s == pytest.approx(20e-6 + 5e-6 + 2048 / 4e9)
+
+
+def test_an_eager_gpu_op_pays_its_call_the_glue_and_its_views_on_the_host():
+    """A GPU's eager op: the host's dispatch of it, the model code's glue around it and the view
+    calls before it, which the host issues while the chip runs the kernels before (h100-sxm:
+    10 + 4.3 + 1.6 us for a view and a tiny gelu, far longer than the gelu itself)."""
+    import torch
+    import torch.nn.functional as F
+
+    import fxroof
+    from fxroof.graph.capture import FunctionModule
+    h100 = chip("h100-sxm")
+    model = FunctionModule(lambda x: F.gelu(x.view(-1)))
+    (gelu,) = fxroof.analyze(model, (torch.randn(8, 4),), chip=h100, mode="eager").kernels
+    assert gelu.timing.overhead_s == pytest.approx(10e-6 + 4.3e-6 + 1.6e-6)
+    assert gelu.time_s == pytest.approx(15.9e-6)
+    for mode in ("compiled", "cudagraphs"):      # a program's launches: no Python around them
+        (k,) = fxroof.analyze(model, (torch.randn(8, 4),), chip=h100, mode=mode).kernels
+        assert k.timing.overhead_s < 10e-6 + h100.program_call_s
 
 
 def test_a_measured_chip_costs_each_convolution_library_apart():

@@ -29,11 +29,16 @@ pages print the with-sparsity figure, which is twice the dense one.
                     datasheet title and URL, or "estimate: <reason>". Required for every figure in
                     the shipped table; in a user's file a missing source defaults to the file itself.
 
-      Optional figures, written by `fxroof calibrate` (the shipped table has none):
+      Optional figures, written by `fxroof calibrate` (the shipped table has the host's on GPUs:
+      view_dispatch_us, glue_us, program_call_us, graph_launch_us):
       "cache_MB": 32, "cache_bw_GBps": 90       a kernel whose bytes moved fit in the last-level
                                                 cache moves them at cache_bw instead of mem_bw
       "view_dispatch_us": 1.1                   eager cost of a view op (reshape, transpose, ...):
                                                 no kernel, but a call from Python all the same
+      "glue_us": 3.4                            eager: per op of model code, what its Python
+                                                costs beyond the op's own call (module calls,
+                                                arguments, arithmetic between ops): the host's,
+                                                whatever the device; not paid by a loop of one op
       "program_call_us": 18                     compiled: entering the compiled program (guards,
                                                 wrapper), once per call, before its first kernel
       "graph_launch_us": 1.3                    GPU: per kernel of a CUDA graph's replay
@@ -149,6 +154,7 @@ OPTIONAL_SCALARS = {
     "cache_bytes": ("cache_MB", 1e6),
     "cache_bw": ("cache_bw_GBps", 1e9),
     "view_dispatch_s": ("view_dispatch_us", 1e-6),
+    "glue_s": ("glue_us", 1e-6),
     "program_call_s": ("program_call_us", 1e-6),
     "graph_launch_s": ("graph_launch_us", 1e-6),
     "sm_count": ("sm_count", 1.0),
@@ -257,6 +263,7 @@ class Chip:
     cache_bytes: float = 0.0  # last-level cache; 0: not modelled (every byte at mem_bw)
     cache_bw: float = 0.0     # bytes/s of a kernel whose bytes fit in cache_bytes
     view_dispatch_s: float = 0.0  # eager: per view op the model calls (no kernel); 0: free
+    glue_s: float = 0.0       # eager: per op, model code's Python beyond the op's own call
     program_call_s: float = 0.0   # compiled: per call of the program, before its first kernel
     graph_launch_s: float = 0.0   # per kernel replayed from a CUDA graph; 0: launch_s
     # the expected-time model's figures (expected.py); 0: not modelled, no gap of that kind

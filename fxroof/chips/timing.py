@@ -65,7 +65,7 @@ class Timing:
 def overhead_per_kernel(chip: Chip, mode: str, op: str = "", views: int = 0,
                         first: bool = False) -> float:
     """Fixed cost of one kernel: an eager op's dispatch (per op where the chip was measured op by
-    op) and that of the view ops called before it, a launch from a compiled program, or a CUDA
+    op), the model code's glue around it and the view ops called before it, a launch from a compiled program, or a CUDA
     graph's pace per kernel as it replays; the first kernel of a compiled program (replayed or
     not) also pays for entering it (guards, wrapper).
     op: the op whose own call runs the kernel (`rate_op`): every eager kernel's; in a compiled
@@ -81,7 +81,7 @@ def overhead_per_kernel(chip: Chip, mode: str, op: str = "", views: int = 0,
         extra = max(chip.eager_dispatch(op) - chip.dispatch_s, 0.0) \
             if op and chip.kind == "cpu" and chip.op_dispatch_s else 0.0
         return chip.launch_s + extra + (chip.program_call_s if first else 0.0)
-    return chip.eager_dispatch(op) + views * chip.view_dispatch_s
+    return chip.eager_dispatch(op) + chip.glue_s + views * chip.view_dispatch_s
 
 
 def rate_op(mode: str, category: str, main_op: str) -> str:

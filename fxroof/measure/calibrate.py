@@ -139,18 +139,15 @@ def _measure(device: str, quick: bool, threads: int | None, say) -> tuple[Chip, 
         fixed = statistics.median(bare.values())
         glue_s, glue_sources = glue(clock, dataclasses.replace(chip, dispatch_s=fixed,
                                                                op_dispatch_s=bare))
-        dispatch = fixed + glue_s
-        op_dispatch = {op: t + glue_s for op, t in bare.items()}
+        # each op's own call and the model code around it, apart: a loop of one op pays no glue
+        chip = dataclasses.replace(chip, dispatch_s=fixed, op_dispatch_s=bare, glue_s=glue_s)
         if cpu:    # no device launch: compiled CPU code calls its kernels from the host
-            launch, src["launch_s"] = compiled_launch(
-                clock, dataclasses.replace(chip, dispatch_s=dispatch, op_dispatch_s=op_dispatch))
+            launch, src["launch_s"] = compiled_launch(clock, chip)
             graph = 0.0
         else:    # Inductor's launch from Python is the host's: not measured here
             launch, src["launch_s"] = INDUCTOR_LAUNCH
             graph, src["graph_launch_s"] = graph_launch(clock)
-        chip = dataclasses.replace(chip, dispatch_s=dispatch, launch_s=launch,
-                                   graph_launch_s=graph,
-                                   op_dispatch_s=op_dispatch,
+        chip = dataclasses.replace(chip, launch_s=launch, graph_launch_s=graph,
                                    threads=torch.get_num_threads() if cpu else 0,
                                    **({} if cpu else gpu_layout(dev)))
         if cpu:
@@ -232,8 +229,8 @@ def summary(chip: Chip) -> str:
         ("", chip.region_s and f"{seconds(chip.region_s)} for an op split over "
                                f"{chip.threads:.0f} threads (its parallel region)"),
         ("", (chip.view_dispatch_s or chip.program_call_s) and (
-            f"{seconds(chip.view_dispatch_s)} per view call; {seconds(chip.program_call_s)} to "
-            f"enter a compiled program")),
+            f"{seconds(chip.view_dispatch_s)} per view call; {seconds(chip.glue_s)} of model "
+            f"code around each op; {seconds(chip.program_call_s)} to enter a compiled program")),
         ("per op", chip.op_dispatch_s and f"{spread(chip.op_dispatch_s, seconds)} fixed cost over "
                                           f"{len(chip.op_dispatch_s)} ops"),
         ("", fp32_ops and f"{spread(fp32_ops, flops)} work rate over {len(fp32_ops)} ops"

@@ -318,22 +318,24 @@ def _beside_prediction(clock: Clock, chip: Chip, probes, mode: str, n: int) -> t
 
 
 def glue(clock: Clock, chip: Chip) -> tuple[float, dict]:
-    """Per op, what eager model code costs beyond its ops' own calls (module calls, views, Python
+    """Per op, what eager model code costs beyond its ops' own calls (module calls, Python
     between ops): (wall time of the BLOCK_PROBES modules - fxroof's prediction of them on `chip`,
-    which holds each op's tiny-call cost in op_dispatch_s and their median in dispatch_s) / their
-    ops. Also the sources of op_dispatch_s and dispatch_s: the tiny calls plus this glue."""
+    which holds each op's tiny-call cost in op_dispatch_s, their median in dispatch_s and no
+    glue) / their ops. Also the sources of op_dispatch_s, dispatch_s and glue_s."""
     wall, predicted, ops = _beside_prediction(clock, chip, BLOCK_PROBES, "eager",
                                               25 if clock.quick else 100)
     per_op = max((wall - predicted) / ops, 0.0)
     bare = chip.op_dispatch_s
     fixed = ", ".join(f"{op} {seconds(t)}" for op, t in sorted(bare.items(), key=lambda kv: kv[1]))
     how = (f"each op's tiny call (4 x 16 elements, as model code calls it; "
-           f"{tiny_call_timing(clock)}) plus {seconds(per_op)} of glue per op: (wall time - "
-           f"prediction) / ops over small modules (a pre-norm transformer block, a gated RMS-norm "
-           f"MLP, a conv-BN-ReLU block; {ops} ops), the module calls, views and Python between ops")
+           f"{tiny_call_timing(clock)})")
     return per_op, {"op_dispatch_s": f"per op: {how}. Tiny calls: {fixed}",
-                    "dispatch_s": f"ops not measured one by one: the median tiny call "
-                                  f"{seconds(chip.dispatch_s)} plus the glue; {how}"}
+                    "dispatch_s": f"ops not measured one by one: the median tiny call, "
+                                  f"{seconds(chip.dispatch_s)}; {how}",
+                    "glue_s": f"(wall time - prediction) / ops over small modules (a pre-norm "
+                              f"transformer block, a gated RMS-norm MLP, a conv-BN-ReLU block; "
+                              f"{ops} ops), predicted with each op's tiny call and the view "
+                              f"calls: the module calls and Python between ops"}
 
 
 def graph_launch(clock: Clock) -> tuple[float, str]:
