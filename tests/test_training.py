@@ -410,11 +410,12 @@ def test_two_streams_by_hand():
     assert schedule(ks, lambda k: (0.0, k.time_s)).end_s == 3 + 4 + 1 + 2 + 2 + 1
 
 
-def two_buckets():
-    """Two 1 MiB fp32 weights: DDP's first bucket (1 MiB) holds the second, the next the first."""
+def two_buckets(width: int = 512):
+    """Two 1 MiB fp32 weights (at width 512): DDP's first bucket (1 MiB) holds the second, the
+    next the first."""
     with torch.device("meta"):
-        return torch.nn.Sequential(torch.nn.Linear(512, 512, bias=False), torch.nn.ReLU(),
-                                   torch.nn.Linear(512, 512, bias=False))
+        return torch.nn.Sequential(torch.nn.Linear(width, width, bias=False), torch.nn.ReLU(),
+                                   torch.nn.Linear(width, width, bias=False))
 
 
 def slow_link(tmp_path, gbps):
@@ -453,25 +454,27 @@ def test_ddp_buckets_overlap_the_backward(tmp_path):
 
 
 def test_fsdp_shards_state_and_gathers_per_unit():
-    x = torch.empty(4096, 512, device="meta")
-    r = fxroof.analyze(two_buckets(), (x,), train=True, dp=4, fsdp=True, mode="eager")
-    mib = 512 * 512 * 4
-    # each rank holds a quarter of each 1 MiB weight, of its gradient and of AdamW's two moments
+    # 4 MiB weights: a gather lasts longer than the host takes to issue the matmul after it
+    x = torch.empty(4096, 1024, device="meta")
+    r = fxroof.analyze(two_buckets(1024), (x,), train=True, dp=4, fsdp=True, mode="eager")
+    weight = 1024 * 1024 * 4        # bytes
+    # each rank holds a quarter of each 4 MiB weight, of its gradient and of AdamW's two moments
     assert (r.memory.weights, r.memory.gradients, r.memory.optimizer) == (
-        2 * mib // 4, 2 * mib // 4, 2 * 2 * mib // 4)
+        2 * weight // 4, 2 * weight // 4, 2 * 2 * weight // 4)
     comm = [(k.op, k.phase, k.bytes_read, k.bytes_written) for k in r.kernels
             if k.category == "collective"]
     gather, scatter = ("all_gather_into_tensor", "reduce_scatter_tensor")
     # both layers gathered before the forward (the second prefetched), again before the
     # backward (the first prefetched as the second's runs), both gradients reduce-scattered
-    assert comm == [(gather, "forward", mib // 4, mib)] * 2 \
-        + [(gather, "backward", mib // 4, mib)] * 2 + [(scatter, "backward", mib, mib // 4)] * 2
+    assert comm == [(gather, "forward", weight // 4, weight)] * 2 \
+        + [(gather, "backward", weight // 4, weight)] * 2 \
+        + [(scatter, "backward", weight, weight // 4)] * 2
     # the second layer's gather runs on the link while the first layer's matmul computes
     s, ks = r.summary.schedule, r.kernels
     second = [i for i, k in enumerate(ks) if k.op == gather][1]
     first_mm = next(i for i, k in enumerate(ks) if k.op == "mm")
     assert s.starts[first_mm] < s.ends[second] and s.starts[second] < s.ends[first_mm]
-    ddp = fxroof.analyze(two_buckets(), (x,), train=True, dp=4, mode="eager")
+    ddp = fxroof.analyze(two_buckets(1024), (x,), train=True, dp=4, mode="eager")
     assert sum(k.flops for k in r.kernels if k.phase == "optimizer") * 4 == \
         sum(k.flops for k in ddp.kernels if k.phase == "optimizer")
     assert matrix_flops(r) == matrix_flops(ddp)

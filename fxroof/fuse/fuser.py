@@ -80,8 +80,21 @@ def unfused(gm: fx.GraphModule, foreach: bool = False) -> tuple[Kernel, ...]:
         reason=f"eager: one foreach op over {len(k)} tensors") for k in merged)
 
 
-# Graph nodes that stand for no call in the model's code: export's own checks and aliases.
-_NOT_CALLED = frozenset({"_assert_tensor_metadata", "_assert_scalar", "alias", "lift_fresh_copy"})
+# Graph nodes that stand for no call in the model's code: export's own checks and aliases, and
+# the size queries a symbolic capture records (x.shape is no call).
+_NOT_CALLED = frozenset({"_assert_tensor_metadata", "_assert_scalar", "alias", "lift_fresh_copy",
+                         "sym_size", "sym_stride", "sym_numel", "sym_storage_offset"})
+
+
+def _whole_slice(node: fx.Node) -> bool:
+    """A slice that keeps every element (`cache[:batch]` at the full batch): torch.export drops
+    it or writes an alias, a sweep's symbolic capture keeps it; counted as neither does."""
+    if node.target.overloadpacket.__name__ != "slice" or not isinstance(node.args[0], fx.Node):
+        return False
+    out, src = node.meta.get("val"), node.args[0].meta.get("val")
+    return isinstance(out, torch.Tensor) and isinstance(src, torch.Tensor) and \
+        out.shape == src.shape and out.stride() == src.stride() and \
+        out.storage_offset() == src.storage_offset()
 
 
 def _views_before(gm: fx.GraphModule) -> dict[str, int]:
@@ -95,7 +108,7 @@ def _views_before(gm: fx.GraphModule) -> dict[str, int]:
         if cost.category not in FREE_CATEGORIES:
             counts[node.name], pending, last = pending, 0, node.name
         elif isinstance(node.target, torch._ops.OpOverload) and \
-                node.target.overloadpacket.__name__ not in _NOT_CALLED:
+                node.target.overloadpacket.__name__ not in _NOT_CALLED and not _whole_slice(node):
             pending += 1
     if pending and last is not None:
         counts[last] += pending

@@ -246,8 +246,11 @@ class Report:
         """{phase: seconds} in the step's schedule, from the previous phase's end to the end of
         its last kernel: a collective hidden behind the next phase's compute counts once."""
         ends, schedule = {}, self.summary.schedule
-        for k, end in zip(self.kernels, schedule.ends):
-            ends[k.phase] = max(ends.get(k.phase, 0.0), end)
+        # a phase ends when its last kernel does and the host has issued it (a host-bound step's
+        # last issue outlasts its kernel)
+        issued = (*schedule.issued[1:], schedule.host_s)
+        for k, end, done in zip(self.kernels, schedule.ends, issued):
+            ends[k.phase] = max(ends.get(k.phase, 0.0), end, done)
         times, before = {}, 0.0
         for p in self.phases:
             times[p], before = max(ends[p] - before, 0.0), max(ends[p], before)
