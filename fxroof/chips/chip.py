@@ -29,8 +29,9 @@ pages print the with-sparsity figure, which is twice the dense one.
                     datasheet title and URL, or "estimate: <reason>". Required for every figure in
                     the shipped table; in a user's file a missing source defaults to the file itself.
 
-      Optional figures, written by `fxroof calibrate` (the shipped table has the host's on GPUs:
-      view_dispatch_us, glue_us, program_call_us, graph_launch_us):
+      Optional figures, written by `fxroof calibrate` (the shipped table has the host's,
+      estimated: view_dispatch_us and glue_us on GPUs and CPUs, program_call_us and
+      graph_launch_us on GPUs):
       "cache_MB": 32, "cache_bw_GBps": 90       a kernel whose bytes moved fit in the last-level
                                                 cache moves them at cache_bw instead of mem_bw
       "view_dispatch_us": 1.1                   eager cost of a view op (reshape, transpose, ...):
