@@ -41,7 +41,7 @@ from fxroof.graph.tensors import dtype_name
 from fxroof.graph.training import OPTIMIZERS, capture_step, check_recompute
 from fxroof.report.build import kernel_rows, node_rows
 from fxroof.report.records import ModeSummary, Report
-from fxroof.report.units import si
+from fxroof.report.units import seconds, si
 
 __all__ = ["Target", "analyze", "no_full_gc", "report_of", "target_of"]
 
@@ -258,7 +258,7 @@ def report_of(captured: Captured, target: Target) -> Report:
     # A cache holds the weights and KV cache between passes only if everything fits in it.
     streamed = (state_reads(gm, captured.weights)
                 if chip.cache_bytes and memory.total > chip.cache_bytes else {})
-    return Report(
+    report = Report(
         model=captured.name, capture=captured.strategy, chip=chip, mode=target.mode, nodes=nodes,
         eager=ModeSummary("eager", kernel_rows(eager, chip, "eager", nodes, streamed, gm)),
         compiled=ModeSummary("compiled", kernel_rows(      # launched, or replayed as a graph
@@ -276,6 +276,7 @@ def report_of(captured: Captured, target: Target) -> Report:
         + ((_FSDP_NOTE if target.fsdp else _DP_NOTE),) * (target.dp > 1),
         training=target.optimizer if target.train else "", dp=target.dp, fsdp=target.fsdp,
         provenance=provenance)
+    return dataclasses.replace(report, notes=report.notes + _host_estimate_notes(report))
 
 
 def _provenance(captured: Captured) -> tuple:
@@ -373,6 +374,25 @@ def _estimate_notes(chip: Chip) -> tuple:
     verb = "is an estimate" if len(guessed) == 1 else "are estimates"
     return (f"{chip.name}'s {' and '.join(guessed)} {verb}, not a published or measured figure "
             f"(`fxroof chips {chip.name}` says how it was made)",)
+
+
+# An eager GPU step whose host issuing takes this share of its time or more says what that rests on.
+HOST_NOTE_SHARE = 0.25
+
+
+def _host_estimate_notes(report: Report) -> tuple:
+    """An eager GPU step bound by its host is priced from the table's estimates of the host's
+    CPU (its dispatch, the model code around each op, a view call), not from this host: say so,
+    and how to measure it."""
+    chip, share = report.chip, report.regime_share.get("overhead", 0.0)
+    if report.mode != "eager" or chip.kind != "gpu" or share < HOST_NOTE_SHARE or \
+            not chip.sources.get("dispatch_s", "").lower().startswith("estimate"):
+        return ()
+    return (f"{share:.0%} of this eager step is the host issuing its ops, priced at "
+            f"{seconds(chip.dispatch_s)} an op's dispatch, {seconds(chip.glue_s)} of model code "
+            f"around it and {seconds(chip.view_dispatch_s)} a view call, estimates of a server's "
+            f"CPU (hosts differ: one H200 server's took 13-23 µs an op in all); `fxroof calibrate "
+            f"--device cuda` measures the host at hand",)
 
 
 def _matmul_share_notes(nodes, chip: Chip) -> tuple:

@@ -371,3 +371,28 @@ def test_an_eager_layer_norm_reports_its_rows_to_the_region_rule():
     rows = fxroof.analyze(nn.LayerNorm(64), (torch.randn(8, 64),), chip=two, mode="eager")
     (a,), (b,) = one_row.kernels, rows.kernels
     assert b.timing.overhead_s - a.timing.overhead_s == pytest.approx(1.5e-6)
+
+
+def test_a_host_bound_eager_gpu_step_says_its_host_figures_are_estimates():
+    """An eager GPU step the host bounds rests on the table's estimates of the host's CPU: the
+    report says so once; not compiled, not a step the chip bounds, not a measured host."""
+    import torch
+    from torch import nn
+
+    import fxroof
+    small, x = nn.Sequential(nn.Linear(64, 64), nn.ReLU()), torch.randn(8, 64)
+
+    def host_notes(r):
+        return [n for n in r.notes if "host issuing its ops" in n]
+    eager = fxroof.analyze(small, (x,), chip="h100-sxm", mode="eager")
+    assert eager.regime == "overhead"
+    (note,) = host_notes(eager)
+    assert "10 µs an op's dispatch, 4.3 µs of model code" in note and "calibrate" in note
+    assert not host_notes(fxroof.analyze(small, (x,), chip="h100-sxm", mode="compiled"))
+    with torch.device("meta"):
+        big = nn.Linear(8192, 8192)
+    assert not host_notes(fxroof.analyze(big, (torch.empty(8192, 8192, device="meta"),),
+                                         chip="h100-sxm", mode="eager"))       # compute-bound
+    measured = dataclasses.replace(chip("h100-sxm"), sources={
+        **chip("h100-sxm").sources, "dispatch_s": "measured by fxroof calibrate on this host"})
+    assert not host_notes(fxroof.analyze(small, (x,), chip=measured, mode="eager"))
