@@ -6,12 +6,13 @@ Two steps, because a GPU is lent for minutes and a prediction needs none:
     python bench/gpu_measure.py compare bench/measured/h200.json   # anywhere: the table
 
 `measure` writes the file after every case, so a run cut short (--budget-s) keeps what it
-timed. With --traces it also profiles each model's eager forward once (torch.profiler, into one
-zip), and `compare --traces` sets each trace beside the model's eager prediction op by op
-(fxroof.compare_trace): which kernels a whole model's miss comes from. `compare` rebuilds each case on the meta device, predicts it on the chip the file names
+timed. `compare` rebuilds each case on the meta device, predicts it on the chip the file names
 (--chip: another name or a chip file) and prints each row, then per group: cases, median
 |error|, share within +-25%, geometric-mean ratio (predicted / measured), worst. A case whose
-measurement set one of the chip's figures (CALIBRATES) is shown but not counted.
+measurement set one of the chip's figures (CALIBRATES) is shown but not counted. With --traces,
+`measure` also profiles each model's eager forward once (torch.profiler, into one zip), and
+`compare` sets each trace beside the model's eager prediction op by op (fxroof.compare_trace):
+which kernels a whole model's miss comes from.
 
 How each mode is timed, and what it is set beside:
     kernel      one eager op, captured many times into a CUDA graph over enough copies of its
@@ -568,9 +569,15 @@ def trace_misses(comparison) -> list:
     from fxroof.measure.profile_trace import family
     by = {}
     for row in comparison.rows:
-        n, p, m = by.get(family(row.op.split(" ")[0]), (0, 0.0, 0.0))
-        by[family(row.op.split(" ")[0])] = (n + 1, p + row.predicted_s, m + row.measured_s)
+        key = family(row.op.split(" ")[0])          # "layer_norm +1": the op a kernel is named by
+        n, p, m = by.get(key, (0, 0.0, 0.0))
+        by[key] = (n + 1, p + row.predicted_s, m + row.measured_s)
     return sorted(([f, *v] for f, v in by.items()), key=lambda r: -abs(r[3] - r[2]))
+
+
+def _us_row(label, kernels, predicted: float, measured: float) -> list:
+    return [label, kernels, f"{predicted * 1e6:,.0f}", f"{measured * 1e6:,.0f}",
+            f"{predicted / measured:.2f}" if measured else "-"]
 
 
 def compare_traces(archive: Path, chip, only) -> None:
@@ -600,12 +607,9 @@ def compare_traces(archive: Path, chip, only) -> None:
                   f"{matched * 1e6:,.0f} us; {len(c.rows)} of "
                   f"{len(c.rows) + len(c.unmatched_kernels)} predicted kernels matched; "
                   f"{lost * 1e6:,.0f} us of the trace matched nothing")
-            rows = [[f, n, f"{p * 1e6:,.0f}", f"{m * 1e6:,.0f}", f"{p / m:.2f}" if m else "-"]
-                    for f, n, p, m in trace_misses(c)[:8]]
+            rows = [_us_row(f, n, p, m) for f, n, p, m in trace_misses(c)[:8]]
             worst = sorted(c.rows, key=lambda r: -abs(r.measured_s - r.predicted_s))[:3]
-            rows += [[f"(kernel) {r.op} {r.module}", 1, f"{r.predicted_s * 1e6:,.0f}",
-                      f"{r.measured_s * 1e6:,.0f}",
-                      f"{r.predicted_s / r.measured_s:.2f}" if r.measured_s else "-"]
+            rows += [_us_row(f"(kernel) {r.op} {r.module}", 1, r.predicted_s, r.measured_s)
                      for r in worst]
             rows += [[f"(unmatched) {op}", "", "", f"{t * 1e6:,.0f}", ""] for op, t in
                      sorted(c.unmatched_ops.items(), key=lambda kv: -kv[1])[:3]]

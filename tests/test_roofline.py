@@ -118,8 +118,12 @@ def test_an_eager_gpu_op_pays_its_call_the_glue_and_its_views_on_the_host():
     (gelu,) = fxroof.analyze(model, (torch.randn(8, 4),), chip=h100, mode="eager").kernels
     assert gelu.timing.overhead_s == pytest.approx(10e-6 + 4.3e-6 + 1.6e-6)
     assert gelu.time_s == pytest.approx(15.9e-6)
+    bare = dataclasses.replace(h100, glue_s=0.0, view_dispatch_s=0.0)
     for mode in ("compiled", "cudagraphs"):      # a program's launches: no Python around them
         (k,) = fxroof.analyze(model, (torch.randn(8, 4),), chip=h100, mode=mode).kernels
+        (no_host_figures,) = fxroof.analyze(model, (torch.randn(8, 4),), chip=bare,
+                                            mode=mode).kernels
+        assert k.timing.overhead_s == no_host_figures.timing.overhead_s
         assert k.timing.overhead_s < 10e-6 + h100.program_call_s
 
 

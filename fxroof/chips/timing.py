@@ -65,9 +65,9 @@ class Timing:
 def overhead_per_kernel(chip: Chip, mode: str, op: str = "", views: int = 0,
                         first: bool = False) -> float:
     """Fixed cost of one kernel: an eager op's dispatch (per op where the chip was measured op by
-    op), the model code's glue around it and the view ops called before it, a launch from a compiled program, or a CUDA
-    graph's pace per kernel as it replays; the first kernel of a compiled program (replayed or
-    not) also pays for entering it (guards, wrapper).
+    op), the model code's glue around it and the view ops called before it, a launch from a
+    compiled program, or a CUDA graph's pace per kernel as it replays; the first kernel of a
+    compiled program (replayed or not) also pays for entering it (guards, wrapper).
     op: the op whose own call runs the kernel (`rate_op`): every eager kernel's; in a compiled
     program a library call's (a matrix kernel), which on a CPU costs what that op's call costs
     (entering oneDNN for a convolution: several launches' worth)."""
