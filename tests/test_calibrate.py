@@ -78,7 +78,8 @@ def test_ops_are_measured_one_by_one_under_the_names_reports_use(quick_chip):
     ops = set(c.op_dispatch_s)
     assert {"add", "mul", "gelu", "gelu(tanh)", "silu", "layer_norm", "softmax", "batch_norm",
             "mean", "max_pool2d", "cat", "embedding", "linear", "matmul", "conv2d(native)",
-            "conv2d(onednn)", "scaled_dot_product_attention"} <= ops
+            "conv2d(onednn)", "conv2d(onednn-depthwise)", "pad(fill)",
+            "scaled_dot_product_attention"} <= ops
     # a transformer block's and a conv stem's eager ops are all in the table under the names
     # reports give them: the probes' names are capture's
     block = analyze(TransformerBlock(), (torch.randn(1, 8, 64),), chip=c, mode="eager")
@@ -87,6 +88,9 @@ def test_ops_are_measured_one_by_one_under_the_names_reports_use(quick_chip):
     assert {n.cost_key for n in block.nodes + stem.nodes} <= ops
     # work rates: every non-matrix probe with FLOPs, and the layer-shaped matrix ops
     assert {"relu", "gelu", "max_pool2d", "layer_norm", "linear", "conv2d"} <= set(c.op_flops)
+    # a depthwise convolution is no layer-shaped product: it has a rate of its own, and it is
+    # not one of the pointwise ops' rates that set vector_flops
+    assert "conv2d(onednn-depthwise)" in c.op_flops
     # and the matrix ops in every other dtype this build runs, fast path or not: ATen's
     # fallback for a dtype without one differs by op, no one ratio to fp32 holds
     for dtype in set(c.peak_flops) - {"fp32"}:

@@ -84,25 +84,35 @@ _CONV_CASES = [
     ((1, 3, 32, 32), torch.nn.Conv2d(3, 64, 8, stride=8)),               # 8x8 patches: oneDNN
     ((2, 8, 8, 8), torch.nn.Conv2d(8, 8, 3, padding=1)),                 # batch 2: oneDNN
     ((1, 32, 32, 32), torch.nn.Conv2d(32, 32, 3, padding=1)),            # 32768 elements: oneDNN
-    ((1, 16, 8, 8), torch.nn.Conv2d(16, 16, 3, padding=1, groups=16)),   # depthwise: oneDNN
+    ((1, 16, 8, 8), torch.nn.Conv2d(16, 16, 3, padding=1, groups=16)),   # depthwise: oneDNN's
+    ((1, 16, 8, 8), torch.nn.Conv2d(16, 32, 3, padding=1, groups=16)),   # 2 out a group: oneDNN
+    ((1, 16, 8, 8), torch.nn.Conv2d(16, 16, 3, padding=1, groups=4)),    # grouped: oneDNN
     ((1, 4, 40), torch.nn.Conv1d(4, 8, 5)),                              # conv1d as 2-d: native
     ((1, 8, 8, 8), torch.nn.Conv2d(8, 8, 3, padding=1).to(torch.bfloat16)),  # bf16: oneDNN
 ]
 
 
-def _library_pytorch_runs(conv, x) -> str:
+def _library_pytorch_runs(conv, x, capfd) -> str:
+    """The profiler's view of the library; for oneDNN, its own log of the kernel it ran (a
+    depthwise one is named so: "jit_dw:avx512_core", "jit_dw:avx2")."""
+    capfd.readouterr()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof, \
-            torch.no_grad():
+            torch.no_grad(), torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
         conv(x)
     names = {e.name for e in prof.events()}
     assert "aten::mkldnn_convolution" in names or "aten::_slow_conv2d_forward" in names \
         or "aten::thnn_conv2d" in names, names
-    return "onednn" if "aten::mkldnn_convolution" in names else "native"
+    if "aten::mkldnn_convolution" not in names:
+        return "native"
+    kernels = [line.split(",")[6] for line in capfd.readouterr().out.splitlines()
+               if ",exec," in line and ",convolution," in line]
+    assert kernels, "oneDNN logged no convolution"
+    return "onednn-depthwise" if any("_dw" in k for k in kernels) else "onednn"
 
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("shape,conv", _CONV_CASES)
-def test_conv_variant_is_the_library_pytorch_runs(shape, conv, threads):
+def test_conv_variant_is_the_library_pytorch_runs(shape, conv, threads, capfd):
     """The truth: which kernel torch's profiler sees the CPU build call for the same conv."""
     dtype = conv.weight.dtype
     if dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
@@ -111,7 +121,7 @@ def test_conv_variant_is_the_library_pytorch_runs(shape, conv, threads):
     torch.set_num_threads(threads)
     try:
         x = torch.randn(shape, dtype=dtype)
-        expected = _library_pytorch_runs(conv, x)
+        expected = _library_pytorch_runs(conv, x, capfd)
         (c,) = [c for _, c in op_costs(conv, x)]
     finally:
         torch.set_num_threads(before)

@@ -159,6 +159,44 @@ def test_a_measured_chip_costs_each_convolution_library_apart():
     assert plain.eager_dispatch("linear") == 5e-6
 
 
+def test_a_depthwise_convolution_and_a_growing_pad_take_their_own_measured_figures():
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    import fxroof
+    from fxroof.chips import Chip
+
+    class PaddedDepthwise(nn.Module):      # a TF-style explicit pad, then a depthwise 3x3
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(32, 32, 3, groups=32, bias=False)
+
+        def forward(self, x):
+            return self.conv(F.pad(x, (1, 1, 1, 1)))
+
+    figures = dict(vector_flops=4e9, mem_bw=1e10, mem_bytes=1e10, link_bw=1e9,
+                   link_latency_s=1e-5, launch_s=5e-6, dispatch_s=5e-6)
+    measured = Chip("m", "Measured", "cpu", {"fp32": 1e11}, **figures,
+                    op_dispatch_s={"conv2d(onednn)": 50e-6, "conv2d(onednn-depthwise)": 90e-6,
+                                   "pad(fill)": 30e-6},
+                    op_flops={"conv2d": 5e10, "conv2d(onednn-depthwise)": 1e10})
+    x = torch.randn(1, 32, 16, 16)
+    pad, conv = fxroof.analyze(PaddedDepthwise(), (x,), chip=measured, mode="eager").kernels
+    # pad: 30 us, then reads 32*16*16*4 = 32768 bytes and writes 32*18*18*4 = 41472 at 10 GB/s
+    assert pad.time_s == pytest.approx(30e-6 + (32768 + 41472) / 1e10)
+    # depthwise: 90 us, then 2 * 32 * 3*3 * 16*16 = 147456 FLOPs at its own 10 GFLOP/s (14.7
+    # us), longer than its 41472 + 1152 + 32768 bytes at 10 GB/s (7.5 us)
+    assert conv.time_s == pytest.approx(90e-6 + 147456 / 1e10)
+    # a chip calibrated before either was measured apart: oneDNN's figures and conv2d's rate,
+    # the pad the plain dispatch; 147456 FLOPs at 50 GFLOP/s (2.9 us) under the bytes (7.5 us)
+    older = Chip("o", "Older", "cpu", {"fp32": 1e11}, **figures,
+                 op_dispatch_s={"conv2d(onednn)": 50e-6}, op_flops={"conv2d": 5e10})
+    pad, conv = fxroof.analyze(PaddedDepthwise(), (x,), chip=older, mode="eager").kernels
+    assert pad.time_s == pytest.approx(5e-6 + (32768 + 41472) / 1e10)
+    assert conv.time_s == pytest.approx(50e-6 + (41472 + 1152 + 32768) / 1e10)
+
+
 def test_a_compiled_cpu_program_calls_a_kernel_for_its_launch_and_a_library_op_for_more():
     import dataclasses
 

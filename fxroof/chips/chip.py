@@ -483,12 +483,17 @@ class Chip:
 
 def _per_op(table: Mapping, op: str, default):
     """table[op]; for "op(variant)" without an entry of its own, table["op"] ("op(variant):dtype"
-    falls back to "op:dtype"); else default."""
+    falls back to "op:dtype"), and for "op(library-kind)" table["op(library)"] before that (a
+    chip calibrated before the kind was measured apart); else default."""
     if op in table:
         return table[op]
     name, _, dtype = op.partition(":")
-    plain = name.split("(", 1)[0]
-    return table.get(f"{plain}:{dtype}" if dtype else plain, default)
+    plain, _, variant = name.partition("(")
+    broader = [f"{plain}({variant.split('-', 1)[0]})"] if "-" in variant else []
+    for key in (*broader, plain):
+        if (found := table.get(f"{key}:{dtype}" if dtype else key)) is not None:
+            return found
+    return default
 
 
 # The layer probe's products have 1,024 rows (tokens or pixels: measure/probes.MatrixProbe); a

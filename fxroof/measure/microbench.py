@@ -247,9 +247,9 @@ def op_table(clock: Clock, chip: Chip) -> tuple[dict, dict]:
     times = tiny_call_times(clock, [partial(p.fn, *args) for p, args in zip(OP_PROBES, tinies)])
     for probe, tiny, t in zip(OP_PROBES, tinies, times):
         op, work, category = _probe_op(probe, tiny, chip)
-        if category in MATRIX_CATEGORIES:   # a small matrix op still has some work: not fixed
+        if category in MATRIX_CATEGORIES and op != probe.own_rate:   # some work: not all fixed
             t = max(t - work / chip.matrix_flops("fp32"), 0.5 * t)
-        elif work:   # a work rate; a matrix op's is the layer rate (layer_rates)
+        elif work:   # a work rate; a matrix op's is the layer rate (layer_rates) but its own
             mid = probe.inputs(MID, clock.dev)
             if clock.cuda:
                 mid = tuple(a.repeat(16, 1) if a.dim() == 2 else a for a in mid)
@@ -283,8 +283,9 @@ def view_dispatch(clock: Clock) -> tuple[float, str]:
 
 def vector_rate(rates: dict) -> tuple[float, str]:
     # The median, not a pooled rate: a few slow ops (a CPU's tanh, max-pooling) would otherwise
-    # set the rate of every op not measured one by one.
-    return statistics.median(rates.values()), (
+    # set the rate of every op not measured one by one. Matrix ops measured so are not its.
+    own = {probe.own_rate for probe in OP_PROBES}
+    return statistics.median(r for op, r in rates.items() if op not in own), (
         "median over the probe ops (pointwise, norms, softmax, reductions, pooling) of FLOPs as "
         "fxroof counts them / time past the op's fixed cost, on a cache-resident 256 Ki-element "
         "input (GPU: 4 Mi elements); the rate of ops not measured one by one, and of compiled "

@@ -29,6 +29,8 @@ class OpProbe:
     label: str                                   # what the probe calls, for sources and errors
     fn: Callable
     inputs: Callable[[str, torch.device], tuple]  # size (TINY or MID), device -> arguments
+    own_rate: str = ""   # a matrix op filed under this name takes its rate from its MID call,
+                         # not from the layer probe (no layer-shaped product runs it)
 
 
 def _rows(size: str, dev: torch.device) -> int:
@@ -84,6 +86,13 @@ def _embedding_args(size, dev):
     return torch.randint(0, 512, (_rows(size, dev),), device=dev), torch.randn(512, 64, device=dev)
 
 
+def _depthwise(size, dev):
+    # tiny (1, 4, 4, 4); mid (threads, 64, 64, 64), 256 Ki elements a thread, the channels of a
+    # layer (oneDNN's depthwise kernel took 3x as long per byte on 16 channels of 128 x 128)
+    shape = (1, 4, 4, 4) if size == TINY else (_threads(dev), 64, 64, 64)
+    return torch.randn(shape, device=dev), torch.randn(shape[1], 1, 3, 3, device=dev)
+
+
 def _fixed(*shapes):
     """Inputs of these shapes at either size: a matrix op's probe measures its fixed cost only."""
     return lambda _size, dev: tuple(torch.randn(shape, device=dev) for shape in shapes)
@@ -118,6 +127,7 @@ OP_PROBES = (
     # copies and gathers (no FLOPs: their work is memory traffic)
     OpProbe("torch.cat", lambda x, y: torch.cat([x, y], dim=-1), _two),
     OpProbe("x.t().contiguous()", lambda x: x.t().contiguous(), _one),
+    OpProbe("F.pad", lambda x: F.pad(x, (1, 1, 1, 1)), _image),    # "pad(fill)": two kernels
     OpProbe("F.embedding", lambda i, w: F.embedding(i, w), _embedding_args),
     # matrix ops: fixed cost only; their rate is the layer rate (MatrixProbe)
     OpProbe("F.linear", F.linear, _LINEAR),
@@ -139,6 +149,10 @@ OP_PROBES = (
             _conv(3, 64, 8, image=32)),
     OpProbe("F.conv2d 3x3, batch of 2", lambda x, w: F.conv2d(x, w, padding=1),
             _conv(8, 8, 3, batch=2)),
+    # a depthwise convolution (MobileNet, EfficientNet, ConvNeXt): on a CPU oneDNN's kernel for
+    # it, between two reorders of the activations, filed apart with a rate of its own
+    OpProbe("F.conv2d 3x3 depthwise", lambda x, w: F.conv2d(x, w, padding=1, groups=x.shape[1]),
+            _depthwise, own_rate="conv2d(onednn-depthwise)"),
     OpProbe("F.scaled_dot_product_attention (causal)",
             lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
             _fixed(*[(1, 2, 8, 16)] * 3)),

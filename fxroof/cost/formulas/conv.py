@@ -17,8 +17,8 @@ from fxroof.graph.tensors import contiguous_copy_bytes, footprint
 
 
 def cpu_library(call: OpCall) -> str:
-    """"onednn" or "native": the implementation a CPU build of PyTorch runs this convolution
-    with ("" on a GPU). PyTorch's own rule (ConvParams::use_mkldnn, aten/src/ATen/native/
+    """"onednn" (or "onednn-depthwise") or "native": the implementation a CPU build of PyTorch
+    runs this convolution with ("" on a GPU). PyTorch's own rule (ConvParams::use_mkldnn, aten/src/ATen/native/
     Convolution.cpp): half precision always goes to oneDNN; fp32 does unless the call is small
     and simple, where PyTorch's im2col code is faster, entering oneDNN costing several times more
     (the README's time model)."""
@@ -44,7 +44,13 @@ def cpu_library(call: OpCall) -> str:
     worth_it = (strided or dilated or batch >= 16 or (kh, kw) != (1, 1)
                 or torch.get_num_threads() > 1)
     large = groups > 1 or (kh > 3 and kw > 3) or batch > 1 or size > 20480
-    return "onednn" if worth_it and large else "native"
+    if not (worth_it and large):
+        return "native"
+    # oneDNN runs a depthwise convolution (a channel a group, in and out) with a kernel of its
+    # own between two reorders of the activations to its blocked layout: a fixed cost and a
+    # rate apart from its layer-shaped convolutions' (an "onednn" figure where a chip has none)
+    return "onednn-depthwise" if groups > 1 and int(w.shape[0]) == groups \
+        and int(w.shape[1]) == 1 else "onednn"
 
 
 @formula(aten.convolution, aten._convolution, aten.conv1d, aten.conv2d, aten.conv3d,

@@ -19,7 +19,7 @@ from fxroof.graph.tensors import dtype_name, footprint, numel
 
 @formula(aten.clone, aten._to_copy, aten.contiguous, aten.to, aten.lift_fresh_copy, aten.cat,
          aten.stack, aten.flip, aten.roll, aten.repeat, aten.tile, aten.repeat_interleave,
-         aten.constant_pad_nd, aten.pad, aten.reflection_pad1d, aten.reflection_pad2d,
+         aten.reflection_pad1d, aten.reflection_pad2d,
          aten.replication_pad1d, aten.replication_pad2d, aten.reflection_pad3d,
          aten.replication_pad3d, aten.masked_select, aten.nonzero,
          aten._local_scalar_dense, aten.item, aten.im2col, aten.col2im, aten.pixel_shuffle,
@@ -38,6 +38,19 @@ from fxroof.graph.tensors import dtype_name, footprint, numel
          aten.copy, aten.put, aten.index_reduce, category="copy")
 def copy(call: OpCall):
     return call.cost(0, "copy", call.out_dtype)
+
+
+@formula(aten.constant_pad_nd, aten.pad, category="copy")
+def pad(call: OpCall):
+    """A copy; one that adds elements is the "fill" variant, two kernels under one call:
+    ATen's constant_pad_nd fills a new tensor with the value, then copies the input into its
+    middle (a pad of nothing but cropping is a clone), a fixed cost a chip may measure apart."""
+    constant = call.get("mode", "constant") == "constant"
+    try:
+        grows = any(int(p) > 0 for p in call.get("pad", ()))
+    except (TypeError, RuntimeError):       # a symbolic amount: which one is not known
+        grows = False
+    return call.cost(0, "copy", call.out_dtype, variant="fill" if constant and grows else "")
 
 
 # Indirect reads; fusion keeps them as library kernels too (fuse/policy.py).
