@@ -276,7 +276,8 @@ def report_of(captured: Captured, target: Target) -> Report:
         + ((_FSDP_NOTE if target.fsdp else _DP_NOTE),) * (target.dp > 1),
         training=target.optimizer if target.train else "", dp=target.dp, fsdp=target.fsdp,
         provenance=provenance)
-    return dataclasses.replace(report, notes=report.notes + _host_estimate_notes(report))
+    return dataclasses.replace(report, notes=report.notes + _host_estimate_notes(report)
+                               + _alignment_notes(report))
 
 
 def _provenance(captured: Captured) -> tuple:
@@ -393,6 +394,47 @@ def _host_estimate_notes(report: Report) -> tuple:
             f"around it and {seconds(chip.view_dispatch_s)} a view call, estimates of a server's "
             f"CPU (hosts differ: one H200 server's took 13-23 µs an op in all); `fxroof calibrate "
             f"--device cuda` measures the host at hand",)
+
+
+# A GPU's tensor-core GEMM kernels load their operands 16 bytes at a time, so the rows of each
+# must start on a 16-byte boundary: a product whose depth or width is no multiple of this many
+# elements falls to slower kernels ("most kernels targeting Tensor Cores require 128b aligned
+# memory accesses", NVIDIA/cutlass#75; the requirement is cuBLAS's too). Not priced: no
+# measurement here separates those kernels, so the report says where they run.
+ALIGNED_ELEMENTS = {"fp16": 8, "bf16": 8, "fp8": 16, "int8": 16}
+ALIGN_NOTE_SHARE = 0.02
+
+
+def _alignment_notes(report: Report) -> tuple:
+    """Name the GPU matrix products whose N or K (the strides of their row-major operands and
+    result) is no multiple of 16 bytes, when together they hold a noticeable share of the step."""
+    if report.chip.kind != "gpu":
+        return ()
+    by_name = {n.name: n for n in report.nodes}
+    off = []          # (kernel time, node, the dimensions off the boundary)
+    # a kernel that its launch or the host bounds loses nothing to narrower loads
+    for k in (k for k in report.kernels if k.regime in ("compute", "memory")):
+        for node in (by_name.get(name) for name in k.nodes if k.category == "matmul"):
+            step = ALIGNED_ELEMENTS.get(node.dtype) if node else None
+            if step and node.category == "matmul" and len(node.grid) == 4 and \
+                    (bad := [int(d) for d in node.grid[2:] if int(d) % step]):
+                off.append((k.time_s, node, bad, step))
+                break
+    total = sum(k.time_s for k in report.kernels)
+    share = sum(t for t, *_ in off) / total if total else 0.0
+    if share < ALIGN_NOTE_SHARE:
+        return ()
+    worst = sorted(off, key=lambda o: -o[0])[:3]
+    named = ", ".join(f"{node.module or node.name} ({' and '.join(f'{d:,}' for d in bad)}, not "
+                      f"a multiple of {step})" for _, node, bad, step in worst)
+    return (f"{len(off)} matrix product{'s' if len(off) > 1 else ''} ({share:.0%} of the predicted "
+            f"kernel time) {'have' if len(off) > 1 else 'has'} a width or depth off the 16-byte "
+            f"boundary GPU tensor-core kernels load by: {named}; "
+            f"{'they fall' if len(off) > 1 else 'it falls'} to slower kernels, which this "
+            f"prediction does not price: expect {'them' if len(off) > 1 else 'it'} slower than "
+            f"shown. Padding "
+            f"the dimension to a multiple of 64 avoids it (nanoGPT pads GPT-2's 50,257-token "
+            f"vocabulary to 50,304)",)
 
 
 def _matmul_share_notes(nodes, chip: Chip) -> tuple:

@@ -438,3 +438,34 @@ def test_a_host_bound_eager_gpu_step_says_its_host_figures_are_estimates():
     measured = dataclasses.replace(chip("h100-sxm"), sources={
         **chip("h100-sxm").sources, "dispatch_s": "measured by fxroof calibrate on this host"})
     assert not host_notes(fxroof.analyze(small, (x,), chip=measured, mode="eager"))
+
+
+def test_a_gpu_product_off_the_16_byte_boundary_is_named_where_it_counts():
+    """GPT-2's head (768 -> 50,257 in bf16: 50,257 is no multiple of 8) holds about a fifth of
+    the step; the same model padded to nanoGPT's 50,304, or run on a CPU, gets no note; a
+    misaligned product too small to matter gets none either."""
+    import torch
+    from torch import nn
+
+    import fxroof
+
+    def notes(model, x, chip="h200"):
+        with torch.device("meta"):
+            model = model.to(torch.bfloat16)
+        r = fxroof.analyze(model, (x.to(torch.bfloat16),), chip=chip, mode="compiled")
+        return [n for n in r.notes if "16-byte boundary" in n]
+
+    def head(vocab):    # a GPT-2-sized stack of 12 MLPs, then the head
+        return nn.Sequential(*[nn.Sequential(nn.Linear(768, 3072), nn.GELU(),
+                                             nn.Linear(3072, 768)) for _ in range(12)],
+                             nn.Linear(768, vocab, bias=False))
+    import re
+    x = torch.empty(8, 1024, 768, device="meta")
+    (note,) = notes(head(50257), x)
+    assert "50,257, not a multiple of 8" in note and "50,304" in note
+    # 2 * 8192 * 768 * 50257 FLOPs of 12 * 2 * (2 * 8192 * 768 * 3072) + that: 11% of the work
+    assert re.search(r"\((\d+)% of the predicted", note) and \
+        5 <= int(re.search(r"\((\d+)% of the predicted", note).group(1)) <= 40
+    assert not notes(head(50304), x)
+    assert not notes(head(50257), x, chip="cpu")
+    assert not notes(head(10), x)     # a 10-class head: 0.1% of the work, no note
