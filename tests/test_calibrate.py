@@ -16,7 +16,7 @@ from fxroof.chips import chip as find_chip
 from fxroof.chips.chip import FILE_KEYS
 from fxroof.cli.main import main
 from fxroof.measure.calibrate import calibrate, chip_json, summary, write_chip
-from fxroof.measure.machine import cpu_threads, last_level_cache
+from fxroof.measure.machine import cpu_threads, last_level_cache, private_cache
 from fxroof.measure.probes import TransformerBlock
 from fxroof.pipeline import analyze
 
@@ -91,6 +91,9 @@ def test_ops_are_measured_one_by_one_under_the_names_reports_use(quick_chip):
     # a depthwise convolution is no layer-shaped product: it has a rate of its own, and it is
     # not one of the pointwise ops' rates that set vector_flops
     assert "conv2d(onednn-depthwise)" in c.op_flops
+    # each op also called cold, after a copy of the core's L2, where the system reports one
+    if private_cache():
+        assert c.l2_bytes == private_cache() and set(c.op_dispatch_cold_s) == ops
     # and the matrix ops in every other dtype this build runs, fast path or not: ATen's
     # fallback for a dtype without one differs by op, no one ratio to fp32 holds
     for dtype in set(c.peak_flops) - {"fp32"}:

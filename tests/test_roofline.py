@@ -469,3 +469,65 @@ def test_a_gpu_product_off_the_16_byte_boundary_is_named_where_it_counts():
     assert not notes(head(50304), x)
     assert not notes(head(50257), x, chip="cpu")
     assert not notes(head(10), x)     # a 10-class head: 0.1% of the work, no note
+
+
+def test_an_eager_cpu_op_pays_its_cold_call_in_the_share_the_traffic_since_its_last_call_earns():
+    """cold_shares by hand: none up to half the core's L2, all from twice it, log-linear between;
+    a forward runs again and again, so an op's first call follows its last one of the pass
+    before."""
+    import dataclasses
+    import math
+
+    from fxroof.chips import Chip
+    from fxroof.chips.timing import cold_shares
+    mib = 2 ** 20
+    c = Chip("m", "Measured", "cpu", {"fp32": 1e11}, vector_flops=4e9, mem_bw=1e10,
+             mem_bytes=1e10, link_bw=1e9, link_latency_s=1e-5, launch_s=5e-6, dispatch_s=5e-6,
+             l2_bytes=2 * mib, op_dispatch_s={"add": 2e-6, "mean": 5e-6},
+             op_dispatch_cold_s={"add": 10e-6, "mean": 17e-6})
+    # add (1 MiB), mean (2 MiB), add (1 MiB), mean (0.5 MiB), again and again:
+    # add#0: since add#2 of the pass before, mean#3 moved 0.5 MiB: none
+    # mean#1: since mean#3, add#0 moved 1 MiB (half of L2): none
+    # add#2: mean#1 moved 2 MiB, the L2's worth: log2(2) / 2 = 0.5
+    # mean#3: add#2 moved 1 MiB: none
+    ops, moved = ["add", "mean", "add", "mean"], [1 * mib, 2 * mib, 1 * mib, mib // 2]
+    assert cold_shares(c, ops, moved) == pytest.approx([0.0, 0.0, 0.5, 0.0])
+    # add, conv (1.5 MiB), mean (1 MiB): add after conv and mean, 2.5 MiB: log2(2.5) / 2
+    shares = cold_shares(c, ["add", "conv", "mean"], [mib, 3 * mib // 2, mib])
+    assert shares == pytest.approx([math.log2(2.5) / 2, 0.5, math.log2(2.5) / 2])
+    # an op called twice in a row finds itself as it left itself
+    assert cold_shares(c, ["add", "add", "mean"], [mib, mib, 4 * mib])[1] == 0.0
+    # the charge: the hot call and that share of the difference to the cold one
+    assert c.eager_dispatch("add", 0.5) == pytest.approx(2e-6 + 0.5 * 8e-6)
+    assert c.eager_dispatch("add", 3.0) == pytest.approx(10e-6)         # at most the cold call
+    assert c.eager_dispatch("linear", 1.0) == 5e-6       # no figure of its own: dispatch_s
+    # no cold calls measured, or no L2 figure: nothing
+    assert cold_shares(dataclasses.replace(c, op_dispatch_cold_s={}), ops, moved) == [0.0] * 4
+    assert cold_shares(dataclasses.replace(c, l2_bytes=0.0), ops, moved) == [0.0] * 4
+
+
+def test_a_model_that_streams_through_the_cache_pays_cold_calls_eager_only():
+    import dataclasses
+
+    import torch
+    from torch import nn
+
+    import fxroof
+    from fxroof.chips import Chip
+    hot = Chip("h", "Hot", "cpu", {"fp32": 1e11}, vector_flops=4e9, mem_bw=1e10, mem_bytes=1e10,
+               link_bw=1e9, link_latency_s=1e-5, launch_s=5e-6, dispatch_s=5e-6,
+               l2_bytes=2 ** 20, op_dispatch_s={"relu": 2e-6, "gelu": 3e-6})
+    cold = dataclasses.replace(hot, op_dispatch_cold_s={"relu": 12e-6, "gelu": 13e-6})
+    model = nn.Sequential(nn.ReLU(), nn.GELU())
+    # 1 Mi fp32 a tensor: each op moves 8 MiB, past twice the L2 (2 MiB): every call cold
+    big = torch.empty(1, 2 ** 20, device="meta")
+    a, b = (fxroof.analyze(model, (big,), chip=c, mode="eager").kernels for c in (hot, cold))
+    assert [k.timing.overhead_s for k in b] == pytest.approx(
+        [k.timing.overhead_s + 10e-6 for k in a])
+    # 16 fp32: 128 bytes an op, nothing pushed out
+    small = torch.empty(1, 16, device="meta")
+    a, b = (fxroof.analyze(model, (small,), chip=c, mode="eager").kernels for c in (hot, cold))
+    assert [k.timing.overhead_s for k in b] == [k.timing.overhead_s for k in a]
+    # a compiled program calls its kernels with no eager dispatch: no cold calls either
+    a, b = (fxroof.analyze(model, (big,), chip=c, mode="compiled").kernels for c in (hot, cold))
+    assert [k.timing.overhead_s for k in b] == [k.timing.overhead_s for k in a]

@@ -183,6 +183,7 @@ EFFICIENCIES = ("matmul_efficiency", "bw_efficiency", "collective_efficiency",  
                 "cudnn_attention_efficiency")
 OP_TABLES = {
     "op_dispatch_s": ("op_dispatch_us", 1e-6),
+    "op_dispatch_cold_s": ("op_dispatch_cold_us", 1e-6),
     "op_flops": ("op_TFLOPS", 1e12),
     "matrix_bw_fraction": ("matrix_bw_fraction", 1.0),
 }
@@ -289,6 +290,10 @@ class Chip:
     region_s: float = 0.0     # CPU, several threads: an op ATen splits opens a parallel region
     op_dispatch_s: Mapping[str, float] = field(default_factory=dict, hash=False)  # op -> s
     op_flops: Mapping[str, float] = field(default_factory=dict, hash=False)       # op -> FLOP/s
+    # CPU: each op's tiny call once a sweep of the core's L2 (l2_bytes) has pushed its code and
+    # data out; an op in a model pays it in the share that ran through that cache since its
+    # op last ran (timing.cold_shares)
+    op_dispatch_cold_s: Mapping[str, float] = field(default_factory=dict, hash=False)
     matrix_bw_fraction: Mapping[str, float] = field(default_factory=dict, hash=False)  # dtype ->
 
     def __post_init__(self):
@@ -412,11 +417,16 @@ class Chip:
         """Bytes/s for a kernel that moves `nbytes`: the cache's when they fit in it."""
         return self.cache_bw if self.cache_bytes and nbytes <= self.cache_bytes else self.mem_bw
 
-    def eager_dispatch(self, op: str) -> float:
+    def eager_dispatch(self, op: str, cold: float = 0.0) -> float:
         """Seconds of eager overhead for one call of `op` (an op name as reports print it, or
         with the implementation that runs it: "convolution(onednn)", which falls back to
-        "convolution" where the chip has no figure of its own for it)."""
-        return _per_op(self.op_dispatch_s, op, self.dispatch_s)
+        "convolution" where the chip has no figure of its own for it). cold: the share of the
+        op's code and data the work since its last call pushed out of the core's cache, which
+        costs the difference to its cold call where the chip measured one."""
+        hot = _per_op(self.op_dispatch_s, op, self.dispatch_s)
+        if cold and (chilled := _per_op(self.op_dispatch_cold_s, op, None)):
+            return hot + min(cold, 1.0) * max(chilled - hot, 0.0)
+        return hot
 
     def eager_vector_flops(self, op: str) -> float:
         """FLOP/s of `op`'s non-matrix work when eager PyTorch runs it."""

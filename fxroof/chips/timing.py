@@ -63,14 +63,15 @@ class Timing:
 
 
 def overhead_per_kernel(chip: Chip, mode: str, op: str = "", views: int = 0,
-                        first: bool = False) -> float:
+                        first: bool = False, cold: float = 0.0) -> float:
     """Fixed cost of one kernel: an eager op's dispatch (per op where the chip was measured op by
     op), the model code's glue around it and the view ops called before it, a launch from a
     compiled program, or a CUDA graph's pace per kernel as it replays; the first kernel of a
     compiled program (replayed or not) also pays for entering it (guards, wrapper).
     op: the op whose own call runs the kernel (`rate_op`): every eager kernel's; in a compiled
     program a library call's (a matrix kernel), which on a CPU costs what that op's call costs
-    (entering oneDNN for a convolution: several launches' worth)."""
+    (entering oneDNN for a convolution: several launches' worth). cold: an eager op's share of
+    its cold call (cold_shares)."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
     if mode == GRAPH_MODE:      # the front end's pace through the graph, then its launch
@@ -81,7 +82,34 @@ def overhead_per_kernel(chip: Chip, mode: str, op: str = "", views: int = 0,
         extra = max(chip.eager_dispatch(op) - chip.dispatch_s, 0.0) \
             if op and chip.kind == "cpu" and chip.op_dispatch_s else 0.0
         return chip.launch_s + extra + (chip.program_call_s if first else 0.0)
-    return chip.eager_dispatch(op) + chip.glue_s + views * chip.view_dispatch_s
+    return chip.eager_dispatch(op, cold) + chip.glue_s + views * chip.view_dispatch_s
+
+
+def cold_shares(chip: Chip, ops: list, moved: list) -> list[float]:
+    """For eager kernels in order, each run by op `ops[i]` and moving `moved[i]` bytes: the share
+    of its op's cold call it pays (Chip.eager_dispatch), by the bytes the kernels between it and
+    its op's previous call moved: none up to half the core's L2 (l2_bytes), all from twice it
+    (calibration's sweep, a copy of l2_bytes, moves that much), on a line in the logarithm in
+    between. On a 2-vCPU Sapphire Rapids VM (2 MiB of L2) a tiny torch.add took 1.7 us after
+    nothing, 2.4 after reading 1 MiB, 5.2 after copying 1 MiB (2 moved), 8.0 after copying 2
+    (4 moved), 14.7 after copying 16 (docs/calibration.md, "Cold calls"). A forward runs again
+    and again, so an op's first call follows its last one of the pass before. All 0 on a chip
+    without cold calls measured."""
+    if not (chip.kind == "cpu" and chip.l2_bytes and chip.op_dispatch_cold_s) or not ops:
+        return [0.0] * len(ops)
+    n, before = len(ops), [0.0]          # before[j]: bytes of kernels 0..j-1 over two passes
+    for j in range(2 * n):
+        before.append(before[-1] + moved[j % n])
+    last: dict = {}
+    for j in range(n):                   # each op's last call in the pass before
+        last[ops[j]] = j - n
+    shares = []
+    for i, op in enumerate(ops):
+        between = before[i + n] - before[last[op] + n + 1]
+        shares.append(min(1.0, max(0.0, math.log2(2 * between / chip.l2_bytes) / 2))
+                      if between > 0 else 0.0)
+        last[op] = i
+    return shares
 
 
 def rate_op(mode: str, category: str, main_op: str) -> str:

@@ -26,7 +26,8 @@ import torch
 
 from fxroof.chips import Chip
 from fxroof.chips.chip import OP_TABLES, OPTIONAL_SCALARS, PEAK_KEY, PEAK_UNIT, SCALARS
-from fxroof.measure.machine import Clock, cpu_threads, device_label, device_name, memory_bytes
+from fxroof.measure.machine import (Clock, cpu_threads, device_label, device_name, memory_bytes,
+                                    private_cache)
 from fxroof.measure.microbench import (cache_bandwidth, compiled_launch, copy_bandwidth,
                                        each_rate, glue, graph_launch, layer_rates, matmul_peaks,
                                        matrix_bandwidth, op_table, parallel_region, program_call,
@@ -121,11 +122,20 @@ def _measure(device: str, quick: bool, threads: int | None, say) -> tuple[Chip, 
             chip = dataclasses.replace(chip, region_s=region, threads=torch.get_num_threads())
             if not region:
                 del src["region_s"]
+        if cpu and (l2 := private_cache()):
+            chip = dataclasses.replace(chip, l2_bytes=float(l2))
+            src["l2_bytes"] = "one core's level-2 cache, as the system reports it"
         say("ops one by one ...")
-        bare, rates = op_table(clock, chip)
+        bare, rates, cold = op_table(clock, chip)
         view, src["view_dispatch_s"] = view_dispatch(clock)
         vector, src["vector_flops"] = vector_rate(rates)
-        chip = dataclasses.replace(chip, vector_flops=vector, view_dispatch_s=view)
+        chip = dataclasses.replace(chip, vector_flops=vector, view_dispatch_s=view,
+                                   op_dispatch_cold_s=cold)
+        if cold:
+            src["op_dispatch_cold_s"] = (
+                "per op: the tiny call of op_dispatch_s, each timed after an untimed copy of "
+                "l2_bytes (what a model's op leaves in the core's cache), taking turns, the "
+                "lower quartile of many rounds")
         if cpu:
             say("matrix ops as layers run them, and streaming their weights ...")
             layer_peaks, matrix_rates, layer_note = layer_rates(clock, chip, bare)
@@ -233,6 +243,8 @@ def summary(chip: Chip) -> str:
             f"code around each op; {seconds(chip.program_call_s)} to enter a compiled program")),
         ("per op", chip.op_dispatch_s and f"{spread(chip.op_dispatch_s, seconds)} fixed cost over "
                                           f"{len(chip.op_dispatch_s)} ops"),
+        ("", chip.op_dispatch_cold_s and f"{spread(chip.op_dispatch_cold_s, seconds)} once a copy "
+                                         f"of {si(chip.l2_bytes, 'B')} (a core's L2) ran first"),
         ("", fp32_ops and f"{spread(fp32_ops, flops)} work rate over {len(fp32_ops)} ops"
                           " (fp32)"),
         ("memory", si(chip.mem_bytes, "B"))]

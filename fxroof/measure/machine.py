@@ -89,18 +89,23 @@ def _repeated(fn, n: int):
     return loop
 
 
-def tiny_call_times(clock: Clock, calls: list) -> list[float]:
+def tiny_call_times(clock: Clock, calls: list, between=None) -> list[float]:
     """Seconds of each tiny call. CPU: each timed on its own as the calls take turns round after
     round, the lower quartile over the rounds, since a model calls an op between others, never
-    in a tight loop. GPU: `host_time`, a loop of each: there the host's dispatch is the limit."""
+    in a tight loop; `between`, if given, is called before each timed call, untimed (a sweep
+    that pushes the call's code and data out of the core's cache). GPU: `host_time`, a loop of
+    each: there the host's dispatch is the limit."""
     if clock.cuda:
         return [host_time(clock, call) for call in calls]
-    rounds = [[_once(call) for call in calls] for _ in range(3 + (40 if clock.quick else 200))]
+    rounds = [[_once(call, between) for call in calls]
+              for _ in range(3 + (40 if clock.quick else 200))]
     return [statistics.quantiles(ts, n=4)[0] for ts in zip(*rounds[3:])]   # 3 rounds warm up
 
 
-def _once(call) -> float:
-    """Seconds of one call, as the host's clock sees it."""
+def _once(call, before=None) -> float:
+    """Seconds of one call, as the host's clock sees it (`before` run first, untimed)."""
+    if before is not None:
+        before()
     t0 = time.perf_counter()
     call()
     return time.perf_counter() - t0
@@ -124,6 +129,19 @@ def last_level_cache() -> int:
                 scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1:], 1)
                 best = max(best, int(size.rstrip("KMG")) * scale)
     return best
+
+
+def private_cache() -> int:
+    """Bytes of one core's own level-2 cache, as the system reports it (0: unknown)."""
+    index = Path("/sys/devices/system/cpu/cpu0/cache")
+    for entry in index.glob("index*"):
+        with contextlib.suppress(OSError, ValueError):
+            if (entry / "level").read_text().strip() == "2" and \
+                    (entry / "type").read_text().strip() != "Instruction":
+                size = (entry / "size").read_text().strip().upper()
+                scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1:], 1)
+                return int(size.rstrip("KMG")) * scale
+    return 0
 
 
 def device_name(dev: torch.device) -> str:

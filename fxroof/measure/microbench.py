@@ -16,7 +16,7 @@ from torch import nn
 
 from fxroof.chips import Chip
 from fxroof.chips.chip import MATRIX_PROBE_WIDTH, READ_STREAM_CEILING, dtype_op, row_op
-from fxroof.chips.timing import GRAIN_SIZE, splits
+from fxroof.chips.timing import GRAIN_SIZE, cold_shares, splits
 from fxroof.cost.record import MATRIX_CATEGORIES
 from fxroof.graph.capture import FunctionModule
 from fxroof.graph.tensors import torch_dtype
@@ -128,13 +128,21 @@ def _node_rates(clock: Clock, dtype: torch.dtype, chip: Chip, bare: dict,
     _walls, runs = timed_runs(clock.dev, 1 if runs else 3, runs or (8 if clock.quick else 25),
                               gm=captured.gm, values=values)
     fixed = statistics.median(bare.values())
+    # each op's fixed cost as a model run will charge it: a cold call in the share the probe's
+    # own traffic since its op's last call earns (timing.cold_shares)
+    by_name = {n.name: n for n in report.nodes}
+    ops = [by_name[k.nodes[0]].cost_key if k.nodes[0] in by_name else k.op
+           for k in report.kernels]              # eager: one op a kernel
+    shares = dict(zip((k.nodes[0] for k in report.kernels),
+                      cold_shares(chip, ops, [k.bytes for k in report.kernels])))
+    charged = dataclasses.replace(chip, op_dispatch_s=bare, dispatch_s=fixed)
     out: dict = {}
     for node in (n for n in report.nodes if n.flops):
         best = min(run[node.name] for run in runs)
         name = key(node) if key else node.op
         flops, secs = out.get(name, (0, 0.0))
-        out[name] = (flops + node.flops,
-                     secs + max(best - bare.get(node.cost_key, fixed), 0.1 * best))
+        out[name] = (flops + node.flops, secs + max(
+            best - charged.eager_dispatch(node.cost_key, shares.get(node.name, 0.0)), 0.1 * best))
     return out
 
 
@@ -237,18 +245,22 @@ def parallel_region(clock: Clock) -> tuple[float, str]:
 
 # -- ops one by one --------------------------------------------------------------------------------
 
-def op_table(clock: Clock, chip: Chip) -> tuple[dict, dict]:
+def op_table(clock: Clock, chip: Chip) -> tuple[dict, dict, dict]:
     """Each probe op (probes.OP_PROBES) as model code calls it: ({op: seconds per tiny call},
     {op: FLOP/s past the fixed cost on a cache-resident input}; past the chip's parallel region
-    too, where ATen splits the input over threads). GPU: the rates of 16x larger inputs, whole
-    (a mid-sized op there is launch-bound), for vector_flops only."""
-    fixed, rates = {}, {}
+    too, where ATen splits the input over threads, {op: seconds per tiny call once a copy of the
+    core's L2 (chip.l2_bytes) has pushed its code and data out}, CPU only). GPU: the rates of
+    16x larger inputs, whole (a mid-sized op there is launch-bound), for vector_flops only."""
+    fixed, rates, chilled = {}, {}, {}
     tinies = [probe.inputs(TINY, clock.dev) for probe in OP_PROBES]
-    times = tiny_call_times(clock, [partial(p.fn, *args) for p, args in zip(OP_PROBES, tinies)])
-    for probe, tiny, t in zip(OP_PROBES, tinies, times):
+    calls = [partial(p.fn, *args) for p, args in zip(OP_PROBES, tinies)]
+    times = tiny_call_times(clock, calls)
+    colds = tiny_call_times(clock, calls, between=_sweep(clock.dev, int(chip.l2_bytes))) \
+        if not clock.cuda and chip.l2_bytes else [0.0] * len(calls)
+    for probe, tiny, t, cold in zip(OP_PROBES, tinies, times, colds):
         op, work, category = _probe_op(probe, tiny, chip)
         if category in MATRIX_CATEGORIES and op != probe.own_rate:   # some work: not all fixed
-            t = max(t - work / chip.matrix_flops("fp32"), 0.5 * t)
+            t, cold = (max(c - work / chip.matrix_flops("fp32"), 0.5 * c) for c in (t, cold))
         elif work:   # a work rate; a matrix op's is the layer rate (layer_rates) but its own
             mid = probe.inputs(MID, clock.dev)
             if clock.cuda:
@@ -259,7 +271,17 @@ def op_table(clock: Clock, chip: Chip) -> tuple[dict, dict]:
                 t_mid -= chip.region_s
             rates[op] = work / (t_mid if clock.cuda else max(t_mid - t, 0.1 * t_mid))
         fixed.setdefault(op, []).append(t)
-    return {op: statistics.median(ts) for op, ts in fixed.items()}, rates
+        chilled.setdefault(op, []).append(cold)
+    return ({op: statistics.median(ts) for op, ts in fixed.items()}, rates,
+            {op: statistics.median(ts) for op, ts in chilled.items() if all(ts)})
+
+
+def _sweep(dev: torch.device, nbytes: int):
+    """A copy of `nbytes` fp32 into a second buffer: what a model's op leaves in the core's
+    cache before the next (its output written, its input read)."""
+    src = torch.randn(max(nbytes // 4, 1), device=dev)
+    dst = torch.empty_like(src)
+    return partial(dst.copy_, src)
 
 
 def _probe_op(probe, args: tuple, chip: Chip) -> tuple[str, int, str]:

@@ -7,11 +7,20 @@ import torch.fx as fx
 from fxroof.chips import Chip
 from fxroof.chips.expected import expected
 from fxroof.chips.launch import launch_of
-from fxroof.chips.timing import kernel_timing, overhead_per_kernel, rate_op, unit_dtype
+from fxroof.chips.timing import (cold_shares, kernel_timing, overhead_per_kernel, rate_op,
+                                  unit_dtype)
 from fxroof.cost import COST_KEY, Cost
 from fxroof.graph.nodes import PHASE_KEY, RECOMPUTED_KEY, module_path
 from fxroof.report.records import KernelRow, NodeRow
 from fxroof.report.streams import collective_waits
+
+
+def _main(kernel, by_name: dict):
+    """The node that names a kernel (an eager kernel is its one op): its main node, else its
+    first of the kernel's category, else its first."""
+    members = [by_name[n] for n in kernel.nodes if n in by_name]
+    return by_name.get(kernel.main) or next((m for m in members if m.category == kernel.category),
+                                            members[0] if members else None)
 
 
 def node_rows(gm: fx.GraphModule) -> tuple:
@@ -40,12 +49,13 @@ def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple, streamed: dict | N
     waits = collective_waits(gm, kernels) if gm is not None else [()] * len(kernels)
     by_name = {n.name: n for n in nodes}
     streamed = streamed or {}
+    mains = [_main(k, by_name) for k in kernels]
+    # an eager op finds its code and data as cold as the work since its last call left them
+    cold = cold_shares(chip, [m.cost_key if m else k.category for k, m in zip(kernels, mains)],
+                       [k.bytes for k in kernels]) if mode == "eager" else [0.0] * len(kernels)
     rows = []
-    for i, k in enumerate(kernels):
+    for i, (k, main) in enumerate(zip(kernels, mains)):
         members = [by_name[n] for n in k.nodes if n in by_name]
-        # The main node names the kernel (an eager kernel is its one op).
-        main = by_name.get(k.main) or next((m for m in members if m.category == k.category),
-                                           members[0] if members else None)
         op = main.op if main else ""
         # the op whose own call runs the kernel (eager ops; a compiled program's library
         # calls): a chip measured op by op costs it as that op
@@ -60,7 +70,8 @@ def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple, streamed: dict | N
         dtype = unit_dtype(chip, k.category, k.dtype)
         timing = kernel_timing(chip, flops=k.flops, bytes_moved=k.bytes, category=k.category,
                                dtype=dtype,
-                               overhead_s=overhead_per_kernel(chip, mode, key, k.views, i == 0),
+                               overhead_s=overhead_per_kernel(chip, mode, key, k.views, i == 0,
+                                                              cold[i]),
                                rate_op=key, streamed_bytes=min(sum(state.values()), k.bytes_read),
                                elements=k.space,
                                # a layer norm's (rows, row): the rows ATen splits over threads
