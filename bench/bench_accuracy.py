@@ -18,6 +18,7 @@ and the median |error|. bench/README.md has its output on one machine.
     python bench/bench_accuracy.py --grain-off      # also: every elementwise op on all threads
     python bench/bench_accuracy.py --region-off     # also: no op charged a parallel region
     python bench/bench_accuracy.py --short-off      # also: no short-side rates (few rows)
+    python bench/bench_accuracy.py --cold-off       # also: no op's cold call
     python bench/bench_accuracy.py --threads 1 --mode compiled   # under torch.compile
     python bench/bench_accuracy.py --device cuda --mode compiled # on a GPU (CUDA events)
     python bench/bench_accuracy.py --device cuda --mode cudagraphs   # replayed CUDA graphs
@@ -189,6 +190,9 @@ def main(argv=None) -> int:
     p.add_argument("--width-off", action="store_true",
                    help="also: one-row products at the share measured on 2,048-wide weight rows, "
                         "as before narrower rows were measured")
+    p.add_argument("--cold-off", action="store_true",
+                   help="also: every op's fixed cost its tiny call's, whatever ran before it, as "
+                        "before cold calls were measured")
     p.add_argument("--region-off", action="store_true",
                    help="also predict each workload with no op charged the chip's parallel "
                         "region, beside the same measurement")
@@ -270,6 +274,8 @@ OFF_RULES = {"grain_off": ("Every eager elementwise op on all threads (--grain-o
              "short_off": ("Products of few rows at the layer probe's rate (--short-off)",
                            lambda chip: {"op_flops": {op: rate for op, rate in chip.op_flops.items()
                                                       if "#" not in op}}),
+             "cold_off": ("Every op's fixed cost its tiny call's, whatever ran before it "
+                          "(--cold-off)", {"op_dispatch_cold_s": {}}),
              "width_off": ("One-row products at the 2,048-wide probe's share, whatever their "
                            "rows' width (--width-off)",
                            lambda chip: {"matrix_bw_fraction": {
