@@ -531,3 +531,30 @@ def test_a_model_that_streams_through_the_cache_pays_cold_calls_eager_only():
     # a compiled program calls its kernels with no eager dispatch: no cold calls either
     a, b = (fxroof.analyze(model, (big,), chip=c, mode="compiled").kernels for c in (hot, cold))
     assert [k.timing.overhead_s for k in b] == [k.timing.overhead_s for k in a]
+
+
+def test_a_cpu_product_packs_the_weights_memory_streams_to_it_before_its_arithmetic():
+    """A model larger than the CPU's cache streams its weights from memory every pass; a library
+    product reads them (packing) before computing on them, so the stream adds to its arithmetic
+    rather than hiding under it. One row (decode) keeps its measured stream instead."""
+    import dataclasses
+
+    import torch
+    from torch import nn
+
+    import fxroof
+    from fxroof.chips import Chip
+    c = Chip("m", "Measured", "cpu", {"fp32": 1e11}, vector_flops=4e9, mem_bw=1e10,
+             mem_bytes=1e10, link_bw=1e9, link_latency_s=1e-5, launch_s=5e-6, dispatch_s=5e-6,
+             cache_bytes=2 ** 20, cache_bw=4e10, op_dispatch_s={"linear": 5e-6},
+             op_flops={"linear": 1e11})
+    with torch.device("meta"):
+        layer = nn.Linear(1024, 1024, bias=False)          # 4 MiB of weights: past the cache
+    x = torch.empty(64, 1024, device="meta")
+    (k,) = fxroof.analyze(layer, (x,), chip=c, mode="eager").kernels
+    # 2 * 64 * 1024 * 1024 FLOPs at 100 GFLOP/s, then 4 MiB of weights at 10 GB/s
+    assert k.time_s == pytest.approx(5e-6 + 2 * 64 * 1024 ** 2 / 1e11 + 4 * 2 ** 20 / 1e10)
+    # a cache that holds the model: nothing streamed, the arithmetic alone
+    big = dataclasses.replace(c, cache_bytes=2 ** 30)
+    (k,) = fxroof.analyze(layer, (x,), chip=big, mode="eager").kernels
+    assert k.time_s == pytest.approx(5e-6 + 2 * 64 * 1024 ** 2 / 1e11)
