@@ -462,6 +462,11 @@ class Chip:
             own = rows_rate({**self._row_rates(op), PROBE_ROWS: own}, rows)
         return rate * own / self.peak_flops["fp32"] if own else rate
 
+    def few_rows_measured(self, op: str, rows: int) -> bool:
+        """Whether matrix op `op` on `rows` rows runs at a rate measured on fewer rows than the
+        layer probe's (SkinnyProbe's, whose weights come from the cache, not the core's L2)."""
+        return 0 < rows < PROBE_ROWS and bool(self._row_rates(op))
+
     def _row_rates(self, op: str) -> dict:
         """{rows: fp32 rate} of matrix op `op` measured on fewer rows than the layer probe's
         ("linear#4"; "conv2d(native)#49", else "conv2d#49")."""
