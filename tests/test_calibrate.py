@@ -65,7 +65,7 @@ def test_chip_file_round_trips(quick_chip, tmp_path):
                        "glue_s"):
             assert getattr(loaded, figure) == pytest.approx(getattr(quick_chip, figure), rel=1e-3)
         assert loaded.sources["mem_bw"] == quick_chip.sources["mem_bw"]
-        for table in ("op_dispatch_s", "op_flops", "matrix_bw_fraction"):
+        for table in ("op_dispatch_s", "op_flops", "matrix_bw_fraction", "op_dispatch_cold_s"):
             mine, theirs = getattr(quick_chip, table), getattr(loaded, table)
             assert set(theirs) == set(mine)
             assert all(theirs[op] == pytest.approx(mine[op], rel=1e-3) for op in mine)
@@ -94,6 +94,8 @@ def test_ops_are_measured_one_by_one_under_the_names_reports_use(quick_chip):
     # each op also called cold, after a copy of the core's L2, where the system reports one
     if private_cache():
         assert c.l2_bytes == private_cache() and set(c.op_dispatch_cold_s) == ops
+        assert all(c.sources[f].startswith("measured by fxroof calibrate on ")
+                   for f in ("op_dispatch_cold_s", "l2_bytes"))
     # and the matrix ops in every other dtype this build runs, fast path or not: ATen's
     # fallback for a dtype without one differs by op, no one ratio to fp32 holds
     for dtype in set(c.peak_flops) - {"fp32"}:
