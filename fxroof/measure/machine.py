@@ -119,29 +119,27 @@ def tiny_call_timing(clock: Clock) -> str:
         "back from further out")
 
 
-def last_level_cache() -> int:
-    """Bytes of this CPU's largest data cache, as the system reports it (0: unknown)."""
-    best = 0
+def _data_caches() -> dict:
+    """{level: bytes} of the data (or unified) caches of this CPU's first core, as the system
+    reports them; {} where it does not."""
+    found = {}
     for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
         with contextlib.suppress(OSError, ValueError):      # unreadable or unparsable: skipped
-            size = (index / "size").read_text().strip().upper()         # "48K", "32M"
             if (index / "type").read_text().strip() != "Instruction":
+                size = (index / "size").read_text().strip().upper()     # "48K", "32M"
                 scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1:], 1)
-                best = max(best, int(size.rstrip("KMG")) * scale)
-    return best
+                found[int((index / "level").read_text())] = int(size.rstrip("KMG")) * scale
+    return found
+
+
+def last_level_cache() -> int:
+    """Bytes of this CPU's largest data cache, as the system reports it (0: unknown)."""
+    return max(_data_caches().values(), default=0)
 
 
 def private_cache() -> int:
     """Bytes of one core's own level-2 cache, as the system reports it (0: unknown)."""
-    index = Path("/sys/devices/system/cpu/cpu0/cache")
-    for entry in index.glob("index*"):
-        with contextlib.suppress(OSError, ValueError):
-            if (entry / "level").read_text().strip() == "2" and \
-                    (entry / "type").read_text().strip() != "Instruction":
-                size = (entry / "size").read_text().strip().upper()
-                scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1:], 1)
-                return int(size.rstrip("KMG")) * scale
-    return 0
+    return _data_caches().get(2, 0)
 
 
 def device_name(dev: torch.device) -> str:
