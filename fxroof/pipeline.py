@@ -411,11 +411,13 @@ def _alignment_notes(report: Report) -> tuple:
     if report.chip.kind != "gpu":
         return ()
     by_name = {n.name: n for n in report.nodes}
-    off = []          # (kernel time, node, the dimensions off the boundary)
+    off = []          # (kernel time, node, the dimensions off the boundary, the boundary)
     # a kernel that its launch or the host bounds loses nothing to narrower loads
-    for k in (k for k in report.kernels if k.regime in ("compute", "memory")):
-        for node in (by_name.get(name) for name in k.nodes if k.category == "matmul"):
-            step = ALIGNED_ELEMENTS.get(node.dtype) if node else None
+    for k in report.kernels:
+        if k.category != "matmul" or k.regime not in ("compute", "memory"):
+            continue
+        for node in (by_name[name] for name in k.nodes if name in by_name):
+            step = ALIGNED_ELEMENTS.get(node.dtype)
             if step and node.category == "matmul" and len(node.grid) == 4 and \
                     (bad := [int(d) for d in node.grid[2:] if int(d) % step]):
                 off.append((k.time_s, node, bad, step))
@@ -427,14 +429,13 @@ def _alignment_notes(report: Report) -> tuple:
     worst = sorted(off, key=lambda o: -o[0])[:3]
     named = ", ".join(f"{node.module or node.name} ({' and '.join(f'{d:,}' for d in bad)}, not "
                       f"a multiple of {step})" for _, node, bad, step in worst)
-    return (f"{len(off)} matrix product{'s' if len(off) > 1 else ''} ({share:.0%} of the predicted "
-            f"kernel time) {'have' if len(off) > 1 else 'has'} a width or depth off the 16-byte "
-            f"boundary GPU tensor-core kernels load by: {named}; "
-            f"{'they fall' if len(off) > 1 else 'it falls'} to slower kernels, which this "
-            f"prediction does not price: expect {'them' if len(off) > 1 else 'it'} slower than "
-            f"shown. Padding "
-            f"the dimension to a multiple of 64 avoids it (nanoGPT pads GPT-2's 50,257-token "
-            f"vocabulary to 50,304)",)
+    many = len(off) > 1
+    return (f"{len(off)} matrix product{'s' * many} ({share:.0%} of the predicted kernel time) "
+            f"{'have' if many else 'has'} a width or depth off the 16-byte boundary GPU "
+            f"tensor-core kernels load by: {named}; {'they fall' if many else 'it falls'} to "
+            f"slower kernels, which this prediction does not price: expect "
+            f"{'them' if many else 'it'} slower than shown. Padding the dimension to a multiple "
+            f"of 64 avoids it (nanoGPT pads GPT-2's 50,257-token vocabulary to 50,304)",)
 
 
 def _matmul_share_notes(nodes, chip: Chip) -> tuple:
