@@ -241,6 +241,36 @@ def test_a_biased_convolution_on_cuda_runs_its_bias_add_as_a_kernel_of_its_own_e
     assert "of which bias: eager pays 18.5 µs" in comparison(eager)   # 18.45, rounded
 
 
+def test_a_channels_first_depthwise_convolution_on_cuda_is_bound_by_its_instructions():
+    # bf16 3x3 depthwise over (64, 96, 56, 56): PyTorch runs its own kernel, one thread an
+    # output issuing 119.4 + 11.6 x 9 = 223.8 instructions (its loop's SASS, sm_90), so
+    # 64 x 96 x 56 x 56 = 19,267,584 outputs x 223.8 = 4.312e9 thread instructions; an H200
+    # issues 128 a clock on each of 132 SMs at 1.83 GHz: 4.312e9 / 3.092e13 = 139.5 us
+    dwconv = fn_module(lambda x, w: torch.nn.functional.conv2d(x, w, padding=1, groups=96))
+    x, w = meta(64, 96, 56, 56, dtype=torch.bfloat16), meta(96, 1, 3, 3, dtype=torch.bfloat16)
+    (k,) = fxroof.analyze(dwconv, (x, w), chip="h200", mode="eager").kernels
+    issue = 19_267_584 * 223.8 / (128 * 132 * 1.83e9)
+    assert k.expected.issue_s == pytest.approx(issue, rel=1e-6) == pytest.approx(139.5e-6, rel=1e-3)
+    assert dict(k.expected.gap)["issue"] > 0.8 * issue          # the gap names it
+    # measured on an H200 (bench/measured/h200-2026-12-04.json): 182.4 us; a stream of its
+    # 77 MB, what it was priced at before, 21.6 us
+    assert 0.7 < k.expected.device_s / 182.4e-6 < 1.0
+    # cuDNN's instead: channels-last, or fp16 with 32+ channels and a 3x3 filter; fp16 with 16
+    # channels stays PyTorch's (16 x 56 x 56 x 64 outputs at the same 223.8 instructions)
+    def issue(x, w):
+        conv = fn_module(lambda x, w: torch.nn.functional.conv2d(x, w, padding=1,
+                                                                 groups=x.shape[1]))
+        (k,) = fxroof.analyze(conv, (x, w), chip="h200", mode="eager").kernels
+        return k.expected.issue_s
+    assert issue(x.contiguous(memory_format=torch.channels_last), w) == 0
+    assert issue(x.half(), w.half()) == 0
+    few = meta(64, 16, 56, 56, dtype=torch.float16), meta(16, 1, 3, 3, dtype=torch.float16)
+    assert issue(*few) == pytest.approx(64 * 16 * 56 * 56 * 223.8 / (128 * 132 * 1.83e9))
+    # a CPU runs oneDNN's: no issue part
+    (k,) = fxroof.analyze(dwconv, (x.float(), w.float()), chip="cpu", mode="eager").kernels
+    assert k.expected.issue_s == 0
+
+
 def test_the_latency_floor_adds_to_the_work_and_reads_as_overhead():
     # a 0.2 us copy on a chip whose kernels take 3 us more: 3.2 us, above the 2 us launch
     e = expected(gpu(kernel_floor_s=3e-6), Timing(0, 0.2e-6, 0, 2e-6), "copy")

@@ -16,6 +16,9 @@ that kind, so a CPU's expected time is its floor. docs/time-model.md gives each 
     softmax     a fused attention kernel's exponentials, one per score, run on the SMs'
                 special-function units (16 a clock per SM), after its products: a smaller head
                 has fewer products per exponential, so it reaches less of the peak
+    issue       a kernel of PyTorch's own that its instructions bound (a channels-first
+                depthwise convolution, Cost.issued): an SM issues 128 thread instructions a
+                clock (clock_hz, sm_count)
     bandwidth   streaming kernels reach bw_efficiency of the memory bandwidth
     dequant     a matmul dequantizing int8 or int4 weights streams them at a share of a 16-bit
                 one's rate (DEQUANT_STREAM_SHARE)
@@ -57,8 +60,8 @@ from fxroof.chips.launch import Launch, latency_time
 from fxroof.chips.timing import REGIMES, Timing, comm_options
 from fxroof.cost.record import MATRIX_CATEGORIES, dequantizing
 
-GAP_PARTS = ("tiles", "matmul", "softmax", "bandwidth", "dequant", "occupancy", "collective",
-             "overlap", "latency", "layout", "reduction", "reread", "bias")
+GAP_PARTS = ("tiles", "matmul", "softmax", "issue", "bandwidth", "dequant", "occupancy",
+             "collective", "overlap", "latency", "layout", "reduction", "reread", "bias")
 
 # The tiles cuBLAS picks among for a GEMM's output (NVIDIA, "Matrix Multiplication Background
 # User's Guide", 2.3 "Typical Tile Dimensions in cuBLAS"); a library takes the one that wastes
@@ -99,6 +102,10 @@ ATTENTION_ROWS = (128, 64)
 # same warps, so the exponentials' time adds to the products'. The kernels' published shares of
 # the peak (attention_efficiency) are taken at head size 128, that of their papers' headline runs.
 EXP_PER_CLOCK_PER_SM = 16
+# An NVIDIA SM since Volta has four processing blocks, each with a warp scheduler that issues one
+# warp instruction (32 threads) a clock (NVIDIA Tesla V100, A100 and H100 architecture
+# whitepapers, "SM architecture"): 128 thread instructions a clock, whatever they are.
+ISSUE_PER_CLOCK_PER_SM = 4 * 32
 ATTENTION_HEAD = 128
 # A matmul that dequantizes int8 or int4 weights as it reads them streams them slower than a
 # 16-bit one: its converts and scales take issue slots from the loads. gpt-fast's README
@@ -152,6 +159,8 @@ class Expected:
     products_s: float = 0.0         # a matrix kernel's compute at its share of the peak,
                                     # before an attention kernel's exponentials (compute_s adds
                                     # them)
+    issue_s: float = 0.0            # the time its schedulers take to issue its instructions,
+                                    # where those bound it (compute_s takes the larger)
 
     @property
     def gap(self) -> tuple:
@@ -164,7 +173,10 @@ class Expected:
         f = self.floor
         # compute, memory, communication, overlap, latency, the kernels run beside it
         state = [f.compute_s, f.memory_s, f.comm_s, 1.0, 0.0, 0.0]
-        steps = ((0, self.tiled_s), (0, self.products_s or self.compute_s), (0, self.compute_s),
+        issued = self.issue_s and self.issue_s >= self.compute_s
+        arithmetic = (self.products_s or self.tiled_s) if issued else self.compute_s
+        steps = ((0, self.tiled_s), (0, self.products_s or arithmetic), (0, arithmetic),
+                 (0, self.compute_s),
                  (1, self.bandwidth_s or self.streamed_s),
                  (1, self.streamed_s), (1, self.memory_s), (2, self.comm_s), (3, self.overlap),
                  (4, self.latency_s), (5, self.relayout_s), (5, self.relayout_s + self.reduction_s),
@@ -255,7 +267,7 @@ def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_by
              relayout: tuple = (), nvls_bytes: float = 0, comm_ranks: int = 0,
              dtype: str = "", variant: str = "", exponentials: float = 0,
              reread: tuple = (), bias_bytes: float = 0, comm_stride: int = 0,
-             comm_exchange: bool = False, causal: bool = False) -> Expected:
+             comm_exchange: bool = False, causal: bool = False, issued: float = 0) -> Expected:
     """The expected time of a kernel whose floor is `floor`. grid: a matrix kernel's output and
     reduction as (batch, M, N, K); comm_bytes/steps/ranks/stride/exchange, nvls_bytes: a
     collective's (Cost);
@@ -267,7 +279,8 @@ def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_by
     exponentials: a fused attention kernel's softmax's (Cost.exponentials); reread: the bytes of
     each tensor a norm's second pass reads again (Cost.reread), charged on a GPU; bias_bytes: what
     a convolution's bias kernel moves (Cost.bias_bytes), a kernel of its own on a GPU; causal: a
-    fused attention kernel under a causal mask, which skips the key blocks above the diagonal."""
+    fused attention kernel under a causal mask, which skips the key blocks above the diagonal;
+    issued: the thread instructions of a kernel its instructions bound (Cost.issued)."""
     matrix = category in MATRIX_CATEGORIES
     gpu = chip.kind == "gpu"
     collective = bool(comm_bytes or comm_steps)
@@ -307,7 +320,10 @@ def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_by
     products = tiled / efficiency if matrix else tiled
     # the exponentials run in the same blocks, so in the same whole waves as the products
     softmax = exponentials / rate * tiles.factor * share if rate else 0.0
-    return Expected(products + softmax, memory, comm, floor.overhead_s,
+    # a kernel of scalar code takes at least the clocks its schedulers need to issue it
+    issue = issued / (ISSUE_PER_CLOCK_PER_SM * chip.sm_count * chip.clock_hz) \
+        if gpu and issued and chip.sm_count and chip.clock_hz else 0.0
+    return Expected(max(products + softmax, issue), memory, comm, floor.overhead_s,
                     0.0 if collective else chip.kernel_floor_s,   # a collective's is NCCL's base
                     OVERLAP if gpu else 1.0, floor.serial_overhead, floor, tiled, streamed,
                     relayout_s=sum(transpose_time(chip, b) for b in relayout) if gpu else 0.0,
@@ -315,7 +331,8 @@ def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_by
                                  if gpu and tiles.splits > 1 else 0.0),
                     reread_s=sum(reread_time(chip, b) for b in reread) if gpu else 0.0,
                     bias_s=copy_kernel_time(chip, bias_bytes) if gpu and bias_bytes else 0.0,
-                    bandwidth_s=bandwidth, algorithm=algorithm, products_s=products)
+                    bandwidth_s=bandwidth, algorithm=algorithm, products_s=products,
+                    issue_s=issue)
 
 
 def runs_cudnn_attention(chip: Chip) -> bool:

@@ -35,7 +35,8 @@ def node_rows(gm: fx.GraphModule) -> tuple:
                             node.meta.get(PHASE_KEY, ""), node.meta.get(RECOMPUTED_KEY, False),
                             cost.relayout, cost.nvls_bytes, cost.comm_ranks, cost.comm_stride,
                             cost.comm_exchange,
-                            cost.exponentials, cost.reread, cost.bias_bytes, cost.causal))
+                            cost.exponentials, cost.reread, cost.bias_bytes, cost.causal,
+                            cost.issued))
     return tuple(rows)
 
 
@@ -107,6 +108,7 @@ def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple, streamed: dict | N
                        # eager only: a compiled program adds the bias in its next fused kernel
                        bias_bytes=sum(m.bias_bytes for m in members)
                        if mode == "eager" and chip.nvidia else 0,
+                       issued=sum(m.issued for m in members) if chip.nvidia else 0,
                        comm_stride=max((m.comm_stride for m in members), default=0),
                        comm_exchange=any(m.comm_exchange for m in members), **comm)
         # a collective says which of NCCL's algorithms its expected time took

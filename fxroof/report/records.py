@@ -54,6 +54,7 @@ class NodeRow:
     reread: tuple = ()    # a two-pass norm: bytes of each tensor its second pass reads (Cost)
     bias_bytes: int = 0   # a convolution's bias added (or summed) in a kernel of its own (Cost)
     causal: bool = False  # a fused attention kernel under a causal mask (Cost)
+    issued: int = 0       # thread instructions of PyTorch's own issue-bound GPU kernel (Cost)
 
     @property
     def cost_key(self) -> str:
@@ -66,7 +67,7 @@ class NodeRow:
                 for k, v in self.__dict__.items()
                 if k not in ("grid", "phase", "recomputed", "relayout", "nvls_bytes",
                              "comm_ranks", "comm_stride", "comm_exchange", "reread",
-                             "bias_bytes") or v}
+                             "bias_bytes", "issued") or v}
 
 
 @dataclass(frozen=True)

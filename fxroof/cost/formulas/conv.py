@@ -53,6 +53,56 @@ def cpu_library(call: OpCall) -> str:
         and int(w.shape[1]) == 1 else "onednn"
 
 
+# PyTorch's own CUDA depthwise kernel (conv_depthwise2d_forward_kernel, aten/src/ATen/native/
+# cuda/DepthwiseConv2d.cu) gives each thread one output and walks the filter's taps with a bounds
+# check, an index and two scalar loads each, after three integer divisions to find the output's
+# place: its instructions, not its bytes, bound it. The thread instructions an output issues, a
+# fixed part and one a tap, from the kernel's loop compiled by nvcc 13.0 -O3 for sm_90 and its
+# SASS counted (cuobjdump) on the depthwise-multiplier-1 path: 16-bit 131, 230, 418 and 688
+# instructions for 1x1, 3x3, 5x5 and 7x7 filters, fp32 127, 209, 365 and 588 (a straight line
+# through 1x1 and 7x7; sm_80 and sm_86 builds issue 5-10% fewer). A filter other than 1x1 or 3x3
+# runs the generic kernel, whose loops over the taps cost a little more than these unrolled counts.
+NATIVE_DEPTHWISE_INSTRUCTIONS = {"fp32": (117.4, 9.6), "16-bit": (119.4, 11.6)}
+
+
+def native_depthwise_instructions(call: OpCall, transposed: bool) -> int:
+    """The thread instructions PyTorch's own CUDA kernel issues for this convolution where a GPU
+    runs it there, else 0. PyTorch's rule (ConvParams::use_cudnn_depthwise, Convolution.cpp): a
+    2-d depthwise convolution (groups = input channels, output channels a multiple of them)
+    goes to cuDNN when channels-last, and when channels-first only in fp16 with 32 or more
+    channels, a square stride, no dilation and a cuDNN-friendly shape (a square 1x1, 3x3 or 5x5
+    filter over an image at least 7 wide; fxroof takes every such stride as cuDNN's, the
+    per-GPU decision tree for stride 2 not modelled); every other one, bf16 and fp32 above all,
+    to its own kernel."""
+    x, w = call.args[0], call.args[1]
+    if any(lib in call.op.__name__ for lib in ("cudnn", "mkldnn", "miopen")):
+        return 0                                       # a library's op, named
+    groups = int(call.get("groups", 1) or 1)
+    if transposed or x.dim() != 4 or w.dim() != 4 or groups <= 1 or int(x.shape[1]) != groups \
+            or int(w.shape[0]) % groups or x.dtype not in (torch.float16, torch.bfloat16,
+                                                           torch.float32):
+        return 0
+    try:
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
+                or w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous():
+            return 0                                   # channels-last: cuDNN's
+    except (RuntimeError, TypeError):                  # symbolic strides: taken as PyTorch's own
+        pass
+    kh, kw = int(w.shape[2]), int(w.shape[3])
+    stride = [int(s) for s in call.get("stride", [1])] or [1]
+    dilation = [int(d) for d in call.get("dilation", [1])] or [1]
+    if x.dtype == torch.float16 and groups >= 32 and len(set(stride)) == 1 \
+            and set(dilation) == {1} and kh == kw and kh in (1, 3, 5) and int(x.shape[3]) >= 7:
+        return 0                                       # fp16 with cuDNN's shapes: cuDNN's
+    fixed, per_tap = NATIVE_DEPTHWISE_INSTRUCTIONS["fp32" if x.dtype == torch.float32
+                                                   else "16-bit"]
+    try:
+        outputs = int(call.outputs[0].numel())
+    except (TypeError, RuntimeError):                  # a symbolic size: priced by its bytes
+        return 0
+    return round(outputs * (fixed + per_tap * kh * kw))
+
+
 @formula(aten.convolution, aten._convolution, aten.conv1d, aten.conv2d, aten.conv3d,
          aten.cudnn_convolution, aten.mkldnn_convolution, aten.conv_transpose1d,
          aten.conv_transpose2d, aten.conv_transpose3d, aten.cudnn_convolution_transpose,
@@ -73,7 +123,8 @@ def conv(call: OpCall) -> Cost:
     return with_copies(call.cost(flops, "conv", variant=cpu_library(call),
                                  relayout=relayout(x, w, (x, w)),
                                  bias_bytes=2 * footprint(call.outputs[0])
-                                 if isinstance(bias, torch.Tensor) and not _depthwise(w) else 0),
+                                 if isinstance(bias, torch.Tensor) and not _depthwise(w) else 0,
+                                 issued=native_depthwise_instructions(call, transposed)),
                        x)
 
 
