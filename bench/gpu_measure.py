@@ -193,6 +193,12 @@ def kernel_cases():
             op(sdpa, (b, 32, 1, 128), (b, 32, s, 128), (b, 32, s, 128))
     for name, shapes, options in CONVS:
         yield "kernel", name, op(conv, *shapes, **options)
+    # PyTorch's own depthwise kernel, priced by the instructions it issues (docs/time-model.md):
+    # its slope a tap (7x7, the generic kernel) and in fp32, beside the bf16 3x3 above
+    yield "kernel", "conv depthwise 7x7 x 96 at 56 px, batch 64", \
+        op(conv, (64, 96, 56, 56), (96, 1, 7, 7), padding=3, groups=96)
+    yield "kernel", "conv depthwise 3x3 x 96 at 56 px, batch 64, fp32", \
+        op(conv, (64, 96, 56, 56), (96, 1, 3, 3), dtype=torch.float32, padding=1, groups=96)
     # what settles the channels-first misses of 2026-12-04 (bench/README.md): the same
     # convolutions with cuDNN's algorithms timed, and channels-last as well
     for name, shapes, options in CONVS:
