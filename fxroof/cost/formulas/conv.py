@@ -60,7 +60,7 @@ def cpu_library(call: OpCall) -> str:
 # fixed part and one a tap, from the kernel's loop compiled by nvcc 13.0 -O3 for sm_90 and its
 # SASS counted (cuobjdump) on the depthwise-multiplier-1 path: 16-bit 131, 230, 418 and 688
 # instructions for 1x1, 3x3, 5x5 and 7x7 filters, fp32 127, 209, 365 and 588 (a straight line
-# through 1x1 and 7x7; sm_80 and sm_86 builds issue 5-10% fewer). A filter other than 1x1 or 3x3
+# through 1x1 and 7x7; sm_80 and sm_86 builds issue 9-11% fewer). A filter other than 1x1 or 3x3
 # runs the generic kernel, whose loops over the taps cost a little more than these unrolled counts.
 NATIVE_DEPTHWISE_INSTRUCTIONS = {"fp32": (117.4, 9.6), "16-bit": (119.4, 11.6)}
 
