@@ -266,6 +266,17 @@ def test_a_channels_first_depthwise_convolution_on_cuda_is_bound_by_its_instruct
     assert issue(x.half(), w.half()) == 0
     few = meta(64, 16, 56, 56, dtype=torch.float16), meta(16, 1, 3, 3, dtype=torch.float16)
     assert issue(*few) == pytest.approx(64 * 16 * 56 * 56 * 223.8 / (128 * 132 * 1.83e9))
+    # compiled, a convolution graph Inductor turns channels-last hands the convolutions to cuDNN
+    # (fuse/layout.py): a stack of depthwise and 1x1 convolutions, as MobileNet's
+    net = torch.nn.Sequential(torch.nn.Conv2d(96, 96, 3, padding=1, groups=96),
+                              torch.nn.Conv2d(96, 96, 1)).to("meta", torch.bfloat16)
+    from fxroof.fuse.layout import channels_last_convs
+    from fxroof.graph.capture import capture
+    assert channels_last_convs(capture(net, (x,)).gm, training=False)
+    compiled = fxroof.analyze(net, (x,), chip="h200", mode="compiled")
+    assert all(k.expected.issue_s == 0 for k in compiled.kernels)
+    assert any(k.expected.issue_s > 0 for k in fxroof.analyze(net, (x,), chip="h200",
+                                                              mode="eager").kernels)
     # a CPU runs oneDNN's: no issue part
     (k,) = fxroof.analyze(dwconv, (x.float(), w.float()), chip="cpu", mode="eager").kernels
     assert k.expected.issue_s == 0

@@ -108,7 +108,10 @@ def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple, streamed: dict | N
                        # eager only: a compiled program adds the bias in its next fused kernel
                        bias_bytes=sum(m.bias_bytes for m in members)
                        if mode == "eager" and chip.nvidia else 0,
-                       issued=sum(m.issued for m in members) if chip.nvidia else 0,
+                       # PyTorch's own kernel, unless the program made the convolution
+                       # channels-last, which cuDNN runs (Cost.issued)
+                       issued=sum(m.issued for m in members if m.name not in channels_last)
+                       if chip.nvidia else 0,
                        comm_stride=max((m.comm_stride for m in members), default=0),
                        comm_exchange=any(m.comm_exchange for m in members), **comm)
         # a collective says which of NCCL's algorithms its expected time took
