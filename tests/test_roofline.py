@@ -1,5 +1,6 @@
 """The time model's arithmetic, by hand, on real chip figures."""
 import dataclasses
+import re
 
 import pytest
 
@@ -459,13 +460,12 @@ def test_a_gpu_product_off_the_16_byte_boundary_is_named_where_it_counts():
         return nn.Sequential(*[nn.Sequential(nn.Linear(768, 3072), nn.GELU(),
                                              nn.Linear(3072, 768)) for _ in range(12)],
                              nn.Linear(768, vocab, bias=False))
-    import re
     x = torch.empty(8, 1024, 768, device="meta")
     (note,) = notes(head(50257), x)
     assert "50,257, not a multiple of 8" in note and "50,304" in note
     # 2 * 8192 * 768 * 50257 FLOPs of 12 * 2 * (2 * 8192 * 768 * 3072) + that: 11% of the work
-    assert re.search(r"\((\d+)% of the predicted", note) and \
-        5 <= int(re.search(r"\((\d+)% of the predicted", note).group(1)) <= 40
+    share = re.search(r"\((\d+)% of the predicted", note)
+    assert share and 5 <= int(share.group(1)) <= 40
     assert not notes(head(50304), x)
     assert not notes(head(50257), x, chip="cpu")
     assert not notes(head(10), x)     # a 10-class head: 0.1% of the work, no note

@@ -100,9 +100,7 @@ def cold_shares(chip: Chip, ops: list, moved: list) -> list[float]:
     n, before = len(ops), [0.0]          # before[j]: bytes of kernels 0..j-1 over two passes
     for j in range(2 * n):
         before.append(before[-1] + moved[j % n])
-    last: dict = {}
-    for j in range(n):                   # each op's last call in the pass before
-        last[ops[j]] = j - n
+    last = {op: j - n for j, op in enumerate(ops)}     # each op's last call in the pass before
     shares = []
     for i, op in enumerate(ops):
         between = before[i + n] - before[last[op] + n + 1]

@@ -19,9 +19,9 @@ from fxroof.graph.tensors import contiguous_copy_bytes, footprint
 def cpu_library(call: OpCall) -> str:
     """"onednn" (or "onednn-depthwise") or "native": the implementation a CPU build of PyTorch
     runs this convolution with ("" on a GPU). PyTorch's own rule (ConvParams::use_mkldnn,
-    aten/src/ATen/native/Convolution.cpp): half precision always goes to oneDNN; fp32 does unless the call is small
-    and simple, where PyTorch's im2col code is faster, entering oneDNN costing several times more
-    (the README's time model)."""
+    aten/src/ATen/native/Convolution.cpp): half precision always goes to oneDNN; fp32 does
+    unless the call is small and simple, where PyTorch's im2col code is faster, entering oneDNN
+    costing several times more (the README's time model)."""
     x, w = call.args[0], call.args[1]
     if x.device.type not in ("cpu", "meta"):
         return ""
