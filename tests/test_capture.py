@@ -352,3 +352,24 @@ def test_batch_norm_traced_by_make_fx_is_the_one_op_eager_calls():
     r = fxroof.analyze(model, (x,), chip="h100-sxm", mode="eager", amp="fp16")
     assert [k.op for k in r.eager.kernels if k.op != "_to_copy"] == \
         ["convolution", "native_batch_norm", "relu"]
+
+
+def test_work_on_the_graphs_own_allocations_that_nothing_reads_is_dropped():
+    # DTensor's sharding propagation (torch 2.11) runs each op of a tensor-parallel model once
+    # more on empty tensors of the unsplit shapes and make_fx records it: nothing reads it, and
+    # no model's eager run computes on tensors it never filled. What the model computes, and a
+    # write into an allocation, stay.
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    def step(x, buf):
+        torch.mm(torch.empty(64, 32), torch.empty(32, 64)).t()      # an inference, unread
+        torch.empty(8).add_(1)                                       # a write: kept
+        buf.mul_(2)
+        return torch.mm(x, x.t())
+
+    gm = make_fx(step)(torch.randn(4, 32), torch.randn(3))
+    assert sum(n.target is torch.ops.aten.mm.default for n in gm.graph.nodes) == 2
+    ops = [n.target for n in capture(gm).gm.graph.nodes if n.op == "call_function"]
+    assert ops.count(torch.ops.aten.mm.default) == 1 and torch.ops.aten.t.default in ops
+    assert torch.ops.aten.add_.Tensor in ops and torch.ops.aten.mul_.Tensor in ops
+    assert torch.ops.aten.empty.memory_format in ops       # the written allocation, kept

@@ -25,9 +25,23 @@ from fxroof.report.units import si
 aten = torch.ops.aten
 # FlopCounterMode counts the fused attention kernels a CUDA build runs; a CPU build runs its own,
 # which PyTorch leaves uncounted: the same formulas of PyTorch's counter are given for them.
-CPU_ATTENTION = {aten._scaled_dot_product_flash_attention_for_cpu: sdpa_flop.__wrapped__,
+
+
+def _grouped(formula, query_at: int):
+    """PyTorch's formula, counting grouped-query attention's keys and values at the query's
+    heads, as the counter of torch 2.13 does (2.11's refuses their shapes)."""
+    def count(*shapes, **kwargs):
+        heads = shapes[query_at][1]
+        return formula(*shapes[:query_at + 1], *((s[0], heads, *s[2:]) for s in
+                                                 shapes[query_at + 1:query_at + 3]),
+                       *shapes[query_at + 3:], **kwargs)
+    return count
+
+
+CPU_ATTENTION = {aten._scaled_dot_product_flash_attention_for_cpu:
+                     _grouped(sdpa_flop.__wrapped__, 0),
                  aten._scaled_dot_product_flash_attention_for_cpu_backward:
-                     sdpa_backward_flop.__wrapped__}
+                     _grouped(sdpa_backward_flop.__wrapped__, 1)}
 
 
 def real_step_flops(model, args, kwargs=None, loss_fn=None) -> int:

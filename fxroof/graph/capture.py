@@ -394,7 +394,7 @@ def finish_graph(gm: fx.GraphModule, strategy: str, weights: frozenset, name: st
     graph.output(graph.graph_copy(gm.graph, {}))
     own = fx.GraphModule(gm, graph)
     _inline_subgraphs(own)
-    _drop_unused_reserves(own)
+    _drop_unread_allocations(own)
     math_attention = spell_out_math_attention(own)
     for node in own.graph.nodes:
         if stack := node.meta.get("nn_module_stack"):
@@ -407,15 +407,22 @@ def finish_graph(gm: fx.GraphModule, strategy: str, weights: frozenset, name: st
     return Captured(own, strategy, weights, name, routing, math_attention_notes(math_attention))
 
 
-def _drop_unused_reserves(gm: fx.GraphModule) -> None:
-    """Remove the empty buffers a composite op allocates and nothing reads: make_fx's trace of
-    batch norm holds `_batch_norm_impl_index`'s zero-element `reserve`, an allocation inside
-    PyTorch's C++, not an op the model calls (an eager report would charge it a dispatch)."""
-    for node in list(gm.graph.nodes):
-        val = node.meta.get("val")
-        if node.op == "call_function" and node.target is torch.ops.aten.empty.memory_format \
-                and not node.users and isinstance(val, torch.Tensor) \
-                and isinstance(val.numel(), int) and val.numel() == 0:
+def _drop_unread_allocations(gm: fx.GraphModule) -> None:
+    """Remove what is computed from the graph's own allocations alone (no input, weight or state
+    behind it) and read by nothing: work no model's eager run does, recorded from PyTorch's C++.
+    make_fx's trace of batch norm holds `_batch_norm_impl_index`'s zero-element `reserve`; under
+    torch 2.11, DTensor's sharding propagation runs each op of a tensor-parallel model once more
+    on empty tensors of the unsplit shapes, to infer its output, and make_fx records those ops
+    too (a colwise linear's whole product beside its shard's). An eager report would charge each
+    a kernel. A write into such a tensor (an in-place op) is kept."""
+    made = set()    # nodes computed from in-graph allocations alone (sizes aside)
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and all(
+                a in made for a in node.all_input_nodes
+                if not isinstance(a.meta.get("val"), (int, torch.SymInt))):
+            made.add(node)
+    for node in reversed(list(gm.graph.nodes)):
+        if node in made and not node.users and not node.is_impure():
             gm.graph.erase_node(node)
     gm.recompile()
 

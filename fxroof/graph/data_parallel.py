@@ -234,7 +234,7 @@ class _Gather(torch.autograd.Function):
     def forward(ctx, shard, dtype, reduce_dtype, group, replicas):
         import torch.distributed._functional_collectives as funcol
         ctx.dtypes, ctx.groups = (shard.dtype, reduce_dtype), (group, replicas)
-        return funcol.all_gather_single(shard.to(dtype), 0, group)
+        return funcol.all_gather_tensor(shard.to(dtype), 0, group)
 
     @staticmethod
     def backward(ctx, grad):
