@@ -59,6 +59,9 @@ BF16 = torch.bfloat16
 # shown, never counted in the summary that checks the model.
 CALIBRATES = {("h200", "add bf16 2^28"): "bw_efficiency",
               ("h200", "sdpa 1 x 32 x 2048 x 128"): "cudnn_attention_efficiency"}
+# The same for a chip `fxroof calibrate --device cuda` wrote: the cases that are its own probes
+# (fxroof/measure/gpu_shares.py), whatever GPU it measured.
+CALIBRATION_PROBES = {"add bf16 2^28": "bw_efficiency"}
 L2_MARGIN = 4              # inputs rotated over at least this many times the L2's bytes
 DISPATCH_CALLS = 2000
 
@@ -544,7 +547,8 @@ def compare(ns) -> int:
         fn, args, kwargs = builds[r["name"]]("meta")
         p = predicted(r["mode"], fn, args, kwargs, chip)
         ratio = p / r["measured_s"]
-        sets = CALIBRATES.get((chip.name, r["name"]), "")
+        sets = (CALIBRATION_PROBES.get(r["name"], "") if chip.name.startswith("calibrated-")
+                else CALIBRATES.get((chip.name, r["name"]), ""))
         if not sets:
             ratios.setdefault(r["group"] if r["group"] != "model" else r["mode"], []).append(
                 (ratio, r["name"]))

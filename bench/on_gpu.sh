@@ -20,7 +20,7 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,po
 transformers.__version__)" 2>&1 | tee -a "$out/gpu.txt"
 timeout 390 "$py" bench/gpu_measure.py measure --out "$out/measured.json" --budget-s 300 \
     --traces "$out/traces.zip" 2>&1 | tee "$out/measure.txt"
-timeout 100 "$py" -m fxroof calibrate --device cuda --out "$out/calibrated-cuda.json" \
+timeout 140 "$py" -m fxroof calibrate --device cuda --out "$out/calibrated-cuda.json" \
     2>&1 | tee "$out/calibrate.txt"
 timeout 45 "$py" -m fxroof measure models/resnet.py --set device=cuda --set batch=64 \
     --set dtype=bf16 --chip h200 --repeat 10 --json "$out/fxroof-measure.json" \

@@ -3,6 +3,7 @@
 Figures are checked for presence, op names and provenance, and against what the system reports;
 never against the speed of the machine the tests run on.
 """
+import dataclasses
 import json
 import os
 import statistics
@@ -10,13 +11,16 @@ import types
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from fxroof.chips import Chip, load_chip_file
+from fxroof.chips import Chip, load_chip_file, table_chip
 from fxroof.chips import chip as find_chip
 from fxroof.chips.chip import FILE_KEYS
 from fxroof.cli.main import main
 from fxroof.measure.calibrate import calibrate, chip_json, summary, write_chip
-from fxroof.measure.machine import cpu_threads, last_level_cache, private_cache
+from fxroof.measure.gpu_shares import (Probe, gpu_probes, on_table, predicted_s, probes,
+                                       solve, solve_shares, time_probes)
+from fxroof.measure.machine import Clock, cpu_threads, last_level_cache, private_cache
 from fxroof.measure.probes import TransformerBlock
 from fxroof.pipeline import analyze
 
@@ -180,13 +184,17 @@ def test_cpu_threads_restores_the_thread_count():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_calibration_names_the_gpu():
     c = calibrate("cuda", quick=True)
+    name, entry = torch.cuda.get_device_name(), table_chip(torch.cuda.get_device_name())
     assert c.kind == "gpu" and "fp32" in c.peak_flops and not c.op_flops
-    assert c.title == f"{torch.cuda.get_device_name()} (calibrated)"
-    assert "CUDA graph" in c.sources["launch_s"] and not c.cache_bytes   # L2 is not modelled
+    assert c.title == (f"{entry.title}, calibrated ({name})" if entry else f"{name} (calibrated)")
+    assert "CUDA graph" in c.sources["graph_launch_s"] and not c.cache_bytes   # L2: l2_bytes
     props = torch.cuda.get_device_properties(0)
     assert c.sm_count == props.multi_processor_count        # an H100 SXM: 132
     assert c.sm_threads == props.max_threads_per_multi_processor
     assert c.l2_bytes == props.L2_cache_size                # an H100 SXM: 50 MiB
+    if entry:    # the datasheet floor kept, the shares measured
+        assert c.peak_flops == entry.peak_flops and c.mem_bw == entry.mem_bw
+        assert c.sources["matmul_efficiency"].startswith("measured by fxroof calibrate")
 
 
 def test_cuda_without_a_device_is_a_clear_error():
@@ -194,3 +202,119 @@ def test_cuda_without_a_device_is_a_clear_error():
         pytest.skip("this machine has a CUDA device")
     with pytest.raises(ValueError, match="CUDA"):
         calibrate("cuda", quick=True)
+
+
+# -- a GPU calibrated on its table entry (gpu_shares.py); the timing itself needs a GPU --------
+
+def test_a_gpu_finds_its_table_entry_by_the_name_its_driver_reports():
+    assert table_chip("NVIDIA H200") is find_chip("h200")
+    assert table_chip("NVIDIA H100 80GB HBM3").name == "h100-sxm"     # the SXM5 part
+    assert table_chip("NVIDIA A100-SXM4-40GB").name == "a100-40gb"
+    assert table_chip("NVIDIA A100 80GB PCIe").name == "a100-80gb-pcie"
+    assert table_chip("Tesla T4").name == "t4"
+    # nothing from a part of a name: a 4080 SUPER is not a 4080, a 96 GB GH200 not the 144 GB
+    assert table_chip("NVIDIA GeForce RTX 4080 SUPER") is None
+    assert table_chip("NVIDIA GH200 480GB") is None
+
+
+def test_a_share_is_solved_so_that_its_probe_predicts_the_measured_time():
+    h200 = find_chip("h200")
+    mm = probes()[0]
+    assert mm.figure == "matmul_efficiency" and mm.shapes == ((8192, 8192),) * 2
+    # by hand, a GEMM of 8192^3 measured in 1,500 us on an H200: 2 x 8192^3 FLOPs at 989.4
+    # TFLOPS, in 64x64 tiles (16,384 over 132 SMs: 125 waves, x 125 x 132 / 16,384); its 3 x
+    # 8192^2 x 2 bytes at 4.8 TB/s x 0.918 after the 354 ns round trip, hidden but 5% of it;
+    # the 1 us kernel floor
+    products = 2 * 8192 ** 3 * (125 * 132 / 16384) / 989.4e12
+    memory = 3 * 8192 ** 2 * 2 / (4.8e12 * 0.918) + 354e-9
+    share, note = solve(h200, mm, 1500e-6)
+    assert share == pytest.approx(products / (1500e-6 - 0.05 * memory - 1e-6), rel=1e-3)
+    assert share == pytest.approx(0.749, abs=1e-3) and not note
+    # the table's own figure back from the time it predicts
+    assert solve(h200, mm, predicted_s(h200, mm))[0] == pytest.approx(0.803, abs=1e-4)
+    # faster than the model can be at any share: said, and capped
+    assert solve(h200, mm, 1000e-6) == (1.0, pytest.approx("capped at 1.0: the probe ran "
+                                                           "faster than the model allows"))
+
+
+def test_an_attention_share_is_the_least_that_explains_the_time():
+    # FlashAttention's products reach the peak at a share of 1 / (1 + the exponentials' 0.5),
+    # past which only the exponentials remain: a time at that point gives 2/3, not 1
+    h200 = find_chip("h200")
+    flash = next(p for p in probes() if p.figure == "attention_efficiency")
+    fastest = predicted_s(dataclasses.replace(h200, attention_efficiency=1.0,
+                                              cudnn_attention_efficiency=0.0), flash)
+    assert solve(h200, flash, fastest)[0] == pytest.approx(2 / 3, abs=1e-3)
+    # 0.35 (the table's FlashAttention-2 share) from the time it predicts
+    at_035 = predicted_s(dataclasses.replace(h200, cudnn_attention_efficiency=0.0), flash)
+    assert solve(h200, flash, at_035)[0] == pytest.approx(0.35, abs=1e-4)
+
+
+def test_cudnn_attention_is_measured_only_where_sdpa_prefers_it():
+    figures = {c: [p.figure for p in gpu_probes(find_chip(c))] for c in ("h200", "a100-80gb")}
+    assert "cudnn_attention_efficiency" in figures["h200"]
+    assert figures["a100-80gb"] == ["matmul_efficiency", "bw_efficiency",
+                                    "attention_efficiency"]
+
+
+def test_a_probe_that_cannot_run_here_is_left_out_with_why():
+    clock = Clock(torch.device("cpu"), quick=True)
+    cudnn = Probe("cudnn_attention_efficiency", F.scaled_dot_product_attention,
+                  ((1, 2, 16, 8),) * 3, "cuDNN's attention", "CUDNN_ATTENTION")
+    mm = Probe("matmul_efficiency", torch.mm, ((16, 16),) * 2, "a small product")
+    times = time_probes(clock, (mm, cudnn))
+    assert times["matmul_efficiency"][0] > 0
+    assert times["cudnn_attention_efficiency"][0] == 0
+    assert times["cudnn_attention_efficiency"][1].startswith("not measured: cuDNN's attention "
+                                                             "does not run here (RuntimeError")
+    solved = solve_shares(find_chip("h200"), (cudnn,), times)
+    assert solved["cudnn_attention_efficiency"][0] == 0
+
+
+def _as_measured(c: Chip, **figures) -> Chip:
+    """A calibration's chip for the H200: the host and driver figures given, each stamped."""
+    stamp = "measured by fxroof calibrate on NVIDIA H200, 2026-12-05"
+    return dataclasses.replace(c, name="calibrated-cuda", title="NVIDIA H200 (calibrated)",
+                               **figures, sources={f: f"{stamp}: how" for f in
+                                                   ("dispatch_s", "glue_s", "graph_launch_s",
+                                                    "sm_count", "mem_bytes")})
+
+
+def test_a_calibrated_gpu_keeps_its_table_floor_and_takes_what_was_measured(tmp_path):
+    h200 = find_chip("h200")
+    measured = _as_measured(h200, dispatch_s=14e-6, glue_s=6e-6, graph_launch_s=2e-6)
+    solved = {"matmul_efficiency": (0.75, "torch.mm ..."), "bw_efficiency": (0.93, "add ..."),
+              "attention_efficiency": (0.0, "not measured: ...")}
+    c = on_table(h200, measured, solved, "measured by fxroof calibrate on NVIDIA H200, today",
+                 "NVIDIA H200")
+    assert (c.name, c.title) == ("calibrated-h200", "NVIDIA H200 SXM 141GB, calibrated "
+                                                    "(NVIDIA H200)")
+    assert c.nvidia and c.peak_flops == h200.peak_flops and c.mem_bw == h200.mem_bw
+    assert (c.matmul_efficiency, c.bw_efficiency) == (0.75, 0.93)
+    assert c.attention_efficiency == h200.attention_efficiency       # unmeasured: the table's
+    assert (c.dispatch_s, c.glue_s, c.graph_launch_s) == (14e-6, 6e-6, 2e-6)
+    assert (c.clock_hz, c.memory_latency_s, c.kernel_floor_s) == (
+        h200.clock_hz, h200.memory_latency_s, h200.kernel_floor_s)
+    assert c.sources["matmul_efficiency"].startswith("measured by fxroof calibrate")
+    assert c.sources["clock_hz"] == "as the table's h200: " + h200.sources["clock_hz"]
+    assert load_chip_file(write_chip(c, tmp_path / "h200.json")) == c
+    text = summary(c)
+    assert "GEMM of the dense peak 0.75" in text and "kept from the chip table" in text
+
+
+def test_a_gpu_calibrated_to_its_table_figures_predicts_as_its_table_entry():
+    # nothing of the model is lost on the way: the same figures, the same times
+    h200 = find_chip("h200")
+    same = on_table(h200, _as_measured(h200), {f: (getattr(h200, f), "as measured") for f in
+                                               ("matmul_efficiency", "bw_efficiency")},
+                    "measured", "NVIDIA H200")
+    model, args = TransformerBlock().to(torch.bfloat16), (torch.randn(2, 64, 64).bfloat16(),)
+    for mode in ("eager", "compiled"):
+        a, b = (analyze(model, args, chip=c, mode=mode) for c in (h200, same))
+        assert b.time_s == a.time_s and b.summary.floor_s == a.summary.floor_s
+
+
+def test_like_names_a_gpu_of_the_table(tmp_path, capsys):
+    out = str(tmp_path / "x.json")
+    assert main(["calibrate", "--like", "h200", "--out", out]) == 2     # a CPU has no entry
+    assert "a CPU's figures are all measured" in capsys.readouterr().err

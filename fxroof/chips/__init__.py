@@ -1,6 +1,7 @@
 """The chip table: dense peaks, bandwidths and overheads of the chips fxroof knows, each sourced.
 
     chip("h100")            -> Chip (names are case-insensitive; aliases allowed)
+    chip("NVIDIA H200")     -> Chip (a name a GPU's driver reports is an alias of its entry)
     chip("my_chip.json")    -> Chip from a user's chip file (schema: chip.py); a file whose
                                "base" names a shipped chip states only what differs, e.g. its
                                cluster's network: {"base": "a100-80gb", "network_GBps": 100}
@@ -19,7 +20,7 @@ from typing import Union
 from fxroof.chips.chip import (DTYPES, OP_TABLES, OPTIONAL_SCALARS, PEAK_KEY, SCALARS, Chip,
                                ChipError, chip_from_json)
 
-__all__ = ["Chip", "ChipError", "DTYPES", "chip", "chips", "load_chip_file"]
+__all__ = ["Chip", "ChipError", "DTYPES", "chip", "chips", "load_chip_file", "table_chip"]
 
 ChipSpec = Union[str, "os.PathLike[str]", Chip]
 
@@ -69,6 +70,14 @@ def _table() -> tuple[tuple[Chip, ...], dict[str, Chip]]:
 def chips() -> list[Chip]:
     """Every chip in the shipped table, in table order."""
     return list(_table()[0])
+
+
+def table_chip(name: str) -> Chip | None:
+    """The shipped chip whose name or alias is `name` (case-insensitive), None where none is.
+    The aliases hold the names GPU drivers report ("NVIDIA H200", "NVIDIA H100 80GB HBM3"), so a
+    calibration finds its GPU's entry; nothing is guessed from a part of a name ("NVIDIA
+    GeForce RTX 4080 SUPER" is not an RTX 4080)."""
+    return _table()[1].get(_key(name)) if isinstance(name, str) else None
 
 
 def load_chip_file(path: Union[str, "os.PathLike[str]"]) -> Chip:

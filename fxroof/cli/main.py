@@ -157,6 +157,10 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--quick", action="store_true", help="fewer repeats, rougher figures")
     k.add_argument("--threads", type=int, default=None,
                    help="CPU threads torch uses while measuring (default: torch's setting)")
+    k.add_argument("--like", metavar="CHIP",
+                   help="GPU: its entry in the chip table, whose datasheet floor it keeps while "
+                        "measuring the shares of it the GPU reaches (default: the entry named "
+                        "as the driver names the GPU)")
     c = sub.add_parser("chips", help="list the chip table, or one chip's figures and sources")
     c.add_argument("names", nargs="*", metavar="CHIP",
                    help="chip names or chip JSON files: every figure with its source")

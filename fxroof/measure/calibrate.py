@@ -24,8 +24,10 @@ from pathlib import Path
 
 import torch
 
-from fxroof.chips import Chip
+from fxroof.chips import Chip, table_chip
+from fxroof.chips import chip as find_chip
 from fxroof.chips.chip import OP_TABLES, OPTIONAL_SCALARS, PEAK_KEY, PEAK_UNIT, SCALARS
+from fxroof.measure.gpu_shares import gpu_probes, on_table, solve_shares, time_probes
 from fxroof.measure.machine import (Clock, cpu_threads, device_label, device_name, memory_bytes,
                                     private_cache)
 from fxroof.measure.microbench import (cache_bandwidth, compiled_launch, copy_bandwidth,
@@ -62,18 +64,21 @@ class CalibrationError(ValueError):
 
 
 def calibrate(device: str = "cpu", *, quick: bool = False, threads: int | None = None,
-              log=None) -> Chip:
+              log=None, like: str | None = None) -> Chip:
     """Measure this machine's `device` ("cpu" or "cuda[:N]") and return it as a Chip.
 
     quick: smaller sizes and fewer repeats (rougher figures, for tests).
     threads: CPU threads torch uses while calibrating (default: its current setting).
     log: optional callable(str) told what is being measured.
+    like: a GPU's entry in the chip table (default: the entry whose alias is the name the driver
+    reports). A GPU with an entry keeps the table's datasheet floor and gets the shares of it
+    this GPU reaches (gpu_shares.py); one without gets the rates it measures as its peaks.
     A run whose figures show a noisy machine (`doubts`) is measured again; CalibrationError when
     every attempt does.
     """
     say = log or (lambda _msg: None)
     for _ in range(ATTEMPTS):
-        chip, view_again = _measure(device, quick, threads, say)
+        chip, view_again = _measure(device, quick, threads, say, like)
         if not (found := doubts(chip, view_again)):
             return chip
         say(f"the machine looks noisy ({found[0]}); measuring again ...")
@@ -96,7 +101,24 @@ def doubts(chip: Chip, view_again: float) -> list:
     return found
 
 
-def _measure(device: str, quick: bool, threads: int | None, say) -> tuple[Chip, float]:
+def table_entry(dev: torch.device, like: str | None) -> Chip | None:
+    """The chip table's entry for a GPU: `like`, or the one whose alias is the name its driver
+    reports (None: the table has none). A CPU has none: its figures are all measured."""
+    if dev.type == "cpu":
+        if like:
+            raise ValueError("calibrate --like names a GPU's table entry; a CPU's figures are "
+                             "all measured")
+        return None
+    if like:
+        found = find_chip(like)     # ChipError naming the cause where there is no such chip
+        if found.kind != "gpu":
+            raise ValueError(f"calibrate --like {like}: {found.name} is a {found.kind}, not a GPU")
+        return found
+    return table_chip(device_name(dev))
+
+
+def _measure(device: str, quick: bool, threads: int | None, say,
+             like: str | None = None) -> tuple[Chip, float]:
     """One calibration: the chip, and a view call timed again at the very end."""
     dev = None
     with contextlib.suppress(RuntimeError):
@@ -105,6 +127,7 @@ def _measure(device: str, quick: bool, threads: int | None, say) -> tuple[Chip, 
         raise ValueError(f"calibrate measures a 'cpu' or 'cuda' device, not {device!r}")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("calibrate --device cuda: this torch build sees no CUDA device")
+    base = table_entry(dev, like)
     src, cpu, links = {}, dev.type == "cpu", LINKS[dev.type]
     with cpu_threads(threads), torch.no_grad():
         clock = Clock(dev, quick)
@@ -168,6 +191,12 @@ def _measure(device: str, quick: bool, threads: int | None, say) -> tuple[Chip, 
                                  "max_threads_per_multi_processor")
             src["l2_bytes"] = "torch.cuda.get_device_properties: L2_cache_size"
         program_s, src["program_call_s"] = program_call(clock, chip)
+        solved = {}
+        if base:
+            say(f"the shares of {base.name}'s peaks and bandwidth this GPU reaches ...")
+            on_chip = dataclasses.replace(base, **gpu_layout(dev))    # its SMs set the tiles
+            probes = gpu_probes(base, quick)
+            solved = solve_shares(on_chip, probes, time_probes(clock, probes))
         view_again, _ = view_dispatch(clock)
     src |= glue_sources
     src["mem_bytes"] = "total RAM as the system reports it" if cpu else "device memory"
@@ -180,10 +209,12 @@ def _measure(device: str, quick: bool, threads: int | None, say) -> tuple[Chip, 
             "in fp32 under their own name and in each other dtype as 'op:dtype' (see "
             "peak_flops): " + each_rate(chip.op_flops))
     stamp = f"measured by fxroof calibrate on {device_name(dev)}, {datetime.date.today()}"
-    return dataclasses.replace(chip, program_call_s=program_s, sources={
+    chip = dataclasses.replace(chip, program_call_s=program_s, sources={
         **{k: f"{stamp}: {v}" for k, v in src.items()},
-        **{f: f"estimate, not measured (one device): {why}" for f, (_, why) in links.items()}}
-    ), view_again
+        **{f: f"estimate, not measured (one device): {why}" for f, (_, why) in links.items()}})
+    if base:
+        chip = on_table(base, chip, solved, stamp, device_name(dev))
+    return chip, view_again
 
 
 def gpu_layout(dev: torch.device) -> dict:
@@ -197,10 +228,12 @@ def gpu_layout(dev: torch.device) -> dict:
 # -- the chip file ---------------------------------------------------------------------------
 
 def chip_json(chip: Chip) -> dict:
-    """The chip as one object of the chip-file schema (fxroof/chips/chip.py), 4 significant
-    figures, so that `fxroof.chips.load_chip_file` reads it back."""
+    """The chip as one object of the chip-file schema (fxroof/chips/chip.py), so that
+    `fxroof.chips.load_chip_file` reads it back: 6 significant figures, which keep the table's
+    figures a GPU calibration carries over as they are (1,978.9 TFLOPS; a measured figure is good
+    to two or three of them)."""
     def fig(x: float) -> float:
-        return float(f"{x:.4g}")
+        return float(f"{x:.6g}")
     entry = {"name": chip.name, "title": chip.title, "kind": chip.kind,
              PEAK_KEY: {d: fig(v / PEAK_UNIT) for d, v in chip.peak_flops.items()}}
     entry.update({key: fig(getattr(chip, f) / unit) for f, (key, unit) in SCALARS.items()})
@@ -247,8 +280,26 @@ def summary(chip: Chip) -> str:
                                          f"of {si(chip.l2_bytes, 'B')} (a core's L2) ran first"),
         ("", fp32_ops and f"{spread(fp32_ops, flops)} work rate over {len(fp32_ops)} ops"
                           " (fp32)"),
+        ("shares", ", ".join(f"{label} {getattr(chip, f):.3g}" for f, label in SHARE_LABELS
+                             if getattr(chip, f) and _measured(chip, f))),
+        ("", chip.kind == "gpu" and (
+            "kept from the chip table: the floor (peaks, bandwidth), the clock, memory latency, "
+            "kernel floor and links" if chip.name != "calibrated-cuda" else
+            "not in the chip table: its peaks and bandwidth are the rates measured here; with "
+            "--like CHIP it keeps that entry's datasheet floor and the shares are measured")),
         ("memory", si(chip.mem_bytes, "B"))]
     return "\n".join([chip.title, *(f"  {label:<14}{text}" for label, text in rows if text)])
+
+
+# The shares a GPU calibration measures (gpu_shares.py), as the summary names them.
+SHARE_LABELS = (("matmul_efficiency", "GEMM of the dense peak"),
+                ("bw_efficiency", "streaming of the bandwidth"),
+                ("attention_efficiency", "FlashAttention-2"),
+                ("cudnn_attention_efficiency", "cuDNN attention"))
+
+
+def _measured(chip: Chip, figure: str) -> bool:
+    return chip.sources.get(figure, "").startswith("measured")
 
 
 # -- command line: `fxroof calibrate` ----------------------------------------------------------
@@ -256,7 +307,7 @@ def summary(chip: Chip) -> str:
 def cmd_calibrate(ns) -> int:
     """Run a calibration from parsed arguments, print the figures, write the chip file."""
     t0, tty = time.perf_counter(), sys.stderr.isatty()     # progress only on a terminal
-    chip = calibrate(ns.device, quick=ns.quick, threads=ns.threads,
+    chip = calibrate(ns.device, quick=ns.quick, threads=ns.threads, like=ns.like,
                      log=(lambda msg: print(msg, file=sys.stderr, flush=True)) if tty else None)
     path = write_chip(chip, ns.out)
     print(summary(chip))
