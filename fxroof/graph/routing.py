@@ -25,12 +25,22 @@ from pathlib import Path
 
 import torch
 import torch.utils._pytree as pytree
-from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode, MetadataMismatchError
+from torch._subclasses import fake_tensor
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.fx.experimental.symbolic_shapes import ShapeEnv
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import _disable_current_modes
 
 from fxroof.graph.tensors import tensors_in
+
+
+class _NeverRaised(Exception):
+    """Stands for an exception a torch release does not have."""
+
+
+# a real kernel's output sized unlike its fake's (torch 2.5 has no such
+# error, and raises nothing in its place)
+MetadataMismatchError = getattr(fake_tensor, "MetadataMismatchError", _NeverRaised)
 
 
 @dataclass(frozen=True)
