@@ -2,7 +2,7 @@
 # The GPU checks in one run, about 8 minutes: kernels and GPU-sized models timed eager, as one
 # CUDA graph and under torch.compile, each model's eager forward profiled into traces.zip
 # (bench/gpu_measure.py measure), a CUDA calibration (`fxroof calibrate --device cuda`) and
-# `fxroof measure` on ResNet-50 node by node. Output goes to $OUT (default gpu-out/; eight files,
+# `fxroof measure` on ResNet-50, eager node by node and compiled. Output goes to $OUT (default gpu-out/; eight files,
 # as many as a lent GPU hands back); `python bench/gpu_measure.py compare $OUT/measured.json
 # --traces $OUT/traces.zip` then predicts every case anywhere, no GPU needed. Each step has its
 # own time limit, so one that hangs does not take the others with it.
@@ -18,10 +18,14 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,po
     --format=csv 2>&1 | tee "$out/gpu.txt"
 "$py" -c "import torch, transformers; print(torch.__version__, torch.version.cuda, \
 transformers.__version__)" 2>&1 | tee -a "$out/gpu.txt"
-timeout 390 "$py" bench/gpu_measure.py measure --out "$out/measured.json" --budget-s 300 \
+timeout 370 "$py" bench/gpu_measure.py measure --out "$out/measured.json" --budget-s 280 \
     --traces "$out/traces.zip" 2>&1 | tee "$out/measure.txt"
-timeout 140 "$py" -m fxroof calibrate --device cuda --out "$out/calibrated-cuda.json" \
+timeout 120 "$py" -m fxroof calibrate --device cuda --out "$out/calibrated-cuda.json" \
     2>&1 | tee "$out/calibrate.txt"
 timeout 45 "$py" -m fxroof measure models/resnet.py --set device=cuda --set batch=64 \
     --set dtype=bf16 --chip h200 --repeat 10 --json "$out/fxroof-measure.json" \
     2>&1 | tee "$out/fxroof-measure.txt"
+# the same model under torch.compile, beside the compiled prediction (its table in the same file)
+timeout 45 "$py" -m fxroof measure models/resnet.py --set device=cuda --set batch=64 \
+    --set dtype=bf16 --chip h200 --repeat 10 --mode compiled \
+    2>&1 | tee -a "$out/fxroof-measure.txt"
