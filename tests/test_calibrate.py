@@ -318,3 +318,13 @@ def test_like_names_a_gpu_of_the_table(tmp_path, capsys):
     out = str(tmp_path / "x.json")
     assert main(["calibrate", "--like", "h200", "--out", out]) == 2     # a CPU has no entry
     assert "a CPU's figures are all measured" in capsys.readouterr().err
+
+
+def test_a_gpu_without_a_table_entry_is_told_how_to_name_one():
+    c = Chip(name="calibrated-cuda", title="NVIDIA GeForce RTX 4080 SUPER (calibrated)",
+             kind="gpu", peak_flops={"fp32": 5e13, "bf16": 2e14}, vector_flops=5e13,
+             mem_bw=7e11, mem_bytes=1.6e10, link_bw=2.5e10, link_latency_s=1e-5,
+             launch_s=7e-6, dispatch_s=1e-5)
+    text = summary(c)
+    assert "not in the chip table" in text and "--like CHIP" in text
+    assert "  shares" not in text     # no shares row: the rates measured are its peaks

@@ -282,11 +282,7 @@ def summary(chip: Chip) -> str:
                           " (fp32)"),
         ("shares", ", ".join(f"{label} {getattr(chip, f):.3g}" for f, label in SHARE_LABELS
                              if getattr(chip, f) and _measured(chip, f))),
-        ("", chip.kind == "gpu" and (
-            "kept from the chip table: the floor (peaks, bandwidth), the clock, memory latency, "
-            "kernel floor and links" if chip.name != "calibrated-cuda" else
-            "not in the chip table: its peaks and bandwidth are the rates measured here; with "
-            "--like CHIP it keeps that entry's datasheet floor and the shares are measured")),
+        *(("", line) for line in _gpu_basis(chip)),
         ("memory", si(chip.mem_bytes, "B"))]
     return "\n".join([chip.title, *(f"  {label:<14}{text}" for label, text in rows if text)])
 
@@ -296,6 +292,17 @@ SHARE_LABELS = (("matmul_efficiency", "GEMM of the dense peak"),
                 ("bw_efficiency", "streaming of the bandwidth"),
                 ("attention_efficiency", "FlashAttention-2"),
                 ("cudnn_attention_efficiency", "cuDNN attention"))
+
+
+def _gpu_basis(chip: Chip) -> tuple[str, ...]:
+    """What a calibrated GPU's figures rest on, in the summary's lines (none for a CPU)."""
+    if chip.kind != "gpu":
+        return ()
+    if chip.name == "calibrated-cuda":      # no table entry (calibrate's name without one)
+        return ("not in the chip table: its peaks and bandwidth are the rates measured here;",
+                "--like CHIP keeps a table entry's datasheet floor and measures the shares of it")
+    return ("kept from the chip table: the floor (peaks, bandwidth), the clock, memory latency,",
+            "kernel floor and links")
 
 
 def _measured(chip: Chip, figure: str) -> bool:
