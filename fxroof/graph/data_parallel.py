@@ -92,7 +92,7 @@ def _mesh_group(model: torch.nn.Module, dp: int):
     """The group a plain model's gradients are averaged or sharded over: the default one
     (None), or for a model with DTensor weights the "dp" dimension of the (dp, tp) mesh they
     lie on, which must have `dp` ranks."""
-    meshes = {p.device_mesh._get_root_mesh() for p in model.parameters()
+    meshes = {_root_mesh(p.device_mesh) for p in model.parameters()
               if hasattr(p, "device_mesh")}
     if not meshes:
         return None
@@ -101,6 +101,15 @@ def _mesh_group(model: torch.nn.Module, dp: int):
         raise ValueError(f"dp={dp} with a tensor-parallel model needs its weights on one device "
                          f"mesh with a 'dp' dimension of {dp} ranks (give tp= and dp= to analyze)")
     return mesh.get_group("dp")
+
+
+def _root_mesh(mesh):
+    """The mesh a sub-mesh (mesh["tp"]) was cut from: the mesh's own method (torch 2.11 on), or
+    the device mesh module's registry, where torch 2.8 keeps it."""
+    if hasattr(mesh, "_get_root_mesh"):
+        return mesh._get_root_mesh()
+    from torch.distributed.device_mesh import _mesh_resources
+    return _mesh_resources.get_root_mesh(mesh)
 
 
 def _agree(dp: int, fsdp: bool, ranks: int, wrapper: str, fsdp_ok: bool) -> None:

@@ -349,8 +349,10 @@ def tensor_parallel(model: nn.Module, tp: int, args=(), kwargs=None, dp: int = 1
             modules[path].config = copy.copy(modules[path].config)
             for field, value in values.items():
                 setattr(modules[path].config, field, value)
-        parallelize_module(local, mesh, {p: _style(s, modules[p]) for p, s in plan.styles.items()},
-                           src_data_rank=None)   # each rank cuts its shard: nothing is sent
+        for path, style in plan.styles.items():    # module by module: torch 2.8 matches a
+            # dotted path's names again from the top ("0.0" reaches block 0 itself)
+            parallelize_module(modules[path], mesh, _style(style, modules[path]),
+                               src_data_rank=None)   # each rank cuts its shard: nothing is sent
         for path, layout in plan.fused_experts.items():
             _split_fused_experts(modules[path], layout, tp)
         for path in (*plan.reduced, *plan.fused_experts):
