@@ -46,7 +46,7 @@ def test_a_small_output_with_a_long_reduction_splits_it():
     t = tiling((1, 64, 256, 1024), 108, "matmul")
     assert (t.factor, t.splits) == (pytest.approx(6.75), 5)
     # K = 128 (2 k-blocks) is too short to split at all: 4 tiles in one wave, 27x
-    assert tiling((1, 64, 256, 128), 108, "matmul") == Tiling(pytest.approx(27.0), 1)
+    assert tiling((1, 64, 256, 128), 108, "matmul") == Tiling(pytest.approx(27.0), 1, 1)
 
 
 def test_a_matrix_vector_product_is_padded_to_8_rows_not_64():
@@ -143,6 +143,23 @@ def test_a_causal_flash_kernel_computes_the_blocks_on_and_below_the_diagonal():
     assert causal.expected.compute_s == pytest.approx(full.expected.compute_s * 136 / 256)
     # measured on an H200 (bench/measured/h200-2026-12-04.json, torch 2.11): 83.2 us causal,
     # 107.7 us without a mask: the causal kernel took 0.77 of the time, not all of it
+
+
+def test_a_causal_kernel_in_one_wave_takes_as_long_as_its_longest_block():
+    # 512 queries of 32 heads: 4 blocks of 128 a head, 128 blocks on an H200's 132 SMs, one
+    # wave. The last block of each head reads all 512 keys, however few the first reads: the
+    # kernel takes as long as without the mask (a share of 1, not the 0.625 of its k-blocks)
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    q = meta(1, 32, 512, 128)
+    full, causal = (fxroof.analyze(fn_module(f), (q, q, q), chip="h200").kernels[0]
+                    for f in (sdpa, lambda q, k, v: sdpa(q, k, v, is_causal=True)))
+    assert causal_share((32, 512, 128, 1024)) == pytest.approx((2 + 4 + 6 + 8) / 32)
+    assert tiling((32, 512, 128, 1024), 132, "attention").waves == 1
+    assert causal.expected.tiled_s == pytest.approx(full.expected.tiled_s)
+    # 2,048 queries: 512 blocks, 4 waves; its share 0.531 stands above the longest block's
+    # 1 / 4 (the test above). On an H200 (h200-2026-12-04.json) the 512 tokens took 14.7 us:
+    # predicted 7.9, 5.7 before this rule
+    assert tiling((32, 2048, 128, 4096), 132, "attention").waves == 4
 
 
 def test_no_sms_or_no_grid_no_quantization():

@@ -235,6 +235,7 @@ class Tiling:
     asks for, and the parts its reduction is split into (1: not split)."""
     factor: float = 1.0
     splits: int = 1
+    waves: int = 0        # of its blocks over the SMs; 0: not known
 
 
 def tiling(grid: tuple, sms: float, category: str) -> Tiling:
@@ -247,14 +248,15 @@ def tiling(grid: tuple, sms: float, category: str) -> Tiling:
     batch, m, n, k = grid
     tiles = [(rows, n) for rows in ATTENTION_ROWS] if category == "attention" else GEMM_TILES
     blocks = math.ceil(k / K_BLOCK)
-    best = (math.inf, 1)
+    best = (math.inf, 1, 0)
     for tm, tn in tiles:
         tm, tn = min(tm, _pow2(m)), min(tn, _pow2(n))
         count = batch * math.ceil(m / tm) * math.ceil(n / tn)
         splits = max(1, min(blocks // PIPELINE_STAGES, int(sms) // count)) if count < sms else 1
         waves = math.ceil(count * splits / sms)
-        best = min(best, (waves * sms * tm * tn * math.ceil(blocks / splits) * K_BLOCK, splits))
-    return Tiling(best[0] / (batch * m * n * k), best[1])
+        best = min(best, (waves * sms * tm * tn * math.ceil(blocks / splits) * K_BLOCK, splits,
+                          waves))
+    return Tiling(best[0] / (batch * m * n * k), best[1], best[2])
 
 
 def _pow2(x: int) -> int:
@@ -286,8 +288,10 @@ def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_by
     collective = bool(comm_bytes or comm_steps)
     tiles = tiling(grid, chip.sm_count, category) if matrix else Tiling()
     flash = category == "attention" and dtype in FLASH_DTYPES
-    # a causal flash kernel computes only the blocks on and below the diagonal
-    share = causal_share(grid) if flash and causal and gpu else 1.0
+    # a causal flash kernel computes only the blocks on and below the diagonal, and takes no
+    # less than its longest block, the last queries' against every key: in one wave (a short
+    # prompt), as long as without the mask
+    share = max(causal_share(grid), 1 / (tiles.waves or 1)) if flash and causal and gpu else 1.0
     tiled = floor.compute_s * tiles.factor * share
     comm, algorithm = floor.comm_s, ""
     if gpu and collective:
