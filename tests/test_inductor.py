@@ -7,8 +7,11 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from helpers import needs_inductor_hook
 
 from fxroof.measure.inductor import compare, inductor_kernels
+
+pytestmark = needs_inductor_hook
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 TOLERANCE = 0.05   # fxroof's fused bytes within 5% of Inductor's (fxroof following its C++ backend)

@@ -13,6 +13,7 @@ import transformers
 from torch.distributed._tools.mem_tracker import MemTracker
 from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop, sdpa_flop
+from helpers import needs_inductor_hook
 
 import fxroof
 from fxroof.cli.main import main
@@ -842,6 +843,7 @@ def test_fully_shard_without_the_root_is_refused():
             fxroof.analyze(model, (torch.empty(4, 512, device="meta"),), train=True)
 
 
+@needs_inductor_hook
 def test_compiled_adamw_update_is_one_kernel_a_parameter_as_inductor_makes_it():
     from fxroof.graph.training import _update
     from fxroof.measure.inductor import inductor_kernels

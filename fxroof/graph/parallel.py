@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import inspect
 from collections import Counter
 from dataclasses import dataclass
 from functools import partial
@@ -352,7 +353,7 @@ def tensor_parallel(model: nn.Module, tp: int, args=(), kwargs=None, dp: int = 1
         for path, style in plan.styles.items():    # module by module: torch 2.8 matches a
             # dotted path's names again from the top ("0.0" reaches block 0 itself)
             parallelize_module(modules[path], mesh, _style(style, modules[path]),
-                               src_data_rank=None)   # each rank cuts its shard: nothing is sent
+                               **_cut_locally(parallelize_module))
         for path, layout in plan.fused_experts.items():
             _split_fused_experts(modules[path], layout, tp)
         for path in (*plan.reduced, *plan.fused_experts):
@@ -388,6 +389,16 @@ def _all_reduce_output(mesh, module, args, output):
     return reduce(output) if isinstance(output, torch.Tensor) else output
 
 
+def _cut_locally(fn) -> dict:
+    """src_data_rank=None: each rank cuts its own shard of a fake weight and nothing is sent. A
+    release without it (torch 2.5) scatters rank 0's weights, which fake tensors cannot."""
+    if "src_data_rank" not in inspect.signature(fn).parameters:
+        raise ValueError(f"tp= splits a fake copy of the model with DTensor, whose ranks must cut "
+                         f"their own shards (src_data_rank), which torch {torch.__version__} "
+                         f"cannot: it needs a later release")
+    return {"src_data_rank": None}
+
+
 def _style(style: str, module: nn.Module):
     from torch.distributed.tensor import Partial, Replicate, Shard, distribute_module, \
         distribute_tensor
@@ -409,7 +420,8 @@ def _style(style: str, module: nn.Module):
     def partition(name, module, mesh):
         for pname, param in list(module.named_parameters(recurse=False)):
             module.register_parameter(pname, nn.Parameter(
-                distribute_tensor(param, mesh, [placements[pname]], src_data_rank=None),
+                distribute_tensor(param, mesh, [placements[pname]],
+                                  **_cut_locally(distribute_tensor)),
                 requires_grad=param.requires_grad))
 
     class Conv1DParallel(ColwiseParallel if colwise else RowwiseParallel):

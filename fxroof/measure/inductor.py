@@ -89,6 +89,10 @@ def inductor_kernels(model, args=(), kwargs=None, *,
     import torch._functorch.config as functorch_config
     import torch._inductor.config as inductor_config
 
+    if not hasattr(inductor_config, "_post_fusion_custom_pass"):
+        raise RuntimeError(f"the cross-check with Inductor reads its fused nodes through "
+                           f"_post_fusion_custom_pass, which torch {torch.__version__} does not "
+                           f"have: it needs a later release")
     args, kwargs = checked_call(args, kwargs)
     kernels: list[InductorKernel] = []
 
