@@ -180,9 +180,9 @@ def _measure(device: str, quick: bool, threads: int | None, say,
         else:    # Inductor's launch from Python is the host's: not measured here
             launch, src["launch_s"] = INDUCTOR_LAUNCH
             graph, src["graph_launch_s"] = graph_launch(clock)
+        layout = {} if cpu else gpu_layout(dev)
         chip = dataclasses.replace(chip, launch_s=launch, graph_launch_s=graph,
-                                   threads=torch.get_num_threads() if cpu else 0,
-                                   **({} if cpu else gpu_layout(dev)))
+                                   threads=torch.get_num_threads() if cpu else 0, **layout)
         if cpu:
             src["threads"] = "torch.get_num_threads() while calibrating"
         else:   # the waves of tiles and of blocks (chips/expected.py, chips/launch.py)
@@ -194,7 +194,7 @@ def _measure(device: str, quick: bool, threads: int | None, say,
         solved = {}
         if base:
             say(f"the shares of {base.name}'s peaks and bandwidth this GPU reaches ...")
-            on_chip = dataclasses.replace(base, **gpu_layout(dev))    # its SMs set the tiles
+            on_chip = dataclasses.replace(base, **layout)    # its SMs set the tiles
             probes = gpu_probes(base, quick)
             solved = solve_shares(on_chip, probes, time_probes(clock, probes))
         view_again, _ = view_dispatch(clock)
