@@ -299,6 +299,77 @@ def test_a_channels_first_depthwise_convolution_on_cuda_is_bound_by_its_instruct
     assert k.expected.issue_s == 0
 
 
+def _only_kernel(fn, args, chip_name="h200", mode="eager"):
+    (k,) = [k for k in fxroof.analyze(fn_module(fn), args, chip=chip_name, mode=mode).kernels
+            if k.category != "view"]
+    return k
+
+
+H200_ISSUE = 128 * 132 * 1.83e9      # thread instructions a second: 4 schedulers x 32, 132 SMs
+
+
+def test_softmax_on_cuda_issues_its_instructions_per_element_and_per_thread():
+    # bf16 softmax over rows of 1,024: PyTorch's persistent kernel, a warp a row, each thread
+    # 41 instructions of its own plus 38 an element of the row padded to a power of two (SASS,
+    # sm_90): 16,384 x 32 threads x 41 + 16,384 x 1,024 x 38 = 659,030,016
+    k = _only_kernel(lambda x: torch.softmax(x, -1), (meta(16384, 1024),))
+    assert k.expected.issue_s == pytest.approx(659_030_016 / H200_ISSUE, rel=1e-6)
+    assert k.expected.issue_s == pytest.approx(21.3e-6, rel=2e-3)
+    # its bytes stream in 8 us; measured on an H200 (bench/measured/h200-2026-12-04.json):
+    # 31.5 us, where the bytes and waits alone gave 19.1 (0.61x)
+    assert 0.7 < k.expected.device_s / 31.5e-6 < 1.0
+    assert dict(k.expected.gap)["issue"] > 0
+    # rows of 32,000: a block of 1,024 threads a row, 170 each besides 38 an element:
+    # 1,024 x (1,024 x 170 + 32,000 x 38) = 1,423,441,920; measured 81.0 us (0.45x before)
+    k = _only_kernel(lambda x: torch.softmax(x, -1), (meta(1024, 32000),))
+    assert k.expected.issue_s == pytest.approx(1_423_441_920 / H200_ISSUE, rel=1e-6)
+    assert 0.55 < k.expected.device_s / 81.0e-6 < 1.0
+    # log_softmax has no exponential in its write pass: 19 an element in fp32; rows of 2,048
+    # fp32 (8 KiB) take the block kernel, 1,024 threads: 64 x (1,024 x 170 + 2,048 x 19)
+    k = _only_kernel(lambda x: torch.log_softmax(x, -1), (meta(64, 2048, dtype=torch.float32),))
+    assert k.expected.issue_s == pytest.approx(64 * (1024 * 170 + 2048 * 19) / H200_ISSUE,
+                                               rel=1e-6)
+    # a row of 100 pads to 128: two rows a warp of 32 threads, 50 warps
+    k = _only_kernel(lambda x: torch.softmax(x, -1), (meta(100, 100),))
+    assert k.expected.issue_s == pytest.approx((50 * 32 * 41 + 100 * 128 * 38) / H200_ISSUE,
+                                               rel=1e-6)
+    # PyTorch's spatial kernel (a softmax over another dimension) and fp64 are not counted
+    assert _only_kernel(lambda x: torch.softmax(x, 0), (meta(1024, 4096),)).expected.issue_s == 0
+    assert _only_kernel(lambda x: torch.softmax(x, -1),
+                        (meta(1024, 4096, dtype=torch.float64),)).expected.issue_s == 0
+    # compiled, the softmax is Inductor's own kernel: not PyTorch's instructions
+    assert _only_kernel(lambda x: torch.softmax(x, -1), (meta(1024, 32000),),
+                        mode="compiled").expected.issue_s == 0
+    # on a CPU, or an AMD GPU, nothing is issued this way
+    assert _only_kernel(lambda x: torch.softmax(x, -1), (meta(1024, 32000),),
+                        chip_name="cpu").expected.issue_s == 0
+    assert _only_kernel(lambda x: torch.softmax(x, -1), (meta(1024, 32000),),
+                        chip_name="mi300x").expected.issue_s == 0
+
+
+def test_layer_norm_on_cuda_issues_its_instructions_and_short_rows_pay_per_thread():
+    # bf16 layer norm with weight and bias over rows of 4,096: a block of 128 threads a row,
+    # each 250 instructions of its own, and 29.5 an element (Welford's pass 17.75, the
+    # normalising pass 11.75): 8,192 x (128 x 250 + 4,096 x 29.5) = 1,251,999,744
+    ln = torch.nn.LayerNorm(4096).to("meta", torch.bfloat16)
+    (k,) = fxroof.analyze(ln, (meta(8192, 4096),), chip="h200", mode="eager").kernels
+    assert k.expected.issue_s == pytest.approx(1_251_999_744 / H200_ISSUE, rel=1e-6)
+    # measured on an H200: 55.4 us (0.72x before: its bytes and waits alone)
+    assert 0.75 < k.expected.device_s / 55.4e-6 < 1.0
+    # a row of 96 channels (ConvNeXt's first stage) is mostly the threads' own instructions:
+    # 128 x 250 = 32,000 a row against 96 x 29.5 = 2,832
+    short = torch.nn.LayerNorm(96).to("meta", torch.bfloat16)
+    (k,) = fxroof.analyze(short, (meta(1000, 96),), chip="h200", mode="eager").kernels
+    assert k.expected.issue_s == pytest.approx(1000 * (32000 + 2832) / H200_ISSUE, rel=1e-6)
+    # an RTX 3090 streams 936 GB/s for 17.8 T instructions a second: the bytes still bound it
+    (k,) = fxroof.analyze(ln, (meta(8192, 4096),), chip="rtx-3090", mode="eager").kernels
+    assert 0 < k.expected.issue_s < k.expected.memory_s and k.regime == "memory"
+    # a row no multiple of 4 runs PyTorch's other kernels, not counted
+    odd = torch.nn.LayerNorm(4095).to("meta", torch.bfloat16)
+    (k,) = fxroof.analyze(odd, (meta(64, 4095),), chip="h200", mode="eager").kernels
+    assert k.expected.issue_s == 0
+
+
 def test_the_latency_floor_adds_to_the_work_and_reads_as_overhead():
     # a 0.2 us copy on a chip whose kernels take 3 us more: 3.2 us, above the 2 us launch
     e = expected(gpu(kernel_floor_s=3e-6), Timing(0, 0.2e-6, 0, 2e-6), "copy")

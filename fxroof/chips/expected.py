@@ -17,8 +17,8 @@ that kind, so a CPU's expected time is its floor. docs/time-model.md gives each 
                 special-function units (16 a clock per SM), after its products: a smaller head
                 has fewer products per exponential, so it reaches less of the peak
     issue       a kernel of PyTorch's own that its instructions bound (a channels-first
-                depthwise convolution, Cost.issued): an SM issues 128 thread instructions a
-                clock (clock_hz, sm_count)
+                depthwise convolution; softmax and layer norm on a fast memory, Cost.issued): an
+                SM issues 128 thread instructions a clock (clock_hz, sm_count)
     bandwidth   streaming kernels reach bw_efficiency of the memory bandwidth
     dequant     a matmul dequantizing int8 or int4 weights streams them at a share of a 16-bit
                 one's rate (DEQUANT_STREAM_SHARE)

@@ -75,10 +75,11 @@ class Cost:
     # gradient for it in another; the bytes that kernel moves. Eager only: a compiler fuses the
     # add into the next pointwise kernel.
     bias_bytes: int = 0
-    # An op PyTorch runs on a GPU with a kernel of its own that its instructions bound, not its
-    # FLOPs or bytes (a channels-first depthwise convolution: formulas/conv.py): the thread
-    # instructions it issues, which a GPU's schedulers issue at a fixed rate (chips/expected.py).
-    # 0 where a library kernel runs it.
+    # An op PyTorch runs on a GPU with a kernel of its own that its instructions can bound, not
+    # its FLOPs or bytes (a channels-first depthwise convolution: formulas/conv.py; softmax and
+    # layer norm: formulas/norm_instructions.py): the thread instructions it issues, which a
+    # GPU's schedulers issue at a fixed rate (chips/expected.py). 0 where a library kernel runs
+    # it; a compiled program's own kernels for these ops are Inductor's, not counted.
     issued: int = 0
     # A fused attention kernel's forward: the exponentials of its softmax, one per score (query
     # x key), which a GPU computes on its special-function units beside the products

@@ -10,6 +10,7 @@ from fxroof.chips.launch import launch_of
 from fxroof.chips.timing import (cold_shares, kernel_timing, overhead_per_kernel, rate_op,
                                   unit_dtype)
 from fxroof.cost import COST_KEY, Cost
+from fxroof.fuse.policy import SOLO_CATEGORIES
 from fxroof.graph.nodes import PHASE_KEY, RECOMPUTED_KEY, module_path
 from fxroof.report.records import KernelRow, NodeRow
 from fxroof.report.streams import collective_waits
@@ -108,9 +109,11 @@ def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple, streamed: dict | N
                        # eager only: a compiled program adds the bias in its next fused kernel
                        bias_bytes=sum(m.bias_bytes for m in members)
                        if mode == "eager" and chip.nvidia else 0,
-                       # PyTorch's own kernel, unless the program made the convolution
-                       # channels-last, which cuDNN runs (Cost.issued)
-                       issued=sum(m.issued for m in members if m.name not in channels_last)
+                       # PyTorch's own kernel (Cost.issued): eager, or a library call in a
+                       # compiled program (a softmax there is Inductor's code), unless the
+                       # program made the convolution channels-last, which cuDNN runs
+                       issued=sum(m.issued for m in members if m.name not in channels_last
+                                  and (mode == "eager" or m.category in SOLO_CATEGORIES))
                        if chip.nvidia else 0,
                        comm_stride=max((m.comm_stride for m in members), default=0),
                        comm_exchange=any(m.comm_exchange for m in members), **comm)

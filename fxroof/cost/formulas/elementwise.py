@@ -11,6 +11,7 @@ import math
 
 import torch
 
+from fxroof.cost.formulas.norm_instructions import layer_norm_instructions, softmax_instructions
 from fxroof.cost.formulas.registry import RULES, Entry, OpCall, formula
 from fxroof.cost.record import Cost
 from fxroof.graph.aten_ops import aten
@@ -135,6 +136,26 @@ def rereading(fn):
     return formula_fn
 
 
+# PyTorch's CUDA kernels whose instructions bound them on some GPUs (norm_instructions): the
+# thread instructions they issue (Cost.issued)
+_ISSUED = {
+    **dict.fromkeys((aten.softmax, aten._softmax), lambda c: softmax_instructions(c, "softmax")),
+    **dict.fromkeys((aten.log_softmax, aten._log_softmax),
+                    lambda c: softmax_instructions(c, "log_softmax")),
+    **dict.fromkeys((aten.layer_norm, aten.native_layer_norm), layer_norm_instructions),
+}
+
+
+def issuing(fn):
+    """A formula, with the instructions its op's CUDA kernel issues where they are counted."""
+    def formula_fn(call: OpCall) -> Cost:
+        cost = fn(call)
+        rule = _ISSUED.get(getattr(call.op, "overloadpacket", call.op))
+        issued = rule(call) if rule else 0
+        return dataclasses.replace(cost, issued=issued) if issued else cost
+    return formula_fn
+
+
 # the ops whose kernels read a contiguous input (strided_input_copy); group norm takes a
 # channels-last input as it is, and rms norm in this table is the composite's
 _COPYING = frozenset({aten.softmax, aten._softmax, aten.log_softmax, aten._log_softmax,
@@ -178,7 +199,7 @@ for _ops, _flops, _category in (
     _copying = [o for o in _ops if o in _COPYING]
     if _copying:
         formula(*_copying, category=_category,
-                fn=rereading(copying_strided_input(_flops, _category)))
+                fn=issuing(rereading(copying_strided_input(_flops, _category))))
     _rest = [o for o in _ops if o not in _COPYING]
     formula(*_rest, category=_category, fn=rereading(per_input_element(_flops, _category)))
 
