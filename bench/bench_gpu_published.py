@@ -223,7 +223,7 @@ sys.path.insert(0, str(ROOT))
 import fxroof  # noqa: E402
 from fxroof.chips import chip as find_chip  # noqa: E402
 from fxroof.chips.expected import expected  # noqa: E402
-from fxroof.chips.launch import Launch, gather, row_per_block  # noqa: E402
+from fxroof.chips.launch import Launch, gather, priced_as, row_per_block  # noqa: E402
 from fxroof.chips.timing import kernel_timing  # noqa: E402
 from fxroof.cost.formulas.registry import FORMULAS, OpCall  # noqa: E402
 from fxroof.graph.autocast import with_amp  # noqa: E402
@@ -400,7 +400,8 @@ def timm_cases(only: str) -> list[Case]:
             if isinstance(captured[key], str):
                 continue
             try:
-                report = report_of(captured[key], target)
+                with priced_as(version):    # its eager kernels as the file's torch launched them
+                    report = report_of(captured[key], target)
             except Exception as e:     # fxroof's failure on a model: said, never a case
                 print(f"{source}: fxroof fails on {r['model']}: {type(e).__name__}: {e}")
                 continue
@@ -554,7 +555,7 @@ def timm_train_cases(only: str) -> list[Case]:
             size, batch = int(float(r["train_img_size"])), int(float(r["train_batch_size"]))
             key = (r["model"], size, batch, chip_name, nhwc, attention_of(version))
             if key not in reports:
-                with as_torch(timm, version):
+                with as_torch(timm, version), priced_as(version):
                     with torch.device("meta"):
                         model = AmpTrainStep(timm.create_model(r["model"]).train())
                     x = torch.empty(batch, 3, size, size, device="meta")
@@ -752,8 +753,9 @@ def vidur_cases(only: str) -> list[Case]:
                    *(tuple(p.shape) for p in module.parameters()))
             if key not in captured:
                 captured[key] = capture(module, inputs)
-            report = report_of(captured[key], Target(chip=VIDUR_CHIPS[gpu], mode=mode))
-            kernels = report.kernels
+            with priced_as(VIDUR_TORCH):     # its eager kernels as the profiler's PyTorch ran them
+                report = report_of(captured[key], Target(chip=VIDUR_CHIPS[gpu], mode=mode))
+                kernels = report.kernels
             if mode == "compiled":     # sarathi-serve's own kernel, as it launches
                 kernels = with_launch(kernels, report.chip, sarathi_launch(op, cfg, t))
             if op == "emb":            # index_select as the profiler's PyTorch ran it

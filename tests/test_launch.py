@@ -7,8 +7,8 @@ from helpers import fn_module
 import fxroof
 from fxroof.chips import Chip, chip
 from fxroof.chips.expected import expected
-from fxroof.chips.launch import (TORCH_RELEASE, WAVE_OVERHEAD_S, Launch, elementwise, gather,
-                                 latency_time, row_per_block)
+from fxroof.chips.launch import (TORCH_RELEASE, WAVE_OVERHEAD_S, Launch, eager_per_thread,
+                                 elementwise, gather, latency_time, priced_as, row_per_block)
 from fxroof.chips.timing import Timing
 
 A100 = chip("a100-80gb")    # 108 SMs of 2,048 threads; 550 cycles at 1.41 GHz = 390 ns
@@ -63,6 +63,15 @@ def test_waits_and_streaming_add_as_a_two_norm():
 def test_launch_rules_by_hand():
     # PyTorch elementwise: 512 elements a block of 128 threads
     assert elementwise(4096) == Launch(8, 128, 1)
+    # from PyTorch 2.7 its vectorized kernel gives a thread 8 (the wheels' CUDALoops.cuh: 2.6's
+    # gives 8 only to ops of under 4 bytes in and out, 2.7's to every one): 1,024 a block
+    assert [eager_per_thread(r) for r in ((2, 5), (2, 6), (2, 7), (2, 13))] == [4, 4, 8, 8]
+    assert elementwise(4096, eager_per_thread((2, 7))) == Launch(4, 128, 1)
+    with priced_as((2, 6)):
+        assert eager_per_thread() == 4
+        with priced_as((2, 8)):
+            assert eager_per_thread() == 8
+        assert eager_per_thread() == 4
     # sarathi's SiLU-and-multiply at 1 token, d = 28,672: 1 block of 1,024, 28 steps
     assert row_per_block(1, 28_672, 1024) == Launch(1, 1024, 28)
     # its RMSNorm over 4,096: two passes of 4 steps
@@ -79,8 +88,9 @@ def test_launch_rules_by_hand():
     # a 1 KiB row: 64 loads, one block rounded up to two warps
     assert gather(A100, 8192, 512, 2, release=(2, 8)) == Launch(8192, 64, 2)
     # a row of 100 fp16 (200 bytes, not a multiple of 16): the scatter-gather kernel, PyTorch's
-    # elementwise launch, 819,200 elements in blocks of 512, index then element
-    assert gather(A100, 8192, 100, 2, release=(2, 8)) == Launch(1600, 128, 2)
+    # elementwise launch (2.8's: 8 a thread), 819,200 elements in blocks of 1,024, index then
+    # element
+    assert gather(A100, 8192, 100, 2, release=(2, 8)) == Launch(800, 128, 2)
     # up to 16 indices the same kernel in both
     assert gather(A100, 16, 4096, 2, release=(2, 8)) == gather(A100, 16, 4096, 2, release=(2, 7))
 
@@ -94,13 +104,30 @@ def test_a_small_add_waits_one_latency_a_large_one_streams():
     streamed = 3 * 4096 * 2 / (2039e9 * 0.894)
     assert k.expected.streamed_s == pytest.approx(streamed)
     assert k.expected.memory_s == pytest.approx((wave ** 2 + streamed ** 2) ** 0.5)
-    # 2^26 fp16: 131,072 blocks in waves of 108 x 16 = 1,728: 76 waves = 48.3 us, against the
+    # 2^26 fp16 as PyTorch 2.6 launched it (eager), and as a compiled program's pointwise
+    # kernel: 131,072 blocks in waves of 108 x 16 = 1,728: 76 waves = 48.3 us, against the
     # 220.9 us the bytes take: sqrt(48.3^2 + 220.9^2) = 226.1 us, 2.4% over the bytes
     n = 1 << 26
-    r = fxroof.analyze(fn_module(torch.add), (meta(n), meta(n)), chip="a100-80gb")
-    (k,) = r.kernels
     streamed = 3 * n * 2 / (2039e9 * 0.894)
+    with priced_as((2, 6)):
+        r = fxroof.analyze(fn_module(torch.add), (meta(n), meta(n)), chip="a100-80gb",
+                           mode="eager")
+    (k,) = r.kernels
     assert k.expected.memory_s == pytest.approx(((76 * wave) ** 2 + streamed ** 2) ** 0.5)
+    assert k.expected.memory_s == pytest.approx(226.1e-6, rel=1e-3)
+    # from 2.7, eager, 8 a thread: 65,536 blocks, 38 waves = 24.1 us: sqrt(24.1^2 + 220.9^2)
+    # = 222.2 us
+    with priced_as((2, 7)):
+        r = fxroof.analyze(fn_module(torch.add), (meta(n), meta(n)), chip="a100-80gb",
+                           mode="eager")
+    (k,) = r.kernels
+    assert k.expected.memory_s == pytest.approx(((38 * wave) ** 2 + streamed ** 2) ** 0.5)
+    assert k.expected.memory_s == pytest.approx(222.2e-6, rel=1e-3)
+    # compiled, Inductor's pointwise kernel keeps the plain launch, whatever the release
+    with priced_as((2, 7)):
+        r = fxroof.analyze(fn_module(torch.add), (meta(n), meta(n)), chip="a100-80gb",
+                           mode="compiled")
+    (k,) = r.kernels
     assert k.expected.memory_s == pytest.approx(226.1e-6, rel=1e-3)
 
 

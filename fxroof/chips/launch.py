@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -23,8 +24,14 @@ from fxroof.chips.chip import Chip
 from fxroof.cost.record import MATRIX_CATEGORIES
 
 # PyTorch's elementwise kernels: 128 threads a block, 4 elements a thread, loaded together
-# (aten/src/ATen/native/cuda/thread_constants.h, num_threads() and thread_work_size()).
+# (aten/src/ATen/native/cuda/thread_constants.h, num_threads() and thread_work_size()); also
+# taken for Inductor's pointwise and reduction kernels. From PyTorch 2.7 a thread of the
+# vectorized kernel takes 8 (CUDALoops.cuh, elems_per_thread: 16 where its inputs and output
+# are one byte in all; thread_constants.h's thread_work_size() 8); 2.6 gave 8 only to ops of
+# under 4 bytes in all, none of a 16-bit float's. As the headers of each release's wheel say:
+# 2.5 and 2.6 4, 2.7, 2.8, 2.11 and 2.13 8.
 ELEMENTWISE_BLOCK, ELEMENTWISE_PER_THREAD = 128, 4
+WIDE_ELEMENTWISE_RELEASE, WIDE_ELEMENTWISE_PER_THREAD = (2, 7), 8
 # index_select (the CUDA path of embedding): blocks of 128 threads, at most 8 blocks per SM;
 # up to 16 indices, one index at a time over its row; more, before PyTorch 2.8, a grid-stride loop
 # over the output (aten/src/ATen/native/cuda/Indexing.cu, index_select_out_cuda_impl)
@@ -45,8 +52,26 @@ def _release(version: str) -> tuple[int, int]:
     return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
 
 
-# The PyTorch whose eager kernels are priced: the one installed, that runs the model.
+# The PyTorch whose eager kernels are priced: the one installed, that runs the model, unless
+# a caller prices a run another release made (priced_as).
 TORCH_RELEASE = _release(torch.__version__)
+_priced = [TORCH_RELEASE]
+
+
+def priced_release() -> tuple[int, int]:
+    """The PyTorch release whose eager kernels' launches are priced."""
+    return _priced[-1]
+
+
+@contextmanager
+def priced_as(release: tuple[int, int]):
+    """Price eager kernels as PyTorch `release` launches them (a published run of another
+    release, set beside fxroof's prediction)."""
+    _priced.append(tuple(release))
+    try:
+        yield
+    finally:
+        _priced.pop()
 
 # layer_norm: a block of 128 threads per row, 4 elements a thread a step, one pass for the
 # statistics and one to normalise (aten/src/ATen/native/cuda/layer_norm_kernel.cu,
@@ -82,13 +107,21 @@ def latency_time(chip: Chip, launch: Launch | None) -> float:
     return waves * (launch.rounds * chip.memory_latency_s + WAVE_OVERHEAD_S)
 
 
-def elementwise(elements: int) -> Launch | None:
-    """PyTorch's elementwise launch over `elements` (also taken for Inductor's pointwise and
-    reduction kernels, whose threads hold as many elements or more): one round per thread."""
+def elementwise(elements: int, per_thread: int = ELEMENTWISE_PER_THREAD) -> Launch | None:
+    """PyTorch's elementwise launch over `elements`, `per_thread` a thread (also taken for
+    Inductor's pointwise and reduction kernels, whose threads hold as many elements or more):
+    one round per thread."""
     if elements <= 0:
         return None
-    per_block = ELEMENTWISE_BLOCK * ELEMENTWISE_PER_THREAD
+    per_block = ELEMENTWISE_BLOCK * per_thread
     return Launch(math.ceil(elements / per_block), ELEMENTWISE_BLOCK)
+
+
+def eager_per_thread(release: tuple[int, int] | None = None) -> int:
+    """Elements a thread of PyTorch `release`'s elementwise kernels takes (the one priced)."""
+    release = release or priced_release()
+    return WIDE_ELEMENTWISE_PER_THREAD if release >= WIDE_ELEMENTWISE_RELEASE \
+        else ELEMENTWISE_PER_THREAD
 
 
 def copy(bytes_moved: float) -> Launch | None:
@@ -109,7 +142,7 @@ def row_per_block(rows: int, row: int, block_cap: int, passes: int = 1, extra: i
 
 
 def gather(chip: Chip, indices: int, row: int, item_bytes: int = 2,
-           release: tuple[int, int] = TORCH_RELEASE) -> Launch | None:
+           release: tuple[int, int] | None = None) -> Launch | None:
     """index_select of `indices` rows of `row` elements of `item_bytes` each, as PyTorch
     `release` runs it. Up to 16 indices, the blocks walk one index's row after another, each
     step an index load and then the element (two waits). More: before 2.8 a grid-stride loop
@@ -117,6 +150,7 @@ def gather(chip: Chip, indices: int, row: int, item_bytes: int = 2,
     16 bytes (or of the elements a thread takes) per thread."""
     if indices <= 0 or row <= 0 or not chip.sm_count:
         return None
+    release = release or priced_release()
     cap = int(chip.sm_count) * GATHER_BLOCKS_PER_SM
     if indices <= GATHER_SMALL_INDICES:
         blocks = min(math.ceil(row / GATHER_BLOCK), cap)
@@ -126,7 +160,7 @@ def gather(chip: Chip, indices: int, row: int, item_bytes: int = 2,
     if release >= GATHER_RELEASE:
         row_bytes = row * item_bytes
         if row_bytes % VECTOR_GATHER_BYTES:
-            per_block = ELEMENTWISE_BLOCK * ELEMENTWISE_PER_THREAD
+            per_block = ELEMENTWISE_BLOCK * eager_per_thread(release)
             return Launch(math.ceil(total / per_block), ELEMENTWISE_BLOCK, 2)
         vectors = row_bytes // VECTOR_GATHER_BYTES          # threads a row needs
         slices = math.ceil(vectors / VECTOR_GATHER_BLOCK)   # blocks a row takes
@@ -154,4 +188,7 @@ def launch_of(chip: Chip, mode: str, op: str, category: str, space: int,
         rows, row = grid
         return Launch(rows, LAYER_NORM_BLOCK,
                       2 * math.ceil(row / (LAYER_NORM_BLOCK * LAYER_NORM_VECTOR)))
-    return elementwise(space)
+    # PyTorch's own elementwise kernels (gpu_kernel: pointwise ops, copies) take the release's
+    # elements a thread; other kernels fxroof does not know, and Inductor's, the plain launch
+    wide = mode == "eager" and category in ("pointwise", "copy")
+    return elementwise(space, eager_per_thread() if wide else ELEMENTWISE_PER_THREAD)
