@@ -33,6 +33,21 @@ def test_big_bf16_matmul_is_compute_bound_on_h100():
     assert r.time_s == pytest.approx(c + 0.05 * m + 1e-6, rel=1e-4)
 
 
+def test_compute_that_is_pytorchs_issued_instructions_gets_its_own_advice():
+    from fxroof.report.tables import ADVICE, ISSUE_ADVICE, advice, header
+    # an eager layer norm over ConvNeXt's 96 channels on an H200: compute-bound by the
+    # instructions PyTorch's kernel issues (a faster peak would not help; compiling would)
+    ln = torch.nn.LayerNorm(96).to("meta", torch.bfloat16)
+    r = fxroof.analyze(ln, (meta(64 * 56 * 56, 96),), chip="h200", mode="eager")
+    assert r.regime == "compute" and r.summary.gap["issue"] > 0.5 * r.time_s
+    assert advice(r) == ISSUE_ADVICE and "to go faster: fewer instructions" in header(r)
+    # a large GEMM keeps the compute advice
+    n = 4096
+    r = fxroof.analyze(fn_module(torch.mm), (meta(n, n), meta(n, n)), chip="h200")
+    assert r.regime == "compute" and not r.summary.gap.get("issue")
+    assert advice(r) == ADVICE["compute"]
+
+
 def test_large_bf16_add_is_memory_bound():
     n = 1 << 28
     r = fxroof.analyze(fn_module(torch.add), (meta(n), meta(n)), chip="h100-sxm")
