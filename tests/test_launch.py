@@ -109,26 +109,20 @@ def test_a_small_add_waits_one_latency_a_large_one_streams():
     # 220.9 us the bytes take: sqrt(48.3^2 + 220.9^2) = 226.1 us, 2.4% over the bytes
     n = 1 << 26
     streamed = 3 * n * 2 / (2039e9 * 0.894)
-    with priced_as((2, 6)):
-        r = fxroof.analyze(fn_module(torch.add), (meta(n), meta(n)), chip="a100-80gb",
-                           mode="eager")
-    (k,) = r.kernels
-    assert k.expected.memory_s == pytest.approx(((76 * wave) ** 2 + streamed ** 2) ** 0.5)
-    assert k.expected.memory_s == pytest.approx(226.1e-6, rel=1e-3)
+
+    def add_memory(release, mode="eager"):
+        with priced_as(release):
+            (k,) = fxroof.analyze(fn_module(torch.add), (meta(n), meta(n)), chip="a100-80gb",
+                                  mode=mode).kernels
+        return k.expected.memory_s
+    assert add_memory((2, 6)) == pytest.approx(((76 * wave) ** 2 + streamed ** 2) ** 0.5)
+    assert add_memory((2, 6)) == pytest.approx(226.1e-6, rel=1e-3)
     # from 2.7, eager, 8 a thread: 65,536 blocks, 38 waves = 24.1 us: sqrt(24.1^2 + 220.9^2)
     # = 222.2 us
-    with priced_as((2, 7)):
-        r = fxroof.analyze(fn_module(torch.add), (meta(n), meta(n)), chip="a100-80gb",
-                           mode="eager")
-    (k,) = r.kernels
-    assert k.expected.memory_s == pytest.approx(((38 * wave) ** 2 + streamed ** 2) ** 0.5)
-    assert k.expected.memory_s == pytest.approx(222.2e-6, rel=1e-3)
+    assert add_memory((2, 7)) == pytest.approx(((38 * wave) ** 2 + streamed ** 2) ** 0.5)
+    assert add_memory((2, 7)) == pytest.approx(222.2e-6, rel=1e-3)
     # compiled, Inductor's pointwise kernel keeps the plain launch, whatever the release
-    with priced_as((2, 7)):
-        r = fxroof.analyze(fn_module(torch.add), (meta(n), meta(n)), chip="a100-80gb",
-                           mode="compiled")
-    (k,) = r.kernels
-    assert k.expected.memory_s == pytest.approx(226.1e-6, rel=1e-3)
+    assert add_memory((2, 7), "compiled") == pytest.approx(226.1e-6, rel=1e-3)
 
 
 def test_an_eager_embedding_waits_on_index_then_row():
