@@ -122,18 +122,15 @@ _REREADS = {
 }
 
 
+def _by_op(table: dict, call: OpCall, empty):
+    """table's rule for the call's op applied to the call; `empty` for an op it does not name."""
+    rule = table.get(getattr(call.op, "overloadpacket", call.op))
+    return rule(call) if rule else empty
+
+
 def norm_rereads(call: OpCall) -> tuple:
     """Bytes of each tensor a norm's second pass reads again (_REREADS); () for other ops."""
-    rule = _REREADS.get(getattr(call.op, "overloadpacket", call.op))
-    return rule(call) if rule else ()
-
-
-def rereading(fn):
-    """A formula, with the tensors its op's second pass reads again (norm_rereads)."""
-    def formula_fn(call: OpCall) -> Cost:
-        cost, reread = fn(call), norm_rereads(call)
-        return dataclasses.replace(cost, reread=reread) if reread else cost
-    return formula_fn
+    return _by_op(_REREADS, call, ())
 
 
 # PyTorch's CUDA kernels whose instructions bound them on some GPUs (norm_instructions): the
@@ -146,14 +143,21 @@ _ISSUED = {
 }
 
 
-def issuing(fn):
-    """A formula, with the instructions its op's CUDA kernel issues where they are counted."""
-    def formula_fn(call: OpCall) -> Cost:
-        cost = fn(call)
-        rule = _ISSUED.get(getattr(call.op, "overloadpacket", call.op))
-        issued = rule(call) if rule else 0
-        return dataclasses.replace(cost, issued=issued) if issued else cost
-    return formula_fn
+def _with(field: str, measure):
+    """A wrapper of formulas that sets the Cost's `field` to measure(call) where it is not
+    empty."""
+    def wrap(fn):
+        def formula_fn(call: OpCall) -> Cost:
+            cost, value = fn(call), measure(call)
+            return dataclasses.replace(cost, **{field: value}) if value else cost
+        return formula_fn
+    return wrap
+
+
+# a formula, with the tensors its op's second pass reads again (norm_rereads)
+rereading = _with("reread", norm_rereads)
+# a formula, with the instructions its op's CUDA kernel issues where they are counted
+issuing = _with("issued", lambda call: _by_op(_ISSUED, call, 0))
 
 
 # the ops whose kernels read a contiguous input (strided_input_copy); group norm takes a

@@ -72,8 +72,10 @@ def softmax_instructions(call: OpCall, name: str) -> int:
     if not isinstance(x, torch.Tensor) or x.dim() == 0 or x.dtype not in COUNTED:
         return 0
     dim = call.get("dim", -1)
-    dim = dim % x.dim() if isinstance(dim, int) else -1
-    if dim < 0 or any(int(s) != 1 for s in x.shape[dim + 1:]):
+    if not isinstance(dim, int):
+        return 0
+    dim %= x.dim()
+    if any(int(s) != 1 for s in x.shape[dim + 1:]):
         return 0                                       # inner size > 1: the spatial kernel
     row = int(x.shape[dim])
     rows = _rows(x, row)
