@@ -221,7 +221,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import fxroof  # noqa: E402
-from fxroof.chips import chip as find_chip  # noqa: E402
+from fxroof.chips import chip as find_chip, table_chip  # noqa: E402
 from fxroof.chips.expected import expected  # noqa: E402
 from fxroof.chips.launch import Launch, gather, priced_as, row_per_block  # noqa: E402
 from fxroof.chips.timing import kernel_timing  # noqa: E402
@@ -235,10 +235,10 @@ DATA = ROOT.parent / "shared" / "reference" / "measured"
 
 # timm's result files, timm-<precision>-<layout>-pt<torch>-cu<cuda>-<gpu>[-dynamo].csv: the GPU
 # each names, and how it is labelled; every such file in the data folder is a source
-TIMM_GPUS = {"rtx3090": ("rtx-3090", "RTX 3090"), "rtx4090": ("rtx-4090", "RTX 4090"),
-             "4090": ("rtx-4090", "RTX 4090"), "5090": ("rtx-5090", "RTX 5090"),
-             "rtx5090": ("rtx-5090", "RTX 5090"),
-             "pro6000maxq": ("pro6000-maxq", "RTX PRO 6000 Max-Q")}
+# Result files name their GPU by a tag ("rtx3090", "5090", "a100"): fxroof's chip table reads it
+# (gpu_chip), so a file for any GPU the table holds is compared; these are the sources' labels.
+GPU_LABELS = {"rtx-3090": "RTX 3090", "rtx-4090": "RTX 4090", "rtx-5090": "RTX 5090",
+              "pro6000-maxq": "RTX PRO 6000 Max-Q"}
 # precision: AMP (autocast over fp32 weights) in fp16 or bf16, or a bf16 model
 TIMM_PRECISIONS = {"amp": (torch.float16, True, ""), "amp_bf16": (torch.bfloat16, True, " bf16"),
                    "bf16": (torch.bfloat16, False, " bf16 model")}
@@ -250,7 +250,6 @@ TIMM_MODELS = ("resnet18", "resnet50", "resnet101", "resnext50_32x4d", "wide_res
                "efficientnet_b3", "mobilenetv3_large_100", "mobilenetv2_100", "regnety_040",
                "densenet121", "mixer_b16_224", "swin_tiny_patch4_window7_224", "vgg16",
                "inception_v3")
-VIDUR_CHIPS = {"a100": "a100-80gb", "h100": "h100-sxm", "a40": "a40"}   # Vidur also profiles A40s
 VIDUR_TOKENS = (1, 16, 128, 512, 2048, 8192)
 # The PyTorch Vidur's profiler ran on: sarathi-serve's requirements.txt pins torch == 2.3
 # (microsoft/sarathi-serve, commit 042f067), and the profiles date from 2024. Its embedding ran
@@ -287,6 +286,17 @@ VIDUR_CONFIG = ("n_head", "n_kv_head", "n_embd", "n_expanded_embd", "vocab_size"
                 "num_tokens", "num_tensor_parallel_workers")
 
 
+def gpu_chip(tag: str) -> tuple[str, str] | None:
+    """(fxroof's chip, a label) for the GPU tag a result file names: the chip table's names and
+    aliases ("a100" is the SXM 80GB, as Vidur's and NVIDIA's own tables mean it), then the same
+    with "rtx-" before it (timm's "4090"); None where the table has no such GPU."""
+    for name in (tag, f"rtx-{tag}"):
+        found = table_chip(name)
+        if found is not None and found.kind == "gpu":
+            return found.name, GPU_LABELS.get(found.name, tag.upper())
+    return None
+
+
 def vidur_rows() -> list[dict]:
     """Rows in the data folder's vidur-mlp-medians.csv schema: its own, then a checkout's for
     the GPUs it has no rows for (each op's median column, in milliseconds)."""
@@ -295,7 +305,7 @@ def vidur_rows() -> list[dict]:
     for root in VIDUR_CHECKOUT:
         for path in sorted((root / "data" / "profiling" / "compute").glob("*/*/*/mlp.csv")):
             gpu, org, model = path.parts[-4:-1]
-            if gpu in have or gpu not in VIDUR_CHIPS:
+            if gpu in have:
                 continue
             found = read_csv(path)
             if found and "num_tokens" not in found[0]:
@@ -360,10 +370,10 @@ def timm_sources() -> dict:
         parts = stem.split("-")
         compiled = parts[-1] == "dynamo"
         gpu = parts[-2] if compiled else parts[-1]
-        if len(parts) < 5 or gpu not in TIMM_GPUS or parts[1] not in TIMM_PRECISIONS:
+        if len(parts) < 5 or gpu_chip(gpu) is None or parts[1] not in TIMM_PRECISIONS:
             print(f"skipped {path.name}: its GPU or precision is not one the bench knows")
             continue
-        chip_name, label = TIMM_GPUS[gpu]
+        chip_name, label = gpu_chip(gpu)
         dtype, amp, what = TIMM_PRECISIONS[parts[1]]
         mode = "compiled" if compiled else "eager"
         name = f"timm {label} {mode}{what}" + (" NHWC" if parts[2] == "nhwc" else "")
@@ -533,13 +543,13 @@ def timm_train_cases(only: str) -> list[Case]:
     for path in files:
         parts = path.stem.removeprefix("benchmark-train-").split("-")   # amp, nchw, pt, cu, gpu
         gpu = parts[-1]
-        if len(parts) != 5 or gpu not in TIMM_GPUS or parts[0] != "amp":
+        if len(parts) != 5 or gpu_chip(gpu) is None or parts[0] != "amp":
             print(f"skipped {path.name}: its GPU or precision is not one the bench knows")
             continue
-        source = (f"timm {TIMM_GPUS[gpu][1]} train" + (" NHWC" if parts[1] == "nhwc" else "")
-                  + f" ({parts[2]})")
+        chip_name, label = gpu_chip(gpu)
+        source = f"timm {label} train" + (" NHWC" if parts[1] == "nhwc" else "") + f" ({parts[2]})"
         if only in source:
-            wanted.append((path, source, TIMM_GPUS[gpu][0], parts[1] == "nhwc",
+            wanted.append((path, source, chip_name, parts[1] == "nhwc",
                            torch_version(parts[2])))
     if not wanted:
         return []
@@ -725,11 +735,16 @@ def vidur_source(gpu: str, op: str) -> str:
 
 
 def vidur_cases(only: str) -> list[Case]:
-    sources = {g for g in VIDUR_CHIPS for op in ("proj", "") if only in vidur_source(g, op)}
+    rows = vidur_rows()
+    gpus = sorted({r["gpu"] for r in rows})
+    for gpu in (g for g in gpus if gpu_chip(g) is None):
+        print(f"skipped Vidur's {gpu} rows: fxroof's chip table has no such GPU")
+    sources = {g for g in gpus for op in ("proj", "")
+               if gpu_chip(g) is not None and only in vidur_source(g, op)}
     if not sources:
         return []
     groups: dict = defaultdict(list)
-    for r in vidur_rows():
+    for r in rows:
         if r["gpu"] in sources and int(r["num_tokens"]) in VIDUR_TOKENS:
             groups[(r["gpu"], r["model"], int(r["num_tensor_parallel_workers"]),
                     int(r["num_tokens"]))].append(r)
@@ -754,7 +769,7 @@ def vidur_cases(only: str) -> list[Case]:
             if key not in captured:
                 captured[key] = capture(module, inputs)
             with priced_as(VIDUR_TORCH):     # its eager kernels as the profiler's PyTorch ran them
-                report = report_of(captured[key], Target(chip=VIDUR_CHIPS[gpu], mode=mode))
+                report = report_of(captured[key], Target(chip=gpu_chip(gpu)[0], mode=mode))
                 kernels = report.kernels
             if mode == "compiled":     # sarathi-serve's own kernel, as it launches
                 kernels = with_launch(kernels, report.chip, sarathi_launch(op, cfg, t))
