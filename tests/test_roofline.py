@@ -567,3 +567,54 @@ def test_a_cpu_product_packs_the_weights_memory_streams_to_it_before_its_arithme
     assert rate < 1e11
     assert k.time_s == pytest.approx(5e-6 + 2 * 64 * 1024 ** 2 / rate
                                      + 4 * 2 ** 20 / 1e10 - 4 * 2 ** 20 / 4e10)
+
+
+def test_a_cpu_product_packs_cached_weights_once_the_pass_has_pushed_them_out_of_l2():
+    """A model the last-level cache holds keeps its weights there between passes, not in the
+    core's L2: a library product still packs them first, from the cache, in the share the rest
+    of the pass's traffic (or their own size) pushes out of L2 (chip.l2_share)."""
+    import dataclasses
+    import math
+
+    import torch
+    from torch import nn
+
+    import fxroof
+    from fxroof.chips import Chip
+    from fxroof.chips.chip import FEW_ROWS_PROBE_BETWEEN
+    l2 = 2 * 2 ** 20
+    c = Chip("m", "Measured", "cpu", {"fp32": 1e11}, vector_flops=4e9, mem_bw=1e10,
+             mem_bytes=1e10, link_bw=1e9, link_latency_s=1e-5, launch_s=5e-6, dispatch_s=5e-6,
+             cache_bytes=2 ** 30, cache_bw=4e10, l2_bytes=l2, op_dispatch_s={"linear": 5e-6},
+             op_flops={"linear": 1e11})
+    with torch.device("meta"):
+        big = nn.Linear(1024, 1024, bias=False)            # 4 MiB: twice the L2, never kept
+        four = nn.Sequential(*(nn.Linear(512, 512, bias=False) for _ in range(4)))  # 1 MiB each
+    (k,) = fxroof.analyze(big, (torch.empty(64, 1024, device="meta"),), chip=c,
+                          mode="eager").kernels
+    # 2 * 64 * 1024^2 FLOPs at 100 GFLOP/s, then all 4 MiB from the cache at 40 GB/s
+    assert k.time_s == pytest.approx(5e-6 + 2 * 64 * 1024 ** 2 / 1e11 + 4 * 2 ** 20 / 4e10)
+
+    x = torch.empty(4, 512, device="meta")
+    kernels = fxroof.analyze(four, (x,), chip=c, mode="eager").kernels
+    # each layer moves 1 MiB of weights and 8 KiB in and out; the other three move 3 of those
+    # between its reads: log2(2 * 3,194,880 / 2 MiB) / 2 = 0.804 of its weights from the cache
+    share = math.log2(2 * 3 * (2 ** 20 + 2 * 4 * 512 * 4) / l2) / 2
+    assert 0.80 < share < 0.81
+    arithmetic = 2 * 4 * 512 * 512 / 1e11
+    assert [k.time_s for k in kernels] == pytest.approx(
+        [5e-6 + arithmetic + share * 2 ** 20 / 4e10] * 4)
+    # one such layer alone stays in L2 (its 1 MiB is half of it): no pass, its bytes at the
+    # cache's rate (1,064,960 / 40 GB/s = 26.6 us) outlast its arithmetic (21.0 us)
+    (k,) = fxroof.analyze(four[0], (x,), chip=c, mode="eager").kernels
+    assert k.time_s == pytest.approx(5e-6 + max(arithmetic, (2 ** 20 + 2 * 4 * 512 * 4) / 4e10))
+
+    # a rate measured on few rows paid its probe's share of the pass already: SkinnyProbe's
+    # other two products move 2 x 1 MiB + (256 + 1,024) x (49 + 4) x 4 bytes between each's calls
+    assert FEW_ROWS_PROBE_BETWEEN == 2 * 2 ** 20 + 1280 * 53 * 4 == 2368512
+    paid = math.log2(2 * 2368512 / l2) / 2                  # 0.588
+    few = dataclasses.replace(c, op_flops={"linear": 1e11, "linear#4": 2e10})
+    rate = few.eager_matrix_flops("linear", "fp32", rows=4)
+    kernels = fxroof.analyze(four, (x,), chip=few, mode="eager").kernels
+    assert [k.time_s for k in kernels] == pytest.approx(
+        [5e-6 + 2 * 4 * 512 * 512 / rate + (share - paid) * 2 ** 20 / 4e10] * 4)

@@ -515,6 +515,23 @@ def _per_op(table: Mapping, op: str, default):
 # calibrated CPU also times its linear on 4 tokens and its native convolution on 4 and 49
 # pixels (SkinnyProbe), as a small batch or a small image's last stages have.
 PROBE_ROWS = 1024
+# Between two calls of each of SkinnyProbe's products the other two run, moving about 2.37 MB
+# (two 1 MiB weights of 256 x 1,024 fp32 and their activations: 256 and 1,024 channels on 49 and
+# 4 pixels): its few-row rates paid the pass over their weights from the cache in the share that
+# traffic earns (l2_share), about 0.59 on a core of 2 MiB of L2.
+FEW_ROWS_PROBE_BETWEEN = 2 * 256 * 1024 * 4 + (256 + 1024) * (49 + 4) * 4
+
+
+def l2_share(between: float, l2_bytes: float) -> float:
+    """How much of what a core's L2 held the `between` bytes moved since have pushed out: none
+    up to half the L2, all from twice it, on a line in the logarithm in between (a sweep of the
+    L2's own size moves twice it, a copy's read and write). Measured as an op's cold call
+    (timing.cold_shares) and as a linear's weights' pass (docs/calibration.md)."""
+    if between <= 0:
+        return 0.0
+    if l2_bytes <= 0:           # no L2 figure: a second pass finds nothing there
+        return 1.0
+    return min(1.0, max(0.0, math.log2(2 * between / l2_bytes) / 2))
 
 
 def row_op(op: str, rows: int) -> str:

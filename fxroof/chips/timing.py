@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from fxroof.chips import Chip
+from fxroof.chips.chip import FEW_ROWS_PROBE_BETWEEN, l2_share
 from fxroof.cost.record import MATRIX_CATEGORIES
 
 REGIMES = ("compute", "memory", "communication", "overhead")
@@ -88,10 +89,9 @@ def overhead_per_kernel(chip: Chip, mode: str, op: str = "", views: int = 0,
 def cold_shares(chip: Chip, ops: list, moved: list) -> list[float]:
     """For eager kernels in order, each run by op `ops[i]` and moving `moved[i]` bytes: the share
     of its op's cold call it pays (Chip.eager_dispatch), by the bytes the kernels between it and
-    its op's previous call moved: none up to half the core's L2 (l2_bytes), all from twice it
-    (calibration's sweep, a copy of l2_bytes, moves that much), on a line in the logarithm in
-    between. On a 2-vCPU Sapphire Rapids VM (2 MiB of L2) a tiny torch.add took 1.7 us after
-    nothing, 2.4 after reading 1 MiB, 5.2 after copying 1 MiB (2 moved), 8.0 after copying 2
+    its op's previous call moved (chip.l2_share: none up to half the core's L2, all from twice
+    it, calibration's sweep, a copy of l2_bytes, moving that much). On a 2-vCPU Sapphire
+    Rapids VM (2 MiB of L2) a tiny torch.add took 1.7 us after nothing, 2.4 after reading 1 MiB, 5.2 after copying 1 MiB (2 moved), 8.0 after copying 2
     (4 moved), 14.7 after copying 16 (docs/calibration.md, "Cold calls"). A forward runs again
     and again, so an op's first call follows its last one of the pass before. All 0 on a chip
     without cold calls measured."""
@@ -103,9 +103,7 @@ def cold_shares(chip: Chip, ops: list, moved: list) -> list[float]:
     last = {op: j - n for j, op in enumerate(ops)}     # each op's last call in the pass before
     shares = []
     for i, op in enumerate(ops):
-        between = before[i + n] - before[last[op] + n + 1]
-        shares.append(min(1.0, max(0.0, math.log2(2 * between / chip.l2_bytes) / 2))
-                      if between > 0 else 0.0)
+        shares.append(l2_share(before[i + n] - before[last[op] + n + 1], chip.l2_bytes))
         last[op] = i
     return shares
 
@@ -302,7 +300,8 @@ def kernel_timing(chip: Chip, *, flops: float, bytes_moved: float, category: str
                   overhead_s: float, comm_bytes: float = 0, comm_steps: int = 0,
                   nvls_bytes: float = 0, comm_ranks: int = 0, rate_op: str = "",
                   streamed_bytes: float = 0, elements: int = 0, rows: int = 0,
-                  matrix_rows: int = 0, matrix_width: int = 0) -> Timing:
+                  matrix_rows: int = 0, matrix_width: int = 0, cached_bytes: float = 0,
+                  cached_share: float = 0.0) -> Timing:
     """rate_op: the op whose own rate a chip measured op by op applies (Chip.op_flops): an eager
     kernel's op, or the library op a compiled matrix kernel calls.
     streamed_bytes: the part of bytes_moved that comes from memory whatever the chip's cache
@@ -313,7 +312,9 @@ def kernel_timing(chip: Chip, *, flops: float, bytes_moved: float, category: str
     matrix_rows: a matrix product's rows (tokens, pixels): fewer than the layer probe's run
     at their own rate where the chip measured it (Chip.eager_matrix_flops); one row (decode's)
     is the kernel a chip's matrix_bw_fraction was measured on. matrix_width: its depth, the
-    elements in each row of a linear's weights, which one row walks row by row."""
+    elements in each row of a linear's weights, which one row walks row by row.
+    cached_bytes: weights a CPU library product reads from the last-level cache, the share
+    cached_share of them gone from the core's L2 since their last read (chip.l2_share)."""
     one_row = category == "matmul" and matrix_rows == 1
     compute = flops / peak_for(chip, category, dtype, rate_op,
                                matrix_rows if matrix_rows > 1 else 0) if flops else 0.0
@@ -329,14 +330,20 @@ def kernel_timing(chip: Chip, *, flops: float, bytes_moved: float, category: str
             # that fast, whatever the layer-shaped rate (ATen's one-row kernel for a dtype
             # without a fast matrix path is not its many-row fallback)
             compute = min(compute, bytes_moved / (chip.mem_bw * share))
-        elif chip.kind == "cpu" and category in ("matmul", "conv") and streamed_bytes:
-            # a CPU library packs the weights memory streams to it before its arithmetic on
-            # them, a pass the layer probe's weights, in the core's L2, never paid (ResNet-50's
-            # last-stage 3x3 convolution, 9.4 MB of weights, 2.2 ms in a loop, 3.6 ms in the
-            # model); a rate measured on few rows already paid that pass from the cache
-            cached = streamed_bytes / chip.cache_bw \
+        elif chip.kind == "cpu" and category in ("matmul", "conv") and (streamed_bytes
+                                                                         or cached_bytes):
+            # a CPU library packs its weights before its arithmetic on them, a pass from
+            # wherever they are that the layer probe's weights, in the core's L2, never paid:
+            # from memory (ResNet-50's last-stage 3x3 convolution, 9.4 MB of weights, 2.2 ms in
+            # a loop, 3.6 ms in the model) or from the last-level cache, for the share of them
+            # gone from L2 (a linear of 4 x 256 -> 1,024: 24 us of work hot, 75 after an 8 MiB
+            # copy); a rate measured on few rows already paid it from the cache in its probe's
+            # share (FEW_ROWS_PROBE_BETWEEN: 52 us between its calls)
+            cache_bw = chip.cache_bw or chip.mem_bw
+            paid = l2_share(FEW_ROWS_PROBE_BETWEEN, chip.l2_bytes) \
                 if chip.cache_bw and chip.few_rows_measured(rate_op, matrix_rows) else 0.0
-            compute += max(streamed_bytes / chip.mem_bw - cached, 0.0)
+            compute += max(streamed_bytes / chip.mem_bw + cached_bytes * cached_share / cache_bw
+                           - paid * (streamed_bytes + cached_bytes) / cache_bw, 0.0)
     if rate_op and chip.threads > 1 and elements and category in SPLIT_CATEGORIES:
         slower = chip.threads / min(chip.threads, math.ceil(elements / GRAIN_SIZE))
         compute, memory = compute * slower, memory * slower

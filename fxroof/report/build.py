@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch.fx as fx
 
 from fxroof.chips import Chip
+from fxroof.chips.chip import l2_share
 from fxroof.chips.expected import expected
 from fxroof.chips.launch import launch_of
 from fxroof.chips.timing import (cold_shares, kernel_timing, overhead_per_kernel, rate_op,
@@ -42,15 +43,19 @@ def node_rows(gm: fx.GraphModule) -> tuple:
 
 
 def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple, streamed: dict | None = None,
-                gm: fx.GraphModule | None = None, channels_last: frozenset = frozenset()) -> tuple:
+                gm: fx.GraphModule | None = None, channels_last: frozenset = frozenset(),
+                cached: dict | None = None) -> tuple:
     """streamed: {node name: {storage: bytes}} of state the node reads from memory on every pass
-    (memory.state_reads, where the footprint outgrows the chip's cache); none by default. gm: the
+    (memory.state_reads, where the footprint outgrows the chip's cache); none by default.
+    cached: the same where the cache holds it, which the rest of a pass's traffic pushes out
+    of the core's L2 in part (chip.l2_share). gm: the
     graph, whose edges say which kernels wait for a collective (streams.collective_waits).
     channels_last: names of the convolution nodes the program runs channels-last
     (fuse/layout.py); the other channels-first ones run the transposes their nodes name."""
     waits = collective_waits(gm, kernels) if gm is not None else [()] * len(kernels)
     by_name = {n.name: n for n in nodes}
-    streamed = streamed or {}
+    streamed, cached = streamed or {}, cached or {}
+    passed = sum(k.bytes for k in kernels)     # a pass's traffic, run again and again
     mains = [_main(k, by_name) for k in kernels]
     # an eager op finds its code and data as cold as the work since its last call left them
     cold = cold_shares(chip, [m.cost_key if m else k.category for k, m in zip(kernels, mains)],
@@ -63,8 +68,10 @@ def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple, streamed: dict | N
         # calls): a chip measured op by op costs it as that op
         key = rate_op(mode, k.category, main.cost_key) if main else ""
         state: dict = {}
+        kept: dict = {}
         for n in k.nodes:
             state.update(streamed.get(n, {}))
+            kept.update(cached.get(n, {}))
         comm = {"comm_bytes": sum(m.comm_bytes for m in members),
                 "comm_steps": sum(m.comm_steps for m in members),
                 "nvls_bytes": sum(m.nvls_bytes for m in members),
@@ -75,6 +82,10 @@ def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple, streamed: dict | N
                                overhead_s=overhead_per_kernel(chip, mode, key, k.views, i == 0,
                                                               cold[i]),
                                rate_op=key, streamed_bytes=min(sum(state.values()), k.bytes_read),
+                               cached_bytes=min(sum(kept.values()), k.bytes_read),
+                               # the rest of the pass pushes them out, or they never fit
+                               cached_share=l2_share(max(passed - k.bytes, sum(kept.values())),
+                                                     chip.l2_bytes),
                                elements=k.space,
                                # a layer norm's (rows, row): the rows ATen splits over threads
                                rows=main.grid[0] if main and len(main.grid) == 2 else 0,
