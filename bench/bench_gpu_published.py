@@ -969,6 +969,24 @@ MM_RUNS = (("h100-sxm", "#79", "fp16", (179.13, 645.12, 760.04, 736.19, 668.42))
            ("rtx-pro-6000", "#160", "bf16", (52.41, 288.72, 368.43, 350.31, 333.93)),
            ("rtx-3080", "#114", "fp16", (43.21, 60.20, 61.12, 63.94, 64.10)),
            ("rtx-3080", "#114", "bf16", (50.13, 58.92, 61.51, 63.56, 64.68)))
+# Held out: runs of the same test on GPUs whose table entries came after the ones above, each
+# built from its vendor's figures and its family's estimates (chips.json), never from these runs:
+# A100 PCIe 40GB (#108, torch 2.8), RTX 3060 12GB (#131, 2.7), RTX 4060 (#66, 2.7), RTX 4060 Ti
+# (#145, 2.2; 8 or 16 GB unsaid), two RTX 5060s (#128, #147, 2.7), RTX A4000 (#97, 2.8, in a VM).
+MM_HELD_OUT = (("a100-40gb-pcie", "#108", "fp16", (83.66, 214.73, 241.49, 197.51, 205.66)),
+               ("a100-40gb-pcie", "#108", "bf16", (94.89, 138.46, 234.14, 215.26, 211.72)),
+               ("rtx-3060", "#131", "fp16", (16.76, 23.10, 24.11, 24.75, 24.80)),
+               ("rtx-3060", "#131", "bf16", (19.04, 23.69, 24.29, 25.42, 25.47)),
+               ("rtx-4060", "#66", "fp16", (27.75, 32.64, 31.47, 30.68, 30.24)),
+               ("rtx-4060", "#66", "bf16", (27.85, 30.10, 31.21, 30.67, 29.81)),
+               ("rtx-4060-ti", "#145", "fp16", (41.34, 44.75, 45.03, 47.58, 47.80)),
+               ("rtx-4060-ti", "#145", "bf16", (41.36, 44.75, 45.00, 47.48, 47.78)),
+               ("rtx-5060", "#128", "fp16", (15.22, 37.69, 39.75, 41.46, 41.92)),
+               ("rtx-5060", "#128", "bf16", (26.88, 38.38, 40.45, 41.57, 41.87)),
+               ("rtx-5060", "#147", "fp16", (26.93, 38.03, 40.02, 41.32, 41.26)),
+               ("rtx-5060", "#147", "bf16", (26.60, 37.34, 40.35, 41.83, 41.79)),
+               ("rtx-a4000", "#97", "fp16", (58.54, 65.44, 57.56, 60.89, 57.80)),
+               ("rtx-a4000", "#97", "bf16", (23.19, 62.78, 59.95, 56.10, 55.93)))
 MM_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -976,11 +994,12 @@ def square_mm_cases(only: str) -> list[Case]:
     """Back-to-back eager calls: each costs the longer of its kernel and its host dispatch, which
     is the eager report's time of one torch.mm (the dispatch hides behind the kernel before). A
     loop of one op has no model code around its calls: no glue (chips/chip.py, glue_s)."""
-    source = "torch.mm by size"
-    if only not in source:
-        return []
+    runs = [(source, *r) for source, table in (("torch.mm by size", MM_RUNS),
+                                                ("torch.mm by size, chips added since",
+                                                 MM_HELD_OUT))
+            for r in table if only in source]
     cases = []
-    for chip_name, issue, dtype, tflops in MM_RUNS:
+    for source, chip_name, issue, dtype, tflops in runs:
         for n, rate in zip(MM_SIZES, tflops):
             a = torch.empty(n, n, dtype=MM_DTYPES[dtype], device="meta")
             loop = dataclasses.replace(find_chip(chip_name), glue_s=0.0)
