@@ -255,12 +255,12 @@ def report_of(captured: Captured, target: Target) -> Report:
                     decompose_products=decompose, stored=dict(whatif.stored))
     eager = unfused(gm, foreach=chip.kind == "gpu")   # torch.optim's default on GPUs
     memory = whatif.memory(footprint(gm, captured.weights))
-    # A cache holds the weights and KV cache between passes only if everything fits in it.
-    streamed = (state_reads(gm, captured.weights)
-                if chip.cache_bytes and memory.total > chip.cache_bytes else {})
-    # Otherwise a CPU library still packs its weights from the cache, once L2 has lost them.
-    cached = (state_reads(gm, captured.weights)
-              if not streamed and chip.kind == "cpu" and chip.l2_bytes else {})
+    # A cache holds the weights and KV cache between passes only if everything fits in it;
+    # where it does, a CPU library still packs its weights from it, once L2 has lost them.
+    outgrown = bool(chip.cache_bytes) and memory.total > chip.cache_bytes
+    packs = not outgrown and chip.kind == "cpu" and bool(chip.l2_bytes)
+    state = state_reads(gm, captured.weights) if outgrown or packs else {}
+    streamed, cached = (state, {}) if outgrown else ({}, state)
     report = Report(
         model=captured.name, capture=captured.strategy, chip=chip, mode=target.mode, nodes=nodes,
         eager=ModeSummary("eager", kernel_rows(eager, chip, "eager", nodes, streamed, gm,

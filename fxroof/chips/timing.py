@@ -91,8 +91,9 @@ def cold_shares(chip: Chip, ops: list, moved: list) -> list[float]:
     of its op's cold call it pays (Chip.eager_dispatch), by the bytes the kernels between it and
     its op's previous call moved (chip.l2_share: none up to half the core's L2, all from twice
     it, calibration's sweep, a copy of l2_bytes, moving that much). On a 2-vCPU Sapphire
-    Rapids VM (2 MiB of L2) a tiny torch.add took 1.7 us after nothing, 2.4 after reading 1 MiB, 5.2 after copying 1 MiB (2 moved), 8.0 after copying 2
-    (4 moved), 14.7 after copying 16 (docs/calibration.md, "Cold calls"). A forward runs again
+    Rapids VM (2 MiB of L2) a tiny torch.add took 1.7 us after nothing, 2.4 after reading
+    1 MiB, 5.2 after copying 1 MiB (2 moved), 8.0 after copying 2 (4 moved), 14.7 after
+    copying 16 (docs/calibration.md, "Cold calls"). A forward runs again
     and again, so an op's first call follows its last one of the pass before. All 0 on a chip
     without cold calls measured."""
     if not (chip.kind == "cpu" and chip.l2_bytes and chip.op_dispatch_cold_s) or not ops:
@@ -337,8 +338,8 @@ def kernel_timing(chip: Chip, *, flops: float, bytes_moved: float, category: str
             # from memory (ResNet-50's last-stage 3x3 convolution, 9.4 MB of weights, 2.2 ms in
             # a loop, 3.6 ms in the model) or from the last-level cache, for the share of them
             # gone from L2 (a linear of 4 x 256 -> 1,024: 24 us of work hot, 75 after an 8 MiB
-            # copy); a rate measured on few rows already paid it from the cache in its probe's
-            # share (FEW_ROWS_PROBE_BETWEEN: 52 us between its calls)
+            # copy); a rate measured on few rows already paid it from the cache in the share
+            # its probe's turns earn (FEW_ROWS_PROBE_BETWEEN: 52 us of that work in them)
             cache_bw = chip.cache_bw or chip.mem_bw
             paid = l2_share(FEW_ROWS_PROBE_BETWEEN, chip.l2_bytes) \
                 if chip.cache_bw and chip.few_rows_measured(rate_op, matrix_rows) else 0.0

@@ -68,10 +68,11 @@ def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple, streamed: dict | N
         # calls): a chip measured op by op costs it as that op
         key = rate_op(mode, k.category, main.cost_key) if main else ""
         state: dict = {}
-        kept: dict = {}
+        held: dict = {}
         for n in k.nodes:
             state.update(streamed.get(n, {}))
-            kept.update(cached.get(n, {}))
+            held.update(cached.get(n, {}))
+        kept = sum(held.values())          # cached weights' bytes
         comm = {"comm_bytes": sum(m.comm_bytes for m in members),
                 "comm_steps": sum(m.comm_steps for m in members),
                 "nvls_bytes": sum(m.nvls_bytes for m in members),
@@ -82,10 +83,9 @@ def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple, streamed: dict | N
                                overhead_s=overhead_per_kernel(chip, mode, key, k.views, i == 0,
                                                               cold[i]),
                                rate_op=key, streamed_bytes=min(sum(state.values()), k.bytes_read),
-                               cached_bytes=min(sum(kept.values()), k.bytes_read),
+                               cached_bytes=min(kept, k.bytes_read),
                                # the rest of the pass pushes them out, or they never fit
-                               cached_share=l2_share(max(passed - k.bytes, sum(kept.values())),
-                                                     chip.l2_bytes),
+                               cached_share=l2_share(max(passed - k.bytes, kept), chip.l2_bytes),
                                elements=k.space,
                                # a layer norm's (rows, row): the rows ATen splits over threads
                                rows=main.grid[0] if main and len(main.grid) == 2 else 0,
