@@ -207,10 +207,13 @@ def render(r) -> str:
 
 def chip_table(chips) -> str:
     rows = []
+    # the title gives up what a longer name takes, so the table keeps to 100 columns
+    title_width = max(20, 44 - max((len(c.name) for c in chips), default=0))
     for c in chips:
         half = c.half_dtype()
         title = re.sub(r"\s*\(.*?\)", "", c.title)    # datasheet detail; `fxroof.chip()` has it
-        rows.append([c.name, _cut(title, 30, keep_end=False), si(c.matrix_flops(half), "FLOP/s"),
+        rows.append([c.name, _cut(title, title_width, keep_end=False),
+                     si(c.matrix_flops(half), "FLOP/s"),
                      si(c.mem_bw, "B/s"), ratio(c.ridge(half)), si(c.mem_bytes, "B"),
                      si(c.link_bw, "B/s")])
     return table(rows, ["name", "chip", "16-bit dense", "memory bw", "ridge", "memory",
