@@ -987,6 +987,32 @@ MM_HELD_OUT = (("a100-40gb-pcie", "#108", "fp16", (83.66, 214.73, 241.49, 197.51
                ("rtx-5060", "#147", "bf16", (26.60, 37.34, 40.35, 41.83, 41.79)),
                ("rtx-a4000", "#97", "fp16", (58.54, 65.44, 57.56, 60.89, 57.80)),
                ("rtx-a4000", "#97", "bf16", (23.19, 62.78, 59.95, 56.10, 55.93)))
+# Held out the same way, a second batch: the RTX 3080 Ti (#117, torch 2.6; #132, 2.8; #144, 2.10),
+# RTX 4070 Ti SUPER (#70, 2.7), RTX 5070 (#100, 2.7.1, filed again as #101 and #102; #159, 2.7;
+# #178, 2.7; #194, 2.7.1), RTX 5070 Ti (#172), H20 (#77) and L20 (#107). The H20's tensor rate
+# is capped for export; its share is the one its cuDNN attention reaches (chips.json).
+MM_HELD_OUT_2 = (("rtx-3080-ti", "#117", "fp16", (54.66, 67.44, 70.84, 68.06, 77.83)),
+                 ("rtx-3080-ti", "#117", "bf16", (54.80, 67.96, 70.82, 72.72, 78.34)),
+                 ("rtx-3080-ti", "#132", "fp16", (52.25, 66.03, 69.67, 69.40, 75.75)),
+                 ("rtx-3080-ti", "#132", "bf16", (52.47, 67.66, 69.42, 70.34, 76.05)),
+                 ("rtx-3080-ti", "#144", "fp16", (56.27, 69.02, 70.68, 70.51, 77.02)),
+                 ("rtx-3080-ti", "#144", "bf16", (55.14, 69.27, 71.56, 71.35, 77.72)),
+                 ("rtx-4070-ti-super", "#70", "fp16", (72.73, 82.40, 89.64, 90.73, 92.73)),
+                 ("rtx-4070-ti-super", "#70", "bf16", (72.82, 79.41, 87.75, 91.00, 92.74)),
+                 ("rtx-5070", "#100", "fp16", (40.81, 59.29, 66.02, 67.44, 66.57)),
+                 ("rtx-5070", "#100", "bf16", (39.98, 58.98, 66.38, 67.19, 67.08)),
+                 ("rtx-5070", "#159", "fp16", (40.81, 56.04, 65.54, 66.28, 66.13)),
+                 ("rtx-5070", "#159", "bf16", (41.68, 55.38, 64.07, 67.45, 66.89)),
+                 ("rtx-5070", "#178", "fp16", (37.93, 57.88, 64.55, 66.39, 67.27)),
+                 ("rtx-5070", "#178", "bf16", (42.62, 54.53, 64.83, 66.74, 65.64)),
+                 ("rtx-5070", "#194", "fp16", (40.02, 56.19, 62.17, 65.95, 65.63)),
+                 ("rtx-5070", "#194", "bf16", (39.29, 57.51, 64.14, 65.40, 64.85)),
+                 ("rtx-5070-ti", "#172", "fp16", (70.73, 68.48, 79.02, 83.95, 83.44)),
+                 ("rtx-5070-ti", "#172", "bf16", (65.40, 81.93, 78.11, 84.04, 85.32)),
+                 ("h20", "#77", "fp16", (95.47, 119.78, 133.18, 138.52, 142.09)),
+                 ("h20", "#77", "bf16", (95.12, 120.27, 133.41, 138.60, 142.25)),
+                 ("l20", "#107", "fp16", (88.49, 104.66, 113.26, 108.96, 106.53)),
+                 ("l20", "#107", "bf16", (87.87, 103.97, 111.82, 114.14, 107.95)))
 # Runs filed with the summary table only (each dtype's best TFLOPS over the five sizes), on GPUs
 # with no per-size run above: (chip, issue, dtype, best TFLOPS). RTX 3090 #42 (torch 2.5.1),
 # RTX A6000 #46 (2.8, in docker), RTX 4090 #41 (2.6) and #50 (2.3). Set against the best of
@@ -1004,7 +1030,9 @@ def square_mm_cases(only: str) -> list[Case]:
     loop of one op has no model code around its calls: no glue (chips/chip.py, glue_s)."""
     runs = [(source, *r) for source, table in (("torch.mm by size", MM_RUNS),
                                                 ("torch.mm by size, chips added since",
-                                                 MM_HELD_OUT))
+                                                 MM_HELD_OUT),
+                                                ("torch.mm by size, a second batch of chips",
+                                                 MM_HELD_OUT_2))
             for r in table if only in source]
     cases = []
     for source, chip_name, issue, dtype, tflops in runs:
