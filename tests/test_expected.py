@@ -283,6 +283,18 @@ def test_a_channels_first_depthwise_convolution_on_cuda_is_bound_by_its_instruct
     assert issue(x.half(), w.half()) == 0
     few = meta(64, 16, 56, 56, dtype=torch.float16), meta(16, 1, 3, 3, dtype=torch.float16)
     assert issue(*few) == pytest.approx(64 * 16 * 56 * 56 * 223.8 / (128 * 132 * 1.83e9))
+    # at stride 2, PyTorch keeps cuDNN for the shapes its benchmarks favoured
+    # (check_cudnn_depthwise_workload_with_filter): a batch of 64 over 96 channels of 56 x 56
+    # runs its own kernel (under 256 channels), over 512 channels cuDNN; one image, cuDNN
+    def strided(n, c, hw):
+        conv = fn_module(lambda x, w: torch.nn.functional.conv2d(x, w, stride=2, padding=1,
+                                                                 groups=c))
+        x, w = meta(n, c, hw, hw, dtype=torch.float16), meta(c, 1, 3, 3, dtype=torch.float16)
+        (k,) = fxroof.analyze(conv, (x, w), chip="h200", mode="eager").kernels
+        return k.expected.issue_s
+    assert strided(64, 96, 56) == pytest.approx(64 * 96 * 28 * 28 * 223.8 / (128 * 132 * 1.83e9))
+    assert strided(64, 512, 14) == 0 and strided(1, 96, 56) == 0
+    assert strided(64, 256, 28) == 0 and strided(64, 256, 14) > 0     # 256 only from 28 wide
     # compiled, a convolution graph Inductor turns channels-last hands the convolutions to cuDNN
     # (fuse/layout.py): a stack of depthwise and 1x1 convolutions, as MobileNet's
     net = torch.nn.Sequential(torch.nn.Conv2d(96, 96, 3, padding=1, groups=96),

@@ -65,15 +65,35 @@ def cpu_library(call: OpCall) -> str:
 NATIVE_DEPTHWISE_INSTRUCTIONS = {"fp32": (117.4, 9.6), "16-bit": (119.4, 11.6)}
 
 
+def cudnn_depthwise_workload(shape: tuple, kh: int, kw: int, stride: int) -> bool:
+    """Whether PyTorch sends an fp16 channels-first depthwise convolution of an input `shape`
+    (N, C, H, W) to cuDNN, by its shape (check_cudnn_depthwise_workload_with_filter,
+    Convolution.cpp, the rule for cuDNN 8.2 and later since pytorch#58749): every stride-1 one
+    with a square 1x1, 3x3 or 5x5 filter over an image at least 7 wide (and every 1-d one);
+    at stride 2 those benchmarks found cuDNN faster on, the rest to PyTorch's own kernel.
+    pytorch#170609 replaced the rule by per-GPU decision trees learnt from benchmarks, whose
+    leaves fxroof does not hold: this one is taken for every release."""
+    n, ch, h, w = shape
+    if h == 1 and stride == 1:
+        return True
+    if kh != kw or kw not in (1, 3, 5) or w < 7 or stride not in (1, 2):
+        return False
+    if stride == 1:
+        return True
+    if n == 1:
+        return kw != 1 or w <= 28
+    if kw == 1:
+        return n <= 16 and ch >= 128 and w <= 7
+    return ch >= 512 or (ch >= 256 and w >= 28)
+
+
 def native_depthwise_instructions(call: OpCall, transposed: bool) -> int:
     """The thread instructions PyTorch's own CUDA kernel issues for this convolution where a GPU
     runs it there, else 0. PyTorch's rule (ConvParams::use_cudnn_depthwise, Convolution.cpp): a
     2-d depthwise convolution (groups = input channels, output channels a multiple of them)
     goes to cuDNN when channels-last, and when channels-first only in fp16 with 32 or more
-    channels, a square stride, no dilation and a cuDNN-friendly shape (a square 1x1, 3x3 or 5x5
-    filter over an image at least 7 wide; fxroof takes every such stride as cuDNN's, the
-    per-GPU decision tree for stride 2 not modelled); every other one, bf16 and fp32 above all,
-    to its own kernel."""
+    channels, a square stride, no dilation and a shape cuDNN runs well
+    (cudnn_depthwise_workload); every other one, bf16 and fp32 above all, to its own kernel."""
     x, w = call.args[0], call.args[1]
     if any(lib in call.op.__name__ for lib in ("cudnn", "mkldnn", "miopen")):
         return 0                                       # a library's op, named
@@ -91,8 +111,9 @@ def native_depthwise_instructions(call: OpCall, transposed: bool) -> int:
     kh, kw = int(w.shape[2]), int(w.shape[3])
     stride = [int(s) for s in call.get("stride", [1])] or [1]
     dilation = [int(d) for d in call.get("dilation", [1])] or [1]
-    if x.dtype == torch.float16 and groups >= 32 and len(set(stride)) == 1 \
-            and set(dilation) == {1} and kh == kw and kh in (1, 3, 5) and int(x.shape[3]) >= 7:
+    if x.dtype == torch.float16 and groups >= 32 and set(dilation) == {1} \
+            and (len(set(stride)) == 1 or int(x.shape[2]) == 1) \
+            and cudnn_depthwise_workload(tuple(int(s) for s in x.shape), kh, kw, stride[-1]):
         return 0                                       # fp16 with cuDNN's shapes: cuDNN's
     fixed, per_tap = NATIVE_DEPTHWISE_INSTRUCTIONS["fp32" if x.dtype == torch.float32
                                                    else "16-bit"]
