@@ -123,6 +123,13 @@ def conv(x, w, stride=1, padding=0, groups=1):
     return F.conv2d(x, w, stride=stride, padding=padding, groups=groups)
 
 
+def conv_backward(grad, x, w, padding=0, groups=1):
+    """Both gradients of a convolution (its input's and its filter's), as autograd asks for them."""
+    return torch.ops.aten.convolution_backward.default(
+        grad, x, w, None, [1, 1], [padding, padding], [1, 1], False, [0, 0], groups,
+        [True, True, False])[:2]
+
+
 def autotuned(build):
     """The same case with cuDNN choosing each convolution's algorithm by timing them
     (torch.backends.cudnn.benchmark = True, as timm's benchmark.py sets) instead of PyTorch's
@@ -202,6 +209,12 @@ def kernel_cases():
         op(conv, (64, 96, 56, 56), (96, 1, 7, 7), padding=3, groups=96)
     yield "kernel", "conv depthwise 3x3 x 96 at 56 px, batch 64, fp32", \
         op(conv, (64, 96, 56, 56), (96, 1, 3, 3), dtype=torch.float32, padding=1, groups=96)
+    # and its backward's two kernels, priced the same way: the input's gradient a thread an
+    # input element, the filter's a block a (channel, tap) walking every image
+    for k in (3, 7):
+        yield "kernel", f"conv depthwise {k}x{k} x 96 at 56 px, batch 64, backward", \
+            op(conv_backward, (64, 96, 56, 56), (64, 96, 56, 56), (96, 1, k, k),
+               padding=k // 2, groups=96)
     # what settles the channels-first misses of 2026-12-04 (bench/README.md): the same
     # convolutions with cuDNN's algorithms timed, and channels-last as well
     for name, shapes, options in CONVS:

@@ -295,6 +295,22 @@ def test_a_channels_first_depthwise_convolution_on_cuda_is_bound_by_its_instruct
     assert strided(64, 96, 56) == pytest.approx(64 * 96 * 28 * 28 * 223.8 / (128 * 132 * 1.83e9))
     assert strided(64, 512, 14) == 0 and strided(1, 96, 56) == 0
     assert strided(64, 256, 28) == 0 and strided(64, 256, 14) > 0     # 256 only from 28 wide
+    # its backward, PyTorch's two kernels: the input's gradient at the forward's 223.8 per input
+    # element (19,267,584 x 223.8 = 4.312e9), the filter's 137 / 4 = 34.25 a step per tap and
+    # output position, a warp's 32 lanes at a time: 96 x 9 taps x 64 images x 3,136 positions
+    # (98 steps of 32) x 34.25 = 5.939e9; 1.0251e10 / 3.092e13 = 331.5 us
+    def backward(grad, x, w):
+        return torch.ops.aten.convolution_backward.default(
+            grad, x, w, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 96, [True, True, False])[:2]
+    (k,) = fxroof.analyze(fn_module(backward), (x, x, w), chip="h200", mode="eager").kernels
+    both = 19_267_584 * 223.8 + 96 * 9 * 64 * 3136 * 137 / 4
+    assert k.expected.issue_s == pytest.approx(both / (128 * 132 * 1.83e9), rel=1e-6)
+    assert k.expected.issue_s == pytest.approx(331.5e-6, rel=1e-3)
+    # a training step's first layer asks for the filter's gradient only (its input is data)
+    layer = torch.nn.Conv2d(96, 96, 3, padding=1, groups=96, bias=False).to("meta", torch.bfloat16)
+    step = fxroof.analyze(layer, (x,), chip="h200", mode="eager", train=True, optimizer="sgd")
+    (k,) = [k for k in step.kernels if k.nodes[0].startswith("convolution_backward")]
+    assert k.expected.issue_s == pytest.approx(96 * 9 * 64 * 3136 * 34.25 / 3.092e13, rel=1e-3)
     # compiled, a convolution graph Inductor turns channels-last hands the convolutions to cuDNN
     # (fuse/layout.py): a stack of depthwise and 1x1 convolutions, as MobileNet's
     net = torch.nn.Sequential(torch.nn.Conv2d(96, 96, 3, padding=1, groups=96),

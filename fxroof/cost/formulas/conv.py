@@ -63,6 +63,16 @@ def cpu_library(call: OpCall) -> str:
 # through 1x1 and 7x7; sm_80 and sm_86 builds issue 9-11% fewer). A filter other than 1x1 or 3x3
 # runs the generic kernel, whose loops over the taps cost a little more than these unrolled counts.
 NATIVE_DEPTHWISE_INSTRUCTIONS = {"fp32": (117.4, 9.6), "16-bit": (119.4, 11.6)}
+# Its backward runs two kernels of the same kind (DepthwiseConv2d.cu). The input's gradient,
+# conv_depthwise2d_backward_kernel, is the forward's loop turned round, a thread an input
+# element walking the taps: its 3x3 taps compile to 101 instructions for 9 (sm_90; 94 and 100
+# for sm_80 and sm_86), the forward's 11.6 a tap, so the forward's line is taken for it, per
+# input element. The filter's gradient, conv_depthwise2d_grad_weight_kernel, gives a block to
+# each (channel, tap), a warp to each image, its lanes walking the image's output positions 32
+# at a time, each step an unsigned division to place the position, a bounds check, two scalar
+# loads and a multiply-add: the step, unrolled four times, is 137 instructions in 16 bits and
+# 129 in fp32 (sm_90; fp32 113 for sm_80 and sm_86), per position and tap.
+NATIVE_DEPTHWISE_GRAD_WEIGHT_STEP = {"fp32": 129 / 4, "16-bit": 137 / 4}
 
 
 def cudnn_depthwise_workload(shape: tuple, kh: int, kw: int, stride: int) -> bool:
@@ -161,8 +171,30 @@ def conv_backward(call: OpCall) -> Cost:
     operands = (grad_out, *([w] if mask[0] else []), *([x] if mask[1] else []))
     return with_copies(call.cost(forward.flops * sum(mask), "conv", variant=forward.variant,
                                  relayout=relayout(x, w, operands),
-                                 bias_bytes=footprint(grad_out) if summed else 0),
+                                 bias_bytes=footprint(grad_out) if summed else 0,
+                                 issued=native_depthwise_backward_instructions(
+                                     forward, x, w, grad_out, mask)),
                        x, grad_out)
+
+
+def native_depthwise_backward_instructions(forward: Cost, x, w, grad_out, mask) -> int:
+    """The thread instructions of PyTorch's own depthwise backward kernels, where its forward
+    runs there (`forward.issued`), else 0: the input's gradient at the forward's count per input
+    element, the filter's a step per tap and output position, a warp's 32 lanes at a time."""
+    if not forward.issued:
+        return 0
+    kind = "fp32" if x.dtype == torch.float32 else "16-bit"
+    taps = int(w.shape[2]) * int(w.shape[3])
+    issued = 0.0
+    if mask[0]:
+        fixed, per_tap = NATIVE_DEPTHWISE_INSTRUCTIONS[kind]
+        multiplier = int(w.shape[0]) // int(x.shape[1])
+        issued += int(x.numel()) * (fixed + per_tap * taps * multiplier)
+    if mask[1]:
+        n, channels, h, wide = (int(s) for s in grad_out.shape)
+        issued += (channels * taps * n * 32 * math.ceil(h * wide / 32)
+                   * NATIVE_DEPTHWISE_GRAD_WEIGHT_STEP[kind])
+    return round(issued)
 
 
 def with_copies(cost: Cost, *tensors) -> Cost:
