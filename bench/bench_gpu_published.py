@@ -1013,6 +1013,20 @@ MM_HELD_OUT_2 = (("rtx-3080-ti", "#117", "fp16", (54.66, 67.44, 70.84, 68.06, 77
                  ("h20", "#77", "bf16", (95.12, 120.27, 133.41, 138.60, 142.25)),
                  ("l20", "#107", "fp16", (88.49, 104.66, 113.26, 108.96, 106.53)),
                  ("l20", "#107", "bf16", (87.87, 103.97, 111.82, 114.14, 107.95)))
+# And a third: the RTX 5080 (#104, torch 2.7) and RTX 5060 Ti (#85, 2.9; #129, 2.7; #134, 2.7,
+# filed again as #135; #136, 2.8; #163, 2.7; 8 or 16 GB unsaid, the same GPU).
+MM_HELD_OUT_3 = (("rtx-5080", "#104", "fp16", (74.29, 80.19, 89.17, 102.20, 102.42)),
+                 ("rtx-5080", "#104", "bf16", (73.40, 84.49, 91.13, 102.89, 102.32)),
+                 ("rtx-5060-ti", "#85", "fp16", (37.96, 46.02, 47.56, 47.82, 47.87)),
+                 ("rtx-5060-ti", "#85", "bf16", (37.46, 41.19, 46.78, 48.11, 48.24)),
+                 ("rtx-5060-ti", "#129", "fp16", (39.26, 39.08, 44.44, 45.82, 45.89)),
+                 ("rtx-5060-ti", "#129", "bf16", (39.21, 41.15, 44.49, 45.88, 46.05)),
+                 ("rtx-5060-ti", "#134", "fp16", (38.42, 41.62, 45.58, 46.84, 47.51)),
+                 ("rtx-5060-ti", "#134", "bf16", (39.12, 41.19, 45.78, 46.03, 47.41)),
+                 ("rtx-5060-ti", "#136", "fp16", (39.37, 47.14, 48.76, 48.68, 48.52)),
+                 ("rtx-5060-ti", "#136", "bf16", (38.47, 42.15, 47.70, 48.96, 49.20)),
+                 ("rtx-5060-ti", "#163", "fp16", (39.86, 41.19, 48.47, 50.07, 50.24)),
+                 ("rtx-5060-ti", "#163", "bf16", (39.87, 43.34, 49.30, 50.09, 50.21)))
 # Runs filed with the summary table only (each dtype's best TFLOPS over the five sizes), on GPUs
 # with no per-size run above: (chip, issue, dtype, best TFLOPS). RTX 3090 #42 (torch 2.5.1),
 # RTX A6000 #46 (2.8, in docker), RTX 4090 #41 (2.6) and #50 (2.3). Set against the best of
@@ -1032,7 +1046,9 @@ def square_mm_cases(only: str) -> list[Case]:
                                                 ("torch.mm by size, chips added since",
                                                  MM_HELD_OUT),
                                                 ("torch.mm by size, a second batch of chips",
-                                                 MM_HELD_OUT_2))
+                                                 MM_HELD_OUT_2),
+                                                ("torch.mm by size, a third batch of chips",
+                                                 MM_HELD_OUT_3))
             for r in table if only in source]
     cases = []
     for source, chip_name, issue, dtype, tflops in runs:
