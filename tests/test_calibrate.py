@@ -212,8 +212,10 @@ def test_a_gpu_finds_its_table_entry_by_the_name_its_driver_reports():
     assert table_chip("NVIDIA A100-SXM4-40GB").name == "a100-40gb"
     assert table_chip("NVIDIA A100 80GB PCIe").name == "a100-80gb-pcie"
     assert table_chip("Tesla T4").name == "t4"
-    # nothing from a part of a name: a 4080 SUPER is not a 4080, a 96 GB GH200 not the 144 GB
-    assert table_chip("NVIDIA GeForce RTX 4080 SUPER") is None
+    # nothing from a part of a name: a 4080 SUPER is its own entry, not the 4080; a 3070 Ti (no
+    # entry) is not a 3070, a 96 GB GH200 not the 144 GB
+    assert table_chip("NVIDIA GeForce RTX 4080 SUPER").name == "rtx-4080-super"
+    assert table_chip("NVIDIA GeForce RTX 3070 Ti") is None
     assert table_chip("NVIDIA GH200 480GB") is None
 
 
@@ -321,7 +323,7 @@ def test_like_names_a_gpu_of_the_table(tmp_path, capsys):
 
 
 def test_a_gpu_without_a_table_entry_is_told_how_to_name_one():
-    c = Chip(name="calibrated-cuda", title="NVIDIA GeForce RTX 4080 SUPER (calibrated)",
+    c = Chip(name="calibrated-cuda", title="NVIDIA GeForce RTX 3070 Ti (calibrated)",
              kind="gpu", peak_flops={"fp32": 5e13, "bf16": 2e14}, vector_flops=5e13,
              mem_bw=7e11, mem_bytes=1.6e10, link_bw=2.5e10, link_latency_s=1e-5,
              launch_s=7e-6, dispatch_s=1e-5)
