@@ -1049,18 +1049,19 @@ MM_BEST = (("rtx-3090", "#42", "fp16", 75.48), ("rtx-3090", "#42", "bf16", 76.58
 MM_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+# Each table of per-size runs is a source of its own: the first the model was checked on, the
+# others held out, their chips entered before their runs were set beside them.
+MM_SOURCES = {"torch.mm by size": MM_RUNS, "torch.mm by size, chips added since": MM_HELD_OUT,
+              "torch.mm by size, a second batch of chips": MM_HELD_OUT_2,
+              "torch.mm by size, a third batch of chips": MM_HELD_OUT_3}
+
+
 def square_mm_cases(only: str) -> list[Case]:
     """Back-to-back eager calls: each costs the longer of its kernel and its host dispatch, which
     is the eager report's time of one torch.mm (the dispatch hides behind the kernel before). A
     loop of one op has no model code around its calls: no glue (chips/chip.py, glue_s)."""
-    runs = [(source, *r) for source, table in (("torch.mm by size", MM_RUNS),
-                                                ("torch.mm by size, chips added since",
-                                                 MM_HELD_OUT),
-                                                ("torch.mm by size, a second batch of chips",
-                                                 MM_HELD_OUT_2),
-                                                ("torch.mm by size, a third batch of chips",
-                                                 MM_HELD_OUT_3))
-            for r in table if only in source]
+    runs = [(source, *r) for source, table in MM_SOURCES.items() for r in table
+            if only in source]
     cases = []
     for source, chip_name, issue, dtype, tflops in runs:
         for n, rate in zip(MM_SIZES, tflops):

@@ -125,8 +125,7 @@ def native_depthwise_instructions(call: OpCall, transposed: bool) -> int:
             and (len(set(stride)) == 1 or int(x.shape[2]) == 1) \
             and cudnn_depthwise_workload(tuple(int(s) for s in x.shape), kh, kw, stride[-1]):
         return 0                                       # fp16 with cuDNN's shapes: cuDNN's
-    fixed, per_tap = NATIVE_DEPTHWISE_INSTRUCTIONS["fp32" if x.dtype == torch.float32
-                                                   else "16-bit"]
+    fixed, per_tap = NATIVE_DEPTHWISE_INSTRUCTIONS[_width(x)]
     try:
         outputs = int(call.outputs[0].numel())
     except (TypeError, RuntimeError):                  # a symbolic size: priced by its bytes
@@ -183,7 +182,7 @@ def native_depthwise_backward_instructions(forward: Cost, x, w, grad_out, mask) 
     element, the filter's a step per tap and output position, a warp's 32 lanes at a time."""
     if not forward.issued:
         return 0
-    kind = "fp32" if x.dtype == torch.float32 else "16-bit"
+    kind = _width(x)
     taps = int(w.shape[2]) * int(w.shape[3])
     issued = 0.0
     if mask[0]:
@@ -195,6 +194,11 @@ def native_depthwise_backward_instructions(forward: Cost, x, w, grad_out, mask) 
         issued += (channels * taps * n * 32 * math.ceil(h * wide / 32)
                    * NATIVE_DEPTHWISE_GRAD_WEIGHT_STEP[kind])
     return round(issued)
+
+
+def _width(x) -> str:
+    """The key of the instruction tables above: "fp32", or "16-bit" for half precision."""
+    return "fp32" if x.dtype == torch.float32 else "16-bit"
 
 
 def with_copies(cost: Cost, *tensors) -> Cost:
