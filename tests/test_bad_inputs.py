@@ -311,10 +311,10 @@ def test_bf16_on_a_chip_without_bf16_units_says_where_it_runs(model):
 
 def test_a_gpu_without_a_measured_matmul_share_says_its_matmuls_run_at_the_peak(model):
     # the A10 has no achievable-matmul figure; the table's measured GPUs reach from the
-    # MI300X's 668.4 of 1,300 TFLOPS (Bekman's table) to 0.99 (GeForce cards, capped at 1)
+    # MI300X's 668.4 of 1,300 TFLOPS (Bekman's table) to the A10G's 69.7 of 70 (0.996)
     x = (torch.randn(2, 8),)
     note = ("a10 has no measured achievable-matmul share: its matrix kernels are priced at the "
-            "whole dense peak, where the GPUs measured reach 51%-99% of theirs (`fxroof chips` "
+            "whole dense peak, where the GPUs measured reach 51%-100% of theirs (`fxroof chips` "
             "gives each chip's figures)")
     assert fxroof.analyze(model, x, chip="a10").notes == (note,)
     assert not fxroof.analyze(model, x, chip="t4").notes               # 42.71 of 65 measured
