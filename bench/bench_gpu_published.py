@@ -1039,10 +1039,14 @@ MM_HELD_OUT_3 = (("rtx-5080", "#104", "fp16", (74.29, 80.19, 89.17, 102.20, 102.
                  ("rtx-4070-super", "#196", "fp16", (49.45, 65.07, 56.90, 59.79, 59.23)),
                  ("rtx-4070-super", "#196", "bf16", (41.63, 59.78, 69.66, 71.61, 72.53)))
 # A fourth: AWS's A10G (#126, torch 2.7), whose entry takes its peak and share from other
-# sources (public MFU tables' 70 TFLOP/s, mag-/gpu_benchmark's 69.7); the run was found while
-# the entry was drafted, and nothing in the entry was taken from it.
+# sources (public MFU tables' 70 TFLOP/s, mag-/gpu_benchmark's 69.7), and the RTX 2080 Ti
+# (#181, 2.7), from the Turing whitepaper and the GeForce share; the runs were found while the
+# entries were drafted, and nothing in the entries was taken from them. Not taken: the 2080
+# Ti's bf16 (Turing has no bf16 path: 6-7 TFLOP/s, emulated; fxroof prices it at the fp32 peak
+# and says so in the report's notes) and #115, a 2080 Ti modded to 22 GB.
 MM_HELD_OUT_4 = (("a10g", "#126", "fp16", (49.00, 60.62, 62.46, 65.67, 69.47)),
-                 ("a10g", "#126", "bf16", (47.92, 60.57, 62.48, 66.59, 69.47)))
+                 ("a10g", "#126", "bf16", (47.92, 60.57, 62.48, 66.59, 69.47)),
+                 ("rtx-2080-ti", "#181", "fp16", (26.01, 56.78, 50.94, 49.61, 47.96)))
 # Runs filed with the summary table only (each dtype's best TFLOPS over the five sizes), on GPUs
 # with no per-size run above: (chip, issue, dtype, best TFLOPS). RTX 3090 #42 (torch 2.5.1),
 # RTX A6000 #46 (2.8, in docker), RTX 4090 #41 (2.6) and #50 (2.3). Set against the best of

@@ -533,10 +533,15 @@ def _matrix_unit_notes(nodes, chip: Chip, quantize) -> tuple:
         runs_as = chip.matrix_dtype(dtype)
         if dtype in ("bf16", "fp16") and runs_as != dtype:
             other = next((h for h in ("fp16", "bf16") if h in chip.peak_flops), "")
+            # cuBLAS emulates the missing type on CUDA cores below that peak: community torch.mm
+            # runs (docs/time-model.md, "a fourth batch") reach 0.68 of it on a V100, 0.49 on
+            # an RTX 2080 Ti; neither share is modelled, so the note gives the range
             notes.append(f"{chip.name} has no {dtype} matrix units: {dtype} matmuls run at its "
                          f"{runs_as} peak, {si(chip.matrix_flops(dtype), 'FLOP/s')}"
                          + (f" ({other}: {si(chip.matrix_flops(other), 'FLOP/s')})"
-                            if other else ""))
+                            if other else "")
+                         + (f"; measured GPUs emulate {dtype} at about half to two thirds of "
+                            f"that peak" if chip.kind == "gpu" and runs_as == "fp32" else ""))
     return tuple(notes)
 
 
