@@ -533,15 +533,16 @@ def _matrix_unit_notes(nodes, chip: Chip, quantize) -> tuple:
         runs_as = chip.matrix_dtype(dtype)
         if dtype in ("bf16", "fp16") and runs_as != dtype:
             other = next((h for h in ("fp16", "bf16") if h in chip.peak_flops), "")
+            note = (f"{chip.name} has no {dtype} matrix units: {dtype} matmuls run at its "
+                    f"{runs_as} peak, {si(chip.matrix_flops(dtype), 'FLOP/s')}")
+            if other:
+                note += f" ({other}: {si(chip.matrix_flops(other), 'FLOP/s')})"
             # cuBLAS emulates the missing type on CUDA cores below that peak: community torch.mm
             # runs (docs/time-model.md, "a fourth batch") reach 0.68 of it on a V100, 0.49 on
             # an RTX 2080 Ti; neither share is modelled, so the note gives the range
-            notes.append(f"{chip.name} has no {dtype} matrix units: {dtype} matmuls run at its "
-                         f"{runs_as} peak, {si(chip.matrix_flops(dtype), 'FLOP/s')}"
-                         + (f" ({other}: {si(chip.matrix_flops(other), 'FLOP/s')})"
-                            if other else "")
-                         + (f"; measured GPUs emulate {dtype} at about half to two thirds of "
-                            f"that peak" if chip.kind == "gpu" and runs_as == "fp32" else ""))
+            if chip.kind == "gpu" and runs_as == "fp32":
+                note += f"; measured GPUs emulate {dtype} at about half to two thirds of that peak"
+            notes.append(note)
     return tuple(notes)
 
 

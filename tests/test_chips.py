@@ -23,10 +23,10 @@ REQUIRED = ["v100", "t4", "a10", "a10g", "a40", "l4", "l40", "l20", "l40s", "rtx
 # GeForce cards print FP16/BF16 tensor rates with FP16 accumulate and half of it with FP32
 # accumulate, the path PyTorch takes; int8 (int32 accumulate) keeps the full rate. AWS's A10G
 # takes the GeForce GA102's tensor path (its entry's peak_flops source).
-FP32_ACCUMULATE_AT_HALF_RATE = {"a10g", "rtx-2080-ti", "rtx-3060", "rtx-3060-ti", "rtx-3070", "rtx-3080", "rtx-3080-ti",
-                                "rtx-3090", "rtx-4060", "rtx-4060-ti", "rtx-4070",
-                                "rtx-4070-super", "rtx-4070-ti", "rtx-4070-ti-super", "rtx-4080",
-                                "rtx-4080-super", "rtx-4090", "rtx-5060", "rtx-5060-ti",
+FP32_ACCUMULATE_AT_HALF_RATE = {"a10g", "rtx-2080-ti", "rtx-3060", "rtx-3060-ti", "rtx-3070",
+                                "rtx-3080", "rtx-3080-ti", "rtx-3090", "rtx-4060", "rtx-4060-ti",
+                                "rtx-4070", "rtx-4070-super", "rtx-4070-ti", "rtx-4070-ti-super",
+                                "rtx-4080", "rtx-4080-super", "rtx-4090", "rtx-5060", "rtx-5060-ti",
                                 "rtx-5070", "rtx-5070-ti", "rtx-5080", "rtx-5090"}
 EXPECTED_FIGURES = ["sm_count", "matmul_efficiency", "bw_efficiency", "collective_efficiency",
                     "kernel_floor_s", "clock_hz", "l2_bytes"]
