@@ -1109,8 +1109,42 @@ MM_SUMMARY = (("b200", "zzc0208, GCP a4-highgpu-8g", "fp16", 1627.64),
               ("rtx-3080", "xiaoxi68", "fp16", 53.41), ("rtx-3080", "xiaoxi68", "bf16", 24.94),
               ("rtx-5070-ti", "dayi, WSL2", "fp16", 98.70),
               ("rtx-5070-ti", "dayi, WSL2", "bf16", 99.06),
-              ("rtx-5060", "Do1e", "fp16", 39.63), ("rtx-5060", "Do1e", "bf16", 40.12))
-MM_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+              ("rtx-5060", "Do1e", "fp16", 39.63), ("rtx-5060", "Do1e", "bf16", 40.12),
+              ("rtx-3080", "2048Nemo, 20 GB", "fp16", 63.53),
+              ("rtx-3080", "2048Nemo, 20 GB", "bf16", 64.71),
+              ("rtx-2080-ti", "yjzxkxdn, 22 GB, cloud", "fp16", 58.58))
+# The same table's FP32 column: test.py turns TF32 off for it, so the products run on the CUDA
+# cores, whose share (fp32_matmul_efficiency) comes from another repository's runs
+# (chsasank/device-benchmarks); none of these went into it. The same rules as above, but for
+# repeats: no fp32 figure of these runs was compared before. (chip, contributor, best TFLOPS)
+MM_FP32 = (("b200", "zzc0208, GCP a4-highgpu-8g", 66.24), ("t4", "zzc0208, Colab", 4.17),
+           ("t4", "sxjeru, Kaggle", 4.43), ("t4", "zzc0208, Kaggle T4 x2", 4.35),
+           ("a100-80gb", "Charming, docker", 19.18), ("h20", "Charming, docker", 31.95),
+           ("h20", "xiaoxi68, cloud", 31.99), ("a100-40gb-pcie", "yjzxkxdn, cloud", 17.56),
+           ("h100-sxm", "HaxxorCialtion, docker", 51.88), ("h100-sxm", "clow1710", 52.11),
+           ("h100-pcie", "htdxd", 36.95), ("h200", "Mightlaus, docker", 51.34),
+           ("l40s", "Mightlaus, docker", 46.88), ("l20", "yjzxkxdn, cloud", 37.27),
+           ("l4", "Arcannite", 15.38), ("v100", "hhhhhge", 14.06),
+           ("rtx-a6000", "Mightlaus, docker", 23.92), ("rtx-a4000", "kakaru, VM", 11.90),
+           ("rtx-pro-6000", "AlfreSama", 77.24), ("rtx-2080-ti", "yjzxkxdn, 22 GB, cloud", 13.04),
+           ("rtx-3060-ti", "sjzsd147", 13.83), ("rtx-3070", "Nian-Ci", 13.69),
+           ("rtx-3080", "xiaoxi68", 15.56), ("rtx-3080", "2048Nemo, 20 GB", 21.45),
+           ("rtx-3080", "yjzxkxdn, cloud", 21.07), ("rtx-3080-ti", "Charming, docker", 24.37),
+           ("rtx-3080-ti", "datdanboi25", 24.90), ("rtx-3090", "zzc0208", 24.46),
+           ("rtx-3090", "a-cold-bird, cloud", 24.84), ("rtx-3090", "Mightlaus", 24.79),
+           ("rtx-4060", "ytinyu", 8.34), ("rtx-4070-super", "zzc0208", 24.52),
+           ("rtx-4070-super", "RepentStar", 25.07), ("rtx-4070-ti-super", "RaruseReiji", 30.25),
+           ("rtx-4070-ti-super", "Kalt003", 31.25), ("rtx-4090", "Charming", 55.01),
+           ("rtx-4090", "sd0ric4", 54.77), ("rtx-4090", "HuanLin, docker", 46.48),
+           ("rtx-4090", "a-cold-bird, cloud", 54.67), ("rtx-4090", "CharonlYMY", 51.57),
+           ("rtx-4090", "xiaoxi68, cloud", 53.84), ("rtx-4090", "Charming, 48 GB, docker", 54.69),
+           ("rtx-4090", "a-cold-bird, 48 GB, cloud", 53.79),
+           ("rtx-4090", "Mightlaus, 48 GB", 56.01), ("rtx-5060", "Do1e", 13.33),
+           ("rtx-5060-ti", "Alkaid-C", 17.43), ("rtx-5070", "lukezzt8", 24.11),
+           ("rtx-5070-ti", "dayi, WSL2", 33.08), ("rtx-5080", "zhoujiahao111", 33.64),
+           ("rtx-5090", "HuanLin, cloud", 69.16), ("rtx-5090", "sakmist", 67.57),
+           ("rtx-5090", "mfzzf, cloud", 70.47))
+MM_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 # Each table of per-size runs is a source of its own: the first the model was checked on, the
@@ -1135,7 +1169,9 @@ def square_mm_cases(only: str) -> list[Case]:
                               2 * n ** 3 / (rate * 1e12), report.summary.floor_s, report.time_s,
                               made_of(report.kernels)))
     best_of = (("torch.mm best of five sizes", MM_BEST),
-               ("torch.mm best of five sizes, the summary table's runs", MM_SUMMARY))
+               ("torch.mm best of five sizes, the summary table's runs", MM_SUMMARY),
+               ("torch.mm fp32 (TF32 off), the summary table's runs",
+                tuple((chip, run, "fp32", best) for chip, run, best in MM_FP32)))
     for source, table in best_of:
         for chip_name, run, dtype, best in (table if only in source else ()):
             # the size fxroof runs fastest, and the run's best rate there
@@ -1148,10 +1184,17 @@ def square_mm_cases(only: str) -> list[Case]:
 
 
 def square_mm_report(chip_name: str, dtype: str, n: int):
-    """The eager report of one n x n torch.mm in a loop of them (no model code: no glue)."""
+    """The eager report of one n x n torch.mm in a loop of them (no model code: no glue); fp32
+    with TF32 off, as the runs' script sets it."""
     a = torch.empty(n, n, dtype=MM_DTYPES[dtype], device="meta")
     loop = dataclasses.replace(find_chip(chip_name), glue_s=0.0)
-    return report_of(capture(FunctionModule(torch.mm), (a, a)), Target(chip=loop, mode="eager"))
+    was = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        return report_of(capture(FunctionModule(torch.mm), (a, a)),
+                         Target(chip=loop, mode="eager"))
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = was
 
 
 # -- gpt-fast decode -----------------------------------------------------------------------------

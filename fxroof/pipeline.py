@@ -281,7 +281,7 @@ def report_of(captured: Captured, target: Target) -> Report:
         training=target.optimizer if target.train else "", dp=target.dp, fsdp=target.fsdp,
         provenance=provenance)
     return dataclasses.replace(report, notes=report.notes + _host_estimate_notes(report)
-                               + _alignment_notes(report))
+                               + _alignment_notes(report) + _cuda_core_notes(report))
 
 
 def _provenance(captured: Captured) -> tuple:
@@ -407,6 +407,30 @@ def _host_estimate_notes(report: Report) -> tuple:
 # measurement here separates those kernels, so the report says where they run.
 ALIGNED_ELEMENTS = {"fp16": 8, "bf16": 8, "fp8": 16, "int8": 16}
 ALIGN_NOTE_SHARE = 0.02
+
+
+def _cuda_core_notes(report: Report) -> tuple:
+    """The classic fix, where it is one: fp32 products computing on a GPU's CUDA cores (TF32
+    off, PyTorch's matmul default) that hold a noticeable share of the step, on a chip whose TF32
+    tensor cores would run them faster (on GeForce cards TF32 has the fp32 peak, but GEMMs reach
+    more of it)."""
+    chip = report.chip
+    if not chip.nvidia or "tf32" not in chip.peak_flops \
+            or unit_dtype(chip, "matmul", "fp32") != "fp32":
+        return ()
+    cores = chip.matrix_flops("fp32") * (chip.fp32_matmul_efficiency or chip.matmul_efficiency
+                                         or 1.0)
+    tensor = chip.matrix_flops("tf32") * (chip.matmul_efficiency or 1.0)
+    total = sum(k.time_s for k in report.kernels)
+    held = sum(k.time_s for k in report.kernels if k.category == "matmul" and k.dtype == "fp32"
+               and k.regime == "compute")
+    if tensor <= cores or not total or held / total < ALIGN_NOTE_SHARE:
+        return ()
+    return (f"fp32 matrix products ({held / total:.0%} of the predicted kernel time) run on "
+            f"{chip.name}'s CUDA cores, whose GEMMs reach {si(cores, 'FLOP/s')}; with "
+            f"torch.backends.cuda.matmul.allow_tf32 = True (or "
+            f"torch.set_float32_matmul_precision('high')) they would run on its TF32 tensor "
+            f"cores, {si(tensor, 'FLOP/s')}",)
 
 
 def _alignment_notes(report: Report) -> tuple:

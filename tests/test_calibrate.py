@@ -255,8 +255,29 @@ def test_an_attention_share_is_the_least_that_explains_the_time():
 def test_cudnn_attention_is_measured_only_where_sdpa_prefers_it():
     figures = {c: [p.figure for p in gpu_probes(find_chip(c))] for c in ("h200", "a100-80gb")}
     assert "cudnn_attention_efficiency" in figures["h200"]
-    assert figures["a100-80gb"] == ["matmul_efficiency", "bw_efficiency",
-                                    "attention_efficiency"]
+    assert figures["a100-80gb"] == ["matmul_efficiency", "fp32_matmul_efficiency",
+                                    "bw_efficiency", "attention_efficiency"]
+
+
+def test_the_fp32_gemm_share_is_solved_on_the_cuda_cores_whatever_the_tf32_flag():
+    # the fp32 probe runs and is predicted with TF32 off, PyTorch's matmul default: on an
+    # H200, 8192^3 x 2 FLOPs at 67 TFLOPS of fp32 over 125 waves of 64x64 tiles (x 125 x 132 /
+    # 16,384) is 16.51 ms, at the table's 0.75 22.0 ms; that time solves back to 0.75 with the
+    # flag on or off (on, a product would run on the TF32 tensor cores at 0.803 of 494.7)
+    h200 = find_chip("h200")
+    fp32 = next(p for p in probes() if p.figure == "fp32_matmul_efficiency")
+    assert fp32.dtype == torch.float32
+    was = torch.backends.cuda.matmul.allow_tf32
+    try:
+        for flag in (False, True):
+            torch.backends.cuda.matmul.allow_tf32 = flag
+            t = predicted_s(h200, fp32)
+            assert t == pytest.approx(2 * 8192 ** 3 * (125 * 132 / 16384) / 67e12 / 0.75,
+                                      rel=0.01)
+            assert solve(h200, fp32, t)[0] == pytest.approx(0.75, abs=1e-4)
+            assert torch.backends.cuda.matmul.allow_tf32 == flag      # left as it was
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = was
 
 
 def test_a_probe_that_cannot_run_here_is_left_out_with_why():

@@ -568,6 +568,55 @@ def test_a_big_bf16_matmul_on_h100_by_hand():
     assert kd["regime"] == kd["floor"]["regime"] == "compute"
 
 
+def test_an_fp32_gemm_runs_on_the_cuda_cores_at_their_own_share():
+    # PyTorch's matmul default keeps TF32 off: an fp32 product runs on the CUDA cores, whose
+    # SGEMMs reach 0.70 of an RTX 4090's 82.6 TFLOP/s fp32 peak (58 measured), not the 0.99 its
+    # tensor cores' GEMMs reach of theirs. 8,192^3 x 2 = 1.0995 TFLOP: 13.31 ms at the peak
+    n = 8192
+    a = meta(n, n, dtype=torch.float32)
+    was = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        (k,) = fxroof.analyze(fn_module(torch.mm), (a, a), chip="rtx-4090").kernels
+        # with TF32 on, the same product runs on the tensor cores at their share of TF32's peak
+        torch.backends.cuda.matmul.allow_tf32 = True
+        (tf,) = fxroof.analyze(fn_module(torch.mm), (a, a), chip="rtx-4090").kernels
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = was
+    assert k.expected.tiled_s == pytest.approx(2 * n**3 / 82.6e12, rel=0.02)  # whole waves
+    assert k.expected.compute_s == pytest.approx(k.expected.tiled_s / 0.70)
+    assert tf.expected.compute_s == pytest.approx(tf.expected.tiled_s / 0.99)
+    # a bf16 product on a GPU without bf16 units (a V100) keeps the tensor share, emulated
+    v = fxroof.analyze(fn_module(torch.mm), (meta(n, n),) * 2, chip="v100").kernels[0].expected
+    assert v.compute_s == pytest.approx(v.tiled_s / 0.752)
+
+
+def test_the_report_says_when_tf32_would_run_fp32_products_faster():
+    # TF32 off (PyTorch's matmul default): the 4090's CUDA cores reach 0.70 x 82.6 = 57.8
+    # TFLOP/s, its TF32 tensor cores 0.99 x 82.6 = 81.8 (the GeForce TF32 peak is the fp32
+    # one, its share higher). Said where compute-bound fp32 products hold 2% of the time or
+    # more: a 2,048 x 4,096 x 4,096 product (~500 FLOP/B) is all of it, a 4 x 8 one (bound by
+    # its launch) none; a V100 has no TF32 units, so nothing to say
+    big = (meta(2048, 4096, dtype=torch.float32), meta(4096, 4096, dtype=torch.float32))
+    tiny = (meta(4, 8, dtype=torch.float32), meta(8, 8, dtype=torch.float32))
+    was = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        notes = fxroof.analyze(fn_module(torch.mm), big, chip="rtx-4090").notes
+        small = fxroof.analyze(fn_module(torch.mm), tiny, chip="rtx-4090").notes
+        v100 = fxroof.analyze(fn_module(torch.mm), big, chip="v100").notes
+        torch.backends.cuda.matmul.allow_tf32 = True
+        on = fxroof.analyze(fn_module(torch.mm), big, chip="rtx-4090").notes
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = was
+    (note,) = [n for n in notes if n.startswith("fp32 matrix products")]
+    assert note.startswith("fp32 matrix products (100% of the predicted kernel time) run on "
+                           "rtx-4090's CUDA cores, whose GEMMs reach 57.8 TFLOP/s")
+    assert note.endswith("TF32 tensor cores, 81.8 TFLOP/s") and "allow_tf32 = True" in note
+    for other in (small, v100, on):
+        assert not any(n.startswith("fp32 matrix products") for n in other)
+
+
 def test_a_small_fp16_gemm_on_a100_streams_from_every_sm_by_hand():
     # Llama-2-7B's QKV projection at tp8 on 128 tokens: (128 x 4096) @ (4096 x 1536), fp16
     with torch.device("meta"):

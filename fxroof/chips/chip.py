@@ -85,6 +85,10 @@ pages print the with-sparsity figure, which is twice the dense one.
                                                 (expected.attention_share)
       "matmul_efficiency": 0.80                 share of the dense matrix peak a large library
                                                 GEMM reaches (maximum achievable matmul FLOPS)
+      "fp32_matmul_efficiency": 0.70            share of the fp32 peak a large fp32 GEMM reaches
+                                                where it runs on the CUDA cores (TF32 off, as
+                                                PyTorch's matmul default; no TF32 units);
+                                                absent: the matmul_efficiency
       "bw_efficiency": 0.90                     share of mem_bw a streaming copy reaches, its
                                                 latency waits taken out (expected.WAIT_NORM)
       "collective_efficiency": 0.81             share of link_bw a large ring all-reduce's bus
@@ -160,6 +164,7 @@ OPTIONAL_SCALARS = {
     "graph_launch_s": ("graph_launch_us", 1e-6),
     "sm_count": ("sm_count", 1.0),
     "matmul_efficiency": ("matmul_efficiency", 1.0),
+    "fp32_matmul_efficiency": ("fp32_matmul_efficiency", 1.0),
     "attention_efficiency": ("attention_efficiency", 1.0),
     "cudnn_attention_efficiency": ("cudnn_attention_efficiency", 1.0),
     "bw_efficiency": ("bw_efficiency", 1.0),
@@ -180,7 +185,7 @@ OPTIONAL_SCALARS = {
 }
 EFFICIENCIES = ("matmul_efficiency", "bw_efficiency", "collective_efficiency",   # shares, <= 1
                 "nvls_efficiency", "attention_efficiency", "network_efficiency",
-                "cudnn_attention_efficiency")
+                "cudnn_attention_efficiency", "fp32_matmul_efficiency")
 OP_TABLES = {
     "op_dispatch_s": ("op_dispatch_us", 1e-6),
     "op_dispatch_cold_s": ("op_dispatch_cold_us", 1e-6),
@@ -271,6 +276,8 @@ class Chip:
     # the expected-time model's figures (expected.py); 0: not modelled, no gap of that kind
     sm_count: float = 0.0
     matmul_efficiency: float = 0.0
+    # fp32 products on the CUDA cores (no TF32): their own share; 0: matmul_efficiency
+    fp32_matmul_efficiency: float = 0.0
     attention_efficiency: float = 0.0   # fused attention kernels; 0: matmul_efficiency
     cudnn_attention_efficiency: float = 0.0   # cuDNN's, where SDPA runs it; 0: the above
     bw_efficiency: float = 0.0

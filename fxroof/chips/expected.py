@@ -2,15 +2,17 @@
 
 The floor prices FLOPs at the dense peak and bytes at the datasheet bandwidth, with compute and
 memory overlapping perfectly. A real kernel takes longer. The gap is named part by part, each
-part from a physical figure of the chip (Chip: sm_count, matmul_efficiency, attention_efficiency,
-bw_efficiency, collective_efficiency, nvls_efficiency, peer_links, kernel_floor_s, clock_hz) or
-from the design of the libraries that run the kernel (cuBLAS tile shapes, NCCL's latencies,
-XLA's overlap, the dequantizing kernels' streaming share). A chip without a figure has no gap of
-that kind, so a CPU's expected time is its floor. docs/time-model.md gives each figure's source.
+part from a physical figure of the chip (Chip: sm_count, matmul_efficiency,
+fp32_matmul_efficiency, attention_efficiency, bw_efficiency, collective_efficiency,
+nvls_efficiency, peer_links, kernel_floor_s, clock_hz) or from the design of the libraries
+that run the kernel (cuBLAS tile shapes, NCCL's latencies, XLA's overlap, the dequantizing
+kernels' streaming share). A chip without a figure has no gap of that kind, so a CPU's expected
+time is its floor. docs/time-model.md gives each figure's source.
 
     tiles       a matrix kernel computes whole tiles, in whole waves over the SMs (splitting its
                 reduction only where the tiles leave SMs idle)
-    matmul      library GEMMs reach matmul_efficiency of the dense peak, fused attention
+    matmul      library GEMMs reach matmul_efficiency of the dense peak (fp32 ones on the CUDA
+                cores fp32_matmul_efficiency of the fp32 peak), fused attention
                 kernels attention_efficiency where the chip has that figure (cuDNN's,
                 cudnn_attention_efficiency, where PyTorch's SDPA runs it: attention_share)
     softmax     a fused attention kernel's exponentials, one per score, run on the SMs'
@@ -313,7 +315,13 @@ def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_by
     waited = latency_time(chip, launch) if loads else 0.0
     memory = max(streamed + fill, _norm(waited, streamed))
     fused = attention_share(chip) if flash else 0.0
-    efficiency = fused or chip.matmul_efficiency or 1.0
+    # an fp32 product or convolution (TF32 off, or no TF32 units) runs on the CUDA cores, whose
+    # GEMMs reach a share of the fp32 peak of their own; a 16-bit one the chip has no units for
+    # keeps the tensor share (emulated: the report's notes say so), and fp32 attention its
+    # kernel's (memory-efficient attention's fp32 path is not the library's SGEMM)
+    simt = chip.fp32_matmul_efficiency \
+        if gpu and category in ("matmul", "conv") and dtype == "fp32" else 0.0
+    efficiency = fused or simt or chip.matmul_efficiency or 1.0
     rate = exp_rate(chip) if gpu else 0.0
     if fused and rate and exponentials:
         # the published share is the products' and the exponentials' together at head size

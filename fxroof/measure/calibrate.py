@@ -289,6 +289,7 @@ def summary(chip: Chip) -> str:
 
 # The shares a GPU calibration measures (gpu_shares.py), as the summary names them.
 SHARE_LABELS = (("matmul_efficiency", "GEMM of the dense peak"),
+                ("fp32_matmul_efficiency", "fp32 GEMM of the fp32 peak"),
                 ("bw_efficiency", "streaming of the bandwidth"),
                 ("attention_efficiency", "FlashAttention-2"),
                 ("cudnn_attention_efficiency", "cuDNN attention"))

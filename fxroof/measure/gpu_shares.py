@@ -3,7 +3,8 @@ shares of it that real kernels reach.
 
 The floor (peaks, bandwidth) is a datasheet's and stays the table's. What one GPU can measure of
 the expected-time model (docs/time-model.md) is measured: the share of the dense peak a large
-cuBLAS GEMM reaches, the share of the bandwidth a streaming add reaches, the shares fused
+cuBLAS GEMM reaches (and an fp32 one on the CUDA cores, TF32 off, of the fp32 peak), the
+share of the bandwidth a streaming add reaches, the shares fused
 attention reaches (FlashAttention-2's, and cuDNN's where PyTorch runs it). Each share is solved
 so that fxroof's own expected time of its probe, on the table's chip with that share, equals the
 probe's measured time: the figure means what the model does with it, its other parts (tiles,
@@ -37,16 +38,17 @@ LOW, HIGH, STEPS = 0.01, 1.0, 40          # the bisection's range and steps
 
 @dataclasses.dataclass(frozen=True)
 class Probe:
-    """One measured kernel and the figure it sets. `shapes` are its inputs' (16-bit); `backend`:
-    the SDPA backend it is forced to (None: not attention)."""
+    """One measured kernel and the figure it sets. `shapes` are its inputs', in `dtype`;
+    `backend`: the SDPA backend it is forced to (None: not attention)."""
     figure: str
     op: Callable
     shapes: tuple
     what: str
     backend: str | None = None
+    dtype: torch.dtype = torch.bfloat16
 
-    def inputs(self, device, dtype=torch.bfloat16) -> tuple:
-        return tuple(torch.empty(s, device=device, dtype=dtype) for s in self.shapes)
+    def inputs(self, device) -> tuple:
+        return tuple(torch.empty(s, device=device, dtype=self.dtype) for s in self.shapes)
 
 
 def probes(quick: bool = False) -> tuple[Probe, ...]:
@@ -57,6 +59,8 @@ def probes(quick: bool = False) -> tuple[Probe, ...]:
     sdpa = F.scaled_dot_product_attention
     return (Probe("matmul_efficiency", torch.mm, ((n, n), (n, n)), f"torch.mm of two {n} x {n} "
                   f"bf16 matrices"),
+            Probe("fp32_matmul_efficiency", torch.mm, ((n, n), (n, n)), f"torch.mm of two {n} x "
+                  f"{n} fp32 matrices, TF32 off (PyTorch's matmul default)", dtype=torch.float32),
             Probe("bw_efficiency", torch.add, ((adds,), (adds,)), f"torch.add of two bf16 "
                   f"tensors of 2^{adds.bit_length() - 1} elements"),
             Probe("attention_efficiency", sdpa, ((b, h, t, d),) * 3, f"scaled_dot_product_"
@@ -67,10 +71,27 @@ def probes(quick: bool = False) -> tuple[Probe, ...]:
                   f"(SDPBackend.CUDNN_ATTENTION)", "CUDNN_ATTENTION"))
 
 
+@contextlib.contextmanager
+def fp32_on_cuda_cores():
+    """fp32 matmuls on the CUDA cores, as PyTorch's default runs them: TF32 off, for the
+    measurement and the prediction alike (timing.unit_dtype reads the same flag)."""
+    was = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = was
+
+
+def precision_context(probe: Probe):
+    """The context an fp32 probe runs and is predicted in (none for 16-bit probes)."""
+    return fp32_on_cuda_cores() if probe.dtype == torch.float32 else contextlib.nullcontext()
+
+
 def backend_context(probe: Probe):
-    """The context that forces `probe`'s SDPA backend (none for other probes)."""
+    """The context that forces `probe`'s SDPA backend, or an fp32 probe's precision."""
     if probe.backend is None:
-        return contextlib.nullcontext()
+        return precision_context(probe)
     from torch.nn.attention import SDPBackend, sdpa_kernel
     return sdpa_kernel([getattr(SDPBackend, probe.backend)])
 
@@ -78,7 +99,8 @@ def backend_context(probe: Probe):
 def predicted_s(chip: Chip, probe: Probe, captured=None) -> float:
     """fxroof's expected time on `chip` of the probe's kernels (eager, on the chip alone)."""
     captured = captured or capture(FunctionModule(probe.op), probe.inputs("meta"))
-    report = report_of(captured, Target(chip=chip, mode="eager"))
+    with precision_context(probe):
+        report = report_of(captured, Target(chip=chip, mode="eager"))
     return sum(k.expected.device_s for k in report.kernels)
 
 
@@ -125,7 +147,7 @@ def time_probes(clock, probes_: tuple[Probe, ...]) -> dict[str, tuple[float, str
     (0, why)."""
     times = {}
     for probe in probes_:
-        args = tuple(torch.randn(s, device=clock.dev).to(torch.bfloat16) for s in probe.shapes)
+        args = tuple(torch.randn(s, device=clock.dev).to(probe.dtype) for s in probe.shapes)
 
         def call(args=args, probe=probe):
             with backend_context(probe):

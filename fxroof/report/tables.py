@@ -234,6 +234,7 @@ _FIGURE_NAMES = {
     "sm_count": "SMs", "sm_threads": "resident threads per SM", "threads": "threads",
     "l2_bytes": "L2 cache",
     "matmul_efficiency": "achievable share of the matrix peak",
+    "fp32_matmul_efficiency": "fp32 GEMMs' share of the fp32 (CUDA-core) peak",
     "attention_efficiency": "fused attention's share of the matrix peak",
     "cudnn_attention_efficiency": "cuDNN fused attention's share of the matrix peak",
     "bw_efficiency": "streaming share of the bandwidth, latency waits taken out",
