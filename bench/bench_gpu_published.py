@@ -87,6 +87,12 @@ when absent; their README says how each was measured):
         Runs filed with their best TFLOPS a dtype only (the issues' summary rows, and held out,
         the repository's own summary table) are set beside the best of fxroof's five sizes.
 
+    device-benchmarks matmul, copy
+        chsasank/device-benchmarks' table: the best torch.matmul of two n x n fp16 or bf16
+        matrices (n up to 6,888, each call alone on the host clock) beside the best of fxroof's
+        eager reports at the same sizes, and one copy_ of 380 MB beside its eager report. Its
+        fp32 column is the source of the table's fp32_matmul_efficiency, so not compared.
+
     MI300X all-reduce by group size
         the same author's all_reduce_bench.py (torch.distributed) at 4 GiB over 2 and over 8
         GPUs of one 8 x MI300X node (network/README.md, "Peer-to-peer bandwidth", commit
@@ -1197,6 +1203,60 @@ def square_mm_report(chip_name: str, dtype: str, n: int):
         torch.backends.cuda.matmul.allow_tf32 = was
 
 
+
+# -- another community table: matmul and copy ------------------------------------------------------
+
+# chsasank/device-benchmarks README (commit 7ccc883), "Matrix Multiplication FLOPS and BW": its
+# benchmark.py times one torch.matmul of two n x n matrices at a time (n = 2^8 to 2^12.75 in
+# quarter powers, 256 to 6,888; host clock between synchronizes, 10 calls a size, their mean) and
+# the table gives each dtype's best; and one copy_ of 2^26.5 fp32 elements (380 MB), twice its
+# bytes over its time, the script's last line. Held out but for the figures taken from it:
+# every fp32_matmul_efficiency of the table (so its fp32 column is no check here) and the A10's
+# matmul_efficiency (so the A10's matmuls are left out). Left out too: the A100 80GB (SXM or
+# PCIe unsaid: their shares and bandwidths differ), laptop GPUs and the RTX 2070 SUPER (not in
+# the table), bf16 on GPUs without bf16 units (emulated). (chip, dtype, best TFLOPS)
+DEVICE_BENCH_MM = (("t4", "fp16", 25), ("l4", "fp16", 65), ("l4", "bf16", 66), ("v100", "fp16", 84),
+                   ("h100-pcie", "fp16", 435), ("h100-pcie", "bf16", 449),
+                   ("rtx-3060", "fp16", 26), ("rtx-3060", "bf16", 26),
+                   ("rtx-4060-ti", "fp16", 42), ("rtx-4060-ti", "bf16", 46),
+                   ("rtx-4070-ti-super", "fp16", 91), ("rtx-4070-ti-super", "bf16", 89),
+                   ("rtx-5070-ti", "fp16", 98), ("rtx-5070-ti", "bf16", 98),
+                   ("rtx-4090", "fp16", 150), ("rtx-4090", "bf16", 168))
+DEVICE_BENCH_MM_SIZES = tuple(int(2 ** (8 + k / 4)) for k in range(20))
+# (chip, the run's label where there are two, GB/s): the copy's column
+DEVICE_BENCH_COPY = (("t4", "", 240), ("l4", "", 235), ("v100", "", 766), ("a10", "", 469),
+                     ("h100-pcie", "", 1630), ("rtx-3060", "", 330), ("rtx-3090", "", 831),
+                     ("rtx-4060-ti", "", 234), ("rtx-4070-super", "", 411),
+                     ("rtx-4070-ti-super", "", 602), ("rtx-5070-ti", "", 762),
+                     ("rtx-4090", "", 912), ("rtx-4090", "WSL2", 885))
+DEVICE_BENCH_COPY_ELEMENTS = int(2 ** 26.5)
+
+
+def device_bench_cases(only: str) -> list[Case]:
+    """chsasank/device-benchmarks' matmul and copy columns beside fxroof's eager report of the
+    same call (one op timed alone: no model code, no glue)."""
+    cases = []
+    source = "device-benchmarks matmul (held out)"
+    for chip_name, dtype, best in (DEVICE_BENCH_MM if only in source else ()):
+        # the size fxroof runs fastest, and the table's best rate there
+        n, report = max(((n, square_mm_report(chip_name, dtype, n))
+                         for n in DEVICE_BENCH_MM_SIZES),
+                        key=lambda r: r[0] ** 3 / r[1].time_s)
+        cases.append(Case(source, f"{chip_name} {dtype}, best at {n}",
+                          2 * n ** 3 / (best * 1e12), report.summary.floor_s, report.time_s,
+                          made_of(report.kernels)))
+    source = "device-benchmarks copy (held out)"
+    n = DEVICE_BENCH_COPY_ELEMENTS
+    a = torch.empty(n, device="meta")
+    captured = capture(FunctionModule(torch.Tensor.copy_), (a, a.clone()))
+    for chip_name, run, gbps in (DEVICE_BENCH_COPY if only in source else ()):
+        alone = dataclasses.replace(find_chip(chip_name), glue_s=0.0)
+        report = report_of(captured, Target(chip=alone, mode="eager"))
+        cases.append(Case(source, f"{chip_name} copy of {n * 4 / 1e6:.0f} MB"
+                          + (f" ({run})" if run else ""), 2 * n * 4 / (gbps * 1e9),
+                          report.summary.floor_s, report.time_s, made_of(report.kernels)))
+    return cases
+
 # -- gpt-fast decode -----------------------------------------------------------------------------
 
 # (label, models/llama.py preset, what-if, published tokens/s): pytorch-labs/gpt-fast README.md at
@@ -1620,7 +1680,7 @@ def main(argv=None) -> int:
              + across_servers_cases(args.only)
              + nvls_group_cases(args.only) + xgmi_group_cases(args.only) + sdpa_cases(args.only)
              + fa2_benchmark_cases(args.only)
-             + square_mm_cases(args.only)
+             + square_mm_cases(args.only) + device_bench_cases(args.only)
              + gpt_fast_cases(args.only, args.tp) + torchao_cases(args.only)
              + trt_llm_cases(args.only, args.tp)
              + torchtitan_cases(args.only, args.training))
