@@ -169,6 +169,20 @@ def test_an_amd_gpu_gets_neither_cudnns_transposes_nor_tf32():
     assert half_conv.eager.gap["layout"] == 0
 
 
+def test_a_gpu_without_tensor_cores_for_the_dtype_transposes_nothing():
+    # cuDNN's channels-last preference is its tensor-core kernels': the P100 has none (its fp16
+    # runs in fp32 on the CUDA cores), and a V100 has none for bf16 (emulated there); a V100's
+    # fp16 convolution still pays its transposes
+    def layout(chip, dtype):
+        x = torch.empty(32, 64, 56, 56, dtype=dtype, device="meta")
+        with torch.device("meta"):
+            net = Net().to(dtype)
+        return fxroof.analyze(net, (x,), chip=chip, mode="eager").eager.gap["layout"]
+    assert layout("p100", torch.float16) == 0
+    assert layout("v100", torch.bfloat16) == 0
+    assert layout("v100", torch.float16) > 0
+
+
 def test_a_backward_transposes_what_its_gradients_read_by_hand():
     model = conv(64, 128, 3, padding=1)
     x = half(8, 64, 32, 32)

@@ -396,6 +396,15 @@ class Chip:
         apply; what ROCm's libraries do on an AMD GPU is not modelled."""
         return self.kind == "gpu" and self.title.startswith("NVIDIA")
 
+    def tensor_cores(self, dtype: Any) -> bool:
+        """Whether this NVIDIA GPU runs matrix work in `dtype` on tensor cores: it has them (a
+        16-bit or TF32 peak above its fp32 one; the P100 has none) and a figure of its own for
+        the dtype (bf16 on a V100 falls back to the CUDA cores)."""
+        name = dtype_name(dtype)
+        return (self.nvidia and name != "fp32" and name in self.peak_flops
+                and max(self.peak_flops.get(d, 0.0) for d in ("tf32", *HALF))
+                > self.peak_flops["fp32"])
+
     def matrix_flops(self, dtype: Any = "bf16") -> float:
         """Dense matrix-unit peak FLOP/s for `dtype`, with the fallbacks of `matrix_dtype`."""
         return self.peak_flops[self.matrix_dtype(dtype)]

@@ -110,7 +110,7 @@ def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple, streamed: dict | N
                                         k.bytes),
                        relayout=tuple(b for m in members for b in m.relayout
                                       if m.name not in channels_last)
-                       if chip.nvidia and dtype in TENSOR_CORE_DTYPES else (),
+                       if dtype in TENSOR_CORE_DTYPES and chip.tensor_cores(dtype) else (),
                        dtype=dtype, variant=k.variant or (main.variant if main else ""),
                        exponentials=sum(m.exponentials for m in members),
                        causal=any(m.causal for m in members),
