@@ -1055,6 +1055,17 @@ MM_HELD_OUT_3 = (("rtx-5080", "#104", "fp16", (74.29, 80.19, 89.17, 102.20, 102.
 MM_HELD_OUT_4 = (("a10g", "#126", "fp16", (49.00, 60.62, 62.46, 65.67, 69.47)),
                  ("a10g", "#126", "bf16", (47.92, 60.57, 62.48, 66.59, 69.47)),
                  ("rtx-2080-ti", "#181", "fp16", (26.01, 56.78, 50.94, 49.61, 47.96)))
+# A fifth: Pascal's Tesla P100, the GPU of Kaggle's notebooks, PCIe (#164, torch 2.7; #177,
+# 2.7, its contributor's last of four filings, #174-#177) and SXM2 (#180, 2.7): no tensor cores,
+# so fp32 products at the share estimated for 64-lane SMs and fp16 ones computed in fp32 at the
+# same rate. Read while the entries were drafted; nothing in them was taken from these runs.
+# Their bf16 (emulated) is left out, as the RTX 2080 Ti's.
+MM_HELD_OUT_5 = (("p100", "#164", "fp32", (3.51, 4.75, 7.81, 8.12, 7.97)),
+                 ("p100", "#164", "fp16", (7.20, 7.21, 7.89, 7.20, 7.24)),
+                 ("p100", "#177", "fp32", (5.46, 6.65, 8.21, 8.63, 8.56)),
+                 ("p100", "#177", "fp16", (6.94, 7.61, 8.39, 7.72, 7.74)),
+                 ("p100-sxm2", "#180", "fp32", (5.48, 7.38, 9.04, 9.50, 9.49)),
+                 ("p100-sxm2", "#180", "fp16", (7.96, 8.51, 8.82, 7.29, 7.16)))
 # Runs filed with the summary table only (each dtype's best TFLOPS over the five sizes), on GPUs
 # with no per-size run above: (chip, issue, dtype, best TFLOPS). RTX 3090 #42 (torch 2.5.1),
 # RTX A6000 #46 (2.8, in docker), RTX 4090 #41 (2.6) and #50 (2.3). Set against the best of
@@ -1158,7 +1169,8 @@ MM_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float3
 MM_SOURCES = {"torch.mm by size": MM_RUNS, "torch.mm by size, chips added since": MM_HELD_OUT,
               "torch.mm by size, a second batch of chips": MM_HELD_OUT_2,
               "torch.mm by size, a third batch of chips": MM_HELD_OUT_3,
-              "torch.mm by size, a fourth batch of chips": MM_HELD_OUT_4}
+              "torch.mm by size, a fourth batch of chips": MM_HELD_OUT_4,
+              "torch.mm by size, a fifth batch: Pascal's P100": MM_HELD_OUT_5}
 
 
 def square_mm_cases(only: str) -> list[Case]:

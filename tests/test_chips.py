@@ -12,14 +12,15 @@ from hypothesis import strategies as st
 
 from fxroof.chips import DTYPES, Chip, ChipError, chip, chips, load_chip_file
 
-REQUIRED = ["v100", "t4", "a10", "a10g", "a40", "l4", "l40", "l20", "l40s", "rtx-a6000",
-            "rtx-a4000", "rtx-a5000", "rtx-6000-ada", "rtx-4000-ada", "rtx-2080-ti", "rtx-3090",
-            "rtx-3060", "rtx-3060-ti", "rtx-3070", "rtx-3080", "rtx-3080-ti", "rtx-4060",
-            "rtx-4060-ti", "rtx-4070", "rtx-4070-super", "rtx-4070-ti", "rtx-4070-ti-super",
-            "rtx-4090", "rtx-4080", "rtx-4080-super", "rtx-5060", "rtx-5060-ti", "rtx-5070",
-            "rtx-5070-ti", "rtx-5080", "rtx-5090", "pro6000-maxq", "rtx-pro-6000", "a100-40gb",
-            "a100-80gb", "a100-80gb-pcie", "a100-40gb-pcie", "a30", "h100-pcie", "h100-sxm",
-            "h100-nvl", "h20", "h200", "gh200", "b200", "mi300x", "mi325x", "tpu-v5e", "cpu"]
+REQUIRED = ["v100", "p100", "p100-sxm2", "t4", "a10", "a10g", "a40", "l4", "l40", "l20", "l40s",
+            "rtx-a6000", "rtx-a4000", "rtx-a5000", "rtx-6000-ada", "rtx-4000-ada", "rtx-2080-ti",
+            "rtx-3090", "rtx-3060", "rtx-3060-ti", "rtx-3070", "rtx-3080", "rtx-3080-ti",
+            "rtx-4060", "rtx-4060-ti", "rtx-4070", "rtx-4070-super", "rtx-4070-ti",
+            "rtx-4070-ti-super", "rtx-4090", "rtx-4080", "rtx-4080-super", "rtx-5060",
+            "rtx-5060-ti", "rtx-5070", "rtx-5070-ti", "rtx-5080", "rtx-5090", "pro6000-maxq",
+            "rtx-pro-6000", "a100-40gb", "a100-80gb", "a100-80gb-pcie", "a100-40gb-pcie", "a30",
+            "h100-pcie", "h100-sxm", "h100-nvl", "h20", "h200", "gh200", "b200", "mi300x",
+            "mi325x", "tpu-v5e", "cpu"]
 # GeForce cards print FP16/BF16 tensor rates with FP16 accumulate and half of it with FP32
 # accumulate, the path PyTorch takes; int8 (int32 accumulate) keeps the full rate. AWS's A10G
 # takes the GeForce GA102's tensor path (its entry's peak_flops source).
@@ -28,8 +29,8 @@ FP32_ACCUMULATE_AT_HALF_RATE = {"a10g", "rtx-2080-ti", "rtx-3060", "rtx-3060-ti"
                                 "rtx-4070", "rtx-4070-super", "rtx-4070-ti", "rtx-4070-ti-super",
                                 "rtx-4080", "rtx-4080-super", "rtx-4090", "rtx-5060", "rtx-5060-ti",
                                 "rtx-5070", "rtx-5070-ti", "rtx-5080", "rtx-5090"}
-EXPECTED_FIGURES = ["sm_count", "matmul_efficiency", "bw_efficiency", "collective_efficiency",
-                    "kernel_floor_s", "clock_hz", "l2_bytes"]
+EXPECTED_FIGURES = ["sm_count", "matmul_efficiency", "fp32_matmul_efficiency", "bw_efficiency",
+                    "collective_efficiency", "kernel_floor_s", "clock_hz", "l2_bytes"]
 FIGURES = ["peak_flops", "vector_flops", "mem_bw", "mem_bytes", "link_bw", "link_latency_s",
            "launch_s", "dispatch_s"]
 
@@ -189,6 +190,10 @@ def test_a_clock_rates_its_chips_peak(c):
     # GA102/AD10x), 2,048 (A100), 4,096 (Hopper), whitepaper figures; a clock off by a digit
     # misses every one of them
     half = c.peak_flops.get("bf16") or c.peak_flops["fp16"]
+    if half == c.peak_flops["fp32"]:
+        # no tensor cores (Pascal's P100: fp16 products computed in fp32): 64 FMA lanes an SM
+        assert half / (c.sm_count * c.clock_hz) == pytest.approx(128, rel=5e-3)
+        return
     per_clock = half / (c.sm_count * c.clock_hz)
     if "capped" in c.sources["peak_flops"]:
         # the H20's tensor rate is cut a clock for export (148 TFLOPS from 78 Hopper SMs at
@@ -220,6 +225,14 @@ def test_expected_model_figures_come_from_their_measurements():
     # maximum achievable matmul FLOPS / dense peak: A100 SXM 271.2 / 312, H100 SXM 794.5 / 989
     assert chip("a100-80gb").matmul_efficiency == pytest.approx(271.2 / 312, abs=1e-3)
     assert chip("h100-sxm").matmul_efficiency == pytest.approx(794.5 / 989, abs=1e-3)
+    # fp32 GEMMs on the CUDA cores, chsasank/device-benchmarks' best fp32 torch.matmul: RTX 4090
+    # 58 of 82.6, H100 PCIe 38 of 51 (and the other GH100 parts), A100 80GB 19 of 19.5; the
+    # other 128-lane SMs the median of eight such cards, 0.70
+    assert chip("rtx-4090").fp32_matmul_efficiency == pytest.approx(58 / 82.6, abs=5e-3)
+    assert chip("h100-pcie").fp32_matmul_efficiency == chip("h200").fp32_matmul_efficiency \
+        == pytest.approx(38 / 51, abs=5e-3)
+    assert chip("a100-40gb").fp32_matmul_efficiency == pytest.approx(19 / 19.5, abs=5e-3)
+    assert chip("rtx-5090").fp32_matmul_efficiency == chip("l40s").fp32_matmul_efficiency == 0.70
     # mag-/gpu_benchmark: V100 SXM2 32GB 94.0 of 125, L40 170.3 of 181.05; the A40 takes the
     # RTX A6000's 131.2 of 154.8 (the same GA102 at 84 SMs and 300 W), an estimate
     assert chip("v100").matmul_efficiency == pytest.approx(94.0 / 125, abs=1e-3)
