@@ -406,31 +406,8 @@ def _host_estimate_notes(report: Report) -> tuple:
 # memory accesses", NVIDIA/cutlass#75; the requirement is cuBLAS's too). Not priced: no
 # measurement here separates those kernels, so the report says where they run.
 ALIGNED_ELEMENTS = {"fp16": 8, "bf16": 8, "fp8": 16, "int8": 16}
-ALIGN_NOTE_SHARE = 0.02
-
-
-def _cuda_core_notes(report: Report) -> tuple:
-    """The classic fix, where it is one: fp32 products computing on a GPU's CUDA cores (TF32
-    off, PyTorch's matmul default) that hold a noticeable share of the step, on a chip whose TF32
-    tensor cores would run them faster (on GeForce cards TF32 has the fp32 peak, but GEMMs reach
-    more of it)."""
-    chip = report.chip
-    if not chip.nvidia or "tf32" not in chip.peak_flops \
-            or unit_dtype(chip, "matmul", "fp32") != "fp32":
-        return ()
-    cores = chip.matrix_flops("fp32") * (chip.fp32_matmul_efficiency or chip.matmul_efficiency
-                                         or 1.0)
-    tensor = chip.matrix_flops("tf32") * (chip.matmul_efficiency or 1.0)
-    total = sum(k.time_s for k in report.kernels)
-    held = sum(k.time_s for k in report.kernels if k.category == "matmul" and k.dtype == "fp32"
-               and k.regime == "compute")
-    if tensor <= cores or not total or held / total < ALIGN_NOTE_SHARE:
-        return ()
-    return (f"fp32 matrix products ({held / total:.0%} of the predicted kernel time) run on "
-            f"{chip.name}'s CUDA cores, whose GEMMs reach {si(cores, 'FLOP/s')}; with "
-            f"torch.backends.cuda.matmul.allow_tf32 = True (or "
-            f"torch.set_float32_matmul_precision('high')) they would run on its TF32 tensor "
-            f"cores, {si(tensor, 'FLOP/s')}",)
+# kernels that a note names hold at least this share of the predicted kernel time
+KERNEL_NOTE_SHARE = 0.02
 
 
 def _alignment_notes(report: Report) -> tuple:
@@ -452,7 +429,7 @@ def _alignment_notes(report: Report) -> tuple:
                 break
     total = sum(k.time_s for k in report.kernels)
     share = sum(t for t, *_ in off) / total if total else 0.0
-    if share < ALIGN_NOTE_SHARE:
+    if share < KERNEL_NOTE_SHARE:
         return ()
     worst = sorted(off, key=lambda o: -o[0])[:3]
     named = ", ".join(f"{node.module or node.name} ({' and '.join(f'{d:,}' for d in bad)}, not "
@@ -464,6 +441,30 @@ def _alignment_notes(report: Report) -> tuple:
             f"slower kernels, which this prediction does not price: expect "
             f"{'them' if many else 'it'} slower than shown. Padding the dimension to a multiple "
             f"of 64 avoids it (nanoGPT pads GPT-2's 50,257-token vocabulary to 50,304)",)
+
+
+def _cuda_core_notes(report: Report) -> tuple:
+    """The classic fix, where it is one: fp32 products computing on a GPU's CUDA cores (TF32
+    off, PyTorch's matmul default) that hold a noticeable share of the step, on a chip whose TF32
+    tensor cores would run them faster (on GeForce cards TF32 has the fp32 peak, but GEMMs reach
+    more of it)."""
+    chip = report.chip
+    if not chip.nvidia or "tf32" not in chip.peak_flops \
+            or unit_dtype(chip, "matmul", "fp32") != "fp32":
+        return ()
+    cores = chip.matrix_flops("fp32") * (chip.fp32_matmul_efficiency or chip.matmul_efficiency
+                                         or 1.0)
+    tensor = chip.matrix_flops("tf32") * (chip.matmul_efficiency or 1.0)
+    total = sum(k.time_s for k in report.kernels)
+    held = sum(k.time_s for k in report.kernels if k.category == "matmul" and k.dtype == "fp32"
+               and k.regime == "compute")
+    if tensor <= cores or not total or held / total < KERNEL_NOTE_SHARE:
+        return ()
+    return (f"fp32 matrix products ({held / total:.0%} of the predicted kernel time) run on "
+            f"{chip.name}'s CUDA cores, whose GEMMs reach {si(cores, 'FLOP/s')}; with "
+            f"torch.backends.cuda.matmul.allow_tf32 = True (or "
+            f"torch.set_float32_matmul_precision('high')) they would run on its TF32 tensor "
+            f"cores, {si(tensor, 'FLOP/s')}",)
 
 
 def _matmul_share_notes(nodes, chip: Chip) -> tuple:
