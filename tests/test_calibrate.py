@@ -212,6 +212,9 @@ def test_a_gpu_finds_its_table_entry_by_the_name_its_driver_reports():
     assert table_chip("NVIDIA A100-SXM4-40GB").name == "a100-40gb"
     assert table_chip("NVIDIA A100 80GB PCIe").name == "a100-80gb-pcie"
     assert table_chip("Tesla T4").name == "t4"
+    # as the community torch.mm runs print them (zzc0721/torch-performance-test-data #164, #180)
+    assert table_chip("Tesla P100-PCIE-16GB").name == "p100"
+    assert table_chip("Tesla P100-SXM2-16GB").name == "p100-sxm2"
     # nothing from a part of a name: a 4080 SUPER is its own entry, not the 4080; a 3070 Ti (no
     # entry) is not a 3070, a 96 GB GH200 not the 144 GB
     assert table_chip("NVIDIA GeForce RTX 4080 SUPER").name == "rtx-4080-super"
