@@ -1080,7 +1080,8 @@ MM_BEST = (("rtx-3090", "#42", "fp16", 75.48), ("rtx-3090", "#42", "bf16", 76.58
 # beside a prediction: rows that repeat a run compared above (its issue's figures), a run
 # whose best is a chip's matmul_efficiency (the T4's, pull request #29), runs from another
 # harness (the SVCFusion bundle), overclocked cards, China-market variants (RTX 4090 D, RTX
-# 5090 D), laptop GPUs, GPUs of other kinds (V100S, A800, H800, RTX PRO 6000 Server Edition),
+# 5090 D), laptop GPUs, GPUs the table lacks (V100S, H800 PCIe, RTX PRO 6000 Server Edition;
+# the A800 SXM, in the table since, came in then),
 # a card whose variant is unsaid (an "A100 40GB" in docker), and bf16 on a GPU without bf16
 # units (emulated; the report says so). Memory-modded RTX 4090s (48 GB) are kept: the same
 # AD102 and clocks. (chip, contributor and setting, dtype, best TFLOPS)
@@ -1090,6 +1091,8 @@ MM_SUMMARY = (("b200", "zzc0208, GCP a4-highgpu-8g", "fp16", 1627.64),
               ("t4", "zzc0208, Kaggle T4 x2", "fp16", 41.93),
               ("a100-80gb", "Charming, docker", "fp16", 258.74),
               ("a100-80gb", "Charming, docker", "bf16", 264.53),
+              ("a800", "Charming, docker", "fp16", 266.04),
+              ("a800", "Charming, docker", "bf16", 266.48),
               ("h20", "Charming, docker", "fp16", 141.73),
               ("h20", "Charming, docker", "bf16", 141.86),
               ("rtx-3090", "zzc0208", "fp16", 75.64), ("rtx-3090", "zzc0208", "bf16", 76.34),
@@ -1136,7 +1139,8 @@ MM_SUMMARY = (("b200", "zzc0208, GCP a4-highgpu-8g", "fp16", 1627.64),
 # repeats: no fp32 figure of these runs was compared before. (chip, contributor, best TFLOPS)
 MM_FP32 = (("b200", "zzc0208, GCP a4-highgpu-8g", 66.24), ("t4", "zzc0208, Colab", 4.17),
            ("t4", "sxjeru, Kaggle", 4.43), ("t4", "zzc0208, Kaggle T4 x2", 4.35),
-           ("a100-80gb", "Charming, docker", 19.18), ("h20", "Charming, docker", 31.95),
+           ("a100-80gb", "Charming, docker", 19.18), ("a800", "Charming, docker", 19.08),
+           ("h20", "Charming, docker", 31.95),
            ("h20", "xiaoxi68, cloud", 31.99), ("a100-40gb-pcie", "yjzxkxdn, cloud", 17.56),
            ("h100-sxm", "HaxxorCialtion, docker", 51.88), ("h100-sxm", "clow1710", 52.11),
            ("h100-pcie", "htdxd", 36.95), ("h200", "Mightlaus, docker", 51.34),
