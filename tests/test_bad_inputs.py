@@ -345,6 +345,25 @@ def test_a_chip_whose_roofline_figures_are_estimates_says_so(model):
         "a100-80gb's peak FLOP/s and memory bandwidth are estimates")
 
 
+def test_tf32_puts_fp32_matmuls_on_the_tensor_cores_and_is_recorded(files, tmp_path, capsys):
+    # --tf32 is PyTorch's allow_tf32 for the analysis: the report says where the fp32 products
+    # ran and records the flag; the process's own flag is left as it was
+    out = tmp_path / "r.json"
+    was = torch.backends.cuda.matmul.allow_tf32
+    assert main(["analyze", str(files / "user.py"), "--chip", "a100-80gb", "--tf32",
+                 "--json", str(out)]) == 0
+    assert torch.backends.cuda.matmul.allow_tf32 == was
+    data = json.loads(out.read_text())
+    assert data["provenance"]["tf32"] is True
+    assert any("fp32 matmul FLOPs run on a100-80gb's TF32 tensor cores" in n
+               for n in data["notes"])
+    assert main(["analyze", str(files / "user.py"), "--chip", "a100-80gb", "--json",
+                 str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert "tf32" not in data["provenance"]
+    assert not any("TF32 tensor cores," in n and "run on a100" in n for n in data["notes"])
+
+
 def test_a_report_records_what_was_analyzed(files, tmp_path, capsys):
     out = tmp_path / "r.json"
     assert main(["analyze", str(files / "user.py"), "--set", "batch=3", "--quantize", "w8",

@@ -8,6 +8,7 @@ command runs, so that `fxroof --help` answers at once.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import json
@@ -50,6 +51,9 @@ def _workload_args() -> argparse.ArgumentParser:
                    "launches them (default); cudagraphs: the same replayed as a CUDA graph "
                    "(torch.compile mode=reduce-overhead; GPUs); eager: one kernel per op")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (one rank analyzed)")
+    p.add_argument("--tf32", action="store_true", help="fp32 matmuls on an NVIDIA GPU's TF32 "
+                   "tensor cores, as torch.backends.cuda.matmul.allow_tf32 = True runs them "
+                   "(default: PyTorch's, the CUDA cores; convolutions take TF32 either way)")
     p.add_argument("--train", action="store_true", help="one training step (forward, backward of "
                    "the model's loss or the mean of its output, optimizer) instead of inference")
     p.add_argument("--optimizer", default="adamw",
@@ -233,7 +237,8 @@ def _report(ns):
     _progress("capturing and analyzing (a 70B model takes about ten seconds) ...")
     from fxroof.pipeline import analyze
     report = analyze(model, args, kwargs, target=target)
-    given = (("workload", f"--hf {ns.hf}" if ns.hf else ns.spec), ("options", options))
+    given = (("workload", f"--hf {ns.hf}" if ns.hf else ns.spec), ("options", options)) \
+        + ((("tf32", True),) if ns.tf32 else ())
     return dataclasses.replace(report, provenance=given + report.provenance)
 
 
@@ -363,6 +368,18 @@ COMMANDS = {"analyze": cmd_analyze, "compare": cmd_compare, "compare-trace": cmd
                 _read_report(ns.a), _read_report(ns.b)))}
 
 
+@contextlib.contextmanager
+def _matmul_tf32(on: bool):
+    """--tf32: PyTorch's flag for the analysis (chips/timing.unit_dtype reads it), then back."""
+    import torch
+    was = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = was or on
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = was
+
+
 def main(argv=None) -> int:
     try:
         ns = _parser().parse_args(argv)
@@ -371,7 +388,8 @@ def main(argv=None) -> int:
     from fxroof.graph.capture import CaptureError
     _show_progress()
     try:
-        return COMMANDS[ns.command](ns) or 0
+        with _matmul_tf32(getattr(ns, "tf32", False)):
+            return COMMANDS[ns.command](ns) or 0
     except BrokenPipeError:          # `fxroof analyze | head`: the reader left; not an error
         sys.stderr.close()           # (an OSError: it must come before the usage errors)
         return 0
