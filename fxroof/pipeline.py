@@ -463,8 +463,8 @@ def _cuda_core_notes(report: Report) -> tuple:
     return (f"fp32 matrix products ({held / total:.0%} of the predicted kernel time) run on "
             f"{chip.name}'s CUDA cores, whose GEMMs reach {si(cores, 'FLOP/s')}; with "
             f"torch.backends.cuda.matmul.allow_tf32 = True (or "
-            f"torch.set_float32_matmul_precision('high')) they would run on its TF32 tensor "
-            f"cores, {si(tensor, 'FLOP/s')}",)
+            f"torch.set_float32_matmul_precision('high'); the command line's --tf32) they would "
+            f"run on its TF32 tensor cores, {si(tensor, 'FLOP/s')}",)
 
 
 def _matmul_share_notes(nodes, chip: Chip) -> tuple:
