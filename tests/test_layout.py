@@ -179,6 +179,11 @@ def test_a_gpu_without_tensor_cores_for_the_dtype_transposes_nothing():
             net = Net().to(dtype)
         return fxroof.analyze(net, (x,), chip=chip, mode="eager").eager.gap["layout"]
     assert layout("p100", torch.float16) == 0
+    x = torch.empty(64, 256, dtype=torch.float16, device="meta")
+    notes = fxroof.analyze(torch.nn.Linear(256, 256, device="meta", dtype=torch.float16), (x,),
+                           chip="p100").notes
+    assert ("p100 has no tensor cores: fp16 matmuls are computed in fp32 on its CUDA cores, at "
+            "9.3 TFLOP/s") in notes
     assert layout("v100", torch.bfloat16) == 0
     assert layout("v100", torch.float16) > 0
 

@@ -247,4 +247,8 @@ def matrix_unit_notes(nodes, chip: Chip, quantize) -> tuple:
             if chip.kind == "gpu" and runs_as == "fp32":
                 note += f"; measured GPUs emulate {dtype} at about half to two thirds of that peak"
             notes.append(note)
+        elif dtype in ("bf16", "fp16") and chip.nvidia and not chip.tensor_cores(dtype):
+            # a GPU without tensor cores (the P100) lists its 16-bit rate as the fp32 one
+            notes.append(f"{chip.name} has no tensor cores: {dtype} matmuls are computed in fp32 "
+                         f"on its CUDA cores, at {si(chip.matrix_flops(dtype), 'FLOP/s')}")
     return tuple(notes)
