@@ -90,11 +90,21 @@ def test_fused_attention_runs_at_its_own_share_of_the_peak():
     r32 = fxroof.analyze(fn_module(torch.nn.functional.scaled_dot_product_attention),
                          (fp32, fp32, fp32), chip="h100-sxm")
     assert not any("FlashAttention" in n for n in r32.notes)
-    e32 = r32.kernels[0].expected
-    # ... plus its exponentials, one per score, 16 a clock per SM: 67 TFLOPS of fp32 / (4 x 128
-    # FLOPs a score x 16 x 132 SMs x 1.83 GHz) = 0.0339 of the products' time at the peak
-    assert e32.compute_s == pytest.approx(e32.tiled_s * (1 / 0.803 + 67e12 / (512 * 16 * 132
-                                                                                * 1.83e9)))
+    (k32,) = r32.kernels
+    e32 = k32.expected
+    # ... the memory-efficient kernel, whose fp32 products are three TF32 ones each (CUTLASS's
+    # 3xTF32): 494.7 / 3 = 164.9 TFLOPS, the floor's rate too; plus its exponentials, one per
+    # score, 16 a clock per SM: 164.9 TFLOPS / (4 x 128 FLOPs a score x 16 x 132 SMs x 1.83 GHz)
+    # = 0.0834 of the products' time at that rate
+    assert r32.summary.floor_s == pytest.approx(flops / (494.7e12 / 3))
+    assert e32.compute_s == pytest.approx(e32.tiled_s * (1 / 0.803 + 494.7e12 / 3 / (
+        512 * 16 * 132 * 1.83e9)))
+    # a V100 has no TF32 units: its fp32 attention runs on the CUDA cores, at their share
+    v = fxroof.analyze(fn_module(torch.nn.functional.scaled_dot_product_attention),
+                       (fp32, fp32, fp32), chip="v100")
+    assert v.summary.floor_s == pytest.approx(flops / 15.7e12)
+    assert v.kernels[0].expected.products_s == pytest.approx(
+        v.kernels[0].expected.tiled_s / 0.83)
     mm = fxroof.analyze(fn_module(torch.mm), (meta(4096, 4096), meta(4096, 4096)), chip="h100-sxm")
     assert mm.kernels[0].expected.compute_s == pytest.approx(
         mm.kernels[0].expected.tiled_s / 0.803)         # GEMMs keep matmul_efficiency

@@ -316,11 +316,12 @@ def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_by
     memory = max(streamed + fill, _norm(waited, streamed))
     fused = attention_share(chip) if flash else 0.0
     # an fp32 product or convolution (TF32 off, or no TF32 units) runs on the CUDA cores, whose
-    # GEMMs reach a share of the fp32 peak of their own; a 16-bit one the chip has no units for
-    # keeps the tensor share (emulated: the report's notes say so), and fp32 attention its
-    # kernel's (memory-efficient attention's fp32 path is not the library's SGEMM)
-    simt = chip.fp32_matmul_efficiency \
-        if gpu and category in ("matmul", "conv") and dtype == "fp32" else 0.0
+    # GEMMs reach a share of the fp32 peak of their own, as fp32 attention does on a GPU without
+    # TF32 units (with them it runs on the tensor cores, timing.peak_for); a 16-bit product the
+    # chip has no units for keeps the tensor share (emulated: the report's notes say so)
+    cores = category in ("matmul", "conv") or (category == "attention"
+                                                and not chip.tensor_cores("tf32"))
+    simt = chip.fp32_matmul_efficiency if gpu and cores and dtype == "fp32" else 0.0
     efficiency = fused or simt or chip.matmul_efficiency or 1.0
     rate = exp_rate(chip) if gpu else 0.0
     if fused and rate and exponentials:

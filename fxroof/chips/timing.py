@@ -122,8 +122,16 @@ def peak_for(chip: Chip, category: str, dtype: str, op: str = "", rows: int = 0)
     lower one there too."""
     if category in MATRIX_CATEGORIES:
         dtype = dtype or "fp32"
+        if category == "attention" and dtype == "fp32" and chip.tensor_cores("tf32"):
+            # PyTorch's memory-efficient attention computes fp32 as three TF32 products each
+            # (CUTLASS's 3xTF32, OpMultiplyAddFastF32, from compute capability 8.0), whatever
+            # the TF32 flags say
+            return chip.peak_flops["tf32"] / FAST_F32_PRODUCTS
         return chip.eager_matrix_flops(op, dtype, rows) if op else chip.matrix_flops(dtype)
     return chip.eager_vector_flops(op) if op else chip.vector_flops
+
+
+FAST_F32_PRODUCTS = 3      # big x big + big x small + small x big, the small x small dropped
 
 
 def unit_dtype(chip: Chip, category: str, dtype: str) -> str:
