@@ -232,7 +232,7 @@ import fxroof  # noqa: E402
 from fxroof.chips import chip as find_chip, table_chip  # noqa: E402
 from fxroof.chips.expected import expected  # noqa: E402
 from fxroof.chips.launch import Launch, gather, priced_as, row_per_block  # noqa: E402
-from fxroof.chips.timing import kernel_timing  # noqa: E402
+from fxroof.chips.timing import kernel_timing, matmul_tf32  # noqa: E402
 from fxroof.cost.formulas.registry import FORMULAS, OpCall  # noqa: E402
 from fxroof.graph.autocast import with_amp  # noqa: E402
 from fxroof.graph.capture import FunctionModule, capture  # noqa: E402
@@ -1195,13 +1195,9 @@ def square_mm_cases(only: str) -> list[Case]:
                ("torch.mm fp32 (TF32 off), the summary table's runs",
                 tuple((chip, run, "fp32", best) for chip, run, best in MM_FP32)))
     for source, table in best_of:
-        for chip_name, run, dtype, best in (table if only in source else ()):
-            # the size fxroof runs fastest, and the run's best rate there
-            n, report = max(((n, square_mm_report(chip_name, dtype, n)) for n in MM_SIZES),
-                            key=lambda r: r[0] ** 3 / r[1].time_s)
-            cases.append(Case(source, f"{chip_name} {dtype}, best at {n} ({run})",
-                              2 * n ** 3 / (best * 1e12), report.summary.floor_s,
-                              report.time_s, made_of(report.kernels)))
+        cases += [best_size_case(source, f"{chip_name} {dtype}, best at {{n}} ({run})",
+                                 chip_name, dtype, best, MM_SIZES)
+                  for chip_name, run, dtype, best in (table if only in source else ())]
     return cases
 
 
@@ -1210,13 +1206,18 @@ def square_mm_report(chip_name: str, dtype: str, n: int):
     with TF32 off, as the runs' script sets it."""
     a = torch.empty(n, n, dtype=MM_DTYPES[dtype], device="meta")
     loop = dataclasses.replace(find_chip(chip_name), glue_s=0.0)
-    was = torch.backends.cuda.matmul.allow_tf32
-    try:
-        torch.backends.cuda.matmul.allow_tf32 = False
+    with matmul_tf32(False):
         return report_of(capture(FunctionModule(torch.mm), (a, a)),
                          Target(chip=loop, mode="eager"))
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = was
+
+
+def best_size_case(source: str, label: str, chip_name: str, dtype: str, best: float,
+                   sizes) -> Case:
+    """A run filed with its best rate only: set at the size of `sizes` fxroof runs fastest."""
+    n, report = max(((n, square_mm_report(chip_name, dtype, n)) for n in sizes),
+                    key=lambda r: r[0] ** 3 / r[1].time_s)
+    return Case(source, label.format(n=n), 2 * n ** 3 / (best * 1e12), report.summary.floor_s,
+                report.time_s, made_of(report.kernels))
 
 
 
@@ -1253,14 +1254,9 @@ def device_bench_cases(only: str) -> list[Case]:
     same call (one op timed alone: no model code, no glue)."""
     cases = []
     source = "device-benchmarks matmul (held out)"
-    for chip_name, dtype, best in (DEVICE_BENCH_MM if only in source else ()):
-        # the size fxroof runs fastest, and the table's best rate there
-        n, report = max(((n, square_mm_report(chip_name, dtype, n))
-                         for n in DEVICE_BENCH_MM_SIZES),
-                        key=lambda r: r[0] ** 3 / r[1].time_s)
-        cases.append(Case(source, f"{chip_name} {dtype}, best at {n}",
-                          2 * n ** 3 / (best * 1e12), report.summary.floor_s, report.time_s,
-                          made_of(report.kernels)))
+    cases += [best_size_case(source, f"{chip_name} {dtype}, best at {{n}}", chip_name, dtype,
+                             best, DEVICE_BENCH_MM_SIZES)
+              for chip_name, dtype, best in (DEVICE_BENCH_MM if only in source else ())]
     source = "device-benchmarks copy (held out)"
     n = DEVICE_BENCH_COPY_ELEMENTS
     a = torch.empty(n, device="meta")

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from fxroof.chips import Chip, load_chip_file, table_chip
 from fxroof.chips import chip as find_chip
 from fxroof.chips.chip import FILE_KEYS
+from fxroof.chips.timing import matmul_tf32
 from fxroof.cli.main import main
 from fxroof.measure.calibrate import calibrate, chip_json, summary, write_chip
 from fxroof.measure.gpu_shares import (Probe, gpu_probes, on_table, predicted_s, probes,
@@ -270,17 +271,13 @@ def test_the_fp32_gemm_share_is_solved_on_the_cuda_cores_whatever_the_tf32_flag(
     h200 = find_chip("h200")
     fp32 = next(p for p in probes() if p.figure == "fp32_matmul_efficiency")
     assert fp32.dtype == torch.float32
-    was = torch.backends.cuda.matmul.allow_tf32
-    try:
-        for flag in (False, True):
-            torch.backends.cuda.matmul.allow_tf32 = flag
+    for flag in (False, True):
+        with matmul_tf32(flag):
             t = predicted_s(h200, fp32)
             assert t == pytest.approx(2 * 8192 ** 3 * (125 * 132 / 16384) / 67e12 / 0.75,
                                       rel=0.01)
             assert solve(h200, fp32, t)[0] == pytest.approx(0.75, abs=1e-4)
             assert torch.backends.cuda.matmul.allow_tf32 == flag      # left as it was
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = was
 
 
 def test_a_probe_that_cannot_run_here_is_left_out_with_why():

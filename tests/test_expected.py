@@ -6,7 +6,7 @@ from helpers import fn_module
 import fxroof
 from fxroof.chips import Chip, chip
 from fxroof.chips.expected import Tiling, causal_share, expected, tiling
-from fxroof.chips.timing import Timing, comm_time, nvls_chunk, nvls_fill
+from fxroof.chips.timing import Timing, comm_time, matmul_tf32, nvls_chunk, nvls_fill
 
 H100 = chip("h100-sxm")     # 132 SMs, 989.4 TFLOP/s bf16, 3.35 TB/s
 
@@ -584,15 +584,11 @@ def test_an_fp32_gemm_runs_on_the_cuda_cores_at_their_own_share():
     # tensor cores' GEMMs reach of theirs. 8,192^3 x 2 = 1.0995 TFLOP: 13.31 ms at the peak
     n = 8192
     a = meta(n, n, dtype=torch.float32)
-    was = torch.backends.cuda.matmul.allow_tf32
-    try:
-        torch.backends.cuda.matmul.allow_tf32 = False
+    with matmul_tf32(False):
         (k,) = fxroof.analyze(fn_module(torch.mm), (a, a), chip="rtx-4090").kernels
-        # with TF32 on, the same product runs on the tensor cores at their share of TF32's peak
-        torch.backends.cuda.matmul.allow_tf32 = True
+    # with TF32 on, the same product runs on the tensor cores at their share of TF32's peak
+    with matmul_tf32(True):
         (tf,) = fxroof.analyze(fn_module(torch.mm), (a, a), chip="rtx-4090").kernels
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = was
     assert k.expected.tiled_s == pytest.approx(2 * n**3 / 82.6e12, rel=0.02)  # whole waves
     assert k.expected.compute_s == pytest.approx(k.expected.tiled_s / 0.70)
     assert tf.expected.compute_s == pytest.approx(tf.expected.tiled_s / 0.99)
@@ -609,16 +605,12 @@ def test_the_report_says_when_tf32_would_run_fp32_products_faster():
     # its launch) none; a V100 has no TF32 units, so nothing to say
     big = (meta(2048, 4096, dtype=torch.float32), meta(4096, 4096, dtype=torch.float32))
     tiny = (meta(4, 8, dtype=torch.float32), meta(8, 8, dtype=torch.float32))
-    was = torch.backends.cuda.matmul.allow_tf32
-    try:
-        torch.backends.cuda.matmul.allow_tf32 = False
+    with matmul_tf32(False):
         notes = fxroof.analyze(fn_module(torch.mm), big, chip="rtx-4090").notes
         small = fxroof.analyze(fn_module(torch.mm), tiny, chip="rtx-4090").notes
         v100 = fxroof.analyze(fn_module(torch.mm), big, chip="v100").notes
-        torch.backends.cuda.matmul.allow_tf32 = True
+    with matmul_tf32(True):
         on = fxroof.analyze(fn_module(torch.mm), big, chip="rtx-4090").notes
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = was
     (note,) = [n for n in notes if n.startswith("fp32 matrix products")]
     assert note.startswith("fp32 matrix products (100% of the predicted kernel time) run on "
                            "rtx-4090's CUDA cores, whose GEMMs reach 57.8 TFLOP/s")

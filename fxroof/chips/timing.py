@@ -19,6 +19,7 @@ so there the overhead adds to the work instead of hiding behind it (`serial_over
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, replace
 
@@ -132,6 +133,18 @@ def peak_for(chip: Chip, category: str, dtype: str, op: str = "", rows: int = 0)
 
 
 FAST_F32_PRODUCTS = 3      # big x big + big x small + small x big, the small x small dropped
+
+
+@contextlib.contextmanager
+def matmul_tf32(on: bool):
+    """PyTorch's flag for fp32 matrix products on TF32 tensor cores (which unit_dtype reads),
+    set for the block, then put back as it was."""
+    was = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = on
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = was
 
 
 def unit_dtype(chip: Chip, category: str, dtype: str) -> str:

@@ -368,16 +368,12 @@ COMMANDS = {"analyze": cmd_analyze, "compare": cmd_compare, "compare-trace": cmd
                 _read_report(ns.a), _read_report(ns.b)))}
 
 
-@contextlib.contextmanager
-def _matmul_tf32(on: bool):
-    """--tf32: PyTorch's flag for the analysis (chips/timing.unit_dtype reads it), then back."""
-    import torch
-    was = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = was or on
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = was
+def _tf32(ns):
+    """--tf32: PyTorch's flag for the command (chips/timing.unit_dtype reads it); else as set."""
+    if not getattr(ns, "tf32", False):
+        return contextlib.nullcontext()
+    from fxroof.chips.timing import matmul_tf32
+    return matmul_tf32(True)
 
 
 def main(argv=None) -> int:
@@ -388,7 +384,7 @@ def main(argv=None) -> int:
     from fxroof.graph.capture import CaptureError
     _show_progress()
     try:
-        with _matmul_tf32(getattr(ns, "tf32", False)):
+        with _tf32(ns):
             return COMMANDS[ns.command](ns) or 0
     except BrokenPipeError:          # `fxroof analyze | head`: the reader left; not an error
         sys.stderr.close()           # (an OSError: it must come before the usage errors)

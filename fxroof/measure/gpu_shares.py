@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from fxroof.chips import Chip
 from fxroof.chips.expected import runs_cudnn_attention
+from fxroof.chips.timing import matmul_tf32
 from fxroof.graph.capture import FunctionModule, capture
 from fxroof.pipeline import Target, report_of
 
@@ -71,21 +72,10 @@ def probes(quick: bool = False) -> tuple[Probe, ...]:
                   f"(SDPBackend.CUDNN_ATTENTION)", "CUDNN_ATTENTION"))
 
 
-@contextlib.contextmanager
-def fp32_on_cuda_cores():
-    """fp32 matmuls on the CUDA cores, as PyTorch's default runs them: TF32 off, for the
-    measurement and the prediction alike (timing.unit_dtype reads the same flag)."""
-    was = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = was
-
-
 def precision_context(probe: Probe):
-    """The context an fp32 probe runs and is predicted in (none for 16-bit probes)."""
-    return fp32_on_cuda_cores() if probe.dtype == torch.float32 else contextlib.nullcontext()
+    """An fp32 probe runs and is predicted on the CUDA cores, as PyTorch's default runs fp32
+    products: TF32 off for both (none for 16-bit probes)."""
+    return matmul_tf32(False) if probe.dtype == torch.float32 else contextlib.nullcontext()
 
 
 def backend_context(probe: Probe):

@@ -128,8 +128,7 @@ def cuda_core_notes(report: Report) -> tuple:
     tensor cores would run them faster (on GeForce cards TF32 has the fp32 peak, but GEMMs reach
     more of it)."""
     chip = report.chip
-    if not chip.nvidia or "tf32" not in chip.peak_flops \
-            or unit_dtype(chip, "matmul", "fp32") != "fp32":
+    if not chip.tensor_cores("tf32") or unit_dtype(chip, "matmul", "fp32") != "fp32":
         return ()
     cores = chip.matrix_flops("fp32") * (chip.fp32_matmul_efficiency or chip.matmul_efficiency
                                          or 1.0)
