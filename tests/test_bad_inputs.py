@@ -189,7 +189,7 @@ X = torch.randn(2, 8)
     ((X,), {"quantize": "w4", "matmul_epilogues": True}, ValueError,
      "quantization what-ifs need matmul_epilogues=False"),
     ((X,), {"mode": "fused"}, ValueError, "unknown mode 'fused'"),
-    ((X,), {"chip": "h100sxm"}, ValueError, "did you mean: h100-sxm"),
+    ((X,), {"chip": "h100-sxn"}, ValueError, "did you mean: h100-sxm"),
     ((X,), {"chip": "no/such/chip.json"}, ValueError, "not found"),
     ((X,), {"tp": 0}, ValueError, "tp must be a whole number >= 1"),
     ((X,), {"tp": True}, ValueError, "tp must be a whole number >= 1, got True"),

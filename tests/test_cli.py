@@ -60,7 +60,7 @@ def test_json_to_stdout_is_only_json(workload, capsys):
     (["analyze", "{w}:nothing"], "has no function 'nothing'"),
     (["analyze", "{w}:broken"], "checkpoint missing"),
     (["analyze", "{w}:not_a_model"], "must return (model, args)"),
-    (["analyze", "{w}", "--chip", "h100sxm"], "did you mean: h100-sxm"),
+    (["analyze", "{w}", "--chip", "h100-sxn"], "did you mean: h100-sxm"),
     (["analyze", "{w}", "--set", "width"], "KEY=VALUE"),
     (["analyze", "{w}", "--set", "depth=3"], "unexpected keyword argument 'depth'"),
     (["check", "{w}", "--max-regime-share", "overhed=0.2"], "REGIME=SHARE"),

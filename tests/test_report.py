@@ -168,7 +168,7 @@ def test_terminal_view_fits_100_columns(decode_a100):
 
 def test_misspelt_chip_fails_before_capture():
     with pytest.raises(fxroof.ChipError, match="h100-sxm"):
-        fxroof.analyze(torch.nn.Linear(2, 2), (torch.randn(1, 2),), chip="h100sxm")
+        fxroof.analyze(torch.nn.Linear(2, 2), (torch.randn(1, 2),), chip="h100-sxn")
 
 
 def test_bad_mode_is_a_clear_error():

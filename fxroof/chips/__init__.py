@@ -30,6 +30,12 @@ def _key(name: str) -> str:
     return name.strip().lower().replace("_", "-").replace(" ", "-")
 
 
+def _compact(name: str) -> str:
+    # ... and so is "h100sxm": result files and scripts spell GPUs without separators
+    # ("rtx6000ada", "a100_80gb"); the whole name still has to match
+    return _key(name).replace("-", "")
+
+
 def _parse(text: str, where: str):
     try:
         return json.loads(text)
@@ -55,16 +61,26 @@ def _entries() -> tuple:
 
 
 @functools.lru_cache(maxsize=None)
-def _table() -> tuple[tuple[Chip, ...], dict[str, Chip]]:
-    """The shipped chips, and an index of every name and alias; read once."""
+def _table() -> tuple[tuple[Chip, ...], dict[str, Chip], dict[str, Chip]]:
+    """The shipped chips, an index of every name and alias, and the same index with the
+    separators dropped (a spelling two chips share is left out of it); read once."""
     table = tuple(chip_from_json(e, TABLE_FILE, require_sources=True) for e in _entries())
     index: dict[str, Chip] = {}
+    compact: dict[str, Chip | None] = {}
     for c in table:
         for name in (c.name, *c.aliases):
             if _key(name) in index:
                 raise ChipError(f"{TABLE_FILE}: name {name!r} is used twice")
             index[_key(name)] = c
-    return table, index
+            seen = compact.setdefault(_compact(name), c)
+            if seen is not c:
+                compact[_compact(name)] = None
+    return table, index, {k: c for k, c in compact.items() if c is not None}
+
+
+def _lookup(name: str) -> Chip | None:
+    _, index, compact = _table()
+    return index.get(_key(name)) or compact.get(_compact(name))
 
 
 def chips() -> list[Chip]:
@@ -76,8 +92,8 @@ def table_chip(name: str) -> Chip | None:
     """The shipped chip whose name or alias is `name` (case-insensitive), None where none is.
     The aliases hold the names GPU drivers report ("NVIDIA H200", "NVIDIA H100 80GB HBM3"), so a
     calibration finds its GPU's entry; nothing is guessed from a part of a name ("NVIDIA
-    GeForce RTX 4080 SUPER" is not an RTX 4080)."""
-    return _table()[1].get(_key(name)) if isinstance(name, str) else None
+    GeForce RTX 4080 SUPER" is not an RTX 4080); separators do not count ("rtx6000ada")."""
+    return _lookup(name) if isinstance(name, str) else None
 
 
 def load_chip_file(path: Union[str, "os.PathLike[str]"]) -> Chip:
@@ -101,11 +117,11 @@ def _on_base(entry: dict, path: Path) -> dict:
     file's own (or none: the chip then says "unsourced"); name and title say it is not the
     shipped chip."""
     base_name = entry["base"]
-    index = {_key(n): e for e in _entries() for n in (e["name"], *e.get("aliases", ()))}
-    if not isinstance(base_name, str) or _key(base_name) not in index:
+    found = table_chip(base_name)
+    if found is None:
         raise ChipError(f"chip file {str(path)!r}: base {base_name!r} is not a shipped chip "
                         f"(`fxroof chips` lists them)")
-    base = index[_key(base_name)]
+    base = next(e for e in _entries() if e["name"] == found.name)
     own = {k: v for k, v in entry.items() if k != "base"}
     sources = dict(base.get("sources", {}))
     for key, value in own.items():
@@ -136,9 +152,10 @@ def chip(spec: ChipSpec) -> Chip:
         return load_chip_file(spec)
     if not isinstance(spec, str):
         raise ChipError(f"chip must be a name, a chip file path or a Chip, not {type(spec).__name__}")
+    found = _lookup(spec)
+    if found is not None:
+        return found
     index = _table()[1]
-    if _key(spec) in index:
-        return index[_key(spec)]
     if spec.lower().endswith(".json") or "/" in spec or os.sep in spec or os.path.isfile(spec):
         return load_chip_file(spec)     # a path, not a misspelt name
     # Suggest table names, not aliases: "h100-sxm5" would only send the user round once more.
