@@ -12,23 +12,24 @@ from hypothesis import strategies as st
 
 from fxroof.chips import DTYPES, Chip, ChipError, chip, chips, load_chip_file, table_chip
 
-REQUIRED = ["v100", "p100", "p100-sxm2", "t4", "a10", "a10g", "a40", "l4", "l40", "l20", "l40s",
-            "rtx-a6000", "rtx-a4000", "rtx-a5000", "rtx-6000-ada", "rtx-4000-ada", "rtx-2080-ti",
-            "rtx-3090", "rtx-3060", "rtx-3060-ti", "rtx-3070", "rtx-3080", "rtx-3080-ti",
-            "rtx-4060", "rtx-4060-ti", "rtx-4070", "rtx-4070-super", "rtx-4070-ti",
-            "rtx-4070-ti-super", "rtx-4090", "rtx-4080", "rtx-4080-super", "rtx-5060",
-            "rtx-5060-ti", "rtx-5070", "rtx-5070-ti", "rtx-5080", "rtx-5090", "pro6000-maxq",
-            "rtx-pro-6000", "a100-40gb", "a100-80gb", "a100-80gb-pcie", "a100-40gb-pcie", "a800",
-            "a30", "h100-pcie", "h100-sxm", "h100-nvl", "h20", "h200", "h800", "gh200", "b200",
-            "mi300x", "mi325x", "tpu-v5e", "cpu"]
+REQUIRED = ["v100", "v100s", "p100", "p100-sxm2", "t4", "a10", "a10g", "a40", "l4", "l40", "l20",
+            "l40s", "rtx-a6000", "rtx-a4000", "rtx-a5000", "rtx-6000-ada", "rtx-4000-ada",
+            "rtx-2080-ti", "rtx-2080", "rtx-3090", "rtx-3060", "rtx-3060-ti", "rtx-3070",
+            "rtx-3080", "rtx-3080-ti", "rtx-4060", "rtx-4060-ti", "rtx-4070", "rtx-4070-super",
+            "rtx-4070-ti", "rtx-4070-ti-super", "rtx-4090", "rtx-4090-d", "rtx-4080",
+            "rtx-4080-super", "rtx-5060", "rtx-5060-ti", "rtx-5070", "rtx-5070-ti", "rtx-5080",
+            "rtx-5090", "pro6000-maxq", "rtx-pro-6000", "a100-40gb", "a100-80gb", "a100-80gb-pcie",
+            "a100-40gb-pcie", "a800", "a30", "h100-pcie", "h100-sxm", "h100-nvl", "h20", "h200",
+            "h800", "gh200", "b200", "mi300x", "mi325x", "tpu-v5e", "cpu"]
 # GeForce cards print FP16/BF16 tensor rates with FP16 accumulate and half of it with FP32
 # accumulate, the path PyTorch takes; int8 (int32 accumulate) keeps the full rate. AWS's A10G
 # takes the GeForce GA102's tensor path (its entry's peak_flops source).
-FP32_ACCUMULATE_AT_HALF_RATE = {"a10g", "rtx-2080-ti", "rtx-3060", "rtx-3060-ti", "rtx-3070",
-                                "rtx-3080", "rtx-3080-ti", "rtx-3090", "rtx-4060", "rtx-4060-ti",
-                                "rtx-4070", "rtx-4070-super", "rtx-4070-ti", "rtx-4070-ti-super",
-                                "rtx-4080", "rtx-4080-super", "rtx-4090", "rtx-5060", "rtx-5060-ti",
-                                "rtx-5070", "rtx-5070-ti", "rtx-5080", "rtx-5090"}
+FP32_ACCUMULATE_AT_HALF_RATE = {"a10g", "rtx-2080", "rtx-2080-ti", "rtx-3060", "rtx-3060-ti",
+                                "rtx-3070", "rtx-3080", "rtx-3080-ti", "rtx-3090", "rtx-4060",
+                                "rtx-4060-ti", "rtx-4070", "rtx-4070-super", "rtx-4070-ti",
+                                "rtx-4070-ti-super", "rtx-4080", "rtx-4080-super", "rtx-4090",
+                                "rtx-4090-d", "rtx-5060", "rtx-5060-ti", "rtx-5070", "rtx-5070-ti",
+                                "rtx-5080", "rtx-5090"}
 EXPECTED_FIGURES = ["sm_count", "matmul_efficiency", "fp32_matmul_efficiency", "bw_efficiency",
                     "collective_efficiency", "kernel_floor_s", "clock_hz", "l2_bytes"]
 FIGURES = ["peak_flops", "vector_flops", "mem_bw", "mem_bytes", "link_bw", "link_latency_s",
