@@ -1406,9 +1406,11 @@ TORCHAO = (("a100-80gb", "Llama-2-7B bf16", "llama2-7b", None, 107.38),
            ("h100-sxm", "Llama-3.1-8B int4wo-64", "llama3-8b", "w4g64", 241.39),
            ("h100-sxm", "Llama-3.1-8B float8wo", "llama3-8b", "wfp8", 178.46))
 # The same H100 table's fp8 matmuls with activations quantized at each call (torch._scaled_mm,
-# per tensor and per row): a source of their own, as fxroof prices an fp8 GEMV like any other.
-FLOAT8_DYNAMIC = (("h100-sxm", "Llama-3.1-8B float8dq per tensor", "llama3-8b", "fp8", 116.40),
-                  ("h100-sxm", "Llama-3.1-8B float8dq per row", "llama3-8b", "fp8", 154.63))
+# per tensor and per row): a source of their own, as fxroof prices an fp8 GEMV like any other;
+# the what-if's dynamic scales (dq-tensor, dq) charge the quantizing kernels before each.
+FLOAT8_DYNAMIC = (("h100-sxm", "Llama-3.1-8B float8dq per tensor", "llama3-8b", "fp8+dq-tensor",
+                   116.40),
+                  ("h100-sxm", "Llama-3.1-8B float8dq per row", "llama3-8b", "fp8+dq", 154.63))
 TORCHAO_PROMPT, TORCHAO_TOKENS = 6, 200
 
 

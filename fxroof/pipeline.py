@@ -347,11 +347,20 @@ def _whatif_notes(gm, requantized: frozenset, target: Target) -> tuple:
         notes.append(f"{dtype} training: every matmul of the forward and the backward runs on "
                      f"{dtype} operands; the weights stay in full precision, and the casts and "
                      f"scales of each operand are not counted")
-    elif dtype:      # what dynamic quantization runs around each 8-bit matmul
-        notes.append(f"{dtype} matmuls read their operands in 8 bits at the {dtype} peak; the "
-                     f"kernels that quantize the activations at each call (a scale from their "
-                     f"absolute maximum, then a cast) are not counted: at small batches they can "
-                     f"cost more than the halved bytes save (docs/time-model.md, torchao)")
+    elif dtype and target.quantize.activations:      # the kernels dynamic scales run
+        per = target.quantize.activations
+        notes.append(f"{dtype} matmuls read their operands in 8 bits at the {dtype} peak; their "
+                     f"activations are quantized at each call, a scale a {per} from their "
+                     f"absolute maximum, by {'one kernel' if per == 'row' else 'two kernels'} "
+                     f"before each matmul (gap part 'quantize'), which a compiler may fold into "
+                     f"the op making them; the {dtype} kernels' own pace at a few rows is not "
+                     f"modelled (docs/whatif-and-parallel.md)")
+    elif dtype:      # scales fixed ahead of time: the cast goes into the op making them
+        notes.append(f"{dtype} matmuls read their operands in 8 bits at the {dtype} peak, the "
+                     f"activations' scales fixed ahead of time (their cast fused into the op "
+                     f"making them); scales found at each call run kernels of their own before "
+                     f"each matmul, which '{dtype if dtype == 'fp8' else 'w8a8'}+dq' (a scale a "
+                     f"row) or '+dq-tensor' counts (docs/time-model.md, torchao)")
     if dtype and target.chip.matrix_dtype(dtype) != dtype:    # the bytes shrink all the same
         notes.append(f"{target.chip.name} has no {dtype} matrix units: {dtype} matmuls run at its "
                      f"{target.chip.matrix_dtype(dtype)} peak")

@@ -69,8 +69,57 @@ def test_fp8_matmul_runs_at_the_fp8_peak_with_8_bit_operands():
     # An A100 has no fp8 tensor cores: the GEMM runs at its bf16 peak, 312 TFLOP/s
     a100 = fxroof.analyze(model, args, chip="a100-80gb", quantize="fp8")
     assert matmul_compute_s(a100) == pytest.approx(flops / 312e12, rel=1e-6)
-    # what the what-if leaves out, said: the activations' quantizing kernels
-    assert any("kernels that quantize the activations at each call" in n for n in r.notes)
+    # scales fixed ahead of time: no kernel of their own, and the note says how to count them
+    assert row.quantize == ()
+    assert any("scales found at each call run kernels of their own" in n for n in r.notes)
+
+
+def test_activations_scaled_at_each_call_run_kernels_of_their_own():
+    from fxroof.chips import chip
+    from fxroof.chips.expected import copy_kernel_time
+    model, args = linear(batch=8192)
+    h100 = chip("h100-sxm")
+    static = fxroof.analyze(model, args, chip=h100, quantize="fp8")
+    per_row = fxroof.analyze(model, args, chip=h100, quantize="fp8+dq")
+    per_tensor = fxroof.analyze(model, args, chip=h100, quantize="fp8+dq-tensor")
+    x = 8192 * K                             # the activation: 33,554,432 bf16 elements
+    # a scale a row: one kernel reads x (2 bytes), writes it in 1 byte and 8,192 fp32 scales
+    assert matmul_row(per_row).quantize == (x * 2 + x + 8192 * 4,)          # 100,696,064
+    # one scale: a reduction reads x and writes the scale, then the cast reads x, writes 1 byte
+    assert matmul_row(per_tensor).quantize == (x * 2 + 4, x * 2 + x)
+    # the matmul itself reads and writes what it did
+    assert matmul_row(per_row).bytes_read == matmul_row(static).bytes_read
+    (k,) = [k for k in per_row.kernels if k.category == "matmul"]
+    (k0,) = [k for k in static.kernels if k.category == "matmul"]
+    # each kernel at a copy's pace: 100.7 MB at 3.35 TB/s x 0.897, its latency and fixed time
+    assert dict(k.expected.gap)["quantize"] == pytest.approx(
+        copy_kernel_time(h100, x * 3 + 8192 * 4))
+    assert k.expected.device_s - k0.expected.device_s == pytest.approx(
+        copy_kernel_time(h100, x * 3 + 8192 * 4), rel=1e-9)
+    assert per_tensor.time_s > per_row.time_s > static.time_s
+    assert "scaled per row" in per_row.whatif
+    assert any("quantized at each call" in n for n in per_row.notes)
+
+
+def test_an_8_bit_product_of_one_row_stays_the_librarys_under_coordinate_descent():
+    # Inductor decomposes a 16-bit product of one row into a Triton reduction, but an 8-bit
+    # one is torch._scaled_mm (or _int_mm): a library call whatever its rows
+    import torch._inductor.config as inductor_config
+    model, args = linear(batch=1)
+    with inductor_config.patch(coordinate_descent_tuning=True):
+        bf16 = fxroof.analyze(model, args, chip="h100-sxm")
+        fp8 = fxroof.analyze(model, args, chip="h100-sxm", quantize="fp8")
+    assert [k.category for k in bf16.kernels] == ["reduction"]
+    assert [k.category for k in fp8.kernels] == ["matmul"]
+
+
+def test_dynamic_scales_need_8_bit_matmuls():
+    assert parse("fp8+dq") == Quantization(matmul="fp8", activations="row")
+    assert parse("w8a8+dq-tensor") == Quantization(matmul="int8", activations="tensor")
+    with pytest.raises(ValueError, match="add fp8 or w8a8"):
+        parse("dq")
+    with pytest.raises(ValueError, match="add fp8 or w8a8"):
+        parse("w4+dq")
 
 
 def tiny_decode(**options):

@@ -41,6 +41,9 @@ time is its floor. docs/time-model.md gives each figure's source.
                 a second kernel
     reread      a norm that reduces a tensor before its elementwise pass reads it twice: the
                 second pass finds in the L2 cache (l2_bytes) only what fits (Cost.reread)
+    quantize    an 8-bit matmul's activations quantized at each call (a what-if's dynamic
+                scales): a kernel or two of their own before it, each moving its bytes at a
+                copy's pace (Cost.quantize)
     bias        a cuDNN convolution's bias, added over its output (or its gradient summed) by
                 a kernel of its own, eager (Cost.bias_bytes)
 
@@ -63,7 +66,8 @@ from fxroof.chips.timing import REGIMES, Timing, comm_options
 from fxroof.cost.record import MATRIX_CATEGORIES, dequantizing
 
 GAP_PARTS = ("tiles", "matmul", "softmax", "issue", "bandwidth", "dequant", "occupancy",
-             "collective", "overlap", "latency", "layout", "reduction", "reread", "bias")
+             "collective", "overlap", "latency", "layout", "reduction", "reread", "quantize",
+             "bias")
 
 # The tiles cuBLAS picks among for a GEMM's output (NVIDIA, "Matrix Multiplication Background
 # User's Guide", 2.3 "Typical Tile Dimensions in cuBLAS"); a library takes the one that wastes
@@ -154,6 +158,8 @@ class Expected:
                                     # run before it
     reduction_s: float = 0.0        # the kernel summing a split reduction's partials, run after
     reread_s: float = 0.0           # a two-pass norm's second read of what L2 does not hold
+    quantize_s: float = 0.0         # kernels quantizing an 8-bit matmul's activations, run
+                                    # before it
     bias_s: float = 0.0             # a convolution's bias kernel, run after it
     bandwidth_s: float = 0.0        # the memory time at the bandwidth share, before a
                                     # dequantizing kernel's own share (streamed_s divides it)
@@ -183,6 +189,7 @@ class Expected:
                  (1, self.streamed_s), (1, self.memory_s), (2, self.comm_s), (3, self.overlap),
                  (4, self.latency_s), (5, self.relayout_s), (5, self.relayout_s + self.reduction_s),
                  (5, self.relayout_s + self.reduction_s + self.reread_s),
+                 (5, self.relayout_s + self.reduction_s + self.reread_s + self.quantize_s),
                  (5, self.serial_s))
         times = [_seconds(*state, 0.0, False)]
         for i, value in steps:
@@ -204,8 +211,9 @@ class Expected:
     @property
     def serial_s(self) -> float:
         """Memory work run before or after the kernel's own: its operands' transposes, the sum
-        of its split reduction, a norm's second pass, a convolution's bias kernel."""
-        return self.relayout_s + self.reduction_s + self.reread_s + self.bias_s
+        of its split reduction, a norm's second pass, the quantizing of an 8-bit matmul's
+        activations, a convolution's bias kernel."""
+        return self.relayout_s + self.reduction_s + self.reread_s + self.quantize_s + self.bias_s
 
     @property
     def regime(self) -> str:
@@ -270,7 +278,8 @@ def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_by
              comm_steps: int = 0, launch: Launch | None = None,
              relayout: tuple = (), nvls_bytes: float = 0, comm_ranks: int = 0,
              dtype: str = "", variant: str = "", exponentials: float = 0,
-             reread: tuple = (), bias_bytes: float = 0, comm_stride: int = 0,
+             reread: tuple = (), bias_bytes: float = 0, quantize: tuple = (),
+             comm_stride: int = 0,
              comm_exchange: bool = False, causal: bool = False, issued: float = 0) -> Expected:
     """The expected time of a kernel whose floor is `floor`. grid: a matrix kernel's output and
     reduction as (batch, M, N, K); comm_bytes/steps/ranks/stride/exchange, nvls_bytes: a
@@ -282,7 +291,9 @@ def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_by
     implementation (Cost.variant), a dequantizing matmul streaming at its share;
     exponentials: a fused attention kernel's softmax's (Cost.exponentials); reread: the bytes of
     each tensor a norm's second pass reads again (Cost.reread), charged on a GPU; bias_bytes: what
-    a convolution's bias kernel moves (Cost.bias_bytes), a kernel of its own on a GPU; causal: a
+    a convolution's bias kernel moves (Cost.bias_bytes), a kernel of its own on a GPU; quantize:
+    the bytes of each kernel quantizing an 8-bit matmul's activations before it (Cost.quantize),
+    charged on a GPU; causal: a
     fused attention kernel under a causal mask, which skips the key blocks above the diagonal;
     issued: the thread instructions of a kernel its instructions bound (Cost.issued)."""
     matrix = category in MATRIX_CATEGORIES
@@ -343,6 +354,7 @@ def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_by
                     reduction_s=(reduction_time(chip, grid, tiles.splits, dtype)
                                  if gpu and tiles.splits > 1 else 0.0),
                     reread_s=sum(reread_time(chip, b) for b in reread) if gpu else 0.0,
+                    quantize_s=sum(copy_kernel_time(chip, b) for b in quantize) if gpu else 0.0,
                     bias_s=copy_kernel_time(chip, bias_bytes) if gpu and bias_bytes else 0.0,
                     bandwidth_s=bandwidth, algorithm=algorithm, products_s=products,
                     issue_s=issue)

@@ -75,7 +75,8 @@ def _workload_args() -> argparse.ArgumentParser:
                                help="with --train: activation checkpointing of every N-th block "
                                "(torchtitan's selective layer option; 1: every block)")
     p.add_argument("--quantize", metavar="SPEC", help="what-if: w8, w4, w4g64, wfp8, kv8, "
-                   "kv-fp8, fp8, w8a8, joined with + (e.g. w4+kv8); the model is not changed")
+                   "kv-fp8, fp8, w8a8, joined with + (e.g. w4+kv8; fp8+dq: activations scaled "
+                   "at each call, dq-tensor one scale a tensor); the model is not changed")
     p.add_argument("--amp", default="", metavar="DTYPE", help="automatic mixed precision: fp16 "
                    "or bf16, the model's forward within torch.autocast over its own weights")
     p.add_argument("--routing", metavar="SPEC", help="mixture-of-experts top-k routing to "

@@ -75,6 +75,11 @@ class Cost:
     # gradient for it in another; the bytes that kernel moves. Eager only: a compiler fuses the
     # add into the next pointwise kernel.
     bias_bytes: int = 0
+    # An 8-bit matmul whose activations a what-if scales at each call (whatif.Quantization
+    # .activations): the bytes each kernel moves that quantizes them before it (a reduction for
+    # their maximum, a cast). Not in the bytes above, the op's own: a time model charges them as
+    # kernels of their own.
+    quantize: tuple = ()
     # An op PyTorch runs on a GPU with a kernel of its own that its instructions can bound, not
     # its FLOPs or bytes (a channels-first depthwise convolution: formulas/conv.py; softmax and
     # layer norm: formulas/norm_instructions.py): the thread instructions it issues, which a

@@ -4,6 +4,7 @@ captured from the 16-bit model, without touching the model.
     fxroof.analyze(model, args, kwargs, quantize="w4")          # int4 weights, group 128
     fxroof.analyze(model, args, kwargs, quantize="w8+kv8")      # int8 weights, int8 KV cache
     fxroof.analyze(model, args, kwargs, quantize="fp8")         # fp8 matmuls (W8A8, fp8 peak)
+    fxroof.analyze(model, args, kwargs, quantize="fp8+dq")      # ... activations scaled per call
 
 A pass between annotate and fuse: it rewrites the Cost record of every node that touches a
 quantized tensor (weights read by matmuls, the KV cache, 8-bit matmul operands), and nothing
@@ -32,6 +33,14 @@ __all__ = ["Quantization", "WhatIf", "parse", "quantize_graph"]
 
 FORMATS = {"int8": 8, "fp8": 8, "int4": 4}      # bits an element
 EIGHT_BIT = ("fp8", "int8")                     # the KV cache's and the matmuls' formats
+# How an 8-bit matmul's activations get their scale: "" fixed ahead of time (the cast fused into
+# the op that makes them, TensorRT-LLM's fp8 engines), or found at each call from their absolute
+# maximum: "row" a scale a row (token) in one kernel that reads the row, takes its maximum and
+# writes it cast (vLLM's dynamic_per_token_scaled_fp8_quant, torchao's float8dq per row); "tensor"
+# one scale for the whole tensor, a reduction over it and then the cast, two kernels (vLLM's
+# segmented_max_reduction and scaled_fp8_quant, torchao's per tensor).
+ACTIVATION_SCALES = ("", "row", "tensor")
+SCALE_BYTES = 4                                 # fp32 scales
 
 
 @dataclass(frozen=True)
@@ -43,6 +52,7 @@ class Quantization:
     kv_cache: str = ""       # "int8" (one fp16 scale per `kv_group` values) or "fp8" (no scales)
     kv_group: int = 128      # a head_dim of 128: one scale per head per token
     matmul: str = ""         # "fp8" or "int8": matmul operands in 8 bits, run at that peak
+    activations: str = ""    # 8-bit matmuls' activation scales: ACTIVATION_SCALES
 
     def __post_init__(self):
         for name, allowed in (("weights", FORMATS), ("kv_cache", EIGHT_BIT), ("matmul", EIGHT_BIT)):
@@ -52,6 +62,12 @@ class Quantization:
         if self.matmul and self.weights:
             raise ValueError(f"{self.matmul} matmuls already store weights in 8 bits; "
                              f"drop weights={self.weights!r}")
+        if self.activations not in ACTIVATION_SCALES:
+            raise ValueError(f"activations must be 'row' or 'tensor' (scales found at each call) "
+                             f"or '' (fixed ahead of time), got {self.activations!r}")
+        if self.activations and not self.matmul:
+            raise ValueError("dynamic activation scales (dq) quantize the inputs of 8-bit "
+                             "matmuls: add fp8 or w8a8")
         if self.group < 0 or self.kv_group <= 0 or self.scale_bytes < 0:
             raise ValueError("group must be >= 0, kv_group > 0 and scale_bytes >= 0")
 
@@ -59,8 +75,10 @@ class Quantization:
     def label(self) -> str:
         group = f"g{self.group}" if self.group else "per row"
         scales = "" if self.weights == "fp8" else f" ({group})"
+        dynamic = f" (activations scaled per {self.activations} at each call)" \
+            if self.activations else ""
         parts = (self.weights and f"{self.weights} weights{scales}",
-                 self.matmul and f"{self.matmul} matmuls",
+                 self.matmul and f"{self.matmul} matmuls{dynamic}",
                  self.kv_cache and f"{self.kv_cache} KV cache")
         return " + ".join(filter(None, parts)) or "none"
 
@@ -74,15 +92,28 @@ class Quantization:
             return elements + math.ceil(elements / self.kv_group) * self.scale_bytes
         return elements        # fp8 weights or cache, 8-bit matmul operands: a byte, no scales
 
+    def quantizing_kernels(self, elements: float, row: int, size: int) -> tuple:
+        """The bytes each kernel moves that quantizes `elements` activations of `size` bytes
+        (rows of `row`) at each call, before the matmul reads them in 8 bits: () where their
+        scale is fixed ahead of time."""
+        if not self.activations or size <= 1:
+            return ()
+        rows = math.ceil(elements / max(row, 1))
+        if self.activations == "row":      # read, a maximum a row, written cast with its scale
+            return (round(elements * size + elements + rows * SCALE_BYTES),)
+        # per tensor: a reduction reads it for its maximum, then the cast reads it again
+        return (round(elements * size + SCALE_BYTES), round(elements * size + elements))
+
 
 _SPEC = re.compile(r"^(?:(?P<w>w8|w4|int8|int4|wfp8)(?:g(?P<g>\d+))?|(?P<kv>kv8|kv-int8|kvint8|"
-                   r"kv-fp8|kvfp8)|(?P<mm>fp8|w8a8))$")
+                   r"kv-fp8|kvfp8)|(?P<mm>fp8|w8a8)|(?P<dq>dq|dq-row|dq-tensor))$")
 
 
 def parse(spec) -> Quantization | None:
     """A Quantization from None, a Quantization, or a spec string of "+"-joined parts:
     w8 (int8 weights, a scale per row), w4 / w4g64 (int4 weights, group 128 / 64), wfp8,
-    kv8 / kv-fp8 (KV cache), fp8 / w8a8 (8-bit matmuls)."""
+    kv8 / kv-fp8 (KV cache), fp8 / w8a8 (8-bit matmuls), dq / dq-tensor (their activations
+    scaled at each call, a scale a row or one a tensor: "fp8+dq")."""
     if spec is None or isinstance(spec, Quantization):
         return spec
     if not isinstance(spec, str):
@@ -93,11 +124,14 @@ def parse(spec) -> Quantization | None:
         m = _SPEC.match(part)
         if m is None:
             raise ValueError(f"unknown quantization {part!r}; expected w8, w4, w4g<N>, wfp8, "
-                             f"kv8, kv-fp8, fp8 or w8a8, joined by '+'")
-        key = "weights" if m["w"] else "kv_cache" if m["kv"] else "matmul"
+                             f"kv8, kv-fp8, fp8, w8a8 or dq, joined by '+'")
+        key = ("weights" if m["w"] else "kv_cache" if m["kv"] else "activations" if m["dq"]
+               else "matmul")
         if key in fields:          # "w4+w8": which one was meant? say so, never keep the last
             raise ValueError(f"{spec!r} sets the {key.replace('_', ' ')} twice; give one")
-        if m["w"]:
+        if m["dq"]:
+            fields["activations"] = "tensor" if m["dq"].endswith("tensor") else "row"
+        elif m["w"]:
             fields["weights"] = {"w8": "int8", "w4": "int4", "wfp8": "fp8"}.get(m["w"], m["w"])
             fields["group"] = int(m["g"]) if m["g"] else (0 if fields["weights"] == "int8" else 128)
         else:                      # kv8, kv-fp8, ...; fp8 or w8a8 (int8) matmuls
@@ -273,7 +307,7 @@ def _requantized(node: fx.Node, cost: Cost, touched, quantized: dict, q: Quantiz
     a 1-byte stand-in gives how many of its elements the node reads and writes:
     (bytes at e - bytes at 1) / (e - 1).
     """
-    read, written = cost.bytes_read, cost.bytes_written
+    read, written, quantizing = cost.bytes_read, cost.bytes_written, ()
     for t in touched:
         size = t.element_size()
         if size <= 1:
@@ -284,6 +318,8 @@ def _requantized(node: fx.Node, cost: Cost, touched, quantized: dict, q: Quantiz
         moved_written = (cost.bytes_written - ones.bytes_written) / (size - 1)
         read += round(q.stored_bytes(kind, moved_read, row) - moved_read * size)
         written += round(q.stored_bytes(kind, moved_written, row) - moved_written * size)
+        if mm8 and kind == "operand":    # an activation, cast to 8 bits before the matmul
+            quantizing += q.quantizing_kernels(moved_read, _row(t), size)
     note = ", ".join(filter(None, (cost.note, f"what-if {q.label}")))
     # a matmul reading int8 or int4 weights is a dequantizing kernel, not the library's GEMM
     # (its streaming share: chips/expected.DEQUANT_STREAM_SHARE), and so is a gather of them:
@@ -292,4 +328,5 @@ def _requantized(node: fx.Node, cost: Cost, touched, quantized: dict, q: Quantiz
                and any(quantized.get(storage(t), ("",))[0] == "weight" for t in touched))
     return dataclasses.replace(cost, bytes_read=read, bytes_written=written,
                                dtype=q.matmul if mm8 else cost.dtype, note=note,
-                               variant=dequantizing(q.weights) if dequant else cost.variant)
+                               variant=dequantizing(q.weights) if dequant else cost.variant,
+                               quantize=cost.quantize + quantizing)

@@ -37,8 +37,8 @@ def node_rows(gm: fx.GraphModule) -> tuple:
                             node.meta.get(PHASE_KEY, ""), node.meta.get(RECOMPUTED_KEY, False),
                             cost.relayout, cost.nvls_bytes, cost.comm_ranks, cost.comm_stride,
                             cost.comm_exchange,
-                            cost.exponentials, cost.reread, cost.bias_bytes, cost.causal,
-                            cost.issued))
+                            cost.exponentials, cost.reread, cost.bias_bytes, cost.quantize,
+                            cost.causal, cost.issued))
     return tuple(rows)
 
 
@@ -78,10 +78,14 @@ def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple, streamed: dict | N
                 "nvls_bytes": sum(m.nvls_bytes for m in members),
                 "comm_ranks": max((m.comm_ranks for m in members), default=0)}
         dtype = unit_dtype(chip, k.category, k.dtype)
+        # an 8-bit matmul's activations quantized at each call: kernels of their own before it,
+        # each launched (eager: an op of its own) as any kernel is
+        quantizing = tuple(b for m in members for b in m.quantize) if chip.kind == "gpu" else ()
         timing = kernel_timing(chip, flops=k.flops, bytes_moved=k.bytes, category=k.category,
                                dtype=dtype,
                                overhead_s=overhead_per_kernel(chip, mode, key, k.views, i == 0,
-                                                              cold[i]),
+                                                              cold[i])
+                               + len(quantizing) * overhead_per_kernel(chip, mode),
                                rate_op=key, streamed_bytes=min(sum(state.values()), k.bytes_read),
                                cached_bytes=min(kept, k.bytes_read),
                                # the rest of the pass pushes them out, or they never fit
@@ -120,6 +124,7 @@ def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple, streamed: dict | N
                        # eager only: a compiled program adds the bias in its next fused kernel
                        bias_bytes=sum(m.bias_bytes for m in members)
                        if mode == "eager" and chip.nvidia else 0,
+                       quantize=quantizing,
                        # PyTorch's own kernel (Cost.issued): eager, or a library call in a
                        # compiled program (a softmax there is Inductor's code), unless the
                        # program made the convolution channels-last, which cuDNN runs

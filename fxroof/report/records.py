@@ -53,6 +53,8 @@ class NodeRow:
     exponentials: int = 0  # a fused attention forward's softmax: one per score (Cost)
     reread: tuple = ()    # a two-pass norm: bytes of each tensor its second pass reads (Cost)
     bias_bytes: int = 0   # a convolution's bias added (or summed) in a kernel of its own (Cost)
+    quantize: tuple = ()  # an 8-bit matmul's activations quantized at each call: bytes of each
+                          # kernel doing it (Cost)
     causal: bool = False  # a fused attention kernel under a causal mask (Cost)
     issued: int = 0       # thread instructions of PyTorch's own issue-bound GPU kernel (Cost)
 
@@ -63,11 +65,11 @@ class NodeRow:
         return f"{self.op}({self.variant})" if self.variant else self.op
 
     def to_dict(self) -> dict:
-        return {k: list(v) if k in ("grid", "relayout", "reread") else v
+        return {k: list(v) if k in ("grid", "relayout", "reread", "quantize") else v
                 for k, v in self.__dict__.items()
                 if k not in ("grid", "phase", "recomputed", "relayout", "nvls_bytes",
                              "comm_ranks", "comm_stride", "comm_exchange", "reread",
-                             "bias_bytes", "issued") or v}
+                             "bias_bytes", "quantize", "issued") or v}
 
 
 @dataclass(frozen=True)
