@@ -352,9 +352,10 @@ def _whatif_notes(gm, requantized: frozenset, target: Target) -> tuple:
         notes.append(f"{dtype} matmuls read their operands in 8 bits at the {dtype} peak; their "
                      f"activations are quantized at each call, a scale a {per} from their "
                      f"absolute maximum, by {'one kernel' if per == 'row' else 'two kernels'} "
-                     f"before each matmul (gap part 'quantize'), which a compiler may fold into "
-                     f"the op making them; the {dtype} kernels' own pace at a few rows is not "
-                     f"modelled (docs/whatif-and-parallel.md)")
+                     f"before each matmul (gap part 'quantize'; compiled, a row's scale is found "
+                     f"in the kernel making the row where the compiler writes it); the {dtype} "
+                     f"kernels' own pace at a few rows is not modelled "
+                     f"(docs/whatif-and-parallel.md)")
     elif dtype:      # scales fixed ahead of time: the cast goes into the op making them
         notes.append(f"{dtype} matmuls read their operands in 8 bits at the {dtype} peak, the "
                      f"activations' scales fixed ahead of time (their cast fused into the op "

@@ -101,6 +101,42 @@ def test_activations_scaled_at_each_call_run_kernels_of_their_own():
     assert any("quantized at each call" in n for n in per_row.notes)
 
 
+class NormThenLinears(torch.nn.Module):
+    """A layer norm, a linear reading it, a second linear reading the first's output."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(K)
+        self.up = torch.nn.Linear(K, N, bias=False)
+        self.down = torch.nn.Linear(N, K, bias=False)
+
+    def forward(self, x):
+        return self.down(self.up(self.norm(x)))
+
+
+def test_a_compiler_folds_a_rows_scale_into_the_kernel_making_the_row():
+    with torch.device("meta"):
+        model = NormThenLinears().to(torch.bfloat16)
+    args = (torch.empty(64, K, dtype=torch.bfloat16, device="meta"),)
+
+    def quantize_s(report, layer):
+        (k,) = [k for k in report.kernels if k.category == "matmul" and layer in k.module]
+        return k.expected.quantize_s
+
+    rows = {n.module: n for n in fxroof.analyze(model, args, chip="h100-sxm",
+                                                 quantize="fp8+dq").nodes if n.quantize}
+    # up's input is the norm's output: Inductor writes that kernel, and finds each row's scale
+    # in it; down's is a library GEMM's output, quantized by a kernel of its own
+    assert rows["up"].quantize_folds == (True,) and rows["down"].quantize_folds == (False,)
+    for mode, folded in (("compiled", True), ("cudagraphs", True), ("eager", False)):
+        r = fxroof.analyze(model, args, chip="h100-sxm", quantize="fp8+dq", mode=mode)
+        assert (quantize_s(r, "up") == 0) == folded
+        assert quantize_s(r, "down") > 0
+    # one scale for the whole tensor waits for all of it: never folded
+    r = fxroof.analyze(model, args, chip="h100-sxm", quantize="fp8+dq-tensor", mode="compiled")
+    assert quantize_s(r, "up") > 0 and quantize_s(r, "down") > 0
+
+
 def test_an_8_bit_product_of_one_row_stays_the_librarys_under_coordinate_descent():
     # Inductor decomposes a 16-bit product of one row into a Triton reduction, but an 8-bit
     # one is torch._scaled_mm (or _int_mm): a library call whatever its rows

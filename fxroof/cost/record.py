@@ -9,6 +9,9 @@ CATEGORIES = ("matmul", "conv", "attention", "pointwise", "reduction", "norm", "
 MATRIX_CATEGORIES = frozenset({"matmul", "conv", "attention"})
 # Categories that never launch a kernel of their own: metadata-only ops.
 FREE_CATEGORIES = frozenset({"view"})
+# Categories whose ops a fusing compiler writes kernels for (Inductor's generated code); the
+# others run a library's kernel each (or none).
+GENERATED_CATEGORIES = frozenset({"pointwise", "reduction", "norm", "copy"})
 
 # Weight formats a weight-only what-if dequantizes inside its matmul: that kernel is its own
 # implementation (Cost.variant "int8 weights"), whose streaming a time model prices apart. fp8
@@ -80,6 +83,9 @@ class Cost:
     # their maximum, a cast). Not in the bytes above, the op's own: a time model charges them as
     # kernels of their own.
     quantize: tuple = ()
+    # ... and for each, whether a fusing compiler folds it into the kernel making the
+    # activations (a scale a row, after an op whose kernel the compiler writes)
+    quantize_folds: tuple = ()
     # An op PyTorch runs on a GPU with a kernel of its own that its instructions can bound, not
     # its FLOPs or bytes (a channels-first depthwise convolution: formulas/conv.py; softmax and
     # layer norm: formulas/norm_instructions.py): the thread instructions it issues, which a

@@ -24,7 +24,7 @@ import torch.fx as fx
 from fxroof.cost.annotate import formula_cost
 from fxroof.cost.formulas import OpCall
 from fxroof.cost.formulas.memory import GATHERS
-from fxroof.cost.record import COST_KEY, DEQUANTIZED, Cost, dequantizing
+from fxroof.cost.record import COST_KEY, DEQUANTIZED, GENERATED_CATEGORIES, Cost, dequantizing
 from fxroof.graph.memory import Footprint, written_inputs
 from fxroof.graph.nodes import written_args
 from fxroof.graph.tensors import storage, tensors_in
@@ -293,6 +293,18 @@ def _gathered_into_products(calls) -> set:
     return found
 
 
+def _made_by(node: fx.Node, t: torch.Tensor) -> str:
+    """The category of the op whose kernel makes `t`, an input of `node`, views looked
+    through; "" for a graph input (no kernel makes it)."""
+    arg = next((a for a in node.all_input_nodes if a.meta.get("val") is t), None)
+    while arg is not None and arg.op == "call_function":
+        cost = arg.meta.get(COST_KEY)
+        if cost is None or cost.category != "view" or not arg.all_input_nodes:
+            return cost.category if cost is not None else ""
+        arg = arg.all_input_nodes[0]
+    return ""
+
+
 def _stand_in(t: torch.Tensor) -> torch.Tensor:
     """A 1-byte tensor addressing the same elements (shape and strides) as t."""
     return torch.empty_strided(tuple(int(s) for s in t.shape), tuple(int(s) for s in t.stride()),
@@ -307,7 +319,7 @@ def _requantized(node: fx.Node, cost: Cost, touched, quantized: dict, q: Quantiz
     a 1-byte stand-in gives how many of its elements the node reads and writes:
     (bytes at e - bytes at 1) / (e - 1).
     """
-    read, written, quantizing = cost.bytes_read, cost.bytes_written, ()
+    read, written, quantizing, folds = cost.bytes_read, cost.bytes_written, (), ()
     for t in touched:
         size = t.element_size()
         if size <= 1:
@@ -319,7 +331,14 @@ def _requantized(node: fx.Node, cost: Cost, touched, quantized: dict, q: Quantiz
         read += round(q.stored_bytes(kind, moved_read, row) - moved_read * size)
         written += round(q.stored_bytes(kind, moved_written, row) - moved_written * size)
         if mm8 and kind == "operand":    # an activation, cast to 8 bits before the matmul
-            quantizing += q.quantizing_kernels(moved_read, _row(t), size)
+            kernels = q.quantizing_kernels(moved_read, _row(t), size)
+            # a scale a row is found in the kernel that makes the row, where a fusing compiler
+            # writes that kernel (a norm, an activation function: vLLM's fused rms_norm and
+            # silu_and_mul quants, Inductor's fusion of torchao's); a tensor's scale needs the
+            # whole tensor first
+            made = _made_by(node, t)
+            folds += ((q.activations == "row" and made in GENERATED_CATEGORIES),) * len(kernels)
+            quantizing += kernels
     note = ", ".join(filter(None, (cost.note, f"what-if {q.label}")))
     # a matmul reading int8 or int4 weights is a dequantizing kernel, not the library's GEMM
     # (its streaming share: chips/expected.DEQUANT_STREAM_SHARE), and so is a gather of them:
@@ -329,4 +348,5 @@ def _requantized(node: fx.Node, cost: Cost, touched, quantized: dict, q: Quantiz
     return dataclasses.replace(cost, bytes_read=read, bytes_written=written,
                                dtype=q.matmul if mm8 else cost.dtype, note=note,
                                variant=dequantizing(q.weights) if dequant else cost.variant,
-                               quantize=cost.quantize + quantizing)
+                               quantize=cost.quantize + quantizing,
+                               quantize_folds=cost.quantize_folds + folds)

@@ -17,7 +17,8 @@ import torch
 import torch.fx as fx
 
 from fxroof.cost import Cost
-from fxroof.cost.record import dequantizing
+from fxroof.cost.record import (CATEGORIES, FREE_CATEGORIES, GENERATED_CATEGORIES,
+                                dequantizing)
 from fxroof.cost.formulas.memory import GATHERS
 from fxroof.graph.aten_ops import aten
 from fxroof.graph.nodes import mutates
@@ -29,7 +30,8 @@ SCATTERS = frozenset({aten.index_put, aten._index_put_impl_, aten._unsafe_index_
                       aten.index_copy, aten.index_add, aten.index_fill, aten.scatter,
                       aten.scatter_add, aten.scatter_reduce, aten.masked_scatter})
 DATA_DEPENDENT = frozenset({aten.masked_select, aten.nonzero, aten._local_scalar_dense, aten.item})
-SOLO_CATEGORIES = frozenset({"matmul", "conv", "attention", "collective", "other"})
+# the categories that run a library's kernel each: neither generated code nor free
+SOLO_CATEGORIES = frozenset(CATEGORIES) - GENERATED_CATEGORIES - FREE_CATEGORIES
 REDUCTION_CATEGORIES = frozenset({"reduction", "norm"})
 
 

@@ -38,7 +38,7 @@ def node_rows(gm: fx.GraphModule) -> tuple:
                             cost.relayout, cost.nvls_bytes, cost.comm_ranks, cost.comm_stride,
                             cost.comm_exchange,
                             cost.exponentials, cost.reread, cost.bias_bytes, cost.quantize,
-                            cost.causal, cost.issued))
+                            cost.quantize_folds, cost.causal, cost.issued))
     return tuple(rows)
 
 
@@ -79,8 +79,10 @@ def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple, streamed: dict | N
                 "comm_ranks": max((m.comm_ranks for m in members), default=0)}
         dtype = unit_dtype(chip, k.category, k.dtype)
         # an 8-bit matmul's activations quantized at each call: kernels of their own before it,
-        # each launched (eager: an op of its own) as any kernel is
-        quantizing = tuple(b for m in members for b in m.quantize) if chip.kind == "gpu" else ()
+        # each launched (eager: an op of its own) as any kernel is, but those a compiled
+        # program folds into the kernel making the activations
+        quantizing = tuple(b for m in members for b, folds in zip(m.quantize, m.quantize_folds)
+                           if mode == "eager" or not folds) if chip.kind == "gpu" else ()
         timing = kernel_timing(chip, flops=k.flops, bytes_moved=k.bytes, category=k.category,
                                dtype=dtype,
                                overhead_s=overhead_per_kernel(chip, mode, key, k.views, i == 0,

@@ -55,6 +55,7 @@ class NodeRow:
     bias_bytes: int = 0   # a convolution's bias added (or summed) in a kernel of its own (Cost)
     quantize: tuple = ()  # an 8-bit matmul's activations quantized at each call: bytes of each
                           # kernel doing it (Cost)
+    quantize_folds: tuple = ()   # for each, whether a fusing compiler folds it (Cost)
     causal: bool = False  # a fused attention kernel under a causal mask (Cost)
     issued: int = 0       # thread instructions of PyTorch's own issue-bound GPU kernel (Cost)
 
@@ -65,11 +66,12 @@ class NodeRow:
         return f"{self.op}({self.variant})" if self.variant else self.op
 
     def to_dict(self) -> dict:
-        return {k: list(v) if k in ("grid", "relayout", "reread", "quantize") else v
+        return {k: list(v) if k in ("grid", "relayout", "reread", "quantize",
+                                    "quantize_folds") else v
                 for k, v in self.__dict__.items()
                 if k not in ("grid", "phase", "recomputed", "relayout", "nvls_bytes",
                              "comm_ranks", "comm_stride", "comm_exchange", "reread",
-                             "bias_bytes", "quantize", "issued") or v}
+                             "bias_bytes", "quantize", "quantize_folds", "issued") or v}
 
 
 @dataclass(frozen=True)
