@@ -344,9 +344,12 @@ def _whatif_notes(gm, requantized: frozenset, target: Target) -> tuple:
              f"count those reads at the unquantized size"] if fusable else []
     dtype = target.quantize.matmul if target.quantize else ""
     if dtype and target.train:
+        scales = ("are found at each call by kernels of their own (gap part 'quantize')"
+                  if target.quantize.activations else
+                  f"are not counted ('{'fp8' if dtype == 'fp8' else 'w8a8'}+dq' counts them)")
         notes.append(f"{dtype} training: every matmul of the forward and the backward runs on "
                      f"{dtype} operands; the weights stay in full precision, and the casts and "
-                     f"scales of each operand are not counted")
+                     f"scales of each operand {scales}")
     elif dtype and target.quantize.activations:      # the kernels dynamic scales run
         per = target.quantize.activations
         notes.append(f"{dtype} matmuls read their operands in 8 bits at the {dtype} peak; their "

@@ -149,6 +149,21 @@ def test_an_8_bit_product_of_one_row_stays_the_librarys_under_coordinate_descent
     assert [k.category for k in fp8.kernels] == ["matmul"]
 
 
+def test_fp8_training_with_dynamic_scales_quantizes_both_operands_of_every_product():
+    model = torch.nn.Linear(K, N, bias=False)
+    x = torch.randn(64, K)
+    r = fxroof.analyze(model, (x,), chip="h100-sxm", train=True, quantize="fp8+dq",
+                       mode="eager")
+    # forward x @ w^T; backward grad_w = g^T @ x (the input needs no gradient): two products,
+    # each of two fp32 operands cast to 8 bits, a kernel each, reading 4 bytes an element
+    products = [n for n in r.nodes if n.quantize]
+    assert len(products) == 2 and all(len(n.quantize) == 2 for n in products)
+    forward = next(n for n in products if n.phase == "forward")
+    # x (64 x K) and w (N x K): read at 4 bytes, written at 1, a 4-byte scale a row
+    assert sorted(forward.quantize) == sorted((64 * K * 5 + 64 * 4, N * K * 5 + N * 4))
+    assert any("found at each call by kernels of their own" in n for n in r.notes)
+
+
 def test_dynamic_scales_need_8_bit_matmuls():
     assert parse("fp8+dq") == Quantization(matmul="fp8", activations="row")
     assert parse("w8a8+dq-tensor") == Quantization(matmul="int8", activations="tensor")
