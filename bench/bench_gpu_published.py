@@ -1081,8 +1081,8 @@ MM_BEST = (("rtx-3090", "#42", "fp16", 75.48), ("rtx-3090", "#42", "bf16", 76.58
 # whose best is a chip's matmul_efficiency (the T4's, pull request #29), runs from another
 # harness (the SVCFusion bundle), overclocked cards, China-market variants (RTX 4090 D, RTX
 # 5090 D), laptop GPUs, GPUs the table lacks (V100S, H800 PCIe, RTX PRO 6000 Server Edition;
-# the A800 SXM, in the table since, came in then; the V100S, RTX 4090 D and RTX 2080 have
-# entries since, their rows a source of their own, MM_SUMMARY_ADDED),
+# the A800 SXM, in the table since, came in then; the V100S, RTX 4090 D, RTX 2080 and H800 PCIe
+# have entries since, their rows a source of their own, MM_SUMMARY_ADDED),
 # a card whose variant is unsaid (an "A100 40GB" in docker), and bf16 on a GPU without bf16
 # units (emulated; the report says so). Memory-modded RTX 4090s (48 GB) are kept: the same
 # AD102 and clocks. (chip, contributor and setting, dtype, best TFLOPS)
@@ -1166,9 +1166,10 @@ MM_FP32 = (("b200", "zzc0208, GCP a4-highgpu-8g", 66.24), ("t4", "zzc0208, Colab
            ("rtx-5070-ti", "dayi, WSL2", 33.08), ("rtx-5080", "zhoujiahao111", 33.64),
            ("rtx-5090", "HuanLin, cloud", 69.16), ("rtx-5090", "sakmist", 67.57),
            ("rtx-5090", "mfzzf, cloud", 70.47))
-# Held out: the same table's rows on three GPUs it had and fxroof's table lacked, entered from
+# Held out: the same table's rows on four GPUs it had and fxroof's table lacked, entered from
 # their vendors' figures and their dies' siblings' shares (Tesla V100S, GeForce RTX 4090 D, GeForce
-# RTX 2080), read while the entries were drafted, nothing in them taken from these runs. The
+# RTX 2080; the H800 PCIe as the H100 PCIe), read while the entries were drafted, nothing in
+# them taken from these runs. The
 # same rules: bf16 on the V100S and the RTX 2080 left out (no bf16 units). (chip, contributor and
 # setting, dtype, best TFLOPS)
 MM_SUMMARY_ADDED = (("v100s", "zzc0208, docker", "fp16", 88.92),
@@ -1183,7 +1184,10 @@ MM_SUMMARY_ADDED = (("v100s", "zzc0208, docker", "fp16", 88.92),
                     ("rtx-4090-d", "a-cold-bird, 24 GB, cloud", "bf16", 148.91),
                     ("rtx-4090-d", "a-cold-bird, 24 GB, cloud", "fp32", 50.07),
                     ("rtx-2080", "Charming, docker", "fp16", 39.03),
-                    ("rtx-2080", "Charming, docker", "fp32", 9.23))
+                    ("rtx-2080", "Charming, docker", "fp32", 9.23),
+                    ("h800-pcie", "yjzxkxdn, AutoDL", "fp16", 478.23),
+                    ("h800-pcie", "yjzxkxdn, AutoDL", "bf16", 503.83),
+                    ("h800-pcie", "yjzxkxdn, AutoDL", "fp32", 37.77))
 MM_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 

@@ -20,7 +20,7 @@ REQUIRED = ["v100", "v100s", "p100", "p100-sxm2", "t4", "a10", "a10g", "a40", "l
             "rtx-4080-super", "rtx-5060", "rtx-5060-ti", "rtx-5070", "rtx-5070-ti", "rtx-5080",
             "rtx-5090", "pro6000-maxq", "rtx-pro-6000", "a100-40gb", "a100-80gb", "a100-80gb-pcie",
             "a100-40gb-pcie", "a800", "a30", "h100-pcie", "h100-sxm", "h100-nvl", "h20", "h200",
-            "h800", "gh200", "b200", "mi300x", "mi325x", "tpu-v5e", "cpu"]
+            "h800", "h800-pcie", "gh200", "b200", "mi300x", "mi325x", "tpu-v5e", "cpu"]
 # GeForce cards print FP16/BF16 tensor rates with FP16 accumulate and half of it with FP32
 # accumulate, the path PyTorch takes; int8 (int32 accumulate) keeps the full rate. AWS's A10G
 # takes the GeForce GA102's tensor path (its entry's peak_flops source).
