@@ -75,6 +75,8 @@ def tensor(shape, device, dtype=BF16, high=None):
         return torch.empty(shape, dtype=torch.long if high else dtype, device="meta")
     if high:
         return torch.randint(0, high, shape, device=device)
+    if dtype.itemsize == 1:     # fp8: values drawn in fp32, cast (randn has no 8-bit kernel)
+        return torch.randn(shape, device=device).to(dtype)
     return torch.randn(shape, dtype=dtype, device=device)
 
 
@@ -89,6 +91,12 @@ def op(fn, *shapes, dtype=BF16, high=None, **kwargs):
 
 def linear(x, w):
     return F.linear(x, w)
+
+
+def scaled_mm(x, w, x_scale, w_scale):
+    """An fp8 product as torchao's float8 and vLLM's fp8 linears run it: x (m, k) @ w (n, k)^T,
+    fp32 scales a row of each (rowwise) or one each (a tensor's), bf16 out."""
+    return torch._scaled_mm(x, w.t(), x_scale, w_scale, out_dtype=BF16)
 
 
 def layer_norm(x, w):
@@ -225,8 +233,28 @@ def kernel_cases():
     # 50,304 nanoGPT pads them to
     for n in (50257, 50304):
         yield "kernel", f"linear bf16 8192 x 768 -> {n}", op(linear, (8192, 768), (n, 768))
+    # fp8 products at few rows (docs/time-model.md, torchao's float8dq rows: what its
+    # _scaled_mm of one row costs is not modelled): a scale a row, and one a tensor
+    for m in (1, 16, 128, 1024, 8192):
+        yield "kernel", f"scaled_mm fp8 rowwise {m} x 4096 -> 4096", \
+            scaled_mm_case(m, rowwise=True)
+    for m in (1, 128, 8192):
+        yield "kernel", f"scaled_mm fp8 per tensor {m} x 4096 -> 4096", \
+            scaled_mm_case(m, rowwise=False)
     yield "kernel", "softmax 1024 x 4096", op(softmax, (1024, 4096))
     yield "kernel", "softmax fp32 1024 x 32000", op(softmax, (1024, 32000), dtype=torch.float32)
+
+
+def scaled_mm_case(m: int, rowwise: bool, k: int = 4096, n: int = 4096):
+    """_scaled_mm's operands: fp8 x (m, k) and w (n, k), fp32 scales (m, 1) and (1, n), or
+    scalars."""
+    def build(device):
+        fp8 = torch.float8_e4m3fn
+        shapes = ((m, 1), (1, n)) if rowwise else ((), ())
+        scales = tuple(torch.ones(s, dtype=torch.float32, device=device) if device != "meta"
+                       else torch.empty(s, dtype=torch.float32, device="meta") for s in shapes)
+        return scaled_mm, (tensor((m, k), device, fp8), tensor((n, k), device, fp8), *scales), {}
+    return build
 
 
 def dispatch_cases():
