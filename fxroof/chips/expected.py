@@ -187,10 +187,9 @@ class Expected:
                  (0, self.compute_s),
                  (1, self.bandwidth_s or self.streamed_s),
                  (1, self.streamed_s), (1, self.memory_s), (2, self.comm_s), (3, self.overlap),
-                 (4, self.latency_s), (5, self.relayout_s), (5, self.relayout_s + self.reduction_s),
-                 (5, self.relayout_s + self.reduction_s + self.reread_s),
-                 (5, self.relayout_s + self.reduction_s + self.reread_s + self.quantize_s),
-                 (5, self.serial_s))
+                 (4, self.latency_s),
+                 # the kernels run beside it, one part each, added in turn
+                 *((5, sum(self._serial[:i])) for i in range(1, len(self._serial) + 1)))
         times = [_seconds(*state, 0.0, False)]
         for i, value in steps:
             state[i] = value
@@ -209,11 +208,16 @@ class Expected:
                         self.serial_s, 0.0, False)
 
     @property
+    def _serial(self) -> tuple:
+        # in GAP_PARTS order: layout, reduction, reread, quantize, bias
+        return (self.relayout_s, self.reduction_s, self.reread_s, self.quantize_s, self.bias_s)
+
+    @property
     def serial_s(self) -> float:
         """Memory work run before or after the kernel's own: its operands' transposes, the sum
         of its split reduction, a norm's second pass, the quantizing of an 8-bit matmul's
         activations, a convolution's bias kernel."""
-        return self.relayout_s + self.reduction_s + self.reread_s + self.quantize_s + self.bias_s
+        return sum(self._serial)
 
     @property
     def regime(self) -> str:

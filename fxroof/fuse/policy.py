@@ -20,6 +20,7 @@ from fxroof.cost import Cost
 from fxroof.cost.record import (CATEGORIES, FREE_CATEGORIES, GENERATED_CATEGORIES,
                                 dequantizing)
 from fxroof.cost.formulas.memory import GATHERS
+from fxroof.cost.whatif import EIGHT_BIT
 from fxroof.graph.aten_ops import aten
 from fxroof.graph.nodes import mutates
 
@@ -53,9 +54,6 @@ ONE_ROW_PRODUCTS = frozenset({aten.mm, aten.bmm, aten.linear, aten.einsum})
 # int4 weights run a library kernel of their own over packed weights (gpt-fast's and torchao's
 # int4 linears call tinygemm, aten._weight_int4pack_mm), which Inductor does not decompose
 PACKED_INT4 = dequantizing("int4")
-# nor 8-bit products (an fp8 or w8a8 what-if): torch._scaled_mm and torch._int_mm are library
-# calls on 8-bit operands whatever their rows
-LIBRARY_8_BIT = ("fp8", "int8")
 
 
 def coordinate_descent_tuning() -> bool:
@@ -137,8 +135,10 @@ def classify(node: fx.Node, cost: Cost, packet, *, functional: bool = False,
         return "solo", "solo", f"in-place write ({name})"
     if not cost.known:
         return "solo", "solo", f"no cost formula ({name})"
+    # 8-bit products (an fp8 or w8a8 what-if) are library calls whatever their rows
+    # (torch._scaled_mm, torch._int_mm), as packed int4 weights' are
     if decompose_products and cost.category == "matmul" and one_row_product(node) \
-            and cost.variant != PACKED_INT4 and cost.dtype not in LIBRARY_8_BIT:
+            and cost.variant != PACKED_INT4 and cost.dtype not in EIGHT_BIT:
         return "reduction", "reduction", ""
     if cost.category in SOLO_CATEGORIES:
         what = cost.category if cost.category != "other" else f"op {name}"
