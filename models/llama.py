@@ -1,4 +1,4 @@
-"""Llama 2 / Llama 3 decoder with a preallocated KV cache, for prefill and decode.
+"""Llama 2 / Llama 3 (and Mistral 7B) decoder with a preallocated KV cache, for prefill and decode.
 
 RMSNorm, rotary position embeddings (RoPE), SwiGLU MLP and grouped-query attention (GQA), written as
 the Hugging Face ``modeling_llama.py`` computes them (rotate-half RoPE, fp32 RMSNorm), so the graph
@@ -39,6 +39,7 @@ class LlamaConfig:
     vocab_size: int = 32000
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0
+    window: int | None = None   # keys a query attends to at most (sliding-window attention)
 
     @property
     def head_dim(self) -> int:
@@ -59,6 +60,10 @@ PRESETS: dict[str, LlamaConfig] = {
     # meta-llama/Meta-Llama-3-70B
     "llama3-70b": LlamaConfig(dim=8192, n_layers=80, n_heads=64, n_kv_heads=8, ffn_dim=28672,
                               vocab_size=128256, rope_theta=500000.0),
+    # mistralai/Mistral-7B-v0.1: Llama-2-7B's layers with GQA (8 kv heads) and a wider MLP. Its
+    # attention looks back 4,096 tokens at most (sliding_window): full attention up to there,
+    # and this model refuses longer contexts rather than price keys Mistral never reads
+    "mistral-7b": LlamaConfig(n_kv_heads=8, ffn_dim=14336, window=4096),
     # Not a real model: small enough to run on CPU in tests; 2 kv heads so GQA is exercised.
     "tiny": LlamaConfig(dim=128, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=344, vocab_size=512),
 }
@@ -206,6 +211,10 @@ def workload(preset: str = "llama2-7b", phase: str = "prefill", batch: int = 1, 
     else:
         raise ValueError(f"unknown phase {phase!r}; choose prefill or decode")
     needed = start_pos + tokens_per_seq
+    if cfg.window and needed > cfg.window:
+        raise ValueError(f"{preset} attends over its last {cfg.window} tokens (a sliding window), "
+                         f"which this model does not express: {needed} positions asked, at most "
+                         f"{cfg.window}")
     max_len = needed if max_len is None else max_len
     if max_len < needed:
         raise ValueError(f"max_len={max_len} is too small: the cache must hold {needed} positions")

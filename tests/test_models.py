@@ -261,11 +261,21 @@ def llama_params(dim, layers, heads, kv_heads, ffn, vocab):
     ("llama2-70b", (8192, 80, 64, 8, 28672, 32000), 68_976_648_192),
     ("llama3-8b", (4096, 32, 32, 8, 14336, 128256), 8_030_261_248),
     ("llama3-70b", (8192, 80, 64, 8, 28672, 128256), 70_553_706_496),
+    # Mistral-7B-v0.1's safetensors total: 262,144,000 + 32*218,112,000 + 4,096
+    ("mistral-7b", (4096, 32, 32, 8, 14336, 32000), 7_241_732_096),
 ])
 def test_llama_parameter_counts(preset, shape, published):
     assert llama_params(*shape) == published
     model, *_ = load("llama").workload(preset=preset)
     assert n_params(model) == published
+
+
+def test_mistral_refuses_contexts_past_its_window():
+    # 4,096 positions is full attention; one more would read keys Mistral's window drops
+    llama = load("llama")
+    assert llama.workload(preset="mistral-7b", phase="decode", ctx=4095, layers=1)
+    with pytest.raises(ValueError, match="sliding window.*4097 positions"):
+        llama.workload(preset="mistral-7b", phase="decode", ctx=4096, layers=1)
 
 
 def transformer_layer_params(d):
