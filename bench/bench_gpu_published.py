@@ -155,6 +155,16 @@ when absent; their README says how each was measured):
         Llama-2-70B's rows (tensor-parallel, on H100 per GPU, and first tokens at 4 GPUs) come
         with --tp.
 
+    --trt-0.9: TensorRT-LLM 0.9.0 static batches; TensorRT-LLM 0.9.0 first token
+        the same page as of release v0.9.0 (its tables: "All data was generated using version
+        0.9.0"): an H200 table beside the H100, L40S and A100 ones, Mistral 7B beside GPT-J 6B
+        and the Llamas, each table's throughput per GPU; engines built with trtllm-build from
+        checkpoint configs (fp8 weights and KV cache on H200, H100, L40S; fp16 on the A100).
+        Predicted as the rows above; Mistral 7B as models/llama.py's mistral-7b. One-GPU rows by
+        default; Llama-2-70B's tensor-parallel ones with --tp too. Left out: Falcon 180B (no
+        model of its shape here) and Mixtral 8x7B (the engine's one MoE plugin against
+        models/moe.py's loops of kernels launched from Python).
+
     nccl-tests all-reduce across servers
         an all-reduce over 24 A100s in 3 servers whose network the poster states (4 HDR NICs a
         server; NVIDIA/nccl-tests#119): fxroof's ring and tree across servers (docs/time-model.md,
@@ -1476,6 +1486,88 @@ TRT_FIRST_TOKEN = (("a100-80gb", None, "gpt-j-6b", 1, 128, 12),
                    ("l40s", FP8, "gpt-j-6b", 1, 2048, 71),
                    ("l40s", FP8, "llama2-7b", 1, 128, 14),
                    ("l40s", FP8, "llama2-7b", 1, 2048, 73))
+# The same page at release v0.9.0 (its tables: "All data was generated using version 0.9.0"),
+# held out: an H200 table beside the H100, L40S and A100 ones, Mistral 7B and Mixtral 8x7B
+# beside GPT-J and the Llamas, engines built from checkpoint configs with trtllm-build (fp8 with
+# an fp8 KV cache on H200, H100 and L40S; fp16 on the A100), and every table's throughput per
+# GPU. Left out: Falcon 180B's rows (fxroof has no Falcon model of its shape) and Mixtral 8x7B's
+# (TensorRT-LLM runs its experts as one MoE plugin; models/moe.py's layouts are loops or einsums
+# of many kernels, launched from Python in compiled mode: not the engine's program). Same columns.
+TRT_090_BATCHES = tuple((chip, q, model, *row) for chip, q, rows in (
+    ("h200", FP8, (("gpt-j-6b", 1, 1024, 128, 128, 27304), ("gpt-j-6b", 1, 120, 128, 2048, 8530),
+                   ("gpt-j-6b", 1, 64, 2048, 128, 2785), ("gpt-j-6b", 1, 64, 2048, 2048, 3753),
+                   ("mistral-7b", 1, 896, 128, 128, 20460),
+                   ("mistral-7b", 1, 120, 128, 2048, 8950),
+                   ("mistral-7b", 1, 64, 2048, 128, 2423),
+                   ("mistral-7b", 1, 56, 2048, 2048, 3867),
+                   ("llama2-7b", 1, 896, 128, 128, 20618), ("llama2-7b", 1, 120, 128, 2048, 8348),
+                   ("llama2-7b", 1, 64, 2048, 128, 2391), ("llama2-7b", 1, 56, 2048, 2048, 3522),
+                   ("llama2-70b", 1, 1024, 128, 128, 3989),
+                   ("llama2-70b", 2, 512, 128, 2048, 3963),
+                   ("llama2-70b", 1, 64, 2048, 128, 418),
+                   ("llama2-70b", 1, 64, 2048, 2048, 1458))),
+    ("h100-sxm", FP8, (("gpt-j-6b", 1, 1024, 128, 128, 25860),
+                       ("gpt-j-6b", 1, 120, 128, 2048, 7350),
+                       ("gpt-j-6b", 1, 64, 2048, 128, 2570),
+                       ("gpt-j-6b", 1, 64, 2048, 2048, 3212),
+                       ("mistral-7b", 1, 896, 128, 128, 20404),
+                       ("mistral-7b", 1, 120, 128, 2048, 8623),
+                       ("mistral-7b", 1, 84, 2048, 128, 2405),
+                       ("mistral-7b", 1, 56, 2048, 2048, 3731),
+                       ("llama2-7b", 1, 896, 128, 128, 19854),
+                       ("llama2-7b", 1, 120, 128, 2048, 6944),
+                       ("llama2-7b", 1, 84, 2048, 128, 2163),
+                       ("llama2-7b", 1, 56, 2048, 2048, 2826),
+                       ("llama2-70b", 2, 1024, 128, 128, 3214),
+                       ("llama2-70b", 4, 512, 128, 2048, 2725),
+                       ("llama2-70b", 2, 96, 2048, 128, 346),
+                       ("llama2-70b", 2, 64, 2048, 2048, 1011))),
+    ("l40s", FP8, (("gpt-j-6b", 1, 512, 128, 128, 7859), ("gpt-j-6b", 1, 64, 128, 2048, 1904),
+                   ("gpt-j-6b", 1, 32, 2048, 128, 684), ("gpt-j-6b", 1, 32, 2048, 2048, 768),
+                   ("mistral-7b", 1, 896, 128, 128, 9562),
+                   ("mistral-7b", 1, 120, 128, 2048, 4387),
+                   ("mistral-7b", 1, 84, 2048, 128, 971),
+                   ("mistral-7b", 1, 56, 2048, 2048, 1721),
+                   ("llama2-7b", 1, 256, 128, 128, 5885), ("llama2-7b", 1, 64, 128, 2048, 1654),
+                   ("llama2-7b", 1, 32, 2048, 128, 574), ("llama2-7b", 1, 16, 2048, 2048, 537),
+                   ("llama2-70b", 2, 256, 128, 128, 562), ("llama2-70b", 4, 256, 128, 2048, 478),
+                   ("llama2-70b", 2, 16, 2048, 128, 49), ("llama2-70b", 4, 64, 2048, 2048, 185))),
+    ("a100-80gb", None, (("gpt-j-6b", 1, 512, 128, 128, 5876),
+                         ("gpt-j-6b", 1, 32, 128, 2048, 1549),
+                         ("gpt-j-6b", 1, 32, 2048, 128, 545),
+                         ("gpt-j-6b", 1, 32, 2048, 2048, 815),
+                         ("mistral-7b", 1, 896, 128, 128, 6251),
+                         ("mistral-7b", 1, 120, 128, 2048, 3776),
+                         ("mistral-7b", 1, 64, 2048, 128, 698),
+                         ("mistral-7b", 1, 56, 2048, 2048, 1576),
+                         ("llama2-7b", 1, 256, 128, 128, 5390),
+                         ("llama2-7b", 1, 32, 128, 2048, 1484),
+                         ("llama2-7b", 1, 32, 2048, 128, 533),
+                         ("llama2-7b", 1, 16, 2048, 2048, 603),
+                         ("llama2-70b", 4, 1024, 128, 128, 686),
+                         ("llama2-70b", 8, 512, 128, 2048, 684),
+                         ("llama2-70b", 4, 96, 2048, 128, 80),
+                         ("llama2-70b", 4, 64, 2048, 2048, 289))))
+    for model, *row in rows)
+# The same release's first tokens at batch 1: (chip, what-if, model, tp, input, ms).
+TRT_090_FIRST_TOKEN = tuple((chip, q, *row) for chip, q, rows in (
+    ("h200", FP8, (("gpt-j-6b", 1, 128, 5.0), ("gpt-j-6b", 1, 2048, 23.5),
+                   ("mistral-7b", 1, 128, 5.9), ("mistral-7b", 1, 2048, 31.7),
+                   ("llama2-7b", 1, 128, 5.7), ("llama2-7b", 1, 2048, 30.2),
+                   ("llama2-70b", 4, 128, 17.8), ("llama2-70b", 4, 2048, 103.0))),
+    ("h100-sxm", FP8, (("gpt-j-6b", 1, 128, 5.5), ("gpt-j-6b", 1, 2048, 23.8),
+                       ("mistral-7b", 1, 128, 6.5), ("mistral-7b", 1, 2048, 32.4),
+                       ("llama2-7b", 1, 128, 6.3), ("llama2-7b", 1, 2048, 30.8),
+                       ("llama2-70b", 4, 128, 19.6), ("llama2-70b", 8, 2048, 85.1))),
+    ("l40s", FP8, (("gpt-j-6b", 1, 128, 12.4), ("gpt-j-6b", 1, 2048, 61.7),
+                   ("mistral-7b", 1, 128, 15.4), ("mistral-7b", 1, 2048, 87.3),
+                   ("llama2-7b", 1, 128, 14.1), ("llama2-7b", 1, 2048, 80.1),
+                   ("llama2-70b", 8, 128, 70.4), ("llama2-70b", 4, 2048, 673.3))),
+    ("a100-80gb", None, (("gpt-j-6b", 1, 128, 14.8), ("gpt-j-6b", 1, 2048, 136.4),
+                         ("mistral-7b", 1, 128, 16.3), ("mistral-7b", 1, 2048, 139.6),
+                         ("llama2-7b", 1, 128, 16.2), ("llama2-7b", 1, 2048, 132.4),
+                         ("llama2-70b", 4, 128, 45.6), ("llama2-70b", 8, 2048, 249.2))))
+    for row in rows)
 # EleutherAI/gpt-j-6b's config.json (the fields that shape the model), in fp16 as the engines
 # were built (--dtype float16)
 GPT_J_6B = dict(model_type="gptj", architectures=["GPTJForCausalLM"], n_embd=4096, n_layer=28,
@@ -1483,11 +1575,18 @@ GPT_J_6B = dict(model_type="gptj", architectures=["GPTJForCausalLM"], n_embd=409
                 activation_function="gelu_new", tie_word_embeddings=False, torch_dtype="float16")
 
 
-def trt_llm_cases(only: str, tensor_parallel: bool = False) -> list[Case]:
-    """tensor_parallel: Llama-2-70B's rows too (sharded captures: about a minute each)."""
-    runs = [("TensorRT-LLM static batches", *r) for r in TRT_BATCHES]
-    runs += [("TensorRT-LLM first token", chip, q, model, tp, 1, n, 1, ms)
-             for chip, q, model, tp, n, ms in TRT_FIRST_TOKEN]
+def trt_llm_cases(only: str, tensor_parallel: bool = False, release_090: bool = False
+                  ) -> list[Case]:
+    """tensor_parallel: Llama-2-70B's rows too (sharded captures: about a minute each).
+    release_090: the page's 0.9.0 tables too (75 one-GPU rows, about 10 minutes)."""
+    runs = []
+    editions = [("TensorRT-LLM", TRT_BATCHES, TRT_FIRST_TOKEN)]
+    if release_090:
+        editions.append(("TensorRT-LLM 0.9.0", TRT_090_BATCHES, TRT_090_FIRST_TOKEN))
+    for edition, batches, first in editions:
+        runs += [(f"{edition} static batches", *r) for r in batches]
+        runs += [(f"{edition} first token", chip, q, model, tp, 1, n, 1, ms)
+                 for chip, q, model, tp, n, ms in first]
     runs = [r for r in runs if only in r[0] and (tensor_parallel or r[4] == 1)]
     if runs and importlib.util.find_spec("transformers") is None:
         print("TensorRT-LLM: GPT-J 6B rows skipped (its model is built with transformers, "
@@ -1673,6 +1772,10 @@ def main(argv=None) -> int:
     ap.add_argument("--tp", action="store_true",
                     help="adds gpt-fast's tensor-parallel rows (21 generations, about 25 "
                          "minutes) and TensorRT-LLM's Llama-2-70B rows")
+    ap.add_argument("--trt-0.9", dest="trt_090", action="store_true",
+                   help="adds TensorRT-LLM's 0.9.0 tables: H200, H100, L40S and A100, GPT-J, "
+                        "Llama-2-7B, Mistral 7B (75 one-GPU rows, about 10 minutes; with --tp "
+                        "also Llama-2-70B's 21 tensor-parallel ones, about 90 s each)")
     ap.add_argument("--training", action="store_true",
                     help="adds torchtitan's FSDP training steps on 64 A100s (8 steps, about 9 "
                          "minutes)")
@@ -1721,7 +1824,7 @@ def main(argv=None) -> int:
              + fa2_benchmark_cases(args.only)
              + square_mm_cases(args.only) + device_bench_cases(args.only)
              + gpt_fast_cases(args.only, args.tp) + torchao_cases(args.only)
-             + trt_llm_cases(args.only, args.tp)
+             + trt_llm_cases(args.only, args.tp, args.trt_090)
              + torchtitan_cases(args.only, args.training))
     if not cases:
         print("no cases to compare")
