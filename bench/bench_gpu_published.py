@@ -1487,13 +1487,13 @@ TRT_FIRST_TOKEN = (("a100-80gb", None, "gpt-j-6b", 1, 128, 12),
                    ("l40s", FP8, "llama2-7b", 1, 128, 14),
                    ("l40s", FP8, "llama2-7b", 1, 2048, 73))
 # The same page at release v0.9.0 (its tables: "All data was generated using version 0.9.0"),
-# held out: an H200 table beside the H100, L40S and A100 ones, Mistral 7B and Mixtral 8x7B
-# beside GPT-J and the Llamas, engines built from checkpoint configs with trtllm-build (fp8 with
+# held out: an H200 table beside the H100, L40S and A100 ones, Mistral 7B beside GPT-J and the
+# Llamas, engines built from checkpoint configs with trtllm-build (fp8 with
 # an fp8 KV cache on H200, H100 and L40S; fp16 on the A100), and every table's throughput per
 # GPU. Left out: Falcon 180B's rows (fxroof has no Falcon model of its shape) and Mixtral 8x7B's
 # (TensorRT-LLM runs its experts as one MoE plugin; models/moe.py's layouts are loops or einsums
 # of many kernels, launched from Python in compiled mode: not the engine's program). Same columns.
-TRT_090_BATCHES = tuple((chip, q, model, *row) for chip, q, rows in (
+TRT_090_BATCHES = tuple((chip, q, *row) for chip, q, rows in (
     ("h200", FP8, (("gpt-j-6b", 1, 1024, 128, 128, 27304), ("gpt-j-6b", 1, 120, 128, 2048, 8530),
                    ("gpt-j-6b", 1, 64, 2048, 128, 2785), ("gpt-j-6b", 1, 64, 2048, 2048, 3753),
                    ("mistral-7b", 1, 896, 128, 128, 20460),
@@ -1548,7 +1548,7 @@ TRT_090_BATCHES = tuple((chip, q, model, *row) for chip, q, rows in (
                          ("llama2-70b", 8, 512, 128, 2048, 684),
                          ("llama2-70b", 4, 96, 2048, 128, 80),
                          ("llama2-70b", 4, 64, 2048, 2048, 289))))
-    for model, *row in rows)
+    for row in rows)
 # The same release's first tokens at batch 1: (chip, what-if, model, tp, input, ms).
 TRT_090_FIRST_TOKEN = tuple((chip, q, *row) for chip, q, rows in (
     ("h200", FP8, (("gpt-j-6b", 1, 128, 5.0), ("gpt-j-6b", 1, 2048, 23.5),
@@ -1773,9 +1773,9 @@ def main(argv=None) -> int:
                     help="adds gpt-fast's tensor-parallel rows (21 generations, about 25 "
                          "minutes) and TensorRT-LLM's Llama-2-70B rows")
     ap.add_argument("--trt-0.9", dest="trt_090", action="store_true",
-                   help="adds TensorRT-LLM's 0.9.0 tables: H200, H100, L40S and A100, GPT-J, "
-                        "Llama-2-7B, Mistral 7B (75 one-GPU rows, about 10 minutes; with --tp "
-                        "also Llama-2-70B's 21 tensor-parallel ones, about 90 s each)")
+                    help="adds TensorRT-LLM's 0.9.0 tables: H200, H100, L40S and A100, GPT-J, "
+                         "Llama-2-7B, Mistral 7B (75 one-GPU rows, about 10 minutes; with --tp "
+                         "also Llama-2-70B's 21 tensor-parallel ones, about 90 s each)")
     ap.add_argument("--training", action="store_true",
                     help="adds torchtitan's FSDP training steps on 64 A100s (8 steps, about 9 "
                          "minutes)")

@@ -212,7 +212,8 @@ def workload(preset: str = "llama2-7b", phase: str = "prefill", batch: int = 1, 
         raise ValueError(f"unknown phase {phase!r}; choose prefill or decode")
     needed = start_pos + tokens_per_seq
     if cfg.window and needed > cfg.window:
-        raise ValueError(f"{preset} attends over its last {cfg.window} tokens (a sliding window), "
+        name = preset if config is None else "this configuration"
+        raise ValueError(f"{name} attends over its last {cfg.window} tokens (a sliding window), "
                          f"which this model does not express: {needed} positions asked, at most "
                          f"{cfg.window}")
     max_len = needed if max_len is None else max_len
