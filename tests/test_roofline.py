@@ -569,6 +569,41 @@ def test_a_cpu_product_packs_the_weights_memory_streams_to_it_before_its_arithme
                                      + 4 * 2 ** 20 / 1e10 - 4 * 2 ** 20 / 4e10)
 
 
+def test_a_cpu_linear_packs_weights_from_memory_at_its_one_row_streaming_rate():
+    """The pass over weights no cache holds walks them row by row, as the one-row product the
+    chip measured (matrix_bw_fraction, by row width) does, not at the copy's pace; convolutions
+    keep the copy's."""
+    import dataclasses
+
+    import torch
+    from torch import nn
+
+    import fxroof
+    from fxroof.chips import Chip
+    c = Chip("m", "Measured", "cpu", {"fp32": 1e11}, vector_flops=4e9, mem_bw=1e10,
+             mem_bytes=1e10, link_bw=1e9, link_latency_s=1e-5, launch_s=5e-6, dispatch_s=5e-6,
+             cache_bytes=2 ** 20, cache_bw=4e10, op_dispatch_s={"linear": 5e-6},
+             op_flops={"linear": 1e11}, matrix_bw_fraction={"fp32": 0.5, "fp32#256": 0.25})
+    with torch.device("meta"):
+        narrow = nn.Linear(256, 4096, bias=False)     # 4 MiB in rows of 256: past the cache
+        wide = nn.Linear(1024, 1024, bias=False)      # 4 MiB in rows of 1,024
+    (k,) = fxroof.analyze(narrow, (torch.empty(64, 256, device="meta"),), chip=c,
+                          mode="eager").kernels
+    # 2 * 64 * 256 * 4096 FLOPs at 100 GFLOP/s, then 4 MiB at a quarter of 10 GB/s
+    assert k.time_s == pytest.approx(5e-6 + 2 * 64 * 256 * 4096 / 1e11 + 4 * 2 ** 20 / 2.5e9)
+    (k,) = fxroof.analyze(wide, (torch.empty(64, 1024, device="meta"),), chip=c,
+                          mode="eager").kernels
+    # rows of 1,024 on the line between 256 (1,024 units of time a row) and 2,048 (4,096):
+    # 1,024 + 3,072 x 768 / 1,792 = 2,340.6, a share of 1,024 / 2,340.6 = 0.4375
+    assert k.time_s == pytest.approx(5e-6 + 2 * 64 * 1024 ** 2 / 1e11
+                                     + 4 * 2 ** 20 / (0.4375 * 1e10))
+    # without the one-row figures, the copy's pace, as before
+    bare = dataclasses.replace(c, matrix_bw_fraction={})
+    (k,) = fxroof.analyze(wide, (torch.empty(64, 1024, device="meta"),), chip=bare,
+                          mode="eager").kernels
+    assert k.time_s == pytest.approx(5e-6 + 2 * 64 * 1024 ** 2 / 1e11 + 4 * 2 ** 20 / 1e10)
+
+
 def test_a_cpu_product_packs_cached_weights_once_the_pass_has_pushed_them_out_of_l2():
     """A model the last-level cache holds keeps its weights there between passes, not in the
     core's L2: a library product still packs them first, from the cache, in the share the rest

@@ -364,7 +364,8 @@ def kernel_timing(chip: Chip, *, flops: float, bytes_moved: float, category: str
             cache_bw = chip.cache_bw or chip.mem_bw
             paid = l2_share(FEW_ROWS_PROBE_BETWEEN, chip.l2_bytes) \
                 if chip.cache_bw and chip.few_rows_measured(rate_op, matrix_rows) else 0.0
-            compute += max(streamed_bytes / chip.mem_bw + cached_bytes * cached_share / cache_bw
+            compute += max(streamed_bytes / packed_from_memory(chip, category, dtype, matrix_width)
+                           + cached_bytes * cached_share / cache_bw
                            - paid * (streamed_bytes + cached_bytes) / cache_bw, 0.0)
     if rate_op and chip.threads > 1 and elements and category in SPLIT_CATEGORIES:
         slower = chip.threads / min(chip.threads, math.ceil(elements / GRAIN_SIZE))
@@ -373,6 +374,19 @@ def kernel_timing(chip: Chip, *, flops: float, bytes_moved: float, category: str
         overhead_s += chip.region_s
     comm = comm_time(chip, comm_bytes, comm_steps, nvls_bytes=nvls_bytes, ranks=comm_ranks)
     return Timing(compute, memory, comm, overhead_s, serial_overhead=chip.kind == "cpu")
+
+
+def packed_from_memory(chip: Chip, category: str, dtype: str, width: int) -> float:
+    """Bytes/s at which a CPU library's linear packs weights that no cache holds: row by row,
+    as its one-row product walks them (matrix_bandwidth_share at their rows' width), not at the
+    copy's pace. On a 2-vCPU EPYC (Zen 4) at one thread, fp32 F.linear on 128 rows paid
+    6-10 GB/s of its weights with rows of 256 and 10-12 with rows of 1,024 once a 16 MiB copy
+    had run, where its one-row probe streamed 9.0 and 20.4 GB/s at 256 and 2,048
+    (docs/calibration.md, "Packing from memory"). A convolution's pass is left at mem_bw: its
+    library reorders its weights another way, not measured."""
+    if category != "matmul":
+        return chip.mem_bw
+    return chip.mem_bw * chip.matrix_bandwidth_share(dtype or "fp32", width)
 
 
 def intensity(flops: float, bytes_moved: float) -> float:
