@@ -571,8 +571,7 @@ def test_a_cpu_product_packs_the_weights_memory_streams_to_it_before_its_arithme
 
 def test_a_cpu_linear_packs_weights_from_memory_at_its_one_row_streaming_rate():
     """The pass over weights no cache holds walks them row by row, as the one-row product the
-    chip measured (matrix_bw_fraction, by row width) does, not at the copy's pace; convolutions
-    keep the copy's."""
+    chip measured (matrix_bw_fraction, by row width) does, not at the copy's pace."""
     import dataclasses
 
     import torch

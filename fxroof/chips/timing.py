@@ -379,14 +379,13 @@ def kernel_timing(chip: Chip, *, flops: float, bytes_moved: float, category: str
 def packed_from_memory(chip: Chip, category: str, dtype: str, width: int) -> float:
     """Bytes/s at which a CPU library's linear packs weights that no cache holds: row by row,
     as its one-row product walks them (matrix_bandwidth_share at their rows' width), not at the
-    copy's pace. On a 2-vCPU EPYC (Zen 4) at one thread, fp32 F.linear on 128 rows paid
-    6-10 GB/s of its weights with rows of 256 and 10-12 with rows of 1,024 once a 16 MiB copy
-    had run, where its one-row probe streamed 9.0 and 20.4 GB/s at 256 and 2,048
-    (docs/calibration.md, "Packing from memory"). A convolution's pass stays at mem_bw: timed
-    the same way, 1x1 and 3x3 convolutions of 0.6-9.4 MB of weights paid 21-74 GB/s of them."""
-    if category != "matmul":
-        return chip.mem_bw
-    return chip.mem_bw * chip.matrix_bandwidth_share(dtype or "fp32", width)
+    copy's pace. On a 2-vCPU EPYC (Zen 4) at one thread, fp32 F.linear on 4-512 rows paid a
+    median 8.0 GB/s of its weights with rows of 256 once a 16 MiB copy had run, where its
+    one-row probe streamed 9.0 GB/s at 256 (docs/calibration.md, "Packing from memory"). A
+    convolution's pass stays at mem_bw: timed the same way, 1x1 and 3x3 convolutions of
+    0.6-9.4 MB of weights paid 21-74 GB/s of them."""
+    share = chip.matrix_bandwidth_share(dtype or "fp32", width) if category == "matmul" else 1.0
+    return chip.mem_bw * share
 
 
 def intensity(flops: float, bytes_moved: float) -> float:
