@@ -21,7 +21,7 @@ from fxroof.chips import chip as find_chip
 from fxroof.chips.timing import GRAPH_MODE, MODES
 from fxroof.cost import COST_KEY
 from fxroof.cost.annotate import annotate
-from fxroof.cost.whatif import Quantization, quantize_graph
+from fxroof.cost.whatif import Quantization, WhatIf, quantize_graph
 from fxroof.cost.whatif import parse as parse_quantization
 from fxroof.fuse import fuse, unfused
 from fxroof.fuse.layout import channels_last_nodes
@@ -272,7 +272,7 @@ def report_of(captured: Captured, target: Target) -> Report:
         + report_notes.matrix_unit_notes(nodes, chip, target.quantize)
         + report_notes.matmul_share_notes(nodes, chip)
         + report_notes.decomposed_notes(compiled, nodes) + report_notes.network_notes(nodes, chip)
-        + _whatif_notes(gm, whatif.requantized, target) + _routing_notes(gm, captured, target)
+        + _whatif_notes(gm, whatif, target) + _routing_notes(gm, captured, target)
         + report_notes.repeated_kv_notes(gm, nodes) + report_notes.fused_recurrence_notes(nodes)
         + ((_FSDP_NOTE if target.fsdp else _DP_NOTE),) * (target.dp > 1),
         training=target.optimizer if target.train else "", dp=target.dp, fsdp=target.fsdp,
@@ -335,24 +335,42 @@ def _routing_notes(gm, captured: Captured, target: Target) -> tuple:
     return tuple(notes)
 
 
-def _whatif_notes(gm, requantized: frozenset, target: Target) -> tuple:
-    """Fused kernels count their bytes from tensor sizes, not from the ops' Cost records: a
-    quantized tensor read by an op that fuses keeps its unquantized size in compiled mode."""
-    fusable = sum(1 for n in gm.graph.nodes if n.name in requantized and classify(
+# What each part of a what-if looks for, where a graph has none of it
+_UNMATCHED = {"weights": "no matmul reads a weight",
+              "kv_cache": "no input is written in place (a KV cache the step updates)",
+              "matmul": "the graph has no matmul or convolution"}
+
+
+def _whatif_notes(gm, whatif: WhatIf, target: Target) -> tuple:
+    """What the what-if changed and did not. Fused kernels count their bytes from tensor sizes,
+    not from the ops' Cost records: a quantized tensor read by an op that fuses keeps its
+    unquantized size in compiled mode."""
+    q, kept = whatif.quantization, whatif.convs_kept
+    notes = [f"what-if {q.label}: {_UNMATCHED[part]}, so its {part.replace('_', ' ')} part "
+             f"changed nothing" for part in whatif.unmatched]
+    if kept:
+        notes.append(f"{kept} convolution{'s keep their' if kept > 1 else ' keeps its'} 16-bit "
+                     f"weights: weight-only schemes are matmul kernels; 'w8a8' or 'fp8' runs "
+                     f"convolutions on 8-bit operands, as TensorRT's int8 and fp8 engines do")
+    fusable = sum(1 for n in gm.graph.nodes if n.name in whatif.requantized and classify(
         n, n.meta[COST_KEY], getattr(n.target, "overloadpacket", None))[0] != "solo")
-    notes = [f"{fusable} fusable ops read quantized tensors: in compiled mode their fused kernels "
-             f"count those reads at the unquantized size"] if fusable else []
-    dtype = target.quantize.matmul if target.quantize else ""
+    if fusable:
+        notes.append(f"{fusable} fusable ops read quantized tensors: in compiled mode their fused "
+                     f"kernels count those reads at the unquantized size")
+    dtype = q.matmul if q and "matmul" not in whatif.unmatched else ""
+    convs = any(n.name in whatif.requantized and n.meta[COST_KEY].category == "conv"
+                for n in gm.graph.nodes)
+    products = "matmuls and convolutions" if convs else "matmuls"
     if dtype and target.train:
         scales = ("are found at each call by kernels of their own (gap part 'quantize')"
                   if target.quantize.activations else
                   f"are not counted ('{'fp8' if dtype == 'fp8' else 'w8a8'}+dq' counts them)")
-        notes.append(f"{dtype} training: every matmul of the forward and the backward runs on "
+        notes.append(f"{dtype} training: every product of the forward and the backward runs on "
                      f"{dtype} operands; the weights stay in full precision, and the casts and "
                      f"scales of each operand {scales}")
     elif dtype and target.quantize.activations:      # the kernels dynamic scales run
         per = target.quantize.activations
-        notes.append(f"{dtype} matmuls read their operands in 8 bits at the {dtype} peak; their "
+        notes.append(f"{dtype} {products} read their operands in 8 bits at the {dtype} peak; their "
                      f"activations are quantized at each call, a scale a {per} from their "
                      f"absolute maximum, by {'one kernel' if per == 'row' else 'two kernels'} "
                      f"before each matmul (gap part 'quantize'; compiled, a row's scale is found "
@@ -360,12 +378,12 @@ def _whatif_notes(gm, requantized: frozenset, target: Target) -> tuple:
                      f"kernels' own pace at a few rows is not modelled "
                      f"(docs/whatif-and-parallel.md)")
     elif dtype:      # scales fixed ahead of time: the cast goes into the op making them
-        notes.append(f"{dtype} matmuls read their operands in 8 bits at the {dtype} peak, the "
+        notes.append(f"{dtype} {products} read their operands in 8 bits at the {dtype} peak, the "
                      f"activations' scales fixed ahead of time (their cast fused into the op "
                      f"making them); scales found at each call run kernels of their own before "
                      f"each matmul, which '{dtype if dtype == 'fp8' else 'w8a8'}+dq' (a scale a "
                      f"row) or '+dq-tensor' counts (docs/time-model.md, torchao)")
     if dtype and target.chip.matrix_dtype(dtype) != dtype:    # the bytes shrink all the same
-        notes.append(f"{target.chip.name} has no {dtype} matrix units: {dtype} matmuls run at its "
-                     f"{target.chip.matrix_dtype(dtype)} peak")
+        notes.append(f"{target.chip.name} has no {dtype} matrix units: {dtype} {products} run at "
+                     f"its {target.chip.matrix_dtype(dtype)} peak")
     return tuple(notes)

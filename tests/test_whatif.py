@@ -74,6 +74,60 @@ def test_fp8_matmul_runs_at_the_fp8_peak_with_8_bit_operands():
     assert any("scales found at each call run kernels of their own" in n for n in r.notes)
 
 
+def conv(batch: int = 8):
+    with torch.device("meta"):
+        model = torch.nn.Conv2d(64, 128, 3, padding=1, bias=False).to(torch.float16)
+    return model, (torch.empty(batch, 64, 56, 56, dtype=torch.float16, device="meta"),)
+
+
+def conv_row(report):
+    (row,) = [n for n in report.nodes if n.category == "conv"]
+    return row
+
+
+def test_8_bit_operands_run_a_convolution_at_the_int8_peak():
+    # TensorRT's int8 CNN engines: a convolution reads its input and weights in 8 bits
+    model, args = conv()
+    r = fxroof.analyze(model, args, chip="h100-sxm", quantize="w8a8")
+    row = conv_row(r)
+    assert row.dtype == "int8"
+    # input 8*64*56*56 = 1,605,632 and weights 128*64*3*3 = 73,728 at 1 byte (3,358,720 bytes
+    # in fp16); the fp16 output keeps 2 bytes: 8*128*56*56*2 = 6,422,528
+    assert row.bytes_read == 1_605_632 + 73_728
+    assert row.bytes_written == 6_422_528
+    assert r.memory.weights == 73_728
+    # 2*8*128*56*56*64*9 = 3,699,376,128 FLOP at H100 SXM's dense int8 peak, 1978.9 TOPS
+    (kernel,) = [k for k in r.kernels if k.category == "conv"]
+    assert kernel.timing.compute_s == pytest.approx(3_699_376_128 / 1978.9e12, rel=1e-6)
+    assert any(n.startswith("int8 matmuls and convolutions read their operands in 8 bits")
+               for n in r.notes)
+
+
+def test_weight_only_schemes_leave_convolutions_16_bit_and_say_so():
+    model, args = conv()
+    r = fxroof.analyze(model, args, chip="h100-sxm", quantize="w4")
+    row = conv_row(r)
+    assert (row.dtype, row.bytes_read) == ("fp16", 3_358_720)     # as captured
+    assert r.memory.weights == 73_728 * 2
+    assert ("what-if int4 weights (g128): no matmul reads a weight, so its weights part "
+            "changed nothing") in r.notes
+    assert any(n.startswith("1 convolution keeps its 16-bit weights") for n in r.notes)
+
+
+def test_a_what_if_part_that_finds_nothing_says_so():
+    model, args = linear()                    # a linear layer: no cache written in place
+    r = fxroof.analyze(model, args, quantize="w8+kv8")
+    assert matmul_row(r).bytes_read == W + N * 2 + K * 2         # the weights part applied
+    assert r.notes == ("what-if int8 weights (per row) + int8 KV cache: no input is written in "
+                       "place (a KV cache the step updates), so its kv cache part changed "
+                       "nothing",)
+    with torch.device("meta"):
+        norm = torch.nn.LayerNorm(K).to(torch.bfloat16)
+    r = fxroof.analyze(norm, args, quantize="fp8")
+    assert r.notes == ("what-if fp8 matmuls: the graph has no matmul or convolution, so its "
+                       "matmul part changed nothing",)
+
+
 def test_activations_scaled_at_each_call_run_kernels_of_their_own():
     from fxroof.chips import chip
     from fxroof.chips.expected import copy_kernel_time

@@ -41,6 +41,11 @@ EIGHT_BIT = ("fp8", "int8")                     # the KV cache's and the matmuls
 # segmented_max_reduction and scaled_fp8_quant, torchao's per tensor).
 ACTIVATION_SCALES = ("", "row", "tensor")
 SCALE_BYTES = 4                                 # fp32 scales
+# The products 8-bit operands apply to: library GEMMs, and convolutions, which TensorRT's int8
+# and fp8 engines and cuDNN run on 8-bit operands too. Weight-only schemes stay with matmuls:
+# their dequantizing kernels (gpt-fast's, Marlin, torchao's) are GEMMs; no library runs a
+# convolution on int4 weights and 16-bit activations.
+EIGHT_BIT_PRODUCTS = ("matmul", "conv")
 
 
 @dataclass(frozen=True)
@@ -51,7 +56,8 @@ class Quantization:
     scale_bytes: int = 2     # fp16 scales
     kv_cache: str = ""       # "int8" (one fp16 scale per `kv_group` values) or "fp8" (no scales)
     kv_group: int = 128      # a head_dim of 128: one scale per head per token
-    matmul: str = ""         # "fp8" or "int8": matmul operands in 8 bits, run at that peak
+    matmul: str = ""         # "fp8" or "int8": matmul and convolution operands in 8 bits, at
+                             # that peak
     activations: str = ""    # 8-bit matmuls' activation scales: ACTIVATION_SCALES
 
     def __post_init__(self):
@@ -146,6 +152,11 @@ class WhatIf:
     weight_saved: int = 0        # bytes fewer in weights
     kv_saved: int = 0            # bytes fewer in the KV cache
     requantized: frozenset = frozenset()   # nodes whose Cost was rewritten
+    # the parts of the spec that matched nothing in this graph ("weights", "kv_cache",
+    # "matmul"), and the convolutions a weight-only part left 16-bit: the report says so, so a
+    # what-if that changed nothing never reads as one that changed nothing worth having
+    unmatched: tuple = ()
+    convs_kept: int = 0
     # (graph input name, stored bytes / bytes as captured) of each quantized weight: what a
     # fused kernel reading it moves, where fusion counts bytes from tensors, not from Costs
     stored: tuple = ()
@@ -225,11 +236,14 @@ def quantize_graph(gm: fx.GraphModule, weights: frozenset, spec, stored: bool = 
     if q.kv_cache:
         cache -= recurrent_states(gm, owner, cache)
 
-    # Which storages are quantized: weights a matmul reads, inputs written in place (the cache).
+    # Which storages are quantized: weights a matmul reads (8-bit operands: a convolution too),
+    # inputs written in place (the cache).
     quantized: dict = {}                              # storage -> (kind, the input's last dim)
     gathered = _gathered_into_products(calls)         # gathers feeding matmuls
     for n in calls:
-        into_product = n.meta[COST_KEY].category == "matmul" or n in gathered
+        category = n.meta[COST_KEY].category
+        into_product = (category == "matmul" or n in gathered
+                        or category in EIGHT_BIT_PRODUCTS and bool(q.matmul))
         for s in map(storage, OpCall.of(n).inputs):   # owner has every input's, the cache's too
             if (s in owner and owner[s].name in weights and into_product
                     and (q.weights or q.matmul and stored)):
@@ -253,7 +267,7 @@ def quantize_graph(gm: fx.GraphModule, weights: frozenset, spec, stored: bool = 
         cost = n.meta[COST_KEY]
         if cost.category == "view" or not cost.known:
             continue
-        mm8 = bool(q.matmul) and cost.category == "matmul"
+        mm8 = bool(q.matmul) and cost.category in EIGHT_BIT_PRODUCTS
         ins = OpCall.of(n).inputs
         touched = {id(t): t for t in ins + tensors_in(n.meta.get("val"))
                    if storage(t) in quantized}
@@ -263,6 +277,15 @@ def quantize_graph(gm: fx.GraphModule, weights: frozenset, spec, stored: bool = 
             n.meta[COST_KEY] = _requantized(n, cost, touched.values(), quantized, q, mm8)
             requantized.add(n.name)
 
+    kinds = {kind for kind, _ in quantized.values()}
+    products8 = sum(1 for n in calls if n.meta[COST_KEY].category in EIGHT_BIT_PRODUCTS)
+    unmatched = tuple(part for part, asked, found in (
+        ("weights", q.weights, "weight" in kinds), ("kv_cache", q.kv_cache, "kv" in kinds),
+        ("matmul", q.matmul, products8 > 0)) if asked and not found)
+    convs_kept = sum(1 for n in calls if q.weights and n.meta[COST_KEY].category == "conv"
+                     and any(owner.get(storage(t)) is not None
+                             and owner[storage(t)].name in weights
+                             for t in OpCall.of(n).inputs))
     saved, stored = {"weight": 0, "kv": 0}, []
     for s, (kind, row) in quantized.items():
         t = owner[s].meta["val"]
@@ -271,7 +294,8 @@ def quantize_graph(gm: fx.GraphModule, weights: frozenset, spec, stored: bool = 
         if kind == "weight" and size:
             stored.append((owner[s].name,
                            q.stored_bytes(kind, size // t.element_size(), row) / size))
-    return WhatIf(q, saved["weight"], saved["kv"], frozenset(requantized), tuple(stored))
+    return WhatIf(q, saved["weight"], saved["kv"], frozenset(requantized), unmatched=unmatched,
+                  convs_kept=convs_kept, stored=tuple(stored))
 
 
 def _gathered_into_products(calls) -> set:
