@@ -517,16 +517,29 @@ def add_trace(archive: Path, name: str, trace: bytes) -> None:
         z.writestr(f"{name}.json", trace)
 
 
+def table_entry_name(gpu: str) -> str | None:
+    """The chip table's entry whose alias is the name the driver reports (a lent GPU may be an
+    H100 or an H200: the recorded chip must be the one that ran)."""
+    from fxroof.chips import table_chip
+    found = table_chip(gpu)
+    return found.name if found is not None else None
+
+
 def measure(ns) -> int:
     if not torch.cuda.is_available():
         print("gpu_measure: no CUDA device here; run `measure` on a GPU, `compare` anywhere")
         return 2
     t_start = time.perf_counter()
+    chip_name = ns.chip or table_entry_name(torch.cuda.get_device_name(0))
+    if chip_name is None:
+        print(f"gpu_measure: the chip table has no entry named {torch.cuda.get_device_name(0)!r}; "
+              f"give the nearest with --chip (`fxroof chips` lists them)")
+        return 2
     props = torch.cuda.get_device_properties(0)
     l2 = float(getattr(props, "L2_cache_size", 50 << 20))
     out = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__,
            "cuda": torch.version.cuda, "date": str(datetime.date.today()),
-           "chip": ns.chip, "sm_count": props.multi_processor_count, "l2_bytes": l2,
+           "chip": chip_name, "sm_count": props.multi_processor_count, "l2_bytes": l2,
            "memory_bytes": props.total_memory, "rows": []}
     path = Path(ns.out)
     if ns.traces:
@@ -694,7 +707,8 @@ def main(argv=None) -> int:
     sub = ap.add_subparsers(dest="step", required=True)
     m = sub.add_parser("measure", help="time every case on this machine's GPU")
     m.add_argument("--out", default="gpu-measured.json")
-    m.add_argument("--chip", default="h200", help="the table's chip for this GPU (recorded)")
+    m.add_argument("--chip", help="the table's chip for this GPU (recorded; default: the entry "
+                                  "whose alias is the name the driver reports)")
     m.add_argument("--budget-s", type=float, default=330, help="skip the cases left after this")
     m.add_argument("--only", nargs="*", default=[])
     m.add_argument("--traces", help="also profile each model's eager forward into this zip")

@@ -18,14 +18,20 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,po
     --format=csv 2>&1 | tee "$out/gpu.txt"
 "$py" -c "import torch, transformers; print(torch.__version__, torch.version.cuda, \
 transformers.__version__)" 2>&1 | tee -a "$out/gpu.txt"
-timeout 370 "$py" bench/gpu_measure.py measure --out "$out/measured.json" --budget-s 280 \
+# the table's entry for the GPU at hand (a lent GPU may be an H100 or an H200); CHIP= overrides
+chip=${CHIP:-$("$py" -c "import torch; from fxroof.chips import table_chip; \
+c = table_chip(torch.cuda.get_device_name(0)); print(c.name if c else '')")}
+echo "chip: ${chip:-none in the table (fxroof measure calibrates this GPU instead)}" \
+    | tee -a "$out/gpu.txt"
+chip_args=(); [ -n "$chip" ] && chip_args=(--chip "$chip")
+timeout 370 "$py" bench/gpu_measure.py measure "${chip_args[@]}" --out "$out/measured.json" --budget-s 280 \
     --traces "$out/traces.zip" 2>&1 | tee "$out/measure.txt"
 timeout 120 "$py" -m fxroof calibrate --device cuda --out "$out/calibrated-cuda.json" \
     2>&1 | tee "$out/calibrate.txt"
 timeout 45 "$py" -m fxroof measure models/resnet.py --set device=cuda --set batch=64 \
-    --set dtype=bf16 --chip h200 --repeat 10 --json "$out/fxroof-measure.json" \
+    --set dtype=bf16 "${chip_args[@]}" --repeat 10 --json "$out/fxroof-measure.json" \
     2>&1 | tee "$out/fxroof-measure.txt"
 # the same model under torch.compile, beside the compiled prediction (its table in the same file)
 timeout 45 "$py" -m fxroof measure models/resnet.py --set device=cuda --set batch=64 \
-    --set dtype=bf16 --chip h200 --repeat 10 --mode compiled \
+    --set dtype=bf16 "${chip_args[@]}" --repeat 10 --mode compiled \
     2>&1 | tee -a "$out/fxroof-measure.txt"
