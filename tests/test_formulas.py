@@ -502,3 +502,21 @@ def test_a_convolution_on_a_channel_slice_counts_the_copy_pytorch_makes_first():
     # a channels-last input is taken as it is
     cl = x[:, 8:].contiguous(memory_format=torch.channels_last)
     assert cost_of(conv, "conv2d", cl).bytes_read == plain.bytes_read
+
+
+def test_a_pooling_window_reads_only_the_taps_inside_its_input():
+    # EfficientNet's head (transformers): AvgPool2d(hidden_dim=1280, ceil_mode=True) over the
+    # last 3 x 3 feature map. One window, clipped to the input: 9 taps a channel, 8 channels
+    c = cost_of(torch.nn.AvgPool2d(1280, ceil_mode=True), "avg_pool2d", torch.randn(1, 8, 3, 3))
+    assert c.flops == 8 * 9                           # not 8 * 1280 * 1280 = 13,107,200
+    # ResNet's stem pool, 3x3 / 2 with padding 1 over 112 pixels: 56 windows a dim, the first
+    # hanging one tap over the edge: 2 + 55 * 3 = 167 taps a dim, 167^2 = 27,889 a channel
+    c = cost_of(torch.nn.MaxPool2d(3, stride=2, padding=1), "max_pool2d",
+                torch.randn(1, 1, 112, 112))
+    assert c.flops == 167 * 167
+    # windows that tile the input: every input element once (2 x 4 x 6 x 6 = 288)
+    c = cost_of(torch.nn.MaxPool2d(2), "max_pool2d", torch.randn(2, 4, 6, 6))
+    assert c.flops == 288
+    # dilation 2, kernel 3 over 5: one window, taps at 0, 2, 4
+    c = cost_of(torch.nn.MaxPool1d(3, stride=1, dilation=2), "max_pool1d", torch.randn(1, 1, 5))
+    assert c.flops == 3

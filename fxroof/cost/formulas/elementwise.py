@@ -220,20 +220,51 @@ def sort(call: OpCall):
     return call.cost(numel(x) * max(1, math.ceil(math.log2(max(n, 2)))), "other")
 
 
-def _window(call: OpCall) -> int:
-    """Taps in one pooling window; an int kernel_size means the same size in every dim."""
-    dims = int(next(c for c in call.op.__name__ if c.isdigit()))   # max_pool2d -> 2
-    kernel = call.get("kernel_size", 1)
-    kernel = list(kernel) if isinstance(kernel, (list, tuple)) else [kernel]
-    return math.prod(kernel * dims if len(kernel) == 1 else kernel)
+def _per_dim(call: OpCall, name: str, dims: int, default) -> list[int]:
+    """A pooling argument as one int a spatial dim (an int or a 1-list means every dim)."""
+    value = call.get(name, default)
+    value = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not value:                       # stride=[]: the kernel size (ATen's default)
+        return []
+    return [int(v) for v in (value * dims if len(value) == 1 else value)]
+
+
+def _taps(size: int, out: int, kernel: int, stride: int, pad: int, dilation: int) -> int:
+    """Input positions the `out` windows along one dim visit, summed: a window reads only the
+    taps inside the input, so one larger than it (EfficientNet's AvgPool2d(1280, ceil_mode)
+    over 3 x 3 pixels) reads the 3 x 3, not 1280 x 1280."""
+    total = 0
+    for o in range(out):
+        start = o * stride - pad
+        first = -(start // dilation) if start < 0 else 0          # ceil(-start / dilation)
+        last = min(kernel - 1, (size - 1 - start) // dilation)
+        total += max(0, last - first + 1)
+    return total
+
+
+def _window_taps(call: OpCall, dims: int) -> int:
+    """Taps all of one channel's windows read: separable, the product over the `dims` spatial
+    dims of the taps along each."""
+    sizes = [int(s) for s in call.inputs[0].shape[-dims:]]
+    outs = [int(s) for s in call.outputs[0].shape[-dims:]]
+    kernel = _per_dim(call, "kernel_size", dims, 1)
+    if "fractional" in call.op.__name__:     # pseudo-random windows, each inside the input
+        return math.prod(o * min(k, n) for o, k, n in zip(outs, kernel, sizes))
+    stride = _per_dim(call, "stride", dims, []) or kernel
+    pad = _per_dim(call, "padding", dims, 0)
+    dilation = _per_dim(call, "dilation", dims, 1)
+    return math.prod(_taps(n, o, k, st, p, d)
+                     for n, o, k, st, p, d in zip(sizes, outs, kernel, stride, pad, dilation))
 
 
 @formula(aten.max_pool1d, aten.max_pool2d, aten.max_pool3d, aten.max_pool2d_with_indices,
          aten.max_pool3d_with_indices, aten.avg_pool1d, aten.avg_pool2d, aten.avg_pool3d,
          aten.fractional_max_pool2d, aten.fractional_max_pool3d, category="reduction")
 def pool(call: OpCall):
+    dims = int(next(c for c in call.op.__name__ if c.isdigit()))   # max_pool2d -> 2
     out = call.outputs[0]
-    return call.cost(numel(out) * _window(call), "reduction")  # one op per window tap
+    channels = math.prod(int(s) for s in out.shape[:-dims])        # (batch,) channels
+    return call.cost(channels * _window_taps(call, dims), "reduction")   # an op a tap read
 
 
 _TAPS = {"nearest": 1, "linear": 2, "bilinear": 4, "bicubic": 16, "trilinear": 8}
