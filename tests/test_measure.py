@@ -107,6 +107,28 @@ def test_make_fx_fallback_maps_parameters_in_order(monkeypatch):
     assert m.capture == "make_fx" and len(m.rows) >= 4
 
 
+class SizedByItsInput(torch.nn.Module):
+    """A size read from a tensor's value (Reformer's hash buckets, a router's counts)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(8, 8)
+
+    def forward(self, x):
+        n = int(x.sum().item())
+        return self.fc(x.new_ones(n, 8)).cumsum(0)
+
+
+def test_a_graph_sized_by_its_inputs_values_runs_on_those_inputs():
+    # torch.export leaves the size a symbol no pass can size, so the graph is traced on the
+    # example's values, as analyze traces it: the same inputs run it, node by node
+    model, x = SizedByItsInput().eval(), torch.full((3,), 2.0)
+    m = measure(model, (x,), chip=CHIP, warmup=0, repeat=2)
+    assert m.capture.startswith("make_fx on example values")
+    assert {r.op for r in m.rows} >= {"addmm", "cumsum"}      # make_fx records linear so
+    assert all(r.measured_s > 0 for r in m.rows)
+
+
 def test_a_plain_function_is_measured():
     def scaled_sum(a, b):
         return torch.relu(a @ b).sum(dim=-1)

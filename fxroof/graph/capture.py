@@ -126,7 +126,7 @@ def capture(model, args=(), kwargs=None, routing: Routing | str | None = None) -
         # weights keep their own device handling in _make_fx.
         fake = FakeCopier()
         model, args, kwargs = fake.copy(model), fake.inputs(args), fake.inputs(kwargs)
-    routed, example = f"make_fx, {assumed.label} routing", "make_fx on example values"
+    routed, example = f"make_fx, {assumed.label} routing", ON_EXAMPLE_VALUES
     strategies = [("torch.export", _export), ("make_fx", _inference(_make_fx)),
                   ("symbolic_trace",
                    _inference(lambda m, a, k: _make_fx(fx.symbolic_trace(m), a, k)))]
@@ -147,7 +147,7 @@ def capture(model, args=(), kwargs=None, routing: Routing | str | None = None) -
                 gm, weights = fn(model, args, kwargs)
                 if seen and strategy == "torch.export":    # it keeps autocast as a region
                     raise ValueError("autocast regions: make_fx records their casts")
-                if strategy not in (routed, example) and _valued_sizes(gm):
+                if strategy not in (routed, example) and valued_sizes(gm):
                     # the routing's or the example's turn next: no later pass can size these
                     raise ValuedSizes("sizes depend on tensor values")
                 used = gm.meta.get(ROUTED, False)    # else values made from constants only
@@ -311,17 +311,22 @@ class ValuedSizes(RuntimeError):
     """A graph captured with sizes that stand for values the model read."""
 
 
-def _valued_sizes(gm: fx.GraphModule) -> bool:
+def valued_sizes(gm: fx.GraphModule) -> bool:
     """Whether a tensor's size is a symbol standing for a value the model read (all others are
     static): a graph no later pass can size."""
     return any(isinstance(s, torch.SymInt) for n in gm.graph.nodes
                for t in tensors_in(n.meta.get("val")) for s in (*t.shape, *t.stride()))
 
 
+# The capture line of a graph traced on the example's values begins so: the graph holds the
+# example's branches and sizes, so it runs for real on those inputs (fxroof.measure.runner)
+ON_EXAMPLE_VALUES = "make_fx on example values"
+
+
 def _example_strategy(read: list) -> str:
     """The capture line of a graph traced on the example's values: where the model read one."""
     more = f" and {len(read) - 3} more" if len(read) > 3 else ""
-    return (f"make_fx on example values: branches and sizes at {', '.join(read[:3])}{more} "
+    return (f"{ON_EXAMPLE_VALUES}: branches and sizes at {', '.join(read[:3])}{more} "
             f"follow the example inputs")
 
 

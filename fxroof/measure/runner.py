@@ -25,8 +25,8 @@ import torch.utils._pytree as pytree
 from torch.export.graph_signature import ConstantArgument, InputKind
 
 from fxroof.errors import one_line
-from fxroof.graph.capture import (FunctionModule, TensorOutputs, capture, is_aten_graph,
-                                  preserved_modes, quiet_torch)
+from fxroof.graph.capture import (ON_EXAMPLE_VALUES, FunctionModule, TensorOutputs, capture,
+                                  is_aten_graph, preserved_modes, quiet_torch, valued_sizes)
 from fxroof.graph.tensors import tensors_in
 from fxroof.measure.machine import elapsed, marker, span
 
@@ -67,9 +67,14 @@ def program(model, args: tuple, kwargs: dict):
         except Exception:   # capture() below tries export again and then its fallbacks
             pass
         else:
-            return _from_program(ep, args, kwargs, name)
+            # sizes standing for values the model read (Reformer's buckets): no pass can size
+            # them; capture() traces on the example's values instead, as analyze does
+            if not valued_sizes(ep.graph_module):
+                return _from_program(ep, args, kwargs, name)
     captured = dataclasses.replace(capture(model, args, kwargs), name=name)
-    if captured.strategy not in ("make_fx", "symbolic_trace"):
+    # a graph traced on these very inputs' values holds their branches and sizes: it runs
+    if captured.strategy not in ("make_fx", "symbolic_trace") and \
+            not captured.strategy.startswith(ON_EXAMPLE_VALUES):
         raise MeasureError(f"cannot run a graph captured with {captured.strategy} for real")
     traced = fx.symbolic_trace(model) if captured.strategy == "symbolic_trace" else model
     values = pytree.tree_leaves((dict(traced.named_parameters(remove_duplicate=False)),
