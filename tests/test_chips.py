@@ -716,3 +716,20 @@ def test_a_one_row_products_share_follows_its_weight_rows_width(tmp_path):
     assert c.matrix_bandwidth_share("fp32", width=8192) == pytest.approx(1.0)    # the widest
     assert c.matrix_bandwidth_share("fp32") == 1.0                   # no width: the probe's
     assert c.matrix_bandwidth_share("bf16", width=256) == 1.0        # bf16 not measured
+
+
+def test_a_depthwise_conv1d_pays_the_depthwise_convolutions_measured_entry(tmp_path):
+    # PyTorch runs conv1d as a 2-d convolution of height 1: a depthwise one (Mamba's causal
+    # convolution) enters oneDNN's depthwise kernel, which a CPU's table files as conv2d's
+    import fxroof
+    entry = measured_entry()
+    entry["op_dispatch_us"] = {"conv2d(onednn-depthwise)": 60, "add": 4}
+    c = chip(str(write(tmp_path, entry)))
+    conv = torch.nn.Conv1d(64, 64, 4, groups=64, padding=3)
+    r = fxroof.analyze(conv, (torch.randn(2, 64, 16),), chip=c, mode="eager")
+    (row,) = [n for n in r.nodes if n.category == "conv"]
+    assert (row.op, row.variant, row.cost_key) == ("conv1d", "onednn-depthwise",
+                                                    "conv2d(onednn-depthwise)")
+    assert c.eager_dispatch(row.cost_key) == pytest.approx(60e-6)      # not the 12 us default
+    (kernel,) = [k for k in r.kernels if k.category == "conv"]
+    assert kernel.time_s >= 60e-6

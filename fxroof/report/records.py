@@ -24,6 +24,13 @@ from fxroof.report.streams import Schedule, attribute, on_chip_floor, schedule
 SCHEMA = "fxroof.report/1"
 
 
+# Ops that reach the same ATen call as another whose name a chip's table files them under:
+# conv1d runs as a 2-d convolution of height 1 (view1d_as_2d in ATen's _convolution), and
+# aten.convolution, which make_fx records, is what conv2d calls. Without it a depthwise conv1d
+# (Mamba's, RWKV's) took the median tiny call, 5 us, where oneDNN's depthwise entry costs 61.
+TABLE_NAMES = {"conv1d": "conv2d", "convolution": "conv2d", "_convolution": "conv2d"}
+
+
 @dataclass(frozen=True)
 class NodeRow:
     name: str
@@ -61,9 +68,11 @@ class NodeRow:
 
     @property
     def cost_key(self) -> str:
-        """The name a chip measured op by op files this call's costs under: the op, and the
-        implementation where the call's shapes pick one ("convolution(onednn)")."""
-        return f"{self.op}({self.variant})" if self.variant else self.op
+        """The name a chip measured op by op files this call's costs under: the op (as PyTorch
+        runs it: TABLE_NAMES), and the implementation where the call's shapes pick one
+        ("conv2d(onednn)")."""
+        op = TABLE_NAMES.get(self.op, self.op)
+        return f"{op}({self.variant})" if self.variant else op
 
     def to_dict(self) -> dict:
         return {k: list(v) if k in ("grid", "relayout", "reread", "quantize",
