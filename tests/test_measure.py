@@ -184,3 +184,18 @@ def test_compiled_mode_times_torch_compile_against_the_compiled_prediction():
     assert d["schema"] == "fxroof.measurement.compiled/1" and d["kernels"] == len(m.report.kernels)
     assert "(compiled)" in str(m).splitlines()[0]
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())   # untouched
+
+
+def test_page_faults_of_each_forward_are_counted_and_named(monkeypatch):
+    # first touches of memory the allocator handed back cost 1-3 us each on a CPU, time no
+    # prediction holds: the measurement counts them around each forward and says so
+    from fxroof.measure import runner
+    counter = iter(range(0, 10**6, 150))          # each reading 150 more than the last
+    monkeypatch.setattr(runner, "minor_faults", lambda: next(counter))
+    model, x = mlp()
+    m = measure(model, (x,), chip=CHIP, warmup=1, repeat=3)
+    assert m.page_faults == 150 and m.to_dict()["page_faults"] == 150
+    assert "note: 150 page faults a forward" in str(m)
+    monkeypatch.setattr(runner, "minor_faults", lambda: None)    # a platform that counts none
+    m = measure(model, (x,), chip=CHIP, warmup=1, repeat=3)
+    assert m.page_faults == 0 and "page faults" not in str(m)

@@ -29,6 +29,16 @@ def elapsed(fn, dev: torch.device) -> float:
     return _once(lambda: (fn(), sync(dev)))
 
 
+def minor_faults() -> int | None:
+    """The process's minor page faults so far (first touches of pages the system hands it),
+    None where the platform does not count them."""
+    try:
+        import resource
+    except ImportError:       # Windows
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 class Clock:
     """Seconds per call of a function on the device, calls batched to be timeable."""
 

@@ -125,7 +125,7 @@ def _node_rates(clock: Clock, dtype: torch.dtype, chip: Chip, bare: dict,
     x = torch.randn(*probe.INPUT, device=clock.dev).to(dtype)
     captured, values = program(probe().to(clock.dev, dtype).eval(), (x,), {})
     report = report_of(captured, Target(chip=chip, mode="eager"))
-    _walls, runs = timed_runs(clock.dev, 1 if runs else 3, runs or (8 if clock.quick else 25),
+    _walls, runs, _faults = timed_runs(clock.dev, 1 if runs else 3, runs or (8 if clock.quick else 25),
                               gm=captured.gm, values=values)
     fixed = statistics.median(bare.values())
     # each op's fixed cost as a model run will charge it: a cold call in the share the probe's

@@ -28,7 +28,7 @@ from fxroof.errors import one_line
 from fxroof.graph.capture import (ON_EXAMPLE_VALUES, FunctionModule, TensorOutputs, capture,
                                   is_aten_graph, preserved_modes, quiet_torch, valued_sizes)
 from fxroof.graph.tensors import tensors_in
-from fxroof.measure.machine import elapsed, marker, span
+from fxroof.measure.machine import elapsed, marker, minor_faults, span
 
 
 class MeasureError(ValueError):
@@ -128,19 +128,23 @@ def device_of(values) -> torch.device:
 
 
 def timed_runs(device: torch.device, warmup: int, repeat: int, *, forward=None,
-               gm: fx.GraphModule | None = None, values=()) -> tuple[list, list]:
+               gm: fx.GraphModule | None = None, values=()) -> tuple[list, list, list]:
     """`warmup` untimed runs then `repeat` timed ones of `forward()` (wall seconds, the device
     synchronized) and of `gm` node by node on `values`, taking turns.
-    Returns (wall seconds per run, [{node name: seconds} per run]), each empty if not asked."""
+    Returns (wall seconds per run, [{node name: seconds} per run], minor page faults of each
+    timed forward), each empty if not asked (the faults where the platform counts none)."""
     timed = _TimedInterpreter(gm, device) if gm is not None else None
-    walls, runs = [], []
+    walls, runs, faults = [], [], []
     with torch.no_grad():
         for _ in range(warmup + repeat):
             if forward is not None:
+                before = minor_faults()
                 walls.append(elapsed(forward, device))
+                if before is not None:
+                    faults.append(minor_faults() - before)
             if timed is not None:
                 runs.append(timed.timed_run(values))
-    return walls[warmup:], runs[warmup:]
+    return walls[warmup:], runs[warmup:], faults[warmup:]
 
 
 class _TimedInterpreter(fx.Interpreter):

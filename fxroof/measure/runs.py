@@ -86,6 +86,9 @@ class Measured:
     measured_s: float     # median wall time of the forward
     best_s: float = 0.0   # fastest wall time: what the machine does undisturbed
     spread: float = 0.0   # interquartile range of the wall times / their median: the noise
+    # minor page faults a forward on a CPU (median): first touches of memory the allocator
+    # handed back to the system and took again, time no prediction holds (0: none counted)
+    page_faults: float = 0.0
     report: Report | None = field(default=None, compare=False, repr=False)  # the prediction
 
     @property
@@ -101,12 +104,16 @@ class Measured:
     def _head(self, mode: str, how: str = "") -> list[str]:
         """The first lines of the printed form: what ran where, and the totals."""
         mismatch = _thread_mismatch(self.device, self.chip.title)
+        faults = (f"{self.page_faults:,.0f} page faults a forward: first touches of memory the "
+                  f"allocator gave back to the system and took again, time the prediction does "
+                  f"not hold (glibc's: MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_ set "
+                  f"high keep it)" if self.page_faults >= PAGE_FAULTS_WORTH_A_NOTE else "")
         return [f"fxroof measure · {self.model} on {self.device} · predicted on "
                 f"{self.chip.title} ({mode})",
                 f"predicted {seconds(self.predicted_s)} · measured {seconds(self.measured_s)} "
                 f"({how}median of {self.repeat}, best {seconds(self.best_s)}, spread "
                 f"{percent(self.spread)}) · error {self.error:+.0%}",
-                *([f"note: {mismatch}"] if mismatch else [])]
+                *(f"note: {n}" for n in (mismatch, faults) if n)]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -149,6 +156,10 @@ class Measurement(Measured):
                      disable_numparse=True)])
 
 
+# Page faults a forward worth a line: at 1-3 us each (1.4 on a 2-vCPU VM), 100 are 0.1-0.3 ms
+PAGE_FAULTS_WORTH_A_NOTE = 100
+
+
 def _thread_mismatch(device: str, chip_title: str) -> str:
     """Why a CPU prediction may be off: the chip was calibrated on another thread count."""
     ran, calibrated = (re.search(r"(\d+) threads?\b", text) for text in (device, chip_title))
@@ -187,9 +198,12 @@ class Predicted:
     where: str
     report: Report
 
-    def measured(self, kind: type, walls: list, warmup: int, repeat: int, **fields):
-        """A `kind` of Measured: these wall times beside this prediction."""
+    def measured(self, kind: type, walls: list, warmup: int, repeat: int, faults=(), **fields):
+        """A `kind` of Measured: these wall times (and the page faults of each run, on a CPU)
+        beside this prediction."""
         wall = statistics.median(walls)
+        fields["page_faults"] = statistics.median(faults) if faults and \
+            self.device.type == "cpu" else 0.0
         quartiles = statistics.quantiles(walls, n=4) if len(walls) > 1 else [wall] * 3
         return kind(model=self.captured.name, capture=self.captured.strategy,
                     chip=self.report.chip, device=self.where, warmup=warmup, repeat=repeat,
@@ -221,15 +235,16 @@ def measure(model, args=(), kwargs=None, *, chip: str | Chip | None = None, warm
     args, kwargs = checked_call(args, kwargs, warmup, repeat, model)
     with cpu_threads(threads):
         p = predicted(model, args, kwargs, chip, "eager")
-        walls, runs = timed_runs(p.device, warmup, repeat, forward=forward_of(model, args, kwargs),
-                                 gm=p.captured.gm, values=p.values)
+        walls, runs, faults = timed_runs(p.device, warmup, repeat,
+                                         forward=forward_of(model, args, kwargs),
+                                         gm=p.captured.gm, values=p.values)
     medians = {n: statistics.median(run[n] for run in runs) for n in runs[0]}
     kernels = {k.nodes[0]: k for k in p.report.kernels}
     rows = tuple(NodeTiming(n.name, n.op, n.module, n.category, kernels[n.name].regime,
                             kernels[n.name].time_s, medians.get(n.name, 0.0))
                  for n in p.report.nodes if n.name in kernels)
     views = {n: t for n, t in medians.items() if n not in {r.name for r in rows}}
-    return p.measured(Measurement, walls, warmup, repeat, rows=rows,
+    return p.measured(Measurement, walls, warmup, repeat, faults, rows=rows,
                       nodes_s=sum(r.measured_s for r in rows), views_s=sum(views.values()),
                       views=len(views))
 
@@ -271,5 +286,5 @@ def measure_compiled(model, args=(), kwargs=None, *, chip: str | Chip | None = N
         forward = functools.partial(compiled, *args, **kwargs)
         with torch.no_grad():
             compile_s = elapsed(forward, p.device)
-        walls, _runs = timed_runs(p.device, warmup, repeat, forward=forward)
-    return p.measured(CompiledMeasurement, walls, warmup, repeat, compile_s=compile_s)
+        walls, _runs, faults = timed_runs(p.device, warmup, repeat, forward=forward)
+    return p.measured(CompiledMeasurement, walls, warmup, repeat, faults, compile_s=compile_s)
