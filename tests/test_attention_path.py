@@ -106,3 +106,37 @@ def test_three_dim_attention_takes_the_math_path_too_and_the_note_says_what_fixe
     r = fxroof.analyze(sdpa, (q, q, q), chip="h100-sxm")
     assert [n.op for n in r.nodes if n.category == "matmul"] == ["bmm", "bmm"]
     assert any("on 3-D inputs" in n and "a heads dimension" in n for n in r.notes)
+
+
+class HeadSplitAttention(torch.nn.Module):
+    """Attention as Hugging Face's Swin writes it: heads split off projections, a bias a head
+    (its relative positions, from a table of weights) as the mask, the output put back."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.k, self.v, self.out = (torch.nn.Linear(64, 64) for _ in range(4))
+        self.table = torch.nn.Parameter(torch.zeros(4, 8, 8))
+
+    def forward(self, x):                              # (batch, 8 tokens, 64)
+        b, t, _ = x.shape
+        q, k, v = (p(x).view(b, t, 4, 16).transpose(1, 2) for p in (self.q, self.k, self.v))
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=self.bias())
+        return self.out(o.transpose(1, 2).contiguous().view(b, t, 64))
+
+    def bias(self):
+        return 16 * torch.tanh(self.table).unsqueeze(0)     # computed from the table, as Swin's
+
+
+def test_a_fused_attention_output_takes_its_querys_layout_so_putting_it_back_copies_nothing():
+    model, x = HeadSplitAttention().eval(), torch.randn(2, 8, 64)
+    # what PyTorch itself does: the CPU kernel writes the output in its query's layout,
+    # (batch, tokens, heads, head size), so the transpose back is already contiguous
+    with torch.no_grad():      # as a model serves: the bias is a weight's, needing no grad
+        q = model.q(x).view(2, 8, 4, 16).transpose(1, 2)
+        real = F.scaled_dot_product_attention(q, q, q, attn_mask=model.bias())
+    assert real.stride() == q.stride() == (512, 16, 64, 1) and real.transpose(1, 2).is_contiguous()
+    # torch.export traces it with the grad on, where PyTorch's composite op lays the output out
+    # contiguous (the path it takes for a mask that needs a grad): the transpose back would copy
+    r = fxroof.analyze(model, (x,), chip="h100-sxm", mode="eager")
+    assert not [n for n in r.nodes if n.op == "contiguous" and n.category != "view"]
+    assert [n.op for n in r.nodes if n.category == "copy"] == []

@@ -33,7 +33,8 @@ from fxroof.errors import one_line
 from fxroof.graph.autocast import autocast_notes, cuda_autocast_as_cpu
 from fxroof.graph.compiled_branches import transformers_compiling
 from fxroof.graph.fused_recurrences import fused_recurrences
-from fxroof.graph.attention_path import math_attention_notes, spell_out_math_attention
+from fxroof.graph.attention_path import (fused_output_layouts, math_attention_notes,
+                                         spell_out_math_attention)
 from fxroof.graph.routing import RoutedFakeMode, Routing, assumed_routing
 from fxroof.graph.routing import parse as parse_routing
 from fxroof.graph.tensors import tensors_in
@@ -401,6 +402,7 @@ def finish_graph(gm: fx.GraphModule, strategy: str, weights: frozenset, name: st
     _inline_subgraphs(own)
     _drop_unread_allocations(own)
     math_attention = spell_out_math_attention(own)
+    fused_output_layouts(own)
     for node in own.graph.nodes:
         if stack := node.meta.get("nn_module_stack"):
             node.meta["nn_module_stack"] = {k: (_strip(p), cls) for k, (p, cls) in stack.items()}
