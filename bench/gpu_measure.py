@@ -517,20 +517,16 @@ def add_trace(archive: Path, name: str, trace: bytes) -> None:
         z.writestr(f"{name}.json", trace)
 
 
-def table_entry_name(gpu: str) -> str | None:
-    """The chip table's entry whose alias is the name the driver reports (a lent GPU may be an
-    H100 or an H200: the recorded chip must be the one that ran)."""
-    from fxroof.chips import table_chip
-    found = table_chip(gpu)
-    return found.name if found is not None else None
-
-
 def measure(ns) -> int:
     if not torch.cuda.is_available():
         print("gpu_measure: no CUDA device here; run `measure` on a GPU, `compare` anywhere")
         return 2
     t_start = time.perf_counter()
-    chip_name = ns.chip or table_entry_name(torch.cuda.get_device_name(0))
+    # the table's entry for the GPU at hand (a lent GPU may be an H100 or an H200: the
+    # recorded chip must be the one that ran), as calibrate finds it
+    from fxroof.measure.calibrate import table_entry
+    found = table_entry(torch.device("cuda", 0), None)
+    chip_name = ns.chip or (found.name if found is not None else None)
     if chip_name is None:
         print(f"gpu_measure: the chip table has no entry named {torch.cuda.get_device_name(0)!r}; "
               f"give the nearest with --chip (`fxroof chips` lists them)")

@@ -19,8 +19,8 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,po
 "$py" -c "import torch, transformers; print(torch.__version__, torch.version.cuda, \
 transformers.__version__)" 2>&1 | tee -a "$out/gpu.txt"
 # the table's entry for the GPU at hand (a lent GPU may be an H100 or an H200); CHIP= overrides
-chip=${CHIP:-$("$py" -c "import torch; from fxroof.chips import table_chip; \
-c = table_chip(torch.cuda.get_device_name(0)); print(c.name if c else '')")}
+chip=${CHIP:-$("$py" -c "import torch; from fxroof.measure.calibrate import table_entry; \
+c = table_entry(torch.device('cuda', 0), None); print(c.name if c else '')")}
 echo "chip: ${chip:-none in the table (fxroof measure calibrates this GPU instead)}" \
     | tee -a "$out/gpu.txt"
 chip_args=(); [ -n "$chip" ] && chip_args=(--chip "$chip")

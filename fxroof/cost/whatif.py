@@ -240,16 +240,20 @@ def quantize_graph(gm: fx.GraphModule, weights: frozenset, spec, stored: bool = 
     # inputs written in place (the cache).
     quantized: dict = {}                              # storage -> (kind, the input's last dim)
     gathered = _gathered_into_products(calls)         # gathers feeding matmuls
+    convs_kept = 0                                    # convolutions a weight-only part skips
     for n in calls:
         category = n.meta[COST_KEY].category
         into_product = (category == "matmul" or n in gathered
                         or category in EIGHT_BIT_PRODUCTS and bool(q.matmul))
+        reads_weight = False
         for s in map(storage, OpCall.of(n).inputs):   # owner has every input's, the cache's too
+            reads_weight |= s in owner and owner[s].name in weights
             if (s in owner and owner[s].name in weights and into_product
                     and (q.weights or q.matmul and stored)):
                 quantized[s] = ("weight", _row(owner[s].meta["val"]))
             elif q.kv_cache and s in cache:
                 quantized[s] = ("kv", 0)
+        convs_kept += bool(q.weights) and category == "conv" and reads_weight
     if q.weights or (q.matmul and stored):
         # Weights this step reads no op of, shaped as one it quantizes: the experts its routing
         # skipped. A weight-only quantization stores every expert alike, so they count too.
@@ -282,10 +286,6 @@ def quantize_graph(gm: fx.GraphModule, weights: frozenset, spec, stored: bool = 
     unmatched = tuple(part for part, asked, found in (
         ("weights", q.weights, "weight" in kinds), ("kv_cache", q.kv_cache, "kv" in kinds),
         ("matmul", q.matmul, products8 > 0)) if asked and not found)
-    convs_kept = sum(1 for n in calls if q.weights and n.meta[COST_KEY].category == "conv"
-                     and any(owner.get(storage(t)) is not None
-                             and owner[storage(t)].name in weights
-                             for t in OpCall.of(n).inputs))
     saved, stored = {"weight": 0, "kv": 0}, []
     for s, (kind, row) in quantized.items():
         t = owner[s].meta["val"]

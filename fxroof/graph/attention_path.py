@@ -17,6 +17,8 @@ import torch
 import torch.fx as fx
 from torch.fx.experimental.proxy_tensor import make_fx
 
+from fxroof.graph.aten_ops import aten
+
 SDPA = torch.ops.aten.scaled_dot_product_attention.default
 FUSED_RANK = 4      # the only rank PyTorch's fused attention kernels take
 
@@ -106,9 +108,9 @@ def _meta(t: torch.Tensor) -> torch.Tensor:
 
 # Ops whose output's layout follows their input's (views, and the copies a layout can spare):
 # their fake values are derived again once an attention output's layout is put right.
-_FOLLOW_LAYOUT = frozenset(getattr(torch.ops.aten, name) for name in (
-    "transpose", "permute", "view", "_unsafe_view", "reshape", "contiguous", "expand",
-    "unsqueeze", "squeeze", "t", "alias", "detach", "flatten"))
+_FOLLOW_LAYOUT = frozenset({aten.transpose, aten.permute, aten.view, aten._unsafe_view,
+                            aten.reshape, aten.contiguous, aten.expand, aten.unsqueeze,
+                            aten.squeeze, aten.t, aten.alias, aten.detach, aten.flatten})
 
 
 def fused_output_layouts(gm: fx.GraphModule) -> int:
