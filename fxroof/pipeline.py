@@ -184,7 +184,8 @@ def analyze(model, example_inputs=(), example_kwargs=None, *, target: Target | N
         def step(recompute: bool):
             return capture_step(module, example_inputs, example_kwargs, layout=layout,
                                 recompute=recompute, optimizer=target.optimizer,
-                                loss_fn=loss_fn)
+                                loss_fn=loss_fn,
+                                device="cuda" if target.chip.kind == "gpu" else "cpu")
         with _process_group(layout):
             report = report_of(step(target.recompute), target)
             if target.recompute:     # what it saves: the same step's peak without recomputation

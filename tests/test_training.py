@@ -927,3 +927,31 @@ def test_hsdp_shards_within_a_replica_group_and_all_reduces_across():
     after = [c for c in comm if c[0] != "all_gather_into_tensor"]
     assert after == [("reduce_scatter_tensor", 4 * n, 3), ("all_reduce", 4 * n // 4, 2)] * 4
     assert r.memory.weights == r.memory.gradients == 4 * 4 * n // 4
+
+
+def test_dropout_in_a_gpu_step_is_cudas_fused_kernel():
+    from torch.fx.experimental.proxy_tensor import make_fx
+    # a CPU tensor's F.dropout runs ATen's three-op path (bernoulli_, div_, mul), as a real
+    # trace of it on the CPU shows; CUDA's takes native_dropout (Dropout.cpp)
+    x = torch.randn(64, 32, requires_grad=True)
+    ops = {str(n.target) for n in make_fx(lambda t: torch.nn.functional.dropout(
+        t, 0.1, True))(x).graph.nodes if n.op == "call_function"}
+    assert "aten.bernoulli_.float" in ops and "aten.native_dropout.default" not in ops
+    model = torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.Dropout(0.1),
+                                torch.nn.Linear(32, 4))
+    args = (torch.randn(64, 32),)
+    gpu = fxroof.analyze(model, args, train=True, chip="a100", optimizer="none")
+    cpu = fxroof.analyze(model, args, train=True, chip="cpu", optimizer="none")
+    by_op = {n.op: n for n in gpu.nodes}
+    assert "bernoulli" not in {n.op.rstrip("_") for n in gpu.nodes}
+    assert "bernoulli" in {n.op.rstrip("_") for n in cpu.nodes}
+    # fused, by hand: reads 64 x 32 fp32, writes them and a one-byte mask; its backward reads
+    # the gradient and the mask and writes the gradient
+    fused, back = by_op["native_dropout"], by_op["native_dropout_backward"]
+    assert (fused.bytes_read, fused.bytes_written) == (64 * 32 * 4, 64 * 32 * (4 + 1))
+    assert (back.bytes_read, back.bytes_written) == (64 * 32 * (4 + 1), 64 * 32 * 4)
+    # p = 0 and eval mode launch nothing on either device, as ATen returns the input
+    still = torch.nn.Sequential(torch.nn.Linear(32, 4), torch.nn.Dropout(0.0))
+    assert not {"native_dropout", "bernoulli_"} & {
+        n.op for n in fxroof.analyze(still, args, train=True, chip="a100").nodes}
+    assert isinstance(model[1], torch.nn.Dropout) and model.training   # the user's model as it was

@@ -25,6 +25,7 @@ from fxroof.graph.autocast import autocast_notes, cuda_autocast_as_cpu
 from fxroof.graph.capture import (Captured, CaptureError, FakeCopier, finish_graph,
                                   is_dtensor_model, local_shards, quiet_torch, tensor_leaves)
 from fxroof.graph.compiled_branches import transformers_compiling
+from fxroof.graph.cuda_dropout import cuda_dropout
 from fxroof.graph.data_parallel import Buckets, Layout, Sharded, blocks, is_wrapped, plain_copy
 from fxroof.graph.fused_recurrences import fused_recurrences
 from fxroof.graph.nodes import FOREACH_KEY, PHASE_KEY, RECOMPUTED_KEY
@@ -42,7 +43,7 @@ LR, BETAS, EPS, WEIGHT_DECAY = 1e-3, (0.9, 0.999), 1e-8, 1e-2
 
 def capture_step(model, args=(), kwargs=None, *, optimizer: str = "adamw",
                  loss_fn=None, layout: Layout | None = None,
-                 recompute: bool | str | int = False) -> Captured:
+                 recompute: bool | str | int = False, device: str = "cpu") -> Captured:
     """The training step of `model` on these inputs as one graph, its nodes tagged by phase.
 
     The loss: `loss_fn(output)` when given, else the output's own `.loss` (a Hugging Face model
@@ -57,7 +58,8 @@ def capture_step(model, args=(), kwargs=None, *, optimizer: str = "adamw",
     number n: every n-th block in full (check_recompute). A model with DTensor weights
     (fxroof.graph.parallel's tensor_parallel): one rank's step, its weights, gradients and
     optimizer state the rank's shards, the collectives DTensor emits in the forward and the
-    backward in the graph."""
+    backward in the graph. device: where the step runs, "cpu" or "cuda" (a GPU's dropout is
+    one fused kernel, cuda_dropout)."""
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; expected one of "
                          f"{', '.join(OPTIMIZERS)}")
@@ -128,7 +130,8 @@ def capture_step(model, args=(), kwargs=None, *, optimizer: str = "adamw",
     autocasts: list = []    # the autocast regions the forward enters (graph.autocast)
     try:   # transformers' and the recurrent mixers' code as a compiled step runs it
         with quiet_torch(), fx_traceback.preserve_node_meta(), cuda_autocast_as_cpu(autocasts), \
-                transformers_compiling(), fused_recurrences(), _checkpointing_as_eager():
+                transformers_compiling(), fused_recurrences(), _checkpointing_as_eager(), \
+                (cuda_dropout() if device == "cuda" else nullcontext()):
             gm = make_fx(step, tracing_mode="fake", record_module_stack=True)(
                 params, frozen, states, args, kwargs)
     except (ValueError, TypeError):     # the user's loss or inputs: already one clear line
