@@ -182,6 +182,19 @@ when absent; their README says how each was measured):
         clipping, the fp32 reduce-scatter (fxroof reduces the bf16 gradients), and the network
         between the 8 servers, which the page does not name (fxroof prices the DGX A100's).
 
+    --lambda: Lambda training, ResNet-50 (AMP, NCHW); Lambda training, BERT SQuAD (fp16)
+        held out: Lambda's single-GPU training throughputs of NVIDIA's DeepLearningExamples
+        (lambdal/deeplearning-benchmark, pytorch/pytorch-train-throughput-fp16.csv at commit
+        0551cb7) on 15 GPU rows, V100 to H100 SXM, each at the batch its card's memory ran
+        (pytorch/scripts/config_v1/config_pytorch_<N>GB.sh): ResNet-50 v1.5 with --amp
+        (torch.cuda.amp, NCHW, synthetic data, SGD), and BERT-base and -large SQuAD fine-tuning
+        at 384 tokens with --fp16 (run_squad.py's apex amp O2: the model in fp16, FusedAdam over
+        fp32 master weights; its attention unfused, dropout on). Predicted as fxroof's eager
+        training step of models/resnet.py (optimizer="sgd") and of transformers'
+        BertForQuestionAnswering in fp16 with its eager attention (optimizer="adamw", fp32
+        master weights). Measured step = batch / throughput. The Quadro RTX 8000 row is left
+        out (no Turing workstation card in the chip table).
+
     --timm RESULTS
         the results/ folder of a pytorch-image-models checkout adds, each as a source of its
         own, the benchmark-infer-*.csv files the data folder does not hold: at commit aa4b585
@@ -595,6 +608,101 @@ def timm_train_cases(only: str) -> list[Case]:
             cases.append(Case(source, f"{r['model']} {size}px b{batch}",
                               float(r["train_step_time"]) / 1e3, report.summary.floor_s,
                               report.time_s, made_of(report.kernels)))
+    return cases
+
+
+# -- Lambda's single-GPU training throughputs ----------------------------------------------------
+
+# lambdal/deeplearning-benchmark, pytorch/pytorch-train-throughput-fp16.csv at commit 0551cb7: one
+# GPU's training throughput (images or sequences a second) of NVIDIA's DeepLearningExamples under
+# AMP, as (the file's name_gpu, chip, its memory, ResNet-50, BERT-base SQuAD, BERT-large SQuAD).
+# The Quadro RTX 8000 row is left out: the chip table has no Turing workstation card.
+LAMBDA_TRAIN = (("LambdaCloud V100 16GB", "v100", 16, 833, 189, 57),
+                ("RTX 3090", "rtx-3090", 24, 905, 172, 52),
+                ("LambdaCloud A10", "a10", 24, 638, 135, 42),
+                ("LambdaCloud A100 40GB PCIe", "a100-40gb-pcie", 40, 1396, 368, 117),
+                ("A100 80GB PCIe", "a100-80gb-pcie", 80, 1527, 415, 140),
+                ("A100 80GB SXM4", "a100-80gb", 80, 1582, 443, 152),
+                ("RTX 6000 Ada", "rtx-6000-ada", 48, 1146, 255, 79),
+                ("RTX A6000", "rtx-a6000", 48, 916, 198, 68),
+                ("RTX 4090", "rtx-4090", 24, 1301, 297, 93),
+                ("H100 80GB PCIe Gen5", "h100-pcie", 80, 1866, 567, 203),
+                ("LambdaCloud H100 80GB PCIe Gen5", "h100-pcie", 80, 1851, 558, 200),
+                ("H100 80GB SXM5", "h100-sxm", 80, 2616, 812, 301),
+                ("Dell H100 80GB SXM5", "h100-sxm", 80, 2776, 867, 307),
+                ("SMC H100 80GB SXM5", "h100-sxm", 80, 2787, 870, 309),
+                ("1CC H100 80GB SXM5", "h100-sxm", 80, 2791, 877, 311))
+# The batch each memory size ran (pytorch/scripts/config_v1/config_pytorch_<N>GB.sh: resnet50 AMP,
+# bert_base and bert_large SQuAD fp16), as (ResNet-50, BERT-base, BERT-large).
+LAMBDA_BATCH = {16: (256, 48, 16), 24: (448, 96, 28), 40: (720, 88, 32), 48: (928, 192, 64),
+                80: (1280, 320, 112)}
+SQUAD_TOKENS = 384      # DeepLearningExamples' run_squad.py max_seq_length
+
+
+class SquadStep(nn.Module):
+    """BERT's SQuAD fine-tuning step up to the backward: the forward and its start/end
+    cross-entropy."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids, types, mask, start, end):
+        return self.model(input_ids=ids, token_type_ids=types, attention_mask=mask,
+                          start_positions=start, end_positions=end).loss
+
+
+def lambda_step(model_name: str, batch: int):
+    """(module, args, optimizer) of one training step as DeepLearningExamples runs it: ResNet-50
+    (v1.5, as torchvision's) under float16 autocast with SGD (its --amp: torch.cuda.amp); BERT
+    as its run_squad.py's --fp16 runs it, apex's amp O2: the model in fp16, its optimizer's
+    Adam over fp32 master weights (fxroof's adamw on half-precision parameters)."""
+    if model_name == "resnet50":
+        from fxroof.studies.workload import load
+        model, *_ = load(str(ROOT / "models" / "resnet.py"), {"depth": 50, "batch": 1})
+        x = torch.empty(batch, 3, 224, 224, device="meta")
+        y = torch.zeros(batch, dtype=torch.long, device="meta")
+        return AmpTrainStep(model.train()), (x, y), "sgd"
+    from transformers import BertConfig, BertForQuestionAnswering
+    large = model_name == "bert_large_squad"
+    config = BertConfig(hidden_size=1024 if large else 768, num_hidden_layers=24 if large else 12,
+                        num_attention_heads=16 if large else 12,
+                        intermediate_size=4096 if large else 3072, vocab_size=30522,
+                        attn_implementation="eager")
+    with torch.device("meta"):
+        model = BertForQuestionAnswering(config).half().train()
+    ids = torch.zeros(batch, SQUAD_TOKENS, dtype=torch.long, device="meta")
+    pos = torch.zeros(batch, dtype=torch.long, device="meta")
+    return SquadStep(model), (ids, ids, torch.ones_like(ids), pos, pos), "adamw"
+
+
+def lambda_cases(only: str, wanted: bool) -> list[Case]:
+    """Lambda's single-GPU training throughputs (--lambda): ResNet-50 (SGD, float16 autocast,
+    NCHW) and BERT-base and -large SQuAD fine-tuning (fp16, Adam over fp32 master weights),
+    eager, each at the batch its GPU's memory ran (lambda_step)."""
+    sources = {"resnet50": "Lambda training, ResNet-50 (AMP, NCHW)",
+               "bert_base_squad": "Lambda training, BERT SQuAD (fp16)",
+               "bert_large_squad": "Lambda training, BERT SQuAD (fp16)"}
+    if not wanted or not any(only in source for source in sources.values()):
+        return []
+    if importlib.util.find_spec("transformers") is None:
+        print("Lambda training: skipped (BERT is built with transformers, which is not installed)")
+        return []
+    cases, reports = [], {}
+    for gpu, chip_name, memory, *throughputs in LAMBDA_TRAIN:
+        for i, model_name in enumerate(sources):
+            if only not in sources[model_name]:
+                continue
+            batch = LAMBDA_BATCH[memory][i]
+            key = (model_name, batch, chip_name)
+            if key not in reports:
+                model, args, optimizer = lambda_step(model_name, batch)
+                reports[key] = fxroof.analyze(model, args, chip=chip_name, mode="eager",
+                                              train=True, optimizer=optimizer)
+            report = reports[key]
+            cases.append(Case(sources[model_name], f"{gpu} {model_name} b{batch}",
+                              batch / throughputs[i],
+                              report.summary.floor_s, report.time_s, made_of(report.kernels)))
     return cases
 
 
@@ -1779,6 +1887,9 @@ def main(argv=None) -> int:
     ap.add_argument("--training", action="store_true",
                     help="adds torchtitan's FSDP training steps on 64 A100s (8 steps, about 9 "
                          "minutes)")
+    ap.add_argument("--lambda", dest="lambda_", action="store_true",
+                    help="adds Lambda's single-GPU training throughputs: ResNet-50 and BERT SQuAD "
+                         "fine-tuning on 15 GPUs (about 3 minutes)")
     ap.add_argument("--timm", type=Path, metavar="RESULTS",
                     help="the results/ folder of a pytorch-image-models checkout: adds the GPUs, "
                          "torch versions and layouts its benchmark-infer-*.csv hold")
@@ -1825,7 +1936,8 @@ def main(argv=None) -> int:
              + square_mm_cases(args.only) + device_bench_cases(args.only)
              + gpt_fast_cases(args.only, args.tp) + torchao_cases(args.only)
              + trt_llm_cases(args.only, args.tp, args.trt_090)
-             + torchtitan_cases(args.only, args.training))
+             + torchtitan_cases(args.only, args.training)
+             + lambda_cases(args.only, args.lambda_))
     if not cases:
         print("no cases to compare")
         return 0
