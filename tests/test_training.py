@@ -138,7 +138,9 @@ def attention():
 @pytest.mark.parametrize("build", [gpt2, llama, bert, cnn, attention])
 def test_step_flops_match_flop_counter(build):
     model, args, kwargs = build()
-    r = fxroof.analyze(model, args, kwargs, train=True)
+    # PyTorch counts a step run on this CPU, whose attention with dropout (GPT-2's, BERT's) takes
+    # the math path: the step is analyzed as a CPU runs it
+    r = fxroof.analyze(model, args, kwargs, train=True, chip="cpu")
     assert matrix_flops(r) == real_step_flops(model, args, kwargs)
     assert r.unknown_ops == {}       # every backward and optimizer op has a formula
     assert matrix_flops(r, "optimizer") == 0
@@ -268,8 +270,8 @@ def test_memory_matches_mem_tracker():
 
 def test_loss_choices_and_misuse():
     model, args, kwargs = gpt2()
-    own = fxroof.analyze(model, args, kwargs, train=True, optimizer="none")
-    by_fn = fxroof.analyze(model, args, train=True, optimizer="none",
+    own = fxroof.analyze(model, args, kwargs, train=True, optimizer="none", chip="cpu")
+    by_fn = fxroof.analyze(model, args, train=True, optimizer="none", chip="cpu",
                            loss_fn=lambda out: out.logits.float().pow(2).mean())
     assert matrix_flops(by_fn) == real_step_flops(model, args,
                                                   loss_fn=lambda out: out.logits.pow(2).mean())
@@ -684,7 +686,7 @@ def test_selective_recompute_runs_again_what_the_policy_does_not_keep():
         "use_reentrant": False,
         "context_fn": lambda: create_selective_checkpoint_contexts(selective_policy())})
     r = fxroof.analyze(gpt2, (ids,), {"labels": ids}, train=True, optimizer="sgd",
-                       recompute="selective")
+                       recompute="selective", chip="cpu")     # counted on a CPU, as above
     assert matrix_flops(r) == real_step_flops(real, (ids,), {"labels": ids})
     # by hand, 64 tokens: each block's second and fourth run again, the attention's output
     # projection (64 into 64) and the MLP's (256 into 64): 2*64*64*(64 + 256) = 2,621,440
@@ -955,3 +957,32 @@ def test_dropout_in_a_gpu_step_is_cudas_fused_kernel():
     assert not {"native_dropout", "bernoulli_"} & {
         n.op for n in fxroof.analyze(still, args, train=True, chip="a100").nodes}
     assert isinstance(model[1], torch.nn.Dropout) and model.training   # the user's model as it was
+
+
+def test_attention_dropout_in_a_gpu_step_stays_in_the_fused_kernel():
+    import torch.nn.functional as F
+
+    class Attention(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv = torch.nn.Linear(32, 96)
+
+        def forward(self, x):      # (2, 64, 32) -> 4 heads of 8 over 64 tokens
+            q, k, v = self.qkv(x).view(2, 64, 3, 4, 8).permute(2, 0, 3, 1, 4)
+            mask = torch.ones(64, 64, dtype=torch.bool).tril()
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.1)
+
+    x = torch.randn(2, 64, 32)
+    gpu = fxroof.analyze(Attention(), (x,), train=True, chip="h100-sxm", optimizer="none")
+    cpu = fxroof.analyze(Attention(), (x,), train=True, chip="cpu", optimizer="none")
+    gpu_ops = {n.op for n in gpu.nodes}
+    # a CPU's flash kernel takes no dropout: its trace runs the math path, scores in memory
+    assert {"bmm", "bernoulli_"} <= {n.op for n in cpu.nodes}
+    # CUDA's kernels draw the dropout inside: one fused attention each way, no mask in memory
+    assert "bmm" not in gpu_ops and "bernoulli_" not in gpu_ops
+    (fwd,) = [n for n in gpu.nodes if n.op == "_scaled_dot_product_flash_attention_for_cpu"]
+    assert "_scaled_dot_product_flash_attention_for_cpu_backward" in gpu_ops
+    # by hand: q, k, v of 2 x 4 x 64 x 8 fp32 and the 64 x 64 mask as fp32 (the bool mask made
+    # additive, as ATen's front end does) read; the output written
+    assert fwd.bytes_read == 3 * 2 * 4 * 64 * 8 * 4 + 64 * 64 * 4
+    assert fwd.bytes_written == 2 * 4 * 64 * 8 * 4
