@@ -26,6 +26,10 @@ How each mode is timed, and what it is set beside:
                 the chip alone, as `kernel`
     compiled    torch.compile(model), wall time after compiling: the compiled prediction
     cudagraphs  torch.compile(model, mode="reduce-overhead"): the cudagraphs prediction
+    train       one eager training step (zero_grad, the loss under float16 autocast, backward,
+                the optimizer's step), synchronized, wall time (median): the eager prediction
+                of the step (train=True, the same optimizer); cuDNN autotuned, as training
+                scripts set it
     cudagraphs-cdt  the same under torch._inductor.config.coordinate_descent_tuning, as gpt-fast's
                 and torchao's generate.py compile decode: one-row products as Triton reductions
                 (docs/fusion.md), beside the cudagraphs prediction under the same setting
@@ -326,6 +330,55 @@ AS_RUN, COMPILED = ("eager", "graph"), ("compiled", "cudagraphs")
 TUNED = "cudagraphs-cdt"      # reduce-overhead under coordinate descent tuning (gpt-fast's)
 
 
+class TrainStep(torch.nn.Module):
+    """A training step's forward: the model's loss under CUDA's float16 autocast over fp32
+    weights (torch.cuda.amp, as timm's and DeepLearningExamples' --amp run it): an image
+    model's cross-entropy against `target`, a Hugging Face model's own `.loss`. `optimizer`
+    names the update the timing runs and the prediction prices."""
+
+    def __init__(self, model, optimizer: str):
+        super().__init__()
+        self.model, self.optimizer = model.train(), optimizer
+
+    def forward(self, *args, target=None, **kwargs):
+        with torch.autocast("cuda", dtype=torch.float16):
+            out = self.model(*args, **kwargs)
+            return F.cross_entropy(out, target) if target is not None else out.loss
+
+
+def resnet_train(batch: int, layout_last: bool):
+    """ResNet-50's SGD step under AMP, channels-first or channels-last (Lambda's and
+    DeepLearningExamples' runs: docs/time-model.md, "Held out: Lambda's training throughputs")."""
+    def build(device):
+        from fxroof.studies.workload import load
+        model, *_ = load(str(ROOT / "models" / "resnet.py"), {"batch": 1, "device": device})
+        x = torch.randn(batch, 3, 224, 224, device=device)
+        if layout_last:
+            model, x = model.to(memory_format=torch.channels_last), \
+                x.contiguous(memory_format=torch.channels_last)
+        target = torch.zeros(batch, dtype=torch.long, device=device)
+        return TrainStep(model, "sgd"), (x,), {"target": target}
+    return build
+
+
+def hf_train(kind: str, batch: int, seq: int):
+    """A transformers model's AdamW step under AMP, dropout on: BERT-base SQuAD fine-tuning
+    (its eager attention, as DeepLearningExamples writes it) or GPT-2 124M (SDPA with dropout,
+    which CUDA's fused kernels draw inside)."""
+    def build(device):
+        import transformers as tf
+        ids = torch.zeros(batch, seq, dtype=torch.long, device=device)
+        with torch.device(device):
+            if kind == "bert":
+                model = tf.BertForQuestionAnswering(tf.BertConfig(attn_implementation="eager"))
+                pos = torch.zeros(batch, dtype=torch.long, device=device)
+                return TrainStep(model, "adamw"), (), {"input_ids": ids, "start_positions": pos,
+                                                       "end_positions": pos}
+            model = tf.GPT2LMHeadModel(tf.GPT2Config(attn_implementation="sdpa"))
+        return TrainStep(model, "adamw"), (), {"input_ids": ids, "labels": ids}
+    return build
+
+
 def model_cases():
     """(group, name, modes, build): GPU-sized models, in the order they are worth measuring."""
     yield "model", "llama2-7b decode B=1 ctx=2048", AS_RUN, \
@@ -356,6 +409,11 @@ def model_cases():
         autotuned(hf(MOBILENET, batch=64, dtype="bf16"))
     yield "model", "hf convnext-tiny B=64 bf16, channels-last, autotuned", AS_RUN, \
         autotuned(channels_last(hf(CONVNEXT_T, batch=64, dtype="bf16")))
+    # training steps, every held-out source of which fxroof predicts fast (docs/time-model.md)
+    yield "model", "resnet50 train B=64 amp", ("train",), resnet_train(64, False)
+    yield "model", "resnet50 train B=64 amp, channels-last", ("train",), resnet_train(64, True)
+    yield "model", "hf bert-base squad train B=8 T=384 amp", ("train",), hf_train("bert", 8, 384)
+    yield "model", "hf gpt2 train B=4 T=1024 amp", ("train",), hf_train("gpt2", 4, 1024)
     # under torch.compile last: compiling takes the longest
     yield "model", "chain of 1 tiny matmul", ("eager", *COMPILED), chain(1)
     yield "model", "chain of 16 tiny matmuls", ("eager", *COMPILED), chain(16)
@@ -451,7 +509,25 @@ def time_wall(call, repeat: int) -> dict:
     return {"measured_s": statistics.median(walls), "best_s": min(walls), "repeat": repeat}
 
 
+def time_train(step, args, kwargs) -> dict:
+    """Wall seconds of one eager training step of a TrainStep, cuDNN autotuned."""
+    make = {"sgd": lambda ps: torch.optim.SGD(ps, lr=1e-4),
+            "adamw": lambda ps: torch.optim.AdamW(ps, lr=1e-4)}[step.optimizer]
+    opt = make(step.parameters())
+
+    def one():
+        opt.zero_grad(set_to_none=True)
+        step(*args, **kwargs).backward()
+        opt.step()
+    with torch.backends.cudnn.flags(enabled=True, benchmark=True, deterministic=False):
+        warm(one)
+        once = time_wall(one, 3)["measured_s"]
+        return time_wall(one, max(5, min(20, math.ceil(1.0 / once))))
+
+
 def time_model(mode: str, model, args, kwargs) -> dict:
+    if mode == "train":
+        return time_train(model, args, kwargs)
     if mode == TUNED:
         import torch._inductor.config as inductor_config
         torch._dynamo.reset()
@@ -598,6 +674,9 @@ def predicted(mode: str, fn, args, kwargs, chip) -> float:
         import torch._inductor.config as inductor_config
         with inductor_config.patch(coordinate_descent_tuning=True):
             return analyze(model, args, kwargs, chip=chip, mode="cudagraphs").time_s
+    if mode == "train":
+        return analyze(model, args, kwargs, chip=chip, mode="eager", train=True,
+                       optimizer=model.optimizer).time_s
     if mode == "dispatch":      # a loop of one op: no model code around its calls, no glue
         return analyze(model, args, kwargs, chip=dataclasses.replace(chip, glue_s=0.0),
                        mode="eager").time_s
