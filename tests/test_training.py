@@ -952,6 +952,11 @@ def test_dropout_in_a_gpu_step_is_cudas_fused_kernel():
     fused, back = by_op["native_dropout"], by_op["native_dropout_backward"]
     assert (fused.bytes_read, fused.bytes_written) == (64 * 32 * 4, 64 * 32 * (4 + 1))
     assert (back.bytes_read, back.bytes_written) == (64 * 32 * (4 + 1), 64 * 32 * 4)
+    # in place, ATen's dropout_ takes the three ops on a GPU too (Dropout.cpp: no fused path)
+    in_place = torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.Dropout(0.1, inplace=True),
+                                   torch.nn.Linear(32, 4))
+    assert "bernoulli_" in {n.op for n in fxroof.analyze(in_place, args, train=True, chip="a100",
+                                                          optimizer="none").nodes}
     # p = 0 and eval mode launch nothing on either device, as ATen returns the input
     still = torch.nn.Sequential(torch.nn.Linear(32, 4), torch.nn.Dropout(0.0))
     assert not {"native_dropout", "bernoulli_"} & {

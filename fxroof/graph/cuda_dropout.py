@@ -30,16 +30,17 @@ CPU_FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
 
 @contextmanager
 def cuda_dropout():
-    """Within: F.dropout(x, p, training=True) with 0 < p < 1 on a non-empty tensor traces as
-    CUDA's fused native_dropout, and F.scaled_dot_product_attention with dropout as a fused
+    """Within: F.dropout(x, p, training=True) with 0 < p < 1 on a non-empty tensor, not in
+    place, traces as CUDA's fused native_dropout, and F.scaled_dot_product_attention with dropout as a fused
     attention kernel, where CUDA's ATen would; every other call as before."""
     dropout, attention = F.dropout, F.scaled_dot_product_attention
 
     def fused_dropout(input, p=0.5, training=True, inplace=False):
-        if not (training and 0 < p < 1 and isinstance(input, torch.Tensor) and input.numel()):
+        # ATen's in-place dropout_ has no fused path on any device: it keeps the three ops
+        if inplace or not (training and 0 < p < 1 and isinstance(input, torch.Tensor)
+                           and input.numel()):
             return dropout(input, p, training, inplace)
-        out = torch.native_dropout(input, p, True)[0]
-        return input.copy_(out) if inplace else out
+        return torch.native_dropout(input, p, True)[0]
 
     def fused_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
                         scale=None, enable_gqa=False):
