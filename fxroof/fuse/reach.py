@@ -3,13 +3,16 @@ reaches, kept exact while siblings merge: the cycle test of horizontal fusion wi
 search per pair.
 
 Each sibling owns a bit; a group's mask is the OR of the bits of the siblings it reaches (itself
-included), computed once per group, bottom up, only below the last sibling's topological rank (no
-path from further down comes back up to a sibling). A merge only adds paths, all through the merged
-group: its mask is recomputed and ORed into its ancestors, stopping at those that hold it already
-(their own ancestors hold it too). A tensor read by every layer (rotary tables, a mask) costs one
-sweep over the depth instead of one search per pair of layers.
+included), computed once per group, depth first, only below the last sibling's topological rank (no
+path from further down comes back up to a sibling), and no further once it holds every sibling
+ranked after the group. A merge only adds paths, all through the merged group: the masks are
+computed again from then on. A tensor read by every layer (rotary tables, a mask) costs one sweep
+over the depth instead of one search per pair of layers; one read in a forward and again in its
+backward, a few steps from the first reader to the second instead of every group between them.
 """
 from __future__ import annotations
+
+from bisect import bisect_right
 
 import networkx as nx
 
@@ -23,21 +26,36 @@ class SiblingReach:
 
     def mask(self, x: int) -> int:
         """The bits of the siblings that group x reaches, itself included."""
-        memo, succ, rank, hi = self.memo, self.g.succ, self.rank, self.hi
-        stack = [x]
-        while stack:       # post-order, without recursion: a path can be thousands of groups long
-            y = stack[-1]
-            if y in memo:
-                stack.pop()
+        memo = self.memo
+        if x in memo:
+            return memo[x]
+        succ, rank, hi, bits = self.g.succ, self.rank, self.hi, self.bits
+        # What a group can reach at most: the siblings ranked after it (ranks are topological),
+        # itself included. A group that reaches all of them needs none of its other successors
+        # looked at: a forward tensor's reader reaches its backward reader in a few steps, where
+        # a full sweep would cover every group in between.
+        order = sorted((rank[g], b) for g, b in bits.items())
+        ranks = [r for r, _ in order]
+        after = [0] * (len(order) + 1)
+        for i in range(len(order) - 1, -1, -1):
+            after[i] = after[i + 1] | order[i][1]
+
+        def frame(y: int) -> list:
+            own = bits.get(y, 0)
+            return [y, [s for s in succ[y] if rank[s] <= hi], 0, own,
+                    after[bisect_right(ranks, rank[y])] | own]
+
+        stack = [frame(x)]
+        while stack:       # depth first, without recursion: a path can be thousands of groups long
+            top = stack[-1]
+            y, below, i, m, most = top
+            while i < len(below) and m != most and below[i] in memo:
+                m |= memo[below[i]]
+                i += 1
+            if i < len(below) and m != most:
+                top[2], top[3] = i, m
+                stack.append(frame(below[i]))
                 continue
-            below = [s for s in succ[y] if rank[s] <= hi]
-            todo = [s for s in below if s not in memo]
-            if todo:
-                stack.extend(todo)
-                continue
-            m = self.bits.get(y, 0)
-            for s in below:
-                m |= memo[s]
             memo[y] = m
             stack.pop()
         return memo[x]
@@ -58,14 +76,8 @@ class SiblingReach:
         return any(self.mask(s) & self.bits[b] for s in self.g.succ[a] if s != b)
 
     def merged(self, kept: int, gone: int) -> None:
-        """Siblings `gone` and `kept` are one group `kept` now: its mask and its ancestors'."""
+        """Siblings `gone` and `kept` are one group `kept` now. Every mask is computed again:
+        one that stopped early left groups below it without theirs, so an ancestor walk from
+        the merged group would not reach it."""
         self.bits[kept] |= self.bits.pop(gone)
-        self.memo.pop(gone, None)
-        self.memo.pop(kept, None)
-        m = self.mask(kept)
-        stack = [p for p in self.g.pred[kept] if p in self.memo]
-        while stack:
-            p = stack.pop()
-            if self.memo[p] | m != self.memo[p]:
-                self.memo[p] |= m
-                stack.extend(q for q in self.g.pred[p] if q in self.memo)
+        self.memo.clear()
