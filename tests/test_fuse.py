@@ -663,3 +663,29 @@ def test_coordinate_descent_tuning_is_read_from_the_process(monkeypatch):
     assert coordinate_descent_tuning()
     monkeypatch.setenv("TORCHINDUCTOR_COORDINATE_DESCENT_TUNING", "0")
     assert not coordinate_descent_tuning()
+
+
+def test_sibling_reach_masks_meet_a_search_of_the_graph():
+    import random
+    import networkx as nx
+    from fxroof.fuse.reach import SiblingReach
+    rng = random.Random(0)
+    for trial in range(40):
+        n = rng.randrange(5, 60)
+        g = nx.DiGraph()
+        g.add_nodes_from(range(n))
+        for a in range(n):      # edges only forward in the numbering: the ranks are topological
+            for b in rng.sample(range(a + 1, n), min(n - a - 1, rng.randrange(0, 4))):
+                g.add_edge(a, b)
+        rank = {x: x for x in range(n)}
+        siblings = rng.sample(range(n), rng.randrange(2, min(n, 8)))
+        reach = SiblingReach(g, rank, siblings)
+        for x in rng.sample(range(n), n):       # in any order, as the pass asks
+            found = {s for s in siblings if s == x or s in nx.descendants(g, x)}
+            assert reach.mask(x) == sum(reach.bits[s] for s in found), (trial, x)
+        a = siblings[0]
+        for b in siblings[1:]:
+            # a path through a third group joins them: merging would close a cycle
+            lo, hi = sorted((a, b), key=rank.get)
+            third = any(hi in nx.descendants(g, s) or s == hi for s in g.succ[lo] if s != hi)
+            assert reach.blocked(a, b) == third, (trial, a, b)
