@@ -184,8 +184,7 @@ def analyze(model, example_inputs=(), example_kwargs=None, *, target: Target | N
         def step(recompute: bool):
             return capture_step(module, example_inputs, example_kwargs, layout=layout,
                                 recompute=recompute, optimizer=target.optimizer,
-                                loss_fn=loss_fn,
-                                device="cuda" if target.chip.kind == "gpu" else "cpu")
+                                loss_fn=loss_fn, device=_device(target))
         with _process_group(layout):
             report = report_of(step(target.recompute), target)
             if target.recompute:     # what it saves: the same step's peak without recomputation
@@ -205,11 +204,15 @@ def analyze(model, example_inputs=(), example_kwargs=None, *, target: Target | N
                              target.routing), target)
 
 
+def _device(target: Target) -> str:
+    """The PyTorch device type the target's chip runs: "cuda" for a GPU, else "cpu"."""
+    return "cuda" if target.chip.kind == "gpu" else "cpu"
+
+
 def _amp(model, target: Target):
     """The model as target.amp runs it: under CUDA's autocast policy for a GPU, the CPU's for
     a CPU (the model itself where amp is "")."""
-    return with_amp(model, "cuda" if target.chip.kind == "gpu" else "cpu", target.amp) \
-        if target.amp else model
+    return with_amp(model, _device(target), target.amp) if target.amp else model
 
 
 _DP_NOTE = ("each gradient bucket's all-reduce runs beside the backward kernels after it, at the "

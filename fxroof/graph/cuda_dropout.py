@@ -24,15 +24,16 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
-FUSED_RANK = 4      # PyTorch's fused attention kernels take 4-D query, key and value only
+from fxroof.graph.attention_path import FUSED_RANK
+
 CPU_FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
 
 
 @contextmanager
 def cuda_dropout():
     """Within: F.dropout(x, p, training=True) with 0 < p < 1 on a non-empty tensor, not in
-    place, traces as CUDA's fused native_dropout, and F.scaled_dot_product_attention with dropout as a fused
-    attention kernel, where CUDA's ATen would; every other call as before."""
+    place, traces as CUDA's fused native_dropout, and F.scaled_dot_product_attention with
+    dropout as a fused attention kernel, where CUDA's ATen would; every other call as before."""
     dropout, attention = F.dropout, F.scaled_dot_product_attention
 
     def fused_dropout(input, p=0.5, training=True, inplace=False):
@@ -44,12 +45,10 @@ def cuda_dropout():
 
     def fused_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
                         scale=None, enable_gqa=False):
-        qkv = (query, key, value)
-        fused = (0 < dropout_p < 1 and all(isinstance(t, torch.Tensor) and t.dim() == FUSED_RANK
-                                           for t in qkv)
-                 and query.shape[1] == key.shape[1] == value.shape[1]
-                 and (attn_mask is None or isinstance(attn_mask, torch.Tensor)))
-        if not fused:
+        shaped = all(isinstance(t, torch.Tensor) and t.dim() == FUSED_RANK
+                     for t in (query, key, value))
+        if not (0 < dropout_p < 1 and shaped and query.shape[1] == key.shape[1] == value.shape[1]
+                and (attn_mask is None or isinstance(attn_mask, torch.Tensor))):
             return attention(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
                              is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
         if attn_mask is not None and attn_mask.dtype == torch.bool:
