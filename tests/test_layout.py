@@ -199,6 +199,22 @@ def test_a_backward_transposes_what_its_gradients_read_by_hand():
     assert backward.relayout == (8 * 128 * 32 * 32 * 2, 8 * 64 * 32 * 32 * 2)
 
 
+
+def test_both_gradients_transpose_the_outputs_gradient_each_by_hand():
+    # the second convolution's input needs a gradient: ATen's cudnn_convolution_backward makes
+    # two cuDNN calls, the input's (output's gradient, filter) and the filter's (output's
+    # gradient, input), and each transposes its own channels-first operands
+    model = nn.Sequential(conv(64, 64, 3, padding=1), conv(64, 128, 3, padding=1))
+    r = fxroof.analyze(model, (half(8, 64, 32, 32),), chip="rtx-4090", mode="eager",
+                       train=True, optimizer="sgd")
+    backwards = [n for n in r.nodes if n.op == "convolution_backward"]
+    second = max(backwards, key=lambda n: n.relayout)
+    grad_out, weight, x = 8 * 128 * 32 * 32 * 2, 128 * 64 * 3 * 3 * 2, 8 * 64 * 32 * 32 * 2
+    assert second.relayout == (grad_out, weight, grad_out, x)
+    # the first one's input needs none: the filter's call alone
+    first = min(backwards, key=lambda n: n.relayout)
+    assert first.relayout == (8 * 64 * 32 * 32 * 2, 8 * 64 * 32 * 32 * 2)
+
 def test_1d_and_3d_convolutions_keep_their_transposes_where_inductor_converts_2d_ones():
     class Mixed(nn.Module):
         """A 2-d, a 3-d and a 1-d convolution: Inductor's layout optimization converts only the

@@ -166,8 +166,10 @@ def conv_backward(call: OpCall) -> Cost:
     forward = conv(OpCall(aten.convolution.default, (x, w, None, *call.args[4:10]), out=grad_out))
     mask = [bool(m) for m in call.get("output_mask")[:2]]
     summed = bool(call.get("output_mask")[2])     # every CUDA backend leaves it to a sum
-    # the input's gradient reads the filter, the filter's reads the input; both the gradient
-    operands = (grad_out, *([w] if mask[0] else []), *([x] if mask[1] else []))
+    # the input's gradient reads the output's gradient and the filter, the filter's the output's
+    # gradient and the input: two cuDNN calls (cudnn_convolution_backward, ConvShared.cpp), each
+    # transposing its own channels-first operands, so the output's gradient once for each
+    operands = (*((grad_out, w) if mask[0] else ()), *((grad_out, x) if mask[1] else ()))
     return with_copies(call.cost(forward.flops * sum(mask), "conv", variant=forward.variant,
                                  relayout=relayout(x, w, operands),
                                  bias_bytes=footprint(grad_out) if summed else 0,
