@@ -10,9 +10,10 @@ timed. `compare` rebuilds each case on the meta device, predicts it on the chip 
 (--chip: another name or a chip file) and prints each row, then per group: cases, median
 |error|, share within +-25%, geometric-mean ratio (predicted / measured), worst. A case whose
 measurement set one of the chip's figures (CALIBRATES) is shown but not counted. With --traces,
-`measure` also profiles each model's eager forward once (torch.profiler, into one zip), and
-`compare` sets each trace beside the model's eager prediction op by op (fxroof.compare_trace):
-which kernels a whole model's miss comes from.
+`measure` also profiles each model's eager forward once, and each training step once
+(torch.profiler, into one zip), and `compare` sets each trace beside the model's eager
+prediction, or the step's, op by op (fxroof.compare_trace): which kernels a whole model's miss
+comes from.
 
 How each mode is timed, and what it is set beside:
     kernel      one eager op, captured many times into a CUDA graph over enough copies of its
@@ -509,8 +510,9 @@ def time_wall(call, repeat: int) -> dict:
     return {"measured_s": statistics.median(walls), "best_s": min(walls), "repeat": repeat}
 
 
-def time_train(step, args, kwargs) -> dict:
-    """Wall seconds of one eager training step of a TrainStep, cuDNN autotuned."""
+def train_step(step, args, kwargs):
+    """One eager training step of a TrainStep as a call: zero_grad, forward, backward, the
+    optimizer's step."""
     make = {"sgd": lambda ps: torch.optim.SGD(ps, lr=1e-4),
             "adamw": lambda ps: torch.optim.AdamW(ps, lr=1e-4)}[step.optimizer]
     opt = make(step.parameters())
@@ -519,7 +521,18 @@ def time_train(step, args, kwargs) -> dict:
         opt.zero_grad(set_to_none=True)
         step(*args, **kwargs).backward()
         opt.step()
-    with torch.backends.cudnn.flags(enabled=True, benchmark=True, deterministic=False):
+    return one
+
+
+def autotuned_cudnn():
+    """cuDNN timing its algorithms for each shape, as training scripts set it."""
+    return torch.backends.cudnn.flags(enabled=True, benchmark=True, deterministic=False)
+
+
+def time_train(step, args, kwargs) -> dict:
+    """Wall seconds of one eager training step of a TrainStep, cuDNN autotuned."""
+    one = train_step(step, args, kwargs)
+    with autotuned_cudnn():
         warm(one)
         once = time_wall(one, 3)["measured_s"]
         return time_wall(one, max(5, min(20, math.ceil(1.0 / once))))
@@ -551,13 +564,14 @@ def time_model(mode: str, model, args, kwargs) -> dict:
         return {"measured_s": event_median(replay, repeat), "repeat": repeat}
 
 
-def record_trace(fn, args, kwargs, device: torch.device) -> bytes:
-    """The Chrome trace of one forward after a warm one: aten ops and, on a GPU, the kernels
-    each launched, for `fxroof.compare_trace`."""
+def record_trace(fn, args, kwargs, device: torch.device, grad: bool = False) -> bytes:
+    """The Chrome trace of one forward after a warm one (grad: of one call with autograd on, a
+    training step): aten ops and, on a GPU, the kernels each launched, for
+    `fxroof.compare_trace`."""
     from torch.profiler import ProfilerActivity, profile
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda"
                                            else [])
-    with torch.no_grad():
+    with torch.set_grad_enabled(grad):
         fn(*args, **kwargs)
         sync(device)
         with profile(activities=activities) as prof:
@@ -643,6 +657,13 @@ def measure(ns) -> int:
                 print(f"{name} [{mode}]: failed: {e!r}"[:200], flush=True)
             out["rows"].append(row)
             path.write_text(json.dumps(out, indent=1))
+        if ns.traces and "train" in modes:
+            try:        # a step's kernels, forward, backward and update: where a step's miss is
+                with autotuned_cudnn():
+                    add_trace(Path(ns.traces), name, record_trace(
+                        train_step(fn, args, kwargs), (), {}, CUDA, grad=True))
+            except Exception as e:                   # noqa: BLE001 - the timings stand
+                print(f"{name}: trace failed: {e!r}"[:200], flush=True)
         if ns.traces and "eager" in modes:
             try:        # the kernels behind a model's time, to find where a miss comes from
                 add_trace(Path(ns.traces), name, record_trace(fn, args, kwargs, CUDA))
@@ -753,7 +774,9 @@ def compare_traces(archive: Path, chip, only) -> None:
                 continue
             fn, args, kwargs = builds[name]("meta")
             model = fn if isinstance(fn, torch.nn.Module) else FunctionModule(fn)
-            report = analyze(model, args, kwargs, chip=chip, mode="eager")
+            step = {"train": True, "optimizer": model.optimizer} \
+                if isinstance(model, TrainStep) else {}
+            report = analyze(model, args, kwargs, chip=chip, mode="eager", **step)
             path = Path(tmp) / "trace.json"
             path.write_bytes(z.read(entry))
             c = compare_trace(report, path)
@@ -786,7 +809,8 @@ def main(argv=None) -> int:
                                   "whose alias is the name the driver reports)")
     m.add_argument("--budget-s", type=float, default=330, help="skip the cases left after this")
     m.add_argument("--only", nargs="*", default=[])
-    m.add_argument("--traces", help="also profile each model's eager forward into this zip")
+    m.add_argument("--traces", help="also profile each model's eager forward and each "
+                                    "training step into this zip")
     c = sub.add_parser("compare", help="predict every measured case and print the table")
     c.add_argument("file")
     c.add_argument("--chip", help="predict on this chip (name or file) instead of the file's")
