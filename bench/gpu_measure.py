@@ -120,6 +120,32 @@ def batch_norm_case(shape):
     return build
 
 
+def batch_norm_train(x, w):
+    """A training-mode batch norm: the batch's statistics, then the normalisation."""
+    return F.batch_norm(x, None, None, w, w, training=True)
+
+
+def batch_norm_train_step(x, w, grad):
+    """The same and its backward, as autograd runs them (a kernel case is timed without
+    gradients: they are asked for here)."""
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        return torch.autograd.grad(batch_norm_train(x, w), (x,), grad)
+
+
+def batch_norm_train_case(shape, dtype, backward: bool = False):
+    """A training batch norm over `shape` in `dtype`, its weight fp32 as under autocast: cuDNN's
+    kernels for float16 (PyTorch's _select_batch_norm_backend), PyTorch's own for bfloat16,
+    which give a channels-first input one block a channel (Normalization.cuh,
+    batch_norm_stats_cuda_template and batch_norm_backward_kernel)."""
+    def build(device):
+        x, w = tensor(shape, device, dtype), tensor(shape[1:2], device, torch.float32)
+        if backward:
+            return batch_norm_train_step, (x, w, tensor(shape, device, dtype)), {}
+        return batch_norm_train, (x, w), {}
+    return build
+
+
 def softmax(x):
     return torch.softmax(x, -1)
 
@@ -234,6 +260,18 @@ def kernel_cases():
         yield "kernel", f"{name}, autotuned", autotuned(op(conv, *shapes, **options))
         yield "kernel", f"{name}, channels-last, autotuned", \
             autotuned(channels_last(op(conv, *shapes, **options)))
+    # training batch norms at ResNet-50's first stage and at 256 channels, forward alone and
+    # with its backward: every held-out CNN training step is predicted fast, most on the A100
+    # and H100 (docs/time-model.md, "Held out: Lambda's training throughputs"), whose bandwidth a
+    # kernel of one block a channel cannot fill
+    for dtype, label in ((torch.float16, "fp16"), (BF16, "bf16")):
+        for shape in ((64, 64, 56, 56), (64, 256, 56, 56)):
+            for backward in (False, True):
+                case = batch_norm_train_case(shape, dtype, backward)
+                yield "kernel", (f"batch_norm train {label} {shape}"
+                                 + (", forward and backward" if backward else "")), case
+        yield "kernel", f"batch_norm train {label} (64, 64, 56, 56), channels-last", \
+            channels_last(batch_norm_train_case((64, 64, 56, 56), dtype))
     # GPT-2's head: 50,257 columns (rows of an odd number of 2-byte elements) against the
     # 50,304 nanoGPT pads them to
     for n in (50257, 50304):
