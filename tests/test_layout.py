@@ -238,3 +238,38 @@ def test_1d_and_3d_convolutions_keep_their_transposes_where_inductor_converts_2d
     # a 1-d convolution's input and filter, 2 bytes each, as cuDNN's 2-d call of height 1
     (c1,) = [n for n in r.nodes if n.op == "conv1d"]
     assert c1.relayout == (32 * 64 * 4096 * 2, 128 * 64 * 3 * 2)
+
+
+def test_channels_first_training_batch_norms_of_few_channels_are_named():
+    """PyTorch's and cuDNN's channels-first training batch norms run one block of 512 threads a
+    channel: 64 channels are 64 blocks where an A100 holds 108 SMs x 4 = 432 at once. Named in
+    an eager training step; not channels-last, not in inference, not compiled (Inductor's own
+    kernels), not on a CPU, and not where the channels fill the GPU (512 >= 432)."""
+    class Step(nn.Module):
+        def __init__(self, channels, last=False):
+            super().__init__()
+            with torch.device("meta"):
+                self.net = nn.Sequential(nn.Conv2d(3, channels, 3, padding=1),
+                                         nn.BatchNorm2d(channels), nn.ReLU()).half()
+            if last:
+                self.net = self.net.to(memory_format=torch.channels_last)
+
+        def forward(self, x):
+            return self.net(x).float().mean()
+
+    def notes(channels=64, last=False, chip="a100-80gb", mode="eager", train=True):
+        x = half(32, 3, 56, 56, channels_last=last)
+        step = Step(channels, last)
+        r = fxroof.analyze(step if train else step.eval(), (x,), chip=chip, mode=mode,
+                           train=train, **({"optimizer": "sgd"} if train else {}))
+        return [n for n in r.notes if "block a channel" in n]
+
+    (note,) = notes()
+    # the forward's statistics and the backward's gradient: two kernels of 64 blocks
+    assert note.startswith("2 training batch-norm kernels over channels-first tensors")
+    assert "64 blocks where the NVIDIA A100 SXM4 80GB holds 432 at once (108 SMs, 4 each)" in note
+    assert not notes(last=True)
+    assert not notes(train=False)
+    assert not notes(mode="compiled")
+    assert not notes(chip="cpu")
+    assert not notes(channels=512)

@@ -6,6 +6,8 @@ the analysis's own target (routing, what-ifs) stay with it in fxroof.pipeline.
 """
 from __future__ import annotations
 
+import torch
+
 from fxroof.chips import Chip, chips
 from fxroof.chips.expected import FLASH_DTYPES, attention_share, runs_cudnn_attention
 from fxroof.chips.timing import unit_dtype
@@ -120,6 +122,83 @@ def alignment_notes(report: Report) -> tuple:
             f"slower kernels, which this prediction does not price: expect "
             f"{'them' if many else 'it'} slower than shown. Padding the dimension to a multiple "
             f"of 64 avoids it (nanoGPT pads GPT-2's 50,257-token vocabulary to 50,304)",)
+
+
+# A training batch norm over a channels-first tensor gives each channel one block of 512
+# threads in PyTorch's CUDA kernels (Normalization.cuh: batch_norm_stats_cuda_template and
+# batch_norm_backward_kernel launch blocks(input.size(1))), and cuDNN's are named alike
+# (bn_fw_tr_1C11_kernel_NCHW, bn_bw_1C11_kernel_new<..., 512, ...>). Not priced: no
+# measurement here says how far short of the bandwidth so few blocks fall.
+CHANNEL_BLOCK_THREADS = 512
+TRAINING_BATCH_NORMS = frozenset({"native_batch_norm", "_native_batch_norm_legit",
+                                  "_native_batch_norm_legit_functional", "cudnn_batch_norm",
+                                  "batch_norm", "_batch_norm_with_update",
+                                  "native_batch_norm_backward", "batch_norm_backward",
+                                  "cudnn_batch_norm_backward"})
+
+
+def channel_block_notes(gm, report: Report) -> tuple:
+    """Name the training batch norms on channels-first tensors whose channels, one block each,
+    are fewer blocks than the GPU holds at once, when they hold a noticeable share of the
+    step. Eager kernels only: a compiled program's norms are Inductor's own."""
+    chip = report.chip
+    if chip.kind != "gpu" or report.mode == "compiled" or not chip.sm_count:
+        return ()
+    per_sm = max(int(chip.sm_threads) // CHANNEL_BLOCK_THREADS, 1)
+    held = int(chip.sm_count) * per_sm
+    few = {n.name: int(x.shape[1]) for n in gm.graph.nodes
+           if n.op == "call_function" and getattr(getattr(n.target, "overloadpacket", None),
+                                                  "__name__", "") in TRAINING_BATCH_NORMS
+           and _trains(n) and (x := _batch_norm_input(n)) is not None
+           and x.dim() >= 3 and _channels_first(x) and int(x.shape[1]) < held}
+    kernels = [k for k in report.kernels if any(name in few for name in k.nodes)]
+    total = sum(k.time_s for k in report.kernels)
+    share = sum(k.time_s for k in kernels) / total if total else 0.0
+    if share < KERNEL_NOTE_SHARE:
+        return ()
+    lo, hi = min(few.values()), max(few.values())
+    blocks = f"{lo:,}" if lo == hi else f"{lo:,}-{hi:,}"
+    return (f"{len(kernels)} training batch-norm kernels over channels-first tensors "
+            f"({share:.0%} of the predicted kernel time) run one {CHANNEL_BLOCK_THREADS}-thread "
+            f"block a channel in PyTorch's and cuDNN's kernels: {blocks} blocks where the "
+            f"{chip.title} holds {held:,} at once ({int(chip.sm_count)} SMs, {per_sm} each). "
+            f"This prediction streams them at the chip's bandwidth, which so few blocks may not "
+            f"draw: expect them slower than shown. "
+            f"Channels-last tensors (model and input .to(memory_format=torch.channels_last)) "
+            f"take kernels whose grid spans the batch too",)
+
+
+def _trains(node) -> bool:
+    """Whether a batch norm node computes the batch's statistics (a forward in training mode)
+    or their gradient (a backward in training mode): its `training`, `train` or `update`
+    argument, where its schema has one (cuDNN's backward and _batch_norm_with_update always)."""
+    names = [a.name for a in node.target._schema.arguments]
+    flag = next((n for n in ("training", "train", "update") if n in names), None)
+    return flag is None or bool(_argument(node, flag))
+
+
+def _batch_norm_input(node):
+    """The tensor a batch norm node normalises (a backward's: the forward's input)."""
+    value = getattr(_argument(node, "input"), "meta", {}).get("val")
+    return value if isinstance(value, torch.Tensor) else None
+
+
+def _argument(node, name: str):
+    """A call node's argument by its schema name, passed by position or keyword."""
+    names = [a.name for a in node.target._schema.arguments]
+    if name in names and names.index(name) < len(node.args):
+        return node.args[names.index(name)]
+    return node.kwargs.get(name)
+
+
+def _channels_first(x) -> bool:
+    """A contiguous tensor not in a channels-last layout (both, for one pixel, counts as not)."""
+    try:
+        last = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+        return x.is_contiguous() and not (x.dim() in (4, 5)
+                                           and x.is_contiguous(memory_format=last))
+    except (RuntimeError, TypeError):           # symbolic strides: the layout is not known
+        return False
 
 
 def cuda_core_notes(report: Report) -> tuple:
