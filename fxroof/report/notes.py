@@ -146,11 +146,11 @@ def channel_block_notes(gm, report: Report) -> tuple:
         return ()
     per_sm = max(int(chip.sm_threads) // CHANNEL_BLOCK_THREADS, 1)
     held = int(chip.sm_count) * per_sm
-    few = {n.name: int(x.shape[1]) for n in gm.graph.nodes
+    few = {n.name: channels for n in gm.graph.nodes
            if n.op == "call_function" and getattr(getattr(n.target, "overloadpacket", None),
                                                   "__name__", "") in TRAINING_BATCH_NORMS
-           and _trains(n) and (x := _batch_norm_input(n)) is not None
-           and x.dim() >= 3 and _channels_first(x) and int(x.shape[1]) < held}
+           and _trains(n) and (channels := _channels_first(_batch_norm_input(n)))
+           and channels < held}
     kernels = [k for k in report.kernels if any(name in few for name in k.nodes)]
     total = sum(k.time_s for k in report.kernels)
     share = sum(k.time_s for k in kernels) / total if total else 0.0
@@ -179,8 +179,7 @@ def _trains(node) -> bool:
 
 def _batch_norm_input(node):
     """The tensor a batch norm node normalises (a backward's: the forward's input)."""
-    value = getattr(_argument(node, "input"), "meta", {}).get("val")
-    return value if isinstance(value, torch.Tensor) else None
+    return getattr(_argument(node, "input"), "meta", {}).get("val")
 
 
 def _argument(node, name: str):
@@ -191,14 +190,17 @@ def _argument(node, name: str):
     return node.kwargs.get(name)
 
 
-def _channels_first(x) -> bool:
-    """A contiguous tensor not in a channels-last layout (both, for one pixel, counts as not)."""
+def _channels_first(x) -> int:
+    """The channels of a contiguous tensor of 3 dimensions or more that is not also channels-last
+    (one pixel is both, and takes either kernel); 0 for any other, or a layout not known."""
+    if not isinstance(x, torch.Tensor) or x.dim() < 3:
+        return 0
     try:
-        last = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
-        return x.is_contiguous() and not (x.dim() in (4, 5)
-                                           and x.is_contiguous(memory_format=last))
-    except (RuntimeError, TypeError):           # symbolic strides: the layout is not known
-        return False
+        last = x.dim() in (4, 5) and x.is_contiguous(
+            memory_format=torch.channels_last if x.dim() == 4 else torch.channels_last_3d)
+        return int(x.shape[1]) if x.is_contiguous() and not last else 0
+    except (RuntimeError, TypeError, ValueError):    # symbolic sizes or strides
+        return 0
 
 
 def cuda_core_notes(report: Report) -> tuple:
