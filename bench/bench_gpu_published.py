@@ -194,6 +194,10 @@ when absent; their README says how each was measured):
         BertForQuestionAnswering in fp16 with its eager attention (optimizer="adamw", fp32
         master weights). Measured step = batch / throughput. The Quadro RTX 8000 row is left
         out (no Turing workstation card in the chip table).
+        Also: torchvision ResNet-50 training, V100, AMP and fp32, both layouts: a community run
+        (sandeepkumar-skb/pytorch_experiments, torchvision_exp/README.md, commit 0e13d7f) of one
+        SGD step at batch 128 on a V100-SXM2, under autocast or in fp32, channels-first and
+        channels-last, as fxroof's eager step of models/resnet.py in each.
 
     --timm RESULTS
         the results/ folder of a pytorch-image-models checkout adds, each as a source of its
@@ -703,6 +707,53 @@ def lambda_cases(only: str, wanted: bool) -> list[Case]:
             cases.append(Case(sources[model_name], f"{gpu} {model_name} b{batch}",
                               batch / throughputs[i],
                               report.summary.floor_s, report.time_s, made_of(report.kernels)))
+    return cases
+
+
+# -- a community run: torchvision's ResNet-50 training in both layouts ---------------------------
+
+# sandeepkumar-skb/pytorch_experiments, torchvision_exp/README.md (commit 0e13d7f) and its
+# run_train_infer.py: torchvision's ResNet-50 at batch 128 on a Tesla V100-SXM2, one step of SGD
+# (momentum 0.9, weight decay) on cross-entropy, cudnn.benchmark on, under torch.cuda.amp's
+# autocast or in fp32, channels-first or channels-last (model and input); milliseconds a step.
+# Its AMP rows were set beside fxroof's layouts before (docs/time-model.md), its fp32 rows not.
+TORCHVISION_V100 = {("amp", "nhwc"): 110.93, ("amp", "nchw"): 152.20,
+                    ("fp32", "nhwc"): 412.84, ("fp32", "nchw"): 342.37}
+TORCHVISION_BATCH = 128
+
+
+class Fp32TrainStep(nn.Module):
+    """A training step's forward in fp32: the cross-entropy of the model's output."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x, target):
+        return F.cross_entropy(self.model(x), target)
+
+
+def torchvision_train_cases(only: str, wanted: bool) -> list[Case]:
+    """The community V100 run above (--lambda): fxroof's eager SGD step of models/resnet.py
+    (torchvision's ResNet-50 v1.5) in each precision and layout."""
+    source = "torchvision ResNet-50 training, V100, AMP and fp32, both layouts"
+    if not wanted or only not in source:
+        return []
+    from fxroof.studies.workload import load
+    cases = []
+    for (precision, layout), measured_ms in TORCHVISION_V100.items():
+        model, *_ = load(str(ROOT / "models" / "resnet.py"), {"depth": 50, "batch": 1})
+        step = (AmpTrainStep if precision == "amp" else Fp32TrainStep)(model.train())
+        x = torch.empty(TORCHVISION_BATCH, 3, 224, 224, device="meta")
+        if layout == "nhwc":
+            step, x = step.to(memory_format=torch.channels_last), \
+                x.contiguous(memory_format=torch.channels_last)
+        target = torch.zeros(TORCHVISION_BATCH, dtype=torch.long, device="meta")
+        report = fxroof.analyze(step, (x, target), chip="v100", mode="eager", train=True,
+                                optimizer="sgd")
+        cases.append(Case(source, f"v100 resnet50 b{TORCHVISION_BATCH} {precision} {layout}",
+                          measured_ms * 1e-3, report.summary.floor_s, report.time_s,
+                          made_of(report.kernels)))
     return cases
 
 
@@ -1889,7 +1940,8 @@ def main(argv=None) -> int:
                          "minutes)")
     ap.add_argument("--lambda", dest="lambda_", action="store_true",
                     help="adds Lambda's single-GPU training throughputs: ResNet-50 and BERT SQuAD "
-                         "fine-tuning on 15 GPUs (about 3 minutes)")
+                         "fine-tuning on 15 GPUs, and a community V100 run of torchvision's "
+                         "ResNet-50 in AMP and fp32, both layouts (about 4 minutes)")
     ap.add_argument("--timm", type=Path, metavar="RESULTS",
                     help="the results/ folder of a pytorch-image-models checkout: adds the GPUs, "
                          "torch versions and layouts its benchmark-infer-*.csv hold")
@@ -1937,7 +1989,8 @@ def main(argv=None) -> int:
              + gpt_fast_cases(args.only, args.tp) + torchao_cases(args.only)
              + trt_llm_cases(args.only, args.tp, args.trt_090)
              + torchtitan_cases(args.only, args.training)
-             + lambda_cases(args.only, args.lambda_))
+             + lambda_cases(args.only, args.lambda_)
+             + torchvision_train_cases(args.only, args.lambda_))
     if not cases:
         print("no cases to compare")
         return 0
