@@ -140,9 +140,10 @@ TRAINING_BATCH_NORMS = frozenset({"native_batch_norm", "_native_batch_norm_legit
 def channel_block_notes(gm, report: Report) -> tuple:
     """Name the training batch norms on channels-first tensors whose channels, one block each,
     are fewer blocks than the GPU holds at once, when they hold a noticeable share of the
-    step. Eager kernels only: a compiled program's norms are Inductor's own."""
+    step. Eager kernels only: a compiled program's norms are Inductor's own; NVIDIA GPUs only
+    (ROCm's PyTorch runs blocks of 256 threads and MIOpen's kernels, not modelled)."""
     chip = report.chip
-    if chip.kind != "gpu" or report.mode == "compiled" or not chip.sm_count:
+    if chip.kind != "gpu" or not chip.nvidia or report.mode == "compiled" or not chip.sm_count:
         return ()
     per_sm = max(int(chip.sm_threads) // CHANNEL_BLOCK_THREADS, 1)
     held = int(chip.sm_count) * per_sm
