@@ -559,14 +559,14 @@ def channels_last(model, x):
 class AmpTrainStep(nn.Module):
     """timm's training benchmark step up to the backward: the forward and the cross-entropy loss
     under CUDA autocast in float16 (fxroof traces CUDA autocast as CPU autocast of the same dtype
-    where there is no GPU)."""
+    where there is no GPU); `enabled=False`, in fp32, as autocast(enabled=False) leaves it."""
 
-    def __init__(self, model):
+    def __init__(self, model, enabled: bool = True):
         super().__init__()
-        self.model = model
+        self.model, self.enabled = model, enabled
 
     def forward(self, x, target):
-        with torch.autocast("cuda", dtype=torch.float16):
+        with torch.autocast("cuda", dtype=torch.float16, enabled=self.enabled):
             return F.cross_entropy(self.model(x), target)
 
 
@@ -722,17 +722,6 @@ TORCHVISION_V100 = {("amp", "nhwc"): 110.93, ("amp", "nchw"): 152.20,
 TORCHVISION_BATCH = 128
 
 
-class Fp32TrainStep(nn.Module):
-    """A training step's forward in fp32: the cross-entropy of the model's output."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x, target):
-        return F.cross_entropy(self.model(x), target)
-
-
 def torchvision_train_cases(only: str, wanted: bool) -> list[Case]:
     """The community V100 run above (--lambda): fxroof's eager SGD step of models/resnet.py
     (torchvision's ResNet-50 v1.5) in each precision and layout."""
@@ -743,11 +732,10 @@ def torchvision_train_cases(only: str, wanted: bool) -> list[Case]:
     cases = []
     for (precision, layout), measured_ms in TORCHVISION_V100.items():
         model, *_ = load(str(ROOT / "models" / "resnet.py"), {"depth": 50, "batch": 1})
-        step = (AmpTrainStep if precision == "amp" else Fp32TrainStep)(model.train())
+        step = AmpTrainStep(model.train(), enabled=precision == "amp")
         x = torch.empty(TORCHVISION_BATCH, 3, 224, 224, device="meta")
         if layout == "nhwc":
-            step, x = step.to(memory_format=torch.channels_last), \
-                x.contiguous(memory_format=torch.channels_last)
+            step, x = channels_last(step, x)
         target = torch.zeros(TORCHVISION_BATCH, dtype=torch.long, device="meta")
         report = fxroof.analyze(step, (x, target), chip="v100", mode="eager", train=True,
                                 optimizer="sgd")

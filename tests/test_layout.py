@@ -199,7 +199,6 @@ def test_a_backward_transposes_what_its_gradients_read_by_hand():
     assert backward.relayout == (8 * 128 * 32 * 32 * 2, 8 * 64 * 32 * 32 * 2)
 
 
-
 def test_both_gradients_transpose_the_outputs_gradient_each_by_hand():
     # the second convolution's input needs a gradient: ATen's cudnn_convolution_backward makes
     # two cuDNN calls, the input's (output's gradient, filter) and the filter's (output's
@@ -214,6 +213,7 @@ def test_both_gradients_transpose_the_outputs_gradient_each_by_hand():
     # the first one's input needs none: the filter's call alone
     first = min(backwards, key=lambda n: n.relayout)
     assert first.relayout == (8 * 64 * 32 * 32 * 2, 8 * 64 * 32 * 32 * 2)
+
 
 def test_1d_and_3d_convolutions_keep_their_transposes_where_inductor_converts_2d_ones():
     class Mixed(nn.Module):

@@ -23,6 +23,7 @@ class SiblingReach:
         self.bits = {gid: 1 << j for j, gid in enumerate(siblings)}   # sibling group -> its bits
         self.hi = max(rank[gid] for gid in siblings)
         self.memo: dict = {}
+        self._after: tuple | None = None   # (sorted sibling ranks, bits ranked from each on)
 
     def mask(self, x: int) -> int:
         """The bits of the siblings that group x reaches, itself included."""
@@ -30,15 +31,7 @@ class SiblingReach:
         if x in memo:
             return memo[x]
         succ, rank, hi, bits = self.g.succ, self.rank, self.hi, self.bits
-        # What a group can reach at most: the siblings ranked after it (ranks are topological),
-        # itself included. A group that reaches all of them needs none of its other successors
-        # looked at: a forward tensor's reader reaches its backward reader in a few steps, where
-        # a full sweep would cover every group in between.
-        order = sorted((rank[g], b) for g, b in bits.items())
-        ranks = [r for r, _ in order]
-        after = [0] * (len(order) + 1)
-        for i in range(len(order) - 1, -1, -1):
-            after[i] = after[i + 1] | order[i][1]
+        ranks, after = self._ranked_after()
 
         def frame(y: int) -> list:
             own = bits.get(y, 0)
@@ -75,9 +68,24 @@ class SiblingReach:
             a, b = b, a
         return any(self.mask(s) & self.bits[b] for s in self.g.succ[a] if s != b)
 
+    def _ranked_after(self) -> tuple:
+        """What a group can reach at most: the siblings ranked after it (ranks are topological),
+        itself included; (the siblings' ranks sorted, the bits of those from each position on).
+        A group that reaches all of them needs none of its other successors looked at: a forward
+        tensor's reader reaches its backward reader in a few steps, where a full sweep would
+        cover every group in between. Kept until a merge changes the bits."""
+        if self._after is None:
+            order = sorted((self.rank[g], b) for g, b in self.bits.items())
+            after = [0] * (len(order) + 1)
+            for i in range(len(order) - 1, -1, -1):
+                after[i] = after[i + 1] | order[i][1]
+            self._after = ([r for r, _ in order], after)
+        return self._after
+
     def merged(self, kept: int, gone: int) -> None:
         """Siblings `gone` and `kept` are one group `kept` now. Every mask is computed again:
         one that stopped early left groups below it without theirs, so an ancestor walk from
         the merged group would not reach it."""
         self.bits[kept] |= self.bits.pop(gone)
         self.memo.clear()
+        self._after = None

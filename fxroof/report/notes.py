@@ -11,6 +11,7 @@ import torch
 from fxroof.chips import Chip, chips
 from fxroof.chips.expected import FLASH_DTYPES, attention_share, runs_cudnn_attention
 from fxroof.chips.timing import unit_dtype
+from fxroof.cost.formulas import OpCall
 from fxroof.cost.record import MATRIX_CATEGORIES
 from fxroof.graph.compiled_branches import repeated_kv
 from fxroof.graph.fused_recurrences import KERNELS as FUSED_KERNELS
@@ -147,11 +148,15 @@ def channel_block_notes(gm, report: Report) -> tuple:
         return ()
     per_sm = max(int(chip.sm_threads) // CHANNEL_BLOCK_THREADS, 1)
     held = int(chip.sm_count) * per_sm
-    few = {n.name: channels for n in gm.graph.nodes
-           if n.op == "call_function" and getattr(getattr(n.target, "overloadpacket", None),
-                                                  "__name__", "") in TRAINING_BATCH_NORMS
-           and _trains(n) and (channels := _channels_first(_batch_norm_input(n)))
-           and channels < held}
+    few = {}        # node -> its channels, one block each
+    for n in gm.graph.nodes:
+        packet = getattr(n.target, "overloadpacket", None) if n.op == "call_function" else None
+        if getattr(packet, "__name__", "") not in TRAINING_BATCH_NORMS:
+            continue
+        call = OpCall.of(n)
+        channels = _channels_first(call.get("input"))
+        if _trains(call) and 0 < channels < held:
+            few[n.name] = channels
     kernels = [k for k in report.kernels if any(name in few for name in k.nodes)]
     total = sum(k.time_s for k in report.kernels)
     share = sum(k.time_s for k in kernels) / total if total else 0.0
@@ -169,26 +174,13 @@ def channel_block_notes(gm, report: Report) -> tuple:
             f"take kernels whose grid spans the batch too",)
 
 
-def _trains(node) -> bool:
-    """Whether a batch norm node computes the batch's statistics (a forward in training mode)
-    or their gradient (a backward in training mode): its `training`, `train` or `update`
-    argument, where its schema has one (cuDNN's backward and _batch_norm_with_update always)."""
-    names = [a.name for a in node.target._schema.arguments]
-    flag = next((n for n in ("training", "train", "update") if n in names), None)
-    return flag is None or bool(_argument(node, flag))
-
-
-def _batch_norm_input(node):
-    """The tensor a batch norm node normalises (a backward's: the forward's input)."""
-    return getattr(_argument(node, "input"), "meta", {}).get("val")
-
-
-def _argument(node, name: str):
-    """A call node's argument by its schema name, passed by position or keyword."""
-    names = [a.name for a in node.target._schema.arguments]
-    if name in names and names.index(name) < len(node.args):
-        return node.args[names.index(name)]
-    return node.kwargs.get(name)
+def _trains(call: OpCall) -> bool:
+    """Whether a batch norm call computes the batch's statistics (a forward in training mode) or
+    their gradient (a backward in training mode): its `training`, `train` or `update` argument,
+    where its schema has one (cuDNN's backward and _batch_norm_with_update always)."""
+    flag = next((v for v in map(call.get, ("training", "train", "update")) if v is not None),
+                True)
+    return bool(flag)
 
 
 def _channels_first(x) -> int:
