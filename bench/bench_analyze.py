@@ -18,7 +18,7 @@ from _child import run_child
 ROOT = Path(__file__).resolve().parent.parent
 
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 sys.path.insert(0, {root!r})
 import torch
 from fxroof.cli.hf import from_config
@@ -39,7 +39,7 @@ else:
     report_of(graph, target_of(None, chip="h100-sxm"))
 end = time.perf_counter()
 print(json.dumps(dict(capture_s=captured - start, passes_s=end - captured, seconds=end - start,
-                      rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3)))
+                      rss_mb=peak_rss_bytes() / 1e6)))
 """
 
 

@@ -121,7 +121,7 @@ def memory_table() -> list:
 
 
 COST = r"""
-import json, resource, sys, time
+import json, sys, time
 sys.path.insert(0, {root!r})
 import torch, transformers as tf
 import fxroof
@@ -141,7 +141,7 @@ r = fxroof.analyze(m, (ids,), {{"labels": ids}}, train=True, chip="h100-sxm", **
 print(json.dumps(dict(s=time.perf_counter() - start, ops=len(r.nodes), kernels=len(r.kernels),
                       step_s=r.time_s, mfu=r.mfu, comm_s=r.summary.schedule.comm_s,
                       exposed_s=r.summary.schedule.exposed_s,
-                      rss=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)))
+                      rss=peak_rss_bytes())))
 """
 
 
