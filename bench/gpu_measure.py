@@ -272,6 +272,20 @@ def kernel_cases():
                                  + (", forward and backward" if backward else "")), case
         yield "kernel", f"batch_norm train {label} (64, 64, 56, 56), channels-last", \
             channels_last(batch_norm_train_case((64, 64, 56, 56), dtype))
+    # timm's AMP training of depthwise networks is the heldout training miss furthest out
+    # (MobileNetV2, EfficientNet: 0.62x-0.78x in both layouts, bench/README.md): float16
+    # depthwise convolutions, which PyTorch sends to cuDNN at stride 1 (conv.py,
+    # cudnn_depthwise_workload), forward and with both gradients, in each layout
+    for backward in (False, True):
+        kind = "backward" if backward else "forward"
+        case = op(conv_backward, (64, 144, 56, 56), (64, 144, 56, 56), (144, 1, 3, 3),
+                  dtype=torch.float16, padding=1, groups=144) if backward else \
+            op(conv, (64, 144, 56, 56), (144, 1, 3, 3), dtype=torch.float16, padding=1,
+               groups=144)
+        yield "kernel", f"conv depthwise 3x3 x 144 at 56 px, batch 64, fp16, {kind}", \
+            autotuned(case)
+        yield "kernel", (f"conv depthwise 3x3 x 144 at 56 px, batch 64, fp16, {kind}, "
+                         f"channels-last"), autotuned(channels_last(case))
     # GPT-2's head: 50,257 columns (rows of an odd number of 2-byte elements) against the
     # 50,304 nanoGPT pads them to
     for n in (50257, 50304):
@@ -418,6 +432,23 @@ def hf_train(kind: str, batch: int, seq: int):
     return build
 
 
+def hf_vision_train(config: dict, batch: int, layout_last: bool):
+    """A transformers image classifier's SGD step under AMP at 224 px, its own cross-entropy
+    (labels): MobileNetV2, the depthwise network of timm's training runs."""
+    def build(device):
+        import transformers as tf
+        cfg = tf.AutoConfig.for_model(**config)
+        with torch.device(device):
+            model = tf.AutoModelForImageClassification.from_config(cfg)
+        x = torch.randn(batch, 3, 224, 224, device=device)
+        if layout_last:
+            model, x = model.to(memory_format=torch.channels_last), \
+                x.contiguous(memory_format=torch.channels_last)
+        labels = torch.zeros(batch, dtype=torch.long, device=device)
+        return TrainStep(model, "sgd"), (), {"pixel_values": x, "labels": labels}
+    return build
+
+
 def model_cases():
     """(group, name, modes, build): GPU-sized models, in the order they are worth measuring."""
     yield "model", "llama2-7b decode B=1 ctx=2048", AS_RUN, \
@@ -451,6 +482,10 @@ def model_cases():
     # training steps, every held-out source of which fxroof predicts fast (docs/time-model.md)
     yield "model", "resnet50 train B=64 amp", ("train",), resnet_train(64, False)
     yield "model", "resnet50 train B=64 amp, channels-last", ("train",), resnet_train(64, True)
+    yield "model", "hf mobilenet-v2 train B=128 amp", ("train",), \
+        hf_vision_train(MOBILENET, 128, False)
+    yield "model", "hf mobilenet-v2 train B=128 amp, channels-last", ("train",), \
+        hf_vision_train(MOBILENET, 128, True)
     yield "model", "hf bert-base squad train B=8 T=384 amp", ("train",), hf_train("bert", 8, 384)
     yield "model", "hf gpt2 train B=4 T=1024 amp", ("train",), hf_train("gpt2", 4, 1024)
     # under torch.compile last: compiling takes the longest
