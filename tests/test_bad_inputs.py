@@ -85,6 +85,8 @@ def files(tmp_path, monkeypatch, model):
     (tmp_path / "broken.json").write_text('{"model_type": "llama"')
     (tmp_path / "list.json").write_text("[1, 2]")
     (tmp_path / "notype.json").write_text('{"hidden_size": 8}')
+    (tmp_path / "llama.json").write_text('{"model_type": "llama", "hidden_size": 16, '
+                                         '"num_hidden_layers": 1, "vocab_size": 32}')
     (tmp_path / "chip.json").write_text('{"name": "x"}')
     return tmp_path
 
@@ -127,6 +129,12 @@ def files(tmp_path, monkeypatch, model):
     (["analyze", "--hf", "{d}/none.json"], "none.json' does not exist"),
     (["analyze", "--hf", "{d}/notype.json"], "has no \"model_type\" key"),
     (["analyze", "--hf", "{d}/broken.json"], "is not valid JSON"),
+    (["analyze", "--hf", "{d}/llama.json", "--set", "seq=abc"],
+     "option seq=abc: seq takes a whole number of 1 or more"),
+    (["sweep", "--hf", "{d}/llama.json", "--over", "batch=0,1"],
+     "option batch=0: batch takes a whole number of 1 or more"),
+    (["analyze", "--hf", "{d}/llama.json", "--set", "layers=2"],
+     "option 'layers': a config's model takes batch, seq, dtype"),
     (["analyze", "{d}/notype.json"], "a workload is a Python file (.py); a transformers config "
                                      "goes to --hf"),
     # the machine

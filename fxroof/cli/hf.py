@@ -26,11 +26,27 @@ from fxroof.graph.tensors import torch_dtype
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
 
-__all__ = ["from_config"]
+__all__ = ["from_config", "config_options"]
 
 # Architecture names that carry a next-token head; anything else is built as the bare AutoModel.
 _CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 _POSITION_TABLES = ("wpe", "position_embeddings", "embed_positions")
+
+
+def config_options(options: Mapping[str, Any]) -> dict:
+    """`options` (the command line's --set pairs) checked against from_config's keywords: an
+    unknown name, or a count that is not a positive whole number, is a ValueError naming it (the
+    call itself would fail deep inside transformers, in its words, not the user's)."""
+    params = {name: p for name, p in inspect.signature(from_config).parameters.items()
+              if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    for key, value in options.items():
+        if key not in params:
+            raise ValueError(f"option {key!r}: a config's model takes "
+                             f"{', '.join(params)}")
+        counts = params[key].annotation in ("int", "int | None")
+        if counts and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"option {key}={value}: {key} takes a whole number of 1 or more")
+    return dict(options)
 
 
 def from_config(config: str | os.PathLike | Mapping[str, Any] | PretrainedConfig, *,

@@ -206,8 +206,8 @@ def _workload(ns):
     if ns.hf and ns.spec != DEFAULT_SPEC:
         raise UsageError(f"give a workload file or --hf CONFIG, not both ({ns.spec}, {ns.hf})")
     if ns.hf:
-        from fxroof.cli.hf import from_config
-        return lambda **options: from_config(ns.hf, **options)
+        from fxroof.cli.hf import config_options, from_config
+        return lambda **options: from_config(ns.hf, **config_options(options))
     return lambda **options: load(ns.spec, options)
 
 
