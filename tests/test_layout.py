@@ -1,5 +1,7 @@
 """Channels-first convolutions on a GPU: the transposes cuDNN runs for them (hand arithmetic), and
 when torch.compile runs them channels-last instead (against Inductor's own decision)."""
+import math
+
 import pytest
 import torch
 import torch.nn as nn
@@ -11,6 +13,7 @@ from fxroof.chips.timing import Timing
 from fxroof.cost.annotate import annotate
 from fxroof.fuse.layout import channels_last_convs
 from fxroof.graph.capture import capture
+from fxroof.report.units import seconds
 from helpers import cost_of
 
 
@@ -240,37 +243,57 @@ def test_1d_and_3d_convolutions_keep_their_transposes_where_inductor_converts_2d
     assert c1.relayout == (32 * 64 * 4096 * 2, 128 * 64 * 3 * 2)
 
 
-def test_channels_first_training_batch_norms_of_few_channels_are_named():
-    """PyTorch's and cuDNN's channels-first training batch norms run one block of 512 threads a
-    channel: 64 channels are 64 blocks where an A100 holds 108 SMs x 4 = 432 at once. Named in
-    an eager training step; not channels-last, not in inference, not compiled (Inductor's own
-    kernels), not on a CPU, and not where the channels fill the GPU (512 >= 432)."""
+def test_channels_first_training_batch_norms_wait_a_load_a_step_a_block_a_channel():
+    """PyTorch's channels-first training batch norm gives each channel one block of 512 threads,
+    each walking the channel's elements one load a step; its gradient walks them twice (sums,
+    then dx). 64 channels of 32 x 56 x 56 on an A100: one wave (108 SMs x 4 blocks), 196 steps
+    of the memory latency (390 ns) plus the wave's 245 ns; the gradient 392 steps. The waits
+    and the streaming add as a 2-norm. Not channels-last (its kernels span the batch), not in
+    inference, not compiled (Inductor's own), not on a CPU or an AMD GPU (ROCm's blocks and
+    MIOpen's kernels)."""
     class Step(nn.Module):
-        def __init__(self, channels, last=False):
+        def __init__(self, last=False):
             super().__init__()
             with torch.device("meta"):
-                self.net = nn.Sequential(nn.Conv2d(3, channels, 3, padding=1),
-                                         nn.BatchNorm2d(channels), nn.ReLU()).half()
+                self.net = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.BatchNorm2d(64),
+                                         nn.ReLU()).half()
             if last:
                 self.net = self.net.to(memory_format=torch.channels_last)
 
         def forward(self, x):
             return self.net(x).float().mean()
 
-    def notes(channels=64, last=False, chip="a100-80gb", mode="eager", train=True):
+    def analyzed(last=False, chip="a100-80gb", mode="eager", train=True):
         x = half(32, 3, 56, 56, channels_last=last)
-        step = Step(channels, last)
-        r = fxroof.analyze(step if train else step.eval(), (x,), chip=chip, mode=mode,
-                           train=train, **({"optimizer": "sgd"} if train else {}))
-        return [n for n in r.notes if "block a channel" in n]
+        step = Step(last)
+        return fxroof.analyze(step if train else step.eval(), (x,), chip=chip, mode=mode,
+                              train=train, **({"optimizer": "sgd"} if train else {}))
 
-    (note,) = notes()
-    # the forward's statistics and the backward's gradient: two kernels of 64 blocks
-    assert note.startswith("2 training batch-norm kernels over channels-first tensors")
-    assert "64 blocks where the NVIDIA A100 SXM4 80GB holds 432 at once (108 SMs, 4 each)" in note
-    assert not notes(last=True)
-    assert not notes(train=False)
-    assert not notes(mode="compiled")
-    assert not notes(chip="cpu")
-    assert not notes(chip="mi300x")          # ROCm's kernels and MIOpen's: not these
-    assert not notes(channels=512)
+    def norms(*args, **kwargs):
+        return {k.op: k for k in analyzed(*args, **kwargs).kernels if "batch_norm" in k.op}
+
+    def waited(steps):          # one wave: its steps of the latency and the wave's own cost
+        return steps * 390e-9 + 245e-9
+
+    def memory(k, steps):       # the 2-norm of the waits and the streaming, after the first loads
+        streamed = k.expected.streamed_s
+        return max(streamed + 390e-9, math.hypot(waited(steps), streamed))
+
+    found = norms()
+    forward = next(k for op, k in found.items() if "backward" not in op)
+    backward = next(k for op, k in found.items() if "backward" in op)
+    assert forward.expected.memory_s == pytest.approx(memory(forward, 196), rel=1e-9)
+    assert backward.expected.memory_s == pytest.approx(memory(backward, 392), rel=1e-9)
+    assert forward.expected.memory_s > 5 * forward.expected.streamed_s   # the waits bound it
+    # the same norms channels-last, in inference, compiled, on a CPU and on an MI300X stream
+    for other in (norms(last=True), norms(train=False), norms(mode="compiled"),
+                  norms(chip="cpu"), norms(chip="mi300x")):
+        assert all(k.expected.memory_s < 2 * k.expected.streamed_s + 2e-6
+                   for k in other.values())
+    # the report says how long they wait, and the layout that does not
+    r = analyzed()
+    waits = sum(dict(k.expected.gap)["occupancy"] for k in (forward, backward))
+    (note,) = [n for n in r.notes if "block of 512 threads" in n]
+    assert note.startswith(f"2 training batch-norm kernels over channels-first tensors wait on "
+                           f"memory for {seconds(waits)} ({waits / r.time_s:.0%} of the step)")
+    assert not [n for n in analyzed(last=True).notes if "block of 512 threads" in n]

@@ -8,7 +8,8 @@ thread waits `rounds` latencies, one per loop step whose loads wait on memory (l
 together wait once), and the wave costs its blocks' launch and retirement on top. PyTorch's
 elementwise kernels give a thread a few elements loaded together, so a large tensor makes few
 rounds and only a small one is latency-bound; a kernel that gives one block a whole row (one
-block per token) or walks a grid-stride loop makes many. These waits and the streaming of the
+block per token, or per channel: a training batch norm over a channels-first tensor) or walks a
+grid-stride loop makes many. These waits and the streaming of the
 bytes add as a norm (expected.WAIT_NORM). docs/time-model.md gives the sources.
 """
 from __future__ import annotations
@@ -78,6 +79,20 @@ def priced_as(release: tuple[int, int]):
 # launch_vectorized_layer_norm_kernel and vectorized_layer_norm_kernel_impl)
 LAYER_NORM_BLOCK, LAYER_NORM_VECTOR = 128, 4
 LAYER_NORMS = frozenset({"layer_norm", "native_layer_norm"})
+# A training batch norm over a channels-first tensor: PyTorch's CUDA kernels give each channel
+# one block of 512 threads (Normalization.cuh, MAX_BLOCK_SIZE; batch_norm_stats_cuda_template
+# and batch_norm_backward_cuda_template launch blocks(input.size(1))), each thread walking the
+# channel's elements one load a step, a Welford update between (batch_norm_collect_statistics_
+# kernel); the gradient's kernel walks them twice, its sums and then dx. cuDNN's kernels for the
+# same call, which a float16 step under autocast runs, are taken to be built alike: named for a
+# per-channel reduction and 512 threads (bn_fw_tr_1C11_kernel_NCHW<__half, float, 512, ...>,
+# bn_bw_1C11_kernel_new<..., 512, ...>). NVIDIA builds only: ROCm's take 256 threads and MIOpen's
+# kernels, not modelled.
+CHANNEL_BLOCK = 512
+CHANNEL_NORMS = frozenset({"native_batch_norm", "_native_batch_norm_legit",
+                           "_native_batch_norm_legit_functional", "cudnn_batch_norm",
+                           "batch_norm", "_batch_norm_with_update", "native_batch_norm_backward",
+                           "batch_norm_backward", "cudnn_batch_norm_backward"})
 # A wave costs more than its loads' round trip: its blocks are launched, compute their indices,
 # store and retire. te42kyfo/gpu-benches (commit 1c36d50): a one-load-per-thread kernel at 3%
 # occupancy (gpu-stream, read) takes 608-683 ns a wave, the same GPUs' DRAM pointer chase
@@ -141,6 +156,13 @@ def row_per_block(rows: int, row: int, block_cap: int, passes: int = 1, extra: i
     return Launch(rows, block, passes * math.ceil(row / block) + extra)
 
 
+def channel_blocks(channels: int, per_channel: int, passes: int) -> Launch:
+    """A training batch norm's kernel over a channels-first tensor: a block of CHANNEL_BLOCK
+    threads a channel, each walking the channel's `per_channel` elements one load a step,
+    `passes` times."""
+    return Launch(channels, CHANNEL_BLOCK, passes * math.ceil(per_channel / CHANNEL_BLOCK))
+
+
 def gather(chip: Chip, indices: int, row: int, item_bytes: int = 2,
            release: tuple[int, int] | None = None) -> Launch | None:
     """index_select of `indices` rows of `row` elements of `item_bytes` each, as PyTorch
@@ -174,8 +196,10 @@ def gather(chip: Chip, indices: int, row: int, item_bytes: int = 2,
 def launch_of(chip: Chip, mode: str, op: str, category: str, space: int,
               grid: tuple = (), bytes_moved: float = 0) -> Launch | None:
     """The launch fxroof takes for a kernel: PyTorch's index_select for an eager gather, where it
-    knows its (indices, row, element bytes), and its row-per-block kernel for an eager layer norm,
-    where it knows its (rows, row); a copy of its `bytes_moved` for a matrix kernel (its operands
+    knows its (indices, row, element bytes), its row-per-block kernel for an eager layer norm,
+    where it knows its (rows, row), and its block a channel for an eager training batch norm over
+    a channels-first tensor on an NVIDIA GPU, where it knows its (channels, elements a channel,
+    passes); a copy of its `bytes_moved` for a matrix kernel (its operands
     stream no faster); else the elementwise launch over the kernel's loop. Collectives (NCCL's
     latencies) are priced elsewhere."""
     if chip.kind != "gpu" or category == "collective":
@@ -184,6 +208,8 @@ def launch_of(chip: Chip, mode: str, op: str, category: str, space: int,
         return copy(bytes_moved)
     if mode == "eager" and op in GATHERS and len(grid) == 3:
         return gather(chip, *grid)
+    if mode == "eager" and op in CHANNEL_NORMS and len(grid) == 3 and chip.nvidia:
+        return channel_blocks(*grid)
     if mode == "eager" and op in LAYER_NORMS and len(grid) == 2:
         rows, row = grid
         return Launch(rows, LAYER_NORM_BLOCK,

@@ -49,6 +49,14 @@ def node_cost(node: fx.Node) -> Cost:
 _ROW_NORMS = frozenset({torch.ops.aten.layer_norm.default,
                         torch.ops.aten.native_layer_norm.default})
 _ROW_GATHERS = frozenset({torch.ops.aten.embedding.default, torch.ops.aten.index_select.default})
+# Batch norms that compute a batch's statistics (or their gradient), which carry (channels,
+# elements a channel, passes) as their grid where the input is channels-first: PyTorch's CUDA
+# kernels then give each channel one block (chips/launch.channel_blocks prices the waits).
+_TRAINING_NORMS = frozenset({"native_batch_norm", "_native_batch_norm_legit",
+                             "_native_batch_norm_legit_functional", "cudnn_batch_norm",
+                             "batch_norm", "_batch_norm_with_update"})
+_TRAINING_NORM_GRADS = frozenset({"native_batch_norm_backward", "batch_norm_backward",
+                                  "cudnn_batch_norm_backward"})
 
 
 def with_grid(node: fx.Node, cost: Cost) -> Cost:
@@ -61,6 +69,10 @@ def with_grid(node: fx.Node, cost: Cost) -> Cost:
     not plain ints."""
     out = node.meta.get("val")
     out = out[0] if isinstance(out, (tuple, list)) and out else out
+    packet = getattr(getattr(node.target, "overloadpacket", None), "__name__", "")
+    if packet in _TRAINING_NORMS or packet in _TRAINING_NORM_GRADS:
+        grid = _channel_grid(OpCall.of(node), backward=packet in _TRAINING_NORM_GRADS)
+        return dataclasses.replace(cost, grid=grid) if grid else cost
     if node.target in _ROW_NORMS or node.target in _ROW_GATHERS:
         try:
             rows = _rows(node, out)
@@ -93,6 +105,34 @@ def with_grid(node: fx.Node, cost: Cost) -> Cost:
         return dataclasses.replace(cost, grid=(*bmn, k))
     except (TypeError, ValueError, AttributeError, KeyError, IndexError):   # symbolic, or no meta
         return cost
+
+
+def _channel_grid(call: OpCall, backward: bool) -> tuple:
+    """A training batch norm's (channels, elements a channel, passes) over a channels-first
+    input: the statistics' one pass; the gradient's sums, then dx from the same blocks where dx
+    is asked for (output_mask[0]). () for an inference norm, or a channels-last or 2-d input,
+    which other kernels run."""
+    x = call.get("input")
+    flag = next((v for v in map(call.get, ("training", "train", "update")) if v is not None),
+                True)
+    channels = _channels_first(x)
+    if not flag or not channels:
+        return ()
+    mask = call.get("output_mask") or (True, True, True)
+    return (channels, int(x.numel()) // channels, 2 if backward and mask[0] else 1)
+
+
+def _channels_first(x) -> int:
+    """The channels of a contiguous tensor of 3 dimensions or more that is not also channels-last
+    (one pixel is both, and takes either kernel); 0 for any other, or a layout not known."""
+    if not isinstance(x, torch.Tensor) or x.dim() < 3:
+        return 0
+    try:
+        last = x.dim() in (4, 5) and x.is_contiguous(
+            memory_format=torch.channels_last if x.dim() == 4 else torch.channels_last_3d)
+        return int(x.shape[1]) if x.is_contiguous() and not last else 0
+    except (RuntimeError, TypeError, ValueError):    # symbolic sizes or strides
+        return 0
 
 
 def _rows(node: fx.Node, out) -> int:

@@ -62,7 +62,9 @@ class Cost:
     comm_exchange: bool = False
     grid: tuple = ()        # matrix ops: the (batch, M, N, K) GEMM a library tiles; layer norm:
                             # (rows, row elements); embedding, index_select: (indices, row
-                            # elements, element bytes) (annotate.with_grid)
+                            # elements, element bytes); a training batch norm over a
+                            # channels-first tensor: (channels, elements a channel, passes)
+                            # (annotate.with_grid)
     # Convolutions on channels-first (NCHW) tensors in 16-bit: the bytes of each tensor a GPU
     # library transposes to channels-last for its tensor-core kernels and back (formulas/conv.py).
     # Not in the bytes above, which are the graph's: a time model charges them where the program

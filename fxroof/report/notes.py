@@ -6,12 +6,10 @@ the analysis's own target (routing, what-ifs) stay with it in fxroof.pipeline.
 """
 from __future__ import annotations
 
-import torch
-
 from fxroof.chips import Chip, chips
 from fxroof.chips.expected import FLASH_DTYPES, attention_share, runs_cudnn_attention
+from fxroof.chips.launch import CHANNEL_BLOCK, CHANNEL_NORMS
 from fxroof.chips.timing import unit_dtype
-from fxroof.cost.formulas import OpCall
 from fxroof.cost.record import MATRIX_CATEGORIES
 from fxroof.graph.compiled_branches import repeated_kv
 from fxroof.graph.fused_recurrences import KERNELS as FUSED_KERNELS
@@ -125,75 +123,20 @@ def alignment_notes(report: Report) -> tuple:
             f"of 64 avoids it (nanoGPT pads GPT-2's 50,257-token vocabulary to 50,304)",)
 
 
-# A training batch norm over a channels-first tensor gives each channel one block of 512
-# threads in PyTorch's CUDA kernels (Normalization.cuh: batch_norm_stats_cuda_template and
-# batch_norm_backward_kernel launch blocks(input.size(1))), and cuDNN's are named alike
-# (bn_fw_tr_1C11_kernel_NCHW, bn_bw_1C11_kernel_new<..., 512, ...>). Not priced: no
-# measurement here says how far short of the bandwidth so few blocks fall.
-CHANNEL_BLOCK_THREADS = 512
-TRAINING_BATCH_NORMS = frozenset({"native_batch_norm", "_native_batch_norm_legit",
-                                  "_native_batch_norm_legit_functional", "cudnn_batch_norm",
-                                  "batch_norm", "_batch_norm_with_update",
-                                  "native_batch_norm_backward", "batch_norm_backward",
-                                  "cudnn_batch_norm_backward"})
-
-
-def channel_block_notes(gm, report: Report) -> tuple:
-    """Name the training batch norms on channels-first tensors whose channels, one block each,
-    are fewer blocks than the GPU holds at once, when they hold a noticeable share of the
-    step. Eager kernels only: a compiled program's norms are Inductor's own; NVIDIA GPUs only
-    (ROCm's PyTorch runs blocks of 256 threads and MIOpen's kernels, not modelled)."""
-    chip = report.chip
-    if chip.kind != "gpu" or not chip.nvidia or report.mode == "compiled" or not chip.sm_count:
+def channel_block_notes(report: Report) -> tuple:
+    """The fix, where a step's channels-first training batch norms wait on memory for a
+    noticeable share of it (a block a channel, each thread a load at a time:
+    chips/launch.channel_blocks): how long, and the layout whose kernels span the batch."""
+    waiting = {n.name for n in report.nodes if n.op in CHANNEL_NORMS and len(n.grid) == 3}
+    kernels = [k for k in report.kernels if waiting.intersection(k.nodes)]
+    waits = sum(dict(k.expected.gap).get("occupancy", 0.0) for k in kernels)
+    if not report.time_s or waits / report.time_s < KERNEL_NOTE_SHARE:
         return ()
-    per_sm = max(int(chip.sm_threads) // CHANNEL_BLOCK_THREADS, 1)
-    held = int(chip.sm_count) * per_sm
-    few = {}        # node -> its channels, one block each
-    for n in gm.graph.nodes:
-        packet = getattr(n.target, "overloadpacket", None) if n.op == "call_function" else None
-        if getattr(packet, "__name__", "") not in TRAINING_BATCH_NORMS:
-            continue
-        call = OpCall.of(n)
-        channels = _channels_first(call.get("input"))
-        if _trains(call) and 0 < channels < held:
-            few[n.name] = channels
-    kernels = [k for k in report.kernels if any(name in few for name in k.nodes)]
-    total = sum(k.time_s for k in report.kernels)
-    share = sum(k.time_s for k in kernels) / total if total else 0.0
-    if share < KERNEL_NOTE_SHARE:
-        return ()
-    lo, hi = min(few.values()), max(few.values())
-    blocks = f"{lo:,}" if lo == hi else f"{lo:,}-{hi:,}"
-    return (f"{len(kernels)} training batch-norm kernels over channels-first tensors "
-            f"({share:.0%} of the predicted kernel time) run one {CHANNEL_BLOCK_THREADS}-thread "
-            f"block a channel in PyTorch's and cuDNN's kernels: {blocks} blocks where the "
-            f"{chip.title} holds {held:,} at once ({int(chip.sm_count)} SMs, {per_sm} each). "
-            f"This prediction streams them at the chip's bandwidth, which so few blocks may not "
-            f"draw: expect them slower than shown. "
-            f"Channels-last tensors (model and input .to(memory_format=torch.channels_last)) "
-            f"take kernels whose grid spans the batch too",)
-
-
-def _trains(call: OpCall) -> bool:
-    """Whether a batch norm call computes the batch's statistics (a forward in training mode) or
-    their gradient (a backward in training mode): its `training`, `train` or `update` argument,
-    where its schema has one (cuDNN's backward and _batch_norm_with_update always)."""
-    flag = next((v for v in map(call.get, ("training", "train", "update")) if v is not None),
-                True)
-    return bool(flag)
-
-
-def _channels_first(x) -> int:
-    """The channels of a contiguous tensor of 3 dimensions or more that is not also channels-last
-    (one pixel is both, and takes either kernel); 0 for any other, or a layout not known."""
-    if not isinstance(x, torch.Tensor) or x.dim() < 3:
-        return 0
-    try:
-        last = x.dim() in (4, 5) and x.is_contiguous(
-            memory_format=torch.channels_last if x.dim() == 4 else torch.channels_last_3d)
-        return int(x.shape[1]) if x.is_contiguous() and not last else 0
-    except (RuntimeError, TypeError, ValueError):    # symbolic sizes or strides
-        return 0
+    return (f"{len(kernels)} training batch-norm kernels over channels-first tensors wait on "
+            f"memory for {seconds(waits)} ({waits / report.time_s:.0%} of the step): PyTorch's "
+            f"and cuDNN's kernels give each channel one block of {CHANNEL_BLOCK} threads, each "
+            f"loading one element at a time. Channels-last tensors (model and input "
+            f".to(memory_format=torch.channels_last)) take kernels whose grid spans the batch",)
 
 
 def cuda_core_notes(report: Report) -> tuple:
