@@ -93,6 +93,13 @@ CHANNEL_NORMS = frozenset({"native_batch_norm", "_native_batch_norm_legit",
                            "_native_batch_norm_legit_functional", "cudnn_batch_norm",
                            "batch_norm", "_batch_norm_with_update", "native_batch_norm_backward",
                            "batch_norm_backward", "cudnn_batch_norm_backward"})
+# A group norm over a channels-first tensor: its moments one block a (sample, group) and its
+# gradient's sums one block a (sample, channel), each thread walking the row one load a step
+# (group_norm_kernel.cu: RowwiseMomentsCUDAKernel and ComputeInternalGradientsCUDAKernel), 512
+# threads a block (cuda_utils::kCUDABlockReduceNumThreads), a warp where the row is shorter.
+# The elementwise pass after each is PyTorch's elementwise launch over the whole tensor.
+GROUP_NORMS = frozenset({"group_norm", "native_group_norm", "native_group_norm_backward"})
+ROW_REDUCE_BLOCK, ROW_REDUCE_WARP = 512, 32
 # A wave costs more than its loads' round trip: its blocks are launched, compute their indices,
 # store and retire. te42kyfo/gpu-benches (commit 1c36d50): a one-load-per-thread kernel at 3%
 # occupancy (gpu-stream, read) takes 608-683 ns a wave, the same GPUs' DRAM pointer chase
@@ -163,6 +170,13 @@ def channel_blocks(channels: int, per_channel: int, passes: int) -> Launch:
     return Launch(channels, CHANNEL_BLOCK, passes * math.ceil(per_channel / CHANNEL_BLOCK))
 
 
+def group_rows(rows: int, row: int) -> Launch:
+    """A group norm's reduction: a block a row of `row` elements, ROW_REDUCE_BLOCK threads (a
+    warp for a row shorter than that), each thread walking the row one load a step."""
+    block = ROW_REDUCE_BLOCK if row >= ROW_REDUCE_BLOCK else ROW_REDUCE_WARP
+    return Launch(rows, block, math.ceil(row / block))
+
+
 def gather(chip: Chip, indices: int, row: int, item_bytes: int = 2,
            release: tuple[int, int] | None = None) -> Launch | None:
     """index_select of `indices` rows of `row` elements of `item_bytes` each, as PyTorch
@@ -199,7 +213,8 @@ def launch_of(chip: Chip, mode: str, op: str, category: str, space: int,
     knows its (indices, row, element bytes), its row-per-block kernel for an eager layer norm,
     where it knows its (rows, row), and its block a channel for an eager training batch norm over
     a channels-first tensor on an NVIDIA GPU, where it knows its (channels, elements a channel,
-    passes); a copy of its `bytes_moved` for a matrix kernel (its operands
+    passes), and its block a row for an eager group norm's reduction there, where it knows its
+    (rows, row); a copy of its `bytes_moved` for a matrix kernel (its operands
     stream no faster); else the elementwise launch over the kernel's loop. Collectives (NCCL's
     latencies) are priced elsewhere."""
     if chip.kind != "gpu" or category == "collective":
@@ -210,6 +225,8 @@ def launch_of(chip: Chip, mode: str, op: str, category: str, space: int,
         return gather(chip, *grid)
     if mode == "eager" and op in CHANNEL_NORMS and len(grid) == 3 and chip.nvidia:
         return channel_blocks(*grid)
+    if mode == "eager" and op in GROUP_NORMS and len(grid) == 2 and chip.nvidia:
+        return group_rows(*grid)
     if mode == "eager" and op in LAYER_NORMS and len(grid) == 2:
         rows, row = grid
         return Launch(rows, LAYER_NORM_BLOCK,

@@ -57,6 +57,11 @@ _TRAINING_NORMS = frozenset({"native_batch_norm", "_native_batch_norm_legit",
                              "batch_norm", "_batch_norm_with_update"})
 _TRAINING_NORM_GRADS = frozenset({"native_batch_norm_backward", "batch_norm_backward",
                                   "cudnn_batch_norm_backward"})
+# Group norms over a channels-first tensor, which carry (rows, row elements) as their grid: the
+# moments a block a (sample, group), the gradient's sums a block a (sample, channel)
+# (chips/launch.group_rows).
+_GROUP_NORMS = frozenset({"group_norm", "native_group_norm"})
+_GROUP_NORM_GRADS = frozenset({"native_group_norm_backward"})
 
 
 def with_grid(node: fx.Node, cost: Cost) -> Cost:
@@ -72,6 +77,9 @@ def with_grid(node: fx.Node, cost: Cost) -> Cost:
     packet = getattr(getattr(node.target, "overloadpacket", None), "__name__", "")
     if packet in _TRAINING_NORMS or packet in _TRAINING_NORM_GRADS:
         grid = _channel_grid(OpCall.of(node), backward=packet in _TRAINING_NORM_GRADS)
+        return dataclasses.replace(cost, grid=grid) if grid else cost
+    if packet in _GROUP_NORMS or packet in _GROUP_NORM_GRADS:
+        grid = _group_grid(OpCall.of(node), backward=packet in _GROUP_NORM_GRADS)
         return dataclasses.replace(cost, grid=grid) if grid else cost
     if node.target in _ROW_NORMS or node.target in _ROW_GATHERS:
         try:
@@ -120,6 +128,20 @@ def _channel_grid(call: OpCall, backward: bool) -> tuple:
         return ()
     mask = call.get("output_mask") or (True, True, True)
     return (channels, int(x.numel()) // channels, 2 if backward and mask[0] else 1)
+
+
+def _group_grid(call: OpCall, backward: bool) -> tuple:
+    """A group norm's (rows, row elements) over a channels-first input of 3 dimensions or more:
+    its moments' rows, a (sample, group) each, of channels / groups x pixels; its gradient's
+    sums, a (sample, channel) each, of the pixels. () for another layout."""
+    x = call.get("input")
+    channels = _channels_first(x)
+    groups = call.get("group") if call.get("group") is not None else call.get("num_groups")
+    if not channels or not isinstance(groups, int) or groups < 1 or channels % groups:
+        return ()
+    samples, pixels = int(x.shape[0]), int(x.numel()) // (int(x.shape[0]) * channels)
+    return (samples * channels, pixels) if backward else \
+        (samples * groups, channels // groups * pixels)
 
 
 def _channels_first(x) -> int:

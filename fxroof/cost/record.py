@@ -63,7 +63,8 @@ class Cost:
     grid: tuple = ()        # matrix ops: the (batch, M, N, K) GEMM a library tiles; layer norm:
                             # (rows, row elements); embedding, index_select: (indices, row
                             # elements, element bytes); a training batch norm over a
-                            # channels-first tensor: (channels, elements a channel, passes)
+                            # channels-first tensor: (channels, elements a channel, passes);
+                            # a group norm there: its reduction's (rows, row elements)
                             # (annotate.with_grid)
     # Convolutions on channels-first (NCHW) tensors in 16-bit: the bytes of each tensor a GPU
     # library transposes to channels-last for its tensor-core kernels and back (formulas/conv.py).
