@@ -20,8 +20,8 @@ from fxroof.chips.timing import GRAIN_SIZE, cold_shares, splits
 from fxroof.cost.record import MATRIX_CATEGORIES
 from fxroof.graph.capture import FunctionModule
 from fxroof.graph.tensors import torch_dtype
-from fxroof.measure.machine import (Clock, elapsed, host_time, last_level_cache, tiny_call_times,
-                                    tiny_call_timing)
+from fxroof.measure.machine import (Clock, cpu_threads, elapsed, host_time, last_level_cache,
+                                    tiny_call_times, tiny_call_timing)
 from fxroof.measure.probes import (BLOCK_PROBES, MID, OP_PROBES, TINY, VIEW_PROBES, MatrixProbe,
                                    SkinnyProbe, TransformerBlock)
 from fxroof.measure.runner import program, timed_runs
@@ -345,9 +345,17 @@ def glue(clock: Clock, chip: Chip) -> tuple[float, dict]:
     between ops): (wall time of the BLOCK_PROBES modules - fxroof's prediction of them on `chip`,
     which holds each op's tiny-call cost in op_dispatch_s, their median in dispatch_s and no
     glue) / their ops. Also the sources of op_dispatch_s, dispatch_s and glue_s."""
-    wall, predicted, ops = _beside_prediction(clock, chip, BLOCK_PROBES, "eager",
-                                              25 if clock.quick else 100)
+    # A CPU's glue is the interpreter's, whatever torch's thread count: timed on one thread. On
+    # two, the probes' few parallel regions (oneDNN's convolutions) took from 100 to 190 us a
+    # probe from one process to the next, as the OS placed the second thread (docs/calibration.md),
+    # and their residual gave glue of 0.1 to 15 us an op; an op that splits pays region_s instead
+    one = clock.cuda or not chip.threads or chip.threads <= 1
+    with cpu_threads(None if one else 1):
+        wall, predicted, ops = _beside_prediction(
+            clock, chip if one else dataclasses.replace(chip, threads=1.0), BLOCK_PROBES,
+            "eager", 25 if clock.quick else 100)
     per_op = max((wall - predicted) / ops, 0.0)
+    where = "" if one else ", on one thread (the interpreter's cost, whatever the threads)"
     bare = chip.op_dispatch_s
     fixed = ", ".join(f"{op} {seconds(t)}" for op, t in sorted(bare.items(), key=lambda kv: kv[1]))
     how = (f"each op's tiny call (4 x 16 elements, as model code calls it; "
@@ -355,10 +363,10 @@ def glue(clock: Clock, chip: Chip) -> tuple[float, dict]:
     return per_op, {"op_dispatch_s": f"per op: {how}. Tiny calls: {fixed}",
                     "dispatch_s": f"ops not measured one by one: the median tiny call, "
                                   f"{seconds(chip.dispatch_s)}; {how}",
-                    "glue_s": f"(wall time - prediction) / ops over small modules (a pre-norm "
-                              f"transformer block, a gated RMS-norm MLP, a conv-BN-ReLU block; "
-                              f"{ops} ops), predicted with each op's tiny call and the view "
-                              f"calls: the module calls and Python between ops"}
+                    "glue_s": f"(wall time - prediction) / ops over small modules{where} (a "
+                              f"pre-norm transformer block, a gated RMS-norm MLP, a conv-BN-ReLU "
+                              f"block; {ops} ops), predicted with each op's tiny call and the "
+                              f"view calls: the module calls and Python between ops"}
 
 
 def graph_launch(clock: Clock) -> tuple[float, str]:
