@@ -146,6 +146,18 @@ def batch_norm_train_case(shape, dtype, backward: bool = False):
     return build
 
 
+def group_norm(x, w):
+    """32 groups, as diffusion models and timm's GroupNorm nets use."""
+    return F.group_norm(x, 32, w, w)
+
+
+def group_norm_step(x, w, grad):
+    """The same and its backward (x's gradient)."""
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        return torch.autograd.grad(group_norm(x, w), (x,), grad)
+
+
 def softmax(x):
     return torch.softmax(x, -1)
 
@@ -286,6 +298,16 @@ def kernel_cases():
             autotuned(case)
         yield "kernel", (f"conv depthwise 3x3 x 144 at 56 px, batch 64, fp16, {kind}, "
                          f"channels-last"), autotuned(channels_last(case))
+    # group norms, whose moments and gradient sums walk a row a block one load a step
+    # (group_norm_kernel.cu; priced so, docs/time-model.md "Loads in flight"): Stable
+    # Diffusion's 320 channels at a 64 x 64 latent, batch 2, where 64 blocks wait on memory,
+    # and batch 64, where the blocks fill the GPU and the bytes bound it
+    for batch in (2, 64):
+        shape = (batch, 320, 64, 64)
+        yield "kernel", f"group_norm fp16 {shape}", op(group_norm, shape, (320,),
+                                                       dtype=torch.float16)
+        yield "kernel", f"group_norm fp16 {shape}, forward and backward", \
+            op(group_norm_step, shape, (320,), shape, dtype=torch.float16)
     # GPT-2's head: 50,257 columns (rows of an odd number of 2-byte elements) against the
     # 50,304 nanoGPT pads them to
     for n in (50257, 50304):
