@@ -283,7 +283,7 @@ def report_of(captured: Captured, target: Target) -> Report:
         provenance=provenance)
     after = (report_notes.host_estimate_notes(report) + report_notes.alignment_notes(report)
              + report_notes.cuda_core_notes(report)       # notes that read the kernels' times
-             + report_notes.channel_block_notes(report))
+             + report_notes.channel_block_notes(report) + report_notes.group_row_notes(report))
     return dataclasses.replace(report, notes=report.notes + after)
 
 

@@ -10,6 +10,7 @@ from fxroof.chips.expected import expected
 from fxroof.chips.launch import (TORCH_RELEASE, WAVE_OVERHEAD_S, Launch, eager_per_thread,
                                  elementwise, gather, latency_time, priced_as, row_per_block)
 from fxroof.chips.timing import Timing
+from fxroof.report.units import seconds
 
 A100 = chip("a100-80gb")    # 108 SMs of 2,048 threads; 550 cycles at 1.41 GHz = 390 ns
 
@@ -194,6 +195,26 @@ def test_an_eager_group_norm_walks_a_row_a_block():
     (short,) = kernels(64, 8).values()
     assert short.expected.memory_s == pytest.approx(memory(short, 4 * 390e-9 + 245e-9),
                                                     rel=1e-9)
+
+
+def test_a_report_names_group_norms_that_wait_and_the_fix():
+    """Where eager group norms' waits hold a noticeable share, the report says how long and
+    names torch.compile; compiled, Inductor's reductions split the rows and nothing waits."""
+    net = torch.nn.Sequential(*[torch.nn.Sequential(
+        torch.nn.GroupNorm(32, 320), torch.nn.SiLU(), torch.nn.Conv2d(320, 320, 3, padding=1))
+        for _ in range(2)]).half().to("meta")
+
+    def notes(mode):
+        r = fxroof.analyze(net, (meta(2, 320, 64, 64),), chip="a100-80gb", mode=mode)
+        waits = sum(dict(k.expected.gap)["occupancy"] for k in r.kernels
+                    if "group_norm" in k.op)
+        return r, waits, [n for n in r.notes if "group-norm kernels wait" in n]
+
+    r, waits, (note,) = notes("eager")
+    assert note.startswith(f"2 group-norm kernels wait on memory for {seconds(waits)} "
+                           f"({waits / r.time_s:.0%} of the time)")
+    assert "64 blocks here" in note and "torch.compile" in note
+    assert not notes("compiled")[2]
 
 
 def test_cpus_and_chips_without_figures_wait_nothing():

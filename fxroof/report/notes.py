@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from fxroof.chips import Chip, chips
 from fxroof.chips.expected import FLASH_DTYPES, attention_share, runs_cudnn_attention
-from fxroof.chips.launch import CHANNEL_BLOCK, CHANNEL_NORMS
+from fxroof.chips.launch import CHANNEL_BLOCK, CHANNEL_NORMS, GROUP_NORMS
 from fxroof.chips.timing import unit_dtype
 from fxroof.cost.record import MATRIX_CATEGORIES
 from fxroof.graph.compiled_branches import repeated_kv
@@ -137,6 +137,24 @@ def channel_block_notes(report: Report) -> tuple:
             f"and cuDNN's kernels give each channel one block of {CHANNEL_BLOCK} threads, each "
             f"loading one element at a time. Channels-last tensors (model and input "
             f".to(memory_format=torch.channels_last)) take kernels whose grid spans the batch",)
+
+
+def group_row_notes(report: Report) -> tuple:
+    """The fix, where eager group norms wait on memory for a noticeable share of the run (their
+    reductions a block a row, each thread a load at a time: chips/launch.group_rows): how long,
+    and torch.compile, whose reductions over few long rows split each row over many blocks."""
+    waiting = {n.name for n in report.nodes if n.op in GROUP_NORMS and len(n.grid) == 2}
+    kernels = [k for k in report.kernels if waiting.intersection(k.nodes)]
+    waits = sum(dict(k.expected.gap).get("occupancy", 0.0) for k in kernels)
+    if not report.time_s or waits / report.time_s < KERNEL_NOTE_SHARE:
+        return ()
+    rows = sorted({n.grid[0] for n in report.nodes if n.name in waiting})
+    blocks = f"{rows[0]:,}" if len(rows) == 1 else f"{rows[0]:,}-{rows[-1]:,}"
+    return (f"{len(kernels)} group-norm kernels wait on memory for {seconds(waits)} "
+            f"({waits / report.time_s:.0%} of the time): PyTorch's reduce each (sample, group) "
+            f"row, or each (sample, channel) in the backward, in one block of threads loading one "
+            f"element at a time, {blocks} blocks here. torch.compile splits such rows over many "
+            f"blocks (the compiled mode prices it so)",)
 
 
 def cuda_core_notes(report: Report) -> tuple:
