@@ -31,6 +31,10 @@ How each mode is timed, and what it is set beside:
                 the optimizer's step), synchronized, wall time (median): the eager prediction
                 of the step (train=True, the same optimizer); cuDNN autotuned, as training
                 scripts set it
+    chase       one thread of a Triton kernel walking a random cycle of 128-byte lines over 256
+                MiB, each load's address the last load's value: seconds a step (20,000 more
+                steps' time over 20,000), beside the chip table's memory_latency_ns, which the
+                waits of row-walking kernels (layer, batch and group norms, gathers) are priced by
     cudagraphs-cdt  the same under torch._inductor.config.coordinate_descent_tuning, as gpt-fast's
                 and torchao's generate.py compile decode: one-row products as Triton reductions
                 (docs/fusion.md), beside the cudagraphs prediction under the same setting
@@ -531,7 +535,58 @@ def model_cases():
         workload("vit.py", batch=64, dtype="bf16")
 
 
+# -- the memory latency, which the row-walking kernels' waits are priced by ------------------
+
+CHASE_BYTES = 256 << 20     # five times an H100's L2, so each load goes to DRAM
+CHASE_LINE = 16             # int64s a 128-byte line: one pointer a line, every line a miss
+
+
+def chase_case(device):
+    """A pointer chase over CHASE_BYTES in one random cycle, a line a step, to be run by one
+    thread (time_chase): each load's address is the last load's value, so the loads wait one
+    after another, as gpu-benches' gpu-latency and markdewing/AI_kernels time them (the chip
+    table's memory_latency_ns)."""
+    if device == "meta":            # compare reads the table's figure: nothing to build
+        return None, (), {}
+    lines = CHASE_BYTES // (8 * CHASE_LINE)
+    order = torch.randperm(lines, device=device) * CHASE_LINE
+    table = torch.zeros(lines * CHASE_LINE, dtype=torch.int64, device=device)
+    table[order] = torch.roll(order, -1)
+    return None, (table, int(order[0])), {}
+
+
+def time_chase(table, start) -> dict:
+    """Seconds a step of the chase: one Triton thread walking 20,000 and 40,000 steps, each
+    timed between CUDA events (best of 5), the difference over the 20,000 steps between (the
+    launch and the first loads cancel)."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def chase(ptr, out, start, steps):
+        p = start
+        for _ in range(steps):
+            p = tl.load(ptr + p)
+        tl.store(out, p)
+
+    out = torch.zeros(1, dtype=torch.int64, device=CUDA)
+
+    def seconds(steps):
+        chase[(1,)](table, out, start, steps, num_warps=1)      # compiles, warms
+        times = []
+        for _ in range(5):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            chase[(1,)](table, out, start, steps, num_warps=1)
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b) / 1e3)
+        return min(times)
+    return {"measured_s": (seconds(40000) - seconds(20000)) / 20000, "bytes": CHASE_BYTES}
+
+
 def all_cases():
+    yield "latency", "pointer chase over 256 MiB, one thread", ("chase",), chase_case
     for group, name, build in dispatch_cases():
         yield group, name, ("dispatch",), build
     for group, name, build in kernel_cases():
@@ -742,6 +797,8 @@ def measure(ns) -> int:
             try:
                 if mode == "kernel":
                     row |= time_kernel(fn, args, kwargs, l2)
+                elif mode == "chase":
+                    row |= time_chase(*args)
                 elif mode == "dispatch":
                     row |= time_dispatch(fn, args, kwargs)
                 else:
@@ -779,6 +836,8 @@ def measure(ns) -> int:
 
 def predicted(mode: str, fn, args, kwargs, chip) -> float:
     from fxroof import analyze
+    if mode == "chase":         # a load's round trip to memory: the chip's figure
+        return chip.memory_latency_s
     from fxroof.graph.capture import FunctionModule
     model = fn if isinstance(fn, torch.nn.Module) else FunctionModule(fn)
     if mode in ("kernel", "graph"):
