@@ -197,6 +197,22 @@ def test_an_eager_group_norm_walks_a_row_a_block():
                                                     rel=1e-9)
 
 
+def test_an_instance_norm_runs_as_a_batch_norm_over_samples_times_channels():
+    """ATen runs an instance norm as a training batch norm over (1, samples x channels, H, W): a
+    block of 512 threads a (sample, channel). 4 x 64 at 256 x 256 on an A100: 256 blocks, one
+    wave of 65,536 / 512 = 128 steps."""
+    net = torch.nn.InstanceNorm2d(64, affine=True).half().to("meta")
+    r = fxroof.analyze(net, (meta(4, 64, 256, 256),), chip="a100-80gb", mode="eager")
+    (k,) = [k for k in r.kernels if k.op == "instance_norm"]
+    waited, streamed = 128 * 390e-9 + 245e-9, k.expected.streamed_s
+    assert k.expected.memory_s == pytest.approx(max(streamed + 390e-9,
+                                                    (waited ** 2 + streamed ** 2) ** 0.5))
+    # with running statistics in inference it normalises in one elementwise pass
+    tracked = torch.nn.InstanceNorm2d(64, track_running_stats=True).half().to("meta").eval()
+    r = fxroof.analyze(tracked, (meta(4, 64, 256, 256),), chip="a100-80gb", mode="eager")
+    assert all(dict(k.expected.gap)["occupancy"] < 2e-6 for k in r.kernels)
+
+
 def test_a_report_names_group_norms_that_wait_and_the_fix():
     """Where eager group norms' waits hold a noticeable share, the report says how long and
     names torch.compile; compiled, Inductor's reductions split the rows and nothing waits."""

@@ -92,7 +92,8 @@ CHANNEL_BLOCK = 512
 CHANNEL_NORMS = frozenset({"native_batch_norm", "_native_batch_norm_legit",
                            "_native_batch_norm_legit_functional", "cudnn_batch_norm",
                            "batch_norm", "_batch_norm_with_update", "native_batch_norm_backward",
-                           "batch_norm_backward", "cudnn_batch_norm_backward"})
+                           "batch_norm_backward", "cudnn_batch_norm_backward",
+                           "instance_norm"})     # a batch norm over samples x channels
 # A group norm over a channels-first tensor: its moments one block a (sample, group) and its
 # gradient's sums one block a (sample, channel), each thread walking the row one load a step
 # (group_norm_kernel.cu: RowwiseMomentsCUDAKernel and ComputeInternalGradientsCUDAKernel), 512

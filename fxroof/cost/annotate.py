@@ -54,7 +54,7 @@ _ROW_GATHERS = frozenset({torch.ops.aten.embedding.default, torch.ops.aten.index
 # kernels then give each channel one block (chips/launch.channel_blocks prices the waits).
 _TRAINING_NORMS = frozenset({"native_batch_norm", "_native_batch_norm_legit",
                              "_native_batch_norm_legit_functional", "cudnn_batch_norm",
-                             "batch_norm", "_batch_norm_with_update"})
+                             "batch_norm", "_batch_norm_with_update", "instance_norm"})
 _TRAINING_NORM_GRADS = frozenset({"native_batch_norm_backward", "batch_norm_backward",
                                   "cudnn_batch_norm_backward"})
 # Group norms over a channels-first tensor, which carry (rows, row elements) as their grid: the
@@ -121,9 +121,14 @@ def _channel_grid(call: OpCall, backward: bool) -> tuple:
     is asked for (output_mask[0]). () for an inference norm, or a channels-last or 2-d input,
     which other kernels run."""
     x = call.get("input")
-    flag = next((v for v in map(call.get, ("training", "train", "update")) if v is not None),
-                True)
+    flag = next((v for v in map(call.get, ("training", "train", "update", "use_input_stats"))
+                 if v is not None), True)
     channels = _channels_first(x)
+    if getattr(call.op, "overloadpacket", None) is torch.ops.aten.instance_norm:
+        # ATen runs it as a batch norm over the input made contiguous and viewed as one image
+        # of samples x channels (Normalization.cpp, instance_norm): a block a (sample, channel)
+        channels = int(x.shape[0]) * int(x.shape[1]) \
+            if isinstance(x, torch.Tensor) and x.dim() >= 3 else 0
     if not flag or not channels:
         return ()
     mask = call.get("output_mask") or (True, True, True)
