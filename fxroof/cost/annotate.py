@@ -70,16 +70,19 @@ def with_grid(node: fx.Node, cost: Cost) -> Cost:
     queries by head size; a convolution's implicit GEMM, images x pixels by channels, none for
     grouped ones, which do not run as one GEMM; else the output folded to rows by its last dim)
     and K, the multiply-adds per output element; for a layer norm (rows, row elements), for an
-    embedding or index_select (indices, row elements, element bytes). None where the shapes are
-    not plain ints."""
+    embedding or index_select (indices, row elements, element bytes); for a training batch norm
+    (or an instance norm) over a channels-first tensor (channels, elements a channel, passes),
+    for a group norm there its reduction's (rows, row elements). None where the shapes are not
+    plain ints."""
     out = node.meta.get("val")
     out = out[0] if isinstance(out, (tuple, list)) and out else out
     packet = getattr(getattr(node.target, "overloadpacket", None), "__name__", "")
-    if packet in _TRAINING_NORMS or packet in _TRAINING_NORM_GRADS:
-        grid = _channel_grid(OpCall.of(node), backward=packet in _TRAINING_NORM_GRADS)
-        return dataclasses.replace(cost, grid=grid) if grid else cost
-    if packet in _GROUP_NORMS or packet in _GROUP_NORM_GRADS:
-        grid = _group_grid(OpCall.of(node), backward=packet in _GROUP_NORM_GRADS)
+    if packet in _NORM_GRIDS:
+        rule, backward = _NORM_GRIDS[packet]
+        try:
+            grid = rule(OpCall.of(node), backward)
+        except (TypeError, ValueError, RuntimeError):     # symbolic sizes
+            return cost
         return dataclasses.replace(cost, grid=grid) if grid else cost
     if node.target in _ROW_NORMS or node.target in _ROW_GATHERS:
         try:
@@ -147,6 +150,13 @@ def _group_grid(call: OpCall, backward: bool) -> tuple:
     samples, pixels = int(x.shape[0]), int(x.numel()) // (int(x.shape[0]) * channels)
     return (samples * channels, pixels) if backward else \
         (samples * groups, channels // groups * pixels)
+
+
+# op name: (its grid's rule, whether it is a gradient)
+_NORM_GRIDS = {**dict.fromkeys(_TRAINING_NORMS, (_channel_grid, False)),
+               **dict.fromkeys(_TRAINING_NORM_GRADS, (_channel_grid, True)),
+               **dict.fromkeys(_GROUP_NORMS, (_group_grid, False)),
+               **dict.fromkeys(_GROUP_NORM_GRADS, (_group_grid, True))}
 
 
 def _channels_first(x) -> int:
