@@ -564,7 +564,7 @@ def time_chase(table, start) -> dict:
 
     @triton.jit
     def chase(ptr, out, start, steps):
-        p = start
+        p = start.to(tl.int64)      # the loop carries the loaded int64s
         for _ in range(steps):
             p = tl.load(ptr + p)
         tl.store(out, p)
