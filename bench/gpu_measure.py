@@ -561,6 +561,7 @@ def time_chase(table, start) -> dict:
     launch and the first loads cancel)."""
     import triton
     import triton.language as tl
+    globals().update(tl=tl)     # a jitted kernel looks its names up in the module's globals
 
     @triton.jit
     def chase(ptr, out, start, steps):
