@@ -555,10 +555,8 @@ def chase_case(device):
     return None, (table, int(order[0])), {}
 
 
-def time_chase(table, start) -> dict:
-    """Seconds a step of the chase: one Triton thread walking 20,000 and 40,000 steps, each
-    timed between CUDA events (best of 5), the difference over the 20,000 steps between (the
-    launch and the first loads cancel)."""
+def chase_kernel():
+    """The chase as a Triton kernel: `steps` loads, each at the index the last one read."""
     import triton
     import triton.language as tl
     globals().update(tl=tl)     # a jitted kernel looks its names up in the module's globals
@@ -569,7 +567,14 @@ def time_chase(table, start) -> dict:
         for _ in range(steps):
             p = tl.load(ptr + p)
         tl.store(out, p)
+    return chase
 
+
+def time_chase(table, start) -> dict:
+    """Seconds a step of the chase: one Triton thread walking 20,000 and 40,000 steps, each
+    timed between CUDA events (best of 5), the difference over the 20,000 steps between (the
+    launch and the first loads cancel)."""
+    chase = chase_kernel()
     out = torch.zeros(1, dtype=torch.int64, device=CUDA)
 
     def seconds(steps):
