@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from fxroof.chips.chip import Chip
+from fxroof.cost.annotate import CHANNEL_NORMS, GROUP_NORMS
 from fxroof.cost.record import MATRIX_CATEGORIES
 
 # PyTorch's elementwise kernels: 128 threads a block, 4 elements a thread, loaded together
@@ -88,18 +89,15 @@ LAYER_NORMS = frozenset({"layer_norm", "native_layer_norm"})
 # per-channel reduction and 512 threads (bn_fw_tr_1C11_kernel_NCHW<__half, float, 512, ...>,
 # bn_bw_1C11_kernel_new<..., 512, ...>). NVIDIA builds only: ROCm's take 256 threads and MIOpen's
 # kernels, not modelled.
+# (The ops: annotate.CHANNEL_NORMS, which gives them their grid; an instance norm among them,
+# ATen's batch norm over samples x channels.)
 CHANNEL_BLOCK = 512
-CHANNEL_NORMS = frozenset({"native_batch_norm", "_native_batch_norm_legit",
-                           "_native_batch_norm_legit_functional", "cudnn_batch_norm",
-                           "batch_norm", "_batch_norm_with_update", "native_batch_norm_backward",
-                           "batch_norm_backward", "cudnn_batch_norm_backward",
-                           "instance_norm"})     # a batch norm over samples x channels
 # A group norm over a channels-first tensor: its moments one block a (sample, group) and its
 # gradient's sums one block a (sample, channel), each thread walking the row one load a step
 # (group_norm_kernel.cu: RowwiseMomentsCUDAKernel and ComputeInternalGradientsCUDAKernel), 512
 # threads a block (cuda_utils::kCUDABlockReduceNumThreads), a warp where the row is shorter.
-# The elementwise pass after each is PyTorch's elementwise launch over the whole tensor.
-GROUP_NORMS = frozenset({"group_norm", "native_group_norm", "native_group_norm_backward"})
+# The elementwise pass after each is PyTorch's elementwise launch over the whole tensor. (The
+# ops: annotate.GROUP_NORMS.)
 ROW_REDUCE_BLOCK, ROW_REDUCE_WARP = 512, 32
 # A wave costs more than its loads' round trip: its blocks are launched, compute their indices,
 # store and retire. te42kyfo/gpu-benches (commit 1c36d50): a one-load-per-thread kernel at 3%

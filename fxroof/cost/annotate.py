@@ -157,6 +157,9 @@ _NORM_GRIDS = {**dict.fromkeys(_TRAINING_NORMS, (_channel_grid, False)),
                **dict.fromkeys(_TRAINING_NORM_GRADS, (_channel_grid, True)),
                **dict.fromkeys(_GROUP_NORMS, (_group_grid, False)),
                **dict.fromkeys(_GROUP_NORM_GRADS, (_group_grid, True))}
+# the ops that carry each kind of grid, for the launch that prices it (chips/launch.py)
+CHANNEL_NORMS = _TRAINING_NORMS | _TRAINING_NORM_GRADS
+GROUP_NORMS = _GROUP_NORMS | _GROUP_NORM_GRADS
 
 
 def _channels_first(x) -> int:

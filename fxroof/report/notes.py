@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from fxroof.chips import Chip, chips
 from fxroof.chips.expected import FLASH_DTYPES, attention_share, runs_cudnn_attention
-from fxroof.chips.launch import CHANNEL_BLOCK, CHANNEL_NORMS, GROUP_NORMS
+from fxroof.chips.launch import CHANNEL_BLOCK
+from fxroof.cost.annotate import CHANNEL_NORMS, GROUP_NORMS
 from fxroof.chips.timing import unit_dtype
 from fxroof.cost.record import MATRIX_CATEGORIES
 from fxroof.graph.compiled_branches import repeated_kv
@@ -123,14 +124,25 @@ def alignment_notes(report: Report) -> tuple:
             f"of 64 avoids it (nanoGPT pads GPT-2's 50,257-token vocabulary to 50,304)",)
 
 
+def _row_waits(report: Report, ops, width: int) -> tuple:
+    """(nodes, kernels, seconds) of the norms of `ops` carrying a grid of `width`, whose launch
+    walks a row a block (chips/launch.py), and the waits of their kernels; nothing where the
+    waits hold less than KERNEL_NOTE_SHARE of the run."""
+    nodes = [n for n in report.nodes if n.op in ops and len(n.grid) == width]
+    names = {n.name for n in nodes}
+    kernels = [k for k in report.kernels if names.intersection(k.nodes)]
+    waits = sum(dict(k.expected.gap).get("occupancy", 0.0) for k in kernels)
+    if not report.time_s or waits / report.time_s < KERNEL_NOTE_SHARE:
+        return [], [], 0.0
+    return nodes, kernels, waits
+
+
 def channel_block_notes(report: Report) -> tuple:
     """The fix, where a step's channels-first training batch norms wait on memory for a
     noticeable share of it (a block a channel, each thread a load at a time:
     chips/launch.channel_blocks): how long, and the layout whose kernels span the batch."""
-    waiting = {n.name for n in report.nodes if n.op in CHANNEL_NORMS and len(n.grid) == 3}
-    kernels = [k for k in report.kernels if waiting.intersection(k.nodes)]
-    waits = sum(dict(k.expected.gap).get("occupancy", 0.0) for k in kernels)
-    if not report.time_s or waits / report.time_s < KERNEL_NOTE_SHARE:
+    waiting, kernels, waits = _row_waits(report, CHANNEL_NORMS, 3)
+    if not waiting:
         return ()
     return (f"{len(kernels)} training batch-norm kernels over channels-first tensors wait on "
             f"memory for {seconds(waits)} ({waits / report.time_s:.0%} of the step): PyTorch's "
@@ -143,12 +155,10 @@ def group_row_notes(report: Report) -> tuple:
     """The fix, where eager group norms wait on memory for a noticeable share of the run (their
     reductions a block a row, each thread a load at a time: chips/launch.group_rows): how long,
     and torch.compile, whose reductions over few long rows split each row over many blocks."""
-    waiting = {n.name for n in report.nodes if n.op in GROUP_NORMS and len(n.grid) == 2}
-    kernels = [k for k in report.kernels if waiting.intersection(k.nodes)]
-    waits = sum(dict(k.expected.gap).get("occupancy", 0.0) for k in kernels)
-    if not report.time_s or waits / report.time_s < KERNEL_NOTE_SHARE:
+    waiting, kernels, waits = _row_waits(report, GROUP_NORMS, 2)
+    if not waiting:
         return ()
-    rows = sorted({n.grid[0] for n in report.nodes if n.name in waiting})
+    rows = sorted({n.grid[0] for n in waiting})
     blocks = f"{rows[0]:,}" if len(rows) == 1 else f"{rows[0]:,}-{rows[-1]:,}"
     return (f"{len(kernels)} group-norm kernels wait on memory for {seconds(waits)} "
             f"({waits / report.time_s:.0%} of the time): PyTorch's reduce each (sample, group) "
