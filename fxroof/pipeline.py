@@ -18,6 +18,7 @@ import torch.fx as fx
 
 from fxroof.chips import Chip
 from fxroof.chips import chip as find_chip
+from fxroof.chips.chip import memory_share
 from fxroof.chips.timing import GRAPH_MODE, MODES
 from fxroof.cost import COST_KEY
 from fxroof.cost.annotate import annotate
@@ -256,12 +257,14 @@ def report_of(captured: Captured, target: Target) -> Report:
                     decompose_products=decompose, stored=dict(whatif.stored))
     eager = unfused(gm, foreach=chip.kind == "gpu")   # torch.optim's default on GPUs
     memory = whatif.memory(footprint(gm, captured.weights))
-    # A cache holds the weights and KV cache between passes only if everything fits in it;
-    # where it does, a CPU library still packs its weights from it, once L2 has lost them.
-    outgrown = bool(chip.cache_bytes) and memory.total > chip.cache_bytes
-    packs = not outgrown and chip.kind == "cpu" and bool(chip.l2_bytes)
-    state = state_reads(gm, captured.weights) if outgrown or packs else {}
-    streamed, cached = (state, {}) if outgrown else ({}, state)
+    # A cache holds the weights and KV cache between passes in the share the footprint leaves
+    # it (chip.memory_share); what it holds a CPU library still packs from it, once L2 has
+    # lost them.
+    gone = memory_share(memory.total, chip.cache_bytes)
+    packs = gone < 1 and chip.kind == "cpu" and bool(chip.l2_bytes)
+    state = state_reads(gm, captured.weights) if gone or packs else {}
+    streamed = _scaled(state, gone)
+    cached = _scaled(state, 1 - gone) if packs else {}
     report = Report(
         model=captured.name, capture=captured.strategy, chip=chip, mode=target.mode, nodes=nodes,
         eager=ModeSummary("eager", kernel_rows(eager, chip, "eager", nodes, streamed, gm,
@@ -285,6 +288,13 @@ def report_of(captured: Captured, target: Target) -> Report:
              + report_notes.cuda_core_notes(report)       # notes that read the kernels' times
              + report_notes.channel_block_notes(report) + report_notes.group_row_notes(report))
     return dataclasses.replace(report, notes=report.notes + after)
+
+
+def _scaled(state: dict, share: float) -> dict:
+    """{node: {storage: bytes}} of `state`, each storage's bytes times `share` (none at 0)."""
+    if share <= 0:
+        return {}
+    return {n: {s: b * share for s, b in found.items()} for n, found in state.items()}
 
 
 def _provenance(captured: Captured) -> tuple:

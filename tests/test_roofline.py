@@ -256,6 +256,36 @@ def test_weights_come_from_memory_once_the_model_outgrows_the_cache():
     assert plain.kernels[0].timing.memory_s == pytest.approx((w + 2 * act) / chip("cpu").mem_bw)
 
 
+def test_a_model_between_a_quarter_of_the_cache_and_all_of_it_streams_part_of_its_weights():
+    """A cache is no cliff (chip.memory_share): a footprint between a quarter of the cache and
+    all of it finds part of its weights gone each pass, on a line in the logarithm."""
+    import math
+
+    import torch
+    from torch import nn
+
+    import fxroof
+    from fxroof.chips import Chip
+    from fxroof.chips.chip import memory_share
+    cached = Chip("c", "Cache", "cpu", {"fp32": 1e11}, vector_flops=1e10, mem_bw=1e10,
+                  mem_bytes=1e10, link_bw=1e9, link_latency_s=1e-5, launch_s=1e-6,
+                  dispatch_s=1e-6, cache_bytes=4e6, cache_bw=1e11)
+    # the line's ends and middle: a quarter of the cache, all of it, half of it
+    assert memory_share(1e6, 4e6) == 0 and memory_share(4e6, 4e6) == 1
+    assert memory_share(2e6, 4e6) == pytest.approx(0.5) and memory_share(8e6, 4e6) == 1
+    assert memory_share(3e6, 0) == 0                       # no cache figure: nothing modelled
+    w, act = 256 * 256 * 4, 256 * 4
+    # ten layers: 2,621,440 B of weights and a few KiB of activations, 0.66 of the cache
+    r = fxroof.analyze(nn.Sequential(*[nn.Linear(256, 256, bias=False) for _ in range(10)]),
+                       (torch.randn(1, 256),), chip=cached, mode="eager")
+    assert 10 * w < r.memory.total < 10 * w + 8 * act
+    share = 1 + math.log2(r.memory.total / 4e6) / 2        # about 0.70 of them from memory
+    assert 0.69 < share < 0.70
+    for k in r.kernels:   # that share at 10 GB/s, the rest and the activations at 100 GB/s
+        assert k.timing.memory_s == pytest.approx(share * w / 1e10
+                                                  + ((1 - share) * w + 2 * act) / 1e11)
+
+
 def test_a_library_matrix_product_streams_at_its_measured_share_of_bandwidth():
     import torch
     from torch import nn

@@ -88,8 +88,8 @@ def footprint(gm: fx.GraphModule, weights: frozenset) -> Footprint:
 def state_reads(gm: fx.GraphModule, weights: frozenset) -> dict[str, dict]:
     """{node name: {storage: bytes}} of the model's state each op reads, views looked through:
     its weights, KV cache and optimizer state, the storages that outlive one pass. On a chip with a
-    cache they stay there between passes only when the whole footprint fits in it; otherwise
-    every pass streams them from memory again."""
+    cache they stay there between passes in the share the footprint leaves them
+    (chips.chip.memory_share); the rest every pass streams from memory again."""
     written = written_inputs(gm, weights)
     state = {s: size for s, (size, role) in _held(gm, weights).items()
              if role != "inputs" or s in written}
