@@ -5,7 +5,7 @@ from helpers import fn_module
 
 import fxroof
 from fxroof.chips import Chip, chip
-from fxroof.chips.expected import Tiling, causal_share, expected, tiling
+from fxroof.chips.expected import Tiling, causal_share, cpu_causal_share, expected, tiling
 from fxroof.chips.timing import Timing, comm_time, matmul_tf32, nvls_chunk, nvls_fill
 
 H100 = chip("h100-sxm")     # 132 SMs, 989.4 TFLOP/s bf16, 3.35 TB/s
@@ -170,6 +170,24 @@ def test_a_causal_kernel_in_one_wave_takes_as_long_as_its_longest_block():
     # 1 / 4 (the test above). On an H200 (h200-2026-12-04.json) the 512 tokens took 14.7 us:
     # predicted 7.9, 5.7 before this rule
     assert tiling((32, 2048, 128, 4096), 132, "attention").waves == 4
+
+
+def test_a_cpu_causal_attention_skips_whole_key_blocks_past_its_query_blocks():
+    # PyTorch's CPU flash kernel: 1,024 queries in blocks of 256, keys in blocks of 512. The
+    # blocks end at query 256, 512, 768 and 1,024 and read 512, 512, 1,024 and 1,024 keys: a
+    # share of 3,072 / 4,096 = 0.75 (timed on a Zen 4 core: 0.76 of the unmasked call)
+    assert cpu_causal_share((8, 1024, 64, 2048)) == pytest.approx(0.75)
+    # 640 queries in blocks of 64 (from 192), the first eight blocks one key block of 512, the
+    # last two 512 + 128: (8 x 512 + 2 x 640) x 64 / (640 x 640) = 0.84 (timed: 0.84)
+    assert cpu_causal_share((8, 640, 64, 1280)) == pytest.approx(0.84)
+    assert cpu_causal_share((8, 512, 64, 1024)) == 1.0      # one key block: nothing skipped
+    assert cpu_causal_share(()) == 1.0
+    q = meta(1, 8, 1024, 64)
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    full, causal = (fxroof.analyze(fn_module(f), (q, q, q), chip="cpu").kernels[0]
+                    for f in (sdpa, lambda q, k, v: sdpa(q, k, v, is_causal=True)))
+    assert causal.flops == full.flops
+    assert causal.expected.compute_s == pytest.approx(full.expected.compute_s * 0.75)
 
 
 def test_no_sms_or_no_grid_no_quantization():
