@@ -103,6 +103,10 @@ def files(tmp_path, monkeypatch, model):
                                                  "float32 and int64 tensors"),
     (["analyze", "{w}:branches"], "forward branches on a tensor value at test_bad_inputs.py:"),
     (["sweep", "{w}", "--over", "batch=0,1"], "is empty (batch=0?)"),
+    # an option a workload annotates as an int, given a fraction, a word or a negative count
+    (["analyze", MLP, "--set", "batch=1.5"], "mlp.py:workload: batch takes a whole number, got 1.5"),
+    (["analyze", MLP, "--set", "layers=two"], "layers takes a whole number, got 'two'"),
+    (["sweep", MLP, "--over", "batch=-1,2"], "mlp.py:workload: batch must be 0 or more, got -1"),
     # options and parallel degrees
     (["analyze", "{w}", "--mode", "fused"], "unknown mode 'fused'"),
     (["measure", "{w}", "--mode", "fused"], "unknown mode 'fused'"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import runpy
 from pathlib import Path
 
@@ -53,12 +54,35 @@ def load(spec: str, options: dict | None = None):
     func = namespace.get(func_name)
     if not callable(func):
         raise WorkloadError(f"{path} has no function {func_name!r}")
+    _check_counts(func, options or {}, f"{path}:{func_name}")
     try:
         result = func(**(options or {}))
     except Exception as e:
         shown = ", ".join(f"{k}={v!r}" for k, v in (options or {}).items())
         raise WorkloadError(f"{path}:{func_name}({shown}) raised {one_line(e, name=True)}") from e
     return unpack(result, f"{path}:{func_name}")
+
+
+# an option's annotation when it takes a whole number (a batch, a length, a count), as a type
+# or as the text a module with postponed annotations keeps
+WHOLE = (int, int | None, "int", "int | None", "Optional[int]")
+
+
+def _check_counts(func, options: dict, where: str) -> None:
+    """An option the workload annotates as an int (a batch, a length, a count) takes a whole
+    number of at least 0: 1.5 or -1 would reach its tensor constructors and fail there in
+    torch's words, or build an empty input that analyzes to nothing."""
+    try:
+        params = inspect.signature(func).parameters
+    except (TypeError, ValueError):        # a builtin or C callable: nothing to read
+        return
+    for name, value in options.items():
+        if name not in params or params[name].annotation not in WHOLE or value is None:
+            continue
+        if type(value) is not int:
+            raise WorkloadError(f"{where}: {name} takes a whole number, got {value!r}")
+        if value < 0:
+            raise WorkloadError(f"{where}: {name} must be 0 or more, got {value}")
 
 
 def unpack(result, where: str) -> tuple:
