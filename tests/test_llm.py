@@ -50,6 +50,41 @@ def test_generation_total_is_prefill_plus_every_decode_step():
     assert d["schema"] == "fxroof.generation/1" and len(d["step_s"]) == n
 
 
+def test_a_long_generation_schedules_some_steps_and_draws_the_rest_between_them(monkeypatch):
+    # 1,000 decode steps: 257 scheduled (every 999/256 ~ 3.9 steps), the rest on lines between.
+    # A tiny Llama's step is memory-bound, its time a line in ctx: every step matches the one
+    # scheduled itself, which a report of every step would take 1,000 schedules to give
+    import fxroof.studies.llm as llm
+    options = dict(preset="tiny", layers=1)
+    prompt, n, batch = 200, 1000, 8
+
+    def run():
+        return generation(LLAMA, prompt=prompt, new_tokens=n, batch=batch, chip="h100-sxm",
+                          options=options, mode="cudagraphs")
+    g = run()
+    assert len(g.step_s) == n and llm.AFFINE_SAMPLES < n
+    assert f"{llm.AFFINE_SAMPLES} steps scheduled, those between interpolated" in g.method
+    monkeypatch.setattr(llm, "AFFINE_SAMPLES", n)
+    every = run()
+    assert "interpolated" not in every.method
+    assert list(g.step_s) == pytest.approx(list(every.step_s), rel=1e-9)
+    # and a step between the scheduled ones against its own analysis: within what the affine
+    # rule itself gives (0.04% at this step)
+    model, args, kwargs = load(LLAMA, dict(options, batch=batch, phase="decode", ctx=prompt + 777))
+    step = fxroof.analyze(model, args, kwargs, chip="h100-sxm", mode="cudagraphs").time_s
+    assert g.step_s[777] == pytest.approx(step, rel=2e-3)
+    # each step's time is reported, so a generation has a bound, said in one line
+    with pytest.raises(ValueError, match=f"up to {llm.MAX_NEW_TOKENS:,} of them"):
+        generation(LLAMA, prompt=8, new_tokens=llm.MAX_NEW_TOKENS + 1, chip="h100-sxm",
+                   options=options)
+
+
+def test_seconds_read_in_three_figures_whatever_their_size():
+    from fxroof.report.units import seconds
+    assert [seconds(s) for s in (110_000.2, 1523.4, 999.6, 5.87, 0.9996, 6.37e-3, 9.9996e-4)] \
+        == ["110,000 s", "1,520 s", "1,000 s", "5.87 s", "1 s", "6.37 ms", "1 ms"]
+
+
 def test_a_stated_step_cost_is_paid_once_per_forward_pass():
     # A serving engine's work between passes is not in the graph: the report says so, and a
     # stated cost of 300 us is added to prefill and each of the 4 decode steps: 5 x 300 us.

@@ -14,6 +14,9 @@ def si(value: float, unit: str, digits: int = 3) -> str:
 
 
 def seconds(value: float) -> str:
+    value = float(f"{value:.3g}")      # three figures first: 0.9996 s reads 1 s, not 1e+03 ms
+    if value >= 1000:                  # a long generation: 1,520 s, not 1.52e+03 s
+        return f"{value:,.0f} s"
     if value >= 1:
         return f"{value:.3g} s"
     if value >= 1e-3:

@@ -28,6 +28,12 @@ __all__ = ["CriticalBatch", "Generation", "critical_batch", "generation"]
 
 EVERY_STEP_UP_TO = 64      # steps reported one by one when affinity fails
 INTERPOLATION_POINTS = 9
+# Decode steps scheduled one by one where every kernel is affine in ctx (a step of Llama-2-7B's
+# 481 kernels takes about 4 ms to schedule); those between are interpolated, each step's time
+# being smooth in ctx but where a kernel turns from one bound to another
+AFFINE_SAMPLES = 257
+# every decode step's time is reported (Generation.step_s); past this a generation is refused
+MAX_NEW_TOKENS = 2 ** 20
 
 
 @dataclass(frozen=True)
@@ -112,6 +118,9 @@ def generation(workload="", *, prompt: int, new_tokens: int, batch: int = 1,
     """
     if prompt < 1 or new_tokens < 1 or batch < 1:
         raise ValueError("prompt, new_tokens and batch must be >= 1")
+    if new_tokens > MAX_NEW_TOKENS:
+        raise ValueError(f"new_tokens={new_tokens:,}: a generation reports each decode step's "
+                         f"time, up to {MAX_NEW_TOKENS:,} of them")
     if not (isinstance(step_cost_s, (int, float)) and 0 <= step_cost_s < float("inf")):
         raise ValueError(f"step_cost_s must be a number of seconds >= 0, got {step_cost_s!r}")
     workload, target = workload or DEFAULT_SPEC, target_of(target, **fields)
@@ -133,7 +142,9 @@ def generation(workload="", *, prompt: int, new_tokens: int, batch: int = 1,
                      "--mode cudagraphs)")
     step_s = new_tokens > 3 and _affine_steps(first, middle, final, mid - prompt, new_tokens)
     method = ("each kernel's compute, memory and overhead time affine in ctx, from the first "
-              f"and last steps; checked at ctx={mid}")
+              f"and last steps; checked at ctx={mid}"
+              + (f"; {AFFINE_SAMPLES} steps scheduled, those between interpolated"
+                 if new_tokens > AFFINE_SAMPLES else ""))
     if not step_s and new_tokens <= EVERY_STEP_UP_TO:
         step_s = [decode.point(c).time_s for c in range(prompt, last + 1)]
         method = "every step reported" + (
@@ -168,13 +179,24 @@ def _affine_steps(first: Report, mid: Report, last: Report, j_mid: int, n: int):
             a, b = span[id(k)]
             return host_and_device(a if b is None else a.between(b, f))
         return schedule(first.kernels, parts).end_s
-    return [step(j / (n - 1)) for j in range(n)]
+    at = _spaced(0, n - 1, AFFINE_SAMPLES)
+    return _filled(at, [step(j / (n - 1)) for j in at])
 
 
 def _interpolated(decode: Evaluator, first: int, last: int) -> list:
-    at = sorted({first + round(i * (last - first) / (INTERPOLATION_POINTS - 1))
-                 for i in range(INTERPOLATION_POINTS)})
-    times = [decode.point(c).time_s for c in at]
+    at = _spaced(first, last, INTERPOLATION_POINTS)
+    return _filled(at, [decode.point(c).time_s for c in at])
+
+
+def _spaced(first: int, last: int, points: int) -> list:
+    """Up to `points` whole numbers from `first` to `last`, both ends among them, evenly spaced."""
+    if points > last - first:
+        return list(range(first, last + 1))
+    return sorted({first + round(i * (last - first) / max(1, points - 1)) for i in range(points)})
+
+
+def _filled(at: list, times: list) -> list:
+    """A value for every whole number from at[0] to at[-1]: `times` at `at`, lines between."""
     steps = []
     for lo, hi, t_lo, t_hi in zip(at, at[1:], times, times[1:]):
         steps += [t_lo + (t_hi - t_lo) * (c - lo) / (hi - lo) for c in range(lo, hi)]
