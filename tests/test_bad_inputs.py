@@ -107,6 +107,8 @@ def files(tmp_path, monkeypatch, model):
     (["analyze", MLP, "--set", "batch=1.5"], "mlp.py:workload: batch takes a whole number, got 1.5"),
     (["analyze", MLP, "--set", "layers=two"], "layers takes a whole number, got 'two'"),
     (["sweep", MLP, "--over", "batch=-1,2"], "mlp.py:workload: batch must be 0 or more, got -1"),
+    (["sweep", MLP, "--over", "width=1,2"], "mlp.py:workload has no option 'width'; it takes "
+                                             "preset, batch, dim, hidden, layers, dtype, device"),
     # options and parallel degrees
     (["analyze", "{w}", "--mode", "fused"], "unknown mode 'fused'"),
     (["measure", "{w}", "--mode", "fused"], "unknown mode 'fused'"),

@@ -62,7 +62,7 @@ def test_json_to_stdout_is_only_json(workload, capsys):
     (["analyze", "{w}:not_a_model"], "must return (model, args)"),
     (["analyze", "{w}", "--chip", "h100-sxn"], "did you mean: h100-sxm"),
     (["analyze", "{w}", "--set", "width"], "KEY=VALUE"),
-    (["analyze", "{w}", "--set", "depth=3"], "unexpected keyword argument 'depth'"),
+    (["analyze", "{w}", "--set", "depth=3"], "has no option 'depth'; it takes width, batch"),
     (["check", "{w}", "--max-regime-share", "overhed=0.2"], "REGIME=SHARE"),
     (["diff", "no.json", "other.json"], "No such file"),
     (["analyze", "{w}", "--mode", "cudagraphs", "--chip", "cpu"], "replays CUDA graphs"),

@@ -54,7 +54,7 @@ def load(spec: str, options: dict | None = None):
     func = namespace.get(func_name)
     if not callable(func):
         raise WorkloadError(f"{path} has no function {func_name!r}")
-    _check_counts(func, options or {}, f"{path}:{func_name}")
+    _check_options(func, options or {}, f"{path}:{func_name}")
     try:
         result = func(**(options or {}))
     except Exception as e:
@@ -68,15 +68,21 @@ def load(spec: str, options: dict | None = None):
 WHOLE = (int, int | None, "int", "int | None", "Optional[int]")
 
 
-def _check_counts(func, options: dict, where: str) -> None:
-    """An option the workload annotates as an int (a batch, a length, a count) takes a whole
-    number of at least 0: 1.5 or -1 would reach its tensor constructors and fail there in
-    torch's words, or build an empty input that analyzes to nothing."""
+def _check_options(func, options: dict, where: str) -> None:
+    """Each option is one the workload function takes, and one it annotates as an int (a batch,
+    a length, a count) takes a whole number of at least 0: 1.5 or -1 would reach its tensor
+    constructors and fail there in torch's words, or build an empty input that analyzes to
+    nothing."""
     try:
         params = inspect.signature(func).parameters
     except (TypeError, ValueError):        # a builtin or C callable: nothing to read
         return
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
     for name, value in options.items():
+        if name not in params and not takes_any:
+            named = ", ".join(n for n, p in params.items()
+                              if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+            raise WorkloadError(f"{where} has no option {name!r}; it takes {named or 'none'}")
         if name not in params or params[name].annotation not in WHOLE or value is None:
             continue
         if type(value) is not int:
