@@ -137,6 +137,14 @@ def test_a_smaller_head_reaches_less_of_the_peak_its_exponentials_take_longer():
     assert dict(b200.gap)["softmax"] == 0 and b200.compute_s == pytest.approx(b200.tiled_s / 0.776)
 
 
+def unmasked_and_causal(q, chip: str) -> tuple:
+    """The kernel of scaled_dot_product_attention(q, q, q) on `chip`, without a mask and with
+    is_causal."""
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    return tuple(fxroof.analyze(fn_module(f), (q, q, q), chip=chip).kernels[0]
+                 for f in (sdpa, lambda q, k, v: sdpa(q, k, v, is_causal=True)))
+
+
 def test_a_causal_flash_kernel_computes_the_blocks_on_and_below_the_diagonal():
     # 2,048 queries in blocks of 128: block i reads keys up to 128 (i + 1), in blocks of 64
     # keys: 128, 256, ..., 2,048 of 2,048, a share of (1 + ... + 16) / (16 x 16) = 136 / 256
@@ -145,9 +153,7 @@ def test_a_causal_flash_kernel_computes_the_blocks_on_and_below_the_diagonal():
     assert causal_share((32, 100, 128, 200)) == 1.0       # one block of queries reads them all
     assert causal_share(()) == 1.0
     q = meta(1, 32, 2048, 128)
-    sdpa = torch.nn.functional.scaled_dot_product_attention
-    full, causal = (fxroof.analyze(fn_module(f), (q, q, q), chip="h100-sxm").kernels[0]
-                    for f in (sdpa, lambda q, k, v: sdpa(q, k, v, is_causal=True)))
+    full, causal = unmasked_and_causal(q, "h100-sxm")
     assert causal.flops == full.flops
     assert causal.expected.tiled_s == pytest.approx(full.expected.tiled_s * 136 / 256)
     assert causal.expected.compute_s == pytest.approx(full.expected.compute_s * 136 / 256)
@@ -159,10 +165,7 @@ def test_a_causal_kernel_in_one_wave_takes_as_long_as_its_longest_block():
     # 512 queries of 32 heads: 4 blocks of 128 a head, 128 blocks on an H200's 132 SMs, one
     # wave. The last block of each head reads all 512 keys, however few the first reads: the
     # kernel takes as long as without the mask (a share of 1, not the 0.625 of its k-blocks)
-    sdpa = torch.nn.functional.scaled_dot_product_attention
-    q = meta(1, 32, 512, 128)
-    full, causal = (fxroof.analyze(fn_module(f), (q, q, q), chip="h200").kernels[0]
-                    for f in (sdpa, lambda q, k, v: sdpa(q, k, v, is_causal=True)))
+    full, causal = unmasked_and_causal(meta(1, 32, 512, 128), "h200")
     assert causal_share((32, 512, 128, 1024)) == pytest.approx((2 + 4 + 6 + 8) / 32)
     assert tiling((32, 512, 128, 1024), 132, "attention").waves == 1
     assert causal.expected.tiled_s == pytest.approx(full.expected.tiled_s)
@@ -183,9 +186,7 @@ def test_a_cpu_causal_attention_skips_whole_key_blocks_past_its_query_blocks():
     assert cpu_causal_share((8, 512, 64, 1024)) == 1.0      # one key block: nothing skipped
     assert cpu_causal_share(()) == 1.0
     q = meta(1, 8, 1024, 64)
-    sdpa = torch.nn.functional.scaled_dot_product_attention
-    full, causal = (fxroof.analyze(fn_module(f), (q, q, q), chip="cpu").kernels[0]
-                    for f in (sdpa, lambda q, k, v: sdpa(q, k, v, is_causal=True)))
+    full, causal = unmasked_and_causal(q, "cpu")
     assert causal.flops == full.flops
     assert causal.expected.compute_s == pytest.approx(full.expected.compute_s * 0.75)
 
