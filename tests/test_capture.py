@@ -87,7 +87,25 @@ def test_shape_mismatch_names_every_strategy_and_the_shapes():
     for strategy in ("torch.export", "make_fx", "symbolic_trace"):
         assert strategy in text
     assert "[4, 11]" in text and "[10, 20]" in text
-    assert len(text.splitlines()) == 4    # one headline, one line per strategy: no traceback
+    # every strategy stopped on the same call: one line, the cause once, no traceback
+    assert text == ("could not capture Linear: RuntimeError: a and b must have same reduction "
+                    "dim, but got [4, 11] X [10, 20]. (every capture strategy stopped there: "
+                    "torch.export, make_fx, symbolic_trace)")
+
+
+def test_strategies_that_stop_apart_get_a_line_each():
+    # torch.export and make_fx meet the model's own error; symbolic tracing stops earlier, at
+    # the tensor value it cannot read as a bool: each cause is given
+    attempts = [("torch.export", ValueError("weights not loaded")),
+                ("make_fx", ValueError("weights not loaded")),
+                ("symbolic_trace", TypeError("symbolically traced variables cannot be used as "
+                                             "inputs to control flow"))]
+    text = str(CaptureError("Broken", attempts))
+    assert text.splitlines() == [
+        "could not capture Broken:", "  torch.export: ValueError: weights not loaded",
+        "  make_fx: ValueError: weights not loaded",
+        "  symbolic_trace: TypeError: symbolically traced variables cannot be used as inputs "
+        "to control flow"]
 
 
 def test_model_that_raises_is_a_capture_error():

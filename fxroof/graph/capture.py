@@ -54,9 +54,18 @@ class CaptureError(RuntimeError):
             super().__init__(f"could not capture {what}: {cause}")
         elif len(attempts) == 1:
             super().__init__(f"could not capture {what}: {attempts[0][0]}: {causes[0]}")
+        elif len(set(map(_unnamed, causes))) == 1:     # every strategy stopped on the same call
+            super().__init__(f"could not capture {what}: {_unnamed(causes[-1])} (every capture "
+                             f"strategy stopped there: {', '.join(n for n, _ in attempts)})")
         else:
             super().__init__("\n".join([f"could not capture {what}:"] + [
                 f"  {name}: {cause}" for (name, _), cause in zip(attempts, causes)]))
+
+
+def _unnamed(cause: str) -> str:
+    """A cause without the name of the function that raised it, which symbolic tracing gives
+    bare ("forward() missing ...") where the other strategies qualify it."""
+    return re.sub(r"\b\w+\.(\w+\(\))", r"\1", cause)
 
 
 # Where torch says a trace stopped: "# File: path:12 in forward, code: if x.sum() > 0:" in the
