@@ -19,6 +19,7 @@ and the median |error|. bench/README.md has its output on one machine.
     python bench/bench_accuracy.py --region-off     # also: no op charged a parallel region
     python bench/bench_accuracy.py --short-off      # also: no short-side rates (few rows)
     python bench/bench_accuracy.py --cold-off       # also: no op's cold call
+    python bench/bench_accuracy.py --cache-line-off # also: the cache as a cliff, as before
     python bench/bench_accuracy.py --threads 1 --mode compiled   # under torch.compile
     python bench/bench_accuracy.py --device cuda --mode compiled # on a GPU (CUDA events)
     python bench/bench_accuracy.py --device cuda --mode cudagraphs   # replayed CUDA graphs
@@ -26,6 +27,7 @@ and the median |error|. bench/README.md has its output on one machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import statistics
@@ -41,7 +43,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fxroof import analyze  # noqa: E402
+from fxroof import analyze, pipeline  # noqa: E402
 from fxroof.chips import chip as find_chip  # noqa: E402
 from fxroof.measure.calibrate import calibrate, summary  # noqa: E402
 from fxroof.measure.runs import measure_compiled  # noqa: E402
@@ -224,6 +226,9 @@ def main(argv=None) -> int:
     p.add_argument("--cold-off", action="store_true",
                    help="also: every op's fixed cost its tiny call's, whatever ran before it, as "
                         "before cold calls were measured")
+    p.add_argument("--cache-line-off", action="store_true",
+                   help="also: a model's state in the cache while its footprint fits and from "
+                        "memory once it does not, as before its share gone was a line")
     p.add_argument("--region-off", action="store_true",
                    help="also predict each workload with no op charged the chip's parallel "
                         "region, beside the same measurement")
@@ -256,10 +261,12 @@ def main(argv=None) -> int:
                     kept[name] = m
                 for flag, times in variants.items():
                     if name not in times:
-                        fields = OFF_RULES[flag][1]
+                        _, fields, *patch = OFF_RULES[flag]
                         off = dataclasses.replace(chip, **(fields(chip) if callable(fields)
                                                            else fields))
-                        times[name] = analyze(model, args, kwargs, mode=ns.mode, chip=off).time_s
+                        with patch[0]() if patch else contextlib.nullcontext():
+                            times[name] = analyze(model, args, kwargs, mode=ns.mode,
+                                                  chip=off).time_s
         rows, errors, best_errors, pooled = [], [], [], {}
         for name, m in kept.items():
             share = m.report.regime_share
@@ -298,7 +305,20 @@ def main(argv=None) -> int:
     return 0
 
 
-# --grain-off, --region-off: flag -> (what its line says, the chip fields that take the rule out)
+@contextlib.contextmanager
+def _cache_cliff():
+    """The last-level cache as a cliff (the rule before 2026-12-06): a model's state stays in it
+    while the footprint fits, and comes from memory each pass once it does not."""
+    kept = pipeline.memory_share
+    pipeline.memory_share = lambda footprint, cache: float(bool(cache) and footprint > cache)
+    try:
+        yield
+    finally:
+        pipeline.memory_share = kept
+
+
+# --grain-off, --region-off, ...: flag -> (what its line says, the chip fields that take the rule
+# out[, a context in which fxroof's code runs without it])
 OFF_RULES = {"grain_off": ("Every eager elementwise op on all threads (--grain-off)",
                            {"threads": 0}),
              "region_off": ("No op charged a parallel region (--region-off)", {"region_s": 0}),
@@ -310,7 +330,9 @@ OFF_RULES = {"grain_off": ("Every eager elementwise op on all threads (--grain-o
              "width_off": ("One-row products at the 2,048-wide probe's share, whatever their "
                            "rows' width (--width-off)",
                            lambda chip: {"matrix_bw_fraction": {
-                               d: v for d, v in chip.matrix_bw_fraction.items() if "#" not in d}})}
+                               d: v for d, v in chip.matrix_bw_fraction.items() if "#" not in d}}),
+             "cache_line_off": ("A model's state cached while its footprint fits, from memory "
+                                "once it does not (--cache-line-off)", {}, _cache_cliff)}
 
 
 def _pct(x: float) -> str:
