@@ -107,6 +107,11 @@ def files(tmp_path, monkeypatch, model):
     (["analyze", MLP, "--set", "batch=1.5"], "mlp.py:workload: batch takes a whole number, got 1.5"),
     (["analyze", MLP, "--set", "layers=two"], "layers takes a whole number, got 'two'"),
     (["sweep", MLP, "--over", "batch=-1,2"], "mlp.py:workload: batch must be 0 or more, got -1"),
+    (["generate", MLP, "--prompt", "4", "--new-tokens", "2"],
+     "has no option 'phase'; it takes preset, batch, dim, hidden, layers, dtype, device; a "
+     "generation calls its workload with batch, phase ('prefill' or 'decode'), seq (the "
+     "prompt's tokens) and ctx (the cached ones), the options models/llama.py's takes"),
+    (["critical-batch", MLP], "the critical batch calls its workload with batch, phase"),
     (["sweep", MLP, "--over", "width=1,2"], "mlp.py:workload has no option 'width'; it takes "
                                              "preset, batch, dim, hidden, layers, dtype, device"),
     # options and parallel degrees

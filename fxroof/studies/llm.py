@@ -12,6 +12,7 @@ checked at a third (docs/sweeps.md says why); where that fails, from the steps t
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from fxroof.chips.timing import REGIMES, intensity
@@ -22,7 +23,7 @@ from fxroof.report.streams import host_and_device, schedule
 from fxroof.report.units import percent, ratio, seconds, si
 from fxroof.studies.evaluator import Evaluator, builder, totals
 from fxroof.studies.sweep import Sweep, cells, title, unfit_note
-from fxroof.studies.workload import DEFAULT_SPEC
+from fxroof.studies.workload import DEFAULT_SPEC, UnknownOption
 
 __all__ = ["CriticalBatch", "Generation", "critical_batch", "generation"]
 
@@ -104,7 +105,23 @@ class Generation:
                 "with step_cost_s=, --step-cost-us)")
 
 
+# the options an LLM study calls its workload with (models/llama.py's convention)
+LLM_OPTIONS = "batch, phase ('prefill' or 'decode'), seq (the prompt's tokens) and ctx (the " \
+              "cached ones)"
+
+
+@contextmanager
+def _llm_options(study: str):
+    """A workload that does not take an LLM study's options is told which ones it must."""
+    try:
+        yield
+    except UnknownOption as e:
+        raise UnknownOption(f"{e}; {study} calls its workload with {LLM_OPTIONS}, the "
+                            f"options models/llama.py's takes") from e
+
+
 @no_full_gc()
+@_llm_options("a generation")
 def generation(workload="", *, prompt: int, new_tokens: int, batch: int = 1,
                options: dict | None = None, step_cost_s: float = 0.0,
                target: Target | None = None, **fields) -> Generation:
@@ -283,6 +300,7 @@ def linear_regime(r: Report) -> str:
 
 
 @no_full_gc()
+@_llm_options("the critical batch")
 def critical_batch(workload="", *, ctx: int = 512, options: dict | None = None,
                    max_batch: int = 4096, target: Target | None = None,
                    **fields) -> CriticalBatch:

@@ -16,6 +16,10 @@ class WorkloadError(ValueError):
     """A workload file or function could not be loaded or did not return a model."""
 
 
+class UnknownOption(WorkloadError):
+    """A workload was given an option its function does not take."""
+
+
 def parse_value(text: str):
     """--set values: ints, floats, booleans and None are parsed; anything else stays a string."""
     words = {"true": True, "false": False, "none": None}
@@ -82,7 +86,7 @@ def _check_options(func, options: dict, where: str) -> None:
         if name not in params and not takes_any:
             named = ", ".join(n for n, p in params.items()
                               if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
-            raise WorkloadError(f"{where} has no option {name!r}; it takes {named or 'none'}")
+            raise UnknownOption(f"{where} has no option {name!r}; it takes {named or 'none'}")
         if name not in params or params[name].annotation not in WHOLE or value is None:
             continue
         if type(value) is not int:
