@@ -308,8 +308,11 @@ def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_by
     # a causal flash kernel computes only the blocks on and below the diagonal, and takes no
     # less than its longest block, the last queries' against every key: in one wave (a short
     # prompt), as long as without the mask; a CPU's skips whole key blocks of its own
-    share = max(causal_share(grid), 1 / (tiles.waves or 1)) if flash and causal and gpu \
-        else cpu_causal_share(grid) if causal and category == "attention" and not gpu else 1.0
+    share = 1.0
+    if causal and gpu and flash:
+        share = max(causal_share(grid), 1 / (tiles.waves or 1))
+    elif causal and not gpu and category == "attention":
+        share = cpu_causal_share(grid)
     tiled = floor.compute_s * tiles.factor * share
     comm, algorithm = floor.comm_s, ""
     if gpu and collective:

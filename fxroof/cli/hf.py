@@ -22,6 +22,7 @@ import torch
 
 from fxroof.errors import one_line
 from fxroof.graph.tensors import torch_dtype
+from fxroof.studies.workload import counts
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
@@ -43,8 +44,7 @@ def config_options(options: Mapping[str, Any]) -> dict:
         if key not in params:
             raise ValueError(f"option {key!r}: a config's model takes "
                              f"{', '.join(params)}")
-        counts = params[key].annotation in ("int", "int | None")
-        if counts and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        if counts(params[key]) and (type(value) is not int or value < 1):
             raise ValueError(f"option {key}={value}: {key} takes a whole number of 1 or more")
     return dict(options)
 

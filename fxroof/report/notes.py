@@ -9,8 +9,8 @@ from __future__ import annotations
 from fxroof.chips import Chip, chips
 from fxroof.chips.expected import FLASH_DTYPES, attention_share, runs_cudnn_attention
 from fxroof.chips.launch import CHANNEL_BLOCK
-from fxroof.cost.annotate import CHANNEL_NORMS, GROUP_NORMS
 from fxroof.chips.timing import unit_dtype
+from fxroof.cost.annotate import CHANNEL_NORMS, GROUP_NORMS
 from fxroof.cost.record import MATRIX_CATEGORIES
 from fxroof.graph.compiled_branches import repeated_kv
 from fxroof.graph.fused_recurrences import KERNELS as FUSED_KERNELS

@@ -72,6 +72,11 @@ def load(spec: str, options: dict | None = None):
 WHOLE = (int, int | None, "int", "int | None", "Optional[int]")
 
 
+def counts(param: inspect.Parameter) -> bool:
+    """Whether a function's parameter is annotated as a whole number (WHOLE)."""
+    return param.annotation in WHOLE
+
+
 def _check_options(func, options: dict, where: str) -> None:
     """Each option is one the workload function takes, and one it annotates as an int (a batch,
     a length, a count) takes a whole number of at least 0: 1.5 or -1 would reach its tensor
@@ -87,7 +92,7 @@ def _check_options(func, options: dict, where: str) -> None:
             named = ", ".join(n for n, p in params.items()
                               if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
             raise UnknownOption(f"{where} has no option {name!r}; it takes {named or 'none'}")
-        if name not in params or params[name].annotation not in WHOLE or value is None:
+        if name not in params or not counts(params[name]) or value is None:
             continue
         if type(value) is not int:
             raise WorkloadError(f"{where}: {name} takes a whole number, got {value!r}")
