@@ -29,6 +29,8 @@ from fxroof.cost.record import MATRIX_CATEGORIES
 from fxroof.errors import one_line
 from fxroof.graph.fused_recurrences import OPS as FUSED_OPS
 from fxroof.graph.fused_recurrences import fused_recurrences
+from fxroof.graph.latent_attention import OP as LATENT_ATTENTION
+from fxroof.graph.latent_attention import absorbed_latent_attention
 
 FUSED_NAMES = {op.__name__ for op in FUSED_OPS}
 B, T = 2, 16                                    # text batch and tokens
@@ -102,6 +104,10 @@ ZOO = {
         MOE, q_lora_rank=32, kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8,
         v_head_dim=16, first_k_dense_replace=1, n_group=1, topk_group=1,
         num_key_value_heads=4)),     # latent attention: as many key heads as query heads
+    "deepseek_v32": ("causal", dict(    # latent attention, and a sparse attention's indexer
+        MOE, q_lora_rank=32, kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8,
+        v_head_dim=16, first_k_dense_replace=1, n_group=1, topk_group=1,
+        num_key_value_heads=4, index_n_heads=2, index_head_dim=16, index_topk=4)),
     "gpt_oss": ("causal", dict(MOE, head_dim=16)), "jamba": ("causal", dict(
         MOE, attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2,
         expert_layer_offset=1, mamba_d_state=8, mamba_dt_rank=8, use_mamba_kernels=False)),
@@ -224,16 +230,26 @@ def torch_flops(model, args, kwargs) -> int:
     # the counter where the products agree and to hand arithmetic)
     for op in FUSED_OPS:
         extra[op] = lambda *a, **k: 0
+    # A latent attention's decode step runs absorbed here as in the capture
+    # (fxroof.graph.latent_attention): PyTorch's attention formula over the shapes it attends
+    # with, the query and keys joined with their rotary parts, one shared head
+    extra[LATENT_ATTENTION] = raw(lambda q, q_rot, kv, k_rot, *a, **k: sdpa_flop(
+        _joined(q, q_rot), _joined(kv, k_rot), kv))
     for grad in (False, True):
         try:
             with FlopCounterMode(display=False, custom_mapping=extra) as counter, \
                     torch.set_grad_enabled(grad), torch.backends.mkldnn.flags(enabled=False), \
-                    fused_recurrences():
+                    fused_recurrences(), absorbed_latent_attention():
                 model(*args, **kwargs)
             return counter.get_total_flops()
         except AssertionError:
             if grad:
                 raise
+
+
+def _joined(a, b):
+    """A meta tensor of a and b joined on their last dim."""
+    return torch.empty(*a.shape[:-1], a.shape[-1] + b.shape[-1], device="meta")
 
 
 def exported_flops(model, args, kwargs) -> int:
@@ -242,7 +258,7 @@ def exported_flops(model, args, kwargs) -> int:
     count and still be exact on the graph it analyzes."""
     from fxroof.graph.capture import TensorOutputs, quiet_torch
     # quiet: a failed export prints its partial graph, where the table names the error
-    with quiet_torch(), fused_recurrences():
+    with quiet_torch(), fused_recurrences(), absorbed_latent_attention():
         program = torch.export.export(TensorOutputs(model), args, kwargs, strict=False)
     return torch_flops(program.module(), args, kwargs)
 

@@ -345,6 +345,8 @@ class DecodeStep(torch.nn.Module):
             for slot, tensor in zip(layer_slots, tensors):
                 write(layer, slot, tensor)
             layer.device = tensors[0].device             # where the layer makes its indices
+            if hasattr(layer, "indexer_device"):
+                layer.indexer_device = tensors[0].device     # and its indexer its own
 
     def given(self, tokens, cache, mask: str, **more) -> dict:
         """The keywords the model takes of an all-ones mask over the cache and the new tokens
@@ -411,6 +413,9 @@ def slots(layer) -> list[tuple[str, int | None]]:
     filled (a model without the convolution) are left out."""
     found = [("keys", None), ("values", None), ("cumulative_length", None)] \
         if is_attention(layer) else []
+    if getattr(layer, "indexer_keys", None) is not None:
+        # a sparse attention's indexer keeps keys of its own (DeepSeek-V3.2's, GLM-5's)
+        found += [("indexer_keys", None), ("indexer_cumulative_length", None)]
     if is_recurrent(layer):
         found += [(kind, i) for kind in ("conv_states", "recurrent_states")
                   for i, t in getattr(layer, kind).items() if t is not None]

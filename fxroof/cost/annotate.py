@@ -14,6 +14,7 @@ import torch.fx as fx
 from fxroof.cost.formulas import OpCall
 from fxroof.cost.formulas import call_cost as formula_cost
 from fxroof.cost.record import COST_KEY, MATRIX_CATEGORIES, Cost
+from fxroof.graph import latent_attention
 from fxroof.graph.tensors import storage, tensors_in
 
 
@@ -101,7 +102,10 @@ def with_grid(node: fx.Node, cost: Cost) -> Cost:
     try:
         shape = [int(d) for d in out.shape]
         name = getattr(getattr(node.target, "overloadpacket", None), "__name__", "")
-        if cost.category == "attention" and len(shape) == 4:
+        if getattr(node.target, "overloadpacket", None) is latent_attention.OP:
+            # FlashMLA: the heads share the one latent row, so a block takes them as its rows
+            bmn = (shape[0], shape[1] * shape[2], shape[3])
+        elif cost.category == "attention" and len(shape) == 4:
             bmn = (shape[0] * shape[1], shape[2], shape[3])
         elif cost.category == "conv":
             weight = node.args[1].meta["val"]

@@ -13,6 +13,7 @@ from fxroof.chips.timing import unit_dtype
 from fxroof.cost.annotate import CHANNEL_NORMS, GROUP_NORMS
 from fxroof.cost.record import MATRIX_CATEGORIES
 from fxroof.graph.compiled_branches import repeated_kv
+from fxroof.graph import latent_attention
 from fxroof.graph.fused_recurrences import KERNELS as FUSED_KERNELS
 from fxroof.report.records import Report
 from fxroof.report.units import seconds, si
@@ -45,6 +46,18 @@ def fused_recurrence_notes(nodes) -> tuple:
     return (f"{mixers} run as {', '.join(libraries)} kernels, as serving engines and training "
             f"stacks run them, not as the reference code transformers falls back to without "
             f"those packages",)
+
+
+def latent_attention_notes(nodes) -> tuple:
+    """Latent attention captured as serving engines run a decode step
+    (fxroof.graph.latent_attention): a reader comparing with transformers' own code should know."""
+    count = sum(n.op == latent_attention.OP.__name__ for n in nodes)
+    if not count:
+        return ()
+    return (f"{count} latent attention{'s' if count != 1 else ''} (DeepSeek's MLA) run as "
+            f"{latent_attention.KERNEL} over the cached latent rows, kv_b_proj folded into the "
+            f"query and the output, as serving engines run a decode step; transformers' own code "
+            f"expands every cached row through kv_b_proj in each step",)
 
 
 # The roofline's own figures; a chip whose source for one of them is an estimate rather than a

@@ -12,6 +12,7 @@ import math
 
 from fxroof.cost.formulas.registry import OpCall, formula
 from fxroof.cost.record import Cost
+from fxroof.graph import latent_attention
 from fxroof.graph.aten_ops import aten
 from fxroof.graph.tensors import dtype_name, footprint
 
@@ -36,3 +37,18 @@ def sdpa(call: OpCall) -> Cost:
     return Cost(flops, call.bytes_read(), footprint(out), "attention", dtype_name(q.dtype),
                 note=", ".join(note), exponentials=queries * int(k.shape[-2]),
                 causal=bool(call.get("is_causal", False)))
+
+
+@formula(latent_attention.OP, category="attention")
+def absorbed_latent_attention(call: OpCall) -> Cost:
+    """FlashMLA's decode attention over the latent cache (fxroof.graph.latent_attention): each
+    query head against every latent row, scores over the latent and its rotary part, the output
+    over the latent (the products of `sdpa` above). Bytes: the latent rows and their rotary part
+    read once for all the heads, as the shared head they are."""
+    q_latent, q_rot, kv_latent = call.args[0], call.args[1], call.args[2]
+    queries = math.prod(int(s) for s in q_latent.shape[:-1])
+    keys, rank = int(kv_latent.shape[-2]), int(q_latent.shape[-1])
+    flops = 2 * queries * keys * (rank + int(q_rot.shape[-1]) + rank)
+    return Cost(flops, call.bytes_read(), footprint(call.outputs[0]), "attention",
+                dtype_name(q_latent.dtype), note=f"latent, {int(q_latent.shape[1])} heads",
+                exponentials=queries * keys)
