@@ -362,8 +362,10 @@ def _whatif_notes(gm, whatif: WhatIf, target: Target) -> tuple:
     not from the ops' Cost records: a quantized tensor read by an op that fuses keeps its
     unquantized size in compiled mode."""
     q, kept = whatif.quantization, whatif.convs_kept
-    notes = [f"what-if {q.label}: {_UNMATCHED[part]}, so its {part.replace('_', ' ')} part "
-             f"changed nothing" for part in whatif.unmatched]
+    notes = [f"priced as the checkpoint ships, from {q.source}; --quantize none prices it in "
+             f"the model's dtype"] if q and q.source else []
+    notes += [f"what-if {q.label}: {_UNMATCHED[part]}, so its {part.replace('_', ' ')} part "
+              f"changed nothing" for part in whatif.unmatched]
     if kept:
         notes.append(f"{kept} convolution{'s keep their' if kept > 1 else ' keeps its'} 16-bit "
                      f"weights: weight-only schemes are matmul kernels; 'w8a8' or 'fp8' runs "

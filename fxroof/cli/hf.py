@@ -27,7 +27,7 @@ from fxroof.studies.workload import counts
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
 
-__all__ = ["from_config", "config_options"]
+__all__ = ["from_config", "config_options", "load_config"]
 
 # Architecture names that carry a next-token head; anything else is built as the bare AutoModel.
 _CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
@@ -79,16 +79,16 @@ def from_config(config: str | os.PathLike | Mapping[str, Any] | PretrainedConfig
     Whisper's mel frames of a 30 s window. Dual encoders (CLIP, SigLIP: the zero-shot image
     classifiers) take token ids and ``pixel_values`` in kwargs.
 
+    A ``quantization_config`` in the config is not applied: the weights are built in `dtype`,
+    and ``fxroof.cli.checkpoint_quantization.of_config(config)`` gives the scheme the checkpoint
+    ships with, as ``fxroof.analyze``'s ``quantize=`` (the command line applies it itself).
+
     On meta, run the model through ``torch.export`` (as ``fxroof.analyze`` does), not eagerly:
     transformers 5 decoders inspect position ids with ``.item()`` when not tracing, which no meta
     tensor can answer. ``device="cpu"`` gives real, randomly initialised weights.
     """
-    try:
-        import transformers
-        from transformers.models.auto import modeling_auto
-    except ImportError as e:
-        raise ImportError("fxroof --hf needs transformers; install it with: "
-                          "pip install fxroof[hf]") from e
+    transformers = _transformers()
+    from transformers.models.auto import modeling_auto
 
     cfg, where = _load_config(config, transformers)
     seq2seq = _seq2seq_head(cfg, modeling_auto)
@@ -441,6 +441,21 @@ def cache_kwarg(model, cache) -> dict:
     ``past_key_values``), ``past_key_values`` before."""
     new = "cache" in inspect.signature(model.forward).parameters
     return {"cache" if new else "past_key_values": cache}
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError as e:
+        raise ImportError("fxroof --hf needs transformers; install it with: "
+                          "pip install fxroof[hf]") from e
+    return transformers
+
+
+def load_config(config: str | os.PathLike | Mapping[str, Any]) -> PretrainedConfig:
+    """The PretrainedConfig from_config builds from (a path, a dict or a config); ValueError
+    naming a source that is none."""
+    return _load_config(config, _transformers())[0]
 
 
 def _load_config(config, transformers) -> tuple:

@@ -76,7 +76,9 @@ def _workload_args() -> argparse.ArgumentParser:
                                "(torchtitan's selective layer option; 1: every block)")
     p.add_argument("--quantize", metavar="SPEC", help="what-if: w8, w4, w4g64, wfp8, kv8, "
                    "kv-fp8, fp8, w8a8, joined with + (e.g. w4+kv8; fp8+dq: activations scaled "
-                   "at each call, dq-tensor one scale a tensor); the model is not changed")
+                   "at each call, dq-tensor one scale a tensor); the model is not changed. With "
+                   "--hf, a config's quantization_config is applied unless this is given "
+                   "(none: the config's dtype)")
     p.add_argument("--amp", default="", metavar="DTYPE", help="automatic mixed precision: fp16 "
                    "or bf16, the model's forward within torch.autocast over its own weights")
     p.add_argument("--routing", metavar="SPEC", help="mixture-of-experts top-k routing to "
@@ -225,9 +227,25 @@ def _target(ns):
     from fxroof.pipeline import Target
     if ns.optimizer != "adamw" and not ns.train:
         raise UsageError("--optimizer is for a training step: give --train too")
-    return Target(chip=ns.chip, mode=ns.mode, quantize=ns.quantize, tp=ns.tp, train=ns.train,
+    quantize = ns.quantize
+    if quantize is None and ns.hf:      # the checkpoint's own, where its config states one
+        quantize = _checkpoint_quantization(ns.hf)
+    return Target(chip=ns.chip, mode=ns.mode, quantize=quantize, tp=ns.tp, train=ns.train,
                   optimizer=ns.optimizer, dp=ns.dp, fsdp=ns.fsdp, recompute=ns.recompute,
                   routing=ns.routing, amp=ns.amp)
+
+
+def _checkpoint_quantization(path):
+    """The quantization a config's checkpoint ships with, as a what-if; None, said on stderr,
+    where fxroof cannot price its method."""
+    from fxroof.cli.checkpoint_quantization import QuantizationUnknown, of_config
+    from fxroof.cli.hf import load_config
+    try:
+        return of_config(load_config(path))
+    except QuantizationUnknown as e:
+        print(f"fxroof: {path}: its checkpoint's quantization is not priced ({e}): the weights "
+              f"are priced in the config's dtype; --quantize states a scheme", file=sys.stderr)
+        return None
 
 
 def _report(ns):

@@ -59,6 +59,7 @@ class Quantization:
     matmul: str = ""         # "fp8" or "int8": matmul and convolution operands in 8 bits, at
                              # that peak
     activations: str = ""    # 8-bit matmuls' activation scales: ACTIVATION_SCALES
+    source: str = ""         # where a scheme that is no what-if comes from (a checkpoint's config)
 
     def __post_init__(self):
         for name, allowed in (("weights", FORMATS), ("kv_cache", EIGHT_BIT), ("matmul", EIGHT_BIT)):
@@ -116,7 +117,7 @@ _SPEC = re.compile(r"^(?:(?P<w>w8|w4|int8|int4|wfp8)(?:g(?P<g>\d+))?|(?P<kv>kv8|
 
 
 def parse(spec) -> Quantization | None:
-    """A Quantization from None, a Quantization, or a spec string of "+"-joined parts:
+    """A Quantization from None (or "none"), a Quantization, or a spec string of "+"-joined parts:
     w8 (int8 weights, a scale per row), w4 / w4g64 (int4 weights, group 128 / 64), wfp8,
     kv8 / kv-fp8 (KV cache), fp8 / w8a8 (8-bit matmuls), dq / dq-tensor (their activations
     scaled at each call, a scale a row or one a tensor: "fp8+dq")."""
@@ -125,6 +126,8 @@ def parse(spec) -> Quantization | None:
     if not isinstance(spec, str):
         raise TypeError(f"quantize must be a spec string or a Quantization, "
                         f"not {type(spec).__name__}")
+    if spec.strip().lower() == "none":     # the model's own dtypes, said outright
+        return None
     fields: dict = {}
     for part in filter(None, (p.strip().lower() for p in re.split(r"[+,]", spec))):
         m = _SPEC.match(part)
