@@ -10,6 +10,8 @@ Quantization (fxroof.cost.whatif) that carries its source; the command line appl
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from typing import Any, Mapping
 
 from fxroof.cost.whatif import Quantization
@@ -104,7 +106,16 @@ def from_quantization_config(qc: Mapping[str, Any] | Any) -> Quantization:
 
 
 def of_config(config) -> Quantization | None:
-    """A PretrainedConfig's or config dict's checkpoint quantization, None where it has none."""
+    """The checkpoint quantization of a config (a config.json's path, a dict or a
+    PretrainedConfig), None where it has none. A file that cannot be read as JSON has none
+    here: building the model from it says what is wrong."""
+    if isinstance(config, (str, os.PathLike)):
+        try:
+            with open(config, encoding="utf-8") as f:
+                config = json.load(f)
+        except (OSError, ValueError):
+            return None
     qc = config.get("quantization_config") if isinstance(config, Mapping) \
         else getattr(config, "quantization_config", None)
-    return from_quantization_config(qc) if qc else None
+    return from_quantization_config(qc) if isinstance(qc, Mapping) or hasattr(qc, "to_dict") \
+        else None

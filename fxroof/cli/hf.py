@@ -27,7 +27,7 @@ from fxroof.studies.workload import counts
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
 
-__all__ = ["from_config", "config_options", "load_config"]
+__all__ = ["from_config", "config_options"]
 
 # Architecture names that carry a next-token head; anything else is built as the bare AutoModel.
 _CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
@@ -450,12 +450,6 @@ def _transformers():
         raise ImportError("fxroof --hf needs transformers; install it with: "
                           "pip install fxroof[hf]") from e
     return transformers
-
-
-def load_config(config: str | os.PathLike | Mapping[str, Any]) -> PretrainedConfig:
-    """The PretrainedConfig from_config builds from (a path, a dict or a config); ValueError
-    naming a source that is none."""
-    return _load_config(config, _transformers())[0]
 
 
 def _load_config(config, transformers) -> tuple:

@@ -239,9 +239,8 @@ def _checkpoint_quantization(path):
     """The quantization a config's checkpoint ships with, as a what-if; None, said on stderr,
     where fxroof cannot price its method."""
     from fxroof.cli.checkpoint_quantization import QuantizationUnknown, of_config
-    from fxroof.cli.hf import load_config
     try:
-        return of_config(load_config(path))
+        return of_config(path)
     except QuantizationUnknown as e:
         print(f"fxroof: {path}: its checkpoint's quantization is not priced ({e}): the weights "
               f"are priced in the config's dtype; --quantize states a scheme", file=sys.stderr)
