@@ -281,7 +281,7 @@ def report_of(captured: Captured, target: Target) -> Report:
         + report_notes.decomposed_notes(compiled, nodes) + report_notes.network_notes(nodes, chip)
         + _whatif_notes(gm, whatif, target) + _routing_notes(gm, captured, target)
         + report_notes.repeated_kv_notes(gm, nodes) + report_notes.fused_recurrence_notes(nodes)
-        + report_notes.latent_attention_notes(nodes)
+        + report_notes.engine_attention_notes(nodes)
         + ((_FSDP_NOTE if target.fsdp else _DP_NOTE),) * (target.dp > 1),
         training=target.optimizer if target.train else "", dp=target.dp, fsdp=target.fsdp,
         provenance=provenance)

@@ -9,6 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import fxroof
 from fxroof.graph.fused_recurrences import fused_recurrences
+from fxroof.graph.sink_attention import fused_sink_attention
 from fxroof.graph.routing import Routing, parse
 from tests.helpers import fn_module
 
@@ -48,8 +49,9 @@ def reference_matmul_flops(name: str, tokens: torch.Tensor) -> int:
     batched, which FlopCounterMode sees (it does not count _grouped_mm). Grad mode stays on:
     the counter's module hooks fail on transformers' hub-kernel function layers under no_grad.
     Jamba's selective scan runs fused, as fxroof captures it (tests/test_fused_scans.py): vector
-    work, where transformers' token loop would run a small bmm a token."""
-    with FlopCounterMode(display=False) as counter, fused_recurrences():
+    work, where transformers' token loop would run a small bmm a token; gpt-oss's attention
+    with sinks one fused attention op (tests/test_sink_attention.py), not two bmms."""
+    with FlopCounterMode(display=False) as counter, fused_recurrences(), fused_sink_attention():
         tiny(name, "batched_mm")(tokens, use_cache=False)
     counts = counter.get_flop_counts()["Global"]
     return sum(counts.get(op, 0) for op in (torch.ops.aten.mm, torch.ops.aten.addmm,

@@ -284,7 +284,8 @@ def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_by
              dtype: str = "", variant: str = "", exponentials: float = 0,
              reread: tuple = (), bias_bytes: float = 0, quantize: tuple = (),
              comm_stride: int = 0,
-             comm_exchange: bool = False, causal: bool = False, issued: float = 0) -> Expected:
+             comm_exchange: bool = False, causal: bool = False, issued: float = 0,
+             window: int = 0) -> Expected:
     """The expected time of a kernel whose floor is `floor`. grid: a matrix kernel's output and
     reduction as (batch, M, N, K); comm_bytes/steps/ranks/stride/exchange, nvls_bytes: a
     collective's (Cost);
@@ -298,7 +299,8 @@ def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_by
     a convolution's bias kernel moves (Cost.bias_bytes), a kernel of its own on a GPU; quantize:
     the bytes of each kernel quantizing an 8-bit matmul's activations before it (Cost.quantize),
     charged on a GPU; causal: a
-    fused attention kernel under a causal mask, which skips the key blocks above the diagonal;
+    fused attention kernel under a causal mask, which skips the key blocks above the diagonal,
+    and window: its sliding window's keys, the blocks before it skipped too;
     issued: the thread instructions of a kernel its instructions bound (Cost.issued)."""
     matrix = category in MATRIX_CATEGORIES
     gpu = chip.kind == "gpu"
@@ -309,8 +311,8 @@ def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_by
     # less than its longest block, the last queries' against every key: in one wave (a short
     # prompt), as long as without the mask; a CPU's skips whole key blocks of its own
     share = 1.0
-    if causal and gpu and flash:
-        share = max(causal_share(grid), 1 / (tiles.waves or 1))
+    if (causal or window) and gpu and flash:
+        share = max(causal_share(grid, window), 1 / (tiles.waves or 1))
     elif causal and not gpu and category == "attention":
         share = cpu_causal_share(grid)
     tiled = floor.compute_s * tiles.factor * share
@@ -392,18 +394,26 @@ def attention_share(chip: Chip) -> float:
         else chip.attention_efficiency
 
 
-def causal_share(grid: tuple) -> float:
+def causal_share(grid: tuple, window: int = 0) -> float:
     """The share of its (query, key) products a causal flash kernel computes: each block of
     ATTENTION_ROWS[0] queries reads the keys up to its last query (PyTorch's is_causal: query i
-    sees keys 0..i), in whole blocks of K_BLOCK keys, and skips the rest. grid: attention's
-    (batch x heads, queries, head size, K), whose K is twice the keys (two products over equal
-    head sizes, annotate.with_grid). 1 where the grid is unknown."""
+    sees keys 0..i), in whole blocks of K_BLOCK keys, and skips the rest; under a sliding
+    `window` (query i sees keys i - window + 1..i) also the blocks wholly before its first
+    query's window, its queries the last keys' (a decode step's one query sees the window
+    before it). grid: attention's (batch x heads, queries, head size, K), whose K is twice the
+    keys (two products over equal head sizes, annotate.with_grid). 1 where the grid is
+    unknown."""
     if len(grid) != 4 or not grid[1] or not grid[3]:
         return 1.0
     queries, keys, rows = int(grid[1]), max(1, int(grid[3]) // 2), ATTENTION_ROWS[0]
+    offset = max(keys - queries, 0) if window else 0
     blocks = math.ceil(queries / rows)
-    read = sum(min(keys, math.ceil(min(queries, (i + 1) * rows) / K_BLOCK) * K_BLOCK)
-               for i in range(blocks))
+    read = 0
+    for i in range(blocks):
+        end = min(queries, (i + 1) * rows) + offset
+        last = min(keys, math.ceil(end / K_BLOCK) * K_BLOCK)
+        first = max(0, (i * rows + offset - window + 1) // K_BLOCK * K_BLOCK) if window else 0
+        read += max(last - first, 0)
     return read / (blocks * keys)
 
 

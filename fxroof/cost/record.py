@@ -103,6 +103,9 @@ class Cost:
     # above the diagonal, so it computes about half the products its FLOPs count (PyTorch's
     # dense convention, which FlopCounterMode keeps).
     causal: bool = False
+    # ... and under a sliding window: each query sees only the `window` keys before it, and a
+    # query block skips the key blocks wholly outside (0: no window)
+    window: int = 0
 
     def __post_init__(self):
         if self.category not in CATEGORIES:

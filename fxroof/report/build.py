@@ -38,7 +38,7 @@ def node_rows(gm: fx.GraphModule) -> tuple:
                             cost.relayout, cost.nvls_bytes, cost.comm_ranks, cost.comm_stride,
                             cost.comm_exchange,
                             cost.exponentials, cost.reread, cost.bias_bytes, cost.quantize,
-                            cost.quantize_folds, cost.causal, cost.issued))
+                            cost.quantize_folds, cost.causal, cost.issued, cost.window))
     return tuple(rows)
 
 
@@ -120,6 +120,7 @@ def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple, streamed: dict | N
                        dtype=dtype, variant=k.variant or (main.variant if main else ""),
                        exponentials=sum(m.exponentials for m in members),
                        causal=any(m.causal for m in members),
+                       window=max((m.window for m in members), default=0),
                        # a fused kernel's norm reads again too: a compiler's reduction too
                        # long to hold on chip loops over its input once more (Cost.reread)
                        reread=tuple(b for m in members for b in m.reread),

@@ -13,7 +13,7 @@ from fxroof.chips.timing import unit_dtype
 from fxroof.cost.annotate import CHANNEL_NORMS, GROUP_NORMS
 from fxroof.cost.record import MATRIX_CATEGORIES
 from fxroof.graph.compiled_branches import repeated_kv
-from fxroof.graph import latent_attention
+from fxroof.graph import latent_attention, sink_attention
 from fxroof.graph.fused_recurrences import KERNELS as FUSED_KERNELS
 from fxroof.report.records import Report
 from fxroof.report.units import seconds, si
@@ -48,16 +48,31 @@ def fused_recurrence_notes(nodes) -> tuple:
             f"those packages",)
 
 
-def latent_attention_notes(nodes) -> tuple:
-    """Latent attention captured as serving engines run a decode step
-    (fxroof.graph.latent_attention): a reader comparing with transformers' own code should know."""
-    count = sum(n.op == latent_attention.OP.__name__ for n in nodes)
-    if not count:
-        return ()
-    return (f"{count} latent attention{'s' if count != 1 else ''} (DeepSeek's MLA) run as "
-            f"{latent_attention.KERNEL} over the cached latent rows, kv_b_proj folded into the "
-            f"query and the output, as serving engines run a decode step; transformers' own code "
-            f"expands every cached row through kv_b_proj in each step",)
+# Attention captured as the kernels engines run, not transformers' code for it: op -> (what
+# it is, one and many; what runs, and how transformers' own code differs)
+ENGINE_ATTENTION = {
+    latent_attention.OP.__name__: (
+        ("latent attention", "latent attentions"), f"{latent_attention.KERNEL} over the cached latent "
+        "rows, kv_b_proj folded into the query and the output, as serving engines run a decode "
+        "step; transformers' own code expands every cached row through kv_b_proj in each step"),
+    sink_attention.OP.__name__: (
+        ("attention with sinks", "attentions with sinks"), f"{sink_attention.KERNEL}, the "
+        "kernel vLLM and transformers' hub kernel run: the k/v heads read once, the scores kept "
+        "on chip, the key blocks outside the causal mask or a window skipped; transformers' "
+        "eager attention, its code without the hub kernel, writes every score out"),
+}
+
+
+def engine_attention_notes(nodes) -> tuple:
+    """Attention captured as engines run it (fxroof.graph.latent_attention, .sink_attention):
+    a reader comparing with transformers' own code should know."""
+    notes = []
+    for op, ((one, many), how) in ENGINE_ATTENTION.items():
+        count = sum(n.op == op for n in nodes)
+        if count:
+            notes.append(f"{count} {one if count == 1 else many} run{'s' if count == 1 else ''} "
+                         f"as {how}")
+    return tuple(notes)
 
 
 # The roofline's own figures; a chip whose source for one of them is an estimate rather than a

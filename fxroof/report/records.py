@@ -65,6 +65,7 @@ class NodeRow:
     quantize_folds: tuple = ()   # for each, whether a fusing compiler folds it (Cost)
     causal: bool = False  # a fused attention kernel under a causal mask (Cost)
     issued: int = 0       # thread instructions of PyTorch's own issue-bound GPU kernel (Cost)
+    window: int = 0       # ... under a sliding window of this many keys (Cost)
 
     @property
     def cost_key(self) -> str:
@@ -80,7 +81,7 @@ class NodeRow:
                 for k, v in self.__dict__.items()
                 if k not in ("grid", "phase", "recomputed", "relayout", "nvls_bytes",
                              "comm_ranks", "comm_stride", "comm_exchange", "reread",
-                             "bias_bytes", "quantize", "quantize_folds", "issued") or v}
+                             "bias_bytes", "quantize", "quantize_folds", "issued", "window") or v}
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from fxroof.graph.capture import Captured, TensorOutputs, finish_graph, preserve
 from fxroof.graph.compiled_branches import transformers_compiling
 from fxroof.graph.fused_recurrences import fused_recurrences
 from fxroof.graph.latent_attention import absorbed_latent_attention
+from fxroof.graph.sink_attention import fused_sink_attention
 
 __all__ = ["Symbolic", "fake_copies", "layout_only", "model_params", "size_at", "swept_inputs",
            "symbolic_capture"]
@@ -114,7 +115,7 @@ def symbolic_capture(model, args, kwargs, swept: set) -> Symbolic:
     run._orig_mod = wrapped    # make_fx records module paths relative to `_orig_mod`
     with preserved_modes(model), quiet_torch(), enable_python_dispatcher(), mode, \
             transformers_compiling(), fused_recurrences(), \
-            absorbed_latent_attention():   # as analyze's capture runs
+            absorbed_latent_attention(), fused_sink_attention():   # as analyze's capture runs
         gm = make_fx(run, record_module_stack=True, pre_dispatch=True)(
             dict(zip(state, weights)), fake_args, fake_kwargs)
     names = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
