@@ -27,10 +27,10 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop
 import fxroof
 from fxroof.cost.record import MATRIX_CATEGORIES
 from fxroof.errors import one_line
+from fxroof.graph.engine_kernels import engine_kernels
 from fxroof.graph.fused_recurrences import OPS as FUSED_OPS
-from fxroof.graph.fused_recurrences import fused_recurrences
 from fxroof.graph.latent_attention import OP as LATENT_ATTENTION
-from fxroof.graph.latent_attention import absorbed_latent_attention
+from fxroof.graph.sink_attention import OP as SINK_ATTENTION
 
 FUSED_NAMES = {op.__name__ for op in FUSED_OPS}
 B, T = 2, 16                                    # text batch and tokens
@@ -230,16 +230,18 @@ def torch_flops(model, args, kwargs) -> int:
     # the counter where the products agree and to hand arithmetic)
     for op in FUSED_OPS:
         extra[op] = lambda *a, **k: 0
-    # A latent attention's decode step runs absorbed here as in the capture
-    # (fxroof.graph.latent_attention): PyTorch's attention formula over the shapes it attends
-    # with, the query and keys joined with their rotary parts, one shared head
+    # Attention runs here as the capture takes it (fxroof.graph.engine_kernels), counted by
+    # PyTorch's attention formula over the shapes it attends with: a latent attention's decode
+    # step absorbed, its query and keys joined with their rotary parts over one shared head;
+    # attention with sinks as one op
     extra[LATENT_ATTENTION] = raw(lambda q, q_rot, kv, k_rot, *a, **k: sdpa_flop(
         _joined(q, q_rot), _joined(kv, k_rot), kv))
+    extra[SINK_ATTENTION] = raw(lambda q, k, v, *a, **kw: sdpa_flop(q, k, v))
     for grad in (False, True):
         try:
             with FlopCounterMode(display=False, custom_mapping=extra) as counter, \
                     torch.set_grad_enabled(grad), torch.backends.mkldnn.flags(enabled=False), \
-                    fused_recurrences(), absorbed_latent_attention():
+                    engine_kernels():
                 model(*args, **kwargs)
             return counter.get_total_flops()
         except AssertionError:
@@ -258,7 +260,7 @@ def exported_flops(model, args, kwargs) -> int:
     count and still be exact on the graph it analyzes."""
     from fxroof.graph.capture import TensorOutputs, quiet_torch
     # quiet: a failed export prints its partial graph, where the table names the error
-    with quiet_torch(), fused_recurrences(), absorbed_latent_attention():
+    with quiet_torch(), engine_kernels():
         program = torch.export.export(TensorOutputs(model), args, kwargs, strict=False)
     return torch_flops(program.module(), args, kwargs)
 

@@ -8,8 +8,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import fxroof
-from fxroof.graph.fused_recurrences import fused_recurrences
-from fxroof.graph.sink_attention import fused_sink_attention
+from fxroof.graph.engine_kernels import engine_kernels
 from fxroof.graph.routing import Routing, parse
 from tests.helpers import fn_module
 
@@ -51,7 +50,7 @@ def reference_matmul_flops(name: str, tokens: torch.Tensor) -> int:
     Jamba's selective scan runs fused, as fxroof captures it (tests/test_fused_scans.py): vector
     work, where transformers' token loop would run a small bmm a token; gpt-oss's attention
     with sinks one fused attention op (tests/test_sink_attention.py), not two bmms."""
-    with FlopCounterMode(display=False) as counter, fused_recurrences(), fused_sink_attention():
+    with FlopCounterMode(display=False) as counter, engine_kernels():
         tiny(name, "batched_mm")(tokens, use_cache=False)
     counts = counter.get_flop_counts()["Global"]
     return sum(counts.get(op, 0) for op in (torch.ops.aten.mm, torch.ops.aten.addmm,

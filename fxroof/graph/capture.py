@@ -32,9 +32,7 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from fxroof.errors import one_line
 from fxroof.graph.autocast import autocast_notes, cuda_autocast_as_cpu
 from fxroof.graph.compiled_branches import transformers_compiling
-from fxroof.graph.fused_recurrences import fused_recurrences
-from fxroof.graph.latent_attention import absorbed_latent_attention
-from fxroof.graph.sink_attention import fused_sink_attention
+from fxroof.graph.engine_kernels import engine_kernels
 from fxroof.graph.attention_path import (fused_output_layouts, math_attention_notes,
                                          spell_out_math_attention)
 from fxroof.graph.routing import RoutedFakeMode, Routing, assumed_routing
@@ -149,7 +147,7 @@ def capture(model, args=(), kwargs=None, routing: Routing | str | None = None) -
         strategies.insert(3, (example, lambda *_: _make_fx_routed(*own, None)))
     seen: list = []
     with preserved_modes(model), quiet_torch(), cuda_autocast_as_cpu(seen), \
-            fused_recurrences(), absorbed_latent_attention(), fused_sink_attention():
+            engine_kernels():
         for strategy, fn in strategies:
             if strategy in (routed, example) and routing is None and not _data_dependent(
                     [e for _, e in attempts]) and not any(isinstance(e, ValuedSizes)

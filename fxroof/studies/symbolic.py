@@ -22,9 +22,7 @@ from torch.multiprocessing.reductions import StorageWeakRef
 
 from fxroof.graph.capture import Captured, TensorOutputs, finish_graph, preserved_modes, quiet_torch
 from fxroof.graph.compiled_branches import transformers_compiling
-from fxroof.graph.fused_recurrences import fused_recurrences
-from fxroof.graph.latent_attention import absorbed_latent_attention
-from fxroof.graph.sink_attention import fused_sink_attention
+from fxroof.graph.engine_kernels import engine_kernels
 
 __all__ = ["Symbolic", "fake_copies", "layout_only", "model_params", "size_at", "swept_inputs",
            "symbolic_capture"]
@@ -114,8 +112,7 @@ def symbolic_capture(model, args, kwargs, swept: set) -> Symbolic:
 
     run._orig_mod = wrapped    # make_fx records module paths relative to `_orig_mod`
     with preserved_modes(model), quiet_torch(), enable_python_dispatcher(), mode, \
-            transformers_compiling(), fused_recurrences(), \
-            absorbed_latent_attention(), fused_sink_attention():   # as analyze's capture runs
+            transformers_compiling(), engine_kernels():   # as analyze's capture runs
         gm = make_fx(run, record_module_stack=True, pre_dispatch=True)(
             dict(zip(state, weights)), fake_args, fake_kwargs)
     names = [n.name for n in gm.graph.nodes if n.op == "placeholder"]

@@ -1,0 +1,28 @@
+"""transformers' code swapped, while a capture runs, for the kernels a GPU deployment runs in its
+place: one context for them all.
+
+- recurrent token mixers (Mamba's scans, the gated delta rule): their libraries' fused kernels,
+  where transformers falls back to loops (fxroof.graph.fused_recurrences);
+- latent attention in a decode step: absorbed, as FlashMLA and the serving engines run it, where
+  transformers expands the whole cache each step (fxroof.graph.latent_attention);
+- attention with sinks: FlashAttention-3 with sinks, where transformers writes every score out
+  (fxroof.graph.sink_attention).
+
+Each swap is by name or class in the loaded transformers modules, undone on exit: the user's
+model is untouched, and nothing happens where transformers is not loaded. A training step's
+capture takes the recurrences only: the attention ops have no backward.
+"""
+from __future__ import annotations
+
+import contextlib
+
+from fxroof.graph.fused_recurrences import fused_recurrences
+from fxroof.graph.latent_attention import absorbed_latent_attention
+from fxroof.graph.sink_attention import fused_sink_attention
+
+
+@contextlib.contextmanager
+def engine_kernels():
+    """Within the block, every swap above is in place."""
+    with fused_recurrences(), absorbed_latent_attention(), fused_sink_attention():
+        yield
