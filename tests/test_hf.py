@@ -3,12 +3,14 @@
 import json
 import socket
 import sys
+from unittest import mock
 
 import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
 
+import fxroof  # noqa: E402
 from fxroof.cli.hf import from_config  # noqa: E402
 from fxroof.graph.fused_recurrences import fused_recurrences  # noqa: E402
 
@@ -507,3 +509,38 @@ def test_an_encoder_decoders_source_is_the_encoders_length():
     whisper = OTHER_INPUTS["whisper"][0]().to_dict()
     with pytest.raises(ValueError, match="fixed window of 64 mel frames"):
         from_config(whisper, seq=4, source=32)
+
+
+def test_a_prompts_causal_mask_is_left_to_the_kernel_as_an_eager_run_leaves_it():
+    # transformers' eager run of an unpadded prompt passes no mask and is_causal=True (flash
+    # attention, causal blocks skipped, the 2 k/v heads read as they are); its trace had built
+    # the 16 x 16 mask and read it, and copied k/v out to the 4 query heads
+    config = transformers.AutoConfig.for_model(
+        "llama", hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, intermediate_size=128, vocab_size=256)
+    model, args, kwargs = from_config(config, batch=2, seq=16)
+    attention = [n for n in fxroof.analyze(model, args, kwargs).nodes
+                 if n.category == "attention"]
+    assert [(n.causal, n.note) for n in attention] == [(True, "causal, gqa 4q/2kv")]
+    # by hand: q (2 x 4 x 16 x 16) and k, v (2 x 2 x 16 x 16), fp32; no mask
+    assert attention[0].bytes_read == 4 * (2 * 4 * 16 * 16 + 2 * 2 * 2 * 16 * 16)
+    # the eager run takes the same path: PyTorch's attention op sees is_causal and no mask
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, is_causal=False, **kw):
+        calls.append((attn_mask is None, is_causal))
+        return sdpa(q, k, v, attn_mask=attn_mask, is_causal=is_causal, **kw)
+    real = transformers.AutoModelForCausalLM.from_config(config).eval()
+    with mock.patch("torch.nn.functional.scaled_dot_product_attention", spy), torch.no_grad():
+        real(torch.zeros(2, 16, dtype=torch.long), use_cache=False)
+    assert calls == [(True, True)]
+
+
+def test_a_sliding_window_past_its_reach_still_builds_its_mask():
+    config = transformers.AutoConfig.for_model(
+        "mistral", hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, intermediate_size=128, vocab_size=256, sliding_window=8)
+    attention = [n for n in fxroof.analyze(*from_config(config, seq=16)).nodes
+                 if n.category == "attention"]
+    assert [(n.causal, n.note) for n in attention] == [(False, "masked")]

@@ -14,6 +14,11 @@ Qwen2-7B decode step, batch 16 over 4,096 tokens: 28.1 ms against 4.9 ms), where
 reads only halves. Under make_fx transformers is told it is compiling, as it is under torch.export,
 so that every strategy captures the same program: the one torch.compile runs, fxroof's default
 mode.
+
+One branch goes the other way: a prompt's causal mask, which a trace keeps only because it cannot
+read the position ids' values (`prompt_masks_as_eager`, entered with the engines' kernels,
+fxroof.graph.engine_kernels): transformers' eager run, serving engines and an unpadded
+torch.compile run from PyTorch 2.14 leave it to the kernel's `is_causal`.
 """
 from __future__ import annotations
 
@@ -76,3 +81,38 @@ def _name(node) -> str:
     if not isinstance(node, fx.Node) or node.op != "call_function":
         return ""
     return getattr(getattr(node.target, "overloadpacket", node.target), "__name__", "")
+
+
+def _unpacked(position_ids):
+    return None
+
+
+def _not_exporting() -> bool:
+    return False
+
+
+@contextlib.contextmanager
+def prompt_masks_as_eager():
+    """Within the block, transformers leaves a prompt's causal mask to the attention kernel
+    (`is_causal`) as its eager run does: it takes the positions for one sequence a row (no
+    packing, which an eager run reads from their values and a trace cannot) and drops the
+    export-only rule that keeps the mask, which guards an exported program against other
+    shapes (masking_utils._ignore_causal_mask_sdpa). A trace had built the mask out and read it
+    in every attention: a masked kernel with no causal block skipping, and grouped k/v heads
+    copied out. Padding, a sliding window's reach and a decode step over a static cache still
+    build their masks. Nothing happens where transformers is not loaded."""
+    masking = sys.modules.get("transformers.masking_utils")
+    if masking is None or not hasattr(masking, "find_packed_sequence_indices"):
+        yield
+        return
+    saved = {name: getattr(masking, name) for name in ("find_packed_sequence_indices",
+                                                       "is_torchdynamo_exporting")
+             if hasattr(masking, name)}
+    try:
+        masking.find_packed_sequence_indices = _unpacked
+        if "is_torchdynamo_exporting" in saved:
+            masking.is_torchdynamo_exporting = _not_exporting
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(masking, name, value)

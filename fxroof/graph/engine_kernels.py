@@ -6,7 +6,9 @@ place: one context for them all.
 - latent attention in a decode step: absorbed, as FlashMLA and the serving engines run it, where
   transformers expands the whole cache each step (fxroof.graph.latent_attention);
 - attention with sinks: FlashAttention-3 with sinks, where transformers writes every score out
-  (fxroof.graph.sink_attention).
+  (fxroof.graph.sink_attention);
+- a prompt's causal mask: left to the attention kernel, as transformers' eager run leaves it,
+  where its trace builds the mask (fxroof.graph.compiled_branches.prompt_masks_as_eager).
 
 Each swap is by name or class in the loaded transformers modules, undone on exit: the user's
 model is untouched, and nothing happens where transformers is not loaded. A training step's
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 
+from fxroof.graph.compiled_branches import prompt_masks_as_eager
 from fxroof.graph.fused_recurrences import fused_recurrences
 from fxroof.graph.latent_attention import absorbed_latent_attention
 from fxroof.graph.sink_attention import fused_sink_attention
@@ -24,5 +27,6 @@ from fxroof.graph.sink_attention import fused_sink_attention
 @contextlib.contextmanager
 def engine_kernels():
     """Within the block, every swap above is in place."""
-    with fused_recurrences(), absorbed_latent_attention(), fused_sink_attention():
+    with fused_recurrences(), absorbed_latent_attention(), fused_sink_attention(), \
+            prompt_masks_as_eager():
         yield
