@@ -17,8 +17,8 @@ mode.
 
 One branch goes the other way: a prompt's causal mask, which a trace keeps only because it cannot
 read the position ids' values (`prompt_masks_as_eager`, entered with the engines' kernels,
-fxroof.graph.engine_kernels): transformers' eager run, serving engines and an unpadded
-torch.compile run from PyTorch 2.14 leave it to the kernel's `is_causal`.
+fxroof.graph.engine_kernels): transformers' eager run and serving engines leave it to the
+kernel's `is_causal`.
 """
 from __future__ import annotations
 
