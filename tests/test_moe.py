@@ -9,6 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import fxroof
 from fxroof.graph.engine_kernels import engine_kernels
+from fxroof.graph.parallel import megatron_plan
 from fxroof.graph.routing import Routing, parse
 from tests.helpers import fn_module
 
@@ -265,3 +266,21 @@ def test_gpt_fasts_expert_layout_counts_as_pytorch_does_and_splits_its_stacked_e
     assert reduces[1:3] == ["layers.0.attention.wo", "layers.0.feed_forward"]
     with pytest.raises(ValueError, match="experts layout"):
         moe.decoder(preset="tiny", experts="grouped")
+
+
+def test_gpt_oss_experts_as_wide_as_its_tokens_split_over_their_intermediate_size():
+    # gpt-oss's experts: gate_up_proj (experts, hidden, 2 x inner), down_proj (experts, inner,
+    # hidden), and its configs make inner = hidden (2,880 and 2,880), so down_proj alone cannot
+    # say which dim is which: the packed projection's doubled dim is the inner one
+    config = transformers.GptOssConfig(**{**_COMMON, **CONFIGS["GptOssConfig"],
+                                          "intermediate_size": _COMMON["hidden_size"]})
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    (layout, *_) = megatron_plan(model, 2).fused_experts.values()
+    assert (layout.size, layout.dims) == (
+        config.intermediate_size, {"down_proj": 1, "gate_up_proj": 2, "gate_up_proj_bias": 1})
+    ranks = {tp: [n for n in fxroof.analyze(model, (TOKENS.to("meta"),), dict(use_cache=False),
+                                            tp=tp).nodes if "experts" in n.module
+                  and n.category == "matmul"] for tp in (1, 2)}
+    # each rank runs half of every expert product
+    assert sum(n.flops for n in ranks[2]) * 2 == sum(n.flops for n in ranks[1]) > 0

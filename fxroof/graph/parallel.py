@@ -171,6 +171,12 @@ def _expert_layout(module: nn.Module, hidden: set) -> ExpertLayout | None:
         return None
     (down,) = downs
     inner = [d for d in (1, 2) if params[down][d] not in hidden]
+    packed = params.get("gate_up_proj")
+    if len(inner) != 1 and packed is not None:
+        # both of down's dims as wide as the tokens (gpt-oss: 2,880 and 2,880): the packed gate
+        # and up projection's doubled dim is the intermediate one, down's layout its transpose
+        doubled = [d for d in (1, 2) if packed[d] == 2 * packed[3 - d]]
+        inner = [3 - doubled[0]] if len(doubled) == 1 else inner
     if len(inner) != 1:
         raise ValueError(f"{type(module).__name__}: cannot tell its experts' hidden size from "
                          f"their intermediate size in {down} {tuple(params[down])}")
