@@ -71,7 +71,7 @@ def engine_attention_notes(nodes) -> tuple:
         count = sum(n.op == op for n in nodes)
         if count:
             notes.append(f"{count} {one if count == 1 else many} run{'s' if count == 1 else ''} "
-                         f"as {how}")
+                         f"as {how} (priced at the chip's fused-attention share of its peak)")
     return tuple(notes)
 
 
@@ -288,7 +288,7 @@ def matrix_unit_notes(nodes, chip: Chip, quantize) -> tuple:
                          f"the fp32 peak, {si(chip.matrix_flops('fp32'), 'FLOP/s')}")
     share = attention_share(chip)
     if share and any(n.category == "attention" and n.flops and n.dtype in FLASH_DTYPES
-                     for n in nodes):
+                     and n.op not in ENGINE_ATTENTION for n in nodes):   # SDPA's kernels
         # the kernel its time assumes, and what else PyTorch could run there
         cudnn = runs_cudnn_attention(chip)
         kernel = ("cuDNN's fused attention (SDPA's first choice on Hopper from PyTorch 2.11),"
