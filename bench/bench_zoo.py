@@ -28,9 +28,9 @@ import fxroof
 from fxroof.cost.record import MATRIX_CATEGORIES
 from fxroof.errors import one_line
 from fxroof.graph.engine_kernels import engine_kernels
+from fxroof.graph.flash_attention import OP as FLASH_ATTENTION
 from fxroof.graph.fused_recurrences import OPS as FUSED_OPS
 from fxroof.graph.latent_attention import OP as LATENT_ATTENTION
-from fxroof.graph.sink_attention import OP as SINK_ATTENTION
 
 FUSED_NAMES = {op.__name__ for op in FUSED_OPS}
 B, T = 2, 16                                    # text batch and tokens
@@ -233,10 +233,10 @@ def torch_flops(model, args, kwargs) -> int:
     # Attention runs here as the capture takes it (fxroof.graph.engine_kernels), counted by
     # PyTorch's attention formula over the shapes it attends with: a latent attention's decode
     # step absorbed, its query and keys joined with their rotary parts over one shared head;
-    # attention with sinks as one op
+    # attention with sinks, and a prompt's sliding-window attention, as one op
     extra[LATENT_ATTENTION] = raw(lambda q, q_rot, kv, k_rot, *a, **k: sdpa_flop(
         _joined(q, q_rot), _joined(kv, k_rot), kv))
-    extra[SINK_ATTENTION] = raw(lambda q, k, v, *a, **kw: sdpa_flop(q, k, v))
+    extra[FLASH_ATTENTION] = raw(lambda q, k, v, *a, **kw: sdpa_flop(q, k, v))
     for grad in (False, True):
         try:
             with FlopCounterMode(display=False, custom_mapping=extra) as counter, \

@@ -536,11 +536,3 @@ def test_a_prompts_causal_mask_is_left_to_the_kernel_as_an_eager_run_leaves_it()
         real(torch.zeros(2, 16, dtype=torch.long), use_cache=False)
     assert calls == [(True, True)]
 
-
-def test_a_sliding_window_past_its_reach_still_builds_its_mask():
-    config = transformers.AutoConfig.for_model(
-        "mistral", hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
-        num_key_value_heads=2, intermediate_size=128, vocab_size=256, sliding_window=8)
-    attention = [n for n in fxroof.analyze(*from_config(config, seq=16)).nodes
-                 if n.category == "attention"]
-    assert [(n.causal, n.note) for n in attention] == [(False, "masked")]

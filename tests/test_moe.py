@@ -50,7 +50,7 @@ def reference_matmul_flops(name: str, tokens: torch.Tensor) -> int:
     the counter's module hooks fail on transformers' hub-kernel function layers under no_grad.
     Jamba's selective scan runs fused, as fxroof captures it (tests/test_fused_scans.py): vector
     work, where transformers' token loop would run a small bmm a token; gpt-oss's attention
-    with sinks one fused attention op (tests/test_sink_attention.py), not two bmms."""
+    with sinks one fused attention op (tests/test_flash_attention.py), not two bmms."""
     with FlopCounterMode(display=False) as counter, engine_kernels():
         tiny(name, "batched_mm")(tokens, use_cache=False)
     counts = counter.get_flop_counts()["Global"]

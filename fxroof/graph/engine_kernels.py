@@ -5,8 +5,8 @@ place: one context for them all.
   where transformers falls back to loops (fxroof.graph.fused_recurrences);
 - latent attention in a decode step: absorbed, as FlashMLA and the serving engines run it, where
   transformers expands the whole cache each step (fxroof.graph.latent_attention);
-- attention with sinks: FlashAttention-3 with sinks, where transformers writes every score out
-  (fxroof.graph.sink_attention);
+- attention with sinks, and a prompt's sliding-window attention: one flash kernel, where
+  transformers writes every score out or reads a mask of the window (fxroof.graph.flash_attention);
 - a prompt's causal mask: left to the attention kernel, as transformers' eager run leaves it,
   where its trace builds the mask (fxroof.graph.compiled_branches.prompt_masks_as_eager).
 
@@ -19,14 +19,14 @@ from __future__ import annotations
 import contextlib
 
 from fxroof.graph.compiled_branches import prompt_masks_as_eager
+from fxroof.graph.flash_attention import fused_sink_attention, windowed_sdpa
 from fxroof.graph.fused_recurrences import fused_recurrences
 from fxroof.graph.latent_attention import absorbed_latent_attention
-from fxroof.graph.sink_attention import fused_sink_attention
 
 
 @contextlib.contextmanager
 def engine_kernels():
     """Within the block, every swap above is in place."""
     with fused_recurrences(), absorbed_latent_attention(), fused_sink_attention(), \
-            prompt_masks_as_eager():
+            windowed_sdpa(), prompt_masks_as_eager():
         yield

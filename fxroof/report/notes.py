@@ -13,7 +13,7 @@ from fxroof.chips.timing import unit_dtype
 from fxroof.cost.annotate import CHANNEL_NORMS, GROUP_NORMS
 from fxroof.cost.record import MATRIX_CATEGORIES
 from fxroof.graph.compiled_branches import repeated_kv
-from fxroof.graph import latent_attention, sink_attention
+from fxroof.graph import flash_attention, latent_attention
 from fxroof.graph.fused_recurrences import KERNELS as FUSED_KERNELS
 from fxroof.report.records import Report
 from fxroof.report.units import seconds, si
@@ -48,27 +48,38 @@ def fused_recurrence_notes(nodes) -> tuple:
             f"those packages",)
 
 
-# Attention captured as the kernels engines run, not transformers' code for it: op -> (what
-# it is, one and many; what runs, and how transformers' own code differs)
+# Attention captured as the kernels engines run, not transformers' code for it: (op, whether a
+# node is one: its note's mark) -> (what it is, one and many; what runs, and how transformers'
+# own code differs)
 ENGINE_ATTENTION = {
-    latent_attention.OP.__name__: (
-        ("latent attention", "latent attentions"), f"{latent_attention.KERNEL} over the cached latent "
-        "rows, kv_b_proj folded into the query and the output, as serving engines run a decode "
-        "step; transformers' own code expands every cached row through kv_b_proj in each step"),
-    sink_attention.OP.__name__: (
-        ("attention with sinks", "attentions with sinks"), f"{sink_attention.KERNEL}, the "
-        "kernel vLLM and transformers' hub kernel run: the k/v heads read once, the scores kept "
-        "on chip, the key blocks outside the causal mask or a window skipped; transformers' "
-        "eager attention, its code without the hub kernel, writes every score out"),
+    (latent_attention.OP.__name__, ""): (
+        ("latent attention", "latent attentions"), f"{latent_attention.KERNEL} over the cached "
+        "latent rows, kv_b_proj folded into the query and the output, as serving engines run a "
+        "decode step; transformers' own code expands every cached row through kv_b_proj in each "
+        "step"),
+    (flash_attention.OP.__name__, "sinks"): (
+        ("attention with sinks", "attentions with sinks"), f"{flash_attention.SINK_KERNEL}, "
+        "the kernel vLLM and transformers' hub kernel run: the k/v heads read once, the scores "
+        "kept on chip, the key blocks outside the causal mask or a window skipped; "
+        "transformers' eager attention, its code without the hub kernel, writes every score "
+        "out"),
+    (flash_attention.OP.__name__, "window"): (
+        ("sliding-window attention", "sliding-window attentions"),
+        f"{flash_attention.WINDOW_KERNEL}, as FlashAttention and serving engines run a prompt "
+        "longer than the window: the key blocks outside it skipped; transformers' SDPA reads a "
+        "mask of the window and computes every product"),
 }
+ENGINE_OPS = frozenset(op for op, _ in ENGINE_ATTENTION)
 
 
 def engine_attention_notes(nodes) -> tuple:
-    """Attention captured as engines run it (fxroof.graph.latent_attention, .sink_attention):
-    a reader comparing with transformers' own code should know."""
+    """Attention captured as engines run it (fxroof.graph.latent_attention, .flash_attention):
+    a reader comparing with transformers' own code should know. A node with sinks and a window
+    is told of as one with sinks."""
     notes = []
-    for op, ((one, many), how) in ENGINE_ATTENTION.items():
-        count = sum(n.op == op for n in nodes)
+    for (op, mark), ((one, many), how) in ENGINE_ATTENTION.items():
+        count = sum(n.op == op and mark in n.note and not (mark == "window" and "sinks" in n.note)
+                    for n in nodes)
         if count:
             notes.append(f"{count} {one if count == 1 else many} run{'s' if count == 1 else ''} "
                          f"as {how} (priced at the chip's fused-attention share of its peak)")
@@ -288,7 +299,7 @@ def matrix_unit_notes(nodes, chip: Chip, quantize) -> tuple:
                          f"the fp32 peak, {si(chip.matrix_flops('fp32'), 'FLOP/s')}")
     share = attention_share(chip)
     if share and any(n.category == "attention" and n.flops and n.dtype in FLASH_DTYPES
-                     and n.op not in ENGINE_ATTENTION for n in nodes):   # SDPA's kernels
+                     and n.op not in ENGINE_OPS for n in nodes):   # SDPA's kernels
         # the kernel its time assumes, and what else PyTorch could run there
         cudnn = runs_cudnn_attention(chip)
         kernel = ("cuDNN's fused attention (SDPA's first choice on Hopper from PyTorch 2.11),"

@@ -12,7 +12,7 @@ import math
 
 from fxroof.cost.formulas.registry import OpCall, formula
 from fxroof.cost.record import Cost
-from fxroof.graph import latent_attention, sink_attention
+from fxroof.graph import flash_attention, latent_attention
 from fxroof.graph.aten_ops import aten
 from fxroof.graph.tensors import dtype_name, footprint
 
@@ -54,21 +54,24 @@ def absorbed_latent_attention(call: OpCall) -> Cost:
                 exponentials=queries * keys)
 
 
-@formula(sink_attention.OP, category="attention")
-def attention_with_sinks(call: OpCall) -> Cost:
-    """FlashAttention-3 with sinks (fxroof.graph.sink_attention): the products of `sdpa` above,
-    every query head against every key; the sink is one more exponential a row. Bytes: q, k, v
-    (the k/v heads once) and the sinks read, the output written; the mask transformers builds is
-    not read, the kernel bounding a causal or sliding-window layer's keys itself (`window`)."""
+@formula(flash_attention.OP, category="attention")
+def engine_flash_attention(call: OpCall) -> Cost:
+    """A flash kernel for attention transformers writes out in full (fxroof.graph.
+    flash_attention: FlashAttention-3 with sinks, a sliding window's bounds): the products of
+    `sdpa` above, every query head against every key; a sink is one more exponential a row.
+    Bytes: q, k, v (the k/v heads once) and the sinks read, the output written; the mask
+    transformers builds is not read, the kernel bounding a causal or sliding-window layer's keys
+    itself (`window`)."""
     q, k, v, sinks = call.args[0], call.args[1], call.args[2], call.args[3]
     queries, keys = math.prod(int(s) for s in q.shape[:-1]), int(k.shape[-2])
     flops = 2 * queries * keys * (int(q.shape[-1]) + int(v.shape[-1]))
-    read = sum(t.numel() * t.element_size() for t in (q, k, v, sinks))
+    read = sum(t.numel() * t.element_size() for t in (q, k, v, sinks) if t is not None)
     causal, window = bool(call.args[6]), int(call.args[7])
-    note = ", ".join(filter(None, ("sinks", causal and "causal", window and f"window {window}",
+    note = ", ".join(filter(None, (sinks is not None and "sinks", causal and "causal",
+                                   window and f"window {window}",
                                    int(k.shape[-3]) != int(q.shape[-3])
                                    and f"gqa {int(q.shape[-3])}q/{int(k.shape[-3])}kv")))
     # a causal kernel aligns its queries with the last keys (a decode step's one query sees all)
     return Cost(flops, read, footprint(call.outputs[0]), "attention", dtype_name(q.dtype),
-                note=note, exponentials=queries * (keys + 1),
+                note=note, exponentials=queries * (keys + (sinks is not None)),
                 causal=causal and int(q.shape[-2]) > 1, window=window)

@@ -1,13 +1,13 @@
-"""gpt-oss's attention with sinks captured as the one fused kernel a GPU deployment runs
-(fxroof.graph.sink_attention): against transformers' own eager attention on real tensors, and
-hand arithmetic."""
+"""gpt-oss's attention with sinks, and a prompt's sliding-window attention, captured as the one
+fused kernel a GPU deployment runs (fxroof.graph.flash_attention): against transformers' own
+attention on real tensors, and hand arithmetic."""
 import pytest
 import torch
 
 import fxroof
 from fxroof.chips.expected import causal_share
 from fxroof.cli.hf import from_config
-from fxroof.graph.sink_attention import fused_sink_attention
+from fxroof.graph.engine_kernels import engine_kernels
 
 transformers = pytest.importorskip("transformers")
 
@@ -21,11 +21,11 @@ TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=HEADS,
             pad_token_id=0)
 
 
-def build(**options):
+def build(model_type="gpt_oss", fields=TINY, **options):
     """The tiny model (or decode step) on the CPU, random weights and sinks (transformers
     initialises some to zero), a random cache."""
     torch.manual_seed(0)
-    model, args, kwargs = from_config(transformers.AutoConfig.for_model("gpt_oss", **TINY),
+    model, args, kwargs = from_config(transformers.AutoConfig.for_model(model_type, **fields),
                                       device="cpu", dtype="fp32", **options)
     for p in model.parameters():
         p.data.normal_(0, 0.2)
@@ -43,7 +43,7 @@ def test_the_fused_op_gives_transformers_own_logits(phase):
     outputs = []
     for fused in (False, True):
         model, args, kwargs = build(**options)
-        with torch.no_grad(), fused_sink_attention() if fused else torch.no_grad():
+        with torch.no_grad(), engine_kernels() if fused else torch.no_grad():
             out = model(*args, **kwargs)
         outputs.append(getattr(out, "logits", out))
     assert outputs[0].abs().max() > 0.1
@@ -54,7 +54,7 @@ def test_a_prompt_is_one_kernel_a_layer_reading_the_kv_heads_once():
     report = fxroof.analyze(*from_config(transformers.AutoConfig.for_model("gpt_oss", **TINY),
                                          batch=B, seq=SEQ), chip="h100-sxm")
     attention = [n for n in report.nodes if n.category == "attention"]
-    assert [n.op for n in attention] == ["sink_attention"] * 2
+    assert [n.op for n in attention] == ["flash_attention"] * 2
     sliding, full = attention
     # by hand: every query head against every key, q.k and p.v over 16 each, 2 FLOPs a
     # multiply-add (PyTorch's dense convention, which the counter keeps on transformers' code)
@@ -88,5 +88,34 @@ def test_other_models_eager_attention_is_left_alone():
         num_key_value_heads=2, intermediate_size=128, vocab_size=256)
     config._attn_implementation = "eager"
     report = fxroof.analyze(*from_config(config, batch=B, seq=SEQ), chip="h100-sxm")
-    assert not any(n.op == "sink_attention" for n in report.nodes)
+    assert not any(n.op == "flash_attention" for n in report.nodes)
     assert sum(n.op in ("matmul", "bmm") for n in report.nodes) == 2   # q.k, then p.v
+
+
+# Mistral with a window of 8 over a prompt of 20: transformers' SDPA reads a mask of the window
+MISTRAL = dict(hidden_size=64, num_hidden_layers=1, num_attention_heads=HEADS,
+               num_key_value_heads=KV, head_dim=D, intermediate_size=128, vocab_size=256,
+               sliding_window=WINDOW, pad_token_id=0)
+
+
+def test_a_prompts_sliding_window_gives_transformers_own_logits_as_one_op():
+    outputs = []
+    for fused in (False, True):
+        model, args, kwargs = build("mistral", MISTRAL, batch=B, seq=SEQ)
+        with torch.no_grad(), engine_kernels() if fused else torch.no_grad():
+            outputs.append(model(*args, **kwargs).logits)
+    assert outputs[0].abs().max() > 0.1
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-5, atol=1e-5)
+    report = fxroof.analyze(*from_config(transformers.AutoConfig.for_model("mistral", **MISTRAL),
+                                         batch=B, seq=SEQ), chip="h100-sxm")
+    (attention,) = [n for n in report.nodes if n.category == "attention"]
+    assert (attention.op, attention.causal, attention.window) == ("flash_attention", True, WINDOW)
+    # dense FLOPs, q, k and v (the 2 key heads) read, no mask (the 20 x 20 one it had read)
+    assert attention.flops == 2 * (B * HEADS * SEQ) * SEQ * (D + D)
+    assert attention.bytes_read == 4 * (B * HEADS * SEQ * D + 2 * B * KV * SEQ * D)
+    assert any("sliding-window attention runs as" in note for note in report.notes)
+    # within its reach the window is no bound: PyTorch's own causal kernel, no mask
+    short = fxroof.analyze(*from_config(transformers.AutoConfig.for_model("mistral", **MISTRAL),
+                                        batch=B, seq=WINDOW // 2), chip="h100-sxm")
+    assert [(n.op, n.note) for n in short.nodes if n.category == "attention"] == [
+        ("scaled_dot_product_attention", "causal, gqa 4q/2kv")]
