@@ -119,3 +119,21 @@ def test_a_prompts_sliding_window_gives_transformers_own_logits_as_one_op():
                                         batch=B, seq=WINDOW // 2), chip="h100-sxm")
     assert [(n.op, n.note) for n in short.nodes if n.category == "attention"] == [
         ("scaled_dot_product_attention", "causal, gqa 4q/2kv")]
+
+
+def test_a_window_that_is_not_causal_reaches_as_far_after_each_query():
+    # ModernBERT's local attention: query i sees keys i - 64 .. i + 64 (a window of 65 each
+    # way). A block of 128 queries from 128i reads the 64-key blocks from 128i - 64 to
+    # 128i + 127 + 64, 256 keys; the first block 0-191 (192), the last 8,064-64 .. 8,191 (192)
+    grid = (1, 8192, 64, 2 * 8192)
+    assert causal_share(grid, 65, causal=False) == pytest.approx(
+        (192 + 62 * 256 + 192) / (64 * 8192))
+    # ModernBERT's second layer is local (a window of 16, 8 + 1 each way), its first global
+    config = transformers.AutoConfig.for_model(
+        "modernbert", hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=128, vocab_size=256, local_attention=16, global_attn_every_n_layers=2,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2)
+    report = fxroof.analyze(*from_config(config, batch=B, seq=64), chip="h100-sxm")
+    attention = [n for n in report.nodes if n.category == "attention"]
+    assert [(n.op, n.causal, n.window) for n in attention] == [
+        ("scaled_dot_product_attention", False, 0), ("flash_attention", False, 9)]

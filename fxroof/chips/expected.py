@@ -312,7 +312,7 @@ def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_by
     # prompt), as long as without the mask; a CPU's skips whole key blocks of its own
     share = 1.0
     if (causal or window) and gpu and flash:
-        share = max(causal_share(grid, window), 1 / (tiles.waves or 1))
+        share = max(causal_share(grid, window, causal), 1 / (tiles.waves or 1))
     elif causal and not gpu and category == "attention":
         share = cpu_causal_share(grid)
     tiled = floor.compute_s * tiles.factor * share
@@ -394,13 +394,14 @@ def attention_share(chip: Chip) -> float:
         else chip.attention_efficiency
 
 
-def causal_share(grid: tuple, window: int = 0) -> float:
+def causal_share(grid: tuple, window: int = 0, causal: bool = True) -> float:
     """The share of its (query, key) products a causal flash kernel computes: each block of
     ATTENTION_ROWS[0] queries reads the keys up to its last query (PyTorch's is_causal: query i
     sees keys 0..i), in whole blocks of K_BLOCK keys, and skips the rest; under a sliding
     `window` (query i sees keys i - window + 1..i) also the blocks wholly before its first
     query's window, its queries the last keys' (a decode step's one query sees the window
-    before it). grid: attention's (batch x heads, queries, head size, K), whose K is twice the
+    before it). Not `causal`, a window reaches as far after a query (ModernBERT's local
+    attention). grid: attention's (batch x heads, queries, head size, K), whose K is twice the
     keys (two products over equal head sizes, annotate.with_grid). 1 where the grid is
     unknown."""
     if len(grid) != 4 or not grid[1] or not grid[3]:
@@ -409,8 +410,9 @@ def causal_share(grid: tuple, window: int = 0) -> float:
     offset = max(keys - queries, 0) if window else 0
     blocks = math.ceil(queries / rows)
     read = 0
+    after = window - 1 if window and not causal else 0      # keys a query sees after it
     for i in range(blocks):
-        end = min(queries, (i + 1) * rows) + offset
+        end = min(queries, (i + 1) * rows) + offset + after
         last = min(keys, math.ceil(end / K_BLOCK) * K_BLOCK)
         first = max(0, (i * rows + offset - window + 1) // K_BLOCK * K_BLOCK) if window else 0
         read += max(last - first, 0)
