@@ -139,3 +139,16 @@ def test_generation_with_tensor_parallelism_reports_one_rank():
         [rank(phase="decode", ctx=c).time_s for c in (16, 17)], rel=1e-9)
     assert g.prefill.tp == 2 and "one rank of tp=2" in str(g).splitlines()[0]
     assert g.prefill.regime_share["communication"] > 0      # its all-reduces cross PCIe
+
+
+def test_a_prompt_whose_step_computes_every_positions_logits_says_what_its_head_costs():
+    options = dict(preset="tiny")
+    g = generation(LLAMA, prompt=64, new_tokens=2, chip="h100-sxm", options=options)
+    (note,) = [n for n in g.notes if "output head" in n]
+    # the head: the tiny preset's output layer over all 64 positions, its share of the prompt's
+    heads = [k for k in g.prefill.kernels if k.module == "output"]
+    share = sum(k.time_s for k in heads) / g.prefill.time_s
+    assert "all 64 positions" in note and f"{share:.0%} of its time" in note and share > 0
+    # a prompt of one position computes only the logits it needs
+    one = generation(LLAMA, prompt=1, new_tokens=2, chip="h100-sxm", options=options)
+    assert not any("output head" in n for n in one.notes)

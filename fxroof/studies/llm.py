@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from fxroof.chips.timing import REGIMES, intensity
+from fxroof.graph.parallel import LM_HEADS
 from fxroof.pipeline import Target, no_full_gc, target_of
 from fxroof.report import tables
 from fxroof.report.records import Report
@@ -151,6 +152,7 @@ def generation(workload="", *, prompt: int, new_tokens: int, batch: int = 1,
     steps = [prompt, mid, last] if new_tokens > 3 else range(prompt, last + 1)
     decode = phase("decode", "ctx", steps)
     notes = [f"note: {decode.why_not}"] if decode.why_not else []
+    notes += _all_logits_note(prefill, batch, prompt)
     notes += [f"note: ctx={p.value}: {p.note}" for p in map(decode.point, steps) if p.note]
     first, middle, final = (decode.point(c).report for c in (prompt, mid, last))
     if first.mode == "compiled" and first.chip.kind == "gpu" and first.regime == "overhead":
@@ -172,6 +174,22 @@ def generation(workload="", *, prompt: int, new_tokens: int, batch: int = 1,
                   f"ctx here): approximate")
     return Generation(prompt, new_tokens, batch, prefill, first, final, tuple(step_s), method,
                       target.whatif, tuple(notes), float(step_cost_s))
+
+
+def _all_logits_note(prefill: Report, batch: int, prompt: int) -> list:
+    """A prompt's step that computes logits for every position (a forward pass's, as the
+    model's code writes it) where a generation needs its last one's: the output head's share
+    of the time to the first token, which engines and transformers' generate do not pay."""
+    heads = [k for k in prefill.kernels if k.category == "matmul"
+             and k.module.rpartition(".")[2] in LM_HEADS]
+    rows = max((n.grid[0] * n.grid[1] for k in heads for n in prefill.nodes
+                if n.name in k.nodes and len(n.grid) == 4), default=0)
+    if prompt < 2 or rows < batch * prompt or not prefill.time_s:
+        return []
+    share = sum(k.time_s for k in heads) / prefill.time_s
+    return [f"note: the prompt's step computes logits for all {prompt:,} positions, its output "
+            f"head {share:.0%} of its time; serving engines and transformers' generate compute "
+            f"the last position's only, so the first token comes that much sooner"]
 
 
 def _affine_steps(first: Report, mid: Report, last: Report, j_mid: int, n: int):
