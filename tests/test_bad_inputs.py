@@ -264,6 +264,14 @@ def test_a_branch_on_real_inputs_follows_them_and_the_capture_line_names_it(x, d
     (lambda w: fxroof.sweep(w, {"batch": []}), "no values to sweep batch over"),
     (lambda w: fxroof.sweep(w, {"batch": [0, 1]}), r"is empty \(batch=0\?\)"),
     (lambda w: fxroof.generation(w, prompt=0, new_tokens=4), "must be >= 1"),
+    # an option the study sets itself would be overridden unseen (--set batch=8 had reported
+    # a generation at batch 1)
+    (lambda w: fxroof.sweep(w, {"batch": [1, 2]}, options={"batch": 8}),
+     r"batch is the swept option, not also a fixed one \(--set batch=8\)"),
+    (lambda w: fxroof.generation(w, prompt=4, new_tokens=4, options={"batch": 8}),
+     r"a generation sets batch itself: give it as --batch \(batch=\)"),
+    (lambda w: fxroof.critical_batch(w, options={"ctx": 8}),
+     r"the critical batch sets ctx itself: give it as --ctx"),
 ])
 def test_studies_refuse_and_leave_the_model_alone(model, study, message):
     before = snapshot(model)

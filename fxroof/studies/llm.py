@@ -136,6 +136,8 @@ def generation(workload="", *, prompt: int, new_tokens: int, batch: int = 1,
     """
     if prompt < 1 or new_tokens < 1 or batch < 1:
         raise ValueError("prompt, new_tokens and batch must be >= 1")
+    _not_given(options, "a generation", batch="--batch (batch=)", phase="",
+               seq="--prompt (prompt=)", ctx="--prompt and --new-tokens")
     if new_tokens > MAX_NEW_TOKENS:
         raise ValueError(f"new_tokens={new_tokens:,}: a generation reports each decode step's "
                          f"time, up to {MAX_NEW_TOKENS:,} of them")
@@ -174,6 +176,17 @@ def generation(workload="", *, prompt: int, new_tokens: int, batch: int = 1,
                   f"ctx here): approximate")
     return Generation(prompt, new_tokens, batch, prefill, first, final, tuple(step_s), method,
                       target.whatif, tuple(notes), float(step_cost_s))
+
+
+def _not_given(options: dict | None, study: str, **own: str) -> None:
+    """A ValueError where `options` sets one the study sets itself (`own`: name -> where the
+    study takes it, or "" where it decides it alone), which it would override unseen."""
+    clash = [name for name in own if name in (options or {})]
+    if clash:
+        name = clash[0]
+        where = f": give it as {own[name]}" if own[name] else ""
+        raise ValueError(f"{study} sets {name} itself{where}, not as an option "
+                         f"(--set {name}={options[name]!r})")
 
 
 def _all_logits_note(prefill: Report, batch: int, prompt: int) -> list:
@@ -328,6 +341,7 @@ def critical_batch(workload="", *, ctx: int = 512, options: dict | None = None,
     each predicate is taken to be monotone in batch (more rows per weight read). target: the
     Target or its fields as keywords; with tp > 1 one rank of the split is searched.
     """
+    _not_given(options, "the critical batch", batch="", phase="", ctx="--ctx (ctx=)")
     workload, target = workload or DEFAULT_SPEC, target_of(target, **fields)
     ladder = [1 << i for i in range(max_batch.bit_length())]       # powers of 2 up to max_batch
     ev = Evaluator(builder(workload, "batch", {**(options or {}), "phase": "decode", "ctx": ctx}),

@@ -106,6 +106,9 @@ def sweep(workload, over, *, options: dict | None = None, symbolic: bool = True,
     each value is one rank, captured on its own.
     """
     variable, values = parse_over(over)
+    if variable in (options or {}):      # the sweep would override it unseen
+        raise ValueError(f"{variable} is the swept option, not also a fixed one "
+                         f"(--set {variable}={options[variable]!r})")
     build = builder(workload, variable, options)
     return Sweep.of(Evaluator(build, variable, values, target_of(target, **fields), symbolic),
                     values)
