@@ -144,6 +144,13 @@ def files(tmp_path, monkeypatch, model):
      "option seq=abc: seq takes a whole number of 1 or more"),
     (["sweep", "--hf", "{d}/llama.json", "--over", "batch=0,1"],
      "option batch=0: batch takes a whole number of 1 or more"),
+    # a length the phase does not read, which it would ignore
+    (["analyze", "--hf", "{d}/llama.json", "--set", "phase=decode", "--set", "seq=100"],
+     "option seq=100: phase=decode reads ctx (the tokens cached), not seq"),
+    (["analyze", "--hf", "{d}/llama.json", "--set", "ctx=100"],
+     "option ctx=100: phase=prefill reads seq (the prompt's tokens), not ctx"),
+    (["generate", "--set", "batch=8"],
+     "a generation sets batch itself: give it as --batch (batch=), not as an option"),
     (["analyze", "--hf", "{d}/llama.json", "--set", "layers=2"],
      "option 'layers': a config's model takes batch, seq, dtype"),
     (["analyze", "{d}/notype.json"], "a workload is a Python file (.py); a transformers config "

@@ -46,6 +46,12 @@ def config_options(options: Mapping[str, Any]) -> dict:
                              f"{', '.join(params)}")
         if counts(params[key]) and (type(value) is not int or value < 1):
             raise ValueError(f"option {key}={value}: {key} takes a whole number of 1 or more")
+    # each phase reads one length: the other, given, would be ignored unseen
+    unused = "seq" if options.get("phase") == "decode" else "ctx"
+    if unused in options:
+        used = "ctx (the tokens cached)" if unused == "seq" else "seq (the prompt's tokens)"
+        raise ValueError(f"option {unused}={options[unused]}: phase="
+                         f"{options.get('phase', 'prefill')} reads {used}, not {unused}")
     return dict(options)
 
 
