@@ -191,25 +191,35 @@ def new_cache(cfg: LlamaConfig, batch: int, max_len: int, dtype, device) -> list
     return [(zeros(), zeros()) for _ in range(cfg.n_layers)]
 
 
-def workload(preset: str = "llama2-7b", phase: str = "prefill", batch: int = 1, seq: int = 2048,
-             ctx: int = 2048, dtype: str = "bf16", device: str = "meta", layers: int | None = None,
-             max_len: int | None = None, config: LlamaConfig | None = None, make=None):
+# a prompt's tokens, or a decode step's cached ones, where the options give none
+DEFAULT_LENGTH = 2048
+
+
+def workload(preset: str = "llama2-7b", phase: str = "prefill", batch: int = 1,
+             seq: int | None = None, ctx: int | None = None, dtype: str = "bf16",
+             device: str = "meta", layers: int | None = None, max_len: int | None = None,
+             config: LlamaConfig | None = None, make=None):
     """(model, (tokens,), {"cache": ..., "start_pos": ...}) for one prefill or one decode step.
 
-    prefill: `seq` prompt tokens from position 0, written into the cache.
-    decode:  one new token per sequence at position `ctx`, attending over ctx + 1 keys.
+    prefill: `seq` prompt tokens from position 0, written into the cache (default 2048).
+    decode:  one new token per sequence at position `ctx`, attending over ctx + 1 keys (default
+             2048). Each phase refuses the other's length, which it would not read.
     max_len: cache capacity; by default just enough (seq for prefill, ctx + 1 for decode). A larger
              cache costs memory, not work: attention reads only the filled part.
     """
     cfg = config or pick(PRESETS, preset)    # config: a shape no preset names (models/moe.py)
     if layers is not None:
         cfg = replace(cfg, n_layers=layers)
-    if phase == "prefill":
-        tokens_per_seq, start_pos = seq, 0
-    elif phase == "decode":
-        tokens_per_seq, start_pos = 1, ctx
-    else:
+    if phase not in ("prefill", "decode"):
         raise ValueError(f"unknown phase {phase!r}; choose prefill or decode")
+    unused = ("ctx", ctx) if phase == "prefill" else ("seq", seq)
+    if unused[1] is not None:
+        raise ValueError(f"{unused[0]}={unused[1]}: phase={phase} reads "
+                         f"{'seq' if phase == 'prefill' else 'ctx'}, not {unused[0]}")
+    if phase == "prefill":
+        tokens_per_seq, start_pos = DEFAULT_LENGTH if seq is None else seq, 0
+    else:
+        tokens_per_seq, start_pos = 1, DEFAULT_LENGTH if ctx is None else ctx
     needed = start_pos + tokens_per_seq
     if cfg.window and needed > cfg.window:
         name = preset if config is None else "this configuration"

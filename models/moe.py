@@ -267,9 +267,10 @@ class GatheredExperts(nn.Module):
 EXPERTS = {"loop": LoopExperts, "gathered": GatheredExperts}
 
 
-def decoder(preset: str = "mixtral-8x7b", phase: str = "prefill", batch: int = 1, seq: int = 2048,
-            ctx: int = 2048, dtype: str = "bf16", device: str = "meta", layers: int | None = None,
-            max_len: int | None = None, experts: str = "loop"):
+def decoder(preset: str = "mixtral-8x7b", phase: str = "prefill", batch: int = 1,
+            seq: int | None = None, ctx: int | None = None, dtype: str = "bf16",
+            device: str = "meta", layers: int | None = None, max_len: int | None = None,
+            experts: str = "loop"):
     """models/llama.py's cached decoder (its options, phase prefill or decode) with each MLP
     replaced by routed experts: (model, (tokens,), {"cache": ..., "start_pos": ...}).
     experts: "loop" (LoopExperts, Hugging Face's layout) or "gathered" (GatheredExperts,
