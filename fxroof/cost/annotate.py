@@ -14,7 +14,6 @@ import torch.fx as fx
 from fxroof.cost.formulas import OpCall
 from fxroof.cost.formulas import call_cost as formula_cost
 from fxroof.cost.record import COST_KEY, MATRIX_CATEGORIES, Cost
-from fxroof.graph import latent_attention
 from fxroof.graph.tensors import storage, tensors_in
 
 
@@ -74,7 +73,9 @@ def with_grid(node: fx.Node, cost: Cost) -> Cost:
     embedding or index_select (indices, row elements, element bytes); for a training batch norm
     (or an instance norm) over a channels-first tensor (channels, elements a channel, passes),
     for a group norm there its reduction's (rows, row elements). None where the shapes are not
-    plain ints."""
+    plain ints. A formula that knows its kernel's grid gives it, and keeps it."""
+    if cost.grid:
+        return cost
     out = node.meta.get("val")
     out = out[0] if isinstance(out, (tuple, list)) and out else out
     packet = getattr(getattr(node.target, "overloadpacket", None), "__name__", "")
@@ -102,10 +103,7 @@ def with_grid(node: fx.Node, cost: Cost) -> Cost:
     try:
         shape = [int(d) for d in out.shape]
         name = getattr(getattr(node.target, "overloadpacket", None), "__name__", "")
-        if getattr(node.target, "overloadpacket", None) is latent_attention.OP:
-            # FlashMLA: the heads share the one latent row, so a block takes them as its rows
-            bmn = (shape[0], shape[1] * shape[2], shape[3])
-        elif cost.category == "attention" and len(shape) == 4:
+        if cost.category == "attention" and len(shape) == 4:
             bmn = (shape[0] * shape[1], shape[2], shape[3])
         elif cost.category == "conv":
             weight = node.args[1].meta["val"]

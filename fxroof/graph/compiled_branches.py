@@ -28,6 +28,13 @@ import sys
 import torch.fx as fx
 
 
+def modeling_modules() -> list:
+    """transformers' modeling modules loaded in this process (each model family's own), the
+    ones a capture's swaps patch; none where transformers is not loaded."""
+    return [m for name, m in list(sys.modules.items())
+            if name.startswith("transformers.models.") and m is not None]
+
+
 def _compiling() -> bool:
     return True
 

@@ -28,6 +28,8 @@ import sys
 import torch
 import torch.nn.functional as F
 
+from fxroof.graph.compiled_branches import modeling_modules
+
 
 def _reference(query, key, value, sinks, mask, scale):
     """transformers' eager attention, with sinks where given: query (batch, heads, queries, d),
@@ -97,9 +99,8 @@ def _with_sinks(original):
 def fused_sink_attention():
     """Within the block, every loaded transformers modeling module's `eager_attention_forward`
     runs a module with sinks as one op; each is restored on exit."""
-    patched = [(m, m.eager_attention_forward) for name, m in list(sys.modules.items())
-               if name.startswith("transformers.models.") and m is not None
-               and callable(getattr(m, "eager_attention_forward", None))]
+    patched = [(m, m.eager_attention_forward) for m in modeling_modules()
+               if callable(getattr(m, "eager_attention_forward", None))]
     try:
         for module, original in patched:
             module.eager_attention_forward = _with_sinks(original)

@@ -12,10 +12,10 @@ model is untouched, and nothing happens where transformers is not loaded.
 from __future__ import annotations
 
 import contextlib
-import sys
 
 from fxroof.graph import (fused_conv_window, fused_delta_rules, fused_scans, fused_ssd,
                           fused_state_update)
+from fxroof.graph.compiled_branches import modeling_modules
 
 # one registry: transformers' function name -> fxroof's fused replacement
 REPLACEMENTS = {**fused_scans.REPLACEMENTS, **fused_ssd.REPLACEMENTS,
@@ -39,8 +39,7 @@ KERNELS = {"selective_scan": "mamba_ssm's selective scan",
 def fused_recurrences():
     """Within the block every loaded transformers module's function named in REPLACEMENTS
     calls fxroof's fused op; each is restored on exit."""
-    patched = [(m, name, getattr(m, name)) for module_name, m in list(sys.modules.items())
-               if module_name.startswith("transformers.models.") and m is not None
+    patched = [(m, name, getattr(m, name)) for m in modeling_modules()
                for name in REPLACEMENTS if callable(getattr(m, name, None))]
     try:
         for module, name, _original in patched:

@@ -17,10 +17,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import sys
 
 import torch
 import torch.nn.functional as F
+
+from fxroof.graph.compiled_branches import modeling_modules
 
 
 def _reference(q_latent, q_rot, kv_latent, k_rot, mask, scale):
@@ -127,9 +128,7 @@ class _Interfaces:
 def _latent_classes():
     """(modeling module, class) of every loaded transformers attention that expands a latent
     cache (defines expand_kv and keeps a kv_b_proj)."""
-    for name, module in list(sys.modules.items()):
-        if not name.startswith("transformers.models.") or module is None:
-            continue
+    for module in modeling_modules():
         for cls in list(vars(module).values()):
             if isinstance(cls, type) and issubclass(cls, torch.nn.Module) \
                     and "expand_kv" in vars(cls) and "forward" in vars(cls):

@@ -6,14 +6,16 @@ the analysis's own target (routing, what-ifs) stay with it in fxroof.pipeline.
 """
 from __future__ import annotations
 
+from collections import Counter
+
 from fxroof.chips import Chip, chips
 from fxroof.chips.expected import FLASH_DTYPES, attention_share, runs_cudnn_attention
 from fxroof.chips.launch import CHANNEL_BLOCK
 from fxroof.chips.timing import unit_dtype
 from fxroof.cost.annotate import CHANNEL_NORMS, GROUP_NORMS
 from fxroof.cost.record import MATRIX_CATEGORIES
-from fxroof.graph.compiled_branches import repeated_kv
 from fxroof.graph import flash_attention, latent_attention
+from fxroof.graph.compiled_branches import repeated_kv
 from fxroof.graph.fused_recurrences import KERNELS as FUSED_KERNELS
 from fxroof.report.records import Report
 from fxroof.report.units import seconds, si
@@ -48,42 +50,47 @@ def fused_recurrence_notes(nodes) -> tuple:
             f"those packages",)
 
 
-# Attention captured as the kernels engines run, not transformers' code for it: (op, whether a
-# node is one: its note's mark) -> (what it is, one and many; what runs, and how transformers'
-# own code differs)
+# Attention captured as the kernels engines run, not transformers' code for it: its kind
+# (_engine_kind) -> (what it is, one and many; what runs, and how transformers' code differs)
 ENGINE_ATTENTION = {
-    (latent_attention.OP.__name__, ""): (
+    "latent": (
         ("latent attention", "latent attentions"), f"{latent_attention.KERNEL} over the cached "
         "latent rows, kv_b_proj folded into the query and the output, as serving engines run a "
         "decode step; transformers' own code expands every cached row through kv_b_proj in each "
         "step"),
-    (flash_attention.OP.__name__, "sinks"): (
+    "sinks": (
         ("attention with sinks", "attentions with sinks"), f"{flash_attention.SINK_KERNEL}, "
         "the kernel vLLM and transformers' hub kernel run: the k/v heads read once, the scores "
         "kept on chip, the key blocks outside the causal mask or a window skipped; "
         "transformers' eager attention, its code without the hub kernel, writes every score "
         "out"),
-    (flash_attention.OP.__name__, "window"): (
+    "window": (
         ("sliding-window attention", "sliding-window attentions"),
         f"{flash_attention.WINDOW_KERNEL}, as FlashAttention and serving engines run a prompt "
         "longer than the window: the key blocks outside it skipped; transformers' SDPA reads a "
         "mask of the window and computes every product"),
 }
-ENGINE_OPS = frozenset(op for op, _ in ENGINE_ATTENTION)
+ENGINE_OPS = frozenset({latent_attention.OP.__name__, flash_attention.OP.__name__})
+
+
+def _engine_kind(node) -> str:
+    """Which ENGINE_ATTENTION a node is ("" for none): the flash op's sinks are in its note
+    (attention.engine_flash_attention), and one with sinks and a window counts as sinks."""
+    if node.op == latent_attention.OP.__name__:
+        return "latent"
+    if node.op == flash_attention.OP.__name__:
+        return "sinks" if "sinks" in node.note else "window"
+    return ""
 
 
 def engine_attention_notes(nodes) -> tuple:
     """Attention captured as engines run it (fxroof.graph.latent_attention, .flash_attention):
-    a reader comparing with transformers' own code should know. A node with sinks and a window
-    is told of as one with sinks."""
-    notes = []
-    for (op, mark), ((one, many), how) in ENGINE_ATTENTION.items():
-        count = sum(n.op == op and mark in n.note and not (mark == "window" and "sinks" in n.note)
-                    for n in nodes)
-        if count:
-            notes.append(f"{count} {one if count == 1 else many} run{'s' if count == 1 else ''} "
-                         f"as {how} (priced at the chip's fused-attention share of its peak)")
-    return tuple(notes)
+    a reader comparing with transformers' own code should know."""
+    counts = Counter(_engine_kind(n) for n in nodes)
+    return tuple(f"{counts[kind]} {one if counts[kind] == 1 else many} "
+                 f"run{'s' if counts[kind] == 1 else ''} as {how} (priced at the chip's "
+                 f"fused-attention share of its peak)"
+                 for kind, ((one, many), how) in ENGINE_ATTENTION.items() if counts[kind])
 
 
 # The roofline's own figures; a chip whose source for one of them is an estimate rather than a

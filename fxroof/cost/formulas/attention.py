@@ -46,12 +46,16 @@ def absorbed_latent_attention(call: OpCall) -> Cost:
     over the latent (the products of `sdpa` above). Bytes: the latent rows and their rotary part
     read once for all the heads, as the shared head they are."""
     q_latent, q_rot, kv_latent = call.args[0], call.args[1], call.args[2]
-    queries = math.prod(int(s) for s in q_latent.shape[:-1])
-    keys, rank = int(kv_latent.shape[-2]), int(q_latent.shape[-1])
-    flops = 2 * queries * keys * (rank + int(q_rot.shape[-1]) + rank)
+    batch, heads, rows, rank = (int(s) for s in q_latent.shape)
+    keys = int(kv_latent.shape[-2])
+    depth = keys * (2 * rank + int(q_rot.shape[-1]))   # multiply-adds a query row and head
+    flops = 2 * batch * heads * rows * depth
+    # FlashMLA's blocks take the heads sharing a latent row as their rows: (batch, heads x
+    # queries, rank) of output, each element `depth / rank` multiply-adds deep
     return Cost(flops, call.bytes_read(), footprint(call.outputs[0]), "attention",
-                dtype_name(q_latent.dtype), note=f"latent, {int(q_latent.shape[1])} heads",
-                exponentials=queries * keys)
+                dtype_name(q_latent.dtype), note=f"latent, {heads} heads",
+                exponentials=batch * heads * rows * keys,
+                grid=(batch, heads * rows, rank, max(1, round(depth / rank))))
 
 
 @formula(flash_attention.OP, category="attention")
