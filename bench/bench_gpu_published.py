@@ -1546,7 +1546,8 @@ def decode_case(source, workload, label, preset, whatif, tp, tokens_per_s, chip,
         options["experts"] = "gathered"
     with inductor_config.patch(coordinate_descent_tuning=True):
         g = generation(workload, prompt=prompt, new_tokens=tokens - 1, options=options,
-                       chip=chip, mode="cudagraphs", quantize=whatif, tp=tp)
+                       chip=chip, mode="cudagraphs", quantize=whatif, tp=tp,
+                       prompt_logits="all")      # generate.py's prefill: the model's forward
     prefill = g.prefill.eager
     # the decode steps' floors from the first and last (the context grows by a few hundred keys)
     floor = prefill.floor_s + g.new_tokens * (g.first.summary.floor_s

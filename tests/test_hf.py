@@ -321,6 +321,28 @@ def test_a_generation_of_a_config_prefills_then_decodes_over_its_cache():
     assert g.prefill.memory.kv_cache == 0                # the prompt's pass keeps no cache
 
 
+def test_a_generations_prompt_computes_the_logits_generate_asks_for():
+    # transformers' generate() runs the prompt with logits_to_keep=1: its output head reads the
+    # last position. The generation's prompt step counts what PyTorch's counter counts on that
+    # call, run for real; the forward as written (prompt_logits="all") what it counts without
+    import fxroof
+    from torch.utils.flop_counter import FlopCounterMode
+    cfg = FAMILIES["llama"][0]().to_dict()
+    model, args, kwargs = from_config(cfg, batch=B, seq=16, device="cpu")
+    counted = {}
+    for keep in (1, 0):
+        with FlopCounterMode(display=False) as counter:
+            model(*args, **kwargs, logits_to_keep=keep)
+        counted[keep] = counter.get_total_flops()
+    for asked, keep in (("last", 1), ("all", 0)):
+        g = fxroof.generation(lambda **o: from_config(cfg, **o), prompt=16, new_tokens=2,
+                              batch=B, chip="h100-sxm", prompt_logits=asked)
+        matrix = [n for n in g.prefill.nodes if n.category == "matmul"]
+        assert sum(n.flops for n in matrix) == counted[keep]
+    # the head by hand: 64 hidden -> 256 logits, 15 positions a sequence fewer
+    assert counted[0] - counted[1] == 2 * B * 15 * 64 * 256
+
+
 def test_a_tensor_parallel_rank_holds_half_the_cache():
     import fxroof
     cfg = FAMILIES["llama"][0]().to_dict()

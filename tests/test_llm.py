@@ -31,7 +31,7 @@ def test_generation_total_is_prefill_plus_every_decode_step():
     options = dict(preset="tiny", layers=1)
     prompt, n, batch = 2000, 5, 64
     g = generation(LLAMA, prompt=prompt, new_tokens=n, batch=batch, chip="a100-80gb",
-                   options=options, mode="cudagraphs")
+                   options=options, mode="cudagraphs", prompt_logits="all")
     assert g.method.startswith("each kernel's")       # affinity held: 3 decode steps evaluated
 
     def analyze(**kw):
@@ -132,6 +132,8 @@ def test_generation_with_tensor_parallelism_reports_one_rank():
 
     def rank(**kw):
         model, args, kwargs = load(LLAMA, dict(options, **kw))
+        if kw["phase"] == "prefill":     # the prompt's step computes its last logits only
+            model.output.register_forward_pre_hook(lambda m, a: (a[0][:, -1:],))
         return fxroof.analyze(model, args, kwargs, chip="l40s", tp=2, mode="cudagraphs")
 
     assert g.prefill_s == pytest.approx(rank(phase="prefill", seq=16).time_s, rel=1e-9)
@@ -143,12 +145,39 @@ def test_generation_with_tensor_parallelism_reports_one_rank():
 
 def test_a_prompt_whose_step_computes_every_positions_logits_says_what_its_head_costs():
     options = dict(preset="tiny")
-    g = generation(LLAMA, prompt=64, new_tokens=2, chip="h100-sxm", options=options)
+    g = generation(LLAMA, prompt=64, new_tokens=2, chip="h100-sxm", options=options,
+                   prompt_logits="all")
     (note,) = [n for n in g.notes if "output head" in n]
     # the head: the tiny preset's output layer over all 64 positions, its share of the prompt's
     heads = [k for k in g.prefill.kernels if k.module == "output"]
     share = sum(k.time_s for k in heads) / g.prefill.time_s
     assert "all 64 positions" in note and f"{share:.0%} of its time" in note and share > 0
+    assert "as asked (prompt_logits='all')" in note
     # a prompt of one position computes only the logits it needs
-    one = generation(LLAMA, prompt=1, new_tokens=2, chip="h100-sxm", options=options)
+    one = generation(LLAMA, prompt=1, new_tokens=2, chip="h100-sxm", options=options,
+                     prompt_logits="all")
     assert not any("output head" in n for n in one.notes)
+    with pytest.raises(ValueError, match="prompt_logits='first': choose last or all"):
+        generation(LLAMA, prompt=4, new_tokens=2, options=options, prompt_logits="first")
+
+
+def test_a_prompt_computes_its_last_logits_only_as_engines_and_generate_do():
+    # Llama-2-7B's shapes, 1 layer, 4 sequences of 512 tokens on an A100. The output head reads
+    # each sequence's last hidden state: 2 x 4 x 4,096 x 32,000 FLOPs, not 512 times as many;
+    # and the logits it keeps are 4 x 32,000 bf16 values, not 4 x 512 x 32,000 (131 MB)
+    options = dict(layers=1)
+    kw = dict(prompt=512, new_tokens=2, batch=4, chip="a100-80gb", options=options)
+    last, every = generation(LLAMA, **kw), generation(LLAMA, prompt_logits="all", **kw)
+    head = lambda g: [k for k in g.prefill.kernels if k.module.endswith("output")]  # noqa: E731
+    assert sum(k.flops for k in head(last)) == 2 * 4 * 4096 * 32000
+    assert sum(k.flops for k in head(every)) == 2 * 4 * 512 * 4096 * 32000
+    assert every.prefill.flops - last.prefill.flops == 2 * 4 * 511 * 4096 * 32000
+    assert every.prefill_s > last.prefill_s and every.first.time_s == last.first.time_s
+    # the same as the model run with its head reading the last position, hooked by hand
+    model, args, kwargs = load(LLAMA, dict(options, batch=4, phase="prefill", seq=512))
+    model.output.register_forward_pre_hook(lambda m, a: (a[0][:, -1:],))
+    hooked = fxroof.analyze(model, args, kwargs, chip="a100-80gb")
+    assert last.prefill_s == pytest.approx(hooked.time_s, rel=1e-9)
+    assert last.prefill.flops == hooked.flops
+    assert any("last logits only" in n for n in last.notes)
+    assert last.to_dict()["prompt_logits"] == "last"

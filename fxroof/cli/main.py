@@ -140,6 +140,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="a serving engine's own work per forward pass (scheduling, sampling), "
                         "added to prefill and every decode step (default 0: the graph only)")
     g.add_argument("--batch", type=int, default=1, help="sequences decoded together (default 1)")
+    g.add_argument("--prompt-logits", choices=("last", "all"), default="last",
+                   help="which positions' logits the prompt's step computes: last (default, as "
+                        "serving engines and transformers' generate do) or all (the forward as "
+                        "written, as gpt-fast's prefill)")
     b = sub.add_parser("critical-batch", parents=common,
                        help="the decode batch at which linears, then the step, turn compute-bound")
     b.add_argument("--ctx", type=int, default=512, help="KV-cache length (default 512)")
@@ -324,7 +328,8 @@ def cmd_check(ns) -> int:
 # The studies of a workload as a function of its options: each one's own options, and what it
 # says while it runs.
 STUDIES = {"sweep": ("sweep.sweep", ("over",), "analyzing {what} at each value of {ns.over} ..."),
-           "generate": ("llm.generation", ("prompt", "new_tokens", "batch", "step_cost_s"),
+           "generate": ("llm.generation", ("prompt", "new_tokens", "batch", "step_cost_s",
+                                            "prompt_logits"),
                         "analyzing prefill and decode ..."),
            "critical-batch": ("llm.critical_batch", ("ctx", "max_batch"),
                               "searching batch sizes ...")}

@@ -378,7 +378,9 @@ def _module_changes(a: dict, b: dict, n: int = TOP) -> str:
 
 
 def wrap(lines: list, width: int = 100) -> list:
-    """Prose lines folded to the terminal width tables keep to (tables are left as they are)."""
+    """Prose lines folded to the terminal width tables keep to (tables are left as they are),
+    between words only: a flag (--prompt-logits) or a path is never cut at its hyphens."""
     return [part for line in lines for part in (
-        textwrap.wrap(line, width, subsequent_indent="  ")
+        textwrap.wrap(line, width, subsequent_indent="  ", break_on_hyphens=False,
+                      break_long_words=False)
         if len(line) > width and "\n" not in line else [line])]

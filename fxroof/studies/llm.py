@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from fxroof.chips.timing import REGIMES, intensity
 from fxroof.graph.parallel import LM_HEADS
+from fxroof.graph.prompt_logits import LastPositionLogits, output_head
 from fxroof.pipeline import Target, no_full_gc, target_of
 from fxroof.report import tables
 from fxroof.report.records import Report
@@ -51,6 +52,7 @@ class Generation:
     whatif: str = ""
     notes: tuple = ()
     step_cost_s: float = 0.0     # a serving engine's own work per forward pass, as stated
+    prompt_logits: str = "last"  # the prompt's step computes the last position's, or "all"
 
     # every forward pass, prefill and each decode step, pays the stated step cost once
     prefill_s = property(lambda self: self.prefill.time_s + self.step_cost_s)
@@ -66,7 +68,8 @@ class Generation:
     per_token_s = property(lambda self: self.decode_s / self.new_tokens if self.new_tokens else 0.0)
 
     def to_dict(self) -> dict:
-        named = ("prompt", "new_tokens", "batch", "whatif", "method", "step_cost_s", "prefill_s",
+        named = ("prompt", "new_tokens", "batch", "whatif", "method", "step_cost_s",
+                 "prompt_logits", "prefill_s",
                  "decode_s", "total_s", "tokens_per_s", "per_token_s", "fits")
         return {"schema": "fxroof.generation/1", "chip": self.prefill.chip.name,
                 "mode": self.prefill.mode, **{k: getattr(self, k) for k in named},
@@ -125,7 +128,8 @@ def _llm_options(study: str):
 @_llm_options("a generation")
 def generation(workload="", *, prompt: int, new_tokens: int, batch: int = 1,
                options: dict | None = None, step_cost_s: float = 0.0,
-               target: Target | None = None, **fields) -> Generation:
+               prompt_logits: str = "last", target: Target | None = None,
+               **fields) -> Generation:
     """Prefill of `prompt` tokens then `new_tokens` decode steps, for `batch` sequences.
 
     workload: a workload spec or function following models/llama.py's options (default: the
@@ -133,6 +137,9 @@ def generation(workload="", *, prompt: int, new_tokens: int, batch: int = 1,
     quantize=, tp=, ...), for every phase; with tp > 1 the times are one rank's.
     step_cost_s: seconds a serving engine spends on each forward pass beyond the model's graph
     (scheduling, sampling, detokenising), added to prefill and to every decode step.
+    prompt_logits: "last" (default): the prompt's step computes the logits of each sequence's
+    last position only, as serving engines and transformers' generate do; "all": every
+    position's, as the model's forward writes it and gpt-fast's prefill runs it.
     """
     if prompt < 1 or new_tokens < 1 or batch < 1:
         raise ValueError("prompt, new_tokens and batch must be >= 1")
@@ -143,18 +150,22 @@ def generation(workload="", *, prompt: int, new_tokens: int, batch: int = 1,
                          f"time, up to {MAX_NEW_TOKENS:,} of them")
     if not (isinstance(step_cost_s, (int, float)) and 0 <= step_cost_s < float("inf")):
         raise ValueError(f"step_cost_s must be a number of seconds >= 0, got {step_cost_s!r}")
+    if prompt_logits not in PROMPT_LOGITS:
+        raise ValueError(f"prompt_logits={prompt_logits!r}: choose {' or '.join(PROMPT_LOGITS)}")
     workload, target = workload or DEFAULT_SPEC, target_of(target, **fields)
 
-    def phase(name: str, variable: str, probes) -> Evaluator:
+    def phase(name: str, variable: str, probes, last_logits: bool = False) -> Evaluator:
         options_at = {**(options or {}), "batch": batch, "phase": name}
-        return Evaluator(builder(workload, variable, options_at), variable, probes, target)
+        build = builder(workload, variable, options_at)
+        return Evaluator(_last_logits(build) if last_logits else build, variable, probes,
+                         target)
 
-    prefill = phase("prefill", "seq", [prompt]).point(prompt).report
+    prefill = phase("prefill", "seq", [prompt], prompt_logits == "last").point(prompt).report
     last, mid = prompt + new_tokens - 1, prompt + (new_tokens - 1) // 2
     steps = [prompt, mid, last] if new_tokens > 3 else range(prompt, last + 1)
     decode = phase("decode", "ctx", steps)
     notes = [f"note: {decode.why_not}"] if decode.why_not else []
-    notes += _all_logits_note(prefill, batch, prompt)
+    notes += _all_logits_note(prefill, batch, prompt, prompt_logits)
     notes += [f"note: ctx={p.value}: {p.note}" for p in map(decode.point, steps) if p.note]
     first, middle, final = (decode.point(c).report for c in (prompt, mid, last))
     if first.mode == "compiled" and first.chip.kind == "gpu" and first.regime == "overhead":
@@ -175,7 +186,21 @@ def generation(workload="", *, prompt: int, new_tokens: int, batch: int = 1,
         method = (f"interpolated between {INTERPOLATION_POINTS} steps (kernels are not affine in "
                   f"ctx here): approximate")
     return Generation(prompt, new_tokens, batch, prefill, first, final, tuple(step_s), method,
-                      target.whatif, tuple(notes), float(step_cost_s))
+                      target.whatif, tuple(notes), float(step_cost_s), prompt_logits)
+
+
+# which positions' logits a prompt's step computes: engines' and generate()'s, or the forward's
+PROMPT_LOGITS = ("last", "all")
+
+
+def _last_logits(build):
+    """The prompt's builds with the model's output head reading each sequence's last position
+    (graph/prompt_logits.py); a model with no head it can name is built as it is."""
+    def built(value):
+        model, args, kwargs = build(value)
+        head = output_head(model)
+        return (model if head is None else LastPositionLogits(model, head)), args, kwargs
+    return built
 
 
 def _not_given(options: dict | None, study: str, **own: str) -> None:
@@ -189,20 +214,27 @@ def _not_given(options: dict | None, study: str, **own: str) -> None:
                          f"(--set {name}={options[name]!r})")
 
 
-def _all_logits_note(prefill: Report, batch: int, prompt: int) -> list:
+def _all_logits_note(prefill: Report, batch: int, prompt: int, asked: str) -> list:
     """A prompt's step that computes logits for every position (a forward pass's, as the
     model's code writes it) where a generation needs its last one's: the output head's share
-    of the time to the first token, which engines and transformers' generate do not pay."""
+    of the time to the first token, which engines and transformers' generate do not pay;
+    whether it was asked for (prompt_logits="all") or the head could not be named."""
     heads = [k for k in prefill.kernels if k.category == "matmul"
              and k.module.rpartition(".")[2] in LM_HEADS]
     rows = max((n.grid[0] * n.grid[1] for k in heads for n in prefill.nodes
                 if n.name in k.nodes and len(n.grid) == 4), default=0)
-    if prompt < 2 or rows < batch * prompt or not prefill.time_s:
+    if prompt < 2 or not prefill.time_s:
         return []
+    if rows < batch * prompt:
+        return ["note: the prompt's step computes each sequence's last logits only, as serving "
+                "engines and transformers' generate do; gpt-fast's prefill computes every "
+                "position's (--prompt-logits all, prompt_logits='all')"] if heads else []
     share = sum(k.time_s for k in heads) / prefill.time_s
-    return [f"note: the prompt's step computes logits for all {prompt:,} positions, its output "
-            f"head {share:.0%} of its time; serving engines and transformers' generate compute "
-            f"the last position's only, so the first token comes that much sooner"]
+    why = ("as asked (prompt_logits='all')" if asked == "all" else
+           "as the model's code writes it (its output head could not be told apart)")
+    return [f"note: the prompt's step computes logits for all {prompt:,} positions, {why}, its "
+            f"output head {share:.0%} of its time; serving engines and transformers' generate "
+            f"compute the last position's only, so the first token comes that much sooner"]
 
 
 def _affine_steps(first: Report, mid: Report, last: Report, j_mid: int, n: int):
