@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from typing import Any, Mapping
 
 from fxroof.cost.whatif import Quantization
@@ -89,6 +90,38 @@ METHODS = {"fp8": _fp8, "fbgemm_fp8": _fbgemm_fp8, "gptq": _integer, "awq": _int
            "bitsandbytes": _bitsandbytes, "mxfp4": _mxfp4,
            "compressed-tensors": _compressed_tensors}
 
+# The output head, which transformers' quantizers leave in the checkpoint's dtype where the
+# config names no modules of its own (HfQuantizer.get_modules_to_not_convert: the output
+# embeddings, `get_keys_to_not_convert`): a causal LM's lm_head, Whisper's proj_out
+OUTPUT_HEADS = ("lm_head", "proj_out")
+
+
+def _kept(method: str, qc: Mapping[str, Any]) -> tuple:
+    """The module names the checkpoint keeps unquantized, as transformers reads the config:
+    the list it names (bitsandbytes' llm_int8_skip_modules, llm-compressor's ignore), else the
+    output head (llm-compressor's: none); AWQ keeps the head whatever the list, GPTQ unless its
+    `lm_head` is set."""
+    key = {"bitsandbytes": "llm_int8_skip_modules", "compressed-tensors": "ignore"}.get(
+        method, "modules_to_not_convert")
+    named = qc.get(key)
+    if named is not None and not (isinstance(named, (list, tuple))
+                                  and all(isinstance(k, str) for k in named)):
+        raise QuantizationUnknown(f"{method} with {key}={named!r}: a list of module names")
+    for pattern in named or ():
+        try:
+            re.compile(pattern.removeprefix("re:"))
+        except re.error as e:
+            raise QuantizationUnknown(f"{method} with {key} entry {pattern!r}, which is no "
+                                      f"pattern ({e})") from None
+    if method == "compressed-tensors":     # its scheme's targets less `ignore`, no default
+        return tuple(named or ())
+    if method == "gptq":
+        head = () if qc.get("lm_head") else OUTPUT_HEADS
+        return tuple(named or ()) + head
+    if named is None or method == "awq":
+        return tuple(named or ()) + OUTPUT_HEADS
+    return tuple(named)
+
 
 def from_quantization_config(qc: Mapping[str, Any] | Any) -> Quantization:
     """The Quantization a config's ``quantization_config`` (a dict, or transformers' object of
@@ -101,8 +134,11 @@ def from_quantization_config(qc: Mapping[str, Any] | Any) -> Quantization:
         raise QuantizationUnknown(f"quant_method {method or '(none)'!r} (fxroof prices "
                                   f"{', '.join(METHODS)})")
     quantization, what = METHODS[method](qc)
-    return dataclasses.replace(quantization,
-                               source=f"the config's quantization_config ({method}: {what})")
+    kept = _kept(method, qc)
+    return dataclasses.replace(quantization, kept=kept,
+                               source=f"the config's quantization_config ({method}: {what}"
+                                      + (f"; left unquantized: {', '.join(kept)}" if kept else "")
+                                      + ")")
 
 
 def of_config(config) -> Quantization | None:

@@ -26,10 +26,10 @@ from fxroof.cost.formulas import OpCall
 from fxroof.cost.formulas.memory import GATHERS
 from fxroof.cost.record import COST_KEY, DEQUANTIZED, GENERATED_CATEGORIES, Cost, dequantizing
 from fxroof.graph.memory import Footprint, written_inputs
-from fxroof.graph.nodes import written_args
+from fxroof.graph.nodes import path_in_model, written_args
 from fxroof.graph.tensors import storage, tensors_in
 
-__all__ = ["Quantization", "WhatIf", "parse", "quantize_graph"]
+__all__ = ["Quantization", "WhatIf", "kept_module", "parse", "quantize_graph"]
 
 FORMATS = {"int8": 8, "fp8": 8, "int4": 4}      # bits an element
 EIGHT_BIT = ("fp8", "int8")                     # the KV cache's and the matmuls' formats
@@ -60,6 +60,7 @@ class Quantization:
                              # that peak
     activations: str = ""    # 8-bit matmuls' activation scales: ACTIVATION_SCALES
     source: str = ""         # where a scheme that is no what-if comes from (a checkpoint's config)
+    kept: tuple = ()         # module names a checkpoint keeps unquantized (kept_module's rule)
 
     def __post_init__(self):
         for name, allowed in (("weights", FORMATS), ("kv_cache", EIGHT_BIT), ("matmul", EIGHT_BIT)):
@@ -146,6 +147,19 @@ def parse(spec) -> Quantization | None:
         else:                      # kv8, kv-fp8, ...; fp8 or w8a8 (int8) matmuls
             fields[key] = "fp8" if "fp8" in part else "int8"
     return Quantization(**fields) if fields else None
+
+
+def kept_module(path: str, patterns: tuple) -> bool:
+    """Whether the module at `path` is one `patterns` keep out of the quantization, by
+    transformers' rule for `modules_to_not_convert` (`should_convert_module`): a pattern matches
+    from a name's start to a module boundary, as a regex with that boundary ("model.layers.*.
+    self_attn"), or as its suffix ("lm_head"); llm-compressor's "re:" patterns are regexes.
+    `path` is the model's own (graph.nodes.path_in_model)."""
+    if not path:
+        return False
+    return any(re.match(key[3:], path) if key.startswith("re:") else
+               re.match(rf"(?:{key})(?:(?<=\.)|(?=\.|$))", path) or path.endswith(key)
+               for key in patterns)
 
 
 @dataclass(frozen=True)
@@ -244,14 +258,17 @@ def quantize_graph(gm: fx.GraphModule, weights: frozenset, spec, stored: bool = 
     quantized: dict = {}                              # storage -> (kind, the input's last dim)
     gathered = _gathered_into_products(calls)         # gathers feeding matmuls
     convs_kept = 0                                    # convolutions a weight-only part skips
+    kept = {n for n in calls if q.kept and kept_module(path_in_model(n), q.kept)}
     for n in calls:
         category = n.meta[COST_KEY].category
-        into_product = (category == "matmul" or n in gathered
-                        or category in EIGHT_BIT_PRODUCTS and bool(q.matmul))
+        into_product = n not in kept and (category == "matmul" or n in gathered
+                                          or category in EIGHT_BIT_PRODUCTS and bool(q.matmul))
         reads_weight = False
         for s in map(storage, OpCall.of(n).inputs):   # owner has every input's, the cache's too
             reads_weight |= s in owner and owner[s].name in weights
+            # a matrix: a linear's bias, which addmm reads too, stays in its dtype
             if (s in owner and owner[s].name in weights and into_product
+                    and owner[s].meta["val"].dim() >= 2
                     and (q.weights or q.matmul and stored)):
                 quantized[s] = ("weight", _row(owner[s].meta["val"]))
             elif q.kv_cache and s in cache:
@@ -274,7 +291,7 @@ def quantize_graph(gm: fx.GraphModule, weights: frozenset, spec, stored: bool = 
         cost = n.meta[COST_KEY]
         if cost.category == "view" or not cost.known:
             continue
-        mm8 = bool(q.matmul) and cost.category in EIGHT_BIT_PRODUCTS
+        mm8 = bool(q.matmul) and cost.category in EIGHT_BIT_PRODUCTS and n not in kept
         ins = OpCall.of(n).inputs
         touched = {id(t): t for t in ins + tensors_in(n.meta.get("val"))
                    if storage(t) in quantized}

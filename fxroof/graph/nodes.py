@@ -21,6 +21,19 @@ def module_path(node: fx.Node) -> str:
     return list(stack.values())[-1][0] if stack else ""
 
 
+def path_in_model(node: fx.Node, package: str = "transformers.") -> str:
+    """module_path relative to the outermost module whose class comes from `package`: the names
+    a transformers checkpoint's config uses, whatever wraps its model (a decode step, a
+    generation's prompt); module_path where no class does."""
+    stack = list((node.meta.get("nn_module_stack") or {}).values())
+    path = stack[-1][0] if stack else ""
+    root = next((p for p, cls in stack if str(getattr(cls, "__module__", cls)).startswith(
+        package)), None)
+    if not root:
+        return path
+    return "" if path == root else path.removeprefix(root + ".")
+
+
 def fold_layers(path: str) -> str:
     """'layers.3.mlp' -> 'layers.*.mlp': repeated blocks read as one row."""
     return re.sub(r"\.\d+(?=\.|$)", ".*", path)
