@@ -341,6 +341,14 @@ def test_a_generations_prompt_computes_the_logits_generate_asks_for():
         assert sum(n.flops for n in matrix) == counted[keep]
     # the head by hand: 64 hidden -> 256 logits, 15 positions a sequence fewer
     assert counted[0] - counted[1] == 2 * B * 15 * 64 * 256
+    # a head of another name (BioGPT's output_projection) is the one transformers names
+    bio = transformers.BioGptConfig(**SMALL).to_dict()
+    g = fxroof.generation(lambda **o: from_config(bio, **o), prompt=16, new_tokens=2, batch=B,
+                          chip="h100-sxm")
+    (head,) = [n for n in g.prefill.nodes if n.module.endswith("output_projection")
+               and n.category == "matmul"]
+    assert head.flops == 2 * B * 64 * 256
+    assert any("last logits only" in n for n in g.notes)
 
 
 def test_a_tensor_parallel_rank_holds_half_the_cache():

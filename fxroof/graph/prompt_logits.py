@@ -21,9 +21,16 @@ __all__ = ["LastPositionLogits", "output_head"]
 
 
 def output_head(model: nn.Module) -> str | None:
-    """The name of the model's output head: the one linear named as heads are (LM_HEADS) whose
-    outputs are as many as an embedding's rows (its vocabulary); None where there is not
-    exactly one."""
+    """The name of the model's output head: the linear a transformers model names its output
+    embeddings (`get_output_embeddings`: BioGPT's output_projection, XLNet's lm_loss), else the
+    one linear named as heads are (LM_HEADS) whose outputs are as many as an embedding's rows
+    (its vocabulary); None where there is not exactly one."""
+    named = getattr(model, "get_output_embeddings", None)
+    head = named() if callable(named) else None
+    if isinstance(head, nn.Linear):
+        found = [name for name, m in model.named_modules() if m is head]
+        if found:
+            return found[0]
     vocabs = {m.num_embeddings for m in model.modules() if isinstance(m, nn.Embedding)}
     heads = [name for name, m in model.named_modules()
              if isinstance(m, nn.Linear) and name.rpartition(".")[2] in LM_HEADS

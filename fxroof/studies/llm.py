@@ -154,18 +154,19 @@ def generation(workload="", *, prompt: int, new_tokens: int, batch: int = 1,
         raise ValueError(f"prompt_logits={prompt_logits!r}: choose {' or '.join(PROMPT_LOGITS)}")
     workload, target = workload or DEFAULT_SPEC, target_of(target, **fields)
 
-    def phase(name: str, variable: str, probes, last_logits: bool = False) -> Evaluator:
+    def phase(name: str, variable: str, probes, build_with=None) -> Evaluator:
         options_at = {**(options or {}), "batch": batch, "phase": name}
         build = builder(workload, variable, options_at)
-        return Evaluator(_last_logits(build) if last_logits else build, variable, probes,
-                         target)
+        return Evaluator(build_with(build) if build_with else build, variable, probes, target)
 
-    prefill = phase("prefill", "seq", [prompt], prompt_logits == "last").point(prompt).report
+    heads: list = []            # the output head's name as the prompt's builds find it
+    prefill = phase("prefill", "seq", [prompt],
+                    lambda build: _prompt_builds(build, prompt_logits, heads)).point(prompt).report
     last, mid = prompt + new_tokens - 1, prompt + (new_tokens - 1) // 2
     steps = [prompt, mid, last] if new_tokens > 3 else range(prompt, last + 1)
     decode = phase("decode", "ctx", steps)
     notes = [f"note: {decode.why_not}"] if decode.why_not else []
-    notes += _all_logits_note(prefill, batch, prompt, prompt_logits)
+    notes += _prompt_logits_note(prefill, batch, prompt, prompt_logits, heads)
     notes += [f"note: ctx={p.value}: {p.note}" for p in map(decode.point, steps) if p.note]
     first, middle, final = (decode.point(c).report for c in (prompt, mid, last))
     if first.mode == "compiled" and first.chip.kind == "gpu" and first.regime == "overhead":
@@ -193,13 +194,17 @@ def generation(workload="", *, prompt: int, new_tokens: int, batch: int = 1,
 PROMPT_LOGITS = ("last", "all")
 
 
-def _last_logits(build):
-    """The prompt's builds with the model's output head reading each sequence's last position
-    (graph/prompt_logits.py); a model with no head it can name is built as it is."""
+def _prompt_builds(build, asked: str, heads: list):
+    """The prompt's builds, the model's output head (graph/prompt_logits.py) put in `heads`
+    and, where `asked` is "last", made to read each sequence's last position; a model with no
+    head it can name is built as it is."""
     def built(value):
         model, args, kwargs = build(value)
         head = output_head(model)
-        return (model if head is None else LastPositionLogits(model, head)), args, kwargs
+        heads.append(head)
+        if head is None or asked == "all":
+            return model, args, kwargs
+        return LastPositionLogits(model, head), args, kwargs
     return built
 
 
@@ -214,22 +219,27 @@ def _not_given(options: dict | None, study: str, **own: str) -> None:
                          f"(--set {name}={options[name]!r})")
 
 
-def _all_logits_note(prefill: Report, batch: int, prompt: int, asked: str) -> list:
-    """A prompt's step that computes logits for every position (a forward pass's, as the
-    model's code writes it) where a generation needs its last one's: the output head's share
-    of the time to the first token, which engines and transformers' generate do not pay;
-    whether it was asked for (prompt_logits="all") or the head could not be named."""
-    heads = [k for k in prefill.kernels if k.category == "matmul"
-             and k.module.rpartition(".")[2] in LM_HEADS]
-    rows = max((n.grid[0] * n.grid[1] for k in heads for n in prefill.nodes
-                if n.name in k.nodes and len(n.grid) == 4), default=0)
-    if prompt < 2 or not prefill.time_s:
+def _prompt_logits_note(prefill: Report, batch: int, prompt: int, asked: str,
+                        heads: list) -> list:
+    """Which positions' logits the prompt's step computes (`heads`: the output head's name as
+    its builds found it, None where none could be told apart): the last one's, as engines do,
+    or every one's, and then the output head's share of the time to the first token, which
+    engines and transformers' generate do not pay."""
+    name = heads[-1] if heads else None
+    if prompt < 2 or not prefill.time_s or (name is None and asked == "last" and not heads):
         return []
-    if rows < batch * prompt:
+    if name is not None and asked == "last":
         return ["note: the prompt's step computes each sequence's last logits only, as serving "
                 "engines and transformers' generate do; gpt-fast's prefill computes every "
-                "position's (--prompt-logits all, prompt_logits='all')"] if heads else []
-    share = sum(k.time_s for k in heads) / prefill.time_s
+                "position's (--prompt-logits all, prompt_logits='all')"]
+    own = [k for k in prefill.kernels if k.category == "matmul" and (
+        k.module.rpartition(".")[2] in LM_HEADS if name is None else
+        k.module == name or k.module.endswith("." + name))]
+    rows = max((n.grid[0] * n.grid[1] for k in own for n in prefill.nodes
+                if n.name in k.nodes and len(n.grid) == 4), default=0)
+    if rows < batch * prompt:
+        return []
+    share = sum(k.time_s for k in own) / prefill.time_s
     why = ("as asked (prompt_logits='all')" if asked == "all" else
            "as the model's code writes it (its output head could not be told apart)")
     return [f"note: the prompt's step computes logits for all {prompt:,} positions, {why}, its "
