@@ -351,6 +351,40 @@ def test_a_generations_prompt_computes_the_logits_generate_asks_for():
     assert any("last logits only" in n for n in g.notes)
 
 
+def test_a_vision_language_checkpoints_config_builds_its_generating_model():
+    # Gemma 3's and LLaVA's published configs name their ForConditionalGeneration class: built
+    # as transformers' image-text-to-text model, with its output head, a decode step over its
+    # cache, and a note that the prompt is text; the prompt's matrix FLOPs are what PyTorch's
+    # counter counts on transformers' own text-only call (generate()'s logits_to_keep=1)
+    import fxroof
+    from torch.utils.flop_counter import FlopCounterMode
+    text = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                intermediate_size=128, vocab_size=256)
+    vision = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                  intermediate_size=64, image_size=32, patch_size=8)
+    configs = {"Gemma3ForConditionalGeneration": transformers.Gemma3Config(
+                   text_config=dict(text, head_dim=16), vision_config=vision,
+                   mm_tokens_per_image=4),
+               "LlavaForConditionalGeneration": transformers.LlavaConfig(
+                   text_config=dict(text, model_type="llama"),
+                   vision_config=dict(vision, model_type="clip_vision_model"))}
+    for arch, config in configs.items():
+        cfg = {**config.to_dict(), "architectures": [arch]}
+        model, args, kwargs = from_config(cfg, batch=B, seq=16, device="cpu")
+        assert type(model).__name__ == arch
+        with FlopCounterMode(display=False) as counter:
+            model(*args, **kwargs, logits_to_keep=1)
+        g = fxroof.generation(lambda **o: from_config(cfg, **o), prompt=16, new_tokens=2,
+                              batch=B, chip="h100-sxm")
+        assert sum(n.flops for n in g.prefill.nodes if n.category == "matmul") == \
+            counter.get_total_flops()
+        # a decode step's head by hand: one row a sequence, 64 hidden -> 256 logits
+        (head,) = [n for n in g.first.nodes if n.module.endswith("lm_head")]
+        assert head.flops == 2 * B * 64 * 256
+        assert any(n.startswith(f"{arch} is priced on text alone: its vision encoder")
+                   for n in g.first.notes)
+
+
 def test_a_tensor_parallel_rank_holds_half_the_cache():
     import fxroof
     cfg = FAMILIES["llama"][0]().to_dict()

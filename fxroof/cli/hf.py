@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import torch
 
 from fxroof.errors import one_line
+from fxroof.graph.capture import STATED_NOTES
 from fxroof.graph.tensors import torch_dtype
 from fxroof.studies.workload import counts
 
@@ -31,6 +32,7 @@ __all__ = ["from_config", "config_options"]
 
 # Architecture names that carry a next-token head; anything else is built as the bare AutoModel.
 _CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+_VISION_TOWERS = ("vision_tower", "vision_model", "visual", "vision_encoder")
 _POSITION_TABLES = ("wpe", "position_embeddings", "embed_positions")
 
 
@@ -98,11 +100,12 @@ def from_config(config: str | os.PathLike | Mapping[str, Any] | PretrainedConfig
 
     cfg, where = _load_config(config, transformers)
     seq2seq = _seq2seq_head(cfg, modeling_auto)
-    causal = seq2seq is None and _is_causal(cfg, modeling_auto)
+    vlm = None if seq2seq else _image_text_decoder(cfg, transformers, modeling_auto)
+    causal = seq2seq is None and (vlm is not None or _is_causal(cfg, modeling_auto))
     # transformers 5 renamed the config's and from_config's torch_dtype to dtype.
     dtype_kw = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
     dtype = torch_dtype(dtype or getattr(cfg, dtype_kw, None) or "fp32")
-    auto = (getattr(transformers, seq2seq) if seq2seq else
+    auto = (getattr(transformers, seq2seq) if seq2seq else vlm if vlm else
             transformers.AutoModelForCausalLM if causal else transformers.AutoModel)
     if auto is transformers.AutoModel and \
             cfg.model_type not in modeling_auto.MODEL_MAPPING_NAMES and \
@@ -115,6 +118,13 @@ def from_config(config: str | os.PathLike | Mapping[str, Any] | PretrainedConfig
         raise ValueError(f"transformers cannot build a model for {where}: "
                          f"{one_line(e, name=not isinstance(e, ValueError))}") from e
 
+    if vlm is not None:
+        towers = sorted((n for n, _ in model.named_modules()
+                         if n.rpartition(".")[2] in _VISION_TOWERS), key=len)
+        setattr(model, STATED_NOTES, (
+            f"{type(model).__name__} is priced on text alone: its vision encoder"
+            + (f" ({towers[0]})" if towers else "") + " does not run, and an image's tokens, "
+            f"counted in seq= or ctx=, are priced as text ones",))
     limit = _learned_positions(model)
     if seq2seq and getattr(cfg, "max_target_positions", None):
         limit = cfg.max_target_positions   # the decoder's: Whisper's encoder takes mel frames
@@ -537,6 +547,24 @@ def _seq2seq_head(cfg, modeling_auto) -> str | None:
                            "AutoModelForSpeechSeq2Seq")):
         if cfg.model_type in mapping:
             return auto
+    return None
+
+
+def _image_text_decoder(cfg, transformers, modeling_auto):
+    """The class a config's ``architectures`` names where it is a decoder that generates text
+    behind another model's name (Gemma 3's, Llama 4's, Qwen2.5-VL's, LLaVA's, Mistral 3's
+    ForConditionalGeneration: a vision-language model, transformers' image-text-to-text or
+    causal-LM class of its type), as the auto class that builds it; None for the rest. Its
+    prompt is text."""
+    archs = getattr(cfg, "architectures", None) or ()
+    for mapping, auto in ((modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+                           "AutoModelForCausalLM"),
+                          (modeling_auto.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
+                           "AutoModelForImageTextToText")):
+        named = mapping.get(cfg.model_type)
+        if any(a == named and not a.endswith(_CAUSAL_SUFFIXES) for a in archs) and \
+                hasattr(transformers, auto):
+            return getattr(transformers, auto)
     return None
 
 

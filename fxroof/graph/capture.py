@@ -40,6 +40,9 @@ from fxroof.graph.routing import parse as parse_routing
 from fxroof.graph.tensors import tensors_in
 
 WRAPPED = "model"   # attribute under which capture nests the user's model
+# What a workload states about itself, for the report: a tuple of lines a module of the model
+# carries under this attribute (the --hf builder says a vision-language model's prompt is text)
+STATED_NOTES = "fxroof_notes"
 ROUTED = "fxroof.routed"   # gm.meta key: a top-k had its routing assumed while tracing
 READ = "fxroof.read"   # gm.meta key: where the model read a tensor value (example values)
 
@@ -129,6 +132,8 @@ def capture(model, args=(), kwargs=None, routing: Routing | str | None = None) -
         name, model = getattr(model, "__name__", name), FunctionModule(model)
 
     attempts: list[tuple[str, BaseException]] = []
+    stated = tuple(dict.fromkeys(line for m in model.modules()
+                                 for line in getattr(m, STATED_NOTES, ())))
     own = model, args, kwargs
     tensors = [*model.parameters(), *model.buffers(), *tensors_in((args, kwargs))]
     if any(t.device.type == "meta" for t in tensors) and not is_dtensor_model(model):
@@ -166,7 +171,8 @@ def capture(model, args=(), kwargs=None, routing: Routing | str | None = None) -
                 elif strategy == routed and not used:
                     strategy = "make_fx"
                 done = finish_graph(gm, strategy, weights, name, assumed.label if used else "")
-                return dataclasses.replace(done, notes=autocast_notes(seen) + done.notes)
+                return dataclasses.replace(done,
+                                           notes=stated + autocast_notes(seen) + done.notes)
             except Exception as e:   # each strategy's failure is reported, not raised alone
                 attempts.append((strategy, e))
     raise CaptureError(name, attempts)
