@@ -385,6 +385,47 @@ def test_a_vision_language_checkpoints_config_builds_its_generating_model():
                    for n in g.first.notes)
 
 
+def test_images_in_a_vision_language_prompt():
+    # images=2: each prompt holds two 32-px images, as many tokens each as the vision encoder
+    # and projector make (Gemma 3: mm_tokens_per_image, 4; LLaVA: its 16 patches, the class
+    # token dropped), ahead of 16 text tokens. The prompt's products are what PyTorch's counter
+    # counts on transformers' own forward of those inputs (the vision encoder's included); each
+    # decode step caches the images' tokens before the text's
+    import fxroof
+    from torch.utils.flop_counter import FlopCounterMode
+    text = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                intermediate_size=128, vocab_size=300)
+    vision = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                  intermediate_size=64, image_size=32, patch_size=8)
+    configs = {"Gemma3ForConditionalGeneration": (transformers.Gemma3Config(
+                   text_config=dict(text, head_dim=16), vision_config=vision,
+                   mm_tokens_per_image=4, image_token_index=260), 4),
+               "LlavaForConditionalGeneration": (transformers.LlavaConfig(
+                   text_config=dict(text, model_type="llama"),
+                   vision_config=dict(vision, model_type="clip_vision_model"),
+                   image_token_index=260), 16)}
+    for arch, (config, per_image) in configs.items():
+        cfg = {**config.to_dict(), "architectures": [arch]}
+        model, args, kwargs = from_config(cfg, batch=B, seq=16, images=2, device="cpu")
+        assert args[0].shape == (B, 2 * per_image + 16)
+        assert int((args[0] == 260).sum()) == B * 2 * per_image
+        with FlopCounterMode(display=False) as counter:
+            model(*args, **kwargs, logits_to_keep=1)
+        build = lambda **o: from_config(cfg, **o)  # noqa: E731
+        g = fxroof.generation(build, prompt=16, new_tokens=2, batch=B, chip="h100-sxm",
+                              options={"images": 2})
+        assert sum(n.flops for n in g.prefill.nodes if n.category in ("matmul", "conv")) == \
+            counter.get_total_flops()
+        # fp32 keys and values of 2 layers, 2 heads of 16, B sequences: 1,024 bytes a position
+        text_only = fxroof.generation(build, prompt=16, new_tokens=2, batch=B, chip="h100-sxm")
+        assert g.first.memory.kv_cache - text_only.first.memory.kv_cache == \
+            2 * per_image * 2 * 2 * B * 2 * 16 * 4
+        assert any(f"2 images of 32 x 32 px ahead of its text, {per_image} tokens each" in n
+                   for n in g.prefill.notes)
+    with pytest.raises(ValueError, match="which is no vision-language decoder"):
+        from_config(FAMILIES["llama"][0]().to_dict(), images=1)
+
+
 def test_a_tensor_parallel_rank_holds_half_the_cache():
     import fxroof
     cfg = FAMILIES["llama"][0]().to_dict()

@@ -60,7 +60,8 @@ def config_options(options: Mapping[str, Any]) -> dict:
 def from_config(config: str | os.PathLike | Mapping[str, Any] | PretrainedConfig, *,
                 batch: int = 1, seq: int = 128, dtype: str | torch.dtype | None = None,
                 device: str | torch.device = "meta", phase: str = "prefill", ctx: int = 2048,
-                image_size: int | None = None, source: int | None = None):
+                image_size: int | None = None, source: int | None = None,
+                images: int | None = None):
     """Build a transformers model from its config and dummy inputs for one forward pass.
 
     config: a path to a ``config.json``, the same content as a dict, or a ``PretrainedConfig``.
@@ -118,13 +119,25 @@ def from_config(config: str | os.PathLike | Mapping[str, Any] | PretrainedConfig
         raise ValueError(f"transformers cannot build a model for {where}: "
                          f"{one_line(e, name=not isinstance(e, ValueError))}") from e
 
-    if vlm is not None:
+    if images is not None and vlm is None:
+        raise ValueError(f"images={images}: {where} builds {type(model).__name__}, which is no "
+                         f"vision-language decoder (images= puts images in a prompt of one)")
+    per_image = 0              # an image's tokens in the prompt, as its vision encoder makes them
+    if vlm is not None and images:
+        pixels = _images(model, batch * images, dtype, device, where, image_size)
+        per_image = _image_tokens(model, pixels, where)
+        setattr(model, STATED_NOTES, (
+            f"each sequence's prompt holds {images} image{'s' * (images > 1)} of "
+            f"{pixels.shape[-2]} x {pixels.shape[-1]} px ahead of its text, {per_image} tokens "
+            f"each" + (": its vision encoder runs on them" if phase == "prefill" else
+                       ", cached before the ctx= text tokens"),))
+    elif vlm is not None:
         towers = sorted((n for n, _ in model.named_modules()
                          if n.rpartition(".")[2] in _VISION_TOWERS), key=len)
         setattr(model, STATED_NOTES, (
             f"{type(model).__name__} is priced on text alone: its vision encoder"
-            + (f" ({towers[0]})" if towers else "") + " does not run, and an image's tokens, "
-            f"counted in seq= or ctx=, are priced as text ones",))
+            + (f" ({towers[0]})" if towers else "") + " does not run (images=N puts N images "
+            f"in each prompt)",))
     limit = _learned_positions(model)
     if seq2seq and getattr(cfg, "max_target_positions", None):
         limit = cfg.max_target_positions   # the decoder's: Whisper's encoder takes mel frames
@@ -143,9 +156,17 @@ def from_config(config: str | os.PathLike | Mapping[str, Any] | PretrainedConfig
             source = _source(model, source, limit, where, required=True)
             return _seq2seq_decode_step(transformers, model, batch, ctx, source, dtype, device,
                                         where)
-        return _decode_step(transformers, model, batch, ctx, dtype, device, where)
+        # a prompt's images are cached as tokens ahead of its text
+        return _decode_step(transformers, model, batch, ctx + per_image * (images or 0),
+                            dtype, device, where)
     if phase != "prefill":
         raise ValueError(f"unknown phase {phase!r}; choose prefill or decode")
+    if per_image:
+        image_ids = torch.full((batch, images * per_image), _image_token_id(model.config),
+                               dtype=torch.long, device=device)
+        text = torch.zeros((batch, seq), dtype=torch.long, device=device)
+        return model, (torch.cat([image_ids, text], dim=1),), {"pixel_values": pixels,
+                                                               "use_cache": False}
     if seq2seq:
         source = _source(model, source, limit, where, required=False)
     first = _main_input(model, batch, source or seq, dtype, device, where, image_size)
@@ -509,6 +530,35 @@ def _load_config(config, transformers) -> tuple:
     except Exception as e:       # the config class validates its fields as it likes
         raise ValueError(f"{where} is not a {model_type} config the installed transformers "
                          f"accepts: {one_line(e, name=not isinstance(e, ValueError))}") from None
+
+
+def _image_tokens(model, pixels: torch.Tensor, where) -> int:
+    """The tokens one image makes in a vision-language model's prompt: its vision encoder's
+    and projector's output for `pixels` (transformers' get_image_features, run on the model's
+    device: free on meta), one image's rows of it."""
+    try:
+        with torch.no_grad():
+            features = model.get_image_features(pixel_values=pixels)
+        features = getattr(features, "pooler_output", features)
+        first = features[0]              # (tokens, hidden): a batch's first, or a list's
+        if first.dim() != 2:
+            raise ValueError(f"image features of shape {tuple(first.shape)}")
+        tokens = int(first.shape[0])
+    except Exception as e:      # a model whose images need more than pixels (sizes, grids)
+        raise ValueError(f"images=: {where} builds {type(model).__name__}, whose images fxroof "
+                         f"cannot make from pixels alone ({one_line(e, name=True)}); give an "
+                         f"image's tokens as text (seq=, ctx=)") from e
+    if _image_token_id(model.config) is None:
+        raise ValueError(f"images=: {where} names no image token (image_token_id) for "
+                         f"{type(model).__name__}'s prompt")
+    return tokens
+
+
+def _image_token_id(cfg) -> int | None:
+    for name in ("image_token_id", "image_token_index"):
+        if isinstance(getattr(cfg, name, None), int):
+            return getattr(cfg, name)
+    return None
 
 
 def _images(model, batch: int, dtype, device, where,

@@ -169,6 +169,7 @@ def generation(workload="", *, prompt: int, new_tokens: int, batch: int = 1,
     notes += _prompt_logits_note(prefill, batch, prompt, prompt_logits, heads)
     notes += [f"note: ctx={p.value}: {p.note}" for p in map(decode.point, steps) if p.note]
     first, middle, final = (decode.point(c).report for c in (prompt, mid, last))
+    notes += _analysis_notes(prefill, first)
     if first.mode == "compiled" and first.chip.kind == "gpu" and first.regime == "overhead":
         notes.append("note: each decode step waits on its kernels' launches from Python; "
                      "serving engines replay decode as a CUDA graph (mode='cudagraphs', "
@@ -206,6 +207,16 @@ def _prompt_builds(build, asked: str, heads: list):
             return model, args, kwargs
         return LastPositionLogits(model, head), args, kwargs
     return built
+
+
+def _analysis_notes(prefill: Report, decode: Report) -> list:
+    """What each phase's analysis assumed or found (its report's notes: a checkpoint's
+    quantization, a model's text-only prompt, attention's kernel), once each: named by phase
+    where only one of them says it."""
+    both = [n for n in prefill.notes if n in decode.notes]
+    return ([f"note: {n}" for n in both]
+            + [f"note (prompt): {n}" for n in prefill.notes if n not in both]
+            + [f"note (decode): {n}" for n in decode.notes if n not in both])
 
 
 def _not_given(options: dict | None, study: str, **own: str) -> None:
