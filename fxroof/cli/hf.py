@@ -88,6 +88,13 @@ def from_config(config: str | os.PathLike | Mapping[str, Any] | PretrainedConfig
     Whisper's mel frames of a 30 s window. Dual encoders (CLIP, SigLIP: the zero-shot image
     classifiers) take token ids and ``pixel_values`` in kwargs.
 
+    A vision-language decoder (Gemma 3, Llama 4, Qwen2.5-VL, LLaVA, Mistral 3: a config whose
+    ``architectures`` names its ForConditionalGeneration class) is built with its output head and
+    priced on text alone, the report says; ``images=N`` puts N images at the vision config's
+    size ahead of each prompt's `seq` text tokens, as many image tokens each as its vision
+    encoder and projector make (``get_image_features``, for models whose images are pixels
+    alone), the encoder run in the prompt's step; a decode step caches them before its `ctx`.
+
     A ``quantization_config`` in the config is not applied: the weights are built in `dtype`,
     and ``fxroof.cli.checkpoint_quantization.of_config(config)`` gives the scheme the checkpoint
     ships with, as ``fxroof.analyze``'s ``quantize=`` (the command line applies it itself).
