@@ -424,6 +424,14 @@ def test_images_in_a_vision_language_prompt():
                    for n in g.prefill.notes)
     with pytest.raises(ValueError, match="which is no vision-language decoder"):
         from_config(FAMILIES["llama"][0]().to_dict(), images=1)
+    # Qwen2.5-VL's images are patch grids of any size, not pixels at one: refused, saying so
+    qwen = transformers.Qwen2_5_VLConfig(
+        text_config=dict(text, rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}),
+        vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2,
+                           out_hidden_size=64))
+    with pytest.raises(ValueError, match="cannot make from pixels alone .its vision config"):
+        from_config({**qwen.to_dict(), "architectures": ["Qwen2_5_VLForConditionalGeneration"]},
+                    images=1)
 
 
 def test_a_tensor_parallel_rank_holds_half_the_cache():

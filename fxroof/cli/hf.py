@@ -131,8 +131,8 @@ def from_config(config: str | os.PathLike | Mapping[str, Any] | PretrainedConfig
                          f"vision-language decoder (images= puts images in a prompt of one)")
     per_image = 0              # an image's tokens in the prompt, as its vision encoder makes them
     if vlm is not None and images:
-        pixels = _images(model, batch * images, dtype, device, where, image_size)
-        per_image = _image_tokens(model, pixels, where)
+        pixels, sized = _image_inputs(model, batch * images, dtype, device, where, image_size)
+        per_image = _image_tokens(model, pixels, sized, where)
         setattr(model, STATED_NOTES, (
             f"each sequence's prompt holds {images} image{'s' * (images > 1)} of "
             f"{pixels.shape[-2]} x {pixels.shape[-1]} px ahead of its text, {per_image} tokens "
@@ -173,7 +173,7 @@ def from_config(config: str | os.PathLike | Mapping[str, Any] | PretrainedConfig
                                dtype=torch.long, device=device)
         text = torch.zeros((batch, seq), dtype=torch.long, device=device)
         return model, (torch.cat([image_ids, text], dim=1),), {"pixel_values": pixels,
-                                                               "use_cache": False}
+                                                               **sized, "use_cache": False}
     if seq2seq:
         source = _source(model, source, limit, where, required=False)
     first = _main_input(model, batch, source or seq, dtype, device, where, image_size)
@@ -539,22 +539,41 @@ def _load_config(config, transformers) -> tuple:
                          f"accepts: {one_line(e, name=not isinstance(e, ValueError))}") from None
 
 
-def _image_tokens(model, pixels: torch.Tensor, where) -> int:
+def _image_inputs(model, count: int, dtype, device, where, image_size) -> tuple:
+    """`count` zero images for a vision-language model, and the keywords that size them where
+    its image features ask (`image_sizes`: Pixtral's, LLaVA-NeXT's), or a ValueError saying
+    its images are not pixels alone."""
+    vision = getattr(model.config, "vision_config", None) or model.config
+    if not getattr(vision, "image_size", None):      # Qwen2.5-VL's patches of any image
+        raise _not_pixels(model, where, "its vision config sizes no image")
+    pixels = _images(model, count, dtype, device, where, image_size)
+    asked = inspect.signature(model.get_image_features).parameters \
+        if hasattr(model, "get_image_features") else {}
+    sides = torch.tensor([list(pixels.shape[-2:])] * count, dtype=torch.long, device=device)
+    return pixels, ({"image_sizes": sides} if "image_sizes" in asked else {})
+
+
+def _not_pixels(model, where, why: BaseException | str) -> ValueError:
+    why = why if isinstance(why, str) else one_line(why, name=True)
+    return ValueError(f"images=: {where} builds {type(model).__name__}, whose images fxroof "
+                      f"cannot make from pixels alone ({why}); give an image's tokens as text "
+                      f"(seq=, ctx=)")
+
+
+def _image_tokens(model, pixels: torch.Tensor, sized: dict, where) -> int:
     """The tokens one image makes in a vision-language model's prompt: its vision encoder's
     and projector's output for `pixels` (transformers' get_image_features, run on the model's
     device: free on meta), one image's rows of it."""
     try:
         with torch.no_grad():
-            features = model.get_image_features(pixel_values=pixels)
+            features = model.get_image_features(pixel_values=pixels, **sized)
         features = getattr(features, "pooler_output", features)
         first = features[0]              # (tokens, hidden): a batch's first, or a list's
         if first.dim() != 2:
             raise ValueError(f"image features of shape {tuple(first.shape)}")
         tokens = int(first.shape[0])
-    except Exception as e:      # a model whose images need more than pixels (sizes, grids)
-        raise ValueError(f"images=: {where} builds {type(model).__name__}, whose images fxroof "
-                         f"cannot make from pixels alone ({one_line(e, name=True)}); give an "
-                         f"image's tokens as text (seq=, ctx=)") from e
+    except Exception as e:      # a model whose images need more than pixels (grids)
+        raise _not_pixels(model, where, e) from e
     if _image_token_id(model.config) is None:
         raise ValueError(f"images=: {where} names no image token (image_token_id) for "
                          f"{type(model).__name__}'s prompt")
