@@ -434,6 +434,19 @@ def test_images_in_a_vision_language_prompt():
                     images=1)
 
 
+def test_a_decode_step_transformers_keeps_no_static_cache_for_is_refused_saying_why():
+    # xLSTM reads a cache class of its own, DeepSeek-V4's compressed attention layers have no
+    # static cache in transformers: one line each, naming it, where an AttributeError or a bare
+    # KeyError had come out
+    small = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=256,
+                 head_dim=16)
+    with pytest.raises(ValueError, match=r"a cache of its own \(xLSTMCache\)"):
+        from_config(transformers.xLSTMConfig(**small).to_dict(), phase="decode", ctx=8)
+    with pytest.raises(ValueError, match="no static cache for its 'heavily_compressed_attention'"):
+        from_config(transformers.AutoConfig.for_model("deepseek_v4", **small).to_dict(),
+                    phase="decode", ctx=8)
+
+
 def test_a_tensor_parallel_rank_holds_half_the_cache():
     import fxroof
     cfg = FAMILIES["llama"][0]().to_dict()

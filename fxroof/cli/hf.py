@@ -16,6 +16,7 @@ import inspect
 import json
 import logging
 import os
+import sys
 from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
@@ -144,7 +145,7 @@ def from_config(config: str | os.PathLike | Mapping[str, Any] | PretrainedConfig
         setattr(model, STATED_NOTES, (
             f"{type(model).__name__} is priced on text alone: its vision encoder"
             + (f" ({towers[0]})" if towers else "") + " does not run (images=N puts N images "
-            f"in each prompt)",))
+            "in each prompt)",))
     limit = _learned_positions(model)
     if seq2seq and getattr(cfg, "max_target_positions", None):
         limit = cfg.max_target_positions   # the decoder's: Whisper's encoder takes mel frames
@@ -281,7 +282,11 @@ def _decode_step(transformers, model, batch: int, ctx: int, dtype, device, where
     try:
         cache = transformers.StaticCache(config=model.config, max_batch_size=batch,
                                          max_cache_len=ctx + 1, device=device, dtype=dtype)
-    except (TypeError, ValueError, NotImplementedError, AttributeError, KeyError) as e:
+    except KeyError as e:       # a layer kind StaticCache has no class for
+        raise ValueError(f"{where}: transformers has no static cache for its {e.args[0]!r} "
+                         f"layers (its dynamic cache only): its decode step is not "
+                         f"supported") from e
+    except (TypeError, ValueError, NotImplementedError, AttributeError) as e:
         raise ValueError(f"transformers cannot build a static KV cache for {where}: "
                          f"{one_line(e)}") from e
     kinds = sorted({type(layer).__name__ for layer in cache.layers
@@ -301,6 +306,17 @@ def _decode_step(transformers, model, batch: int, ctx: int, dtype, device, where
     return step, (input_ids, position), {"cache": step.tensors()}
 
 
+def _own_caches(model) -> list:
+    """The cache classes a model's modeling file defines outside transformers' Cache (xLSTM's
+    xLSTMCache), which its forward may ask for instead of a StaticCache."""
+    from transformers import Cache
+    module = sys.modules.get(type(model).__module__)
+    return sorted(name for name, obj in vars(module or object).items()
+                  if isinstance(obj, type) and name.endswith("Cache")
+                  and obj.__module__ == getattr(module, "__name__", None)
+                  and not issubclass(obj, Cache))
+
+
 def _allocate(model, cache, batch: int, ctx: int, dtype, device, where,
               sizes_itself: bool = True) -> None:
     """Allocate a transformers 5 cache, which would otherwise allocate (and zero) itself inside
@@ -313,6 +329,13 @@ def _allocate(model, cache, batch: int, ctx: int, dtype, device, where,
             model(torch.zeros((batch, 1), dtype=torch.long, device=device),
                   cache_position=torch.tensor([ctx], dtype=torch.long, device=device),
                   use_cache=True, **cache_kwarg(model, cache))
+    except AttributeError as e:    # it reads a cache of its own kind from transformers' cache
+        own = _own_caches(model)
+        if not own:
+            raise
+        raise ValueError(f"{where}: {type(model).__name__} keeps its decode state in a cache of "
+                         f"its own ({', '.join(own)}), not transformers' cache: its decode step "
+                         f"is not supported") from e
     except (RuntimeError, TypeError, ValueError, NotImplementedError) as e:
         if not sizes_itself:
             raise ValueError(f"{where}: one decode step cannot run eagerly on {device} to size "
