@@ -137,3 +137,37 @@ def test_a_window_that_is_not_causal_reaches_as_far_after_each_query():
     attention = [n for n in report.nodes if n.category == "attention"]
     assert [(n.op, n.causal, n.window) for n in attention] == [
         ("scaled_dot_product_attention", False, 0), ("flash_attention", False, 9)]
+
+
+# Llama 4's text layers: three of chunked attention (chunks of 8), then one of full attention
+LLAMA4 = dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=HEADS,
+              num_key_value_heads=KV, head_dim=D, intermediate_size=128,
+              intermediate_size_mlp=128, num_local_experts=2, interleave_moe_layer_step=1,
+              vocab_size=256, attention_chunk_size=WINDOW, pad_token_id=0)
+
+
+def test_a_prompts_chunked_attention_gives_transformers_own_logits_chunk_by_chunk():
+    outputs = []
+    for fused in (False, True):
+        model, args, kwargs = build("llama4_text", LLAMA4, batch=B, seq=SEQ)
+        with torch.no_grad(), engine_kernels() if fused else torch.no_grad():
+            outputs.append(model(*args, **kwargs).logits)
+    assert outputs[0].abs().max() > 0.1
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-5, atol=1e-5)
+    report = fxroof.analyze(*from_config(transformers.AutoConfig.for_model(
+        "llama4_text", **LLAMA4), batch=B, seq=SEQ), chip="h100-sxm")
+    chunked = [n for n in report.nodes if n.op == "flash_attention"]
+    # 20 tokens: two whole chunks of 8 as a batch of 2 x 2 sequences, then the last 4, each a
+    # causal kernel; dense FLOPs by hand, q against its chunk's keys only
+    assert sorted(n.flops for n in chunked) == sorted(
+        [2 * (B * 2 * HEADS * 8) * 8 * (D + D), 2 * (B * HEADS * 4) * 4 * (D + D)] * 3)
+    assert all(n.causal and "chunk 8" in n.note for n in chunked)
+    (full,) = [n for n in report.nodes if n.op == "scaled_dot_product_attention"]
+    assert full.flops == 2 * (B * HEADS * SEQ) * SEQ * (D + D)     # the full layer's, as before
+    assert any(note.startswith("3 chunked attentions run as a causal flash kernel over each "
+                               "chunk") for note in report.notes)
+    # a prompt within one chunk is causal attention: PyTorch's own kernel, no mask
+    short = fxroof.analyze(*from_config(transformers.AutoConfig.for_model(
+        "llama4_text", **LLAMA4), batch=B, seq=WINDOW), chip="h100-sxm")
+    assert {n.op for n in short.nodes if n.category == "attention"} == {
+        "scaled_dot_product_attention"}

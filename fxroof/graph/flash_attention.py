@@ -52,16 +52,21 @@ def _reference(query, key, value, sinks, mask, scale):
 
 @torch.library.custom_op("fxroof::flash_attention", mutates_args=(), schema=(
     "(Tensor query, Tensor key, Tensor value, Tensor? sinks, Tensor? mask, float scale, "
-    "bool causal, int window) -> Tensor"))
-def flash_attention(query, key, value, sinks, mask, scale, causal, window):
+    "bool causal, int window, int chunk=0) -> Tensor"))
+def flash_attention(query, key, value, sinks, mask, scale, causal, window, chunk=0):
     """A flash kernel's forward, with sinks where given (FlashAttention-3's): (batch, heads,
     queries, v's d). `mask` is the one transformers builds, applied here; the kernel applies
-    `causal` and `window` (keys a query sees, 0: all) from their bounds, reading no mask."""
+    `causal` and `window` (keys a query sees, 0: all) from their bounds, reading no mask.
+    `chunk`: the call runs a chunked layer's chunks as its batch (its causal mask within each),
+    said so the report can name it."""
+    if causal and mask is None and query.shape[-2] > 1:
+        n, m = query.shape[-2], key.shape[-2]
+        mask = torch.ones(n, m, dtype=torch.bool, device=query.device).tril(m - n)
     return _reference(query, key, value, sinks, mask, scale).contiguous()
 
 
 @flash_attention.register_fake
-def _(query, key, value, sinks, mask, scale, causal, window):
+def _(query, key, value, sinks, mask, scale, causal, window, chunk=0):
     return query.new_empty(*query.shape[:-1], value.shape[-1])
 
 
@@ -69,6 +74,7 @@ OP = torch.ops.fxroof.flash_attention
 # what the report names as the kernels it stands for
 SINK_KERNEL = "FlashAttention-3 with sinks"
 WINDOW_KERNEL = "one flash kernel bounded by its window"
+CHUNK_KERNEL = "a causal flash kernel over each chunk, the chunks its batch"
 
 
 def _run(module, query, key, value, mask, scaling, sinks, window) -> tuple:
@@ -110,10 +116,50 @@ def fused_sink_attention():
             module.eager_attention_forward = original
 
 
+def _chunk(module) -> int:
+    """The chunk a layer of chunked attention attends within (Llama 4's: a query sees the keys
+    from its chunk's start to itself), from its config's layer_types; 0 for other layers."""
+    config, index = getattr(module, "config", None), getattr(module, "layer_idx", None)
+    types = getattr(config, "layer_types", None)
+    if not isinstance(index, int) or not isinstance(types, (list, tuple)) or \
+            not 0 <= index < len(types) or types[index] != "chunked_attention":
+        return 0
+    size = getattr(config, "attention_chunk_size", None)
+    return size if isinstance(size, int) and size > 0 else 0
+
+
+def _chunked(query, key, value, scale: float, chunk: int):
+    """A prompt's chunked attention from position 0 as engines run it (vLLM's chunked local
+    attention: each chunk a sequence of its own): the whole chunks as the batch of one causal
+    flash call, the last partial chunk as another; (batch, queries, heads, d)."""
+    batch, heads, tokens, _ = query.shape
+    whole = tokens // chunk * chunk
+    parts = []
+
+    def by_chunk(t):     # (B, h, n x chunk, d) -> (B x n, h, chunk, d)
+        b, h, _, d = t.shape
+        return t[:, :, :whole].reshape(b, h, -1, chunk, d).transpose(1, 2).reshape(-1, h, chunk, d)
+    if whole:
+        out = OP(by_chunk(query), by_chunk(key), by_chunk(value), None, None, scale, True, 0,
+                 chunk)
+        parts.append(out.reshape(batch, -1, heads, chunk, out.shape[-1]).transpose(1, 2)
+                     .reshape(batch, heads, whole, out.shape[-1]))
+    if tokens > whole:
+        parts.append(OP(query[:, :, whole:], key[:, :, whole:], value[:, :, whole:], None, None,
+                        scale, True, 0, chunk))
+    out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+    return out.transpose(1, 2).contiguous(), None
+
+
 def _windowed(original):
     @functools.wraps(original)
     def sdpa_attention_forward(module, query, key, value, attention_mask, dropout=0.0,
                                scaling=None, is_causal=None, **kwargs):
+        chunk = _chunk(module)
+        if chunk and query.shape[2] > chunk and query.shape[2] == key.shape[2] \
+                and not (dropout and module.training):
+            scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+            return _chunked(query, key, value, float(scale), chunk)
         window = kwargs.get("sliding_window") or getattr(module, "sliding_window", None)
         if not (isinstance(window, int) and window > 0 and attention_mask is not None
                 and query.shape[2] > 1 and not (dropout and module.training)

@@ -69,24 +69,32 @@ ENGINE_ATTENTION = {
         f"{flash_attention.WINDOW_KERNEL}, as FlashAttention and serving engines run a prompt "
         "longer than the window: the key blocks outside it skipped; transformers' SDPA reads a "
         "mask of the window and computes every product"),
+    "chunk": (
+        ("chunked attention", "chunked attentions"),
+        f"{flash_attention.CHUNK_KERNEL}, as serving engines run a prompt longer than a "
+        "chunk (vLLM's chunked local attention): no key outside a query's chunk read; "
+        "transformers' SDPA reads a mask of the chunks and computes every product"),
 }
 ENGINE_OPS = frozenset({latent_attention.OP.__name__, flash_attention.OP.__name__})
 
 
 def _engine_kind(node) -> str:
     """Which ENGINE_ATTENTION a node is ("" for none): the flash op's sinks are in its note
-    (attention.engine_flash_attention), and one with sinks and a window counts as sinks."""
+    (attention.engine_flash_attention), and one with sinks and a window counts as sinks; a
+    chunked layer's calls say their chunk."""
     if node.op == latent_attention.OP.__name__:
         return "latent"
     if node.op == flash_attention.OP.__name__:
-        return "sinks" if "sinks" in node.note else "window"
+        return "sinks" if "sinks" in node.note else "chunk" if "chunk" in node.note \
+            else "window"
     return ""
 
 
 def engine_attention_notes(nodes) -> tuple:
     """Attention captured as engines run it (fxroof.graph.latent_attention, .flash_attention):
     a reader comparing with transformers' own code should know."""
-    counts = Counter(_engine_kind(n) for n in nodes)
+    # one a layer: a chunked layer's whole chunks and its last one are two calls
+    counts = Counter(kind for kind, _ in {(_engine_kind(n), n.module) for n in nodes})
     return tuple(f"{counts[kind]} {one if counts[kind] == 1 else many} "
                  f"run{'s' if counts[kind] == 1 else ''} as {how} (priced at the chip's "
                  f"fused-attention share of its peak)"

@@ -65,14 +65,15 @@ def engine_flash_attention(call: OpCall) -> Cost:
     `sdpa` above, every query head against every key; a sink is one more exponential a row.
     Bytes: q, k, v (the k/v heads once) and the sinks read, the output written; the mask
     transformers builds is not read, the kernel bounding a causal or sliding-window layer's keys
-    itself (`window`)."""
+    itself (`window`); a chunked layer's chunks come as its batch (`chunk`, named in the note)."""
     q, k, v, sinks = call.args[0], call.args[1], call.args[2], call.args[3]
     queries, keys = math.prod(int(s) for s in q.shape[:-1]), int(k.shape[-2])
     flops = 2 * queries * keys * (int(q.shape[-1]) + int(v.shape[-1]))
     read = sum(t.numel() * t.element_size() for t in (q, k, v, sinks) if t is not None)
     causal, window = bool(call.args[6]), int(call.args[7])
+    chunk = int(call.get("chunk", 0) or 0)      # its batch: a chunked layer's chunks
     note = ", ".join(filter(None, (sinks is not None and "sinks", causal and "causal",
-                                   window and f"window {window}",
+                                   window and f"window {window}", chunk and f"chunk {chunk}",
                                    int(k.shape[-3]) != int(q.shape[-3])
                                    and f"gqa {int(q.shape[-3])}q/{int(k.shape[-3])}kv")))
     # a causal kernel aligns its queries with the last keys (a decode step's one query sees all)
