@@ -8,7 +8,9 @@ place: one context for them all.
 - attention with sinks, and a prompt's sliding-window attention: one flash kernel, where
   transformers writes every score out or reads a mask of the window (fxroof.graph.flash_attention);
 - a prompt's causal mask: left to the attention kernel, as transformers' eager run leaves it,
-  where its trace builds the mask (fxroof.graph.compiled_branches.prompt_masks_as_eager).
+  where its trace builds the mask (fxroof.graph.compiled_branches.prompt_masks_as_eager);
+- experts transformers runs densely (Llama 4's): each token's top-k alone, one grouped GEMM over
+  the routed tokens, as engines route them (fxroof.graph.routed_experts).
 
 Each swap is by name or class in the loaded transformers modules, undone on exit: the user's
 model is untouched, and nothing happens where transformers is not loaded. A training step's
@@ -22,11 +24,12 @@ from fxroof.graph.compiled_branches import prompt_masks_as_eager
 from fxroof.graph.flash_attention import fused_sink_attention, windowed_sdpa
 from fxroof.graph.fused_recurrences import fused_recurrences
 from fxroof.graph.latent_attention import absorbed_latent_attention
+from fxroof.graph.routed_experts import routed_dense_experts
 
 
 @contextlib.contextmanager
 def engine_kernels():
     """Within the block, every swap above is in place."""
     with fused_recurrences(), absorbed_latent_attention(), fused_sink_attention(), \
-            windowed_sdpa(), prompt_masks_as_eager():
+            windowed_sdpa(), prompt_masks_as_eager(), routed_dense_experts():
         yield
