@@ -180,4 +180,5 @@ def test_a_prompt_computes_its_last_logits_only_as_engines_and_generate_do():
     assert last.prefill_s == pytest.approx(hooked.time_s, rel=1e-9)
     assert last.prefill.flops == hooked.flops
     assert any("last logits only" in n for n in last.notes)
+    assert str(last).startswith("fxroof generation · Llama on")    # the model's name, not a wrapper's
     assert last.to_dict()["prompt_logits"] == "last"

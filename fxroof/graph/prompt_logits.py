@@ -17,7 +17,7 @@ from torch import nn
 
 from fxroof.graph.parallel import LM_HEADS
 
-__all__ = ["LastPositionLogits", "output_head"]
+__all__ = ["LastPositionLogits", "last_position_logits", "output_head"]
 
 
 def output_head(model: nn.Module) -> str | None:
@@ -60,3 +60,9 @@ def _last_position(module: nn.Module, args: tuple):
     if not isinstance(hidden, torch.Tensor) or hidden.dim() != 3:
         return None
     return (hidden[:, -1:], *rest)
+
+
+def last_position_logits(model: nn.Module, head: str) -> LastPositionLogits:
+    """LastPositionLogits of `model`, its class named as the model's: reports name the model."""
+    named = type(type(model).__name__, (LastPositionLogits,), {})
+    return named(model, head)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from fxroof.chips.timing import REGIMES, intensity
 from fxroof.graph.parallel import LM_HEADS
-from fxroof.graph.prompt_logits import LastPositionLogits, output_head
+from fxroof.graph.prompt_logits import last_position_logits, output_head
 from fxroof.pipeline import Target, no_full_gc, target_of
 from fxroof.report import tables
 from fxroof.report.records import Report
@@ -205,7 +205,7 @@ def _prompt_builds(build, asked: str, heads: list):
         heads.append(head)
         if head is None or asked == "all":
             return model, args, kwargs
-        return LastPositionLogits(model, head), args, kwargs
+        return last_position_logits(model, head), args, kwargs
     return built
 
 
