@@ -210,13 +210,40 @@ def test_bundled_models_plan_or_refuse_clearly():
     assert plan.styles["layers.0.feed_forward.w2"] == "rowwise"
     assert plan.styles["tok_embeddings"] == "embedding" and plan.styles["output"] == "lm_head"
     assert plan.attrs["layers.0.attention"] == {"n_heads": 2, "n_kv_heads": 1}
-    with pytest.raises(ValueError, match="n_kv_heads=2 does not divide by tp=4"):
-        megatron_plan(model, 4)
+    # 2 k/v heads over 4 ranks: each kept by 2 ranks, one a rank (vLLM's and Megatron's QKV
+    # layers replicate them); 4 query heads over 8 ranks cannot split
+    replicated = megatron_plan(model, 4)
+    assert replicated.kv_replicas == {f"layers.{i}.attention": 2 for i in (0, 1)}
+    assert replicated.attrs["layers.0.attention"] == {"n_heads": 1, "n_kv_heads": 1}
+    with pytest.raises(ValueError, match="n_heads=4 does not divide by tp=8"):
+        megatron_plan(model, 8)
     with pytest.raises(ValueError, match="fused q/k/v projection 'c_attn'"):
         megatron_plan(load("gpt2").workload(size="tiny")[0], 2)
     with pytest.raises(ValueError, match="already initialised"):
         with fake_process_group(2):
             api.analyze(model, args, kwargs, tp=2)
+
+
+@pytest.mark.parametrize("phase", ["prefill", "decode"])
+def test_k_v_heads_fewer_than_the_ranks_are_kept_one_a_rank(phase):
+    # the tiny Llama (dim 128, 4 heads and 2 k/v heads of 32, 2 layers) over 4 ranks, 2
+    # sequences: a rank's k projection makes one head, 2 x 128 x 32 FLOPs a token; its q one
+    # head too; its attention one query head over its one k/v head; its cache one k/v head
+    options = dict(preset="tiny", batch=2, phase=phase,
+                   **({"seq": 16} if phase == "prefill" else {"ctx": 16}))
+    model, args, kwargs = load("llama").workload(**options)
+    rank = api.analyze(model, args, kwargs, chip="h100-sxm", tp=4)
+    tokens = 2 * (16 if phase == "prefill" else 1)
+    flops = {leaf: sum(n.flops for n in rank.nodes if n.category == "matmul"
+                       and n.module == f"layers.0.attention.{leaf}") for leaf in ("wq", "wk", "wv")}
+    assert flops == dict.fromkeys(("wq", "wk", "wv"), 2 * tokens * 128 * 32)
+    (attention,) = [n for n in rank.nodes if n.category == "attention"
+                    and n.module == "layers.0.attention"]
+    assert attention.grid[0] == 2 * 1                       # batch x one query head
+    # keys and values of one head, 2 sequences, 2 layers, bf16: 16 (17) positions
+    positions = 16 if phase == "prefill" else 17
+    assert rank.memory.kv_cache == 2 * 2 * 2 * positions * 32 * 2
+    assert any(n.startswith("k/v heads fewer than tp=4: each rank keeps one") for n in rank.notes)
 
 
 def test_llama_cache_and_heads_are_cut_per_rank():

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from fxroof.graph.capture import FakeCopier
+from fxroof.graph.capture import STATED_NOTES, FakeCopier
 from fxroof.graph.nodes import fold_layers
 from fxroof.graph.routing import RoutedFakeMode
 
@@ -51,6 +51,11 @@ SPLIT_ATTRS = ("split_size",)   # Hugging Face GPT-2: width of each of q, k, v i
 # the attention gets a config of its own with this rank's
 CONFIG_HEADS = ("num_attention_heads", "num_key_value_heads")
 REPLICATE = " (Megatron would replicate k/v heads; not modelled)"
+# k/v projections and the attributes that count k/v heads: where the heads are fewer than the
+# ranks, each rank keeps one, as vLLM's and Megatron's QKV layers replicate them
+KV_LEAVES = frozenset({"k_proj", "v_proj", "wk", "wv"})
+KV_ATTRS = ("n_kv_heads", "num_key_value_heads")
+Q_ATTRS = ("n_heads", "num_heads", "n_head", "num_attention_heads")
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,8 @@ class Plan:
             once
     configs: module path -> {config field: per-rank value}: attentions that read their head
             counts from their config (Phi-3's) get a copy of it with these
+    kv_replicas: attention path -> r: its k/v heads, fewer than the ranks, each kept by r ranks
+            (one a rank), as vLLM and Megatron replicate them
     """
     tp: int
     styles: dict
@@ -76,6 +83,7 @@ class Plan:
     reduced: tuple = ()
     fused_experts: dict = dataclasses.field(default_factory=dict)
     configs: dict = dataclasses.field(default_factory=dict)
+    kv_replicas: dict = dataclasses.field(default_factory=dict)
 
 
 # -- the plan ------------------------------------------------------------------------------------
@@ -124,7 +132,11 @@ def megatron_plan(model: nn.Module, tp: int) -> Plan:
             f"q_b_proj/kv_b_proj), models/llama.py's wq/wk/wv/wo and w1/w3/w2, GPT-2's "
             f"c_attn/c_fc/c_proj, or modules with exactly two Linear children; Linear layers "
             f"found: {found or 'none'}")
+    replicas = _kv_replicas(model, parents, linears, tp)
     for name, style in styles.items():
+        parent, _, leaf = name.rpartition(".")
+        if parent in replicas and leaf in KV_LEAVES:
+            continue                  # one head a rank, its heads repeated first (tensor_parallel)
         d_in, d_out = _features(linears[name])
         side, split = ("out", d_out) if style == "colwise" else ("in", d_in)
         _per_rank(split, tp, f"{name}: {side}_features={split}")
@@ -135,11 +147,30 @@ def megatron_plan(model: nn.Module, tp: int) -> Plan:
         elif isinstance(m, nn.Linear) and (name in LM_HEADS or (   # top level, or a wrapped
                 name.rpartition(".")[2] in LM_HEADS and m.out_features in vocabs)):   # model's
             styles[name] = "lm_head"
-    attrs, kv_heads, configs = _blocks(model, parents, linears, tp)
+    attrs, kv_heads, configs = _blocks(model, parents, linears, tp, replicas)
     reduced = _expert_blocks(model, parents)
     for block, leaves in reduced.items():
         styles.update(dict.fromkeys(leaves, "partial"))
-    return Plan(tp, styles, attrs, kv_heads, tuple(reduced), fused, configs)
+    return Plan(tp, styles, attrs, kv_heads, tuple(reduced), fused, configs, replicas)
+
+
+def _kv_replicas(model: nn.Module, parents: dict, linears: dict, tp: int) -> dict:
+    """Attentions with separate k/v projections whose k/v heads are fewer than the ranks and
+    divide them (their query heads dividing too): path -> how many ranks keep each k/v head."""
+    replicas = {}
+    for parent, leaves in parents.items():
+        kv = sorted(leaves & KV_LEAVES)
+        m = model.get_submodule(parent)
+        head_dim = getattr(m, "head_dim", None)
+        if not kv or leaves & FUSED_QKV or not isinstance(head_dim, int) or not head_dim:
+            continue
+        heads = _features(linears[f"{parent}.{kv[0]}" if parent else kv[0]])[1] // head_dim
+        q = sorted(leaves & {"q_proj", "wq"})
+        queries = _features(linears[f"{parent}.{q[0]}" if parent else q[0]])[1] // head_dim \
+            if q else 0
+        if heads and heads < tp and tp % heads == 0 and queries % tp == 0:
+            replicas[parent] = tp // heads
+    return replicas
 
 
 # Experts whose weights one module holds as 3-D parameters, (experts, ., .) each: Hugging
@@ -266,9 +297,10 @@ def _two_linear_blocks(model: nn.Module, linears: dict) -> dict:
     return styles if set(styles) == set(linears) else {}
 
 
-def _blocks(model: nn.Module, parents: dict, linears: dict, tp: int):
+def _blocks(model: nn.Module, parents: dict, linears: dict, tp: int, replicas: dict):
     """Each block checked; per-rank head counts for each attention (its attributes', and its
-    config's where it cuts a packed q/k/v by those), the model's k/v head count."""
+    config's where it cuts a packed q/k/v by those; one k/v head where `replicas` keep them),
+    the model's k/v head count."""
     attrs, kv_heads, configs = {}, None, {}
     for parent, leaves in parents.items():
         if not leaves & COLWISE or not leaves & (ROWWISE | {ATTENTION_DENSE}):
@@ -297,13 +329,20 @@ def _blocks(model: nn.Module, parents: dict, linears: dict, tp: int):
             raise ValueError(f"{where}: attention without head_dim or a head-count attribute "
                              f"({', '.join(HEAD_ATTRS)}): cannot tell how its heads split")
         values = {a: getattr(m, a, None) for a in HEAD_ATTRS + SPLIT_ATTRS}
-        if local := {a: _per_rank(v, tp, f"{where}.{a}={v}", REPLICATE)
+        replicated = parent in replicas
+        if local := {a: 1 if replicated and a in KV_ATTRS else
+                     _per_rank(v, tp, f"{where}.{a}={v}", REPLICATE)
                      for a, v in values.items() if type(v) is int}:
             attrs[parent] = local
         head_dim = getattr(m, "head_dim", None)
         for leaf in leaves & QKV - fused if isinstance(head_dim, int) and head_dim else ():
             heads = _features(linears[f"{parent}.{leaf}" if parent else leaf])[1] // head_dim
-            _per_rank(heads, tp, f"{where}.{leaf}: heads={heads}", REPLICATE)
+            if not (replicated and leaf in KV_LEAVES):
+                _per_rank(heads, tp, f"{where}.{leaf}: heads={heads}", REPLICATE)
+            if replicated and leaf in ("q_proj", "wq") and \
+                    type(getattr(m, "num_key_value_groups", None)) is int:
+                # a rank's query heads share its one k/v head (transformers' repeat_kv)
+                attrs.setdefault(parent, {})["num_key_value_groups"] = heads // tp
             kv_heads = heads if leaf in ("k_proj", "wk") else kv_heads
     return attrs, kv_heads, configs
 
@@ -356,6 +395,15 @@ def tensor_parallel(model: nn.Module, tp: int, args=(), kwargs=None, dp: int = 1
             modules[path].config = copy.copy(modules[path].config)
             for field, value in values.items():
                 setattr(modules[path].config, field, value)
+        for path, r in plan.kv_replicas.items():    # each k/v head r times: one a rank
+            for leaf in KV_LEAVES & set(dict(modules[path].named_children())):
+                _repeat_heads(modules[f"{path}.{leaf}"], modules[path].head_dim, r)
+        if plan.kv_replicas:
+            r = max(plan.kv_replicas.values())
+            setattr(local, STATED_NOTES, (
+                f"k/v heads fewer than tp={tp}: each rank keeps one (its k/v projection's and "
+                f"its cache's), every head on {r} ranks, as vLLM's and Megatron's QKV layers "
+                f"replicate them",))
         for path, style in plan.styles.items():    # module by module: torch 2.8 matches a
             # dotted path's names again from the top ("0.0" reaches block 0 itself)
             parallelize_module(modules[path], mesh, _style(style, modules[path]),
@@ -365,6 +413,20 @@ def tensor_parallel(model: nn.Module, tp: int, args=(), kwargs=None, dp: int = 1
         for path in (*plan.reduced, *plan.fused_experts):
             modules[path].register_forward_hook(partial(_all_reduce_output, mesh))
         yield local, fake.inputs(args), _local_kwargs(fake.inputs(dict(kwargs or {})), plan)
+
+
+def _repeat_heads(linear: nn.Module, head_dim: int, r: int) -> None:
+    """A k/v projection whose output heads each come r times in a row, so that a column split
+    gives each rank one (rank i: head i // r)."""
+    def repeated(t):
+        heads = t.shape[0] // head_dim
+        return nn.Parameter(t.reshape(heads, head_dim, *t.shape[1:]).repeat_interleave(r, 0)
+                            .reshape(heads * r * head_dim, *t.shape[1:]),
+                            requires_grad=t.requires_grad)
+    linear.weight = repeated(linear.weight)
+    if getattr(linear, "bias", None) is not None:
+        linear.bias = repeated(linear.bias)
+    linear.out_features = linear.weight.shape[0]
 
 
 def _split_fused_experts(module: nn.Module, layout: ExpertLayout, tp: int) -> None:
@@ -447,8 +509,8 @@ def _local_kwargs(kwargs: dict, plan: Plan) -> dict:
     if kv is None or not isinstance(cache, (list, tuple)):
         return kwargs
 
-    def cut(t):
-        return t[:, : kv // plan.tp].clone() if isinstance(t, torch.Tensor) and t.dim() > 1 \
-            and t.shape[1] == kv else t
+    def cut(t):    # a rank's heads, one where they are fewer than the ranks (kv_replicas)
+        return t[:, : max(kv // plan.tp, 1)].clone() if isinstance(t, torch.Tensor) \
+            and t.dim() > 1 and t.shape[1] == kv else t
     return {**kwargs, "cache": [tuple(map(cut, pair)) if isinstance(pair, (list, tuple)) else pair
                                 for pair in cache]}
