@@ -182,3 +182,29 @@ def test_a_prompt_computes_its_last_logits_only_as_engines_and_generate_do():
     assert any("last logits only" in n for n in last.notes)
     assert str(last).startswith("fxroof generation · Llama on")    # the model's name, not a wrapper's
     assert last.to_dict()["prompt_logits"] == "last"
+
+
+class FlatLogits(torch.nn.Module):
+    """A toy decoder whose code after its head needs every position: it flattens the logits by
+    the prompt's length."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(64, 16)
+        self.lm_head = torch.nn.Linear(16, 64, bias=False)
+
+    def forward(self, tokens):
+        batch, length = tokens.shape
+        return self.lm_head(self.embed(tokens)).view(batch * length, 64)
+
+
+def flat_logits(batch=1, phase="prefill", seq=None, ctx=None):
+    return FlatLogits(), (torch.zeros(batch, seq or 1, dtype=torch.long),)
+
+
+def test_a_head_that_cannot_read_the_last_position_alone_is_priced_whole_saying_why():
+    g = generation(flat_logits, prompt=8, new_tokens=2, chip="h100-sxm")
+    (head,) = [n for n in g.prefill.nodes if n.module.endswith("lm_head")]
+    assert head.flops == 2 * 8 * 16 * 64                  # every position's, as written
+    assert any("could not read the last position alone" in n for n in g.notes)
+    assert g.to_dict()["prompt_logits"] == "all"

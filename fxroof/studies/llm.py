@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from fxroof.chips.timing import REGIMES, intensity
+from fxroof.errors import one_line
 from fxroof.graph.parallel import LM_HEADS
 from fxroof.graph.prompt_logits import last_position_logits, output_head
 from fxroof.pipeline import Target, no_full_gc, target_of
@@ -160,13 +161,25 @@ def generation(workload="", *, prompt: int, new_tokens: int, batch: int = 1,
         return Evaluator(build_with(build) if build_with else build, variable, probes, target)
 
     heads: list = []            # the output head's name as the prompt's builds find it
-    prefill = phase("prefill", "seq", [prompt],
-                    lambda build: _prompt_builds(build, prompt_logits, heads)).point(prompt).report
+    try:
+        prefill = phase("prefill", "seq", [prompt], lambda build: _prompt_builds(
+            build, prompt_logits, heads)).point(prompt).report
+    except Exception as e:       # a model whose code after its head needs every position
+        if prompt_logits == "all" or not any(heads):
+            raise
+        heads, prompt_logits = [], "unsliced"
+        prefill = phase("prefill", "seq", [prompt], lambda build: _prompt_builds(
+            build, "all", heads)).point(prompt).report
+        unsliced = one_line(e, name=True)
     last, mid = prompt + new_tokens - 1, prompt + (new_tokens - 1) // 2
     steps = [prompt, mid, last] if new_tokens > 3 else range(prompt, last + 1)
     decode = phase("decode", "ctx", steps)
     notes = [f"note: {decode.why_not}"] if decode.why_not else []
     notes += _prompt_logits_note(prefill, batch, prompt, prompt_logits, heads)
+    if prompt_logits == "unsliced":
+        notes.append(f"note: the output head could not read the last position alone "
+                     f"({unsliced}), so every position's logits are priced")
+        prompt_logits = "all"
     notes += [f"note: ctx={p.value}: {p.note}" for p in map(decode.point, steps) if p.note]
     first, middle, final = (decode.point(c).report for c in (prompt, mid, last))
     notes += _analysis_notes(prefill, first)
@@ -252,6 +265,7 @@ def _prompt_logits_note(prefill: Report, batch: int, prompt: int, asked: str,
         return []
     share = sum(k.time_s for k in own) / prefill.time_s
     why = ("as asked (prompt_logits='all')" if asked == "all" else
+           "as the model's code writes it" if asked == "unsliced" else
            "as the model's code writes it (its output head could not be told apart)")
     return [f"note: the prompt's step computes logits for all {prompt:,} positions, {why}, its "
             f"output head {share:.0%} of its time; serving engines and transformers' generate "
