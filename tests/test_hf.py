@@ -422,6 +422,10 @@ def test_images_in_a_vision_language_prompt():
             2 * per_image * 2 * 2 * B * 2 * 16 * 4
         assert any(f"2 images of 32 x 32 px ahead of its text, {per_image} tokens each" in n
                    for n in g.prefill.notes)
+        # the generation's table counts them among the prompt's tokens and keys
+        tokens = 2 * per_image + 16
+        assert g.prompt_tokens == tokens and f"{B}x{tokens}" in str(g)
+        assert f"≤{tokens}" in str(g) and text_only.prompt_tokens == 16
     with pytest.raises(ValueError, match="which is no vision-language decoder"):
         from_config(FAMILIES["llama"][0]().to_dict(), images=1)
     # Qwen2.5-VL's images are patch grids of any size, not pixels at one: refused, saying so

@@ -54,6 +54,7 @@ class Generation:
     notes: tuple = ()
     step_cost_s: float = 0.0     # a serving engine's own work per forward pass, as stated
     prompt_logits: str = "last"  # the prompt's step computes the last position's, or "all"
+    prompt_tokens: int = 0       # a sequence's tokens in the prompt's step, images' included
 
     # every forward pass, prefill and each decode step, pays the stated step cost once
     prefill_s = property(lambda self: self.prefill.time_s + self.step_cost_s)
@@ -69,8 +70,8 @@ class Generation:
     per_token_s = property(lambda self: self.decode_s / self.new_tokens if self.new_tokens else 0.0)
 
     def to_dict(self) -> dict:
-        named = ("prompt", "new_tokens", "batch", "whatif", "method", "step_cost_s",
-                 "prompt_logits", "prefill_s",
+        named = ("prompt", "prompt_tokens", "new_tokens", "batch", "whatif", "method",
+                 "step_cost_s", "prompt_logits", "prefill_s",
                  "decode_s", "total_s", "tokens_per_s", "per_token_s", "fits")
         return {"schema": "fxroof.generation/1", "chip": self.prefill.chip.name,
                 "mode": self.prefill.mode, **{k: getattr(self, k) for k in named},
@@ -83,6 +84,7 @@ class Generation:
         figures = [cells(r) for r in (self.prefill, self.first, self.last)]
         # a purely recurrent model reads fixed states, not keys: its cache does not grow
         attends = self.last.memory.kv_cache > self.first.memory.kv_cache or n == 1
+        prompt = self.prompt_tokens or prompt        # a vision-language prompt's images too
         rows = [["tokens/step", f"{b}x{prompt}", f"{b}x1", f"{b}x1"],
                 *([["keys read", f"≤{prompt}", f"{prompt + 1}", f"{prompt + n}"]] * attends),
                 *([name, *(f[name] for f in figures)] for name in figures[0])]
@@ -162,15 +164,22 @@ def generation(workload="", *, prompt: int, new_tokens: int, batch: int = 1,
 
     heads: list = []            # the output head's name as the prompt's builds find it
     try:
-        prefill = phase("prefill", "seq", [prompt], lambda build: _prompt_builds(
-            build, prompt_logits, heads)).point(prompt).report
+        prompts = phase("prefill", "seq", [prompt], lambda build: _prompt_builds(
+            build, prompt_logits, heads))
+        point = prompts.point(prompt)
     except Exception as e:       # a model whose code after its head needs every position
         if prompt_logits == "all" or not any(heads):
             raise
         heads, prompt_logits = [], "unsliced"
-        prefill = phase("prefill", "seq", [prompt], lambda build: _prompt_builds(
-            build, "all", heads)).point(prompt).report
+        prompts = phase("prefill", "seq", [prompt], lambda build: _prompt_builds(
+            build, "all", heads))
+        point = prompts.point(prompt)
         unsliced = one_line(e, name=True)
+    prefill = point.report
+    # a vision-language prompt's images (--hf images=N) are tokens of its step too, as its
+    # inputs hold them (an encoder-decoder's first input is its source: not the prompt's)
+    prompt_tokens = point.items // batch if prompts.unit == "tokens" and \
+        (options or {}).get("images") else prompt
     last, mid = prompt + new_tokens - 1, prompt + (new_tokens - 1) // 2
     steps = [prompt, mid, last] if new_tokens > 3 else range(prompt, last + 1)
     decode = phase("decode", "ctx", steps)
@@ -201,7 +210,8 @@ def generation(workload="", *, prompt: int, new_tokens: int, batch: int = 1,
         method = (f"interpolated between {INTERPOLATION_POINTS} steps (kernels are not affine in "
                   f"ctx here): approximate")
     return Generation(prompt, new_tokens, batch, prefill, first, final, tuple(step_s), method,
-                      target.whatif, tuple(notes), float(step_cost_s), prompt_logits)
+                      target.whatif, tuple(notes), float(step_cost_s), prompt_logits,
+                      prompt_tokens)
 
 
 # which positions' logits a prompt's step computes: engines' and generate()'s, or the forward's
