@@ -130,22 +130,9 @@ def from_config(config: str | os.PathLike | Mapping[str, Any] | PretrainedConfig
     if images is not None and vlm is None:
         raise ValueError(f"images={images}: {where} builds {type(model).__name__}, which is no "
                          f"vision-language decoder (images= puts images in a prompt of one)")
-    per_image = 0              # an image's tokens in the prompt, as its vision encoder makes them
-    if vlm is not None and images:
-        pixels, sized = _image_inputs(model, batch * images, dtype, device, where, image_size)
-        per_image = _image_tokens(model, pixels, sized, where)
-        setattr(model, STATED_NOTES, (
-            f"each sequence's prompt holds {images} image{'s' * (images > 1)} of "
-            f"{pixels.shape[-2]} x {pixels.shape[-1]} px ahead of its text, {per_image} tokens "
-            f"each" + (": its vision encoder runs on them" if phase == "prefill" else
-                       ", cached before the ctx= text tokens"),))
-    elif vlm is not None:
-        towers = sorted((n for n, _ in model.named_modules()
-                         if n.rpartition(".")[2] in _VISION_TOWERS), key=len)
-        setattr(model, STATED_NOTES, (
-            f"{type(model).__name__} is priced on text alone: its vision encoder"
-            + (f" ({towers[0]})" if towers else "") + " does not run (images=N puts N images "
-            "in each prompt)",))
+    # an image's tokens in the prompt, as its vision encoder makes them, and its inputs
+    per_image, pixels, sized = _vision_prompt(model, batch, images or 0, phase, dtype, device,
+                                              where, image_size) if vlm else (0, None, {})
     limit = _learned_positions(model)
     if seq2seq and getattr(cfg, "max_target_positions", None):
         limit = cfg.max_target_positions   # the decoder's: Whisper's encoder takes mel frames
@@ -560,6 +547,29 @@ def _load_config(config, transformers) -> tuple:
     except Exception as e:       # the config class validates its fields as it likes
         raise ValueError(f"{where} is not a {model_type} config the installed transformers "
                          f"accepts: {one_line(e, name=not isinstance(e, ValueError))}") from None
+
+
+def _vision_prompt(model, batch: int, images: int, phase: str, dtype, device, where,
+                   image_size) -> tuple:
+    """(tokens an image makes, the prompt's pixels, the keywords sizing them) of a
+    vision-language decoder's prompt with `images` images a sequence, and the note saying what
+    the report prices: its vision encoder on them, or (no images) text alone."""
+    if not images:
+        towers = sorted((n for n, _ in model.named_modules()
+                         if n.rpartition(".")[2] in _VISION_TOWERS), key=len)
+        setattr(model, STATED_NOTES, (
+            f"{type(model).__name__} is priced on text alone: its vision encoder"
+            + (f" ({towers[0]})" if towers else "") + " does not run (images=N puts N images "
+            "in each prompt)",))
+        return 0, None, {}
+    pixels, sized = _image_inputs(model, batch * images, dtype, device, where, image_size)
+    per_image = _image_tokens(model, pixels, sized, where)
+    setattr(model, STATED_NOTES, (
+        f"each sequence's prompt holds {images} image{'s' * (images > 1)} of "
+        f"{pixels.shape[-2]} x {pixels.shape[-1]} px ahead of its text, {per_image} tokens "
+        f"each" + (": its vision encoder runs on them" if phase == "prefill" else
+                   ", cached before the ctx= text tokens"),))
+    return per_image, pixels, sized
 
 
 def _image_inputs(model, count: int, dtype, device, where, image_size) -> tuple:
