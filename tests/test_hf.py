@@ -451,6 +451,20 @@ def test_a_decode_step_transformers_keeps_no_static_cache_for_is_refused_saying_
                     phase="decode", ctx=8)
 
 
+def test_a_decode_step_whose_states_are_module_attributes_runs_on_meta():
+    # RecurrentGemma keeps its recurrent and convolution states as plain tensor attributes its
+    # first step makes: on the meta device they had met the capture's fake CPU weights and
+    # failed; priced as the CPU build prices them
+    import fxroof
+    cfg = transformers.RecurrentGemmaConfig(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1,
+        intermediate_size=128, vocab_size=256, lru_width=64, attention_window_size=16,
+        block_types=["recurrent", "attention"]).to_dict()
+    meta, cpu = (fxroof.analyze(*from_config(cfg, batch=B, phase="decode", ctx=8, device=d),
+                                chip="h100-sxm") for d in ("meta", "cpu"))
+    assert meta.flops == cpu.flops > 0 and meta.memory.kv_cache == cpu.memory.kv_cache
+
+
 def test_a_tensor_parallel_rank_holds_half_the_cache():
     import fxroof
     cfg = FAMILIES["llama"][0]().to_dict()

@@ -207,8 +207,12 @@ class FakeCopier:
         return copy.deepcopy(model, memo if memo is not None else self.memo(model))
 
     def memo(self, model: torch.nn.Module) -> dict:
-        """deepcopy's memo that puts fakes for the model's weights."""
-        return {id(t): self.tensor(t) for t in (*model.parameters(), *model.buffers())}
+        """deepcopy's memo that puts fakes for the model's weights, and for the meta tensors its
+        modules keep as plain attributes (RecurrentGemma's recurrent states, made by its first
+        step): a meta tensor among fake CPU ones would fail every op it meets."""
+        plain = (v for m in model.modules() for v in vars(m).values()
+                 if isinstance(v, torch.Tensor) and v.device.type == "meta")
+        return {id(t): self.tensor(t) for t in (*model.parameters(), *model.buffers(), *plain)}
 
     def inputs(self, obj):
         """`obj` (nested lists, tuples and dicts) with each tensor a fake."""
