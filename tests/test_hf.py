@@ -465,6 +465,30 @@ def test_a_decode_step_whose_states_are_module_attributes_runs_on_meta():
     assert meta.flops == cpu.flops > 0 and meta.memory.kv_cache == cpu.memory.kv_cache
 
 
+def test_a_text_only_decode_step_of_mllama_skips_its_cross_attention():
+    # Llama 3.2 Vision's text-only step skips a cross-attention layer while its cache is empty:
+    # the step leaves that layer's cache empty (it had failed on its missing keys). Its cache is
+    # the self-attention layer's alone, by hand: keys and values, 2 heads of 16 over 9
+    # positions, fp32; its products what PyTorch's counter counts on the step run for real
+    import fxroof
+    from torch.utils.flop_counter import FlopCounterMode
+    cfg = transformers.MllamaConfig(
+        text_config=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, intermediate_size=128, vocab_size=256,
+                         cross_attention_layers=[1], pad_token_id=0),
+        vision_config=dict(hidden_size=32, num_hidden_layers=2, num_global_layers=1,
+                           attention_heads=2, intermediate_size=64, image_size=32, patch_size=8,
+                           vision_output_dim=64)).to_dict()
+    cfg["architectures"] = ["MllamaForConditionalGeneration"]
+    report = fxroof.analyze(*from_config(cfg, batch=B, phase="decode", ctx=8), chip="h100-sxm")
+    assert report.memory.kv_cache == 2 * B * 2 * 9 * 16 * 4 + 8     # and the step's count
+    step, args, kwargs = from_config(cfg, batch=B, phase="decode", ctx=8, device="cpu")
+    with FlopCounterMode(display=False) as counter:
+        step(*args, **kwargs)
+    assert sum(n.flops for n in report.nodes if n.category == "matmul") == \
+        counter.get_flop_counts()["Global"][torch.ops.aten.mm]
+
+
 def test_a_tensor_parallel_rank_holds_half_the_cache():
     import fxroof
     cfg = FAMILIES["llama"][0]().to_dict()

@@ -396,6 +396,8 @@ class DecodeStep(torch.nn.Module):
     def load(self, cache) -> None:
         """Put the input tensors in the cache's layers, as the capture sees them."""
         for layer, layer_slots, tensors in zip(self.layers(), self.slots, cache):
+            if not tensors:             # a layer left empty (slots)
+                continue
             for slot, tensor in zip(layer_slots, tensors):
                 write(layer, slot, tensor)
             layer.device = tensors[0].device             # where the layer makes its indices
@@ -465,8 +467,10 @@ def slots(layer) -> list[tuple[str, int | None]]:
     """Where a cache layer keeps its tensors, in the order a step takes them: (attribute, index
     into the attribute's dict or None); a hybrid layer has both kinds. States a layer never
     filled (a model without the convolution) are left out."""
+    # a key/value layer the eager step never filled (a text-only step's cross-attention, which
+    # Mllama skips while its cache is empty) is left out, and so left empty
     found = [("keys", None), ("values", None), ("cumulative_length", None)] \
-        if is_attention(layer) else []
+        if is_attention(layer) and getattr(layer, "keys", None) is not None else []
     if getattr(layer, "indexer_keys", None) is not None:
         # a sparse attention's indexer keeps keys of its own (DeepSeek-V3.2's, GLM-5's)
         found += [("indexer_keys", None), ("indexer_cumulative_length", None)]
