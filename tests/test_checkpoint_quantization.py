@@ -140,6 +140,10 @@ def test_what_a_checkpoint_leaves_unquantized():
         ("lm_head",)
     assert kept({**PUBLISHED["bitsandbytes"][0], "llm_int8_skip_modules": ["mlp.gate"]}) == \
         ("mlp.gate",)
+    # an export naming every layer's module is shown by its first four
+    many = from_quantization_config({**PUBLISHED["fp8"][0], "modules_to_not_convert": [
+        f"model.layers.{i}.mlp.gate" for i in range(60)]})
+    assert len(many.kept) == 60 and "model.layers.3.mlp.gate and 56 more)" in many.source
     with pytest.raises(QuantizationUnknown, match="no pattern"):
         from_quantization_config({**PUBLISHED["fp8"][0], "modules_to_not_convert": ["a(b"]})
     with pytest.raises(QuantizationUnknown, match="a list of module names"):

@@ -135,10 +135,11 @@ def from_quantization_config(qc: Mapping[str, Any] | Any) -> Quantization:
                                   f"{', '.join(METHODS)})")
     quantization, what = METHODS[method](qc)
     kept = _kept(method, qc)
+    # a list of every layer's router (some exports name each one) is shown by its first few
+    shown = ", ".join(kept[:4]) + (f" and {len(kept) - 4} more" if len(kept) > 4 else "")
     return dataclasses.replace(quantization, kept=kept,
                                source=f"the config's quantization_config ({method}: {what}"
-                                      + (f"; left unquantized: {', '.join(kept)}" if kept else "")
-                                      + ")")
+                                      + (f"; left unquantized: {shown}" if kept else "") + ")")
 
 
 def of_config(config) -> Quantization | None:
