@@ -27,6 +27,8 @@ import sys
 
 import torch.fx as fx
 
+from fxroof.graph.swaps import swapped
+
 
 def modeling_modules() -> list:
     """transformers' modeling modules loaded in this process (each model family's own), the
@@ -112,14 +114,7 @@ def prompt_masks_as_eager():
     if masking is None or not hasattr(masking, "find_packed_sequence_indices"):
         yield
         return
-    saved = {name: getattr(masking, name) for name in ("find_packed_sequence_indices",
-                                                       "is_torchdynamo_exporting")
-             if hasattr(masking, name)}
-    try:
-        masking.find_packed_sequence_indices = _unpacked
-        if "is_torchdynamo_exporting" in saved:
-            masking.is_torchdynamo_exporting = _not_exporting
+    with swapped((masking, name, value) for name, value in (
+            ("find_packed_sequence_indices", _unpacked),
+            ("is_torchdynamo_exporting", _not_exporting)) if hasattr(masking, name)):
         yield
-    finally:
-        for name, value in saved.items():
-            setattr(masking, name, value)

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from fxroof.graph.compiled_branches import modeling_modules
+from fxroof.graph.swaps import swapped
 
 
 def _reference(query, key, value, sinks, mask, scale):
@@ -105,15 +106,10 @@ def _with_sinks(original):
 def fused_sink_attention():
     """Within the block, every loaded transformers modeling module's `eager_attention_forward`
     runs a module with sinks as one op; each is restored on exit."""
-    patched = [(m, m.eager_attention_forward) for m in modeling_modules()
-               if callable(getattr(m, "eager_attention_forward", None))]
-    try:
-        for module, original in patched:
-            module.eager_attention_forward = _with_sinks(original)
+    with swapped((m, "eager_attention_forward", _with_sinks(m.eager_attention_forward))
+                 for m in modeling_modules()
+                 if callable(getattr(m, "eager_attention_forward", None))):
         yield
-    finally:
-        for module, original in patched:
-            module.eager_attention_forward = original
 
 
 def _chunk(module) -> int:
@@ -179,9 +175,5 @@ def windowed_sdpa():
     if not isinstance(mapping, dict) or "sdpa" not in mapping:
         yield
         return
-    original = mapping["sdpa"]
-    try:
-        mapping["sdpa"] = _windowed(original)
+    with swapped([(mapping, "sdpa", _windowed(mapping["sdpa"]))]):
         yield
-    finally:
-        mapping["sdpa"] = original

@@ -16,6 +16,7 @@ import contextlib
 from fxroof.graph import (fused_conv_window, fused_delta_rules, fused_scans, fused_ssd,
                           fused_state_update)
 from fxroof.graph.compiled_branches import modeling_modules
+from fxroof.graph.swaps import swapped
 
 # one registry: transformers' function name -> fxroof's fused replacement
 REPLACEMENTS = {**fused_scans.REPLACEMENTS, **fused_ssd.REPLACEMENTS,
@@ -39,12 +40,6 @@ KERNELS = {"selective_scan": "mamba_ssm's selective scan",
 def fused_recurrences():
     """Within the block every loaded transformers module's function named in REPLACEMENTS
     calls fxroof's fused op; each is restored on exit."""
-    patched = [(m, name, getattr(m, name)) for m in modeling_modules()
-               for name in REPLACEMENTS if callable(getattr(m, name, None))]
-    try:
-        for module, name, _original in patched:
-            setattr(module, name, REPLACEMENTS[name])
+    with swapped((m, name, REPLACEMENTS[name]) for m in modeling_modules()
+                 for name in REPLACEMENTS if callable(getattr(m, name, None))):
         yield
-    finally:
-        for module, name, original in patched:
-            setattr(module, name, original)

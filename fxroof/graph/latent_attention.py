@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from fxroof.graph.compiled_branches import modeling_modules
+from fxroof.graph.swaps import swapped
 
 
 def _reference(q_latent, q_rot, kv_latent, k_rot, mask, scale):
@@ -141,17 +142,8 @@ def absorbed_latent_attention():
     absorbed (the module's docstring); each class and module is restored on exit."""
     classes = list(_latent_classes())
     modules = {id(m): m for m, _ in classes}.values()
-    saved_classes = [(cls, vars(cls)["expand_kv"], vars(cls)["forward"]) for _, cls in classes]
-    saved_modules = [(m, m.ALL_ATTENTION_FUNCTIONS) for m in modules
-                     if hasattr(m, "ALL_ATTENTION_FUNCTIONS")]
-    try:
-        for cls, expand, forward in saved_classes:
-            cls.expand_kv, cls.forward = _latent_rows(expand), _marking(forward)
-        for m, interfaces in saved_modules:
-            m.ALL_ATTENTION_FUNCTIONS = _Interfaces(interfaces)
+    with swapped([*((cls, name, wrap(vars(cls)[name])) for _, cls in classes
+                    for name, wrap in (("expand_kv", _latent_rows), ("forward", _marking))),
+                  *((m, "ALL_ATTENTION_FUNCTIONS", _Interfaces(m.ALL_ATTENTION_FUNCTIONS))
+                    for m in modules if hasattr(m, "ALL_ATTENTION_FUNCTIONS"))]):
         yield
-    finally:
-        for cls, expand, forward in saved_classes:
-            cls.expand_kv, cls.forward = expand, forward
-        for m, interfaces in saved_modules:
-            m.ALL_ATTENTION_FUNCTIONS = interfaces

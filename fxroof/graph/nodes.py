@@ -25,8 +25,7 @@ def path_in_model(node: fx.Node, package: str = "transformers.") -> str:
     """module_path relative to the outermost module whose class comes from `package`: the names
     a transformers checkpoint's config uses, whatever wraps its model (a decode step, a
     generation's prompt); module_path where no class does."""
-    stack = list((node.meta.get("nn_module_stack") or {}).values())
-    path = stack[-1][0] if stack else ""
+    stack, path = (node.meta.get("nn_module_stack") or {}).values(), module_path(node)
     root = next((p for p, cls in stack if str(getattr(cls, "__module__", cls)).startswith(
         package)), None)
     if not root:

@@ -55,7 +55,6 @@ REPLICATE = " (Megatron would replicate k/v heads; not modelled)"
 # ranks, each rank keeps one, as vLLM's and Megatron's QKV layers replicate them
 KV_LEAVES = frozenset({"k_proj", "v_proj", "wk", "wv"})
 KV_ATTRS = ("n_kv_heads", "num_key_value_heads")
-Q_ATTRS = ("n_heads", "num_heads", "n_head", "num_attention_heads")
 
 
 @dataclass(frozen=True)
@@ -164,13 +163,17 @@ def _kv_replicas(model: nn.Module, parents: dict, linears: dict, tp: int) -> dic
         head_dim = getattr(m, "head_dim", None)
         if not kv or leaves & FUSED_QKV or not isinstance(head_dim, int) or not head_dim:
             continue
-        heads = _features(linears[f"{parent}.{kv[0]}" if parent else kv[0]])[1] // head_dim
+        heads = _heads(linears, parent, kv[0], head_dim)
         q = sorted(leaves & {"q_proj", "wq"})
-        queries = _features(linears[f"{parent}.{q[0]}" if parent else q[0]])[1] // head_dim \
-            if q else 0
+        queries = _heads(linears, parent, q[0], head_dim) if q else 0
         if heads and heads < tp and tp % heads == 0 and queries % tp == 0:
             replicas[parent] = tp // heads
     return replicas
+
+
+def _heads(linears: dict, parent: str, leaf: str, head_dim: int) -> int:
+    """The heads a projection of an attention at `parent` makes: its outputs over head_dim."""
+    return _features(linears[f"{parent}.{leaf}" if parent else leaf])[1] // head_dim
 
 
 # Experts whose weights one module holds as 3-D parameters, (experts, ., .) each: Hugging
@@ -336,7 +339,7 @@ def _blocks(model: nn.Module, parents: dict, linears: dict, tp: int, replicas: d
             attrs[parent] = local
         head_dim = getattr(m, "head_dim", None)
         for leaf in leaves & QKV - fused if isinstance(head_dim, int) and head_dim else ():
-            heads = _features(linears[f"{parent}.{leaf}" if parent else leaf])[1] // head_dim
+            heads = _heads(linears, parent, leaf, head_dim)
             if not (replicated and leaf in KV_LEAVES):
                 _per_rank(heads, tp, f"{where}.{leaf}: heads={heads}", REPLICATE)
             if replicated and leaf in ("q_proj", "wq") and \

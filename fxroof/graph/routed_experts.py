@@ -19,6 +19,8 @@ import sys
 
 import torch
 
+from fxroof.graph.swaps import swapped
+
 __all__ = ["routed_dense_experts"]
 
 # module -> the class whose forward runs every token through every expert
@@ -53,12 +55,6 @@ def _routed_forward(self, hidden_states):
 @contextlib.contextmanager
 def routed_dense_experts():
     """Within the block, every loaded DENSE_EXPERTS class routes its tokens; restored on exit."""
-    patched = [(cls, cls.forward) for module, name in DENSE_EXPERTS.items()
-               if (cls := getattr(sys.modules.get(module), name, None)) is not None]
-    try:
-        for cls, _ in patched:
-            cls.forward = _routed_forward
+    with swapped((cls, "forward", _routed_forward) for module, name in DENSE_EXPERTS.items()
+                 if (cls := getattr(sys.modules.get(module), name, None)) is not None):
         yield
-    finally:
-        for cls, original in patched:
-            cls.forward = original

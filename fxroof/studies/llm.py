@@ -163,18 +163,20 @@ def generation(workload="", *, prompt: int, new_tokens: int, batch: int = 1,
         return Evaluator(build_with(build) if build_with else build, variable, probes, target)
 
     heads: list = []            # the output head's name as the prompt's builds find it
+
+    def prompt_step(asked: str):
+        heads.clear()
+        prompts = phase("prefill", "seq", [prompt],
+                        lambda build: _prompt_builds(build, asked, heads))
+        return prompts, prompts.point(prompt)
+    unsliced = ""               # why the head could not read the last position alone
     try:
-        prompts = phase("prefill", "seq", [prompt], lambda build: _prompt_builds(
-            build, prompt_logits, heads))
-        point = prompts.point(prompt)
+        prompts, point = prompt_step(prompt_logits)
     except Exception as e:       # a model whose code after its head needs every position
         if prompt_logits == "all" or not any(heads):
             raise
-        heads, prompt_logits = [], "unsliced"
-        prompts = phase("prefill", "seq", [prompt], lambda build: _prompt_builds(
-            build, "all", heads))
-        point = prompts.point(prompt)
-        unsliced = one_line(e, name=True)
+        unsliced, prompt_logits = one_line(e, name=True), "all"
+        prompts, point = prompt_step("all")
     prefill = point.report
     # a vision-language prompt's images (--hf images=N) are tokens of its step too, as its
     # inputs hold them (an encoder-decoder's first input is its source: not the prompt's)
@@ -184,11 +186,10 @@ def generation(workload="", *, prompt: int, new_tokens: int, batch: int = 1,
     steps = [prompt, mid, last] if new_tokens > 3 else range(prompt, last + 1)
     decode = phase("decode", "ctx", steps)
     notes = [f"note: {decode.why_not}"] if decode.why_not else []
-    notes += _prompt_logits_note(prefill, batch, prompt, prompt_logits, heads)
-    if prompt_logits == "unsliced":
+    notes += _prompt_logits_note(prefill, batch, prompt, prompt_logits, heads, unsliced)
+    if unsliced:
         notes.append(f"note: the output head could not read the last position alone "
                      f"({unsliced}), so every position's logits are priced")
-        prompt_logits = "all"
     notes += [f"note: ctx={p.value}: {p.note}" for p in map(decode.point, steps) if p.note]
     first, middle, final = (decode.point(c).report for c in (prompt, mid, last))
     notes += _analysis_notes(prefill, first)
@@ -254,7 +255,7 @@ def _not_given(options: dict | None, study: str, **own: str) -> None:
 
 
 def _prompt_logits_note(prefill: Report, batch: int, prompt: int, asked: str,
-                        heads: list) -> list:
+                        heads: list, unsliced: str = "") -> list:
     """Which positions' logits the prompt's step computes (`heads`: the output head's name as
     its builds found it, None where none could be told apart): the last one's, as engines do,
     or every one's, and then the output head's share of the time to the first token, which
@@ -274,8 +275,8 @@ def _prompt_logits_note(prefill: Report, batch: int, prompt: int, asked: str,
     if rows < batch * prompt:
         return []
     share = sum(k.time_s for k in own) / prefill.time_s
-    why = ("as asked (prompt_logits='all')" if asked == "all" else
-           "as the model's code writes it" if asked == "unsliced" else
+    why = ("as the model's code writes it" if unsliced else
+           "as asked (prompt_logits='all')" if asked == "all" else
            "as the model's code writes it (its output head could not be told apart)")
     return [f"note: the prompt's step computes logits for all {prompt:,} positions, {why}, its "
             f"output head {share:.0%} of its time; serving engines and transformers' generate "
