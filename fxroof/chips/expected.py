@@ -357,9 +357,14 @@ def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_by
     # a kernel of scalar code takes at least the clocks its schedulers need to issue it
     issue = issued / (ISSUE_PER_CLOCK_PER_SM * chip.sm_count * chip.clock_hz) \
         if gpu and issued and chip.sm_count and chip.clock_hz else 0.0
+    overlap = OVERLAP if gpu else 1.0
+    if issue > products + softmax and memory:
+        # its loads and stores take the same issue slots as its arithmetic, so the two add as
+        # the waits and the streaming do (ISSUE_NORM)
+        overlap = (issue + memory - _norm(issue, memory)) / min(issue, memory)
     return Expected(max(products + softmax, issue), memory, comm, floor.overhead_s,
                     0.0 if collective else chip.kernel_floor_s,   # a collective's is NCCL's base
-                    OVERLAP if gpu else 1.0, floor.serial_overhead, floor, tiled, streamed,
+                    overlap, floor.serial_overhead, floor, tiled, streamed,
                     relayout_s=sum(transpose_time(chip, b) for b in relayout) if gpu else 0.0,
                     reduction_s=(reduction_time(chip, grid, tiles.splits, dtype)
                                  if gpu and tiles.splits > 1 else 0.0),

@@ -130,9 +130,12 @@ def kernel_rows(kernels, chip: Chip, mode: str, nodes: tuple, streamed: dict | N
                        quantize=quantizing,
                        # PyTorch's own kernel (Cost.issued): eager, or a library call in a
                        # compiled program (a softmax there is Inductor's code), unless the
-                       # program made the convolution channels-last, which cuDNN runs
+                       # program made the convolution channels-last, which cuDNN runs; a
+                       # pointwise function's math is the same libdevice code in Inductor's
+                       # kernel, its members' loads and stores counted as if apart
                        issued=sum(m.issued for m in members if m.name not in channels_last
-                                  and (mode == "eager" or m.category in SOLO_CATEGORIES))
+                                  and (mode == "eager" or m.category in SOLO_CATEGORIES
+                                       or m.category == "pointwise"))
                        if chip.nvidia else 0,
                        comm_stride=max((m.comm_stride for m in members), default=0),
                        comm_exchange=any(m.comm_exchange for m in members), **comm)

@@ -11,6 +11,8 @@ import math
 
 import torch
 
+from fxroof.cost.formulas.pointwise_instructions import (COUNTED_FORMS, COUNTED_OPS,
+                                                          pointwise_instructions)
 from fxroof.cost.formulas.norm_instructions import layer_norm_instructions, softmax_instructions
 from fxroof.cost.formulas.registry import RULES, Entry, OpCall, formula
 from fxroof.cost.record import Cost
@@ -27,7 +29,7 @@ _POINTWISE = Entry(pointwise, "pointwise")
 RULES.append(lambda op: _POINTWISE if torch.Tag.pointwise in op.tags else None)
 
 # Pointwise in effect, but not tagged so in aten.
-formula(aten.native_dropout, aten.gelu, aten.silu, aten.mish, aten.hardswish, aten.hardsigmoid,
+formula(aten.mish, aten.hardswish, aten.hardsigmoid,
         aten.softplus, aten.elu, aten.leaky_relu, aten.relu6, aten.hardtanh, aten.celu, aten.selu,
         aten.masked_fill, aten.where, aten.clamp, aten.tril, aten.triu, aten.lerp, aten.threshold,
         aten.prelu, aten.glu, aten.floor_divide, aten.polar, aten.complex, aten.rsub,
@@ -39,7 +41,6 @@ formula(aten.native_dropout, aten.gelu, aten.silu, aten.mish, aten.hardswish, at
         aten._adaptive_avg_pool3d_backward, category="pointwise", fn=pointwise)
 
 
-@formula(aten.dropout, aten.feature_dropout, aten.alpha_dropout, category="pointwise")
 def dropout(call: OpCall) -> Cost:
     """In eval mode (train=False) a dropout returns its input: no kernel, nothing moved."""
     return pointwise(call) if call.get("train") else Cost(category="view")
@@ -133,9 +134,10 @@ def norm_rereads(call: OpCall) -> tuple:
     return _by_op(_REREADS, call, ())
 
 
-# PyTorch's CUDA kernels whose instructions bound them on some GPUs (norm_instructions): the
-# thread instructions they issue (Cost.issued)
+# PyTorch's CUDA kernels whose instructions bound them on some GPUs (norm_instructions,
+# pointwise_instructions): the thread instructions they issue (Cost.issued)
 _ISSUED = {
+    **dict.fromkeys(COUNTED_FORMS, pointwise_instructions),
     **dict.fromkeys((aten.softmax, aten._softmax), lambda c: softmax_instructions(c, "softmax")),
     **dict.fromkeys((aten.log_softmax, aten._log_softmax),
                     lambda c: softmax_instructions(c, "log_softmax")),
@@ -158,6 +160,12 @@ def _with(field: str, measure):
 rereading = _with("reread", norm_rereads)
 # a formula, with the instructions its op's CUDA kernel issues where they are counted
 issuing = _with("issued", lambda call: _by_op(_ISSUED, call, 0))
+# activations whose functors' transcendental math, and dropout whose random numbers, make them
+# as bound by issue as by bytes on some GPUs (gelu, silu and native_dropout are not tagged
+# pointwise in aten; the others are)
+formula(*COUNTED_OPS, category="pointwise", fn=issuing(pointwise))
+formula(aten.dropout, aten.feature_dropout, aten.alpha_dropout, category="pointwise",
+        fn=issuing(dropout))
 
 
 # the ops whose kernels read a contiguous input (strided_input_copy); group norm takes a
