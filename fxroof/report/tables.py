@@ -54,17 +54,22 @@ OVERHEAD_ADVICE = {
 
 
 # Compute that is PyTorch's own kernels issuing scalar code (the `issue` part: softmax, layer
-# norm, channels-first depthwise convolutions), not arithmetic a faster peak would speed up.
-ISSUE_ADVICE = ("fewer instructions: torch.compile (Inductor's own softmax and norm kernels), "
-                "channels-last depthwise convolutions (cuDNN's)")
+# norm, activations, dropout, channels-first depthwise convolutions), not arithmetic a faster
+# peak would speed up.
+ISSUE_ADVICE = ("fewer instructions: torch.compile (Inductor's own softmax and norm kernels, "
+                "activations fused into their neighbours), channels-last depthwise convolutions "
+                "(cuDNN's)")
 
 
 def advice(r) -> str:
     """What to do about the report's regime, in its mode."""
     if r.regime == "overhead" and r.mode in OVERHEAD_ADVICE:
         return OVERHEAD_ADVICE[r.mode]
-    if r.regime == "compute" and r.summary.gap.get("issue", 0) > 0.5 * r.time_s * \
-            r.regime_share["compute"]:
+    # compute whose time is mostly kernels bound by the instructions they issue (their compute
+    # is their issue), whichever part of the gap their issue and memory were credited to
+    issued = sum(k.expected.time_s for k in r.kernels if k.regime == "compute"
+                 and k.expected.issue_s and k.expected.issue_s >= k.expected.compute_s)
+    if r.regime == "compute" and issued > 0.5 * r.time_s * r.regime_share["compute"]:
         return ISSUE_ADVICE
     return ADVICE[r.regime]
 
