@@ -51,6 +51,7 @@ import sys
 import tempfile
 import time
 import zipfile
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -231,6 +232,15 @@ def kernel_cases():
     yield "kernel", "add fp32 2^26", op(torch.add, (1 << 26,), (1 << 26,), dtype=torch.float32)
     yield "kernel", "gelu bf16 2^26", op(F.gelu, (1 << 26,))
     yield "kernel", "silu fp32 2^24", op(F.silu, (1 << 24,), dtype=torch.float32)
+    # the functors whose instructions are counted (cost/formulas/pointwise_instructions.py),
+    # each beside the bf16 add of the same size above
+    for name, fn, inputs in (
+            ("silu", F.silu, 1), ("sigmoid", torch.sigmoid, 1), ("tanh", torch.tanh, 1),
+            ("exp", torch.exp, 1), ("gelu tanh", partial(F.gelu, approximate="tanh"), 1),
+            ("dropout training", partial(F.dropout, p=0.1, training=True), 1),
+            ("gelu backward", torch.ops.aten.gelu_backward.default, 2),
+            ("silu backward", torch.ops.aten.silu_backward.default, 2)):
+        yield "kernel", f"{name} bf16 2^26", op(fn, *[(1 << 26,)] * inputs)
     for rows in (1, 16, 128, 1024, 8192, 32768):
         yield "kernel", f"layer_norm {rows} x 4096", op(layer_norm, (rows, 4096), (4096,))
     yield "kernel", "softmax 1024 x 32000", op(softmax, (1024, 32000))
