@@ -888,24 +888,35 @@ def sarathi_launch(op: str, cfg: dict, t: int) -> Launch:
     return row_per_block(t, h, 1024, passes=2)   # rms_norm_kernel: sum of squares, then scale
 
 
-def with_launch(kernels, chip, launch: Launch):
-    """The kernels, their expected time taken with the launch that ran them."""
-    return [dataclasses.replace(k, expected=expected(chip, k.timing, k.category, launch=launch))
+# sarathi-serve's silu_and_mul_kernel (csrc/activation_kernels.cu), a thread's loop step over one
+# output: two scalar 16-bit loads, the SiLU in fp32 (an exponential and an IEEE division), the
+# product in 16 bits, a store and the loop's indexing: 43 instructions in fp16 (44 in bf16),
+# compiled by nvcc 13.0 -O3 for sm_80 and sm_90 alike, its SASS counted, the division's slow
+# path left out (as fxroof/cost/formulas/pointwise_instructions.py counts PyTorch's kernels)
+SARATHI_SILU_AND_MUL = 43
+
+
+def with_launch(kernels, chip, launch: Launch, issued: int = 0):
+    """The kernels, their expected time taken with the launch that ran them (and the thread
+    instructions it issues, where given)."""
+    return [dataclasses.replace(k, expected=expected(chip, k.timing, k.category, launch=launch,
+                                                     issued=issued))
             for k in kernels]
 
 
-def as_one_kernel(kernels, chip, launch: Launch):
+def as_one_kernel(kernels, chip, launch: Launch, issued: int = 0):
     """The kernels as the one kernel sarathi-serve launches for them (its rotary embedding
     rotates q's heads, then k's, in one launch, where Inductor writes a kernel for each output
     of another shape): their work together, one fixed time, one launch's waits."""
     if len(kernels) < 2:
-        return with_launch(kernels, chip, launch)
+        return with_launch(kernels, chip, launch, issued)
     first = kernels[0]
     timing = dataclasses.replace(first.timing,
                                  compute_s=sum(k.timing.compute_s for k in kernels),
                                  memory_s=sum(k.timing.memory_s for k in kernels))
     return [dataclasses.replace(first, timing=timing,
-                                expected=expected(chip, timing, first.category, launch=launch))]
+                                expected=expected(chip, timing, first.category, launch=launch,
+                                                  issued=issued))]
 
 
 def vidur_source(gpu: str, op: str) -> str:
@@ -951,7 +962,8 @@ def vidur_cases(only: str) -> list[Case]:
                 report = report_of(captured[key], Target(chip=gpu_chip(gpu)[0], mode=mode))
                 kernels = report.kernels
             if mode == "compiled":     # sarathi-serve's own kernel, as it launches
-                kernels = as_one_kernel(kernels, report.chip, sarathi_launch(op, cfg, t))
+                issued = t * cfg["ff"] // tp * SARATHI_SILU_AND_MUL if op == "mlp_act" else 0
+                kernels = as_one_kernel(kernels, report.chip, sarathi_launch(op, cfg, t), issued)
             if op == "emb":            # index_select as the profiler's PyTorch ran it
                 kernels = with_launch(kernels, report.chip,
                                       gather(report.chip, t, cfg["h"], 2, VIDUR_TORCH))

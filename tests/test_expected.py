@@ -386,10 +386,10 @@ def test_softmax_on_cuda_issues_its_instructions_per_element_and_per_thread():
     k = _only_kernel(lambda x: torch.log_softmax(x, -1), (meta(64, 2048, dtype=torch.float32),))
     assert k.expected.issue_s == pytest.approx(64 * (1024 * 170 + 2048 * 19) / H200_ISSUE,
                                                rel=1e-6)
-    # a row of 100 pads to 128: two rows a warp of 32 threads, 50 warps
-    k = _only_kernel(lambda x: torch.softmax(x, -1), (meta(100, 100),))
-    assert k.expected.issue_s == pytest.approx((50 * 32 * 41 + 100 * 128 * 38) / H200_ISSUE,
-                                               rel=1e-6)
+    # a row of 100 pads to 128: two rows a warp of 32 threads, 50,000 warps for 100,000 rows
+    k = _only_kernel(lambda x: torch.softmax(x, -1), (meta(100_000, 100),))
+    assert k.expected.issue_s == pytest.approx(
+        (50_000 * 32 * 41 + 100_000 * 128 * 38) / H200_ISSUE, rel=1e-6)
     # PyTorch's spatial kernel (a softmax over another dimension) and fp64 are not counted
     assert _only_kernel(lambda x: torch.softmax(x, 0), (meta(1024, 4096),)).expected.issue_s == 0
     assert _only_kernel(lambda x: torch.softmax(x, -1),
@@ -450,20 +450,20 @@ def test_an_activation_on_cuda_issues_its_functors_instructions_and_adds_them_to
     assert k.expected.issue_s == pytest.approx(2 ** 24 * 25.0 / H200_ISSUE, rel=1e-6)
     assert 0.9 < k.expected.device_s / 33.8e-6 < 1.15
     # the tanh form of GELU, and the in-place forms, take their functors' counts
-    k = _only_kernel(lambda x: torch.nn.functional.gelu(x, approximate="tanh"), (meta(4096),))
-    assert k.expected.issue_s == pytest.approx(4096 * 27.0 / H200_ISSUE, rel=1e-6)
+    k = _only_kernel(lambda x: torch.nn.functional.gelu(x, approximate="tanh"), (meta(n),))
+    assert k.expected.issue_s == pytest.approx(n * 27.0 / H200_ISSUE, rel=1e-6)
     # the product's kernel, then the in-place sigmoid's
-    report = fxroof.analyze(fn_module(lambda x: torch.sigmoid_(x * 2)), (meta(4096),),
+    report = fxroof.analyze(fn_module(lambda x: torch.sigmoid_(x * 2)), (meta(n),),
                             chip="h200", mode="eager")
     assert sorted(round(k.expected.issue_s * H200_ISSUE) for k in report.kernels) == \
-        [0, round(4096 * 24.8)]
+        [0, round(n * 24.8)]
     # a training step's GELU gradient: dy * (cdf + x * pdf), an erf and an exponential, 44.9
     mlp = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.GELU(),
                               torch.nn.Linear(256, 64)).to("meta", torch.bfloat16)
-    step = fxroof.analyze(mlp, (meta(128, 64),), chip="h200", mode="eager", train=True,
+    step = fxroof.analyze(mlp, (meta(8192, 64),), chip="h200", mode="eager", train=True,
                           optimizer="sgd")
     (grad,) = [k for k in step.kernels if k.nodes[0].startswith("gelu_backward")]
-    assert grad.expected.issue_s == pytest.approx(128 * 256 * 44.9 / H200_ISSUE, rel=1e-6)
+    assert grad.expected.issue_s == pytest.approx(8192 * 256 * 44.9 / H200_ISSUE, rel=1e-6)
     # a training dropout draws 4 numbers a loop step with Philox's 10 rounds: 33 an element
     drop = _only_kernel(lambda x: torch.nn.functional.dropout(x, 0.1, training=True),
                         (meta(4096, 1024),))
@@ -477,6 +477,20 @@ def test_an_activation_on_cuda_issues_its_functors_instructions_and_adds_them_to
                         (meta(4096, dtype=torch.float64),)).expected.issue_s == 0
     k = _only_kernel(torch.nn.functional.gelu, (meta(n),), chip_name="rtx-3090")
     assert 0 < k.expected.issue_s < 0.5 * k.expected.memory_s and k.regime == "memory"
+
+
+def test_a_kernel_issues_its_instructions_on_the_sms_its_blocks_occupy():
+    # 1.28e6 thread instructions on a GPU of 100 SMs at 1 GHz, 128 a clock each: 0.1 us over
+    # the whole chip; a grid of 10 blocks (one a token, as sarathi-serve's kernels launch)
+    # issues on 10 SMs, 1 us; a grid of 1,000 blocks on all 100
+    from fxroof.chips.launch import Launch
+    chip = gpu(sm_count=100, clock_hz=1e9, sm_threads=2048, memory_latency_s=500e-9)
+    floor = Timing(0, 1e-9, 0, 0)
+    assert expected(chip, floor, "pointwise", issued=1.28e6).issue_s == pytest.approx(0.1e-6)
+    few = expected(chip, floor, "pointwise", issued=1.28e6, launch=Launch(10, 1024))
+    assert few.issue_s == pytest.approx(1e-6)
+    many = expected(chip, floor, "pointwise", issued=1.28e6, launch=Launch(1000, 128))
+    assert many.issue_s == pytest.approx(0.1e-6)
 
 
 def test_the_latency_floor_adds_to_the_work_and_reads_as_overhead():

@@ -354,8 +354,10 @@ def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_by
     products = tiled / efficiency if matrix else tiled
     # the exponentials run in the same blocks, so in the same whole waves as the products
     softmax = exponentials / rate * tiles.factor * share if rate else 0.0
-    # a kernel of scalar code takes at least the clocks its schedulers need to issue it
-    issue = issued / (ISSUE_PER_CLOCK_PER_SM * chip.sm_count * chip.clock_hz) \
+    # a kernel of scalar code takes at least the clocks its schedulers need to issue it, on the
+    # SMs its blocks occupy
+    sms = min(chip.sm_count, launch.blocks) if launch and launch.blocks > 0 else chip.sm_count
+    issue = issued / (ISSUE_PER_CLOCK_PER_SM * sms * chip.clock_hz) \
         if gpu and issued and chip.sm_count and chip.clock_hz else 0.0
     overlap = OVERLAP if gpu else 1.0
     if issue > products + softmax and memory:
