@@ -19,8 +19,9 @@ time is its floor. docs/time-model.md gives each figure's source.
                 special-function units (16 a clock per SM), after its products: a smaller head
                 has fewer products per exponential, so it reaches less of the peak
     issue       a kernel of PyTorch's own that its instructions bound (a channels-first
-                depthwise convolution; softmax and layer norm on a fast memory, Cost.issued): an
-                SM issues 128 thread instructions a clock (clock_hz, sm_count)
+                depthwise convolution; softmax, layer norm, transcendental activations and
+                dropout on a fast memory, Cost.issued): an SM issues 128 thread instructions a
+                clock (clock_hz), on the SMs its blocks occupy (sm_count, the launch's blocks)
     bandwidth   streaming kernels reach bw_efficiency of the memory bandwidth
     dequant     a matmul dequantizing int8 or int4 weights streams them at a share of a 16-bit
                 one's rate (DEQUANT_STREAM_SHARE)
@@ -32,7 +33,8 @@ time is its floor. docs/time-model.md gives each figure's source.
                 an all-reduce in an NVLink SHARP switch nvls_efficiency of that; a group past one
                 server is paced by the server's network (network_bw, network_efficiency) and
                 waits its latency on the steps between servers (timing.comm_options)
-    overlap     compute and memory overlap imperfectly on a GPU (XLA's factor)
+    overlap     compute and memory overlap imperfectly on a GPU (XLA's factor); a kernel bound
+                by its instructions adds its issue and its memory as a 2-norm (WAIT_NORM)
     latency     every kernel's fixed time on the chip, kernel_floor_s, on top of its work
     layout      a channels-first convolution's transposes of its operands to channels-last,
                 kernels of their own the library runs before its tensor-core kernel
@@ -362,7 +364,7 @@ def expected(chip: Chip, floor: Timing, category: str, grid: tuple = (), comm_by
     overlap = OVERLAP if gpu else 1.0
     if issue > products + softmax and memory:
         # its loads and stores take the same issue slots as its arithmetic, so the two add as
-        # the waits and the streaming do (ISSUE_NORM)
+        # the waits and the streaming do (WAIT_NORM)
         overlap = (issue + memory - _norm(issue, memory)) / min(issue, memory)
     return Expected(max(products + softmax, issue), memory, comm, floor.overhead_s,
                     0.0 if collective else chip.kernel_floor_s,   # a collective's is NCCL's base
