@@ -221,6 +221,13 @@ when absent; their README says how each was measured):
         within one server (Vidur send/recv <system>: fxroof's isend at that size, timed as
         the all-reduces are). A file that is not a profile (a Git LFS pointer) is named and
         skipped.
+    --liger CHECKOUT
+        a checkout of linkedin/Liger-Kernel adds Liger-Kernel's PyTorch baselines, held out:
+        its benchmark/data/all_benchmark_data.csv's median times (triton.testing.do_bench) of
+        PyTorch's own kernels beside its Triton ones, forward: torch.nn.LayerNorm in fp32 over
+        4,096 rows of 1,024-16,384 on an A100 80GB SXM and an H100 SXM, torch.softmax in fp32
+        and bf16 over 2,048 rows of 128-4,096 on an RTX 3090; predicted as fxroof's eager
+        kernels' time on the chip.
 
 Prints per source: cases, median |error|, share within +-25%, geometric-mean ratio
 predicted/measured, for the floor and for the expected time, and the worst expected case with
@@ -240,6 +247,7 @@ import csv
 import dataclasses
 import functools
 import importlib.util
+import json
 import math
 import statistics
 import sys
@@ -1128,6 +1136,51 @@ def fa2_benchmark_cases(only: str) -> list[Case]:
     return cases
 
 
+# -- Liger-Kernel's timings of PyTorch's own kernels ------------------------------------------------
+
+# A checkout of linkedin/Liger-Kernel (--liger): benchmark/data/all_benchmark_data.csv holds each
+# of its benchmarks' median milliseconds (triton.testing.do_bench: CUDA events around each call,
+# the L2 flushed between) for its Triton kernels and for the PyTorch ones they replace; the
+# PyTorch rows of one kernel each are read here: torch.nn.LayerNorm ("huggingface" provider),
+# torch.softmax ("torch"), forward only, on the GPUs of fxroof's table.
+LIGER_CHECKOUT: list = []
+LIGER_GPUS = {"NVIDIA A100-SXM4-80GB": "a100-80gb", "NVIDIA H100 80GB HBM3": "h100-sxm",
+              "NVIDIA GeForce RTX 3090": "rtx-3090"}
+LIGER_KERNELS = {
+    ("layer_norm", "huggingface"): lambda m, n, dt: (
+        lambda x, w: F.layer_norm(x, (x.shape[-1],), w, w, 1e-6),
+        (torch.empty(m, n, device="meta", dtype=dt), torch.empty(n, device="meta", dtype=dt))),
+    ("softmax", "torch"): lambda m, n, dt: (
+        lambda x: torch.softmax(x, -1), (torch.empty(m, n, device="meta", dtype=dt),)),
+}
+
+
+def liger_cases(only: str) -> list[Case]:
+    source = "Liger-Kernel's PyTorch baselines"
+    if only not in source or not LIGER_CHECKOUT:
+        return []
+    rows = read_csv(LIGER_CHECKOUT[0] / "benchmark" / "data" / "all_benchmark_data.csv")
+    cases = []
+    for r in rows:
+        build = LIGER_KERNELS.get((r["kernel_name"], r["kernel_provider"]))
+        chip_name = LIGER_GPUS.get(r["gpu_name"])
+        if not (build and chip_name and r["metric_name"] == "speed"
+                and r["kernel_operation_mode"] == "forward"):
+            continue
+        config = json.loads(r["extra_benchmark_config_str"])
+        dt = getattr(torch, config["dtype"].removeprefix("torch."))
+        n = int(float(r["x_value"]))
+        fn, args = build(config["M"], n, dt)
+        report = fxroof.analyze(FunctionModule(fn), args, chip=chip_name, mode="eager")
+        kernels = [k for k in report.kernels if k.category != "view"]
+        floor, exp = device_times(kernels)
+        cases.append(Case(source, f"{r['kernel_name']} {chip_name} {dtype_name(dt)} "
+                                  f"{config['M']} x {n}",
+                          float(r["y_value_50"]) / 1e3, floor, exp,
+                          made_of(kernels, device_only=True)))
+    return cases
+
+
 # -- torch.mm by size, many GPUs ------------------------------------------------------------------
 
 # (chip, issue, dtype, TFLOPS at 1024, 2048, 4096, 8192 and 10240 square): zzc0721/
@@ -1963,6 +2016,9 @@ def main(argv=None) -> int:
     ap.add_argument("--vidur", type=Path, metavar="CHECKOUT",
                     help="a checkout of microsoft/vidur: adds the GPUs and collective systems "
                          "its data/profiling holds that the data folder does not")
+    ap.add_argument("--liger", type=Path, metavar="CHECKOUT",
+                    help="a checkout of linkedin/Liger-Kernel: adds its timings of PyTorch's own "
+                         "layer norm and softmax kernels (held out)")
     ap.add_argument("--timm-models", metavar="NAMES",
                     help="timm models to compare instead of the default subset: names separated "
                          "by commas, or every:N for every N-th model the timm files share, in "
@@ -1973,6 +2029,12 @@ def main(argv=None) -> int:
             print(f"error: {args.vidur} has no data/profiling: not a checkout of microsoft/vidur")
             return 2
         VIDUR_CHECKOUT.append(args.vidur)
+    if args.liger:
+        if not (args.liger / "benchmark" / "data" / "all_benchmark_data.csv").is_file():
+            print(f"error: {args.liger} has no benchmark/data/all_benchmark_data.csv: not a "
+                  f"checkout of linkedin/Liger-Kernel")
+            return 2
+        LIGER_CHECKOUT.append(args.liger)
     if args.timm:
         if not any(args.timm.glob("benchmark-infer-*.csv")):
             print(f"error: {args.timm} holds no benchmark-infer-*.csv: not timm's results/ folder")
@@ -1999,7 +2061,7 @@ def main(argv=None) -> int:
              + send_recv_cases(args.only) + nccl_tests_cases(args.only)
              + across_servers_cases(args.only)
              + nvls_group_cases(args.only) + xgmi_group_cases(args.only) + sdpa_cases(args.only)
-             + fa2_benchmark_cases(args.only)
+             + fa2_benchmark_cases(args.only) + liger_cases(args.only)
              + square_mm_cases(args.only) + device_bench_cases(args.only)
              + gpt_fast_cases(args.only, args.tp) + torchao_cases(args.only)
              + trt_llm_cases(args.only, args.tp, args.trt_090)
