@@ -11,9 +11,9 @@ import math
 
 import torch
 
+from fxroof.cost.formulas.norm_instructions import layer_norm_instructions, softmax_instructions
 from fxroof.cost.formulas.pointwise_instructions import (COUNTED_FORMS, COUNTED_OPS,
                                                           pointwise_instructions)
-from fxroof.cost.formulas.norm_instructions import layer_norm_instructions, softmax_instructions
 from fxroof.cost.formulas.registry import RULES, Entry, OpCall, formula
 from fxroof.cost.record import Cost
 from fxroof.graph.aten_ops import aten

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import torch
 
+from fxroof.cost.formulas.norm_instructions import COUNTED
 from fxroof.cost.formulas.registry import OpCall
 from fxroof.graph.aten_ops import aten
 from fxroof.graph.tensors import numel
@@ -46,10 +47,6 @@ PER_ELEMENT = {
     "silu_backward": (30.8, 30.5),    # dy * s * (1 + x * (1 - s)), s the sigmoid
     "native_dropout": (33.0, 32.5),   # Philox's 10 rounds for 4 numbers, compare, scale, mask
 }
-# The element types the counts were taken for: 16-bit floats (bf16; fp16's conversions are as
-# many) and fp32; fp64 and integers are priced by their bytes.
-COUNTED = (torch.float16, torch.bfloat16, torch.float32)
-
 
 def _functor(call: OpCall) -> str:
     """The PER_ELEMENT functor the call runs ("" for none: an inference dropout runs nothing)."""
@@ -76,9 +73,10 @@ def pointwise_instructions(call: OpCall) -> int:
 
 
 # The ops these kernels run (in-place forms take their functional op's formula), and with them
-# the in-place forms, whose kernels are the same
+# the in-place forms, whose kernels are the same, and the composite dropout, which runs
+# native_dropout's (its in-place dropout_ runs no fused kernel: graph/cuda_dropout.py)
 COUNTED_OPS = (aten.gelu, aten.silu, aten.sigmoid, aten.tanh, aten.exp, aten.erf,
                aten.gelu_backward, aten.silu_backward, aten.native_dropout)
 COUNTED_FORMS = COUNTED_OPS + (aten.dropout,) + tuple(
-    getattr(aten, f"{op.__name__}_") for op in COUNTED_OPS + (aten.dropout,)
+    getattr(aten, f"{op.__name__}_") for op in COUNTED_OPS
     if hasattr(torch.ops.aten, f"{op.__name__}_"))
